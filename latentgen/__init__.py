@@ -1,0 +1,56 @@
+"""latentgen: latent text-to-image diffusion (Stable Diffusion 1.x/2.x family) on diffusers components.
+
+    import latentgen
+    pipe = latentgen.load()                      # the embedded default model, offline, CPU or CUDA
+    images = pipe.generate("a red circle on a blue background", seed=1, steps=20)
+
+Heavy imports (torch, diffusers) happen on first use, not on ``import latentgen``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from .pipeline import Pipeline
+
+__version__ = "0.1.0"
+__all__ = ["load", "generate", "Pipeline"]
+
+
+def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
+         dtype: "str | torch.dtype | None" = None) -> "Pipeline":
+    """Load a pipeline.
+
+    source: a diffusers folder (``model_index.json`` and its subfolders), a preset name from
+        ``pipelines/`` (``"sd15"``, ``"tiny-random"``: random weights), or None for the embedded
+        default model. Everything loads offline.
+    device: "cuda" when available, else "cpu".
+    dtype: fp16 on CUDA, fp32 on CPU; "bf16" (or torch.bfloat16) on request.
+    """
+    from . import components
+    from .pipeline import Pipeline
+
+    return Pipeline(components.load(source, device=device, dtype=dtype))
+
+
+@lru_cache(maxsize=1)
+def _default_pipeline() -> "Pipeline":
+    return load()
+
+
+def generate(prompt, **kwargs):
+    """``Pipeline.generate`` on the default model, loaded once per process."""
+    return _default_pipeline().generate(prompt, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'latentgen' has no attribute {name!r}")

@@ -1,0 +1,190 @@
+"""The five SD components, where they come from and whether they fit together.
+
+Sources, all offline:
+  * a diffusers folder: ``model_index.json`` with ``tokenizer/``, ``text_encoder/``, ``unet/``,
+    ``vae/`` and ``scheduler/`` subfolders, plus an optional ``latentgen.json`` of defaults;
+  * a preset name from ``pipelines/`` (random weights, or the trained folder it names in ``weights/``).
+
+Configs are read and checked before any weight is loaded, so a bad folder fails in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from . import schedulers
+from .presets import Defaults, Preset, data_dir, load_preset
+
+_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+# subfolder -> files that must be there (any one of each tuple)
+_REQUIRED = {
+    "tokenizer": (("tokenizer.json", "vocab.json"),),
+    "text_encoder": (("config.json",), ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")),
+    "unet": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                                "diffusion_pytorch_model.safetensors.index.json")),
+    "vae": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
+    "scheduler": (("scheduler_config.json",),),
+}
+
+
+@dataclass
+class Components:
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: SchedulerMixin  # the model's own; each call builds a fresh one from it
+    defaults: Defaults
+    name: str  # shown in PNG metadata as "Model: ..."
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 8 for SD's four-level VAE."""
+        return vae_scale_factor(self.vae.config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+
+def vae_scale_factor(vae_config) -> int:
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere, unless asked (bf16 runs ~2x fp32 on AVX-512-bf16 CPUs)."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported; use one of 'fp32', 'fp16', 'bf16'.")
+
+
+def check_fit(unet: dict, vae: dict, text_encoder: dict) -> None:
+    """Raise a ValueError naming the part that does not fit the others."""
+    if text_encoder["hidden_size"] != unet["cross_attention_dim"]:
+        raise ValueError(
+            f"text encoder width {text_encoder['hidden_size']} != U-Net cross_attention_dim "
+            f"{unet['cross_attention_dim']}: the text encoder and U-Net come from different models; "
+            f"use a text encoder whose hidden_size is {unet['cross_attention_dim']}."
+        )
+    c = vae["latent_channels"]
+    # 2c + 1: inpainting U-Nets also take the mask and the masked image's latents (SD-inpainting).
+    if unet["in_channels"] not in (c, 2 * c + 1) or unet["out_channels"] != c:
+        raise ValueError(
+            f"VAE latent_channels={c} does not fit U-Net in_channels={unet['in_channels']} / "
+            f"out_channels={unet['out_channels']}: the VAE and U-Net come from different models; "
+            f"use a VAE with latent_channels={unet['out_channels']}."
+        )
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def check_folder(folder: Path) -> None:
+    """Raise FileNotFoundError naming every missing part of a diffusers folder."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {str(folder)!r} does not exist; pass a diffusers folder "
+                                f"(with model_index.json) or a preset name.")
+    missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
+    for sub, groups in _REQUIRED.items():
+        for names in groups:
+            if not any((folder / sub / n).is_file() for n in names):
+                missing.append(f"{sub}/{' or '.join(names)}")
+    if missing:
+        raise FileNotFoundError(
+            f"model folder {str(folder)!r} is incomplete, missing: {', '.join(missing)}. "
+            f"Save the full pipeline there (StableDiffusionPipeline.save_pretrained)."
+        )
+
+
+def _finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
+    for m in (c.text_encoder, c.unet, c.vae):
+        m.requires_grad_(False).eval()
+    c.text_encoder.to(device, dtype)
+    c.unet.to(device, dtype)
+    # SD's VAE overflows in fp16 (black or NaN images): keep it in fp32 when its config says so.
+    vae_dtype = torch.float32 if dtype == torch.float16 and c.vae.config.get("force_upcast", True) else dtype
+    c.vae.to(device, vae_dtype)
+    return c
+
+
+def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaults | None = None,
+                name: str | None = None) -> Components:
+    folder = Path(folder)
+    check_folder(folder)
+    unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
+    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if defaults is None:
+        extra = folder / "latentgen.json"
+        size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
+        base = {"width": size, "height": size}
+        defaults = Defaults.from_dict({**base, **(_read_json(extra) if extra.is_file() else {})})
+    return _finish(Components(
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+        scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
+        defaults=defaults,
+        name=name or folder.name,
+    ), device, dtype)
+
+
+def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Components:
+    """Build a preset: its trained folder when it names one, else random weights seeded by ``seed``."""
+    if preset.weights is not None:
+        return from_folder(data_dir("weights") / preset.weights, device=device, dtype=dtype,
+                           defaults=preset.defaults, name=preset.name)
+    check_fit(preset.unet, preset.vae, preset.text_encoder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
+        unet = UNet2DConditionModel.from_config(preset.unet)
+        vae = AutoencoderKL.from_config(preset.vae)
+    return _finish(Components(
+        tokenizer=CLIPTokenizer.from_pretrained(preset.tokenizer_dir),
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        scheduler=schedulers.make(preset.defaults.scheduler or "ddim", preset.scheduler),
+        defaults=preset.defaults,
+        name=preset.name,
+    ), device, dtype)
+
+
+def load(source: str | Path | None, *, device=None, dtype=None) -> Components:
+    """Components from a diffusers folder, a preset name, or (None) the embedded default model."""
+    if source is None:
+        return from_preset(load_preset("default"), device=device, dtype=dtype)
+    path = Path(source)
+    if path.is_dir() or path.is_absolute() or str(source).startswith(".") or len(path.parts) > 1:
+        return from_folder(path, device=device, dtype=dtype)
+    return from_preset(load_preset(str(source)), device=device, dtype=dtype)

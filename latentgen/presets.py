@@ -1,0 +1,98 @@
+"""Presets: a model family as data (architecture configs + generation defaults), read from pipelines/.
+
+A preset is one JSON file, ``pipelines/<name>.json``::
+
+    {"description": "...", "tokenizer": "clip-vit-large-patch14", "weights": null,
+     "defaults": {"steps": 50, "guidance": 7.5, "width": 512, "height": 512, "scheduler": "pndm"},
+     "unet": {...}, "vae": {...}, "text_encoder": {...}, "scheduler": {...}}
+
+The four component entries are the diffusers / transformers ``config.json`` contents of
+``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` and the scheduler; the sampler
+*name* in ``defaults.scheduler`` picks the scheduler class. ``weights`` names a diffusers folder
+under ``weights/`` holding trained weights for this architecture, or is null (random weights,
+for benchmarks). A new model family is a new file here, not new code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def data_dir(name: str) -> Path:
+    """Folder of project data (``pipelines`` or ``weights``), in a wheel or in a checkout.
+
+    A wheel carries them inside the package as ``latentgen/_data/<name>``; a checkout or an
+    editable install has them at the repository root, beside ``latentgen/``.
+    """
+    for root in (PACKAGE_DIR / "_data", PACKAGE_DIR.parent):
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(
+        f"latentgen's data folder {name!r} is missing from {PACKAGE_DIR / '_data'} and "
+        f"{PACKAGE_DIR.parent}; reinstall latentgen (pip install --force-reinstall latentgen)."
+    )
+
+
+@dataclass
+class Defaults:
+    """What a model generates when the caller does not say otherwise."""
+
+    steps: int = 50
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str | None = None  # a sampler name from latentgen.schedulers; None: the folder's own
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Defaults":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown defaults {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    tokenizer: str  # folder name under pipelines/tokenizers/
+    weights: str | None  # folder name under weights/, or None for random weights
+    defaults: Defaults
+    unet: dict = field(repr=False)
+    vae: dict = field(repr=False)
+    text_encoder: dict = field(repr=False)
+    scheduler: dict = field(repr=False)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return data_dir("pipelines") / "tokenizers" / self.tokenizer
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in data_dir("pipelines").glob("*.json"))
+
+
+def load_preset(name: str) -> Preset:
+    path = data_dir("pipelines") / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {name!r} is neither a diffusers folder nor a preset; "
+            f"pass a folder holding model_index.json, or one of the presets {list_presets()}."
+        )
+    d = json.loads(path.read_text())
+    return Preset(
+        name=name,
+        description=d.get("description", ""),
+        tokenizer=d["tokenizer"],
+        weights=d.get("weights"),
+        defaults=Defaults.from_dict(d["defaults"]),
+        unet=d["unet"],
+        vae=d["vae"],
+        text_encoder=d["text_encoder"],
+        scheduler=d["scheduler"],
+    )
