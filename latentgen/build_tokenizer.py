@@ -36,7 +36,7 @@ SPECIAL = {
 def build(bpe_gz: bytes) -> tuple[dict[str, int], list[str]]:
     """Return (vocab, merges) from the gzipped BPE merge list."""
     lines = gzip.decompress(bpe_gz).decode("utf-8").split("\n")
-    merges = lines[1 : NUM_MERGES + 1]  # line 0 is a "#version" header
+    merges = [m for m in lines[1 : NUM_MERGES + 1] if m]  # line 0 is a "#version" header
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]
     vocab += ["".join(m.split()) for m in merges]

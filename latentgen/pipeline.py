@@ -23,7 +23,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import schedulers
+from . import metadata, schedulers
 from .components import Components
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents)
@@ -137,7 +137,8 @@ class Pipeline:
                  width: int | None = None, height: int | None = None, num_images: int = 1,
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None) -> list[Image.Image]:
-        """Draw ``num_images`` images for each prompt.
+        """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
+        form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
         prompt: text, or a list of texts (``num_images`` images each, prompt by prompt).
         seed: image i of the call uses ``seed + i``, so it equals a one-image call with that seed.
@@ -196,7 +197,12 @@ class Pipeline:
 
             latents = self.denoise(latents, cond, uncond, guidance, sched, sched.timesteps, generators, on_step)
             done += len(sched.timesteps)
-            images += self.decode(latents)
+            for i, image in zip(idx, self.decode(latents)):
+                image.info["parameters"] = metadata.parameters_text(jobs[i][0], {
+                    "Steps": steps, "Sampler": schedulers.label(sched), "CFG scale": guidance,
+                    "Seed": seed + i, "Size": f"{width}x{height}", "Model": self.c.name,
+                }, negative_prompt=jobs[i][1] if use_cfg else None)
+                images.append(image)
         return images
 
     @property

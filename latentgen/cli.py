@@ -1,0 +1,120 @@
+"""The ``latentgen`` command line: ``generate`` and ``info``.
+
+    latentgen generate "a red circle on a blue background" --seed 1 -o out.png
+    latentgen info out.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{s} is not >= 1")
+    return v
+
+
+def _finite_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
+    return v
+
+
+def _scheduler_name(s: str) -> str:
+    from .schedulers import SAMPLERS  # light: names only, checked before any model loads
+
+    if s not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown scheduler {s!r}; use one of: {', '.join(SAMPLERS)}")
+    return s
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="diffusers folder or preset name (default: the embedded model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="default: fp16 on CUDA, fp32 on CPU")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (model default)")
+    p.add_argument("--guidance", type=_finite_float, default=None, help="CFG scale (model default)")
+    p.add_argument("--scheduler", type=_scheduler_name, default=None, help="sampler name (model default)")
+    p.add_argument("-n", "--num-images", type=_positive_int, default=1)
+    p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import latentgen
+    from . import metadata
+
+    paths = metadata.output_paths(args.output, args.num_images)
+    metadata.check_writable(paths, args.force)  # before loading anything
+    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    bar = tqdm(desc="denoising", unit="step", leave=False)
+
+    def progress(done: int, total: int, _latents) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    images = pipe.generate(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                           negative_prompt=args.negative, width=args.width, height=args.height,
+                           num_images=args.num_images, scheduler=args.scheduler, callback=progress)
+    bar.close()
+    for image, path in zip(images, paths):
+        print(metadata.save_png(image, path, image.info["parameters"], force=args.force))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import metadata
+
+    if not Path(args.png).is_file():
+        print(f"error: {args.png} does not exist", file=sys.stderr)
+        return 2
+    text = metadata.read_parameters(args.png)
+    if text is None:
+        print(f"{args.png} has no 'parameters' chunk (not written by latentgen or A1111)", file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="latentgen", description="Latent text-to-image diffusion, offline.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="text to image")
+    add_sampling_args(g)
+    g.add_argument("--width", type=_positive_int, default=None)
+    g.add_argument("--height", type=_positive_int, default=None)
+    add_model_args(g)
+    g.set_defaults(func=cmd_generate)
+    i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
+    i.add_argument("png")
+    i.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""PNG output: A1111's ``parameters`` text chunk, written atomically, never over a file unasked.
+
+The chunk reads as AUTOMATIC1111's web UI writes it, so its "PNG Info" tab and other tools read
+latentgen's images::
+
+    a red circle on a blue background
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: sd15
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+
+def _value(v) -> str:
+    s = str(v)
+    # A1111 quotes a value that would break its "key: value, ..." parsing.
+    return json.dumps(s) if any(ch in s for ch in ',:"\n') else s
+
+
+def parameters_text(prompt: str, settings: dict, negative_prompt: str | None = None) -> str:
+    """A1111's parameters text: prompt, optional negative prompt, then ``Key: value, ...``."""
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{k}: {_value(v)}" for k, v in settings.items() if v is not None))
+    return "\n".join(lines)
+
+
+def output_paths(out: str | Path, count: int) -> list[Path]:
+    """``out.png`` for one image; ``out-0.png``, ``out-1.png``, ... for several."""
+    out = Path(out)
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}") for i in range(count)]
+
+
+def check_writable(paths: list[Path], force: bool) -> None:
+    """Fail before any work if an output exists (without force) or its folder is missing."""
+    for p in paths:
+        if p.exists() and not force:
+            raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another -o path.")
+        if not p.parent.is_dir():
+            raise FileNotFoundError(f"folder {p.parent} for output {p.name} does not exist; create it first.")
+
+
+def save_png(image: Image.Image, path: str | Path, parameters: str, *, force: bool = False) -> Path:
+    """Write ``image`` with its parameters chunk atomically: a crash leaves no partial file.
+
+    Without ``force`` an existing file is never replaced, even one created while we worked.
+    """
+    path = Path(path)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path exists: no clobbering, no race
+            except FileExistsError:
+                raise FileExistsError(f"{path} exists; pass --force to overwrite it.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_parameters(path: str | Path) -> str | None:
+    """The ``parameters`` chunk of a PNG, or None if it has none."""
+    with Image.open(path) as im:
+        return im.info.get("parameters")
