@@ -1,0 +1,154 @@
+"""The procedural world of flat shapes that the embedded model learns, and the evaluator that reads it.
+
+Each image is one flat shape on a flat background, captioned "a {color} {shape} on a {bg}
+background". Everything is a function of a seed, so the data is endless and reproducible:
+``sample(seed)`` always draws the same picture.
+
+The evaluator reads an image back with no neural network: background color from the border
+pixels, shape color from the dominant non-background pixels, shape from its mask's geometry
+(fill of its bounding box, and solidity: area over convex-hull area).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Saturated, well-separated colors; "purple" and "star" are left out of the base vocabulary on
+# purpose: the LoRA example teaches them.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220), "yellow": (240, 220, 30),
+    "orange": (245, 140, 20), "white": (245, 245, 245), "black": (15, 15, 15), "purple": (140, 40, 190),
+}
+COLORS = ("red", "green", "blue", "yellow", "orange", "white", "black")
+SHAPES = ("circle", "square", "triangle")
+ALL_SHAPES = SHAPES + ("star",)
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    background: str
+    cx: float  # center, in pixels
+    cy: float
+    r: float  # half the shape's extent, in pixels
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.color} {self.shape} on a {self.background} background"
+
+
+def random_scene(rng: random.Random, size: int, colors=COLORS, shapes=SHAPES, backgrounds=COLORS) -> Scene:
+    color = rng.choice(colors)
+    background = rng.choice([b for b in backgrounds if b != color])
+    r = rng.uniform(0.18, 0.34) * size
+    margin = r + 0.04 * size
+    return Scene(color, rng.choice(shapes), background,
+                 rng.uniform(margin, size - margin), rng.uniform(margin, size - margin), r)
+
+
+def _polygon(scene: Scene) -> list[tuple[float, float]]:
+    cx, cy, r = scene.cx, scene.cy, scene.r
+    if scene.shape == "triangle":  # upright, fills half of its bounding box
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if scene.shape == "star":  # five points, inner radius 0.4 r
+        return [(cx + (r if k % 2 == 0 else 0.4 * r) * math.sin(k * math.pi / 5),
+                 cy - (r if k % 2 == 0 else 0.4 * r) * math.cos(k * math.pi / 5)) for k in range(10)]
+    raise ValueError(scene.shape)
+
+
+def draw(scene: Scene, size: int = 64) -> Image.Image:
+    """Render a scene as an RGB image of size x size pixels."""
+    im = Image.new("RGB", (size, size), PALETTE[scene.background])
+    d = ImageDraw.Draw(im)
+    fill = PALETTE[scene.color]
+    box = (scene.cx - scene.r, scene.cy - scene.r, scene.cx + scene.r, scene.cy + scene.r)
+    if scene.shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif scene.shape == "square":
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon(_polygon(scene), fill=fill)
+    return im
+
+
+def sample(seed: int, size: int = 64, **vocab) -> tuple[Image.Image, Scene]:
+    """The picture and scene for one seed (``vocab``: colors=, shapes=, backgrounds= to narrow or widen)."""
+    scene = random_scene(random.Random(seed), size, **vocab)
+    return draw(scene, size), scene
+
+
+# -- the evaluator ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reading:
+    background: str
+    color: str | None  # None: no shape found
+    shape: str | None
+    centroid: tuple[float, float] | None  # (x, y) of the shape's mask, in pixels
+    area: float  # fraction of the image the shape covers
+
+
+def _nearest(rgb: np.ndarray, names) -> np.ndarray:
+    """Index into ``names`` of the nearest palette color for each row of rgb (N, 3)."""
+    ref = np.array([PALETTE[n] for n in names], np.float32)  # (K, 3)
+    return np.argmin(((rgb[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
+
+
+def _convex_hull_area(points: np.ndarray) -> float:
+    """Area of the convex hull of (N, 2) points (Andrew's monotone chain + shoelace)."""
+    pts = sorted(set(map(tuple, points)))
+    if len(pts) < 3:
+        return 0.0
+
+    def half(seq):
+        out = []
+        for p in seq:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
+    x, y = np.array(hull, np.float64).T
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def classify_mask(mask: np.ndarray) -> str:
+    """circle, square, triangle or star, from a boolean (H, W) mask of one flat shape."""
+    ys, xs = np.nonzero(mask)
+    area = float(len(xs))
+    fill = area / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1))  # square 1, circle pi/4, triangle 1/2, star ~0.35
+    # Pixel corners make the hull of a pixelated shape; solidity ~1 for convex shapes, ~0.5 for a star.
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    solidity = area / max(_convex_hull_area(corners), 1.0)
+    if solidity < 0.75:
+        return "star"
+    if fill > 0.9:
+        return "square"
+    if fill > 0.64:
+        return "circle"
+    return "triangle"
+
+
+def read(image: Image.Image, colors=tuple(PALETTE)) -> Reading:
+    """Read background color, shape color, shape and centroid from an RGB image."""
+    a = np.asarray(image.convert("RGB"), np.float32)  # (H, W, 3)
+    h, w, _ = a.shape
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])  # (2W + 2H, 3)
+    counts = np.bincount(_nearest(border, colors), minlength=len(colors))
+    bg = int(counts.argmax())
+    labels = _nearest(a.reshape(-1, 3), colors).reshape(h, w)
+    fg = labels != bg
+    if fg.sum() < 0.01 * h * w:
+        return Reading(colors[bg], None, None, None, float(fg.mean()))
+    color = int(np.bincount(labels[fg], minlength=len(colors)).argmax())
+    mask = labels == color
+    ys, xs = np.nonzero(mask)
+    return Reading(colors[bg], colors[color], classify_mask(mask), (float(xs.mean()), float(ys.mean())),
+                   float(mask.mean()))

@@ -1,0 +1,185 @@
+"""The one training loop: full training of the embedded model and LoRA fine-tuning both run it.
+
+Contract: ``model(**batch_fn(step, micro, accelerator))`` returns the loss of one micro-batch;
+the model's ``forward`` computes the loss, so several processes synchronize gradients through
+DDP. Batches and noise are pure functions of (seed, step, micro, process), so a run resumed from
+a checkpoint sees exactly the data and noise it would have seen: no data-loader state to save. accelerate places the
+model, wraps it for several processes, and saves/restores optimizer, LR schedule and RNG state.
+
+Checkpoints are folders ``<out>/checkpoints/step-0000500``, written under a temporary name and
+renamed when complete, so a kill mid-save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import compute_snr
+from tqdm import tqdm
+
+
+@dataclass
+class LoopConfig:
+    out: Path  # run folder; checkpoints go in out/checkpoints
+    steps: int  # optimizer steps
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # any diffusers.optimization schedule: constant, cosine, linear, ...
+    warmup: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+    seed: int = 0
+    save_every: int = 500
+    keep: int = 2  # checkpoints kept
+    mixed_precision: str = "no"  # no, fp16, bf16
+
+    def check(self) -> None:
+        for name in ("steps", "grad_accum", "save_every", "keep"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr!r} is invalid: use a positive learning rate such as 1e-4.")
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    return sorted(d.glob("step-*")) if d.is_dir() else []
+
+
+def latest_checkpoint(out: Path) -> tuple[Path | None, int]:
+    """The newest complete checkpoint of a run folder and its step (None, 0 when there is none)."""
+    ckpts = _checkpoints(out)
+    return (ckpts[-1], int(ckpts[-1].name.split("-")[1])) if ckpts else (None, 0)
+
+
+def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], *,
+        run_id: dict, accelerator: Accelerator | None = None, desc: str = "train",
+        on_save: Callable[[int], None] | None = None) -> list[float]:
+    """Optimize ``model``'s trainable parameters for ``cfg.steps`` steps, resuming if checkpoints exist.
+
+    ``run_id`` describes the run (config, data spec); resuming from a checkpoint written with a
+    different one raises ValueError instead of silently mixing runs. Returns the logged losses.
+    ``batch_fn(step, micro, accelerator)`` may use the accelerator's process index to shard data.
+    """
+    cfg.check()
+    acc = accelerator or Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    stamp = json.loads(json.dumps(run_id, default=str))
+
+    ckpt, start = latest_checkpoint(cfg.out)
+    if ckpt is not None:
+        saved = json.loads((ckpt / "run.json").read_text())
+        if saved != stamp:
+            diff = sorted(k for k in set(saved) | set(stamp) if saved.get(k) != stamp.get(k))
+            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
+                             f"use a new output folder, or the same settings to resume.")
+        acc.load_state(str(ckpt))
+    losses: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, smoothing=0.05)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            ctx = acc.no_sync(model) if micro < cfg.grad_accum - 1 else _null()
+            with ctx, acc.autocast():
+                loss = model(**batch_fn(step, micro, acc)) / cfg.grad_accum
+                acc.backward(loss)
+            total += loss.item()
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            save(acc, cfg, step + 1, stamp)
+            if on_save is not None and acc.is_main_process:
+                on_save(step + 1)
+    bar.close()
+    model.eval()
+    if acc.is_main_process and cfg.steps > start:
+        print(f"{desc}: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f}s")
+    return losses
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict) -> None:
+    """Write checkpoint ``step-NNNNNNN`` atomically (temporary folder, then rename); keep the newest few."""
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        return
+    root = cfg.out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step:07d}", root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    acc.save_state(str(tmp), safe_serialization=True)
+    (tmp / "run.json").write_text(json.dumps({**stamp}, indent=1, sort_keys=True))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _checkpoints(cfg.out)[:-cfg.keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Tensor, noise_scheduler,
+                   generator: torch.Generator, *, snr_gamma: float | None = None,
+                   noise_offset: float = 0.0) -> torch.Tensor:
+    """Denoising loss of latent diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239).
+
+    latents (B, C, h, w), already scaled by the VAE's scaling factor; encoder_hidden_states (B, 77, D).
+    Noise and timesteps come from ``generator`` (CPU) so they are reproducible and resumable.
+    snr_gamma: min-SNR-gamma weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556), e.g. 5.
+    noise_offset: per-channel offset noise (Guttenberg 2023, "Diffusion with Offset Noise"), e.g. 0.05.
+    """
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=encoder_hidden_states).sample
+    kind = noise_scheduler.config.prediction_type
+    target = noise if kind == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    if snr_gamma is not None:
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
+        loss = loss * weight
+    return loss.mean()
+
+
+def config_dict(cfg, skip=("out",)) -> dict:
+    """A config as JSON-able data, without where it is written (a moved run still resumes)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k not in skip}
+
+
+def step_generator(seed: int, step: int, micro: int = 0, process: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, micro, process): resumable randomness."""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
