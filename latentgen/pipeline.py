@@ -103,22 +103,32 @@ class Pipeline:
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
                 guidance: float, scheduler: SchedulerMixin, timesteps: torch.Tensor,
-                generators: list[torch.Generator], callback: Callable | None = None) -> torch.Tensor:
+                generators: list[torch.Generator], callback: Callable | None = None, *,
+                condition: torch.Tensor | None = None, blend: Callable | None = None) -> torch.Tensor:
         """Run the sampler over ``timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
 
         ``cond``/``uncond`` are (B, 77, D). With ``uncond`` given, classifier-free guidance
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
+        ``condition`` (B, 5, h, w): mask + masked-image latents that a 9-channel inpainting U-Net
+        takes beside the latents. ``blend(i, latents)``: applied after step i (4-channel inpainting
+        puts the known region back there).
         """
+        if condition is not None and uncond is not None:
+            condition = torch.cat([condition] * 2)
         context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77, D)
         step_kwargs = self._step_kwargs(scheduler, generators)
         for i, t in enumerate(timesteps):
             x = latents if uncond is None else torch.cat([latents] * 2)  # (B or 2B, C, h, w)
             x = scheduler.scale_model_input(x, t)
+            if condition is not None:
+                x = torch.cat([x, condition], dim=1)  # (B, 4 + 1 + 4, h, w)
             eps = self.c.unet(x, t, encoder_hidden_states=context).sample  # predicted noise
             if uncond is not None:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_cond - eps_uncond)
             latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+            if blend is not None:
+                latents = blend(i, latents)
             if callback is not None:
                 callback(i, latents)
         return latents
@@ -156,18 +166,38 @@ class Pipeline:
         steps, guidance, width, height, scheduler = self._resolve(
             steps=steps, guidance=guidance, width=width, height=height, num_images=num_images,
             seed=seed, scheduler=scheduler, batch_size=batch_size)
-        negatives = [""] * len(prompts) if negative_prompt is None else _as_prompts(negative_prompt, "negative_prompt")
+        jobs = self._jobs(prompts, negative_prompt, num_images, guidance)
+        f, c = self.c.vae_scale_factor, self.c.vae.config.latent_channels
+
+        def start(sched, idx, generators, dtype):  # pure noise, scaled to the sampler's first sigma
+            noise = randn_tensor((len(idx), c, height // f, width // f), generator=generators,
+                                 device=self.c.device, dtype=dtype)
+            return noise * sched.init_noise_sigma, sched.timesteps, {}
+
+        return self.sample(jobs, start, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
+                           callback=callback, batch_size=batch_size, info={"Size": f"{width}x{height}"})
+
+    @staticmethod
+    def _jobs(prompts, negative_prompt, num_images, guidance) -> list[tuple[str, str | None]]:
+        """(prompt, negative or None without CFG) of each image: image i is prompt i // num_images."""
+        negatives = [""] if negative_prompt is None else _as_prompts(negative_prompt, "negative_prompt")
         if len(negatives) == 1:
-            negatives *= len(prompts)
+            negatives = negatives * len(prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
                              f"pass one negative prompt, or one per prompt.")
-        use_cfg = guidance > 1
-        if negative_prompt is not None and not use_cfg:
+        if negative_prompt is not None and guidance <= 1:
             warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
+        return [(p, n if guidance > 1 else None) for p, n in zip(prompts, negatives) for _ in range(num_images)]
 
-        # Image i: prompt i // num_images, seed + i.
-        jobs = [(p, n) for p, n in zip(prompts, negatives) for _ in range(num_images)]
+    def sample(self, jobs, start: Callable, *, seed: int, steps: int, guidance: float, scheduler,
+               callback: Callback | None, batch_size: int | None, info: dict) -> list[Image.Image]:
+        """The one sampling loop that txt2img, img2img and inpainting share.
+
+        Images go through in chunks of ``batch_size``; image i has its own generator (seed + i).
+        ``start(sched, idx, generators, dtype)`` gives a chunk's first latents (B, C, h, w), the
+        timesteps to run, and extra ``denoise`` arguments (``condition``, ``blend``).
+        """
         if batch_size is None:
             batch_size = 1 if self.c.device.type == "cpu" else len(jobs)
         cache: dict[str, torch.Tensor] = {}
@@ -177,31 +207,29 @@ class Pipeline:
                 cache[text] = self.encode_prompt(text)
             return cache[text]
 
-        f, c = self.c.vae_scale_factor, self.c.vae.config.latent_channels
         images: list[Image.Image] = []
         chunks = [range(s, min(s + batch_size, len(jobs))) for s in range(0, len(jobs), batch_size)]
         total, done = 0, 0
         for idx in chunks:
             sched = schedulers.make(scheduler, self.c.scheduler.config)
             sched.set_timesteps(steps, device=self.c.device)
-            total = total or len(sched.timesteps) * len(chunks)
             generators = [torch.Generator("cpu").manual_seed(seed + i) for i in idx]
             cond = torch.cat([embed(jobs[i][0]) for i in idx])  # (B, 77, D)
-            uncond = torch.cat([embed(jobs[i][1]) for i in idx]) if use_cfg else None
-            latents = randn_tensor((len(idx), c, height // f, width // f), generator=generators,
-                                   device=self.c.device, dtype=cond.dtype) * sched.init_noise_sigma
+            uncond = torch.cat([embed(jobs[i][1]) for i in idx]) if guidance > 1 else None
+            latents, timesteps, extra = start(sched, idx, generators, cond.dtype)
+            total = total or len(timesteps) * len(chunks)
 
             def on_step(i, lat, base=done):
                 if callback is not None:
                     callback(base + i + 1, total, lat)
 
-            latents = self.denoise(latents, cond, uncond, guidance, sched, sched.timesteps, generators, on_step)
-            done += len(sched.timesteps)
+            latents = self.denoise(latents, cond, uncond, guidance, sched, timesteps, generators, on_step, **extra)
+            done += len(timesteps)
             for i, image in zip(idx, self.decode(latents)):
                 image.info["parameters"] = metadata.parameters_text(jobs[i][0], {
                     "Steps": steps, "Sampler": schedulers.label(sched), "CFG scale": guidance,
-                    "Seed": seed + i, "Size": f"{width}x{height}", "Model": self.c.name,
-                }, negative_prompt=jobs[i][1] if use_cfg else None)
+                    "Seed": seed + i, "Size": info.get("Size"), "Model": self.c.name,
+                    **{k: v for k, v in info.items() if k != "Size"}}, negative_prompt=jobs[i][1])
                 images.append(image)
         return images
 

@@ -1,0 +1,255 @@
+"""The recipe of the embedded default model: train it on the flat-shapes world and export it.
+
+    latentgen train --out runs/default            # the shipped model (see weights/default/manifest.json)
+
+Two stages, both run by the one loop in ``latentgen.train``:
+  1. the VAE (``AutoencoderKL``, 64x64x3 -> 4x8x8), reconstruction MSE + a small KL term
+     (Rombach et al. 2022, https://arxiv.org/abs/2112.10752, sec. 3); then ``scaling_factor`` is set
+     to 1 / std of its latents, as SD did (0.18215), so scaled latents have unit variance;
+  2. the CLIP text encoder and U-Net jointly, epsilon prediction under SD's scaled-linear betas,
+     the caption dropped (empty prompt) 10% of the time so one model learns the conditional and
+     unconditional scores that classifier-free guidance mixes (Ho & Salimans 2022,
+     https://arxiv.org/abs/2207.12598).
+Every batch and every noise draw is a function of (seed, stage, step, micro-batch, process), so the
+run is deterministic and resumes after a kill from its last checkpoint. The result is exported as a
+diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from . import shapes, train
+from .components import Components, from_preset
+from .presets import load_preset
+
+
+@dataclass
+class RecipeConfig:
+    out: Path  # run folder: out/vae, out/diffusion (checkpoints), out/model (the exported folder)
+    preset: str = "default"  # architecture and defaults, from pipelines/<preset>.json
+    seed: int = 0
+    vae_steps: int = 800
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    steps: int = 5000  # U-Net + text encoder optimizer steps
+    batch: int = 32
+    lr: float = 6e-4
+    warmup: int = 200
+    caption_dropout: float = 0.1
+    snr_gamma: float | None = 5.0
+    save_every: int = 250
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+
+    def check(self) -> None:
+        for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout={self.caption_dropout} is invalid: use a value in [0, 1).")
+
+
+def data_spec(size: int) -> dict:
+    """What the model sees, for the manifest."""
+    return {"generator": "latentgen.shapes.random_scene", "size": size, "colors": list(shapes.COLORS),
+            "shapes": list(shapes.SHAPES), "caption": "a {color} {shape} on a {background} background",
+            "radius": "0.18-0.34 of the side", "held_out": ["purple", "star"]}
+
+
+def scenes(seed: int, stage: str, step: int, micro: int, process: int, n: int, size: int,
+           **vocab) -> list[shapes.Scene]:
+    """The n scenes of one micro-batch: a pure function of its coordinates (resumable, shardable)."""
+    rng = random.Random(f"{seed}:{stage}:{step}:{micro}:{process}")
+    return [shapes.random_scene(rng, size, **vocab) for _ in range(n)]
+
+
+def to_pixels(images) -> torch.Tensor:
+    """PIL RGB images -> (B, 3, H, W) in [-1, 1]."""
+    a = np.stack([np.asarray(im, np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids  # (B, 77)
+
+
+class VAEObjective(torch.nn.Module):
+    """Stage 1 loss: reconstruct pixels through a sampled latent, KL toward N(0, I)."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean)
+        rec = self.vae.decode(z).sample  # (B, 3, H, W)
+        return F.mse_loss(rec.float(), pixels.float()) + self.kl_weight * post.kl().mean()
+
+
+class DiffusionObjective(torch.nn.Module):
+    """Stage 2 loss: the denoising loss, text encoder and U-Net trained together."""
+
+    def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma: float | None):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.noise_scheduler, self.snr_gamma = noise_scheduler, snr_gamma
+
+    def forward(self, input_ids: torch.Tensor, latents: torch.Tensor, generator: torch.Generator):
+        hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
+        return train.diffusion_loss(self.unet, hidden, latents, self.noise_scheduler, generator,
+                                    snr_gamma=self.snr_gamma)
+
+
+def build(cfg: RecipeConfig) -> Components:
+    """Randomly initialised components of the preset's architecture (seeded)."""
+    preset = load_preset(cfg.preset)
+    preset.weights = None  # the architecture, never the shipped weights
+    c = from_preset(preset, device="cpu", dtype="fp32", seed=cfg.seed)
+    return c
+
+
+def run(cfg: RecipeConfig) -> Path:
+    """Train both stages (resuming where checkpoints exist) and export ``cfg.out/model``."""
+    from accelerate import Accelerator
+
+    cfg.check()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
+    c = build(cfg)
+    size = c.defaults.width
+    ident = {"recipe": train.config_dict(cfg, skip=("out", "save_every", "threads")), "data": data_spec(size)}
+    t0 = time.perf_counter()
+
+    # -- stage 1: the VAE ------------------------------------------------------------------------
+    vae = c.vae.requires_grad_(True)
+
+    def vae_batch(step, micro, a):
+        imgs = [shapes.draw(s, size) for s in scenes(cfg.seed, "vae", step, micro, a.process_index,
+                                                      cfg.vae_batch, size)]
+        return {"pixels": to_pixels(imgs).to(a.device),
+                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+
+    train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight), vae_batch, run_id={**ident, "stage": "vae"},
+              accelerator=acc, desc="vae")
+    vae = vae.requires_grad_(False).eval().to(acc.device)
+    vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
+    sf = vae.config.scaling_factor
+
+    # -- stage 2: text encoder + U-Net -----------------------------------------------------------
+    acc = Accelerator()
+    noise_scheduler = DDPMScheduler.from_config(c.scheduler.config)
+    c.text_encoder.requires_grad_(True)
+    c.unet.requires_grad_(True)
+    tok = c.tokenizer
+
+    def diffusion_batch(step, micro, a):
+        batch = scenes(cfg.seed, "diffusion", step, micro, a.process_index, cfg.batch, size)
+        rng = random.Random(f"{cfg.seed}:dropout:{step}:{micro}:{a.process_index}")
+        captions = ["" if rng.random() < cfg.caption_dropout else s.caption for s in batch]
+        gen = train.step_generator(cfg.seed, step, micro, a.process_index)
+        with torch.no_grad():
+            post = vae.encode(to_pixels([shapes.draw(s, size) for s in batch]).to(a.device)).latent_dist
+            latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(post.mean)) * sf
+        return {"input_ids": tokenize(tok, captions).to(a.device), "latents": latents, "generator": gen}
+
+    train.run(train.LoopConfig(out=cfg.out / "diffusion", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              DiffusionObjective(c.unet, c.text_encoder, noise_scheduler, cfg.snr_gamma), diffusion_batch,
+              run_id={**ident, "stage": "diffusion", "scaling_factor": sf}, accelerator=acc, desc="unet")
+    seconds = time.perf_counter() - t0
+    if acc.is_main_process:
+        export(c, cfg, cfg.out / "model", seconds=seconds)
+    acc.wait_for_everyone()
+    return cfg.out / "model"
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae, seed: int, size: int, n: int = 512) -> float:
+    """1 / std of the VAE's latents over n fresh scenes (SD measured 0.18215 the same way)."""
+    imgs = [shapes.draw(s, size) for s in scenes(seed, "scale", 0, 0, 0, n, size)]
+    z = torch.cat([vae.encode(to_pixels(imgs[i:i + 64]).to(vae.device)).latent_dist.mean
+                   for i in range(0, n, 64)])
+    return round(1.0 / z.float().std().item(), 5)
+
+
+def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float) -> None:
+    """Write a diffusers folder (model_index.json + safetensors) atomically, plus latentgen.json."""
+    from diffusers import StableDiffusionPipeline
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer,
+                                   unet=c.unet, scheduler=c.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    d = c.defaults
+    (tmp / "latentgen.json").write_text(json.dumps(
+        {"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
+         "scheduler": d.scheduler}, indent=1) + "\n")
+    (tmp / "recipe.json").write_text(json.dumps(
+        {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
+         "train_seconds": round(seconds, 1), "machine": _machine()}, indent=1) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
+    """Measure a trained folder's prompt adherence, then copy it to ``dest`` with manifest.json.
+
+    The manifest lists the sha256 of every file, the training command, recipe, data spec, steps,
+    time and measured quality; ``dest`` is replaced atomically (written beside it, then renamed).
+    """
+    import hashlib
+    import platform
+
+    from . import quality
+    from . import load
+
+    report = quality.adherence(load(str(model), device="cpu"), seeds=seeds)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model, tmp)
+    files = {str(p.relative_to(tmp)): {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                                       "bytes": p.stat().st_size}
+             for p in sorted(tmp.rglob("*")) if p.is_file()}
+    recipe_info = json.loads((tmp / "recipe.json").read_text())
+    manifest = {
+        "name": dest.name, "command": command, "recipe": recipe_info["config"], "data": recipe_info["data"],
+        "steps": {"vae": recipe_info["config"]["vae_steps"], "diffusion": recipe_info["config"]["steps"]},
+        "train_seconds": recipe_info["train_seconds"], "trained_on": recipe_info.get("machine"),
+        "quality": {"protocol": f"{len(quality.adherence_prompts())} prompts x seeds {list(seeds)}, 20 steps, "
+                                "default guidance and sampler, read by latentgen.shapes.read",
+                    **report.summary()},
+        "total_bytes": sum(f["bytes"] for f in files.values()), "files": files,
+        "measured_on": platform.machine() + ", torch " + torch.__version__,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return manifest

@@ -1,0 +1,56 @@
+"""The embedded default model as shipped in weights/default: integrity, loading, prompt adherence."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import latentgen
+from latentgen import quality
+from latentgen.presets import data_dir
+
+WEIGHTS = data_dir("weights") / "default"
+
+
+@pytest.fixture(scope="module")
+def default_pipe():
+    return latentgen.load()
+
+
+def test_manifest_matches_the_files():
+    manifest = json.loads((WEIGHTS / "manifest.json").read_text())
+    on_disk = {str(p.relative_to(WEIGHTS)) for p in WEIGHTS.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"])
+    for name, f in manifest["files"].items():
+        assert hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest() == f["sha256"], name
+    assert manifest["total_bytes"] <= 40 * 2**20
+    assert manifest["command"].startswith("latentgen train")
+    q = manifest["quality"]
+    assert q["background"] >= 0.95 and q["color"] >= 0.95 and q["shape"] >= 0.90
+
+
+def test_load_without_source_is_the_embedded_model(default_pipe):
+    c = default_pipe.c
+    assert c.name == "default" and c.defaults.width == 64 and default_pipe.defaults.steps == 20
+    assert c.vae_scale_factor == 8 and c.unet.config.in_channels == c.vae.config.latent_channels == 4
+
+
+def test_diffusers_loads_it_and_agrees(default_pipe):
+    from diffusers import StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline.from_pretrained(WEIGHTS, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    prompt = "a red circle on a blue background"
+    want = ref(prompt, num_inference_steps=8, guidance_scale=4.0, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(3)).images[0]
+    got = np.asarray(default_pipe.generate(prompt, seed=3, steps=8, guidance=4.0, scheduler=None)[0])
+    assert np.abs(got.astype(np.float32) - want * 255).max() <= 1.0
+
+
+def test_prompt_adherence_on_shipped_weights(default_pipe):
+    """42 prompts (7 colors x 3 shapes x 2 backgrounds) x 2 seeds, 20 steps, default guidance."""
+    s = quality.adherence(default_pipe, seeds=(0, 1000), steps=20).summary()
+    assert s["images"] == 84
+    assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
