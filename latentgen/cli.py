@@ -1,6 +1,8 @@
-"""The ``latentgen`` command line: ``generate`` and ``info``.
+"""The ``latentgen`` command line.
 
     latentgen generate "a red circle on a blue background" --seed 1 -o out.png
+    latentgen img2img "a yellow circle on a blue background" --image out.png --strength 0.6 -o edit.png
+    latentgen inpaint "a red square on a green background" --image in.png --mask mask.png -o out.png
     latentgen info out.png
 """
 
@@ -54,7 +56,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _render(args: argparse.Namespace, call) -> int:
+    """Check outputs, load the model, run ``call(pipe, **sampling)`` with a progress bar, save PNGs."""
     from tqdm import tqdm
 
     import latentgen
@@ -69,13 +72,39 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    images = pipe.generate(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                           negative_prompt=args.negative, width=args.width, height=args.height,
-                           num_images=args.num_images, scheduler=args.scheduler, callback=progress)
+    images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                  negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
+                  callback=progress)
     bar.close()
     for image, path in zip(images, paths):
-        print(metadata.save_png(image, path, image.info["parameters"], force=args.force))
+        print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    return _render(args, lambda pipe, **kw: pipe.generate(args.prompt, width=args.width, height=args.height, **kw))
+
+
+def cmd_img2img(args: argparse.Namespace) -> int:
+    from .edit import _check_strength
+    from .images import open_image
+
+    image = open_image(args.image, "--image")  # a missing or unreadable file fails before the model loads
+    _check_strength(args.strength)
+    return _render(args, lambda pipe, **kw: pipe.img2img(args.prompt, image, strength=args.strength,
+                                                         max_pixels=args.max_pixels, **kw))
+
+
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    from .edit import _check_strength
+    from .images import open_image
+
+    image = open_image(args.image, "--image")
+    mask = open_image(args.mask, "--mask") if args.mask else None
+    _check_strength(args.strength)
+    return _render(args, lambda pipe, **kw: pipe.inpaint(
+        args.prompt, image, mask, strength=args.strength, mask_blur=args.mask_blur,
+        only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, **kw))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -193,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--command", default="latentgen train --out runs/default",
                     help="the training command recorded in the manifest")
     sh.set_defaults(func=cmd_ship)
+    ii = sub.add_parser("img2img", help="redraw an image under a prompt")
+    add_sampling_args(ii)
+    ii.add_argument("--image", required=True, help="input image (any size; resized to a multiple of 8 and back)")
+    ii.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 repaints it (default 0.75)")
+    ii.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
+    add_model_args(ii)
+    ii.set_defaults(func=cmd_img2img)
+    ip = sub.add_parser("inpaint", help="repaint the white part of a mask")
+    add_sampling_args(ip)
+    ip.add_argument("--image", required=True)
+    ip.add_argument("--mask", default=None, help="white repaints, black keeps (default: the image's alpha)")
+    ip.add_argument("--strength", type=float, default=1.0)
+    ip.add_argument("--mask-blur", type=float, default=4, help="feather radius in pixels, inside the mask")
+    ip.add_argument("--only-masked", action="store_true", help="work on the mask's box at native size")
+    ip.add_argument("--padding", type=int, default=32, help="pixels around the mask's box (--only-masked)")
+    ip.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
+    add_model_args(ip)
+    ip.set_defaults(func=cmd_inpaint)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)

@@ -50,14 +50,15 @@ def check_writable(paths: list[Path], force: bool) -> None:
             raise FileNotFoundError(f"folder {p.parent} for output {p.name} does not exist; create it first.")
 
 
-def save_png(image: Image.Image, path: str | Path, parameters: str, *, force: bool = False) -> Path:
+def save_png(image: Image.Image, path: str | Path, parameters: str | None, *, force: bool = False) -> Path:
     """Write ``image`` with its parameters chunk atomically: a crash leaves no partial file.
 
     Without ``force`` an existing file is never replaced, even one created while we worked.
     """
     path = Path(path)
     info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters)
+    if parameters:
+        info.add_text("parameters", parameters)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

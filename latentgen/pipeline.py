@@ -25,6 +25,7 @@ from PIL import Image
 
 from . import metadata, schedulers
 from .components import Components
+from .edit import EditMixin
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents)
 
@@ -43,8 +44,11 @@ def _as_prompts(prompt, name: str) -> list[str]:
                     f"pass text such as {name}='a red circle'.")
 
 
-class Pipeline:
-    """Stable Diffusion inference over loaded ``Components``; see ``latentgen.load``."""
+class Pipeline(EditMixin):
+    """Stable Diffusion inference over loaded ``Components``; see ``latentgen.load``.
+
+    ``generate`` (txt2img) here; ``img2img`` and ``inpaint`` in ``latentgen.edit``: one loop, ``sample``.
+    """
 
     def __init__(self, components: Components):
         self.c = components
@@ -168,6 +172,9 @@ class Pipeline:
             seed=seed, scheduler=scheduler, batch_size=batch_size)
         jobs = self._jobs(prompts, negative_prompt, num_images, guidance)
         f, c = self.c.vae_scale_factor, self.c.vae.config.latent_channels
+        if self.c.unet.config.in_channels != c:
+            raise ValueError(f"{self.c.name} is an inpainting model (its U-Net takes "
+                             f"{self.c.unet.config.in_channels} channels): use pipe.inpaint(prompt, image, mask).")
 
         def start(sched, idx, generators, dtype):  # pure noise, scaled to the sampler's first sigma
             noise = randn_tensor((len(idx), c, height // f, width // f), generator=generators,

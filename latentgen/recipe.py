@@ -39,7 +39,7 @@ class RecipeConfig:
     out: Path  # run folder: out/vae, out/diffusion (checkpoints), out/model (the exported folder)
     preset: str = "default"  # architecture and defaults, from pipelines/<preset>.json
     seed: int = 0
-    vae_steps: int = 800
+    vae_steps: int = 1000
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6

@@ -5,8 +5,9 @@ background". Everything is a function of a seed, so the data is endless and repr
 ``sample(seed)`` always draws the same picture.
 
 The evaluator reads an image back with no neural network: background color from the border
-pixels, shape color from the dominant non-background pixels, shape from its mask's geometry
-(fill of its bounding box, and solidity: area over convex-hull area).
+pixels, shape color from the dominant non-background pixels, shape from its mask's geometry: the
+largest connected part of the mask is compared with an ideal circle, square, triangle and star
+drawn in its bounding box, and the best overlap (IoU) wins.
 """
 
 from __future__ import annotations
@@ -99,41 +100,43 @@ def _nearest(rgb: np.ndarray, names) -> np.ndarray:
     return np.argmin(((rgb[:, None, :] - ref[None]) ** 2).sum(-1), axis=1)
 
 
-def _convex_hull_area(points: np.ndarray) -> float:
-    """Area of the convex hull of (N, 2) points (Andrew's monotone chain + shoelace)."""
-    pts = sorted(set(map(tuple, points)))
-    if len(pts) < 3:
-        return 0.0
-
-    def half(seq):
-        out = []
-        for p in seq:
-            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
-                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
-                out.pop()
-            out.append(p)
-        return out
-
-    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
-    x, y = np.array(hull, np.float64).T
-    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+def _template(kind: str, x0: int, y0: int, x1: int, y1: int, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) mask of an ideal ``kind`` filling the pixel box x0..x1, y0..y1 (inclusive)."""
+    im = Image.new("1", (shape[1], shape[0]), 0)
+    d = ImageDraw.Draw(im)
+    if kind == "circle":
+        d.ellipse((x0, y0, x1, y1), fill=1)
+    elif kind == "square":
+        d.rectangle((x0, y0, x1, y1), fill=1)
+    elif kind == "triangle":
+        d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=1)
+    else:  # star: its box is 1.902 r wide, from cy - r to cy + 0.809 r high
+        r = (y1 - y0 + 1) / 1.809
+        d.polygon(_polygon(Scene("", "star", "", (x0 + x1) / 2, y0 + r, r)), fill=1)
+    return np.asarray(im, bool)
 
 
 def classify_mask(mask: np.ndarray) -> str:
-    """circle, square, triangle or star, from a boolean (H, W) mask of one flat shape."""
+    """circle, square, triangle or star, from a boolean (H, W) mask of one flat shape: the ideal
+    shape drawn in the mask's bounding box that overlaps it best (intersection over union)."""
     ys, xs = np.nonzero(mask)
-    area = float(len(xs))
-    fill = area / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1))  # square 1, circle pi/4, triangle 1/2, star ~0.35
-    # Pixel corners make the hull of a pixelated shape; solidity ~1 for convex shapes, ~0.5 for a star.
-    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
-    solidity = area / max(_convex_hull_area(corners), 1.0)
-    if solidity < 0.75:
-        return "star"
-    if fill > 0.9:
-        return "square"
-    if fill > 0.64:
-        return "circle"
-    return "triangle"
+    box = (xs.min(), ys.min(), xs.max(), ys.max())
+
+    def iou(kind):
+        t = _template(kind, *box, mask.shape)
+        return (t & mask).sum() / max((t | mask).sum(), 1)
+
+    return max(ALL_SHAPES, key=iou)
+
+
+def _main_blob(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of a mask, holes filled: drops specks and stray artifacts."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    if n > 1:
+        mask = labels == (np.bincount(labels.ravel())[1:].argmax() + 1)
+    return ndimage.binary_fill_holes(mask)
 
 
 def read(image: Image.Image, colors=tuple(PALETTE)) -> Reading:
@@ -148,7 +151,7 @@ def read(image: Image.Image, colors=tuple(PALETTE)) -> Reading:
     if fg.sum() < 0.01 * h * w:
         return Reading(colors[bg], None, None, None, float(fg.mean()))
     color = int(np.bincount(labels[fg], minlength=len(colors)).argmax())
-    mask = labels == color
+    mask = _main_blob(labels == color)
     ys, xs = np.nonzero(mask)
     return Reading(colors[bg], colors[color], classify_mask(mask), (float(xs.mean()), float(ys.mean())),
                    float(mask.mean()))

@@ -1,0 +1,169 @@
+"""Image inputs of img2img and inpainting, and the pixel-space steps around the latent loop.
+
+Inputs: PIL images of any mode (RGB, RGBA, L, LA, P, 1, I;16, I, CMYK, ...), numpy arrays
+((H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 0-255, uint16 0-65535, bool, or float 0-1) and
+paths to image files. 16-bit data is scaled to 8 bits (x / 257), never clipped.
+
+Masks: white (>= 0.5 after conversion to gray) means repaint, black means keep, as in diffusers
+and A1111. A mask with an alpha channel counts its transparent pixels as black. Without a mask,
+an image's alpha channel is the mask: its transparent pixels are repainted (the convention of
+image editors' erasers and of OpenAI's edit endpoint).
+
+Sizes: the VAE works on multiples of its scale factor f (8 for SD). Any other size is resized
+down to the nearest multiple of f for the model (as diffusers does) and the result is resized
+back, so the output always has the input's size.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, UnidentifiedImageError
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:
+    return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255
+
+
+def _from_array(a: np.ndarray, name: str) -> Image.Image:
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise ValueError(f"{name}: a numpy array of shape {a.shape} is not an image; "
+                         f"use shape (H, W), (H, W, 3) or (H, W, 4).")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype == np.uint16:
+        a = _u16_to_u8(a)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all() or a.min() < -1e-3 or a.max() > 1 + 1e-3:
+            raise ValueError(f"{name}: float arrays must hold values in [0, 1] (got "
+                             f"{np.nanmin(a):.3g}..{np.nanmax(a):.3g}); scale the array to [0, 1] first.")
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"{name}: numpy arrays of dtype {a.dtype} are not supported; "
+                         f"use uint8 (0-255), uint16 (0-65535), bool, or float in [0, 1].")
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def open_image(x, name: str) -> Image.Image:
+    """A PIL image from a PIL image, a numpy array or a file path (checked, not yet converted)."""
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, np.ndarray):
+        return _from_array(x, name)
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no file at {str(path)!r}; pass the path of an existing image file.")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im.copy()
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{name}: {str(path)!r} is not an image Pillow can read ({e}); "
+                             f"pass a PNG, JPEG or WebP file.") from None
+    raise TypeError(f"{name} must be a PIL image, a numpy array or a path to an image file, "
+                    f"got {type(x).__name__}.")
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer modes (I;16, I) -> L by scaling, where Pillow's convert would clip."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        return Image.fromarray(_u16_to_u8(np.asarray(im)))
+    return im
+
+
+def load_rgb(x, name: str = "image") -> tuple[Image.Image, np.ndarray | None]:
+    """-> (RGB image, alpha (H, W) uint8 or None when the image has no transparency)."""
+    im = _eight_bit(open_image(x, name))
+    has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info) \
+        or (im.mode in ("L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        return rgba.convert("RGB"), np.asarray(rgba)[..., 3].copy()
+    return im.convert("RGB"), None
+
+
+def load_mask(x, name: str = "mask") -> np.ndarray:
+    """-> mask (H, W) float32 in [0, 1]; transparent pixels of a mask with alpha count as 0."""
+    im = _eight_bit(open_image(x, name))
+    gray = np.asarray(im.convert("L"), np.float32) / 255.0
+    if "A" in im.getbands() or "transparency" in im.info:
+        gray *= np.asarray(im.convert("RGBA"))[..., 3] / 255.0
+    return gray
+
+
+def work_size(size: tuple[int, int], f: int, max_pixels: int, name: str = "image") -> tuple[int, int]:
+    """The size the model works at: each side rounded down to a multiple of f (at least f)."""
+    w, h = max(f, size[0] // f * f), max(f, size[1] // f * f)
+    if w * h > max_pixels:
+        raise ValueError(f"{name} is {size[0]}x{size[1]}, {w * h / 1e6:.1f} MP for the model, above "
+                         f"max_pixels={max_pixels} ({max_pixels / 1e6:.1f} MP, a memory bound): downscale "
+                         f"the image, or raise the bound with max_pixels={w * h}.")
+    return w, h
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """RGB image -> (1, 3, H, W) float32 in [-1, 1], as diffusers' VaeImageProcessor does."""
+    a = np.asarray(im, np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1)[None] * 2.0 - 1.0
+
+
+def mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """Mask (H, W) in [0, 1] -> binarized (1, 1, H, W): 1 repaint, 0 keep (diffusers' threshold 0.5)."""
+    return torch.from_numpy((mask >= 0.5).astype(np.float32))[None, None]
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (mask.shape[1], mask.shape[0]) == tuple(size):
+        return mask
+    im = Image.fromarray(mask.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(im, np.float32)
+
+
+def crop_box(hole: np.ndarray, padding: int, aspect: float) -> tuple[int, int, int, int]:
+    """A1111's "inpaint only masked" region: the mask's bounding box plus ``padding`` pixels,
+    grown to the model's aspect ratio (width / height) and kept inside the image. (x0, y0, x1, y1)."""
+    H, W = hole.shape
+    ys, xs = np.nonzero(hole)
+    x0, x1 = max(0, xs.min() - padding), min(W, xs.max() + 1 + padding)
+    y0, y1 = max(0, ys.min() - padding), min(H, ys.max() + 1 + padding)
+
+    def grow(lo, hi, want, limit):
+        extra = min(want, limit) - (hi - lo)
+        if extra <= 0:
+            return lo, hi
+        lo, hi = lo - extra // 2, hi + extra - extra // 2
+        if lo < 0:
+            lo, hi = 0, hi - lo
+        if hi > limit:
+            lo, hi = max(0, lo - (hi - limit)), limit
+        return lo, hi
+
+    if (x1 - x0) / (y1 - y0) < aspect:
+        x0, x1 = grow(x0, x1, round((y1 - y0) * aspect), W)
+    else:
+        y0, y1 = grow(y0, y1, round((x1 - x0) / aspect), H)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, blur: float) -> Image.Image:
+    """Paste ``generated`` over ``original`` through the mask, feathered by a Gaussian blur of
+    radius ``blur`` inward only: pixels outside the mask (< 0.5) stay the original's, bit for bit."""
+    hole = mask >= 0.5
+    alpha = hole.astype(np.float32)
+    if blur > 0:
+        soft = Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur))
+        alpha = np.asarray(soft, np.float32) / 255.0 * hole  # feather inside the mask only
+    a = alpha[..., None]
+    o, g = np.asarray(original, np.float32), np.asarray(generated, np.float32)
+    out = np.where(a > 0, (o * (1 - a) + g * a).round(), o).astype(np.uint8)
+    image = Image.fromarray(out)
+    image.info.update(generated.info)
+    return image

@@ -1,0 +1,145 @@
+"""img2img / inpainting inputs: image modes, arrays, paths, alpha masks, sizes, bad input, CLI."""
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentgen import images as im
+from latentgen.cli import main
+from latentgen.metadata import read_parameters
+
+
+def _photo(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+
+
+def _mask(size=64):
+    m = np.zeros((size, size), np.uint8)
+    m[16:40, 20:44] = 255
+    return Image.fromarray(m)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "1", "I;16", "I", "CMYK"])
+def test_every_pil_mode_becomes_rgb(mode):
+    src = _photo()
+    image = src.convert("L").convert(mode) if mode in ("I;16", "I") else src.convert(mode)
+    rgb, alpha = im.load_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == src.size
+    assert (alpha is not None) == (mode in ("RGBA", "LA"))
+    if mode in ("RGB", "RGBA"):
+        assert np.array_equal(np.asarray(rgb), np.asarray(src))
+
+
+def test_16_bit_images_are_scaled_not_clipped():
+    a = np.full((8, 8), 32768, np.uint16)
+    assert np.asarray(im.load_rgb(Image.fromarray(a))[0])[0, 0, 0] == 128  # PIL's convert would clip to 255
+    assert np.asarray(im.load_rgb(a)[0])[0, 0, 0] == 128
+    assert np.asarray(im.load_mask(Image.fromarray(np.full((8, 8), 65535, np.uint16))))[0, 0] == 1.0
+
+
+def test_arrays_and_paths(tmp_path):
+    src = _photo()
+    a = np.asarray(src)
+    for x in (a, a.astype(np.float32) / 255, np.dstack([a, np.full(a.shape[:2], 255, np.uint8)])):
+        assert np.abs(np.asarray(im.load_rgb(x)[0], int) - a).max() <= 1
+    src.save(tmp_path / "in.png")
+    assert np.array_equal(np.asarray(im.load_rgb(tmp_path / "in.png")[0]), a)
+    assert im.load_mask(np.ones((4, 4), bool)).min() == 1.0
+    with pytest.raises(FileNotFoundError, match="image"):
+        im.load_rgb(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        im.load_rgb(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        im.load_rgb(a.astype(np.float32))  # 0-255 floats
+    with pytest.raises(ValueError, match="shape"):
+        im.load_rgb(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_img2img_accepts_any_input_and_keeps_odd_sizes(pipe, tmp_path):
+    src = _photo(70).crop((0, 0, 70, 45))
+    src.save(tmp_path / "odd.png")
+    for x in (src, src.convert("P"), np.asarray(src), str(tmp_path / "odd.png")):
+        out = pipe.img2img("a cat", x, strength=0.5, steps=2)[0]
+        assert out.size == (70, 45) and out.mode == "RGB"
+    assert "Denoising strength: 0.5" in out.info["parameters"] and "Size: 70x45" in out.info["parameters"]
+
+
+def test_alpha_channel_is_the_mask(pipe):
+    src = _photo().convert("RGBA")
+    a = np.asarray(src).copy()
+    a[10:30, 10:30, 3] = 0  # transparent: repaint
+    out = pipe.inpaint("a cat", Image.fromarray(a), steps=2)[0]
+    hole = np.zeros((64, 64), bool)
+    hole[10:30, 10:30] = True
+    rgb = np.asarray(src.convert("RGB"))
+    assert np.array_equal(np.asarray(out)[~hole], rgb[~hole])
+    assert not np.array_equal(np.asarray(out)[hole], rgb[hole])
+
+
+def test_only_masked_on_a_larger_image(pipe):
+    src = _photo(160)
+    m = np.zeros((160, 160), np.uint8)
+    m[100:120, 30:50] = 255
+    out = pipe.inpaint("a cat", src, Image.fromarray(m), only_masked=True, padding=8, steps=2)[0]
+    assert out.size == (160, 160)
+    keep = m < 128
+    assert np.array_equal(np.asarray(out)[keep], np.asarray(src)[keep])
+    assert "Inpaint area: Only masked" in out.info["parameters"]
+    assert im.crop_box(m >= 128, 8, 1.0) == (22, 92, 58, 128)  # 20x20 box + 8 px each side, square
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan"), "0.5", True])
+def test_bad_strength(pipe, strength):
+    with pytest.raises(ValueError, match="strength"):
+        pipe.img2img("a cat", _photo(), strength=strength)
+    with pytest.raises(ValueError, match="strength"):
+        pipe.inpaint("a cat", _photo(), _mask(), strength=strength)
+
+
+def test_bad_masks_and_sizes(pipe):
+    with pytest.raises(TypeError, match="mask must be"):
+        pipe.inpaint("a cat", _photo(), 5)
+    with pytest.raises(ValueError, match="mask is 32x32 but image is 64x64"):
+        pipe.inpaint("a cat", _photo(), _mask(32))
+    with pytest.raises(ValueError, match="mask is missing"):
+        pipe.inpaint("a cat", _photo())
+    with pytest.raises(ValueError, match="mask_blur"):
+        pipe.inpaint("a cat", _photo(), _mask(), mask_blur=-1)
+    with pytest.raises(ValueError, match="padding"):
+        pipe.inpaint("a cat", _photo(), _mask(), padding=-2)
+    with pytest.raises(ValueError, match="max_pixels=4096"):
+        pipe.img2img("a cat", _photo(), max_pixels=1000)
+    assert pipe.img2img("a cat", _photo(), max_pixels=4096, steps=1)[0].size == (64, 64)  # the bound is raisable
+
+
+def test_empty_mask_returns_the_input_with_a_warning(pipe):
+    src = _photo()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = pipe.inpaint("a cat", src, np.zeros((64, 64), np.uint8), num_images=2)
+    assert any("mask is empty" in str(x.message) for x in w)
+    assert len(out) == 2 and all(np.array_equal(np.asarray(o), np.asarray(src)) for o in out)
+
+
+def test_cli_img2img_and_inpaint(tiny_folder, tmp_path, capsys):
+    _photo().save(tmp_path / "in.png")
+    _mask().save(tmp_path / "mask.png")
+    common = ["--model", str(tiny_folder), "--steps", "2", "--seed", "3"]
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "0.6",
+                 "-o", str(tmp_path / "a.png"), *common]) == 0
+    assert "Denoising strength: 0.6" in read_parameters(tmp_path / "a.png")
+    assert main(["inpaint", "a cat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--mask-blur", "2", "-o", str(tmp_path / "b.png"), *common]) == 0
+    text = read_parameters(tmp_path / "b.png")
+    assert "Mask blur: 2" in text and "Denoising strength: 1.0" in text and "Seed: 3" in text
+    # bad input fails before the model loads, naming the parameter
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "nope.png"), "-o", str(tmp_path / "c.png")]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "2",
+                 "-o", str(tmp_path / "c.png")]) == 2
+    assert "strength" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
