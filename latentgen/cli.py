@@ -54,6 +54,20 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-images", type=_positive_int, default=1)
     p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA (diffusers or kohya layout) at SCALE (default 1); repeatable")
+
+
+def _lora_spec(spec: str) -> tuple[str, float]:
+    """'path[:scale]' -> (path, scale), the file checked before any model loads."""
+    path, _, scale = spec.rpartition(":")
+    try:
+        path, scale = (path, float(scale)) if path else (spec, 1.0)
+    except ValueError:
+        path, scale = spec, 1.0
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale].")
+    return path, scale
 
 
 def _render(args: argparse.Namespace, call) -> int:
@@ -65,7 +79,10 @@ def _render(args: argparse.Namespace, call) -> int:
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
+    loras = [_lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    for path, scale in loras:
+        pipe.load_lora(path, scale=scale)
     bar = tqdm(desc="denoising", unit="step", leave=False)
 
     def progress(done: int, total: int, _latents) -> None:
@@ -105,6 +122,19 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     return _render(args, lambda pipe, **kw: pipe.inpaint(
         args.prompt, image, mask, strength=args.strength, mask_blur=args.mask_blur,
         only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, **kw))
+
+
+def cmd_shapes_data(args: argparse.Namespace) -> int:
+    from . import shapes
+
+    vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("shapes", args.shapes)) if v}
+    bad = [w for w in vocab.get("colors", ()) if w not in shapes.PALETTE] + \
+        [w for w in vocab.get("shapes", ()) if w not in shapes.ALL_SHAPES]
+    if bad:
+        raise ValueError(f"unknown color/shape {bad}: colors {list(shapes.PALETTE)}, shapes {list(shapes.ALL_SHAPES)}.")
+    scenes = shapes.write_folder(args.folder, args.n, seed=args.seed, size=args.size, **vocab)
+    print(f"{len(scenes)} images with captions in {args.folder}")
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -240,6 +270,17 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
+    sd = sub.add_parser("shapes-data", help="write procedural flat-shape images with .txt captions (for finetune-lora)")
+    sd.add_argument("folder")
+    sd.add_argument("-n", type=_positive_int, default=200)
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--size", type=_positive_int, default=64)
+    sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
+    sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
+    sd.set_defaults(func=cmd_shapes_data)
+    from .finetune import add_parser as add_finetune
+
+    add_finetune(sub)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)

@@ -26,6 +26,7 @@ from PIL import Image
 from . import metadata, schedulers
 from .components import Components
 from .edit import EditMixin
+from .lora import LoraMixin
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents)
 
@@ -44,10 +45,11 @@ def _as_prompts(prompt, name: str) -> list[str]:
                     f"pass text such as {name}='a red circle'.")
 
 
-class Pipeline(EditMixin):
+class Pipeline(EditMixin, LoraMixin):
     """Stable Diffusion inference over loaded ``Components``; see ``latentgen.load``.
 
     ``generate`` (txt2img) here; ``img2img`` and ``inpaint`` in ``latentgen.edit``: one loop, ``sample``.
+    LoRA adapters (``load_lora``, ``set_lora_scale``, ``fuse_lora``, ...) in ``latentgen.lora``.
     """
 
     def __init__(self, components: Components):
@@ -236,7 +238,8 @@ class Pipeline(EditMixin):
                 image.info["parameters"] = metadata.parameters_text(jobs[i][0], {
                     "Steps": steps, "Sampler": schedulers.label(sched), "CFG scale": guidance,
                     "Seed": seed + i, "Size": info.get("Size"), "Model": self.c.name,
-                    **{k: v for k, v in info.items() if k != "Size"}}, negative_prompt=jobs[i][1])
+                    **{k: v for k, v in info.items() if k != "Size"}, **self._lora_info()},
+                    negative_prompt=jobs[i][1])
                 images.append(image)
         return images
 

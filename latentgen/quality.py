@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from . import shapes
@@ -66,6 +68,43 @@ def adherence(pipe, prompts: list[str] | None = None, seeds=(0, 1000), steps: in
                                 "want_color": color, "want_shape": kind, "background": r.background,
                                 "color": r.color, "shape": r.shape})
     return report
+
+
+def img2img_recolor(pipe, seeds=range(20), strength: float = 0.6, steps: int = 20) -> dict:
+    """img2img yardstick: the dataset's red circle on blue, prompted "a yellow circle on a blue
+    background" at ``strength``. Success: read as a yellow circle whose centroid moved <= 4 px."""
+    scene = shapes.Scene("red", "circle", "blue", 30.0, 34.0, 14.0)
+    src = shapes.draw(scene, pipe.defaults.width)
+    x0, y0 = shapes.read(src).centroid
+    ok = []
+    for seed in seeds:
+        r = shapes.read(pipe.img2img("a yellow circle on a blue background", src, strength=strength,
+                                     seed=seed, steps=steps)[0])
+        ok.append(r.color == "yellow" and r.shape == "circle" and r.centroid is not None
+                  and math.dist(r.centroid, (x0, y0)) <= 4)
+    return {"images": len(ok), "success": sum(ok) / len(ok)}
+
+
+def inpaint_fill(pipe, seeds=range(20), background: str = "green", steps: int = 20) -> dict:
+    """Inpainting yardstick: a plain background, a centered square hole of about a third of the
+    image, prompted "a red square on a {background} background". Success: the evaluator reads a red
+    shape whose centroid is in the hole, and every pixel outside the hole is unchanged."""
+    size = pipe.defaults.width
+    src = Image.new("RGB", (size, size), shapes.PALETTE[background])
+    side = round(size / math.sqrt(3))
+    lo = (size - side) // 2
+    mask = np.zeros((size, size), np.uint8)
+    mask[lo:lo + side, lo:lo + side] = 255
+    ok, unchanged = [], []
+    for seed in seeds:
+        out = pipe.inpaint(f"a red square on a {background} background", src, mask, seed=seed, steps=steps)[0]
+        r = shapes.read(out)
+        kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
+        inside = r.centroid is not None and all(lo <= v < lo + side for v in r.centroid)
+        ok.append(r.color == "red" and inside and kept)
+        unchanged.append(kept)
+    return {"images": len(ok), "success": sum(ok) / len(ok), "outside_unchanged": sum(unchanged) / len(ok),
+            "hole_fraction": round(side * side / size**2, 3)}
 
 
 def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 2,

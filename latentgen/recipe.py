@@ -230,7 +230,9 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
     from . import quality
     from . import load
 
-    report = quality.adherence(load(str(model), device="cpu"), seeds=seeds)
+    pipe = load(str(model), device="cpu")
+    report = quality.adherence(pipe, seeds=seeds)
+    edits = {"img2img": quality.img2img_recolor(pipe), "inpaint": quality.inpaint_fill(pipe)}
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(model, tmp)
@@ -245,6 +247,10 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
         "quality": {"protocol": f"{len(quality.adherence_prompts())} prompts x seeds {list(seeds)}, 20 steps, "
                                 "default guidance and sampler, read by latentgen.shapes.read",
                     **report.summary()},
+        "edit_quality": {"img2img": "red circle on blue -> 'a yellow circle on a blue background', strength 0.6, "
+                                    "20 seeds: yellow circle, centroid within 4 px", "inpaint": "plain green, "
+                         "centered square hole (1/3 of the image), 'a red square on a green background', 20 seeds: "
+                         "red shape centered in the hole, outside unchanged", **{k: v for k, v in edits.items()}},
         "total_bytes": sum(f["bytes"] for f in files.values()), "files": files,
         "measured_on": platform.machine() + ", torch " + torch.__version__,
     }

@@ -155,3 +155,19 @@ def read(image: Image.Image, colors=tuple(PALETTE)) -> Reading:
     ys, xs = np.nonzero(mask)
     return Reading(colors[bg], colors[color], classify_mask(mask), (float(xs.mean()), float(ys.mean())),
                    float(mask.mean()))
+
+
+def write_folder(folder, n: int, seed: int = 0, size: int = 64, **vocab) -> list[Scene]:
+    """Write n scenes as a fine-tuning folder: 00000.png + 00000.txt (its caption), ... (kohya's layout)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        scene = random_scene(rng, size, **vocab)
+        draw(scene, size).save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(scene.caption + "\n")
+        out.append(scene)
+    return out

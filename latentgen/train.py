@@ -66,12 +66,15 @@ def latest_checkpoint(out: Path) -> tuple[Path | None, int]:
 
 def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], *,
         run_id: dict, accelerator: Accelerator | None = None, desc: str = "train",
-        on_save: Callable[[int], None] | None = None) -> list[float]:
+        on_save: Callable[[int], None] | None = None, on_step: Callable[[int], None] | None = None,
+        strict: bool = True) -> list[float]:
     """Optimize ``model``'s trainable parameters for ``cfg.steps`` steps, resuming if checkpoints exist.
 
     ``run_id`` describes the run (config, data spec); resuming from a checkpoint written with a
     different one raises ValueError instead of silently mixing runs. Returns the logged losses.
     ``batch_fn(step, micro, accelerator)`` may use the accelerator's process index to shard data.
+    ``on_save(step)`` / ``on_step(step)`` run on the main process after a checkpoint / every step.
+    ``strict=False`` lets a checkpoint hold only part of the model (LoRA: the adapter weights).
     """
     cfg.check()
     acc = accelerator or Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
@@ -88,7 +91,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
             diff = sorted(k for k in set(saved) | set(stamp) if saved.get(k) != stamp.get(k))
             raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
                              f"use a new output folder, or the same settings to resume.")
-        acc.load_state(str(ckpt))
+        acc.load_state(str(ckpt), strict=strict)
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, smoothing=0.05)
     model.train()
@@ -113,6 +116,8 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
             save(acc, cfg, step + 1, stamp)
             if on_save is not None and acc.is_main_process:
                 on_save(step + 1)
+        if on_step is not None and acc.is_main_process:
+            on_step(step + 1)
     bar.close()
     model.eval()
     if acc.is_main_process and cfg.steps > start:

@@ -54,3 +54,16 @@ def test_prompt_adherence_on_shipped_weights(default_pipe):
     s = quality.adherence(default_pipe, seeds=(0, 1000), steps=20).summary()
     assert s["images"] == 84
     assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
+
+
+def test_img2img_recolors_the_shape_in_place(default_pipe):
+    """The dataset's red circle on blue, "a yellow circle on a blue background", strength 0.6, 20 seeds."""
+    r = quality.img2img_recolor(default_pipe, seeds=range(20), strength=0.6)
+    assert r["success"] >= 0.9, r
+
+
+def test_inpainting_draws_a_red_shape_in_the_hole(default_pipe):
+    """Plain green, a centered square hole of a third of the image, "a red square on a green background"."""
+    r = quality.inpaint_fill(default_pipe, seeds=range(20))
+    assert r["outside_unchanged"] == 1.0 and 0.3 <= r["hole_fraction"] <= 0.36
+    assert r["success"] >= 0.8, r

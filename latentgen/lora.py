@@ -1,0 +1,303 @@
+"""LoRA files in the field's two layouts, and LoRA adapters on a loaded pipeline (via peft).
+
+LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) adds to a weight W (out, in) the low-rank
+update dW = scale * (alpha / rank) * up @ down, with down (rank, in) and up (out, rank).
+
+Layouts (both .safetensors):
+  * diffusers/peft: ``unet.<module>.lora_A.weight`` (down), ``unet.<module>.lora_B.weight`` (up),
+    ``text_encoder.<module>...``; rank/alpha in the header's ``lora_adapter_metadata`` (what
+    diffusers' ``save_lora_weights`` writes; alpha = rank when absent).
+  * kohya/A1111: ``lora_unet_<module with _ for .>.lora_down.weight``, ``.lora_up.weight``,
+    ``.alpha``; ``lora_te_...`` for the text encoder; ``ss_*`` training metadata in the header.
+Kohya names are mapped back to module names through the model's own module list, so the
+ambiguous underscores never need guessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass
+class Lora:
+    """A LoRA in memory: per component, module name -> (down (r, in, ...), up (out, r, ...), alpha)."""
+    modules: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def delta(self, part: str, module: str) -> torch.Tensor:
+        """dW of one module at scale 1: (alpha / rank) * up @ down, shaped like the module's weight."""
+        down, up, alpha = self.modules[part][module]
+        d = up.flatten(1).float() @ down.flatten(1).float() * (alpha / down.shape[0])
+        return d.reshape(up.shape[0], *down.shape[1:]) if down.dim() == 4 else d
+
+
+def file_hash(path: str | Path) -> str:
+    """First 12 hex digits of the file's sha256: the LoRA's id in PNG metadata."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+@lru_cache(maxsize=1)
+def _clip_has_text_model() -> bool:
+    """Whether this transformers' CLIPTextModel nests its layers under ``text_model`` (v4) or not (v5)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=1,
+                         num_attention_heads=1, max_position_embeddings=4)
+    return hasattr(CLIPTextModel(cfg), "text_model")
+
+
+def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
+    """Write ``lora`` as .safetensors in the ``"diffusers"`` (peft) or ``"kohya"`` (A1111) layout, atomically."""
+    tensors, meta = {}, {"format": "pt", **lora.metadata}
+    if layout == "diffusers":
+        adapter_meta = {}
+        for part, mods in lora.modules.items():
+            if part == "text_encoder" and not _clip_has_text_model():  # the names diffusers here expects
+                mods = {m.removeprefix("text_model."): v for m, v in mods.items()}
+            ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
+            alphas = {m: a for m, (_, _, a) in mods.items()}
+            r, a0 = max(ranks.values()), next(iter(alphas.values()))
+            adapter_meta.update({f"{part}.r": r, f"{part}.lora_alpha": a0, f"{part}.target_modules": sorted(mods),
+                                 f"{part}.rank_pattern": {m: v for m, v in ranks.items() if v != r},
+                                 f"{part}.alpha_pattern": {m: a for m, a in alphas.items() if a != a0}})
+            for m, (down, up, _) in mods.items():
+                tensors[f"{part}.{m}.lora_A.weight"], tensors[f"{part}.{m}.lora_B.weight"] = down, up
+        meta["lora_adapter_metadata"] = json.dumps(adapter_meta, sort_keys=True)
+    elif layout == "kohya":
+        for part, mods in lora.modules.items():
+            for m, (down, up, alpha) in mods.items():
+                k = PARTS[part] + m.replace(".", "_")
+                tensors[f"{k}.lora_down.weight"], tensors[f"{k}.lora_up.weight"] = down, up
+                tensors[f"{k}.alpha"] = torch.tensor(float(alpha))
+        dims = {d.shape[0] for mods in lora.modules.values() for d, _, _ in mods.values()}
+        alphas = {a for mods in lora.modules.values() for _, _, a in mods.values()}
+        meta.update({"ss_network_module": "networks.lora", "ss_network_dim": str(max(dims)),
+                     "ss_network_alpha": str(max(alphas))})
+    else:
+        raise ValueError(f"layout={layout!r} is invalid: use 'diffusers' or 'kohya'.")
+    return _atomic_save(tensors, Path(path), meta)
+
+
+def _prefix(part: str, model: torch.nn.Module) -> str:
+    """Files name text-encoder modules ``text_model.encoder...`` (transformers 4's CLIPTextModel);
+    transformers 5 dropped the ``text_model`` level, so it is added back for file names."""
+    return "text_model." if part == "text_encoder" and not hasattr(model, "text_model") else ""
+
+
+def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch.nn.Module]:
+    """Every Linear/Conv2d that a LoRA may target, by its name in files (peft wrappers seen through)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    prefix, out = _prefix(part, model), {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, BaseTunerLayer):
+            out[prefix + name] = mod.get_base_layer()
+        elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and ".base_layer" not in name \
+                and ".lora_" not in name:
+            out[prefix + name] = mod
+    return out
+
+
+def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, list[str]]:
+    """Read a LoRA file of either layout against ``models`` ({"unet": ..., "text_encoder": ...}).
+
+    Returns the LoRA and the keys that name no module of these models. Raises ValueError, naming
+    the modules, when known modules have other shapes (a LoRA made for another architecture).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; pass the path of a .safetensors file.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ValueError(f"{str(path)!r} is not a .safetensors LoRA file ({e}).") from None
+    names = {part: _module_names(m, part) for part, m in models.items()}
+    kohya = {part: {PARTS[part] + n.replace(".", "_"): n for n in ns} for part, ns in names.items()}
+    adapter_meta = json.loads(meta.get("lora_adapter_metadata", "{}"))
+    lora, unknown, groups = Lora(metadata=meta), [], {}
+    for key in sd:  # group keys by (part, module)
+        if key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")):
+            stem, kind = key.split(".", 1)
+            hit = [(p, kohya[p][stem]) for p in kohya if stem in kohya[p]]
+        elif key.endswith((".lora_A.weight", ".lora_B.weight")):
+            part, rest = key.split(".", 1)
+            module, kind = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
+            if part == "text_encoder" and part in names and module not in names[part]:
+                module = "text_model." + module  # written by transformers 5: no text_model level
+            hit = [(part, module)] if part in names and module in names[part] else []
+        else:
+            hit, kind = [], ""
+        if not hit:
+            unknown.append(key)
+            continue
+        groups.setdefault(hit[0], {})[kind.split(".")[0]] = sd[key]
+    bad = []
+    for (part, module), g in groups.items():
+        down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
+        if down is None or up is None:
+            unknown.append(f"{part}.{module} (missing its {'up' if up is None else 'down'} weight)")
+            continue
+        base = names[part][module].weight
+        if up.shape[0] != base.shape[0] or down.shape[1] != base.shape[1]:
+            bad.append(f"{part}.{module}: LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:2])} vs model "
+                       f"{tuple(base.shape[:2])}")
+            continue
+        r = down.shape[0]
+        if "alpha" in g:
+            alpha = float(g["alpha"])
+        else:
+            alpha = float(adapter_meta.get(f"{part}.alpha_pattern", {}).get(
+                module, adapter_meta.get(f"{part}.lora_alpha", r)))
+        lora.modules.setdefault(part, {})[module] = (down, up, alpha)
+    if bad:
+        raise ValueError(f"{path.name} was made for another architecture: {len(bad)} module(s) do not match, "
+                         f"e.g. {'; '.join(bad[:5])}. Use a LoRA trained for this model.")
+    if not lora.modules:
+        raise ValueError(f"{path.name} has no LoRA weights for this model's modules; unknown keys: "
+                         f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}.")
+    return lora, unknown
+
+
+class LoraMixin:
+    """LoRA methods of ``Pipeline``: several adapters at once, each with its own scale."""
+
+    def _lora_state(self) -> dict:
+        if not hasattr(self, "_loras"):
+            self._loras, self._fused = {}, {}  # name -> {"scale", "hash", "path"}; fused originals
+        return self._loras
+
+    def _lora_models(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.c.unet, "text_encoder": self.c.text_encoder}
+
+    def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
+        """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` (default:
+        the file's stem) at ``scale``; returns the name. Unknown keys are reported in a warning."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        loras = self._lora_state()
+        name = name or Path(path).stem
+        if name in loras:
+            raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
+        if self._fused:
+            raise ValueError("LoRAs are fused: call unfuse_lora() before loading another.")
+        lora, unknown = read(path, self._lora_models())
+        if unknown:
+            warnings.warn(f"{Path(path).name}: {len(unknown)} key(s) match no module of this model and were "
+                          f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+        for part, mods in lora.modules.items():
+            model = self._lora_models()[part]
+            cut = len(_prefix(part, model))
+            mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
+            ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
+            config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
+                                rank_pattern=ranks, alpha_pattern={m: a for m, (_, _, a) in mods.items()})
+            with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(config, model, adapter_name=name)
+            for m, (down, up, _) in mods.items():
+                layer = model.get_submodule(m)
+                layer.lora_A[name].weight.data.copy_(down)
+                layer.lora_B[name].weight.data.copy_(up)
+        loras[name] = {"scale": float(scale), "hash": file_hash(path), "path": str(path)}
+        self._apply_lora_scales()
+        return name
+
+    def _tuner_layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for model in self._lora_models().values():
+            for mod in model.modules():
+                if isinstance(mod, BaseTunerLayer):
+                    yield mod
+
+    def _apply_lora_scales(self) -> None:
+        loras = self._lora_state()
+        for layer in self._tuner_layers():
+            names = [n for n in loras if n in layer.lora_A]
+            layer.set_adapter(names)  # several adapters active at once
+            for n in names:
+                layer.set_scale(n, loras[n]["scale"])  # scaling = scale * alpha / r
+            layer.requires_grad_(False)
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        loras = self._lora_state()
+        if name not in loras:
+            raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(loras) or 'none'}.")
+        if self._fused:
+            raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
+        loras[name]["scale"] = float(scale)
+        self._apply_lora_scales()
+
+    def fuse_lora(self) -> None:
+        """Add the active LoRAs into the base weights (faster sampling); ``unfuse_lora`` undoes it exactly."""
+        self._lora_state()
+        for layer in self._tuner_layers():
+            if layer.active_adapters and not layer.merged:
+                base = layer.get_base_layer()
+                self._fused[id(layer)] = (layer, base.weight.data.clone())
+                layer.merge(adapter_names=list(layer.active_adapters))
+
+    def unfuse_lora(self) -> None:
+        """Restore the base weights saved by ``fuse_lora``, bit for bit."""
+        self._lora_state()
+        for layer, weight in self._fused.values():
+            layer.get_base_layer().weight.data.copy_(weight)
+            layer.merged_adapters.clear()
+        self._fused = {}
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove LoRA ``name`` (or all): the model is then exactly as loaded."""
+        loras = self._lora_state()
+        if name is not None and name not in loras:
+            raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(loras) or 'none'}.")
+        self.unfuse_lora()
+        for n in [name] if name else list(loras):
+            for layer in self._tuner_layers():
+                if n in layer.lora_A:
+                    layer.delete_adapter(n)
+            del loras[n]
+        for model in self._lora_models().values():  # unwrap layers with no adapter left
+            for mname, mod in list(model.named_modules()):
+                if hasattr(mod, "lora_A") and len(mod.lora_A) == 0:
+                    parent, _, child = mname.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
+        self._apply_lora_scales()
+
+    def _lora_info(self) -> dict:
+        """PNG metadata of the LoRAs in use, A1111 style: ``Lora hashes: "name: hash, ..."``."""
+        loras = self._lora_state()
+        if not loras:
+            return {}
+        return {"Lora hashes": '"' + ", ".join(f"{n}: {v['hash']}" for n, v in loras.items()) + '"',
+                "Lora scales": '"' + ", ".join(f"{n}: {v['scale']:g}" for n, v in loras.items()) + '"'}
