@@ -169,7 +169,10 @@ def run(cfg: LoraTrainConfig) -> Path:
     if ckpt is not None and not cfg.resume:
         raise ValueError(f"{cfg.out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to "
                          f"continue that run, or use a new output folder.")
-    acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
+    # cpu=True on machines without CUDA: under torchrun / `accelerate launch --multi_gpu` the processes
+    # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
+    acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
+                      cpu=not torch.cuda.is_available())
     c = components.load(cfg.model, device=acc.device, dtype="fp32")
     res = cfg.resolution or c.defaults.width
     f = c.vae_scale_factor

@@ -1,0 +1,117 @@
+"""finetune-lora on the tiny model: data layouts, bad input, determinism, exact resume, 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from latentgen import finetune, shapes, train
+from latentgen.finetune import LoraTrainConfig
+
+TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("purple")
+    shapes.write_folder(folder, 6, seed=1, colors=("purple",))
+    return folder
+
+
+def _run(tiny_folder, data, out, **kw):
+    return finetune.run(LoraTrainConfig(data=data, out=out, model=str(tiny_folder), **{**TINY, **kw}))
+
+
+def test_reads_sidecars_and_metadata_jsonl(tmp_path, data):
+    pairs = finetune.read_dataset(data)
+    assert len(pairs) == 6 and pairs[0][1].startswith("a purple ")
+    (tmp_path / "img").mkdir()
+    for p, cap in pairs[:2]:
+        (tmp_path / "img" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "img" / "metadata.jsonl").write_text(
+        "\n".join(json.dumps({"file_name": p.name, "text": cap}) for p, cap in pairs[:2]))
+    assert finetune.read_dataset(tmp_path / "img") == [(tmp_path / "img" / p.name, c) for p, c in pairs[:2]]
+
+
+def test_bad_data_and_settings(tmp_path, data, tiny_folder):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no images"):
+        finetune.read_dataset(tmp_path / "empty")
+    (tmp_path / "nocap").mkdir()
+    (tmp_path / "nocap" / "x.png").write_bytes((data / "00000.png").read_bytes())
+    with pytest.raises(ValueError, match="no caption.*default-caption"):
+        finetune.read_dataset(tmp_path / "nocap")
+    assert finetune.read_dataset(tmp_path / "nocap", default_caption="a shape")[0][1] == "a shape"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        finetune.read_dataset(tmp_path / "nope")
+    for bad in (dict(rank=0), dict(rank=-3), dict(steps=0), dict(crop="zoom")):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            _run(tiny_folder, data, tmp_path / "o", **bad)
+    with pytest.raises(ValueError, match="exactly one of steps"):
+        _run(tiny_folder, data, tmp_path / "o", epochs=2)  # steps given too
+
+
+def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
+    import latentgen
+
+    a = _run(tiny_folder, data, tmp_path / "a", kohya=True)
+    b = _run(tiny_folder, data, tmp_path / "b")
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(k.endswith("to_out.0.lora_B.weight") for k in wa)
+    assert (tmp_path / "a" / "lora.kohya.safetensors").is_file()
+    pipe = latentgen.load(tiny_folder)
+    pipe.load_lora(a)
+    assert "Lora hashes" in pipe.generate("a purple circle", steps=1)[0].info["parameters"]
+    with pytest.raises(ValueError, match="--resume"):  # a second run into the same folder must opt in
+        _run(tiny_folder, data, tmp_path / "a")
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp_path, monkeypatch):
+    full = load_file(str(_run(tiny_folder, data, tmp_path / "full", train_text_encoder=True, snr_gamma=5.0,
+                              noise_offset=0.05, lr_schedule="cosine", grad_accum=2)))
+    real_save = train.save
+
+    def save_then_die(acc, cfg, step, stamp):
+        real_save(acc, cfg, step, stamp)
+        if step == 2:
+            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
+
+    monkeypatch.setattr(train, "save", save_then_die)
+    kw = dict(train_text_encoder=True, snr_gamma=5.0, noise_offset=0.05, lr_schedule="cosine", grad_accum=2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_folder, data, tmp_path / "killed", **kw)
+    monkeypatch.setattr(train, "save", real_save)
+    resumed = load_file(str(_run(tiny_folder, data, tmp_path / "killed", resume=True, **kw)))
+    assert resumed.keys() == full.keys()
+    assert any(k.startswith("text_encoder.") for k in full)
+    for k in full:
+        assert torch.allclose(resumed[k], full[k], atol=1e-6), k
+    with pytest.raises(ValueError, match="another run"):  # other settings, same folder
+        _run(tiny_folder, data, tmp_path / "killed", resume=True, **{**kw, "lr": 5e-4})
+
+
+@pytest.mark.parametrize("launcher", [["--multi_gpu"], ["--cpu"]])
+def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_path, launcher):
+    """``--multi_gpu`` on a machine without CUDA starts 2 processes in a gloo group (MULTI_CPU); this
+    accelerate's ``--cpu`` flag runs its simple launcher, a single process: both write one file."""
+    from safetensors import safe_open
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "latentgen.cli", "finetune-lora", str(data), "--out", str(out), "--model", str(tiny_folder),
+           "--rank", "2", "--steps", "3", "--batch", "1", "--save-every", "3", "--resolution", "64"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "lora.safetensors"]
+    assert len(list((out / "checkpoints").iterdir())) == 1
+    meta = json.loads(safe_open(str(out / "lora.safetensors"), "pt").metadata()["latentgen_training"])
+    if launcher == ["--multi_gpu"] and not torch.cuda.is_available():
+        assert meta["processes"] == 2  # data sharded over two ranks, one writer
