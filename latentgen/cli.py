@@ -124,19 +124,6 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, **kw))
 
 
-def cmd_shapes_data(args: argparse.Namespace) -> int:
-    from . import shapes
-
-    vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("shapes", args.shapes)) if v}
-    bad = [w for w in vocab.get("colors", ()) if w not in shapes.PALETTE] + \
-        [w for w in vocab.get("shapes", ()) if w not in shapes.ALL_SHAPES]
-    if bad:
-        raise ValueError(f"unknown color/shape {bad}: colors {list(shapes.PALETTE)}, shapes {list(shapes.ALL_SHAPES)}.")
-    scenes = shapes.write_folder(args.folder, args.n, seed=args.seed, size=args.size, **vocab)
-    print(f"{len(scenes)} images with captions in {args.folder}")
-    return 0
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from . import metadata
 
@@ -151,63 +138,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from . import recipe
-
-    given = {f.name: getattr(args, f.name) for f in fields(recipe.RecipeConfig)
-             if getattr(args, f.name, None) is not None}
-    cfg = recipe.RecipeConfig(**{**given, "out": Path(args.out)})
-    cfg.check()
-    print(recipe.run(cfg))
-    return 0
-
-
-def cmd_grid(args: argparse.Namespace) -> int:
-    import latentgen
-    from . import metadata, quality
-
-    prompts = args.prompts
-    if args.prompts_file:
-        prompts = prompts + [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
-    if not prompts:
-        raise ValueError("no prompts: give them as arguments or with --prompts-file FILE (one per line).")
-    metadata.check_writable([Path(args.output)], args.force)
-    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
-    images = pipe.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                           scheduler=args.scheduler)
-    sheet = quality.grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
-    text = f"grid of {len(prompts)} prompts\n" + images[0].info["parameters"].splitlines()[-1]
-    print(metadata.save_png(sheet, Path(args.output), text, force=args.force))
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    import latentgen
-    from . import quality
-
-    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
-    report = quality.adherence(pipe, seeds=tuple(args.seeds), steps=args.steps, guidance=args.guidance)
-    print(json.dumps(report.summary()))
-    return 0
-
-
-def cmd_ship(args: argparse.Namespace) -> int:
-    import json
-
-    from . import recipe
-
-    if not (Path(args.model) / "recipe.json").is_file():
-        raise FileNotFoundError(f"{args.model} has no recipe.json: give the model folder that "
-                                f"`latentgen train --out RUN` exported (RUN/model).")
-    m = recipe.ship(Path(args.model), Path(args.dest), command=args.command)
-    print(json.dumps(m["quality"]))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="latentgen", description="Latent text-to-image diffusion, offline.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -217,41 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=_positive_int, default=None)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
-    t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
-                       description="Train VAE, then text encoder + U-Net; resumes from checkpoints in --out.")
-    t.add_argument("--out", required=True, help="run folder; the model is exported to OUT/model")
-    t.add_argument("--preset", default=None, help="architecture preset (default: 'default')")
-    t.add_argument("--seed", type=int, default=None)
-    for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every", "threads"):
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int, default=None)
-    for name in ("lr", "vae_lr"):
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_finite_float, default=None)
-    t.set_defaults(func=cmd_train)
-    gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")
-    gr.add_argument("prompts", nargs="*")
-    gr.add_argument("--prompts-file", default=None, help="more prompts, one per line")
-    gr.add_argument("--cols", type=_positive_int, default=None)
-    gr.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    gr.add_argument("--steps", type=_positive_int, default=None)
-    gr.add_argument("--guidance", type=_finite_float, default=None)
-    gr.add_argument("--scheduler", type=_scheduler_name, default=None)
-    gr.add_argument("--no-labels", action="store_true")
-    gr.add_argument("-o", "--output", required=True)
-    gr.add_argument("--force", action="store_true")
-    add_model_args(gr)
-    gr.set_defaults(func=cmd_grid)
-    ev = sub.add_parser("eval", help="prompt adherence on the flat-shapes world (42 prompts x seeds)")
-    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1000])
-    ev.add_argument("--steps", type=_positive_int, default=20)
-    ev.add_argument("--guidance", type=_finite_float, default=None)
-    add_model_args(ev)
-    ev.set_defaults(func=cmd_eval)
-    sh = sub.add_parser("ship", help="measure a trained model and copy it with its manifest (sha256s, recipe, quality)")
-    sh.add_argument("model", help="RUN/model, as exported by latentgen train")
-    sh.add_argument("dest", help="e.g. weights/default")
-    sh.add_argument("--command", default="latentgen train --out runs/default",
-                    help="the training command recorded in the manifest")
-    sh.set_defaults(func=cmd_ship)
     ii = sub.add_parser("img2img", help="redraw an image under a prompt")
     add_sampling_args(ii)
     ii.add_argument("--image", required=True, help="input image (any size; resized to a multiple of 8 and back)")
@@ -270,17 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    sd = sub.add_parser("shapes-data", help="write procedural flat-shape images with .txt captions (for finetune-lora)")
-    sd.add_argument("folder")
-    sd.add_argument("-n", type=_positive_int, default=200)
-    sd.add_argument("--seed", type=int, default=0)
-    sd.add_argument("--size", type=_positive_int, default=64)
-    sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
-    sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
-    sd.set_defaults(func=cmd_shapes_data)
-    from .finetune import add_parser as add_finetune
+    from . import cli_model, finetune
 
-    add_finetune(sub)
+    cli_model.add_parsers(sub)
+    finetune.add_parser(sub)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)

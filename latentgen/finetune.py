@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import lora as lora_io
@@ -227,8 +226,10 @@ def run(cfg: LoraTrainConfig) -> Path:
             "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     out = Path(cfg.out)
 
+    t0 = time.perf_counter()
+
     def write(step):
-        m = {**meta, "ss_steps": step}
+        m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(time.perf_counter() - t0, 1)}
         lora = trained_lora(c, cfg, alpha, m)
         lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
         if cfg.kohya:

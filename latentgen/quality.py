@@ -16,14 +16,16 @@ from PIL import Image, ImageDraw
 from . import shapes
 
 
-def adherence_prompts(colors=shapes.COLORS, kinds=shapes.SHAPES, backgrounds: int = 2) -> list[str]:
+def adherence_prompts(colors=shapes.COLORS, kinds=shapes.SHAPES, backgrounds: int = 2,
+                      background_colors=shapes.COLORS) -> list[str]:
     """Every color x shape, each on ``backgrounds`` different backgrounds (42 prompts by default).
 
     Backgrounds rotate through the other colors so that every background appears as often as possible.
     """
     out = []
     for i, color in enumerate(colors):
-        others = [b for b in colors if b != color]
+        others = [b for b in background_colors if b != color]
+        backgrounds = min(backgrounds, len(others))
         for j, kind in enumerate(kinds):
             for k in range(backgrounds):
                 bg = others[(j + k * (len(others) // backgrounds) + i) % len(others)]

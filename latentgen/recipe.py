@@ -259,3 +259,46 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
         shutil.rmtree(dest)
     tmp.rename(dest)
     return manifest
+
+
+def ship_lora(src: Path, dest: Path, *, command: str, color: str, base: str | None = None,
+              seeds=(0, 1000)) -> dict:
+    """Measure a LoRA that teaches ``color`` and copy it to ``dest``.safetensors with ``dest``.json.
+
+    Quality: how often the evaluator reads the new color on its prompts (every shape on all seven
+    base backgrounds), and base-vocabulary adherence, each before and after loading the LoRA.
+    """
+    import hashlib
+
+    from safetensors import safe_open
+
+    from . import load, quality
+
+    pipe = load(base, device="cpu")
+    new = quality.adherence_prompts(colors=(color,), backgrounds=7)
+    scores = {"before": {"new_color": quality.adherence(pipe, prompts=new, seeds=seeds).summary(),
+                         "base_vocabulary": quality.adherence(pipe, seeds=seeds).summary()}}
+    pipe.load_lora(src, name=dest.name)
+    scores["after"] = {"new_color": quality.adherence(pipe, prompts=new, seeds=seeds).summary(),
+                       "base_vocabulary": quality.adherence(pipe, seeds=seeds).summary()}
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata() or {}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for suffix, path in ((".safetensors", Path(src)), (".kohya.safetensors", Path(src).with_suffix(".kohya.safetensors"))):
+        if path.is_file():
+            tmp = dest.with_name(dest.name + suffix + ".tmp")
+            shutil.copyfile(path, tmp)
+            tmp.replace(dest.with_name(dest.name + suffix))
+            files[dest.name + suffix] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = {"name": dest.name, "command": command, "teaches": color,
+                "training": json.loads(meta.get("latentgen_training", "{}")),
+                "train_seconds": float(meta.get("latentgen_train_seconds", "nan")), "trained_on": _machine(),
+                "quality": {"protocol": f"{len(new)} '{color}' prompts and the 42 base prompts x seeds {list(seeds)}, "
+                                        "20 steps, default guidance, read by latentgen.shapes.read; 'color' is the "
+                                        "rate of the wanted shape color", **scores},
+                "files": files}
+    tmp = dest.with_name(dest.name + ".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(dest.with_name(dest.name + ".json"))
+    return manifest

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -59,12 +58,14 @@ def test_bad_data_and_settings(tmp_path, data, tiny_folder):
 def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
     import latentgen
 
-    a = _run(tiny_folder, data, tmp_path / "a", kohya=True)
-    b = _run(tiny_folder, data, tmp_path / "b")
+    a = _run(tiny_folder, data, tmp_path / "a", kohya=True, validate_every=2,
+             validation_prompts=["a purple circle on a red background"])
+    b = _run(tiny_folder, data, tmp_path / "b")  # no validation renders: they must not disturb training
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(k.endswith("to_out.0.lora_B.weight") for k in wa)
     assert (tmp_path / "a" / "lora.kohya.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == ["step-0000002.png", "step-0000004.png"]
     pipe = latentgen.load(tiny_folder)
     pipe.load_lora(a)
     assert "Lora hashes" in pipe.generate("a purple circle", steps=1)[0].info["parameters"]

@@ -1,0 +1,157 @@
+"""``latentgen`` subcommands that make and measure models: train, grid, eval, ship, ship-lora, shapes-data.
+
+    latentgen train --out runs/default                  # the embedded model's recipe
+    latentgen ship runs/default/model weights/default   # measure it, copy it with its manifest
+    latentgen grid "a red circle on a blue background" "a white square on a black background" -o grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli import _finite_float, _lora_spec, _positive_int, _scheduler_name, add_model_args
+
+
+def cmd_shapes_data(args: argparse.Namespace) -> int:
+    from . import shapes
+
+    vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("shapes", args.shapes)) if v}
+    bad = [w for w in vocab.get("colors", ()) if w not in shapes.PALETTE] + \
+        [w for w in vocab.get("shapes", ()) if w not in shapes.ALL_SHAPES]
+    if bad:
+        raise ValueError(f"unknown color/shape {bad}: colors {list(shapes.PALETTE)}, shapes {list(shapes.ALL_SHAPES)}.")
+    scenes = shapes.write_folder(args.folder, args.n, seed=args.seed, size=args.size, **vocab)
+    print(f"{len(scenes)} images with captions in {args.folder}")
+    return 0
+
+
+def cmd_ship_lora(args: argparse.Namespace) -> int:
+    import json
+
+    from . import recipe
+
+    if not Path(args.lora).is_file():
+        raise FileNotFoundError(f"{args.lora} does not exist: give the file finetune-lora wrote (RUN/lora.safetensors).")
+    m = recipe.ship_lora(Path(args.lora), Path(args.dest), command=args.command, color=args.color)
+    print(json.dumps(m["quality"]))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from . import recipe
+
+    given = {f.name: getattr(args, f.name) for f in fields(recipe.RecipeConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = recipe.RecipeConfig(**{**given, "out": Path(args.out)})
+    cfg.check()
+    print(recipe.run(cfg))
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    import latentgen
+    from . import metadata, quality
+
+    prompts = args.prompts
+    if args.prompts_file:
+        prompts = prompts + [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
+    if not prompts:
+        raise ValueError("no prompts: give them as arguments or with --prompts-file FILE (one per line).")
+    metadata.check_writable([Path(args.output)], args.force)
+    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    images = pipe.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                           scheduler=args.scheduler)
+    sheet = quality.grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
+    text = f"grid of {len(prompts)} prompts\n" + images[0].info["parameters"].splitlines()[-1]
+    print(metadata.save_png(sheet, Path(args.output), text, force=args.force))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    import latentgen
+    from . import quality
+
+    loras = [_lora_spec(spec) for spec in args.lora]
+    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    for path, scale in loras:
+        pipe.load_lora(path, scale=scale)
+    vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("kinds", args.shapes)) if v}
+    prompts = quality.adherence_prompts(**vocab, backgrounds=args.backgrounds) if vocab else None
+    report = quality.adherence(pipe, prompts=prompts,
+                               seeds=tuple(args.seeds), steps=args.steps, guidance=args.guidance)
+    print(json.dumps(report.summary()))
+    return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    import json
+
+    from . import recipe
+
+    if not (Path(args.model) / "recipe.json").is_file():
+        raise FileNotFoundError(f"{args.model} has no recipe.json: give the model folder that "
+                                f"`latentgen train --out RUN` exported (RUN/model).")
+    m = recipe.ship(Path(args.model), Path(args.dest), command=args.command)
+    print(json.dumps(m["quality"]))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
+                       description="Train VAE, then text encoder + U-Net; resumes from checkpoints in --out.")
+    t.add_argument("--out", required=True, help="run folder; the model is exported to OUT/model")
+    t.add_argument("--preset", default=None, help="architecture preset (default: 'default')")
+    t.add_argument("--seed", type=int, default=None)
+    for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every", "threads"):
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int, default=None)
+    for name in ("lr", "vae_lr"):
+        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_finite_float, default=None)
+    t.set_defaults(func=cmd_train)
+    gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")
+    gr.add_argument("prompts", nargs="*")
+    gr.add_argument("--prompts-file", default=None, help="more prompts, one per line")
+    gr.add_argument("--cols", type=_positive_int, default=None)
+    gr.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    gr.add_argument("--steps", type=_positive_int, default=None)
+    gr.add_argument("--guidance", type=_finite_float, default=None)
+    gr.add_argument("--scheduler", type=_scheduler_name, default=None)
+    gr.add_argument("--no-labels", action="store_true")
+    gr.add_argument("-o", "--output", required=True)
+    gr.add_argument("--force", action="store_true")
+    add_model_args(gr)
+    gr.set_defaults(func=cmd_grid)
+    ev = sub.add_parser("eval", help="prompt adherence on the flat-shapes world (42 prompts x seeds)")
+    ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1000])
+    ev.add_argument("--steps", type=_positive_int, default=20)
+    ev.add_argument("--guidance", type=_finite_float, default=None)
+    ev.add_argument("--colors", nargs="+", default=None, help="shape colors of the prompts (default: the base seven)")
+    ev.add_argument("--shapes", nargs="+", default=None, help="shapes of the prompts (default: circle square triangle)")
+    ev.add_argument("--backgrounds", type=_positive_int, default=2, help="backgrounds per color x shape")
+    ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]")
+    add_model_args(ev)
+    ev.set_defaults(func=cmd_eval)
+    sh = sub.add_parser("ship", help="measure a trained model and copy it with its manifest (sha256s, recipe, quality)")
+    sh.add_argument("model", help="RUN/model, as exported by latentgen train")
+    sh.add_argument("dest", help="e.g. weights/default")
+    sh.add_argument("--command", default="latentgen train --out runs/default",
+                    help="the training command recorded in the manifest")
+    sh.set_defaults(func=cmd_ship)
+    sl = sub.add_parser("ship-lora", help="measure a LoRA that teaches a color and copy it with its manifest")
+    sl.add_argument("lora", help="RUN/lora.safetensors from finetune-lora")
+    sl.add_argument("dest", help="e.g. weights/loras/purple (writes .safetensors, .kohya.safetensors, .json)")
+    sl.add_argument("--color", required=True)
+    sl.add_argument("--command", required=True, help="the training commands recorded in the manifest")
+    sl.set_defaults(func=cmd_ship_lora)
+    sd = sub.add_parser("shapes-data", help="write procedural flat-shape images with .txt captions (for finetune-lora)")
+    sd.add_argument("folder")
+    sd.add_argument("-n", type=_positive_int, default=200)
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--size", type=_positive_int, default=64)
+    sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
+    sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
+    sd.set_defaults(func=cmd_shapes_data)
