@@ -29,11 +29,11 @@ def cmd_shapes_data(args: argparse.Namespace) -> int:
 def cmd_ship_lora(args: argparse.Namespace) -> int:
     import json
 
-    from . import recipe
+    from . import ship
 
     if not Path(args.lora).is_file():
         raise FileNotFoundError(f"{args.lora} does not exist: give the file finetune-lora wrote (RUN/lora.safetensors).")
-    m = recipe.ship_lora(Path(args.lora), Path(args.dest), command=args.command, color=args.color)
+    m = ship.ship_lora(Path(args.lora), Path(args.dest), command=args.command, color=args.color)
     print(json.dumps(m["quality"]))
     return 0
 
@@ -91,12 +91,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ship(args: argparse.Namespace) -> int:
     import json
 
-    from . import recipe
+    from . import ship
 
     if not (Path(args.model) / "recipe.json").is_file():
         raise FileNotFoundError(f"{args.model} has no recipe.json: give the model folder that "
                                 f"`latentgen train --out RUN` exported (RUN/model).")
-    m = recipe.ship(Path(args.model), Path(args.dest), command=args.command)
+    m = ship.ship(Path(args.model), Path(args.dest), command=args.command)
     print(json.dumps(m["quality"]))
     return 0
 

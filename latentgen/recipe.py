@@ -206,9 +206,17 @@ def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float) ->
     (tmp / "recipe.json").write_text(json.dumps(
         {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
          "train_seconds": round(seconds, 1), "machine": _machine()}, indent=1) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    _swap(tmp, folder)
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Put the complete folder ``new`` at ``final``; the old one is moved aside first, removed last."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _machine() -> str:
@@ -216,89 +224,3 @@ def _machine() -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-
-
-def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
-    """Measure a trained folder's prompt adherence, then copy it to ``dest`` with manifest.json.
-
-    The manifest lists the sha256 of every file, the training command, recipe, data spec, steps,
-    time and measured quality; ``dest`` is replaced atomically (written beside it, then renamed).
-    """
-    import hashlib
-    import platform
-
-    from . import quality
-    from . import load
-
-    pipe = load(str(model), device="cpu")
-    report = quality.adherence(pipe, seeds=seeds)
-    edits = {"img2img": quality.img2img_recolor(pipe), "inpaint": quality.inpaint_fill(pipe)}
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model, tmp)
-    files = {str(p.relative_to(tmp)): {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-                                       "bytes": p.stat().st_size}
-             for p in sorted(tmp.rglob("*")) if p.is_file()}
-    recipe_info = json.loads((tmp / "recipe.json").read_text())
-    manifest = {
-        "name": dest.name, "command": command, "recipe": recipe_info["config"], "data": recipe_info["data"],
-        "steps": {"vae": recipe_info["config"]["vae_steps"], "diffusion": recipe_info["config"]["steps"]},
-        "train_seconds": recipe_info["train_seconds"], "trained_on": recipe_info.get("machine"),
-        "quality": {"protocol": f"{len(quality.adherence_prompts())} prompts x seeds {list(seeds)}, 20 steps, "
-                                "default guidance and sampler, read by latentgen.shapes.read",
-                    **report.summary()},
-        "edit_quality": {"img2img": "red circle on blue -> 'a yellow circle on a blue background', strength 0.6, "
-                                    "20 seeds: yellow circle, centroid within 4 px", "inpaint": "plain green, "
-                         "centered square hole (1/3 of the image), 'a red square on a green background', 20 seeds: "
-                         "red shape centered in the hole, outside unchanged", **{k: v for k, v in edits.items()}},
-        "total_bytes": sum(f["bytes"] for f in files.values()), "files": files,
-        "measured_on": platform.machine() + ", torch " + torch.__version__,
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return manifest
-
-
-def ship_lora(src: Path, dest: Path, *, command: str, color: str, base: str | None = None,
-              seeds=(0, 1000)) -> dict:
-    """Measure a LoRA that teaches ``color`` and copy it to ``dest``.safetensors with ``dest``.json.
-
-    Quality: how often the evaluator reads the new color on its prompts (every shape on all seven
-    base backgrounds), and base-vocabulary adherence, each before and after loading the LoRA.
-    """
-    import hashlib
-
-    from safetensors import safe_open
-
-    from . import load, quality
-
-    pipe = load(base, device="cpu")
-    new = quality.adherence_prompts(colors=(color,), backgrounds=7)
-    scores = {"before": {"new_color": quality.adherence(pipe, prompts=new, seeds=seeds).summary(),
-                         "base_vocabulary": quality.adherence(pipe, seeds=seeds).summary()}}
-    pipe.load_lora(src, name=dest.name)
-    scores["after"] = {"new_color": quality.adherence(pipe, prompts=new, seeds=seeds).summary(),
-                       "base_vocabulary": quality.adherence(pipe, seeds=seeds).summary()}
-    with safe_open(str(src), "pt") as f:
-        meta = f.metadata() or {}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for suffix, path in ((".safetensors", Path(src)), (".kohya.safetensors", Path(src).with_suffix(".kohya.safetensors"))):
-        if path.is_file():
-            tmp = dest.with_name(dest.name + suffix + ".tmp")
-            shutil.copyfile(path, tmp)
-            tmp.replace(dest.with_name(dest.name + suffix))
-            files[dest.name + suffix] = hashlib.sha256(path.read_bytes()).hexdigest()
-    manifest = {"name": dest.name, "command": command, "teaches": color,
-                "training": json.loads(meta.get("latentgen_training", "{}")),
-                "train_seconds": float(meta.get("latentgen_train_seconds", "nan")), "trained_on": _machine(),
-                "quality": {"protocol": f"{len(new)} '{color}' prompts and the 42 base prompts x seeds {list(seeds)}, "
-                                        "20 steps, default guidance, read by latentgen.shapes.read; 'color' is the "
-                                        "rate of the wanted shape color", **scores},
-                "files": files}
-    tmp = dest.with_name(dest.name + ".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(dest.with_name(dest.name + ".json"))
-    return manifest
