@@ -142,7 +142,7 @@ class LoraObjective(torch.nn.Module):
         return full
 
 
-def trained_lora(c, cfg: LoraTrainConfig, alpha: float, meta: dict) -> lora_io.Lora:
+def trained_lora(c, alpha: float, meta: dict) -> lora_io.Lora:
     """The adapter named 'default' in the components, as a ``lora.Lora``."""
     out = lora_io.Lora(metadata={k: str(v) for k, v in meta.items()})
     for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder)):
@@ -230,7 +230,7 @@ def run(cfg: LoraTrainConfig) -> Path:
 
     def write(step):
         m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(time.perf_counter() - t0, 1)}
-        lora = trained_lora(c, cfg, alpha, m)
+        lora = trained_lora(c, alpha, m)
         lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
         if cfg.kohya:
             lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya")
