@@ -109,7 +109,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--seed", type=int, default=None)
     for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every", "threads"):
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int, default=None)
-    for name in ("lr", "vae_lr"):
+    for name in ("lr", "vae_lr", "vae_open_colors"):
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=_finite_float, default=None)
     t.set_defaults(func=cmd_train)
     gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")

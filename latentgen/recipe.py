@@ -43,6 +43,7 @@ class RecipeConfig:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
+    vae_open_colors: float = 0.0  # fraction of VAE images in random RGB colors (so it can encode unseen ones)
     steps: int = 5000  # U-Net + text encoder optimizer steps
     batch: int = 32
     lr: float = 6e-4
@@ -57,6 +58,8 @@ class RecipeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
+        if not 0 <= self.vae_open_colors <= 1:
+            raise ValueError(f"vae_open_colors={self.vae_open_colors} is invalid: use a fraction in [0, 1].")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout={self.caption_dropout} is invalid: use a value in [0, 1).")
 
@@ -139,8 +142,13 @@ def run(cfg: RecipeConfig) -> Path:
     vae = c.vae.requires_grad_(True)
 
     def vae_batch(step, micro, a):
-        imgs = [shapes.draw(s, size) for s in scenes(cfg.seed, "vae", step, micro, a.process_index,
-                                                      cfg.vae_batch, size)]
+        batch = scenes(cfg.seed, "vae", step, micro, a.process_index, cfg.vae_batch, size)
+        rng = random.Random(f"{cfg.seed}:open:{step}:{micro}:{a.process_index}")  # its own stream
+        rgb = [None] * len(batch)
+        if cfg.vae_open_colors:
+            rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+                   if rng.random() < cfg.vae_open_colors else None for _ in batch]
+        imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
         return {"pixels": to_pixels(imgs).to(a.device),
                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
 

@@ -63,11 +63,12 @@ def _polygon(scene: Scene) -> list[tuple[float, float]]:
     raise ValueError(scene.shape)
 
 
-def draw(scene: Scene, size: int = 64) -> Image.Image:
-    """Render a scene as an RGB image of size x size pixels."""
-    im = Image.new("RGB", (size, size), PALETTE[scene.background])
+def draw(scene: Scene, size: int = 64, rgb: tuple[tuple, tuple] | None = None) -> Image.Image:
+    """Render a scene as an RGB image of size x size pixels; ``rgb`` = (shape, background) colors
+    overrides the palette (the VAE may see any color, the captions name only the palette's)."""
+    fill, background = rgb or (PALETTE[scene.color], PALETTE[scene.background])
+    im = Image.new("RGB", (size, size), background)
     d = ImageDraw.Draw(im)
-    fill = PALETTE[scene.color]
     box = (scene.cx - scene.r, scene.cy - scene.r, scene.cx + scene.r, scene.cy + scene.r)
     if scene.shape == "circle":
         d.ellipse(box, fill=fill)

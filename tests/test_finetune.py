@@ -116,3 +116,20 @@ def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_p
     meta = json.loads(safe_open(str(out / "lora.safetensors"), "pt").metadata()["latentgen_training"])
     if launcher == ["--multi_gpu"] and not torch.cuda.is_available():
         assert meta["processes"] == 2  # data sharded over two ranks, one writer
+
+
+def test_epochs_mixed_precision_and_gradient_checkpointing(tiny_folder, data, tmp_path):
+    """bf16 autocast, gradient checkpointing, epochs -> steps, resize crop: the run trains and saves."""
+    from accelerate.state import AcceleratorState
+    from safetensors import safe_open
+
+    kw = {**TINY, "steps": None}
+    AcceleratorState._reset_state(True)  # accelerate fixes the precision once per process
+    try:
+        path = finetune.run(LoraTrainConfig(data=data, out=tmp_path, model=str(tiny_folder), epochs=2,
+                                            crop="resize", mixed_precision="bf16", gradient_checkpointing=True, **kw))
+    finally:
+        AcceleratorState._reset_state(True)
+    meta = safe_open(str(path), "pt").metadata()
+    assert meta["ss_max_train_steps"] == "6"  # 2 epochs x 6 images / batch 2
+    assert json.loads(meta["latentgen_training"])["mixed_precision"] == "bf16"

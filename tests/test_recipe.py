@@ -66,7 +66,18 @@ def test_resuming_another_run_is_refused(tmp_path):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, "lr": 1e-2}))
 
 
-@pytest.mark.parametrize("field, value", [("steps", 0), ("batch", -1), ("caption_dropout", 1.0)])
+@pytest.mark.parametrize("field, value", [("steps", 0), ("batch", -1), ("caption_dropout", 1.0),
+                                          ("vae_open_colors", 1.5)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
+
+
+def test_open_color_vae_images_change_the_vae_only(first_run, tmp_path):
+    """vae_open_colors draws some VAE images in random RGB from a separate random stream."""
+    import json
+
+    run = recipe.run(recipe.RecipeConfig(out=tmp_path, vae_open_colors=1.0, **TINY))
+    a, b = _weights(first_run), _weights(run)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("vae."))
+    assert json.loads((run / "recipe.json").read_text())["config"]["vae_open_colors"] == 1.0
