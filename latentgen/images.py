@@ -123,7 +123,7 @@ def mask_tensor(mask: np.ndarray) -> torch.Tensor:
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask
-    im = Image.fromarray(mask.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    im = Image.fromarray(mask.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)  # mode F
     return np.asarray(im, np.float32)
 
 
