@@ -103,13 +103,14 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
-                       description="Train VAE, then text encoder + U-Net; resumes from checkpoints in --out.")
+                       description="Train the VAE, then text encoder + U-Net, then the VAE decoder alone; "
+                                   "resumes from checkpoints in --out.")
     t.add_argument("--out", required=True, help="run folder; the model is exported to OUT/model")
     t.add_argument("--preset", default=None, help="architecture preset (default: 'default')")
     t.add_argument("--seed", type=int, default=None)
-    for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every", "threads"):
+    for name in ("vae_steps", "vae_batch", "decoder_steps", "steps", "batch", "save_every", "threads"):
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int, default=None)
-    for name in ("lr", "vae_lr", "vae_open_colors"):
+    for name in ("lr", "vae_lr", "vae_open_colors", "decoder_lr", "decoder_open_colors"):
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=_finite_float, default=None)
     t.set_defaults(func=cmd_train)
     gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")

@@ -8,7 +8,9 @@ lines (Hugging Face's imagefolder layout). Each image is resized (shorter side) 
 or resized, to ``resolution``; the VAE encodes every image once and the latent distributions are
 cached, a latent being sampled from them at each step. LoRA adapters (peft) go on the U-Net's
 attention projections (to_q, to_k, to_v, to_out.0) and optionally the text encoder's (q_proj,
-k_proj, v_proj, out_proj). Data order, noise and timesteps are functions of (seed, step, process):
+k_proj, v_proj, out_proj). With ``prior_data`` every batch adds as many images of what the model
+should keep (kohya's regularization images; DreamBooth's prior preservation, which the base model
+can draw itself from ``prior_prompts``). Data order, noise and timesteps are functions of (seed, step, process):
 ``--resume`` continues exactly, and under ``accelerate launch`` each process takes its own share.
 """
 
@@ -25,9 +27,7 @@ import torch
 
 from . import lora as lora_io
 from . import train
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
+from .captioned import prepare, read_dataset
 
 @dataclass
 class LoraTrainConfig:
@@ -53,6 +53,10 @@ class LoraTrainConfig:
     noise_offset: float = 0.0  # e.g. 0.05
     caption_dropout: float = 0.0
     default_caption: str | None = None  # for images without a caption (else: an error)
+    prior_data: Path | None = None  # captioned images of what the model should keep (kohya's reg images)
+    prior_prompts: list[str] = field(default_factory=list)  # if given, the base model draws prior_data itself
+    prior_images: int = 100  # how many it draws (prompts cycled, seeds seed+i); existing ones are kept
+    prior_weight: float = 1.0  # loss = loss(data) + prior_weight * loss(prior), a prior image per data image
     seed: int = 0
     save_every: int = 100
     validate_every: int | None = None
@@ -76,49 +80,14 @@ class LoraTrainConfig:
                 raise ValueError(f"{n}={getattr(self, n)!r} is invalid: use a whole number >= 1.")
         if self.crop not in ("center", "resize"):
             raise ValueError(f"crop={self.crop!r} is invalid: use 'center' or 'resize'.")
+        if self.prior_prompts and self.prior_data is None:
+            raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
+        if not (self.prior_weight > 0 and math.isfinite(self.prior_weight)):
+            raise ValueError(f"prior_weight={self.prior_weight!r} is invalid: use a positive number such as 1.0.")
+        if not isinstance(self.prior_images, int) or self.prior_images < 1:
+            raise ValueError(f"prior_images={self.prior_images!r} is invalid: use a whole number >= 1.")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is invalid: use no, fp16 or bf16.")
-
-
-def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of a data folder, sorted by file name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {str(folder)!r} does not exist; pass a folder of images with captions.")
-    meta = folder / "metadata.jsonl"
-    if meta.is_file():
-        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-        pairs = [(folder / r["file_name"], r.get("text")) for r in rows]
-        missing = [p.name for p, _ in pairs if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(f"metadata.jsonl names {len(missing)} missing file(s): {', '.join(missing[:5])}.")
-    else:
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        pairs = [(p, p.with_suffix(".txt").read_text().strip() if p.with_suffix(".txt").is_file() else None)
-                 for p in images]
-    if not pairs:
-        raise ValueError(f"data folder {str(folder)!r} has no images ({', '.join(IMAGE_EXTS)}); add images "
-                         f"with a .txt caption beside each, or a metadata.jsonl.")
-    uncaptioned = [p.name for p, c in pairs if not c]
-    if uncaptioned and default_caption is None:
-        raise ValueError(f"{len(uncaptioned)} image(s) have no caption ({', '.join(uncaptioned[:5])}): add a .txt "
-                         f"beside each image or a metadata.jsonl, or pass default_caption=... (--default-caption).")
-    return [(p, c or default_caption) for p, c in pairs]
-
-
-def prepare(path: Path, resolution: int, crop: str) -> torch.Tensor:
-    """An image file -> (1, 3, res, res) in [-1, 1]: shorter side resized and center-cropped, or stretched."""
-    from .images import LANCZOS, load_rgb, to_tensor
-
-    im = load_rgb(path, "image")[0]
-    if crop == "center":
-        s = resolution / min(im.size)
-        im = im.resize((max(resolution, round(im.width * s)), max(resolution, round(im.height * s))), LANCZOS)
-        left, top = (im.width - resolution) // 2, (im.height - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-    else:
-        im = im.resize((resolution, resolution), LANCZOS)
-    return to_tensor(im)
 
 
 class LoraObjective(torch.nn.Module):
@@ -129,11 +98,11 @@ class LoraObjective(torch.nn.Module):
         self.unet, self.text_encoder = unet, text_encoder
         self.noise_scheduler, self.snr_gamma, self.noise_offset = noise_scheduler, snr_gamma, noise_offset
 
-    def forward(self, input_ids, mean, std, generator):
+    def forward(self, input_ids, mean, std, generator, weights=None):
         latents = mean + std * torch.randn(mean.shape, generator=generator).to(mean)  # (B, 4, h, w), scaled
         hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
         return train.diffusion_loss(self.unet, hidden, latents, self.noise_scheduler, generator,
-                                    snr_gamma=self.snr_gamma, noise_offset=self.noise_offset)
+                                    snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
         full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
@@ -162,8 +131,11 @@ def run(cfg: LoraTrainConfig) -> Path:
     from . import components
     from .recipe import tokenize
 
+    t_start = time.perf_counter()
     cfg.check()
     pairs = read_dataset(cfg.data, cfg.default_caption)  # bad data fails before any model loads
+    if cfg.prior_data is not None and not cfg.prior_prompts:
+        read_dataset(cfg.prior_data)
     ckpt, _ = train.latest_checkpoint(Path(cfg.out))
     if ckpt is not None and not cfg.resume:
         raise ValueError(f"{cfg.out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to "
@@ -181,13 +153,23 @@ def run(cfg: LoraTrainConfig) -> Path:
     world = acc.num_processes
     steps = cfg.steps or math.ceil(cfg.epochs * len(pairs) / (cfg.batch * cfg.grad_accum * world))
 
+    prior = []
+    if cfg.prior_data is not None:
+        if cfg.prior_prompts and acc.is_main_process:  # drawn by the base model, before any adapter
+            from .captioned import draw_prior
+            from .pipeline import Pipeline
+
+            draw_prior(Pipeline(c), cfg.prior_data, cfg.prior_prompts, cfg.prior_images, cfg.seed)
+        acc.wait_for_everyone()
+        prior = read_dataset(cfg.prior_data)
+
     # the VAE runs once per image: cache each latent distribution (N, 4, h, w), scaled
     with torch.no_grad():
-        dists = [c.vae.encode(prepare(p, res, cfg.crop).to(acc.device)).latent_dist for p, _ in pairs]
+        dists = [c.vae.encode(prepare(p, res, cfg.crop).to(acc.device)).latent_dist for p, _ in pairs + prior]
     sf = c.vae.config.scaling_factor
     mean = torch.cat([d.mean for d in dists]) * sf
     std = torch.cat([d.std for d in dists]) * sf
-    captions = [cap for _, cap in pairs]
+    captions = [cap for _, cap in pairs + prior]
 
     c.unet.requires_grad_(False)
     c.text_encoder.requires_grad_(False)
@@ -205,31 +187,36 @@ def run(cfg: LoraTrainConfig) -> Path:
     noise_scheduler = DDPMScheduler.from_config(c.scheduler.config)
     objective = LoraObjective(c.unet, c.text_encoder, noise_scheduler, cfg.snr_gamma, cfg.noise_offset)
 
-    def batch_fn(step, micro, a):
-        n = len(pairs)
+    def picks(n, offset, stream, step, micro, a):
         first = ((step * cfg.grad_accum + micro) * a.num_processes + a.process_index) * cfg.batch
-        idx = []
-        for g in range(first, first + cfg.batch):  # epoch-wise shuffles; each process its own slice
-            perm = random.Random(f"{cfg.seed}:epoch:{g // n}").sample(range(n), n)
-            idx.append(perm[g % n])
+        # epoch-wise shuffles; each process takes its own slice
+        return [offset + random.Random(f"{cfg.seed}:{stream}{g // n}").sample(range(n), n)[g % n]
+                for g in range(first, first + cfg.batch)]
+
+    def batch_fn(step, micro, a):
+        idx = picks(len(pairs), 0, "epoch:", step, micro, a)
+        if prior:  # as many prior images, after the data: loss = mean(data) + prior_weight * mean(prior)
+            idx += picks(len(prior), len(pairs), "prior-epoch:", step, micro, a)
         rng = random.Random(f"{cfg.seed}:dropout:{step}:{micro}:{a.process_index}")
         caps = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx]
+        weights = None if not prior else torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch
         return {"input_ids": tokenize(c.tokenizer, caps).to(a.device), "mean": mean[idx], "std": std[idx],
-                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+                "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
+                "weights": None if weights is None else weights.to(a.device)}
 
     settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts"))
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": cfg.rank, "ss_network_alpha": alpha,
             "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
             "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": len(pairs),
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
-            "ss_network_train_text_encoder": cfg.train_text_encoder,
+            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior),
             "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     out = Path(cfg.out)
 
-    t0 = time.perf_counter()
+    setup = time.perf_counter() - t_start  # loading, prior images, latent cache
 
-    def write(step):
-        m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(time.perf_counter() - t0, 1)}
+    def write(step):  # the loop's seconds (summed over resumed runs) plus this run's setup
+        m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(train.elapsed_seconds(out) + setup, 1)}
         lora = trained_lora(c, alpha, m)
         lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
         if cfg.kohya:
@@ -244,7 +231,8 @@ def run(cfg: LoraTrainConfig) -> Path:
             (out / "samples").mkdir(parents=True, exist_ok=True)
             grid(images, cols=len(images), labels=cfg.validation_prompts).save(out / "samples" / f"step-{step:07d}.png")
 
-    run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world}
+    run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world,
+              "prior": [[p.name, cap] for p, cap in prior]}
     train.run(train.LoopConfig(out=out, steps=steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
                                grad_accum=cfg.grad_accum, seed=cfg.seed, save_every=cfg.save_every,
                                mixed_precision=cfg.mixed_precision, weight_decay=0.0),
@@ -279,6 +267,13 @@ def add_parser(sub) -> None:
     p.add_argument("--noise-offset", type=float, default=0.0, help="e.g. 0.05")
     p.add_argument("--caption-dropout", type=float, default=0.0)
     p.add_argument("--default-caption", default=None, help="caption for images that have none")
+    p.add_argument("--prior-data", type=Path, default=None,
+                   help="captioned images of what the model should keep drawing (prior preservation)")
+    p.add_argument("--prior-prompt", action="append", default=[], dest="prior_prompts",
+                   help="the base model draws --prior-images images of these prompts into --prior-data")
+    p.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
+    p.add_argument("--prior-images", type=int, default=100)
+    p.add_argument("--prior-weight", type=float, default=1.0, help="weight of the prior images' loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--validate-every", type=int, default=None)
@@ -291,6 +286,12 @@ def add_parser(sub) -> None:
 def _cmd(args) -> int:
     from dataclasses import fields
 
+    if args.prior_prompts_file is not None:
+        if not args.prior_prompts_file.is_file():
+            raise FileNotFoundError(f"--prior-prompts-file {args.prior_prompts_file} does not exist: give a text "
+                                    f"file with one prompt per line.")
+        lines = args.prior_prompts_file.read_text().splitlines()
+        args.prior_prompts = args.prior_prompts + [ln.strip() for ln in lines if ln.strip()]
     cfg = LoraTrainConfig(**{f.name: getattr(args, f.name) for f in fields(LoraTrainConfig)})
     path = run(cfg)
     print(path)

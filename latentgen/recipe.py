@@ -2,14 +2,17 @@
 
     latentgen train --out runs/default            # the shipped model (see weights/default/manifest.json)
 
-Two stages, both run by the one loop in ``latentgen.train``:
+Three stages, all run by the one loop in ``latentgen.train``:
   1. the VAE (``AutoencoderKL``, 64x64x3 -> 4x8x8), reconstruction MSE + a small KL term
      (Rombach et al. 2022, https://arxiv.org/abs/2112.10752, sec. 3); then ``scaling_factor`` is set
      to 1 / std of its latents, as SD did (0.18215), so scaled latents have unit variance;
   2. the CLIP text encoder and U-Net jointly, epsilon prediction under SD's scaled-linear betas,
      the caption dropped (empty prompt) 10% of the time so one model learns the conditional and
      unconditional scores that classifier-free guidance mixes (Ho & Salimans 2022,
-     https://arxiv.org/abs/2207.12598).
+     https://arxiv.org/abs/2207.12598);
+  3. the VAE decoder alone, on more images in random colors: the encoder and so the latent space the
+     U-Net learned stay as they are, as in SD's fine-tuned VAE decoders (sd-vae-ft-mse); this
+     sharpens colors outside the seven base ones (the purple LoRA example needs them).
 Every batch and every noise draw is a function of (seed, stage, step, micro-batch, process), so the
 run is deterministic and resumes after a kill from its last checkpoint. The result is exported as a
 diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads.
@@ -20,7 +23,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +41,14 @@ class RecipeConfig:
     out: Path  # run folder: out/vae, out/diffusion (checkpoints), out/model (the exported folder)
     preset: str = "default"  # architecture and defaults, from pipelines/<preset>.json
     seed: int = 0
-    vae_steps: int = 1000
+    vae_steps: int = 1500
     vae_batch: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    vae_open_colors: float = 0.0  # fraction of VAE images in random RGB colors (so it can encode unseen ones)
+    vae_open_colors: float = 0.25  # fraction of VAE images in random RGB colors, so it can encode unseen ones
+    decoder_steps: int = 400  # stage 3: the decoder alone
+    decoder_lr: float = 2e-4
+    decoder_open_colors: float = 0.5
     steps: int = 5000  # U-Net + text encoder optimizer steps
     batch: int = 32
     lr: float = 6e-4
@@ -54,14 +59,19 @@ class RecipeConfig:
     threads: int | None = None  # torch CPU threads (None: torch's default)
 
     def check(self) -> None:
-        for name in ("vae_steps", "vae_batch", "steps", "batch", "save_every"):
+        for name in ("vae_steps", "vae_batch", "decoder_steps", "steps", "batch", "save_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
-        if not 0 <= self.vae_open_colors <= 1:
-            raise ValueError(f"vae_open_colors={self.vae_open_colors} is invalid: use a fraction in [0, 1].")
+        for name in ("vae_open_colors", "decoder_open_colors"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid: use a fraction in [0, 1].")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout={self.caption_dropout} is invalid: use a value in [0, 1).")
+
+
+VAE_FIELDS = ("preset", "seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "vae_open_colors")
+DECODER_FIELDS = ("decoder_steps", "decoder_lr", "decoder_open_colors")
 
 
 def data_spec(size: int) -> dict:
@@ -135,26 +145,33 @@ def run(cfg: RecipeConfig) -> Path:
     acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
     c = build(cfg)
     size = c.defaults.width
-    ident = {"recipe": train.config_dict(cfg, skip=("out", "save_every", "threads")), "data": data_spec(size)}
-    t0 = time.perf_counter()
+    recipe = train.config_dict(cfg, skip=("out", "save_every", "threads"))
+    # each stage's identity holds the settings it depends on: a VAE trained alone (--steps 1) is
+    # reused by a full run, and stage 3 settings leave the first two stages' checkpoints valid
+    def ident(keep):
+        return {"recipe": {k: v for k, v in recipe.items() if keep(k)}, "data": data_spec(size)}
 
     # -- stage 1: the VAE ------------------------------------------------------------------------
     vae = c.vae.requires_grad_(True)
 
-    def vae_batch(step, micro, a):
-        batch = scenes(cfg.seed, "vae", step, micro, a.process_index, cfg.vae_batch, size)
-        rng = random.Random(f"{cfg.seed}:open:{step}:{micro}:{a.process_index}")  # its own stream
-        rgb = [None] * len(batch)
-        if cfg.vae_open_colors:
-            rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
-                   if rng.random() < cfg.vae_open_colors else None for _ in batch]
-        imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
-        return {"pixels": to_pixels(imgs).to(a.device),
-                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+    def pixel_batches(stage: str, open_colors: float):
+        def batch_fn(step, micro, a):
+            batch = scenes(cfg.seed, stage, step, micro, a.process_index, cfg.vae_batch, size)
+            tag = "open" if stage == "vae" else f"{stage}-open"
+            rng = random.Random(f"{cfg.seed}:{tag}:{step}:{micro}:{a.process_index}")  # its own stream
+            rgb = [None] * len(batch)
+            if open_colors:
+                rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+                       if rng.random() < open_colors else None for _ in batch]
+            imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
+            return {"pixels": to_pixels(imgs).to(a.device),
+                    "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+        return batch_fn
 
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight), vae_batch, run_id={**ident, "stage": "vae"},
+              VAEObjective(vae, cfg.kl_weight), pixel_batches("vae", cfg.vae_open_colors),
+              run_id={**ident(lambda k: k in VAE_FIELDS), "stage": "vae"},
               accelerator=acc, desc="vae")
     vae = vae.requires_grad_(False).eval().to(acc.device)
     vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
@@ -180,8 +197,23 @@ def run(cfg: RecipeConfig) -> Path:
     train.run(train.LoopConfig(out=cfg.out / "diffusion", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
               DiffusionObjective(c.unet, c.text_encoder, noise_scheduler, cfg.snr_gamma), diffusion_batch,
-              run_id={**ident, "stage": "diffusion", "scaling_factor": sf}, accelerator=acc, desc="unet")
-    seconds = time.perf_counter() - t0
+              run_id={**ident(lambda k: k not in DECODER_FIELDS), "stage": "diffusion", "scaling_factor": sf},
+              accelerator=acc, desc="unet")
+    c.unet.requires_grad_(False).eval()
+    c.text_encoder.requires_grad_(False).eval()
+
+    # -- stage 3: the decoder alone (the encoder, hence the latents, stay fixed) ----------------
+    acc = Accelerator()
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight), pixel_batches("decoder", cfg.decoder_open_colors),
+              run_id={**ident(lambda k: k in VAE_FIELDS + DECODER_FIELDS), "stage": "decoder"},
+              accelerator=acc, desc="decoder")
+    vae.requires_grad_(False).eval()
+    seconds = sum(train.elapsed_seconds(cfg.out / s) for s in ("vae", "diffusion", "decoder"))
     if acc.is_main_process:
         export(c, cfg, cfg.out / "model", seconds=seconds)
     acc.wait_for_everyone()

@@ -39,7 +39,8 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000)) -> dict:
     recipe_info = json.loads((tmp / "recipe.json").read_text())
     manifest = {
         "name": dest.name, "command": command, "recipe": recipe_info["config"], "data": recipe_info["data"],
-        "steps": {"vae": recipe_info["config"]["vae_steps"], "diffusion": recipe_info["config"]["steps"]},
+        "steps": {"vae": recipe_info["config"]["vae_steps"], "diffusion": recipe_info["config"]["steps"],
+                  "decoder": recipe_info["config"].get("decoder_steps", 0)},
         "train_seconds": recipe_info["train_seconds"], "trained_on": recipe_info.get("machine"),
         "quality": {"protocol": f"{len(quality.adherence_prompts())} prompts x seeds {list(seeds)}, 20 steps, "
                                 "default guidance and sampler, read by latentgen.shapes.read",

@@ -92,6 +92,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
             raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
                              f"use a new output folder, or the same settings to resume.")
         acc.load_state(str(ckpt), strict=strict)
+    before = elapsed_seconds(cfg.out)  # time spent by earlier (killed) invocations of this run
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, smoothing=0.05)
     model.train()
@@ -113,7 +114,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save(acc, cfg, step + 1, stamp)
+            save(acc, cfg, step + 1, stamp, seconds=before + time.perf_counter() - t0)
             if on_save is not None and acc.is_main_process:
                 on_save(step + 1)
         if on_step is not None and acc.is_main_process:
@@ -133,8 +134,17 @@ class _null:
         return False
 
 
-def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict) -> None:
-    """Write checkpoint ``step-NNNNNNN`` atomically (temporary folder, then rename); keep the newest few."""
+def elapsed_seconds(out: Path) -> float:
+    """Training seconds of a run folder up to its newest checkpoint, summed over resumed invocations."""
+    ckpt, _ = latest_checkpoint(out)
+    f = ckpt / "seconds.json" if ckpt is not None else None
+    return json.loads(f.read_text())["seconds"] if f is not None and f.is_file() else 0.0
+
+
+def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: float = 0.0) -> None:
+    """Write checkpoint ``step-NNNNNNN`` atomically (temporary folder, then rename); keep the newest few.
+
+    ``seconds``: training time so far, kept in seconds.json (see ``elapsed_seconds``)."""
     acc.wait_for_everyone()
     if not acc.is_main_process:
         acc.wait_for_everyone()
@@ -145,6 +155,7 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     acc.save_state(str(tmp), safe_serialization=True)
     (tmp / "run.json").write_text(json.dumps({**stamp}, indent=1, sort_keys=True))
+    (tmp / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in _checkpoints(cfg.out)[:-cfg.keep]:
@@ -154,13 +165,14 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict) -> None:
 
 def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Tensor, noise_scheduler,
                    generator: torch.Generator, *, snr_gamma: float | None = None,
-                   noise_offset: float = 0.0) -> torch.Tensor:
+                   noise_offset: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Denoising loss of latent diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239).
 
     latents (B, C, h, w), already scaled by the VAE's scaling factor; encoder_hidden_states (B, 77, D).
     Noise and timesteps come from ``generator`` (CPU) so they are reproducible and resumable.
     snr_gamma: min-SNR-gamma weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556), e.g. 5.
     noise_offset: per-channel offset noise (Guttenberg 2023, "Diffusion with Offset Noise"), e.g. 0.05.
+    weights: (B,) per-image weights; the loss is then the weighted sum instead of the mean.
     """
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -176,7 +188,7 @@ def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Ten
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
         loss = loss * weight
-    return loss.mean()
+    return loss.mean() if weights is None else (loss * weights).sum()
 
 
 def config_dict(cfg, skip=("out",)) -> dict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentgen import finetune, shapes, train
+from latentgen import captioned, finetune, shapes, train
 from latentgen.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
@@ -27,27 +27,27 @@ def _run(tiny_folder, data, out, **kw):
 
 
 def test_reads_sidecars_and_metadata_jsonl(tmp_path, data):
-    pairs = finetune.read_dataset(data)
+    pairs = captioned.read_dataset(data)
     assert len(pairs) == 6 and pairs[0][1].startswith("a purple ")
     (tmp_path / "img").mkdir()
     for p, cap in pairs[:2]:
         (tmp_path / "img" / p.name).write_bytes(p.read_bytes())
     (tmp_path / "img" / "metadata.jsonl").write_text(
         "\n".join(json.dumps({"file_name": p.name, "text": cap}) for p, cap in pairs[:2]))
-    assert finetune.read_dataset(tmp_path / "img") == [(tmp_path / "img" / p.name, c) for p, c in pairs[:2]]
+    assert captioned.read_dataset(tmp_path / "img") == [(tmp_path / "img" / p.name, c) for p, c in pairs[:2]]
 
 
 def test_bad_data_and_settings(tmp_path, data, tiny_folder):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no images"):
-        finetune.read_dataset(tmp_path / "empty")
+        captioned.read_dataset(tmp_path / "empty")
     (tmp_path / "nocap").mkdir()
     (tmp_path / "nocap" / "x.png").write_bytes((data / "00000.png").read_bytes())
     with pytest.raises(ValueError, match="no caption.*default-caption"):
-        finetune.read_dataset(tmp_path / "nocap")
-    assert finetune.read_dataset(tmp_path / "nocap", default_caption="a shape")[0][1] == "a shape"
+        captioned.read_dataset(tmp_path / "nocap")
+    assert captioned.read_dataset(tmp_path / "nocap", default_caption="a shape")[0][1] == "a shape"
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        finetune.read_dataset(tmp_path / "nope")
+        captioned.read_dataset(tmp_path / "nope")
     for bad in (dict(rank=0), dict(rank=-3), dict(steps=0), dict(crop="zoom")):
         with pytest.raises(ValueError, match=list(bad)[0]):
             _run(tiny_folder, data, tmp_path / "o", **bad)
@@ -78,8 +78,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp
                               noise_offset=0.05, lr_schedule="cosine", grad_accum=2)))
     real_save = train.save
 
-    def save_then_die(acc, cfg, step, stamp):
-        real_save(acc, cfg, step, stamp)
+    def save_then_die(acc, cfg, step, stamp, seconds=0.0):
+        real_save(acc, cfg, step, stamp, seconds)
         if step == 2:
             raise KeyboardInterrupt  # killed right after the step-2 checkpoint
 
@@ -133,3 +133,52 @@ def test_epochs_mixed_precision_and_gradient_checkpointing(tiny_folder, data, tm
     meta = safe_open(str(path), "pt").metadata()
     assert meta["ss_max_train_steps"] == "6"  # 2 epochs x 6 images / batch 2
     assert json.loads(meta["latentgen_training"])["mixed_precision"] == "bf16"
+
+
+def test_prior_images_are_drawn_once_and_trained_beside_the_data(tiny_folder, data, tmp_path):
+    """Prior preservation: the base model draws its own images of prior prompts, which then train
+    beside the data (a prior image per data image), so the LoRA changes; a second run reuses them."""
+    from safetensors import safe_open
+
+    prior = tmp_path / "prior"
+    kw = dict(prior_data=prior, prior_prompts=["a red circle on a blue background", "a white square on a black background"],
+              prior_images=3)
+    path = _run(tiny_folder, data, tmp_path / "a", **kw)
+    assert sorted(p.name for p in prior.iterdir()) == [f"prior-0000{i}.{e}" for i in range(3) for e in ("png", "txt")]
+    assert (prior / "prior-00001.txt").read_text().strip() == "a white square on a black background"
+    meta = safe_open(str(path), "pt").metadata()
+    assert meta["ss_num_reg_images"] == "3" and float(meta["latentgen_train_seconds"]) > 0
+    plain = load_file(str(_run(tiny_folder, data, tmp_path / "plain")))
+    with_prior = load_file(str(path))
+    assert any(not torch.equal(plain[k], with_prior[k]) for k in plain)
+    stamps = {p.name: p.stat().st_mtime_ns for p in prior.iterdir()}
+    again = load_file(str(_run(tiny_folder, data, tmp_path / "b", **kw)))  # a full folder: nothing is redrawn
+    assert {p.name: p.stat().st_mtime_ns for p in prior.iterdir()} == stamps
+    assert all(torch.equal(again[k], with_prior[k]) for k in again)
+
+
+def test_bad_prior_settings(tiny_folder, data, tmp_path):
+    with pytest.raises(ValueError, match="prior_prompts need prior_data"):
+        _run(tiny_folder, data, tmp_path / "o", prior_prompts=["a red circle"])
+    for bad in (dict(prior_weight=0.0), dict(prior_images=0)):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            _run(tiny_folder, data, tmp_path / "o", prior_data=tmp_path / "p", **bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no images"):  # checked before any model loads
+        _run(tiny_folder, data, tmp_path / "o", prior_data=tmp_path / "empty")
+
+
+def test_weighted_loss_is_the_weighted_sum():
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, attention_head_dim=2)
+    sched, lat, hid = DDPMScheduler(), torch.randn(4, 4, 8, 8), torch.randn(4, 3, 8)
+    mean = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0))
+    even = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0), weights=torch.full((4,), 0.25))
+    assert torch.allclose(mean, even)
+    first = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0),
+                                 weights=torch.tensor([1.0, 0, 0, 0]))
+    assert not torch.allclose(first, mean)

@@ -1,0 +1,81 @@
+"""Folders of captioned images, as LoRA fine-tuning reads them, and prior images a model draws itself.
+
+Layouts: one ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``, kohya's layout) or a
+``metadata.jsonl`` of ``{"file_name", "text"}`` lines (Hugging Face's imagefolder layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of a data folder, sorted by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {str(folder)!r} does not exist; pass a folder of images with captions.")
+    meta = folder / "metadata.jsonl"
+    if meta.is_file():
+        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        pairs = [(folder / r["file_name"], r.get("text")) for r in rows]
+        missing = [p.name for p, _ in pairs if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"metadata.jsonl names {len(missing)} missing file(s): {', '.join(missing[:5])}.")
+    else:
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        pairs = [(p, p.with_suffix(".txt").read_text().strip() if p.with_suffix(".txt").is_file() else None)
+                 for p in images]
+    if not pairs:
+        raise ValueError(f"data folder {str(folder)!r} has no images ({', '.join(IMAGE_EXTS)}); add images "
+                         f"with a .txt caption beside each, or a metadata.jsonl.")
+    uncaptioned = [p.name for p, c in pairs if not c]
+    if uncaptioned and default_caption is None:
+        raise ValueError(f"{len(uncaptioned)} image(s) have no caption ({', '.join(uncaptioned[:5])}): add a .txt "
+                         f"beside each image or a metadata.jsonl, or pass default_caption=... (--default-caption).")
+    return [(p, c or default_caption) for p, c in pairs]
+
+
+def prepare(path: Path, resolution: int, crop: str) -> torch.Tensor:
+    """An image file -> (1, 3, res, res) in [-1, 1]: shorter side resized and center-cropped, or stretched."""
+    from .images import LANCZOS, load_rgb, to_tensor
+
+    im = load_rgb(path, "image")[0]
+    if crop == "center":
+        s = resolution / min(im.size)
+        im = im.resize((max(resolution, round(im.width * s)), max(resolution, round(im.height * s))), LANCZOS)
+        left, top = (im.width - resolution) // 2, (im.height - resolution) // 2
+        im = im.crop((left, top, left + resolution, top + resolution))
+    else:
+        im = im.resize((resolution, resolution), LANCZOS)
+    return to_tensor(im)
+
+
+def draw_prior(pipe, folder: Path, prompts: list[str], n: int, seed: int = 0) -> int:
+    """Fill ``folder`` up to ``n`` captioned images that ``pipe`` draws from ``prompts`` (cycled).
+
+    Prior preservation (DreamBooth, Ruiz et al. 2022, https://arxiv.org/abs/2208.12242): training on
+    the base model's own images of what it already knows, beside the new data, keeps those concepts
+    from drifting toward the new one. Image i is ``prior-i.png`` from prompt i % len(prompts) and
+    seed ``seed + i``; images already there are kept, so a folder is filled once and reused.
+    Returns how many images were drawn.
+    """
+    if not prompts:
+        raise ValueError("prior prompts are empty: give prompts of what the model should keep drawing, "
+                         "such as 'a red circle on a blue background' (--prior-prompt, repeatable).")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(n) if not (folder / f"prior-{i:05d}.png").is_file()]
+    for i in todo:
+        cap = prompts[i % len(prompts)]
+        image = pipe.generate(cap, seed=seed + i)[0]
+        (folder / f"prior-{i:05d}.txt").write_text(cap + "\n")
+        tmp = folder / f".prior-{i:05d}.png.tmp"
+        image.save(tmp, format="PNG")
+        os.replace(tmp, folder / f"prior-{i:05d}.png")  # the image last: it marks the pair complete
+    return len(todo)
