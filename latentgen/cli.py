@@ -55,7 +55,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
-                   help="apply a LoRA (diffusers or kohya layout) at SCALE (default 1); repeatable")
+                   help="apply a LoRA (diffusers or kohya layout, or a shipped one's name such as 'purple') "
+                        "at SCALE (default 1); repeatable")
 
 
 def _lora_spec(spec: str) -> tuple[str, float]:
@@ -65,9 +66,13 @@ def _lora_spec(spec: str) -> tuple[str, float]:
         path, scale = (path, float(scale)) if path else (spec, 1.0)
     except ValueError:
         path, scale = spec, 1.0
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale].")
-    return path, scale
+    from .lora import resolve, shipped_loras
+
+    try:
+        return str(resolve(path)), scale
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale] "
+                                f"or a shipped LoRA's name ({', '.join(shipped_loras()) or 'none'}).") from None
 
 
 def _render(args: argparse.Namespace, call) -> int:

@@ -105,7 +105,7 @@ class EditMixin:
                 steps: int | None = None, guidance: float | None = None, negative_prompt=None,
                 num_images: int = 1, scheduler=None, mask_blur: float = 4, only_masked: bool = False,
                 padding: int = 32, composite: bool = True, callback=None, batch_size: int | None = None,
-                max_pixels: int | None = None) -> list[Image.Image]:
+                max_pixels: int | None = None, latent_mask: str = "coverage") -> list[Image.Image]:
         """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -117,8 +117,16 @@ class EditMixin:
             small holes in large images.
         composite: False returns the model's decoded image without the pixel composite (for
             comparing with diffusers); with ``only_masked`` the crop is pasted unblended.
+        latent_mask: how the mask becomes one value per latent cell (8x8 pixels). "coverage": a
+            cell repaints when at least half its pixels do (A1111 rounds its resized mask alike),
+            so the latent hole sits on the pixel hole. "nearest": one pixel per cell, as diffusers
+            does, which shifts the hole by up to 7 px toward the bottom right; use it to match
+            diffusers exactly. They agree on masks whose edges lie on the 8-pixel grid.
         Works with 4-channel U-Nets (latent blending) and 9-channel inpainting U-Nets.
         """
+        if latent_mask not in ("coverage", "nearest"):
+            raise ValueError(f"latent_mask={latent_mask!r} is invalid: use 'coverage' (default) or 'nearest' "
+                             f"(diffusers' sampling).")
         src, alpha = im.load_rgb(image, "image")
         if mask is None:
             if alpha is None:
@@ -155,7 +163,7 @@ class EditMixin:
         pixels = im.to_tensor(region if region.size == size else region.resize(size, im.LANCZOS))
         mask_px = im.mask_tensor(im.resize_mask(m[box[1]:box[3], box[0]:box[2]], size))  # (1, 1, H, W)
         masked = pixels * (mask_px < 0.5)  # the image with the hole blanked (0 = mid-gray)
-        mask_lat = F.interpolate(mask_px, size=(size[1] // f, size[0] // f)).to(self.c.device)  # nearest
+        mask_lat = to_latent_mask(mask_px, (size[1] // f, size[0] // f), latent_mask).to(self.c.device)
         nine = self.c.unet.config.in_channels != self.c.vae.config.latent_channels
 
         def start(sched, idx, generators, dtype):
@@ -204,3 +212,11 @@ def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     out = image.resize(size, im.LANCZOS)
     out.info.update(image.info)
     return out
+
+
+def to_latent_mask(mask_px: torch.Tensor, lat_size: tuple[int, int], mode: str = "coverage") -> torch.Tensor:
+    """(1, 1, H, W) mask in [0, 1] -> (1, 1, h, w) of 0/1: "coverage" (at least half of each cell's
+    pixels) or "nearest" (one pixel per cell, diffusers' ``F.interpolate``)."""
+    if mode == "nearest":
+        return F.interpolate(mask_px, size=lat_size)
+    return (F.adaptive_avg_pool2d(mask_px, lat_size) >= 0.5).to(mask_px.dtype)

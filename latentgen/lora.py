@@ -127,15 +127,33 @@ def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch
     return out
 
 
+def shipped_loras() -> dict[str, Path]:
+    """The worked-example LoRAs shipped in weights/loras, by name (e.g. ``"purple"``)."""
+    from .presets import data_dir
+
+    folder = data_dir("weights") / "loras"
+    return {p.name[:-len(".safetensors")]: p for p in sorted(folder.glob("*.safetensors"))
+            if not p.name.endswith(".kohya.safetensors")} if folder.is_dir() else {}
+
+
+def resolve(path: str | Path) -> Path:
+    """A LoRA file's path, or a bare name of a shipped LoRA (``"purple"``) as its file."""
+    p = Path(path)
+    if not p.is_file() and p.suffix == "" and len(p.parts) == 1 and str(path) in shipped_loras():
+        return shipped_loras()[str(path)]
+    if not p.is_file():
+        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; pass the path of a .safetensors file "
+                                f"or the name of a shipped LoRA ({', '.join(shipped_loras()) or 'none'}).")
+    return p
+
+
 def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, list[str]]:
     """Read a LoRA file of either layout against ``models`` ({"unet": ..., "text_encoder": ...}).
 
     Returns the LoRA and the keys that name no module of these models. Raises ValueError, naming
     the modules, when known modules have other shapes (a LoRA made for another architecture).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; pass the path of a .safetensors file.")
+    path = resolve(path)
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -202,7 +220,8 @@ class LoraMixin:
 
     def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
         """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` (default:
-        the file's stem) at ``scale``; returns the name. Unknown keys are reported in a warning."""
+        the file's stem) at ``scale``; returns the name. Unknown keys are reported in a warning.
+        ``path`` may also be the name of a LoRA shipped in weights/loras, such as ``"purple"``."""
         from peft import LoraConfig, inject_adapter_in_model
 
         loras = self._lora_state()
@@ -211,6 +230,7 @@ class LoraMixin:
             raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before loading another.")
+        path = resolve(path)
         lora, unknown = read(path, self._lora_models())
         if unknown:
             warnings.warn(f"{Path(path).name}: {len(unknown)} key(s) match no module of this model and were "

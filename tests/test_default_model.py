@@ -9,6 +9,7 @@ import torch
 
 import latentgen
 from latentgen import quality
+from latentgen.lora import shipped_loras
 from latentgen.presets import data_dir
 
 WEIGHTS = data_dir("weights") / "default"
@@ -62,8 +63,40 @@ def test_inpainting_draws_a_red_shape_in_the_hole(default_pipe):
     assert r["success"] >= 0.8, r
 
 
-def test_prompt_adherence_on_shipped_weights(default_pipe):
+LORAS = data_dir("weights") / "loras"
+
+
+@pytest.fixture(scope="module")
+def base_adherence(default_pipe):
+    return quality.adherence(default_pipe, seeds=(0, 1000), steps=20).summary()
+
+
+def test_prompt_adherence_on_shipped_weights(base_adherence):
     """42 prompts (7 colors x 3 shapes x 2 backgrounds) x 2 seeds, 20 steps, default guidance."""
-    s = quality.adherence(default_pipe, seeds=(0, 1000), steps=20).summary()
+    s = base_adherence
     assert s["images"] == 84
     assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
+
+
+def test_the_purple_lora_teaches_a_new_color_and_keeps_the_old_ones(base_adherence):
+    """weights/loras/purple: trained in <= 15 min on 200 purple images; >= 80% purple, base within 5 points."""
+    manifest = json.loads((LORAS / "purple.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((LORAS / name).read_bytes()).hexdigest() == digest, name
+    assert manifest["train_seconds"] <= 15 * 60 and manifest["training"]["data"].endswith("purple-data")
+    pipe = latentgen.load()
+    purple = quality.adherence_prompts(colors=("purple",), backgrounds=7)  # 3 shapes x 7 backgrounds
+    before = quality.adherence(pipe, prompts=purple, seeds=(0, 1000)).rate("color")
+    assert shipped_loras()["purple"] == LORAS / "purple.safetensors"
+    pipe.load_lora("purple")  # a shipped LoRA by name
+    after = quality.adherence(pipe, prompts=purple, seeds=(0, 1000)).summary()
+    assert before <= 0.1 and after["color"] >= 0.8, (before, after)
+    kept = quality.adherence(pipe, seeds=(0, 1000)).summary()
+    for k in ("background", "color", "shape"):
+        assert kept[k] >= base_adherence[k] - 0.05, (k, kept, base_adherence)
+    # the kohya copy of the same LoRA draws the same image
+    kohya = latentgen.load()
+    kohya.load_lora(LORAS / "purple.kohya.safetensors")
+    a = pipe.generate("a purple square on a white background", seed=5)[0]
+    b = kohya.generate("a purple square on a white background", seed=5)[0]
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1

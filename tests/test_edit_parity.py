@@ -108,7 +108,7 @@ def test_img2img_strength_zero_is_the_vae_reconstruction(pipe):
 def test_inpaint_4ch_matches_diffusers(pipe, inpaint_ref, name, strength):
     image, mask = _photo(4), _mask()
     ours = pipe.inpaint("a red square", image, mask, strength=strength, seed=5, steps=5, guidance=6.0,
-                        scheduler=name, composite=False)
+                        scheduler=name, composite=False, latent_mask="nearest")
     inpaint_ref.scheduler = schedulers.make(name, pipe.c.scheduler.config)
     ref = inpaint_ref("a red square", image=image, mask_image=mask, strength=strength, num_inference_steps=5,
                       guidance_scale=6.0, generator=_gens(5, 1), height=64, width=64).images
@@ -163,3 +163,20 @@ def test_inpaint_9ch_keeps_outside_and_sizes_that_are_not_multiples(folder9, pip
         _outside_unchanged(image, p.inpaint("a cat", image, mask, steps=2)[0], mask)
     out = pipe.img2img("a cat", image, strength=0.5, steps=2)[0]
     assert out.size == (70, 61)
+
+
+def test_coverage_latent_mask_sits_on_the_pixel_hole(pipe):
+    """The default latent mask repaints the cells at least half inside the hole; diffusers' nearest
+    sampling takes each cell's top-left pixel, shifting the hole right/down on unaligned masks."""
+    from latentgen.edit import to_latent_mask
+
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 13:50, 13:50] = 1  # the embedded model's inpainting yardstick: a centered 37 px hole
+    cov, near = to_latent_mask(m, (8, 8))[0, 0], to_latent_mask(m, (8, 8), "nearest")[0, 0]
+    assert cov.nonzero()[:, 0].tolist() == [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4  # cells 2..5: pixels 16..47
+    assert near[6, 6] == 1 and near[1, 1] == 0  # cell 6 (pixels 48..55) is mostly outside the hole
+    aligned = torch.zeros(1, 1, 64, 64)
+    aligned[..., 16:48, 8:40] = 1
+    assert torch.equal(to_latent_mask(aligned, (8, 8)), to_latent_mask(aligned, (8, 8), "nearest"))
+    with pytest.raises(ValueError, match="latent_mask"):
+        pipe.inpaint("a cat", _photo(1), _mask(), steps=1, latent_mask="bilinear")

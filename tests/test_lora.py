@@ -149,6 +149,8 @@ def test_unknown_keys_are_reported_and_other_architectures_refused(fresh, tmp_pa
         fresh.load_lora(tmp_path / "foreign.safetensors")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fresh.load_lora(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="name of a shipped LoRA"):  # a bare name that is not shipped
+        fresh.load_lora("no-such-lora")
 
 
 def test_cli_lora_flag_and_metadata(tiny_folder, lora_files, tmp_path):
