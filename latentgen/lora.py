@@ -220,12 +220,14 @@ class LoraMixin:
 
     def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
         """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` (default:
-        the file's stem) at ``scale``; returns the name. Unknown keys are reported in a warning.
+        the file's stem, dots as underscores: ``purple.kohya.safetensors`` -> ``purple_kohya``) at ``scale``; returns the name. Unknown keys are reported in a warning.
         ``path`` may also be the name of a LoRA shipped in weights/loras, such as ``"purple"``."""
         from peft import LoraConfig, inject_adapter_in_model
 
         loras = self._lora_state()
-        name = name or Path(path).stem
+        name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
+        if "." in name:
+            raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. {name.replace('.', '_')!r}.")
         if name in loras:
             raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
         if self._fused:

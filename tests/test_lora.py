@@ -151,6 +151,8 @@ def test_unknown_keys_are_reported_and_other_architectures_refused(fresh, tmp_pa
         fresh.load_lora(tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="name of a shipped LoRA"):  # a bare name that is not shipped
         fresh.load_lora("no-such-lora")
+    with pytest.raises(ValueError, match="cannot contain"):
+        fresh.load_lora(tmp_path / "extra.safetensors", name="a.b")
 
 
 def test_cli_lora_flag_and_metadata(tiny_folder, lora_files, tmp_path):
