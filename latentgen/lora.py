@@ -139,12 +139,13 @@ def shipped_loras() -> dict[str, Path]:
 def resolve(path: str | Path) -> Path:
     """A LoRA file's path, or a bare name of a shipped LoRA (``"purple"``) as its file."""
     p = Path(path)
-    if not p.is_file() and p.suffix == "" and len(p.parts) == 1 and str(path) in shipped_loras():
-        return shipped_loras()[str(path)]
-    if not p.is_file():
-        raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; pass the path of a .safetensors file "
-                                f"or the name of a shipped LoRA ({', '.join(shipped_loras()) or 'none'}).")
-    return p
+    if p.is_file():
+        return p
+    shipped = shipped_loras()
+    if p.suffix == "" and len(p.parts) == 1 and p.name in shipped:
+        return shipped[p.name]
+    raise FileNotFoundError(f"LoRA file {str(path)!r} does not exist; pass the path of a .safetensors file "
+                            f"or the name of a shipped LoRA ({', '.join(shipped) or 'none'}).")
 
 
 def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, list[str]]:
@@ -219,8 +220,9 @@ class LoraMixin:
         return {"unet": self.c.unet, "text_encoder": self.c.text_encoder}
 
     def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
-        """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` (default:
-        the file's stem, dots as underscores: ``purple.kohya.safetensors`` -> ``purple_kohya``) at ``scale``; returns the name. Unknown keys are reported in a warning.
+        """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` at ``scale``;
+        returns the name. Default name: the file's stem, dots as underscores
+        (``purple.kohya.safetensors`` -> ``purple_kohya``). Unknown keys are reported in a warning.
         ``path`` may also be the name of a LoRA shipped in weights/loras, such as ``"purple"``."""
         from peft import LoraConfig, inject_adapter_in_model
 

@@ -136,7 +136,7 @@ def build(cfg: RecipeConfig) -> Components:
 
 
 def run(cfg: RecipeConfig) -> Path:
-    """Train both stages (resuming where checkpoints exist) and export ``cfg.out/model``."""
+    """Train the three stages (resuming where checkpoints exist) and export ``cfg.out/model``."""
     from accelerate import Accelerator
 
     cfg.check()
