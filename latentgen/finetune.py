@@ -126,7 +126,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     """Fine-tune and write ``cfg.out/<name>.safetensors`` (and the kohya file on request); returns its path."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     from . import components
     from .recipe import tokenize
@@ -175,11 +175,14 @@ def run(cfg: LoraTrainConfig) -> Path:
     c.text_encoder.requires_grad_(False)
     c.vae.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # LoRA init (gaussian A, zero B) is seeded
-    c.unet.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                  target_modules=list(lora_io.UNET_TARGETS)))
+    # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
+    # front ends to this same call (transformers 5.24 refuses peft < 0.22)
+    inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                       target_modules=list(lora_io.UNET_TARGETS)), c.unet, adapter_name="default")
     if cfg.train_text_encoder:
-        c.text_encoder.add_adapter(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                              target_modules=list(lora_io.TEXT_TARGETS)))
+        inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                           target_modules=list(lora_io.TEXT_TARGETS)), c.text_encoder,
+                                adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
