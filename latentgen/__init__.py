@@ -35,7 +35,7 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     from . import components
     from .pipeline import Pipeline
 
-    return Pipeline(components.load(source, device=device, dtype=dtype))
+    return Pipeline.from_components(components.load(source, device=device, dtype=dtype))
 
 
 @lru_cache(maxsize=1)

@@ -7,10 +7,11 @@ Layouts: one ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``, kohy
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from . import files
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -75,7 +76,6 @@ def draw_prior(pipe, folder: Path, prompts: list[str], n: int, seed: int = 0) ->
         cap = prompts[i % len(prompts)]
         image = pipe.generate(cap, seed=seed + i)[0]
         (folder / f"prior-{i:05d}.txt").write_text(cap + "\n")
-        tmp = folder / f".prior-{i:05d}.png.tmp"
-        image.save(tmp, format="PNG")
-        os.replace(tmp, folder / f"prior-{i:05d}.png")  # the image last: it marks the pair complete
+        with files.atomic_path(folder / f"prior-{i:05d}.png") as tmp:  # the image last: it marks the pair complete
+            image.save(tmp, format="PNG")
     return len(todo)

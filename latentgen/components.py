@@ -11,6 +11,7 @@ Configs are read and checked before any weight is loaded, so a bad folder fails 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,14 +122,46 @@ def check_folder(folder: Path) -> None:
         )
 
 
+@contextmanager
+def _quiet_loading():
+    """transformers 5 draws a "Loading weights" progress bar for every model it loads: a library
+    loads quietly, so it is switched off here (and back on after) through transformers' own API."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move ``model`` to device and dtype. diffusers' ``ModelMixin.to`` warns on any dtype cast that
+    modules "should be kept in float32" even when that list is empty; its logger is quieted for
+    the cast only in that case (a model that does keep fp32 modules still gets the warning)."""
+    model.to(device)
+    if model.dtype == dtype:
+        return
+    from diffusers.utils import logging as df_logging
+
+    level = df_logging.get_verbosity()
+    if not getattr(model, "_keep_in_fp32_modules", None):
+        df_logging.set_verbosity_error()
+    try:
+        model.to(dtype)
+    finally:
+        df_logging.set_verbosity(level)
+
+
 def _finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     for m in (c.text_encoder, c.unet, c.vae):
         m.requires_grad_(False).eval()
-    c.text_encoder.to(device, dtype)
-    c.unet.to(device, dtype)
+    _cast(c.text_encoder, device, dtype)
+    _cast(c.unet, device, dtype)
     # SD's VAE overflows in fp16 (black or NaN images): keep it in fp32 when its config says so.
-    vae_dtype = torch.float32 if dtype == torch.float16 and c.vae.config.get("force_upcast", True) else dtype
-    c.vae.to(device, vae_dtype)
+    _cast(c.vae, device, torch.float32 if dtype == torch.float16 and c.vae.config.get("force_upcast", True) else dtype)
     return c
 
 
@@ -145,15 +178,14 @@ def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaul
         size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
         base = {"width": size, "height": size}
         defaults = Defaults.from_dict({**base, **(_read_json(extra) if extra.is_file() else {})})
+    with _quiet_loading():
+        parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                     text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
+                     unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+                     vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
     return _finish(Components(
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
-        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-        vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
-        scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
-        defaults=defaults,
-        name=name or folder.name,
-    ), device, dtype)
+        **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
+        defaults=defaults, name=name or folder.name), device, dtype)
 
 
 def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Components:

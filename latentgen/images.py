@@ -17,11 +17,14 @@ back, so the output always has the input's size.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
+
+from . import checks
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -167,3 +170,109 @@ def composite(original: Image.Image, generated: Image.Image, mask: np.ndarray, b
     image = Image.fromarray(out)
     image.info.update(generated.info)
     return image
+
+
+@dataclass
+class InpaintInput:
+    """An inpainting call's image and mask, prepared for the model."""
+
+    source: Image.Image  # the input, RGB, full size
+    mask: np.ndarray  # (H, W) in [0, 1] at full size; >= 0.5 repaints
+    box: tuple[int, int, int, int]  # (x0, y0, x1, y1) the model works on: the whole image unless only_masked
+    size: tuple[int, int]  # (w, h) the model works at, multiples of the VAE factor
+    pixels: torch.Tensor  # (1, 3, h, w) the box at that size, in [-1, 1]
+    mask_px: torch.Tensor  # (1, 1, h, w) binarized mask at that size, 1 = repaint
+
+    @property
+    def empty(self) -> bool:
+        return not (self.mask >= 0.5).any()
+
+    @property
+    def masked(self) -> torch.Tensor:
+        """The pixels with the hole blanked (0 = mid-gray): (1, 3, h, w)."""
+        return self.pixels * (self.mask_px < 0.5)
+
+
+def inpaint_input(image, mask, *, only_masked: bool, padding: int, native: tuple[int, int], f: int,
+                  max_pixels: int) -> InpaintInput:
+    """Load, check and size an inpainting image and mask (None: the image's alpha, transparent = repaint).
+
+    ``native``: the model's default (w, h); with ``only_masked`` the mask's box plus ``padding``
+    pixels, grown to that aspect ratio, is worked on at that size."""
+    src, alpha = load_rgb(image, "image")
+    if mask is None:
+        if alpha is None:
+            raise ValueError("mask is missing and the image has no alpha channel: pass mask=... "
+                             "(white repaints, black keeps), or an image whose transparent pixels "
+                             "mark what to repaint.")
+        m = 1.0 - alpha.astype(np.float32) / 255.0
+    else:
+        m = load_mask(mask, "mask")
+        if (m.shape[1], m.shape[0]) != src.size:
+            raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but image is {src.width}x{src.height}: "
+                             f"pass a mask of the image's size, e.g. mask.resize(image.size).")
+    checks.whole("padding", padding, 0, "use a whole number of pixels >= 0, such as 32")
+    hole, box = m >= 0.5, (0, 0, *src.size)
+    if only_masked and hole.any():
+        box = crop_box(hole, int(padding), native[0] / native[1])
+        size = work_size(native, f, max_pixels)
+    else:
+        size = work_size(src.size, f, max_pixels)
+    region = src.crop(box)
+    pixels = to_tensor(region if region.size == size else region.resize(size, LANCZOS))
+    mask_px = mask_tensor(resize_mask(m[box[1]:box[3], box[0]:box[2]], size))
+    return InpaintInput(src, m, box, size, pixels, mask_px)
+
+
+def paste_back(out: list[Image.Image], inp: InpaintInput, mask_blur: float, composite_: bool) -> list[Image.Image]:
+    """The model's images (of ``inp.size``) back at the box's size and place in the input, and
+    composited over it through the mask (feathered inward by ``mask_blur``) unless ``composite_`` is False."""
+    results = []
+    x0, y0, x1, y1 = inp.box
+    for o in out:
+        crop = o if o.size == (x1 - x0, y1 - y0) else resized(o, (x1 - x0, y1 - y0))
+        full = inp.source.copy()
+        full.paste(crop, (x0, y0))
+        full.info.update(o.info)
+        results.append(composite(inp.source, full, inp.mask, mask_blur) if composite_ else full)
+    return results
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` resized (Lanczos) to ``size``, keeping its info (PNG parameters)."""
+    out = image.resize(size, LANCZOS)
+    out.info.update(image.info)
+    return out
+
+
+def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 2,
+         pad: int = 2) -> Image.Image:
+    """Tile images (all the same size) in rows of ``cols``, upscaled ``scale`` x, optional captions."""
+    if not images:
+        raise ValueError("images is empty: give at least one image to tile.")
+    if cols < 1:
+        raise ValueError(f"cols={cols} is invalid: use a whole number >= 1.")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    label_h = 12 * (max(len(_wrap(t)) for t in labels) if labels else 0)
+    rows = -(-len(images) // cols)
+    out = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
+    d = ImageDraw.Draw(out)
+    for i, im in enumerate(images):
+        x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + label_h + pad)
+        out.paste(im.convert("RGB").resize((w, h), Image.NEAREST), (x, y))
+        if labels:
+            for k, line in enumerate(_wrap(labels[i])):
+                d.text((x + 1, y + h + 12 * k), line, fill="black")
+    return out
+
+
+def _wrap(text: str, width: int = 22) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from . import files
 
 PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -52,16 +52,9 @@ def file_hash(path: str | Path) -> str:
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with files.atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     return path
 
 
@@ -71,7 +64,8 @@ def _clip_has_text_model() -> bool:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = CLIPTextConfig(vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=1,
-                         num_attention_heads=1, max_position_embeddings=4)
+                         num_attention_heads=1, max_position_embeddings=4, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1)  # token ids inside the tiny vocabulary: no config warning
     return hasattr(CLIPTextModel(cfg), "text_model")
 
 
@@ -107,7 +101,7 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
     return _atomic_save(tensors, Path(path), meta)
 
 
-def _prefix(part: str, model: torch.nn.Module) -> str:
+def file_prefix(part: str, model: torch.nn.Module) -> str:
     """Files name text-encoder modules ``text_model.encoder...`` (transformers 4's CLIPTextModel);
     transformers 5 dropped the ``text_model`` level, so it is added back for file names."""
     return "text_model." if part == "text_encoder" and not hasattr(model, "text_model") else ""
@@ -117,7 +111,7 @@ def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch
     """Every Linear/Conv2d that a LoRA may target, by its name in files (peft wrappers seen through)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    prefix, out = _prefix(part, model), {}
+    prefix, out = file_prefix(part, model), {}
     for name, mod in model.named_modules():
         if isinstance(mod, BaseTunerLayer):
             out[prefix + name] = mod.get_base_layer()
@@ -206,122 +200,3 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
         raise ValueError(f"{path.name} has no LoRA weights for this model's modules; unknown keys: "
                          f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}.")
     return lora, unknown
-
-
-class LoraMixin:
-    """LoRA methods of ``Pipeline``: several adapters at once, each with its own scale."""
-
-    def _lora_state(self) -> dict:
-        if not hasattr(self, "_loras"):
-            self._loras, self._fused = {}, {}  # name -> {"scale", "hash", "path"}; fused originals
-        return self._loras
-
-    def _lora_models(self) -> dict[str, torch.nn.Module]:
-        return {"unet": self.c.unet, "text_encoder": self.c.text_encoder}
-
-    def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
-        """Add the LoRA in ``path`` (diffusers/peft or kohya layout) as adapter ``name`` at ``scale``;
-        returns the name. Default name: the file's stem, dots as underscores
-        (``purple.kohya.safetensors`` -> ``purple_kohya``). Unknown keys are reported in a warning.
-        ``path`` may also be the name of a LoRA shipped in weights/loras, such as ``"purple"``."""
-        from peft import LoraConfig, inject_adapter_in_model
-
-        loras = self._lora_state()
-        name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
-        if "." in name:
-            raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. {name.replace('.', '_')!r}.")
-        if name in loras:
-            raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
-        if self._fused:
-            raise ValueError("LoRAs are fused: call unfuse_lora() before loading another.")
-        path = resolve(path)
-        lora, unknown = read(path, self._lora_models())
-        if unknown:
-            warnings.warn(f"{Path(path).name}: {len(unknown)} key(s) match no module of this model and were "
-                          f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
-        for part, mods in lora.modules.items():
-            model = self._lora_models()[part]
-            cut = len(_prefix(part, model))
-            mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
-            ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
-            config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
-                                rank_pattern=ranks, alpha_pattern={m: a for m, (_, _, a) in mods.items()})
-            with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                inject_adapter_in_model(config, model, adapter_name=name)
-            for m, (down, up, _) in mods.items():
-                layer = model.get_submodule(m)
-                layer.lora_A[name].weight.data.copy_(down)
-                layer.lora_B[name].weight.data.copy_(up)
-        loras[name] = {"scale": float(scale), "hash": file_hash(path), "path": str(path)}
-        self._apply_lora_scales()
-        return name
-
-    def _tuner_layers(self):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for model in self._lora_models().values():
-            for mod in model.modules():
-                if isinstance(mod, BaseTunerLayer):
-                    yield mod
-
-    def _apply_lora_scales(self) -> None:
-        loras = self._lora_state()
-        for layer in self._tuner_layers():
-            names = [n for n in loras if n in layer.lora_A]
-            layer.set_adapter(names)  # several adapters active at once
-            for n in names:
-                layer.set_scale(n, loras[n]["scale"])  # scaling = scale * alpha / r
-            layer.requires_grad_(False)
-
-    def set_lora_scale(self, name: str, scale: float) -> None:
-        loras = self._lora_state()
-        if name not in loras:
-            raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(loras) or 'none'}.")
-        if self._fused:
-            raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
-        loras[name]["scale"] = float(scale)
-        self._apply_lora_scales()
-
-    def fuse_lora(self) -> None:
-        """Add the active LoRAs into the base weights (faster sampling); ``unfuse_lora`` undoes it exactly."""
-        self._lora_state()
-        for layer in self._tuner_layers():
-            if layer.active_adapters and not layer.merged:
-                base = layer.get_base_layer()
-                self._fused[id(layer)] = (layer, base.weight.data.clone())
-                layer.merge(adapter_names=list(layer.active_adapters))
-
-    def unfuse_lora(self) -> None:
-        """Restore the base weights saved by ``fuse_lora``, bit for bit."""
-        self._lora_state()
-        for layer, weight in self._fused.values():
-            layer.get_base_layer().weight.data.copy_(weight)
-            layer.merged_adapters.clear()
-        self._fused = {}
-
-    def unload_lora(self, name: str | None = None) -> None:
-        """Remove LoRA ``name`` (or all): the model is then exactly as loaded."""
-        loras = self._lora_state()
-        if name is not None and name not in loras:
-            raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(loras) or 'none'}.")
-        self.unfuse_lora()
-        for n in [name] if name else list(loras):
-            for layer in self._tuner_layers():
-                if n in layer.lora_A:
-                    layer.delete_adapter(n)
-            del loras[n]
-        for model in self._lora_models().values():  # unwrap layers with no adapter left
-            for mname, mod in list(model.named_modules()):
-                if hasattr(mod, "lora_A") and len(mod.lora_A) == 0:
-                    parent, _, child = mname.rpartition(".")
-                    setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
-        self._apply_lora_scales()
-
-    def _lora_info(self) -> dict:
-        """PNG metadata of the LoRAs in use, A1111 style: ``Lora hashes: "name: hash, ..."``."""
-        loras = self._lora_state()
-        if not loras:
-            return {}
-        return {"Lora hashes": '"' + ", ".join(f"{n}: {v['hash']}" for n, v in loras.items()) + '"',
-                "Lora scales": '"' + ", ".join(f"{n}: {v['scale']:g}" for n, v in loras.items()) + '"'}

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
+
+from . import files
 
 
 def _value(v) -> str:
@@ -59,22 +60,13 @@ def save_png(image: Image.Image, path: str | Path, parameters: str | None, *, fo
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text("parameters", parameters)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with files.atomic_path(path, overwrite=force) as tmp, open(tmp, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path exists: no clobbering, no race
-            except FileExistsError:
-                raise FileExistsError(f"{path} exists; pass --force to overwrite it.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; pass --force to overwrite it.") from None
     return path
 
 

@@ -1,153 +1,179 @@
-"""The text-to-image pipeline: prompt -> tokens -> embeddings -> latent loop with CFG -> VAE -> PIL.
+"""The pipeline: prompt -> tokens -> embeddings -> latent loop with CFG -> VAE -> PIL, in that order.
 
-Read top to bottom, ``Pipeline.generate`` is the whole data flow of latent diffusion
-(Rombach et al. 2022, https://arxiv.org/abs/2112.10752). Shapes for SD 1.5 at 512x512:
+Latent diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752). The file reads top to
+bottom as the data flows: settings (``latentgen.request``) -> text conditioning (``encode_prompt``)
+-> start latents (``latentgen.starts``) -> denoise loop with classifier-free guidance (``denoise``)
+-> VAE decode (``decode``) -> images with their settings in PNG metadata (``_images``). txt2img,
+img2img and inpainting are the same loop from different starts. Shapes for SD 1.5 at 512x512:
 tokens (1, 77), embeddings (1, 77, 768), latents (1, 4, 64, 64), image (1, 3, 512, 512).
 
 Seeds: image i of a call is drawn from its own CPU ``torch.Generator`` seeded ``seed + i``, and
 by default goes through the models alone, so it is bit-identical to a one-image call with
-``seed + i``. The draws (initial noise, then any noise the scheduler adds per step) are the ones
-diffusers' ``StableDiffusionPipeline`` makes with ``generator=[Generator().manual_seed(s), ...]``.
+``seed + i``. The draws are the ones diffusers' reference pipelines make with
+``generator=[Generator().manual_seed(s), ...]``.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
-from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from . import metadata, schedulers
-from .components import Components
-from .edit import EditMixin
-from .lora import LoraMixin
-
-Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents)
-
-
-def _check_int(name: str, value, minimum: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: {fix}")
+from . import images as im
+from . import metadata, request, schedulers, starts
+from .adapters import LoraAdapters
+from .presets import Defaults
+from .request import Callback, Draw, Settings, Start, StartFn
 
 
-def _as_prompts(prompt, name: str) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
-    raise TypeError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}; "
-                    f"pass text such as {name}='a red circle'.")
-
-
-class Pipeline(EditMixin, LoraMixin):
-    """Stable Diffusion inference over loaded ``Components``; see ``latentgen.load``.
-
-    ``generate`` (txt2img) here; ``img2img`` and ``inpaint`` in ``latentgen.edit``: one loop, ``sample``.
-    LoRA adapters (``load_lora``, ``set_lora_scale``, ``fuse_lora``, ...) in ``latentgen.lora``.
+class Pipeline:
+    """Stable Diffusion inference over five parts, held by name as in diffusers: ``tokenizer``,
+    ``text_encoder`` (CLIP), ``unet``, ``vae`` and ``scheduler`` (the model's own; every call builds
+    a fresh sampler from its config). ``loras`` holds the LoRA adapters; ``defaults`` the model's
+    steps, guidance, size and sampler. ``latentgen.load`` builds one; so can you, from diffusers parts.
     """
 
-    def __init__(self, components: Components):
-        self.c = components
+    max_pixels: int = 2048 * 2048  # largest image (pixels) img2img/inpaint give the VAE; raise per call
+
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *,
+                 defaults: Defaults | None = None, name: str = "model"):
+        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
+        self.scheduler = scheduler
+        self.defaults = defaults or Defaults()
+        self.name = name  # shown in PNG metadata as "Model: ..."
+        self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})
+
+    @classmethod
+    def from_components(cls, c) -> "Pipeline":
+        """A pipeline over a ``latentgen.components.Components`` record (what the loaders return)."""
+        return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name)
 
     def __repr__(self) -> str:
-        return f"Pipeline(model={self.c.name!r}, device={self.c.device}, dtype={self.c.dtype})"
+        return f"Pipeline(model={self.name!r}, device={self.device}, dtype={self.dtype})"
 
-    # -- argument checks: all cheap, all before any model work ---------------------------------
-    def _resolve(self, *, steps, guidance, width, height, num_images, seed, scheduler, batch_size):
-        d = self.c.defaults
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
-        width = d.width if width is None else width
-        height = d.height if height is None else height
-        _check_int("steps", steps, 1, "use a whole number of denoising steps >= 1, such as steps=20.")
-        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
-            raise ValueError(f"guidance={guidance!r} is invalid: use a finite number such as 7.5 "
-                             f"(<= 1 turns classifier-free guidance off).")
-        f = self.c.vae_scale_factor
-        for name, v in (("width", width), ("height", height)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 or v % f:
-                near = max(f, round(v / f) * f) if isinstance(v, (int, float)) and math.isfinite(v) else 64 * f
-                raise ValueError(f"{name}={v!r} is invalid: use a positive multiple of {f} "
-                                 f"(the VAE's scale factor), such as {name}={near}.")
-        _check_int("num_images", num_images, 1, "ask for at least one image, such as num_images=1.")
-        _check_int("seed", seed, -(2**63), "use a whole number, such as seed=0.")
-        if batch_size is not None:
-            _check_int("batch_size", batch_size, 1, "use batch_size >= 1, or None for the default.")
-        if scheduler is None:
-            scheduler = d.scheduler or self.c.scheduler
-        elif not isinstance(scheduler, (str, SchedulerMixin)):
-            raise TypeError(f"scheduler must be a name or a diffusers scheduler, got {type(scheduler).__name__}; "
-                            f"use one of: {', '.join(schedulers.SAMPLERS)}.")
-        if isinstance(scheduler, str):
-            schedulers.check_name(scheduler)
-        return int(steps), float(guidance), int(width), int(height), scheduler
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
 
-    # -- the pieces of the loop ----------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell: 8 for SD's four-level VAE."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # -- 1. settings ----------------------------------------------------------------------------
+    def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
+        """The model's defaults with ``given`` (steps, guidance, width, height, scheduler,
+        batch_size) over them, all checked."""
+        return request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images,
+                               seed=seed, **given)
+
+    # -- 2. text conditioning -------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompt(self, text: str) -> torch.Tensor:
         """CLIP text embeddings of one prompt: (1, 77, D), D = 768 for SD 1.x."""
-        tok = self.c.tokenizer
+        tok = self.tokenizer
         ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids  # (1, 77): BOS, tokens, EOS, padding
         if len(tok(text).input_ids) > tok.model_max_length:
             warnings.warn(f"prompt is longer than {tok.model_max_length} tokens and was cut: {text[:60]!r}...")
-        return self.c.text_encoder(ids.to(self.c.device))[0]  # last hidden state (1, 77, D)
+        return self.text_encoder(ids.to(self.device))[0]  # last hidden state (1, 77, D)
 
-    def _step_kwargs(self, scheduler: SchedulerMixin, generators: list[torch.Generator]) -> dict:
-        params = inspect.signature(scheduler.step).parameters
-        kwargs = {"eta": 0.0} if "eta" in params else {}
-        if "generator" in params:  # ancestral / SDE samplers draw fresh noise each step
-            kwargs["generator"] = generators
-        return kwargs
-
+    # -- 3. start latents: see latentgen.starts; 4. the denoising loop -------------------------
     @torch.no_grad()
-    def denoise(self, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
-                guidance: float, scheduler: SchedulerMixin, timesteps: torch.Tensor,
-                generators: list[torch.Generator], callback: Callable | None = None, *,
-                condition: torch.Tensor | None = None, blend: Callable | None = None) -> torch.Tensor:
-        """Run the sampler over ``timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
+    def denoise(self, start: Start, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
+                sched: SchedulerMixin, generators: list[torch.Generator],
+                callback: Callback | None = None) -> torch.Tensor:
+        """Run the sampler over ``start.timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
 
         ``cond``/``uncond`` are (B, 77, D). With ``uncond`` given, classifier-free guidance
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
-        ``condition`` (B, 5, h, w): mask + masked-image latents that a 9-channel inpainting U-Net
-        takes beside the latents. ``blend(i, latents)``: applied after step i (4-channel inpainting
-        puts the known region back there).
+        ``callback(done, total, latents)`` runs after each step.
         """
+        latents, condition = start.latents, start.condition
         if condition is not None and uncond is not None:
             condition = torch.cat([condition] * 2)
         context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77, D)
-        step_kwargs = self._step_kwargs(scheduler, generators)
-        for i, t in enumerate(timesteps):
+        params = inspect.signature(sched.step).parameters
+        step_kwargs = {"eta": 0.0} if "eta" in params else {}
+        if "generator" in params:  # ancestral / SDE samplers draw fresh noise each step
+            step_kwargs["generator"] = generators
+        for i, t in enumerate(start.timesteps):
             x = latents if uncond is None else torch.cat([latents] * 2)  # (B or 2B, C, h, w)
-            x = scheduler.scale_model_input(x, t)
+            x = sched.scale_model_input(x, t)
             if condition is not None:
                 x = torch.cat([x, condition], dim=1)  # (B, 4 + 1 + 4, h, w)
-            eps = self.c.unet(x, t, encoder_hidden_states=context).sample  # predicted noise
+            eps = self.unet(x, t, encoder_hidden_states=context).sample  # predicted noise
             if uncond is not None:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-            latents = scheduler.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
-            if blend is not None:
-                latents = blend(i, latents)
+            latents = sched.step(eps, t, latents, **step_kwargs, return_dict=False)[0]
+            if start.blend is not None:
+                latents = start.blend(i, latents)
             if callback is not None:
-                callback(i, latents)
+                callback(i + 1, len(start.timesteps), latents)
         return latents
 
+    # -- 5. decode ------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """VAE-decode latents (B, C, h, w) to B RGB images of (h * f, w * f) pixels."""
-        vae = self.c.vae
+        vae = self.vae
         x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
         x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
 
-    # -- the public call -----------------------------------------------------------------------
+    # -- 6. images with their settings ----------------------------------------------------------
+    def _images(self, draws: list[Draw], decoded: list[Image.Image], s: Settings, sampler: str,
+                info: dict) -> list[Image.Image]:
+        for d, image in zip(draws, decoded):
+            image.info["parameters"] = metadata.parameters_text(d.prompt, {
+                "Steps": s.steps, "Sampler": sampler, "CFG scale": s.guidance, "Seed": d.seed,
+                "Size": info.get("Size"), "Model": self.name,
+                **{k: v for k, v in info.items() if k != "Size"}, **self.loras.info()},
+                negative_prompt=d.negative_prompt)
+        return decoded
+
+    def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, callback: Callback | None = None,
+               info: dict | None = None) -> list[Image.Image]:
+        """The one sampling loop of txt2img, img2img and inpainting: images go through in chunks of
+        ``s.batch_size``, each chunk from ``start(sampler, generators, dtype)``; image i of a chunk
+        uses its own generator, seeded ``draws[i].seed``."""
+        batch = s.batch_size or (1 if self.device.type == "cpu" else len(draws))
+        chunks = [draws[k:k + batch] for k in range(0, len(draws), batch)]
+        cache: dict[str, torch.Tensor] = {}  # each distinct text encoded once, alone: (1, 77, D)
+
+        def embed(texts: list[str]) -> torch.Tensor:  # (B, 77, D)
+            for t in texts:
+                cache[t] = cache[t] if t in cache else self.encode_prompt(t)
+            return torch.cat([cache[t] for t in texts])
+
+        out: list[Image.Image] = []
+        done = 0
+        for chunk in chunks:
+            sched = schedulers.make(s.scheduler, self.scheduler.config)
+            sched.set_timesteps(s.steps, device=self.device)
+            generators = [torch.Generator("cpu").manual_seed(d.seed) for d in chunk]
+            cond = embed([d.prompt for d in chunk])
+            uncond = embed([d.negative_prompt for d in chunk]) if s.cfg else None
+            first = start(sched, generators, cond.dtype)
+            total = len(first.timesteps) * len(chunks)
+            progress = None if callback is None else (lambda i, _n, lat, base=done: callback(base + i, total, lat))
+            latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress)
+            done += len(first.timesteps)
+            out += self._images(chunk, self.decode(latents), s, schedulers.label(sched), info or {})
+        return out
+
+    # -- the public calls -----------------------------------------------------------------------
     def generate(self, prompt: str | list[str], *, seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, negative_prompt: str | list[str] | None = None,
                  width: int | None = None, height: int | None = None, num_images: int = 1,
@@ -168,81 +194,107 @@ class Pipeline(EditMixin, LoraMixin):
             every image bit-identical to its one-image call; all at once on GPU (equal to within
             float rounding). Larger batches trade that bit-exactness for throughput.
         """
-        prompts = _as_prompts(prompt, "prompt")
-        steps, guidance, width, height, scheduler = self._resolve(
-            steps=steps, guidance=guidance, width=width, height=height, num_images=num_images,
-            seed=seed, scheduler=scheduler, batch_size=batch_size)
-        jobs = self._jobs(prompts, negative_prompt, num_images, guidance)
-        f, c = self.c.vae_scale_factor, self.c.vae.config.latent_channels
-        if self.c.unet.config.in_channels != c:
-            raise ValueError(f"{self.c.name} is an inpainting model (its U-Net takes "
-                             f"{self.c.unet.config.in_channels} channels): use pipe.inpaint(prompt, image, mask).")
+        s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
+                          batch_size=batch_size, num_images=num_images, seed=seed)
+        draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
+        c, f = self.vae.config.latent_channels, self.vae_scale_factor
+        if self.unet.config.in_channels != c:
+            raise ValueError(f"{self.name} is an inpainting model (its U-Net takes "
+                             f"{self.unet.config.in_channels} channels): use pipe.inpaint(prompt, image, mask).")
+        start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
+        return self.sample(draws, s, start, callback=callback, info={"Size": f"{s.width}x{s.height}"})
 
-        def start(sched, idx, generators, dtype):  # pure noise, scaled to the sampler's first sigma
-            noise = randn_tensor((len(idx), c, height // f, width // f), generator=generators,
-                                 device=self.c.device, dtype=dtype)
-            return noise * sched.init_noise_sigma, sched.timesteps, {}
+    def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps: int | None = None,
+                guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
+                callback: Callback | None = None, batch_size: int | None = None,
+                max_pixels: int | None = None) -> list[Image.Image]:
+        """Redraw ``image`` under ``prompt``; returns images of the input's size.
 
-        return self.sample(jobs, start, seed=seed, steps=steps, guidance=guidance, scheduler=scheduler,
-                           callback=callback, batch_size=batch_size, info={"Size": f"{width}x{height}"})
-
-    @staticmethod
-    def _jobs(prompts, negative_prompt, num_images, guidance) -> list[tuple[str, str | None]]:
-        """(prompt, negative or None without CFG) of each image: image i is prompt i // num_images."""
-        negatives = [""] if negative_prompt is None else _as_prompts(negative_prompt, "negative_prompt")
-        if len(negatives) == 1:
-            negatives = negatives * len(prompts)
-        if len(negatives) != len(prompts):
-            raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
-                             f"pass one negative prompt, or one per prompt.")
-        if negative_prompt is not None and guidance <= 1:
-            warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
-        return [(p, n if guidance > 1 else None) for p, n in zip(prompts, negatives) for _ in range(num_images)]
-
-    def sample(self, jobs, start: Callable, *, seed: int, steps: int, guidance: float, scheduler,
-               callback: Callback | None, batch_size: int | None, info: dict) -> list[Image.Image]:
-        """The one sampling loop that txt2img, img2img and inpainting share.
-
-        Images go through in chunks of ``batch_size``; image i has its own generator (seed + i).
-        ``start(sched, idx, generators, dtype)`` gives a chunk's first latents (B, C, h, w), the
-        timesteps to run, and extra ``denoise`` arguments (``condition``, ``blend``).
+        image: PIL image (any mode), numpy array or path; see ``latentgen.images``. Sizes that are
+            not multiples of the VAE factor are resized down for the model and back.
+        strength: how much to change, in [0, 1]: ``int(steps * strength)`` steps run from the
+            matching noise level; 0 returns the VAE reconstruction of the input.
+        Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
         """
-        if batch_size is None:
-            batch_size = 1 if self.c.device.type == "cpu" else len(jobs)
-        cache: dict[str, torch.Tensor] = {}
+        src, _ = im.load_rgb(image, "image")
+        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.max_pixels)
+        strength = request.strength(strength)
+        s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler,
+                          batch_size=batch_size, num_images=num_images, seed=seed)
+        draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
+        pixels = im.to_tensor(src if src.size == (w, h) else src.resize((w, h), im.LANCZOS))  # (1, 3, H, W)
+        start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength)
+        out = self.sample(draws, s, start, callback=callback,
+                          info={"Size": f"{src.width}x{src.height}", "Denoising strength": strength})
+        return [o if o.size == src.size else im.resized(o, src.size) for o in out]
 
-        def embed(text: str) -> torch.Tensor:  # each distinct text encoded once, alone: (1, 77, D)
-            if text not in cache:
-                cache[text] = self.encode_prompt(text)
-            return cache[text]
+    def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
+                steps: int | None = None, guidance: float | None = None, negative_prompt=None,
+                num_images: int = 1, scheduler=None, mask_blur: float = 4, only_masked: bool = False,
+                padding: int = 32, composite: bool = True, callback: Callback | None = None,
+                batch_size: int | None = None, max_pixels: int | None = None,
+                latent_mask: str = "coverage") -> list[Image.Image]:
+        """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
-        images: list[Image.Image] = []
-        chunks = [range(s, min(s + batch_size, len(jobs))) for s in range(0, len(jobs), batch_size)]
-        total, done = 0, 0
-        for idx in chunks:
-            sched = schedulers.make(scheduler, self.c.scheduler.config)
-            sched.set_timesteps(steps, device=self.c.device)
-            generators = [torch.Generator("cpu").manual_seed(seed + i) for i in idx]
-            cond = torch.cat([embed(jobs[i][0]) for i in idx])  # (B, 77, D)
-            uncond = torch.cat([embed(jobs[i][1]) for i in idx]) if guidance > 1 else None
-            latents, timesteps, extra = start(sched, idx, generators, cond.dtype)
-            total = total or len(timesteps) * len(chunks)
+        image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
+            (>= 0.5) repaints, black keeps. None: the image's alpha channel, transparent = repaint.
+        strength: 1 repaints the hole from pure noise; lower keeps more of what is under it.
+        mask_blur: feather radius (pixels) of the final composite, inside the mask only.
+        only_masked: work on the mask's bounding box plus ``padding`` pixels, at the model's
+            native size, and paste it back (A1111's "inpaint only masked"): more detail for
+            small holes in large images.
+        composite: False returns the model's decoded image without the pixel composite (for
+            comparing with diffusers); with ``only_masked`` the crop is pasted unblended.
+        latent_mask: how the mask becomes one value per latent cell (8x8 pixels). "coverage": a
+            cell repaints when at least half its pixels do (A1111 rounds its resized mask alike),
+            so the latent hole sits on the pixel hole. "nearest": one pixel per cell, as diffusers
+            does, which shifts the hole by up to 7 px toward the bottom right; use it to match
+            diffusers exactly. They agree on masks whose edges lie on the 8-pixel grid.
+        Works with 4-channel U-Nets (latent blending) and 9-channel inpainting U-Nets.
+        """
+        from . import checks
 
-            def on_step(i, lat, base=done):
-                if callback is not None:
-                    callback(base + i + 1, total, lat)
+        checks.choice("latent_mask", latent_mask, ("coverage", "nearest"),
+                      "use 'coverage' (default) or 'nearest' (diffusers' sampling)")
+        checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
+        f = self.vae_scale_factor
+        inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
+                               native=(self.defaults.width, self.defaults.height),
+                               max_pixels=max_pixels or self.max_pixels)
+        strength = request.strength(strength)
+        s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1],
+                          scheduler=scheduler, batch_size=batch_size, num_images=num_images, seed=seed)
+        draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
+        if inp.empty:
+            warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")
+            return [inp.source.copy() for _ in draws]
+        mask_lat = starts.to_latent_mask(inp.mask_px, (inp.size[1] // f, inp.size[0] // f), latent_mask)
+        start = partial(starts.for_inpainting, vae=self.vae, pixels=inp.pixels, masked=inp.masked,
+                        mask_lat=mask_lat.to(self.device), steps=s.steps, strength=strength,
+                        nine=self.unet.config.in_channels != self.vae.config.latent_channels)
+        info = {"Size": f"{inp.source.width}x{inp.source.height}", "Denoising strength": strength,
+                "Mask blur": mask_blur}
+        if only_masked:
+            info.update({"Inpaint area": "Only masked", "Masked area padding": int(padding)})
+        out = self.sample(draws, s, start, callback=callback, info=info)
+        return im.paste_back(out, inp, mask_blur, composite)
 
-            latents = self.denoise(latents, cond, uncond, guidance, sched, timesteps, generators, on_step, **extra)
-            done += len(timesteps)
-            for i, image in zip(idx, self.decode(latents)):
-                image.info["parameters"] = metadata.parameters_text(jobs[i][0], {
-                    "Steps": steps, "Sampler": schedulers.label(sched), "CFG scale": guidance,
-                    "Seed": seed + i, "Size": info.get("Size"), "Model": self.c.name,
-                    **{k: v for k, v in info.items() if k != "Size"}, **self._lora_info()},
-                    negative_prompt=jobs[i][1])
-                images.append(image)
-        return images
+    # -- LoRA: the adapters in ``self.loras`` ---------------------------------------------------
+    def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
+        """Load a LoRA file (diffusers/peft or kohya layout, or a shipped LoRA's name such as
+        ``"purple"``) as adapter ``name`` at ``scale``; returns its name. See ``LoraAdapters.load``."""
+        return self.loras.load(path, name, scale)
 
-    @property
-    def defaults(self):
-        return self.c.defaults
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        self.loras.set_scale(name, scale)
+
+    def fuse_lora(self) -> None:
+        """Add the active LoRAs into the base weights; ``unfuse_lora`` restores them bit for bit."""
+        self.loras.fuse()
+
+    def unfuse_lora(self) -> None:
+        self.loras.unfuse()
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove LoRA ``name``, or all of them: the model is then exactly as loaded."""
+        self.loras.unload(name)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 from tqdm import tqdm
+
+from . import checks
 
 
 @dataclass
@@ -46,11 +49,8 @@ class LoopConfig:
 
     def check(self) -> None:
         for name in ("steps", "grad_accum", "save_every", "keep"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr={self.lr!r} is invalid: use a positive learning rate such as 1e-4.")
+            checks.whole(name, getattr(self, name), 1)
+        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -83,15 +83,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     model, opt, sched = acc.prepare(model, opt, sched)
     stamp = json.loads(json.dumps(run_id, default=str))
-
-    ckpt, start = latest_checkpoint(cfg.out)
-    if ckpt is not None:
-        saved = json.loads((ckpt / "run.json").read_text())
-        if saved != stamp:
-            diff = sorted(k for k in set(saved) | set(stamp) if saved.get(k) != stamp.get(k))
-            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
-                             f"use a new output folder, or the same settings to resume.")
-        acc.load_state(str(ckpt), strict=strict)
+    start = resume(acc, cfg.out, stamp, strict)
     before = elapsed_seconds(cfg.out)  # time spent by earlier (killed) invocations of this run
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, smoothing=0.05)
@@ -99,9 +91,8 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         total = 0.0
-        for micro in range(cfg.grad_accum):
-            ctx = acc.no_sync(model) if micro < cfg.grad_accum - 1 else _null()
-            with ctx, acc.autocast():
+        for micro in range(cfg.grad_accum):  # gradients sync across processes on the last micro-batch only
+            with acc.no_sync(model) if micro < cfg.grad_accum - 1 else nullcontext(), acc.autocast():
                 loss = model(**batch_fn(step, micro, acc)) / cfg.grad_accum
                 acc.backward(loss)
             total += loss.item()
@@ -126,12 +117,19 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     return losses
 
 
-class _null:
-    def __enter__(self):
-        return self
+def resume(acc: Accelerator, out: Path, stamp: dict, strict: bool = True) -> int:
+    """Load the newest checkpoint of ``out`` into the prepared model/optimizer/schedule; its step (0: none).
 
-    def __exit__(self, *exc):
-        return False
+    A checkpoint written by a run with another ``stamp`` is refused, never silently mixed in."""
+    ckpt, start = latest_checkpoint(out)
+    if ckpt is not None:
+        saved = json.loads((ckpt / "run.json").read_text())
+        if saved != stamp:
+            diff = sorted(k for k in set(saved) | set(stamp) if saved.get(k) != stamp.get(k))
+            raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
+                             f"use a new output folder, or the same settings to resume.")
+        acc.load_state(str(ckpt), strict=strict)
+    return start
 
 
 def elapsed_seconds(out: Path) -> float:
@@ -189,6 +187,25 @@ def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Ten
         weight = torch.clamp(snr, max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
         loss = loss * weight
     return loss.mean() if weights is None else (loss * weights).sum()
+
+
+def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    """Captions -> token ids (B, 77): BOS, tokens, EOS, padding to the tokenizer's length."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A draw from the VAE's diagonal Gaussian posterior (B, C, h, w): mean + std * noise, the noise
+    from ``generator`` (CPU), so the draw is resumable (Kingma & Welling 2014, reparametrization)."""
+    return mean + std * torch.randn(mean.shape, generator=generator).to(mean)
+
+
+def drop_captions(captions: list[str], p: float, seed: int, step: int, micro: int = 0, process: int = 0) -> list[str]:
+    """Each caption replaced by "" with probability ``p``, drawn from (seed, step, micro, process): the
+    unconditional examples classifier-free guidance needs (Ho & Salimans 2022)."""
+    rng = random.Random(f"{seed}:dropout:{step}:{micro}:{process}")
+    return ["" if rng.random() < p else c for c in captions]
 
 
 def config_dict(cfg, skip=("out",)) -> dict:

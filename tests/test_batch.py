@@ -36,4 +36,4 @@ def test_parameters_travel_with_the_image(pipe):
                        scheduler="euler_a")[1]
     assert im.info["parameters"].splitlines() == [
         "a cat", "Negative prompt: dog",
-        f"Steps: 2, Sampler: Euler a, CFG scale: 4.0, Seed: 6, Size: 64x64, Model: {pipe.c.name}"]
+        f"Steps: 2, Sampler: Euler a, CFG scale: 4.0, Seed: 6, Size: 64x64, Model: {pipe.name}"]

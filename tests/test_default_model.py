@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import latentgen
-from latentgen import quality
+from latentgen.embedded import quality
 from latentgen.lora import shipped_loras
 from latentgen.presets import data_dir
 
@@ -33,7 +33,7 @@ def test_manifest_matches_the_files():
 
 
 def test_load_without_source_is_the_embedded_model(default_pipe):
-    c = default_pipe.c
+    c = default_pipe
     assert c.name == "default" and c.defaults.width == 64 and default_pipe.defaults.steps == 20
     assert c.vae_scale_factor == 8 and c.unet.config.in_channels == c.vae.config.latent_channels == 4
 

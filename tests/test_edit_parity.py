@@ -70,7 +70,7 @@ def _gens(seed, n):
 def test_img2img_matches_diffusers(pipe, img2img_ref, name, strength):
     image = _photo(1)
     ours = pipe.img2img("a red cat", image, strength=strength, seed=7, steps=5, guidance=6.0, scheduler=name)
-    img2img_ref.scheduler = schedulers.make(name, pipe.c.scheduler.config)
+    img2img_ref.scheduler = schedulers.make(name, pipe.scheduler.config)
     ref = img2img_ref("a red cat", image=image, strength=strength, num_inference_steps=5, guidance_scale=6.0,
                       generator=_gens(7, 1)).images
     assert _max_diff(ours, ref) <= 1
@@ -82,7 +82,7 @@ def test_img2img_batch_uses_per_image_seeds(pipe, img2img_ref):
     image = _photo(2)
     ours = pipe.img2img("a dog", image, strength=0.7, seed=3, steps=4, guidance=5.0, num_images=2,
                         negative_prompt="blurry", scheduler="euler_a")
-    img2img_ref.scheduler = schedulers.make("euler_a", pipe.c.scheduler.config)
+    img2img_ref.scheduler = schedulers.make("euler_a", pipe.scheduler.config)
     ref = img2img_ref("a dog", image=image, strength=0.7, num_inference_steps=4, guidance_scale=5.0,
                       negative_prompt="blurry", num_images_per_prompt=2, generator=_gens(3, 2)).images
     assert _max_diff(ours, ref) <= 1
@@ -94,7 +94,7 @@ def test_img2img_batch_uses_per_image_seeds(pipe, img2img_ref):
 def test_img2img_strength_zero_is_the_vae_reconstruction(pipe):
     image = _photo(3)
     out = pipe.img2img("a cat", image, strength=0.0, seed=0, steps=10)[0]
-    vae = pipe.c.vae
+    vae = pipe.vae
     from latentgen.images import to_tensor
 
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_inpaint_4ch_matches_diffusers(pipe, inpaint_ref, name, strength):
     image, mask = _photo(4), _mask()
     ours = pipe.inpaint("a red square", image, mask, strength=strength, seed=5, steps=5, guidance=6.0,
                         scheduler=name, composite=False, latent_mask="nearest")
-    inpaint_ref.scheduler = schedulers.make(name, pipe.c.scheduler.config)
+    inpaint_ref.scheduler = schedulers.make(name, pipe.scheduler.config)
     ref = inpaint_ref("a red square", image=image, mask_image=mask, strength=strength, num_inference_steps=5,
                       guidance_scale=6.0, generator=_gens(5, 1), height=64, width=64).images
     assert _max_diff(ours, ref) <= 1
@@ -121,10 +121,10 @@ def test_inpaint_9ch_matches_diffusers(folder9, name, strength):
     from diffusers import StableDiffusionInpaintPipeline
 
     pipe9 = latentgen.load(folder9)
-    assert pipe9.c.unet.config.in_channels == 9
+    assert pipe9.unet.config.in_channels == 9
     ref = StableDiffusionInpaintPipeline.from_pretrained(folder9, safety_checker=None)
     ref.set_progress_bar_config(disable=True)
-    ref.scheduler = schedulers.make(name, pipe9.c.scheduler.config)
+    ref.scheduler = schedulers.make(name, pipe9.scheduler.config)
     image, mask = _photo(5), _mask()
     ours = pipe9.inpaint("a red square", image, mask, strength=strength, seed=2, steps=5, guidance=6.0,
                          scheduler=name, composite=False)
@@ -168,7 +168,7 @@ def test_inpaint_9ch_keeps_outside_and_sizes_that_are_not_multiples(folder9, pip
 def test_coverage_latent_mask_sits_on_the_pixel_hole(pipe):
     """The default latent mask repaints the cells at least half inside the hole; diffusers' nearest
     sampling takes each cell's top-left pixel, shifting the hole right/down on unaligned masks."""
-    from latentgen.edit import to_latent_mask
+    from latentgen.starts import to_latent_mask
 
     m = torch.zeros(1, 1, 64, 64)
     m[..., 13:50, 13:50] = 1  # the embedded model's inpainting yardstick: a centered 37 px hole

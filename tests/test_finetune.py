@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentgen import captioned, finetune, shapes, train
+from latentgen import captioned, finetune, train
+from latentgen.embedded import shapes
 from latentgen.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)

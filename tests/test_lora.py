@@ -20,8 +20,8 @@ def random_lora(pipe, seed=0, rank=4, alpha=2.0, text=True, magnitude=0.3) -> lo
     """A random LoRA on the U-Net's attention projections (and the text encoder's)."""
     g = torch.Generator().manual_seed(seed)
     out = lora_io.Lora(metadata={"ss_output_name": "random"})
-    parts = [("unet", pipe.c.unet, lora_io.UNET_TARGETS)] + \
-        ([("text_encoder", pipe.c.text_encoder, lora_io.TEXT_TARGETS)] if text else [])
+    parts = [("unet", pipe.unet, lora_io.UNET_TARGETS)] + \
+        ([("text_encoder", pipe.text_encoder, lora_io.TEXT_TARGETS)] if text else [])
     for part, model, targets in parts:
         for name, mod in lora_io._module_names(model, part).items():
             if name.endswith(tuple("." + t for t in targets)):
@@ -88,19 +88,19 @@ def test_diffusers_load_lora_weights_has_the_same_effect(tiny_folder, lora_files
 
 
 def test_fuse_unfuse_and_unload_restore_weights_bit_for_bit(fresh, lora_files):
-    before = {k: v.clone() for m in (fresh.c.unet, fresh.c.text_encoder) for k, v in m.state_dict().items()}
+    before = {k: v.clone() for m in (fresh.unet, fresh.text_encoder) for k, v in m.state_dict().items()}
     fresh.load_lora(lora_files[0], name="a", scale=0.9)
     fresh.load_lora(lora_files[1], name="b", scale=0.3)
     unfused = fresh.generate("a cat", seed=1, steps=2)
     fresh.fuse_lora()
     assert _max_diff(fresh.generate("a cat", seed=1, steps=2), unfused) <= 1
     fresh.unfuse_lora()
-    for m in (fresh.c.unet, fresh.c.text_encoder):
+    for m in (fresh.unet, fresh.text_encoder):
         for k, v in m.state_dict().items():
             if "lora_" not in k:
                 assert torch.equal(v, before[k.replace(".base_layer", "")]), k
     fresh.unload_lora()
-    after = {k: v for m in (fresh.c.unet, fresh.c.text_encoder) for k, v in m.state_dict().items()}
+    after = {k: v for m in (fresh.unet, fresh.text_encoder) for k, v in m.state_dict().items()}
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 

@@ -19,4 +19,4 @@ def test_notebook_runs(path):
     for cell in cells:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{path.name}", "exec"), namespace)
-    assert "pipe" in namespace and namespace["pipe"].c.name == "default"
+    assert "pipe" in namespace and namespace["pipe"].name == "default"

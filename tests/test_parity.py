@@ -13,7 +13,7 @@ def _max_diff(a_images, b_images):
 
 
 def _reference(reference, pipe, name, prompt, seed, n, negative, guidance=6.0, steps=4):
-    reference.scheduler = schedulers.make(name, pipe.c.scheduler.config)
+    reference.scheduler = schedulers.make(name, pipe.scheduler.config)
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     return reference(prompt, num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
                      num_images_per_prompt=n, generator=gens[0] if n == 1 else gens,
@@ -43,7 +43,7 @@ def test_more_samplers_match_diffusers(pipe, reference, name):
 def test_no_guidance_and_prompt_lists_match_diffusers(pipe, reference):
     prompts = ["a red cat", "a green square"]
     ours = pipe.generate(prompts, seed=3, steps=3, guidance=1.0, num_images=2, scheduler="euler_a")
-    reference.scheduler = schedulers.make("euler_a", pipe.c.scheduler.config)
+    reference.scheduler = schedulers.make("euler_a", pipe.scheduler.config)
     gens = [torch.Generator().manual_seed(3 + i) for i in range(4)]
     ref = reference(prompts, num_inference_steps=3, guidance_scale=1.0, num_images_per_prompt=2,
                     generator=gens, height=64, width=64).images
@@ -51,7 +51,7 @@ def test_no_guidance_and_prompt_lists_match_diffusers(pipe, reference):
 
 
 def test_default_scheduler_is_the_folders(pipe, reference):
-    reference.scheduler = type(pipe.c.scheduler).from_config(pipe.c.scheduler.config)
+    reference.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     ref = reference("a cat", num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                     height=64, width=64).images
     assert _max_diff(pipe.generate("a cat", steps=3), ref) <= 1

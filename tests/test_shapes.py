@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentgen import quality, shapes
+from latentgen import images
+from latentgen.embedded import quality, shapes
 
 
 def test_sample_is_a_function_of_the_seed():
@@ -69,9 +70,9 @@ def test_adherence_prompts_cover_every_color_and_shape_twice():
 
 def test_grid_tiles_images():
     ims = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
-    g = quality.grid(ims, cols=2, labels=["a", "b", "c"], scale=1, pad=2)
+    g = images.grid(ims, cols=2, labels=["a", "b", "c"], scale=1, pad=2)
     assert g.size[0] == 2 * 66 + 2 and g.getpixel((3, 3)) == (255, 0, 0) and g.getpixel((70, 3)) == (0, 0, 255)
     with pytest.raises(ValueError, match="images"):
-        quality.grid([], cols=2)
+        images.grid([], cols=2)
     with pytest.raises(ValueError, match="cols"):
-        quality.grid(ims, cols=0)
+        images.grid(ims, cols=0)

@@ -93,7 +93,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     t = time.perf_counter()
     pipe = latentgen.load(args.preset, device=args.device, dtype=args.dtype)
-    c: components.Components = pipe.c
+    c = pipe
     print(f"built {args.preset} with random weights in {time.perf_counter() - t:.1f}s: "
           f"U-Net {sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f}M params, "
           f"device {c.device}, dtype {c.dtype}, {torch.get_num_threads()} threads")

@@ -1,6 +1,7 @@
 """Prompt adherence of a model on the flat-shapes world, read by ``shapes.read``, and sample grids.
 
-    from latentgen import load, quality
+    from latentgen import load
+    from latentgen.embedded import quality
     report = quality.adherence(load())        # 42 prompts x 2 seeds, 20 steps, default guidance
     report.summary()                          # {'background': 0.98, 'color': 0.97, 'shape': 0.93, ...}
 """
@@ -11,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import shapes
 
@@ -107,36 +108,3 @@ def inpaint_fill(pipe, seeds=range(20), background: str = "green", steps: int = 
         unchanged.append(kept)
     return {"images": len(ok), "success": sum(ok) / len(ok), "outside_unchanged": sum(unchanged) / len(ok),
             "hole_fraction": round(side * side / size**2, 3)}
-
-
-def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 2,
-         pad: int = 2) -> Image.Image:
-    """Tile images (all the same size) in rows of ``cols``, upscaled ``scale`` x, optional captions."""
-    if not images:
-        raise ValueError("images is empty: give at least one image to tile.")
-    if cols < 1:
-        raise ValueError(f"cols={cols} is invalid: use a whole number >= 1.")
-    w, h = images[0].size
-    w, h = w * scale, h * scale
-    label_h = 12 * (max(len(_wrap(t)) for t in labels) if labels else 0)
-    rows = -(-len(images) // cols)
-    out = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
-    d = ImageDraw.Draw(out)
-    for i, im in enumerate(images):
-        x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + label_h + pad)
-        out.paste(im.convert("RGB").resize((w, h), Image.NEAREST), (x, y))
-        if labels:
-            for k, line in enumerate(_wrap(labels[i])):
-                d.text((x + 1, y + h + 12 * k), line, fill="black")
-    return out
-
-
-def _wrap(text: str, width: int = 22) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])

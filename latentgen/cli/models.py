@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import _finite_float, _lora_spec, _positive_int, _scheduler_name, add_model_args
+from .args import add_config_args, add_model_args, config_from, finite_float, lora_spec, positive_int, scheduler_name
 
 
 def cmd_shapes_data(args: argparse.Namespace) -> int:
-    from . import shapes
+    from ..embedded import shapes
 
     vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("shapes", args.shapes)) if v}
     bad = [w for w in vocab.get("colors", ()) if w not in shapes.PALETTE] + \
@@ -29,7 +29,7 @@ def cmd_shapes_data(args: argparse.Namespace) -> int:
 def cmd_ship_lora(args: argparse.Namespace) -> int:
     import json
 
-    from . import ship
+    from ..embedded import ship
 
     if not Path(args.lora).is_file():
         raise FileNotFoundError(f"{args.lora} does not exist: give the file finetune-lora wrote (RUN/lora.safetensors).")
@@ -39,21 +39,28 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from ..embedded import recipe
 
-    from . import recipe
+    print(recipe.run(config_from(args, recipe.RecipeConfig)))
+    return 0
 
-    given = {f.name: getattr(args, f.name) for f in fields(recipe.RecipeConfig)
-             if getattr(args, f.name, None) is not None}
-    cfg = recipe.RecipeConfig(**{**given, "out": Path(args.out)})
-    cfg.check()
-    print(recipe.run(cfg))
+
+def cmd_finetune_lora(args: argparse.Namespace) -> int:
+    from .. import finetune
+
+    if args.prior_prompts_file is not None:
+        if not args.prior_prompts_file.is_file():
+            raise FileNotFoundError(f"--prior-prompts-file {args.prior_prompts_file} does not exist: give a text "
+                                    f"file with one prompt per line.")
+        lines = args.prior_prompts_file.read_text().splitlines()
+        args.prior_prompts = args.prior_prompts + [ln.strip() for ln in lines if ln.strip()]
+    print(finetune.run(config_from(args, finetune.LoraTrainConfig)))
     return 0
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     import latentgen
-    from . import metadata, quality
+    from .. import images, metadata
 
     prompts = args.prompts
     if args.prompts_file:
@@ -64,7 +71,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
     images = pipe.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                            scheduler=args.scheduler)
-    sheet = quality.grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
+    sheet = images.grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
     text = f"grid of {len(prompts)} prompts\n" + images[0].info["parameters"].splitlines()[-1]
     print(metadata.save_png(sheet, Path(args.output), text, force=args.force))
     return 0
@@ -74,9 +81,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     import latentgen
-    from . import quality
+    from ..embedded import quality
 
-    loras = [_lora_spec(spec) for spec in args.lora]
+    loras = [lora_spec(spec) for spec in args.lora]
     pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
@@ -91,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_ship(args: argparse.Namespace) -> int:
     import json
 
-    from . import ship
+    from ..embedded import ship
 
     if not (Path(args.model) / "recipe.json").is_file():
         raise FileNotFoundError(f"{args.model} has no recipe.json: give the model folder that "
@@ -102,25 +109,28 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
+    from .. import finetune
+    from ..embedded import recipe
+
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
                        description="Train the VAE, then text encoder + U-Net, then the VAE decoder alone; "
                                    "resumes from checkpoints in --out.")
-    t.add_argument("--out", required=True, help="run folder; the model is exported to OUT/model")
-    t.add_argument("--preset", default=None, help="architecture preset (default: 'default')")
-    t.add_argument("--seed", type=int, default=None)
-    for name in ("vae_steps", "vae_batch", "decoder_steps", "steps", "batch", "save_every", "threads"):
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_int, default=None)
-    for name in ("lr", "vae_lr", "vae_open_colors", "decoder_lr", "decoder_open_colors"):
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=_finite_float, default=None)
+    add_config_args(t, recipe.RecipeConfig)
     t.set_defaults(func=cmd_train)
+    ft = sub.add_parser("finetune-lora", help="fine-tune LoRA adapters on a folder of captioned images",
+                        description="LoRA adapters (peft) on the U-Net's attention (and the text encoder's); "
+                                    "resumes from checkpoints in --out with --resume.")
+    add_config_args(ft, finetune.LoraTrainConfig, positional=("data",))
+    ft.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
+    ft.set_defaults(func=cmd_finetune_lora)
     gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")
     gr.add_argument("prompts", nargs="*")
     gr.add_argument("--prompts-file", default=None, help="more prompts, one per line")
-    gr.add_argument("--cols", type=_positive_int, default=None)
+    gr.add_argument("--cols", type=positive_int, default=None)
     gr.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
-    gr.add_argument("--steps", type=_positive_int, default=None)
-    gr.add_argument("--guidance", type=_finite_float, default=None)
-    gr.add_argument("--scheduler", type=_scheduler_name, default=None)
+    gr.add_argument("--steps", type=positive_int, default=None)
+    gr.add_argument("--guidance", type=finite_float, default=None)
+    gr.add_argument("--scheduler", type=scheduler_name, default=None)
     gr.add_argument("--no-labels", action="store_true")
     gr.add_argument("-o", "--output", required=True)
     gr.add_argument("--force", action="store_true")
@@ -128,11 +138,11 @@ def add_parsers(sub) -> None:
     gr.set_defaults(func=cmd_grid)
     ev = sub.add_parser("eval", help="prompt adherence on the flat-shapes world (42 prompts x seeds)")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1000])
-    ev.add_argument("--steps", type=_positive_int, default=20)
-    ev.add_argument("--guidance", type=_finite_float, default=None)
+    ev.add_argument("--steps", type=positive_int, default=20)
+    ev.add_argument("--guidance", type=finite_float, default=None)
     ev.add_argument("--colors", nargs="+", default=None, help="shape colors of the prompts (default: the base seven)")
     ev.add_argument("--shapes", nargs="+", default=None, help="shapes of the prompts (default: circle square triangle)")
-    ev.add_argument("--backgrounds", type=_positive_int, default=2, help="backgrounds per color x shape")
+    ev.add_argument("--backgrounds", type=positive_int, default=2, help="backgrounds per color x shape")
     ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]")
     add_model_args(ev)
     ev.set_defaults(func=cmd_eval)
@@ -150,9 +160,9 @@ def add_parsers(sub) -> None:
     sl.set_defaults(func=cmd_ship_lora)
     sd = sub.add_parser("shapes-data", help="write procedural flat-shape images with .txt captions (for finetune-lora)")
     sd.add_argument("folder")
-    sd.add_argument("-n", type=_positive_int, default=200)
+    sd.add_argument("-n", type=positive_int, default=200)
     sd.add_argument("--seed", type=int, default=0)
-    sd.add_argument("--size", type=_positive_int, default=64)
+    sd.add_argument("--size", type=positive_int, default=64)
     sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
     sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
     sd.set_defaults(func=cmd_shapes_data)

@@ -9,49 +9,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{s} is not >= 1")
-    return v
-
-
-def _finite_float(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
-    return v
-
-
-def _scheduler_name(s: str) -> str:
-    from .schedulers import SAMPLERS  # light: names only, checked before any model loads
-
-    if s not in SAMPLERS:
-        raise argparse.ArgumentTypeError(f"unknown scheduler {s!r}; use one of: {', '.join(SAMPLERS)}")
-    return s
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="diffusers folder or preset name (default: the embedded model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="default: fp16 on CUDA, fp32 on CPU")
+from .args import add_model_args, finite_float, lora_spec, positive_int, scheduler_name
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt")
     p.add_argument("--negative", default=None, help="negative prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
-    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps (model default)")
-    p.add_argument("--guidance", type=_finite_float, default=None, help="CFG scale (model default)")
-    p.add_argument("--scheduler", type=_scheduler_name, default=None, help="sampler name (model default)")
-    p.add_argument("-n", "--num-images", type=_positive_int, default=1)
+    p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (model default)")
+    p.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (model default)")
+    p.add_argument("--scheduler", type=scheduler_name, default=None, help="sampler name (model default)")
+    p.add_argument("-n", "--num-images", type=positive_int, default=1)
     p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
@@ -59,32 +30,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "at SCALE (default 1); repeatable")
 
 
-def _lora_spec(spec: str) -> tuple[str, float]:
-    """'path[:scale]' -> (path, scale), the file checked before any model loads."""
-    path, _, scale = spec.rpartition(":")
-    try:
-        path, scale = (path, float(scale)) if path else (spec, 1.0)
-    except ValueError:
-        path, scale = spec, 1.0
-    from .lora import resolve, shipped_loras
-
-    try:
-        return str(resolve(path)), scale
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale] "
-                                f"or a shipped LoRA's name ({', '.join(shipped_loras()) or 'none'}).") from None
-
-
 def _render(args: argparse.Namespace, call) -> int:
     """Check outputs, load the model, run ``call(pipe, **sampling)`` with a progress bar, save PNGs."""
     from tqdm import tqdm
 
     import latentgen
-    from . import metadata
+    from .. import metadata
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
-    loras = [_lora_spec(spec) for spec in getattr(args, "lora", None) or []]
+    loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
@@ -108,29 +63,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_img2img(args: argparse.Namespace) -> int:
-    from .edit import _check_strength
-    from .images import open_image
+    from ..request import strength
+    from ..images import open_image
 
     image = open_image(args.image, "--image")  # a missing or unreadable file fails before the model loads
-    _check_strength(args.strength)
+    strength(args.strength)
     return _render(args, lambda pipe, **kw: pipe.img2img(args.prompt, image, strength=args.strength,
                                                          max_pixels=args.max_pixels, **kw))
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from .edit import _check_strength
-    from .images import open_image
+    from ..request import strength
+    from ..images import open_image
 
     image = open_image(args.image, "--image")
     mask = open_image(args.mask, "--mask") if args.mask else None
-    _check_strength(args.strength)
+    strength(args.strength)
     return _render(args, lambda pipe, **kw: pipe.inpaint(
         args.prompt, image, mask, strength=args.strength, mask_blur=args.mask_blur,
         only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, **kw))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import metadata
+    from .. import metadata
 
     if not Path(args.png).is_file():
         print(f"error: {args.png} does not exist", file=sys.stderr)
@@ -148,15 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to image")
     add_sampling_args(g)
-    g.add_argument("--width", type=_positive_int, default=None)
-    g.add_argument("--height", type=_positive_int, default=None)
+    g.add_argument("--width", type=positive_int, default=None)
+    g.add_argument("--height", type=positive_int, default=None)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
     ii = sub.add_parser("img2img", help="redraw an image under a prompt")
     add_sampling_args(ii)
     ii.add_argument("--image", required=True, help="input image (any size; resized to a multiple of 8 and back)")
     ii.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 repaints it (default 0.75)")
-    ii.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
+    ii.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
     add_model_args(ii)
     ii.set_defaults(func=cmd_img2img)
     ip = sub.add_parser("inpaint", help="repaint the white part of a mask")
@@ -167,13 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--mask-blur", type=float, default=4, help="feather radius in pixels, inside the mask")
     ip.add_argument("--only-masked", action="store_true", help="work on the mask's box at native size")
     ip.add_argument("--padding", type=int, default=32, help="pixels around the mask's box (--only-masked)")
-    ip.add_argument("--max-pixels", type=_positive_int, default=None, help="memory bound (default 2048x2048)")
+    ip.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    from . import cli_model, finetune
+    from . import models
 
-    cli_model.add_parsers(sub)
-    finetune.add_parser(sub)
+    models.add_parsers(sub)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)

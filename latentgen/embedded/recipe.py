@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,43 +30,44 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from . import shapes, train
-from .components import Components, from_preset
-from .presets import load_preset
+from .. import checks, files, train
+from ..checks import option
+from ..components import Components, from_preset
+from ..presets import load_preset
+from . import shapes
 
 
 @dataclass
 class RecipeConfig:
-    out: Path  # run folder: out/vae, out/diffusion (checkpoints), out/model (the exported folder)
-    preset: str = "default"  # architecture and defaults, from pipelines/<preset>.json
-    seed: int = 0
-    vae_steps: int = 1500
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    vae_open_colors: float = 0.25  # fraction of VAE images in random RGB colors, so it can encode unseen ones
-    decoder_steps: int = 400  # stage 3: the decoder alone
-    decoder_lr: float = 2e-4
-    decoder_open_colors: float = 0.5
-    steps: int = 5000  # U-Net + text encoder optimizer steps
-    batch: int = 32
-    lr: float = 6e-4
-    warmup: int = 200
-    caption_dropout: float = 0.1
-    snr_gamma: float | None = 5.0
-    save_every: int = 250
-    threads: int | None = None  # torch CPU threads (None: torch's default)
+    out: Path = option(help="run folder: OUT/vae, OUT/diffusion, OUT/decoder (checkpoints), OUT/model (the export)")
+    preset: str = option("default", "architecture and defaults, from pipelines/<preset>.json")
+    seed: int = option(0, "seed of the init, the scenes and the noise")
+    vae_steps: int = option(1500, "stage 1: VAE optimizer steps")
+    vae_batch: int = option(32, "images per VAE (and decoder) step")
+    vae_lr: float = option(1e-3, "stage 1 learning rate")
+    kl_weight: float = option(1e-6, "weight of the VAE's KL term")
+    vae_open_colors: float = option(0.25, "fraction of VAE images in random RGB colors, so it encodes unseen ones")
+    decoder_steps: int = option(400, "stage 3: decoder-only optimizer steps")
+    decoder_lr: float = option(2e-4, "stage 3 learning rate")
+    decoder_open_colors: float = option(0.5, "fraction of decoder images in random RGB colors")
+    steps: int = option(5000, "stage 2: U-Net + text encoder optimizer steps")
+    batch: int = option(32, "images per stage 2 step")
+    lr: float = option(6e-4, "stage 2 learning rate")
+    warmup: int = option(200, "stage 2 warmup steps")
+    caption_dropout: float = option(0.1, "fraction of empty captions (the unconditional score CFG needs)")
+    snr_gamma: float | None = option(5.0, "min-SNR-gamma weighting ('none': off)")
+    save_every: int = option(250, "checkpoint every N steps")
+    threads: int | None = option(None, "torch CPU threads (default: torch's)")
 
     def check(self) -> None:
         for name in ("vae_steps", "vae_batch", "decoder_steps", "steps", "batch", "save_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}={v!r} is invalid: use a whole number >= 1.")
+            checks.whole(name, getattr(self, name), 1)
         for name in ("vae_open_colors", "decoder_open_colors"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid: use a fraction in [0, 1].")
-        if not 0 <= self.caption_dropout < 1:
-            raise ValueError(f"caption_dropout={self.caption_dropout} is invalid: use a value in [0, 1).")
+            checks.number(name, getattr(self, name), minimum=0, maximum=1)
+        if not checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1) < 1:
+            raise ValueError("caption_dropout=1 is invalid: some captions must stay, use a value in [0, 1).")
+        if self.threads is not None:
+            checks.whole("threads", self.threads, 1)
 
 
 VAE_FIELDS = ("preset", "seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "vae_open_colors")
@@ -94,11 +94,6 @@ def to_pixels(images) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
 
 
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids  # (B, 77)
-
-
 class VAEObjective(torch.nn.Module):
     """Stage 1 loss: reconstruct pixels through a sampled latent, KL toward N(0, I)."""
 
@@ -108,7 +103,7 @@ class VAEObjective(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=generator).to(post.mean)
+        z = train.sample_latents(post.mean, post.std, generator)
         rec = self.vae.decode(z).sample  # (B, 3, H, W)
         return F.mse_loss(rec.float(), pixels.float()) + self.kl_weight * post.kl().mean()
 
@@ -137,87 +132,104 @@ def build(cfg: RecipeConfig) -> Components:
 
 def run(cfg: RecipeConfig) -> Path:
     """Train the three stages (resuming where checkpoints exist) and export ``cfg.out/model``."""
-    from accelerate import Accelerator
-
     cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
     c = build(cfg)
-    size = c.defaults.width
-    recipe = train.config_dict(cfg, skip=("out", "save_every", "threads"))
-    # each stage's identity holds the settings it depends on: a VAE trained alone (--steps 1) is
-    # reused by a full run, and stage 3 settings leave the first two stages' checkpoints valid
-    def ident(keep):
-        return {"recipe": {k: v for k, v in recipe.items() if keep(k)}, "data": data_spec(size)}
-
-    # -- stage 1: the VAE ------------------------------------------------------------------------
-    vae = c.vae.requires_grad_(True)
-
-    def pixel_batches(stage: str, open_colors: float):
-        def batch_fn(step, micro, a):
-            batch = scenes(cfg.seed, stage, step, micro, a.process_index, cfg.vae_batch, size)
-            tag = "open" if stage == "vae" else f"{stage}-open"
-            rng = random.Random(f"{cfg.seed}:{tag}:{step}:{micro}:{a.process_index}")  # its own stream
-            rgb = [None] * len(batch)
-            if open_colors:
-                rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
-                       if rng.random() < open_colors else None for _ in batch]
-            imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
-            return {"pixels": to_pixels(imgs).to(a.device),
-                    "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
-        return batch_fn
-
-    train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
-                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight), pixel_batches("vae", cfg.vae_open_colors),
-              run_id={**ident(lambda k: k in VAE_FIELDS), "stage": "vae"},
-              accelerator=acc, desc="vae")
-    vae = vae.requires_grad_(False).eval().to(acc.device)
-    vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
-    sf = vae.config.scaling_factor
-
-    # -- stage 2: text encoder + U-Net -----------------------------------------------------------
-    acc = Accelerator()
-    noise_scheduler = DDPMScheduler.from_config(c.scheduler.config)
-    c.text_encoder.requires_grad_(True)
-    c.unet.requires_grad_(True)
-    tok = c.tokenizer
-
-    def diffusion_batch(step, micro, a):
-        batch = scenes(cfg.seed, "diffusion", step, micro, a.process_index, cfg.batch, size)
-        rng = random.Random(f"{cfg.seed}:dropout:{step}:{micro}:{a.process_index}")
-        captions = ["" if rng.random() < cfg.caption_dropout else s.caption for s in batch]
-        gen = train.step_generator(cfg.seed, step, micro, a.process_index)
-        with torch.no_grad():
-            post = vae.encode(to_pixels([shapes.draw(s, size) for s in batch]).to(a.device)).latent_dist
-            latents = (post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(post.mean)) * sf
-        return {"input_ids": tokenize(tok, captions).to(a.device), "latents": latents, "generator": gen}
-
-    train.run(train.LoopConfig(out=cfg.out / "diffusion", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
-                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              DiffusionObjective(c.unet, c.text_encoder, noise_scheduler, cfg.snr_gamma), diffusion_batch,
-              run_id={**ident(lambda k: k not in DECODER_FIELDS), "stage": "diffusion", "scaling_factor": sf},
-              accelerator=acc, desc="unet")
-    c.unet.requires_grad_(False).eval()
-    c.text_encoder.requires_grad_(False).eval()
-
-    # -- stage 3: the decoder alone (the encoder, hence the latents, stay fixed) ----------------
-    acc = Accelerator()
-    vae.requires_grad_(False)
-    vae.decoder.requires_grad_(True)
-    vae.post_quant_conv.requires_grad_(True)
-    train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
-                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight), pixel_batches("decoder", cfg.decoder_open_colors),
-              run_id={**ident(lambda k: k in VAE_FIELDS + DECODER_FIELDS), "stage": "decoder"},
-              accelerator=acc, desc="decoder")
-    vae.requires_grad_(False).eval()
+    train_vae(cfg, c)
+    train_diffusion(cfg, c)
+    acc = train_decoder(cfg, c)
     seconds = sum(train.elapsed_seconds(cfg.out / s) for s in ("vae", "diffusion", "decoder"))
     if acc.is_main_process:
         export(c, cfg, cfg.out / "model", seconds=seconds)
     acc.wait_for_everyone()
     return cfg.out / "model"
+
+
+def run_id(cfg: RecipeConfig, size: int, stage: str, keep, **extra) -> dict:
+    """A stage's identity: the settings it depends on, so a VAE trained alone (--steps 1) is reused
+    by a full run, and stage 3 settings leave the first two stages' checkpoints valid."""
+    recipe = train.config_dict(cfg, skip=("out", "save_every", "threads"))
+    return {"recipe": {k: v for k, v in recipe.items() if keep(k)}, "data": data_spec(size), "stage": stage, **extra}
+
+
+def pixel_batches(cfg: RecipeConfig, stage: str, size: int, open_colors: float):
+    """``batch_fn`` of the VAE stages: scenes, a fraction ``open_colors`` of them in random RGB colors."""
+    def batch_fn(step, micro, a):
+        batch = scenes(cfg.seed, stage, step, micro, a.process_index, cfg.vae_batch, size)
+        tag = "open" if stage == "vae" else f"{stage}-open"
+        rng = random.Random(f"{cfg.seed}:{tag}:{step}:{micro}:{a.process_index}")  # its own stream
+        rgb = [None] * len(batch)
+        if open_colors:
+            rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+                   if rng.random() < open_colors else None for _ in batch]
+        imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
+        return {"pixels": to_pixels(imgs).to(a.device),
+                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+    return batch_fn
+
+
+def train_vae(cfg: RecipeConfig, c: Components) -> None:
+    """Stage 1: the whole VAE; then its ``scaling_factor`` (1 / std of the latents)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
+    size = c.defaults.width
+    vae = c.vae.requires_grad_(True)
+    train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight), pixel_batches(cfg, "vae", size, cfg.vae_open_colors),
+              run_id=run_id(cfg, size, "vae", lambda k: k in VAE_FIELDS), accelerator=acc, desc="vae")
+    vae = vae.requires_grad_(False).eval().to(acc.device)
+    vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
+
+
+def train_diffusion(cfg: RecipeConfig, c: Components) -> None:
+    """Stage 2: text encoder + U-Net on latents of the frozen VAE, captions dropped for CFG."""
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    size, vae, tok = c.defaults.width, c.vae, c.tokenizer
+    sf = vae.config.scaling_factor
+    c.text_encoder.requires_grad_(True)
+    c.unet.requires_grad_(True)
+
+    def diffusion_batch(step, micro, a):
+        batch = scenes(cfg.seed, "diffusion", step, micro, a.process_index, cfg.batch, size)
+        captions = train.drop_captions([s.caption for s in batch], cfg.caption_dropout, cfg.seed, step, micro,
+                                       a.process_index)
+        gen = train.step_generator(cfg.seed, step, micro, a.process_index)
+        with torch.no_grad():
+            post = vae.encode(to_pixels([shapes.draw(s, size) for s in batch]).to(a.device)).latent_dist
+            latents = train.sample_latents(post.mean, post.std, gen) * sf
+        return {"input_ids": train.tokenize(tok, captions).to(a.device), "latents": latents, "generator": gen}
+
+    train.run(train.LoopConfig(out=cfg.out / "diffusion", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              DiffusionObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
+                                 cfg.snr_gamma), diffusion_batch,
+              run_id=run_id(cfg, size, "diffusion", lambda k: k not in DECODER_FIELDS, scaling_factor=sf),
+              accelerator=acc, desc="unet")
+    c.unet.requires_grad_(False).eval()
+    c.text_encoder.requires_grad_(False).eval()
+
+
+def train_decoder(cfg: RecipeConfig, c: Components):
+    """Stage 3: the VAE decoder alone (the encoder, hence the latents the U-Net learned, stay fixed)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    size, vae = c.defaults.width, c.vae
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight), pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors),
+              run_id=run_id(cfg, size, "decoder", lambda k: k in VAE_FIELDS + DECODER_FIELDS),
+              accelerator=acc, desc="decoder")
+    vae.requires_grad_(False).eval()
+    return acc
 
 
 @torch.no_grad()
@@ -233,34 +245,15 @@ def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float) ->
     """Write a diffusers folder (model_index.json + safetensors) atomically, plus latentgen.json."""
     from diffusers import StableDiffusionPipeline
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     pipe = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer,
                                    unet=c.unet, scheduler=c.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(tmp, safe_serialization=True)
     d = c.defaults
-    (tmp / "latentgen.json").write_text(json.dumps(
-        {"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
-         "scheduler": d.scheduler}, indent=1) + "\n")
-    (tmp / "recipe.json").write_text(json.dumps(
-        {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
-         "train_seconds": round(seconds, 1), "machine": _machine()}, indent=1) + "\n")
-    _swap(tmp, folder)
-
-
-def _swap(new: Path, final: Path) -> None:
-    """Put the complete folder ``new`` at ``final``; the old one is moved aside first, removed last."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    new.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _machine() -> str:
-    import os
-    import platform
-
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    with files.atomic_folder(folder) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        (tmp / "latentgen.json").write_text(json.dumps(
+            {"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
+             "scheduler": d.scheduler}, indent=1) + "\n")
+        (tmp / "recipe.json").write_text(json.dumps(
+            {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
+             "train_seconds": round(seconds, 1), "machine": files.machine()}, indent=1) + "\n")

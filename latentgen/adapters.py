@@ -1,0 +1,146 @@
+"""LoRA adapters on a loaded model: several at once, each with its own scale, through peft.
+
+``pipe.loras`` is a ``LoraAdapters`` over the pipeline's U-Net and text encoder; the pipeline's
+``load_lora``, ``set_lora_scale``, ``fuse_lora``, ``unfuse_lora`` and ``unload_lora`` call it.
+Files are read by ``latentgen.lora`` (diffusers/peft and kohya layouts); the adapters themselves
+are peft's (``inject_adapter_in_model``), so a loaded LoRA computes W x + scale * (alpha / r) B A x.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import lora as lora_files
+
+
+@dataclass
+class Loaded:
+    """One loaded LoRA: its scale and where it came from (its hash goes in PNG metadata)."""
+
+    scale: float
+    hash: str  # first 12 hex digits of the file's sha256
+    path: str
+
+
+class LoraAdapters:
+    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order."""
+
+    def __init__(self, models: dict[str, torch.nn.Module]):
+        self.models = models
+        self.loaded: dict[str, Loaded] = {}
+        self._fused: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}  # layer id -> (layer, original W)
+
+    def __repr__(self) -> str:
+        return f"LoraAdapters({ {n: v.scale for n, v in self.loaded.items()} })"
+
+    def load(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
+        """Add the LoRA in ``path`` (a file of either layout, or a shipped LoRA's name such as
+        ``"purple"``) as adapter ``name`` at ``scale``; returns the name. Default name: the file's
+        stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys that name
+        no module of the model are reported in a warning."""
+        name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
+        if "." in name:
+            raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "
+                             f"{name.replace('.', '_')!r}.")
+        if name in self.loaded:
+            raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
+        if self._fused:
+            raise ValueError("LoRAs are fused: call unfuse_lora() before loading another.")
+        path = lora_files.resolve(path)
+        lora, unknown = lora_files.read(path, self.models)
+        if unknown:
+            warnings.warn(f"{Path(path).name}: {len(unknown)} key(s) match no module of this model and were "
+                          f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
+        for part, mods in lora.modules.items():
+            self._inject(part, mods, name)
+        self.loaded[name] = Loaded(float(scale), lora_files.file_hash(path), str(path))
+        self._apply_scales()
+        return name
+
+    def _inject(self, part: str, mods: dict, name: str) -> None:
+        """Wrap ``part``'s target modules in peft LoRA layers named ``name`` holding the file's weights."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        model = self.models[part]
+        cut = len(lora_files.file_prefix(part, model))
+        mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
+        ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
+        config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
+                            rank_pattern=ranks, alpha_pattern={m: a for m, (_, _, a) in mods.items()})
+        with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            inject_adapter_in_model(config, model, adapter_name=name)
+        for m, (down, up, _) in mods.items():
+            layer = model.get_submodule(m)
+            layer.lora_A[name].weight.data.copy_(down)
+            layer.lora_B[name].weight.data.copy_(up)
+
+    def _layers(self):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for model in self.models.values():
+            for mod in model.modules():
+                if isinstance(mod, BaseTunerLayer):
+                    yield mod
+
+    def _apply_scales(self) -> None:
+        for layer in self._layers():
+            names = [n for n in self.loaded if n in layer.lora_A]
+            layer.set_adapter(names)  # several adapters active at once
+            for n in names:
+                layer.set_scale(n, self.loaded[n].scale)  # scaling = scale * alpha / r
+            layer.requires_grad_(False)
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.loaded:
+            raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(self.loaded) or 'none'}.")
+
+    def set_scale(self, name: str, scale: float) -> None:
+        """Change the scale of loaded LoRA ``name`` (0 turns it off)."""
+        self._check_name(name)
+        if self._fused:
+            raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
+        self.loaded[name].scale = float(scale)
+        self._apply_scales()
+
+    def fuse(self) -> None:
+        """Add the active LoRAs into the base weights (faster sampling); ``unfuse`` undoes it exactly."""
+        for layer in self._layers():
+            if layer.active_adapters and not layer.merged:
+                self._fused[id(layer)] = (layer, layer.get_base_layer().weight.data.clone())
+                layer.merge(adapter_names=list(layer.active_adapters))
+
+    def unfuse(self) -> None:
+        """Restore the base weights saved by ``fuse``, bit for bit."""
+        for layer, weight in self._fused.values():
+            layer.get_base_layer().weight.data.copy_(weight)
+            layer.merged_adapters.clear()
+        self._fused = {}
+
+    def unload(self, name: str | None = None) -> None:
+        """Remove LoRA ``name`` (or all): the model is then exactly as loaded."""
+        if name is not None:
+            self._check_name(name)
+        self.unfuse()
+        for n in [name] if name else list(self.loaded):
+            for layer in self._layers():
+                if n in layer.lora_A:
+                    layer.delete_adapter(n)
+            del self.loaded[n]
+        for model in self.models.values():  # unwrap layers with no adapter left
+            for mname, mod in list(model.named_modules()):
+                if hasattr(mod, "lora_A") and len(mod.lora_A) == 0:
+                    parent, _, child = mname.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
+        self._apply_scales()
+
+    def info(self) -> dict:
+        """PNG metadata of the LoRAs in use, A1111 style: ``Lora hashes: "name: hash, ..."``."""
+        if not self.loaded:
+            return {}
+        return {"Lora hashes": '"' + ", ".join(f"{n}: {v.hash}" for n, v in self.loaded.items()) + '"',
+                "Lora scales": '"' + ", ".join(f"{n}: {v.scale:g}" for n, v in self.loaded.items()) + '"'}

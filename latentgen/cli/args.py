@@ -1,0 +1,106 @@
+"""Flags of the command line: argparse types built on ``latentgen.checks``, and the flags of a config
+dataclass derived from its fields (name, type, default, help, choices), so defaults live once."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .. import checks
+
+
+def _typed(parse, check):
+    """An argparse type: ``parse`` the string, then ``check`` it; a failure is argparse's usage error."""
+    def convert(s: str):
+        try:
+            return check(parse(s))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("value=", "")) from None
+    return convert
+
+
+positive_int = _typed(int, lambda v: checks.whole("value", v, 1))
+finite_float = _typed(float, lambda v: checks.number("value", v))
+
+
+def optional(parse):
+    """A type that also reads 'none' as None (a field whose default is a value, such as snr_gamma)."""
+    return lambda s: None if s.strip().lower() == "none" else parse(s)
+
+
+def scheduler_name(s: str) -> str:
+    from ..schedulers import SAMPLERS  # light: names only, checked before any model loads
+
+    if s not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown scheduler {s!r}; use one of: {', '.join(SAMPLERS)}")
+    return s
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="diffusers folder or preset name (default: the embedded model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="default: fp16 on CUDA, fp32 on CPU")
+
+
+def lora_spec(spec: str) -> tuple[str, float]:
+    """'path[:scale]' -> (path, scale), the file checked before any model loads."""
+    path, _, scale = spec.rpartition(":")
+    try:
+        path, scale = (path, float(scale)) if path else (spec, 1.0)
+    except ValueError:
+        path, scale = spec, 1.0
+    from ..lora import resolve, shipped_loras
+
+    try:
+        return str(resolve(path)), scale
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale] "
+                                f"or a shipped LoRA's name ({', '.join(shipped_loras()) or 'none'}).") from None
+
+
+def _base(hint):
+    """(type, optional) of a field's annotation: ``int | None`` -> (int, True)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def add_config_args(p: argparse.ArgumentParser, cls, *, positional: tuple[str, ...] = ()) -> None:
+    """One flag per field of the config dataclass ``cls`` (``batch_size`` -> ``--batch-size``):
+    bools are switches, lists repeatable flags, fields without a default required. Values are
+    parsed here and checked by the config's own ``check()``."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind, opt = _base(hints[f.name])
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        text = f.metadata.get("help") or ""
+        if not (default is MISSING or default is None or default is False or default == []):
+            text += f" (default: {default})"
+        meta = {"help": text or None, "choices": f.metadata.get("choices")}
+        if f.name in positional:
+            p.add_argument(f.name, type=kind, **meta)
+            continue
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction if default else "store_true",
+                           default=default, help=meta["help"])
+        elif typing.get_origin(kind) is list:
+            p.add_argument(flag, dest=f.name, action="append", default=default, metavar="TEXT", **meta)
+        else:
+            parse = {int: int, float: finite_float, Path: Path}.get(kind, str)
+            required = default is MISSING
+            p.add_argument(flag, dest=f.name, type=optional(parse) if opt and default is not None else parse,
+                           required=required, default=None if required else default, **meta)
+
+
+def config_from(args: argparse.Namespace, cls):
+    """The config dataclass ``cls`` from parsed flags (``add_config_args``), checked."""
+    cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+    cfg.check()
+    return cfg

@@ -1,0 +1,127 @@
+"""What one call asks for, as typed records: the images to draw, the resolved settings, and how the
+latent loop starts. ``latentgen.pipeline`` turns them into images; ``latentgen.starts`` builds starts.
+
+All checks here are cheap and run before any model work, so bad input fails in milliseconds with
+an error that names the parameter and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from . import checks, schedulers
+from .presets import Defaults
+
+Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One image to draw: its text conditioning and its seed (its own CPU generator)."""
+
+    prompt: str
+    negative_prompt: str | None  # the unconditional branch of CFG; None when guidance is off
+    seed: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A call's settings after defaults and checks: the same for every image of the call."""
+
+    steps: int
+    guidance: float  # classifier-free guidance scale; <= 1 turns CFG off
+    width: int  # pixels, a multiple of the VAE's scale factor
+    height: int
+    scheduler: str | SchedulerMixin  # a sampler name from latentgen.schedulers, or an instance
+    batch_size: int | None  # images per U-Net call; None: 1 on CPU (bit-exact), all on GPU
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance > 1
+
+
+@dataclass
+class Start:
+    """How a chunk of B images enters the loop (``Pipeline.denoise``)."""
+
+    latents: torch.Tensor  # (B, C, h, w), noised and scaled for the sampler's first timestep
+    timesteps: torch.Tensor  # the sampler timesteps to run (all of them for txt2img)
+    condition: torch.Tensor | None = None  # (B, 5, h, w): mask + masked-image latents (9-channel U-Nets)
+    blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # after step i: (i, latents) -> latents
+
+
+# builds the Start of one chunk: (sampler with timesteps set, one generator per image, dtype) -> Start
+StartFn = Callable[[SchedulerMixin, list[torch.Generator], torch.dtype], Start]
+
+
+def as_prompts(prompt, name: str) -> list[str]:
+    """A prompt or a non-empty list of prompts, as a list."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise TypeError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}; "
+                    f"pass text such as {name}='a red circle'.")
+
+
+def _size(name: str, value, f: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value <= 0 or value % f:
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        near = max(f, round(value / f) * f) if ok else 64 * f
+        raise ValueError(f"{name}={value!r} is invalid: use a positive multiple of {f} "
+                         f"(the VAE's scale factor), such as {name}={near}.")
+    return int(value)
+
+
+def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
+            scheduler=None, batch_size=None, num_images=1, seed=0) -> Settings:
+    """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
+
+    The scheduler falls back to the defaults' sampler name, then to the model's own scheduler."""
+    steps = checks.whole("steps", defaults.steps if steps is None else steps, 1,
+                         "use a whole number of denoising steps >= 1, such as steps=20")
+    guidance = checks.number("guidance", defaults.guidance if guidance is None else guidance,
+                             fix="use a finite number such as 7.5 (<= 1 turns classifier-free guidance off)")
+    width = _size("width", defaults.width if width is None else width, vae_scale_factor)
+    height = _size("height", defaults.height if height is None else height, vae_scale_factor)
+    checks.whole("num_images", num_images, 1, "ask for at least one image, such as num_images=1")
+    checks.whole("seed", seed, -(2**63), "use a whole number, such as seed=0")
+    if batch_size is not None:
+        checks.whole("batch_size", batch_size, 1, "use batch_size >= 1, or None for the default")
+    if scheduler is None:
+        scheduler = defaults.scheduler or own_scheduler
+    elif not isinstance(scheduler, (str, SchedulerMixin)):
+        raise TypeError(f"scheduler must be a name or a diffusers scheduler, got {type(scheduler).__name__}; "
+                        f"use one of: {', '.join(schedulers.SAMPLERS)}.")
+    if isinstance(scheduler, str):
+        schedulers.check_name(scheduler)
+    return Settings(steps, guidance, width, height, scheduler, batch_size)
+
+
+def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) -> list[Draw]:
+    """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``."""
+    prompts = as_prompts(prompt, "prompt")
+    negatives = [""] if negative_prompt is None else as_prompts(negative_prompt, "negative_prompt")
+    if len(negatives) == 1:
+        negatives = negatives * len(prompts)
+    if len(negatives) != len(prompts):
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+                         f"pass one negative prompt, or one per prompt.")
+    if negative_prompt is not None and guidance <= 1:
+        warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
+    pairs = [(p, n if guidance > 1 else None) for p, n in zip(prompts, negatives) for _ in range(num_images)]
+    return [Draw(p, n, seed + i) for i, (p, n) in enumerate(pairs)]
+
+
+def strength(value) -> float:
+    """img2img / inpainting strength in [0, 1]."""
+    return checks.number("strength", value, minimum=0, maximum=1,
+                         fix="use a number in [0, 1] (0 keeps the image, 1 repaints it from pure noise), "
+                             "such as strength=0.6")

@@ -1,0 +1,92 @@
+"""How the latent loop starts: from noise (txt2img), from an image (img2img), from an image and a mask
+(inpainting). Each is a pure function ``(sampler, generators, dtype, ...) -> Start``; the pipeline
+binds the inputs with ``functools.partial`` and runs the same loop (``Pipeline.denoise``) on it.
+
+img2img (SDEdit, Meng et al. 2021, https://arxiv.org/abs/2108.01073): encode the image to latents
+z0 (B, 4, h, w), noise them to the timestep that ``strength`` picks, denoise the last
+``int(steps * strength)`` steps. Inpainting adds a mask (1 repaint, 0 keep):
+  - 4-channel U-Nets: after every step the known region is replaced by z0 noised to the next
+    timestep (RePaint-style blending, as diffusers and A1111 do);
+  - 9-channel inpainting U-Nets (SD 1.5/2 inpainting): the U-Net input is
+    cat(latents (4), mask at latent size (1), latents of the masked image (4)).
+
+Random draws per image (its own generator) follow diffusers' reference pipelines with one
+generator: txt2img: noise. img2img: VAE latent sample, then noise. Inpainting: VAE latent sample of
+the image (4-channel, or strength < 1), noise, then the latent sample of the masked image
+(4-channel U-Nets do not use it; the draw is still made so later sampler noise lines up).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+
+from .request import Start
+
+
+def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
+    """The last ``int(steps * strength)`` of the sampler's timesteps, as diffusers picks them."""
+    t_start = steps - min(int(steps * strength), steps)
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(t_start * sched.order)
+    return sched.timesteps[t_start * sched.order:]
+
+
+@torch.no_grad()
+def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype) -> torch.Tensor:
+    """(1, 3, H, W) in [-1, 1] -> one scaled latent sample per generator: (B, 4, H/f, W/f)."""
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist  # encoded once, sampled B times
+    z = torch.cat([dist.sample(generator=g) for g in generators])
+    return (z * vae.config.scaling_factor).to(dtype)
+
+
+def to_latent_mask(mask_px: torch.Tensor, lat_size: tuple[int, int], mode: str = "coverage") -> torch.Tensor:
+    """(1, 1, H, W) mask in [0, 1] -> (1, 1, h, w) of 0/1: "coverage" (at least half of each cell's
+    pixels) or "nearest" (one pixel per cell, diffusers' ``F.interpolate``)."""
+    if mode == "nearest":
+        return F.interpolate(mask_px, size=lat_size)
+    return (F.adaptive_avg_pool2d(mask_px, lat_size) >= 0.5).to(mask_px.dtype)
+
+
+def from_noise(sched, generators, dtype, *, shape: tuple[int, int, int], device) -> Start:
+    """txt2img: pure noise (B, C, h, w) scaled to the sampler's first sigma; ``shape`` is (C, h, w)."""
+    noise = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=dtype)
+    return Start(noise * sched.init_noise_sigma, sched.timesteps)
+
+
+def from_image(sched, generators, dtype, *, vae, pixels: torch.Tensor, steps: int, strength: float) -> Start:
+    """img2img: the image's latents (B, 4, h, w) noised to the first of the last ``steps * strength`` steps."""
+    timesteps = strength_timesteps(sched, steps, strength)
+    z0 = latent_samples(vae, pixels, generators, dtype)
+    if len(timesteps) == 0:  # strength 0 (or too few steps): the reconstruction
+        return Start(z0, timesteps)
+    noise = randn_tensor(z0.shape, generator=generators, device=z0.device, dtype=dtype)
+    return Start(sched.add_noise(z0, noise, timesteps[:1].repeat(len(generators))), timesteps)
+
+
+def for_inpainting(sched, generators, dtype, *, vae, pixels: torch.Tensor, masked: torch.Tensor,
+                   mask_lat: torch.Tensor, nine: bool, steps: int, strength: float) -> Start:
+    """Inpainting: ``pixels`` (1, 3, H, W), ``masked`` the same with the hole blanked, ``mask_lat``
+    (1, 1, h, w) with 1 = repaint. ``nine``: the U-Net takes mask + masked-image latents as input."""
+    timesteps = strength_timesteps(sched, steps, strength)
+    full = strength == 1.0 and len(timesteps) > 0
+    z0 = latent_samples(vae, pixels, generators, dtype) if (not nine or not full) else None
+    b, (h, w) = len(generators), mask_lat.shape[-2:]
+    noise = randn_tensor((b, vae.config.latent_channels, h, w), generator=generators, device=mask_lat.device,
+                         dtype=dtype)
+    m_lat = mask_lat.to(dtype).expand(b, -1, -1, -1)  # (B, 1, h, w)
+    condition = blend = None
+    if nine:
+        condition = torch.cat([m_lat, latent_samples(vae, masked, generators, dtype)], dim=1)  # (B, 5, h, w)
+    else:
+        for g in generators:  # diffusers' masked-image latent draw, unused by 4-channel U-Nets
+            randn_tensor((vae.config.latent_channels, h, w), generator=g, device=vae.device, dtype=vae.dtype)
+
+        def blend(i: int, latents: torch.Tensor) -> torch.Tensor:  # known region := z0 noised to step i + 1
+            known = z0 if i == len(timesteps) - 1 else sched.add_noise(z0, noise, torch.tensor([timesteps[i + 1]]))
+            return (1 - m_lat) * known + m_lat * latents
+    if len(timesteps) == 0:
+        return Start(z0 if z0 is not None else latent_samples(vae, pixels, generators, dtype), timesteps)
+    latents = noise * sched.init_noise_sigma if full else sched.add_noise(z0, noise, timesteps[:1].repeat(b))
+    return Start(latents, timesteps, condition=condition, blend=blend)
