@@ -23,19 +23,26 @@ __all__ = ["load", "generate", "Pipeline"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
-         dtype: "str | torch.dtype | None" = None) -> "Pipeline":
+         dtype: "str | torch.dtype | None" = None, vae: str | Path | None = None,
+         prediction_type: str | None = None) -> "Pipeline":
     """Load a pipeline.
 
-    source: a diffusers folder (``model_index.json`` and its subfolders), a preset name from
-        ``pipelines/`` (``"sd15"``, ``"tiny-random"``: random weights), or None for the embedded
-        default model. Everything loads offline.
+    source: a diffusers folder (``model_index.json`` and its subfolders), a single-file checkpoint
+        in the LDM layout (``.safetensors``, ``.ckpt``, ``.pt``: SD 1.x, SD 1.x inpainting, SD 2.x;
+        see ``latentgen.checkpoints``), a preset name from ``pipelines/`` (``"sd15"``, ``"sd2"``,
+        ``"sd21"``, ``"tiny-random"``: random weights), or None for the embedded default model.
+        Everything loads offline.
     device: "cuda" when available, else "cpu".
     dtype: fp16 on CUDA, fp32 on CPU; "bf16" (or torch.bfloat16) on request.
+    vae: a VAE file (LDM or diffusers layout) used instead of the model's own.
+    prediction_type: "epsilon" or "v_prediction" (SD 2.x 768), over what the model says; single
+        files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
     """
-    from . import components
+    from . import loading
     from .pipeline import Pipeline
 
-    return Pipeline.from_components(components.load(source, device=device, dtype=dtype))
+    return Pipeline.from_components(loading.load(source, device=device, dtype=dtype, vae=vae,
+                                                    prediction_type=prediction_type))
 
 
 @lru_cache(maxsize=1)

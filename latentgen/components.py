@@ -3,7 +3,11 @@
 Sources, all offline:
   * a diffusers folder: ``model_index.json`` with ``tokenizer/``, ``text_encoder/``, ``unet/``,
     ``vae/`` and ``scheduler/`` subfolders, plus an optional ``latentgen.json`` of defaults;
+  * a single-file checkpoint (``.safetensors``, ``.ckpt``, ``.pt``) in the LDM layout
+    (``latentgen.checkpoints``);
   * a preset name from ``pipelines/`` (random weights, or the trained folder it names in ``weights/``).
+
+Any of them takes a separate VAE file (``vae=``) and a prediction type (``prediction_type=``).
 
 Configs are read and checked before any weight is loaded, so a bad folder fails in milliseconds.
 """
@@ -54,15 +58,12 @@ class Components:
         return vae_scale_factor(self.vae.config)
 
     @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
 
 def vae_scale_factor(vae_config) -> int:
+    """2 ** (VAE levels - 1): each level but the last halves the size."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
@@ -123,7 +124,7 @@ def check_folder(folder: Path) -> None:
 
 
 @contextmanager
-def _quiet_loading():
+def quiet_loading():
     """transformers 5 draws a "Loading weights" progress bar for every model it loads: a library
     loads quietly, so it is switched off here (and back on after) through transformers' own API."""
     from transformers.utils import logging as hf_logging
@@ -155,14 +156,18 @@ def _cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
         df_logging.set_verbosity(level)
 
 
-def _finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
+def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     for m in (c.text_encoder, c.unet, c.vae):
         m.requires_grad_(False).eval()
     _cast(c.text_encoder, device, dtype)
     _cast(c.unet, device, dtype)
-    # SD's VAE overflows in fp16 (black or NaN images): keep it in fp32 when its config says so.
-    _cast(c.vae, device, torch.float32 if dtype == torch.float16 and c.vae.config.get("force_upcast", True) else dtype)
+    _cast(c.vae, device, vae_dtype(dtype, c.vae.config))
     return c
+
+
+def vae_dtype(dtype: torch.dtype, vae_config) -> torch.dtype:
+    """SD's VAE overflows in fp16 (black or NaN images): it stays fp32 when its config says so."""
+    return torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
 
 
 def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaults | None = None,
@@ -178,12 +183,12 @@ def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaul
         size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
         base = {"width": size, "height": size}
         defaults = Defaults.from_dict({**base, **(_read_json(extra) if extra.is_file() else {})})
-    with _quiet_loading():
+    with quiet_loading():
         parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
                      text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
                      unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
                      vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
-    return _finish(Components(
+    return finish(Components(
         **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
         defaults=defaults, name=name or folder.name), device, dtype)
 
@@ -201,8 +206,8 @@ def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Co
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
         unet = UNet2DConditionModel.from_config(preset.unet)
         vae = AutoencoderKL.from_config(preset.vae)
-    return _finish(Components(
-        tokenizer=CLIPTokenizer.from_pretrained(preset.tokenizer_dir),
+    return finish(Components(
+        tokenizer=CLIPTokenizer.from_pretrained(preset.tokenizer_dir, **preset.tokenizer_options),
         text_encoder=text_encoder,
         unet=unet,
         vae=vae,
@@ -212,11 +217,27 @@ def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Co
     ), device, dtype)
 
 
+def folder_like(source, path: Path) -> bool:
+    return path.is_dir() or path.is_absolute() or str(source).startswith(".") or len(path.parts) > 1
+
+
+def part_configs(source, path: Path) -> tuple[dict, dict, dict]:
+    """(unet, vae, text encoder) configs of a folder or preset, read without loading weights."""
+    if source is not None and folder_like(source, path):
+        check_folder(path)
+        return tuple(_read_json(path / part / "config.json") for part in ("unet", "vae", "text_encoder"))
+    preset = load_preset("default" if source is None else str(source))
+    if preset.weights is not None:
+        return part_configs(preset.weights, data_dir("weights") / preset.weights)
+    return preset.unet, preset.vae, preset.text_encoder
+
+
 def load(source: str | Path | None, *, device=None, dtype=None) -> Components:
-    """Components from a diffusers folder, a preset name, or (None) the embedded default model."""
+    """Components from a diffusers folder, a preset name, or (None) the embedded default model.
+    ``latentgen.loading.load`` adds single-file checkpoints, VAE files and the prediction type."""
+    path = Path(source) if source is not None else Path()
     if source is None:
         return from_preset(load_preset("default"), device=device, dtype=dtype)
-    path = Path(source)
-    if path.is_dir() or path.is_absolute() or str(source).startswith(".") or len(path.parts) > 1:
+    if folder_like(source, path):
         return from_folder(path, device=device, dtype=dtype)
     return from_preset(load_preset(str(source)), device=device, dtype=dtype)

@@ -125,7 +125,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from . import components
+    from . import loading
 
     t_start = time.perf_counter()
     pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
@@ -133,7 +133,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
-    c = components.load(cfg.model, device=acc.device, dtype="fp32")
+    c = loading.load(cfg.model, device=acc.device, dtype="fp32")
     res = cfg.resolution or c.defaults.width
     if res % c.vae_scale_factor:
         f = c.vae_scale_factor

@@ -1,4 +1,4 @@
-"""LoRA files in the field's two layouts, and LoRA adapters on a loaded pipeline (via peft).
+"""LoRA files in the field's two layouts: reading, key mapping, writing (``latentgen.adapters`` applies them).
 
 LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) adds to a weight W (out, in) the low-rank
 update dW = scale * (alpha / rank) * up @ down, with down (rank, in) and up (out, rank).

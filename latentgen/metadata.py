@@ -21,8 +21,20 @@ from . import files
 
 def _value(v) -> str:
     s = str(v)
+    if len(s) >= 2 and s[0] == s[-1] == '"' and '"' not in s[1:-1]:
+        return s  # already quoted (``LoraAdapters.info``): quoting again would read back with its quotes
     # A1111 quotes a value that would break its "key: value, ..." parsing.
     return json.dumps(s) if any(ch in s for ch in ',:"\n') else s
+
+
+def text_fields(clip_skip: int, syntax: str, embeddings: dict[str, str]) -> dict:
+    """The text-conditioning settings of a call as A1111 writes them: ``Clip skip`` only when not 1,
+    ``TI hashes: "name: <sha256[:12]>, ..."`` for the textual-inversion embeddings used (A1111 drops
+    ``:`` and ``,`` from the names), and latentgen's ``Prompt syntax: plain`` when A1111's is off."""
+    names = {n.replace(":", "").replace(",", ""): h for n, h in embeddings.items()}
+    return {"Clip skip": clip_skip if clip_skip != 1 else None,
+            "Prompt syntax": syntax if syntax != "a1111" else None,
+            "TI hashes": ", ".join(f"{n}: {h}" for n, h in names.items()) or None}
 
 
 def parameters_text(prompt: str, settings: dict, negative_prompt: str | None = None) -> str:

@@ -26,8 +26,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import images as im
-from . import metadata, request, schedulers, starts
+from . import components, metadata, prompts, request, schedulers, starts
 from .adapters import LoraAdapters
+from .embeddings import Embeddings
 from .presets import Defaults
 from .request import Callback, Draw, Settings, Start, StartFn
 
@@ -48,6 +49,7 @@ class Pipeline:
         self.defaults = defaults or Defaults()
         self.name = name  # shown in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})
+        self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
 
     @classmethod
     def from_components(cls, c) -> "Pipeline":
@@ -68,7 +70,7 @@ class Pipeline:
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell: 8 for SD's four-level VAE."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return components.vae_scale_factor(self.vae.config)
 
     # -- 1. settings ----------------------------------------------------------------------------
     def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
@@ -79,14 +81,15 @@ class Pipeline:
 
     # -- 2. text conditioning -------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompt(self, text: str) -> torch.Tensor:
-        """CLIP text embeddings of one prompt: (1, 77, D), D = 768 for SD 1.x."""
-        tok = self.tokenizer
-        ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids  # (1, 77): BOS, tokens, EOS, padding
-        if len(tok(text).input_ids) > tok.model_max_length:
-            warnings.warn(f"prompt is longer than {tok.model_max_length} tokens and was cut: {text[:60]!r}...")
-        return self.text_encoder(ids.to(self.device))[0]  # last hidden state (1, 77, D)
+    def encode_prompt(self, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
+        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, k chunks of 75 tokens
+        (k = 1 with syntax "plain"); A1111's syntax and "Clip skip": see ``latentgen.prompts``."""
+        chunks = prompts.tokenize(text, self.tokenizer, syntax=syntax, expand=self.embeddings.expansions())
+        return prompts.encode(self.text_encoder, chunks, clip_skip=clip_skip)  # (1, 77 * k, D)
+
+    def load_embedding(self, path: str | Path, token: str | None = None) -> str:
+        """Add a textual-inversion file as the word ``token`` (default: its stem); see ``latentgen.embeddings``."""
+        return self.embeddings.load(path, token)
 
     # -- 3. start latents: see latentgen.starts; 4. the denoising loop -------------------------
     @torch.no_grad()
@@ -95,14 +98,14 @@ class Pipeline:
                 callback: Callback | None = None) -> torch.Tensor:
         """Run the sampler over ``start.timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
 
-        ``cond``/``uncond`` are (B, 77, D). With ``uncond`` given, classifier-free guidance
+        ``cond``/``uncond`` are (B, 77 * k, D). With ``uncond`` given, classifier-free guidance
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
         ``callback(done, total, latents)`` runs after each step.
         """
         latents, condition = start.latents, start.condition
         if condition is not None and uncond is not None:
             condition = torch.cat([condition] * 2)
-        context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77, D)
+        context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77 * k, D)
         params = inspect.signature(sched.step).parameters
         step_kwargs = {"eta": 0.0} if "eta" in params else {}
         if "generator" in params:  # ancestral / SDE samplers draw fresh noise each step
@@ -150,27 +153,22 @@ class Pipeline:
         uses its own generator, seeded ``draws[i].seed``."""
         batch = s.batch_size or (1 if self.device.type == "cpu" else len(draws))
         chunks = [draws[k:k + batch] for k in range(0, len(draws), batch)]
-        cache: dict[str, torch.Tensor] = {}  # each distinct text encoded once, alone: (1, 77, D)
-
-        def embed(texts: list[str]) -> torch.Tensor:  # (B, 77, D)
-            for t in texts:
-                cache[t] = cache[t] if t in cache else self.encode_prompt(t)
-            return torch.cat([cache[t] for t in texts])
-
+        text = prompts.CallText(draws, self.encode_prompt, s, self.embeddings)  # tags out; each text encoded once
+        info = {**(info or {}), **text.info}  # Clip skip, TI hashes
         out: list[Image.Image] = []
         done = 0
-        for chunk in chunks:
-            sched = schedulers.make(s.scheduler, self.scheduler.config)
-            sched.set_timesteps(s.steps, device=self.device)
-            generators = [torch.Generator("cpu").manual_seed(d.seed) for d in chunk]
-            cond = embed([d.prompt for d in chunk])
-            uncond = embed([d.negative_prompt for d in chunk]) if s.cfg else None
-            first = start(sched, generators, cond.dtype)
-            total = len(first.timesteps) * len(chunks)
-            progress = None if callback is None else (lambda i, _n, lat, base=done: callback(base + i, total, lat))
-            latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress)
-            done += len(first.timesteps)
-            out += self._images(chunk, self.decode(latents), s, schedulers.label(sched), info or {})
+        with text.lora_tags(self.loras):
+            for chunk in chunks:
+                sched = schedulers.make(s.scheduler, self.scheduler.config)
+                sched.set_timesteps(s.steps, device=self.device)
+                generators = [torch.Generator("cpu").manual_seed(d.seed) for d in chunk]
+                cond, uncond = text.embed(chunk, s.cfg)  # (B, 77 * k, D) each
+                first = start(sched, generators, cond.dtype)
+                total = len(first.timesteps) * len(chunks)
+                progress = None if callback is None else (lambda i, _n, lat, base=done: callback(base + i, total, lat))
+                latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress)
+                done += len(first.timesteps)
+                out += self._images(chunk, self.decode(latents), s, schedulers.label(sched), info)
         return out
 
     # -- the public calls -----------------------------------------------------------------------
@@ -178,7 +176,7 @@ class Pipeline:
                  guidance: float | None = None, negative_prompt: str | list[str] | None = None,
                  width: int | None = None, height: int | None = None, num_images: int = 1,
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
-                 batch_size: int | None = None) -> list[Image.Image]:
+                 batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -193,9 +191,10 @@ class Pipeline:
         batch_size: images that go through the U-Net together. Default: 1 on CPU, which keeps
             every image bit-identical to its one-image call; all at once on GPU (equal to within
             float rounding). Larger batches trade that bit-exactness for throughput.
+        clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax, or "plain"; see ``latentgen.prompts``.
         """
-        s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler,
-                          batch_size=batch_size, num_images=num_images, seed=seed)
+        s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
+                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         if self.unet.config.in_channels != c:
@@ -207,7 +206,7 @@ class Pipeline:
     def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps: int | None = None,
                 guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
                 callback: Callback | None = None, batch_size: int | None = None,
-                max_pixels: int | None = None) -> list[Image.Image]:
+                max_pixels: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
         """Redraw ``image`` under ``prompt``; returns images of the input's size.
 
         image: PIL image (any mode), numpy array or path; see ``latentgen.images``. Sizes that are
@@ -219,8 +218,8 @@ class Pipeline:
         src, _ = im.load_rgb(image, "image")
         w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.max_pixels)
         strength = request.strength(strength)
-        s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler,
-                          batch_size=batch_size, num_images=num_images, seed=seed)
+        s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
+                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
         pixels = im.to_tensor(src if src.size == (w, h) else src.resize((w, h), im.LANCZOS))  # (1, 3, H, W)
         start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength)
@@ -233,7 +232,7 @@ class Pipeline:
                 num_images: int = 1, scheduler=None, mask_blur: float = 4, only_masked: bool = False,
                 padding: int = 32, composite: bool = True, callback: Callback | None = None,
                 batch_size: int | None = None, max_pixels: int | None = None,
-                latent_mask: str = "coverage") -> list[Image.Image]:
+                latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
         """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -262,8 +261,9 @@ class Pipeline:
                                native=(self.defaults.width, self.defaults.height),
                                max_pixels=max_pixels or self.max_pixels)
         strength = request.strength(strength)
-        s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1],
-                          scheduler=scheduler, batch_size=batch_size, num_images=num_images, seed=seed)
+        s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
+                          batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
+                          prompt_syntax=prompt_syntax)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
         if inp.empty:
             warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")

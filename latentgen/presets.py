@@ -2,15 +2,18 @@
 
 A preset is one JSON file, ``pipelines/<name>.json``::
 
-    {"description": "...", "tokenizer": "clip-vit-large-patch14", "weights": null,
+    {"description": "...", "tokenizer": "clip-vit-large-patch14", "tokenizer_options": {"pad_token": "!"},
+     "weights": null,
      "defaults": {"steps": 50, "guidance": 7.5, "width": 512, "height": 512, "scheduler": "pndm"},
      "unet": {...}, "vae": {...}, "text_encoder": {...}, "scheduler": {...}}
 
 The four component entries are the diffusers / transformers ``config.json`` contents of
 ``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel`` and the scheduler; the sampler
-*name* in ``defaults.scheduler`` picks the scheduler class. ``weights`` names a diffusers folder
-under ``weights/`` holding trained weights for this architecture, or is null (random weights,
-for benchmarks). A new model family is a new file here, not new code.
+*name* in ``defaults.scheduler`` picks the scheduler class. ``tokenizer_options`` (optional) are
+``CLIPTokenizer`` arguments over the shipped files: SD 2.x pads with "!" (id 0), SD 1.x with its
+end token. ``weights`` names a diffusers folder under ``weights/`` holding trained weights for this
+architecture, or is null (random weights, for benchmarks). A new model family is a new file here,
+not new code.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Preset:
     vae: dict = field(repr=False)
     text_encoder: dict = field(repr=False)
     scheduler: dict = field(repr=False)
+    tokenizer_options: dict = field(default_factory=dict)  # CLIPTokenizer arguments, e.g. {"pad_token": "!"}
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -95,4 +99,5 @@ def load_preset(name: str) -> Preset:
         vae=d["vae"],
         text_encoder=d["text_encoder"],
         scheduler=d["scheduler"],
+        tokenizer_options=d.get("tokenizer_options", {}),
     )

@@ -16,7 +16,7 @@ from numbers import Integral, Real
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from . import checks, schedulers
+from . import checks, prompts, schedulers
 from .presets import Defaults
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
@@ -41,6 +41,8 @@ class Settings:
     height: int
     scheduler: str | SchedulerMixin  # a sampler name from latentgen.schedulers, or an instance
     batch_size: int | None  # images per U-Net call; None: 1 on CPU (bit-exact), all on GPU
+    clip_skip: int = 1  # A1111's "Clip skip": 1 = CLIP's last layer, 2 = the one before (latentgen.prompts)
+    prompt_syntax: str = "a1111"  # "a1111": emphasis, BREAK, 75-token chunks, <lora:...> tags; "plain": none
 
     @property
     def cfg(self) -> bool:
@@ -81,8 +83,9 @@ def _size(name: str, value, f: int) -> int:
 
 
 def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
-            scheduler=None, batch_size=None, num_images=1, seed=0) -> Settings:
+            scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111") -> Settings:
     """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
+    ``clip_skip`` is checked against the text encoder's depth when the first prompt is encoded.
 
     The scheduler falls back to the defaults' sampler name, then to the model's own scheduler."""
     steps = checks.whole("steps", defaults.steps if steps is None else steps, 1,
@@ -102,7 +105,11 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
                         f"use one of: {', '.join(schedulers.SAMPLERS)}.")
     if isinstance(scheduler, str):
         schedulers.check_name(scheduler)
-    return Settings(steps, guidance, width, height, scheduler, batch_size)
+    checks.whole("clip_skip", clip_skip, 1, "use 1 (CLIP's last layer, the default) or 2 (the layer before, "
+                 "A1111's 'Clip skip: 2'), such as clip_skip=2")
+    checks.choice("prompt_syntax", prompt_syntax, prompts.SYNTAXES,
+                  "use 'a1111' (emphasis, BREAK, long prompts, <lora:...> tags) or 'plain' (the text as it is)")
+    return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax)
 
 
 def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) -> list[Draw]:

@@ -1,11 +1,18 @@
-"""Shared fixtures: a tiny random SD-shaped model saved as a diffusers folder (diffusers' dummy-component
-pattern), latentgen's pipeline on it, and diffusers' reference pipeline on the same folder."""
+"""Shared fixtures and helpers: a tiny random SD-shaped model saved as a diffusers folder (diffusers'
+dummy-component pattern), latentgen's pipeline on it, diffusers' reference pipeline on the same folder,
+random LoRA files on it, a small captioned data folder, and image helpers used by several modules.
+
+The helpers are imported by the test modules (``from conftest import max_diff``): with pytest's default
+import mode this folder is on ``sys.path`` once this file is loaded."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +36,93 @@ def pipe(tiny_folder):
     return latentgen.load(tiny_folder)
 
 
-@pytest.fixture(scope="session")
-def reference(tiny_folder):
-    from diffusers import StableDiffusionPipeline
+def diffusers_pipeline(cls_name: str, folder):
+    """diffusers' reference pipeline ``cls_name`` (e.g. "StableDiffusionImg2ImgPipeline") on a folder, quiet."""
+    import diffusers
 
-    ref = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    ref = getattr(diffusers, cls_name).from_pretrained(folder, safety_checker=None)
     ref.set_progress_bar_config(disable=True)
     return ref
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_folder):
+    return diffusers_pipeline("StableDiffusionPipeline", tiny_folder)
+
+
+def max_diff(a_images, b_images):
+    """The largest pixel difference between two equally long lists of images."""
+    assert len(a_images) == len(b_images)
+    return max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(a_images, b_images))
+
+
+def reference_images(reference, pipe, name, prompt, seed, n, negative, guidance=6.0, steps=4):
+    """diffusers' images with latentgen's sampler ``name`` and per-image seeds seed, seed+1, ..."""
+    from latentgen import schedulers
+
+    reference.scheduler = schedulers.make(name, pipe.scheduler.config)
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    return reference(prompt, num_inference_steps=steps, guidance_scale=guidance, negative_prompt=negative,
+                     num_images_per_prompt=n, generator=gens[0] if n == 1 else gens,
+                     height=64, width=64).images
+
+
+# --- images for img2img / inpainting inputs (tests/test_images.py, tests/cli/test_main.py)
+
+def photo(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+
+
+def mask(size=64):
+    m = np.zeros((size, size), np.uint8)
+    m[16:40, 20:44] = 255
+    return Image.fromarray(m)
+
+
+# --- LoRAs (tests/test_lora.py, tests/test_adapters.py, tests/cli/test_main.py)
+
+def random_lora(pipe, seed=0, rank=4, alpha=2.0, text=True, magnitude=0.3):
+    """A random LoRA on the U-Net's attention projections (and the text encoder's)."""
+    from latentgen import lora as lora_io
+
+    g = torch.Generator().manual_seed(seed)
+    out = lora_io.Lora(metadata={"ss_output_name": "random"})
+    parts = [("unet", pipe.unet, lora_io.UNET_TARGETS)] + \
+        ([("text_encoder", pipe.text_encoder, lora_io.TEXT_TARGETS)] if text else [])
+    for part, model, targets in parts:
+        for name, mod in lora_io._module_names(model, part).items():
+            if name.endswith(tuple("." + t for t in targets)):
+                w = mod.weight
+                out.modules.setdefault(part, {})[name] = (
+                    torch.randn(rank, w.shape[1], generator=g) * magnitude,
+                    torch.randn(w.shape[0], rank, generator=g) * magnitude, alpha)
+    return out
+
+
+@pytest.fixture
+def fresh(tiny_folder):
+    import latentgen
+
+    return latentgen.load(tiny_folder)
+
+
+@pytest.fixture
+def lora_files(tiny_folder, tmp_path):
+    import latentgen
+    from latentgen import lora as lora_io
+
+    lora = random_lora(latentgen.load(tiny_folder))
+    return (lora_io.save(lora, tmp_path / "a.safetensors", "diffusers"),
+            lora_io.save(lora, tmp_path / "a_kohya.safetensors", "kohya"), lora)
+
+
+# --- a captioned data folder (tests/test_captioned.py, tests/test_finetune.py)
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from latentgen.embedded import shapes
+
+    folder = tmp_path_factory.mktemp("purple")
+    shapes.write_folder(folder, 6, seed=1, colors=("purple",))
+    return folder

@@ -1,39 +1,141 @@
-"""Seeds: image i of a call equals a one-image call with seed + i, bit for bit on CPU."""
+"""latentgen.batch: jobs stream to disk, a killed run resumes without half files, processes share
+the work and give the same bytes as one process."""
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from latentgen import batch, metadata
+
+JOBS = [{"prompt": "a red circle on a blue background", "seed": 3, "steps": 4},
+        {"prompt": "a white square on a black background", "seed": 0, "steps": 4, "guidance": 3.0},
+        {"prompt": "a green triangle on a yellow background", "seed": 7, "steps": 4, "scheduler": "ddim"},
+        {"prompt": "a blue circle on a red background", "seed": 1, "steps": 4, "negative_prompt": "green"}]
 
 
-@pytest.mark.parametrize("scheduler", ["euler_a", "dpm++2m_sde", "ddim"])
-def test_image_2_of_4_equals_single_call_with_seed_plus_2(pipe, scheduler):
-    batch = pipe.generate("a yellow triangle", seed=40, steps=3, num_images=4, scheduler=scheduler)
-    single = pipe.generate("a yellow triangle", seed=42, steps=3, scheduler=scheduler)[0]
-    assert np.array_equal(np.asarray(batch[2]), np.asarray(single))
-    assert not np.array_equal(np.asarray(batch[1]), np.asarray(batch[2]))
+@pytest.fixture(scope="module")
+def embedded():
+    import latentgen
+
+    return latentgen.load()
 
 
-def test_prompt_list_images_follow_their_seed(pipe):
-    batch = pipe.generate(["a cat", "a dog"], seed=7, steps=2, num_images=2, negative_prompt="ugly")
-    single = pipe.generate("a dog", seed=10, steps=2, negative_prompt="ugly")[0]
-    assert len(batch) == 4 and np.array_equal(np.asarray(batch[3]), np.asarray(single))
+@pytest.fixture(scope="module")
+def reference(embedded, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    figures = batch.run(embedded, JOBS, out, progress=False)
+    assert figures["drawn"] == 4 and figures["skipped"] == 0
+    return out
 
 
-def test_larger_batch_size_matches_within_rounding(pipe):
-    fast = pipe.generate("a cat", seed=1, steps=2, num_images=3, batch_size=3)
-    exact = pipe.generate("a cat", seed=1, steps=2, num_images=3)
-    for a, b in zip(fast, exact):
-        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+def _pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
-def test_callback_counts_every_step(pipe):
-    seen = []
-    pipe.generate("a cat", steps=3, num_images=2, callback=lambda done, total, lat: seen.append((done, total)))
-    assert seen == [(i, 6) for i in range(1, 7)]
+def test_each_image_is_its_job_drawn_alone_with_its_settings(embedded, reference):
+    for i, job in enumerate(JOBS):
+        alone = embedded.generate(job["prompt"], **{k: v for k, v in job.items() if k != "prompt"})[0]
+        assert np.array_equal(_pixels(reference / batch.image_name(i)), np.asarray(alone))
+        assert metadata.read_parameters(reference / batch.image_name(i)) == alone.info["parameters"]
+    rows = [json.loads(ln) for ln in (reference / "manifest-0.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3] and rows[2]["job"] == JOBS[2]
+    assert batch.done_jobs(reference) == {0, 1, 2, 3}
 
 
-def test_parameters_travel_with_the_image(pipe):
-    im = pipe.generate("a cat", seed=5, steps=2, guidance=4.0, negative_prompt="dog", num_images=2,
-                       scheduler="euler_a")[1]
-    assert im.info["parameters"].splitlines() == [
-        "a cat", "Negative prompt: dog",
-        f"Steps: 2, Sampler: Euler a, CFG scale: 4.0, Seed: 6, Size: 64x64, Model: {pipe.name}"]
+def test_a_killed_run_leaves_no_half_file_and_resumes(embedded, reference, tmp_path, monkeypatch):
+    real, calls = metadata.save_png, []
+
+    def die_on_third(image, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(image, path, *a, **k)
+
+    monkeypatch.setattr(metadata, "save_png", die_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(embedded, JOBS, tmp_path, progress=False)
+    monkeypatch.setattr(metadata, "save_png", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.png", "000001.png", "manifest-0.jsonl"]
+    again = batch.run(embedded, JOBS, tmp_path, progress=False)
+    assert again["drawn"] == 2 and again["skipped"] == 2
+    for i in range(4):
+        assert (tmp_path / batch.image_name(i)).read_bytes() == (reference / batch.image_name(i)).read_bytes()
+    assert batch.run(embedded, JOBS, tmp_path, progress=False)["drawn"] == 0
+
+
+def test_a_damaged_image_is_redrawn(embedded, reference, tmp_path):
+    batch.run(embedded, JOBS[:2], tmp_path, progress=False)
+    (tmp_path / "000001.png").write_bytes(b"not a png")
+    assert batch.done_jobs(tmp_path) == {0}
+    assert batch.run(embedded, JOBS[:2], tmp_path, progress=False)["drawn"] == 1
+    assert (tmp_path / "000001.png").read_bytes() == (reference / "000001.png").read_bytes()
+
+
+def test_two_shares_make_the_same_files(embedded, reference, tmp_path):
+    for p in (1, 0):
+        batch.run(embedded, JOBS, tmp_path, process=p, processes=2, progress=False)
+    assert sorted(json.loads(ln)["index"] for ln in (tmp_path / "manifest-1.jsonl").read_text().splitlines()) == [1, 3]
+    for i in range(4):
+        assert (tmp_path / batch.image_name(i)).read_bytes() == (reference / batch.image_name(i)).read_bytes()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_equals_one(reference, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(j) + "\n" for j in JOBS))
+    # --multi_gpu without CUDA: 2 CPU processes in a gloo group, as finetune-lora's test. Each gets
+    # the reference's thread count (the launcher would set 1): float sums depend on the thread count
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    threads = str(__import__("torch").get_num_threads())
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_cpu_threads_per_process", threads,
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "-m", "latentgen.cli", "batch", str(jobs), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    figures = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert sorted(f["process"] for f in figures) == [0, 1] and sum(f["drawn"] for f in figures) == 4
+    for i in range(4):
+        assert (tmp_path / "out" / batch.image_name(i)).read_bytes() == (reference / batch.image_name(i)).read_bytes()
+
+
+def test_prompts_and_seed_ranges(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("a red circle on a blue background\n\na white square on a black background\n")
+    jobs = batch.prompt_jobs(f, "2-4")
+    assert [(j["prompt"][:7], j["seed"]) for j in jobs] == [("a red c", 2), ("a red c", 3), ("a red c", 4),
+                                                           ("a white", 2), ("a white", 3), ("a white", 4)]
+    assert batch.seed_range("7") == range(7, 8)
+    for bad in ("5-2", "x", "-3", "1-y"):
+        with pytest.raises(ValueError, match="seeds="):
+            batch.seed_range(bad)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "x", "sede": 1}', "unknown key"),
+    ("{not json", r"jobs.jsonl:2 is not JSON"),
+    ('{"seed": 1}', "'prompt' must be text"),
+    ('{"prompt": "x", "seed": -1}', "seed=-1 is invalid"),
+    ('["x", 1]', "a job is a JSON object"),
+])
+def test_bad_jobs_name_the_line(tmp_path, line, message):
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"prompt": "ok", "seed": 0}\n' + line + "\n")
+    with pytest.raises(ValueError, match=message):
+        batch.read_jobs(f)
+
+
+def test_cli_checks_jobs_before_loading_a_model(tmp_path):
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"prompt": "x", "steps": 2, "colour": "red"}\n')
+    r = subprocess.run([sys.executable, "-m", "latentgen.cli", "batch", str(f), "--out", str(tmp_path / "o"),
+                        "--model", str(tmp_path / "no-such-model")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown key(s) ['colour']" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "latentgen.cli", "batch", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--prompts" in r.stderr

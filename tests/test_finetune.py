@@ -1,4 +1,5 @@
-"""finetune-lora on the tiny model: data layouts, bad input, determinism, exact resume, 2 processes."""
+"""latentgen.finetune: finetune-lora on the tiny model: bad input, determinism, exact resume, 2 processes,
+mixed precision, prior preservation."""
 
 import json
 import os
@@ -10,32 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from latentgen import captioned, finetune, train
-from latentgen.embedded import shapes
 from latentgen.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("purple")
-    shapes.write_folder(folder, 6, seed=1, colors=("purple",))
-    return folder
-
-
 def _run(tiny_folder, data, out, **kw):
     return finetune.run(LoraTrainConfig(data=data, out=out, model=str(tiny_folder), **{**TINY, **kw}))
-
-
-def test_reads_sidecars_and_metadata_jsonl(tmp_path, data):
-    pairs = captioned.read_dataset(data)
-    assert len(pairs) == 6 and pairs[0][1].startswith("a purple ")
-    (tmp_path / "img").mkdir()
-    for p, cap in pairs[:2]:
-        (tmp_path / "img" / p.name).write_bytes(p.read_bytes())
-    (tmp_path / "img" / "metadata.jsonl").write_text(
-        "\n".join(json.dumps({"file_name": p.name, "text": cap}) for p, cap in pairs[:2]))
-    assert captioned.read_dataset(tmp_path / "img") == [(tmp_path / "img" / p.name, c) for p, c in pairs[:2]]
 
 
 def test_bad_data_and_settings(tmp_path, data, tiny_folder):
@@ -56,6 +38,7 @@ def test_bad_data_and_settings(tmp_path, data, tiny_folder):
         _run(tiny_folder, data, tmp_path / "o", epochs=2)  # steps given too
 
 
+@pytest.mark.slow
 def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
     import latentgen
 
@@ -98,6 +81,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp
         _run(tiny_folder, data, tmp_path / "killed", resume=True, **{**kw, "lr": 5e-4})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [["--multi_gpu"], ["--cpu"]])
 def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_path, launcher):
     """``--multi_gpu`` on a machine without CUDA starts 2 processes in a gloo group (MULTI_CPU); this
@@ -119,6 +103,7 @@ def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_p
         assert meta["processes"] == 2  # data sharded over two ranks, one writer
 
 
+@pytest.mark.slow
 def test_epochs_mixed_precision_and_gradient_checkpointing(tiny_folder, data, tmp_path):
     """bf16 autocast, gradient checkpointing, epochs -> steps, resize crop: the run trains and saves."""
     from accelerate.state import AcceleratorState
@@ -136,6 +121,7 @@ def test_epochs_mixed_precision_and_gradient_checkpointing(tiny_folder, data, tm
     assert json.loads(meta["latentgen_training"])["mixed_precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_prior_images_are_drawn_once_and_trained_beside_the_data(tiny_folder, data, tmp_path):
     """Prior preservation: the base model draws its own images of prior prompts, which then train
     beside the data (a prior image per data image), so the LoRA changes; a second run reuses them."""
@@ -167,19 +153,3 @@ def test_bad_prior_settings(tiny_folder, data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no images"):  # checked before any model loads
         _run(tiny_folder, data, tmp_path / "o", prior_data=tmp_path / "empty")
-
-
-def test_weighted_loss_is_the_weighted_sum():
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=4, attention_head_dim=2)
-    sched, lat, hid = DDPMScheduler(), torch.randn(4, 4, 8, 8), torch.randn(4, 3, 8)
-    mean = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0))
-    even = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0), weights=torch.full((4,), 0.25))
-    assert torch.allclose(mean, even)
-    first = train.diffusion_loss(unet, hid, lat, sched, torch.Generator().manual_seed(0),
-                                 weights=torch.tensor([1.0, 0, 0, 0]))
-    assert not torch.allclose(first, mean)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import add_model_args, finite_float, lora_spec, positive_int, scheduler_name
+from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,13 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="apply a LoRA (diffusers or kohya layout, or a shipped one's name such as 'purple') "
                         "at SCALE (default 1); repeatable")
+    p.add_argument("--clip-skip", type=positive_int, default=1,
+                   help="A1111's clip skip: 2 = the text encoder's penultimate layer (default 1)")
+    p.add_argument("--prompt-syntax", choices=["a1111", "plain"], default="a1111",
+                   help="a1111: (word:1.3), [word], BREAK, <lora:NAME:W>, long prompts; plain: literal text")
+    p.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
+                   help="textual-inversion embedding (A1111 .pt/.safetensors or diffusers learned_embeds), "
+                        "used by its TOKEN (default: the file name) in prompts; repeatable")
 
 
 def _render(args: argparse.Namespace, call) -> int:
@@ -40,9 +47,16 @@ def _render(args: argparse.Namespace, call) -> int:
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
-    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    embeddings = [(spec, "") if Path(spec).is_file() else spec.partition(":")[::2]
+                  for spec in getattr(args, "embedding", None) or []]
+    for path, _ in embeddings:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--embedding {path}: no such file; give an embedding file's path[:TOKEN].")
+    pipe = load_model(args)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
+    for path, token in embeddings:
+        pipe.load_embedding(path, token=token or None)
     bar = tqdm(desc="denoising", unit="step", leave=False)
 
     def progress(done: int, total: int, _latents) -> None:
@@ -51,7 +65,7 @@ def _render(args: argparse.Namespace, call) -> int:
 
     images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                   negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
-                  callback=progress)
+                  clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress)
     bar.close()
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
@@ -125,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    from . import models
+    from . import batch, checkpoints, models, serve
 
     models.add_parsers(sub)
+    batch.add_parser(sub)
+    serve.add_parser(sub)
+    checkpoints.add_parser(sub)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)

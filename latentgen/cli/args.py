@@ -39,12 +39,42 @@ def scheduler_name(s: str) -> str:
     return s
 
 
+def vae_file(s: str) -> str:
+    """--vae: an existing file, checked before any model loads."""
+    if not Path(s).is_file():
+        raise argparse.ArgumentTypeError(f"no VAE file at {s!r}; pass a .safetensors/.ckpt VAE "
+                                         f"(LDM or diffusers layout).")
+    return s
+
+
+def prediction_type_name(s: str) -> str:
+    from ..prediction import normalize
+
+    try:
+        return normalize(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("prediction_type=", "")) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="diffusers folder or preset name (default: the embedded model)")
+                   help="diffusers folder, single-file checkpoint (.safetensors/.ckpt) or preset name "
+                        "(default: the embedded model)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
                    help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--vae", type=vae_file, default=None, help="a VAE file used instead of the model's own")
+    p.add_argument("--prediction-type", type=prediction_type_name, default=None,
+                   help="epsilon or v_prediction (default: the model's; single SD 2.x files: <name>.yaml or detected)")
+
+
+def load_model(args: argparse.Namespace, **overrides):
+    """``latentgen.load`` with the flags of ``add_model_args`` (``overrides`` replace any of them)."""
+    import latentgen
+
+    kw = {"device": args.device, "dtype": args.dtype, "vae": getattr(args, "vae", None),
+          "prediction_type": getattr(args, "prediction_type", None), **overrides}
+    return latentgen.load(args.model, **kw)
 
 
 def lora_spec(spec: str) -> tuple[str, float]:

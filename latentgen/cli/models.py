@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import add_config_args, add_model_args, config_from, finite_float, lora_spec, positive_int, scheduler_name
+from .args import add_config_args, add_model_args, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
 
 
 def cmd_shapes_data(args: argparse.Namespace) -> int:
@@ -59,8 +59,8 @@ def cmd_finetune_lora(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    import latentgen
-    from .. import images, metadata
+    from .. import metadata
+    from ..images import grid
 
     prompts = args.prompts
     if args.prompts_file:
@@ -68,10 +68,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError("no prompts: give them as arguments or with --prompts-file FILE (one per line).")
     metadata.check_writable([Path(args.output)], args.force)
-    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    pipe = load_model(args)
     images = pipe.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                            scheduler=args.scheduler)
-    sheet = images.grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
+    sheet = grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
     text = f"grid of {len(prompts)} prompts\n" + images[0].info["parameters"].splitlines()[-1]
     print(metadata.save_png(sheet, Path(args.output), text, force=args.force))
     return 0
@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..embedded import quality
 
     loras = [lora_spec(spec) for spec in args.lora]
-    pipe = latentgen.load(args.model, device=args.device, dtype=args.dtype)
+    pipe = load_model(args)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
     vocab = {k: tuple(v) for k, v in (("colors", args.colors), ("kinds", args.shapes)) if v}

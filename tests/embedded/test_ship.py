@@ -1,4 +1,5 @@
-"""The embedded default model as shipped in weights/default: integrity, loading, prompt adherence."""
+"""latentgen.embedded.ship: the embedded default model as shipped in weights/default (integrity against its
+manifest, loading, prompt adherence, img2img, inpainting) and the shipped purple LoRA."""
 
 import hashlib
 import json
@@ -50,12 +51,14 @@ def test_diffusers_loads_it_and_agrees(default_pipe):
     assert np.abs(got.astype(np.float32) - want * 255).max() <= 1.0
 
 
+@pytest.mark.slow
 def test_img2img_recolors_the_shape_in_place(default_pipe):
     """The dataset's red circle on blue, "a yellow circle on a blue background", strength 0.6, 20 seeds."""
     r = quality.img2img_recolor(default_pipe, seeds=range(20), strength=0.6)
     assert r["success"] >= 0.9, r
 
 
+@pytest.mark.slow
 def test_inpainting_draws_a_red_shape_in_the_hole(default_pipe):
     """Plain green, a centered square hole of a third of the image, "a red square on a green background"."""
     r = quality.inpaint_fill(default_pipe, seeds=range(20))
@@ -71,6 +74,7 @@ def base_adherence(default_pipe):
     return quality.adherence(default_pipe, seeds=(0, 1000), steps=20).summary()
 
 
+@pytest.mark.slow
 def test_prompt_adherence_on_shipped_weights(base_adherence):
     """42 prompts (7 colors x 3 shapes x 2 backgrounds) x 2 seeds, 20 steps, default guidance."""
     s = base_adherence
@@ -78,6 +82,7 @@ def test_prompt_adherence_on_shipped_weights(base_adherence):
     assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
 
 
+@pytest.mark.slow
 def test_the_purple_lora_teaches_a_new_color_and_keeps_the_old_ones(base_adherence):
     """weights/loras/purple: trained in <= 15 min on 200 purple images; >= 80% purple, base within 5 points."""
     manifest = json.loads((LORAS / "purple.json").read_text())

@@ -1,18 +1,16 @@
-"""img2img and inpainting against diffusers' StableDiffusionImg2ImgPipeline and
-StableDiffusionInpaintPipeline on tiny random components (4- and 9-channel U-Nets): within 1/255,
-compared before latentgen's pixel composite (composite=False)."""
+"""latentgen.starts (through the pipeline): img2img and inpainting against diffusers'
+StableDiffusionImg2ImgPipeline and StableDiffusionInpaintPipeline on tiny random components (4- and
+9-channel U-Nets): within 1/255, compared before latentgen's pixel composite (composite=False); the
+pixels outside the mask; the coverage latent mask."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import diffusers_pipeline
+from conftest import max_diff as _max_diff
 from latentgen import schedulers
-
-
-def _max_diff(a_images, b_images):
-    assert len(a_images) == len(b_images)
-    return max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() for a, b in zip(a_images, b_images))
 
 
 def _photo(seed=0, size=64):
@@ -30,20 +28,12 @@ def _mask(size=64):
 
 @pytest.fixture(scope="module")
 def img2img_ref(tiny_folder):
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    ref = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_folder, safety_checker=None)
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    return diffusers_pipeline("StableDiffusionImg2ImgPipeline", tiny_folder)
 
 
 @pytest.fixture(scope="module")
 def inpaint_ref(tiny_folder):
-    from diffusers import StableDiffusionInpaintPipeline
-
-    ref = StableDiffusionInpaintPipeline.from_pretrained(tiny_folder, safety_checker=None)
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    return diffusers_pipeline("StableDiffusionInpaintPipeline", tiny_folder)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""img2img / inpainting inputs: image modes, arrays, paths, alpha masks, sizes, bad input, CLI."""
+"""latentgen.images: img2img / inpainting inputs (image modes, arrays, paths, alpha masks, sizes, bad
+input), the crop box of only-masked inpainting, the image grid."""
 
 import warnings
 
@@ -6,20 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import mask as _mask
+from conftest import photo as _photo
+from latentgen import images
 from latentgen import images as im
-from latentgen.cli import main
-from latentgen.metadata import read_parameters
-
-
-def _photo(size=64, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-
-
-def _mask(size=64):
-    m = np.zeros((size, size), np.uint8)
-    m[16:40, 20:44] = 255
-    return Image.fromarray(m)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "1", "I;16", "I", "CMYK"])
@@ -125,21 +116,11 @@ def test_empty_mask_returns_the_input_with_a_warning(pipe):
     assert len(out) == 2 and all(np.array_equal(np.asarray(o), np.asarray(src)) for o in out)
 
 
-def test_cli_img2img_and_inpaint(tiny_folder, tmp_path, capsys):
-    _photo().save(tmp_path / "in.png")
-    _mask().save(tmp_path / "mask.png")
-    common = ["--model", str(tiny_folder), "--steps", "2", "--seed", "3"]
-    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "0.6",
-                 "-o", str(tmp_path / "a.png"), *common]) == 0
-    assert "Denoising strength: 0.6" in read_parameters(tmp_path / "a.png")
-    assert main(["inpaint", "a cat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
-                 "--mask-blur", "2", "-o", str(tmp_path / "b.png"), *common]) == 0
-    text = read_parameters(tmp_path / "b.png")
-    assert "Mask blur: 2" in text and "Denoising strength: 1.0" in text and "Seed: 3" in text
-    # bad input fails before the model loads, naming the parameter
-    assert main(["img2img", "a cat", "--image", str(tmp_path / "nope.png"), "-o", str(tmp_path / "c.png")]) == 2
-    assert "--image" in capsys.readouterr().err
-    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "2",
-                 "-o", str(tmp_path / "c.png")]) == 2
-    assert "strength" in capsys.readouterr().err
-    assert not (tmp_path / "c.png").exists()
+def test_grid_tiles_images():
+    ims = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green")]
+    g = images.grid(ims, cols=2, labels=["a", "b", "c"], scale=1, pad=2)
+    assert g.size[0] == 2 * 66 + 2 and g.getpixel((3, 3)) == (255, 0, 0) and g.getpixel((70, 3)) == (0, 0, 255)
+    with pytest.raises(ValueError, match="images"):
+        images.grid([], cols=2)
+    with pytest.raises(ValueError, match="cols"):
+        images.grid(ims, cols=0)

@@ -24,6 +24,7 @@ def first_run(tmp_path_factory):
     return recipe.run(recipe.RecipeConfig(out=out, **TINY))
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_same_seed_same_weights(first_run, tmp_path):
     again = recipe.run(recipe.RecipeConfig(out=tmp_path, **TINY))
     a, b = _weights(first_run), _weights(again)
@@ -33,6 +34,7 @@ def test_same_seed_same_weights(first_run, tmp_path):
     assert any(not torch.equal(a[k], other[k]) for k in a)
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_export_is_a_diffusers_folder(first_run):
     from diffusers import StableDiffusionPipeline
 
@@ -42,6 +44,7 @@ def test_export_is_a_diffusers_folder(first_run):
     assert info["config"]["steps"] == TINY["steps"] and info["data"]["held_out"] == ["purple", "star"]
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_killed_run_resumes_to_the_same_weights(first_run, tmp_path, monkeypatch):
     real_save, calls = train.save, []
 
@@ -68,6 +71,7 @@ def test_killed_run_resumes_to_the_same_weights(first_run, tmp_path, monkeypatch
                                   abs=0.11)
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_a_vae_trained_alone_is_reused_by_the_full_run(first_run, tmp_path, monkeypatch):
     """Stage 1 depends only on the VAE settings: train it with a token stage 2, check it, then go on."""
     import shutil
@@ -86,6 +90,7 @@ def test_a_vae_trained_alone_is_reused_by_the_full_run(first_run, tmp_path, monk
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_resuming_another_run_is_refused(tmp_path):
     recipe.run(recipe.RecipeConfig(out=tmp_path, **TINY))
     with pytest.raises(ValueError, match="belongs to another run"):
@@ -100,6 +105,7 @@ def test_bad_recipe_settings(tmp_path, field, value):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_open_color_vae_images_change_the_vae(first_run, tmp_path):
     """vae_open_colors draws some VAE images in random RGB from a separate random stream."""
     assert recipe.RecipeConfig(out=tmp_path).vae_open_colors == 0.25  # the shipped model's setting
@@ -109,6 +115,7 @@ def test_open_color_vae_images_change_the_vae(first_run, tmp_path):
     assert json.loads((run / "recipe.json").read_text())["config"]["vae_open_colors"] == 1.0
 
 
+@pytest.mark.slow  # trains the three-stage recipe (tiny settings)
 def test_the_decoder_stage_keeps_the_encoder(first_run):
     """Stage 3 trains the decoder alone: the encoder, hence the U-Net's latents, stay as after stage 1."""
     stage1 = {k[len("vae."):]: v for k, v in

@@ -1,0 +1,189 @@
+"""Models and LoRAs by name. A request names them; it never gives a path. The names come from what the
+server was started with (``--model``, ``--models-dir``, ``--lora``) and from the LoRAs latentgen ships,
+so no request can make the server read a file outside them.
+
+``Models`` loads pipelines in the worker thread only (``get``, ``switch``) and keeps at most two in
+memory: the current model and the last one a job asked for through ``override_settings``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+from .errors import ApiError
+
+DEFAULT = "default"  # the embedded model's name
+CHECKPOINTS = (".safetensors", ".ckpt")  # single-file models, where latentgen.load reads them
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-. ]{0,127}$")
+
+
+def check_name(kind: str, name, known, hint: str = "") -> str:
+    """``name`` when it is one of ``known``: a path-like name gets a 422, an unknown one a 404."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise ApiError(422, f"{kind} {name!r} is not a name: {kind}s are picked by name, never by path; "
+                            f"use one of: {', '.join(known) or 'none'}.{hint}")
+    if name not in known:
+        raise ApiError(404, f"{kind} {name!r} not found; use one of: {', '.join(known) or 'none'}.{hint}")
+    return name
+
+
+class Models:
+    """Switchable models: the embedded one as ``"default"``, the diffusers folders in ``models_dir`` by
+    folder name and its checkpoint files by stem, and ``--model`` itself when it is none of these."""
+
+    keep = 2  # pipelines held in memory at once
+
+    def __init__(self, first: str | None = None, models_dir: Path | None = None, *, device=None, dtype=None,
+                 embeddings: list[str] | None = None, load_options: dict | None = None):
+        self.models_dir = Path(models_dir) if models_dir else None
+        self.device, self.dtype, self.embeddings = device, dtype, list(embeddings or [])
+        self.load_options = {k: v for k, v in (load_options or {}).items() if v is not None}
+        self.skipped: dict[str, dict[str, dict]] = {}  # model -> embeddings that do not fit it (A1111's "skipped")
+        self.extra: dict[str, str | None] = {}
+        self._loaded: OrderedDict[str, object] = OrderedDict()
+        same = [n for n, src in self.sources().items() if src and first and Path(src).resolve() == Path(first).resolve()]
+        if first is None:
+            self.current = DEFAULT
+        elif first in self.sources() or same:
+            self.current = first if first in self.sources() else same[0]
+        else:  # a folder or file elsewhere, or a preset name such as "tiny-random"
+            name = Path(first).name or str(first)
+            self.extra[name] = str(first)
+            self.current = name
+
+    def sources(self) -> dict[str, str | None]:
+        """{name: what latentgen.load takes}; the models folder is read again each time (A1111's refresh)."""
+        out: dict[str, str | None] = {DEFAULT: None}
+        if self.models_dir is not None and self.models_dir.is_dir():
+            entries = sorted(self.models_dir.iterdir())
+            for d in entries:  # diffusers folders by folder name
+                if d.is_dir() and (d / "model_index.json").is_file() and _NAME.match(d.name):
+                    out[d.name] = str(d)
+            for f in entries:  # single-file checkpoints (A1111's models/Stable-diffusion) by stem
+                if f.is_file() and f.suffix in CHECKPOINTS and _NAME.match(f.stem) and f.stem not in out:
+                    out[f.stem] = str(f)
+        return {**out, **self.extra}
+
+    def names(self) -> list[str]:
+        return list(self.sources())
+
+    def check(self, name) -> str:
+        """A requested model name (A1111's ``sd_model_checkpoint``), checked; A1111 titles may end in
+        ``.safetensors`` or `` [hash]``, which are dropped."""
+        if isinstance(name, str):
+            name = re.sub(r"\s*\[[0-9a-f]{6,}\]$", "", name).removesuffix(".safetensors")
+        return check_name("model", name, self.names())
+
+    # -- the worker thread only ---------------------------------------------------------------------
+    def get(self, name: str | None = None):
+        """The pipeline of model ``name`` (default: the current one), loading it if needed."""
+        name = name or self.current
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+            return self._loaded[name]
+        sources = self.sources()
+        if name not in sources:
+            raise ApiError(404, f"model {name!r} is gone from the models folder; use one of: {', '.join(sources)}.")
+        pipe = self._load(name, sources[name])
+        self._loaded[name] = pipe
+        while len(self._loaded) > self.keep:
+            old = next(n for n in self._loaded if n not in (name, self.current))
+            del self._loaded[old]
+        return pipe
+
+    def _load(self, name: str, source: str | None):
+        import latentgen
+
+        try:
+            pipe = latentgen.load(source, device=self.device, dtype=self.dtype, **self.load_options)
+        except (OSError, ValueError) as e:
+            raise ApiError(500, f"model {name!r} could not be loaded: {e}") from None
+        pipe.name = name
+        self.skipped[name] = {}
+        for spec in self.embeddings:
+            path, token = embedding_spec(spec)
+            try:
+                pipe.load_embedding(path, token or None)
+            except ValueError as e:  # made for another text encoder: listed as skipped, as A1111 does
+                vectors, _ = read_embedding(path)
+                self.skipped[name][token or Path(path).stem] = {**embedding_item(vectors.shape[1], len(vectors)),
+                                                                "reason": str(e)}
+        return pipe
+
+    def switch(self, name: str):
+        """Make ``name`` the current model (loading it first, so a failure leaves the old one current)."""
+        pipe = self.get(name)
+        self.current = name
+        return pipe
+
+    def loaded(self, name: str | None = None):
+        """The pipeline of ``name`` (default: current) if it is in memory, else None; any thread may ask."""
+        return self._loaded.get(name or self.current)
+
+
+def embedding_item(width: int, vectors: int) -> dict:
+    """An item of A1111's ``GET /sdapi/v1/embeddings``."""
+    return {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": width, "vectors": vectors}
+
+
+def embedding_spec(spec: str) -> tuple[str, str]:
+    """``PATH[:TOKEN]`` (as ``latentgen generate --embedding``) -> (path, token or "")."""
+    return (spec, "") if Path(spec).is_file() else tuple(spec.rpartition(":")[::2])
+
+
+def read_embedding(path):
+    from latentgen.embeddings import read
+
+    return read(path)
+
+
+def _lora_name(path: Path) -> str:
+    return path.name[:-len(".safetensors")].replace(".", "_")  # adapter names cannot hold dots
+
+
+class Loras:
+    """LoRAs that prompts may name with ``<lora:NAME:WEIGHT>``: latentgen's shipped ones (``purple``) and
+    those given with ``--lora`` (files, or folders of ``.safetensors`` files)."""
+
+    def __init__(self, specs: list[str] | None = None):
+        from latentgen.lora import shipped_loras
+
+        self.files: dict[str, Path] = dict(shipped_loras())
+        for spec in specs or []:
+            p = Path(spec)
+            if p.is_dir():
+                for f in sorted(p.glob("*.safetensors")):
+                    self.files[_lora_name(f)] = f.resolve()
+            elif p.is_file() and p.name.endswith(".safetensors"):
+                self.files[_lora_name(p)] = p.resolve()
+            elif spec not in self.files:
+                raise FileNotFoundError(f"--lora {spec}: no .safetensors file or folder there, and no shipped "
+                                        f"LoRA of that name ({', '.join(shipped_loras()) or 'none'}).")
+        self.files = {n: f for n, f in self.files.items() if _NAME.match(n)}
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def check(self, name) -> Path:
+        return self.files[check_name("LoRA", name, self.names(),
+                                     " Prompts name LoRAs as <lora:NAME:WEIGHT>; the server's --lora adds more.")]
+
+    def listing(self) -> list[dict]:
+        """A1111's ``GET /sdapi/v1/loras`` items; ``path`` is the file's name only, not where it lies."""
+        return [{"name": n, "alias": n, "path": f.name, "metadata": _header(f)} for n, f in self.files.items()]
+
+
+def _header(path: Path) -> dict:
+    """The safetensors header's ``__metadata__`` (training notes), read without loading any tensor."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if size > 16 * 1024 * 1024:
+                return {}
+            meta = json.loads(f.read(size)).get("__metadata__", {}) or {}
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in meta.items() if isinstance(v, str) and len(v) < 4096}

@@ -1,0 +1,126 @@
+"""latentgen.cli: generate / img2img / inpaint / info on the tiny model, --lora, bad arguments before any
+model loads, and a quiet start: the embedded model prints only its progress bar and the output path."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import mask as _mask
+from conftest import photo as _photo
+from latentgen import cli, metadata
+from latentgen import lora as lora_io
+from latentgen.cli import main
+from latentgen.metadata import read_parameters
+
+
+def run(*args):
+    return cli.main([str(a) for a in args])
+
+
+def test_generate_writes_png_with_a1111_parameters(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert run("generate", "a red circle", "--model", tiny_folder, "--seed", 4, "--steps", 2,
+               "--guidance", 5, "--negative", "blurry", "--scheduler", "euler_a", "-o", out) == 0
+    assert Image.open(out).size == (64, 64)
+    capsys.readouterr()
+    assert run("info", out) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == ["a red circle", "Negative prompt: blurry",
+                     f"Steps: 2, Sampler: Euler a, CFG scale: 5.0, Seed: 4, Size: 64x64, Model: {tiny_folder.name}"]
+
+
+def test_several_images_get_numbered_files_and_seeds(tiny_folder, tmp_path):
+    out = tmp_path / "img.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 1, "-n", 2, "--seed", 9, "-o", out) == 0
+    assert not out.exists()
+    seeds = [metadata.read_parameters(tmp_path / f"img-{i}.png").rsplit("Seed: ", 1)[1].split(",")[0]
+             for i in range(2)]
+    assert seeds == ["9", "10"]
+
+
+def test_existing_file_is_kept_without_force(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 1, "-o", out) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 1, "-o", out, "--force") == 0
+    assert Image.open(out).size == (64, 64)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary files left behind
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps"),
+    (["--guidance", "nan"], "--guidance"),
+    (["--scheduler", "nope"], "unknown scheduler 'nope'"),
+    (["-n", "0"], "--num-images"),
+])
+def test_bad_arguments_fail_before_loading(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        run("generate", "a cat", "--model", tmp_path / "missing", "-o", tmp_path / "o.png", *args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_width_is_reported(tiny_folder, tmp_path, capsys):
+    assert run("generate", "a cat", "--model", tiny_folder, "--width", 63, "-o", tmp_path / "o.png") == 2
+    assert "width=63" in capsys.readouterr().err
+
+
+def test_info_without_chunk(tmp_path, capsys):
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    assert run("info", tmp_path / "plain.png") == 1
+    assert "no 'parameters' chunk" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "latentgen.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "generate" in r.stdout
+
+
+def test_cli_img2img_and_inpaint(tiny_folder, tmp_path, capsys):
+    _photo().save(tmp_path / "in.png")
+    _mask().save(tmp_path / "mask.png")
+    common = ["--model", str(tiny_folder), "--steps", "2", "--seed", "3"]
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "0.6",
+                 "-o", str(tmp_path / "a.png"), *common]) == 0
+    assert "Denoising strength: 0.6" in read_parameters(tmp_path / "a.png")
+    assert main(["inpaint", "a cat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--mask-blur", "2", "-o", str(tmp_path / "b.png"), *common]) == 0
+    text = read_parameters(tmp_path / "b.png")
+    assert "Mask blur: 2" in text and "Denoising strength: 1.0" in text and "Seed: 3" in text
+    # bad input fails before the model loads, naming the parameter
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "nope.png"), "-o", str(tmp_path / "c.png")]) == 2
+    assert "--image" in capsys.readouterr().err
+    assert main(["img2img", "a cat", "--image", str(tmp_path / "in.png"), "--strength", "2",
+                 "-o", str(tmp_path / "c.png")]) == 2
+    assert "strength" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_lora_flag_and_metadata(tiny_folder, lora_files, tmp_path):
+    out = tmp_path / "o.png"
+    assert main(["generate", "a cat", "--model", str(tiny_folder), "--steps", "2",
+                 "--lora", f"{lora_files[1]}:0.6", "-o", str(out)]) == 0
+    text = read_parameters(out)
+    assert f"a_kohya: {lora_io.file_hash(lora_files[1])}" in text
+    assert "a_kohya: 0.6" in text
+    assert main(["generate", "a cat", "--model", str(tiny_folder), "--lora", str(tmp_path / "nope.safetensors"),
+                 "-o", str(tmp_path / "p.png")]) == 2
+
+
+def test_generate_on_the_embedded_model_prints_only_progress_and_the_path(tmp_path):
+    out = tmp_path / "OUT.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "latentgen.cli", "generate", "a red circle on a blue background",
+                        "-o", str(out), "--steps", "4"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == f"{out}\n"
+    # what is left of stderr without tqdm's bar: its frames name it, and it erases itself with blanks
+    pieces = [p for line in r.stderr.split("\r") for p in line.split("\n")]
+    assert [p for p in pieces if p.strip() and "denoising" not in p] == [], r.stderr
+    for text in ("Loading weights", "float32"):
+        assert text not in r.stdout and text not in r.stderr
+    assert Image.open(out).size == (64, 64)

@@ -1,0 +1,239 @@
+"""latentgen serve through a real A1111 client: PyPI's ``webuiapi`` against uvicorn on 127.0.0.1.
+
+Every image the server returns equals latentgen's Python API output for the same settings (within
+1/255; in fact bit for bit), with the seed and size in ``info``; the list endpoints, options (model
+switching), png-info, LoRA tags, clip skip, --outdir, the queue bound (429) and the job timeout (504)."""
+
+import json
+import os
+
+import pytest
+import requests
+
+pytest.importorskip("fastapi", reason="latentgen serve needs the [serve] extra: pip install 'latentgen[serve]'")
+webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client: pip install webuiapi (in the [dev] extra)")
+
+from serving import Served, green, max_diff, reference, square_mask  # noqa: E402
+
+from latentgen.serve import Limits, ServeConfig  # noqa: E402
+
+PROMPT = "a red circle on a blue background"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_folder, tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    os.symlink(tiny_folder, models / "tiny")
+    outdir = tmp_path_factory.mktemp("outputs")
+    (outdir / "txt2img-images").mkdir()
+    (outdir / "txt2img-images" / "00000-1.png").write_bytes(b"not mine to overwrite")
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
+              str(outdir.parent / "shiny.safetensors"))  # a textual inversion for the embedded model's CLIP
+    s = Served(ServeConfig(models_dir=models, outdir=outdir, embeddings=[str(outdir.parent / "shiny.safetensors")],
+                           limits=Limits(queue_size=3)))
+    s.outdir = outdir
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(served):
+    return webuiapi.WebUIApi(host="127.0.0.1", port=served.port)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return reference()
+
+
+@pytest.mark.parametrize("sampler, scheduler, key", [("Euler a", "automatic", "euler_a"),
+                                                     ("DPM++ 2M", "karras", "dpm++2m_karras")])
+def test_txt2img_equals_the_python_api(api, ref, sampler, scheduler, key):
+    r = api.txt2img(prompt=PROMPT, negative_prompt="green", seed=7, steps=5, cfg_scale=5.5, sampler_name=sampler,
+                    scheduler=scheduler, width=96, height=64, batch_size=1, n_iter=2)
+    want = ref.generate(PROMPT, negative_prompt="green", seed=7, steps=5, guidance=5.5, scheduler=key,
+                        width=96, height=64, num_images=2)
+    assert [im.size for im in r.images] == [(96, 64)] * 2
+    assert max(max_diff(a, b) for a, b in zip(r.images, want)) <= 1
+    assert (r.info["seed"], r.info["all_seeds"], r.info["width"], r.info["height"]) == (7, [7, 8], 96, 64)
+    assert r.info["infotexts"] == [im.info["parameters"] for im in want]
+    assert [im.info["parameters"] for im in r.images] == r.info["infotexts"]  # PNGs keep their parameters
+    assert "Seed: 8, Size: 96x64" in r.info["infotexts"][1]
+    assert r.parameters["prompt"] == PROMPT and r.parameters["steps"] == 5  # the request, echoed
+
+
+def test_random_seed_is_reported_and_batches_draw_seed_plus_i(api, ref):
+    r = api.txt2img(prompt=PROMPT, seed=-1, steps=2, cfg_scale=4, width=64, height=64, batch_size=2)
+    seed = r.info["seed"]
+    assert 0 <= seed < 2**32 and r.info["all_seeds"] == [seed, seed + 1]
+    want = ref.generate(PROMPT, seed=seed, steps=2, guidance=4, num_images=2, scheduler="euler_a")
+    assert max(max_diff(a, b) for a, b in zip(r.images, want)) <= 1
+
+
+def test_img2img_equals_the_python_api(api, ref):
+    start = ref.generate(PROMPT, seed=1, steps=4)[0]
+    r = api.img2img(images=[start], prompt="a yellow circle on a blue background", seed=3, steps=6,
+                    cfg_scale=4, denoising_strength=0.6, width=64, height=64, sampler_name="Euler a")
+    want = ref.img2img("a yellow circle on a blue background", start, strength=0.6, seed=3, steps=6, guidance=4,
+                       scheduler="euler_a")
+    assert max_diff(r.images[0], want[0]) <= 1
+    assert (r.info["seed"], r.info["denoising_strength"], r.info["width"]) == (3, 0.6, 64)
+    assert r.parameters["init_images"] is None  # not echoed back unless include_init_images
+
+
+@pytest.mark.parametrize("full_res", [False, True])
+def test_inpainting_with_a_mask_equals_the_python_api(api, ref, full_res):
+    prompt = "a red square on a green background"
+    r = api.img2img(images=[green()], mask_image=square_mask(), inpainting_fill=1, inpaint_full_res=full_res,
+                    inpaint_full_res_padding=8, mask_blur=2, prompt=prompt, seed=2, steps=6, cfg_scale=4,
+                    denoising_strength=1.0, width=64, height=64, sampler_name="Euler a")
+    want = ref.inpaint(prompt, green(), square_mask(), strength=1.0, mask_blur=2, only_masked=full_res, padding=8,
+                       seed=2, steps=6, guidance=4, scheduler="euler_a")
+    assert max_diff(r.images[0], want[0]) <= 1
+    outside = [(0, 0), (63, 63), (10, 50), (50, 10)]
+    assert all(r.images[0].convert("RGB").getpixel(p) == green().getpixel(p) for p in outside)
+
+
+def test_inverted_mask_repaints_the_outside(api, ref):
+    prompt = "a red square on a green background"
+    r = api.img2img(images=[green()], mask_image=square_mask(), inpainting_mask_invert=1, inpainting_fill=1,
+                    inpaint_full_res=False, mask_blur=0, prompt=prompt, seed=2, steps=3, denoising_strength=1.0,
+                    width=64, height=64, sampler_name="Euler a")
+    from PIL import ImageOps
+    want = ref.inpaint(prompt, green(), ImageOps.invert(square_mask()), strength=1.0, mask_blur=0, seed=2, steps=3,
+                       guidance=7.0, scheduler="euler_a")  # webuiapi sends cfg_scale=7.0 by default
+    assert max_diff(r.images[0], want[0]) <= 1
+
+
+def test_fills_latentgen_does_not_do_are_refused(api):
+    with pytest.raises(RuntimeError) as e:
+        api.img2img(images=[green()], mask_image=square_mask(), inpainting_fill=0, prompt="x", steps=2,
+                    width=64, height=64)  # webuiapi's default fill: 'fill'
+    status, text = e.value.args
+    assert status == 422 and "inpainting_fill=0 (fill)" in json.loads(text)["detail"]
+    with pytest.raises(RuntimeError, match="hires-fix"):
+        api.txt2img(prompt="x", enable_hr=True, steps=2, width=64, height=64)
+
+
+def test_list_endpoints(api, served):
+    samplers = {s["name"]: s for s in api.get_samplers()}
+    assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
+    assert samplers["Euler a"]["aliases"] == ["euler_a"]
+    assert [m["title"] for m in api.get_sd_models()] == ["default", "tiny"]
+    assert [lo["name"] for lo in api.get_loras()] == ["purple"] and api.get_loras()[0]["path"] == "purple.safetensors"
+    assert api.get_embeddings() == {"loaded": {"shiny": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                                         "shape": 64, "vectors": 2}}, "skipped": {}}
+    assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    options = api.get_options()
+    assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
+    progress = api.get_progress()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+
+
+def test_options_switch_the_model_between_jobs(api, served):
+    api.set_options({"sd_model_checkpoint": "tiny"})
+    try:
+        assert api.util_get_current_model() == "tiny"
+        skipped = api.get_embeddings()["skipped"]  # made for the embedded model's CLIP (64), not tiny's (32)
+        assert list(skipped) == ["shiny"] and skipped["shiny"]["shape"] == 64 and "width" in skipped["shiny"]["reason"]
+        r = api.txt2img(prompt="a cat", seed=1, steps=2, width=64, height=64)
+        assert "Model: tiny" in r.info["infotexts"][0] and r.info["sd_model_name"] == "tiny"
+        # one job on another model (A1111's override_settings); the current one stays
+        r = api.txt2img(prompt=PROMPT, seed=1, steps=2, width=64, height=64,
+                        override_settings={"sd_model_checkpoint": "default"})
+        assert "Model: default" in r.info["infotexts"][0]
+        assert api.get_options()["sd_model_checkpoint"] == "tiny"
+    finally:
+        api.set_options({"sd_model_checkpoint": "default"})
+    assert api.get_options()["sd_model_checkpoint"] == "default"
+    for name, status in [("../../x", 422), ("/etc/passwd", 422), ("nope", 404)]:
+        r = requests.post(served.url + "/sdapi/v1/options", json={"sd_model_checkpoint": name})
+        assert r.status_code == status and "default, tiny" in r.json()["detail"], r.text
+        r = requests.post(served.url + "/sdapi/v1/txt2img", json={"override_settings": {"sd_model_checkpoint": name}})
+        assert r.status_code == status
+
+
+def test_lora_tags_and_clip_skip_as_a1111_clients_send_them(api, ref, served):
+    prompt = "a purple star on a green background <lora:purple:0.9>"
+    r = api.txt2img(prompt=prompt, seed=4, steps=5, cfg_scale=4, width=64, height=64, sampler_name="Euler a",
+                    override_settings={"CLIP_stop_at_last_layers": 2})
+    want = ref.generate(prompt, seed=4, steps=5, guidance=4, scheduler="euler_a", clip_skip=2)
+    assert max_diff(r.images[0], want[0]) <= 1
+    assert 'Lora hashes: "purple: ' in r.info["infotexts"][0] and "Clip skip: 2" in r.info["infotexts"][0]
+    assert served.server_state.models.loaded().loras.loaded == {}  # unloaded after the job
+    for tag, status in [("<lora:../../etc/passwd:1>", 422), ("<lora:missing:1>", 404), ("<hypernet:x:1>", 422)]:
+        r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": "a cat " + tag, "steps": 1})
+        assert r.status_code == status and "<lora:NAME:WEIGHT>" in r.json()["detail"], r.text
+
+
+def test_png_info_reads_the_parameters_back(api):
+    r = api.txt2img(prompt=PROMPT, negative_prompt="blurry, dark", seed=5, steps=2, width=64, height=64)
+    info = api.png_info(r.images[0])
+    assert info.info == r.info["infotexts"][0]
+    p = info.parameters  # webuiapi puts the "parameters" field here
+    assert (p["Prompt"], p["Negative prompt"], p["Seed"], p["Size-1"], p["Steps"]) == (
+        PROMPT, "blurry, dark", "5", "64", "2")
+
+
+def test_outdir_gets_every_image_atomically_and_never_overwrites(api, served):
+    folder = served.outdir / "txt2img-images"
+    before = set(os.listdir(folder))
+    api.txt2img(prompt=PROMPT, seed=11, steps=1, width=64, height=64, batch_size=2)
+    new = sorted(set(os.listdir(folder)) - before)
+    assert len(new) == 2 and new[0].endswith("-11.png") and new[1].endswith("-12.png")
+    assert (folder / "00000-1.png").read_bytes() == b"not mine to overwrite"
+    assert not [n for n in os.listdir(folder) if n.startswith(".")]  # no temporary files left
+    api.txt2img(prompt=PROMPT, seed=13, steps=1, width=64, height=64, do_not_save_samples=True)
+    assert len(os.listdir(folder)) == len(before) + 2
+
+
+def test_full_queue_gets_429_and_a_long_job_504(served):
+    import threading
+    import time
+
+    worker, release = served.server_state.worker, threading.Event()
+    hold = [worker.submit("hold", lambda ctx: release.wait(30))]
+    try:
+        while worker.current is None:
+            time.sleep(0.01)
+        hold += [worker.submit("hold", lambda ctx: None) for _ in range(worker.queue_size)]
+        r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1})
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert "queue is full" in r.json()["detail"] and r.json()["error"] == "HTTPException"
+    finally:
+        release.set()
+    for job in hold:
+        job.future.result(timeout=30)
+    worker.job_timeout = 0.2
+    try:
+        r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 150, "width": 64,
+                                                                  "height": 64})
+    finally:
+        worker.job_timeout = 300
+    assert r.status_code == 504 and "--job-timeout" in r.json()["detail"], r.text
+    assert requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1}).status_code == 200
+
+
+def test_models_and_loras_are_names_never_paths(tmp_path, tiny_folder):
+    from latentgen.serve.catalog import Loras, Models
+    from latentgen.serve.errors import ApiError
+
+    os.symlink(tiny_folder, tmp_path / "tiny")
+    (tmp_path / "sd15-pruned.safetensors").write_bytes(b"")  # a single-file checkpoint, listed by stem
+    (tmp_path / "notes.txt").write_text("not a model")
+    models = Models(None, tmp_path)
+    assert models.names() == ["default", "tiny", "sd15-pruned"] and models.current == "default"
+    assert models.check("sd15-pruned.safetensors") == "sd15-pruned" and models.check("tiny [0123abcd]") == "tiny"
+    for name, status in [("../tiny", 422), ("/abs/tiny", 422), ("tiny/../tiny", 422), ("notes", 404), (3, 422)]:
+        with pytest.raises(ApiError) as e:
+            models.check(name)
+        assert e.value.status == status
+    assert Models(str(tmp_path / "tiny"), tmp_path).current == "tiny"  # --model given as a path inside the folder
+    loras = Loras([])
+    assert loras.names() == ["purple"] and loras.check("purple").name == "purple.safetensors"
+    with pytest.raises(FileNotFoundError, match="no .safetensors file or folder"):
+        Loras([str(tmp_path / "missing")])

@@ -1,0 +1,144 @@
+"""The web page at / in a real browser: headless Debian Chromium (/usr/bin/chromium) driven by Playwright.
+
+A person's path: type a prompt, click Generate, watch the progress bar count steps, get an image whose
+pixels the shapes evaluator reads as the prompt; paint a mask on the canvas and inpaint, the result
+equal to the Python API's for that very mask. Playwright's own browser downloads are not used
+(``playwright install`` is never run): CI installs Debian's ``chromium`` (.ci/run).
+
+Set LATENTGEN_SCREENSHOT=1 to refresh notebooks/serve-page.png (the README's screenshot) from this test.
+"""
+
+import base64
+import io
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="latentgen serve needs the [serve] extra: pip install 'latentgen[serve]'")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium) to run the "
+                f"browser tests", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser driver: pip install playwright "
+                                                              "(in the [dev] extra; no browser download needed)")
+
+from PIL import Image  # noqa: E402
+from serving import Served, green, max_diff, reference  # noqa: E402
+
+from latentgen.embedded import shapes  # noqa: E402
+from latentgen.serve import ServeConfig  # noqa: E402
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "notebooks" / "serve-page.png"
+
+
+@pytest.fixture(scope="module")
+def served():
+    s = Served(ServeConfig())
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, served):
+    page = browser.new_page(viewport={"width": 1120, "height": 760})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(served.url + "/")
+    page.wait_for_function("document.querySelector('#sampler').options.length > 1")  # the lists loaded
+    yield page
+    page.close()
+    assert not errors, errors
+
+
+def data_url_image(url: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def test_type_a_prompt_click_generate_get_the_image(page, served):
+    # Hold the worker with a job that reports step 5 of 10, so the bar's step count is seen for sure.
+    release = threading.Event()
+
+    def hold(ctx):
+        import torch
+
+        ctx.pipeline()
+        ctx.callback(0, 1)(5, 10, torch.zeros(1, 4, 8, 8))  # a preview every 5 steps (A1111's option)
+        release.wait(30)
+
+    served.server_state.worker.submit("hold", hold)
+    page.fill("#prompt", "a red circle on a blue background")
+    page.fill("#seed", "1")
+    page.fill("#steps", "12")
+    page.select_option("#sampler", "Euler a")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#progress-text').textContent.startsWith('Step 5/10')")
+    assert 45 <= float(page.eval_on_selector("#progress-bar", "e => parseFloat(e.style.width)")) <= 55
+    page.wait_for_selector("#preview:not([hidden])")  # the running job's preview
+    assert page.is_enabled("#interrupt") and not page.is_enabled("#generate")
+    release.set()
+
+    page.wait_for_selector("#gallery img.result", timeout=120_000)
+    image = data_url_image(page.get_attribute("#gallery img.result", "src"))
+    r = shapes.read(image)
+    assert (r.color, r.shape, r.background) == ("red", "circle", "blue"), r
+    want = reference().generate("a red circle on a blue background", seed=1, steps=12, scheduler="euler_a")[0]
+    assert max_diff(image, want) <= 1
+    assert page.inner_text("#progress-text") == "done: 1 image(s), seed 1"
+    params = page.inner_text("#gallery .params")
+    assert params == want.info["parameters"]
+    link = page.query_selector("#gallery a[download]")
+    assert link.get_attribute("download") == "latentgen-1.png"
+    assert data_url_image(link.get_attribute("href")).info["parameters"] == params  # the PNG keeps its metadata
+
+
+def test_paint_a_mask_and_inpaint(page, served, tmp_path):
+    start = tmp_path / "green.png"
+    green().save(start)
+    page.check("input[name=mode][value=inpaint]")
+    page.set_input_files("#init-file", str(start))
+    page.wait_for_function("document.querySelector('#init-canvas').width === 64 && "
+                           "document.querySelector('#init-canvas').getContext('2d').getImageData(5, 5, 1, 1).data[1] > 100")
+    page.eval_on_selector("#brush", "e => { e.value = 8; }")  # pixels of the image
+    box = page.query_selector("#mask-canvas").bounding_box()  # 256 px on screen for 64 image pixels
+    px = lambda x, y: (box["x"] + x * box["width"] / 64, box["y"] + y * box["height"] / 64)  # noqa: E731
+    page.mouse.move(*px(24, 24))
+    page.mouse.down()
+    for y in (24, 32, 40):  # a filled square, about 22..42 in image pixels
+        page.mouse.move(*px(24, y), steps=2)
+        page.mouse.move(*px(40, y), steps=4)
+    page.mouse.up()
+    mask = data_url_image(page.evaluate("maskPNG()")).convert("L")  # what the page sends
+    init = data_url_image(page.evaluate("document.querySelector('#init-canvas').toDataURL('image/png')")).convert("RGB")
+    assert max_diff(init, green()) == 0
+    assert 250 < sum(v > 127 for v in mask.getdata()) < 700  # roughly the painted square
+    page.fill("#prompt", "a red square on a green background")
+    page.fill("#seed", "3")
+    page.fill("#steps", "20")
+    page.fill("#strength", "1")
+    page.fill("#mask-blur", "2")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img.result", timeout=120_000)
+    image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
+    want = reference().inpaint("a red square on a green background", init, mask, strength=1.0, mask_blur=2,
+                               seed=3, steps=20, scheduler=None)[0]
+    assert max_diff(image, want) <= 1
+    r = shapes.read(image)
+    assert (r.color, r.background) == ("red", "green"), r
+    keep = [i for i, v in enumerate(mask.getdata()) if v == 0]
+    assert all(image.getdata()[i] == init.getdata()[i] for i in keep)  # outside the mask: the input's pixels
+    shot = tmp_path / "serve-page.png"
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("LATENTGEN_SCREENSHOT"):
+        shutil.copyfile(shot, SCREENSHOT)

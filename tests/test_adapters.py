@@ -1,0 +1,81 @@
+"""latentgen.adapters: LoRAs applied to a pipeline; both file layouts and diffusers' load_lora_weights
+draw the same images; scales, several LoRAs, fuse/unfuse/unload restore the weights bit for bit."""
+
+import pytest
+import torch
+
+import latentgen
+from conftest import max_diff as _max_diff
+from conftest import random_lora
+from latentgen import lora as lora_io
+
+
+def test_kohya_and_diffusers_layouts_give_the_same_images(tiny_folder, lora_files):
+    peft_file, kohya_file, _ = lora_files
+    images = []
+    for f in (peft_file, kohya_file):
+        p = latentgen.load(tiny_folder)
+        p.load_lora(f, scale=0.8)
+        images.append(p.generate("a red cat", seed=4, steps=3))
+    base = latentgen.load(tiny_folder).generate("a red cat", seed=4, steps=3)
+    assert _max_diff(images[0], images[1]) <= 1
+    assert _max_diff(images[0], base) > 5  # the LoRA does something
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_diffusers_load_lora_weights_has_the_same_effect(tiny_folder, lora_files, which):
+    from diffusers import StableDiffusionPipeline
+
+    path = lora_files[which]
+    ref = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="x")
+    ref.set_adapters(["x"], adapter_weights=[0.7])
+    theirs = ref("a blue dog", num_inference_steps=3, generator=torch.Generator().manual_seed(2),
+                 height=64, width=64).images
+    p = latentgen.load(tiny_folder)
+    p.load_lora(path, scale=0.7)
+    ours = p.generate("a blue dog", seed=2, steps=3, scheduler=None)
+    assert _max_diff(ours, theirs) <= 1
+
+
+def test_fuse_unfuse_and_unload_restore_weights_bit_for_bit(fresh, lora_files):
+    before = {k: v.clone() for m in (fresh.unet, fresh.text_encoder) for k, v in m.state_dict().items()}
+    fresh.load_lora(lora_files[0], name="a", scale=0.9)
+    fresh.load_lora(lora_files[1], name="b", scale=0.3)
+    unfused = fresh.generate("a cat", seed=1, steps=2)
+    fresh.fuse_lora()
+    assert _max_diff(fresh.generate("a cat", seed=1, steps=2), unfused) <= 1
+    fresh.unfuse_lora()
+    for m in (fresh.unet, fresh.text_encoder):
+        for k, v in m.state_dict().items():
+            if "lora_" not in k:
+                assert torch.equal(v, before[k.replace(".base_layer", "")]), k
+    fresh.unload_lora()
+    after = {k: v for m in (fresh.unet, fresh.text_encoder) for k, v in m.state_dict().items()}
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_several_loras_and_scales(fresh, tiny_folder, tmp_path):
+    a = lora_io.save(random_lora(fresh, seed=1), tmp_path / "a.safetensors")
+    b = lora_io.save(random_lora(fresh, seed=2), tmp_path / "b.safetensors", "kohya")
+    base = fresh.generate("a cat", seed=0, steps=2)
+    fresh.load_lora(a, scale=0.5)
+    fresh.load_lora(b, scale=0.5)
+    both = fresh.generate("a cat", seed=0, steps=2)
+    text = both[0].info["parameters"]
+    assert f"a: {lora_io.file_hash(a)}" in text and f"b: {lora_io.file_hash(b)}" in text
+    fresh.set_lora_scale("a", 0.0)
+    fresh.set_lora_scale("b", 0.0)
+    assert _max_diff(fresh.generate("a cat", seed=0, steps=2), base) <= 1
+    fresh.set_lora_scale("a", 0.5)
+    only_a = latentgen.load(tiny_folder)
+    only_a.load_lora(a, scale=0.5)
+    assert _max_diff(fresh.generate("a cat", seed=0, steps=2), only_a.generate("a cat", seed=0, steps=2)) <= 1
+    assert _max_diff(both, only_a.generate("a cat", seed=0, steps=2)) > 2
+    fresh.unload_lora("b")
+    assert _max_diff(fresh.generate("a cat", seed=0, steps=2), only_a.generate("a cat", seed=0, steps=2)) <= 1
+    with pytest.raises(ValueError, match="no LoRA named 'b'"):
+        fresh.set_lora_scale("b", 1.0)
+    with pytest.raises(ValueError, match="already loaded"):
+        fresh.load_lora(a)

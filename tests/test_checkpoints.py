@@ -1,0 +1,218 @@
+"""Single-file checkpoints (latentgen.checkpoints, latentgen.single_file, latentgen.ldm): SD 1.x files
+written in the LDM layout from diffusers folders load to the same images, through every file format
+and key layout people have; what is not SD 1.x/2.x, unsafe or damaged is refused by name; export.
+
+Files are written with latentgen.ldm's names, which diffusers' own readers (convert_ldm_*) invert
+exactly (test_layout_is_what_diffusers_reads) and diffusers' from_single_file loads to the same images."""
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import max_diff
+from safetensors.torch import load_file, save_file
+
+import latentgen
+from latentgen import checkpoints, components, ldm, ldm_export
+from latentgen.presets import load_preset
+
+ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim")
+
+
+def ldm_file(c, path, *, flat_clip=False, extra=None, fmt="safetensors"):
+    """Write components ``c`` as an LDM single file (no header: nothing but tensors)."""
+    sd = ldm_export.ldm_state_dict(c)
+    if flat_clip:  # transformers 5 names: cond_stage_model.transformer.encoder... (no text_model.)
+        sd = {k.replace(ldm.CLIP + "text_model.", ldm.CLIP): v for k, v in sd.items()}
+    sd.update(extra or {})
+    if fmt == "ckpt":
+        torch.save({"state_dict": sd, "global_step": np.int64(7)}, path)
+    else:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    return components.load(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tiny, tmp_path_factory):
+    return ldm_file(tiny, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+def test_layout_is_what_diffusers_reads(tiny):
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
+    for c in (tiny, components.load(None)):  # tiny-random and the embedded model's architectures
+        unet, vae = c.unet.state_dict(), c.vae.state_dict()
+        back = convert_ldm_unet_checkpoint(ldm.unet_to_ldm(unet, c.unet.config), dict(c.unet.config))
+        assert back.keys() == unet.keys() and all(torch.equal(back[k], unet[k]) for k in unet)
+        back = convert_ldm_vae_checkpoint(ldm.vae_to_ldm(vae, c.vae.config), dict(c.vae.config))
+        assert back.keys() == vae.keys() and all(torch.equal(back[k], vae[k]) for k in vae)
+
+
+def test_single_file_draws_what_the_folder_draws(pipe, tiny_file):
+    single = latentgen.load(tiny_file)
+    assert single.name == "tiny" and single.defaults == load_preset("tiny-random").defaults  # the closest preset
+    assert max_diff(single.generate("a red cat", **ARGS), pipe.generate("a red cat", **ARGS)) <= 1
+    assert single.scheduler.config.prediction_type == "epsilon"
+
+
+def test_diffusers_from_single_file_agrees(pipe, tiny_folder, tiny_file):
+    from diffusers import StableDiffusionPipeline
+
+    ref = StableDiffusionPipeline.from_single_file(str(tiny_file), config=str(tiny_folder), local_files_only=True,
+                                                   safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    want = ref("a red cat", num_inference_steps=4, guidance_scale=6.0, height=64, width=64,
+               generator=torch.Generator().manual_seed(3)).images
+    assert max_diff(latentgen.load(tiny_file).generate("a red cat", **ARGS), want) <= 1
+
+
+def test_both_clip_key_layouts(tiny, tmp_path):
+    a = latentgen.load(ldm_file(tiny, tmp_path / "t4.safetensors"))
+    b = latentgen.load(ldm_file(tiny, tmp_path / "t5.safetensors", flat_clip=True))
+    assert any(k.startswith(ldm.CLIP + "encoder.") for k in load_file(tmp_path / "t5.safetensors"))
+    sa, sb = a.text_encoder.state_dict(), b.text_encoder.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_inpainting_file(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    c = components.load("tiny-random")
+    torch.manual_seed(1)
+    c = replace(c, unet=UNet2DConditionModel.from_config({**c.unet.config, "in_channels": 9}).eval())
+    single = latentgen.load(ldm_file(c, tmp_path / "inpaint.safetensors"))
+    assert single.unet.config.in_channels == 9
+    folder = latentgen.Pipeline.from_components(c)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    kw = dict(seed=1, steps=3, guidance=5.0, scheduler="ddim")
+    assert max_diff(single.inpaint("a cat", image, mask, **kw), folder.inpaint("a cat", image, mask, **kw)) <= 1
+
+
+def test_embedded_model_file(tmp_path):
+    path = ldm_file(components.load(None), tmp_path / "embedded.safetensors")
+    single, default = latentgen.load(path), latentgen.load()
+    assert single.vae.config.scaling_factor == default.vae.config.scaling_factor != 0.18215  # the trained folder's
+    prompt = "a red circle on a blue background"
+    assert max_diff(single.generate(prompt, seed=0), default.generate(prompt, seed=0)) <= 1
+
+
+def test_ckpt_with_ema_through_weights_only(tiny, tmp_path):
+    unet = {k: v for k, v in ldm_export.ldm_state_dict(tiny).items() if k.startswith(ldm.UNET)}
+    ema = {"model_ema." + "".join(k.split(".")[1:]): v + 0.01 for k, v in unet.items()}
+    path = ldm_file(tiny, tmp_path / "ema.ckpt", fmt="ckpt", extra={**ema, "model_ema.decay": torch.tensor(0.999)})
+    single = latentgen.load(path)
+    assert single.name == "ema (EMA)" and "EMA" in repr(single)
+    got = single.unet.state_dict()["conv_in.weight"]
+    assert torch.equal(got, tiny.unet.state_dict()["conv_in.weight"] + 0.01)
+
+
+class _Trap:
+    """Unpickling this would call _sprung: a pickle that needs code."""
+
+    def __reduce__(self):
+        return (_sprung, ())
+
+
+SPRUNG = []
+
+
+def _sprung():
+    SPRUNG.append(1)
+
+
+def test_pickle_with_code_is_refused_without_running_it(tiny, tmp_path):
+    path = ldm_file(tiny, tmp_path / "evil.ckpt", fmt="ckpt", extra={"payload": _Trap()})
+    with pytest.raises(ValueError, match=r"needs code.*_sprung.*safetensors"):
+        latentgen.load(path)
+    assert SPRUNG == []
+
+
+def _keys_file(path, keys):
+    save_file({k: torch.zeros(1) for k in keys}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("keys, words", [
+    (["conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight",
+      "model.diffusion_model.input_blocks.0.0.weight"], "SDXL"),
+    (["double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight"], "flux"),
+    (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "load_lora"),
+    (["encoder.down.0.block.0.conv1.weight", "decoder.conv_in.weight"], "vae="),
+    (["something.else"], "something.else"),
+])
+def test_other_files_are_named(tmp_path, keys, words):
+    with pytest.raises(ValueError, match=words):
+        latentgen.load(_keys_file(tmp_path / "other.safetensors", keys))
+
+
+def test_damaged_files(tiny_file, tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(tiny_file.read_bytes()[: os.path.getsize(tiny_file) // 2])
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"PK\x03\x04" + bytes(100))
+    for path in (cut, junk, tmp_path / "empty.safetensors"):
+        path.touch()
+        with pytest.raises(ValueError, match="truncated"):
+            latentgen.load(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        latentgen.load(tmp_path / "missing.safetensors")
+
+
+def test_vae_files_in_three_layouts(tiny, tiny_folder, tmp_path):
+    vae = {k: v + 0.01 for k, v in tiny.vae.state_dict().items()}
+    ldm_vae = ldm.vae_to_ldm(vae, tiny.vae.config, prefix="")
+    files = {"bare": ldm_vae, "prefixed": {ldm.VAE + k: v for k, v in ldm_vae.items()}, "diffusers": vae}
+    for name, tensors in files.items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / f"{name}.safetensors"))
+        got = latentgen.load(tiny_folder, vae=tmp_path / f"{name}.safetensors").vae.state_dict()
+        assert all(torch.equal(got[k], vae[k]) for k in vae), name
+
+
+def test_vae_of_another_shape_is_refused(tmp_path, tiny_folder, tiny_file):
+    from diffusers import AutoencoderKL
+
+    wide = AutoencoderKL(block_out_channels=(32, 64), latent_channels=16, norm_num_groups=32,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+    path = tmp_path / "flux-like-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(wide.state_dict(), wide.config).items()}, str(path))
+    for source in (tiny_folder, tiny_file, "tiny-random"):
+        with pytest.raises(ValueError, match="vae=flux-like-vae.safetensors: VAE latent_channels=16"):
+            latentgen.load(source, vae=path)
+
+
+def test_export_round_trip(pipe, tiny_folder, tmp_path):
+    out = ldm_export.export(tiny_folder, tmp_path / "out.safetensors")
+    single = latentgen.load(out)
+    assert max_diff(single.generate("a red cat", **ARGS), pipe.generate("a red cat", **ARGS)) == 0
+    public = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(single.unet) == public(pipe.unet) and type(single.scheduler) is type(pipe.scheduler)
+    assert single.defaults == replace(pipe.defaults, scheduler="ddim")  # the folder's own sampler, by name
+    with pytest.raises(FileExistsError, match="--force"):
+        ldm_export.export(tiny_folder, out)
+    ldm_export.export(out, out, force=True, dtype="fp16")  # a file exports too, replaced in one rename
+    assert next(iter(load_file(out).values())).dtype == torch.float16
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match=".safetensors"):
+        ldm_export.export(tiny_folder, tmp_path / "out.ckpt")
+
+
+def test_export_command(tiny_folder, tmp_path, capsys):
+    import argparse
+
+    from latentgen.cli import checkpoints as cli
+
+    ap = argparse.ArgumentParser()
+    cli.add_parser(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["export", str(tiny_folder), str(tmp_path / "m.safetensors"), "--dtype", "fp16"])
+    assert args.func(args) == 0 and "m.safetensors" in capsys.readouterr().out
+    meta = checkpoints.read(tmp_path / "m.safetensors").metadata
+    assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["modelspec.prediction_type"] == "epsilon"

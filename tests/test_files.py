@@ -1,0 +1,57 @@
+"""latentgen.files: outputs appear whole or not at all, and nothing is replaced unless asked."""
+
+import pytest
+
+from latentgen import files
+
+
+def test_atomic_path_writes_in_one_rename(tmp_path):
+    target = tmp_path / "out.txt"
+    with files.atomic_path(target) as tmp:
+        tmp.write_text("new")
+        assert not target.exists() and tmp.parent == tmp_path  # invisible until the block ends
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_an_error_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_no_overwrite_refuses_an_existing_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("user's")
+    with pytest.raises(FileExistsError):
+        with files.atomic_path(target, overwrite=False) as tmp:
+            tmp.write_text("ours")
+    assert target.read_text() == "user's"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_write_text_and_copy_file_replace(tmp_path):
+    files.write_text(tmp_path / "a.txt", "one")
+    files.write_text(tmp_path / "a.txt", "two")
+    files.copy_file(tmp_path / "a.txt", tmp_path / "b.txt")
+    assert (tmp_path / "b.txt").read_text() == "two"
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "model"
+    with files.atomic_folder(final) as tmp:
+        (tmp / "weights").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with files.atomic_folder(final) as tmp:
+            (tmp / "weights").write_text("v2-half")
+            raise RuntimeError("killed")
+    assert (final / "weights").read_text() == "v1"
+    with files.atomic_folder(final) as tmp:
+        (tmp / "weights").write_text("v2")
+    assert (final / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

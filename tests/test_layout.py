@@ -1,0 +1,109 @@
+"""The package's shape: no import cycles, no mixins, no private names imported across modules,
+no import-time work, files and functions that fit on a screen or two."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import latentgen
+
+PKG = Path(latentgen.__file__).parent
+
+
+def _modules():
+    for path in sorted(PKG.rglob("*.py")):
+        parts = path.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        yield name, path, ast.parse(path.read_text())
+
+
+def _imports(name, path, tree):
+    """(module imported, names) of every import in the file, function-level ones included."""
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            yield base, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def _graph():
+    mods = {n: (p, t) for n, p, t in _modules()}
+    graph = {}
+    for name, (path, tree) in mods.items():
+        deps = set()
+        for base, names in _imports(name, path, tree):
+            for target in [base] + [f"{base}.{n}" for n in names]:
+                if target in mods and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def test_the_graph_sees_the_imports():
+    g = _graph()
+    assert "latentgen.pipeline" in g["latentgen"] and "latentgen.train" in g["latentgen.finetune"]
+
+
+def _cycles(g):
+    state, cycles = {}, []
+
+    def visit(n, stack):
+        state[n] = "open"
+        for d in sorted(g.get(n, ())):
+            if state.get(d) == "open":
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[n] = "done"
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n, [n])
+    return cycles
+
+
+def test_no_import_cycles():
+    """Function-level (lazy) imports count too. A module's edge to its own parent package is not
+    counted: importing a submodule always imports its parent first."""
+    g = {n: {d for d in deps if not n.startswith(d + ".")} for n, deps in _graph().items()}
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # the check can fail
+    assert _cycles(g) == []
+
+
+def test_no_mixins_and_no_private_imports_across_modules():
+    mixins, private = [], []
+    for name, path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and "Mixin" in node.name:
+                mixins.append(f"{name}.{node.name}")
+        for base, names in _imports(name, path, tree):
+            if base.startswith("latentgen"):
+                private += [f"{name}: {base}.{n}" for n in names if n.startswith("_") and n != "__version__"]
+    assert mixins == [] and private == []
+
+
+def test_files_and_functions_stay_short():
+    long = []
+    for name, path, tree in _modules():
+        if len(path.read_text().splitlines()) > 300:
+            long.append(f"{name}: {len(path.read_text().splitlines())} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
+
+
+def test_importing_does_no_work():
+    """Importing every module loads no model, touches no hub, prints nothing."""
+    code = "import importlib, pkgutil, latentgen\n" + "".join(
+        f"importlib.import_module({n!r})\n" for n, _, _ in _modules() if not n.endswith("__main__"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""

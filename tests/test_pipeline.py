@@ -1,0 +1,70 @@
+"""latentgen.pipeline: txt2img against diffusers' StableDiffusionPipeline on the same tiny random folder
+(within 1/255); seeds: image i of a call equals a one-image call with seed + i, bit for bit on CPU;
+the progress callback; the parameters text on every image."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import max_diff as _max_diff
+from conftest import reference_images as _reference
+from latentgen import schedulers
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "euler_a", "dpm++2m"])
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("negative", [None, "blurry, low quality"])
+def test_matches_diffusers(pipe, reference, name, n, negative):
+    ours = pipe.generate("a red cat", seed=11, steps=4, guidance=6.0, negative_prompt=negative,
+                         num_images=n, scheduler=name)
+    ref = _reference(reference, pipe, name, "a red cat", 11, n, negative)
+    assert _max_diff(ours, ref) <= 1
+    # the comparison has teeth: the images are not flat, and another seed gives another image
+    assert np.ptp(np.asarray(ours[0])) > 20
+    other = pipe.generate("a red cat", seed=12, steps=4, guidance=6.0, negative_prompt=negative, scheduler=name)
+    assert _max_diff(ours[:1], other) > 5
+
+
+def test_no_guidance_and_prompt_lists_match_diffusers(pipe, reference):
+    prompts = ["a red cat", "a green square"]
+    ours = pipe.generate(prompts, seed=3, steps=3, guidance=1.0, num_images=2, scheduler="euler_a")
+    reference.scheduler = schedulers.make("euler_a", pipe.scheduler.config)
+    gens = [torch.Generator().manual_seed(3 + i) for i in range(4)]
+    ref = reference(prompts, num_inference_steps=3, guidance_scale=1.0, num_images_per_prompt=2,
+                    generator=gens, height=64, width=64).images
+    assert _max_diff(ours, ref) <= 1
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpm++2m_sde", "ddim"])
+def test_image_2_of_4_equals_single_call_with_seed_plus_2(pipe, scheduler):
+    batch = pipe.generate("a yellow triangle", seed=40, steps=3, num_images=4, scheduler=scheduler)
+    single = pipe.generate("a yellow triangle", seed=42, steps=3, scheduler=scheduler)[0]
+    assert np.array_equal(np.asarray(batch[2]), np.asarray(single))
+    assert not np.array_equal(np.asarray(batch[1]), np.asarray(batch[2]))
+
+
+def test_prompt_list_images_follow_their_seed(pipe):
+    batch = pipe.generate(["a cat", "a dog"], seed=7, steps=2, num_images=2, negative_prompt="ugly")
+    single = pipe.generate("a dog", seed=10, steps=2, negative_prompt="ugly")[0]
+    assert len(batch) == 4 and np.array_equal(np.asarray(batch[3]), np.asarray(single))
+
+
+def test_larger_batch_size_matches_within_rounding(pipe):
+    fast = pipe.generate("a cat", seed=1, steps=2, num_images=3, batch_size=3)
+    exact = pipe.generate("a cat", seed=1, steps=2, num_images=3)
+    for a, b in zip(fast, exact):
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+def test_callback_counts_every_step(pipe):
+    seen = []
+    pipe.generate("a cat", steps=3, num_images=2, callback=lambda done, total, lat: seen.append((done, total)))
+    assert seen == [(i, 6) for i in range(1, 7)]
+
+
+def test_parameters_travel_with_the_image(pipe):
+    im = pipe.generate("a cat", seed=5, steps=2, guidance=4.0, negative_prompt="dog", num_images=2,
+                       scheduler="euler_a")[1]
+    assert im.info["parameters"].splitlines() == [
+        "a cat", "Negative prompt: dog",
+        f"Steps: 2, Sampler: Euler a, CFG scale: 4.0, Seed: 6, Size: 64x64, Model: {pipe.name}"]

@@ -1,0 +1,59 @@
+"""latentgen.request: bad sampling arguments get a clear error naming the parameter and the fix, before
+any model work; a negative prompt without guidance warns."""
+
+import math
+
+import pytest
+
+from latentgen import components
+from latentgen.presets import load_preset
+
+
+@pytest.fixture()
+def no_model_work(pipe, monkeypatch):
+    """Fail the test if the text encoder or U-Net would run."""
+    def boom(*a, **k):
+        raise AssertionError("model work started before the input was checked")
+    monkeypatch.setattr(pipe, "encode_prompt", boom)
+    monkeypatch.setattr(pipe, "denoise", boom)
+    return pipe
+
+
+@pytest.mark.parametrize("prompt", [3, None, [], ["ok", 5], b"bytes"])
+def test_prompt_must_be_text(no_model_work, prompt):
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        no_model_work.generate(prompt)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"steps": 0}, r"steps=0 .*>= 1"),
+    ({"steps": 2.5}, r"steps=2.5"),
+    ({"guidance": math.nan}, r"guidance=nan .*finite"),
+    ({"guidance": math.inf}, r"guidance=inf .*finite"),
+    ({"guidance": "7"}, r"guidance='7'"),
+    ({"width": 63}, r"width=63 .*multiple of 2"),
+    ({"height": 0}, r"height=0 .*positive multiple"),
+    ({"width": -8}, r"width=-8"),
+    ({"num_images": 0}, r"num_images=0 .*at least one"),
+    ({"seed": 1.5}, r"seed=1.5"),
+    ({"scheduler": "euler_b"}, r"scheduler='euler_b' is unknown; use one of: ddim, pndm"),
+    ({"negative_prompt": ["a", "b"]}, r"negative_prompt has 2 entries for 1 prompts"),
+    ({"batch_size": 0}, r"batch_size=0"),
+])
+def test_bad_values_raise_value_error(no_model_work, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        no_model_work.generate("a cat", **kwargs)
+
+
+def test_scheduler_of_wrong_type(no_model_work):
+    with pytest.raises(TypeError, match="scheduler must be a name"):
+        no_model_work.generate("a cat", scheduler=3)
+
+
+def test_width_must_be_multiple_of_8_for_sd15():
+    assert components.vae_scale_factor(load_preset("sd15").vae) == 8
+
+
+def test_negative_prompt_without_guidance_warns(pipe):
+    with pytest.warns(UserWarning, match="no effect"):
+        pipe.generate("a cat", steps=1, guidance=1.0, negative_prompt="dog")
