@@ -103,7 +103,6 @@ def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_p
         assert meta["processes"] == 2  # data sharded over two ranks, one writer
 
 
-@pytest.mark.slow
 def test_epochs_mixed_precision_and_gradient_checkpointing(tiny_folder, data, tmp_path):
     """bf16 autocast, gradient checkpointing, epochs -> steps, resize crop: the run trains and saves."""
     from accelerate.state import AcceleratorState
