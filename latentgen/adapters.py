@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import checks
 from . import lora as lora_files
 
 
@@ -42,6 +43,7 @@ class LoraAdapters:
         ``"purple"``) as adapter ``name`` at ``scale``; returns the name. Default name: the file's
         stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys that name
         no module of the model are reported in a warning."""
+        scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
         name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
         if "." in name:
             raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "
@@ -57,7 +59,7 @@ class LoraAdapters:
                           f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
         for part, mods in lora.modules.items():
             self._inject(part, mods, name)
-        self.loaded[name] = Loaded(float(scale), lora_files.file_hash(path), str(path))
+        self.loaded[name] = Loaded(scale, lora_files.file_hash(path), str(path))
         self._apply_scales()
         return name
 
@@ -102,9 +104,10 @@ class LoraAdapters:
     def set_scale(self, name: str, scale: float) -> None:
         """Change the scale of loaded LoRA ``name`` (0 turns it off)."""
         self._check_name(name)
+        scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
-        self.loaded[name].scale = float(scale)
+        self.loaded[name].scale = scale
         self._apply_scales()
 
     def fuse(self) -> None:

@@ -116,9 +116,9 @@ def run(pipe, jobs: list[dict], out: str | Path, *, process: int = 0, processes:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for i, job in enumerate(jobs):  # cheap: settings only, no model call
+    for job in jobs:  # cheap: settings only, no model call
         pipe.settings(**{k: v for k, v in job.items() if k in ("steps", "guidance", "width", "height",
-                                                                  "scheduler")})
+                                                               "scheduler")})
     mine = range(process, len(jobs), processes)
     done = done_jobs(out)
     todo = [i for i in mine if i not in done]

@@ -36,6 +36,15 @@ class Embedding:
     path: str
 
 
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``PATH[:TOKEN]`` (the CLI's and the server's ``--embedding``) -> (path, token or None), the file
+    checked before any model loads. A path that exists is taken whole, so a ':' inside it is fine."""
+    path, _, token = (spec, "", "") if Path(spec).is_file() else spec.rpartition(":")
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"--embedding {spec}: no such file; give an embedding file's PATH[:TOKEN].")
+    return path, token or None
+
+
 def _vectors(value, path: Path) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() not in (1, 2):
         raise ValueError(f"{path.name}: the embedding is {type(value).__name__} "

@@ -31,6 +31,7 @@ import torch
 
 UNET, VAE = "model.diffusion_model.", "first_stage_model."
 CLIP, OPEN_CLIP = "cond_stage_model.transformer.", "cond_stage_model.model."
+DIFFUSERS_UNET = ("down_blocks", "up_blocks", "mid_block", "conv_in", "time_embedding")  # never in an LDM U-Net
 
 _UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
@@ -182,6 +183,12 @@ def family(shapes: dict[str, tuple], name: str) -> str:
                          ("cond_stage_model.roberta.", "AltDiffusion (XLM-R text encoder)")):
         if any(k.startswith(prefix) for k in keys):
             raise ValueError(f"{name} is {what} ({prefix}*), which latentgen does not run: {fix}")
+    stray = sorted(k for k in keys if k.startswith(UNET) and k[len(UNET):].split(".")[0] in DIFFUSERS_UNET)
+    if stray:  # e.g. diffusers' convert_diffusers_to_original_stable_diffusion.py on a model not shaped as SD
+        raise ValueError(f"{name} mixes LDM and diffusers names in its U-Net ({stray[0]}): it was written by a "
+                         f"converter that hard-codes SD's block layout from a model of another shape, and no "
+                         f"reader can place those tensors. Convert the diffusers folder with `latentgen export "
+                         f"FOLDER OUT.safetensors`, which writes any shape, or load the folder itself.")
     in_ch, out_ch = shapes[first][1], shapes[UNET + "out.2.weight"][0]
     if in_ch not in (out_ch, 2 * out_ch + 1):
         raise ValueError(f"{name} has a U-Net with {in_ch} input channels (InstructPix2Pix has 8): latentgen "

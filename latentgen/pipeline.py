@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import images as im
-from . import components, metadata, prompts, request, schedulers, starts
+from . import checks, components, metadata, prompts, request, schedulers, starts
 from .adapters import LoraAdapters
 from .embeddings import Embeddings
 from .presets import Defaults
@@ -251,8 +251,6 @@ class Pipeline:
             diffusers exactly. They agree on masks whose edges lie on the 8-pixel grid.
         Works with 4-channel U-Nets (latent blending) and 9-channel inpainting U-Nets.
         """
-        from . import checks
-
         checks.choice("latent_mask", latent_mask, ("coverage", "nearest"),
                       "use 'coverage' (default) or 'nearest' (diffusers' sampling)")
         checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")

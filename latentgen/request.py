@@ -114,16 +114,16 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
 
 def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) -> list[Draw]:
     """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``."""
-    prompts = as_prompts(prompt, "prompt")
+    texts = as_prompts(prompt, "prompt")
     negatives = [""] if negative_prompt is None else as_prompts(negative_prompt, "negative_prompt")
     if len(negatives) == 1:
-        negatives = negatives * len(prompts)
-    if len(negatives) != len(prompts):
-        raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(prompts)} prompts; "
+        negatives = negatives * len(texts)
+    if len(negatives) != len(texts):
+        raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(texts)} prompts; "
                          f"pass one negative prompt, or one per prompt.")
     if negative_prompt is not None and guidance <= 1:
         warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
-    pairs = [(p, n if guidance > 1 else None) for p, n in zip(prompts, negatives) for _ in range(num_images)]
+    pairs = [(p, n if guidance > 1 else None) for p, n in zip(texts, negatives) for _ in range(num_images)]
     return [Draw(p, n, seed + i) for i, (p, n) in enumerate(pairs)]
 
 

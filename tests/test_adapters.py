@@ -79,3 +79,10 @@ def test_several_loras_and_scales(fresh, tiny_folder, tmp_path):
         fresh.set_lora_scale("b", 1.0)
     with pytest.raises(ValueError, match="already loaded"):
         fresh.load_lora(a)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), True, "0.5"])
+def test_a_bad_scale_is_refused_before_any_file_is_read(fresh, bad):
+    with pytest.raises(ValueError, match="scale=.* is invalid: use a finite number"):
+        fresh.load_lora("no-such-file.safetensors", scale=bad)
+    assert fresh.loras.loaded == {}

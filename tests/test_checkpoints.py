@@ -148,6 +148,9 @@ def _keys_file(path, keys):
     (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "load_lora"),
     (["encoder.down.0.block.0.conv1.weight", "decoder.conv_in.weight"], "vae="),
     (["something.else"], "something.else"),
+    # what diffusers' convert_diffusers_to_original_stable_diffusion.py writes from a model not shaped as SD
+    (["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.up_blocks.0.attentions.0.norm.bias"],
+     "latentgen export FOLDER"),
 ])
 def test_other_files_are_named(tmp_path, keys, words):
     with pytest.raises(ValueError, match=words):

@@ -122,3 +122,12 @@ def test_a_taken_or_spaced_token_is_refused(ti_pipe, tmp_path):
         ti_pipe.load_embedding(path, token="DUP")
     with pytest.raises(ValueError, match=r"token='two words' is invalid: use one word"):
         ti_pipe.load_embedding(path, token="two words")
+
+
+def test_parse_spec_reads_path_and_token_and_checks_the_file(tmp_path):
+    f = tmp_path / "style.pt"
+    f.write_bytes(b"")
+    assert embeddings.parse_spec(str(f)) == (str(f), None)
+    assert embeddings.parse_spec(f"{f}:my-style") == (str(f), "my-style")
+    with pytest.raises(FileNotFoundError, match=r"--embedding .*missing\.pt:tok: no such file"):
+        embeddings.parse_spec(str(tmp_path / "missing.pt") + ":tok")

@@ -43,20 +43,17 @@ def _render(args: argparse.Namespace, call) -> int:
 
     import latentgen
     from .. import metadata
+    from ..embeddings import parse_spec
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
-    embeddings = [(spec, "") if Path(spec).is_file() else spec.partition(":")[::2]
-                  for spec in getattr(args, "embedding", None) or []]
-    for path, _ in embeddings:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--embedding {path}: no such file; give an embedding file's path[:TOKEN].")
+    embeddings = [parse_spec(spec) for spec in getattr(args, "embedding", None) or []]
     pipe = load_model(args)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
     for path, token in embeddings:
-        pipe.load_embedding(path, token=token or None)
+        pipe.load_embedding(path, token=token)
     bar = tqdm(desc="denoising", unit="step", leave=False)
 
     def progress(done: int, total: int, _latents) -> None:

@@ -10,14 +10,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from .. import checks
 from .args import add_model_args, positive_int
 
 
 def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{s} is invalid: use a number > 0")
-    return v
+    """An argparse type: a finite number > 0 (``latentgen.checks.number``)."""
+    try:
+        return checks.number("value", float(s), positive=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("value=", "")) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model, models_dir=args.models_dir, loras=args.lora, embeddings=args.embedding,
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
-                         load_options={k: getattr(args, k, None) for k in ("vae", "prediction_type")})
+                         load_options={"vae": args.vae, "prediction_type": args.prediction_type})
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "

@@ -9,7 +9,7 @@ Modules, in the order a request meets them: ``config`` (flags and limits), ``gua
 ``app`` (the FastAPI app and its routes), ``fields`` (A1111's request fields), ``a1111`` (a request ->
 a checked plan), ``codec`` (base64 images, masks, infotexts), ``settings`` (samplers, options),
 ``catalog`` (models and LoRAs by name), ``jobs`` (the bounded queue and its one worker), ``run`` (a plan
--> latentgen calls -> A1111's info), ``outputs`` (``--outdir``), ``errors`` (A1111's error bodies);
+-> latentgen calls -> A1111's info, and the ``--outdir`` copies), ``errors`` (A1111's error bodies);
 ``static/``: the page, one HTML, one JS and one CSS file, no build step.
 """
 

@@ -32,10 +32,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from latentgen import checks
+
 from .codec import a1111_mask, decode_image
-from .errors import ApiError
+from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
-from .settings import check_option, sampler_key
+from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
 MAX_SEED = 2**63 - 2**16
@@ -64,13 +66,13 @@ class Plan:
     loras: dict[str, Path]
     save: bool
     parameters: dict  # the request as A1111 echoes it
+    send_images: bool = True
     init_images: list[Image.Image] = field(default_factory=list)
     mask: Image.Image | None = None
     strength: float | None = None
     mask_blur: float = 4
     only_masked: bool = False
     padding: int = 0
-    send_images: bool = True
 
     @property
     def count(self) -> int:
@@ -81,8 +83,15 @@ def _refuse(field_name: str, value, why: str) -> ApiError:
     return ApiError(422, f"{field_name}={value!r} is not supported by latentgen: {why}.")
 
 
-def _check_common(req: CommonFields, limits) -> None:
-    unsupported = [
+def check_pixels(width: int, height: int, limits) -> None:
+    """An image of ``width`` x ``height``, to draw or to start from, is within ``--max-pixels``."""
+    if width * height > limits.max_pixels:
+        raise ApiError(422, f"{width}x{height} is {width * height} pixels; this server draws at most "
+                            f"{limits.max_pixels} (--max-pixels): ask for a smaller size.")
+
+
+def _unsupported(req: CommonFields) -> None:
+    for name, bad, why in [
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
         ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
         ("subseed_strength", req.subseed_strength not in (0, None), "variation seeds are not implemented; send 0"),
@@ -93,30 +102,29 @@ def _check_common(req: CommonFields, limits) -> None:
         ("alwayson_scripts", bool(req.alwayson_scripts), "this server runs no scripts; send {}"),
         ("refiner_checkpoint", bool(req.refiner_checkpoint), "there is no refiner pass"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
-    ]
-    for name, bad, why in unsupported:
+    ]:
         if bad:
             raise _refuse(name, getattr(req, name), why)
+
+
+def _check_common(req: CommonFields, limits) -> None:
+    _unsupported(req)
     for name in ("prompt", "negative_prompt"):
         if len(getattr(req, name)) > MAX_PROMPT:
             raise ApiError(422, f"{name} has {len(getattr(req, name))} characters; the limit is {MAX_PROMPT}.")
-    if req.seed != -1 and not 0 <= req.seed <= MAX_SEED:
-        raise ApiError(422, f"seed={req.seed} is invalid: use -1 (random) or a whole number from 0 to {MAX_SEED}.")
-    for name in ("batch_size", "n_iter"):
-        if getattr(req, name) < 1:
-            raise ApiError(422, f"{name}={getattr(req, name)} is invalid: use a whole number >= 1.")
+    whole_in("seed", req.seed, -1, MAX_SEED, f"use -1 (random) or a whole number from 0 to {MAX_SEED}")
+    checks.whole("batch_size", req.batch_size, 1)
+    checks.whole("n_iter", req.n_iter, 1)
     if req.batch_size * req.n_iter > limits.max_images:
         raise ApiError(422, f"batch_size x n_iter = {req.batch_size * req.n_iter} images; this server makes at most "
                             f"{limits.max_images} per request (--max-images): ask for fewer, or send more requests.")
-    if req.steps is not None and not 1 <= req.steps <= limits.max_steps:
-        raise ApiError(422, f"steps={req.steps} is invalid: use 1 to {limits.max_steps} (--max-steps).")
+    if req.steps is not None:
+        whole_in("steps", req.steps, 1, limits.max_steps, f"use 1 to {limits.max_steps} (--max-steps)")
     for name in ("width", "height"):
-        v = getattr(req, name)
-        if v is not None and v <= 0:
-            raise ApiError(422, f"{name}={v} is invalid: use a positive multiple of 8, such as {name}=512.")
-    if req.width and req.height and req.width * req.height > limits.max_pixels:
-        raise ApiError(422, f"{req.width}x{req.height} is {req.width * req.height} pixels; this server draws at most "
-                            f"{limits.max_pixels} (--max-pixels): ask for a smaller size.")
+        if getattr(req, name) is not None:
+            checks.whole(name, getattr(req, name), 1, f"use a positive multiple of 8, such as {name}=512")
+    if req.width and req.height:
+        check_pixels(req.width, req.height, limits)
 
 
 def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
@@ -124,12 +132,9 @@ def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     name against the server's LoRAs). The pipeline itself applies the tags (``latentgen.prompts``)."""
     from latentgen.prompts import extra_networks
 
-    try:
-        text, tags = extra_networks(req.prompt)
-        if extra_networks(req.negative_prompt)[1]:
-            raise ValueError("negative_prompt has a <lora:...> tag: tags work in the prompt only")
-    except ValueError as e:
-        raise ApiError(422, str(e)) from None
+    text, tags = extra_networks(req.prompt)
+    if extra_networks(req.negative_prompt)[1]:
+        raise ValueError("negative_prompt has a <lora:...> tag: tags work in the prompt only")
     if req.disable_extra_networks:
         return text, {}
     for kind, _, _ in tags:
@@ -138,84 +143,83 @@ def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     return req.prompt, {name: loras.check(name) for _, name, _ in tags}
 
 
-def _override(req: CommonFields, models, options: dict) -> tuple[str | None, bool, int]:
-    """(model name or None, whether it stays current, clip skip) from override_settings and options."""
+def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool) -> Plan:
+    """The plan's fields common to txt2img and img2img: prompt and LoRAs, sampler, model (A1111's
+    ``override_settings``: a model by name, ``CLIP_stop_at_last_layers``), seeds."""
+    prompt, files = _prompt_loras(req, loras)
     over = dict(req.override_settings or {})
-    model = None
-    if over.get("sd_model_checkpoint"):
-        model = models.check(over.pop("sd_model_checkpoint"))
-    clip_skip = over.pop("CLIP_stop_at_last_layers", options.get("CLIP_stop_at_last_layers", 1))
-    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
-        raise ApiError(422, f"CLIP_stop_at_last_layers={clip_skip!r} is invalid: use 1 (the last layer) to 12.")
     for key, value in over.items():
         check_option(key, value)
-    return model, model is not None and not req.override_settings_restore_afterwards, clip_skip
+    model = models.check(over["sd_model_checkpoint"]) if over.get("sd_model_checkpoint") else None
+    return Plan(mode=mode, prompt=prompt, negative=req.negative_prompt or None, seed=_seed(req.seed),
+                subseed=_seed(req.subseed), sampler=sampler_key(req.sampler_name or req.sampler_index, req.scheduler),
+                steps=req.steps, cfg=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
+                n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
+                model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
+                save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images)
 
 
-def plan_txt2img(req: Txt2ImgRequest, *, limits, models, loras, options: dict, save: bool) -> Plan:
+@unprocessable()
+def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Plan:
     _check_common(req, limits)
     if req.enable_hr:
         raise _refuse("enable_hr", True, "there is no hires-fix pass; ask for the final width and height")
-    prompt, files = _prompt_loras(req, loras)
-    model, switch, clip_skip = _override(req, models, options)
-    return Plan("txt2img", prompt, req.negative_prompt or None, _seed(req.seed), _seed(req.subseed),
-                sampler_key(req.sampler_name or req.sampler_index, req.scheduler), req.steps, req.cfg_scale,
-                req.width, req.height, req.batch_size, req.n_iter, clip_skip, model, switch, files,
-                save and not req.do_not_save_samples, req.model_dump(), send_images=req.send_images)
+    return _plan("txt2img", req, **kw)
 
 
-def plan_img2img(req: Img2ImgRequest, *, limits, models, loras, options: dict, save: bool) -> Plan:
-    _check_common(req, limits)
+def _check_img2img(req: Img2ImgRequest, limits) -> None:
+    """The img2img fields, before any image is decoded."""
     if not req.init_images:
         raise ApiError(422, "init_images is empty: send at least one base64 image to start from.")
     if len(req.init_images) > limits.max_images:
         raise ApiError(422, f"{len(req.init_images)} init_images; at most {limits.max_images} (--max-images).")
-    if not 0 <= req.denoising_strength <= 1:
-        raise ApiError(422, f"denoising_strength={req.denoising_strength} is invalid: use 0 (keep) to 1 (repaint).")
+    checks.number("denoising_strength", req.denoising_strength, minimum=0, maximum=1,
+                  fix="use 0 (keep) to 1 (repaint)")
     if req.initial_noise_multiplier not in (None, 1, 1.0):
         raise _refuse("initial_noise_multiplier", req.initial_noise_multiplier, "send 1")
     if req.latent_mask:
         raise _refuse("latent_mask", "...", "send the mask in 'mask'")
+    if not req.mask:
+        return
+    if not (req.inpainting_fill == 1 or (req.inpainting_fill == 2 and req.denoising_strength == 1)):
+        raise ApiError(422, f"inpainting_fill={req.inpainting_fill} ({FILLS.get(req.inpainting_fill, 'unknown')}) "
+                            f"is not what latentgen does: it starts the masked area from the original image's "
+                            f"latents noised to denoising_strength (1, 'original'; at strength 1 that is pure "
+                            f"noise, so 2, 'latent noise', is accepted there): send inpainting_fill=1.")
+    if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
+        raise _refuse("mask_blur_x", req.mask_blur_x, "latentgen blurs masks the same way in x and y; send mask_blur")
+    whole_in("mask_blur", _blur(req), 0, 64, "use 0 to 64 pixels")
+    whole_in("inpaint_full_res_padding", req.inpaint_full_res_padding, 0, 512, "use 0 to 512")
+    checks.choice("inpainting_mask_invert", req.inpainting_mask_invert, (0, 1), "use 0 or 1")
+
+
+def _blur(req: Img2ImgRequest) -> int:
+    return req.mask_blur if req.mask_blur is not None else req.mask_blur_x
+
+
+@unprocessable()
+def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Plan:
+    _check_common(req, limits)
+    _check_img2img(req, limits)
+    plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded
     images = [decode_image(x, f"init_images[{i}]", limits.max_pixels) for i, x in enumerate(req.init_images)]
     size = (req.width or images[0].width, req.height or images[0].height)
-    if size[0] * size[1] > limits.max_pixels:
-        raise ApiError(422, f"{size[0]}x{size[1]} is above this server's {limits.max_pixels} pixels (--max-pixels).")
+    check_pixels(*size, limits)
     if req.resize_mode != 0 and any(im.size != size for im in images):
         raise _refuse("resize_mode", req.resize_mode, "only 0 ('just resize') is implemented; send 0, or init "
                                                       "images of the requested width x height")
-    images = [im if im.size == size else im.convert("RGB").resize(size, Image.Resampling.LANCZOS) for im in images]
-    mask = None
-    blur = req.mask_blur if req.mask_blur is not None else req.mask_blur_x
+    plan.width, plan.height = size
+    plan.init_images = [im if im.size == size else im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                        for im in images]
     if req.mask:
-        ok = req.inpainting_fill == 1 or (req.inpainting_fill == 2 and req.denoising_strength == 1)
-        if not ok:
-            raise ApiError(422, f"inpainting_fill={req.inpainting_fill} ({FILLS.get(req.inpainting_fill, 'unknown')}) "
-                                f"is not what latentgen does: it starts the masked area from the original image's "
-                                f"latents noised to denoising_strength (1, 'original'; at strength 1 that is pure "
-                                f"noise, so 2, 'latent noise', is accepted there): send inpainting_fill=1.")
-        if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
-            raise _refuse("mask_blur_x", req.mask_blur_x, "latentgen blurs masks the same way in x and y; send "
-                                                          "mask_blur")
-        if not 0 <= blur <= 64:
-            raise ApiError(422, f"mask_blur={blur} is invalid: use 0 to 64 pixels.")
-        if not 0 <= req.inpaint_full_res_padding <= 512:
-            raise ApiError(422, f"inpaint_full_res_padding={req.inpaint_full_res_padding} is invalid: use 0 to 512.")
-        if req.inpainting_mask_invert not in (0, 1):
-            raise ApiError(422, f"inpainting_mask_invert={req.inpainting_mask_invert} is invalid: use 0 or 1.")
-        mask = a1111_mask(decode_image(req.mask, "mask", limits.max_pixels), size, bool(req.inpainting_mask_invert))
-    prompt, files = _prompt_loras(req, loras)
-    model, switch, clip_skip = _override(req, models, options)
-    parameters = req.model_dump()
+        mask = decode_image(req.mask, "mask", limits.max_pixels)
+        plan.mask = a1111_mask(mask, size, bool(req.inpainting_mask_invert))
+    plan.strength, plan.mask_blur = req.denoising_strength, _blur(req)
+    plan.only_masked, plan.padding = req.inpaint_full_res, req.inpaint_full_res_padding
     if not req.include_init_images:
-        parameters["init_images"] = parameters["mask"] = None
-    return Plan("img2img", prompt, req.negative_prompt or None, _seed(req.seed), _seed(req.subseed),
-                sampler_key(req.sampler_name or req.sampler_index, req.scheduler), req.steps, req.cfg_scale,
-                size[0], size[1], req.batch_size, req.n_iter, clip_skip, model, switch, files,
-                save and not req.do_not_save_samples, parameters, init_images=images, mask=mask,
-                strength=req.denoising_strength, mask_blur=blur, only_masked=req.inpaint_full_res,
-                padding=req.inpaint_full_res_padding, send_images=req.send_images)
+        plan.parameters["init_images"] = plan.parameters["mask"] = None
+    return plan
 
 
 def _seed(seed: int) -> int:
     return random.randrange(4294967294) if seed == -1 else seed  # A1111's get_fixed_seed
-

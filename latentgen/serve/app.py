@@ -33,7 +33,6 @@ from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .guard import Guard
 from .jobs import Worker
-from .outputs import Outputs
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("latentgen.serve")
@@ -51,11 +50,18 @@ class Server:
         self.models = Models(config.model, config.models_dir, device=config.device, dtype=config.dtype,
                              embeddings=config.embeddings, load_options=config.load_options)
         self.loras = Loras(config.loras)
-        self.options: dict[str, Any] = dict(settings.OPTIONS)
-        self.outputs = Outputs(config.outdir) if config.outdir else None
+        self.outputs = run.Outputs(config.outdir) if config.outdir else None
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)
+        self.options: dict[str, Any] = {}
+        self.set_options(settings.OPTIONS)
         self._preview: tuple[int, str | None] = (-1, None)
         self._preview_lock = threading.Lock()
+
+    def set_options(self, changes: dict[str, Any]) -> None:
+        """Take options (each already through ``settings.check_option``); the preview interval follows them."""
+        self.options.update(changes)
+        o = self.options
+        self.worker.preview_every = o["show_progress_every_n_steps"] if o["live_previews_enable"] else 0
 
     def load_first_model(self) -> None:
         try:
@@ -142,7 +148,7 @@ def _error_handlers(app: FastAPI) -> None:
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """The app over ``config``; its first model is loaded (in the worker) before this returns."""
     config = config or ServeConfig()
-    config.limits.check()
+    config.check()  # before any model loads
     server = Server(config)
     server.load_first_model()
 
@@ -209,9 +215,8 @@ def _routes(app: FastAPI, server: Server) -> None:
         if name is not None:
             name = models.check(name)
             if name != models.current:  # loaded in the worker, between jobs
-                await server.run(request, "options", lambda ctx: ctx.switch(name) and None)
-        server.options.update({k: v for k, v in req.items() if k != "sd_model_checkpoint"})
-        worker.preview_every = server.options["show_progress_every_n_steps"] if server.options["live_previews_enable"] else 0
+                await server.run(request, "options", lambda ctx: ctx.pipeline(name, switch=True))
+        server.set_options({k: v for k, v in req.items() if k != "sd_model_checkpoint"})
         return None
 
 
@@ -234,11 +239,12 @@ def _list_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/sdapi/v1/refresh-checkpoints")
     def refresh_checkpoints():
-        return None  # the models folder is read again on every listing
+        models.refresh()  # the models folder, read again
+        return None
 
     @app.get("/sdapi/v1/loras")
     def get_loras():
-        return server.loras.listing()
+        return server.loras.listing
 
     @app.post("/sdapi/v1/refresh-loras")
     def refresh_loras():

@@ -8,9 +8,9 @@ memory: the current model and the last one a job asked for through ``override_se
 
 from __future__ import annotations
 
-import json
 import re
 from collections import OrderedDict
+from functools import cached_property
 from pathlib import Path
 
 from .errors import ApiError
@@ -32,30 +32,34 @@ def check_name(kind: str, name, known, hint: str = "") -> str:
 
 class Models:
     """Switchable models: the embedded one as ``"default"``, the diffusers folders in ``models_dir`` by
-    folder name and its checkpoint files by stem, and ``--model`` itself when it is none of these."""
+    folder name and its checkpoint files by stem, and ``--model`` itself when it is none of these. The
+    folder is read at start and again on ``refresh()`` (A1111's ``POST /sdapi/v1/refresh-checkpoints``)."""
 
     keep = 2  # pipelines held in memory at once
 
     def __init__(self, first: str | None = None, models_dir: Path | None = None, *, device=None, dtype=None,
                  embeddings: list[str] | None = None, load_options: dict | None = None):
         self.models_dir = Path(models_dir) if models_dir else None
-        self.device, self.dtype, self.embeddings = device, dtype, list(embeddings or [])
+        self.device, self.dtype = device, dtype
+        from latentgen.embeddings import parse_spec
+
+        self.embeddings = [parse_spec(spec) for spec in embeddings or []]  # (path, token or None)
         self.load_options = {k: v for k, v in (load_options or {}).items() if v is not None}
         self.skipped: dict[str, dict[str, dict]] = {}  # model -> embeddings that do not fit it (A1111's "skipped")
-        self.extra: dict[str, str | None] = {}
+        self.extra: dict[str, str] = {}  # --model when it lies outside models_dir
         self._loaded: OrderedDict[str, object] = OrderedDict()
-        same = [n for n, src in self.sources().items() if src and first and Path(src).resolve() == Path(first).resolve()]
-        if first is None:
-            self.current = DEFAULT
-        elif first in self.sources() or same:
-            self.current = first if first in self.sources() else same[0]
+        self.current = first or DEFAULT
+        if self.current in self.refresh():
+            return
+        same = [n for n, src in self.sources.items() if src and Path(src).resolve() == Path(first).resolve()]
+        if same:  # --model given as a path inside the models folder
+            self.current = same[0]
         else:  # a folder or file elsewhere, or a preset name such as "tiny-random"
-            name = Path(first).name or str(first)
-            self.extra[name] = str(first)
-            self.current = name
+            self.current = Path(first).name or str(first)
+            self.extra[self.current] = self.sources[self.current] = str(first)
 
-    def sources(self) -> dict[str, str | None]:
-        """{name: what latentgen.load takes}; the models folder is read again each time (A1111's refresh)."""
+    def refresh(self) -> dict[str, str | None]:
+        """Read the models folder again: {name: what latentgen.load takes}."""
         out: dict[str, str | None] = {DEFAULT: None}
         if self.models_dir is not None and self.models_dir.is_dir():
             entries = sorted(self.models_dir.iterdir())
@@ -65,10 +69,11 @@ class Models:
             for f in entries:  # single-file checkpoints (A1111's models/Stable-diffusion) by stem
                 if f.is_file() and f.suffix in CHECKPOINTS and _NAME.match(f.stem) and f.stem not in out:
                     out[f.stem] = str(f)
-        return {**out, **self.extra}
+        self.sources = {**out, **self.extra}
+        return self.sources
 
     def names(self) -> list[str]:
-        return list(self.sources())
+        return list(self.sources)
 
     def check(self, name) -> str:
         """A requested model name (A1111's ``sd_model_checkpoint``), checked; A1111 titles may end in
@@ -84,10 +89,9 @@ class Models:
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return self._loaded[name]
-        sources = self.sources()
-        if name not in sources:
-            raise ApiError(404, f"model {name!r} is gone from the models folder; use one of: {', '.join(sources)}.")
-        pipe = self._load(name, sources[name])
+        if name not in self.sources:
+            raise ApiError(404, f"model {name!r} is gone from the models folder; use one of: {', '.join(self.sources)}.")
+        pipe = self._load(name, self.sources[name])
         self._loaded[name] = pipe
         while len(self._loaded) > self.keep:
             old = next(n for n in self._loaded if n not in (name, self.current))
@@ -96,6 +100,7 @@ class Models:
 
     def _load(self, name: str, source: str | None):
         import latentgen
+        from latentgen.embeddings import read
 
         try:
             pipe = latentgen.load(source, device=self.device, dtype=self.dtype, **self.load_options)
@@ -103,12 +108,11 @@ class Models:
             raise ApiError(500, f"model {name!r} could not be loaded: {e}") from None
         pipe.name = name
         self.skipped[name] = {}
-        for spec in self.embeddings:
-            path, token = embedding_spec(spec)
+        for path, token in self.embeddings:
             try:
                 pipe.load_embedding(path, token or None)
             except ValueError as e:  # made for another text encoder: listed as skipped, as A1111 does
-                vectors, _ = read_embedding(path)
+                vectors, _ = read(path)
                 self.skipped[name][token or Path(path).stem] = {**embedding_item(vectors.shape[1], len(vectors)),
                                                                 "reason": str(e)}
         return pipe
@@ -129,21 +133,6 @@ def embedding_item(width: int, vectors: int) -> dict:
     return {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": width, "vectors": vectors}
 
 
-def embedding_spec(spec: str) -> tuple[str, str]:
-    """``PATH[:TOKEN]`` (as ``latentgen generate --embedding``) -> (path, token or "")."""
-    return (spec, "") if Path(spec).is_file() else tuple(spec.rpartition(":")[::2])
-
-
-def read_embedding(path):
-    from latentgen.embeddings import read
-
-    return read(path)
-
-
-def _lora_name(path: Path) -> str:
-    return path.name[:-len(".safetensors")].replace(".", "_")  # adapter names cannot hold dots
-
-
 class Loras:
     """LoRAs that prompts may name with ``<lora:NAME:WEIGHT>``: latentgen's shipped ones (``purple``) and
     those given with ``--lora`` (files, or folders of ``.safetensors`` files)."""
@@ -151,17 +140,21 @@ class Loras:
     def __init__(self, specs: list[str] | None = None):
         from latentgen.lora import shipped_loras
 
-        self.files: dict[str, Path] = dict(shipped_loras())
+        shipped = shipped_loras()
+        self.files: dict[str, Path] = dict(shipped)
         for spec in specs or []:
             p = Path(spec)
             if p.is_dir():
-                for f in sorted(p.glob("*.safetensors")):
-                    self.files[_lora_name(f)] = f.resolve()
-            elif p.is_file() and p.name.endswith(".safetensors"):
-                self.files[_lora_name(p)] = p.resolve()
-            elif spec not in self.files:
+                given = sorted(p.glob("*.safetensors"))
+            elif p.is_file() and p.suffix == ".safetensors":
+                given = [p]
+            elif spec in self.files:  # a shipped LoRA's name, or one already named
+                continue
+            else:
                 raise FileNotFoundError(f"--lora {spec}: no .safetensors file or folder there, and no shipped "
-                                        f"LoRA of that name ({', '.join(shipped_loras()) or 'none'}).")
+                                        f"LoRA of that name ({', '.join(shipped) or 'none'}).")
+            # named as LoraAdapters names files by default: the stem, dots as underscores
+            self.files.update({f.stem.replace(".", "_"): f.resolve() for f in given})
         self.files = {n: f for n, f in self.files.items() if _NAME.match(n)}
 
     def names(self) -> list[str]:
@@ -171,19 +164,20 @@ class Loras:
         return self.files[check_name("LoRA", name, self.names(),
                                      " Prompts name LoRAs as <lora:NAME:WEIGHT>; the server's --lora adds more.")]
 
+    @cached_property
     def listing(self) -> list[dict]:
-        """A1111's ``GET /sdapi/v1/loras`` items; ``path`` is the file's name only, not where it lies."""
+        """A1111's ``GET /sdapi/v1/loras`` items, the headers read once (``POST /sdapi/v1/refresh-loras``
+        makes a new ``Loras``); ``path`` is the file's name only, not where it lies."""
         return [{"name": n, "alias": n, "path": f.name, "metadata": _header(f)} for n, f in self.files.items()]
 
 
 def _header(path: Path) -> dict:
-    """The safetensors header's ``__metadata__`` (training notes), read without loading any tensor."""
+    """The safetensors header's metadata (training notes), read without loading any tensor."""
+    from safetensors import safe_open
+
     try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if size > 16 * 1024 * 1024:
-                return {}
-            meta = json.loads(f.read(size)).get("__metadata__", {}) or {}
-    except (OSError, ValueError):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a bad file: no notes then
         return {}
     return {k: v for k, v in meta.items() if isinstance(v, str) and len(v) < 4096}

@@ -1,7 +1,7 @@
 """What ``latentgen serve`` is told: where it listens, who may use it, what it loads, and its limits.
 
-Every limit is a number here, checked in one place (``Limits``), so the API, the page and the tests
-agree on them. Nothing in this module imports torch or FastAPI.
+Every limit is a number here, checked in one place (``Limits``, with ``latentgen.checks``), so the API,
+the page and the tests agree on them. Nothing in this module imports torch or FastAPI.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .. import checks
 
 MiB = 1024 * 1024
 
@@ -26,10 +28,8 @@ class Limits:
 
     def check(self) -> None:
         for name in ("max_body", "max_pixels", "max_steps", "max_images", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} is invalid: use a whole number >= 1.")
-        if not self.job_timeout > 0:
-            raise ValueError(f"--job-timeout={self.job_timeout} is invalid: use a number of seconds > 0.")
+            checks.whole(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        checks.number("--job-timeout", self.job_timeout, positive=True, fix="use a number of seconds > 0")
 
 
 @dataclass
@@ -63,14 +63,13 @@ class ServeConfig:
         if self.models_dir is not None and not Path(self.models_dir).is_dir():
             raise FileNotFoundError(f"--models-dir {self.models_dir} is not a folder; give a folder of diffusers "
                                     f"model folders (each with model_index.json) or .safetensors/.ckpt checkpoints.")
+        from ..embeddings import parse_spec  # torch: only once the server is really being set up
         for spec in self.embeddings:
-            path = spec if Path(spec).is_file() else spec.rpartition(":")[0]
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"--embedding {spec}: no such file; give an embedding file's PATH[:TOKEN].")
+            parse_spec(spec)
         if self.outdir is not None and not Path(self.outdir).is_dir():
             raise FileNotFoundError(f"--outdir {self.outdir} is not a folder; create it first.")
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"--port {self.port} is invalid: use 1 to 65535 (7860 is A1111's).")
+        checks.whole("--port", self.port, 1, "use 1 to 65535 (7860 is A1111's)")
+        checks.choice("--port", self.port, range(1, 65536), "use 1 to 65535 (7860 is A1111's)")
 
 
 def parse_auth(text: str) -> dict[str, str]:

@@ -4,6 +4,8 @@ No response ever carries a stack trace; the server's log does."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class ApiError(Exception):
     """A request the server refuses: ``status`` (4xx, or 5xx for the server's own trouble) and ``detail``."""
@@ -31,6 +33,16 @@ class JobTimeout(ApiError):
     def __init__(self, limit: float, where: str):
         super().__init__(504, f"the job ran longer than the server's --job-timeout of {limit:g} s and was stopped "
                               f"({where}); ask for fewer steps, fewer or smaller images.")
+
+
+@contextmanager
+def unprocessable():
+    """latentgen's argument checks (``latentgen.checks``: a ValueError that names the field and the fix)
+    inside the block, or the function it decorates, answer as A1111's 422 ``HTTPException``."""
+    try:
+        yield
+    except ValueError as e:
+        raise ApiError(422, str(e)) from None
 
 
 def body(error: str, detail, errors: str | None = None) -> dict:

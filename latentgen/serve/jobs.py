@@ -4,7 +4,7 @@
     job = worker.submit("txt2img", work)        # QueueFull (429) when 16 jobs already wait
     result = job.future.result()                # work(ctx) ran in the worker thread
 
-``work(ctx)`` gets a ``Context``: ``ctx.pipeline(name)`` (loaded in the worker, between jobs) and
+``work(ctx)`` gets a ``Context``: ``ctx.pipeline(name, switch=...)`` (loaded in the worker, between jobs) and
 ``ctx.callback(i, n)``, the ``callback(done, total, latents)`` for the i-th of n pipeline calls. The
 callback records progress (``Worker.progress``, A1111's ``/sdapi/v1/progress``) and stops the job by
 raising: ``Interrupted`` after ``interrupt()``, ``Cancelled`` when the client went away (``job.cancel()``),
@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import Cancelled, Interrupted, JobTimeout, QueueFull
+from .errors import ApiError, Cancelled, Interrupted, JobTimeout, QueueFull
 
 log = logging.getLogger("latentgen.serve")
 
@@ -82,14 +82,13 @@ class Context:
     def __init__(self, worker: "Worker", job: Job):
         self.worker, self.job = worker, job
 
-    def pipeline(self, name: str | None = None):
+    def pipeline(self, name: str | None = None, *, switch: bool = False):
+        """The pipeline of model ``name`` (default: the current one); ``switch``: it becomes the current one."""
         self.check("before the model loaded", interrupt=False)  # an interrupt stops sampling, not loading
-        pipe = self.worker.models.get(name)
+        models = self.worker.models
+        pipe = models.switch(name) if switch else models.get(name)
         self.worker.progress.pipe = pipe
         return pipe
-
-    def switch(self, name: str):
-        return self.worker.models.switch(name)
 
     def check(self, where: str = "", interrupt: bool = True) -> None:
         job = self.job
@@ -123,9 +122,8 @@ class Worker:
         self.models, self.queue_size, self.job_timeout = models, queue_size, job_timeout
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self.progress = Progress()
-        self.preview_every = 5  # steps between preview latents (A1111's show_progress_every_n_steps); 0: none
+        self.preview_every = 0  # steps between preview latents (A1111's show_progress_every_n_steps); 0: none
         self.current: Job | None = None
-        self.done = 0  # jobs finished, any way
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="latentgen-worker", daemon=True)
         self._thread.start()
@@ -175,7 +173,6 @@ class Worker:
             if job is None:
                 break
             if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
-                self.done += 1
                 continue  # its client left while it waited
             self._run(job)
 
@@ -188,12 +185,10 @@ class Worker:
         try:
             job.future.set_result(job.work(Context(self, job)))
         except BaseException as e:  # noqa: BLE001 - every outcome goes to the waiting request
-            if not isinstance(e, (Cancelled, Interrupted, ValueError, TypeError, FileNotFoundError)) \
-                    and not hasattr(e, "status"):
+            if not isinstance(e, (ApiError, Cancelled, Interrupted, ValueError, TypeError, FileNotFoundError)):
                 log.exception("job %s failed", job.kind)  # the trace goes to the log, never to the client
             job.future.set_exception(e)
         finally:
             self.current = None
             p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = "", 0, 0, 0, 0
             p.latents = p.pipe = None
-            self.done += 1

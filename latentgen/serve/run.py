@@ -1,14 +1,18 @@
 """Running a checked plan (``latentgen.serve.a1111.Plan``) in the worker: the LoRAs its prompt names,
-the latentgen calls (one per A1111 batch), the images and A1111's ``info`` (``Processed.js()``).
-An interrupt keeps what is done, as A1111 does."""
+the latentgen calls (one per A1111 batch), the images, A1111's ``info`` (``Processed.js()``), and the
+``--outdir`` copies. An interrupt keeps what is done, as A1111 does."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
 
+from latentgen import metadata
+
+from .a1111 import check_pixels
 from .errors import ApiError, Interrupted
 
 
@@ -28,52 +32,48 @@ def loras_loaded(pipe, files: dict[str, Path]):
             pipe.unload_lora(name)
 
 
-def _draw(pipe, plan, width: int, height: int, common: dict):
-    """``draw(seed, n, callback)``: the latentgen call for ``n`` images from ``seed`` (txt2img, img2img or
-    inpaint, as the plan says); image i of the request starts from init image i % len(init_images)."""
-    def draw(seed: int, n: int, callback):
-        if plan.mode == "txt2img":
-            return pipe.generate(plan.prompt, seed=seed, num_images=n, width=width, height=height,
-                                 callback=callback, **common)
-        init = plan.init_images[(seed - plan.seed) % len(plan.init_images)]
-        if plan.mask is None:
-            return pipe.img2img(plan.prompt, init, strength=plan.strength, seed=seed, num_images=n,
-                                callback=callback, **common)
-        return pipe.inpaint(plan.prompt, init, plan.mask, strength=plan.strength, seed=seed, num_images=n,
-                            mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding,
-                            callback=callback, **common)
-    return draw
+def _call(pipe, plan, seed: int, n: int, **common):
+    """The latentgen call for ``n`` images from ``seed`` (txt2img, img2img or inpaint, as the plan says);
+    image i of the request starts from init image i % len(init_images)."""
+    if plan.mode == "txt2img":
+        return pipe.generate(plan.prompt, seed=seed, num_images=n, **common)
+    init = plan.init_images[(seed - plan.seed) % len(plan.init_images)]
+    if plan.mask is None:
+        return pipe.img2img(plan.prompt, init, strength=plan.strength, seed=seed, num_images=n, **common)
+    return pipe.inpaint(plan.prompt, init, plan.mask, strength=plan.strength, seed=seed, num_images=n,
+                        mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding, **common)
 
 
 def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done."""
-    pipe = ctx.switch(plan.model) if plan.switch else ctx.pipeline(plan.model)
+    pipe = ctx.pipeline(plan.model, switch=plan.switch)
     d = pipe.defaults
     steps, cfg = plan.steps or d.steps, d.guidance if plan.cfg is None else plan.cfg
     width, height = plan.width or d.width, plan.height or d.height
     if steps > limits.max_steps:
         raise ApiError(422, f"the model's default steps={steps} is above --max-steps {limits.max_steps}: send steps.")
-    if width * height > limits.max_pixels:
-        raise ApiError(422, f"{width}x{height} is above this server's {limits.max_pixels} pixels (--max-pixels).")
+    check_pixels(width, height, limits)
     common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=plan.sampler,
                   clip_skip=plan.clip_skip)
-    if plan.mode == "img2img":
-        common["max_pixels"] = limits.max_pixels
+    if plan.mode == "txt2img":
+        common.update(width=width, height=height)
+    else:
+        common.update(max_pixels=limits.max_pixels)
     if plan.mode == "txt2img" or len(plan.init_images) == 1:  # A1111's batches: n_iter calls of batch_size
         calls = [(plan.seed + it * plan.batch_size, plan.batch_size) for it in range(plan.n_iter)]
     else:
         calls = [(plan.seed + i, 1) for i in range(plan.count)]
-    draw, images, interrupted = _draw(pipe, plan, width, height, common), [], False
+    images, interrupted = [], False
     with loras_loaded(pipe, plan.loras):
         for i, (seed, n) in enumerate(calls):
             try:
                 ctx.check(f"before call {i + 1}/{len(calls)}")
-                images += draw(seed, n, ctx.callback(i, len(calls)))
+                images += _call(pipe, plan, seed, n, callback=ctx.callback(i, len(calls)), **common)
             except Interrupted:
                 interrupted = True
                 break
     if outputs is not None and plan.save:
-        outputs.save(images, plan.mode)
+        outputs.save(images, plan.mode, [plan.seed + i for i in range(len(images))])  # image i: seed + i
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
                  ctx.worker.progress.job_timestamp)
     if interrupted:
@@ -102,3 +102,36 @@ def _info(plan, pipe, images, resolved: dict, timestamp: str) -> dict:
         "is_using_inpainting_conditioning": plan.mask is not None
         and pipe.unet.config.in_channels != pipe.vae.config.latent_channels,
     }
+
+
+_NUMBERED = re.compile(r"^(\d{5,})-")
+
+
+class Outputs:
+    """``--outdir``: every image the server makes is also saved there, as A1111 saves its samples:
+    ``OUTDIR/txt2img-images/00012-1234.png`` (a running number, then the seed), PNG with its parameters
+    (``latentgen.metadata.save_png``: atomic, never over an existing file). When a name is taken, even by
+    another process meanwhile, the next number is used. Names come from numbers and seeds only, so no
+    request can choose where a file goes. Written from the worker thread only: one writer."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.next: dict[str, int] = {}  # mode -> the next running number
+
+    def save(self, images: list[Image.Image], mode: str, seeds: list[int]) -> list[Path]:
+        sub = self.folder / f"{mode}-images"
+        sub.mkdir(exist_ok=True)
+        if mode not in self.next:
+            self.next[mode] = 1 + max((int(m.group(1)) for p in sub.glob("*.png") if (m := _NUMBERED.match(p.name))),
+                                      default=-1)
+        paths = []
+        for image, seed in zip(images, seeds):
+            for _ in range(10_000):
+                path = sub / f"{self.next[mode]:05d}-{seed}.png"
+                self.next[mode] += 1
+                try:
+                    paths.append(metadata.save_png(image, path, image.info.get("parameters"), force=False))
+                    break
+                except FileExistsError:
+                    continue
+        return paths

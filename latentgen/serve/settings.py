@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from .errors import ApiError
+from latentgen import checks
+
+from .errors import ApiError, unprocessable
+
+
+def whole_in(name: str, value, lo: int, hi: int, fix: str) -> int:
+    """``value`` when it is a whole number in [lo, hi] (``latentgen.checks``)."""
+    checks.whole(name, value, lo, fix)
+    return checks.choice(name, value, range(lo, hi + 1), fix)
 
 
 def sampler_list() -> list[dict]:
@@ -23,10 +31,8 @@ def sampler_key(name: str | None, scheduler: str | None = None) -> str | None:
     latentgen name (``"dpm++2m_karras"``) -> latentgen's name; None: the model's default."""
     from latentgen.schedulers import SAMPLERS
 
-    sched = (scheduler or "automatic").strip().lower()
-    if sched not in ("automatic", "karras"):
-        raise ApiError(422, f"scheduler {scheduler!r} is not available: use 'automatic' (the sampler's own "
-                            f"schedule) or 'karras'.")
+    sched = checks.choice("scheduler", (scheduler or "automatic").strip().lower(), ("automatic", "karras"),
+                          "use 'automatic' (the sampler's own schedule) or 'karras'")
     if not name:
         if sched == "karras":
             raise ApiError(422, "scheduler 'karras' needs a sampler_name, such as 'DPM++ 2M'.")
@@ -55,21 +61,21 @@ OPTIONS = {  # A1111 option names this server knows, with their defaults; sd_mod
     "sd_checkpoint_hash": None,
     "outdir_samples": "",
 }
+FIXED = {"samples_format": ("png",), "eta_noise_seed_delta": (0,), "sd_vae": ("Automatic", "None", None)}
 
 
+@unprocessable()
 def check_option(key: str, value) -> None:
-    """Options A1111 clients set that change nothing here must hold the value latentgen works with."""
-    fixed = {"samples_format": "png", "eta_noise_seed_delta": 0, "sd_vae": "Automatic"}
+    """An option A1111 clients set: known, and, where it changes nothing here, the value latentgen works with."""
     if key not in OPTIONS and key != "sd_model_checkpoint":
         raise ApiError(422, f"option {key!r} is unknown to this server; known: {', '.join(['sd_model_checkpoint', *OPTIONS])}.")
-    if key in fixed and value != fixed[key] and not (key == "sd_vae" and value in ("None", None)):
-        raise ApiError(422, f"option {key}={value!r} is not supported: latentgen works with {key}={fixed[key]!r}.")
+    if key in FIXED:
+        checks.choice(key, value, FIXED[key], f"latentgen works with {key}={FIXED[key][0]!r}")
     if key == "outdir_samples" and value:
         raise ApiError(422, "option outdir_samples cannot be set over the API: start the server with --outdir.")
-    if key == "CLIP_stop_at_last_layers" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12):
-        raise ApiError(422, f"CLIP_stop_at_last_layers={value!r} is invalid: use 1 (the last layer) to 12.")
-    if key in ("live_previews_enable",) and not isinstance(value, bool):
+    if key == "CLIP_stop_at_last_layers":
+        whole_in(key, value, 1, 12, "use 1 (the last layer) to 12")
+    if key == "live_previews_enable" and not isinstance(value, bool):
         raise ApiError(422, f"{key}={value!r} is invalid: use true or false.")
-    if key == "show_progress_every_n_steps" and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-        raise ApiError(422, f"{key}={value!r} is invalid: use a whole number >= 1 (-1: off).")
-
+    if key == "show_progress_every_n_steps":
+        checks.whole(key, value, -1, "use a whole number >= 1 (-1: off)")

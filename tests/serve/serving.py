@@ -84,12 +84,6 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90, auth=None)
     raise RuntimeError(f"latentgen serve did not answer in time: {output(proc)}")
 
 
-def png_b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def decode(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 

@@ -233,6 +233,10 @@ def test_models_and_loras_are_names_never_paths(tmp_path, tiny_folder):
             models.check(name)
         assert e.value.status == status
     assert Models(str(tmp_path / "tiny"), tmp_path).current == "tiny"  # --model given as a path inside the folder
+    (tmp_path / "later.ckpt").write_bytes(b"")
+    assert "later" not in models.names()  # the folder is read at start ...
+    models.refresh()
+    assert models.names() == ["default", "tiny", "later", "sd15-pruned"]  # ... and on refresh-checkpoints
     loras = Loras([])
     assert loras.names() == ["purple"] and loras.check("purple").name == "purple.safetensors"
     with pytest.raises(FileNotFoundError, match="no .safetensors file or folder"):
