@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import schedulers
+from . import precision, schedulers
 from .presets import Defaults, Preset, data_dir, load_preset
 
 _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
@@ -73,10 +73,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp16 on CUDA, fp32 elsewhere, unless asked (bf16 runs ~2x fp32 on AVX-512-bf16 CPUs)."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, unet_config: dict | None = None) -> torch.dtype:
+    """The dtype asked for, or (None) the fastest correct one for this device and U-Net
+    (``latentgen.precision.default_dtype``: fp16 on CUDA, bf16 on CPUs with native bf16 for SD-sized
+    U-Nets, fp32 otherwise)."""
     if dtype is None:
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return precision.default_dtype(device, unet_config)[0]
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.lower() in _DTYPES:
@@ -138,7 +140,7 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def _cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """Move ``model`` to device and dtype. diffusers' ``ModelMixin.to`` warns on any dtype cast that
     modules "should be kept in float32" even when that list is empty; its logger is quieted for
     the cast only in that case (a model that does keep fp32 modules still gets the warning)."""
@@ -159,15 +161,14 @@ def _cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> N
 def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     for m in (c.text_encoder, c.unet, c.vae):
         m.requires_grad_(False).eval()
-    _cast(c.text_encoder, device, dtype)
-    _cast(c.unet, device, dtype)
-    _cast(c.vae, device, vae_dtype(dtype, c.vae.config))
+    cast(c.text_encoder, device, dtype)
+    cast(c.unet, device, dtype)
+    cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
+    if precision.wants_channels_last(device, dtype):
+        c.unet.to(memory_format=torch.channels_last)
+        c.vae.to(memory_format=torch.channels_last)
+    precision.use_fast_attention(c.unet)
     return c
-
-
-def vae_dtype(dtype: torch.dtype, vae_config) -> torch.dtype:
-    """SD's VAE overflows in fp16 (black or NaN images): it stays fp32 when its config says so."""
-    return torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", True) else dtype
 
 
 def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaults | None = None,
@@ -177,7 +178,7 @@ def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaul
     unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
     check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"))
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device, unet_cfg)
     if defaults is None:
         extra = folder / "latentgen.json"
         size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
@@ -200,7 +201,7 @@ def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Co
                            defaults=preset.defaults, name=preset.name)
     check_fit(preset.unet, preset.vae, preset.text_encoder)
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype, device, preset.unet)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))

@@ -16,7 +16,7 @@ def swap_vae(c: Components, vae_file) -> Components:
     from dataclasses import replace
 
     cfg = {**c.vae.config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}
-    vae = single_file.build_vae(vae_file, cfg, components.vae_dtype(c.unet.dtype, cfg))
+    vae = single_file.build_vae(vae_file, cfg, c.unet.dtype)
     return components.finish(replace(c, vae=vae), c.unet.device, c.unet.dtype)
 
 

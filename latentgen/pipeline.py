@@ -26,7 +26,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import images as im
-from . import checks, components, metadata, prompts, request, schedulers, starts
+from . import checks, components, guard, memory, metadata, precision, prompts, request, schedulers, starts
 from .adapters import LoraAdapters
 from .embeddings import Embeddings
 from .presets import Defaults
@@ -40,8 +40,6 @@ class Pipeline:
     steps, guidance, size and sampler. ``latentgen.load`` builds one; so can you, from diffusers parts.
     """
 
-    max_pixels: int = 2048 * 2048  # largest image (pixels) img2img/inpaint give the VAE; raise per call
-
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *,
                  defaults: Defaults | None = None, name: str = "model"):
         self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
@@ -50,6 +48,7 @@ class Pipeline:
         self.name = name  # shown in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
+        self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
 
     @classmethod
     def from_components(cls, c) -> "Pipeline":
@@ -57,7 +56,7 @@ class Pipeline:
         return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name)
 
     def __repr__(self) -> str:
-        return f"Pipeline(model={self.name!r}, device={self.device}, dtype={self.dtype})"
+        return f"Pipeline(model={self.name!r}, device={self.device}, {precision.describe(self.unet, self.vae)})"
 
     @property
     def device(self) -> torch.device:
@@ -74,10 +73,16 @@ class Pipeline:
 
     # -- 1. settings ----------------------------------------------------------------------------
     def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
-        """The model's defaults with ``given`` (steps, guidance, width, height, scheduler,
-        batch_size) over them, all checked."""
-        return request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images,
-                               seed=seed, **given)
+        """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all checked."""
+        s = request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images,
+                            seed=seed, **given)
+        self.check_limits(s, num_images)  # refused at once, before prompts are even counted
+        return s
+
+    def check_limits(self, s: Settings, images: int) -> None:  # images this machine cannot hold: refused
+        memory.check(self.limits, self.unet, num_images=images, steps=s.steps, width=s.width, height=s.height,
+                     batch=s.batch_size or (1 if self.device.type == "cpu" else images), cfg=s.cfg,
+                     train_steps=self.scheduler.config.num_train_timesteps)
 
     # -- 2. text conditioning -------------------------------------------------------------------
     @torch.no_grad()
@@ -128,11 +133,13 @@ class Pipeline:
 
     # -- 5. decode ------------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """VAE-decode latents (B, C, h, w) to B RGB images of (h * f, w * f) pixels."""
-        vae = self.vae
-        x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
-        x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    def decode(self, latents: torch.Tensor, plan: memory.Plan | None = None) -> list[Image.Image]:
+        """VAE-decode latents (B, C, h, w) to B RGB images of (h * f, w * f) pixels, ``plan.vae_batch`` at a
+        time, tiled if ``plan.vae_tiling``; an fp16 overflow is decoded again in fp32 (``latentgen.guard``)."""
+        plan = plan or memory.Plan(vae_tiling=False, vae_batch=len(latents))
+        z = latents / self.vae.config.scaling_factor
+        x = torch.cat([guard.decode(self.vae, part, tiled=plan.vae_tiling) for part in z.split(plan.vae_batch)])
+        x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3) in [0, 1]
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
 
     # -- 6. images with their settings ----------------------------------------------------------
@@ -152,6 +159,8 @@ class Pipeline:
         ``s.batch_size``, each chunk from ``start(sampler, generators, dtype)``; image i of a chunk
         uses its own generator, seeded ``draws[i].seed``."""
         batch = s.batch_size or (1 if self.device.type == "cpu" else len(draws))
+        self.check_limits(s, len(draws))  # all prompts' images; before any model runs
+        plan = memory.plan(self.vae, self.limits, width=s.width, height=s.height, batch=batch)
         chunks = [draws[k:k + batch] for k in range(0, len(draws), batch)]
         text = prompts.CallText(draws, self.encode_prompt, s, self.embeddings)  # tags out; each text encoded once
         info = {**(info or {}), **text.info}  # Clip skip, TI hashes
@@ -167,8 +176,9 @@ class Pipeline:
                 total = len(first.timesteps) * len(chunks)
                 progress = None if callback is None else (lambda i, _n, lat, base=done: callback(base + i, total, lat))
                 latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress)
+                guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
                 done += len(first.timesteps)
-                out += self._images(chunk, self.decode(latents), s, schedulers.label(sched), info)
+                out += self._images(chunk, self.decode(latents, plan), s, schedulers.label(sched), info)
         return out
 
     # -- the public calls -----------------------------------------------------------------------
@@ -182,15 +192,12 @@ class Pipeline:
 
         prompt: text, or a list of texts (``num_images`` images each, prompt by prompt).
         seed: image i of the call uses ``seed + i``, so it equals a one-image call with that seed.
-        steps, guidance, width, height, scheduler: default to the model's (``Pipeline.defaults``).
-            guidance <= 1 turns classifier-free guidance off. scheduler is a name from
-            ``latentgen.schedulers.SAMPLERS`` (``"euler_a"``, ``"dpm++2m_karras"``, ...) or a
-            diffusers scheduler instance.
+        steps, guidance, width, height, scheduler: the model's by default (``Pipeline.defaults``); guidance
+            <= 1 turns CFG off; scheduler: a name from ``latentgen.schedulers.SAMPLERS`` or a diffusers one.
         negative_prompt: what to steer away from; the unconditional branch of CFG ("" if None).
         callback: called after every sampler step as ``callback(done, total, latents)``.
-        batch_size: images that go through the U-Net together. Default: 1 on CPU, which keeps
-            every image bit-identical to its one-image call; all at once on GPU (equal to within
-            float rounding). Larger batches trade that bit-exactness for throughput.
+        batch_size: images through the U-Net together. Default: 1 on CPU (each image bit-identical to its
+            one-image call); all at once on GPU (equal within float rounding).
         clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax, or "plain"; see ``latentgen.prompts``.
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
@@ -216,7 +223,7 @@ class Pipeline:
         Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
         """
         src, _ = im.load_rgb(image, "image")
-        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.max_pixels)
+        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.limits.max_input_pixels)
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
@@ -242,13 +249,10 @@ class Pipeline:
         only_masked: work on the mask's bounding box plus ``padding`` pixels, at the model's
             native size, and paste it back (A1111's "inpaint only masked"): more detail for
             small holes in large images.
-        composite: False returns the model's decoded image without the pixel composite (for
-            comparing with diffusers); with ``only_masked`` the crop is pasted unblended.
-        latent_mask: how the mask becomes one value per latent cell (8x8 pixels). "coverage": a
-            cell repaints when at least half its pixels do (A1111 rounds its resized mask alike),
-            so the latent hole sits on the pixel hole. "nearest": one pixel per cell, as diffusers
-            does, which shifts the hole by up to 7 px toward the bottom right; use it to match
-            diffusers exactly. They agree on masks whose edges lie on the 8-pixel grid.
+        composite: False: the decoded image without the pixel composite (as diffusers; only_masked: unblended).
+        latent_mask: mask -> one value per 8x8 latent cell. "coverage": a cell repaints when half its
+            pixels do (as A1111 rounds), so the latent hole sits on the pixel hole. "nearest": one pixel
+            per cell as diffusers (the hole shifts up to 7 px down-right): diffusers' exact images.
         Works with 4-channel U-Nets (latent blending) and 9-channel inpainting U-Nets.
         """
         checks.choice("latent_mask", latent_mask, ("coverage", "nearest"),
@@ -257,7 +261,7 @@ class Pipeline:
         f = self.vae_scale_factor
         inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
                                native=(self.defaults.width, self.defaults.height),
-                               max_pixels=max_pixels or self.max_pixels)
+                               max_pixels=max_pixels or self.limits.max_input_pixels)
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
                           batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
@@ -277,22 +281,20 @@ class Pipeline:
         out = self.sample(draws, s, start, callback=callback, info=info)
         return im.paste_back(out, inp, mask_blur, composite)
 
-    # -- LoRA: the adapters in ``self.loras`` ---------------------------------------------------
+    # -- LoRA: the adapters in ``self.loras`` (see ``LoraAdapters``) ----------------------------
     def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
         """Load a LoRA file (diffusers/peft or kohya layout, or a shipped LoRA's name such as
-        ``"purple"``) as adapter ``name`` at ``scale``; returns its name. See ``LoraAdapters.load``."""
+        ``"purple"``) as adapter ``name`` at ``scale``; returns its name."""
         return self.loras.load(path, name, scale)
 
     def set_lora_scale(self, name: str, scale: float) -> None:
         self.loras.set_scale(name, scale)
 
-    def fuse_lora(self) -> None:
-        """Add the active LoRAs into the base weights; ``unfuse_lora`` restores them bit for bit."""
+    def fuse_lora(self) -> None:  # into the base weights; unfuse_lora restores them bit for bit
         self.loras.fuse()
 
     def unfuse_lora(self) -> None:
         self.loras.unfuse()
 
-    def unload_lora(self, name: str | None = None) -> None:
-        """Remove LoRA ``name``, or all of them: the model is then exactly as loaded."""
+    def unload_lora(self, name: str | None = None) -> None:  # one, or all: the model as loaded
         self.loras.unload(name)

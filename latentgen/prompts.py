@@ -163,7 +163,7 @@ def tokenize(text: str, tokenizer, *, syntax: str = "a1111",
         return [_wrap(ids[:size], [1.0] * len(ids[:size]), tokenizer)]
     if syntax != "a1111":
         raise ValueError(f"prompt_syntax={syntax!r} is invalid: use one of {', '.join(map(repr, SYNTAXES))}.")
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = tokenizer.convert_tokens_to_ids(",</w>")  # CLIP's comma (get_vocab would copy 49k entries)
     done: list[tuple[list[int], list[float]]] = []
     ids: list[int] = []
     weights: list[float] = []

@@ -227,11 +227,11 @@ def build(ck: Checkpoint, *, device=None, dtype=None, vae: Checkpoint | None = N
     inpainting = p.unet["in_channels"] != p.unet["out_channels"]
     pred, _ = prediction.resolve(pred, hints.get("prediction_type"), ck.metadata, p.family, inpainting)
     device = components.resolve_device(device)
-    dtype = components.resolve_dtype(dtype, device)
+    dtype = components.resolve_dtype(dtype, device, p.unet)
     with components.quiet_loading():
         # each tensor is cast as it is read: the file's dtype and the model's are never both in memory
         parts = dict(unet=build_unet(ck, p.unet, dtype),
-                     vae=build_vae(vae or ck, p.vae, components.vae_dtype(dtype, p.vae)),
+                     vae=build_vae(vae or ck, p.vae, dtype),
                      text_encoder=build_text_encoder(ck, p.text_encoder, p.family, dtype))
     c = components.Components(tokenizer=None, scheduler=None, defaults=Defaults(), name=ck.path.stem, **parts)
     c = components.finish(c, device, dtype)

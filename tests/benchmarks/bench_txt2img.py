@@ -1,11 +1,13 @@
 """Benchmark: txt2img on the SD 1.5 architecture (random weights), latentgen vs diffusers side by side.
 
-Both pipelines share the very same modules; runs alternate (latentgen, diffusers, latentgen, ...)
-so that drift in machine load hits both. Prints, per pipeline, the median seconds per denoising
+latentgen at its default (or --dtype) against diffusers' default (fp32) and diffusers' best known
+settings (bf16 + channels_last on CPU, fp16 + channels_last on CUDA), each over its own copy of the
+same seeded weights; runs alternate so that drift in machine load hits all alike. Prints, per pipeline, the median seconds per denoising
 step (from per-step timestamps), the median seconds per image (text encoding + loop + VAE decode),
 the peak memory above the pre-call baseline, and latentgen / diffusers ratios.
 
-    python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 3            # CPU, fp32
+    python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 3            # CPU, SD 1.5 at 512
+    python tests/benchmarks/bench_txt2img.py --preset default --steps 20 --repeats 10   # the embedded model
     python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5
 """
 
@@ -24,7 +26,6 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import components  # noqa: E402
 
 
 class PeakMemory:
@@ -79,61 +80,73 @@ def run_once(fn, device) -> tuple[float, list[float], float]:
     return wall, steps, mem.mib
 
 
+def diffusers_pipeline(preset: str, device, dtype: str, channels_last: bool, scheduler: str):
+    """diffusers' StableDiffusionPipeline over its own copy of the preset's modules (same seeded weights)."""
+    c = latentgen.load(preset, device=device, dtype=dtype)
+    if channels_last:
+        c.unet.to(memory_format=torch.channels_last)
+    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                  scheduler=latentgen.schedulers.make(scheduler, c.scheduler.config),
+                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="sd15")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, default=None, help="default: the model's")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="latentgen's; default: its default")
     ap.add_argument("--scheduler", default="euler_a")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
     t = time.perf_counter()
     pipe = latentgen.load(args.preset, device=args.device, dtype=args.dtype)
-    c = pipe
+    size = args.size or pipe.defaults.width
     print(f"built {args.preset} with random weights in {time.perf_counter() - t:.1f}s: "
-          f"U-Net {sum(p.numel() for p in c.unet.parameters()) / 1e6:.0f}M params, "
-          f"device {c.device}, dtype {c.dtype}, {torch.get_num_threads()} threads")
-    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                  scheduler=latentgen.schedulers.make(args.scheduler, c.scheduler.config),
-                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
+          f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M params, "
+          f"{torch.get_num_threads()} threads; latentgen: {pipe!r}")
+    half = "fp16" if pipe.device.type == "cuda" else "bf16"
+    refs = {"diffusers fp32": diffusers_pipeline(args.preset, pipe.device, "fp32", False, args.scheduler),
+            f"diffusers {half}+CL": diffusers_pipeline(args.preset, pipe.device, half, True, args.scheduler)}
     prompt = "a photo of an astronaut riding a horse on mars"
-    common = dict(steps=args.steps, size=args.size)
 
     def ours(on_step):
-        pipe.generate(prompt, seed=0, steps=common["steps"], width=args.size, height=args.size,
+        pipe.generate(prompt, seed=0, steps=args.steps, width=size, height=size,
                       scheduler=args.scheduler, callback=lambda *_: on_step())
 
-    def theirs(on_step):
-        ref(prompt, num_inference_steps=common["steps"], height=args.size, width=args.size,
-            generator=torch.Generator().manual_seed(0),
-            callback_on_step_end=lambda p, i, t, kw: (on_step(), kw)[1])
+    def theirs(ref):
+        return lambda on_step: ref(prompt, num_inference_steps=args.steps, height=size, width=size,
+                                   generator=torch.Generator().manual_seed(0),
+                                   callback_on_step_end=lambda p, i, t, kw: (on_step(), kw)[1])
 
-    results = {"latentgen": [], "diffusers": []}
-    ours(lambda: None)  # warm-up (allocator, kernels), not counted
+    runners = {"latentgen": ours, **{name: theirs(ref) for name, ref in refs.items()}}
+    results = {name: [] for name in runners}
+    for fn in runners.values():
+        fn(lambda: None)  # warm-up (allocator, kernels), not counted
     for r in range(args.repeats):
-        for name, fn in (("latentgen", ours), ("diffusers", theirs)):
-            results[name].append(run_once(fn, c.device))
+        for name, fn in runners.items():  # alternating, so drift in machine load hits all alike
+            results[name].append(run_once(fn, pipe.device))
             wall, steps, mib = results[name][-1]
-            print(f"  run {r + 1} {name:9s}: {wall:7.2f}s/image  {statistics.median(steps):6.3f}s/step  "
-                  f"peak +{mib:7.0f} MiB")
+            print(f"  run {r + 1} {name:16s}: {wall:7.3f}s/image  {statistics.median(steps):6.3f}s/step  "
+                  f"peak +{mib:7.0f} MiB", flush=True)
 
-    print(f"\n{args.preset} {args.size}x{args.size}, {args.steps} steps {args.scheduler}, CFG on, "
-          f"medians of {args.repeats}:")
+    print(f"\n{args.preset} {size}x{size}, {args.steps} steps {args.scheduler}, CFG on, medians of {args.repeats}:")
     summary = {}
     for name, runs in results.items():
         wall = statistics.median(w for w, _, _ in runs)
         step = statistics.median(s for _, steps, _ in runs for s in steps)
         mib = statistics.median(m for _, _, m in runs)
         summary[name] = (wall, step, mib)
-        print(f"  {name:9s}: {step:.3f} s/step  {wall:.2f} s/image  peak +{mib:.0f} MiB")
-    (lw, ls, lm), (dw, ds, dm) = summary["latentgen"], summary["diffusers"]
-    print(f"  ratio latentgen/diffusers: {ls / ds:.3f}x s/step, {lw / dw:.3f}x s/image, "
-          f"{lm / dm if dm else float('nan'):.2f}x peak memory")
+        print(f"  {name:16s}: {step:.3f} s/step  {wall:.3f} s/image  peak +{mib:.0f} MiB")
+    lw, ls, _ = summary["latentgen"]
+    for name in refs:
+        dw, ds, _ = summary[name]
+        print(f"  latentgen is {ds / ls:.2f}x faster per step and {dw / lw:.2f}x per image than {name}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""latentgen.memory: limits refuse at once (before any model runs) what the machine cannot hold, naming the
+number that fits and how to raise the bound; the plan tiles the VAE and decodes fewer images at once only
+when memory asks for it, and tiles/slices when told to."""
+
+import numpy as np
+import pytest
+
+from latentgen import memory
+
+PROMPT = "a red circle on a blue background"
+
+
+@pytest.fixture
+def no_model_runs(fresh, monkeypatch):
+    """``fresh`` whose text encoder, U-Net and VAE fail the test if they are called."""
+    def called(*a, **k):
+        raise AssertionError("a model ran before the request was refused")
+    for part in (fresh.text_encoder, fresh.unet, fresh.vae):
+        monkeypatch.setattr(part, "forward", called)
+    return fresh
+
+
+def test_a_million_images_are_refused_at_once_with_the_number_that_fits(no_model_runs):
+    with pytest.raises(ValueError, match=r"num_images=1000000 would hold .* GiB.*Ask for at most \d+.*latentgen batch"):
+        no_model_runs.generate(PROMPT, num_images=10**6)
+
+
+def test_many_prompts_count_together(no_model_runs):
+    no_model_runs.limits.max_images = 3
+    with pytest.raises(ValueError, match=r"num_images=4 .*at most 3"):
+        no_model_runs.generate([PROMPT, PROMPT], num_images=2)
+
+
+def test_steps_beyond_the_training_timesteps_are_refused(no_model_runs):
+    with pytest.raises(ValueError, match=r"steps=5000 .* 1000 training timesteps.*steps <= 1000"):
+        no_model_runs.generate(PROMPT, steps=5000)
+
+
+def test_a_size_that_cannot_fit_is_refused_with_the_size_that_does(no_model_runs):
+    with pytest.raises(ValueError, match=r"65536x65536 needs about .* GiB .* at most \d+ pixels fit \(about \d+x\d+\)"):
+        no_model_runs.generate(PROMPT, width=65536, height=65536)
+    no_model_runs.limits.max_pixels = 64 * 64
+    with pytest.raises(ValueError, match="at most 4096 pixels"):
+        no_model_runs.img2img(PROMPT, np.zeros((128, 128, 3), np.uint8))
+
+
+def test_limits_can_be_raised(fresh):
+    fresh.limits.max_steps = 1
+    with pytest.raises(ValueError, match="steps=2"):
+        fresh.generate(PROMPT, steps=2)
+    fresh.limits = memory.Limits(max_images=10**7)
+    memory.check(fresh.limits, fresh.unet, num_images=10**6, steps=1, width=64, height=64, batch=1, cfg=True,
+                 train_steps=1000)
+
+
+def test_the_plan_tiles_and_slices_only_when_memory_asks(pipe, monkeypatch):
+    kw = dict(width=512, height=512, batch=4)
+    assert memory.plan(pipe.vae, memory.Limits(), **kw) == memory.Plan(vae_tiling=False, vae_batch=4)
+    one = memory.vae_bytes(pipe.vae, 512 * 512)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: one)  # a whole decode no longer fits
+    assert memory.plan(pipe.vae, memory.Limits(), **kw) == memory.Plan(vae_tiling=True, vae_batch=1)
+    assert memory.plan(pipe.vae, memory.Limits(vae_tiling=False, vae_batch=2), **kw) == memory.Plan(False, 2)
+
+
+def test_sliced_decoding_draws_the_same_images(pipe):
+    whole = pipe.generate(PROMPT, num_images=2, batch_size=2, steps=2)
+    pipe.limits.vae_batch = 1
+    try:
+        sliced = pipe.generate(PROMPT, num_images=2, batch_size=2, steps=2)
+    finally:
+        pipe.limits.vae_batch = None
+    for a, b in zip(whole, sliced):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
+
+
+def test_tiled_decoding_is_used_when_asked(fresh, monkeypatch):
+    calls = []
+    tiled = fresh.vae.tiled_decode
+    monkeypatch.setattr(fresh.vae, "tiled_decode", lambda z, **k: calls.append(z.shape) or tiled(z, **k))
+    fresh.limits.vae_tiling = True
+    image = fresh.generate(PROMPT, steps=2, width=64, height=64)[0]
+    f = fresh.vae_scale_factor
+    assert calls == [(1, 4, 64 // f, 64 // f)] and image.size == (64, 64)
