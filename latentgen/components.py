@@ -51,6 +51,7 @@ class Components:
     scheduler: SchedulerMixin  # the model's own; each call builds a fresh one from it
     defaults: Defaults
     name: str  # shown in PNG metadata as "Model: ..."
+    inpaint_unet: Path | None = None  # a 9-channel U-Net folder the model's inpaint() runs (see Pipeline.inpaint)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -197,8 +198,11 @@ def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaul
 def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Components:
     """Build a preset: its trained folder when it names one, else random weights seeded by ``seed``."""
     if preset.weights is not None:
-        return from_folder(data_dir("weights") / preset.weights, device=device, dtype=dtype,
-                           defaults=preset.defaults, name=preset.name)
+        c = from_folder(data_dir("weights") / preset.weights, device=device, dtype=dtype,
+                        defaults=preset.defaults, name=preset.name)
+        if preset.inpainting is not None:
+            c.inpaint_unet = data_dir("weights") / preset.inpainting / "unet"
+        return c
     check_fit(preset.unet, preset.vae, preset.text_encoder)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device, preset.unet)
@@ -216,6 +220,17 @@ def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Co
         defaults=preset.defaults,
         name=preset.name,
     ), device, dtype)
+
+
+def load_unet(folder, like: UNet2DConditionModel) -> UNet2DConditionModel:
+    """A U-Net folder (config.json + safetensors) on ``like``'s device, dtype and memory format (a U-Net: itself)."""
+    if isinstance(folder, UNet2DConditionModel):
+        return folder
+    with quiet_loading():
+        unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=like.dtype).to(like.device).eval()
+    if like.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+        unet = unet.to(memory_format=torch.channels_last)
+    return unet
 
 
 def folder_like(source, path: Path) -> bool:

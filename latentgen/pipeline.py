@@ -3,7 +3,7 @@
 Latent diffusion (Rombach et al. 2022, https://arxiv.org/abs/2112.10752). The file reads top to
 bottom as the data flows: settings (``latentgen.request``) -> text conditioning (``encode_prompt``)
 -> start latents (``latentgen.starts``) -> denoise loop with classifier-free guidance (``denoise``)
--> VAE decode (``decode``) -> images with their settings in PNG metadata (``_images``). txt2img,
+-> VAE decode (``decode``) -> images with their settings in PNG metadata (``sample``). txt2img,
 img2img and inpainting are the same loop from different starts. Shapes for SD 1.5 at 512x512:
 tokens (1, 77), embeddings (1, 77, 768), latents (1, 4, 64, 64), image (1, 3, 512, 512).
 
@@ -41,19 +41,20 @@ class Pipeline:
     """
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *,
-                 defaults: Defaults | None = None, name: str = "model"):
-        self.tokenizer, self.text_encoder, self.unet, self.vae = tokenizer, text_encoder, unet, vae
-        self.scheduler = scheduler
+                 defaults: Defaults | None = None, name: str = "model", inpaint_unet=None):
+        self.tokenizer, self.text_encoder, self.unet, self.vae, self.scheduler = tokenizer, text_encoder, unet, vae, scheduler
         self.defaults = defaults or Defaults()
         self.name = name  # shown in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
+        self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()
 
     @classmethod
     def from_components(cls, c) -> "Pipeline":
         """A pipeline over a ``latentgen.components.Components`` record (what the loaders return)."""
-        return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name)
+        return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name,
+                   inpaint_unet=c.inpaint_unet)
 
     def __repr__(self) -> str:
         return f"Pipeline(model={self.name!r}, device={self.device}, {precision.describe(self.unet, self.vae)})"
@@ -74,8 +75,7 @@ class Pipeline:
     # -- 1. settings ----------------------------------------------------------------------------
     def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
         """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all checked."""
-        s = request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images,
-                            seed=seed, **given)
+        s = request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images, seed=seed, **given)
         self.check_limits(s, num_images)  # refused at once, before prompts are even counted
         return s
 
@@ -100,14 +100,14 @@ class Pipeline:
     @torch.no_grad()
     def denoise(self, start: Start, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
                 sched: SchedulerMixin, generators: list[torch.Generator],
-                callback: Callback | None = None) -> torch.Tensor:
+                callback: Callback | None = None, unet=None) -> torch.Tensor:
         """Run the sampler over ``start.timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
 
         ``cond``/``uncond`` are (B, 77 * k, D). With ``uncond`` given, classifier-free guidance
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
-        ``callback(done, total, latents)`` runs after each step.
+        ``callback(done, total, latents)`` runs after each step; ``unet``: another than ``self.unet``.
         """
-        latents, condition = start.latents, start.condition
+        latents, condition, unet = start.latents, start.condition, unet or self.unet
         if condition is not None and uncond is not None:
             condition = torch.cat([condition] * 2)
         context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77 * k, D)
@@ -120,7 +120,7 @@ class Pipeline:
             x = sched.scale_model_input(x, t)
             if condition is not None:
                 x = torch.cat([x, condition], dim=1)  # (B, 4 + 1 + 4, h, w)
-            eps = self.unet(x, t, encoder_hidden_states=context).sample  # predicted noise
+            eps = unet(x, t, encoder_hidden_states=context).sample  # predicted noise
             if uncond is not None:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance * (eps_cond - eps_uncond)
@@ -142,19 +142,8 @@ class Pipeline:
         x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3) in [0, 1]
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
 
-    # -- 6. images with their settings ----------------------------------------------------------
-    def _images(self, draws: list[Draw], decoded: list[Image.Image], s: Settings, sampler: str,
-                info: dict) -> list[Image.Image]:
-        for d, image in zip(draws, decoded):
-            image.info["parameters"] = metadata.parameters_text(d.prompt, {
-                "Steps": s.steps, "Sampler": sampler, "CFG scale": s.guidance, "Seed": d.seed,
-                "Size": info.get("Size"), "Model": self.name,
-                **{k: v for k, v in info.items() if k != "Size"}, **self.loras.info()},
-                negative_prompt=d.negative_prompt)
-        return decoded
-
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, callback: Callback | None = None,
-               info: dict | None = None) -> list[Image.Image]:
+               info: dict | None = None, unet=None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting: images go through in chunks of
         ``s.batch_size``, each chunk from ``start(sampler, generators, dtype)``; image i of a chunk
         uses its own generator, seeded ``draws[i].seed``."""
@@ -175,10 +164,15 @@ class Pipeline:
                 first = start(sched, generators, cond.dtype)
                 total = len(first.timesteps) * len(chunks)
                 progress = None if callback is None else (lambda i, _n, lat, base=done: callback(base + i, total, lat))
-                latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress)
+                latents = self.denoise(first, cond, uncond, s.guidance, sched, generators, progress, unet)
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
                 done += len(first.timesteps)
-                out += self._images(chunk, self.decode(latents, plan), s, schedulers.label(sched), info)
+                for d, image in zip(chunk, self.decode(latents, plan)):  # 6. each image with its settings
+                    image.info["parameters"] = metadata.parameters_text(d.prompt, {
+                        "Steps": s.steps, "Sampler": schedulers.label(sched), "CFG scale": s.guidance, "Seed": d.seed,
+                        "Size": info.get("Size"), "Model": self.name, **{k: v for k, v in info.items() if k != "Size"},
+                        **self.loras.info()}, negative_prompt=d.negative_prompt)
+                    out.append(image)
         return out
 
     # -- the public calls -----------------------------------------------------------------------
@@ -239,7 +233,8 @@ class Pipeline:
                 num_images: int = 1, scheduler=None, mask_blur: float = 4, only_masked: bool = False,
                 padding: int = 32, composite: bool = True, callback: Callback | None = None,
                 batch_size: int | None = None, max_pixels: int | None = None,
-                latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
+                latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
+                variant: str = "auto") -> list[Image.Image]:
         """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -253,10 +248,11 @@ class Pipeline:
         latent_mask: mask -> one value per 8x8 latent cell. "coverage": a cell repaints when half its
             pixels do (as A1111 rounds), so the latent hole sits on the pixel hole. "nearest": one pixel
             per cell as diffusers (the hole shifts up to 7 px down-right): diffusers' exact images.
-        Works with 4-channel U-Nets (latent blending) and 9-channel inpainting U-Nets.
+        variant: "auto": a 9-channel U-Net, the model's own or the variant it ships (``self.inpaint_unet``:
+            the embedded default has one; not with a LoRA loaded), else latent blending; "blend": always blend.
         """
-        checks.choice("latent_mask", latent_mask, ("coverage", "nearest"),
-                      "use 'coverage' (default) or 'nearest' (diffusers' sampling)")
+        checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
+        checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
         checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
         f = self.vae_scale_factor
         inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
@@ -271,14 +267,16 @@ class Pipeline:
             warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")
             return [inp.source.copy() for _ in draws]
         mask_lat = starts.to_latent_mask(inp.mask_px, (inp.size[1] // f, inp.size[0] // f), latent_mask)
+        unet, c = self.unet, self.vae.config.latent_channels
+        if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not self.loras.loaded:
+            unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
         start = partial(starts.for_inpainting, vae=self.vae, pixels=inp.pixels, masked=inp.masked,
                         mask_lat=mask_lat.to(self.device), steps=s.steps, strength=strength,
-                        nine=self.unet.config.in_channels != self.vae.config.latent_channels)
-        info = {"Size": f"{inp.source.width}x{inp.source.height}", "Denoising strength": strength,
-                "Mask blur": mask_blur}
+                        nine=unet.config.in_channels != c)
+        info = {"Size": f"{inp.source.width}x{inp.source.height}", "Denoising strength": strength, "Mask blur": mask_blur}
         if only_masked:
             info.update({"Inpaint area": "Only masked", "Masked area padding": int(padding)})
-        out = self.sample(draws, s, start, callback=callback, info=info)
+        out = self.sample(draws, s, start, callback=callback, info=info, unet=unet)
         return im.paste_back(out, inp, mask_blur, composite)
 
     # -- LoRA: the adapters in ``self.loras`` (see ``LoraAdapters``) ----------------------------

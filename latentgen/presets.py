@@ -12,8 +12,9 @@ The four component entries are the diffusers / transformers ``config.json`` cont
 *name* in ``defaults.scheduler`` picks the scheduler class. ``tokenizer_options`` (optional) are
 ``CLIPTokenizer`` arguments over the shipped files: SD 2.x pads with "!" (id 0), SD 1.x with its
 end token. ``weights`` names a diffusers folder under ``weights/`` holding trained weights for this
-architecture, or is null (random weights, for benchmarks). A new model family is a new file here,
-not new code.
+architecture, or is null (random weights, for benchmarks); ``inpainting`` (optional) names a folder under
+``weights/`` whose ``unet/`` is the model's 9-channel inpainting variant, which ``Pipeline.inpaint`` runs.
+A new model family is a new file here, not new code.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Preset:
     text_encoder: dict = field(repr=False)
     scheduler: dict = field(repr=False)
     tokenizer_options: dict = field(default_factory=dict)  # CLIPTokenizer arguments, e.g. {"pad_token": "!"}
+    inpainting: str | None = None  # folder under weights/ with the 9-channel U-Net inpaint() runs (unet/)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -100,4 +102,5 @@ def load_preset(name: str) -> Preset:
         text_encoder=d["text_encoder"],
         scheduler=d["scheduler"],
         tokenizer_options=d.get("tokenizer_options", {}),
+        inpainting=d.get("inpainting"),
     )

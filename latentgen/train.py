@@ -163,7 +163,8 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: flo
 
 def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Tensor, noise_scheduler,
                    generator: torch.Generator, *, snr_gamma: float | None = None,
-                   noise_offset: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+                   noise_offset: float = 0.0, weights: torch.Tensor | None = None,
+                   condition: torch.Tensor | None = None) -> torch.Tensor:
     """Denoising loss of latent diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239).
 
     latents (B, C, h, w), already scaled by the VAE's scaling factor; encoder_hidden_states (B, 77, D).
@@ -171,6 +172,8 @@ def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Ten
     snr_gamma: min-SNR-gamma weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556), e.g. 5.
     noise_offset: per-channel offset noise (Guttenberg 2023, "Diffusion with Offset Noise"), e.g. 0.05.
     weights: (B,) per-image weights; the loss is then the weighted sum instead of the mean.
+    condition: (B, 5, h, w) mask + masked-image latents of a 9-channel inpainting U-Net, concatenated to
+        the noisy latents as the U-Net's input (``latentgen.embedded.inpainting``).
     """
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -178,7 +181,8 @@ def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Ten
         noise = noise + noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=encoder_hidden_states).sample
+    x = noisy if condition is None else torch.cat([noisy, condition], dim=1)
+    pred = unet(x, t, encoder_hidden_states=encoder_hidden_states).sample
     kind = noise_scheduler.config.prediction_type
     target = noise if kind == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)

@@ -92,7 +92,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     strength(args.strength)
     return _render(args, lambda pipe, **kw: pipe.inpaint(
         args.prompt, image, mask, strength=args.strength, mask_blur=args.mask_blur,
-        only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, **kw))
+        only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, variant=args.variant, **kw))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--only-masked", action="store_true", help="work on the mask's box at native size")
     ip.add_argument("--padding", type=int, default=32, help="pixels around the mask's box (--only-masked)")
     ip.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
+    ip.add_argument("--variant", choices=("auto", "blend"), default="auto",
+                    help="auto: the model's 9-channel inpainting U-Net when it has one (the default model ships "
+                         "one); blend: latent blending with its own U-Net")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
     from . import batch, checkpoints, models, serve

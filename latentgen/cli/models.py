@@ -33,7 +33,9 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
 
     if not Path(args.lora).is_file():
         raise FileNotFoundError(f"{args.lora} does not exist: give the file finetune-lora wrote (RUN/lora.safetensors).")
-    m = ship.ship_lora(Path(args.lora), Path(args.dest), command=args.command, color=args.color)
+    if (args.color is None) == (args.shape is None):
+        raise ValueError("give what the LoRA teaches: --color (such as purple) or --shape (such as star).")
+    m = ship.ship_lora(Path(args.lora), Path(args.dest), command=args.command, color=args.color, shape=args.shape)
     print(json.dumps(m["quality"]))
     return 0
 
@@ -103,8 +105,11 @@ def cmd_ship(args: argparse.Namespace) -> int:
     if not (Path(args.model) / "recipe.json").is_file():
         raise FileNotFoundError(f"{args.model} has no recipe.json: give the model folder that "
                                 f"`latentgen train --out RUN` exported (RUN/model).")
-    m = ship.ship(Path(args.model), Path(args.dest), command=args.command)
-    print(json.dumps(m["quality"]))
+    if args.inpainting is not None and not (Path(args.inpainting) / "inpainting.json").is_file():
+        raise FileNotFoundError(f"--inpainting {args.inpainting} has no inpainting.json: give the folder that "
+                                f"`latentgen train --out RUN` exported (RUN/inpainting-model).")
+    m = ship.ship(Path(args.model), Path(args.dest), command=args.command, inpainting=args.inpainting)
+    print(json.dumps({**m["quality"], "inpaint": m["edit_quality"]["inpaint"]}))
     return 0
 
 
@@ -146,18 +151,7 @@ def add_parsers(sub) -> None:
     ev.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]")
     add_model_args(ev)
     ev.set_defaults(func=cmd_eval)
-    sh = sub.add_parser("ship", help="measure a trained model and copy it with its manifest (sha256s, recipe, quality)")
-    sh.add_argument("model", help="RUN/model, as exported by latentgen train")
-    sh.add_argument("dest", help="e.g. weights/default")
-    sh.add_argument("--command", default="latentgen train --out runs/default",
-                    help="the training command recorded in the manifest")
-    sh.set_defaults(func=cmd_ship)
-    sl = sub.add_parser("ship-lora", help="measure a LoRA that teaches a color and copy it with its manifest")
-    sl.add_argument("lora", help="RUN/lora.safetensors from finetune-lora")
-    sl.add_argument("dest", help="e.g. weights/loras/purple (writes .safetensors, .kohya.safetensors, .json)")
-    sl.add_argument("--color", required=True)
-    sl.add_argument("--command", required=True, help="the training commands recorded in the manifest")
-    sl.set_defaults(func=cmd_ship_lora)
+    _add_ship_parsers(sub)
     sd = sub.add_parser("shapes-data", help="write procedural flat-shape images with .txt captions (for finetune-lora)")
     sd.add_argument("folder")
     sd.add_argument("-n", type=positive_int, default=200)
@@ -166,3 +160,21 @@ def add_parsers(sub) -> None:
     sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
     sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
     sd.set_defaults(func=cmd_shapes_data)
+
+
+def _add_ship_parsers(sub) -> None:
+    sh = sub.add_parser("ship", help="measure a trained model and copy it with its manifest (sha256s, recipe, quality)")
+    sh.add_argument("model", help="RUN/model, as exported by latentgen train")
+    sh.add_argument("dest", help="e.g. weights/default")
+    sh.add_argument("--inpainting", type=Path, default=None,
+                    help="RUN/inpainting-model: the inpainting U-Net, shipped to DEST-inpainting")
+    sh.add_argument("--command", default="latentgen train --out runs/default",
+                    help="the training command recorded in the manifest")
+    sh.set_defaults(func=cmd_ship)
+    sl = sub.add_parser("ship-lora", help="measure a LoRA that teaches a color or a shape and copy it with its manifest")
+    sl.add_argument("lora", help="RUN/lora.safetensors from finetune-lora")
+    sl.add_argument("dest", help="e.g. weights/loras/purple (writes .safetensors, .kohya.safetensors, .json)")
+    sl.add_argument("--color", default=None, help="the new color it teaches (purple)")
+    sl.add_argument("--shape", default=None, help="the new shape it teaches (star)")
+    sl.add_argument("--command", required=True, help="the training commands recorded in the manifest")
+    sl.set_defaults(func=cmd_ship_lora)

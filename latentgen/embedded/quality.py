@@ -3,7 +3,7 @@
     from latentgen import load
     from latentgen.embedded import quality
     report = quality.adherence(load())        # 42 prompts x 2 seeds, 20 steps, default guidance
-    report.summary()                          # {'background': 0.98, 'color': 0.97, 'shape': 0.93, ...}
+    report.summary()   # {'background': 1.0, 'color': 1.0, 'shape': 1.0, 'off_palette': 0.0004, 'speckled': 0.05, ...}
 """
 
 from __future__ import annotations
@@ -50,7 +50,13 @@ class Report:
         return sum(r[key] == r["want_" + key] for r in self.rows) / max(len(self.rows), 1)
 
     def summary(self) -> dict:
-        return {"images": len(self.rows), **{k: round(self.rate(k), 4) for k in ("background", "color", "shape")}}
+        """Rates of the wanted background, color and shape; ``off_palette``: the mean fraction of pixels
+        that are no blend of the image's two colors; ``speckled``: the fraction of images with a speck
+        (2+ such pixels together). See ``shapes.off_palette``."""
+        n = max(len(self.rows), 1)
+        return {"images": len(self.rows), **{k: round(self.rate(k), 4) for k in ("background", "color", "shape")},
+                "off_palette": round(sum(r["off_palette"] for r in self.rows) / n, 6),
+                "speckled": round(sum(r["specks"] > 0 for r in self.rows) / n, 4)}
 
 
 def adherence(pipe, prompts: list[str] | None = None, seeds=(0, 1000), steps: int = 20,
@@ -67,9 +73,11 @@ def adherence(pipe, prompts: list[str] | None = None, seeds=(0, 1000), steps: in
         images = pipe.generate(prompts, seed=seed, steps=steps, guidance=guidance, **kwargs)
         for i, (image, (color, kind, bg)) in enumerate(zip(images, wanted)):
             r = shapes.read(image)
+            off = shapes.off_palette(image, reading=r)
             report.rows.append({"prompt": prompts[i], "seed": seed + i, "want_background": bg,
                                 "want_color": color, "want_shape": kind, "background": r.background,
-                                "color": r.color, "shape": r.shape})
+                                "color": r.color, "shape": r.shape, "off_palette": off.fraction,
+                                "specks": off.clusters})
     return report
 
 
@@ -88,23 +96,68 @@ def img2img_recolor(pipe, seeds=range(20), strength: float = 0.6, steps: int = 2
     return {"images": len(ok), "success": sum(ok) / len(ok)}
 
 
-def inpaint_fill(pipe, seeds=range(20), background: str = "green", steps: int = 20) -> dict:
-    """Inpainting yardstick: a plain background, a centered square hole of about a third of the
-    image, prompted "a red square on a {background} background". Success: the evaluator reads a red
-    shape whose centroid is in the hole, and every pixel outside the hole is unchanged."""
+def inpaint_hole(rng, size: int, on_grid: bool, low: float = 0.15, high: float = 0.45) -> tuple[int, int, int, int]:
+    """A rectangular hole (x0, y0, x1, y1), exclusive ends, covering low..high of the image, aspect 3:4..4:3;
+    ``on_grid``: its edges on the 8-pixel latent grid."""
+    while True:
+        area, aspect = rng.uniform(low, high) * size * size, rng.uniform(0.75, 4 / 3)
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if on_grid:
+            w, h = 8 * max(1, round(w / 8)), 8 * max(1, round(h / 8))
+        if w < size and h < size and low <= w * h / size**2 <= high:
+            x0, y0 = rng.randrange(size - w + 1), rng.randrange(size - h + 1)
+            if on_grid:
+                x0, y0 = 8 * (x0 // 8), 8 * (y0 // 8)
+            return x0, y0, x0 + w, y0 + h
+
+
+CLEAN_RGB = shapes.OFF_PALETTE_RGB  # a hole pixel this close to the asked color is clean shape color
+SEAM_RGB = 24.0  # the hole's background (its median) must be this close to the surroundings
+
+
+def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20), steps: int = 20,
+                 **kwargs) -> dict:
+    """Inpainting yardstick: a plain background with a rectangular hole of 15-45% of the image (even seeds
+    on the 8-pixel grid, odd seeds off it), prompted "a {color} {shape} on a {background} background"
+    (shapes and backgrounds rotate with the seed). Success: the evaluator reads the asked color and
+    shape, centered in the hole; at least 35% of the hole's pixels are clean shape color (within
+    ``CLEAN_RGB``); the median of the hole's background pixels (those nearer the background color than
+    the shape's) is within ``SEAM_RGB`` of the surroundings (no seam); every pixel outside the hole is
+    unchanged. ``kwargs`` pass on to ``Pipeline.inpaint``."""
+    import random
+
     size = pipe.defaults.width
-    src = Image.new("RGB", (size, size), shapes.PALETTE[background])
-    side = round(size / math.sqrt(3))
-    lo = (size - side) // 2
-    mask = np.zeros((size, size), np.uint8)
-    mask[lo:lo + side, lo:lo + side] = 255
-    ok, unchanged = [], []
-    for seed in seeds:
-        out = pipe.inpaint(f"a red square on a {background} background", src, mask, seed=seed, steps=steps)[0]
-        r = shapes.read(out)
-        kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
-        inside = r.centroid is not None and all(lo <= v < lo + side for v in r.centroid)
-        ok.append(r.color == "red" and inside and kept)
-        unchanged.append(kept)
-    return {"images": len(ok), "success": sum(ok) / len(ok), "outside_unchanged": sum(unchanged) / len(ok),
-            "hole_fraction": round(side * side / size**2, 3)}
+    rates, unchanged, fractions, parts = {}, [], [], {"shape": [], "filled": [], "no_seam": []}
+    for color in colors:
+        ok = []
+        for seed in seeds:
+            rng = random.Random(f"inpaint:{color}:{seed}")
+            kind = shapes.SHAPES[seed % len(shapes.SHAPES)]
+            bg = [b for b in shapes.COLORS if b != color][seed % (len(shapes.COLORS) - 1)]
+            x0, y0, x1, y1 = inpaint_hole(rng, size, on_grid=seed % 2 == 0)
+            src = Image.new("RGB", (size, size), shapes.PALETTE[bg])
+            mask = np.zeros((size, size), np.uint8)
+            mask[y0:y1, x0:x1] = 255
+            out = pipe.inpaint(f"a {color} {kind} on a {bg} background", src, mask, seed=seed, steps=steps,
+                               **kwargs)[0]
+            a = np.asarray(out, np.float32)
+            kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
+            hole = a[y0:y1, x0:x1].reshape(-1, 3)
+            to_shape, to_bg = (np.linalg.norm(hole - np.float32(shapes.PALETTE[c]), axis=1) for c in (color, bg))
+            clean = to_shape <= CLEAN_RGB
+            back = hole[to_bg < to_shape]
+            seam = len(back) > 0 and np.linalg.norm(np.median(back, 0) - np.float32(shapes.PALETTE[bg])) > SEAM_RGB
+            r = shapes.read(out)
+            inside = r.centroid is not None and x0 <= r.centroid[0] < x1 and y0 <= r.centroid[1] < y1
+            checks = {"shape": (r.color, r.shape) == (color, kind) and inside, "filled": clean.mean() >= 0.35,
+                      "no_seam": not seam}
+            for k, v in checks.items():
+                parts[k].append(v)
+            ok.append(all(checks.values()) and kept)
+            unchanged.append(kept)
+            fractions.append((x1 - x0) * (y1 - y0) / size**2)
+        rates[color] = sum(ok) / len(ok)
+    return {"images": len(unchanged), "success": {c: round(v, 4) for c, v in rates.items()},
+            "worst": round(min(rates.values()), 4), "outside_unchanged": sum(unchanged) / len(unchanged),
+            "criteria": {k: round(sum(v) / len(v), 4) for k, v in parts.items()},
+            "hole_fraction": [round(min(fractions), 3), round(max(fractions), 3)]}

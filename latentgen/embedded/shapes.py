@@ -158,6 +158,37 @@ def read(image: Image.Image, colors=tuple(PALETTE)) -> Reading:
                    float(mask.mean()))
 
 
+OFF_PALETTE_RGB = 60.0  # a pixel this far (RGB, Euclidean) from every blend of the two colors is off-palette
+
+
+@dataclass(frozen=True)
+class OffPalette:
+    fraction: float  # of the image's pixels
+    clusters: int  # 8-connected groups of 2+ off-palette pixels: the visible specks
+    mask: np.ndarray  # (H, W) bool
+
+
+def off_palette(image: Image.Image, threshold: float = OFF_PALETTE_RGB, reading: Reading | None = None) -> OffPalette:
+    """The pixels of a flat-shape image that are no blend of its background and shape colors.
+
+    Every pixel of a drawn scene is either color or a mix t * shape + (1 - t) * background (soft
+    edges); a pixel farther than ``threshold`` from that segment in RGB is a color the scene does not
+    have (a rainbow speck). Colors are the palette's, as ``read`` names them (``reading``: reuse one).
+    The procedural data scores 0.
+    """
+    from scipy import ndimage
+
+    r = reading or read(image)
+    a = np.asarray(image.convert("RGB"), np.float32)  # (H, W, 3)
+    bg = np.array(PALETTE[r.background], np.float32)
+    d = (np.array(PALETTE[r.color], np.float32) if r.color else bg) - bg  # (3,) the segment's direction
+    t = np.clip((a - bg) @ d / max(float(d @ d), 1e-6), 0.0, 1.0)  # (H, W) nearest blend
+    mask = np.linalg.norm(a - bg - t[..., None] * d, axis=-1) > threshold
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    return OffPalette(float(mask.mean()), int((sizes >= 2).sum()), mask)
+
+
 def write_folder(folder, n: int, seed: int = 0, size: int = 64, **vocab) -> list[Scene]:
     """Write n scenes as a fine-tuning folder: 00000.png + 00000.txt (its caption), ... (kohya's layout)."""
     from pathlib import Path

@@ -98,6 +98,15 @@ def test_cli_img2img_and_inpaint(tiny_folder, tmp_path, capsys):
                  "-o", str(tmp_path / "c.png")]) == 2
     assert "strength" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+    assert main(["inpaint", "a cat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--mask-blur", "2", "--variant", "blend", "-o", str(tmp_path / "d.png"), *common]) == 0  # 4 channels: same
+    assert Image.open(tmp_path / "d.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+def test_cli_ship_lora_needs_what_it_teaches(tmp_path, capsys):
+    (tmp_path / "l.safetensors").write_bytes(b"x")
+    assert main(["ship-lora", str(tmp_path / "l.safetensors"), str(tmp_path / "out"), "--command", "c"]) == 2
+    assert "--color" in capsys.readouterr().err and not (tmp_path / "out.json").exists()
 
 
 def test_cli_lora_flag_and_metadata(tiny_folder, lora_files, tmp_path):

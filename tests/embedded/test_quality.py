@@ -45,3 +45,40 @@ def test_adherence_prompts_cover_every_color_and_shape_twice():
     assert {bg for *_, bg in parsed} == set(shapes.COLORS)
     with pytest.raises(ValueError, match="not of the form"):
         quality.parse("a red thing")
+
+
+def test_off_palette_is_zero_on_the_data_and_soft_edges():
+    for seed in range(200):
+        image, _ = shapes.sample(seed, colors=tuple(shapes.PALETTE), shapes=shapes.ALL_SHAPES)
+        off = shapes.off_palette(image)
+        assert off.fraction == 0 and off.clusters == 0, seed
+    big, s = shapes.sample(3, size=256)
+    soft = big.resize((64, 64), Image.BOX)  # anti-aliased edges: every pixel a blend of the two colors
+    assert shapes.off_palette(soft).fraction == 0
+
+
+def test_off_palette_counts_specks():
+    import numpy as np
+
+    image, s = shapes.sample(5)
+    a = np.asarray(image).copy()
+    a[2, 2] = (0, 255, 255)  # one stray pixel: off-palette, but no speck
+    one = shapes.off_palette(Image.fromarray(a))
+    assert one.fraction == 1 / 64**2 and one.clusters == 0 and one.mask[2, 2]
+    a[60:62, 60:62] = (0, 255, 255)  # a 2x2 speck
+    a[3, 3] = (255, 0, 255)  # touches (2, 2) diagonally: a second speck
+    two = shapes.off_palette(Image.fromarray(a))
+    assert two.fraction == 6 / 64**2 and two.clusters == 2
+
+
+def test_inpaint_holes_cover_15_to_45_percent_on_and_off_the_grid():
+    import random
+
+    rng = random.Random(0)
+    for on_grid in (True, False):
+        boxes = [quality.inpaint_hole(rng, 64, on_grid) for _ in range(200)]
+        for x0, y0, x1, y1 in boxes:
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+            assert 0.15 <= (x1 - x0) * (y1 - y0) / 64**2 <= 0.45
+        off = [b for b in boxes if any(v % 8 for v in b)]
+        assert (not off) if on_grid else len(off) > 150

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from latentgen import train
 from latentgen.embedded import recipe
 
-TINY = dict(vae_steps=2, vae_batch=2, decoder_steps=2, steps=4, batch=2, save_every=2, warmup=1)
+TINY = dict(vae_steps=2, vae_batch=2, decoder_steps=2, steps=4, batch=2, save_every=2, warmup=1, inpaint_steps=2)
 
 
 def _weights(model_dir):
@@ -67,8 +67,8 @@ def test_killed_run_resumes_to_the_same_weights(first_run, tmp_path, monkeypatch
     # the time of the killed invocation counts in the total
     assert train.elapsed_seconds(tmp_path / "diffusion") > killed_at
     total = json.loads((resumed / "recipe.json").read_text())["train_seconds"]
-    assert total == pytest.approx(sum(train.elapsed_seconds(tmp_path / s) for s in ("vae", "diffusion", "decoder")),
-                                  abs=0.11)
+    stages = ("vae", "diffusion", "inpainting", "decoder")
+    assert total == pytest.approx(sum(train.elapsed_seconds(tmp_path / s) for s in stages), abs=0.11)
 
 
 @pytest.mark.slow  # trains the three-stage recipe (tiny settings)
@@ -77,7 +77,8 @@ def test_a_vae_trained_alone_is_reused_by_the_full_run(first_run, tmp_path, monk
     import shutil
 
     recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, "steps": 1}))
-    shutil.rmtree(tmp_path / "diffusion")  # the token stage 2 has other settings: start it afresh
+    for stage in ("diffusion", "inpainting"):  # the token stage 2 (and the variant made from it): start afresh
+        shutil.rmtree(tmp_path / stage)
     stages = []
     real_run = train.run
     monkeypatch.setattr(train, "run", lambda cfg, *a, **k: stages.append(k["desc"]) or real_run(cfg, *a, **k))
@@ -85,7 +86,7 @@ def test_a_vae_trained_alone_is_reused_by_the_full_run(first_run, tmp_path, monk
     saved = []
     monkeypatch.setattr(train, "save", lambda acc, cfg, step, *a, **k: saved.append(cfg.out.name) or real_save(acc, cfg, step, *a, **k))
     full = recipe.run(recipe.RecipeConfig(out=tmp_path, **TINY))
-    assert stages == ["vae", "unet", "decoder"] and set(saved) == {"diffusion"}  # VAE and decoder were loaded
+    assert stages == ["vae", "unet", "inpaint", "decoder"] and set(saved) == {"diffusion", "inpainting"}  # VAE, decoder loaded
     a, b = _weights(first_run), _weights(full)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
@@ -99,7 +100,8 @@ def test_resuming_another_run_is_refused(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch", -1), ("caption_dropout", 1.0),
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
-                                          ("decoder_steps", 0)])
+                                          ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
+                                          ("decoder_open_shapes", 1.5)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
@@ -125,3 +127,71 @@ def test_the_decoder_stage_keeps_the_encoder(first_run):
     frozen = [k for k in final if not k.startswith(("decoder.", "post_quant_conv."))]
     assert frozen and all(torch.equal(final[k], stage1[k]) for k in frozen)
     assert any(not torch.equal(final[k], stage1[k]) for k in final if k.startswith("decoder."))
+
+
+@pytest.mark.slow  # trains the recipe's last two stages (tiny settings)
+def test_a_continued_run_starts_from_its_init(first_run, tmp_path, monkeypatch):
+    """init=RUN/model: stages 1-2 are not run; the text encoder and U-Net stay the init's, the decoder stage
+    (here with the off-blend penalty) and the inpainting variant start from it; the time adds up."""
+    stages = []
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda cfg, *a, **k: stages.append(k["desc"]) or real_run(cfg, *a, **k))
+    run = recipe.run(recipe.RecipeConfig(out=tmp_path, init=first_run, decoder_line=4.0, decoder_open_shapes=1.0,
+                                         **TINY))
+    assert stages == ["inpaint", "decoder"]
+    a, b = _weights(first_run), _weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("unet.", "text_encoder.", "vae.encoder.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("vae.decoder."))
+    info = json.loads((run / "recipe.json").read_text())
+    before = json.loads((first_run / "recipe.json").read_text())["train_seconds"]
+    assert info["init"]["recipe"]["train_seconds"] == before and len(info["init"]["sha256"]) == 64
+    assert info["train_seconds"] > before and info["config"]["decoder_line"] == 4.0
+    nine = load_file(tmp_path / "inpainting-model" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert nine["conv_in.weight"].shape[1] == 9
+    with pytest.raises(FileNotFoundError, match="init"):
+        recipe.run(recipe.RecipeConfig(out=tmp_path / "x", init=tmp_path, **TINY))
+
+
+def test_the_off_blend_penalty_counts_only_colors_off_the_line():
+    """VAEObjective(line=w): pixels on the segment between the image's two colors cost nothing extra."""
+    from latentgen.embedded.autoencoder import VAEObjective
+
+    class Echo(torch.nn.Module):  # a 'VAE' whose decoder returns a fixed picture
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def encode(self, x):
+            from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+            return type("E", (), {"latent_dist": DiagonalGaussianDistribution(torch.zeros(1, 8, 1, 1))})()
+
+        def decode(self, z):
+            return type("D", (), {"sample": self.out})()
+
+    colors = torch.tensor([[[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]])  # red shape, blue background
+    pixels = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    blend = torch.tensor([0.0, -1.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)  # halfway: on the line
+    green = torch.tensor([0.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)  # off it by 1 in G
+    g = torch.Generator().manual_seed(0)
+    on = [VAEObjective(Echo(blend), 0.0, w)(pixels, g, colors) for w in (0.0, 5.0)]
+    off = [VAEObjective(Echo(green), 0.0, w)(pixels, g, colors) for w in (0.0, 5.0)]
+    assert torch.allclose(on[0], on[1]) and torch.allclose(off[1] - off[0], torch.tensor(5.0))
+
+
+def test_open_shapes_draw_stars_for_the_decoder_only(tmp_path):
+    """decoder_open_shapes: some decoder images take any shape (the star LoRA needs a VAE that draws stars);
+    0 leaves the batches as they were."""
+    import numpy as np
+    from PIL import Image
+
+    from latentgen.embedded import autoencoder, shapes
+
+    acc = type("A", (), {"process_index": 0, "device": "cpu"})()
+    cfg = recipe.RecipeConfig(out=tmp_path, vae_batch=64)
+    plain = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0)(3, 0, acc)["pixels"]
+    same = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0, 0.0)(3, 0, acc)["pixels"]
+    opened = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0, 1.0)(3, 0, acc)["pixels"]
+    assert torch.equal(plain, same) and not torch.equal(plain, opened)
+    read = lambda x: [shapes.read(Image.fromarray(a)).shape for a in  # noqa: E731
+                      ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)]
+    assert "star" not in read(plain) and read(opened).count("star") >= 8

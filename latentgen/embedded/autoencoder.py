@@ -1,0 +1,124 @@
+"""The VAE stages of the recipe (``latentgen.embedded.recipe``): stage 1 trains the whole VAE, stage 3
+the decoder alone; and the data both see: scenes as pure functions of their coordinates, as pixels.
+
+VAE (Kingma & Welling 2014; Rombach et al. 2022, https://arxiv.org/abs/2112.10752, sec. 3):
+(B, 3, 64, 64) in [-1, 1] -> posterior over (B, 4, 8, 8) latents -> (B, 3, 64, 64).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import train
+from ..components import Components
+from . import shapes
+
+
+def data_spec(size: int) -> dict:
+    """What the model sees, for the manifest."""
+    return {"generator": "latentgen.shapes.random_scene", "size": size, "colors": list(shapes.COLORS),
+            "shapes": list(shapes.SHAPES), "caption": "a {color} {shape} on a {background} background",
+            "radius": "0.18-0.34 of the side", "held_out": ["purple", "star"]}
+
+
+def scenes(seed: int, stage: str, step: int, micro: int, process: int, n: int, size: int,
+           **vocab) -> list[shapes.Scene]:
+    """The n scenes of one micro-batch: a pure function of its coordinates (resumable, shardable)."""
+    rng = random.Random(f"{seed}:{stage}:{step}:{micro}:{process}")
+    return [shapes.random_scene(rng, size, **vocab) for _ in range(n)]
+
+
+def to_pixels(images) -> torch.Tensor:
+    """PIL RGB images -> (B, 3, H, W) in [-1, 1]."""
+    a = np.stack([np.asarray(im, np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+class VAEObjective(torch.nn.Module):
+    """Stages 1 and 3: reconstruct pixels through a sampled latent, KL toward N(0, I); with ``line`` > 0
+    also the squared distance of each output pixel from the segment between its image's two colors
+    (``colors`` (B, 2, 3)): MSE alone lets each channel err on its own at edges, and such errors are
+    colors the image does not have (the rainbow specks ``shapes.off_palette`` counts)."""
+
+    def __init__(self, vae, kl_weight: float, line: float = 0.0):
+        super().__init__()
+        self.vae, self.kl_weight, self.line = vae, kl_weight, line
+
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None):
+        post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
+        z = train.sample_latents(post.mean, post.std, generator)
+        rec = self.vae.decode(z).sample.float()  # (B, 3, H, W)
+        loss = F.mse_loss(rec, pixels.float()) + self.kl_weight * post.kl().mean()
+        if self.line:
+            a, d = colors[:, 1, :, None, None], (colors[:, 0] - colors[:, 1])[:, :, None, None]  # (B, 3, 1, 1)
+            t = (((rec - a) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True).clamp_min(1e-6)).clamp(0, 1)
+            loss = loss + self.line * ((rec - a - t * d) ** 2).sum(1).mean()
+        return loss
+
+
+def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: float = 0.0):
+    """``batch_fn`` of the VAE stages: scenes, a fraction ``open_colors`` of them in random RGB colors and a
+    fraction ``open_shapes`` of them redrawn with any shape (``shapes.ALL_SHAPES``: the star too)."""
+    def batch_fn(step, micro, a):
+        batch = scenes(cfg.seed, stage, step, micro, a.process_index, cfg.vae_batch, size)
+        if open_shapes:  # its own stream: open_shapes=0 leaves every other draw as it was
+            srng = random.Random(f"{cfg.seed}:{stage}-shapes:{step}:{micro}:{a.process_index}")
+            batch = [shapes.random_scene(srng, size, shapes=shapes.ALL_SHAPES) if srng.random() < open_shapes else s
+                     for s in batch]
+        tag = "open" if stage == "vae" else f"{stage}-open"
+        rng = random.Random(f"{cfg.seed}:{tag}:{step}:{micro}:{a.process_index}")  # its own stream
+        rgb = [None] * len(batch)
+        if open_colors:
+            rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
+                   if rng.random() < open_colors else None for _ in batch]
+        imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
+        pairs = [c or (shapes.PALETTE[s.color], shapes.PALETTE[s.background]) for s, c in zip(batch, rgb)]
+        return {"pixels": to_pixels(imgs).to(a.device), "colors": torch.tensor(pairs).to(a.device) / 127.5 - 1,
+                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+    return batch_fn
+
+
+def train_vae(cfg, c: Components, run_id: dict) -> None:
+    """Stage 1: the whole VAE; then its ``scaling_factor`` (1 / std of the latents)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
+    size = c.defaults.width
+    vae = c.vae.requires_grad_(True)
+    train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight), pixel_batches(cfg, "vae", size, cfg.vae_open_colors),
+              run_id=run_id, accelerator=acc, desc="vae")
+    vae = vae.requires_grad_(False).eval().to(acc.device)
+    vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
+
+
+def train_decoder(cfg, c: Components, run_id: dict):
+    """Stage 3: the VAE decoder alone (the encoder, hence the latents the U-Net learned, stay fixed)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    size, vae = c.defaults.width, c.vae
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line),
+              pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes),
+              run_id=run_id, accelerator=acc, desc="decoder")
+    vae.requires_grad_(False).eval()
+    return acc
+
+
+@torch.no_grad()
+def measure_scaling_factor(vae, seed: int, size: int, n: int = 512) -> float:
+    """1 / std of the VAE's latents over n fresh scenes (SD measured 0.18215 the same way)."""
+    imgs = [shapes.draw(s, size) for s in scenes(seed, "scale", 0, 0, 0, n, size)]
+    z = torch.cat([vae.encode(to_pixels(imgs[i:i + 64]).to(vae.device)).latent_dist.mean
+                   for i in range(0, n, 64)])
+    return round(1.0 / z.float().std().item(), 5)
