@@ -118,7 +118,8 @@ def add_parsers(sub) -> None:
     from ..embedded import recipe
 
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
-                       description="Train the VAE, then text encoder + U-Net, then the VAE decoder alone; "
+                       description="Train the VAE, then text encoder + U-Net, then the inpainting variant, then "
+                                   "the VAE decoder alone (--init: continue a model, stages 3-4 only); "
                                    "resumes from checkpoints in --out.")
     add_config_args(t, recipe.RecipeConfig)
     t.set_defaults(func=cmd_train)
