@@ -249,7 +249,7 @@ class Pipeline:
             pixels do (as A1111 rounds), so the latent hole sits on the pixel hole. "nearest": one pixel
             per cell as diffusers (the hole shifts up to 7 px down-right): diffusers' exact images.
         variant: "auto": a 9-channel U-Net, the model's own or the variant it ships (``self.inpaint_unet``:
-            the embedded default has one; not with a LoRA loaded), else latent blending; "blend": always blend.
+            the embedded default has one; not with a LoRA loaded or tagged), else latent blending; "blend": always.
         """
         checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
         checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
@@ -268,7 +268,8 @@ class Pipeline:
             return [inp.source.copy() for _ in draws]
         mask_lat = starts.to_latent_mask(inp.mask_px, (inp.size[1] // f, inp.size[0] // f), latent_mask)
         unet, c = self.unet, self.vae.config.latent_channels
-        if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not self.loras.loaded:
+        lora = self.loras.loaded or (prompt_syntax == "a1111" and any(prompts.extra_networks(d.prompt)[1] for d in draws))
+        if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not lora:
             unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
         start = partial(starts.for_inpainting, vae=self.vae, pixels=inp.pixels, masked=inp.masked,
                         mask_lat=mask_lat.to(self.device), steps=s.steps, strength=strength,

@@ -81,6 +81,11 @@ def test_with_a_lora_loaded_inpaint_blends_with_the_base_unet(tiny_folder, nine,
     p.load_lora(lora_io.save(random_lora(p), tmp_path / "l.safetensors"))
     kw = dict(seed=3, steps=3)
     assert max_diff(p.inpaint("a cat", photo(), mask(), **kw), p.inpaint("a cat", photo(), mask(), variant="blend", **kw)) == 0
+    tagged = _with_variant(tiny_folder, nine)  # a LoRA named by a prompt tag: the same
+    path = lora_io.save(random_lora(tagged, seed=1), tmp_path / "t.safetensors")
+    got = tagged.inpaint(f"a cat <lora:{path}:1>", photo(), mask(), **kw)
+    assert max_diff(got, tagged.inpaint(f"a cat <lora:{path}:1>", photo(), mask(), variant="blend", **kw)) == 0
+    assert not isinstance(tagged.inpaint_unet, torch.nn.Module)  # the variant was never needed
 
 
 def test_bad_variant_is_refused(pipe):
