@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from .. import files, starts, train
 from . import shapes
+from .autoencoder import scenes, to_pixels
 
 # Mask kinds and how often each is drawn: "object" covers the scene's shape with a margin (the
 # model learns to draw a shape that fills a hole), "box", "blob" and "stroke" fall anywhere, on and off
@@ -79,7 +80,7 @@ class InpaintObjective(torch.nn.Module):
                                     snr_gamma=self.snr_gamma, condition=condition)
 
 
-def train_inpainting(cfg, c, scenes, to_pixels, run_id) -> UNet2DConditionModel:
+def train_inpainting(cfg, c, run_id: dict) -> UNet2DConditionModel:
     """Stage 4: a 9-channel copy of the trained U-Net, fine-tuned on random masks (text encoder, VAE frozen)."""
     from accelerate import Accelerator
 

@@ -39,7 +39,7 @@ from ..checks import option
 from ..components import Components, from_folder, from_preset
 from ..presets import load_preset
 from . import autoencoder, inpainting, shapes
-from .autoencoder import data_spec, scenes, to_pixels  # noqa: F401 (the recipe's data)
+from .autoencoder import data_spec, scenes, to_pixels  # the recipe's data
 
 
 @dataclass
@@ -124,21 +124,21 @@ def run(cfg: RecipeConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     c = build(cfg)
-    size = c.defaults.width
+    size, init = c.defaults.width, init_info(cfg)  # the continued model, hashed once
     if cfg.init is None:
         autoencoder.train_vae(cfg, c, run_id(cfg, size, "vae", lambda k: k in VAE_FIELDS))
         train_diffusion(cfg, c)
     nine = None
     if cfg.inpaint_steps:  # before stage 3: it needs the encoder only, and the base U-Net as stage 2 left it
-        nine = inpainting.train_inpainting(cfg, c, scenes, to_pixels, run_id(
+        nine = inpainting.train_inpainting(cfg, c, run_id(
             cfg, size, "inpainting", lambda k: k not in DECODER_FIELDS, masks=inpainting.MASKS,
-            scaling_factor=c.vae.config.scaling_factor, init=init_identity(cfg)))
+            scaling_factor=c.vae.config.scaling_factor, init=init.get("sha256")))
     acc = autoencoder.train_decoder(cfg, c, run_id(cfg, size, "decoder", lambda k: k in VAE_FIELDS + DECODER_FIELDS
-                                                   + ("init",), init=init_identity(cfg)))
+                                                   + ("init",), init=init.get("sha256")))
     stages = ("vae", "diffusion", "decoder") + (("inpainting",) if nine is not None else ())
-    seconds = sum(train.elapsed_seconds(cfg.out / s) for s in stages) + init_info(cfg).get("train_seconds", 0.0)
+    seconds = sum(train.elapsed_seconds(cfg.out / s) for s in stages) + init.get("train_seconds", 0.0)
     if acc.is_main_process:
-        export(c, cfg, cfg.out / "model", seconds=seconds)
+        export(c, cfg, cfg.out / "model", seconds=seconds, init=init)
         if nine is not None:
             inpainting.export(nine, cfg.out / "inpainting-model", base=cfg.preset, seconds=seconds,
                               recipe=train.config_dict(cfg, skip=("out", "threads")))
@@ -146,25 +146,19 @@ def run(cfg: RecipeConfig) -> Path:
     return cfg.out / "model"
 
 
-def init_identity(cfg: RecipeConfig) -> str | None:
-    """sha256 of the weights a continued run starts from (None: from scratch)."""
+def init_info(cfg: RecipeConfig) -> dict:
+    """What a continued run starts from: the folder, the sha256 of its weights (part of the later stages'
+    identity) and its own recipe.json; {} from scratch."""
     import hashlib
 
     if cfg.init is None:
-        return None
+        return {}
     h = hashlib.sha256()
     for p in sorted(Path(cfg.init).rglob("*.safetensors")):
         h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def init_info(cfg: RecipeConfig) -> dict:
-    """What a continued run starts from: the folder, its weights' sha256 and its own recipe.json."""
-    if cfg.init is None:
-        return {}
     f = Path(cfg.init) / "recipe.json"
     earlier = json.loads(f.read_text()) if f.is_file() else {}
-    return {"folder": str(cfg.init), "sha256": init_identity(cfg), "recipe": earlier,
+    return {"folder": str(cfg.init), "sha256": h.hexdigest(), "recipe": earlier,
             "train_seconds": earlier.get("train_seconds", 0.0)}
 
 
@@ -205,7 +199,7 @@ def train_diffusion(cfg: RecipeConfig, c: Components) -> None:
     c.text_encoder.requires_grad_(False).eval()
 
 
-def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float) -> None:
+def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float, init: dict | None = None) -> None:
     """Write a diffusers folder (model_index.json + safetensors) atomically, plus latentgen.json."""
     from diffusers import StableDiffusionPipeline
 
@@ -220,5 +214,5 @@ def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float) ->
              "scheduler": d.scheduler}, indent=1) + "\n")
         (tmp / "recipe.json").write_text(json.dumps(
             {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
-             "train_seconds": round(seconds, 1), "machine": files.machine(), "init": init_info(cfg) or None},
+             "train_seconds": round(seconds, 1), "machine": files.machine(), "init": init or None},
             indent=1) + "\n")
