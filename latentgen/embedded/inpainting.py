@@ -2,8 +2,8 @@
 from SD 1.2 (Rombach et al. 2022, https://arxiv.org/abs/2112.10752; the model card of
 runwayml/stable-diffusion-inpainting): the U-Net gets 5 extra input channels, the mask at latent size (1)
 and the latents of the masked image (4), initialised to zero so that training starts from the base
-model's function, and it learns on random masks. One mask in ``WHOLE`` covers the whole image, so the
-variant still draws from text alone.
+model's function, and it learns on random masks (``MASKS``); the "whole" kind covers the whole image,
+so the variant still draws from text alone.
 
     U-Net input (B, 9, 8, 8) = cat(noisy latents (4), mask (1), latents of the masked image (4))
 
@@ -61,7 +61,7 @@ def nine_channel_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     """A copy of a 4-channel U-Net taking 9 channels; the 5 new input channels of ``conv_in`` start at zero."""
     cfg = dict(unet.config, in_channels=unet.config.in_channels + 1 + unet.config.out_channels)
     out = UNet2DConditionModel.from_config(cfg).to(unet.device, unet.dtype)
-    state = {k: v.clone() for k, v in unet.state_dict().items()}
+    state = dict(unet.state_dict())  # load_state_dict copies: the copy shares no tensor with ``unet``
     w = state["conv_in.weight"]  # (C, 4, 3, 3) -> (C, 9, 3, 3)
     state["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], cfg["in_channels"] - w.shape[1], *w.shape[2:])], 1)
     out.load_state_dict(state)
