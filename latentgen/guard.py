@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from . import components
+from . import components, precision
 
 
 class NonFiniteError(RuntimeError):
@@ -47,7 +47,7 @@ def decode(vae, z: torch.Tensor, *, tiled: bool = False) -> torch.Tensor:
     pixels = _decode(vae, z, tiled)
     if torch.isfinite(pixels).all():
         return pixels
-    if vae.dtype == torch.float16:
+    if precision.dtype_of(vae) == torch.float16:
         warnings.warn("the fp16 VAE overflowed (NaN/inf pixels, which would be a black image); it now runs in "
                       "fp32 for the rest of this pipeline's life (as A1111's --no-half-vae) and decoded again.",
                       RuntimeWarning, stacklevel=3)
@@ -60,7 +60,7 @@ def decode(vae, z: torch.Tensor, *, tiled: bool = False) -> torch.Tensor:
 
 
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
-    z = z.to(vae.dtype)
+    z = z.to(precision.dtype_of(vae))
     if tiled:
         return vae.tiled_decode(z).sample
     return vae.decode(z).sample

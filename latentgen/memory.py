@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import precision
+
 VAE_ELEMENTS_PER_PIXEL = 768  # SD's VAE decoder, 128 channels at full resolution
 UNET_ELEMENTS_PER_PIXEL = 620  # SD's 320-wide U-Net, one image of a CFG pair
 SHARE = 0.6  # of the free memory a call plans to use for the models' work
@@ -59,18 +61,18 @@ def _elem(dtype: torch.dtype) -> int:
 def vae_bytes(vae, pixels: int) -> int:
     """Peak bytes of one image's VAE decode of ``pixels`` output pixels."""
     width = vae.config.block_out_channels[0] / 128
-    return int(VAE_ELEMENTS_PER_PIXEL * width * pixels * _elem(vae.dtype))
+    return int(VAE_ELEMENTS_PER_PIXEL * width * pixels * _elem(precision.dtype_of(vae)))
 
 
 def unet_bytes(unet, pixels: int, images: int, cfg: bool) -> int:
     """Peak bytes of one U-Net call on ``images`` images (twice as many inputs with CFG)."""
     width = unet.config.block_out_channels[0] / 320
-    return int(UNET_ELEMENTS_PER_PIXEL * width * pixels * images * (2 if cfg else 1) * _elem(unet.dtype))
+    return int(UNET_ELEMENTS_PER_PIXEL * width * pixels * images * (2 if cfg else 1) * _elem(precision.dtype_of(unet)))
 
 
 def plan(vae, limits: Limits, *, width: int, height: int, batch: int) -> Plan:
     """VAE tiling and slicing for ``batch`` images of width x height, from the free memory now."""
-    budget = SHARE * free_bytes(vae.device)  # the U-Net's activations are gone by decode time
+    budget = SHARE * free_bytes(precision.device_of(vae))  # the U-Net's activations are gone by decode time
     one = vae_bytes(vae, width * height)
     tiling = limits.vae_tiling if limits.vae_tiling is not None else one > budget
     tile = vae_bytes(vae, min(width * height, 512 * 512)) if tiling else one
@@ -82,7 +84,7 @@ def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, heig
           train_steps: int) -> None:
     """Refuse, before any model runs, a call whose images, size or steps this machine cannot hold; each
     error gives the number that fits and how to raise the bound."""
-    free = free_bytes(unet.device)
+    free = free_bytes(precision.device_of(unet))
     max_steps = limits.max_steps or train_steps
     if steps > max_steps:
         raise ValueError(f"steps={steps} is more than this model's {max_steps} training timesteps allow; use "

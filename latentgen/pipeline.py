@@ -30,6 +30,7 @@ from . import checks, components, guard, memory, metadata, precision, prompts, r
 from .adapters import LoraAdapters
 from .embeddings import Embeddings
 from .presets import Defaults
+from .runtime import Runtime
 from .request import Callback, Draw, Settings, Start, StartFn
 
 
@@ -37,35 +38,31 @@ class Pipeline:
     """Stable Diffusion inference over five parts, held by name as in diffusers: ``tokenizer``,
     ``text_encoder`` (CLIP), ``unet``, ``vae`` and ``scheduler`` (the model's own; every call builds
     a fresh sampler from its config). ``loras`` holds the LoRA adapters; ``defaults`` the model's
-    steps, guidance, size and sampler. ``latentgen.load`` builds one; so can you, from diffusers parts.
+    steps, guidance, size and sampler; ``runtime`` where the U-Net runs (``latentgen.runtime``: torch,
+    or OpenVINO). ``latentgen.load`` builds one; so can you, from diffusers parts.
     """
 
-    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *,
-                 defaults: Defaults | None = None, name: str = "model", inpaint_unet=None):
+    def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *, defaults: Defaults | None = None,
+                 name: str = "model", inpaint_unet=None, runtime: Runtime | None = None):
         self.tokenizer, self.text_encoder, self.unet, self.vae, self.scheduler = tokenizer, text_encoder, unet, vae, scheduler
-        self.defaults = defaults or Defaults()
-        self.name = name  # shown in PNG metadata as "Model: ..."
+        self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()
+        self.runtime = runtime or Runtime("torch")
 
     @classmethod
-    def from_components(cls, c) -> "Pipeline":
+    def from_components(cls, c, runtime=None) -> "Pipeline":
         """A pipeline over a ``latentgen.components.Components`` record (what the loaders return)."""
         return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name,
-                   inpaint_unet=c.inpaint_unet)
+                   inpaint_unet=c.inpaint_unet, runtime=runtime)
 
-    def __repr__(self) -> str:
-        return f"Pipeline(model={self.name!r}, device={self.device}, {precision.describe(self.unet, self.vae)})"
+    def __repr__(self) -> str:  # what runs and why, e.g. "float32 (the default here: ...), U-Net on openvino (...)"
+        return f"Pipeline(model={self.name!r}, device={self.device}, {precision.describe(self.unet, self.vae)}, {self.runtime})"
 
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+    device = property(lambda self: precision.device_of(self.unet))  # torch.device
+    dtype = property(lambda self: precision.dtype_of(self.unet))  # torch.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -107,7 +104,7 @@ class Pipeline:
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
         ``callback(done, total, latents)`` runs after each step; ``unet``: another than ``self.unet``.
         """
-        latents, condition, unet = start.latents, start.condition, unet or self.unet
+        latents, condition, unet = start.latents, start.condition, self.runtime.for_unet(unet or self.unet)
         if condition is not None and uncond is not None:
             condition = torch.cat([condition] * 2)
         context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77 * k, D)
@@ -134,8 +131,8 @@ class Pipeline:
     # -- 5. decode ------------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, plan: memory.Plan | None = None) -> list[Image.Image]:
-        """VAE-decode latents (B, C, h, w) to B RGB images of (h * f, w * f) pixels, ``plan.vae_batch`` at a
-        time, tiled if ``plan.vae_tiling``; an fp16 overflow is decoded again in fp32 (``latentgen.guard``)."""
+        """Latents (B, C, h, w) -> B RGB images (h * f, w * f), ``plan.vae_batch`` at a time, tiled if
+        ``plan.vae_tiling``; an fp16 overflow is decoded again in fp32 (``latentgen.guard``)."""
         plan = plan or memory.Plan(vae_tiling=False, vae_batch=len(latents))
         z = latents / self.vae.config.scaling_factor
         x = torch.cat([guard.decode(self.vae, part, tiled=plan.vae_tiling) for part in z.split(plan.vae_batch)])

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import precision
 from .request import Start
 
 
@@ -36,7 +37,7 @@ def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
 @torch.no_grad()
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1] -> one scaled latent sample per generator: (B, 4, H/f, W/f)."""
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist  # encoded once, sampled B times
+    dist = vae.encode(pixels.to(precision.device_of(vae), precision.dtype_of(vae))).latent_dist  # encoded once, sampled B times
     z = torch.cat([dist.sample(generator=g) for g in generators])
     return (z * vae.config.scaling_factor).to(dtype)
 
