@@ -5,9 +5,18 @@ random LoRA files on it, a small captioned data folder, and image helpers used b
 The helpers are imported by the test modules (``from conftest import max_diff``): with pytest's default
 import mode this folder is on ``sys.path`` once this file is loaded."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite checks latentgen's arithmetic against diffusers' on torch; the OpenVINO backend (the CPU default)
+# has its own tests (test_runtime.py, and the shipped model's adherence in embedded/test_ship.py ask for it).
+os.environ.setdefault("LATENTGEN_BACKEND", "torch")
+if "LATENTGEN_CACHE" not in os.environ:  # converted U-Nets, gone with the session
+    os.environ["LATENTGEN_CACHE"] = tempfile.mkdtemp(prefix="latentgen-cache-")
+    atexit.register(shutil.rmtree, os.environ["LATENTGEN_CACHE"], True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

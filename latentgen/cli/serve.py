@@ -30,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model, models_dir=args.models_dir, loras=args.lora, embeddings=args.embedding,
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
-                         load_options={"vae": args.vae, "prediction_type": args.prediction_type})
+                         load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend})
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import latentgen
+from latentgen import runtime
 from latentgen.embedded import quality
 from latentgen.lora import shipped_loras
 from latentgen.presets import data_dir
@@ -18,8 +19,8 @@ WEIGHTS = data_dir("weights") / "default"
 
 
 @pytest.fixture(scope="module")
-def default_pipe():
-    return latentgen.load()
+def default_pipe():  # what a user on a CPU gets: the U-Net through OpenVINO (conftest sets torch for the suite)
+    return latentgen.load(backend="openvino" if runtime.available() else "torch")
 
 
 def test_manifest_matches_the_files():

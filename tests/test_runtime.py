@@ -1,0 +1,110 @@
+"""latentgen.runtime: the U-Net through OpenVINO. The default is chosen by rule (and overridable); the
+compiled U-Net gives torch's images; it is converted once and then read from the disk cache; and it
+never stands in for weights it was not converted from (LoRAs, fused or edited weights run on torch)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import mask, max_diff, photo
+
+import latentgen
+from latentgen import runtime
+
+pytestmark = pytest.mark.skipif(not runtime.available(), reason="openvino is a dependency; this platform has no wheel")
+CPU = torch.device("cpu")
+
+
+def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv(runtime.ENV, raising=False)
+    assert runtime.choose(None, CPU, dtype_given=False)[0] == "openvino"
+    assert runtime.choose(None, CPU, dtype_given=True) == ("torch", "a dtype was asked for: torch, diffusers' arithmetic")
+    assert runtime.choose(None, torch.device("cuda"), dtype_given=False)[0] == "torch"
+    assert runtime.choose("torch", CPU, dtype_given=False) == ("torch", "as asked")
+    monkeypatch.setattr(runtime, "available", lambda: False)
+    assert runtime.choose(None, CPU, dtype_given=False) == ("torch", "OpenVINO is not installed")
+    with pytest.raises(ValueError, match=r"backend='openvino' needs the openvino package: `pip install openvino`"):
+        runtime.choose("openvino", CPU, dtype_given=False)
+    monkeypatch.undo()
+    monkeypatch.setenv(runtime.ENV, "torch")
+    assert runtime.choose(None, CPU, dtype_given=False) == ("torch", "$LATENTGEN_BACKEND")
+
+
+def test_bad_backends_are_refused_before_anything_loads(tiny_folder, monkeypatch):
+    with pytest.raises(ValueError, match=r"backend='onnx' \(as asked\) is not supported; use 'torch' or 'openvino'"):
+        latentgen.load(tiny_folder / "no-such-folder", backend="onnx")  # the backend is checked first
+    with pytest.raises(ValueError, match=r"runs on the CPU, but the model is on cuda; use backend='torch'"):
+        latentgen.load(tiny_folder, device="cuda", backend="openvino")
+    monkeypatch.setenv(runtime.ENV, "tensorrt")
+    with pytest.raises(ValueError, match=r"backend='tensorrt' \(\$LATENTGEN_BACKEND\) is not supported"):
+        latentgen.load(tiny_folder)
+
+
+@pytest.fixture(scope="module")
+def fast(tiny_folder):
+    return latentgen.load(tiny_folder, backend="openvino")
+
+
+def test_openvino_gives_torch_images_and_says_so(fast, pipe):
+    assert "U-Net on openvino (as asked)" in repr(fast) and "U-Net on torch" in repr(pipe)
+    kw = dict(seed=3, num_images=2, guidance=6.0)
+    assert max_diff(fast.generate("a cat", **kw), pipe.generate("a cat", **kw)) <= 1
+    assert isinstance(fast.runtime.for_unet(fast.unet), runtime.Compiled)  # it really ran compiled
+    kw = dict(seed=5, strength=0.6)
+    assert max_diff(fast.img2img("a dog", photo(), **kw), pipe.img2img("a dog", photo(), **kw)) <= 1
+    kw = dict(seed=7, scheduler="euler_a", steps=3)  # ancestral noise, float timesteps
+    assert max_diff(fast.inpaint("a bird", photo(), mask(), **kw), pipe.inpaint("a bird", photo(), mask(), **kw)) <= 1
+    # 33x33 latents: the trace's up-block branch does not hold, so that size runs on torch (same image)
+    assert max_diff(fast.generate("a cat", seed=1, width=66, height=66), pipe.generate("a cat", seed=1, width=66, height=66)) == 0
+
+
+def test_compiled_call_matches_the_torch_unet(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    for t in (torch.tensor(981), torch.tensor(17.5)):
+        with torch.no_grad():
+            want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_converted_once_then_read_from_the_cache(tiny_folder, fast):
+    fast.generate("a cat", seed=0)
+    folders = list(runtime.cache_dir().iterdir())
+    assert all(not f.name.startswith(".tmp-") for f in folders)  # no half-written conversion left
+    assert (runtime.cache_dir() / runtime.weights_hash(fast.unet) / "unet.xml").is_file()
+    again = latentgen.load(tiny_folder, backend="openvino")
+    assert max_diff(again.generate("a cat", seed=0), fast.generate("a cat", seed=0)) == 0
+    assert again.runtime.conversions == 0 and isinstance(again.runtime.for_unet(again.unet), runtime.Compiled)
+
+
+def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files):
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    compiled = fast.runtime.for_unet(fast.unet)
+    ref = latentgen.load(tiny_folder, backend="torch")
+    for p in (fast, ref):
+        p.load_lora(lora_files[0], name="a", scale=0.8)
+    assert fast.runtime.for_unet(fast.unet) is fast.unet  # a LoRA is injected: torch, not the compiled base
+    assert max_diff(fast.generate("a cat", seed=2), ref.generate("a cat", seed=2)) == 0
+    for p in (fast, ref):
+        p.fuse_lora()
+    assert fast.runtime.for_unet(fast.unet) is fast.unet
+    for p in (fast, ref):
+        p.unfuse_lora()
+        p.unload_lora()
+    assert fast.runtime.for_unet(fast.unet) is compiled  # the original weights again: compiled, not re-converted
+    with torch.no_grad():
+        fast.unet.conv_in.weight.mul_(1.5)  # edited in place
+    assert fast.runtime.for_unet(fast.unet) is fast.unet
+    assert fast.runtime.conversions <= 1
+
+
+def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
+    fast = latentgen.load(tiny_folder, backend="openvino", dtype="bf16")
+    ref = latentgen.load(tiny_folder, backend="torch", dtype="fp32")
+    compiled = fast.runtime.for_unet(fast.unet)
+    assert compiled.precision == "bf16" and "bfloat16" in repr(fast)
+    a, b = fast.generate("a cat", seed=4)[0], ref.generate("a cat", seed=4)[0]
+    err = np.abs(np.asarray(a, float) - np.asarray(b, float))
+    assert err.mean() < 8, err.mean()  # bf16 rounding of random weights, not another picture
