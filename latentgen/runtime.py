@@ -51,7 +51,7 @@ def choose(backend: str | None, device: torch.device, dtype_given: bool) -> tupl
             return "torch", "a dtype was asked for: torch, diffusers' arithmetic"
         if not available():
             return "torch", "OpenVINO is not installed"
-        return "openvino", "CPU: one compiled graph, ~2x fewer ms per U-Net call than torch eager"
+        return "openvino", "CPU: the U-Net compiled as one graph, faster than torch eager"
     else:
         why = "as asked"
     if backend not in BACKENDS:
@@ -79,7 +79,8 @@ def weights_hash(module: torch.nn.Module) -> str:
     """sha256 of the weights' names, dtypes, shapes and bytes, with the config and OpenVINO's version."""
     import openvino
 
-    h = hashlib.sha256(f"{openvino.__version__}|{dict(module.config)}".encode())
+    config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
+    h = hashlib.sha256(f"{openvino.__version__}|{config}".encode())
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
@@ -126,26 +127,43 @@ def convert(unet, folder: Path) -> Path:
 
 class Compiled:
     """An OpenVINO-compiled U-Net, called like the torch one in the loop; returns the torch dtype of x.
-    The trace took diffusers' branch for latent sizes divisible by 2 ** (levels - 1); other sizes (which
-    diffusers pads in its up blocks) run on the torch module."""
+
+    Compiled once per input shape (latents, context), the ``KEEP`` most recent kept: static shapes run
+    SD 1.5's step ~6% faster than one dynamic-shape model (4.36 vs 4.65 s, medians of 10). The trace took
+    diffusers' branch for latent sizes divisible by 2 ** (levels - 1); other sizes (which diffusers pads
+    in its up blocks) run on the torch module."""
+
+    KEEP = 2
 
     def __init__(self, unet, xml: Path):
         import openvino
 
         self.unet, self.config = unet, unet.config
         self.factor = 2 ** (len(unet.config.block_out_channels) - 1)
-        hint = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
-        core = openvino.Core()
-        model = core.read_model(xml)
-        self.request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+        self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
+        self.core = openvino.Core()
+        self.model = self.core.read_model(xml)
+        self.requests: dict[tuple, object] = {}  # (x shape, context shape) -> infer request, oldest first
+
+    def request(self, x_shape: tuple, c_shape: tuple):
+        key = (x_shape, c_shape)
+        req = self.requests.pop(key, None)
+        if req is None:
+            model = self.model.clone()
+            model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
+            req = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
                                                          "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
-        self.precision = hint
+        self.requests[key] = req  # now the most recent
+        while len(self.requests) > self.KEEP:
+            del self.requests[next(iter(self.requests))]
+        return req
 
     def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
         t = np.asarray(float(t), dtype=np.float32)  # int (DDIM) or float (Euler) timestep -> scalar
-        out = self.request.infer([x.float().numpy(), t, encoder_hidden_states.float().numpy()])[0]
+        req = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape))
+        out = req.infer([x.float().numpy(), t, encoder_hidden_states.float().numpy()])[0]
         return SimpleNamespace(sample=torch.from_numpy(np.array(out)).to(x.dtype))  # (B, 4, h, w), own copy
 
 
