@@ -151,8 +151,9 @@ class Compiled:
         if req is None:
             model = self.model.clone()
             model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
-            req = self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
-                                                         "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+            req = self.core.compile_model(model, "CPU", {  # as many threads as torch (accelerate sets them per process)
+                "INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": torch.get_num_threads()}).create_infer_request()
         self.requests[key] = req  # now the most recent
         while len(self.requests) > self.KEEP:
             del self.requests[next(iter(self.requests))]

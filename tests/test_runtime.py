@@ -108,3 +108,13 @@ def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
     a, b = fast.generate("a cat", seed=4)[0], ref.generate("a cat", seed=4)[0]
     err = np.abs(np.asarray(a, float) - np.asarray(b, float))
     assert err.mean() < 8, err.mean()  # bf16 rounding of random weights, not another picture
+
+
+def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    compiled.requests.clear()
+    fast.generate("a cat", seed=0)  # CFG: latents (2, 4, 32, 32)
+    fast.generate("a cat", seed=0, guidance=1)  # no CFG: (1, 4, 32, 32)
+    fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
+    assert [x for x, _ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
+    assert all(c == (x[0], 77, 32) for x, c in compiled.requests)

@@ -127,11 +127,14 @@ def main() -> None:
 
     runners = {"latentgen": ours, **{name: theirs(ref) for name, ref in refs.items()}}
     results = {name: [] for name in runners}
-    t = time.perf_counter()
+    t, rss = time.perf_counter(), psutil.Process().memory_info().rss
     pipe.runtime.for_unet(pipe.unet)  # an OpenVINO conversion (first run) or cache read, not counted
     print(f"backend ready in {time.perf_counter() - t:.1f}s: {pipe.runtime}")
-    for fn in runners.values():
-        fn(lambda: None)  # warm-up (allocator, kernels), not counted
+    for name, fn in runners.items():
+        fn(lambda: None)  # warm-up (allocator, kernels, OpenVINO's compile for this shape), not counted
+        if name == "latentgen":
+            print(f"resident memory after latentgen's first call: +{(psutil.Process().memory_info().rss - rss) / 2**20:.0f} "
+                  f"MiB (what its backend keeps: for OpenVINO, the compiled U-Net)", flush=True)
     for r in range(args.repeats):
         for name, fn in runners.items():  # alternating, so drift in machine load hits all alike
             results[name].append(run_once(fn, pipe.device))
