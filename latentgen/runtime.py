@@ -16,6 +16,7 @@ the torch module, so LoRAs and edits stay exact. The call contract is the loop's
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import os
@@ -69,10 +70,17 @@ def cache_dir() -> Path:
     return Path(root) / "openvino"
 
 
-def identity(module: torch.nn.Module) -> tuple:
-    """Cheap identity of a module's current weights: each parameter's name, storage and version counter
-    (bumped by every in-place write). A LoRA injected, fused or unloaded, or an edit, changes it."""
-    return tuple((n, p.data_ptr(), p._version, p.dtype) for n, p in module.named_parameters())
+def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
+    """The identity of a module's current weights: each parameter's name, storage and dtype, and the float64
+    sum of its values (writes through ``.data`` bump no version counter; a sum is a few ms on the embedded
+    U-Net, ~1 s on SD 1.5's). A LoRA injected or fused, or any edit that changes a sum, changes it."""
+    params = list(module.named_parameters())
+    sums = torch.stack([p.detach().sum(dtype=torch.float64) for _, p in params])
+    return tuple((n, p.data_ptr(), p.dtype) for n, p in params), sums
+
+
+def same(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
+    return a[0] == b[0] and torch.equal(a[1], b[1])
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -187,14 +195,21 @@ class Runtime:
             return unet
         key = identity(unet)
         held = self._compiled.get(id(unet))
-        if held is not None and held[0] == key:
+        if held is not None and same(held[0], key):
             return held[1]
-        if any("lora" in name for name, *_ in key) or held is not None:
+        if any("lora" in name for name, *_ in key[0]) or held is not None:
             return unet  # weights differ from the original ones (LoRA, fused or edited): torch, exact
         folder = cache_dir() / weights_hash(unet)
         xml = folder / "unet.xml"
         if not xml.is_file():
-            xml = convert(unet, folder)
+            try:
+                xml = convert(unet, folder)
+            except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
+                warnings.warn(f"cannot write the OpenVINO cache in {cache_dir()} ({e}); converting for this process "
+                              f"only. Set $LATENTGEN_CACHE to a writable folder to convert once.", RuntimeWarning)
+                scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))
+                atexit.register(shutil.rmtree, scratch, True)
+                xml = convert(unet, scratch / "unet")
             self.conversions += 1
         self._compiled[id(unet)] = (key, Compiled(unet, xml))
         return self._compiled[id(unet)][1]

@@ -94,10 +94,26 @@ def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files)
         p.unfuse_lora()
         p.unload_lora()
     assert fast.runtime.for_unet(fast.unet) is compiled  # the original weights again: compiled, not re-converted
+    weight = fast.unet.conv_out.bias
+    saved = weight.data.clone()
+    weight.data.add_(0.5)  # a write through .data: no version counter moves, the values do
+    assert fast.runtime.for_unet(fast.unet) is fast.unet
+    weight.data.copy_(saved)
+    assert fast.runtime.for_unet(fast.unet) is compiled
     with torch.no_grad():
         fast.unet.conv_in.weight.mul_(1.5)  # edited in place
     assert fast.runtime.for_unet(fast.unet) is fast.unet
     assert fast.runtime.conversions <= 1
+
+
+def test_an_unwritable_cache_converts_for_the_process_with_a_warning(tiny_folder, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LATENTGEN_CACHE", str(blocker))
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    with pytest.warns(RuntimeWarning, match=r"cannot write the OpenVINO cache in .*file/openvino.*Set \$LATENTGEN_CACHE"):
+        compiled = fast.runtime.for_unet(fast.unet)
+    assert isinstance(compiled, runtime.Compiled) and fast.runtime.conversions == 1
 
 
 def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
