@@ -3,6 +3,7 @@ nothing the user had is replaced unless asked."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -10,6 +11,14 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+@functools.cache
+def umask() -> int:
+    """The process's file-creation mask (read once: ``os.umask`` can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -20,6 +29,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would make outputs private; give what open() gives
     try:
         yield Path(tmp)
         if overwrite:

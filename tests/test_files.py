@@ -55,3 +55,18 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
         (tmp / "weights").write_text("v2")
     assert (final / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        files.umask.cache_clear()
+        out = files.write_text(tmp_path / "out.txt", "hi")
+        assert stat.S_IMODE(out.stat().st_mode) == 0o640  # 0666 & ~umask, as open() would give
+    finally:
+        os.umask(old)
+        files.umask.cache_clear()
+    assert stat.S_IMODE(files.write_text(tmp_path / "b.txt", "hi").stat().st_mode) == 0o666 & ~old
