@@ -39,14 +39,18 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     prediction_type: "epsilon" or "v_prediction" (SD 2.x 768), over what the model says; single
         files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
     backend: where the U-Net runs: "torch", or "openvino" (CPU: the U-Net converted once, cached on
-        disk, ~2x faster on the embedded model). Default: ``$LATENTGEN_BACKEND``, else OpenVINO on CPUs
-        when no dtype is asked for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
+        disk, ~2.7x faster on the embedded model). Default: ``$LATENTGEN_BACKEND``, else OpenVINO on CPUs
+        unless ``dtype="fp32"`` is asked for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
     """
+    import torch
+
     from . import loading, runtime
-    from .components import resolve_device
+    from .components import resolve_device, resolve_dtype
     from .pipeline import Pipeline
 
-    name, why = runtime.choose(backend, resolve_device(device), dtype is not None)  # bad values: before loading
+    device = resolve_device(device)
+    exact = dtype is not None and resolve_dtype(dtype, device) == torch.float32
+    name, why = runtime.choose(backend, device, exact)  # bad values: before any weight loads
     c = loading.load(source, device=device, dtype=dtype, vae=vae, prediction_type=prediction_type)
     return Pipeline.from_components(c, runtime=runtime.Runtime(name, why))
 

@@ -30,8 +30,8 @@ from . import checks, components, guard, memory, metadata, precision, prompts, r
 from .adapters import LoraAdapters
 from .embeddings import Embeddings
 from .presets import Defaults
-from .runtime import Runtime
 from .request import Callback, Draw, Settings, Start, StartFn
+from .runtime import Runtime
 
 
 class Pipeline:

@@ -40,16 +40,16 @@ def available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def choose(backend: str | None, device: torch.device, dtype_given: bool) -> tuple[str, str]:
+def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str, str]:
     """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else OpenVINO on CPUs where it is
-    installed, unless a dtype was asked for (``dtype="fp32"`` is the diffusers-parity mode: torch)."""
+    installed, unless ``exact`` (``dtype="fp32"`` asked for: the diffusers-parity mode, torch)."""
     if backend is None and os.environ.get(ENV):
         backend, why = os.environ[ENV], f"${ENV}"
     elif backend is None:
         if device.type != "cpu":
             return "torch", f"{device.type}: torch kernels"
-        if dtype_given:
-            return "torch", "a dtype was asked for: torch, diffusers' arithmetic"
+        if exact:
+            return "torch", "fp32 asked for: torch, diffusers' arithmetic exactly"
         if not available():
             return "torch", "OpenVINO is not installed"
         return "openvino", "CPU: the U-Net compiled as one graph, faster than torch eager"

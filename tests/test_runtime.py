@@ -16,17 +16,24 @@ CPU = torch.device("cpu")
 
 def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_otherwise(monkeypatch):
     monkeypatch.delenv(runtime.ENV, raising=False)
-    assert runtime.choose(None, CPU, dtype_given=False)[0] == "openvino"
-    assert runtime.choose(None, CPU, dtype_given=True) == ("torch", "a dtype was asked for: torch, diffusers' arithmetic")
-    assert runtime.choose(None, torch.device("cuda"), dtype_given=False)[0] == "torch"
-    assert runtime.choose("torch", CPU, dtype_given=False) == ("torch", "as asked")
+    assert runtime.choose(None, CPU, exact=False)[0] == "openvino"
+    assert runtime.choose(None, CPU, exact=True) == ("torch", "fp32 asked for: torch, diffusers' arithmetic exactly")
+    assert runtime.choose(None, torch.device("cuda"), exact=False)[0] == "torch"
+    assert runtime.choose("torch", CPU, exact=False) == ("torch", "as asked")
     monkeypatch.setattr(runtime, "available", lambda: False)
-    assert runtime.choose(None, CPU, dtype_given=False) == ("torch", "OpenVINO is not installed")
+    assert runtime.choose(None, CPU, exact=False) == ("torch", "OpenVINO is not installed")
     with pytest.raises(ValueError, match=r"backend='openvino' needs the openvino package: `pip install openvino`"):
-        runtime.choose("openvino", CPU, dtype_given=False)
+        runtime.choose("openvino", CPU, exact=False)
     monkeypatch.undo()
     monkeypatch.setenv(runtime.ENV, "torch")
-    assert runtime.choose(None, CPU, dtype_given=False) == ("torch", "$LATENTGEN_BACKEND")
+    assert runtime.choose(None, CPU, exact=False) == ("torch", "$LATENTGEN_BACKEND")
+
+
+def test_fp32_asked_for_is_torch_other_dtypes_keep_the_fast_backend(tiny_folder, monkeypatch):
+    monkeypatch.delenv(runtime.ENV, raising=False)
+    assert latentgen.load(tiny_folder, dtype="fp32").runtime.backend == "torch"
+    assert latentgen.load(tiny_folder, dtype="bf16").runtime.backend == "openvino"
+    assert latentgen.load(tiny_folder).runtime.backend == "openvino"
 
 
 def test_bad_backends_are_refused_before_anything_loads(tiny_folder, monkeypatch):
