@@ -168,8 +168,13 @@ def _other(shapes: dict[str, tuple]) -> str:
     return f"no Stable Diffusion U-Net ({UNET}input_blocks.0.0.weight); its first keys: {keys[:4]}"
 
 
+def open_clip(shapes: dict[str, tuple]) -> bool:
+    """Whether the text encoder is stored in OpenCLIP's names (``cond_stage_model.model.``), as SD 2.x is."""
+    return OPEN_CLIP + "token_embedding.weight" in shapes
+
+
 def family(shapes: dict[str, tuple], name: str) -> str:
-    """'sd1' (CLIP) or 'sd2' (OpenCLIP) for an SD 1.x/2.x single file ``name``; a ValueError naming
+    """'sd1' (CLIP ViT-L) or 'sd2' (OpenCLIP ViT-H) for an SD 1.x/2.x single file ``name``; a ValueError naming
     what the file holds otherwise (SDXL, SD3, Flux, a LoRA, a VAE, InstructPix2Pix, ...)."""
     keys = list(shapes)
     fix = "latentgen loads Stable Diffusion 1.x and 2.x; use a UI that runs that family."
@@ -193,10 +198,14 @@ def family(shapes: dict[str, tuple], name: str) -> str:
     if in_ch not in (out_ch, 2 * out_ch + 1):
         raise ValueError(f"{name} has a U-Net with {in_ch} input channels (InstructPix2Pix has 8): latentgen "
                          f"runs text-to-image ({out_ch}) and inpainting ({2 * out_ch + 1}) U-Nets only.")
-    if OPEN_CLIP + "token_embedding.weight" in shapes:
+    if open_clip(shapes):
         return "sd2"
     if any(k.startswith(CLIP) for k in keys):
-        return "sd1"
+        text = text_sizes({k[len(CLIP):]: v for k, v in shapes.items() if k.startswith(CLIP)}, False)
+        # SD 2's OpenCLIP in CLIP names: diffusers' script writes it so from a folder saved by transformers 5
+        # (it looks for text_model.encoder.layers.22 to take its SD 2 path). SD 1.x: CLIP ViT-L, 768 wide,
+        # 12 layers; SD 2.x: 1024 wide, 23 layers (the 24th is unused).
+        return "sd2" if text["hidden_size"] == 1024 or text["num_hidden_layers"] == 23 else "sd1"
     raise ValueError(f"{name} has no text encoder (cond_stage_model.transformer.* for SD 1.x, "
                      f"cond_stage_model.model.* for SD 2.x); save the full model, not its U-Net alone.")
 

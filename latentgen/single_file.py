@@ -23,6 +23,7 @@ class Plan:
     """The architecture of a file, decided before any weight is read."""
 
     family: str  # "sd1" | "sd2"
+    open_clip: bool  # text encoder stored in OpenCLIP's names (else CLIP's, whatever the family)
     unet: dict
     vae: dict
     text_encoder: dict
@@ -104,12 +105,12 @@ def _check_groups(cfg: dict, part: str, what: str) -> None:
 def plan(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Plan:
     """The architecture of ``ck``: header configs, or the closest preset updated from the shapes."""
     what = ck.path.name
-    family = ldm.family(ck.shapes, what)
+    family, open_clip = ldm.family(ck.shapes, what), ldm.open_clip(ck.shapes)
     vae_ck = vae or ck
     if not any(k.startswith(VAE + "encoder.") for k in vae_ck.shapes):
         raise ValueError(f"{what} holds no VAE (first_stage_model.*); pass one with vae=path (--vae).")
     sizes = {"unet": ldm.unet_sizes(ck.part(UNET)), "vae": ldm.vae_sizes(vae_ck.part(VAE)),
-             "text_encoder": ldm.text_sizes(ck.part(OPEN_CLIP if family == "sd2" else CLIP), family == "sd2")}
+             "text_encoder": ldm.text_sizes(ck.part(OPEN_CLIP if open_clip else CLIP), open_clip)}
     presets = closest_presets(sizes, family)
     header = header_configs(ck)
     if header is not None:
@@ -131,7 +132,7 @@ def plan(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Plan:
     if vae is not None:  # a separate VAE: its own sizes over the model's VAE config
         cfg["vae"] = {**cfg["vae"], **sizes["vae"]}
     fit_vae(cfg["unet"], cfg["vae"], cfg["text_encoder"], vae)
-    return Plan(family, cfg["unet"], cfg["vae"], cfg["text_encoder"], presets, header)
+    return Plan(family, open_clip, cfg["unet"], cfg["vae"], cfg["text_encoder"], presets, header)
 
 
 def fit_vae(unet: dict, vae_cfg: dict, text: dict, vae: Checkpoint | None) -> None:
@@ -188,15 +189,15 @@ def _layer(key: str) -> int | None:
     return int(index) if sep and index.isdigit() else None
 
 
-def build_text_encoder(ck: Checkpoint, cfg: dict, family: str,
+def build_text_encoder(ck: Checkpoint, cfg: dict, open_clip: bool,
                        dtype: torch.dtype | None = None) -> CLIPTextModel:
-    """CLIP (SD 1.x; transformers 4 names ``text_model.*`` or transformers 5 names, either accepted)
-    or OpenCLIP (SD 2.x: the layers the config holds; OpenCLIP's last block and projection, which SD 2
-    does not use, are left out)."""
+    """From CLIP's names (SD 1.x, or SD 2.x as diffusers' script may write it; transformers 4 names
+    ``text_model.*`` or transformers 5 names, either accepted) or OpenCLIP's (SD 2.x: the layers the
+    config holds; OpenCLIP's last block and projection, which SD 2 does not use, are left out)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
     model = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
-    if family == "sd2":
+    if open_clip:
         state = convert_open_clip_checkpoint(model, ck.tensors(OPEN_CLIP, dtype), prefix=OPEN_CLIP)
     else:
         state = convert_ldm_clip_checkpoint(ck.tensors(CLIP, dtype))
@@ -232,7 +233,7 @@ def build(ck: Checkpoint, *, device=None, dtype=None, vae: Checkpoint | None = N
         # each tensor is cast as it is read: the file's dtype and the model's are never both in memory
         parts = dict(unet=build_unet(ck, p.unet, dtype),
                      vae=build_vae(vae or ck, p.vae, dtype),
-                     text_encoder=build_text_encoder(ck, p.text_encoder, p.family, dtype))
+                     text_encoder=build_text_encoder(ck, p.text_encoder, p.open_clip, dtype))
     c = components.Components(tokenizer=None, scheduler=None, defaults=Defaults(), name=ck.path.stem, **parts)
     c = components.finish(c, device, dtype)
     if pred is None:

@@ -16,7 +16,7 @@ ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim"
 PREDICTIONS = ("epsilon", "v_prediction")
 
 
-def tiny_sd2(pred: str, seed: int = 0, heads=(1, 2)):
+def tiny_sd2(pred: str, seed: int = 0, heads=(1, 2), layers: int = 2):
     """A diffusers StableDiffusionPipeline with SD 2's structure at tiny sizes."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -30,7 +30,7 @@ def tiny_sd2(pred: str, seed: int = 0, heads=(1, 2)):
     vae = AutoencoderKL(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32, sample_size=64)
     text = CLIPTextModel(CLIPTextConfig(hidden_size=64, intermediate_size=256, num_attention_heads=1,
-                                        num_hidden_layers=2, hidden_act="gelu", bos_token_id=0, eos_token_id=2))
+                                        num_hidden_layers=layers, hidden_act="gelu", bos_token_id=0, eos_token_id=2))
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(p.tokenizer_dir, **p.tokenizer_options),
         unet=unet, scheduler=schedulers.make("ddim", {**p.scheduler, "prediction_type": pred}),
@@ -103,6 +103,27 @@ def test_single_file_matches_folder(folders, tmp_path, pred):
         assert single.text_encoder.config.num_hidden_layers == 2 and single.tokenizer.pad_token == "!"
         assert max_diff(single.generate("a red cat", **ARGS), want) <= 1
     assert single.defaults.width == (768 if pred == "v_prediction" else 512)  # sd21 or sd2
+
+
+def test_sd2_in_clip_names_is_still_sd2(tmp_path):
+    """diffusers' conversion script, given an SD 2 folder saved by transformers 5 (no ``text_model.`` level),
+    misses SD 2 and writes the text encoder in CLIP's names, transformers 5 style: read as SD 2 all the same
+    (gelu, "!" padding, SD 2's heads) by its depth (23 layers) or its width (1024)."""
+    ref = tiny_sd2("epsilon", seed=5, layers=23)
+    ref.save_pretrained(folder := tmp_path / "folder")
+    c = components.Components(ref.tokenizer, ref.text_encoder, ref.unet, ref.vae, ref.scheduler, None, "x")
+    sd = {k: v for k, v in ldm_export.ldm_state_dict(c).items() if not k.startswith(ldm.OPEN_CLIP)}
+    sd.update({ldm.CLIP + k.removeprefix("text_model."): v for k, v in ref.text_encoder.state_dict().items()
+               if not k.endswith("position_ids")})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path := tmp_path / "clip-names.safetensors"))
+    single = latentgen.load(path, prediction_type="epsilon")
+    t = single.text_encoder.config
+    assert (t.hidden_act, t.num_hidden_layers, single.tokenizer.pad_token) == ("gelu", 23, "!")
+    assert max_diff(single.generate("a red cat", **ARGS), latentgen.load(folder).generate("a red cat", **ARGS)) <= 1
+    shapes = {k: tuple(v.shape) for k, v in sd.items() if ".layers.2." not in k}  # 22 layers: depth says nothing
+    assert ldm.family(shapes, "x") == "sd1"
+    shapes[ldm.CLIP + "embeddings.token_embedding.weight"] = (49408, 1024)  # ViT-H's width
+    assert ldm.family(shapes, "x") == "sd2"
 
 
 def test_diffusers_from_single_file_agrees(folders, tmp_path):

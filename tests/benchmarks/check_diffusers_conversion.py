@@ -16,9 +16,12 @@ layers); from the embedded model (2 levels of 1 layer) it writes a file that mix
 names, which neither diffusers' from_single_file nor latentgen can read: latentgen refuses it by name,
 and its own export (any shape) is the way to a single file.
 
-Measured 2026-11-25 (diffusers scripts/ at 58eb52c): every SD-shaped file 0/255 (fp16 files 2/255, the
-rounding of the weights, the same for latentgen's fp16 export); the embedded model's script file refused,
-its latentgen export 0/255.
+A tiny SD 2 folder saved by transformers 5 (no ``text_model.`` level) makes diffusers' script write SD 2's
+text encoder in CLIP's names; latentgen still reads it as SD 2 (by its depth, 23 layers, or width, 1024).
+
+Measured 2026-11-28 (diffusers scripts/ at 58eb52c): every SD-shaped file 0/255, the transformers-5 SD 2
+folder's file included (fp16 files 1-2/255, the rounding of the weights, the same for latentgen's fp16
+export); the embedded model's script file refused, its latentgen export 0/255.
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ from latentgen.presets import load_preset  # noqa: E402
 ARGS = dict(seed=3, steps=4, guidance=6.0, scheduler="ddim")
 
 
-def save_folder(c: components.Components, folder: Path) -> Path:
-    """Components as a diffusers folder (model_index.json, safetensors weights). The text encoder's keys get
-    the ``text_model.`` prefix that transformers 4 wrote and folders on the hub hold: transformers 5 drops
-    it, and diffusers' script then misses SD 2 (it looks for ``text_model.encoder.layers.22.*``)."""
+def save_folder(c: components.Components, folder: Path, t4_names: bool = True) -> Path:
+    """Components as a diffusers folder (model_index.json, safetensors weights). ``t4_names``: the text
+    encoder's keys get the ``text_model.`` prefix that transformers 4 wrote and folders on the hub hold;
+    transformers 5 drops it, and diffusers' script then misses SD 2 (it looks for
+    ``text_model.encoder.layers.22.*``) and writes SD 2's text encoder in CLIP's names."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
 
@@ -53,6 +57,8 @@ def save_folder(c: components.Components, folder: Path) -> Path:
                             scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder)
     text = folder / "text_encoder" / "model.safetensors"
+    if not t4_names:
+        return folder
     save_file({k if k.startswith("text_model.") else "text_model." + k: v for k, v in load_file(text).items()},
               str(text), metadata={"format": "pt"})
     return folder
@@ -103,7 +109,7 @@ def convert(script: Path, folder: Path, out: Path, *flags: str) -> Path:
 
 
 def check(name: str, c: components.Components, script: Path, work: Path, variants, load_kw: dict) -> list[str]:
-    folder = save_folder(c, work / name)
+    folder = save_folder(c, work / name, t4_names="transformers-5" not in name)
     want = draw(latentgen.load(folder, **load_kw))
     files = {f"diffusers script {label}": convert(script, folder, work / f"{name}-{label}.{ext}", *flags)
              for label, ext, flags in variants}
@@ -115,9 +121,9 @@ def check(name: str, c: components.Components, script: Path, work: Path, variant
         try:
             got = draw(latentgen.load(path, **load_kw))
         except ValueError as e:
-            rows.append(f"{name:<22} {label:<34} refused: {e}")
+            rows.append(f"{name:<32} {label:<34} refused: {e}")
             continue
-        rows.append(f"{name:<22} {label:<34} max diff {int(np.abs(got - want).max())}/255")
+        rows.append(f"{name:<32} {label:<34} max diff {int(np.abs(got - want).max())}/255")
     return rows
 
 
@@ -137,6 +143,8 @@ def main() -> None:
               ("tiny SD 2 epsilon", sd_shaped("sd2", "epsilon", 2), [safetensors], {"prediction_type": "epsilon"}),
               ("tiny SD 2 v", sd_shaped("sd2", "v_prediction", 3), [safetensors],
                {"prediction_type": "v_prediction"}),
+              ("tiny SD 2 transformers-5 folder", sd_shaped("sd2", "epsilon", 4), [safetensors],
+               {"prediction_type": "epsilon"}),
               ("embedded model", components.load(None), [safetensors], {})]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
