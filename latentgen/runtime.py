@@ -29,7 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import precision
+from . import cache, precision
+from .cache import cache_dir
 
 BACKENDS = ("torch", "openvino")
 ENV = "LATENTGEN_BACKEND"  # the default backend when load() is given none ("torch" or "openvino")
@@ -61,13 +62,9 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
         raise ValueError(f"backend='openvino' runs on the CPU, but the model is on {device}; use backend='torch'.")
     if backend == "openvino" and not available():
         raise ValueError("backend='openvino' needs the openvino package: `pip install openvino`, or use backend='torch'.")
+    if backend == "openvino":
+        cache.limit_bytes()  # a bad $LATENTGEN_CACHE_GB fails now, not after a conversion
     return backend, why
-
-
-def cache_dir() -> Path:
-    """Where converted U-Nets are kept: ``$LATENTGEN_CACHE/openvino`` or ``~/.cache/latentgen/openvino``."""
-    root = os.environ.get("LATENTGEN_CACHE") or Path.home() / ".cache" / "latentgen"
-    return Path(root) / "openvino"
 
 
 def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
@@ -201,7 +198,9 @@ class Runtime:
             return unet  # weights differ from the original ones (LoRA, fused or edited): torch, exact
         folder = cache_dir() / weights_hash(unet)
         xml = folder / "unet.xml"
-        if not xml.is_file():
+        if xml.is_file():
+            cache.touch(folder)
+        else:
             try:
                 xml = convert(unet, folder)
             except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
@@ -210,6 +209,8 @@ class Runtime:
                 scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))
                 atexit.register(shutil.rmtree, scratch, True)
                 xml = convert(unet, scratch / "unet")
+            else:
+                cache.prune(keep=folder)  # least recently used first, down to $LATENTGEN_CACHE_GB
             self.conversions += 1
         self._compiled[id(unet)] = (key, Compiled(unet, xml))
         return self._compiled[id(unet)][1]

@@ -2,6 +2,9 @@
 compiled U-Net gives torch's images; it is converted once and then read from the disk cache; and it
 never stands in for weights it was not converted from (LoRAs, fused or edited weights run on torch)."""
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +144,34 @@ def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
     fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
     assert [x for x, _ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
     assert all(c == (x[0], 77, 32) for x, c in compiled.requests)
+
+
+def test_the_cache_is_bounded_least_recently_used_first_and_listed(tiny_folder, tmp_path, monkeypatch, capsys):
+    from latentgen import cache
+    from latentgen.cli import main
+
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))
+    first = latentgen.load(tiny_folder, backend="openvino")
+    first.runtime.for_unet(first.unet)
+    (old := tmp_path / "openvino" / ".tmp-killed").mkdir()  # a conversion killed two hours ago
+    (new := tmp_path / "openvino" / ".tmp-running").mkdir()
+    os.utime(old, (time.time() - 7200,) * 2)
+    [a] = cache.entries()
+    os.utime(a.folder / "unet.xml", (a.last_used - 100,) * 2)
+    latentgen.load(tiny_folder, backend="openvino").runtime.for_unet(first.unet)  # a hit: marked as used now
+    assert cache.entries()[0].last_used > a.last_used - 100
+    second = latentgen.load(tiny_folder, backend="openvino")
+    with torch.no_grad():
+        second.unet.conv_out.bias.add_(1.0)  # other weights: another entry
+    monkeypatch.setenv(cache.LIMIT_ENV, "0")  # keep only the newest
+    second.runtime.for_unet(second.unet)
+    [b] = cache.entries()
+    assert b.folder.name == runtime.weights_hash(second.unet) != a.folder.name
+    assert not old.exists() and new.exists()
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert b.folder.name[:16] in out and "1 converted U-Net(s)" in out and "limit 0 GB" in out
+    assert main(["cache", "--clear"]) == 0 and cache.entries() == []
+    monkeypatch.setenv(cache.LIMIT_ENV, "lots")
+    with pytest.raises(ValueError, match=r"\$LATENTGEN_CACHE_GB='lots' is not a size; set it to a number of GB"):
+        latentgen.load(tiny_folder, backend="openvino")

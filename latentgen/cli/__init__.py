@@ -4,6 +4,7 @@
     latentgen img2img "a yellow circle on a blue background" --image out.png --strength 0.6 -o edit.png
     latentgen inpaint "a red square on a green background" --image in.png --mask mask.png -o out.png
     latentgen info out.png
+    latentgen cache                # converted U-Nets on disk (--clear to empty)
 """
 
 from __future__ import annotations
@@ -139,12 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "one); blend: latent blending with its own U-Net")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    from . import batch, checkpoints, models, serve
+    from . import batch, cache, checkpoints, models, serve
 
     models.add_parsers(sub)
     batch.add_parser(sub)
     serve.add_parser(sub)
     checkpoints.add_parser(sub)
+    cache.add_parser(sub)
     i = sub.add_parser("info", help="print the generation parameters stored in a PNG")
     i.add_argument("png")
     i.set_defaults(func=cmd_info)
