@@ -67,12 +67,17 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
     return backend, why
 
 
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # item size -> integer of that size
+
+
 def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
-    """The identity of a module's current weights: each parameter's name, storage and dtype, and the float64
-    sum of its values (writes through ``.data`` bump no version counter; a sum is a few ms on the embedded
-    U-Net, ~1 s on SD 1.5's). A LoRA injected or fused, or any edit that changes a sum, changes it."""
+    """The identity of a module's current weights: each parameter's name, storage and dtype, and the sum of
+    its bit patterns as integers modulo 2**32 (writes through ``.data`` bump no version counter). Integer
+    sums are exact and in any order the same, so any one changed element changes its tensor's sum; they
+    take ~0.2 s on SD 1.5's U-Net (float64 sums of the values took 0.65-1.4 s) and ~1 ms on the embedded
+    one. A LoRA injected or fused, or an edit in place, changes the identity."""
     params = list(module.named_parameters())
-    sums = torch.stack([p.detach().sum(dtype=torch.float64) for _, p in params])
+    sums = torch.stack([p.detach().view(_BITS[p.element_size()]).sum(dtype=torch.int32) for _, p in params])
     return tuple((n, p.data_ptr(), p.dtype) for n, p in params), sums
 
 

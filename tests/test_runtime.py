@@ -110,6 +110,11 @@ def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files)
     assert fast.runtime.for_unet(fast.unet) is fast.unet
     weight.data.copy_(saved)
     assert fast.runtime.for_unet(fast.unet) is compiled
+    first = weight.data.view(-1)[:1]
+    first.copy_(torch.nextafter(first, first + 1))  # one element, one ulp
+    assert fast.runtime.for_unet(fast.unet) is fast.unet
+    weight.data.copy_(saved)
+    assert fast.runtime.for_unet(fast.unet) is compiled
     with torch.no_grad():
         fast.unet.conv_in.weight.mul_(1.5)  # edited in place
     assert fast.runtime.for_unet(fast.unet) is fast.unet

@@ -9,13 +9,21 @@ the peak memory above the pre-call baseline, and latentgen / diffusers ratios.
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 3            # CPU, SD 1.5 at 512
     python tests/benchmarks/bench_txt2img.py --preset default --steps 20 --repeats 10   # the embedded model
     python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5
+    python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 5 --isolate  # each run in its own process
+
+By default the three pipelines share one process (as a script comparing them would); ``--isolate`` runs
+each measured call in a fresh process of its own (built, warmed up, run once), so that no pipeline's
+memory, allocator or page-cache state weighs on another's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -26,6 +34,7 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
+from latentgen.presets import load_preset  # noqa: E402
 
 
 class PeakMemory:
@@ -92,28 +101,19 @@ def diffusers_pipeline(preset: str, device, dtype: str, channels_last: bool, sch
     return ref
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="sd15")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--size", type=int, default=None, help="default: the model's")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="latentgen's; default: its default")
-    ap.add_argument("--backend", default=None, choices=["torch", "openvino"], help="latentgen's; default: its default")
-    ap.add_argument("--scheduler", default="euler_a")
-    args = ap.parse_args()
-
+def runners(args, names=None) -> tuple[dict, object]:
+    """{name: fn(on_step, steps)} for the pipelines ``names`` (default all), and latentgen's pipeline."""
     torch.set_grad_enabled(False)
     t = time.perf_counter()
     pipe = latentgen.load(args.preset, device=args.device, dtype=args.dtype, backend=args.backend)
     size = args.size or pipe.defaults.width
     print(f"built {args.preset} with random weights in {time.perf_counter() - t:.1f}s: "
           f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M params, "
-          f"{torch.get_num_threads()} threads; latentgen: {pipe!r}")
+          f"{torch.get_num_threads()} threads; latentgen: {pipe!r}", flush=True)
     half = "fp16" if pipe.device.type == "cuda" else "bf16"
-    refs = {"diffusers fp32": diffusers_pipeline(args.preset, pipe.device, "fp32", False, args.scheduler),
-            f"diffusers {half}+CL": diffusers_pipeline(args.preset, pipe.device, half, True, args.scheduler)}
+    settings = {"diffusers fp32": ("fp32", False), f"diffusers {half}+CL": (half, True)}
+    names = names or ["latentgen", *settings]
+    refs = {n: diffusers_pipeline(args.preset, pipe.device, *settings[n], args.scheduler) for n in names if n in settings}
     prompt = "a photo of an astronaut riding a horse on mars"
 
     def ours(on_step, steps=args.steps):
@@ -125,19 +125,59 @@ def main() -> None:
             prompt, num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
             callback_on_step_end=lambda p, i, t, kw: (on_step(), kw)[1])
 
-    runners = {"latentgen": ours, **{name: theirs(ref) for name, ref in refs.items()}}
-    results = {name: [] for name in runners}
-    t, rss = time.perf_counter(), psutil.Process().memory_info().rss
-    pipe.runtime.for_unet(pipe.unet)  # an OpenVINO conversion (first run) or cache read, not counted
-    print(f"backend ready in {time.perf_counter() - t:.1f}s: {pipe.runtime}")
-    for name, fn in runners.items():
+    out = {n: ours if n == "latentgen" else theirs(refs[n]) for n in names}
+    if "latentgen" in out:
+        t, rss = time.perf_counter(), psutil.Process().memory_info().rss
+        pipe.runtime.for_unet(pipe.unet)  # an OpenVINO conversion (first run) or cache read, not counted
+        print(f"backend ready in {time.perf_counter() - t:.1f}s: {pipe.runtime}")
+    for name, fn in out.items():
         fn(lambda: None, min(args.steps, 2))  # warm-up (allocator, kernels, OpenVINO's compile), not counted
         if name == "latentgen":
             print(f"resident memory after latentgen's first call: +{(psutil.Process().memory_info().rss - rss) / 2**20:.0f} "
                   f"MiB (what its backend keeps: for OpenVINO, the compiled U-Net)", flush=True)
+    return out, pipe
+
+
+def isolated_run(name: str, argv: list[str]) -> tuple[float, list[float], float]:
+    """One measured run of pipeline ``name`` in a fresh process (built, warmed up, run once)."""
+    cmd = [sys.executable, __file__, *argv, "--worker", name]
+    lines = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+    wall, steps, mib = json.loads(next(line for line in lines if line.startswith("RESULT "))[7:])
+    return wall, steps, mib
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="sd15")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=None, help="default: the model's")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="latentgen's; default: its default")
+    ap.add_argument("--backend", default=None, choices=["torch", "openvino"], help="latentgen's; default: its default")
+    ap.add_argument("--scheduler", default="euler_a")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each run of each pipeline in a process of its own (no shared memory state), alternating")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        fns, pipe = runners(args, [args.worker])
+        print("RESULT " + json.dumps(run_once(fns[args.worker], pipe.device)), flush=True)
+        return
+    if args.isolate:
+        argv = [a for a in sys.argv[1:] if a != "--isolate"]
+        half = "fp16" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "bf16"
+        names, refs = ["latentgen", "diffusers fp32", f"diffusers {half}+CL"], ["diffusers fp32", f"diffusers {half}+CL"]
+        run = {name: (lambda name=name: isolated_run(name, argv)) for name in names}
+        size = args.size or load_preset(args.preset).defaults.width
+    else:
+        fns, pipe = runners(args)
+        names, refs, size = list(fns), list(fns)[1:], args.size or pipe.defaults.width
+        run = {name: (lambda name=name: run_once(fns[name], pipe.device)) for name in names}
+    results = {name: [] for name in names}
     for r in range(args.repeats):
-        for name, fn in runners.items():  # alternating, so drift in machine load hits all alike
-            results[name].append(run_once(fn, pipe.device))
+        for name in names:  # alternating, so drift in machine load hits all alike
+            results[name].append(run[name]())
             wall, steps, mib = results[name][-1]
             print(f"  run {r + 1} {name:16s}: {wall:7.3f}s/image  {statistics.median(steps):6.3f}s/step  "
                   f"peak +{mib:7.0f} MiB", flush=True)
