@@ -64,10 +64,8 @@ def touch(folder: Path) -> None:
         pass
 
 
-def prune(keep: Path, limit: int | None = None) -> list[Path]:
-    """Remove the least recently used entries (never ``keep``) until the cache holds at most ``limit``
-    bytes (default ``limit_bytes()``), and stale ``.tmp-*`` folders; returns the folders removed."""
-    limit = limit_bytes() if limit is None else limit
+def _remove_stale() -> list[Path]:
+    """Remove the ``.tmp-*`` folders older than ``STALE_SECONDS`` (conversions killed mid-write)."""
     removed = []
     for tmp in cache_dir().glob(".tmp-*"):
         try:
@@ -76,6 +74,14 @@ def prune(keep: Path, limit: int | None = None) -> list[Path]:
                 removed.append(tmp)
         except OSError:
             continue
+    return removed
+
+
+def prune(keep: Path, limit: int | None = None) -> list[Path]:
+    """Remove the least recently used entries (never ``keep``) until the cache holds at most ``limit``
+    bytes (default ``limit_bytes()``), and stale ``.tmp-*`` folders; returns the folders removed."""
+    limit = limit_bytes() if limit is None else limit
+    removed = _remove_stale()
     found = entries()
     total = sum(e.bytes for e in found)
     for e in found:
@@ -95,5 +101,5 @@ def clear() -> int:
     for e in entries():
         shutil.rmtree(e.folder, ignore_errors=True)
         freed += e.bytes
-    prune(keep=cache_dir() / "-", limit=0)
+    _remove_stale()
     return freed
