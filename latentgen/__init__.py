@@ -38,9 +38,11 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     vae: a VAE file (LDM or diffusers layout) used instead of the model's own.
     prediction_type: "epsilon" or "v_prediction" (SD 2.x 768), over what the model says; single
         files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
-    backend: where the U-Net runs: "torch", or "openvino" (CPU: the U-Net converted once, cached on
-        disk, ~2.7x faster on the embedded model). Default: ``$LATENTGEN_BACKEND``, else OpenVINO on CPUs
-        unless ``dtype="fp32"`` is asked for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
+    backend: where the U-Net runs: "torch"; "openvino" (CPU: the U-Net converted once, cached on
+        disk, ~2.7x faster on the embedded model); "cudagraph" (CUDA: the eager kernels replayed as one
+        graph per step, the same numbers); "compile" (CUDA: ``torch.compile``'s kernels, graphed). Default:
+        ``$LATENTGEN_BACKEND``, else "cudagraph" on CUDA, OpenVINO on CPUs unless ``dtype="fp32"`` is asked
+        for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
     """
     import torch
 

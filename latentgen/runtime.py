@@ -1,4 +1,5 @@
-"""Where the U-Net runs: torch eager, or (on CPUs) OpenVINO, the same network compiled as one graph.
+"""Where the U-Net runs: torch eager; on CPUs OpenVINO, the same network compiled as one graph; on CUDA
+a CUDA graph of its kernels (``latentgen.graphs``), optionally of ``torch.compile``'s.
 
 Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tests/benchmarks/):
   * the embedded model's U-Net call (8x8 latents, CFG batch 2, 0.42 GFLOP): torch eager ~13 ms, most of
@@ -29,11 +30,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from . import cache, precision
+from . import cache, graphs, precision
 from .cache import cache_dir
 
-BACKENDS = ("torch", "openvino")
-ENV = "LATENTGEN_BACKEND"  # the default backend when load() is given none ("torch" or "openvino")
+BACKENDS = ("torch", "openvino", "cudagraph", "compile")
+CPU_ONLY, CUDA_ONLY = ("openvino",), ("cudagraph", "compile")
+ENV = "LATENTGEN_BACKEND"  # the default backend when load() is given none (one of BACKENDS)
 
 
 def available() -> bool:
@@ -42,11 +44,14 @@ def available() -> bool:
 
 
 def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str, str]:
-    """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else OpenVINO on CPUs where it is
-    installed, unless ``exact`` (``dtype="fp32"`` asked for: the diffusers-parity mode, torch)."""
+    """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else a CUDA graph on CUDA (the eager
+    kernels replayed: the same numbers), OpenVINO on CPUs where it is installed unless ``exact``
+    (``dtype="fp32"`` asked for: the diffusers-parity mode, torch), torch elsewhere."""
     if backend is None and os.environ.get(ENV):
         backend, why = os.environ[ENV], f"${ENV}"
     elif backend is None:
+        if device.type == "cuda":
+            return "cudagraph", "CUDA: the U-Net's kernels replayed as one CUDA graph per step"
         if device.type != "cpu":
             return "torch", f"{device.type}: torch kernels"
         if exact:
@@ -57,9 +62,12 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
     else:
         why = "as asked"
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} ({why}) is not supported; use 'torch' or 'openvino'.")
-    if backend == "openvino" and device.type != "cpu":
-        raise ValueError(f"backend='openvino' runs on the CPU, but the model is on {device}; use backend='torch'.")
+        raise ValueError(f"backend={backend!r} ({why}) is not supported; use one of {', '.join(map(repr, BACKENDS))}.")
+    if backend in CPU_ONLY and device.type != "cpu":
+        raise ValueError(f"backend={backend!r} runs on the CPU, but the model is on {device}; use backend='torch'.")
+    if backend in CUDA_ONLY and device.type != "cuda":
+        raise ValueError(f"backend={backend!r} runs on CUDA GPUs, but the model is on {device}; use backend='torch'"
+                         + (" or 'openvino'." if device.type == "cpu" else "."))
     if backend == "openvino" and not available():
         raise ValueError("backend='openvino' needs the openvino package: `pip install openvino`, or use backend='torch'.")
     if backend == "openvino":
@@ -184,16 +192,20 @@ class Runtime:
 
     def __init__(self, backend: str = "torch", why: str = "as asked"):
         if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not supported; use 'torch' or 'openvino'.")
+            raise ValueError(f"backend={backend!r} is not supported; use one of {', '.join(map(repr, BACKENDS))}.")
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self._compiled: dict[int, tuple[tuple, Compiled]] = {}
+        self._graphed: dict[int, tuple[tuple, graphs.Graphed]] = {}
 
     def __repr__(self) -> str:
         return f"U-Net on {self.backend} ({self.why})"
 
     def for_unet(self, unet):
-        if self.backend == "torch" or precision.device_of(unet).type != "cpu":
+        device = precision.device_of(unet).type
+        if self.backend in CUDA_ONLY and device == "cuda":
+            return self._graph(unet)
+        if self.backend != "openvino" or device != "cpu":
             return unet
         key = identity(unet)
         held = self._compiled.get(id(unet))
@@ -219,3 +231,14 @@ class Runtime:
             self.conversions += 1
         self._compiled[id(unet)] = (key, Compiled(unet, xml))
         return self._compiled[id(unet)][1]
+
+    def _graph(self, unet):
+        """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced
+        (their addresses are what a graph reads); ``unet`` itself while a LoRA is injected."""
+        layout = tuple((n, p.data_ptr(), p.dtype) for n, p in unet.named_parameters())
+        if any("lora" in name for name, *_ in layout):
+            return unet
+        held = self._graphed.get(id(unet))
+        if held is None or held[0] != layout:
+            held = self._graphed[id(unet)] = (layout, graphs.Graphed(unet, compile=self.backend == "compile"))
+        return held[1]

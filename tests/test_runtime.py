@@ -21,7 +21,9 @@ def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_other
     monkeypatch.delenv(runtime.ENV, raising=False)
     assert runtime.choose(None, CPU, exact=False)[0] == "openvino"
     assert runtime.choose(None, CPU, exact=True) == ("torch", "fp32 asked for: torch, diffusers' arithmetic exactly")
-    assert runtime.choose(None, torch.device("cuda"), exact=False)[0] == "torch"
+    assert runtime.choose(None, torch.device("cuda"), exact=False)[0] == "cudagraph"
+    assert runtime.choose(None, torch.device("cuda"), exact=True)[0] == "cudagraph"  # the eager kernels, replayed
+    assert runtime.choose(None, torch.device("mps"), exact=False) == ("torch", "mps: torch kernels")
     assert runtime.choose("torch", CPU, exact=False) == ("torch", "as asked")
     monkeypatch.setattr(runtime, "available", lambda: False)
     assert runtime.choose(None, CPU, exact=False) == ("torch", "OpenVINO is not installed")
@@ -40,10 +42,14 @@ def test_fp32_asked_for_is_torch_other_dtypes_keep_the_fast_backend(tiny_folder,
 
 
 def test_bad_backends_are_refused_before_anything_loads(tiny_folder, monkeypatch):
-    with pytest.raises(ValueError, match=r"backend='onnx' \(as asked\) is not supported; use 'torch' or 'openvino'"):
+    with pytest.raises(ValueError, match=r"backend='onnx' \(as asked\) is not supported; use one of 'torch', 'openvino'"):
         latentgen.load(tiny_folder / "no-such-folder", backend="onnx")  # the backend is checked first
     with pytest.raises(ValueError, match=r"runs on the CPU, but the model is on cuda; use backend='torch'"):
         latentgen.load(tiny_folder, device="cuda", backend="openvino")
+    for name in ("cudagraph", "compile"):
+        with pytest.raises(ValueError, match=rf"backend='{name}' runs on CUDA GPUs, but the model is on cpu; use "
+                                             r"backend='torch' or 'openvino'"):
+            latentgen.load(tiny_folder, device="cpu", backend=name)
     monkeypatch.setenv(runtime.ENV, "tensorrt")
     with pytest.raises(ValueError, match=r"backend='tensorrt' \(\$LATENTGEN_BACKEND\) is not supported"):
         latentgen.load(tiny_folder)

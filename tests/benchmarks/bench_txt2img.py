@@ -8,7 +8,8 @@ the peak memory above the pre-call baseline, and latentgen / diffusers ratios.
 
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 3            # CPU, SD 1.5 at 512
     python tests/benchmarks/bench_txt2img.py --preset default --steps 20 --repeats 10   # the embedded model
-    python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5
+    python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5 --diffusers-compiled \
+        --also-backend torch --also-backend compile      # GPU: graphs, eager and compiled on both sides
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 5 --isolate  # each run in its own process
 
 By default the three pipelines share one process (as a script comparing them would); ``--isolate`` runs
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
+from latentgen import runtime  # noqa: E402
 from latentgen.presets import load_preset  # noqa: E402
 
 
@@ -89,16 +91,29 @@ def run_once(fn, device) -> tuple[float, list[float], float]:
     return wall, steps, mem.mib
 
 
-def diffusers_pipeline(preset: str, device, dtype: str, channels_last: bool, scheduler: str):
-    """diffusers' StableDiffusionPipeline over its own copy of the preset's modules (same seeded weights)."""
-    c = latentgen.load(preset, device=device, dtype=dtype)
+def diffusers_pipeline(preset: str, device, dtype: str, channels_last: bool, scheduler: str, compiled: bool = False):
+    """diffusers' StableDiffusionPipeline over its own copy of the preset's modules (same seeded weights);
+    ``compiled``: its U-Net through ``torch.compile(mode="reduce-overhead", fullgraph=True)``, as diffusers'
+    docs advise on GPUs (inductor's kernels in CUDA graphs)."""
+    c = latentgen.load(preset, device=device, dtype=dtype, backend="torch")
     if channels_last:
         c.unet.to(memory_format=torch.channels_last)
-    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+    unet = torch.compile(c.unet, mode="reduce-overhead", fullgraph=True) if compiled else c.unet
+    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=unet,
                                   scheduler=latentgen.schedulers.make(scheduler, c.scheduler.config),
                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     ref.set_progress_bar_config(disable=True)
     return ref
+
+
+def pipeline_names(args, device: str) -> tuple[list[str], dict]:
+    """The pipelines to run, latentgen's first, and diffusers' settings {name: (dtype, channels_last, compiled)}."""
+    half = "fp16" if device.startswith("cuda") else "bf16"
+    settings = {"diffusers fp32": ("fp32", False, False), f"diffusers {half}+CL": (half, True, False)}
+    if args.diffusers_compiled:
+        settings[f"diffusers {half}+CL compiled"] = (half, True, True)
+    ours = ["latentgen"] + [f"latentgen {b}" for b in args.also_backend]
+    return ours + list(settings), settings
 
 
 def runners(args, names=None) -> tuple[dict, object]:
@@ -110,30 +125,33 @@ def runners(args, names=None) -> tuple[dict, object]:
     print(f"built {args.preset} with random weights in {time.perf_counter() - t:.1f}s: "
           f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M params, "
           f"{torch.get_num_threads()} threads; latentgen: {pipe!r}", flush=True)
-    half = "fp16" if pipe.device.type == "cuda" else "bf16"
-    settings = {"diffusers fp32": ("fp32", False), f"diffusers {half}+CL": (half, True)}
-    names = names or ["latentgen", *settings]
-    refs = {n: diffusers_pipeline(args.preset, pipe.device, *settings[n], args.scheduler) for n in names if n in settings}
+    all_names, settings = pipeline_names(args, str(pipe.device))
+    names = names or all_names
+    pipes = {n: pipe if n == "latentgen" else latentgen.load(args.preset, device=pipe.device, dtype=args.dtype,
+                                                             backend=n.split()[1])
+             for n in names if n.startswith("latentgen")}
+    refs = {n: diffusers_pipeline(args.preset, pipe.device, *settings[n][:2], args.scheduler, settings[n][2])
+            for n in names if n in settings}
     prompt = "a photo of an astronaut riding a horse on mars"
 
-    def ours(on_step, steps=args.steps):
-        pipe.generate(prompt, seed=0, steps=steps, width=size, height=size,
-                      scheduler=args.scheduler, callback=lambda *_: on_step())
+    def ours(p):
+        return lambda on_step, steps=args.steps: p.generate(prompt, seed=0, steps=steps, width=size, height=size,
+                                                            scheduler=args.scheduler, callback=lambda *_: on_step())
 
     def theirs(ref):
         return lambda on_step, steps=args.steps: ref(
             prompt, num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(0),
             callback_on_step_end=lambda p, i, t, kw: (on_step(), kw)[1])
 
-    out = {n: ours if n == "latentgen" else theirs(refs[n]) for n in names}
-    if "latentgen" in out:
-        t, rss = time.perf_counter(), psutil.Process().memory_info().rss
-        pipe.runtime.for_unet(pipe.unet)  # an OpenVINO conversion (first run) or cache read, not counted
-        print(f"backend ready in {time.perf_counter() - t:.1f}s: {pipe.runtime}")
+    out = {n: ours(pipes[n]) if n in pipes else theirs(refs[n]) for n in names}
     for name, fn in out.items():
-        fn(lambda: None, min(args.steps, 2))  # warm-up (allocator, kernels, OpenVINO's compile), not counted
-        if name == "latentgen":
-            print(f"resident memory after latentgen's first call: +{(psutil.Process().memory_info().rss - rss) / 2**20:.0f} "
+        t, rss = time.perf_counter(), psutil.Process().memory_info().rss
+        if name in pipes:
+            pipes[name].runtime.for_unet(pipes[name].unet)  # an OpenVINO conversion (first run) or cache read
+        fn(lambda: None, min(args.steps, 3))  # warm-up (allocator, kernels, compiles, graph records), not counted
+        print(f"{name} ready in {time.perf_counter() - t:.1f}s (conversion, compile, first call; not counted)", flush=True)
+        if name in pipes and pipe.device.type == "cpu":
+            print(f"resident memory after {name}'s first call: +{(psutil.Process().memory_info().rss - rss) / 2**20:.0f} "
                   f"MiB (what its backend keeps: for OpenVINO, the compiled U-Net)", flush=True)
     return out, pipe
 
@@ -154,7 +172,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="default: the model's")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="latentgen's; default: its default")
-    ap.add_argument("--backend", default=None, choices=["torch", "openvino"], help="latentgen's; default: its default")
+    ap.add_argument("--backend", default=None, choices=runtime.BACKENDS, help="latentgen's; default: its default")
+    ap.add_argument("--also-backend", action="append", default=[], choices=runtime.BACKENDS,
+                    help="also run latentgen with this backend (repeatable)")
+    ap.add_argument("--diffusers-compiled", action="store_true",
+                    help="also run diffusers with its U-Net through torch.compile (reduce-overhead)")
     ap.add_argument("--scheduler", default="euler_a")
     ap.add_argument("--isolate", action="store_true",
                     help="each run of each pipeline in a process of its own (no shared memory state), alternating")
@@ -166,13 +188,13 @@ def main() -> None:
         return
     if args.isolate:
         argv = [a for a in sys.argv[1:] if a != "--isolate"]
-        half = "fp16" if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda") else "bf16"
-        names, refs = ["latentgen", "diffusers fp32", f"diffusers {half}+CL"], ["diffusers fp32", f"diffusers {half}+CL"]
+        names, settings = pipeline_names(args, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        refs = list(settings)
         run = {name: (lambda name=name: isolated_run(name, argv)) for name in names}
         size = args.size or load_preset(args.preset).defaults.width
     else:
         fns, pipe = runners(args)
-        names, refs, size = list(fns), list(fns)[1:], args.size or pipe.defaults.width
+        names, refs, size = list(fns), [n for n in fns if not n.startswith("latentgen")], args.size or pipe.defaults.width
         run = {name: (lambda name=name: run_once(fns[name], pipe.device)) for name in names}
     results = {name: [] for name in names}
     for r in range(args.repeats):
@@ -189,11 +211,12 @@ def main() -> None:
         step = statistics.median(s for _, steps, _ in runs for s in steps)
         mib = statistics.median(m for _, _, m in runs)
         summary[name] = (wall, step, mib)
-        print(f"  {name:16s}: {step:.3f} s/step  {wall:.3f} s/image  peak +{mib:.0f} MiB")
-    lw, ls, _ = summary["latentgen"]
-    for name in refs:
-        dw, ds, _ = summary[name]
-        print(f"  latentgen is {ds / ls:.2f}x faster per step and {dw / lw:.2f}x per image than {name}")
+        print(f"  {name:16s}: {step:.4f} s/step ({1 / step:.1f} it/s)  {wall:.3f} s/image  peak +{mib:.0f} MiB")
+    for ours in [n for n in names if n.startswith("latentgen")]:
+        lw, ls, _ = summary[ours]
+        for name in refs:
+            dw, ds, _ = summary[name]
+            print(f"  {ours} is {ds / ls:.2f}x faster per step and {dw / lw:.2f}x per image than {name}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""CUDA graphs for the U-Net: one call's kernels recorded once per input shape, then replayed as one launch.
+
+Why: SD 1.5's U-Net launches about a thousand kernels per call, and torch eager spends several
+microseconds of Python and driver time on each. On a fast GPU that host time, not the arithmetic, sets
+the pace of a step. A CUDA graph (``torch.cuda.CUDAGraph``) records the launches of one call and replays
+them with a single launch, so the GPU runs back to back. The kernels are the eager ones, so the numbers
+are too (``tests/benchmarks/check_cuda.py`` checks the replay against eager on a GPU).
+
+The contract is the loop's: ``graphed(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w),
+t a timestep (number or 0-d tensor) and context (B, 77 * k, D). A graph reads its inputs from fixed
+buffers and writes its output to a fixed buffer: each call copies the inputs in, replays, and returns a
+copy of the output. One graph per (x, context) shape and dtype, the ``KEEP`` most recent kept (each holds
+its own activation memory). ``compile=True`` records ``torch.compile(unet)`` (inductor's fused kernels)
+instead of the eager module; its first call per shape compiles (minutes), later processes read inductor's
+on-disk cache.
+
+A graph stands in for the module as it was recorded: ``latentgen.runtime.Runtime`` records again when the
+U-Net's parameters move or change dtype, and runs the module itself while a LoRA is injected (peft's
+scales are plain Python numbers, which a graph would freeze). Values edited in place are read by the
+replay as they are. If recording fails (an operation a graph cannot hold), the module runs eagerly from
+then on, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import torch
+
+
+class Graphed:
+    KEEP = 2
+
+    def __init__(self, unet, compile: bool = False):
+        self.unet = unet
+        self.fn = torch.compile(unet) if compile else unet
+        self.graphs: dict[tuple, SimpleNamespace] = {}  # shape key -> recorded graph and its buffers, oldest first
+        self.failed: str | None = None
+        self.recorded = 0  # graphs recorded so far (tests and benchmarks read it)
+
+    def __repr__(self) -> str:
+        return f"Graphed({type(self.unet).__name__}, compiled={self.fn is not self.unet}, graphs={len(self.graphs)})"
+
+    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
+        if self.failed or x.device.type != "cuda":
+            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+        key = (tuple(x.shape), x.dtype, tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
+        g = self.graphs.pop(key, None)
+        if g is None:
+            try:
+                g = self.record(x, encoder_hidden_states)
+            except Exception as e:  # noqa: BLE001  (any failure to record: run eagerly, say so once)
+                self.failed = f"{type(e).__name__}: {e}"
+                warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({self.failed}); it runs eagerly "
+                              f"(backend='torch').", RuntimeWarning)
+                return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+        self.graphs[key] = g  # now the most recent
+        while len(self.graphs) > self.KEEP:
+            del self.graphs[next(iter(self.graphs))]
+        g.x.copy_(x)
+        g.t.copy_(t if torch.is_tensor(t) else torch.tensor(float(t)))  # int (DDIM) or float (Euler) -> fp32 scalar
+        g.context.copy_(encoder_hidden_states)
+        g.graph.replay()
+        return SimpleNamespace(sample=g.out.clone())  # (B, C_out, h, w): the next replay overwrites g.out
+
+    def record(self, x: torch.Tensor, context: torch.Tensor) -> SimpleNamespace:
+        """Warm up on a side stream (cuBLAS/cuDNN handles, inductor's compile), then record one call."""
+        g = SimpleNamespace(x=x.clone(), t=torch.full((), 500.0, device=x.device), context=context.clone(),
+                            graph=torch.cuda.CUDAGraph())
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):
+                self.fn(g.x, g.t, encoder_hidden_states=g.context)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        with torch.cuda.graph(g.graph), torch.no_grad():
+            g.out = self.fn(g.x, g.t, encoder_hidden_states=g.context).sample
+        self.recorded += 1
+        return g

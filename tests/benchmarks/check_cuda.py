@@ -1,0 +1,123 @@
+"""Checks of the CUDA paths that need a GPU (run by hand where one is lent; CI has none).
+
+On the SD 1.5 architecture (random weights, fp16, 512x512) and the embedded model:
+  1. the CUDA-graph backend (latentgen's default on CUDA) gives the eager backend's images bit for bit,
+     records one graph per shape, and follows weights edited in place;
+  2. a batch of 2 images equals the two one-image calls within fp16 rounding (GPU default: one batch);
+  3. ``backend="compile"`` (torch.compile's kernels, graphed) against eager: largest pixel difference;
+  4. the NaN guard on the GPU: an fp16 VAE that overflows is decoded again in fp32 (finite, equal to the
+     fp32 decode), and extreme guidance raises instead of a black image.
+Prints one line per check and "ALL CHECKS PASSED" at the end; exits non-zero on the first failure.
+
+    python tests/benchmarks/check_cuda.py              # on a CUDA machine
+    python tests/benchmarks/check_cuda.py --no-compile # skip check 3 (its compile takes a minute or two)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import latentgen  # noqa: E402
+from latentgen import guard, runtime  # noqa: E402
+
+PROMPT = "a photo of an astronaut riding a horse on mars"
+
+
+def pixels_diff(a, b) -> int:
+    return max(int(np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).max()) for x, y in zip(a, b))
+
+
+def check(name: str, ok: bool, detail: str) -> None:
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    if not ok:
+        raise SystemExit(1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="sd15")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("check_cuda.py needs a CUDA GPU")
+    torch.set_grad_enabled(False)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, preset {args.preset}", flush=True)
+    t = time.perf_counter()
+    graphed = latentgen.load(args.preset, device="cuda")
+    eager = latentgen.load(args.preset, device="cuda", backend="torch")
+    print(f"built two copies in {time.perf_counter() - t:.1f}s; {graphed!r}", flush=True)
+    check("default backend", graphed.runtime.backend == "cudagraph" and graphed.dtype == torch.float16, repr(graphed))
+
+    kw = dict(seed=3, steps=args.steps)
+    for sampler in ("euler_a", "ddim", "dpm++2m"):
+        a = graphed.generate(PROMPT, scheduler=sampler, **kw)
+        b = eager.generate(PROMPT, scheduler=sampler, **kw)
+        check(f"graph == eager ({sampler})", pixels_diff(a, b) == 0, f"largest pixel difference {pixels_diff(a, b)}")
+    g, dev = graphed.runtime.for_unet(graphed.unet), graphed.device
+    check("one graph per shape", g.recorded == 1 and len(g.graphs) == 1, repr(g))
+
+    x = torch.randn(2, 4, 64, 64, device=dev, dtype=graphed.dtype)
+    c = torch.randn(2, 77, graphed.unet.config.cross_attention_dim, device=dev, dtype=graphed.dtype)
+    for t_ in (torch.tensor(999.0, device=dev), torch.tensor(1, device=dev), 500):
+        out, ref = g(x, t_, encoder_hidden_states=c).sample, graphed.unet(x, t_, encoder_hidden_states=c).sample
+        check(f"U-Net call t={t_!r}", torch.equal(out, ref), f"max |graph - eager| {(out - ref).abs().max().item():.3g}")
+
+    for p in (graphed, eager):
+        p.unet.conv_out.bias.add_(0.05)  # in place: the replay must read the new values
+    a, b = graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw)
+    check("in-place edit followed", pixels_diff(a, b) == 0 and g.recorded == 1, f"difference {pixels_diff(a, b)}")
+
+    two = graphed.generate(PROMPT, seed=5, steps=args.steps, num_images=2)
+    ones = [graphed.generate(PROMPT, seed=s, steps=args.steps)[0] for s in (5, 6)]
+    check("batch of 2 vs one-image calls", pixels_diff(two, ones) <= 8,
+          f"largest pixel difference {pixels_diff(two, ones)} (fp16 batch-shape rounding; graphs: {g.recorded})")
+
+    if not args.no_compile:
+        t = time.perf_counter()
+        compiled = latentgen.load(args.preset, device="cuda", backend="compile")
+        compiled.unet.conv_out.bias.add_(0.05)
+        first = compiled.generate(PROMPT, **kw)
+        took = time.perf_counter() - t
+        t = time.perf_counter()
+        again = compiled.generate(PROMPT, **kw)
+        d = pixels_diff(again, b)
+        check("compile vs eager", d <= 16 and pixels_diff(first, again) == 0,
+              f"largest pixel difference {d}; first image (with compile) {took:.0f}s, next {time.perf_counter() - t:.2f}s")
+
+    vae = copy.deepcopy(graphed.vae).half()  # fp16 already on CUDA (the default)
+    vae.decoder.conv_out.weight.mul_(2e5)
+    z = torch.randn(1, 4, 64, 64, device=dev, dtype=torch.float16)
+    check("fp16 VAE overflows", not torch.isfinite(vae.decode(z).sample).all(), "NaN/inf pixels in fp16")
+    want = copy.deepcopy(vae).float().decode(z.float()).sample
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        got = guard.decode(vae, z)
+    d = (got - want).abs().max().item()
+    check("fp16 VAE guard", bool(torch.isfinite(got).all()) and vae.dtype == torch.float32 and d < 1e-3
+          and any("fp16 VAE overflowed" in str(w.message) for w in seen),
+          f"decoded again in fp32 with a warning; max |guarded - fp32 decode| {d:.3g}")
+    try:
+        graphed.generate(PROMPT, seed=0, steps=2, guidance=1e30)
+        check("extreme guidance", False, "no error")
+    except guard.NonFiniteError as e:
+        check("extreme guidance", "guidance=1e+30 may be too high" in str(e), str(e)[:100])
+
+    small = latentgen.load(device="cuda")
+    ref = latentgen.load(device="cuda", backend="torch")
+    a, b = small.generate("a red circle on a blue background", seed=1), ref.generate("a red circle on a blue background", seed=1)
+    check("embedded model graph == eager", pixels_diff(a, b) == 0, f"{small!r}")
+    print(f"ALL CHECKS PASSED ({runtime.__name__}: cudagraph default)")
+
+
+if __name__ == "__main__":
+    main()

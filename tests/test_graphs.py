@@ -1,0 +1,43 @@
+"""The CUDA-graph backend's bookkeeping, on the CPU: which module the loop gets, when a graph is recorded
+anew, and that anything not on a CUDA device runs the module itself. Recording and replay need a GPU:
+``tests/benchmarks/check_cuda.py`` checks them there (replay equal to eager, LoRA and edits, the fp16 VAE
+guard)."""
+
+import copy
+
+import torch
+
+import latentgen
+from latentgen import graphs, runtime
+
+
+def test_the_graphed_unet_is_kept_per_weight_layout_and_a_lora_runs_the_module(tiny_folder, lora_files):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    rt, unet = runtime.Runtime("cudagraph", "as asked"), pipe.unet
+    g = rt._graph(unet)
+    assert isinstance(g, graphs.Graphed) and g.unet is unet and g.fn is unet
+    assert rt._graph(unet) is g  # same parameters, same places: the same graphs
+    with torch.no_grad():
+        unet.conv_out.bias.add_(1.0)  # in place: a replay reads the new values, nothing to record again
+    assert rt._graph(unet) is g
+    unet.to(torch.float64)  # new storage (and dtype): the graphs' addresses are stale
+    moved = rt._graph(unet)
+    assert moved is not g and isinstance(moved, graphs.Graphed)
+    unet.to(torch.float32)
+    pipe.load_lora(lora_files[0], name="a", scale=0.5)
+    assert rt._graph(unet) is unet  # peft's scales are Python numbers a graph would freeze: eager
+    pipe.unload_lora()
+    assert isinstance(rt._graph(unet), graphs.Graphed)
+    assert runtime.Runtime("compile")._graph(unet).fn is not unet  # torch.compile's module, recorded on first call
+
+
+def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    rt = runtime.Runtime("cudagraph", "as asked")
+    assert rt.for_unet(pipe.unet) is pipe.unet  # a CPU U-Net: nothing to record
+    g = graphs.Graphed(copy.deepcopy(pipe.unet))
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        want = pipe.unet(x, torch.tensor(500), encoder_hidden_states=c).sample
+        assert torch.equal(g(x, torch.tensor(500), encoder_hidden_states=c).sample, want)
+    assert g.recorded == 0 and not g.graphs
