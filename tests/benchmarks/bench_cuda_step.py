@@ -1,7 +1,9 @@
 """Benchmark (GPU): where a CUDA denoising step's time goes, for SD 1.5 at 512x512 with CFG (batch 2).
 
-Prints medians of: one U-Net call eager and as a CUDA-graph replay (``latentgen.graphs``), timed with CUDA
-events, with cuDNN's default algorithm choice and with ``torch.backends.cudnn.benchmark``; a step inside
+Prints medians of: one U-Net call as a CUDA-graph replay (``latentgen.graphs``) for each weight layout
+(channels_last, contiguous) and SDPA attention backend (torch's choice, flash, memory-efficient, cuDNN);
+one U-Net call eager and replayed, timed with CUDA events, with cuDNN's default algorithm choice and with
+``torch.backends.cudnn.benchmark``; a step inside
 ``generate`` without any per-step synchronisation ((time of 30 steps - time of 10 steps) / 20); the text
 encoder and the VAE decode. Random weights (the preset's), fp16.
 
@@ -11,6 +13,7 @@ encoder and the VAE decode. Random weights (the preset's), fp16.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -21,6 +24,11 @@ import torch  # noqa: E402
 
 import latentgen  # noqa: E402
 from latentgen import graphs, prompts  # noqa: E402
+
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+ATTENTION = {"default": None, "flash": [SDPBackend.FLASH_ATTENTION], "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+             "cudnn": [SDPBackend.CUDNN_ATTENTION]}
 
 
 def event_ms(fn, calls: int) -> float:
@@ -64,6 +72,19 @@ def main() -> None:
     c = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, device="cuda", dtype=pipe.dtype)
     t = torch.tensor(500.0, device="cuda")
     rows = []
+    for layout in (torch.channels_last, torch.contiguous_format):  # the U-Net's weights; activations follow
+        pipe.unet.to(memory_format=layout)
+        for name, backends in ATTENTION.items():
+            with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+                g = graphs.Graphed(pipe.unet)
+                try:
+                    ms = event_ms(lambda: g(x, t, encoder_hidden_states=c), args.calls)
+                except RuntimeError as e:  # no kernel of that backend for these shapes
+                    print(f"  {name}: {str(e).splitlines()[0][:100]}")
+                    ms = float("nan")
+            rows.append((f"U-Net graph, {str(layout).removeprefix('torch.')}, SDPA {name}"
+                         + (" (not recorded: eager)" if g.failed else ""), ms))
+    pipe.unet.to(memory_format=torch.channels_last)
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
         g = graphs.Graphed(pipe.unet)
