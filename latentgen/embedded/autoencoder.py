@@ -60,9 +60,13 @@ class VAEObjective(torch.nn.Module):
         return loss
 
 
-def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: float = 0.0):
-    """``batch_fn`` of the VAE stages: scenes, a fraction ``open_colors`` of them in random RGB colors and a
-    fraction ``open_shapes`` of them redrawn with any shape (``shapes.ALL_SHAPES``: the star too)."""
+def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: float = 0.0, plain: float = 0.0):
+    """``batch_fn`` of the VAE stages: scenes, a fraction ``open_colors`` of them in random RGB colors, a
+    fraction ``open_shapes`` of them redrawn with any shape (``shapes.ALL_SHAPES``: the star too), and a
+    fraction ``plain`` of them the background alone: a VAE that never sees a plain frame decodes one tens
+    of RGB off (green 54), which shows as a seam around an inpainted hole."""
+    from PIL import Image
+
     def batch_fn(step, micro, a):
         batch = scenes(cfg.seed, stage, step, micro, a.process_index, cfg.vae_batch, size)
         if open_shapes:  # its own stream: open_shapes=0 leaves every other draw as it was
@@ -75,8 +79,12 @@ def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: f
         if open_colors:
             rgb = [tuple(tuple(rng.randrange(256) for _ in range(3)) for _ in range(2))
                    if rng.random() < open_colors else None for _ in batch]
-        imgs = [shapes.draw(s, size, c) for s, c in zip(batch, rgb)]
         pairs = [c or (shapes.PALETTE[s.color], shapes.PALETTE[s.background]) for s, c in zip(batch, rgb)]
+        prng = random.Random(f"{cfg.seed}:{stage}-plain:{step}:{micro}:{a.process_index}")  # its own stream
+        flat = [plain > 0 and prng.random() < plain for _ in batch]
+        imgs = [Image.new("RGB", (size, size), p[1]) if f else shapes.draw(s, size, c)
+                for s, c, p, f in zip(batch, rgb, pairs, flat)]
+        pairs = [(p[1], p[1]) if f else p for p, f in zip(pairs, flat)]  # a plain frame has one color
         return {"pixels": to_pixels(imgs).to(a.device), "colors": torch.tensor(pairs).to(a.device) / 127.5 - 1,
                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
     return batch_fn
@@ -91,7 +99,8 @@ def train_vae(cfg, c: Components, run_id: dict) -> None:
     vae = c.vae.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight), pixel_batches(cfg, "vae", size, cfg.vae_open_colors),
+              VAEObjective(vae, cfg.kl_weight),
+              pixel_batches(cfg, "vae", size, cfg.vae_open_colors, cfg.vae_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="vae")
     vae = vae.requires_grad_(False).eval().to(acc.device)
     vae.register_to_config(scaling_factor=measure_scaling_factor(vae, cfg.seed, size))
@@ -109,7 +118,7 @@ def train_decoder(cfg, c: Components, run_id: dict):
     train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
               VAEObjective(vae, cfg.kl_weight, cfg.decoder_line),
-              pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes),
+              pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="decoder")
     vae.requires_grad_(False).eval()
     return acc

@@ -113,6 +113,18 @@ def inpaint_hole(rng, size: int, on_grid: bool, low: float = 0.15, high: float =
 
 CLEAN_RGB = shapes.OFF_PALETTE_RGB  # a hole pixel this close to the asked color is clean shape color
 SEAM_RGB = 24.0  # the hole's background (its median) must be this close to the surroundings
+EDGE_PX = 2  # the shape's soft edge: hole pixels this near the shape are neither shape nor background
+
+
+def hole_background(hole: np.ndarray, shape_rgb, background_rgb) -> np.ndarray:
+    """The background pixels (N, 3) of a hole (h, w, 3): those nearer the background color than the shape's,
+    at least ``EDGE_PX`` + 1 pixels from any pixel nearer the shape's (the blend of a soft edge is no
+    background). Empty when the shape and its edge fill the hole."""
+    from scipy import ndimage
+
+    to_shape, to_bg = (np.linalg.norm(hole - np.float32(c), axis=-1) for c in (shape_rgb, background_rgb))
+    near = ndimage.binary_dilation(to_shape <= to_bg, np.ones((3, 3), bool), iterations=EDGE_PX)  # square reach
+    return hole[~near]
 
 
 def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20), steps: int = 20,
@@ -121,9 +133,9 @@ def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20
     on the 8-pixel grid, odd seeds off it), prompted "a {color} {shape} on a {background} background"
     (shapes and backgrounds rotate with the seed). Success: the evaluator reads the asked color and
     shape, centered in the hole; at least 35% of the hole's pixels are clean shape color (within
-    ``CLEAN_RGB``); the median of the hole's background pixels (those nearer the background color than
-    the shape's) is within ``SEAM_RGB`` of the surroundings (no seam); every pixel outside the hole is
-    unchanged. ``kwargs`` pass on to ``Pipeline.inpaint``."""
+    ``CLEAN_RGB``); the median of the hole's background pixels (``hole_background``: nearer the background
+    color than the shape's, off the shape's soft edge) is within ``SEAM_RGB`` of the surroundings (no
+    seam); every pixel outside the hole is unchanged. ``kwargs`` pass on to ``Pipeline.inpaint``."""
     import random
 
     size = pipe.defaults.width
@@ -142,10 +154,9 @@ def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20
                                **kwargs)[0]
             a = np.asarray(out, np.float32)
             kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
-            hole = a[y0:y1, x0:x1].reshape(-1, 3)
-            to_shape, to_bg = (np.linalg.norm(hole - np.float32(shapes.PALETTE[c]), axis=1) for c in (color, bg))
-            clean = to_shape <= CLEAN_RGB
-            back = hole[to_bg < to_shape]
+            hole = a[y0:y1, x0:x1]  # (h, w, 3)
+            clean = np.linalg.norm(hole - np.float32(shapes.PALETTE[color]), axis=-1) <= CLEAN_RGB
+            back = hole_background(hole, shapes.PALETTE[color], shapes.PALETTE[bg])
             seam = len(back) > 0 and np.linalg.norm(np.median(back, 0) - np.float32(shapes.PALETTE[bg])) > SEAM_RGB
             r = shapes.read(out)
             inside = r.centroid is not None and x0 <= r.centroid[0] < x1 and y0 <= r.centroid[1] < y1

@@ -82,3 +82,22 @@ def test_inpaint_holes_cover_15_to_45_percent_on_and_off_the_grid():
             assert 0.15 <= (x1 - x0) * (y1 - y0) / 64**2 <= 0.45
         off = [b for b in boxes if any(v % 8 for v in b)]
         assert (not off) if on_grid else len(off) > 150
+
+
+def test_the_hole_background_leaves_out_the_shape_and_its_soft_edge():
+    """A red square filling a blue hole but for a 1-pixel ring of blend: no background to judge; a wider margin of
+    true blue is the background; a 'background' 30 RGB off shows as a seam-sized error."""
+    import numpy as np
+
+    red, blue = shapes.PALETTE["red"], shapes.PALETTE["blue"]
+    hole = np.empty((20, 20, 3), np.float32)
+    hole[:] = (np.float32(red) + np.float32(blue)) / 2 + np.float32([0, 0, 20])  # the ring: a blend, nearer blue
+    hole[1:-1, 1:-1] = red
+    assert len(quality.hole_background(hole, red, blue)) == 0
+    hole[:] = blue
+    hole[6:14, 6:14] = red
+    back = quality.hole_background(hole, red, blue)
+    assert len(back) == 400 - 12 * 12 and np.all(back == np.float32(blue))  # 2 px around the square left out
+    off = hole.copy()
+    off[hole[..., 0] != red[0]] += np.float32([0, 30, 0])
+    assert np.linalg.norm(np.median(quality.hole_background(off, red, blue), 0) - np.float32(blue)) == 30

@@ -101,7 +101,7 @@ def test_resuming_another_run_is_refused(tmp_path):
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch", -1), ("caption_dropout", 1.0),
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
                                           ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
-                                          ("decoder_open_shapes", 1.5)])
+                                          ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
@@ -178,9 +178,9 @@ def test_the_off_blend_penalty_counts_only_colors_off_the_line():
     assert torch.allclose(on[0], on[1]) and torch.allclose(off[1] - off[0], torch.tensor(5.0))
 
 
-def test_open_shapes_draw_stars_for_the_decoder_only(tmp_path):
-    """decoder_open_shapes: some decoder images take any shape (the star LoRA needs a VAE that draws stars);
-    0 leaves the batches as they were."""
+def test_open_shapes_draw_stars_and_plain_frames_have_one_color(tmp_path):
+    """open_shapes: some VAE/decoder images take any shape (the star LoRA needs a VAE that draws stars);
+    plain: some are the background alone, their two colors the same; 0 leaves the batches as they were."""
     import numpy as np
     from PIL import Image
 
@@ -189,9 +189,16 @@ def test_open_shapes_draw_stars_for_the_decoder_only(tmp_path):
     acc = type("A", (), {"process_index": 0, "device": "cpu"})()
     cfg = recipe.RecipeConfig(out=tmp_path, vae_batch=64)
     plain = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0)(3, 0, acc)["pixels"]
-    same = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0, 0.0)(3, 0, acc)["pixels"]
+    same = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0, 0.0, 0.0)(3, 0, acc)["pixels"]
     opened = autoencoder.pixel_batches(cfg, "decoder", 64, 0.0, 1.0)(3, 0, acc)["pixels"]
     assert torch.equal(plain, same) and not torch.equal(plain, opened)
     read = lambda x: [shapes.read(Image.fromarray(a)).shape for a in  # noqa: E731
                       ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy().astype(np.uint8)]
     assert "star" not in read(plain) and read(opened).count("star") >= 8
+    flat = autoencoder.pixel_batches(cfg, "vae", 64, 0.25, 0.0, 1.0)(3, 0, acc)
+    assert all(len(torch.unique(x.reshape(3, -1), dim=1).T) == 1 for x in flat["pixels"])  # one color each
+    assert torch.equal(flat["colors"][:, 0], flat["colors"][:, 1])
+    assert torch.allclose(flat["pixels"][:, :, 0, 0], flat["colors"][:, 1], atol=1e-6)  # the background's
+    some = autoencoder.pixel_batches(cfg, "vae", 64, 0.0, 0.0, 0.3)(3, 0, acc)["pixels"]
+    flats = sum(len(torch.unique(x.reshape(3, -1), dim=1).T) == 1 for x in some)
+    assert 8 <= flats <= 32
