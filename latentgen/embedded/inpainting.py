@@ -26,8 +26,8 @@ from .. import files, starts, train
 from . import shapes
 from .autoencoder import scenes, to_pixels
 
-# Mask kinds and how often each is drawn: "object" covers the scene's shape's box (the model learns
-# to draw a shape that fills a hole), "box", "blob" and "stroke" fall anywhere, on and off
+# Mask kinds and how often each is drawn: "object" covers the scene's shape with a margin (the
+# model learns to draw a shape that fills a hole), "box", "blob" and "stroke" fall anywhere, on and off
 # the 8-pixel latent grid, and "whole" repaints everything (text-to-image).
 MASKS = {"object": 0.35, "box": 0.2, "blob": 0.15, "stroke": 0.15, "whole": 0.15}
 
@@ -39,12 +39,9 @@ def random_mask(rng: random.Random, size: int, scene: shapes.Scene) -> np.ndarra
         return np.ones((size, size), np.float32)
     im = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(im)
-    if kind == "object":  # the shape's own box, up to 6% + 1 px larger, half of them one side longer (to 4:3):
-        rx = ry = scene.r * rng.uniform(1.0, 1.06) + rng.uniform(0, 1)  # the hole a user draws for a shape
-        if rng.random() < 0.5:
-            k = rng.uniform(1.0, 4 / 3)
-            rx, ry = (rx * k, ry) if rng.random() < 0.5 else (rx, ry * k)
-        d.rectangle((scene.cx - rx, scene.cy - ry, scene.cx + rx, scene.cy + ry), fill=255)
+    if kind == "object":
+        r = scene.r * rng.uniform(1.0, 1.15) + rng.uniform(0, 2)
+        d.rectangle((scene.cx - r, scene.cy - r, scene.cx + r, scene.cy + r), fill=255)
     elif kind == "box":
         w, h = (rng.uniform(0.25, 0.7) * size for _ in range(2))
         x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)

@@ -55,16 +55,16 @@ class RecipeConfig:
     vae_lr: float = option(1e-3, "stage 1 learning rate")
     kl_weight: float = option(1e-6, "weight of the VAE's KL term")
     vae_open_colors: float = option(0.25, "fraction of VAE images in random RGB colors, so it encodes unseen ones")
-    vae_open_shapes: float = option(0.15, "fraction of VAE images whose shape is any of shapes.ALL_SHAPES (star "
-                                          "too): latents that keep shapes the captions never name, for LoRAs")
-    plain: float = option(0.05, "fraction of VAE and decoder images that are one plain color, no shape: plain "
-                                "areas decode true (no seam around an inpainted hole)")
-    decoder_steps: int = option(1500, "stage 3: decoder-only optimizer steps")
-    decoder_lr: float = option(5e-4, "stage 3 learning rate")
-    decoder_open_colors: float = option(0.25, "fraction of decoder images in random RGB colors")
-    decoder_open_shapes: float = option(0.25, "fraction of decoder images whose shape is any of shapes.ALL_SHAPES "
-                                              "(star too): the decoder learns to draw shapes the captions never name")
-    decoder_line: float = option(4.0, "stage 3 weight of the off-blend penalty (pixels off the line between the "
+    vae_open_shapes: float = option(0.0, "fraction of VAE images whose shape is any of shapes.ALL_SHAPES (star "
+                                         "too): latents that keep shapes the captions never name, for LoRAs")
+    plain: float = option(0.0, "fraction of VAE and decoder images that are one plain color, no shape: plain "
+                               "areas decode true (no seam around an inpainted hole)")
+    decoder_steps: int = option(400, "stage 3: decoder-only optimizer steps")
+    decoder_lr: float = option(2e-4, "stage 3 learning rate")
+    decoder_open_colors: float = option(0.5, "fraction of decoder images in random RGB colors")
+    decoder_open_shapes: float = option(0.0, "fraction of decoder images whose shape is any of shapes.ALL_SHAPES "
+                                             "(star too): the decoder learns to draw shapes the captions never name")
+    decoder_line: float = option(0.0, "stage 3 weight of the off-blend penalty (pixels off the line between the "
                                       "image's two colors: rainbow specks)")
     steps: int = option(5000, "stage 2: U-Net + text encoder optimizer steps")
     inpaint_steps: int = option(1500, "stage 4: inpainting U-Net optimizer steps (0: no inpainting variant)")

@@ -61,8 +61,8 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000), inpainting: 
                        "yellow circle, centroid within 4 px",
             "inpaint": "plain background, rectangular hole of 15-45% (even seeds on the 8-px grid, odd off it), "
                        "'a {color} {shape} on a {background} background', 20 seeds per color: asked color and shape "
-                       "centered in the hole, >= 35% of the hole clean shape color, no seam (hole background within "
-                       "24 RGB), outside unchanged (quality.inpaint_fill)"}, **edits},
+                       "centered in the hole, >= 35% of the hole clean shape color, no seam (hole background, off the "
+                       "shape's 2-px soft edge, within 24 RGB), outside unchanged (quality.inpaint_fill)"}, **edits},
         "total_bytes": sum(f["bytes"] for f in listing.values()), "files": listing, "measured_on": measured_on,
     }
     if inpainting is not None:
