@@ -66,7 +66,7 @@ class Graphed:
         while len(self.graphs) > self.KEEP:
             del self.graphs[next(iter(self.graphs))]
         g.x.copy_(x)
-        g.t.copy_(t if torch.is_tensor(t) else torch.tensor(float(t)))  # int (DDIM) or float (Euler) -> fp32 scalar
+        g.t.copy_(torch.as_tensor(t).reshape(()))  # 0-d or 1-element, int (DDIM) or float (Euler) -> fp32 scalar
         g.context.copy_(encoder_hidden_states)
         g.graph.replay()
         return SimpleNamespace(sample=g.out.clone())  # (B, C_out, h, w): the next replay overwrites g.out
