@@ -7,16 +7,18 @@ Reading, in order, everything checked before a weight is read:
      ``torch.load(weights_only=True)``, which builds tensors and plain containers and runs no code of
      the file (a pickle that needs code is refused, saying how to convert it); ``state_dict`` nesting
      is unwrapped; complete EMA weights (``model_ema.*``) replace the U-Net's (the name says so);
-  2. the family from the key names (``latentgen.ldm.family``): SD 1.x, SD 2.x, or a refusal naming
+  2. block numbers that diffusers' conversion script wrote for a model not shaped as SD are read
+     back (``latentgen.ldm_script``);
+  3. the family from the key names (``latentgen.ldm.family``): SD 1.x, SD 2.x, or a refusal naming
      what the file is (SDXL, SD3, Flux, a LoRA, a VAE, ...);
-  3. the architecture: the configs latentgen's ``export`` stores in the header, else the preset in
+  4. the architecture: the configs latentgen's ``export`` stores in the header, else the preset in
      ``pipelines/`` closest to the file, updated with every size the tensor shapes fix
      (``latentgen.ldm.*_sizes``), with ``<stem>.yaml`` beside the file for attention heads and the
      VAE scale factor;
-  4. the tensors, renamed by diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
+  5. the tensors, renamed by diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
      ``convert_ldm_clip_checkpoint`` and ``convert_open_clip_checkpoint``, into models built on the
      meta device (no random initialisation);
-  5. the prediction type (``latentgen.prediction``), which also picks between presets of one
+  6. the prediction type (``latentgen.prediction``), which also picks between presets of one
      architecture (``sd2``: epsilon, 512; ``sd21``: v, 768).
 """
 
@@ -152,7 +154,9 @@ def read(path: str | Path) -> Checkpoint:
         ck = Checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()}, {}, tensors.__getitem__)
     else:
         ck = _safetensors_file(path)
-    return _use_ema(ck)
+    from .ldm_script import renumber
+
+    return renumber(_use_ema(ck))  # diffusers' script numbers any model as if it were SD: read that back
 
 
 def read_vae(path: str | Path) -> Checkpoint:

@@ -189,11 +189,11 @@ def family(shapes: dict[str, tuple], name: str) -> str:
         if any(k.startswith(prefix) for k in keys):
             raise ValueError(f"{name} is {what} ({prefix}*), which latentgen does not run: {fix}")
     stray = sorted(k for k in keys if k.startswith(UNET) and k[len(UNET):].split(".")[0] in DIFFUSERS_UNET)
-    if stray:  # e.g. diffusers' convert_diffusers_to_original_stable_diffusion.py on a model not shaped as SD
-        raise ValueError(f"{name} mixes LDM and diffusers names in its U-Net ({stray[0]}): it was written by a "
-                         f"converter that hard-codes SD's block layout from a model of another shape, and no "
-                         f"reader can place those tensors. Convert the diffusers folder with `latentgen export "
-                         f"FOLDER OUT.safetensors`, which writes any shape, or load the folder itself.")
+    if stray:  # left after ldm_script.renumber, which reads back what diffusers' conversion script writes
+        raise ValueError(f"{name} mixes LDM and diffusers names in its U-Net ({stray[0]}) in a way no known "
+                         f"converter numbers them, so its tensors cannot be placed. Convert the diffusers folder "
+                         f"with `latentgen export FOLDER OUT.safetensors`, which writes any shape, or load the "
+                         f"folder itself.")
     in_ch, out_ch = shapes[first][1], shapes[UNET + "out.2.weight"][0]
     if in_ch not in (out_ch, 2 * out_ch + 1):
         raise ValueError(f"{name} has a U-Net with {in_ch} input channels (InstructPix2Pix has 8): latentgen "

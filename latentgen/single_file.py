@@ -105,12 +105,16 @@ def _check_groups(cfg: dict, part: str, what: str) -> None:
 def plan(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Plan:
     """The architecture of ``ck``: header configs, or the closest preset updated from the shapes."""
     what = ck.path.name
-    family, open_clip = ldm.family(ck.shapes, what), ldm.open_clip(ck.shapes)
     vae_ck = vae or ck
-    if not any(k.startswith(VAE + "encoder.") for k in vae_ck.shapes):
-        raise ValueError(f"{what} holds no VAE (first_stage_model.*); pass one with vae=path (--vae).")
-    sizes = {"unet": ldm.unet_sizes(ck.part(UNET)), "vae": ldm.vae_sizes(vae_ck.part(VAE)),
-             "text_encoder": ldm.text_sizes(ck.part(OPEN_CLIP if open_clip else CLIP), open_clip)}
+    try:
+        family, open_clip = ldm.family(ck.shapes, what), ldm.open_clip(ck.shapes)
+        if not any(k.startswith(VAE + "encoder.") for k in vae_ck.shapes):
+            raise ValueError(f"{what} holds no VAE (first_stage_model.*); pass one with vae=path (--vae).")
+        sizes = {"unet": ldm.unet_sizes(ck.part(UNET)), "vae": ldm.vae_sizes(vae_ck.part(VAE)),
+                 "text_encoder": ldm.text_sizes(ck.part(OPEN_CLIP if open_clip else CLIP), open_clip)}
+    except KeyError as e:  # a tensor every SD model has, missing
+        raise ValueError(f"{what}: no tensor {e.args[0]!r}, which every SD 1.x/2.x model has: the file is "
+                         f"incomplete (a partial save, or a U-Net, VAE or text encoder left out).") from None
     presets = closest_presets(sizes, family)
     header = header_configs(ck)
     if header is not None:

@@ -170,6 +170,17 @@ def test_damaged_files(tiny_file, tmp_path):
         latentgen.load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("missing", [ldm.UNET + "out.2.weight", ldm.VAE + "encoder.conv_in.weight",
+                                     ldm.CLIP + "text_model.embeddings.token_embedding.weight",
+                                     ldm.UNET + "input_blocks.1.0.out_layers.3.weight"])
+def test_a_file_without_a_tensor_every_model_has_is_named_incomplete(tiny, tmp_path, missing):
+    sd = {k: v for k, v in ldm_export.ldm_state_dict(tiny).items() if k != missing}
+    path = tmp_path / "partial.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(ValueError, match=r"partial\.safetensors: no tensor .* the file is incomplete"):
+        latentgen.load(path)
+
+
 def test_vae_files_in_three_layouts(tiny, tiny_folder, tmp_path):
     vae = {k: v + 0.01 for k, v in tiny.vae.state_dict().items()}
     ldm_vae = ldm.vae_to_ldm(vae, tiny.vae.config, prefix="")

@@ -11,26 +11,30 @@ with ``latentgen.load`` and prints the largest pixel difference to the folder's 
 
 Models: tiny random SD 1.x, tiny SD 1.x inpainting (9-channel U-Net), tiny SD 2-shaped models (epsilon
 and v) whose text encoder has 23 layers, the depth at which diffusers' script takes its SD 2 (OpenCLIP)
-path, and the embedded default model. diffusers' script hard-codes SD's block layout (4 levels of 2
-layers); from the embedded model (2 levels of 1 layer) it writes a file that mixes LDM and diffusers
-names, which neither diffusers' from_single_file nor latentgen can read: latentgen refuses it by name,
-and its own export (any shape) is the way to a single file.
+path, a tiny model of the embedded model's U-Net shape with a 2-level VAE, and the embedded default
+model. diffusers' script hard-codes SD's block layout (4 levels of 2 layers); from other shapes (the
+embedded model: 2 levels of 1 layer) it writes a file that mixes its own block numbers with diffusers
+names, which diffusers' from_single_file cannot read; latentgen reads that numbering back
+(``latentgen.ldm_script``). ``--record-names JSON`` writes the names the script gives the tiny
+embedded-shaped model, which ``tests/test_ldm_script.py`` replays in CI (where the script is absent).
 
 A tiny SD 2 folder saved by transformers 5 (no ``text_model.`` level) makes diffusers' script write SD 2's
 text encoder in CLIP's names; latentgen still reads it as SD 2 (by its depth, 23 layers, or width, 1024).
 
-Measured 2026-11-28 (diffusers scripts/ at 58eb52c): every SD-shaped file 0/255, the transformers-5 SD 2
-folder's file included (fp16 files 1-2/255, the rounding of the weights, the same for latentgen's fp16
-export); the embedded model's script file refused, its latentgen export 0/255.
+Measured 2026-11-28 (diffusers scripts/ at 58eb52c): every file 0/255 against its folder, the tiny
+embedded-shaped model's and the embedded model's script files included (until that day they were
+refused); fp16 files 1-2/255, the rounding of the weights, the same for latentgen's fp16 export.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +93,51 @@ def sd_shaped(preset: str, pred: str, seed: int, in_channels: int = 4) -> compon
     return components.Components(tokenizer, text.eval(), unet.eval(), vae.eval(), scheduler, None, preset)
 
 
+def embedded_shaped(seed: int) -> components.Components:
+    """The embedded model's U-Net topology (2 levels of 1 layer, cross-attention in all, as
+    ``pipelines/default.json``) at ``tiny-random``'s widths, with ``tiny-random``'s 2-level VAE and
+    text encoder: a shape diffusers' script numbers as if it were SD's."""
+    from diffusers import UNet2DConditionModel
+
+    c = components.load("tiny-random")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
+                                down_block_types=("CrossAttnDownBlock2D",) * 2,
+                                up_block_types=("CrossAttnUpBlock2D",) * 2, cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=32)
+    return replace(c, unet=unet.eval(), name="embedded-shaped")
+
+
+def record_names(script: Path, work: Path, out: Path) -> None:
+    """Write the names diffusers' script gives each U-Net and VAE tensor of ``embedded_shaped`` (found by
+    value: every tensor is first set to distinct random numbers) to ``out``, the data
+    ``tests/test_ldm_script.py`` replays on fresh weights (CI cannot run the script: it is not in the wheel)."""
+    from safetensors.torch import load_file
+
+    c = embedded_shaped(0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for model in (c.unet, c.vae):
+            for v in model.state_dict().values():
+                v.copy_(torch.randn(v.shape, generator=g))
+    folder = save_folder(c, work / "names")
+    written = load_file(str(convert(script, folder, work / "names.safetensors", "--use_safetensors")))
+    source = {}
+    for part, model in (("unet", c.unet), ("vae", c.vae)):
+        for k, v in model.state_dict().items():
+            source[v.numpy().tobytes()] = (part, k)
+    names = {"made_by": f"diffusers' {script.name}, from tests/benchmarks/check_diffusers_conversion.py "
+                        f"--record-names, on check_diffusers_conversion.embedded_shaped(0)",
+             "unet": {}, "vae": {}}
+    for k, v in written.items():
+        if v.numpy().tobytes() in source:
+            part, name = source[v.numpy().tobytes()]
+            names[part][k] = [name, list(v.shape)]
+    assert len(names["unet"]) == len(c.unet.state_dict()) and len(names["vae"]) == len(c.vae.state_dict())
+    out.write_text(json.dumps(names, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}: {len(names['unet'])} U-Net and {len(names['vae'])} VAE names")
+
+
 def draw(pipe) -> np.ndarray:
     """One image (uint8 array); inpainting U-Nets inpaint a square hole in a random picture."""
     size = 64
@@ -132,9 +181,14 @@ def main() -> None:
     ap.add_argument("--script", type=Path, required=True,
                     help="diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py")
     ap.add_argument("--work", type=Path, default=None, help="folder for the models and files (default: a temp dir)")
+    ap.add_argument("--record-names", type=Path, default=None, metavar="JSON",
+                    help="only write the names the script gives an embedded-shaped model (tests/data/...)")
     args = ap.parse_args()
     if not args.script.is_file():
         sys.exit(f"--script {args.script}: no such file; fetch it from the diffusers repository.")
+    if args.record_names:
+        with tempfile.TemporaryDirectory() as tmp:
+            return record_names(args.script, Path(tmp), args.record_names)
     safetensors = ("safetensors", "safetensors", ("--use_safetensors",))
     every = [safetensors, ("ckpt (pickle)", "ckpt", ()), ("safetensors --half", "safetensors",
                                                            ("--use_safetensors", "--half"))]
@@ -145,6 +199,7 @@ def main() -> None:
                {"prediction_type": "v_prediction"}),
               ("tiny SD 2 transformers-5 folder", sd_shaped("sd2", "epsilon", 4), [safetensors],
                {"prediction_type": "epsilon"}),
+              ("tiny embedded-shaped", embedded_shaped(5), [safetensors], {}),
               ("embedded model", components.load(None), [safetensors], {})]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

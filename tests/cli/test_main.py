@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import mask as _mask
@@ -133,3 +134,31 @@ def test_generate_on_the_embedded_model_prints_only_progress_and_the_path(tmp_pa
     for text in ("Loading weights", "float32"):
         assert text not in r.stdout and text not in r.stderr
     assert Image.open(out).size == (64, 64)
+
+
+def test_single_file_vae_embedding_and_clip_skip_reach_the_png(tiny_folder, tmp_path, capsys):
+    """--model FILE, --vae FILE, --prediction-type, --embedding, --clip-skip and A1111 syntax on the CLI;
+    `latentgen info` shows what A1111 writes for them (Clip skip, TI hashes) and the file's model name."""
+    from safetensors.torch import save_file
+
+    from latentgen import components, ldm, ldm_export
+
+    c = components.load(tiny_folder)
+    state = {k: v.contiguous() for k, v in ldm_export.ldm_state_dict(c).items()}
+    save_file(state, str(tmp_path / "tinyfile.safetensors"))
+    save_file({k: v for k, v in state.items() if k.startswith(ldm.VAE)}, str(tmp_path / "vae.safetensors"))
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
+              str(tmp_path / "toy.safetensors"))
+    out = tmp_path / "out.png"
+    assert run("generate", "a (toy:1.2) cat", "--model", tmp_path / "tinyfile.safetensors", "--vae",
+               tmp_path / "vae.safetensors", "--prediction-type", "eps", "--embedding", tmp_path / "toy.safetensors",
+               "--clip-skip", 2, "--steps", 2, "--seed", 1, "-o", out) == 0
+    capsys.readouterr()
+    assert run("info", out) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("a (toy:1.2) cat\n") and "Model: tinyfile" in text and "Clip skip: 2" in text
+    assert 'TI hashes: "toy: ' in text
+    with pytest.raises(SystemExit) as e:  # refused while parsing, before the file is read
+        run("generate", "a cat", "--model", tmp_path / "tinyfile.safetensors", "--prediction-type", "x",
+            "-o", tmp_path / "bad.png")
+    assert e.value.code == 2 and "--prediction-type: 'x' is unknown" in capsys.readouterr().err
