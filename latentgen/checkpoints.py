@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from . import ldm
+from . import ldm, ldm_script
 from .ldm import CLIP, OPEN_CLIP, UNET, VAE
 
 SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
@@ -154,9 +154,17 @@ def read(path: str | Path) -> Checkpoint:
         ck = Checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()}, {}, tensors.__getitem__)
     else:
         ck = _safetensors_file(path)
-    from .ldm_script import renumber
+    return _renamed(_use_ema(ck), ldm_script.renames(ck.shapes))  # diffusers' script's numbering, read back
 
-    return renumber(_use_ema(ck))  # diffusers' script numbers any model as if it were SD: read that back
+
+def _renamed(ck: Checkpoint, names: dict[str, str]) -> Checkpoint:
+    """``ck`` with tensors presented under new names (``names``: {new: old}); the rest unchanged."""
+    if not names:
+        return ck
+    old = set(names.values())
+    shapes = {**{k: v for k, v in ck.shapes.items() if k not in old}, **{n: ck.shapes[o] for n, o in names.items()}}
+    get = ck.get
+    return Checkpoint(ck.path, shapes, ck.metadata, lambda k: get(names.get(k, k)), ck.ema)
 
 
 def read_vae(path: str | Path) -> Checkpoint:

@@ -13,9 +13,9 @@ That script numbers LDM blocks by SD's fixed shape (4 levels; 2 layers down, 3 u
 and leaves what its table lacks in diffusers' names: attentions of ``down_blocks.3`` and ``up_blocks.0``
 (SD has none there), levels past 4, layers past 2. For SD's shape that is the LDM layout; for others
 it is neither (LDM numbers blocks by the real layer count: ``latentgen.ldm``), and diffusers'
-``from_single_file`` refuses such a file. The numbering is fixed, so it can be read back: ``renumber``
-maps the script's names to diffusers blocks and those to the LDM names of the model's real shape, and
-the usual reader takes it from there.
+``from_single_file`` refuses such a file. The numbering is fixed, so it can be read back: ``renames``
+maps the script's names to diffusers blocks and those to the LDM names of the model's real shape;
+``latentgen.checkpoints.read`` applies it, and the usual reader takes it from there.
 
 A file is in the script's numbering when its U-Net holds diffusers names or its ``input_blocks`` skip
 numbers (LDM's count up without a gap); its VAE when the decoder levels are numbered 4 - n .. 3.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 
 from . import ldm
-from .checkpoints import Checkpoint
 from .ldm import UNET, VAE
 
 _TOP = {v: k for k, v in ldm._UNET_TOP.items()}  # LDM -> diffusers
@@ -86,23 +85,23 @@ def in_script_numbering(unet: dict[str, tuple]) -> bool:
     return bool(found) and found != list(range(len(found)))
 
 
-def renumber(ck: Checkpoint) -> Checkpoint:
-    """``ck`` with its U-Net and VAE names in the LDM layout of the model's shape (unchanged when they are)."""
-    unet, vae = ck.part(UNET), ck.part(VAE)
+def renames(shapes: dict[str, tuple]) -> dict[str, str]:
+    """{LDM name for the model's shape: name in the file} for the U-Net and VAE tensors of a file (full
+    names) that the script numbered; empty when there are none (LDM files, files no numbering places)."""
+    unet, vae = (_part(shapes, UNET), _part(shapes, VAE))
     names = {}
     if "input_blocks.0.0.weight" in unet and in_script_numbering(unet):
         try:
             renamed = _unet_names(unet)
         except ValueError:  # a name no numbering places: ldm.family refuses the file, naming one
-            return ck
+            return {}
         if len(renamed) < len(unet):  # two tensors on one name: not the script's numbering after all
-            return ck
-        names.update({UNET + new: UNET + old for new, old in renamed.items()})
+            return {}
+        names.update({UNET + new: UNET + old for new, old in renamed.items() if new != old})
     if vae:
         names.update({VAE + new: VAE + old for new, old in _vae_names(vae).items() if new != old})
-    if not names:
-        return ck
-    rest = {k: v for k, v in ck.shapes.items() if k not in set(names.values())}
-    shapes = {**rest, **{new: ck.shapes[old] for new, old in names.items()}}
-    get = ck.get
-    return Checkpoint(ck.path, shapes, ck.metadata, lambda k: get(names.get(k, k)), ck.ema)
+    return names
+
+
+def _part(shapes: dict[str, tuple], prefix: str) -> dict[str, tuple]:
+    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
