@@ -189,7 +189,7 @@ def family(shapes: dict[str, tuple], name: str) -> str:
         if any(k.startswith(prefix) for k in keys):
             raise ValueError(f"{name} is {what} ({prefix}*), which latentgen does not run: {fix}")
     stray = sorted(k for k in keys if k.startswith(UNET) and k[len(UNET):].split(".")[0] in DIFFUSERS_UNET)
-    if stray:  # left after ldm_script.renumber, which reads back what diffusers' conversion script writes
+    if stray:  # left after ldm_script.renames, which reads back what diffusers' conversion script writes
         raise ValueError(f"{name} mixes LDM and diffusers names in its U-Net ({stray[0]}) in a way no known "
                          f"converter numbers them, so its tensors cannot be placed. Convert the diffusers folder "
                          f"with `latentgen export FOLDER OUT.safetensors`, which writes any shape, or load the "
