@@ -154,7 +154,7 @@ def read(path: str | Path) -> Checkpoint:
         ck = Checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()}, {}, tensors.__getitem__)
     else:
         ck = _safetensors_file(path)
-    return _renamed(_use_ema(ck), ldm_script.renames(ck.shapes))  # diffusers' script's numbering, read back
+    return _renamed(_use_ema(ck), ldm_script.renames(ck.part(UNET), ck.part(VAE)))  # diffusers' script's numbering
 
 
 def _renamed(ck: Checkpoint, names: dict[str, str]) -> Checkpoint:

@@ -79,16 +79,16 @@ def _vae_names(shapes: dict[str, tuple]) -> dict[str, str]:
 
 def in_script_numbering(unet: dict[str, tuple]) -> bool:
     """Whether U-Net shapes (no prefix) are in the script's numbering of a model not shaped as SD."""
-    if any(k.split(".", 1)[0] in ("down_blocks", "up_blocks", "mid_block") for k in unet):
+    if any(k.split(".", 1)[0] in ldm.DIFFUSERS_UNET for k in unet):
         return True
     found = ldm._indices(unet, "input_blocks.")
     return bool(found) and found != list(range(len(found)))
 
 
-def renames(shapes: dict[str, tuple]) -> dict[str, str]:
-    """{LDM name for the model's shape: name in the file} for the U-Net and VAE tensors of a file (full
-    names) that the script numbered; empty when there are none (LDM files, files no numbering places)."""
-    unet, vae = (_part(shapes, UNET), _part(shapes, VAE))
+def renames(unet: dict[str, tuple], vae: dict[str, tuple]) -> dict[str, str]:
+    """{full LDM name for the model's shape: full name in the file} for the U-Net and VAE tensors (shapes
+    without their prefixes) that the script numbered; empty when there are none (LDM files, files no
+    numbering places)."""
     names = {}
     if "input_blocks.0.0.weight" in unet and in_script_numbering(unet):
         try:
@@ -101,7 +101,3 @@ def renames(shapes: dict[str, tuple]) -> dict[str, str]:
     if vae:
         names.update({VAE + new: VAE + old for new, old in _vae_names(vae).items() if new != old})
     return names
-
-
-def _part(shapes: dict[str, tuple], prefix: str) -> dict[str, tuple]:
-    return {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
