@@ -5,6 +5,8 @@ the model's ``forward`` computes the loss, so several processes synchronize grad
 DDP. Batches and noise are pure functions of (seed, step, micro, process), so a run resumed from
 a checkpoint sees exactly the data and noise it would have seen: no data-loader state to save. accelerate places the
 model, wraps it for several processes, and saves/restores optimizer, LR schedule and RNG state.
+With ``ema`` the loop also keeps an exponential moving average of the trained weights (diffusers'
+``EMAModel``, checkpointed with the rest) and leaves the model holding it at the end.
 
 Checkpoints are folders ``<out>/checkpoints/step-0000500``, written under a temporary name and
 renamed when complete, so a kill mid-save leaves the previous checkpoint intact.
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import compute_snr
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm import tqdm
 
 from . import checks
@@ -46,11 +48,15 @@ class LoopConfig:
     save_every: int = 500
     keep: int = 2  # checkpoints kept
     mixed_precision: str = "no"  # no, fp16, bf16
+    ema: float = 0.0  # decay of an EMA of the weights, which the model holds at the end (0: none)
 
     def check(self) -> None:
         for name in ("steps", "grad_accum", "save_every", "keep"):
             checks.whole(name, getattr(self, name), 1)
         checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
+        fix = "use a decay in [0, 1) such as 0.999, or 0 for no EMA"
+        if checks.number("ema", self.ema, minimum=0, maximum=1, fix=fix) == 1:
+            raise ValueError(f"ema={self.ema!r} is invalid: {fix}.")
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -75,6 +81,9 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     ``batch_fn(step, micro, accelerator)`` may use the accelerator's process index to shard data.
     ``on_save(step)`` / ``on_step(step)`` run on the main process after a checkpoint / every step.
     ``strict=False`` lets a checkpoint hold only part of the model (LoRA: the adapter weights).
+    ``cfg.ema``: the trainable parameters end as their exponential moving average, the average SD and
+    DDPM sample from (Ho et al. 2020, sec. 4); its warm-up follows diffusers (decay (1+t)/(10+t) until
+    it reaches ``cfg.ema``), so early steps do not weigh in for long.
     """
     cfg.check()
     acc = accelerator or Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
@@ -82,6 +91,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     model, opt, sched = acc.prepare(model, opt, sched)
+    ema = moving_average(acc, params, cfg.ema)
     stamp = json.loads(json.dumps(run_id, default=str))
     start = resume(acc, cfg.out, stamp, strict)
     before = elapsed_seconds(cfg.out)  # time spent by earlier (killed) invocations of this run
@@ -101,6 +111,8 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(params)
         losses.append(total)
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
@@ -111,10 +123,22 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
         if on_step is not None and acc.is_main_process:
             on_step(step + 1)
     bar.close()
+    if ema is not None:
+        ema.copy_to(params)
     model.eval()
     if acc.is_main_process and cfg.steps > start:
         print(f"{desc}: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f}s")
     return losses
+
+
+def moving_average(acc: Accelerator, params: list, decay: float) -> EMAModel | None:
+    """An EMA of ``params`` (None when ``decay`` is 0), registered so that checkpoints save and restore it
+    (``custom_checkpoint_0.pkl``); it must exist before ``resume`` loads a checkpoint."""
+    if not decay:
+        return None
+    ema = EMAModel(params, decay=decay)
+    acc.register_for_checkpointing(ema)
+    return ema
 
 
 def resume(acc: Accelerator, out: Path, stamp: dict, strict: bool = True) -> int:

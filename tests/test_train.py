@@ -59,3 +59,71 @@ def test_step_generator_depends_only_on_its_arguments():
     assert torch.equal(draw(0, 5, 1, 0), draw(0, 5, 1, 0))
     for other in ((1, 5, 1, 0), (0, 6, 1, 0), (0, 5, 0, 0), (0, 5, 1, 1)):
         assert not torch.equal(draw(0, 5, 1, 0), draw(*other)), other
+
+
+class Regression(torch.nn.Module):
+    """A one-layer least-squares objective: the loop's contract on the smallest model."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 1)
+        torch.nn.init.zeros_(self.layer.weight)
+        torch.nn.init.zeros_(self.layer.bias)
+
+    def forward(self, x, y):
+        return ((self.layer(x) - y) ** 2).mean()
+
+
+def _batch(step, micro, acc):
+    g = train.step_generator(0, step, micro)
+    x = torch.randn(8, 3, generator=g)
+    return {"x": x, "y": x @ torch.tensor([[1.0], [-2.0], [0.5]])}
+
+
+def _train(out, ema=0.0, steps=6):
+    model = Regression()
+    cfg = train.LoopConfig(out=out, steps=steps, lr=0.02, save_every=2, ema=ema, weight_decay=0.0)
+    train.run(cfg, model, _batch, run_id={"test": "ema"})
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_ema_ends_as_the_moving_average_of_the_trajectory(tmp_path):
+    trajectory = []  # the raw weights after every step, recorded by a run without EMA
+    model = Regression()
+    cfg = train.LoopConfig(out=tmp_path / "raw", steps=6, lr=0.02, save_every=2, weight_decay=0.0)
+    train.run(cfg, model, _batch, run_id={"test": "ema"},
+              on_step=lambda s: trajectory.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()])))
+    assert len(trajectory) == 6
+    shadow = trajectory[0]  # diffusers' warm-up: decay 0 at the first step, then min(0.9, (1+t)/(10+t))
+    for t, w in enumerate(trajectory[1:], start=1):
+        decay = min(0.9, (1 + t) / (10 + t))
+        shadow = decay * shadow + (1 - decay) * w
+    averaged = _train(tmp_path / "ema", ema=0.9)
+    assert torch.allclose(averaged, shadow, atol=1e-6)
+    assert not torch.allclose(averaged, trajectory[-1], atol=1e-3)  # the average is not the last weights
+
+
+def test_ema_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+    import pytest
+
+    full = _train(tmp_path / "full", ema=0.9)
+    real_save = train.save
+
+    def save_then_die(acc, cfg, step, stamp, seconds=0.0):
+        real_save(acc, cfg, step, stamp, seconds)
+        if step == 4:
+            raise KeyboardInterrupt("killed after the step-4 checkpoint")
+
+    monkeypatch.setattr(train, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "killed", ema=0.9)
+    monkeypatch.setattr(train, "save", real_save)
+    assert torch.equal(_train(tmp_path / "killed", ema=0.9), full)
+
+
+def test_ema_outside_zero_to_one_is_refused_by_name(tmp_path):
+    import pytest
+
+    for bad in (1.0, -0.1, float("nan"), True):
+        with pytest.raises(ValueError, match=r"ema=.*decay in \[0, 1\)"):
+            train.LoopConfig(out=tmp_path, steps=1, ema=bad).check()

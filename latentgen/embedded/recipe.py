@@ -72,6 +72,8 @@ class RecipeConfig:
     batch: int = option(32, "images per stage 2 step")
     lr: float = option(6e-4, "stage 2 learning rate")
     warmup: int = option(200, "stage 2 warmup steps")
+    ema: float = option(0.0, "stage 2: decay of an exponential moving average of the U-Net and text encoder "
+                             "weights, which are exported instead of the last ones (0: none; e.g. 0.999)")
     caption_dropout: float = option(0.1, "fraction of empty captions (the unconditional score CFG needs)")
     snr_gamma: float | None = option(5.0, "min-SNR-gamma weighting ('none': off)")
     save_every: int = option(250, "checkpoint every N steps")
@@ -84,6 +86,7 @@ class RecipeConfig:
         for name in ("vae_open_colors", "vae_open_shapes", "plain", "decoder_open_colors", "decoder_open_shapes"):
             checks.number(name, getattr(self, name), minimum=0, maximum=1)
         checks.number("decoder_line", self.decoder_line, minimum=0)
+        train.LoopConfig(out=self.out, steps=self.steps, lr=self.lr, ema=self.ema).check()  # stage 2's loop settings
         if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"init={self.init} is no model folder: give RUN/model of an earlier run.")
         if not checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1) < 1:
@@ -195,7 +198,7 @@ def train_diffusion(cfg: RecipeConfig, c: Components) -> None:
         return {"input_ids": train.tokenize(tok, captions).to(a.device), "latents": latents, "generator": gen}
 
     train.run(train.LoopConfig(out=cfg.out / "diffusion", steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup,
-                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
+                               lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every, ema=cfg.ema),
               DiffusionObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
                                  cfg.snr_gamma), diffusion_batch,
               run_id=run_id(cfg, size, "diffusion", lambda k: k not in DECODER_FIELDS + INPAINT_FIELDS, scaling_factor=sf),

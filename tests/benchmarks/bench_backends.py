@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--model", default="sd15", help="a preset (random weights) or 'default' (the embedded model)")
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--vae", action="store_true", help="also time the VAE decode")
+    ap.add_argument("--profile", action="store_true", help="also profile the OpenVINO U-Net call by layer")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     source = None if args.model == "default" else args.model
@@ -100,8 +101,34 @@ def main() -> None:
     for name, fn in rows.items():
         diff = (fn().float() - want).abs().max().item()
         print(f"  {name:24s} {median_seconds(fn, args.calls):8.4f} s   max diff to torch fp32 {diff:.2e}", flush=True)
+    if args.profile and pipe.runtime.backend == "openvino":
+        profile(compiled, tuple(x.shape), tuple(ctx.shape), [x.numpy(), t.numpy(), ctx.numpy()])
     if args.vae:
         vae_rows(exact, pipe, size, args.calls)
+
+
+def profile(compiled, x_shape: tuple, c_shape: tuple, inputs: list, top: int = 8) -> None:
+    """Where an OpenVINO U-Net call spends its time: OpenVINO's per-layer counters (PERF_COUNT) of one
+    call after a warm-up, summed by layer type and by the torch op each layer came from, and the top layers."""
+    from collections import Counter
+
+    model = compiled.model.clone()
+    model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
+    req = compiled.core.compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": compiled.precision, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERF_COUNT": True}).create_infer_request()
+    req.infer(inputs)
+    req.infer(inputs)
+    layers = [(p.real_time.total_seconds(), p.node_type, p.node_name) for p in req.profiling_info]
+    by_type, by_op = Counter(), Counter()
+    for sec, kind, name in layers:
+        by_type[kind] += sec
+        by_op[next((part for part in name.split("/") if part.startswith("aten::")), kind)] += sec
+    print(f"OpenVINO profile of one call: {sum(s for s, _, _ in layers):.3f} s in {len(layers)} layers")
+    for title, counts in (("by layer type", by_type), ("by torch op", by_op)):
+        print(f"  {title}: " + ", ".join(f"{k} {v:.3f} s" for k, v in counts.most_common(6)))
+    for sec, kind, name in sorted(layers, reverse=True)[:top]:
+        print(f"  {sec:7.4f} s  {kind:14s} {name[:100]}")
 
 
 def vae_rows(exact, pipe, size: int, calls: int) -> None:

@@ -101,10 +101,23 @@ def test_resuming_another_run_is_refused(tmp_path):
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch", -1), ("caption_dropout", 1.0),
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
                                           ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
-                                          ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5)])
+                                          ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5),
+                                          ("ema", 1.0)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
+    assert not any(tmp_path.iterdir())  # refused before any stage ran
+
+
+@pytest.mark.slow  # trains the recipe (tiny settings)
+def test_ema_exports_averaged_stage_2_weights(first_run, tmp_path):
+    """ema averages the U-Net and text encoder of stage 2; stage 1's VAE, which it does not touch, is reused."""
+    run = recipe.run(recipe.RecipeConfig(out=tmp_path, ema=0.5, **TINY))
+    a, b = _weights(first_run), _weights(run)
+    for part in ("unet.", "text_encoder."):
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(part)), part
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("vae.encoder."))
+    assert json.loads((run / "recipe.json").read_text())["config"]["ema"] == 0.5
 
 
 @pytest.mark.slow  # trains the three-stage recipe (tiny settings)
