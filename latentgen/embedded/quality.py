@@ -111,6 +111,24 @@ def inpaint_hole(rng, size: int, on_grid: bool, low: float = 0.15, high: float =
             return x0, y0, x0 + w, y0 + h
 
 
+def inpaint_cases(colors, seeds, size: int):
+    """The inpainting yardstick's cases, (color, seed, shape, background, hole): shapes and backgrounds
+    rotate with the seed, even seeds put the hole on the 8-pixel grid, odd seeds off it."""
+    import random
+
+    for color in colors:
+        for seed in seeds:
+            rng = random.Random(f"inpaint:{color}:{seed}")
+            kind = shapes.SHAPES[seed % len(shapes.SHAPES)]
+            bg = [b for b in shapes.COLORS if b != color][seed % (len(shapes.COLORS) - 1)]
+            yield color, seed, kind, bg, inpaint_hole(rng, size, on_grid=seed % 2 == 0)
+
+
+def clean_fraction(hole: np.ndarray, color: str) -> float:
+    """The fraction of a hole's pixels (h, w, 3) within ``CLEAN_RGB`` of ``color``: clean shape color."""
+    return float((np.linalg.norm(hole - np.float32(shapes.PALETTE[color]), axis=-1) <= CLEAN_RGB).mean())
+
+
 CLEAN_RGB = shapes.OFF_PALETTE_RGB  # a hole pixel this close to the asked color is clean shape color
 SEAM_RGB = 24.0  # the hole's background (its median) must be this close to the surroundings
 EDGE_PX = 2  # the shape's soft edge: hole pixels this near the shape are neither shape nor background
@@ -136,39 +154,53 @@ def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20
     ``CLEAN_RGB``); the median of the hole's background pixels (``hole_background``: nearer the background
     color than the shape's, off the shape's soft edge) is within ``SEAM_RGB`` of the surroundings (no
     seam); every pixel outside the hole is unchanged. ``kwargs`` pass on to ``Pipeline.inpaint``."""
-    import random
-
     size = pipe.defaults.width
-    rates, unchanged, fractions, parts = {}, [], [], {"shape": [], "filled": [], "no_seam": []}
-    for color in colors:
-        ok = []
-        for seed in seeds:
-            rng = random.Random(f"inpaint:{color}:{seed}")
-            kind = shapes.SHAPES[seed % len(shapes.SHAPES)]
-            bg = [b for b in shapes.COLORS if b != color][seed % (len(shapes.COLORS) - 1)]
-            x0, y0, x1, y1 = inpaint_hole(rng, size, on_grid=seed % 2 == 0)
-            src = Image.new("RGB", (size, size), shapes.PALETTE[bg])
-            mask = np.zeros((size, size), np.uint8)
-            mask[y0:y1, x0:x1] = 255
-            out = pipe.inpaint(f"a {color} {kind} on a {bg} background", src, mask, seed=seed, steps=steps,
-                               **kwargs)[0]
-            a = np.asarray(out, np.float32)
-            kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
-            hole = a[y0:y1, x0:x1]  # (h, w, 3)
-            clean = np.linalg.norm(hole - np.float32(shapes.PALETTE[color]), axis=-1) <= CLEAN_RGB
-            back = hole_background(hole, shapes.PALETTE[color], shapes.PALETTE[bg])
-            seam = len(back) > 0 and np.linalg.norm(np.median(back, 0) - np.float32(shapes.PALETTE[bg])) > SEAM_RGB
-            r = shapes.read(out)
-            inside = r.centroid is not None and x0 <= r.centroid[0] < x1 and y0 <= r.centroid[1] < y1
-            checks = {"shape": (r.color, r.shape) == (color, kind) and inside, "filled": clean.mean() >= 0.35,
-                      "no_seam": not seam}
-            for k, v in checks.items():
-                parts[k].append(v)
-            ok.append(all(checks.values()) and kept)
-            unchanged.append(kept)
-            fractions.append((x1 - x0) * (y1 - y0) / size**2)
-        rates[color] = sum(ok) / len(ok)
+    ok, unchanged, fractions, parts = {c: [] for c in colors}, [], [], {"shape": [], "filled": [], "no_seam": []}
+    for color, seed, kind, bg, (x0, y0, x1, y1) in inpaint_cases(colors, seeds, size):
+        src = Image.new("RGB", (size, size), shapes.PALETTE[bg])
+        mask = np.zeros((size, size), np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        out = pipe.inpaint(f"a {color} {kind} on a {bg} background", src, mask, seed=seed, steps=steps, **kwargs)[0]
+        kept = bool(np.array_equal(np.asarray(out)[mask == 0], np.asarray(src)[mask == 0]))
+        hole = np.asarray(out, np.float32)[y0:y1, x0:x1]  # (h, w, 3)
+        back = hole_background(hole, shapes.PALETTE[color], shapes.PALETTE[bg])
+        seam = len(back) > 0 and np.linalg.norm(np.median(back, 0) - np.float32(shapes.PALETTE[bg])) > SEAM_RGB
+        r = shapes.read(out)
+        inside = r.centroid is not None and x0 <= r.centroid[0] < x1 and y0 <= r.centroid[1] < y1
+        checks = {"shape": (r.color, r.shape) == (color, kind) and inside,
+                  "filled": clean_fraction(hole, color) >= 0.35, "no_seam": not seam}
+        for k, v in checks.items():
+            parts[k].append(v)
+        ok[color].append(all(checks.values()) and kept)
+        unchanged.append(kept)
+        fractions.append((x1 - x0) * (y1 - y0) / size**2)
+    rates = {c: sum(v) / len(v) for c, v in ok.items()}
     return {"images": len(unchanged), "success": {c: round(v, 4) for c, v in rates.items()},
             "worst": round(min(rates.values()), 4), "outside_unchanged": sum(unchanged) / len(unchanged),
             "criteria": {k: round(sum(v) / len(v), 4) for k, v in parts.items()},
             "hole_fraction": [round(min(fractions), 3), round(max(fractions), 3)]}
+
+
+def inpaint_ceiling(vae, colors=("red", "blue", "yellow", "white"), seeds=range(20), size: int = 64) -> dict:
+    """The most ``inpaint_fill`` can give through this VAE: in each of its holes the largest shape of the
+    asked kind (as ``shapes.draw`` draws it) centered, encoded and decoded (the posterior mean). Returns
+    per shape the fraction of cases whose hole is >= 35% clean shape color, drawn (``drawn``) and after the
+    round trip (``decoded``), and per color the success rate of a model perfect in everything else."""
+    import torch
+
+    from .autoencoder import to_pixels
+
+    filled = {c: [] for c in colors}
+    per_shape = {k: {"drawn": [], "decoded": []} for k in shapes.SHAPES}
+    for color, _, kind, bg, (x0, y0, x1, y1) in inpaint_cases(colors, seeds, size):
+        r = min(min(x1 - x0, y1 - y0) / 2 - 0.5, 0.34 * size)  # the data's largest radius is 0.34 of the side
+        image = shapes.draw(shapes.Scene(color, kind, bg, (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, r), size)
+        with torch.no_grad():
+            x = to_pixels([image]).to(vae.device, vae.dtype)
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0].float().clamp(-1, 1).cpu()  # (3, H, W)
+        decoded = ((y.permute(1, 2, 0).numpy() + 1) * 127.5).round()
+        for name, a in (("drawn", np.asarray(image, np.float32)), ("decoded", decoded)):
+            per_shape[kind][name].append(clean_fraction(a[y0:y1, x0:x1], color) >= 0.35)
+        filled[color].append(per_shape[kind]["decoded"][-1])
+    return {"shapes": {k: {n: round(sum(v) / len(v), 4) for n, v in d.items()} for k, d in per_shape.items()},
+            "success": {c: round(sum(v) / len(v), 4) for c, v in filled.items()}}

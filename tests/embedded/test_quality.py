@@ -101,3 +101,39 @@ def test_the_hole_background_leaves_out_the_shape_and_its_soft_edge():
     off = hole.copy()
     off[hole[..., 0] != red[0]] += np.float32([0, 30, 0])
     assert np.linalg.norm(np.median(quality.hole_background(off, red, blue), 0) - np.float32(blue)) == 30
+
+
+class IdentityVAE:
+    """A 'VAE' whose latents are the pixels: the round trip loses nothing."""
+
+    device, dtype = "cpu", None
+
+    def encode(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sample=z)
+
+
+def test_inpaint_ceiling_through_a_lossless_vae_is_the_drawn_shapes():
+    """The largest data-shaped shape centered in each yardstick hole fills >= 35% of it, even a triangle (half
+    its box) in a 4:3 hole; through a lossless VAE the ceiling is then 100% for every color."""
+    import torch
+
+    vae = IdentityVAE()
+    vae.dtype = torch.float32
+    r = quality.inpaint_ceiling(vae, colors=("red", "white"), seeds=range(6))
+    assert set(r["shapes"]) == set(shapes.SHAPES)
+    assert all(d == {"drawn": 1.0, "decoded": 1.0} for d in r["shapes"].values()), r
+    assert r["success"] == {"red": 1.0, "white": 1.0}
+
+
+def test_inpaint_cases_rotate_shapes_and_backgrounds_with_the_seed():
+    cases = list(quality.inpaint_cases(("red",), range(6), 64))
+    assert [c[2] for c in cases] == list(shapes.SHAPES) * 2
+    assert all(bg != "red" for _, _, _, bg, _ in cases) and len({bg for _, _, _, bg, _ in cases}) == 6
+    assert cases == list(quality.inpaint_cases(("red",), range(6), 64))  # a function of (color, seed)
