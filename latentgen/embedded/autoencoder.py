@@ -42,11 +42,13 @@ class VAEObjective(torch.nn.Module):
     """Stages 1 and 3: reconstruct pixels through a sampled latent, KL toward N(0, I); with ``line`` > 0
     also the squared distance of each output pixel from the segment between its image's two colors
     (``colors`` (B, 2, 3)): MSE alone lets each channel err on its own at edges, and such errors are
-    colors the image does not have (the rainbow specks ``shapes.off_palette`` counts)."""
+    colors the image does not have (the rainbow specks ``shapes.off_palette`` counts). With ``edge`` > 0
+    also the gradient difference loss (Mathieu et al. 2016, https://arxiv.org/abs/1511.05440): the L1
+    distance of the output's pixel-to-pixel differences from the input's, which MSE's blur pays for."""
 
-    def __init__(self, vae, kl_weight: float, line: float = 0.0):
+    def __init__(self, vae, kl_weight: float, line: float = 0.0, edge: float = 0.0):
         super().__init__()
-        self.vae, self.kl_weight, self.line = vae, kl_weight, line
+        self.vae, self.kl_weight, self.line, self.edge = vae, kl_weight, line, edge
 
     def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None):
         post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
@@ -57,6 +59,8 @@ class VAEObjective(torch.nn.Module):
             a, d = colors[:, 1, :, None, None], (colors[:, 0] - colors[:, 1])[:, :, None, None]  # (B, 3, 1, 1)
             t = (((rec - a) * d).sum(1, keepdim=True) / (d * d).sum(1, keepdim=True).clamp_min(1e-6)).clamp(0, 1)
             loss = loss + self.line * ((rec - a - t * d) ** 2).sum(1).mean()
+        for dim in (2, 3) if self.edge else ():  # differences down and across, (B, 3, H-1, W) and (B, 3, H, W-1)
+            loss = loss + self.edge * (rec.diff(dim=dim) - pixels.float().diff(dim=dim)).abs().mean()
         return loss
 
 
@@ -117,7 +121,7 @@ def train_decoder(cfg, c: Components, run_id: dict):
     vae.post_quant_conv.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line),
+              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line, cfg.decoder_edge),
               pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="decoder")
     vae.requires_grad_(False).eval()

@@ -66,6 +66,8 @@ class RecipeConfig:
                                              "(star too): the decoder learns to draw shapes the captions never name")
     decoder_line: float = option(0.0, "stage 3 weight of the off-blend penalty (pixels off the line between the "
                                       "image's two colors: rainbow specks)")
+    decoder_edge: float = option(0.0, "stage 3 weight of the gradient difference loss (L1 of the output's "
+                                      "pixel-to-pixel differences against the input's): sharper edges")
     steps: int = option(5000, "stage 2: U-Net + text encoder optimizer steps")
     inpaint_steps: int = option(1500, "stage 4: inpainting U-Net optimizer steps (0: no inpainting variant)")
     inpaint_lr: float = option(3e-4, "stage 4 learning rate")
@@ -86,6 +88,7 @@ class RecipeConfig:
         for name in ("vae_open_colors", "vae_open_shapes", "plain", "decoder_open_colors", "decoder_open_shapes"):
             checks.number(name, getattr(self, name), minimum=0, maximum=1)
         checks.number("decoder_line", self.decoder_line, minimum=0)
+        checks.number("decoder_edge", self.decoder_edge, minimum=0)
         train.LoopConfig(out=self.out, steps=self.steps, lr=self.lr, ema=self.ema).check()  # stage 2's loop settings
         if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"init={self.init} is no model folder: give RUN/model of an earlier run.")
@@ -97,7 +100,8 @@ class RecipeConfig:
 
 VAE_FIELDS = ("preset", "seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "vae_open_colors", "vae_open_shapes",
               "plain")
-DECODER_FIELDS = ("decoder_steps", "decoder_lr", "decoder_open_colors", "decoder_open_shapes", "decoder_line")
+DECODER_FIELDS = ("decoder_steps", "decoder_lr", "decoder_open_colors", "decoder_open_shapes", "decoder_line",
+                  "decoder_edge")
 INPAINT_FIELDS = ("inpaint_steps", "inpaint_lr")
 
 

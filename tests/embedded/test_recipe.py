@@ -102,7 +102,7 @@ def test_resuming_another_run_is_refused(tmp_path):
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
                                           ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
                                           ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5),
-                                          ("ema", 1.0)])
+                                          ("ema", 1.0), ("decoder_edge", -1.0)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
@@ -165,21 +165,41 @@ def test_a_continued_run_starts_from_its_init(first_run, tmp_path, monkeypatch):
         recipe.run(recipe.RecipeConfig(out=tmp_path / "x", init=tmp_path, **TINY))
 
 
+class Echo(torch.nn.Module):
+    """A 'VAE' whose decoder returns a fixed picture."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def encode(self, x):
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+        return type("E", (), {"latent_dist": DiagonalGaussianDistribution(torch.zeros(1, 8, 1, 1))})()
+
+    def decode(self, z):
+        return type("D", (), {"sample": self.out})()
+
+
+def test_the_edge_loss_pays_for_blur_not_for_an_offset():
+    """VAEObjective(edge=w): w x the L1 distance of the output's pixel differences (down and across) from the
+    input's. An output shifted by a constant has the input's edges (no extra cost); a blurred step pays."""
+    from latentgen.embedded.autoencoder import VAEObjective
+
+    pixels = torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 1, 1, 4).expand(1, 3, 4, 4)  # a vertical step edge
+    shifted = pixels + 0.2
+    blurred = torch.tensor([-1.0, -0.5, 0.5, 1.0]).view(1, 1, 1, 4).expand(1, 3, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    loss = {(name, w): VAEObjective(Echo(out), 0.0, edge=w)(pixels, g)
+            for name, out in (("shifted", shifted), ("blurred", blurred)) for w in (0.0, 2.0)}
+    assert torch.allclose(loss["shifted", 0.0], loss["shifted", 2.0])
+    # across: differences (0.5, 1, 0.5) against (0, 2, 0): mean (0.5 + 1 + 0.5) / 3 = 2/3; down: all 0
+    expected = 2.0 * 2 / 3
+    assert torch.allclose(loss["blurred", 2.0] - loss["blurred", 0.0], torch.tensor(expected))
+
+
 def test_the_off_blend_penalty_counts_only_colors_off_the_line():
     """VAEObjective(line=w): pixels on the segment between the image's two colors cost nothing extra."""
     from latentgen.embedded.autoencoder import VAEObjective
-
-    class Echo(torch.nn.Module):  # a 'VAE' whose decoder returns a fixed picture
-        def __init__(self, out):
-            super().__init__()
-            self.out = out
-
-        def encode(self, x):
-            from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-            return type("E", (), {"latent_dist": DiagonalGaussianDistribution(torch.zeros(1, 8, 1, 1))})()
-
-        def decode(self, z):
-            return type("D", (), {"sample": self.out})()
 
     colors = torch.tensor([[[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]]])  # red shape, blue background
     pixels = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
