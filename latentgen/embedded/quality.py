@@ -111,6 +111,11 @@ def inpaint_hole(rng, size: int, on_grid: bool, low: float = 0.15, high: float =
             return x0, y0, x0 + w, y0 + h
 
 
+CLEAN_RGB = shapes.OFF_PALETTE_RGB  # a hole pixel this close to the asked color is clean shape color
+SEAM_RGB = 24.0  # the hole's background (its median) must be this close to the surroundings
+EDGE_PX = 2  # the shape's soft edge: hole pixels this near the shape are neither shape nor background
+
+
 def inpaint_cases(colors, seeds, size: int):
     """The inpainting yardstick's cases, (color, seed, shape, background, hole): shapes and backgrounds
     rotate with the seed, even seeds put the hole on the 8-pixel grid, odd seeds off it."""
@@ -127,11 +132,6 @@ def inpaint_cases(colors, seeds, size: int):
 def clean_fraction(hole: np.ndarray, color: str) -> float:
     """The fraction of a hole's pixels (h, w, 3) within ``CLEAN_RGB`` of ``color``: clean shape color."""
     return float((np.linalg.norm(hole - np.float32(shapes.PALETTE[color]), axis=-1) <= CLEAN_RGB).mean())
-
-
-CLEAN_RGB = shapes.OFF_PALETTE_RGB  # a hole pixel this close to the asked color is clean shape color
-SEAM_RGB = 24.0  # the hole's background (its median) must be this close to the surroundings
-EDGE_PX = 2  # the shape's soft edge: hole pixels this near the shape are neither shape nor background
 
 
 def hole_background(hole: np.ndarray, shape_rgb, background_rgb) -> np.ndarray:

@@ -3,10 +3,11 @@
 torch fp32 (diffusers' arithmetic), torch at latentgen's default dtype, ONNX Runtime fp32 (CPU provider,
 all graph optimisations; only when ``onnxruntime``, ``onnx`` and ``onnxscript`` are installed: they are not
 dependencies) and OpenVINO at latentgen's default (``latentgen.runtime``); with ``--vae``, the VAE decode
-of one latent on torch and through OpenVINO. Prints medians in seconds and each output's largest
+of one latent on torch and through OpenVINO; with ``--profile``, OpenVINO's per-layer times. Prints medians in seconds and each output's largest
 difference to torch fp32. Random weights for presets; the embedded model's own.
 
     python tests/benchmarks/bench_backends.py --model sd15 --calls 3 --vae
+    python tests/benchmarks/bench_backends.py --model sd15 --calls 1 --profile   # where OpenVINO's call spends it
     python tests/benchmarks/bench_backends.py --model default --calls 50
 
 Measured 2026-11-28, 2-core AMD EPYC (AVX512-BF16), torch 2.13, OpenVINO 2026.4.1, ONNX Runtime 1.32:
