@@ -103,7 +103,7 @@ def train_vae(cfg, c: Components, run_id: dict) -> None:
     vae = c.vae.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight),
+              VAEObjective(vae, cfg.kl_weight, edge=cfg.vae_edge),
               pixel_batches(cfg, "vae", size, cfg.vae_open_colors, cfg.vae_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="vae")
     vae = vae.requires_grad_(False).eval().to(acc.device)

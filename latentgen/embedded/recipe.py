@@ -54,6 +54,7 @@ class RecipeConfig:
     vae_batch: int = option(32, "images per VAE (and decoder) step")
     vae_lr: float = option(1e-3, "stage 1 learning rate")
     kl_weight: float = option(1e-6, "weight of the VAE's KL term")
+    vae_edge: float = option(0.0, "stage 1 weight of the gradient difference loss (as --decoder-edge): sharper edges")
     vae_open_colors: float = option(0.25, "fraction of VAE images in random RGB colors, so it encodes unseen ones")
     vae_open_shapes: float = option(0.0, "fraction of VAE images whose shape is any of shapes.ALL_SHAPES (star "
                                          "too): latents that keep shapes the captions never name, for LoRAs")
@@ -89,6 +90,7 @@ class RecipeConfig:
             checks.number(name, getattr(self, name), minimum=0, maximum=1)
         checks.number("decoder_line", self.decoder_line, minimum=0)
         checks.number("decoder_edge", self.decoder_edge, minimum=0)
+        checks.number("vae_edge", self.vae_edge, minimum=0)
         train.LoopConfig(out=self.out, steps=self.steps, lr=self.lr, ema=self.ema).check()  # stage 2's loop settings
         if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"init={self.init} is no model folder: give RUN/model of an earlier run.")
@@ -99,7 +101,7 @@ class RecipeConfig:
 
 
 VAE_FIELDS = ("preset", "seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "vae_open_colors", "vae_open_shapes",
-              "plain")
+              "plain", "vae_edge")
 DECODER_FIELDS = ("decoder_steps", "decoder_lr", "decoder_open_colors", "decoder_open_shapes", "decoder_line",
                   "decoder_edge")
 INPAINT_FIELDS = ("inpaint_steps", "inpaint_lr")

@@ -102,7 +102,8 @@ def test_resuming_another_run_is_refused(tmp_path):
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
                                           ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
                                           ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5),
-                                          ("ema", 1.0), ("decoder_edge", -1.0)])
+                                          ("ema", 1.0), ("decoder_edge", -1.0),
+                                          ("vae_edge", -1.0)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         recipe.run(recipe.RecipeConfig(out=tmp_path, **{**TINY, field: value}))
