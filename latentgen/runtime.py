@@ -166,15 +166,20 @@ class Compiled:
         self.model = self.core.read_model(xml)
         self.requests: dict[tuple, object] = {}  # (x shape, context shape) -> infer request, oldest first
 
+    def compile(self, x_shape: tuple, c_shape: tuple, extra: dict | None = None):
+        """A new infer request for these input shapes; ``extra``: more OpenVINO CPU settings (the benchmark's
+        PERF_COUNT)."""
+        model = self.model.clone()
+        model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
+        return self.core.compile_model(model, "CPU", {  # as many threads as torch (accelerate sets them per process)
+            "INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(), **(extra or {})}).create_infer_request()
+
     def request(self, x_shape: tuple, c_shape: tuple):
         key = (x_shape, c_shape)
         req = self.requests.pop(key, None)
         if req is None:
-            model = self.model.clone()
-            model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
-            req = self.core.compile_model(model, "CPU", {  # as many threads as torch (accelerate sets them per process)
-                "INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": torch.get_num_threads()}).create_infer_request()
+            req = self.compile(x_shape, c_shape)
         self.requests[key] = req  # now the most recent
         while len(self.requests) > self.KEEP:
             del self.requests[next(iter(self.requests))]

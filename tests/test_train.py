@@ -80,19 +80,19 @@ def _batch(step, micro, acc):
     return {"x": x, "y": x @ torch.tensor([[1.0], [-2.0], [0.5]])}
 
 
-def _train(out, ema=0.0, steps=6):
+def _train(out, ema=0.0, trajectory=None):
+    """Train 6 steps; the final weights, flat. ``trajectory``: a list that gets the weights after every step."""
     model = Regression()
-    cfg = train.LoopConfig(out=out, steps=steps, lr=0.02, save_every=2, ema=ema, weight_decay=0.0)
-    train.run(cfg, model, _batch, run_id={"test": "ema"})
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    weights = lambda: torch.cat([p.detach().flatten().clone() for p in model.parameters()])  # noqa: E731
+    cfg = train.LoopConfig(out=out, steps=6, lr=0.02, save_every=2, ema=ema, weight_decay=0.0)
+    train.run(cfg, model, _batch, run_id={"test": "ema"},
+              on_step=None if trajectory is None else lambda step: trajectory.append(weights()))
+    return weights()
 
 
 def test_ema_ends_as_the_moving_average_of_the_trajectory(tmp_path):
     trajectory = []  # the raw weights after every step, recorded by a run without EMA
-    model = Regression()
-    cfg = train.LoopConfig(out=tmp_path / "raw", steps=6, lr=0.02, save_every=2, weight_decay=0.0)
-    train.run(cfg, model, _batch, run_id={"test": "ema"},
-              on_step=lambda s: trajectory.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()])))
+    _train(tmp_path / "raw", trajectory=trajectory)
     assert len(trajectory) == 6
     shadow = trajectory[0]  # diffusers' warm-up: decay 0 at the first step, then min(0.9, (1+t)/(10+t))
     for t, w in enumerate(trajectory[1:], start=1):

@@ -190,16 +190,19 @@ def inpaint_ceiling(vae, colors=("red", "blue", "yellow", "white"), seeds=range(
 
     from .autoencoder import to_pixels
 
+    cases = list(inpaint_cases(colors, seeds, size))
+    images = []
+    for color, _, kind, bg, (x0, y0, x1, y1) in cases:
+        r = min(min(x1 - x0, y1 - y0) / 2 - 0.5, 0.34 * size)  # the data's largest radius is 0.34 of the side
+        images.append(shapes.draw(shapes.Scene(color, kind, bg, (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, r), size))
+    with torch.no_grad():  # one batch through the VAE: (N, 3, H, W) -> (N, H, W, 3) in 0..255
+        x = to_pixels(images).to(vae.device, vae.dtype)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).cpu()
+    decoded = ((y.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
     filled = {c: [] for c in colors}
     per_shape = {k: {"drawn": [], "decoded": []} for k in shapes.SHAPES}
-    for color, _, kind, bg, (x0, y0, x1, y1) in inpaint_cases(colors, seeds, size):
-        r = min(min(x1 - x0, y1 - y0) / 2 - 0.5, 0.34 * size)  # the data's largest radius is 0.34 of the side
-        image = shapes.draw(shapes.Scene(color, kind, bg, (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, r), size)
-        with torch.no_grad():
-            x = to_pixels([image]).to(vae.device, vae.dtype)
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample[0].float().clamp(-1, 1).cpu()  # (3, H, W)
-        decoded = ((y.permute(1, 2, 0).numpy() + 1) * 127.5).round()
-        for name, a in (("drawn", np.asarray(image, np.float32)), ("decoded", decoded)):
+    for (color, _, kind, _, (x0, y0, x1, y1)), image, out in zip(cases, images, decoded):
+        for name, a in (("drawn", np.asarray(image, np.float32)), ("decoded", out)):
             per_shape[kind][name].append(clean_fraction(a[y0:y1, x0:x1], color) >= 0.35)
         filled[color].append(per_shape[kind]["decoded"][-1])
     return {"shapes": {k: {n: round(sum(v) / len(v), 4) for n, v in d.items()} for k, d in per_shape.items()},

@@ -113,11 +113,7 @@ def profile(compiled, x_shape: tuple, c_shape: tuple, inputs: list, top: int = 8
     call after a warm-up, summed by layer type and by the torch op each layer came from, and the top layers."""
     from collections import Counter
 
-    model = compiled.model.clone()
-    model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
-    req = compiled.core.compile_model(model, "CPU", {
-        "INFERENCE_PRECISION_HINT": compiled.precision, "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERF_COUNT": True}).create_infer_request()
+    req = compiled.compile(x_shape, c_shape, {"PERF_COUNT": True})
     req.infer(inputs)
     req.infer(inputs)
     layers = [(p.real_time.total_seconds(), p.node_type, p.node_name) for p in req.profiling_info]
