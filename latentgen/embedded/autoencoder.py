@@ -38,19 +38,48 @@ def to_pixels(images) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
 
 
+class PatchDiscriminator(torch.nn.Module):
+    """PatchGAN (Isola et al. 2017, https://arxiv.org/abs/1611.07004), the discriminator SD's autoencoders
+    train against (Esser et al. 2021, https://arxiv.org/abs/2012.09841): (B, 3, 64, 64) -> (B, 1, 14, 14)
+    logits, each judging a 34-px patch real or decoded. GroupNorm, not BatchNorm: no batch statistics."""
+
+    def __init__(self, channels: int = 32, layers: int = 2):
+        super().__init__()
+        act, c = torch.nn.LeakyReLU(0.2), channels
+        net = [torch.nn.Conv2d(3, c, 4, 2, 1), act]  # (B, c, 32, 32)
+        for i in range(layers):  # stride 2, then 1: (B, 2c, 16, 16), (B, 4c, 15, 15); last conv: 14x14
+            net += [torch.nn.Conv2d(c, 2 * c, 4, 2 if i < layers - 1 else 1, 1), torch.nn.GroupNorm(8, 2 * c), act]
+            c *= 2
+        self.net = torch.nn.Sequential(*net, torch.nn.Conv2d(c, 1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class VAEObjective(torch.nn.Module):
     """Stages 1 and 3: reconstruct pixels through a sampled latent, KL toward N(0, I); with ``line`` > 0
     also the squared distance of each output pixel from the segment between its image's two colors
     (``colors`` (B, 2, 3)): MSE alone lets each channel err on its own at edges, and such errors are
     colors the image does not have (the rainbow specks ``shapes.off_palette`` counts). With ``edge`` > 0
     also the gradient difference loss (Mathieu et al. 2016, https://arxiv.org/abs/1511.05440): the L1
-    distance of the output's pixel-to-pixel differences from the input's, which MSE's blur pays for."""
+    distance of the output's pixel-to-pixel differences from the input's, which MSE's blur pays for.
 
-    def __init__(self, vae, kl_weight: float, line: float = 0.0, edge: float = 0.0):
+    With ``gan`` > 0 a ``PatchDiscriminator`` trains beside the decoder (hinge loss), and the decoder also
+    pays ``gan`` x lambda x its generator loss, lambda = |grad rec| / |grad gan| at the decoder's last layer
+    (Esser et al. 2021, eq. 7), once ``gan_on``: MSE averages the edges it is unsure of into a blur, the
+    discriminator does not accept a blur. One optimizer trains both: each loss reaches only its own side
+    (the generator term sees the discriminator's weights detached, the discriminator sees ``rec`` detached)."""
+
+    def __init__(self, vae, kl_weight: float, line: float = 0.0, edge: float = 0.0, gan: float = 0.0,
+                 seed: int = 0):
         super().__init__()
-        self.vae, self.kl_weight, self.line, self.edge = vae, kl_weight, line, edge
+        self.vae, self.kl_weight, self.line, self.edge, self.gan = vae, kl_weight, line, edge, gan
+        with torch.random.fork_rng():  # the discriminator's init is seeded, the global stream untouched
+            torch.manual_seed(seed)
+            self.disc = PatchDiscriminator() if gan else None
 
-    def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None):
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None,
+                gan_on: bool = True):
         post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
         z = train.sample_latents(post.mean, post.std, generator)
         rec = self.vae.decode(z).sample.float()  # (B, 3, H, W)
@@ -61,14 +90,31 @@ class VAEObjective(torch.nn.Module):
             loss = loss + self.line * ((rec - a - t * d) ** 2).sum(1).mean()
         for dim in (2, 3) if self.edge else ():  # differences down and across, (B, 3, H-1, W) and (B, 3, H, W-1)
             loss = loss + self.edge * (rec.diff(dim=dim) - pixels.float().diff(dim=dim)).abs().mean()
+        if self.disc is not None:
+            loss = loss + self.adversarial(loss, rec, pixels.float(), gan_on)
         return loss
 
+    def adversarial(self, rec_loss: torch.Tensor, rec: torch.Tensor, real: torch.Tensor, gan_on: bool):
+        """The discriminator's hinge loss, plus (``gan_on``) the decoder's weighted generator loss."""
+        d = (F.relu(1 - self.disc(real)).mean() + F.relu(1 + self.disc(rec.detach())).mean())
+        if not (gan_on and rec.requires_grad):
+            return d
+        frozen = {k: v.detach() for k, v in self.disc.named_parameters()}
+        g = -torch.func.functional_call(self.disc, frozen, (rec,)).mean()
+        last = self.vae.decoder.conv_out.weight
+        grad_rec, = torch.autograd.grad(rec_loss, last, retain_graph=True)
+        grad_g, = torch.autograd.grad(g, last, retain_graph=True)
+        lam = (grad_rec.norm() / (grad_g.norm() + 1e-4)).clamp(0, 1e4).detach()
+        return d + self.gan * lam * g
 
-def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: float = 0.0, plain: float = 0.0):
+
+def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: float = 0.0, plain: float = 0.0,
+                  gan_start: int | None = None):
     """``batch_fn`` of the VAE stages: scenes, a fraction ``open_colors`` of them in random RGB colors, a
     fraction ``open_shapes`` of them redrawn with any shape (``shapes.ALL_SHAPES``: the star too), and a
     fraction ``plain`` of them the background alone: a VAE that never sees a plain frame decodes one tens
-    of RGB off (green 54), which shows as a seam around an inpainted hole."""
+    of RGB off (green 54), which shows as a seam around an inpainted hole. With ``gan_start``, the batch
+    also says whether the decoder's adversarial term is on (from that step; the discriminator trains from 0)."""
     from PIL import Image
 
     def batch_fn(step, micro, a):
@@ -89,8 +135,9 @@ def pixel_batches(cfg, stage: str, size: int, open_colors: float, open_shapes: f
         imgs = [Image.new("RGB", (size, size), p[1]) if f else shapes.draw(s, size, c)
                 for s, c, p, f in zip(batch, rgb, pairs, flat)]
         pairs = [(p[1], p[1]) if f else p for p, f in zip(pairs, flat)]  # a plain frame has one color
-        return {"pixels": to_pixels(imgs).to(a.device), "colors": torch.tensor(pairs).to(a.device) / 127.5 - 1,
-                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+        batch = {"pixels": to_pixels(imgs).to(a.device), "colors": torch.tensor(pairs).to(a.device) / 127.5 - 1,
+                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+        return batch if gan_start is None else {**batch, "gan_on": step >= gan_start}
     return batch_fn
 
 
@@ -103,7 +150,7 @@ def train_vae(cfg, c: Components, run_id: dict) -> None:
     vae = c.vae.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight, edge=cfg.vae_edge),
+              VAEObjective(vae, cfg.kl_weight, cfg.vae_line, cfg.vae_edge),
               pixel_batches(cfg, "vae", size, cfg.vae_open_colors, cfg.vae_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="vae")
     vae = vae.requires_grad_(False).eval().to(acc.device)
@@ -121,8 +168,9 @@ def train_decoder(cfg, c: Components, run_id: dict):
     vae.post_quant_conv.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line, cfg.decoder_edge),
-              pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes, cfg.plain),
+              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line, cfg.decoder_edge, cfg.decoder_gan, cfg.seed),
+              pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes, cfg.plain,
+                            cfg.decoder_gan_start if cfg.decoder_gan else None),
               run_id=run_id, accelerator=acc, desc="decoder")
     vae.requires_grad_(False).eval()
     return acc

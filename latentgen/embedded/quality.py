@@ -207,3 +207,29 @@ def inpaint_ceiling(vae, colors=("red", "blue", "yellow", "white"), seeds=range(
         filled[color].append(per_shape[kind]["decoded"][-1])
     return {"shapes": {k: {n: round(sum(v) / len(v), 4) for n, v in d.items()} for k, d in per_shape.items()},
             "success": {c: round(sum(v) / len(v), 4) for c, v in filled.items()}}
+
+
+def round_trip(vae, n: int = 200, size: int = 64, kinds=shapes.ALL_SHAPES) -> dict:
+    """A VAE alone, before any U-Net is trained on it: ``n`` drawn scenes per shape kind (seeded, the star
+    included), encoded and decoded (the posterior mean). Per kind: the reconstruction MSE (in [-1, 1]), the
+    fraction read back as that kind, the mean off-palette fraction and the fraction of speckled images
+    (``shapes.off_palette``; a U-Net's samples carry the same specks when the VAE's round trip has them)."""
+    import random
+
+    import torch
+
+    from .autoencoder import to_pixels
+
+    out = {}
+    for kind in kinds:
+        scenes = [shapes.random_scene(random.Random(f"round-trip:{kind}:{i}"), size, shapes=(kind,)) for i in range(n)]
+        with torch.no_grad():  # (n, 3, H, W) -> (n, H, W, 3) in 0..255
+            x = to_pixels([shapes.draw(s, size) for s in scenes]).to(vae.device, vae.dtype)
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).cpu()
+        images = [Image.fromarray(a) for a in ((y.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)]
+        offs = [shapes.off_palette(im) for im in images]
+        out[kind] = {"mse": round(float(((y - x.float().cpu()) ** 2).mean()), 5),
+                     "read": round(sum(shapes.read(im).shape == kind for im in images) / n, 4),
+                     "off_palette": round(sum(o.fraction for o in offs) / n, 6),
+                     "speckled": round(sum(o.clusters > 0 for o in offs) / n, 4)}
+    return out

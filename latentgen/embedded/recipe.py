@@ -54,6 +54,7 @@ class RecipeConfig:
     vae_batch: int = option(32, "images per VAE (and decoder) step")
     vae_lr: float = option(1e-3, "stage 1 learning rate")
     kl_weight: float = option(1e-6, "weight of the VAE's KL term")
+    vae_line: float = option(0.0, "stage 1 weight of the off-blend penalty (as --decoder-line), on encoder and decoder")
     vae_edge: float = option(0.0, "stage 1 weight of the gradient difference loss (as --decoder-edge): sharper edges")
     vae_open_colors: float = option(0.25, "fraction of VAE images in random RGB colors, so it encodes unseen ones")
     vae_open_shapes: float = option(0.0, "fraction of VAE images whose shape is any of shapes.ALL_SHAPES (star "
@@ -69,6 +70,10 @@ class RecipeConfig:
                                       "image's two colors: rainbow specks)")
     decoder_edge: float = option(0.0, "stage 3 weight of the gradient difference loss (L1 of the output's "
                                       "pixel-to-pixel differences against the input's): sharper edges")
+    decoder_gan: float = option(0.0, "stage 3 weight of the adversarial loss against a PatchGAN discriminator "
+                                     "(times SD's adaptive balance; e.g. 0.5): edges MSE blurs come out sharp")
+    decoder_gan_start: int = option(100, "stage 3 step from which the adversarial loss reaches the decoder (the "
+                                         "discriminator trains from step 0)")
     steps: int = option(5000, "stage 2: U-Net + text encoder optimizer steps")
     inpaint_steps: int = option(1500, "stage 4: inpainting U-Net optimizer steps (0: no inpainting variant)")
     inpaint_lr: float = option(3e-4, "stage 4 learning rate")
@@ -90,7 +95,10 @@ class RecipeConfig:
             checks.number(name, getattr(self, name), minimum=0, maximum=1)
         checks.number("decoder_line", self.decoder_line, minimum=0)
         checks.number("decoder_edge", self.decoder_edge, minimum=0)
+        checks.number("decoder_gan", self.decoder_gan, minimum=0)
+        checks.whole("decoder_gan_start", self.decoder_gan_start, 0)
         checks.number("vae_edge", self.vae_edge, minimum=0)
+        checks.number("vae_line", self.vae_line, minimum=0)
         train.LoopConfig(out=self.out, steps=self.steps, lr=self.lr, ema=self.ema).check()  # stage 2's loop settings
         if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
             raise FileNotFoundError(f"init={self.init} is no model folder: give RUN/model of an earlier run.")
@@ -101,9 +109,9 @@ class RecipeConfig:
 
 
 VAE_FIELDS = ("preset", "seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "vae_open_colors", "vae_open_shapes",
-              "plain", "vae_edge")
+              "plain", "vae_edge", "vae_line")
 DECODER_FIELDS = ("decoder_steps", "decoder_lr", "decoder_open_colors", "decoder_open_shapes", "decoder_line",
-                  "decoder_edge")
+                  "decoder_edge", "decoder_gan", "decoder_gan_start")
 INPAINT_FIELDS = ("inpaint_steps", "inpaint_lr")
 
 

@@ -137,3 +137,26 @@ def test_inpaint_cases_rotate_shapes_and_backgrounds_with_the_seed():
     assert [c[2] for c in cases] == list(shapes.SHAPES) * 2
     assert all(bg != "red" for _, _, _, bg, _ in cases) and len({bg for _, _, _, bg, _ in cases}) == 6
     assert cases == list(quality.inpaint_cases(("red",), range(6), 64))  # a function of (color, seed)
+
+
+def test_round_trip_of_a_lossless_vae_is_clean_and_a_noisy_one_is_not():
+    """quality.round_trip: a lossless VAE gives MSE 0, every shape read back, no off-palette pixel; one whose
+    decoder adds a colored dot to every image is caught (speckled 1.0) while the shapes still read."""
+    import torch
+
+    vae = IdentityVAE()
+    vae.dtype = torch.float32
+    r = quality.round_trip(vae, n=20)
+    assert set(r) == set(shapes.ALL_SHAPES)
+    assert all(d == {"mse": 0.0, "read": 1.0, "off_palette": 0.0, "speckled": 0.0} for d in r.values()), r
+
+    class DotVAE(IdentityVAE):
+        def decode(self, z):
+            z = z.clone()
+            z[:, :, 1:3, 1:3] = torch.tensor([0.2, -0.9, 0.6])[:, None, None]  # a 2x2 speck in a corner
+            return super().decode(z)
+
+    dotted = DotVAE()
+    dotted.dtype = torch.float32
+    r = quality.round_trip(dotted, n=20, kinds=("circle",))["circle"]
+    assert r["speckled"] == 1.0 and r["off_palette"] > 0 and r["read"] >= 0.9 and r["mse"] > 0

@@ -102,7 +102,8 @@ def test_resuming_another_run_is_refused(tmp_path):
                                           ("vae_open_colors", 1.5), ("decoder_open_colors", 2.0),
                                           ("decoder_steps", 0), ("decoder_line", -1.0), ("inpaint_steps", -1),
                                           ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5),
-                                          ("ema", 1.0), ("decoder_edge", -1.0),
+                                          ("ema", 1.0), ("decoder_edge", -1.0), ("decoder_gan", -0.5),
+                                          ("decoder_gan_start", -1), ("vae_line", -1.0),
                                           ("vae_edge", -1.0)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
@@ -236,3 +237,34 @@ def test_open_shapes_draw_stars_and_plain_frames_have_one_color(tmp_path):
     some = autoencoder.pixel_batches(cfg, "vae", 64, 0.0, 0.0, 0.3)(3, 0, acc)["pixels"]
     flats = sum(len(torch.unique(x.reshape(3, -1), dim=1).T) == 1 for x in some)
     assert 8 <= flats <= 32
+
+
+def test_the_adversarial_loss_reaches_each_side_alone_and_is_balanced():
+    """VAEObjective(gan=w): the discriminator's hinge loss moves only the discriminator; the generator term moves
+    only the decoder, with a gradient at its last layer of norm w x that of the reconstruction loss (Esser et al.
+    2021, eq. 7); before ``gan_on`` the decoder trains exactly as without a discriminator."""
+    from diffusers import AutoencoderKL
+
+    from latentgen.embedded.autoencoder import VAEObjective
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    def grads(objective, **kw):
+        vae.zero_grad(set_to_none=True)
+        objective.zero_grad(set_to_none=True)
+        objective(pixels, torch.Generator().manual_seed(0), **kw).backward()
+        return {k: p.grad.clone() for k, p in objective.named_parameters() if p.grad is not None}
+
+    plain, adv = VAEObjective(vae, 0.0), VAEObjective(vae, 0.0, gan=0.5)
+    g0, off, on = grads(plain), grads(adv, gan_on=False), grads(adv, gan_on=True)
+    disc = [k for k in off if k.startswith("disc.")]
+    assert disc and all(off[k].abs().sum() > 0 for k in disc)
+    assert all(torch.allclose(off[k], g0[k], atol=1e-7) for k in g0)  # the hinge loss never reaches the decoder
+    assert all(torch.allclose(on[k], off[k], atol=1e-7) for k in disc)  # the generator term never reaches D
+    last = "vae.decoder.conv_out.weight"
+    assert torch.allclose((on[last] - off[last]).norm(), 0.5 * g0[last].norm(), rtol=1e-3)
+    assert all(torch.equal(p, q) for p, q in zip(VAEObjective(vae, 0.0, gan=0.5).disc.parameters(),
+                                                 adv.disc.parameters()))  # the discriminator's init is seeded
