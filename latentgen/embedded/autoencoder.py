@@ -145,7 +145,8 @@ def train_vae(cfg, c: Components, run_id: dict) -> None:
     """Stage 1: the whole VAE; then its ``scaling_factor`` (1 / std of the latents)."""
     from accelerate import Accelerator
 
-    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
+    # one Accelerator per stage: each checkpoint holds its own stage's model and optimizer
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
     size = c.defaults.width
     vae = c.vae.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
@@ -161,7 +162,7 @@ def train_decoder(cfg, c: Components, run_id: dict):
     """Stage 3: the VAE decoder alone (the encoder, hence the latents the U-Net learned, stay fixed)."""
     from accelerate import Accelerator
 
-    acc = Accelerator()
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
     size, vae = c.defaults.width, c.vae
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)

@@ -104,6 +104,7 @@ def test_resuming_another_run_is_refused(tmp_path):
                                           ("decoder_open_shapes", 1.5), ("vae_open_shapes", -0.1), ("plain", 1.5),
                                           ("ema", 1.0), ("decoder_edge", -1.0), ("decoder_gan", -0.5),
                                           ("decoder_gan_start", -1), ("vae_line", -1.0),
+                                          ("mixed_precision", "fp8"),
                                           ("vae_edge", -1.0)])
 def test_bad_recipe_settings(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
@@ -120,6 +121,23 @@ def test_ema_exports_averaged_stage_2_weights(first_run, tmp_path):
         assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(part)), part
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("vae.encoder."))
     assert json.loads((run / "recipe.json").read_text())["config"]["ema"] == 0.5
+
+
+@pytest.mark.slow  # trains the recipe (tiny settings)
+def test_bf16_autocast_trains_every_stage_in_fp32_weights(first_run, tmp_path):
+    """mixed_precision='bf16' runs the stages under autocast: other numbers than fp32, weights still fp32."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # accelerate fixes the precision once per process
+    try:
+        run = recipe.run(recipe.RecipeConfig(out=tmp_path, mixed_precision="bf16", **TINY))
+    finally:
+        AcceleratorState._reset_state(True)
+    a, b = _weights(first_run), _weights(run)
+    assert a.keys() == b.keys() and all(v.dtype == torch.float32 for v in b.values())
+    for part in ("vae.encoder.", "unet."):
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(part)), part
+    assert json.loads((run / "recipe.json").read_text())["config"]["mixed_precision"] == "bf16"
 
 
 @pytest.mark.slow  # trains the three-stage recipe (tiny settings)
