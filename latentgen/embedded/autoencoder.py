@@ -71,18 +71,20 @@ class VAEObjective(torch.nn.Module):
     (the generator term sees the discriminator's weights detached, the discriminator sees ``rec`` detached)."""
 
     def __init__(self, vae, kl_weight: float, line: float = 0.0, edge: float = 0.0, gan: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, autocast: str = "no"):
         super().__init__()
         self.vae, self.kl_weight, self.line, self.edge, self.gan = vae, kl_weight, line, edge, gan
+        self.autocast = autocast == "bf16"  # encode and decode under bf16 autocast; the losses in fp32
         with torch.random.fork_rng():  # the discriminator's init is seeded, the global stream untouched
             torch.manual_seed(seed)
             self.disc = PatchDiscriminator() if gan else None
 
     def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None,
                 gan_on: bool = True):
-        post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
-        z = train.sample_latents(post.mean, post.std, generator)
-        rec = self.vae.decode(z).sample.float()  # (B, 3, H, W)
+        with torch.autocast(pixels.device.type, torch.bfloat16, enabled=self.autocast):
+            post = self.vae.encode(pixels).latent_dist  # mean/std (B, 4, h, w)
+            z = train.sample_latents(post.mean.float(), post.std.float(), generator)
+            rec = self.vae.decode(z).sample.float()  # (B, 3, H, W)
         loss = F.mse_loss(rec, pixels.float()) + self.kl_weight * post.kl().mean()
         if self.line:
             a, d = colors[:, 1, :, None, None], (colors[:, 0] - colors[:, 1])[:, :, None, None]  # (B, 3, 1, 1)
@@ -145,13 +147,12 @@ def train_vae(cfg, c: Components, run_id: dict) -> None:
     """Stage 1: the whole VAE; then its ``scaling_factor`` (1 / std of the latents)."""
     from accelerate import Accelerator
 
-    # one Accelerator per stage: each checkpoint holds its own stage's model and optimizer
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    acc = Accelerator()  # one per stage: each checkpoint holds its own stage's model and optimizer
     size = c.defaults.width
     vae = c.vae.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "vae", steps=cfg.vae_steps, lr=cfg.vae_lr, warmup=100,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight, cfg.vae_line, cfg.vae_edge),
+              VAEObjective(vae, cfg.kl_weight, cfg.vae_line, cfg.vae_edge, autocast=cfg.vae_autocast),
               pixel_batches(cfg, "vae", size, cfg.vae_open_colors, cfg.vae_open_shapes, cfg.plain),
               run_id=run_id, accelerator=acc, desc="vae")
     vae = vae.requires_grad_(False).eval().to(acc.device)
@@ -162,14 +163,15 @@ def train_decoder(cfg, c: Components, run_id: dict):
     """Stage 3: the VAE decoder alone (the encoder, hence the latents the U-Net learned, stay fixed)."""
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    acc = Accelerator()
     size, vae = c.defaults.width, c.vae
     vae.requires_grad_(False)
     vae.decoder.requires_grad_(True)
     vae.post_quant_conv.requires_grad_(True)
     train.run(train.LoopConfig(out=cfg.out / "decoder", steps=cfg.decoder_steps, lr=cfg.decoder_lr, warmup=20,
                                lr_schedule="cosine", seed=cfg.seed, save_every=cfg.save_every),
-              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line, cfg.decoder_edge, cfg.decoder_gan, cfg.seed),
+              VAEObjective(vae, cfg.kl_weight, cfg.decoder_line, cfg.decoder_edge, cfg.decoder_gan, cfg.seed,
+                           cfg.vae_autocast),
               pixel_batches(cfg, "decoder", size, cfg.decoder_open_colors, cfg.decoder_open_shapes, cfg.plain,
                             cfg.decoder_gan_start if cfg.decoder_gan else None),
               run_id=run_id, accelerator=acc, desc="decoder")

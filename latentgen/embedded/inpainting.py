@@ -84,7 +84,7 @@ def train_inpainting(cfg, c, run_id: dict) -> UNet2DConditionModel:
     """Stage 4: a 9-channel copy of the trained U-Net, fine-tuned on random masks (text encoder, VAE frozen)."""
     from accelerate import Accelerator
 
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    acc = Accelerator()
     size, vae, sf = c.defaults.width, c.vae, c.vae.config.scaling_factor
     unet = nine_channel_unet(c.unet).requires_grad_(True)
     lat = (size // 8, size // 8)
