@@ -68,7 +68,8 @@ class VAEObjective(torch.nn.Module):
     pays ``gan`` x lambda x its generator loss, lambda = |grad rec| / |grad gan| at the decoder's last layer
     (Esser et al. 2021, eq. 7), once ``gan_on``: MSE averages the edges it is unsure of into a blur, the
     discriminator does not accept a blur. One optimizer trains both: each loss reaches only its own side
-    (the generator term sees the discriminator's weights detached, the discriminator sees ``rec`` detached)."""
+    (the generator term sees the discriminator's weights detached, the discriminator sees ``rec`` detached).
+    ``autocast='bf16'`` runs encoder and decoder under bf16 autocast; weights and losses stay fp32."""
 
     def __init__(self, vae, kl_weight: float, line: float = 0.0, edge: float = 0.0, gan: float = 0.0,
                  seed: int = 0, autocast: str = "no"):

@@ -134,7 +134,7 @@ def test_bf16_autocast_of_the_vae_stages_keeps_fp32_weights(first_run, tmp_path)
 
 
 def test_vae_objective_under_bf16_autocast_is_close_to_fp32():
-    """VAEObjective(autocast='bf16'): the same loss to bf16's precision, not bit for bit; gradients reach fp32 weights."""
+    """VAEObjective(autocast='bf16'): the same loss to bf16's precision, not bit for bit; fp32 gradients."""
     from diffusers import AutoencoderKL
 
     from latentgen.embedded.autoencoder import VAEObjective
