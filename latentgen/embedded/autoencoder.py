@@ -38,6 +38,11 @@ def to_pixels(images) -> torch.Tensor:
     return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
 
 
+def from_pixels(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 RGB, rounded to whole values in 0..255."""
+    return ((x.detach().float().clamp(-1, 1).cpu().permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
+
+
 class PatchDiscriminator(torch.nn.Module):
     """PatchGAN (Isola et al. 2017, https://arxiv.org/abs/1611.07004), the discriminator SD's autoencoders
     train against (Esser et al. 2021, https://arxiv.org/abs/2012.09841): (B, 3, 64, 64) -> (B, 1, 14, 14)
@@ -76,9 +81,11 @@ class VAEObjective(torch.nn.Module):
         super().__init__()
         self.vae, self.kl_weight, self.line, self.edge, self.gan = vae, kl_weight, line, edge, gan
         self.autocast = autocast == "bf16"  # encode and decode under bf16 autocast; the losses in fp32
-        with torch.random.fork_rng():  # the discriminator's init is seeded, the global stream untouched
-            torch.manual_seed(seed)
-            self.disc = PatchDiscriminator() if gan else None
+        self.disc = None
+        if gan:
+            with torch.random.fork_rng():  # the discriminator's init is seeded, the global stream untouched
+                torch.manual_seed(seed)
+                self.disc = PatchDiscriminator()
 
     def forward(self, pixels: torch.Tensor, generator: torch.Generator, colors: torch.Tensor | None = None,
                 gan_on: bool = True):

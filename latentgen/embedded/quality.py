@@ -181,24 +181,32 @@ def inpaint_fill(pipe, colors=("red", "blue", "yellow", "white"), seeds=range(20
             "hole_fraction": [round(min(fractions), 3), round(max(fractions), 3)]}
 
 
+def through(vae, images):
+    """Images through a VAE in one batch, encoded and decoded (the posterior mean): the (N, 3, H, W) inputs and
+    outputs, fp32 in [-1, 1] on the CPU."""
+    import torch
+
+    from .autoencoder import to_pixels
+
+    x = to_pixels(images)
+    with torch.no_grad():
+        y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample
+    return x, y.float().clamp(-1, 1).cpu()
+
+
 def inpaint_ceiling(vae, colors=("red", "blue", "yellow", "white"), seeds=range(20), size: int = 64) -> dict:
     """The most ``inpaint_fill`` can give through this VAE: in each of its holes the largest shape of the
     asked kind (as ``shapes.draw`` draws it) centered, encoded and decoded (the posterior mean). Returns
     per shape the fraction of cases whose hole is >= 35% clean shape color, drawn (``drawn``) and after the
     round trip (``decoded``), and per color the success rate of a model perfect in everything else."""
-    import torch
-
-    from .autoencoder import to_pixels
+    from .autoencoder import from_pixels
 
     cases = list(inpaint_cases(colors, seeds, size))
     images = []
     for color, _, kind, bg, (x0, y0, x1, y1) in cases:
         r = min(min(x1 - x0, y1 - y0) / 2 - 0.5, 0.34 * size)  # the data's largest radius is 0.34 of the side
         images.append(shapes.draw(shapes.Scene(color, kind, bg, (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2, r), size))
-    with torch.no_grad():  # one batch through the VAE: (N, 3, H, W) -> (N, H, W, 3) in 0..255
-        x = to_pixels(images).to(vae.device, vae.dtype)
-        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).cpu()
-    decoded = ((y.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
+    decoded = from_pixels(through(vae, images)[1])  # (N, H, W, 3) in 0..255
     filled = {c: [] for c in colors}
     per_shape = {k: {"drawn": [], "decoded": []} for k in shapes.SHAPES}
     for (color, _, kind, _, (x0, y0, x1, y1)), image, out in zip(cases, images, decoded):
@@ -216,19 +224,15 @@ def round_trip(vae, n: int = 200, size: int = 64, kinds=shapes.ALL_SHAPES) -> di
     (``shapes.off_palette``; a U-Net's samples carry the same specks when the VAE's round trip has them)."""
     import random
 
-    import torch
-
-    from .autoencoder import to_pixels
+    from .autoencoder import from_pixels
 
     out = {}
     for kind in kinds:
         scenes = [shapes.random_scene(random.Random(f"round-trip:{kind}:{i}"), size, shapes=(kind,)) for i in range(n)]
-        with torch.no_grad():  # (n, 3, H, W) -> (n, H, W, 3) in 0..255
-            x = to_pixels([shapes.draw(s, size) for s in scenes]).to(vae.device, vae.dtype)
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample.float().clamp(-1, 1).cpu()
-        images = [Image.fromarray(a) for a in ((y.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)]
+        x, y = through(vae, [shapes.draw(s, size) for s in scenes])
+        images = [Image.fromarray(a) for a in from_pixels(y).astype(np.uint8)]
         offs = [shapes.off_palette(im) for im in images]
-        out[kind] = {"mse": round(float(((y - x.float().cpu()) ** 2).mean()), 5),
+        out[kind] = {"mse": round(float(((y - x) ** 2).mean()), 5),
                      "read": round(sum(shapes.read(im).shape == kind for im in images) / n, 4),
                      "off_palette": round(sum(o.fraction for o in offs) / n, 6),
                      "speckled": round(sum(o.clusters > 0 for o in offs) / n, 4)}

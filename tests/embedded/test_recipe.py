@@ -123,6 +123,15 @@ def test_ema_exports_averaged_stage_2_weights(first_run, tmp_path):
     assert json.loads((run / "recipe.json").read_text())["config"]["ema"] == 0.5
 
 
+def _tiny_vae():
+    """A seeded two-level AutoencoderKL for 32x32 images, for the VAE objective's unit tests."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
+
+
 @pytest.mark.slow  # trains the recipe (tiny settings)
 def test_bf16_autocast_of_the_vae_stages_keeps_fp32_weights(first_run, tmp_path):
     """vae_autocast='bf16' runs the VAE stages under autocast: other numbers than fp32, weights still fp32."""
@@ -135,13 +144,9 @@ def test_bf16_autocast_of_the_vae_stages_keeps_fp32_weights(first_run, tmp_path)
 
 def test_vae_objective_under_bf16_autocast_is_close_to_fp32():
     """VAEObjective(autocast='bf16'): the same loss to bf16's precision, not bit for bit; fp32 gradients."""
-    from diffusers import AutoencoderKL
-
     from latentgen.embedded.autoencoder import VAEObjective
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
+    vae = _tiny_vae()
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
     full, half = (VAEObjective(vae, 1e-6, autocast=a)(pixels, torch.Generator().manual_seed(0)) for a in ("no", "bf16"))
     assert half.dtype == torch.float32 and full.item() != half.item()
@@ -271,13 +276,9 @@ def test_the_adversarial_loss_reaches_each_side_alone_and_is_balanced():
     """VAEObjective(gan=w): the discriminator's hinge loss moves only the discriminator; the generator term moves
     only the decoder, with a gradient at its last layer of norm w x that of the reconstruction loss (Esser et al.
     2021, eq. 7); before ``gan_on`` the decoder trains exactly as without a discriminator."""
-    from diffusers import AutoencoderKL
-
     from latentgen.embedded.autoencoder import VAEObjective
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4, latent_channels=4)
+    vae = _tiny_vae()
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
 
     def grads(objective, **kw):
