@@ -78,9 +78,9 @@ def test_img2img_recolors_the_shape_in_place(default_pipe):
 def test_inpainting_fills_holes_cleanly(default_pipe):
     """Plain backgrounds, holes of 15-45% on and off the latent grid, "a {color} {shape} on a {bg} background",
     20 seeds x 4 colors: the asked shape and color fill the hole (>= 35% clean), no seam, outside kept
-    (quality.inpaint_fill), with the shipped 9-channel variant: 60% per color. The issue's bar (80% per color)
-    is not met: triangles fill at most half their box and their soft edges, so most fail ">= 35% clean";
-    latent blending with the base U-Net does worse."""
+    (quality.inpaint_fill), with the shipped 9-channel variant: 50-80% per color. The issue's bar (80% per color)
+    is not met yet; the VAE allows it (test below), the variant falls short mostly on ">= 35% clean".
+    Latent blending with the base U-Net does worse."""
     r = quality.inpaint_fill(default_pipe, seeds=range(20))
     assert default_pipe.inpaint_unet.config.in_channels == 9
     assert r["outside_unchanged"] == 1.0 and r["hole_fraction"][0] >= 0.15 and r["hole_fraction"][1] <= 0.45
@@ -90,13 +90,15 @@ def test_inpainting_fills_holes_cleanly(default_pipe):
 
 
 @pytest.mark.slow
-def test_the_vae_caps_inpainting_below_triangles(default_pipe):
+def test_the_vae_is_sharp_enough_for_the_inpainting_bar(default_pipe):
     """The ceiling of the inpainting yardstick through the shipped VAE (quality.inpaint_ceiling): the largest
-    circle or square centered in each hole still fills >= 35% of it after a round trip, but a triangle (half
-    its box) loses its edges to the VAE's blur and mostly does not, so no U-Net can reach 80% per color."""
+    shape of the asked kind, drawn centered in each hole and sent through the VAE, still fills >= 35% of it with
+    clean color. Every circle and square does, and most triangles (half their box, so the VAE's soft edge costs
+    them most); a perfect variant would meet the 80% bar for every color. (v2's VAE: 8 of 24 triangles.)"""
     r = quality.inpaint_ceiling(default_pipe.vae, seeds=range(20))
     assert r["shapes"]["circle"]["decoded"] == 1.0 and r["shapes"]["square"]["decoded"] == 1.0, r
-    assert r["shapes"]["triangle"]["drawn"] == 1.0 and r["shapes"]["triangle"]["decoded"] < 0.5, r
+    assert r["shapes"]["triangle"]["drawn"] == 1.0 and r["shapes"]["triangle"]["decoded"] >= 0.7, r
+    assert min(r["success"].values()) >= 0.8, r
 
 
 LORAS = data_dir("weights") / "loras"
