@@ -3,7 +3,7 @@
     latentgen train --out runs/default --vae-autocast bf16   # from scratch, stages 1-4: the shipped model
     latentgen train --out runs/v2 --init runs/default/model --decoder-line 2 ...   # continue: stages 3-4
 
-The defaults are the shipped model's recipe (73 min on a 2-core CPU with bf16 autocast in the VAE stages).
+The defaults are the shipped model's recipe (72 min on a 2-core CPU with bf16 autocast in the VAE stages).
 
 Four stages, all run by the one loop in ``latentgen.train`` (VAE stages in ``autoencoder``):
   1. the VAE (``AutoencoderKL``, 64x64x3 -> 4x8x8), reconstruction MSE + a small KL term
