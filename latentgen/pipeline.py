@@ -227,7 +227,7 @@ class Pipeline:
 
     def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
                 steps: int | None = None, guidance: float | None = None, negative_prompt=None,
-                num_images: int = 1, scheduler=None, mask_blur: float = 4, only_masked: bool = False,
+                num_images: int = 1, scheduler=None, mask_blur: float | None = None, only_masked: bool = False,
                 padding: int = 32, composite: bool = True, callback: Callback | None = None,
                 batch_size: int | None = None, max_pixels: int | None = None,
                 latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
@@ -237,7 +237,8 @@ class Pipeline:
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
             (>= 0.5) repaints, black keeps. None: the image's alpha channel, transparent = repaint.
         strength: 1 repaints the hole from pure noise; lower keeps more of what is under it.
-        mask_blur: feather radius (pixels) of the final composite, inside the mask only.
+        mask_blur: feather radius (pixels) of the final composite, inside the mask only; None: the model's
+            default (``defaults.mask_blur``: 4, as A1111; the embedded model's 2, see its preset).
         only_masked: work on the mask's bounding box plus ``padding`` pixels, at the model's
             native size, and paste it back (A1111's "inpaint only masked"): more detail for
             small holes in large images.
@@ -250,6 +251,7 @@ class Pipeline:
         """
         checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
         checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
+        mask_blur = self.defaults.mask_blur if mask_blur is None else mask_blur
         checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
         f = self.vae_scale_factor
         inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,

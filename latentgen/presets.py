@@ -50,6 +50,7 @@ class Defaults:
     width: int = 512
     height: int = 512
     scheduler: str | None = None  # a sampler name from latentgen.schedulers; None: the folder's own
+    mask_blur: float = 4  # inpainting's feather, pixels inside the hole (A1111's default 4)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Defaults":

@@ -107,6 +107,26 @@ def test_bad_masks_and_sizes(pipe):
     assert pipe.img2img("a cat", _photo(), max_pixels=4096, steps=1)[0].size == (64, 64)  # the bound is raisable
 
 
+def test_mask_blur_defaults_to_the_models(pipe):
+    """``mask_blur=None`` (the default) takes the model's ``defaults.mask_blur``; a bad one is named."""
+    from dataclasses import replace
+
+    kw = dict(seed=3, steps=2)
+    assert pipe.defaults.mask_blur == 4  # a model that says nothing: A1111's 4
+    feathered, sharp = (np.asarray(pipe.inpaint("a cat", _photo(), _mask(), mask_blur=b, **kw)[0]) for b in (4, 0))
+    assert np.array_equal(np.asarray(pipe.inpaint("a cat", _photo(), _mask(), **kw)[0]), feathered)
+    assert not np.array_equal(feathered, sharp)
+    before = pipe.defaults
+    try:
+        pipe.defaults = replace(before, mask_blur=0)
+        assert np.array_equal(np.asarray(pipe.inpaint("a cat", _photo(), _mask(), **kw)[0]), sharp)
+        pipe.defaults = replace(before, mask_blur=-2)
+        with pytest.raises(ValueError, match="mask_blur"):
+            pipe.inpaint("a cat", _photo(), _mask(), **kw)
+    finally:
+        pipe.defaults = before
+
+
 def test_empty_mask_returns_the_input_with_a_warning(pipe):
     src = _photo()
     with warnings.catch_warnings(record=True) as w:

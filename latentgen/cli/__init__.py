@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--image", required=True)
     ip.add_argument("--mask", default=None, help="white repaints, black keeps (default: the image's alpha)")
     ip.add_argument("--strength", type=float, default=1.0)
-    ip.add_argument("--mask-blur", type=float, default=4, help="feather radius in pixels, inside the mask")
+    ip.add_argument("--mask-blur", type=float, default=None,
+                    help="feather radius in pixels, inside the mask (default: the model's, 4 as A1111)")
     ip.add_argument("--only-masked", action="store_true", help="work on the mask's box at native size")
     ip.add_argument("--padding", type=int, default=32, help="pixels around the mask's box (--only-masked)")
     ip.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +26,39 @@ from PIL import Image, ImageDraw
 from .. import files, starts, train
 from . import shapes
 from .autoencoder import scenes, to_pixels
+from .quality import inpaint_hole
 
-# Mask kinds and how often each is drawn: "object" covers the scene's shape with a margin (the
-# model learns to draw a shape that fills a hole), "box", "blob" and "stroke" fall anywhere, on and off
-# the 8-pixel latent grid, and "whole" repaints everything (text-to-image).
-MASKS = {"object": 0.35, "box": 0.2, "blob": 0.15, "stroke": 0.15, "whole": 0.15}
+# Mask kinds and how often each is drawn: "object" is a rectangular hole (10-50% of the image, aspect
+# 3:4..4:3, anywhere, on or off the 8-pixel grid) that the scene's shape fills, so the model learns to draw
+# the largest shape a hole holds; "box", "blob" and "stroke" fall anywhere over the scene as drawn, on and
+# off the grid; "whole" repaints everything (text-to-image).
+MASKS = {"object": 0.5, "box": 0.15, "blob": 0.1, "stroke": 0.1, "whole": 0.15}
 
 
-def random_mask(rng: random.Random, size: int, scene: shapes.Scene) -> np.ndarray:
-    """A (size, size) float32 mask, 1 = repaint, of a kind drawn from ``MASKS``."""
+def random_example(rng: random.Random, size: int, scene: shapes.Scene) \
+        -> tuple[shapes.Scene, Image.Image, np.ndarray]:
+    """A training example from a scene: (the scene drawn, its (size, size) picture, a float32 mask, 1 =
+    repaint) with a mask kind drawn from ``MASKS``. An "object" hole moves and sizes the shape to fill it,
+    centered; a triangle is stretched to the whole hole (a triangle of any proportions is still a
+    triangle); circles and squares keep their aspect (an ellipse is no circle)."""
     kind = rng.choices(list(MASKS), weights=list(MASKS.values()))[0]
-    if kind == "whole":
-        return np.ones((size, size), np.float32)
     im = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(im)
     if kind == "object":
-        r = scene.r * rng.uniform(1.0, 1.15) + rng.uniform(0, 2)
-        d.rectangle((scene.cx - r, scene.cy - r, scene.cx + r, scene.cy + r), fill=255)
-    elif kind == "box":
+        x0, y0, x1, y1 = inpaint_hole(rng, size, on_grid=rng.random() < 0.5, low=0.1, high=0.5)  # exclusive ends
+        m = rng.uniform(0, 1.5)  # the shape's margin inside the hole
+        scene = replace(scene, cx=(x0 + x1 - 1) / 2, cy=(y0 + y1 - 1) / 2,
+                        r=min(min(x1 - x0, y1 - y0) / 2 - 0.5 - m, 0.34 * size))
+        picture = shapes.draw(scene, size)
+        if scene.shape == "triangle":
+            picture = Image.new("RGB", (size, size), shapes.PALETTE[scene.background])
+            ImageDraw.Draw(picture).polygon([((x0 + x1 - 1) / 2, y0 + m), (x1 - 1 - m, y1 - 1 - m),
+                                             (x0 + m, y1 - 1 - m)], fill=shapes.PALETTE[scene.color])
+        d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+        return scene, picture, (np.asarray(im, np.float32) >= 128).astype(np.float32)
+    if kind == "whole":
+        return scene, shapes.draw(scene, size), np.ones((size, size), np.float32)
+    if kind == "box":
         w, h = (rng.uniform(0.25, 0.7) * size for _ in range(2))
         x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
         d.rectangle((x, y, x + w, y + h), fill=255)
@@ -54,7 +70,7 @@ def random_mask(rng: random.Random, size: int, scene: shapes.Scene) -> np.ndarra
     else:  # a thick random stroke of 2-4 segments
         pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(rng.randint(3, 5))]
         d.line(pts, fill=255, width=rng.randint(6, 16), joint="curve")
-    return (np.asarray(im, np.float32) >= 128).astype(np.float32)
+    return scene, shapes.draw(scene, size), (np.asarray(im, np.float32) >= 128).astype(np.float32)
 
 
 def nine_channel_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -93,8 +109,9 @@ def train_inpainting(cfg, c, run_id: dict) -> UNet2DConditionModel:
     def batch_fn(step, micro, a):
         batch = scenes(cfg.seed, "inpaint", step, micro, a.process_index, cfg.batch, size)
         rng = random.Random(f"{cfg.seed}:inpaint-mask:{step}:{micro}:{a.process_index}")
-        mask = torch.from_numpy(np.stack([random_mask(rng, size, s) for s in batch]))[:, None]  # (B, 1, H, W)
-        pixels = to_pixels([shapes.draw(s, size) for s in batch])  # (B, 3, H, W)
+        examples = [random_example(rng, size, s) for s in batch]
+        mask = torch.from_numpy(np.stack([m for _, _, m in examples]))[:, None]  # (B, 1, H, W)
+        pixels = to_pixels([p for _, p, _ in examples])  # (B, 3, H, W)
         gen = train.step_generator(cfg.seed, step, micro, a.process_index)
         z, zm = (train.sample_latents(p.mean, p.std, gen) * sf for p in
                  (vae.encode(x.to(a.device)).latent_dist for x in (pixels, pixels * (mask < 0.5))))

@@ -3,7 +3,7 @@
     latentgen train --out runs/default --vae-autocast bf16   # from scratch, stages 1-4: the shipped model
     latentgen train --out runs/v2 --init runs/default/model --decoder-line 2 ...   # continue: stages 3-4
 
-The defaults are the shipped model's recipe (72 min on a 2-core CPU with bf16 autocast in the VAE stages).
+The defaults are the shipped model's recipe (83 min on a 2-core CPU with bf16 autocast in the VAE stages).
 
 Four stages, all run by the one loop in ``latentgen.train`` (VAE stages in ``autoencoder``):
   1. the VAE (``AutoencoderKL``, 64x64x3 -> 4x8x8), reconstruction MSE + a small KL term
@@ -32,7 +32,7 @@ diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -82,8 +82,8 @@ class RecipeConfig:
     decoder_gan_start: int = option(100, "stage 3 step from which the adversarial loss reaches the decoder (the "
                                          "discriminator trains from step 0)")
     steps: int = option(5000, "stage 2: U-Net + text encoder optimizer steps")
-    inpaint_steps: int = option(1500, "stage 4: inpainting U-Net optimizer steps (0: no inpainting variant)")
-    inpaint_lr: float = option(3e-4, "stage 4 learning rate")
+    inpaint_steps: int = option(3000, "stage 4: inpainting U-Net optimizer steps (0: no inpainting variant)")
+    inpaint_lr: float = option(5e-4, "stage 4 learning rate")
     batch: int = option(32, "images per stage 2 step")
     lr: float = option(6e-4, "stage 2 learning rate")
     warmup: int = option(200, "stage 2 warmup steps")
@@ -239,9 +239,7 @@ def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float, in
     d = c.defaults
     with files.atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "latentgen.json").write_text(json.dumps(
-            {"steps": d.steps, "guidance": d.guidance, "width": d.width, "height": d.height,
-             "scheduler": d.scheduler}, indent=1) + "\n")
+        (tmp / "latentgen.json").write_text(json.dumps(asdict(d), indent=1) + "\n")
         (tmp / "recipe.json").write_text(json.dumps(
             {"config": train.config_dict(cfg, skip=("out", "threads")), "data": data_spec(d.width),
              "train_seconds": round(seconds, 1), "machine": files.machine(), "init": init or None},

@@ -15,16 +15,40 @@ from latentgen.pipeline import Pipeline
 
 def test_masks_cover_every_kind_on_and_off_the_latent_grid():
     rng = random.Random(0)
-    scenes = [shapes.random_scene(rng, 64) for _ in range(400)]
-    masks = [inpainting.random_mask(rng, 64, s) for s in scenes]
+    examples = [inpainting.random_example(rng, 64, shapes.random_scene(rng, 64)) for _ in range(400)]
+    masks = [m for _, _, m in examples]
     assert all(m.shape == (64, 64) and set(np.unique(m)) <= {0.0, 1.0} for m in masks)
     full = [m.all() for m in masks]
     assert 0.08 < np.mean(full) < 0.25  # "whole": text-to-image within the variant
-    covered = [m[int(s.cy), int(s.cx)] == 1 and m.sum() < 64 * 64 for s, m in zip(scenes, masks)]
-    assert np.mean(covered) > 0.35  # object masks (and some others) put the shape in the hole
+    covered = [m[int(s.cy), int(s.cx)] == 1 and m.sum() < 64 * 64 for s, _, m in examples]
+    assert np.mean(covered) > 0.45  # object masks (and some others) put the shape in the hole
     edges = [m for m in masks if 0 < m.sum() < 64 * 64]
     off_grid = [m for m in edges if (m.reshape(8, 8, 8, 8).mean(axis=(1, 3)) % 1).any()]
-    assert len(off_grid) > 0.8 * len(edges)
+    assert 0.5 * len(edges) < len(off_grid) < len(edges)
+    for s, picture, m in examples:  # outside the hole, always the scene as drawn
+        assert np.array_equal(np.asarray(picture)[m == 0], np.asarray(shapes.draw(s, 64))[m == 0])
+
+
+def test_an_object_hole_holds_the_largest_shape_and_a_triangle_spans_it():
+    rng = random.Random(1)
+    holes = {k: 0 for k in shapes.SHAPES}
+    for _ in range(400):
+        s, picture, m = inpainting.random_example(rng, 64, shapes.random_scene(rng, 64))
+        ys, xs = np.nonzero(m)
+        if not 0 < m.sum() < 64 * 64 or m.sum() != (np.ptp(xs) + 1) * (np.ptp(ys) + 1) or m[int(s.cy), int(s.cx)] == 0:
+            continue  # not a rectangular hole with the shape in it
+        r = shapes.read(picture)
+        if abs(r.centroid[0] - xs.mean()) > 1 or r.shape is None:
+            continue  # a box that happens to cover the shape: the scene as drawn
+        fg = np.nonzero((np.asarray(picture) != shapes.PALETTE[s.background]).any(-1))
+        assert (r.color, r.shape, r.background) == (s.color, s.shape, s.background)
+        w, h, fw, fh = np.ptp(xs), np.ptp(ys), np.ptp(fg[1]), np.ptp(fg[0])
+        if s.shape == "triangle":  # as wide and as tall as the hole
+            assert w - 4 <= fw <= w and h - 4 <= fh <= h
+        else:  # its short side
+            assert min(w, h) - 4 <= fw <= min(w, h) and abs(fw - fh) <= 1
+        holes[s.shape] += 1
+    assert all(n > 20 for n in holes.values()), holes
 
 
 def test_the_nine_channel_copy_starts_as_the_base_unet(pipe):
