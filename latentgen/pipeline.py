@@ -251,7 +251,9 @@ class Pipeline:
         """
         checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
         checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
-        mask_blur = self.defaults.mask_blur if mask_blur is None else mask_blur
+        if mask_blur is None:  # the model's own; a bad one is named as the model's setting
+            mask_blur = checks.number("defaults.mask_blur", self.defaults.mask_blur, minimum=0,
+                                      fix="set mask_blur >= 0 in the model's latentgen.json or preset")
         checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
         f = self.vae_scale_factor
         inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,

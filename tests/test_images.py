@@ -121,7 +121,7 @@ def test_mask_blur_defaults_to_the_models(pipe):
         pipe.defaults = replace(before, mask_blur=0)
         assert np.array_equal(np.asarray(pipe.inpaint("a cat", _photo(), _mask(), **kw)[0]), sharp)
         pipe.defaults = replace(before, mask_blur=-2)
-        with pytest.raises(ValueError, match="mask_blur"):
+        with pytest.raises(ValueError, match="defaults.mask_blur"):
             pipe.inpaint("a cat", _photo(), _mask(), **kw)
     finally:
         pipe.defaults = before

@@ -35,7 +35,8 @@ def test_an_object_hole_holds_the_largest_shape_and_a_triangle_spans_it():
     for _ in range(400):
         s, picture, m = inpainting.random_example(rng, 64, shapes.random_scene(rng, 64))
         ys, xs = np.nonzero(m)
-        if not 0 < m.sum() < 64 * 64 or m.sum() != (np.ptp(xs) + 1) * (np.ptp(ys) + 1) or m[int(s.cy), int(s.cx)] == 0:
+        rectangle = 0 < m.sum() < 64 * 64 and m.sum() == (np.ptp(xs) + 1) * (np.ptp(ys) + 1)
+        if not rectangle or m[int(s.cy), int(s.cx)] == 0:
             continue  # not a rectangular hole with the shape in it
         r = shapes.read(picture)
         if abs(r.centroid[0] - xs.mean()) > 1 or r.shape is None:
