@@ -237,6 +237,10 @@ def export(c: Components, cfg: RecipeConfig, folder: Path, *, seconds: float, in
                                    unet=c.unet, scheduler=c.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     d = c.defaults
+    backend = getattr(c.tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # transformers 5 leaves the last call's padding on a fast tokenizer: not the model's
+        backend.no_padding()
+        backend.no_truncation()
     with files.atomic_folder(folder) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "latentgen.json").write_text(json.dumps(asdict(d), indent=1) + "\n")
