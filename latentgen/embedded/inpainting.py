@@ -42,23 +42,22 @@ def random_example(rng: random.Random, size: int, scene: shapes.Scene) \
     centered; a triangle is stretched to the whole hole (a triangle of any proportions is still a
     triangle); circles and squares keep their aspect (an ellipse is no circle)."""
     kind = rng.choices(list(MASKS), weights=list(MASKS.values()))[0]
+    if kind == "whole":
+        return scene, shapes.draw(scene, size), np.ones((size, size), np.float32)
     im = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(im)
+    picture = None  # the scene as drawn, unless an object hole redraws it
     if kind == "object":
         x0, y0, x1, y1 = inpaint_hole(rng, size, on_grid=rng.random() < 0.5, low=0.1, high=0.5)  # exclusive ends
         m = rng.uniform(0, 1.5)  # the shape's margin inside the hole
         scene = replace(scene, cx=(x0 + x1 - 1) / 2, cy=(y0 + y1 - 1) / 2,
                         r=min(min(x1 - x0, y1 - y0) / 2 - 0.5 - m, 0.34 * size))
-        picture = shapes.draw(scene, size)
         if scene.shape == "triangle":
             picture = Image.new("RGB", (size, size), shapes.PALETTE[scene.background])
             ImageDraw.Draw(picture).polygon([((x0 + x1 - 1) / 2, y0 + m), (x1 - 1 - m, y1 - 1 - m),
                                              (x0 + m, y1 - 1 - m)], fill=shapes.PALETTE[scene.color])
         d.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
-        return scene, picture, (np.asarray(im, np.float32) >= 128).astype(np.float32)
-    if kind == "whole":
-        return scene, shapes.draw(scene, size), np.ones((size, size), np.float32)
-    if kind == "box":
+    elif kind == "box":
         w, h = (rng.uniform(0.25, 0.7) * size for _ in range(2))
         x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
         d.rectangle((x, y, x + w, y + h), fill=255)
@@ -70,7 +69,8 @@ def random_example(rng: random.Random, size: int, scene: shapes.Scene) \
     else:  # a thick random stroke of 2-4 segments
         pts = [(rng.uniform(0, size), rng.uniform(0, size)) for _ in range(rng.randint(3, 5))]
         d.line(pts, fill=255, width=rng.randint(6, 16), joint="curve")
-    return scene, shapes.draw(scene, size), (np.asarray(im, np.float32) >= 128).astype(np.float32)
+    picture = shapes.draw(scene, size) if picture is None else picture
+    return scene, picture, (np.asarray(im, np.float32) >= 128).astype(np.float32)
 
 
 def nine_channel_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:

@@ -39,7 +39,7 @@ def test_an_object_hole_holds_the_largest_shape_and_a_triangle_spans_it():
         if not rectangle or m[int(s.cy), int(s.cx)] == 0:
             continue  # not a rectangular hole with the shape in it
         r = shapes.read(picture)
-        if abs(r.centroid[0] - xs.mean()) > 1 or r.shape is None:
+        if r.shape is None or abs(r.centroid[0] - xs.mean()) > 1:
             continue  # a box that happens to cover the shape: the scene as drawn
         fg = np.nonzero((np.asarray(picture) != shapes.PALETTE[s.background]).any(-1))
         assert (r.color, r.shape, r.background) == (s.color, s.shape, s.background)
