@@ -7,8 +7,9 @@ Data: images (png, jpg, jpeg, webp, bmp) with captions, either one ``.txt`` side
 lines (Hugging Face's imagefolder layout). Each image is resized (shorter side) and center-cropped,
 or resized, to ``resolution``; the VAE encodes every image once and the latent distributions are
 cached, a latent being sampled from them at each step. LoRA adapters (peft) go on the U-Net's
-attention projections (to_q, to_k, to_v, to_out.0) and optionally the text encoder's (q_proj,
-k_proj, v_proj, out_proj). With ``prior_data`` every batch adds as many images of what the model
+attention projections (to_q, to_k, to_v, to_out.0), optionally the text encoder's (q_proj,
+k_proj, v_proj, out_proj) and, with ``conv_rank`` (LoCon, kohya's conv_dim), the U-Net's 3x3 ResNet and
+sampler convolutions: down (r, in, 3, 3), up (out, r, 1, 1). With ``prior_data`` every batch adds as many images of what the model
 should keep (kohya's regularization images; DreamBooth's prior preservation, which the base model
 can draw itself from ``prior_prompts``). Data order, noise and timesteps are functions of (seed, step, process):
 ``--resume`` continues exactly, and under ``accelerate launch`` each process takes its own share.
@@ -39,6 +40,9 @@ class LoraTrainConfig:
     name: str = option("lora", "file name of the LoRA (<out>/<name>.safetensors)")
     rank: int = option(8, "LoRA rank")
     alpha: float | None = option(None, "LoRA alpha (default: the rank)")
+    conv_rank: int = option(0, "LoCon: also adapt the U-Net's 3x3 convolutions (ResNet blocks, down/up-samplers) "
+                               "at this rank, as kohya's conv_dim; 0: attention only")
+    conv_alpha: float | None = option(None, "alpha of the convolution adapters (default: conv_rank)")
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
     lr: float = option(1e-4, "learning rate")
     lr_schedule: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers.optimization)")
@@ -71,8 +75,10 @@ class LoraTrainConfig:
 
     def check(self) -> None:
         checks.whole("rank", self.rank, 1, "use a whole number >= 1, such as rank=8")
-        if self.alpha is not None:
-            checks.number("alpha", self.alpha, positive=True, fix="use a positive number (default: the rank)")
+        checks.whole("conv_rank", self.conv_rank, 0, "use a whole number >= 0, such as conv_rank=8 (0: none)")
+        for n in ("alpha", "conv_alpha"):
+            if getattr(self, n) is not None:
+                checks.number(n, getattr(self, n), positive=True, fix="use a positive number (default: the rank)")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps=... or epochs=... (--steps, --epochs), such as steps=500.")
         if self.steps is not None:
@@ -109,14 +115,15 @@ class LoraObjective(torch.nn.Module):
         return full
 
 
-def trained_lora(c, alpha: float, meta: dict) -> lora_io.Lora:
-    """The adapter named 'default' in the components, as a ``lora.Lora``."""
+def trained_lora(c, meta: dict) -> lora_io.Lora:
+    """The adapter named 'default' in the components, as a ``lora.Lora`` (each module with its own alpha)."""
     out = lora_io.Lora(metadata={k: str(v) for k, v in meta.items()})
     for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder)):
         for name, mod in model.named_modules():
             if hasattr(mod, "lora_A") and "default" in mod.lora_A:
-                out.modules.setdefault(part, {})[lora_io.file_prefix(part, model) + name] = (mod.lora_A["default"].weight.detach().float().cpu(),
-                                                          mod.lora_B["default"].weight.detach().float().cpu(), alpha)
+                down, up = (w["default"].weight.detach().float().cpu() for w in (mod.lora_A, mod.lora_B))
+                out.modules.setdefault(part, {})[lora_io.file_prefix(part, model) + name] = \
+                    (down, up, float(mod.lora_alpha["default"]))
     return out
 
 
@@ -138,7 +145,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     if res % c.vae_scale_factor:
         f = c.vae_scale_factor
         raise ValueError(f"resolution={res} is invalid: use a multiple of {f}, such as {res // f * f or f}.")
-    alpha = float(cfg.alpha or cfg.rank)
+    alpha, conv_alpha = float(cfg.alpha or cfg.rank), float(cfg.conv_alpha or cfg.conv_rank)
     world = acc.num_processes
     steps = cfg.steps or math.ceil(cfg.epochs * len(pairs) / (cfg.batch * cfg.grad_accum * world))
     prior = prior_pairs(cfg, c, acc)
@@ -154,13 +161,15 @@ def run(cfg: LoraTrainConfig) -> Path:
             "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": len(pairs),
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior),
+            "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
+                                          if cfg.conv_rank else {}),
             "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     out = Path(cfg.out)
     setup = time.perf_counter() - t_start  # loading, prior images, latent cache
 
     def write(step):  # the loop's seconds (summed over resumed runs) plus this run's setup
         m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(train.elapsed_seconds(out) + setup, 1)}
-        lora = trained_lora(c, alpha, m)
+        lora = trained_lora(c, m)
         lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
         if cfg.kohya:
             lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya")
@@ -219,10 +228,14 @@ def attach_lora(c, cfg: LoraTrainConfig, alpha: float) -> None:
     torch.manual_seed(cfg.seed)
     # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
     # front ends to this same call (transformers 5.24 refuses peft < 0.22)
-    parts = [(c.unet, lora_io.UNET_TARGETS)] + [(c.text_encoder, lora_io.TEXT_TARGETS)] * cfg.train_text_encoder
-    for model, targets in parts:
+    convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, their own rank and alpha
+    conv = ({n: cfg.conv_rank for n in convs}, {n: float(cfg.conv_alpha or cfg.conv_rank) for n in convs})
+    parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
+    parts += [(c.text_encoder, list(lora_io.TEXT_TARGETS), {}, {})] * cfg.train_text_encoder
+    for model, targets, ranks, alphas in parts:
         inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                           target_modules=list(targets)), model, adapter_name="default")
+                                           target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
+                                model, adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:

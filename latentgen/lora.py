@@ -33,6 +33,13 @@ UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
+def conv_targets(unet: torch.nn.Module) -> list[str]:
+    """LoCon's extra U-Net targets (kohya's ``conv_dim``): the 3x3 convolutions of its ResNet blocks and
+    down/up-samplers, by full module name (conv_in, conv_out and 1x1 shortcuts stay frozen)."""
+    return [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+            and (".resnets." in n or "samplers." in n)]
+
+
 @dataclass
 class Lora:
     """A LoRA in memory: per component, module name -> (down (r, in, ...), up (out, r, ...), alpha)."""

@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from latentgen import captioned, finetune, train
+from latentgen import lora as lora_io
 from latentgen.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
@@ -31,7 +33,8 @@ def test_bad_data_and_settings(tmp_path, data, tiny_folder):
     assert captioned.read_dataset(tmp_path / "nocap", default_caption="a shape")[0][1] == "a shape"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         captioned.read_dataset(tmp_path / "nope")
-    for bad in (dict(rank=0), dict(rank=-3), dict(steps=0), dict(crop="zoom")):
+    for bad in (dict(rank=0), dict(rank=-3), dict(steps=0), dict(crop="zoom"), dict(conv_rank=-1),
+                dict(conv_alpha=0.0)):
         with pytest.raises(ValueError, match=list(bad)[0]):
             _run(tiny_folder, data, tmp_path / "o", **bad)
     with pytest.raises(ValueError, match="exactly one of steps"):
@@ -55,6 +58,38 @@ def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
     assert "Lora hashes" in pipe.generate("a purple circle", steps=1)[0].info["parameters"]
     with pytest.raises(ValueError, match="--resume"):  # a second run into the same folder must opt in
         _run(tiny_folder, data, tmp_path / "a")
+
+
+def test_conv_adapters_train_and_load_in_both_layouts(tiny_folder, data, tmp_path):
+    """LoCon (``conv_rank``, kohya's conv_dim): each 3x3 ResNet/sampler conv gets an adapter with its own rank
+    and alpha, beside rank-``rank`` attention adapters; both layouts hold the same deltas and draw one image."""
+    import latentgen
+    from safetensors import safe_open
+
+    path = _run(tiny_folder, data, tmp_path / "c", conv_rank=3, conv_alpha=1.5, kohya=True)
+    base = latentgen.load(tiny_folder)
+    convs = lora_io.conv_targets(base.unet)
+    assert len(convs) >= 4 and all(n.endswith(("conv1", "conv2", "samplers.0.conv")) for n in convs)
+    w = load_file(str(path))
+    for n in convs:
+        down, up = w[f"unet.{n}.lora_A.weight"], w[f"unet.{n}.lora_B.weight"]
+        assert down.shape[0] == 3 and down.shape[2:] == (3, 3) and up.shape[1:] == (3, 1, 1), n
+        assert up.abs().sum() > 0, n  # trained: B starts at zero
+    attention = [v for k, v in w.items() if k.endswith("to_q.lora_A.weight")]
+    assert attention and all(v.shape[0] == 2 for v in attention)  # rank 2, as before
+    assert json.loads(safe_open(str(path), "pt").metadata()["ss_network_args"]) == {"conv_dim": 3, "conv_alpha": 1.5}
+    models = {"unet": base.unet, "text_encoder": base.text_encoder}
+    peft_file, kohya_file = (lora_io.read(p, models)[0] for p in (path, path.with_suffix(".kohya.safetensors")))
+    assert peft_file.modules["unet"][convs[0]][2] == kohya_file.modules["unet"][convs[0]][2] == 1.5
+    for n in convs:
+        assert torch.allclose(peft_file.delta("unet", n), kohya_file.delta("unet", n))
+    images = []
+    for p in (None, path, path.with_suffix(".kohya.safetensors")):
+        pipe = latentgen.load(tiny_folder)
+        if p is not None:
+            pipe.load_lora(p)
+        images.append(torch.tensor(np.asarray(pipe.generate("a purple circle", seed=1, steps=2)[0], np.int16)))
+    assert (images[0] - images[1]).abs().max() > 0 and (images[1] - images[2]).abs().max() <= 1
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ def cmd_shapes_data(args: argparse.Namespace) -> int:
         [w for w in vocab.get("shapes", ()) if w not in shapes.ALL_SHAPES]
     if bad:
         raise ValueError(f"unknown color/shape {bad}: colors {list(shapes.PALETTE)}, shapes {list(shapes.ALL_SHAPES)}.")
+    if args.radius is not None:
+        vocab["radius"] = shapes.radius_range(args.radius)
     scenes = shapes.write_folder(args.folder, args.n, seed=args.seed, size=args.size, **vocab)
     print(f"{len(scenes)} images with captions in {args.folder}")
     return 0
@@ -160,6 +162,8 @@ def add_parsers(sub) -> None:
     sd.add_argument("--size", type=positive_int, default=64)
     sd.add_argument("--colors", nargs="+", default=None, help="shape colors (default: the base seven)")
     sd.add_argument("--shapes", nargs="+", default=None, help="circle square triangle star")
+    sd.add_argument("--radius", default=None, metavar="LOW-HIGH",
+                    help="half the shape's extent, as fractions of the side (default 0.18-0.34, the base data's)")
     sd.set_defaults(func=cmd_shapes_data)
 
 

@@ -44,10 +44,28 @@ class Scene:
         return f"a {self.color} {self.shape} on a {self.background} background"
 
 
-def random_scene(rng: random.Random, size: int, colors=COLORS, shapes=SHAPES, backgrounds=COLORS) -> Scene:
+RADIUS = (0.18, 0.34)  # half the shape's extent, as a fraction of the image side
+
+
+def radius_range(text: str) -> tuple[float, float]:
+    """``"0.27-0.34"`` -> (0.27, 0.34): a radius range for ``random_scene``, checked (the shape and a margin of
+    0.04 of the side must fit, so high < 0.46)."""
+    try:
+        low, high = (float(v) for v in text.split("-"))
+    except ValueError:
+        low = high = float("nan")
+    if not 0 < low <= high < 0.46:
+        raise ValueError(f"radius={text!r}: give LOW-HIGH fractions of the image side with 0 < LOW <= HIGH < 0.46, "
+                         f"such as 0.27-0.34 (the base data's is {RADIUS[0]}-{RADIUS[1]}).")
+    return low, high
+
+
+def random_scene(rng: random.Random, size: int, colors=COLORS, shapes=SHAPES, backgrounds=COLORS,
+                 radius: tuple[float, float] = RADIUS) -> Scene:
+    """One seeded scene; ``radius`` = (low, high) fractions of the side (the base data's is ``RADIUS``)."""
     color = rng.choice(colors)
     background = rng.choice([b for b in backgrounds if b != color])
-    r = rng.uniform(0.18, 0.34) * size
+    r = rng.uniform(*radius) * size
     margin = r + 0.04 * size
     return Scene(color, rng.choice(shapes), background,
                  rng.uniform(margin, size - margin), rng.uniform(margin, size - margin), r)

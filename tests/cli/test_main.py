@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,6 +15,7 @@ from conftest import photo as _photo
 from latentgen import cli, metadata
 from latentgen import lora as lora_io
 from latentgen.cli import main
+from latentgen.embedded import shapes
 from latentgen.metadata import read_parameters
 
 
@@ -102,6 +104,18 @@ def test_cli_img2img_and_inpaint(tiny_folder, tmp_path, capsys):
     assert main(["inpaint", "a cat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"),
                  "--mask-blur", "2", "--variant", "blend", "-o", str(tmp_path / "d.png"), *common]) == 0  # 4 channels: same
     assert Image.open(tmp_path / "d.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+def test_cli_shapes_data_writes_captioned_images_of_the_asked_sizes(tmp_path, capsys):
+    assert main(["shapes-data", str(tmp_path / "d"), "-n", "3", "--shapes", "star", "--radius", "0.3-0.3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir())[:2] == ["00000.png", "00000.txt"]
+    assert " star on a " in (tmp_path / "d" / "00002.txt").read_text()
+    image = Image.open(tmp_path / "d" / "00000.png")
+    a = np.asarray(image, np.int16)
+    xs = np.nonzero((np.abs(a - a[0, 0]).sum(-1) > 0).any(0))[0]  # columns the shape covers
+    assert shapes.read(image).shape == "star" and abs(len(xs) - 1.902 * 0.3 * 64) <= 2  # a star 0.3 x 64 px in radius
+    assert main(["shapes-data", str(tmp_path / "e"), "--radius", "0.3-0.6"]) == 2
+    assert "radius='0.3-0.6'" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 
 def test_cli_ship_lora_needs_what_it_teaches(tmp_path, capsys):
