@@ -8,11 +8,12 @@ lines (Hugging Face's imagefolder layout). Each image is resized (shorter side) 
 or resized, to ``resolution``; the VAE encodes every image once and the latent distributions are
 cached, a latent being sampled from them at each step. LoRA adapters (peft) go on the U-Net's
 attention projections (to_q, to_k, to_v, to_out.0), optionally the text encoder's (q_proj,
-k_proj, v_proj, out_proj) and, with ``conv_rank`` (LoCon, kohya's conv_dim), the U-Net's 3x3 ResNet and
-sampler convolutions: down (r, in, 3, 3), up (out, r, 1, 1). With ``prior_data`` every batch adds as many images of what the model
-should keep (kohya's regularization images; DreamBooth's prior preservation, which the base model
-can draw itself from ``prior_prompts``). Data order, noise and timesteps are functions of (seed, step, process):
-``--resume`` continues exactly, and under ``accelerate launch`` each process takes its own share.
+k_proj, v_proj, out_proj) and, with ``conv_rank`` (LoCon, kohya's conv_dim), the U-Net's 3x3 ResNet
+and sampler convolutions: down (r, in, 3, 3), up (out, r, 1, 1). With ``prior_data`` every batch
+adds as many images of what the model should keep (kohya's regularization images; DreamBooth's prior
+preservation, which the base model can draw itself from ``prior_prompts``). Data order, noise and
+timesteps are functions of (seed, step, process): ``--resume`` continues exactly, and under
+``accelerate launch`` each process takes its own share.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ class LoraTrainConfig:
     def check(self) -> None:
         checks.whole("rank", self.rank, 1, "use a whole number >= 1, such as rank=8")
         checks.whole("conv_rank", self.conv_rank, 0, "use a whole number >= 0, such as conv_rank=8 (0: none)")
-        for n in ("alpha", "conv_alpha"):
+        for n, rank in (("alpha", "rank"), ("conv_alpha", "conv_rank")):
             if getattr(self, n) is not None:
-                checks.number(n, getattr(self, n), positive=True, fix="use a positive number (default: the rank)")
+                checks.number(n, getattr(self, n), positive=True, fix=f"use a positive number (default: {rank})")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps=... or epochs=... (--steps, --epochs), such as steps=500.")
         if self.steps is not None:
