@@ -74,6 +74,10 @@ class LoraTrainConfig:
     kohya: bool = option(False, "also write <name>.kohya.safetensors (kohya/A1111 layout)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
+    def alphas(self) -> tuple[float, float]:
+        """(alpha, conv_alpha), each defaulting to its rank."""
+        return float(self.alpha or self.rank), float(self.conv_alpha or self.conv_rank)
+
     def check(self) -> None:
         checks.whole("rank", self.rank, 1, "use a whole number >= 1, such as rank=8")
         checks.whole("conv_rank", self.conv_rank, 0, "use a whole number >= 0, such as conv_rank=8 (0: none)")
@@ -146,12 +150,12 @@ def run(cfg: LoraTrainConfig) -> Path:
     if res % c.vae_scale_factor:
         f = c.vae_scale_factor
         raise ValueError(f"resolution={res} is invalid: use a multiple of {f}, such as {res // f * f or f}.")
-    alpha, conv_alpha = float(cfg.alpha or cfg.rank), float(cfg.conv_alpha or cfg.conv_rank)
+    alpha, conv_alpha = cfg.alphas()
     world = acc.num_processes
     steps = cfg.steps or math.ceil(cfg.epochs * len(pairs) / (cfg.batch * cfg.grad_accum * world))
     prior = prior_pairs(cfg, c, acc)
     mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
-    attach_lora(c, cfg, alpha)
+    attach_lora(c, cfg)
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
                               cfg.snr_gamma, cfg.noise_offset)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std)
@@ -220,7 +224,7 @@ def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tu
     return torch.cat([d.mean for d in dists]) * sf, torch.cat([d.std for d in dists]) * sf
 
 
-def attach_lora(c, cfg: LoraTrainConfig, alpha: float) -> None:
+def attach_lora(c, cfg: LoraTrainConfig) -> None:
     """Freeze the model; add trainable adapters named 'default' (gaussian A, zero B, seeded init)."""
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -229,8 +233,9 @@ def attach_lora(c, cfg: LoraTrainConfig, alpha: float) -> None:
     torch.manual_seed(cfg.seed)
     # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
     # front ends to this same call (transformers 5.24 refuses peft < 0.22)
+    alpha, conv_alpha = cfg.alphas()
     convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, their own rank and alpha
-    conv = ({n: cfg.conv_rank for n in convs}, {n: float(cfg.conv_alpha or cfg.conv_rank) for n in convs})
+    conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
     parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
     parts += [(c.text_encoder, list(lora_io.TEXT_TARGETS), {}, {})] * cfg.train_text_encoder
     for model, targets, ranks, alphas in parts:
