@@ -85,6 +85,35 @@ def test_compiled_call_matches_the_torch_unet(fast):
         assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
+def test_an_even_batch_runs_as_two_streams_an_odd_one_or_one_thread_as_one(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(1), torch.tensor(500)
+    try:
+        for n_threads, batch, parts in ((2, 2, 2), (2, 4, 2), (2, 3, 1), (1, 2, 1)):
+            torch.set_num_threads(n_threads)
+            compiled.requests.clear()
+            x, ctx = torch.randn(batch, 4, 32, 32, generator=g), torch.randn(batch, 77, 32, generator=g)
+            got = compiled(x, t, encoder_hidden_states=ctx).sample
+            with torch.no_grad():
+                want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape))]) == parts
+            assert torch.allclose(got, want, atol=1e-4), (batch, (got - want).abs().max())  # halves in order
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_geglu_is_traced_as_two_linears_and_the_unet_is_left_as_it_was(fast):
+    from diffusers.models.activations import GEGLU
+
+    kinds = [op.get_type_name() for op in fast.runtime.for_unet(fast.unet).model.get_ordered_ops()]
+    gegs = [m for m in fast.unet.modules() if isinstance(m, GEGLU)]
+    assert gegs and "VariadicSplit" not in kinds and kinds.count("Gelu") == len(gegs)
+    assert not any("forward" in vars(m) for m in gegs)  # swapped for the trace only
+    h = torch.randn(2, 5, gegs[0].proj.in_features)
+    with torch.no_grad():
+        assert torch.allclose(runtime._geglu_as_two_linears(gegs[0], h), gegs[0](h), atol=1e-6)
+
+
 def test_converted_once_then_read_from_the_cache(tiny_folder, fast):
     fast.generate("a cat", seed=0)
     folders = list(runtime.cache_dir().iterdir())

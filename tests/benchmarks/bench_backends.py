@@ -113,7 +113,7 @@ def profile(compiled, x_shape: tuple, c_shape: tuple, inputs: list, top: int = 8
     call after a warm-up, summed by layer type and by the torch op each layer came from, and the top layers."""
     from collections import Counter
 
-    req = compiled.compile(x_shape, c_shape, {"PERF_COUNT": True})
+    req = compiled.compile(x_shape, c_shape, extra={"PERF_COUNT": True}).create_infer_request()
     req.infer(inputs)
     req.infer(inputs)
     layers = [(p.real_time.total_seconds(), p.node_type, p.node_name) for p in req.profiling_info]
