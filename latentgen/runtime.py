@@ -135,15 +135,15 @@ def _geglu_as_two_linears(m, hidden_states, *args, **kwargs):
 
 @contextlib.contextmanager
 def _traceable(unet):
-    """``unet`` as convert() traces it: each GEGLU's forward swapped for ``_geglu_as_two_linears`` (on the
-    instances, for the trace only; the weights are shared, not copied)."""
+    """While open, ``unet`` is as convert() traces it: each GEGLU's forward is swapped for
+    ``_geglu_as_two_linears`` (on the instances, for the trace only; the weights are shared, not copied)."""
     from diffusers.models.activations import GEGLU
 
     swapped = [m for m in unet.modules() if isinstance(m, GEGLU)]
     for m in swapped:
         m.forward = functools.partial(_geglu_as_two_linears, m)
     try:
-        yield unet
+        yield
     finally:
         for m in swapped:
             del m.forward
