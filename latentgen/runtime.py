@@ -22,8 +22,6 @@ the torch module, so LoRAs and edits stay exact. The call contract is the loop's
 from __future__ import annotations
 
 import atexit
-import contextlib
-import functools
 import hashlib
 import importlib.util
 import os
@@ -31,19 +29,16 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import cache, graphs, precision
 from .cache import cache_dir
+from .openvino_unet import RECIPE, Compiled, convert
 
 BACKENDS = ("torch", "openvino", "cudagraph", "compile")
 CPU_ONLY, CUDA_ONLY = ("openvino",), ("cudagraph", "compile")
 ENV = "LATENTGEN_BACKEND"  # the default backend when load() is given none (one of BACKENDS)
-RECIPE = 2  # how convert() traces the U-Net; part of the cache key, so a new recipe converts anew
 
 
 def available() -> bool:
@@ -112,133 +107,6 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-class _Traced(torch.nn.Module):
-    """The U-Net as a function of positional tensors, as ``convert_model`` traces it."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x, t, context):
-        return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
-
-
-def _geglu_as_two_linears(m, hidden_states, *args, **kwargs):
-    """GEGLU (Shazeer 2020, https://arxiv.org/abs/2002.05202) with its projection as two linears, the halves
-    that ``proj(h).chunk(2)`` would give: the same dot products, but OpenVINO runs no split of the
-    (B, N, 2 * inner) result (a reference-kernel VariadicSplit on the CPU, 0.06 s of SD 1.5's call)."""
-    w, b = m.proj.weight.chunk(2), (None, None) if m.proj.bias is None else m.proj.bias.chunk(2)
-    return F.linear(hidden_states, w[0], b[0]) * m.gelu(F.linear(hidden_states, w[1], b[1]))
-
-
-@contextlib.contextmanager
-def _traceable(unet):
-    """While open, ``unet`` is as convert() traces it: each GEGLU's forward is swapped for
-    ``_geglu_as_two_linears`` (on the instances, for the trace only; the weights are shared, not copied)."""
-    from diffusers.models.activations import GEGLU
-
-    swapped = [m for m in unet.modules() if isinstance(m, GEGLU)]
-    for m in swapped:
-        m.forward = functools.partial(_geglu_as_two_linears, m)
-    try:
-        yield
-    finally:
-        for m in swapped:
-            del m.forward
-
-
-def convert(unet, folder: Path) -> Path:
-    """Convert ``unet`` (a float32 trace, whatever its dtype) to OpenVINO IR in ``folder``/unet.xml,
-    written to a temporary folder first and renamed, so a killed conversion leaves nothing behind."""
-    import copy
-
-    import openvino
-
-    cfg = unet.config
-    twin = copy.deepcopy(unet).float().eval() if unet.dtype != torch.float32 else unet.eval()
-    example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0), torch.zeros(2, 77, cfg.cross_attention_dim))
-    with torch.no_grad(), warnings.catch_warnings(), _traceable(twin):  # the trace fixes diffusers' size checks
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)                # (see Compiled)
-        model = openvino.convert_model(_Traced(twin), example_input=example)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:  # fp32 weights stay fp32 (the exact path); bf16 ones are exact in fp16 and take half the disk
-        openvino.save_model(model, tmp / "unet.xml", compress_to_fp16=unet.dtype != torch.float32)
-        os.replace(tmp, folder)
-    except OSError:  # another process got there first: keep its copy
-        if not (folder / "unet.xml").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder / "unet.xml"
-
-
-class Compiled:
-    """An OpenVINO-compiled U-Net, called like the torch one in the loop; returns the torch dtype of x.
-
-    Compiled once per input shape (latents, context), the ``KEEP`` most recent kept: static shapes run
-    SD 1.5's step ~6% faster than one dynamic-shape model (4.36 vs 4.65 s, medians of 10). The trace took
-    diffusers' branch for latent sizes divisible by 2 ** (levels - 1); other sizes (which diffusers pads
-    in its up blocks) run on the torch module. An even batch (CFG's unconditional and conditional halves)
-    runs as two OpenVINO streams side by side, each half on half the threads: SD 1.5's call 4.15 s against
-    4.32 s as one batch on both threads, the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores)."""
-
-    KEEP = 2
-
-    def __init__(self, unet, xml: Path):
-        import openvino
-
-        self.unet, self.config = unet, unet.config
-        self.factor = 2 ** (len(unet.config.block_out_channels) - 1)
-        self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
-        self.core = openvino.Core()
-        self.model = self.core.read_model(xml)
-        self.requests: dict[tuple, list] = {}  # (x shape, context shape) -> its infer requests, oldest first
-
-    @staticmethod
-    def parts(batch: int) -> int:
-        """How many infer requests share a call of this batch: 2 (one per stream) for an even batch when
-        torch has two threads or more, else 1 on all of them."""
-        return 2 if batch % 2 == 0 and torch.get_num_threads() >= 2 else 1
-
-    def compile(self, x_shape: tuple, c_shape: tuple, streams: int = 1, extra: dict | None = None):
-        """The model compiled for these input shapes as ``streams`` streams that share torch's thread count
-        (accelerate sets it per process); ``extra``: more OpenVINO CPU settings (the benchmark's PERF_COUNT)."""
-        model = self.model.clone()
-        model.reshape({0: list(x_shape), 1: [], 2: list(c_shape)})
-        hint = {"PERFORMANCE_HINT": "LATENCY"} if streams == 1 else {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                                     "NUM_STREAMS": streams}
-        return self.core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision,
-                                                      "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                                                      **hint, **(extra or {})})
-
-    def request(self, x_shape: tuple, c_shape: tuple) -> list:
-        key = (x_shape, c_shape)
-        reqs = self.requests.pop(key, None)
-        if reqs is None:
-            n = self.parts(x_shape[0])
-            model = self.compile((x_shape[0] // n, *x_shape[1:]), (c_shape[0] // n, *c_shape[1:]), streams=n)
-            reqs = [model.create_infer_request() for _ in range(n)]
-        self.requests[key] = reqs  # now the most recent
-        while len(self.requests) > self.KEEP:
-            del self.requests[next(iter(self.requests))]
-        return reqs
-
-    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
-        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
-        t = np.asarray(float(t), dtype=np.float32)  # int (DDIM) or float (Euler) timestep -> scalar
-        reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape))
-        xs = np.split(x.float().numpy(), len(reqs))  # (B / n, C, h, w) each; start_async copies its inputs
-        cs = np.split(encoder_hidden_states.float().numpy(), len(reqs))
-        for req, xi, ci in zip(reqs, xs, cs):
-            req.start_async([xi, t, ci])
-        for req in reqs:
-            req.wait()
-        out = np.concatenate([req.get_output_tensor(0).data for req in reqs])  # (B, 4, h, w), own copy
-        return SimpleNamespace(sample=torch.from_numpy(out).to(x.dtype))
 
 
 class Runtime:

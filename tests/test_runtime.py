@@ -11,7 +11,7 @@ import torch
 from conftest import mask, max_diff, photo
 
 import latentgen
-from latentgen import runtime
+from latentgen import openvino_unet, runtime
 
 pytestmark = pytest.mark.skipif(not runtime.available(), reason="openvino is a dependency; this platform has no wheel")
 CPU = torch.device("cpu")
@@ -64,7 +64,7 @@ def test_openvino_gives_torch_images_and_says_so(fast, pipe):
     assert "U-Net on openvino (as asked)" in repr(fast) and "U-Net on torch" in repr(pipe)
     kw = dict(seed=3, num_images=2, guidance=6.0)
     assert max_diff(fast.generate("a cat", **kw), pipe.generate("a cat", **kw)) <= 1
-    assert isinstance(fast.runtime.for_unet(fast.unet), runtime.Compiled)  # it really ran compiled
+    assert isinstance(fast.runtime.for_unet(fast.unet), openvino_unet.Compiled)  # it really ran compiled
     kw = dict(seed=5, strength=0.6)
     assert max_diff(fast.img2img("a dog", photo(), **kw), pipe.img2img("a dog", photo(), **kw)) <= 1
     kw = dict(seed=7, scheduler="euler_a", steps=3)  # ancestral noise, float timesteps
@@ -96,7 +96,7 @@ def test_an_even_batch_runs_as_two_streams_an_odd_one_or_one_thread_as_one(fast)
             got = compiled(x, t, encoder_hidden_states=ctx).sample
             with torch.no_grad():
                 want = fast.unet(x, t, encoder_hidden_states=ctx).sample
-            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape))]) == parts
+            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), False)]) == parts  # halves differ
             assert torch.allclose(got, want, atol=1e-4), (batch, (got - want).abs().max())  # halves in order
     finally:
         torch.set_num_threads(threads)
@@ -111,7 +111,51 @@ def test_geglu_is_traced_as_two_linears_and_the_unet_is_left_as_it_was(fast):
     assert not any("forward" in vars(m) for m in gegs)  # swapped for the trace only
     h = torch.randn(2, 5, gegs[0].proj.in_features)
     with torch.no_grad():
-        assert torch.allclose(runtime._geglu_as_two_linears(gegs[0], h), gegs[0](h), atol=1e-6)
+        assert torch.allclose(openvino_unet._geglu_as_two_linears(gegs[0], h), gegs[0](h), atol=1e-6)
+
+
+def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(2), torch.tensor(700)
+    x1 = torch.randn(1, 4, 32, 32, generator=g)
+    x, ctx = torch.cat([x1, x1]), torch.randn(2, 77, 32, generator=g)  # what the CFG loop passes
+    with torch.no_grad():
+        want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+    try:
+        torch.set_num_threads(2)
+        compiled.requests.clear()
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True)]) == 3  # prefix, then two halves
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        assert not compiled.shares(torch.cat([x1, x1 + 1e-3]))  # other latents per half
+        assert not compiled.shares(torch.cat([x1, x1])[..., :16, :16])  # too small to pay
+        torch.set_num_threads(1)
+        assert not compiled.shares(x)  # one part: nothing to share
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_split_graph_gives_the_whole_one_and_its_prefix_reads_no_context(fast):
+    import openvino
+
+    model = fast.runtime.for_unet(fast.unet).model
+    before = len(model.get_ordered_ops())
+    shapes = {0: [1, 4, 32, 32], 1: [], 2: [1, 77, 32]}
+    prefix, rest = openvino_unet.split(model, shapes)
+    assert len(model.get_ordered_ops()) == before and model.get_parameters()[0].get_partial_shape().is_dynamic
+    assert [p.get_partial_shape().to_shape() for p in prefix.get_parameters()] == [[1, 4, 32, 32], []]  # x, t
+    assert len(rest.get_parameters()) == len(prefix.outputs) + 1 > 2  # the cut tensors, then the context
+    whole = model.clone()
+    whole.reshape(shapes)
+    core, f32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}  # else bf16 on CPUs that have it
+    g = np.random.default_rng(0)
+    x, t = g.standard_normal((1, 4, 32, 32), np.float32), np.asarray(300.0, np.float32)
+    for _ in range(2):
+        ctx = g.standard_normal((1, 77, 32), np.float32)
+        cut = list(core.compile_model(prefix, "CPU", f32)([x, t]).values())
+        got = core.compile_model(rest, "CPU", f32)([*cut, ctx])[0]
+        want = core.compile_model(whole, "CPU", f32)([x, t, ctx])[0]
+        assert np.allclose(got, want, atol=1e-5), np.abs(got - want).max()
 
 
 def test_converted_once_then_read_from_the_cache(tiny_folder, fast):
@@ -121,7 +165,7 @@ def test_converted_once_then_read_from_the_cache(tiny_folder, fast):
     assert (runtime.cache_dir() / runtime.weights_hash(fast.unet) / "unet.xml").is_file()
     again = latentgen.load(tiny_folder, backend="openvino")
     assert max_diff(again.generate("a cat", seed=0), fast.generate("a cat", seed=0)) == 0
-    assert again.runtime.conversions == 0 and isinstance(again.runtime.for_unet(again.unet), runtime.Compiled)
+    assert again.runtime.conversions == 0 and isinstance(again.runtime.for_unet(again.unet), openvino_unet.Compiled)
 
 
 def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files):
@@ -163,7 +207,7 @@ def test_an_unwritable_cache_converts_for_the_process_with_a_warning(tiny_folder
     fast = latentgen.load(tiny_folder, backend="openvino")
     with pytest.warns(RuntimeWarning, match=r"cannot write the OpenVINO cache in .*file/openvino.*Set \$LATENTGEN_CACHE"):
         compiled = fast.runtime.for_unet(fast.unet)
-    assert isinstance(compiled, runtime.Compiled) and fast.runtime.conversions == 1
+    assert isinstance(compiled, openvino_unet.Compiled) and fast.runtime.conversions == 1
 
 
 def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
@@ -182,8 +226,8 @@ def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
     fast.generate("a cat", seed=0)  # CFG: latents (2, 4, 32, 32)
     fast.generate("a cat", seed=0, guidance=1)  # no CFG: (1, 4, 32, 32)
     fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
-    assert [x for x, _ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
-    assert all(c == (x[0], 77, 32) for x, c in compiled.requests)
+    assert [x for x, _, _ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
+    assert all(c == (x[0], 77, 32) for x, c, _ in compiled.requests)
 
 
 def test_the_cache_is_bounded_least_recently_used_first_and_listed(tiny_folder, tmp_path, monkeypatch, capsys):
