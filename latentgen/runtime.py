@@ -11,8 +11,8 @@ Measured on an H200 (torch 2.11+cu130, fp16): SD 1.5's step 47 ms eager (the hos
 sets the pace), 10.7 ms as a CUDA graph ("cudagraph", the default there), 6.8 ms as a graph of
 ``torch.compile``'s kernels ("compile", after an 80 s first compile).
 
-``Runtime("openvino")`` converts the U-Net once (``openvino.convert_model``: a trace of the torch module,
-offline) and caches the result on disk, keyed by a hash of the weights, so the next process loads it in
+``Runtime("openvino")`` converts the U-Net once (``latentgen.openvino_unet.convert``: a trace of the torch
+module, offline) and caches the result on disk, keyed by a hash of the weights, so the next process loads it in
 a fraction of a second. It stands in only for the exact weights it was converted from: whenever the
 U-Net's parameters differ (a LoRA injected or fused, weights edited in place), ``for_unet`` hands back
 the torch module, so LoRAs and edits stay exact. The call contract is the loop's:
