@@ -164,14 +164,14 @@ class Compiled:
         reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape), shared)
         xs = np.split(x.float().numpy(), n)  # (B / n, C, h, w) each; start_async copies its inputs
         cs = np.split(encoder_hidden_states.float().numpy(), n)
-        inputs = [[xi, t, ci] for xi, ci in zip(xs, cs)]
         if shared:  # the prefix once, on all threads; its outputs stand in for (x, t) in each part
             first, *reqs = reqs
             first.infer([xs[0], t])
-            cut = [first.get_output_tensor(i).data for i in range(len(first.model_outputs))]
-            inputs = [[*cut, ci] for ci in cs]
-        for req, args in zip(reqs, inputs):
-            req.start_async(args)
+            heads = [[first.get_output_tensor(i).data for i in range(len(first.model_outputs))]] * n
+        else:
+            heads = [[xi, t] for xi in xs]
+        for req, head, ci in zip(reqs, heads, cs):
+            req.start_async([*head, ci])
         for req in reqs:
             req.wait()
         out = np.concatenate([req.get_output_tensor(0).data for req in reqs])  # (B, 4, h, w), own copy
