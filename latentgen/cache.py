@@ -26,7 +26,7 @@ def cache_dir() -> Path:
 
 
 def limit_bytes() -> int:
-    """``$LATENTGEN_CACHE_GB`` (a number of GB, 0 keeps only the newest entry) in bytes."""
+    """``$LATENTGEN_CACHE_GB`` (a number of GB, 0 keeps only the newest entry, inf no limit) in bytes."""
     text = os.environ.get(LIMIT_ENV, "")
     try:
         gb = float(text) if text else DEFAULT_GB
@@ -34,7 +34,7 @@ def limit_bytes() -> int:
         gb = -1.0
     if not gb >= 0:  # also NaN
         raise ValueError(f"${LIMIT_ENV}={text!r} is not a size; set it to a number of GB such as 20, or unset it.")
-    return int(gb * 2**30)
+    return int(min(gb, 2.0**33) * 2**30)  # 8 billion GB stands for inf: no disk holds more
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ then on, with a warning.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from types import SimpleNamespace
 
@@ -45,6 +46,7 @@ class Graphed:
         self.graphs: dict[tuple, SimpleNamespace] = {}  # shape key -> recorded graph and its buffers, oldest first
         self.failed: str | None = None
         self.recorded = 0  # graphs recorded so far (tests and benchmarks read it)
+        self.lock = threading.Lock()  # calls from several threads take turns: they share the graphs' buffers
 
     def __repr__(self) -> str:
         return f"Graphed({type(self.unet).__name__}, compiled={self.fn is not self.unet}, graphs={len(self.graphs)})"
@@ -52,6 +54,10 @@ class Graphed:
     def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         if self.failed or x.device.type != "cuda":
             return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+        with self.lock:
+            return self._replay(x, t, encoder_hidden_states)
+
+    def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         key = (tuple(x.shape), x.dtype, tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
         g = self.graphs.pop(key, None)
         if g is None:

@@ -16,6 +16,7 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -68,14 +69,16 @@ def convert(unet, folder: Path) -> Path:
     import openvino
 
     cfg = unet.config
-    twin = copy.deepcopy(unet).float().eval() if unet.dtype != torch.float32 else unet.eval()
-    example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0), torch.zeros(2, 77, cfg.cross_attention_dim))
-    with torch.no_grad(), warnings.catch_warnings(), _traceable(twin):  # the trace fixes diffusers' size checks
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)                # (see Compiled)
-        model = openvino.convert_model(_Traced(twin), example_input=example)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before the trace
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:  # fp32 weights stay fp32 (the exact path); bf16 ones are exact in fp16 and take half the disk
+    try:
+        twin = copy.deepcopy(unet).float().eval() if unet.dtype != torch.float32 else unet.eval()
+        example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0),
+                   torch.zeros(2, 77, cfg.cross_attention_dim))
+        with torch.no_grad(), warnings.catch_warnings(), _traceable(twin):  # the trace fixes diffusers' size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)            # checks (see Compiled)
+            model = openvino.convert_model(_Traced(twin), example_input=example)
+        # fp32 weights stay fp32 (the exact path); bf16 ones are exact in fp16 and take half the disk
         openvino.save_model(model, tmp / "unet.xml", compress_to_fp16=unet.dtype != torch.float32)
         os.replace(tmp, folder)
     except OSError:  # another process got there first: keep its copy
@@ -96,7 +99,8 @@ class Compiled:
     runs as two OpenVINO streams side by side, each half on half the threads: SD 1.5's call 4.15 s against
     4.32 s as one batch on both threads, the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores). When
     the halves' latents are the same (CFG), the part that reads no context runs once first, on all threads
-    (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s with each half running it (medians of 4)."""
+    (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s with each half running it (medians of 4).
+    Calls from several threads take turns (they share the infer requests)."""
 
     KEEP = 2
     SHARE_AREA = 32 * 32  # latents of at least this many pixels run CFG's shared prefix once (``shares``)
@@ -109,7 +113,8 @@ class Compiled:
         self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
         self.core = openvino.Core()
         self.model = self.core.read_model(xml)
-        self.requests: dict[tuple, list] = {}  # (x shape, context shape, shared) -> infer requests, oldest first
+        self.requests: dict[tuple, list] = {}  # (x shape, context shape, shared, threads) -> infer requests,
+        self.lock = threading.Lock()           # oldest first
 
     @staticmethod
     def parts(batch: int) -> int:
@@ -138,8 +143,9 @@ class Compiled:
         return self.parts(len(x)) == 2 and x.shape[-2] * x.shape[-1] >= self.SHARE_AREA and torch.equal(x[:n], x[n:])
 
     def request(self, x_shape: tuple, c_shape: tuple, shared: bool = False) -> list:
-        """The infer requests for a call of these shapes: one per part, after the prefix's when ``shared``."""
-        key = (x_shape, c_shape, shared)
+        """The infer requests for a call of these shapes: one per part, after the prefix's when ``shared``;
+        compiled for torch's thread count now (``parts`` and ``settings`` follow it)."""
+        key = (x_shape, c_shape, shared, torch.get_num_threads())
         reqs = self.requests.pop(key, None)
         if reqs is None:
             n = self.parts(x_shape[0])
@@ -159,7 +165,11 @@ class Compiled:
     def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
-        t = np.asarray(float(t), dtype=np.float32)  # int (DDIM) or float (Euler) timestep -> scalar
+        with self.lock:
+            return self._run(x, np.asarray(float(t), dtype=np.float32), encoder_hidden_states)
+
+    def _run(self, x: torch.Tensor, t: np.ndarray, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
+        """One call; t: the timestep as a float32 scalar (DDIM's int or Euler's float)."""
         shared, n = self.shares(x), self.parts(len(x))
         reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape), shared)
         xs = np.split(x.float().numpy(), n)  # (B / n, C, h, w) each; start_async copies its inputs

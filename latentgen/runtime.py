@@ -22,11 +22,12 @@ the torch module, so LoRAs and edits stay exact. The call contract is the loop's
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -41,9 +42,15 @@ CPU_ONLY, CUDA_ONLY = ("openvino",), ("cudagraph", "compile")
 ENV = "LATENTGEN_BACKEND"  # the default backend when load() is given none (one of BACKENDS)
 
 
+@functools.cache
 def available() -> bool:
-    """Whether OpenVINO is installed (it is a dependency; a platform without wheels runs torch)."""
-    return importlib.util.find_spec("openvino") is not None
+    """Whether OpenVINO imports (it is a dependency; a platform without wheels, or an install whose native
+    library fails to load, runs torch)."""
+    try:
+        import openvino  # noqa: F401
+    except Exception:  # noqa: BLE001  (ImportError, or OSError from a missing shared library)
+        return False
+    return True
 
 
 def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str, str]:
@@ -60,19 +67,22 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
         if exact:
             return "torch", "fp32 asked for: torch, diffusers' arithmetic exactly"
         if not available():
-            return "torch", "OpenVINO is not installed"
+            return "torch", "OpenVINO is not installed or does not import"
         return "openvino", "CPU: the U-Net compiled as one graph, faster than torch eager"
     else:
         why = "as asked"
+    name = f"backend={backend!r} ({why})"
+    unset = f" (or unset ${ENV})" if why.startswith("$") else ""
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} ({why}) is not supported; use one of {', '.join(map(repr, BACKENDS))}.")
+        raise ValueError(f"{name} is not supported; use one of {', '.join(map(repr, BACKENDS))}{unset}.")
     if backend in CPU_ONLY and device.type != "cpu":
-        raise ValueError(f"backend={backend!r} runs on the CPU, but the model is on {device}; use backend='torch'.")
+        raise ValueError(f"{name} runs on the CPU, but the model is on {device}; use backend='torch'{unset}.")
     if backend in CUDA_ONLY and device.type != "cuda":
-        raise ValueError(f"backend={backend!r} runs on CUDA GPUs, but the model is on {device}; use backend='torch'"
-                         + (" or 'openvino'." if device.type == "cpu" else "."))
+        raise ValueError(f"{name} runs on CUDA GPUs, but the model is on {device}; use backend='torch'"
+                         + (" or 'openvino'" if device.type == "cpu" else "") + f"{unset}.")
     if backend == "openvino" and not available():
-        raise ValueError("backend='openvino' needs the openvino package: `pip install openvino`, or use backend='torch'.")
+        raise ValueError(f"{name} needs the openvino package, and it does not import: `pip install openvino`, or use "
+                         f"backend='torch'{unset}.")
     if backend == "openvino":
         cache.limit_bytes()  # a bad $LATENTGEN_CACHE_GB fails now, not after a conversion
     return backend, why
@@ -81,15 +91,33 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # item size -> integer of that size
 
 
+def _sums(p: torch.Tensor) -> torch.Tensor:
+    """(2,) int64: the sum of p's bit patterns as integers (int32, wrapping) and its count of negative
+    elements, both exact. One changed element changes the first; signs flipped (each a +-2**31 step, which
+    the first wraps to nothing when their count is even) change the second, unless as many go each way.
+    Elements only moved within the tensor change neither."""
+    p = p.detach()
+    return torch.stack([p.view(_BITS[p.element_size()]).sum(dtype=torch.int32).long(), torch.signbit(p).sum()])
+
+
+def _switches(module: torch.nn.Module) -> tuple:
+    """What changes a U-Net's output without changing its parameters: FreeU's factors on the up blocks
+    (diffusers' ``enable_freeu``) and the attention processors' classes."""
+    freeu = tuple(getattr(b, k, None) for b in getattr(module, "up_blocks", ()) for k in ("s1", "s2", "b1", "b2"))
+    procs = getattr(module, "attn_processors", {})
+    return freeu, tuple(type(p).__name__ for p in procs.values())
+
+
 def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
-    """The identity of a module's current weights: each parameter's name, storage and dtype, and the sum of
-    its bit patterns as integers modulo 2**32 (writes through ``.data`` bump no version counter). Integer
-    sums are exact and in any order the same, so any one changed element changes its tensor's sum; they
-    take ~0.2 s on SD 1.5's U-Net (float64 sums of the values took 0.65-1.4 s) and ~1 ms on the embedded
-    one. A LoRA injected or fused, or an edit in place, changes the identity."""
+    """The identity of a module's current weights: each parameter's name, storage and dtype, FreeU and the
+    attention processors (``_switches``), and integer sums of its values' bits (``_sums``; writes through
+    ``.data`` bump no version counter, so the values themselves are summed). Integer sums are exact and in
+    any order the same; they take ~0.2 s on SD 1.5's U-Net (float64 sums of the values took 0.65-1.4 s) and a
+    few ms on the embedded one. A LoRA injected or fused, FreeU, or an edit in place changes the identity;
+    a permutation of a tensor's values does not (assign a new tensor, or use backend='torch')."""
     params = list(module.named_parameters())
-    sums = torch.stack([p.detach().view(_BITS[p.element_size()]).sum(dtype=torch.int32) for _, p in params])
-    return tuple((n, p.data_ptr(), p.dtype) for n, p in params), sums
+    sums = torch.stack([_sums(p) for _, p in params])  # (parameters, 2)
+    return (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _switches(module)), sums
 
 
 def same(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
@@ -97,11 +125,14 @@ def same(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
 
 
 def weights_hash(module: torch.nn.Module) -> str:
-    """sha256 of the weights' names, dtypes, shapes and bytes, with the config and OpenVINO's version."""
+    """sha256 of the weights' names, dtypes, shapes and bytes, with the config, the attention processors and
+    the versions of what traces and converts them (torch, diffusers, OpenVINO)."""
+    import diffusers
     import openvino
 
     config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
-    h = hashlib.sha256(f"{openvino.__version__}|{RECIPE}|{config}".encode())
+    versions = f"{openvino.__version__}|{torch.__version__}|{diffusers.__version__}"
+    h = hashlib.sha256(f"{versions}|{RECIPE}|{config}|{_switches(module)[1]}".encode())
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
@@ -111,18 +142,24 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 class Runtime:
     """The backend of a pipeline. ``for_unet(unet)`` is what the loop calls: the compiled U-Net while
-    ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch)."""
+    ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch). Safe to share between
+    threads: calls of one compiled U-Net take turns (they share its infer requests or graph buffers)."""
+
+    KEEP = 2  # U-Nets held compiled (a swapped-out one is let go, with its OpenVINO model)
 
     def __init__(self, backend: str = "torch", why: str = "as asked"):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not supported; use one of {', '.join(map(repr, BACKENDS))}.")
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
-        self._compiled: dict[int, tuple[tuple, Compiled]] = {}
+        self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
+        self._compiled: dict[int, tuple[tuple, Compiled | None]] = {}  # id(unet) -> (identity, compiled), oldest first
         self._graphed: dict[int, tuple[tuple, graphs.Graphed]] = {}
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"U-Net on {self.backend} ({self.why})"
+        return f"U-Net on {self.backend} ({self.why})" + (f"; the last call ran torch: {self.fallback}"
+                                                         if self.fallback else "")
 
     def for_unet(self, unet):
         device = precision.device_of(unet).type
@@ -130,30 +167,66 @@ class Runtime:
             return self._graph(unet)
         if self.backend != "openvino" or device != "cpu":
             return unet
+        with self._lock:
+            found = self._openvino(unet)
+        self.fallback = "" if found is not unet else self.fallback
+        return found
+
+    def _openvino(self, unet):
         key = identity(unet)
-        held = self._compiled.get(id(unet))
-        if held is not None and same(held[0], key):
+        held = self._compiled.pop(id(unet), None)  # (identity, Compiled or None: its conversion failed)
+        if held is not None and held[1] is None and not same(held[0], key):
+            held = None  # the weights changed since a failed conversion: try these
+        if held is None and any("lora" in name for name, *_ in key[0][0]):
+            self.fallback = "a LoRA is injected"
+            return unet  # the base weights are what gets converted, never a LoRA's
+        if held is None and any(v is not None for v in key[0][1][0]):
+            self.fallback = "FreeU is on (OpenVINO converts no FFT)"
+            return unet
+        if held is None:
+            held = (key, self._compile(unet))
+        self._keep(unet, held)
+        if held[1] is None:
+            self.fallback = "its conversion to OpenVINO failed"
+        elif not same(held[0], key):
+            self.fallback = "its weights differ from the converted ones (a LoRA, fused or edited weights, FreeU)"
+        else:
             return held[1]
-        if any("lora" in name for name, *_ in key[0]) or held is not None:
-            return unet  # weights differ from the original ones (LoRA, fused or edited): torch, exact
+        return unet  # torch, exact
+
+    def _compile(self, unet) -> Compiled | None:
+        try:
+            return Compiled(unet, self._convert(unet))
+        except Exception as e:  # noqa: BLE001  (an operation the converter lacks: torch runs it, as before)
+            warnings.warn(f"the U-Net could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on "
+                          f"torch (backend='torch').", RuntimeWarning)
+            return None
+
+    def _keep(self, unet, held: tuple) -> None:
+        self._compiled[id(unet)] = held  # now the most recent
+        while len(self._compiled) > self.KEEP:
+            del self._compiled[next(iter(self._compiled))]
+
+    def _convert(self, unet) -> Path:
+        """unet.xml for these weights: from the disk cache, else converted (into it, or into a scratch
+        folder for this process when the cache cannot be written)."""
         folder = cache_dir() / weights_hash(unet)
         xml = folder / "unet.xml"
         if xml.is_file():
             cache.touch(folder)
+            return xml
+        try:
+            xml = convert(unet, folder)
+        except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
+            warnings.warn(f"cannot write the OpenVINO cache in {cache_dir()} ({e}); converting for this process "
+                          f"only. Set $LATENTGEN_CACHE to a writable folder to convert once.", RuntimeWarning)
+            scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))
+            atexit.register(shutil.rmtree, scratch, True)
+            xml = convert(unet, scratch / "unet")
         else:
-            try:
-                xml = convert(unet, folder)
-            except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
-                warnings.warn(f"cannot write the OpenVINO cache in {cache_dir()} ({e}); converting for this process "
-                              f"only. Set $LATENTGEN_CACHE to a writable folder to convert once.", RuntimeWarning)
-                scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))
-                atexit.register(shutil.rmtree, scratch, True)
-                xml = convert(unet, scratch / "unet")
-            else:
-                cache.prune(keep=folder)  # least recently used first, down to $LATENTGEN_CACHE_GB
-            self.conversions += 1
-        self._compiled[id(unet)] = (key, Compiled(unet, xml))
-        return self._compiled[id(unet)][1]
+            cache.prune(keep=folder)  # least recently used first, down to $LATENTGEN_CACHE_GB
+        self.conversions += 1
+        return xml
 
     def _graph(self, unet):
         """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced

@@ -2,8 +2,13 @@
 compiled U-Net gives torch's images; it is converted once and then read from the disk cache; and it
 never stands in for weights it was not converted from (LoRAs, fused or edited weights run on torch)."""
 
+import copy
+import gc
 import os
+import sys
+import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -26,8 +31,9 @@ def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_other
     assert runtime.choose(None, torch.device("mps"), exact=False) == ("torch", "mps: torch kernels")
     assert runtime.choose("torch", CPU, exact=False) == ("torch", "as asked")
     monkeypatch.setattr(runtime, "available", lambda: False)
-    assert runtime.choose(None, CPU, exact=False) == ("torch", "OpenVINO is not installed")
-    with pytest.raises(ValueError, match=r"backend='openvino' needs the openvino package: `pip install openvino`"):
+    assert runtime.choose(None, CPU, exact=False) == ("torch", "OpenVINO is not installed or does not import")
+    with pytest.raises(ValueError, match=r"backend='openvino' \(as asked\) needs the openvino package, and it does "
+                                         r"not import: `pip install openvino`"):
         runtime.choose("openvino", CPU, exact=False)
     monkeypatch.undo()
     monkeypatch.setenv(runtime.ENV, "torch")
@@ -47,12 +53,22 @@ def test_bad_backends_are_refused_before_anything_loads(tiny_folder, monkeypatch
     with pytest.raises(ValueError, match=r"runs on the CPU, but the model is on cuda; use backend='torch'"):
         latentgen.load(tiny_folder, device="cuda", backend="openvino")
     for name in ("cudagraph", "compile"):
-        with pytest.raises(ValueError, match=rf"backend='{name}' runs on CUDA GPUs, but the model is on cpu; use "
-                                             r"backend='torch' or 'openvino'"):
+        with pytest.raises(ValueError, match=rf"backend='{name}' \(as asked\) runs on CUDA GPUs, but the model is "
+                                             r"on cpu; use backend='torch' or 'openvino'\.$"):
             latentgen.load(tiny_folder, device="cpu", backend=name)
     monkeypatch.setenv(runtime.ENV, "tensorrt")
-    with pytest.raises(ValueError, match=r"backend='tensorrt' \(\$LATENTGEN_BACKEND\) is not supported"):
+    with pytest.raises(ValueError, match=r"backend='tensorrt' \(\$LATENTGEN_BACKEND\) is not supported.*"
+                                         r"\(or unset \$LATENTGEN_BACKEND\)\.$"):
         latentgen.load(tiny_folder)
+    monkeypatch.setenv(runtime.ENV, "cudagraph")  # the fix names the variable the user set, not backend=
+    with pytest.raises(ValueError, match=r"backend='cudagraph' \(\$LATENTGEN_BACKEND\) runs on CUDA GPUs.*use "
+                                         r"backend='torch' or 'openvino' \(or unset \$LATENTGEN_BACKEND\)\.$"):
+        latentgen.load(tiny_folder)
+
+
+def test_an_openvino_that_does_not_import_counts_as_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what a broken native library looks like: import fails
+    assert runtime.available.__wrapped__() is False
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +112,7 @@ def test_an_even_batch_runs_as_two_streams_an_odd_one_or_one_thread_as_one(fast)
             got = compiled(x, t, encoder_hidden_states=ctx).sample
             with torch.no_grad():
                 want = fast.unet(x, t, encoder_hidden_states=ctx).sample
-            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), False)]) == parts  # halves differ
+            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), False, n_threads)]) == parts
             assert torch.allclose(got, want, atol=1e-4), (batch, (got - want).abs().max())  # halves in order
     finally:
         torch.set_num_threads(threads)
@@ -125,7 +141,7 @@ def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):
         torch.set_num_threads(2)
         compiled.requests.clear()
         got = compiled(x, t, encoder_hidden_states=ctx).sample
-        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True)]) == 3  # prefix, then two halves
+        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 2)]) == 3  # prefix, then 2 halves
         assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
         assert not compiled.shares(torch.cat([x1, x1 + 1e-3]))  # other latents per half
         assert not compiled.shares(torch.cat([x1, x1])[..., :16, :16])  # too small to pay
@@ -194,6 +210,11 @@ def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files)
     assert fast.runtime.for_unet(fast.unet) is fast.unet
     weight.data.copy_(saved)
     assert fast.runtime.for_unet(fast.unet) is compiled
+    assert torch.signbit(saved).sum() * 2 != saved.numel() and saved.numel() % 2 == 0
+    weight.data.neg_()  # every sign flipped: an even count of +-2**31 steps, which a sum modulo 2**32 cancels
+    assert fast.runtime.for_unet(fast.unet) is fast.unet and "its weights differ" in repr(fast)
+    weight.data.copy_(saved)
+    assert fast.runtime.for_unet(fast.unet) is compiled and "the last call ran torch" not in repr(fast)
     with torch.no_grad():
         fast.unet.conv_in.weight.mul_(1.5)  # edited in place
     assert fast.runtime.for_unet(fast.unet) is fast.unet
@@ -205,9 +226,14 @@ def test_an_unwritable_cache_converts_for_the_process_with_a_warning(tiny_folder
     blocker.write_text("not a folder")
     monkeypatch.setenv("LATENTGEN_CACHE", str(blocker))
     fast = latentgen.load(tiny_folder, backend="openvino")
+    import openvino
+
+    traces, convert_model = [], openvino.convert_model
+    monkeypatch.setattr(openvino, "convert_model", lambda *a, **k: traces.append(1) or convert_model(*a, **k))
     with pytest.warns(RuntimeWarning, match=r"cannot write the OpenVINO cache in .*file/openvino.*Set \$LATENTGEN_CACHE"):
         compiled = fast.runtime.for_unet(fast.unet)
     assert isinstance(compiled, openvino_unet.Compiled) and fast.runtime.conversions == 1
+    assert len(traces) == 1  # the cache folder is tried before the trace, not after
 
 
 def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
@@ -226,8 +252,8 @@ def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
     fast.generate("a cat", seed=0)  # CFG: latents (2, 4, 32, 32)
     fast.generate("a cat", seed=0, guidance=1)  # no CFG: (1, 4, 32, 32)
     fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
-    assert [x for x, _, _ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
-    assert all(c == (x[0], 77, 32) for x, c, _ in compiled.requests)
+    assert [x for x, *_ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
+    assert all(c == (x[0], 77, 32) for x, c, *_ in compiled.requests)
 
 
 def test_the_cache_is_bounded_least_recently_used_first_and_listed(tiny_folder, tmp_path, monkeypatch, capsys):
@@ -259,3 +285,91 @@ def test_the_cache_is_bounded_least_recently_used_first_and_listed(tiny_folder, 
     monkeypatch.setenv(cache.LIMIT_ENV, "lots")
     with pytest.raises(ValueError, match=r"\$LATENTGEN_CACHE_GB='lots' is not a size; set it to a number of GB"):
         latentgen.load(tiny_folder, backend="openvino")
+
+
+def test_a_change_of_torch_threads_between_calls_recompiles_for_them(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(3), torch.tensor(400)
+    x, ctx = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+    try:
+        for n in (2, 1, 2):  # two streams, then one request on one thread, then two again
+            torch.set_num_threads(n)
+            got = compiled(x, t, encoder_hidden_states=ctx).sample
+            assert torch.allclose(got, want, atol=1e-4), (n, (got - want).abs().max())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_calls_from_several_threads_take_turns_and_each_gets_its_own_output(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    g, t = torch.Generator().manual_seed(4), torch.tensor(600)
+    xs = [torch.randn(2, 4, 32, 32, generator=g) for _ in range(4)]
+    ctx = torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        want = [fast.unet(x, t, encoder_hidden_states=ctx).sample for x in xs]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got.setdefault(i, []).append(compiled(xs[i], t, encoder_hidden_states=ctx).sample)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    for i in range(4):
+        assert all(torch.allclose(out, want[i], atol=1e-4) for out in got[i]), i
+
+
+def test_a_failed_conversion_or_freeu_runs_torch_and_says_why(tiny_folder, tmp_path, monkeypatch, pipe):
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))  # nothing cached: a conversion is needed
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    fast.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    assert fast.runtime.for_unet(fast.unet) is fast.unet and "FreeU is on" in repr(fast)  # no FFT in OpenVINO
+    fast.unet.disable_freeu()
+    calls = []
+
+    def convert(*args):
+        calls.append(args)
+        raise RuntimeError("no rule")
+
+    monkeypatch.setattr(runtime, "convert", convert)
+    with pytest.warns(RuntimeWarning, match=r"could not be converted to OpenVINO \(RuntimeError: no rule\); it runs on "
+                                            r"torch"):
+        assert fast.runtime.for_unet(fast.unet) is fast.unet
+    assert fast.runtime.for_unet(fast.unet) is fast.unet and len(calls) == 1  # tried once, not at every call
+    assert "its conversion to OpenVINO failed" in repr(fast)
+    assert max_diff(fast.generate("a cat", seed=1), pipe.generate("a cat", seed=1)) == 0
+    monkeypatch.undo()
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    compiled = fast.runtime.for_unet(fast.unet)
+    fast.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)  # after the conversion: not in the compiled graph
+    assert fast.runtime.for_unet(fast.unet) is fast.unet
+    fast.unet.disable_freeu()
+    assert fast.runtime.for_unet(fast.unet) is compiled
+
+
+def test_a_unet_no_longer_called_is_let_go(tiny_folder):
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    unets = [copy.deepcopy(fast.unet) for _ in range(3)]  # the same weights: the disk cache serves each
+    first = weakref.ref(unets[0])
+    for unet in unets:
+        assert isinstance(fast.runtime.for_unet(unet), openvino_unet.Compiled)
+    del unets, unet
+    gc.collect()
+    assert len(fast.runtime._compiled) == runtime.Runtime.KEEP and first() is None  # the oldest, and its model
+
+
+def test_an_infinite_cache_limit_means_no_limit(monkeypatch):
+    from latentgen import cache
+
+    monkeypatch.setenv(cache.LIMIT_ENV, "inf")
+    assert cache.limit_bytes() >= 2**60
