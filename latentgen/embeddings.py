@@ -9,8 +9,9 @@ File layouts read (``read``):
 
 ``Embeddings.load`` adds the token to the tokenizer (and ``token_1`` ... ``token_{n-1}`` for more
 vectors, diffusers' convention) and their rows to the text encoder's input embeddings. Rows only
-get appended, so prompts without the token encode exactly as before. ``latentgen.prompts`` expands
-the token into its n ids (A1111 counts them as n tokens of the chunk).
+get appended (a token the vocabulary already has, such as ``style``, is refused), so prompts without
+the token encode exactly as before. ``latentgen.prompts`` expands the token into its n ids (A1111
+counts them as n tokens of the chunk).
 """
 
 from __future__ import annotations
@@ -152,6 +153,11 @@ class Embeddings:
         taken = [w for w in words if w.lower() in have]
         if taken:
             raise ValueError(f"token {taken[0]!r} is already loaded; pass another token=... for {path.name}.")
+        vocab = self.tokenizer.get_vocab()  # CLIP's BPE entries, lower case ('style', as in 'stylesheet')
+        taken = [w for w in words if w.lower() in vocab]
+        if taken:  # add_tokens would add nothing, and the file's vector would overwrite that entry's row
+            raise ValueError(f"token {taken[0]!r} is already in the tokenizer's vocabulary; pass another "
+                             f"token=... for {path.name}, such as token='<{token}>'.")
 
     def expansions(self) -> dict[int, list[int]]:
         """{first token id: the ids of all n vectors}, for ``latentgen.prompts.tokenize``."""

@@ -142,17 +142,17 @@ class Pipeline:
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, callback: Callback | None = None,
                info: dict | None = None, unet=None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting: images go through in chunks of
-        ``s.batch_size``, each chunk from ``start(sampler, generators, dtype)``; image i of a chunk
-        uses its own generator, seeded ``draws[i].seed``."""
+        ``s.batch_size`` (split where the text's number of 77-token chunks changes), each chunk from
+        ``start(sampler, generators, dtype)``; image i of a chunk uses its own generator, seeded ``draws[i].seed``."""
         batch = s.batch_size or (1 if self.device.type == "cpu" else len(draws))
         self.check_limits(s, len(draws))  # all prompts' images; before any model runs
         plan = memory.plan(self.vae, self.limits, width=s.width, height=s.height, batch=batch)
-        chunks = [draws[k:k + batch] for k in range(0, len(draws), batch)]
         text = prompts.CallText(draws, self.encode_prompt, s, self.embeddings)  # tags out; each text encoded once
         info = {**(info or {}), **text.info}  # Clip skip, TI hashes
         out: list[Image.Image] = []
         done = 0
-        with text.lora_tags(self.loras):
+        with text.lora_tags(self.loras):  # the texts are encoded under the tags' LoRAs
+            chunks = request.batches(draws, batch, key=lambda d: text.embed([d], s.cfg)[0].shape[1])  # 77 * k
             for chunk in chunks:
                 sched = schedulers.make(s.scheduler, self.scheduler.config)
                 sched.set_timesteps(s.steps, device=self.device)
@@ -182,7 +182,7 @@ class Pipeline:
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
         prompt: text, or a list of texts (``num_images`` images each, prompt by prompt).
-        seed: image i of the call uses ``seed + i``, so it equals a one-image call with that seed.
+        seed: image i of the call uses ``seed + i`` (0 to 2**64 - 1), so it equals a one-image call with that seed.
         steps, guidance, width, height, scheduler: the model's by default (``Pipeline.defaults``); guidance
             <= 1 turns CFG off; scheduler: a name from ``latentgen.schedulers.SAMPLERS`` or a diffusers one.
         negative_prompt: what to steer away from; the unconditional branch of CFG ("" if None).
@@ -195,9 +195,7 @@ class Pipeline:
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s.guidance)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
-        if self.unet.config.in_channels != c:
-            raise ValueError(f"{self.name} is an inpainting model (its U-Net takes "
-                             f"{self.unet.config.in_channels} channels): use pipe.inpaint(prompt, image, mask).")
+        request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
         start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
         return self.sample(draws, s, start, callback=callback, info={"Size": f"{s.width}x{s.height}"})
 
@@ -213,6 +211,7 @@ class Pipeline:
             matching noise level; 0 returns the VAE reconstruction of the input.
         Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
         """
+        request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
         src, _ = im.load_rgb(image, "image")
         w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.limits.max_input_pixels)
         strength = request.strength(strength)

@@ -4,8 +4,8 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
 ``modules/prompt_parser.py`` and ``modules/sd_hijack_clip.py``):
 
 * ``(a)`` multiplies the weight of ``a`` by 1.1, ``((a))`` by 1.21, ``[a]`` divides it by 1.1,
-  ``(a:1.3)`` by 1.3. ``\\(``, ``\\)``, ``\\[``, ``\\]``, ``\\\\`` are the literal characters; a
-  lone backslash is dropped. Neighbouring pieces of equal weight are merged.
+  ``(a:1.3)`` (or ``(a : 1.3)``) by 1.3. ``\\(``, ``\\)``, ``\\[``, ``\\]``, ``\\\\`` are the literal
+  characters; a lone backslash is dropped. Neighbouring pieces of equal weight are merged.
 * Unbalanced brackets, as A1111: an unclosed ``(`` or ``[`` reaches the end of the prompt; a ``)``
   or ``]`` with nothing open, and ``:1.3)`` with no ``(`` open, are literal text.
 * ``BREAK`` (in capitals) ends the chunk. Unlike A1111, which turns ``(a BREAK b)`` into the word
@@ -43,13 +43,13 @@ BREAK = ("BREAK", -1.0)  # parse()'s marker: start a new chunk here
 COMMA_BACKTRACK = 20  # A1111's comma_padding_backtrack: tokens a chunk may give back after its last comma
 
 _PIECE = re.compile(r"""
-    \\[()\[\]\\]          # escaped bracket or backslash: the literal character
-  | \\                    # a lone backslash (dropped)
-  | \( | \[               # open emphasis
-  | :([+-]?[.\d]+)\)      # ':1.3)': close a ( with that factor
-  | \) | \]               # close emphasis
-  | [^\\()\[\]:]+         # plain text
-  | :                     # a colon that is not a weight
+    \\[()\[\]\\]            # escaped bracket or backslash: the literal character
+  | \\                      # a lone backslash (dropped)
+  | \( | \[                 # open emphasis
+  | :\s*([+-]?[.\d]+)\s*\)  # ':1.3)', ': 1.3 )': close a ( with that factor (spaces as A1111 allows)
+  | \) | \]                 # close emphasis
+  | [^\\()\[\]:]+           # plain text
+  | :                       # a colon that is not a weight
 """, re.X)
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _TAG = re.compile(r"<(\w+):([^>]+)>")
@@ -88,10 +88,8 @@ def parse(text: str) -> list[tuple[str, float]]:
                 if i:
                     res.append([BREAK[0], None])
                 res.append([part, 1.0])
-    for start in round_open:  # unclosed brackets reach the end of the prompt
-        scale(start, 1.1)
-    for start in square_open:
-        scale(start, 1 / 1.1)
+    for start, factor in [(i, 1.1) for i in round_open] + [(i, 1 / 1.1) for i in square_open]:
+        scale(start, factor)  # unclosed brackets reach the end of the prompt
     merged: list[list] = []
     for item in res or [["", 1.0]]:
         if merged and item[1] is not None and merged[-1][1] == item[1]:
@@ -220,10 +218,10 @@ def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torc
 # -- the texts of one call ----------------------------------------------------------------------
 class CallText:
     """The text side of one call (``Pipeline.sample``): ``<lora:...>`` tags out of the prompts (under
-    "a1111"), each distinct text encoded once, alone, by ``encode_prompt`` -> (1, 77 * k, D); the
-    cond and uncond of a batch padded to one number of chunks with the encoding of an empty chunk
-    (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags, the same for every
-    prompt. ``info``: its PNG fields (``latentgen.metadata.text_fields``)."""
+    "a1111"), each distinct text encoded once, alone, by ``encode_prompt`` -> (1, 77 * k, D); an image's
+    cond and uncond padded to its own number of chunks (a batch mate's would change the image) with the
+    encoding of an empty chunk (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags,
+    the same for every prompt. ``info``: its PNG fields (``latentgen.metadata.text_fields``)."""
 
     def __init__(self, draws: Sequence, encode_prompt: Callable[..., torch.Tensor], settings, embeddings):
         from . import metadata
@@ -251,21 +249,22 @@ class CallText:
         texts = list(self.text.values()) + [d.negative_prompt for d in draws if d.negative_prompt]
         self.info = metadata.text_fields(settings.clip_skip, syntax, embeddings.used(texts))
 
-    def _embed(self, text: str) -> torch.Tensor:
-        if text not in self.cache:
-            self.cache[text] = self.encode(text)  # (1, 77 * k, D)
-        return self.cache[text]
+    def _embed(self, text: str) -> torch.Tensor:  # (1, 77 * k, D), each text encoded once
+        return self.cache[text] if text in self.cache else self.cache.setdefault(text, self.encode(text))
 
     def embed(self, draws: Sequence, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """cond (B, 77 * k, D) and, with ``cfg``, uncond (B, 77 * k, D); k the most chunks of any."""
-        cond = [self._embed(self.text[d.prompt]) for d in draws]
-        uncond = [self._embed(d.negative_prompt) for d in draws] if cfg else []
-        length = max(z.shape[1] for z in cond + uncond)
-        if any(z.shape[1] != length for z in cond + uncond):
-            empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
-            cond, uncond = ([torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
-                             for z in zs] for zs in (cond, uncond))
-        return torch.cat(cond), torch.cat(uncond) if cfg else None
+        """cond (B, 77 * k, D) and, with ``cfg``, uncond (B, 77 * k, D) of ``draws`` of one k (``request.batches``)."""
+        pairs = [self._pair(d, cfg) for d in draws]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[-1] for p in pairs]) if cfg else None
+
+    def _pair(self, d, cfg: bool) -> list[torch.Tensor]:  # [cond] or [cond, uncond], (1, 77 * k, D) each
+        zs = [self._embed(self.text[d.prompt])] + ([self._embed(d.negative_prompt)] if cfg else [])
+        length = max(z.shape[1] for z in zs)  # 77 * k: this image's own k, as in a one-image call
+        for i, z in enumerate(zs):
+            if z.shape[1] < length:
+                empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
+                zs[i] = torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
+        return zs
 
     @contextmanager
     def lora_tags(self, loras):

@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from numbers import Integral, Real
 
 import torch
@@ -20,6 +21,7 @@ from . import checks, prompts, schedulers
 from .presets import Defaults
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
     width = _size("width", defaults.width if width is None else width, vae_scale_factor)
     height = _size("height", defaults.height if height is None else height, vae_scale_factor)
     checks.whole("num_images", num_images, 1, "ask for at least one image, such as num_images=1")
-    checks.whole("seed", seed, -(2**63), "use a whole number, such as seed=0")
+    seeds(seed, num_images)
     if batch_size is not None:
         checks.whole("batch_size", batch_size, 1, "use batch_size >= 1, or None for the default")
     if scheduler is None:
@@ -112,6 +114,18 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
     return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax)
 
 
+def seeds(seed, count: int) -> int:
+    """``seed`` when ``seed`` ... ``seed + count - 1`` (image i of the call draws from seed + i) are all
+    seeds of torch's generator, 0 to 2**64 - 1. A negative seed is refused: torch would read -1 as
+    2**64 - 1, and the PNG would say "Seed: -1", which A1111 reads as "a random seed"."""
+    top = MAX_SEED - (count - 1)  # the call's last image draws from seed + count - 1
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= top:
+        note = "there is no random seed (A1111's -1) here: pick one; " if isinstance(seed, Real) and seed < 0 else ""
+        raise ValueError(f"seed={seed!r} is invalid: {note}use a whole number from 0 to {top} "
+                         f"(image i of the call uses seed + i; {count} images here), such as seed=0.")
+    return int(seed)
+
+
 def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) -> list[Draw]:
     """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``."""
     texts = as_prompts(prompt, "prompt")
@@ -124,7 +138,24 @@ def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) 
     if negative_prompt is not None and guidance <= 1:
         warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
     pairs = [(p, n if guidance > 1 else None) for p, n in zip(texts, negatives) for _ in range(num_images)]
+    seed = seeds(seed, len(pairs))  # every prompt's images
     return [Draw(p, n, seed + i) for i, (p, n) in enumerate(pairs)]
+
+
+def batches(draws: list[Draw], size: int, key: Callable[[Draw], int]) -> list[list[Draw]]:
+    """``draws`` in order, as U-Net batches of at most ``size`` images with one ``key``: the number of
+    77-token chunks of an image's text (``CallText.embed``). An image padded to a batch mate's longer
+    text would change with its batch; this way each image is the one its seed draws alone."""
+    runs = [list(run) for _, run in groupby(draws, key)]
+    return [run[i:i + size] for run in runs for i in range(0, len(run), size)]
+
+
+def plain_unet(call: str, model: str, in_channels: int, latent_channels: int) -> None:
+    """txt2img and img2img need a U-Net that takes the latents alone; an inpainting one (9 channels:
+    latents, mask, masked-image latents) is refused, before any image is read or encoded."""
+    if in_channels != latent_channels:
+        raise ValueError(f"{model} is an inpainting model (its U-Net takes {in_channels} channels), which "
+                         f"{call} cannot run: use pipe.inpaint(prompt, image, mask).")
 
 
 def strength(value) -> float:

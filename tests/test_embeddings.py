@@ -116,12 +116,30 @@ def test_bad_files_are_refused(ti_pipe, tmp_path, capsys, make, error, match):
 
 
 def test_a_taken_or_spaced_token_is_refused(ti_pipe, tmp_path):
-    path = a1111_pt(tmp_path / "dup.pt", vectors(1))
+    path = a1111_pt(tmp_path / "dup-word.pt", vectors(1))
     ti_pipe.load_embedding(path)
-    with pytest.raises(ValueError, match=r"token 'DUP' is already loaded; pass another token="):
-        ti_pipe.load_embedding(path, token="DUP")
+    with pytest.raises(ValueError, match=r"token 'DUP-WORD' is already loaded; pass another token="):
+        ti_pipe.load_embedding(path, token="DUP-WORD")
     with pytest.raises(ValueError, match=r"token='two words' is invalid: use one word"):
         ti_pipe.load_embedding(path, token="two words")
+
+
+def test_a_word_of_the_vocabulary_is_refused_and_keeps_its_vector(ti_pipe, tmp_path, monkeypatch):
+    path = a1111_safetensors(tmp_path / "style.safetensors", vectors(2, seed=6))  # 'style': a BPE entry
+    table = ti_pipe.text_encoder.get_input_embeddings().weight
+    size, rows, before = len(ti_pipe.tokenizer), table.clone(), ti_pipe.encode_prompt("a stylesheet")
+    for token in (None, "Style", "cat"):
+        with pytest.raises(ValueError, match=rf"token '{token or 'style'}' is already in the tokenizer's "
+                                             rf"vocabulary; pass another token=\.\.\. for style.safetensors"):
+            ti_pipe.load_embedding(path, token=token)
+    assert len(ti_pipe.tokenizer) == size and torch.equal(ti_pipe.text_encoder.get_input_embeddings().weight, rows)
+    assert ti_pipe.load_embedding(path, token="<style>") == "<style>"  # another token= loads it
+    assert torch.equal(ti_pipe.encode_prompt("a stylesheet"), before)
+    # the extra words of a multi-vector embedding (token_1, ...) are checked too
+    vocab = {**ti_pipe.tokenizer.get_vocab(), "<fresh>_1": 7}
+    monkeypatch.setattr(ti_pipe.tokenizer, "get_vocab", lambda: vocab)
+    with pytest.raises(ValueError, match=r"token '<fresh>_1' is already in the tokenizer's vocabulary"):
+        ti_pipe.load_embedding(path, token="<fresh>")
 
 
 def test_parse_spec_reads_path_and_token_and_checks_the_file(tmp_path):

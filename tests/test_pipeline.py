@@ -49,6 +49,40 @@ def test_prompt_list_images_follow_their_seed(pipe):
     assert len(batch) == 4 and np.array_equal(np.asarray(batch[3]), np.asarray(single))
 
 
+def test_an_image_does_not_depend_on_a_longer_prompt_in_its_batch():
+    """README: the same seed draws the same image whatever the batch. A prompt of 2 chunks (over 75
+    tokens) beside a short one pads neither the short one's cond nor its uncond; on the embedded model."""
+    import latentgen
+
+    pipe = latentgen.load(backend="torch")
+    short = "a red circle on a blue background"
+    long = ", ".join(["a green square on a white background"] * 12)  # 2 chunks
+    alone = pipe.generate([short, short], seed=0, steps=4)  # image i: seed i
+    batched = pipe.generate([short, long], seed=0, steps=4, batch_size=2)
+    assert np.array_equal(np.asarray(batched[0]), np.asarray(alone[0]))
+    assert np.array_equal(np.asarray(batched[1]), np.asarray(pipe.generate(long, seed=1, steps=4)[0]))
+    # and the short prompt with a long negative equals its one-image call too
+    mixed = pipe.generate([short, short], seed=0, steps=4, batch_size=2, negative_prompt=["", long])
+    assert np.array_equal(np.asarray(mixed[0]), np.asarray(alone[0]))
+    assert _max_diff(mixed[1:], alone[1:]) > 0  # the long negative does change its own image
+
+
+def test_img2img_on_an_inpainting_unet_is_refused_before_the_image_is_read(pipe):
+    from diffusers import UNet2DConditionModel
+
+    import latentgen
+
+    unet9 = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
+    pipe9 = latentgen.Pipeline(pipe.tokenizer, pipe.text_encoder, unet9, pipe.vae, pipe.scheduler, name="nine")
+    image = pipe.generate("a cat", steps=1)[0]
+    for src in (image, "no/such/image.png"):  # the path is never opened
+        with pytest.raises(ValueError, match=r"nine is an inpainting model \(its U-Net takes 9 channels\), which "
+                                             r"img2img cannot run: use pipe.inpaint\(prompt, image, mask\)"):
+            pipe9.img2img("a dog", src, steps=1)
+    with pytest.raises(ValueError, match=r"which generate cannot run"):
+        pipe9.generate("a dog", steps=1)
+
+
 def test_larger_batch_size_matches_within_rounding(pipe):
     fast = pipe.generate("a cat", seed=1, steps=2, num_images=3, batch_size=3)
     exact = pipe.generate("a cat", seed=1, steps=2, num_images=3)

@@ -31,6 +31,11 @@ B = BREAK
     ("((a:2))", [("a", 2 * 1.1)]),
     ("(a [b])", [("a ", 1.1), ("b", 1.1 / 1.1)]),
     ("a: b", [("a: b", 1.0)]),
+    # spaces around an explicit weight, as A1111's pattern :\s*([+-]?[.\d]+)\s*\) allows
+    ("(masterpiece: 1.2)", [("masterpiece", 1.2)]),
+    ("(x:1.2 )", [("x", 1.2)]),
+    ("(word : 1.5), cat", [("word ", 1.5), (", cat", 1.0)]),
+    ("(a:\t-0.5\n) b", [("a", -0.5), (" b", 1.0)]),
     # escapes: \( \) \[ \] \\ are literal; a lone backslash is dropped
     (r"\(a\) \[b\] c\\d", [(r"(a) [b] c\d", 1.0)]),
     (r"(\(a\))", [("(a)", 1.1)]),
@@ -225,10 +230,15 @@ def test_cond_and_uncond_are_padded_with_empty_chunks(pipe, captured):
     assert cond.shape == uncond.shape == (1, 154, 32)
     assert torch.equal(uncond[:, :77], pipe.encode_prompt("ugly"))
     assert torch.equal(uncond[:, 77:], pipe.encode_prompt(""))
-    pipe.generate(["a cat", long], steps=1, batch_size=2)  # the batch pads to its longest
-    assert captured[-1][0].shape == (2, 154, 32) and torch.equal(captured[-1][0][:1, 77:], pipe.encode_prompt(""))
-    pipe.generate(["a cat", long], steps=1, batch_size=1)  # alone, a short prompt is not padded
-    assert [c.shape[1] for c, _ in captured[-2:]] == [77, 154]
+    # a batch is split where k changes: an image is padded to its own k only, never to a batch mate's
+    one_by_one, split = [(1, 77), (1, 154), (1, 77), (1, 77)], [(1, 77), (1, 154), (2, 77)]
+    for batch_size, calls in [(1, one_by_one), (2, split), (3, split)]:
+        del captured[:]
+        pipe.generate(["a cat", long, "a dog", "a bird"], steps=1, batch_size=batch_size)
+        assert [tuple(c.shape[:2]) for c, _ in captured] == calls and all(u.shape == c.shape for c, u in captured)
+    pipe.generate(["a cat", "a dog"], negative_prompt=["ugly", long], steps=1, batch_size=2)
+    assert [(c.shape[1], u.shape[1]) for c, u in captured[-2:]] == [(77, 77), (154, 154)]
+    assert torch.equal(captured[-1][0][:, 77:], pipe.encode_prompt(""))  # the cond padded to its negative's k
 
 
 def test_weights_change_images(pipe):

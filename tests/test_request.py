@@ -36,6 +36,11 @@ def test_prompt_must_be_text(no_model_work, prompt):
     ({"width": -8}, r"width=-8"),
     ({"num_images": 0}, r"num_images=0 .*at least one"),
     ({"seed": 1.5}, r"seed=1.5"),
+    ({"seed": -1}, r"seed=-1 is invalid: there is no random seed \(A1111's -1\) here: pick one; use a whole number "
+                   r"from 0 to 18446744073709551615 "),
+    ({"seed": 2**64}, r"seed=18446744073709551616 is invalid: use a whole number from 0 to 18446744073709551615 "),
+    ({"seed": 2**64 - 1, "num_images": 2},
+     r"seed=18446744073709551615 is invalid: use a whole number from 0 to 18446744073709551614 \(image i "),
     ({"scheduler": "euler_b"}, r"scheduler='euler_b' is unknown; use one of: ddim, pndm"),
     ({"negative_prompt": ["a", "b"]}, r"negative_prompt has 2 entries for 1 prompts"),
     ({"batch_size": 0}, r"batch_size=0"),
@@ -57,3 +62,16 @@ def test_width_must_be_multiple_of_8_for_sd15():
 def test_negative_prompt_without_guidance_warns(pipe):
     with pytest.warns(UserWarning, match="no effect"):
         pipe.generate("a cat", steps=1, guidance=1.0, negative_prompt="dog")
+
+
+def test_seeds_past_2_64_minus_1_are_refused_for_every_prompt(no_model_work):
+    """torch.Generator.manual_seed takes 0 to 2**64 - 1: the call's last image may have the largest seed;
+    one past it is refused up front, counting every prompt's images."""
+    with pytest.raises(ValueError, match=r"seed=18446744073709551614 is invalid: .* to 18446744073709551613 "
+                                         r"\(image i of the call uses seed \+ i; 3 images here\)"):
+        no_model_work.generate(["a cat", "a dog", "a bird"], seed=2**64 - 2)
+
+
+def test_the_largest_seed_draws(pipe):
+    images = pipe.generate(["a cat", "a dog"], seed=2**64 - 2, steps=1)
+    assert [i.info["parameters"].split("Seed: ")[1].split(",")[0] for i in images] == [str(2**64 - 2), str(2**64 - 1)]

@@ -162,16 +162,16 @@ def test_single_file_vae_embedding_and_clip_skip_reach_the_png(tiny_folder, tmp_
     save_file(state, str(tmp_path / "tinyfile.safetensors"))
     save_file({k: v for k, v in state.items() if k.startswith(ldm.VAE)}, str(tmp_path / "vae.safetensors"))
     save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(0))},
-              str(tmp_path / "toy.safetensors"))
+              str(tmp_path / "tinytoy.safetensors"))
     out = tmp_path / "out.png"
-    assert run("generate", "a (toy:1.2) cat", "--model", tmp_path / "tinyfile.safetensors", "--vae",
-               tmp_path / "vae.safetensors", "--prediction-type", "eps", "--embedding", tmp_path / "toy.safetensors",
+    assert run("generate", "a (tinytoy:1.2) cat", "--model", tmp_path / "tinyfile.safetensors", "--vae",
+               tmp_path / "vae.safetensors", "--prediction-type", "eps", "--embedding", tmp_path / "tinytoy.safetensors",
                "--clip-skip", 2, "--steps", 2, "--seed", 1, "-o", out) == 0
     capsys.readouterr()
     assert run("info", out) == 0
     text = capsys.readouterr().out
-    assert text.startswith("a (toy:1.2) cat\n") and "Model: tinyfile" in text and "Clip skip: 2" in text
-    assert 'TI hashes: "toy: ' in text
+    assert text.startswith("a (tinytoy:1.2) cat\n") and "Model: tinyfile" in text and "Clip skip: 2" in text
+    assert 'TI hashes: "tinytoy: ' in text
     with pytest.raises(SystemExit) as e:  # refused while parsing, before the file is read
         run("generate", "a cat", "--model", tmp_path / "tinyfile.safetensors", "--prediction-type", "x",
             "-o", tmp_path / "bad.png")
