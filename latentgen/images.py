@@ -2,12 +2,16 @@
 
 Inputs: PIL images of any mode (RGB, RGBA, L, LA, P, 1, I;16, I, CMYK, ...), numpy arrays
 ((H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 0-255, uint16 0-65535, bool, or float 0-1) and
-paths to image files. 16-bit data is scaled to 8 bits (x / 257), never clipped.
+paths to image files. 16-bit data is scaled to 8 bits (x / 257), never clipped. Images with
+transparency are flattened onto white (A1111's default img2img background), not reduced to the
+RGB hidden under their transparent pixels (often black).
 
 Masks: white (>= 0.5 after conversion to gray) means repaint, black means keep, as in diffusers
-and A1111. A mask with an alpha channel counts its transparent pixels as black. Without a mask,
-an image's alpha channel is the mask: its transparent pixels are repainted (the convention of
-image editors' erasers and of OpenAI's edit endpoint).
+and A1111. A mask with transparency (an alpha channel not fully opaque) is its alpha channel, as
+A1111's ``create_binary_mask`` reads it: opaque strokes of any color repaint, transparent keeps; a
+fully opaque one is read by its gray. Without a mask, an image's alpha channel is the mask: its
+transparent pixels are repainted (the convention of image editors' erasers and of OpenAI's edit
+endpoint).
 
 Sizes: the VAE works on multiples of its scale factor f (8 for SD). Any other size is resized
 down to the nearest multiple of f for the model (as diffusers does) and the result is resized
@@ -82,24 +86,30 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     return im
 
 
+def _has_alpha(im: Image.Image) -> bool:
+    return "A" in im.getbands() or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
+
+
 def load_rgb(x, name: str = "image") -> tuple[Image.Image, np.ndarray | None]:
-    """-> (RGB image, alpha (H, W) uint8 or None when the image has no transparency)."""
+    """-> (RGB image, alpha (H, W) uint8 or None when the image has no transparency). Transparent
+    pixels are composited onto white (A1111's ``flatten``), opaque ones kept as they are."""
     im = _eight_bit(open_image(x, name))
-    has_alpha = "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info) \
-        or (im.mode in ("L", "RGB") and "transparency" in im.info)
-    if has_alpha:
+    if _has_alpha(im):
         rgba = im.convert("RGBA")
-        return rgba.convert("RGB"), np.asarray(rgba)[..., 3].copy()
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB"), np.asarray(rgba)[..., 3].copy()
     return im.convert("RGB"), None
 
 
 def load_mask(x, name: str = "mask") -> np.ndarray:
-    """-> mask (H, W) float32 in [0, 1]; transparent pixels of a mask with alpha count as 0."""
+    """-> mask (H, W) float32 in [0, 1], 1 = repaint: the alpha channel of a mask with transparency
+    (opaque repaints, as A1111), else the gray (white repaints)."""
     im = _eight_bit(open_image(x, name))
-    gray = np.asarray(im.convert("L"), np.float32) / 255.0
-    if "A" in im.getbands() or "transparency" in im.info:
-        gray *= np.asarray(im.convert("RGBA"))[..., 3] / 255.0
-    return gray
+    if _has_alpha(im):
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return alpha.astype(np.float32) / 255.0
+    return np.asarray(im.convert("L"), np.float32) / 255.0
 
 
 def work_size(size: tuple[int, int], f: int, max_pixels: int, name: str = "image") -> tuple[int, int]:

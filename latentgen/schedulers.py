@@ -2,12 +2,17 @@
 
 Every named sampler is built from the model's own scheduler config, so the training betas,
 ``num_train_timesteps``, ``prediction_type`` and ``timestep_spacing`` carry over; the entry only
-picks the class and the options that define the sampler (Karras sigmas, the DPM-Solver variant).
+picks the class and the options that define the sampler (the DPM-Solver variant), and the name alone
+sets the sigma schedule: plain unless it says Karras, whatever Karras/exponential/beta sigmas the
+model's config asks for, so "unipc" on a DPM++ 2M Karras config is plain UniPC. ``clip_sample``
+(DDIM, DDPM) is False unless the model's config sets it: diffusers' default True would clip the
+predicted x0 to [-1, 1] in latent space, where SD's latents are not bounded by 1.
 The A1111 label is what goes in the PNG metadata (``Sampler: Euler a``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import diffusers
@@ -27,38 +32,48 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
+_DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_DPMPP_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+# the sigma schedules diffusers offers besides the plain one; a config may set any of them
+_PLAIN = dict.fromkeys(("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas"), False)
+_KARRAS = {**_PLAIN, "use_karras_sigmas": True}  # Karras et al. 2022, https://arxiv.org/abs/2206.00364
+
+
+def _accepts(cls: type, key: str) -> bool:
+    return key in inspect.signature(cls.__init__).parameters
+
+
 @dataclass(frozen=True)
 class Sampler:
     cls: type
     label: str  # A1111's name for it
-    options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # what defines it (the DPM-Solver variant), plus its sigmas:
+    karras: bool = False  # Karras sigmas if True, else plain ones, for every class that takes these options
 
+    def __post_init__(self):  # options += the sigma flags of _KARRAS / _PLAIN that the class takes
+        sigmas = _KARRAS if self.karras else _PLAIN
+        object.__setattr__(self, "options", {**{k: v for k, v in sigmas.items() if _accepts(self.cls, k)},
+                                             **self.options})
 
-_DPMPP = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-_DPMPP_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
-_KARRAS = {"use_karras_sigmas": True}  # Karras et al. 2022, https://arxiv.org/abs/2206.00364
-_PLAIN = {"use_karras_sigmas": False}
 
 SAMPLERS: dict[str, Sampler] = {
     # Song et al. 2020, DDIM, https://arxiv.org/abs/2010.02502
     "ddim": Sampler(DDIMScheduler, "DDIM"),
     # Liu et al. 2022, PNDM/PLMS, https://arxiv.org/abs/2202.09778 (PLMS steps only, as SD uses it)
     "pndm": Sampler(PNDMScheduler, "PLMS", {"skip_prk_steps": True}),
-    "lms": Sampler(LMSDiscreteScheduler, "LMS", _PLAIN),
-    "lms_karras": Sampler(LMSDiscreteScheduler, "LMS Karras", _KARRAS),
-    "euler": Sampler(EulerDiscreteScheduler, "Euler", _PLAIN),
-    "euler_karras": Sampler(EulerDiscreteScheduler, "Euler Karras", _KARRAS),
+    "lms": Sampler(LMSDiscreteScheduler, "LMS"),
+    "lms_karras": Sampler(LMSDiscreteScheduler, "LMS Karras", karras=True),
+    "euler": Sampler(EulerDiscreteScheduler, "Euler"),
+    "euler_karras": Sampler(EulerDiscreteScheduler, "Euler Karras", karras=True),
     "euler_a": Sampler(EulerAncestralDiscreteScheduler, "Euler a"),
-    "heun": Sampler(HeunDiscreteScheduler, "Heun", _PLAIN),
-    "dpm2": Sampler(KDPM2DiscreteScheduler, "DPM2", _PLAIN),
-    "dpm2_a": Sampler(KDPM2AncestralDiscreteScheduler, "DPM2 a", _PLAIN),
+    "heun": Sampler(HeunDiscreteScheduler, "Heun"),
+    "dpm2": Sampler(KDPM2DiscreteScheduler, "DPM2"),
+    "dpm2_a": Sampler(KDPM2AncestralDiscreteScheduler, "DPM2 a"),
     # Lu et al. 2022, DPM-Solver++, https://arxiv.org/abs/2211.01095
-    "dpm++2m": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M", {**_DPMPP, **_PLAIN}),
-    "dpm++2m_karras": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M Karras", {**_DPMPP, **_KARRAS}),
-    "dpm++2m_sde": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M SDE", {**_DPMPP_SDE, **_PLAIN}),
-    "dpm++2m_sde_karras": Sampler(
-        DPMSolverMultistepScheduler, "DPM++ 2M SDE Karras", {**_DPMPP_SDE, **_KARRAS}
-    ),
+    "dpm++2m": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M", _DPMPP),
+    "dpm++2m_karras": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M Karras", _DPMPP, karras=True),
+    "dpm++2m_sde": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M SDE", _DPMPP_SDE),
+    "dpm++2m_sde_karras": Sampler(DPMSolverMultistepScheduler, "DPM++ 2M SDE Karras", _DPMPP_SDE, karras=True),
     # Zhao et al. 2023, UniPC, https://arxiv.org/abs/2302.04867
     "unipc": Sampler(UniPCMultistepScheduler, "UniPC"),
     # Ho et al. 2020, DDPM, https://arxiv.org/abs/2006.11239
@@ -76,12 +91,22 @@ def make(name: str | SchedulerMixin, base_config) -> SchedulerMixin:
     """A fresh scheduler for one call: ``name`` built on ``base_config``, or a copy of an instance.
 
     Schedulers keep per-run state (step index, multistep history), so each call gets its own.
+    ``clip_sample`` is False unless ``base_config`` sets it (see the module docstring).
     """
     if isinstance(name, SchedulerMixin):
         return type(name).from_config(name.config)
     check_name(name)
     s = SAMPLERS[name]
-    return s.cls.from_config(base_config, **s.options)
+    options = dict(s.options)
+    if _accepts(s.cls, "clip_sample") and not _sets(base_config, "clip_sample"):
+        options["clip_sample"] = False
+    return s.cls.from_config(base_config, **options)
+
+
+def _sets(config, key: str) -> bool:
+    """Whether a scheduler config (a dict, or a scheduler's config) gives ``key`` itself, not
+    diffusers' default (a scheduler's config lists the defaults it filled in ``_use_default_values``)."""
+    return key in config and key not in (config.get("_use_default_values") or ())
 
 
 def from_config_dict(config: dict) -> SchedulerMixin:
@@ -97,7 +122,9 @@ def from_config_dict(config: dict) -> SchedulerMixin:
 
 
 def label(scheduler: SchedulerMixin) -> str:
-    """A1111's sampler label for a scheduler instance (its class name if none fits)."""
+    """A1111's sampler label for a scheduler instance: that of the sampler whose options (sigma schedule
+    included) it has, so ``make(name)`` is labelled ``name``'s label; its class name if none fits (a
+    UniPC with Karras sigmas is no "UniPC")."""
     for s in SAMPLERS.values():
         if type(scheduler) is s.cls and all(scheduler.config.get(k) == v for k, v in s.options.items()):
             return s.label

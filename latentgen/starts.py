@@ -4,7 +4,8 @@ binds the inputs with ``functools.partial`` and runs the same loop (``Pipeline.d
 
 img2img (SDEdit, Meng et al. 2021, https://arxiv.org/abs/2108.01073): encode the image to latents
 z0 (B, 4, h, w), noise them to the timestep that ``strength`` picks, denoise the last
-``int(steps * strength)`` steps. Inpainting adds a mask (1 repaint, 0 keep):
+``int(steps * strength)`` steps (PLMS: one more, as in diffusers); when that is 0, z0 itself is
+decoded: the VAE reconstruction, for every sampler. Inpainting adds a mask (1 repaint, 0 keep):
   - 4-channel U-Nets: after every step the known region is replaced by z0 noised to the next
     timestep (RePaint-style blending, as diffusers and A1111 do);
   - 9-channel inpainting U-Nets (SD 1.5/2 inpainting): the U-Net input is
@@ -18,6 +19,7 @@ the image (4-channel, or strength < 1), noise, then the latent sample of the mas
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
@@ -27,8 +29,13 @@ from .request import Start
 
 
 def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
-    """The last ``int(steps * strength)`` of the sampler's timesteps, as diffusers picks them."""
-    t_start = steps - min(int(steps * strength), steps)
+    """The last ``int(steps * strength)`` of the sampler's timesteps, as diffusers picks them; none when
+    that is 0 (the start is the image itself). PLMS (PNDM) lists ``steps + 1`` timesteps (one of them
+    twice), so the same slice runs one step more, as in diffusers."""
+    k = min(int(steps * strength), steps)
+    if k == 0:  # diffusers' slice would still leave PLMS its last timestep: one step, not the reconstruction
+        return sched.timesteps[:0]
+    t_start = steps - k
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(t_start * sched.order)
     return sched.timesteps[t_start * sched.order:]
@@ -37,17 +44,38 @@ def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
 @torch.no_grad()
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1] -> one scaled latent sample per generator: (B, 4, H/f, W/f)."""
-    dist = vae.encode(pixels.to(precision.device_of(vae), precision.dtype_of(vae))).latent_dist  # encoded once, sampled B times
+    pixels = pixels.to(precision.device_of(vae), precision.dtype_of(vae))
+    dist = vae.encode(pixels).latent_dist  # encoded once, sampled B times
     z = torch.cat([dist.sample(generator=g) for g in generators])
     return (z * vae.config.scaling_factor).to(dtype)
 
 
 def to_latent_mask(mask_px: torch.Tensor, lat_size: tuple[int, int], mode: str = "coverage") -> torch.Tensor:
-    """(1, 1, H, W) mask in [0, 1] -> (1, 1, h, w) of 0/1: "coverage" (at least half of each cell's
-    pixels) or "nearest" (one pixel per cell, diffusers' ``F.interpolate``)."""
+    """(1, 1, H, W) mask of 0/1 -> (1, 1, h, w) of 0/1, 1 = repaint the cell.
+
+    "coverage": the cells at least half of whose pixels repaint, so the latent hole sits on the pixel
+    hole; a connected part of the mask that fills no cell by half (a brush stroke narrower than a
+    cell) repaints every cell it touches, rather than nothing. "nearest": one pixel per cell
+    (diffusers' ``F.interpolate``)."""
     if mode == "nearest":
         return F.interpolate(mask_px, size=lat_size)
-    return (F.adaptive_avg_pool2d(mask_px, lat_size) >= 0.5).to(mask_px.dtype)
+    cells = F.adaptive_avg_pool2d(mask_px, lat_size) >= 0.5  # (1, 1, h, w)
+    thin = _parts_outside(mask_px[0, 0].cpu().numpy() >= 0.5,  # (H, W) pixels of parts no cell holds
+                          F.interpolate(cells.float(), size=mask_px.shape[-2:])[0, 0].cpu().numpy() > 0)
+    if thin.any():  # (1, 1, h, w): the cells those pixels touch
+        touched = F.adaptive_max_pool2d(torch.from_numpy(thin).float()[None, None], lat_size) > 0
+        cells |= touched.to(cells.device)
+    return cells.to(mask_px.dtype)
+
+
+def _parts_outside(hole: np.ndarray, in_cells: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of the connected parts of ``hole`` (8-connected) with no pixel in ``in_cells``."""
+    from scipy import ndimage  # as diffusers' LMS sampler, a dependency; imported when a mask needs it
+
+    labels, n = ndimage.label(hole, structure=np.ones((3, 3)))
+    kept = np.zeros(n + 1, bool)
+    kept[labels[in_cells & hole]] = True
+    return hole & ~kept[labels]
 
 
 def from_noise(sched, generators, dtype, *, shape: tuple[int, int, int], device) -> Start:

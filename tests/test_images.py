@@ -71,6 +71,43 @@ def test_alpha_channel_is_the_mask(pipe):
     assert not np.array_equal(np.asarray(out)[hole], rgb[hole])
 
 
+def test_transparent_pixels_are_flattened_onto_white(pipe):
+    """As A1111's img2img: an RGBA input is composited onto white, not cut to the RGB hidden under
+    its transparent pixels (black here)."""
+    a = np.dstack([np.asarray(_photo()), np.full((64, 64), 255, np.uint8)])
+    a[:32, :, :3], a[:32, :, 3] = 0, 0  # top half: transparent, black underneath
+    a[32:40, :, 3] = 128  # half transparent
+    rgb, alpha = im.load_rgb(Image.fromarray(a, "RGBA"))
+    out = np.asarray(rgb, np.int16)
+    assert (out[:32] == 255).all() and np.array_equal(alpha, a[..., 3])
+    half = a[32:40, :, :3].astype(np.float32)
+    assert np.abs(out[32:40] - (half * 128 + 255 * 127) / 255).max() <= 1
+    assert np.array_equal(out[40:], a[40:, :, :3])  # opaque pixels as they are
+    white = a[..., :3].copy()
+    white[:40] = out[:40]
+    ours, flat = (pipe.img2img("a cat", x, strength=0.0)[0] for x in (Image.fromarray(a, "RGBA"), white))
+    assert np.array_equal(np.asarray(ours), np.asarray(flat))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_a_mask_with_transparency_is_its_alpha(pipe, mode):
+    """A1111's create_binary_mask: strokes of any color on a transparent layer repaint where opaque."""
+    a = np.zeros((64, 64, 4), np.uint8)  # transparent black
+    a[16:40, 20:44] = (0, 0, 0, 255)  # an opaque black stroke: repaint
+    a[0:8, 0:8] = (200, 30, 30, 255)  # an opaque red one
+    layer = Image.fromarray(a, "RGBA").convert(mode)
+    m = im.load_mask(layer)
+    assert m[16:40, 20:44].min() == 1.0 and m[0:8, 0:8].min() == 1.0
+    assert m.sum() == 24 * 24 + 8 * 8
+    opaque = a.copy()
+    opaque[..., 3] = 255
+    assert im.load_mask(Image.fromarray(opaque, "RGBA")).max() < 0.5  # fully opaque: its gray (black, keep)
+    src = _photo()
+    out = np.asarray(pipe.inpaint("a cat", src, layer, steps=2, mask_blur=0)[0], np.int16)
+    hole, orig = m >= 0.5, np.asarray(src, np.int16)
+    assert np.array_equal(out[~hole], orig[~hole]) and np.abs(out[hole] - orig[hole]).mean() > 3
+
+
 def test_only_masked_on_a_larger_image(pipe):
     src = _photo(160)
     m = np.zeros((160, 160), np.uint8)

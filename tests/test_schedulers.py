@@ -6,6 +6,7 @@ import torch
 
 from conftest import max_diff as _max_diff
 from conftest import reference_images as _reference
+from latentgen import schedulers
 
 
 @pytest.mark.parametrize("name", ["pndm", "lms", "heun", "dpm++2m_karras", "dpm++2m_sde", "unipc", "ddpm", "dpm2_a"])
@@ -19,3 +20,65 @@ def test_default_scheduler_is_the_folders(pipe, reference):
     ref = reference("a cat", num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),
                     height=64, width=64).images
     assert _max_diff(pipe.generate("a cat", steps=3), ref) <= 1
+
+
+def _sigmas(sched, steps=10):
+    """What a sampler runs: its timesteps and, for the k-diffusion style ones, its sigmas."""
+    sched.set_timesteps(steps)
+    return sched.timesteps, getattr(sched, "sigmas", None)
+
+
+def test_ddim_and_ddpm_do_not_clip_x0_unless_the_config_says(pipe):
+    """A config without ``clip_sample`` gets False, not diffusers' default True (x0 clipped to [-1, 1]
+    in latent space); a config that sets it keeps it."""
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler
+
+    bare = {k: v for k, v in pipe.scheduler.config.items() if k != "clip_sample"}
+    own = EulerAncestralDiscreteScheduler.from_config(bare)  # a folder whose config says nothing of it
+    for base in (bare, own.config, DDIMScheduler.from_config(bare).config):  # the last: True by default
+        for name in ("ddim", "ddpm"):
+            assert schedulers.make(name, base).config.clip_sample is False
+    assert schedulers.make("ddim", {**bare, "clip_sample": True}).config.clip_sample is True
+    # what it changes: one DDIM step on latents beyond [-1, 1] (SD latents are, often)
+    sched = schedulers.make("ddim", own.config)
+    sched.set_timesteps(10)
+    x = torch.full((1, 4, 2, 2), 3.0)
+    out = sched.step(torch.zeros_like(x), sched.timesteps[0], x).pred_original_sample
+    assert out.min() > 1.5
+
+
+@pytest.mark.parametrize("schedule", ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"])
+def test_the_name_sets_the_sigma_schedule_not_the_models_config(pipe, schedule):
+    """"unipc" on a DPM++ 2M Karras config is plain UniPC, labelled "UniPC"; "_karras" names are Karras."""
+    import inspect
+
+    plain = dict(pipe.scheduler.config)
+    other = {**plain, schedule: True}
+    for name, s in schedulers.SAMPLERS.items():
+        ours = schedulers.make(name, other)
+        assert schedulers.label(ours) == s.label, name
+        if schedule in inspect.signature(s.cls.__init__).parameters:
+            assert ours.config[schedule] is (schedule == "use_karras_sigmas" and name.endswith("_karras")), name
+        want = _sigmas(schedulers.make(name, plain))
+        got = _sigmas(ours)
+        assert torch.equal(got[0], want[0]), name
+        assert (got[1] is None) == (want[1] is None) and (got[1] is None or torch.allclose(got[1], want[1])), name
+    from diffusers import UniPCMultistepScheduler
+
+    karras_unipc = UniPCMultistepScheduler.from_config(plain, use_karras_sigmas=True)
+    assert schedulers.label(karras_unipc) == "UniPCMultistepScheduler"  # not "UniPC": it is not that sampler
+
+
+@pytest.mark.parametrize("preset", ["default", "sd15", "sd2", "sd21", "tiny-random"])
+def test_the_presets_default_samplers_are_diffusers_own(preset):
+    """The scheduler a preset's default sampler builds is what diffusers builds from the preset's config:
+    the options latentgen sets change nothing there, so the parity of a preset's default holds."""
+    from latentgen.presets import load_preset
+
+    p = load_preset(preset)
+    ours = schedulers.make(p.defaults.scheduler, p.scheduler)
+    theirs = type(ours).from_config(p.scheduler)
+    for k in ("clip_sample", "skip_prk_steps", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        assert ours.config.get(k) == theirs.config.get(k), k
+    a, b = _sigmas(ours, 20), _sigmas(theirs, 20)
+    assert torch.equal(a[0], b[0]) and (a[1] is None or torch.equal(a[1], b[1]))

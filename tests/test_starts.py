@@ -55,7 +55,7 @@ def _gens(seed, n):
     return gens[0] if n == 1 else gens
 
 
-@pytest.mark.parametrize("name", ["ddim", "euler_a", "dpm++2m"])
+@pytest.mark.parametrize("name", ["ddim", "euler_a", "dpm++2m", "pndm"])
 @pytest.mark.parametrize("strength", [0.6, 1.0])
 def test_img2img_matches_diffusers(pipe, img2img_ref, name, strength):
     image = _photo(1)
@@ -81,17 +81,36 @@ def test_img2img_batch_uses_per_image_seeds(pipe, img2img_ref):
     assert np.array_equal(np.asarray(ours[1]), np.asarray(single[0]))
 
 
-def test_img2img_strength_zero_is_the_vae_reconstruction(pipe):
+@pytest.mark.parametrize("strength", [0.0, 0.05])  # 0.05: int(10 * 0.05) = 0 steps too
+def test_img2img_strength_zero_is_the_vae_reconstruction(pipe, strength):
+    """No step runs and the VAE reconstruction comes back, with every sampler (PLMS included, whose
+    timestep list has one more entry than the steps), in img2img and in inpainting's hole."""
     image = _photo(3)
-    out = pipe.img2img("a cat", image, strength=0.0, seed=0, steps=10)[0]
     vae = pipe.vae
     from latentgen.images import to_tensor
 
     with torch.no_grad():
         z = vae.encode(to_tensor(image)).latent_dist.sample(generator=torch.Generator().manual_seed(0))
         expected = pipe.decode(z * vae.config.scaling_factor)[0]
-    assert _max_diff([out], [expected]) <= 1
-    assert "Denoising strength: 0.0" in out.info["parameters"]
+    hole = np.asarray(_mask()) > 0
+    for name in schedulers.SAMPLERS:
+        steps = []
+        out = pipe.img2img("a cat", image, strength=strength, seed=0, steps=10, scheduler=name,
+                           callback=lambda done, total, lat: steps.append(done))[0]
+        assert steps == [] and _max_diff([out], [expected]) <= 1, name
+        assert f"Denoising strength: {strength}" in out.info["parameters"]
+        filled = pipe.inpaint("a cat", image, _mask(), strength=strength, seed=0, steps=10, scheduler=name,
+                              mask_blur=0, callback=lambda done, total, lat: steps.append(done))[0]
+        diff = np.abs(np.asarray(filled, np.int16) - np.asarray(expected, np.int16))
+        assert steps == [] and diff[hole].max() <= 1, name
+
+
+@pytest.mark.parametrize("name,runs", [("ddim", 5), ("euler_a", 5), ("pndm", 6)])
+def test_img2img_runs_int_steps_times_strength_plms_one_more(pipe, name, runs):
+    """As in diffusers: int(steps * strength) sampler steps; PLMS one more (its list repeats a timestep)."""
+    seen = []
+    pipe.img2img("a cat", _photo(3), strength=0.5, steps=10, scheduler=name, callback=lambda d, t, lat: seen.append(t))
+    assert seen == [runs] * runs
 
 
 @pytest.mark.parametrize("name,strength", [("ddim", 1.0), ("euler_a", 1.0), ("euler_a", 0.75), ("dpm++2m", 0.5)])
@@ -170,3 +189,22 @@ def test_coverage_latent_mask_sits_on_the_pixel_hole(pipe):
     assert torch.equal(to_latent_mask(aligned, (8, 8)), to_latent_mask(aligned, (8, 8), "nearest"))
     with pytest.raises(ValueError, match="latent_mask"):
         pipe.inpaint("a cat", _photo(1), _mask(), steps=1, latent_mask="bilinear")
+
+
+def test_a_stroke_thinner_than_a_cell_repaints_the_cells_it_touches(pipe):
+    """A 3-px line fills no 8x8 cell by half: with latent blending it would repaint nothing (the
+    reconstruction); its cells repaint instead. Parts that fill a cell by half keep the half rule."""
+    from latentgen.starts import to_latent_mask
+
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., :, 30:33] = 1  # pixels 30..32: cells 3 (24..31) and 4 (32..39), 2/8 and 1/8 covered
+    lat = to_latent_mask(m, (8, 8))[0, 0]
+    assert lat[:, 3:5].eq(1).all() and lat.sum() == 16
+    m[..., 8:40, 8:40] = 1  # a block over the line: one part, with whole cells; the line's other cells drop
+    assert to_latent_mask(m, (8, 8))[0, 0].nonzero()[:, 0].unique().tolist() == [1, 2, 3, 4]
+    image, stroke = _photo(8), np.zeros((64, 64), np.uint8)
+    stroke[:, 30:33] = 255
+    rec = pipe.img2img("a cat", image, strength=0.0, seed=0)[0]
+    out = pipe.inpaint("a red square", image, stroke, seed=0, steps=4, mask_blur=0, variant="blend")[0]
+    diff = np.abs(np.asarray(out, np.int16) - np.asarray(rec, np.int16))[:, 30:33]
+    assert diff.max() > 10
