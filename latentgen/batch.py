@@ -7,14 +7,17 @@ shared among processes.
         -m latentgen.cli batch jobs.jsonl --out runs/batch
 
 A job is one JSON object per line: ``prompt`` and ``seed``, and any other ``generate`` argument
-(``negative_prompt``, ``steps``, ``guidance``, ``width``, ``height``, ``scheduler``). Job ``i``
-becomes ``OUT/i.png`` (six digits) with its settings in the PNG's parameters chunk, written
-atomically, and then one line in ``OUT/manifest-<process>.jsonl`` (file, sha256, job). A job is
-done when its manifest line is there and its file matches it: a re-run (after a kill, with any
-number of processes) skips those and redraws the rest. Process ``p`` of ``n`` takes jobs
-``p, p + n, ...``; each image is drawn alone from its own seed, so it is bit-identical whatever
-the number of processes (``tests/test_batch.py``), given the same threads per process: on CPU,
-float sums can depend on torch's thread count, and the launcher sets 1 unless told otherwise.
+(``negative_prompt``, ``steps``, ``guidance``, ``width``, ``height``, ``scheduler``, ``clip_skip``,
+``prompt_syntax``). Job ``i`` becomes ``OUT/i.png`` (six digits) with its settings in the PNG's
+parameters chunk: one line in ``OUT/manifest-<process>.jsonl`` (index, file, sha256, job) is
+written first, then the file appears in one rename. A job is done when a manifest line holds the
+job as it is now and its file matches that line's sha256: a re-run (after a kill, with any number
+of processes, after the jobs file was edited or ``--seeds`` extended) skips those and redraws the
+rest, replacing the old image. A file ``OUT/i.png`` that no manifest names is the user's: the run
+refuses before drawing. Process ``p`` of ``n`` takes jobs ``p, p + n, ...``; each image is drawn
+alone from its own seed, so it is bit-identical whatever the number of processes
+(``tests/test_batch.py``), given the same threads per process: on CPU, float sums can depend on
+torch's thread count, and the launcher sets 1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -22,21 +25,33 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import checks
+from . import files
+from .request import MAX_SEED
 
-JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler")
+JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
+            "clip_skip", "prompt_syntax")
+SETTING_KEYS = tuple(k for k in JOB_KEYS if k not in ("prompt", "negative_prompt"))  # pipe.settings takes these
 
 
-def read_jobs(path: str | Path) -> list[dict]:
-    """The jobs of a JSONL file, each checked for its keys and a text prompt (line numbers in errors)."""
+@dataclass(frozen=True)
+class Job:
+    """One image: ``generate``'s arguments (prompt, seed, ...) and where the job was written, for errors."""
+
+    args: dict
+    where: str  # "jobs.jsonl:3", "prompts.txt:2 with seed 7", or "job 3" for a dict given in Python
+
+
+def read_jobs(path: str | Path) -> list[Job]:
+    """The jobs of a JSONL file, each checked for its keys, a text prompt and a seed (line numbers in errors)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"jobs file {str(path)!r} does not exist: give a JSONL file with one "
                                 f'{{"prompt": ..., "seed": ...}} object per line.')
     jobs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # -sig: a BOM is not text
         if not line.strip():
             continue
         try:
@@ -44,7 +59,7 @@ def read_jobs(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n} is not JSON ({e.msg}): write one object per line, such as "
                              f'{{"prompt": "a red circle on a blue background", "seed": 1}}.') from None
-        jobs.append(check_job(job, f"{path}:{n}"))
+        jobs.append(Job(check_job(job, f"{path}:{n}"), f"{path}:{n}"))
     if not jobs:
         raise ValueError(f"{path} holds no jobs: write one JSON object per line.")
     return jobs
@@ -59,19 +74,25 @@ def check_job(job, where: str) -> dict:
         raise ValueError(f"{where}: unknown key(s) {unknown}; a job may have {', '.join(JOB_KEYS)}.")
     if not isinstance(job.get("prompt"), str):
         raise ValueError(f"{where}: 'prompt' must be text, such as \"a red circle on a blue background\".")
-    checks.whole(f"{where}: seed", job.get("seed", 0), 0)
+    if job.get("negative_prompt") is not None and not isinstance(job["negative_prompt"], str):
+        raise ValueError(f"{where}: 'negative_prompt' must be text, such as \"blurry\", or left out.")
+    seed = job.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{where}: seed={seed!r} is invalid: use a whole number from 0 to {MAX_SEED} "
+                         f"(torch's generator takes 64 bits), such as 0.")
     return {"seed": 0, **job}
 
 
-def prompt_jobs(prompts_file: str | Path, seeds: str) -> list[dict]:
+def prompt_jobs(prompts_file: str | Path, seeds: str) -> list[Job]:
     """Every prompt of a text file (one per line) with every seed of a range ``A-B`` (inclusive) or ``S``."""
     path = Path(prompts_file)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {str(path)!r} does not exist: give a text file, one prompt per line.")
-    prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [(n, ln.strip()) for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
+    prompts = [(n, p) for n, p in lines if p]
     if not prompts:
         raise ValueError(f"{path} holds no prompts: write one per line.")
-    return [{"prompt": p, "seed": s} for p in prompts for s in seed_range(seeds)]
+    return [Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in seed_range(seeds)]
 
 
 def seed_range(text: str) -> range:
@@ -80,9 +101,9 @@ def seed_range(text: str) -> range:
     try:
         a, b = int(first), int(last or first)
     except ValueError:
-        raise ValueError(f"seeds={text!r} is invalid: use a range such as 0-99, or one seed such as 7.") from None
-    if a < 0 or b < a:
-        raise ValueError(f"seeds={text!r} is invalid: use A-B with 0 <= A <= B, such as 0-99.")
+        raise ValueError(f"--seeds {text!r} is invalid: use a range such as 0-99, or one seed such as 7.") from None
+    if a < 0 or b < a or b > MAX_SEED:
+        raise ValueError(f"--seeds {text!r} is invalid: use A-B with 0 <= A <= B <= {MAX_SEED}, such as 0-99.")
     return range(a, b + 1)
 
 
@@ -90,49 +111,111 @@ def image_name(index: int) -> str:
     return f"{index:06d}.png"
 
 
-def done_jobs(out: Path) -> set[int]:
-    """Indices of jobs with a manifest line (any process's) whose file is there with that sha256."""
-    done = set()
+def as_jobs(jobs: list) -> list[Job]:
+    """``Job`` records; a plain dict (a job given in Python) is checked as a jobs-file line would be."""
+    return [j if isinstance(j, Job) else Job(check_job(j, f"job {i}"), f"job {i}") for i, j in enumerate(jobs)]
+
+
+def manifest_rows(out: Path) -> list[dict]:
+    """Every well-formed line of every process's manifest in ``out``, oldest first per file. A line
+    cut by a kill (not JSON) is skipped: its image is redrawn."""
+    rows = []
     for manifest in sorted(out.glob("manifest-*.jsonl")):
         for line in manifest.read_text().splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: its image is redrawn
+            except json.JSONDecodeError:
                 continue
-            f = out / row["file"]
-            if f.is_file() and hashlib.sha256(f.read_bytes()).hexdigest() == row["sha256"]:
-                done.add(row["index"])
+            if isinstance(row, dict) and {"index", "file", "sha256", "job"} <= row.keys():
+                rows.append(row)
+    return rows
+
+
+def same_job(stored, args: dict) -> bool:
+    """A manifest line's job is ``args``, compared as the JSON text both would be written as."""
+    return json.dumps(stored, sort_keys=True) == json.dumps(args, sort_keys=True)
+
+
+def done_jobs(out: str | Path, jobs: list) -> set[int]:
+    """Indices of ``jobs`` with a manifest line (any process's) that holds that job as it is now and
+    whose file is there with that sha256. Order does not matter: the file's bytes pick the line."""
+    out, jobs = Path(out), as_jobs(jobs)
+    sha: dict[int, str | None] = {}  # index -> its file's sha256 now
+    done = set()
+    for row in manifest_rows(out):
+        i = row["index"]
+        if not (isinstance(i, int) and 0 <= i < len(jobs) and row["file"] == image_name(i)):
+            continue
+        if not same_job(row["job"], jobs[i].args):
+            continue
+        if i not in sha:
+            f = out / image_name(i)
+            sha[i] = hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else None
+        if sha[i] == row["sha256"]:
+            done.add(i)
     return done
 
 
-def run(pipe, jobs: list[dict], out: str | Path, *, process: int = 0, processes: int = 1,
+def check_all(pipe, jobs: list[Job]) -> None:
+    """Every job's settings on the model (cheap: no model call), errors prefixed with the job's line."""
+    for job in jobs:
+        try:
+            pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"{job.where}: {e}") from None
+
+
+def check_no_user_files(out: Path, indices) -> None:
+    """Refuse when ``OUT/NNNNNN.png`` of a job to draw exists and no manifest names it: the user's own file."""
+    ours = {row["file"] for row in manifest_rows(out)}
+    theirs = [out / image_name(i) for i in indices if image_name(i) not in ours and (out / image_name(i)).exists()]
+    if theirs:
+        shown = ", ".join(map(str, theirs[:5])) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        raise FileExistsError(f"{shown} exist(s) and no manifest in {out} names them, so they are not this "
+                              f"batch's images: give another --out, or move them away.")
+
+
+def open_manifest(path: Path):
+    """The manifest for appending; a last line cut by a kill is ended first, so the next line stays whole."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with open(path, "a") as f:
+                f.write("\n")
+    return open(path, "a")
+
+
+def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int = 1,
         progress: bool = True) -> dict:
-    """Draw this process's share of ``jobs`` that are not done into ``out``; returns figures
-    (images drawn, skipped, seconds, images per second). Every job's settings are checked on the
-    model before the first image."""
+    """Draw this process's share of ``jobs`` (``Job`` records, or dicts) that are not done into
+    ``out``; returns figures (images drawn, skipped, seconds, images per second). Every job's
+    settings are checked on the model, and ``out`` for files that are not this batch's, before the
+    first image."""
     from tqdm import tqdm
 
     from . import metadata
 
-    out = Path(out)
+    out, jobs = Path(out), as_jobs(jobs)
+    check_all(pipe, jobs)
     out.mkdir(parents=True, exist_ok=True)
-    for job in jobs:  # cheap: settings only, no model call
-        pipe.settings(**{k: v for k, v in job.items() if k in ("steps", "guidance", "width", "height",
-                                                               "scheduler")})
     mine = range(process, len(jobs), processes)
-    done = done_jobs(out)
+    done = done_jobs(out, jobs)
     todo = [i for i in mine if i not in done]
-    manifest = out / f"manifest-{process}.jsonl"
+    check_no_user_files(out, todo)
     t0 = time.perf_counter()
-    with open(manifest, "a") as log:
+    with open_manifest(out / f"manifest-{process}.jsonl") as log:
         for i in tqdm(todo, desc="images", unit="img", disable=not progress):
-            job = jobs[i]
-            image = pipe.generate(job["prompt"], **{k: v for k, v in job.items() if k != "prompt"})[0]
-            path = metadata.save_png(image, out / image_name(i), image.info.get("parameters"), force=True)
-            row = {"index": i, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                   "job": job}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            args = jobs[i].args
+            image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
+            # the manifest line comes before the file: a file the manifest does not name is never ours
+            with files.atomic_path(out / image_name(i)) as tmp:
+                metadata.save_png(image, tmp, image.info.get("parameters"), force=True)
+                row = {"index": i, "file": image_name(i), "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(),
+                       "job": args}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
     seconds = time.perf_counter() - t0
     return {"drawn": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
             "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}

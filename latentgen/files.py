@@ -4,6 +4,7 @@ nothing the user had is replaced unless asked."""
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import platform
 import shutil
@@ -58,20 +59,37 @@ def copy_file(src: str | Path, dest: str | Path) -> Path:
 @contextmanager
 def atomic_folder(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block succeeds it replaces ``final``
-    (the old one is moved aside first and removed last). On an error ``final`` is left as it was."""
+    (the old one is moved aside first and removed last). On an error ``final`` is left as it was.
+    The temporary and backup folders have unique hidden names (``.NAME.xxxx.tmp``/``.old``): only
+    folders made here are removed, never a user's ``NAME.tmp``. If a kill left ``final`` missing
+    with its backup beside it, the backup is put back first."""
     final = Path(final)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    restore_backup(final)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would make the folder private; give what mkdir() gives
     try:
         yield tmp
-        shutil.rmtree(old, ignore_errors=True)
+        old = None
         if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+            os.replace(final, old)  # onto our own empty folder: one rename
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def restore_backup(final: Path) -> None:
+    """Put back the newest ``.NAME.xxxx.old`` that ``atomic_folder`` moved aside, when ``final`` is
+    missing (a kill between its two renames)."""
+    if final.exists():
+        return
+    backups = sorted(final.parent.glob(f".{glob.escape(final.name)}.*.old"), key=lambda p: p.stat().st_mtime)
+    if backups:
+        os.replace(backups[-1], final)
 
 
 def machine() -> str:

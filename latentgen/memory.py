@@ -9,7 +9,8 @@ of whole calls):
 The plan decodes in VAE tiles (diffusers' tiling: 512 px tiles with blended seams, images differ slightly)
 only when a whole decode would not fit, and decodes fewer images at once (slicing) when a batch would
 not. ``Limits`` refuses at once what cannot fit: ``num_images`` whose pictures would not fit in memory,
-images whose U-Net step would not, and more steps than the model's training timesteps.
+images whose U-Net step would not, and more steps than every sampler can take from the model's
+training timesteps (``max_sampler_steps``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Limits:
 
     max_images: int | None = None  # images one call returns (each held in memory: width * height * 3 bytes)
     max_pixels: int | None = None  # width * height of one generated image
-    max_steps: int | None = None  # denoising steps; None: the scheduler's training timesteps (1000)
+    max_steps: int | None = None  # denoising steps; None: what every sampler runs (998 of SD's 1000 timesteps)
     max_input_pixels: int = 2048 * 2048  # width * height of an img2img/inpaint input; larger: downscale it
     vae_tiling: bool | None = None  # decode in tiles; None: only when a whole decode would not fit
     vae_batch: int | None = None  # images the VAE decodes at once; None: as many as fit
@@ -80,20 +81,29 @@ def plan(vae, limits: Limits, *, width: int, height: int, batch: int) -> Plan:
     return Plan(bool(tiling), limits.vae_batch or min(batch, fits))
 
 
+def max_sampler_steps(train_steps: int) -> int:
+    """The most steps every sampler of ``latentgen.schedulers`` runs: 2 fewer than the training timesteps.
+    At train_steps - 1 DPM++ 2M (SDE) and UniPC give NaN, at train_steps DDIM, PNDM, DDPM, LMS and Euler
+    step past the last timestep (IndexError, NaN); tests/test_memory.py runs every sampler at the bound."""
+    return max(1, train_steps - 2)
+
+
 def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, height: int, batch: int, cfg: bool,
           train_steps: int) -> None:
     """Refuse, before any model runs, a call whose images, size or steps this machine cannot hold; each
     error gives the number that fits and how to raise the bound."""
     free = free_bytes(precision.device_of(unet))
-    max_steps = limits.max_steps or train_steps
+    max_steps = limits.max_steps or max_sampler_steps(train_steps)
     if steps > max_steps:
-        raise ValueError(f"steps={steps} is more than this model's {max_steps} training timesteps allow; use "
-                         f"steps <= {max_steps} (20-50 is usual), or raise pipe.limits.max_steps.")
+        raise ValueError(f"steps={steps} is more than this model's {train_steps} training timesteps allow (every "
+                         f"sampler works up to {max_steps}); use steps <= {max_steps} (20-50 is usual), or raise "
+                         f"pipe.limits.max_steps.")
     held = width * height * 3 + IMAGE_OVERHEAD  # one RGB image kept in memory until the call returns
     max_images = limits.max_images or max(1, int(IMAGES_SHARE * free // held))
     if num_images > max_images:
         raise ValueError(f"num_images={num_images} would hold {num_images * held / 2**30:.1f} GiB of images in "
-                         f"memory; {max_images} images of {width}x{height} fit in a quarter of the {free / 2**30:.1f} GiB free. Ask "
+                         f"memory; {max_images} images of {width}x{height} fit in a quarter of the "
+                         f"{free / 2**30:.1f} GiB free. Ask "
                          f"for at most {max_images}, use `latentgen batch` (images stream to disk), or set "
                          f"pipe.limits.max_images.")
     per_pixel = unet_bytes(unet, 1, batch, cfg)

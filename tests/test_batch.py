@@ -44,7 +44,7 @@ def test_each_image_is_its_job_drawn_alone_with_its_settings(embedded, reference
         assert metadata.read_parameters(reference / batch.image_name(i)) == alone.info["parameters"]
     rows = [json.loads(ln) for ln in (reference / "manifest-0.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1, 2, 3] and rows[2]["job"] == JOBS[2]
-    assert batch.done_jobs(reference) == {0, 1, 2, 3}
+    assert batch.done_jobs(reference, JOBS) == {0, 1, 2, 3}
 
 
 def test_a_killed_run_leaves_no_half_file_and_resumes(embedded, reference, tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_a_killed_run_leaves_no_half_file_and_resumes(embedded, reference, tmp_p
 def test_a_damaged_image_is_redrawn(embedded, reference, tmp_path):
     batch.run(embedded, JOBS[:2], tmp_path, progress=False)
     (tmp_path / "000001.png").write_bytes(b"not a png")
-    assert batch.done_jobs(tmp_path) == {0}
+    assert batch.done_jobs(tmp_path, JOBS[:2]) == {0}
     assert batch.run(embedded, JOBS[:2], tmp_path, progress=False)["drawn"] == 1
     assert (tmp_path / "000001.png").read_bytes() == (reference / "000001.png").read_bytes()
 
@@ -108,11 +108,12 @@ def test_prompts_and_seed_ranges(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("a red circle on a blue background\n\na white square on a black background\n")
     jobs = batch.prompt_jobs(f, "2-4")
-    assert [(j["prompt"][:7], j["seed"]) for j in jobs] == [("a red c", 2), ("a red c", 3), ("a red c", 4),
+    assert jobs[3].where.endswith("p.txt:3 with seed 2")
+    assert [(j.args["prompt"][:7], j.args["seed"]) for j in jobs] == [("a red c", 2), ("a red c", 3), ("a red c", 4),
                                                            ("a white", 2), ("a white", 3), ("a white", 4)]
     assert batch.seed_range("7") == range(7, 8)
-    for bad in ("5-2", "x", "-3", "1-y"):
-        with pytest.raises(ValueError, match="seeds="):
+    for bad in ("5-2", "x", "-3", "1-y", f"0-{2**64}"):
+        with pytest.raises(ValueError, match="--seeds"):
             batch.seed_range(bad)
 
 
@@ -122,6 +123,9 @@ def test_prompts_and_seed_ranges(tmp_path):
     ('{"seed": 1}', "'prompt' must be text"),
     ('{"prompt": "x", "seed": -1}', "seed=-1 is invalid"),
     ('["x", 1]', "a job is a JSON object"),
+    ('{"prompt": "x", "seed": 18446744073709551616}', "jobs.jsonl:2: seed=18446744073709551616 is invalid"),
+    ('{"prompt": "x", "seed": 1.5}', "jobs.jsonl:2: seed=1.5 is invalid"),
+    ('{"prompt": "x", "negative_prompt": 5}', "jobs.jsonl:2: 'negative_prompt' must be text"),
 ])
 def test_bad_jobs_name_the_line(tmp_path, line, message):
     f = tmp_path / "jobs.jsonl"
@@ -139,3 +143,72 @@ def test_cli_checks_jobs_before_loading_a_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "latentgen.cli", "batch", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--prompts" in r.stderr
+
+
+def _rows(out):
+    return [json.loads(ln) for p in sorted(out.glob("manifest-*.jsonl")) for ln in p.read_text().splitlines()]
+
+
+def test_an_edited_job_is_redrawn_and_the_newest_line_wins(embedded, reference, tmp_path):
+    batch.run(embedded, JOBS[:2], tmp_path, progress=False)
+    edited = [JOBS[0], {**JOBS[1], "seed": 5}, JOBS[2]]  # job 1 changed in the jobs file, job 2 added
+    assert batch.done_jobs(tmp_path, edited) == {0}
+    figures = batch.run(embedded, edited, tmp_path, progress=False)
+    assert figures["drawn"] == 2 and figures["skipped"] == 1
+    alone = embedded.generate(edited[1]["prompt"], **{k: v for k, v in edited[1].items() if k != "prompt"})[0]
+    assert np.array_equal(_pixels(tmp_path / "000001.png"), np.asarray(alone))
+    assert (tmp_path / "000002.png").read_bytes() == (reference / "000002.png").read_bytes()
+    assert batch.done_jobs(tmp_path, edited) == {0, 1, 2} and batch.done_jobs(tmp_path, JOBS[:2]) == {0}
+    assert [r["job"]["seed"] for r in _rows(tmp_path) if r["index"] == 1] == [0, 5]  # the old line stays, unmatched
+
+
+def test_a_manifest_line_cut_by_a_kill_does_not_swallow_the_next(embedded, tmp_path):
+    batch.run(embedded, JOBS[:1], tmp_path, progress=False)
+    manifest = tmp_path / "manifest-0.jsonl"
+    manifest.write_text(manifest.read_text().rstrip("\n")[:-10])  # the only line, cut: no newline at the end
+    (tmp_path / "000000.png").unlink()
+    assert batch.run(embedded, JOBS[:1], tmp_path, progress=False)["drawn"] == 1
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["index"] == 0
+    assert batch.done_jobs(tmp_path, JOBS[:1]) == {0}
+
+
+def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, monkeypatch):
+    (tmp_path / "000001.png").write_bytes(b"the user's own picture")
+    monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises(FileExistsError, match=r"000001\.png.*another --out"):
+        batch.run(embedded, JOBS[:2], tmp_path, progress=False)
+    assert (tmp_path / "000001.png").read_bytes() == b"the user's own picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000001.png"]
+
+
+@pytest.mark.parametrize("job, message", [
+    ({"steps": "4"}, r"jobs\.jsonl:2: steps='4' is invalid"),
+    ({"width": 65}, r"jobs\.jsonl:2: width=65 is invalid"),
+    ({"scheduler": "nosuch"}, r"jobs\.jsonl:2: .*nosuch"),
+    ({"prompt_syntax": "x"}, r"jobs\.jsonl:2: prompt_syntax='x' is invalid"),
+])
+def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"prompt": "ok", "seed": 0}\n' + json.dumps({"prompt": "x", **job}) + "\n")
+    monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises((ValueError, TypeError), match=message):
+        batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_files_with_a_byte_order_mark_read_as_text(tmp_path):
+    jobs, prompts = tmp_path / "jobs.jsonl", tmp_path / "p.txt"
+    jobs.write_text('{"prompt": "x", "seed": 2}\n', encoding="utf-8-sig")
+    prompts.write_text("a red circle\n", encoding="utf-8-sig")
+    assert [j.args for j in batch.read_jobs(jobs)] == [{"prompt": "x", "seed": 2}]
+    assert [j.args for j in batch.prompt_jobs(prompts, "0")] == [{"prompt": "a red circle", "seed": 0}]
+
+
+def test_cli_refuses_seeds_with_a_jobs_file(tmp_path):
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"prompt": "x", "seed": 1}\n')
+    r = subprocess.run([sys.executable, "-m", "latentgen.cli", "batch", str(f), "--seeds", "0-9", "--out",
+                        str(tmp_path / "o"), "--model", str(tmp_path / "no-such-model")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--seeds goes with --prompts only" in r.stderr

@@ -70,3 +70,52 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
         os.umask(old)
         files.umask.cache_clear()
     assert stat.S_IMODE(files.write_text(tmp_path / "b.txt", "hi").stat().st_mode) == 0o666 & ~old
+
+
+def test_atomic_folder_leaves_the_users_sibling_folders_alone(tmp_path):
+    final = tmp_path / "model"
+    for name in ("model.tmp", "model.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine").write_text("user's")
+    for version in ("v1", "v2"):  # a first write, then a replacement
+        with files.atomic_folder(final) as tmp:
+            assert tmp.parent == tmp_path and tmp.name not in ("model.tmp", "model.old")
+            (tmp / "weights").write_text(version)
+    assert (final / "weights").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model.old", "model.tmp"]
+    assert all((tmp_path / n / "mine").read_text() == "user's" for n in ("model.tmp", "model.old"))
+
+
+def test_atomic_folder_restores_the_backup_a_kill_left(tmp_path, monkeypatch):
+    import os
+
+    final = tmp_path / "model"
+    with files.atomic_folder(final) as tmp:
+        (tmp / "weights").write_text("v1")
+    real = os.replace
+
+    def killed_between_the_renames(src, dst):
+        if str(dst) == str(final):
+            raise KeyboardInterrupt("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_between_the_renames)
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_folder(final) as tmp:
+            (tmp / "weights").write_text("v2")
+    monkeypatch.setattr(os, "replace", real)
+    assert not final.exists()  # the kill: v1 moved aside, v2 not yet in place
+    with files.atomic_folder(final) as tmp:
+        assert (final / "weights").read_text() == "v1"  # put back before anything else
+        (tmp / "weights").write_text("v3")
+    assert (final / "weights").read_text() == "v3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_folder_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    with files.atomic_folder(tmp_path / "model"):
+        pass
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~files.umask()

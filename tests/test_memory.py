@@ -32,8 +32,41 @@ def test_many_prompts_count_together(no_model_runs):
 
 
 def test_steps_beyond_the_training_timesteps_are_refused(no_model_runs):
-    with pytest.raises(ValueError, match=r"steps=5000 .* 1000 training timesteps.*steps <= 1000"):
-        no_model_runs.generate(PROMPT, steps=5000)
+    for steps in (5000, 1000, 999):
+        with pytest.raises(ValueError, match=rf"steps={steps} .* 1000 training timesteps.*steps <= 998"):
+            no_model_runs.generate(PROMPT, steps=steps)
+
+
+def _sample(sched, steps):
+    """Run ``sched`` over ``steps`` steps with a random noise prediction in place of the U-Net: the final
+    latents, or the error (the U-Net is not what breaks past the bound: the timesteps are)."""
+    import inspect
+
+    import torch
+
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g) * sched.init_noise_sigma
+    extra = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
+    for t in sched.timesteps:
+        sched.scale_model_input(x, t)
+        x = sched.step(torch.randn(x.shape, generator=g), t, x, **extra).prev_sample
+    return x
+
+
+def test_every_sampler_runs_at_the_steps_bound_and_one_more_breaks_some(pipe):
+    import torch
+
+    from latentgen import schedulers
+
+    cap = memory.max_sampler_steps(pipe.scheduler.config.num_train_timesteps)
+    assert cap == 998
+    for name in schedulers.SAMPLERS:
+        sched = schedulers.make(name, pipe.scheduler.config)
+        assert torch.isfinite(_sample(sched, cap)).all(), name
+        assert ((sched.timesteps >= 0) & (sched.timesteps < 1000)).all(), name
+    beyond = schedulers.make("dpm++2m", pipe.scheduler.config)  # the bound is the real one: 999 makes NaN
+    assert not torch.isfinite(_sample(beyond, cap + 1)).all()
 
 
 def test_a_size_that_cannot_fit_is_refused_with_the_size_that_does(no_model_runs):

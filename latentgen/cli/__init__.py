@@ -61,10 +61,10 @@ def _render(args: argparse.Namespace, call) -> int:
         bar.total = total
         bar.update(done - bar.n)
 
-    images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                  negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
-                  clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress)
-    bar.close()
+    with bar:  # closed (its line cleared) before an error is printed
+        images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                      negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
+                      clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress)
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0
@@ -99,10 +99,15 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .. import metadata
 
-    if not Path(args.png).is_file():
-        print(f"error: {args.png} does not exist", file=sys.stderr)
+    path = Path(args.png)
+    if not path.is_file():
+        print(f"error: {path} {'is a folder, not an image' if path.is_dir() else 'does not exist'}", file=sys.stderr)
         return 2
-    text = metadata.read_parameters(args.png)
+    try:
+        text = metadata.read_parameters(path)
+    except OSError as e:  # PIL's UnidentifiedImageError among them
+        print(f"error: {path} is not an image Pillow can read ({e})", file=sys.stderr)
+        return 2
     if text is None:
         print(f"{args.png} has no 'parameters' chunk (not written by latentgen or A1111)", file=sys.stderr)
         return 1
@@ -155,12 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input (2) and a run that cannot finish (1: disk, memory, NaNs) print one line
+    starting "error:", not a traceback."""
+    from ..guard import NonFiniteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (NonFiniteError, OSError) as e:  # a full disk, a folder not writable, NaNs from the model
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("error: out of memory; ask for fewer or smaller images (-n, --width, --height)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -78,6 +78,22 @@ def test_info_without_chunk(tmp_path, capsys):
     assert "no 'parameters' chunk" in capsys.readouterr().err
 
 
+def test_info_on_a_folder_or_a_file_that_is_no_image_says_so(tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    assert run("info", tmp_path) == 2
+    assert "is a folder, not an image" in capsys.readouterr().err
+    assert run("info", tmp_path / "notes.png") == 2
+    assert "notes.png is not an image Pillow can read" in capsys.readouterr().err
+
+
+def test_a_run_that_cannot_finish_prints_one_error_line(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--guidance", "1e30", "--steps", 2, "-o", out) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]  # after the bar
+    assert len(lines) == 1 and "NaN" in lines[0] and "Traceback" not in err and not out.exists()
+
+
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "latentgen.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "generate" in r.stdout
