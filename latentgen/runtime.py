@@ -91,33 +91,27 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # item size -> integer of that size
 
 
-def _sums(p: torch.Tensor) -> torch.Tensor:
-    """(2,) int64: the sum of p's bit patterns as integers (int32, wrapping) and its count of negative
-    elements, both exact. One changed element changes the first; signs flipped (each a +-2**31 step, which
-    the first wraps to nothing when their count is even) change the second, unless as many go each way.
-    Elements only moved within the tensor change neither."""
-    p = p.detach()
-    return torch.stack([p.view(_BITS[p.element_size()]).sum(dtype=torch.int32).long(), torch.signbit(p).sum()])
+def _freeu(module: torch.nn.Module) -> tuple:
+    """FreeU's factors on the up blocks (diffusers' ``enable_freeu``): they change the output, not the weights."""
+    return tuple(getattr(b, k, None) for b in getattr(module, "up_blocks", ()) for k in ("s1", "s2", "b1", "b2"))
 
 
-def _switches(module: torch.nn.Module) -> tuple:
-    """What changes a U-Net's output without changing its parameters: FreeU's factors on the up blocks
-    (diffusers' ``enable_freeu``) and the attention processors' classes."""
-    freeu = tuple(getattr(b, k, None) for b in getattr(module, "up_blocks", ()) for k in ("s1", "s2", "b1", "b2"))
-    procs = getattr(module, "attn_processors", {})
-    return freeu, tuple(type(p).__name__ for p in procs.values())
+def _processors(module: torch.nn.Module) -> tuple:
+    """The attention processors' classes (what the trace records of them)."""
+    return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
 
 
 def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
-    """The identity of a module's current weights: each parameter's name, storage and dtype, FreeU and the
-    attention processors (``_switches``), and integer sums of its values' bits (``_sums``; writes through
-    ``.data`` bump no version counter, so the values themselves are summed). Integer sums are exact and in
-    any order the same; they take ~0.2 s on SD 1.5's U-Net (float64 sums of the values took 0.65-1.4 s) and a
-    few ms on the embedded one. A LoRA injected or fused, FreeU, or an edit in place changes the identity;
-    a permutation of a tensor's values does not (assign a new tensor, or use backend='torch')."""
+    """The identity of a module's current weights: each parameter's name, storage and dtype, FreeU's factors,
+    and the sum of its bit patterns as integers modulo 2**32 (writes through ``.data`` bump no version
+    counter, so the values themselves are summed). Integer sums are exact and in any order the same, so one
+    changed element changes its tensor's sum; they take ~0.8 s on SD 1.5's bf16 U-Net and ~2.5 ms on the
+    embedded one, once per call (float64 sums of the values took 0.65-1.4 s on SD 1.5). A LoRA injected or
+    fused, FreeU, or an edit in place changes the identity; edits a sum cannot see do not (values permuted
+    within a tensor, an even number of sign flips: assign a new tensor, or use backend='torch')."""
     params = list(module.named_parameters())
-    sums = torch.stack([_sums(p) for _, p in params])  # (parameters, 2)
-    return (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _switches(module)), sums
+    sums = torch.stack([p.detach().view(_BITS[p.element_size()]).sum(dtype=torch.int32) for _, p in params])
+    return (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _freeu(module)), sums
 
 
 def same(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
@@ -132,7 +126,7 @@ def weights_hash(module: torch.nn.Module) -> str:
 
     config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
     versions = f"{openvino.__version__}|{torch.__version__}|{diffusers.__version__}"
-    h = hashlib.sha256(f"{versions}|{RECIPE}|{config}|{_switches(module)[1]}".encode())
+    h = hashlib.sha256(f"{versions}|{RECIPE}|{config}|{_processors(module)}".encode())
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{t.numel()}".encode())
@@ -180,7 +174,7 @@ class Runtime:
         if held is None and any("lora" in name for name, *_ in key[0][0]):
             self.fallback = "a LoRA is injected"
             return unet  # the base weights are what gets converted, never a LoRA's
-        if held is None and any(v is not None for v in key[0][1][0]):
+        if held is None and any(v is not None for v in key[0][1]):
             self.fallback = "FreeU is on (OpenVINO converts no FFT)"
             return unet
         if held is None:
