@@ -47,9 +47,11 @@ class Plan:
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory free for a call now: the CUDA device's free memory, else the system's available RAM."""
+    """Memory free for a call now: on CUDA the device's free memory plus what torch's allocator holds
+    unused (its cache, reused before it asks the device for more), else the system's available RAM."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     import psutil
 
     return psutil.virtual_memory().available
@@ -92,18 +94,18 @@ def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, heig
           train_steps: int) -> None:
     """Refuse, before any model runs, a call whose images, size or steps this machine cannot hold; each
     error gives the number that fits and how to raise the bound."""
-    free = free_bytes(precision.device_of(unet))
+    free, ram = free_bytes(precision.device_of(unet)), free_bytes(torch.device("cpu"))  # images sit in RAM
     max_steps = limits.max_steps or max_sampler_steps(train_steps)
     if steps > max_steps:
         raise ValueError(f"steps={steps} is more than this model's {train_steps} training timesteps allow (every "
                          f"sampler works up to {max_steps}); use steps <= {max_steps} (20-50 is usual), or raise "
                          f"pipe.limits.max_steps.")
     held = width * height * 3 + IMAGE_OVERHEAD  # one RGB image kept in memory until the call returns
-    max_images = limits.max_images or max(1, int(IMAGES_SHARE * free // held))
+    max_images = limits.max_images or max(1, int(IMAGES_SHARE * ram // held))
     if num_images > max_images:
         raise ValueError(f"num_images={num_images} would hold {num_images * held / 2**30:.1f} GiB of images in "
                          f"memory; {max_images} images of {width}x{height} fit in a quarter of the "
-                         f"{free / 2**30:.1f} GiB free. Ask "
+                         f"{ram / 2**30:.1f} GiB of RAM free. Ask "
                          f"for at most {max_images}, use `latentgen batch` (images stream to disk), or set "
                          f"pipe.limits.max_images.")
     per_pixel = unet_bytes(unet, 1, batch, cfg)

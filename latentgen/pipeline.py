@@ -104,7 +104,8 @@ class Pipeline:
         (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two noise predictions.
         ``callback(done, total, latents)`` runs after each step; ``unet``: another than ``self.unet``.
         """
-        latents, condition, unet = start.latents, start.condition, self.runtime.for_unet(unet or self.unet)
+        latents, condition, unet = start.latents, start.condition, unet or self.unet
+        unet = self.runtime.for_unet(unet) if len(start.timesteps) else unet  # strength 0: no step, no conversion
         if condition is not None and uncond is not None:
             condition = torch.cat([condition] * 2)
         context = cond if uncond is None else torch.cat([uncond, cond])  # (B or 2B, 77 * k, D)

@@ -114,3 +114,21 @@ def test_tiled_decoding_is_used_when_asked(fresh, monkeypatch):
     image = fresh.generate(PROMPT, steps=2, width=64, height=64)[0]
     f = fresh.vae_scale_factor
     assert calls == [(1, 4, 64 // f, 64 // f)] and image.size == (64, 64)
+
+
+def test_cuda_free_memory_counts_the_allocators_cache_and_images_count_against_ram(fresh, monkeypatch):
+    import torch
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 10 * gib)  # 9 GiB of it unused
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gib)
+    assert memory.free_bytes(torch.device("cuda")) == 10 * gib  # a second call may reuse the cache
+    ram = {"cpu": 2 * gib, "cuda": 10**6 * gib}  # a small host beside a huge device: the images live on the host
+    monkeypatch.setattr(memory, "free_bytes", lambda device: ram[device.type])
+    monkeypatch.setattr(memory.precision, "device_of", lambda module: torch.device("cuda"))
+    held = 512 * 512 * 3 + memory.IMAGE_OVERHEAD
+    fits = int(memory.IMAGES_SHARE * 2 * gib // held)
+    with pytest.raises(ValueError, match=rf"{fits} images of 512x512 fit in a quarter of the 2.0 GiB of RAM free"):
+        memory.check(fresh.limits, fresh.unet, num_images=fits + 1, steps=1, width=512, height=512, batch=1,
+                     cfg=True, train_steps=1000)

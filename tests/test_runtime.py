@@ -372,3 +372,12 @@ def test_an_infinite_cache_limit_means_no_limit(monkeypatch):
 
     monkeypatch.setenv(cache.LIMIT_ENV, "inf")
     assert cache.limit_bytes() >= 2**60
+
+
+def test_img2img_at_strength_zero_runs_no_step_and_converts_nothing(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))  # nothing cached: a U-Net call would convert
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    fast.img2img("a dog", photo(), strength=0.0, seed=1)
+    assert fast.runtime.conversions == 0 and not fast.runtime._compiled
+    fast.img2img("a dog", photo(), strength=0.5, seed=1, steps=2)
+    assert fast.runtime.conversions == 1
