@@ -99,7 +99,8 @@ class Compiled:
     runs as two OpenVINO streams side by side, each half on half the threads: SD 1.5's call 4.15 s against
     4.32 s as one batch on both threads, the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores). When
     the halves' latents are the same (CFG), the part that reads no context runs once first, on all threads
-    (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s with each half running it (medians of 4).
+    (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s with each half running it (medians of 4);
+    on one thread, the prefix on one half and the rest on both: 7.89 s against 8.13 s (medians of 3).
     Calls from several threads take turns (they share the infer requests)."""
 
     KEEP = 2
@@ -136,11 +137,11 @@ class Compiled:
         return self.core.compile_model(model, "CPU", {**self.settings(streams), **(extra or {})})
 
     def shares(self, x: torch.Tensor) -> bool:
-        """Whether a call on x runs its prefix once (``split``): two parts whose latents are the same (CFG),
-        large enough that the saving outweighs a third infer request (the embedded model's 8x8 latents are
-        not: 6.1 ms a call with the prefix apart against 4.8 ms without)."""
+        """Whether a call on x runs its prefix once (``split``): an even batch whose halves' latents are the
+        same (CFG), large enough that the saving outweighs one more infer request (the embedded model's 8x8
+        latents are not: 6.1 ms a call with the prefix apart against 4.8 ms without)."""
         n = len(x) // 2
-        return self.parts(len(x)) == 2 and x.shape[-2] * x.shape[-1] >= self.SHARE_AREA and torch.equal(x[:n], x[n:])
+        return len(x) % 2 == 0 and x.shape[-2] * x.shape[-1] >= self.SHARE_AREA and torch.equal(x[:n], x[n:])
 
     def request(self, x_shape: tuple, c_shape: tuple, shared: bool = False) -> list:
         """The infer requests for a call of these shapes: one per part, after the prefix's when ``shared``;
@@ -150,8 +151,13 @@ class Compiled:
         if reqs is None:
             n = self.parts(x_shape[0])
             x_part, c_part = (x_shape[0] // n, *x_shape[1:]), (c_shape[0] // n, *c_shape[1:])
+            if shared:  # the prefix on one half; the rest per part (with one part, on both halves)
+                half = (x_shape[0] // 2, *x_shape[1:]), (c_shape[0] // 2, *c_shape[1:])
+                prefix, rest = split(self.model, _shapes(*half))
+                if n == 1:
+                    rest = split(self.model, _shapes(x_shape, c_shape))[1]
+                    shared = all(_doubles(out, p) for out, p in zip(prefix.outputs, rest.get_parameters()))
             if shared:
-                prefix, rest = split(self.model, _shapes(x_part, c_part))
                 reqs = [self.core.compile_model(prefix, "CPU", self.settings()).create_infer_request()]
                 model = self.core.compile_model(rest, "CPU", self.settings(n))
             else:
@@ -170,14 +176,16 @@ class Compiled:
 
     def _run(self, x: torch.Tensor, t: np.ndarray, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         """One call; t: the timestep as a float32 scalar (DDIM's int or Euler's float)."""
-        shared, n = self.shares(x), self.parts(len(x))
-        reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape), shared)
+        n = self.parts(len(x))
+        reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape), self.shares(x))
+        shared = len(reqs) > n  # the prefix's request first
         xs = np.split(x.float().numpy(), n)  # (B / n, C, h, w) each; start_async copies its inputs
         cs = np.split(encoder_hidden_states.float().numpy(), n)
         if shared:  # the prefix once, on all threads; its outputs stand in for (x, t) in each part
             first, *reqs = reqs
-            first.infer([xs[0], t])
-            heads = [[first.get_output_tensor(i).data for i in range(len(first.model_outputs))]] * n
+            first.infer([xs[0][: len(x) // 2], t])
+            cut = [first.get_output_tensor(i).data for i in range(len(first.model_outputs))]  # (B / 2, ...) each
+            heads = [cut if n == 2 else [np.concatenate([c, c]) for c in cut]] * n  # one part: both halves
         else:
             heads = [[xi, t] for xi in xs]
         for req, head, ci in zip(reqs, heads, cs):
@@ -186,6 +194,13 @@ class Compiled:
             req.wait()
         out = np.concatenate([req.get_output_tensor(0).data for req in reqs])  # (B, 4, h, w), own copy
         return SimpleNamespace(sample=torch.from_numpy(out).to(x.dtype))
+
+
+def _doubles(half, full) -> bool:
+    """Whether ``full``'s static shape is ``half``'s with twice the batch (dimension 0): a cut tensor made
+    for one CFG half that stands for both when repeated."""
+    a, b = half.get_partial_shape().to_shape(), full.get_partial_shape().to_shape()
+    return len(a) == len(b) > 0 and b[0] == 2 * a[0] and list(a)[1:] == list(b)[1:]
 
 
 def _shapes(x_shape: tuple, c_shape: tuple) -> dict:

@@ -145,8 +145,11 @@ def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):
         assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
         assert not compiled.shares(torch.cat([x1, x1 + 1e-3]))  # other latents per half
         assert not compiled.shares(torch.cat([x1, x1])[..., :16, :16])  # too small to pay
-        torch.set_num_threads(1)
-        assert not compiled.shares(x)  # one part: nothing to share
+        assert not compiled.shares(torch.cat([x1, x1, x1]))  # an odd batch has no halves
+        torch.set_num_threads(1)  # one part: the prefix on one half, the rest on both (its cut tensors repeated)
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 1)]) == 2
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     finally:
         torch.set_num_threads(threads)
 
