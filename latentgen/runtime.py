@@ -101,20 +101,22 @@ def _processors(module: torch.nn.Module) -> tuple:
     return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
 
 
-def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor]:
-    """The identity of a module's current weights: each parameter's name, storage and dtype, FreeU's factors,
-    and the sum of its bit patterns as integers modulo 2**32 (writes through ``.data`` bump no version
-    counter, so the values themselves are summed). Integer sums are exact and in any order the same, so one
-    changed element changes its tensor's sum; they take ~0.8 s on SD 1.5's bf16 U-Net and ~2.5 ms on the
-    embedded one, once per call (float64 sums of the values took 0.65-1.4 s on SD 1.5). A LoRA injected or
-    fused, FreeU, or an edit in place changes the identity; edits a sum cannot see do not (values permuted
-    within a tensor, an even number of sign flips: assign a new tensor, or use backend='torch')."""
+def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor, tuple]:
+    """(layout, sums, versions) of a module's current weights. layout: each parameter's name, storage and
+    dtype, and FreeU's factors. sums: the sum of each parameter's bit patterns as integers modulo 2**32,
+    which any one changed element changes, even one written through ``.data``; exact and in any order the
+    same, ~0.8 s on SD 1.5's bf16 U-Net and ~2 ms on the embedded one, once per call (float64 sums of the
+    values took 0.65-1.4 s on SD 1.5). versions: torch's counters of in-place writes (not through
+    ``.data``), for the edits a wrapped sum cannot see (a tensor scaled by a power of two, signs flipped in
+    pairs, values permuted): ``Runtime`` then compares the weights' bytes."""
     params = list(module.named_parameters())
     sums = torch.stack([p.detach().view(_BITS[p.element_size()]).sum(dtype=torch.int32) for _, p in params])
-    return (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _freeu(module)), sums
+    layout = (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _freeu(module))
+    return layout, sums, tuple(p._version for _, p in params)
 
 
-def same(a: tuple[tuple, torch.Tensor], b: tuple[tuple, torch.Tensor]) -> bool:
+def same(a: tuple, b: tuple) -> bool:
+    """Whether two identities have the same layout and sums (their versions aside)."""
     return a[0] == b[0] and torch.equal(a[1], b[1])
 
 
@@ -147,7 +149,7 @@ class Runtime:
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
-        self._compiled: dict[int, tuple[tuple, Compiled | None]] = {}  # id(unet) -> (identity, compiled), oldest first
+        self._compiled: dict[int, list] = {}  # id(unet) -> [identity, Compiled, sha256, bad versions], oldest first
         self._graphed: dict[int, tuple[tuple, graphs.Graphed]] = {}
         self._lock = threading.RLock()
 
@@ -168,7 +170,7 @@ class Runtime:
 
     def _openvino(self, unet):
         key = identity(unet)
-        held = self._compiled.pop(id(unet), None)  # (identity, Compiled or None: its conversion failed)
+        held = self._compiled.pop(id(unet), None)  # [identity, Compiled or None (failed), sha256, bad versions]
         if held is not None and held[1] is None and not same(held[0], key):
             held = None  # the weights changed since a failed conversion: try these
         if held is None and any("lora" in name for name, *_ in key[0][0]):
@@ -178,33 +180,41 @@ class Runtime:
             self.fallback = "FreeU is on (OpenVINO converts no FFT)"
             return unet
         if held is None:
-            held = (key, self._compile(unet))
+            held = [key, *self._compile(unet), None]
         self._keep(unet, held)
+        if held[1] is not None and same(held[0], key) and key[2] not in (held[0][2], held[3]):
+            # written in place since: the sums agree, but some edits wrap out of them; the bytes decide, once
+            if weights_hash(unet) == held[2]:
+                held[0] = key
+            else:
+                held[3] = key[2]
         if held[1] is None:
             self.fallback = "its conversion to OpenVINO failed"
-        elif not same(held[0], key):
+        elif not same(held[0], key) or key[2] == held[3]:
             self.fallback = "its weights differ from the converted ones (a LoRA, fused or edited weights, FreeU)"
         else:
             return held[1]
         return unet  # torch, exact
 
-    def _compile(self, unet) -> Compiled | None:
+    def _compile(self, unet) -> tuple[Compiled | None, str]:
+        """(the compiled U-Net, or None with a warning when it cannot be converted; its weights' sha256)."""
+        digest = weights_hash(unet)
         try:
-            return Compiled(unet, self._convert(unet))
+            return Compiled(unet, self._convert(unet, digest)), digest
         except Exception as e:  # noqa: BLE001  (an operation the converter lacks: torch runs it, as before)
             warnings.warn(f"the U-Net could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on "
                           f"torch (backend='torch').", RuntimeWarning)
-            return None
+            return None, digest
 
     def _keep(self, unet, held: tuple) -> None:
         self._compiled[id(unet)] = held  # now the most recent
         while len(self._compiled) > self.KEEP:
             del self._compiled[next(iter(self._compiled))]
 
-    def _convert(self, unet) -> Path:
-        """unet.xml for these weights: from the disk cache, else converted (into it, or into a scratch
-        folder for this process when the cache cannot be written)."""
-        folder = cache_dir() / weights_hash(unet)
+    def _convert(self, unet, digest: str) -> Path:
+        """unet.xml for these weights (``digest``: their ``weights_hash``): from the disk cache, else
+        converted (into it, or into a scratch folder for this process when the cache cannot be written)."""
+        folder = cache_dir() / digest
         xml = folder / "unet.xml"
         if xml.is_file():
             cache.touch(folder)

@@ -216,6 +216,17 @@ def test_weights_that_differ_run_on_torch_exactly(tiny_folder, pipe, lora_files)
     weight.data.mul_(2)  # every element, exactly
     assert fast.runtime.for_unet(fast.unet) is fast.unet and "its weights differ" in repr(fast)
     weight.data.copy_(saved)
+    assert fast.runtime.for_unet(fast.unet) is compiled
+    w = fast.unet.time_embedding.linear_1.weight  # 4096 elements: doubled, each pattern gains 2**23, the sum 2**35
+    bits = w.detach().view(torch.int32).sum(dtype=torch.int32)
+    with torch.no_grad():
+        w.mul_(2)  # in place through torch: its version counter moves
+    assert w.numel() % 512 == 0 and torch.equal(w.detach().view(torch.int32).sum(dtype=torch.int32), bits)
+    assert fast.runtime.for_unet(fast.unet) is fast.unet  # the sum cannot see it; the bytes do
+    assert fast.runtime.for_unet(fast.unet) is fast.unet  # and remember it
+    with torch.no_grad():
+        w.div_(2)
+    assert fast.runtime.for_unet(fast.unet) is compiled  # the converted bytes again
     assert fast.runtime.for_unet(fast.unet) is compiled and "the last call ran torch" not in repr(fast)
     with torch.no_grad():
         fast.unet.conv_in.weight.mul_(1.5)  # edited in place
