@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import files
+from .guard import NonFiniteError
 from .request import MAX_SEED
 
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
@@ -158,9 +159,13 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
 
 def check_all(pipe, jobs: list[Job]) -> None:
     """Every job's settings on the model (cheap: no model call), errors prefixed with the job's line."""
+    layers = pipe.text_encoder.config.num_hidden_layers
     for job in jobs:
         try:
-            pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+            s = pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+            if s.clip_skip > layers:  # else found only when the text is encoded, after earlier images
+                raise ValueError(f"clip_skip={s.clip_skip} is invalid: this text encoder has {layers} layers; use "
+                                 f"1 (the last layer) to {layers}, such as clip_skip=2.")
         except (ValueError, TypeError) as e:
             raise type(e)(f"{job.where}: {e}") from None
 
@@ -208,7 +213,10 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
     with open_manifest(out / f"manifest-{process}.jsonl") as log:
         for i in tqdm(todo, desc="images", unit="img", disable=not progress):
             args = jobs[i].args
-            image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
+            try:
+                image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
+            except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
+                raise type(e)(f"{jobs[i].where}: {e}") from e
             # the manifest line comes before the file: a file the manifest does not name is never ours
             with files.atomic_path(out / image_name(i)) as tmp:
                 metadata.save_png(image, tmp, image.info.get("parameters"), force=True)

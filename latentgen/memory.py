@@ -96,6 +96,9 @@ def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, heig
     error gives the number that fits and how to raise the bound."""
     free, ram = free_bytes(precision.device_of(unet)), free_bytes(torch.device("cpu"))  # images sit in RAM
     max_steps = limits.max_steps or max_sampler_steps(train_steps)
+    if steps > max_steps and limits.max_steps:
+        raise ValueError(f"steps={steps} is more than pipe.limits.max_steps={max_steps}; use steps <= {max_steps}, "
+                         f"or raise pipe.limits.max_steps.")
     if steps > max_steps:
         raise ValueError(f"steps={steps} is more than this model's {train_steps} training timesteps allow (every "
                          f"sampler works up to {max_steps}); use steps <= {max_steps} (20-50 is usual), or raise "

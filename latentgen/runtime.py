@@ -138,8 +138,8 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 class Runtime:
     """The backend of a pipeline. ``for_unet(unet)`` is what the loop calls: the compiled U-Net while
-    ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch). Safe to share between
-    threads: calls of one compiled U-Net take turns (they share its infer requests or graph buffers)."""
+    ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch). Calls of one compiled
+    U-Net from several threads take turns (they share its infer requests or graph buffers)."""
 
     KEEP = 2  # U-Nets held compiled (a swapped-out one is let go, with its OpenVINO model)
 
@@ -234,11 +234,12 @@ class Runtime:
 
     def _graph(self, unet):
         """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced
-        (their addresses are what a graph reads); ``unet`` itself while a LoRA is injected."""
+        (their addresses are what a graph reads); ``unet`` itself while a LoRA is injected or FreeU is on."""
         layout = tuple((n, p.data_ptr(), p.dtype) for n, p in unet.named_parameters())
-        if any("lora" in name for name, *_ in layout):
-            return unet
-        held = self._graphed.get(id(unet))
-        if held is None or held[0] != layout:
-            held = self._graphed[id(unet)] = (layout, graphs.Graphed(unet, compile=self.backend == "compile"))
+        if any("lora" in name for name, *_ in layout) or any(v is not None for v in _freeu(unet)):
+            return unet  # FreeU's factors are Python numbers too
+        with self._lock:
+            held = self._graphed.get(id(unet))
+            if held is None or held[0] != layout:
+                held = self._graphed[id(unet)] = (layout, graphs.Graphed(unet, compile=self.backend == "compile"))
         return held[1]

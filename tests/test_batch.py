@@ -187,6 +187,7 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"width": 65}, r"jobs\.jsonl:2: width=65 is invalid"),
     ({"scheduler": "nosuch"}, r"jobs\.jsonl:2: .*nosuch"),
     ({"prompt_syntax": "x"}, r"jobs\.jsonl:2: prompt_syntax='x' is invalid"),
+    ({"clip_skip": 50}, r"jobs\.jsonl:2: clip_skip=50 is invalid: this text encoder has \d+ layers"),
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
     f = tmp_path / "jobs.jsonl"
@@ -212,3 +213,16 @@ def test_cli_refuses_seeds_with_a_jobs_file(tmp_path):
                         str(tmp_path / "o"), "--model", str(tmp_path / "no-such-model")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--seeds goes with --prompts only" in r.stderr
+
+
+def test_an_error_while_drawing_names_the_job(embedded, tmp_path, monkeypatch):
+    from latentgen.guard import NonFiniteError
+
+    def broken(*a, **k):
+        raise NonFiniteError("the U-Net produced NaN")
+
+    monkeypatch.setattr(embedded, "generate", broken)
+    f = tmp_path / "jobs.jsonl"
+    f.write_text('{"prompt": "ok", "seed": 0}\n')
+    with pytest.raises(NonFiniteError, match=r"jobs\.jsonl:1: the U-Net produced NaN"):
+        batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)

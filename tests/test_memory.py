@@ -79,7 +79,7 @@ def test_a_size_that_cannot_fit_is_refused_with_the_size_that_does(no_model_runs
 
 def test_limits_can_be_raised(fresh):
     fresh.limits.max_steps = 1
-    with pytest.raises(ValueError, match="steps=2"):
+    with pytest.raises(ValueError, match=r"steps=2 is more than pipe.limits.max_steps=1; use steps <= 1"):
         fresh.generate(PROMPT, steps=2)
     fresh.limits = memory.Limits(max_images=10**7)
     memory.check(fresh.limits, fresh.unet, num_images=10**6, steps=1, width=64, height=64, batch=1, cfg=True,

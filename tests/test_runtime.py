@@ -368,6 +368,11 @@ def test_a_failed_conversion_or_freeu_runs_torch_and_says_why(tiny_folder, tmp_p
     assert fast.runtime.for_unet(fast.unet) is fast.unet
     fast.unet.disable_freeu()
     assert fast.runtime.for_unet(fast.unet) is compiled
+    graphed = runtime.Runtime("cudagraph")  # its rule, without a GPU: FreeU's factors would be frozen in a graph
+    fast.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    assert graphed._graph(fast.unet) is fast.unet
+    fast.unet.disable_freeu()
+    assert graphed._graph(fast.unet) is not fast.unet
 
 
 def test_a_unet_no_longer_called_is_let_go(tiny_folder):
