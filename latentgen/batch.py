@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import files
 from .guard import NonFiniteError
-from .request import MAX_SEED
+from .request import MAX_SEED, seeds
 
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
             "clip_skip", "prompt_syntax")
@@ -77,10 +77,10 @@ def check_job(job, where: str) -> dict:
         raise ValueError(f"{where}: 'prompt' must be text, such as \"a red circle on a blue background\".")
     if job.get("negative_prompt") is not None and not isinstance(job["negative_prompt"], str):
         raise ValueError(f"{where}: 'negative_prompt' must be text, such as \"blurry\", or left out.")
-    seed = job.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{where}: seed={seed!r} is invalid: use a whole number from 0 to {MAX_SEED} "
-                         f"(torch's generator takes 64 bits), such as 0.")
+    try:
+        seeds(job.get("seed", 0), 1)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     return {"seed": 0, **job}
 
 

@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -136,6 +137,16 @@ def weights_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@dataclass
+class _Held:
+    """What ``Runtime`` keeps per U-Net it converted."""
+
+    identity: tuple  # ``identity`` of the weights converted (versions updated when the bytes were found equal)
+    compiled: Compiled | None  # None: the conversion failed
+    digest: str  # their ``weights_hash``
+    bad: tuple | None = None  # versions at which the bytes were found to differ from the converted ones
+
+
 class Runtime:
     """The backend of a pipeline. ``for_unet(unet)`` is what the loop calls: the compiled U-Net while
     ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch). Calls of one compiled
@@ -149,7 +160,7 @@ class Runtime:
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
-        self._compiled: dict[int, list] = {}  # id(unet) -> [identity, Compiled, sha256, bad versions], oldest first
+        self._compiled: dict[int, _Held] = {}  # id(unet) -> what was converted, oldest first
         self._graphed: dict[int, tuple[tuple, graphs.Graphed]] = {}
         self._lock = threading.RLock()
 
@@ -170,8 +181,8 @@ class Runtime:
 
     def _openvino(self, unet):
         key = identity(unet)
-        held = self._compiled.pop(id(unet), None)  # [identity, Compiled or None (failed), sha256, bad versions]
-        if held is not None and held[1] is None and not same(held[0], key):
+        held = self._compiled.pop(id(unet), None)
+        if held is not None and held.compiled is None and not same(held.identity, key):
             held = None  # the weights changed since a failed conversion: try these
         if held is None and any("lora" in name for name, *_ in key[0][0]):
             self.fallback = "a LoRA is injected"
@@ -180,20 +191,20 @@ class Runtime:
             self.fallback = "FreeU is on (OpenVINO converts no FFT)"
             return unet
         if held is None:
-            held = [key, *self._compile(unet), None]
+            held = _Held(key, *self._compile(unet))
         self._keep(unet, held)
-        if held[1] is not None and same(held[0], key) and key[2] not in (held[0][2], held[3]):
+        if held.compiled is not None and same(held.identity, key) and key[2] not in (held.identity[2], held.bad):
             # written in place since: the sums agree, but some edits wrap out of them; the bytes decide, once
-            if weights_hash(unet) == held[2]:
-                held[0] = key
+            if weights_hash(unet) == held.digest:
+                held.identity = key
             else:
-                held[3] = key[2]
-        if held[1] is None:
+                held.bad = key[2]
+        if held.compiled is None:
             self.fallback = "its conversion to OpenVINO failed"
-        elif not same(held[0], key) or key[2] == held[3]:
+        elif not same(held.identity, key) or key[2] == held.bad:
             self.fallback = "its weights differ from the converted ones (a LoRA, fused or edited weights, FreeU)"
         else:
-            return held[1]
+            return held.compiled
         return unet  # torch, exact
 
     def _compile(self, unet) -> tuple[Compiled | None, str]:
@@ -206,7 +217,7 @@ class Runtime:
                           f"torch (backend='torch').", RuntimeWarning)
             return None, digest
 
-    def _keep(self, unet, held: tuple) -> None:
+    def _keep(self, unet, held: _Held) -> None:
         self._compiled[id(unet)] = held  # now the most recent
         while len(self._compiled) > self.KEEP:
             del self._compiled[next(iter(self._compiled))]
