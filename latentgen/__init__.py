@@ -40,9 +40,10 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
         files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
     backend: where the U-Net runs: "torch"; "openvino" (CPU: the U-Net converted once, cached on
         disk, ~2.7x faster on the embedded model); "cudagraph" (CUDA: the eager kernels replayed as one
-        graph per step, the same numbers); "compile" (CUDA: ``torch.compile``'s kernels, graphed). Default:
-        ``$LATENTGEN_BACKEND``, else "cudagraph" on CUDA, OpenVINO on CPUs unless ``dtype="fp32"`` is asked
-        for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
+        graph per step, the same numbers); "compile" (CUDA: ``torch.compile``'s fused kernels, graphed; the
+        first call per image size compiles). Default: ``$LATENTGEN_BACKEND``, else on CUDA "compile" for
+        SD-sized U-Nets and "cudagraph" for small ones or with ``dtype="fp32"``; on CPUs OpenVINO unless
+        ``dtype="fp32"`` is asked for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
     """
     import torch
 
@@ -52,8 +53,9 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
 
     device = resolve_device(device)
     exact = dtype is not None and resolve_dtype(dtype, device) == torch.float32
-    name, why = runtime.choose(backend, device, exact)  # bad values: before any weight loads
+    runtime.choose(backend, device, exact)  # bad values: refused before any weight loads
     c = loading.load(source, device=device, dtype=dtype, vae=vae, prediction_type=prediction_type)
+    name, why = runtime.choose(backend, device, exact, c.unet.config)  # the default can depend on the U-Net's size
     return Pipeline.from_components(c, runtime=runtime.Runtime(name, why))
 
 

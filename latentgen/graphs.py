@@ -8,18 +8,19 @@ are too (``tests/benchmarks/check_cuda.py`` checks the replay against eager on a
 
 Measured on an H200 (torch 2.11+cu130, SD 1.5 at 512x512, fp16, CFG batch 2; tests/benchmarks/
 bench_cuda_step.py): one U-Net call eager 37.0 ms, replayed 10.2 ms; a step inside ``generate`` 10.4 ms
-(96 it/s). ``torch.compile``'s kernels replayed the same way: 6.8 ms per step (147 it/s) after an 80 s
-compile (10 s in a later process, from inductor's cache). Replayed, channels_last weights beat contiguous
-ones (10.3 vs 12.0 ms) and torch's SDPA choice equals cuDNN attention and beats flash or memory-efficient
-attention. bench_txt2img.py has the side-by-side figures.
+(96 it/s). ``torch.compile``'s kernels replayed the same way ("compile", the default for SD-sized U-Nets):
+6.8 ms per step (147 it/s) after an 80 s compile (10 s in a later process, from inductor's cache).
+Replayed, channels_last weights beat contiguous ones (10.3 vs 12.0 ms) and torch's SDPA choice equals cuDNN
+attention and beats flash or memory-efficient attention. bench_txt2img.py has the side-by-side figures.
 
 The contract is the loop's: ``graphed(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w),
 t a timestep (number or 0-d tensor) and context (B, 77 * k, D). A graph reads its inputs from fixed
 buffers and writes its output to a fixed buffer: each call copies the inputs in, replays, and returns a
 copy of the output. One graph per (x, context) shape and dtype, the ``KEEP`` most recent kept (each holds
 its own activation memory). ``compile=True`` records ``torch.compile(unet)`` (inductor's fused kernels)
-instead of the eager module; its first call per shape compiles (minutes), later processes read inductor's
-on-disk cache.
+instead of the eager module; its first call per shape compiles (about a minute), later processes read
+inductor's on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default ``torchinductor_<user>`` in the temporary
+folder). Where the compile fails, the eager kernels are recorded instead, with a warning.
 
 A graph stands in for the module as it was recorded: ``latentgen.runtime.Runtime`` records again when the
 U-Net's parameters move or change dtype, and runs the module itself while a LoRA is injected (peft's
@@ -42,7 +43,8 @@ class Graphed:
 
     def __init__(self, unet, compile: bool = False):
         self.unet = unet
-        self.fn = torch.compile(unet) if compile else unet
+        # dynamic=False: each shape its own static kernels (each is replayed as its own graph anyway)
+        self.fn = torch.compile(unet, dynamic=False) if compile else unet
         self.graphs: dict[tuple, SimpleNamespace] = {}  # shape key -> recorded graph and its buffers, oldest first
         self.failed: str | None = None
         self.recorded = 0  # graphs recorded so far (tests and benchmarks read it)
@@ -60,12 +62,18 @@ class Graphed:
     def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
         key = (tuple(x.shape), x.dtype, tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
         g = self.graphs.pop(key, None)
-        if g is None:
+        while g is None:
             try:
                 g = self.record(x, encoder_hidden_states)
-            except Exception as e:  # noqa: BLE001  (any failure to record: run eagerly, say so once)
-                self.failed = f"{type(e).__name__}: {e}"
-                warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({self.failed}); it runs eagerly "
+            except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
+                why = f"{type(e).__name__}: {str(e)[:500]}"
+                if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
+                    warnings.warn(f"torch.compile could not build the U-Net ({why}); its eager kernels are "
+                                  f"recorded as a CUDA graph instead (backend='cudagraph').", RuntimeWarning)
+                    self.fn = self.unet
+                    continue
+                self.failed = why
+                warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({why}); it runs eagerly "
                               f"(backend='torch').", RuntimeWarning)
                 return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
         self.graphs[key] = g  # now the most recent

@@ -1,5 +1,5 @@
 """Where the U-Net runs: torch eager; on CPUs OpenVINO, the same network compiled as one graph; on CUDA
-a CUDA graph of its kernels (``latentgen.graphs``), optionally of ``torch.compile``'s.
+a CUDA graph (``latentgen.graphs``) of ``torch.compile``'s fused kernels, or of the eager ones.
 
 Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tests/benchmarks/):
   * the embedded model's U-Net call (8x8 latents, CFG batch 2, 0.42 GFLOP): torch eager ~13 ms, most of
@@ -8,8 +8,9 @@ Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tes
   * SD 1.5 at 512x512 (one CFG step, 1.61 TFLOP): torch bf16 + channels_last ~5.9 s, OpenVINO bf16 ~4.1 s,
     near the ~0.4 TFLOP/s that this CPU's bf16 matrix multiplies peak at.
 Measured on an H200 (torch 2.11+cu130, fp16): SD 1.5's step 47 ms eager (the host launching ~1000 kernels
-sets the pace), 10.7 ms as a CUDA graph ("cudagraph", the default there), 6.8 ms as a graph of
-``torch.compile``'s kernels ("compile", after an 80 s first compile).
+sets the pace), 10.7 ms as a CUDA graph ("cudagraph"), 6.8 ms as a graph of ``torch.compile``'s
+kernels ("compile", the default there for SD-sized U-Nets, after an 80 s first compile; 10 s in later
+processes).
 
 ``Runtime("openvino")`` converts the U-Net once (``latentgen.openvino_unet.convert``: a trace of the torch
 module, offline) and caches the result on disk, keyed by a hash of the weights, so the next process loads it in
@@ -24,6 +25,7 @@ from __future__ import annotations
 import atexit
 import functools
 import hashlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -54,15 +56,27 @@ def available() -> bool:
     return True
 
 
-def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str, str]:
-    """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else a CUDA graph on CUDA (the eager
-    kernels replayed: the same numbers), OpenVINO on CPUs where it is installed unless ``exact``
-    (``dtype="fp32"`` asked for: the diffusers-parity mode, torch), torch elsewhere."""
+def compiler_missing(device: torch.device) -> str:
+    """Why ``torch.compile`` cannot build CUDA kernels for ``device`` ("" when it can): inductor writes them
+    in Triton, which needs the triton package and a GPU of compute capability 7.0 or later."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(device) < (7, 0):
+        return f"{torch.cuda.get_device_name(device)} is older than Triton supports (compute capability < 7.0)"
+    return ""
+
+
+def choose(backend: str | None, device: torch.device, exact: bool, unet_config: dict | None = None) -> tuple[str, str]:
+    """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else by rule. On CUDA
+    ``torch.compile``'s kernels as a CUDA graph, except where a graph of the eager kernels is the better
+    deal: ``exact`` (``dtype="fp32"`` asked for: diffusers' numbers), a small U-Net (``unet_config``: under
+    ``precision.WIDE`` channels, where a compile would never pay back its time) or no Triton. On CPUs
+    OpenVINO where it is installed unless ``exact`` (then torch); torch elsewhere."""
     if backend is None and os.environ.get(ENV):
         backend, why = os.environ[ENV], f"${ENV}"
     elif backend is None:
         if device.type == "cuda":
-            return "cudagraph", "CUDA: the U-Net's kernels replayed as one CUDA graph per step"
+            return _cuda_default(device, exact, (unet_config or {}).get("block_out_channels", [precision.WIDE])[0])
         if device.type != "cpu":
             return "torch", f"{device.type}: torch kernels"
         if exact:
@@ -87,6 +101,18 @@ def choose(backend: str | None, device: torch.device, exact: bool) -> tuple[str,
     if backend == "openvino":
         cache.limit_bytes()  # a bad $LATENTGEN_CACHE_GB fails now, not after a conversion
     return backend, why
+
+
+def _cuda_default(device: torch.device, exact: bool, width: int) -> tuple[str, str]:
+    graph = "CUDA: the U-Net's eager kernels replayed as one CUDA graph per step"
+    if exact:
+        return "cudagraph", f"{graph} (fp32 asked for: diffusers' arithmetic exactly)"
+    if width < precision.WIDE:
+        return "cudagraph", f"{graph} (a small U-Net, {width} wide: compiling would not pay back its time)"
+    if missing := compiler_missing(device):
+        return "cudagraph", f"{graph} ({missing}, so torch.compile cannot run)"
+    return "compile", ("CUDA: torch.compile's fused kernels replayed as one CUDA graph per step; the first call "
+                       "per image size compiles (about a minute; seconds in later processes, from inductor's cache)")
 
 
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # item size -> integer of that size

@@ -4,7 +4,10 @@ anew, and that anything not on a CUDA device runs the module itself. Recording a
 guard)."""
 
 import copy
+import warnings
+from types import SimpleNamespace
 
+import pytest
 import torch
 
 import latentgen
@@ -41,3 +44,40 @@ def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):
         want = pipe.unet(x, torch.tensor(500), encoder_hidden_states=c).sample
         assert torch.equal(g(x, torch.tensor(500), encoder_hidden_states=c).sample, want)
     assert g.recorded == 0 and not g.graphs
+
+
+def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(tiny_folder, monkeypatch):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    g = graphs.Graphed(pipe.unet, compile=True)
+    assert g.fn is not pipe.unet  # torch.compile's wrapper (it compiles on its first call)
+    g.fn = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no Triton here"))  # what a failed compile raises
+
+    def record(x, context):  # ``Graphed.record`` without a GPU: one call of ``fn``, a replay that does nothing
+        out = g.fn(x, torch.tensor(500.0), encoder_hidden_states=context).sample
+        return SimpleNamespace(x=x.clone(), t=torch.zeros(()), context=context.clone(), out=out,
+                               graph=SimpleNamespace(replay=lambda: None))
+
+    monkeypatch.setattr(g, "record", record)
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile could not build the U-Net \(RuntimeError: no Triton "
+                                            r"here\); its eager kernels are recorded as a CUDA graph instead"):
+        out = g._replay(x, torch.tensor(500.0), c).sample
+    with torch.no_grad():
+        assert torch.equal(out, pipe.unet(x, torch.tensor(500.0), encoder_hidden_states=c).sample)
+    assert g.fn is pipe.unet and not g.failed and len(g.graphs) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the next call replays without a word
+        g._replay(x, torch.tensor(500.0), c)
+
+
+def test_a_graph_that_cannot_be_recorded_runs_the_module_with_a_warning(tiny_folder, monkeypatch):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    g = graphs.Graphed(pipe.unet)
+    monkeypatch.setattr(g, "record", lambda x, c: (_ for _ in ()).throw(RuntimeError("operation not permitted")))
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
+    with pytest.warns(RuntimeWarning, match=r"could not be recorded as a CUDA graph \(RuntimeError: operation not "
+                                            r"permitted\); it runs eagerly"):
+        out = g._replay(x, torch.tensor(500.0), c).sample
+    with torch.no_grad():
+        assert torch.equal(out, pipe.unet(x, torch.tensor(500.0), encoder_hidden_states=c).sample)
+    assert g.failed.startswith("RuntimeError")

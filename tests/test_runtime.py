@@ -4,6 +4,7 @@ never stands in for weights it was not converted from (LoRAs, fused or edited we
 
 import copy
 import gc
+import importlib.util
 import os
 import sys
 import threading
@@ -26,8 +27,6 @@ def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_other
     monkeypatch.delenv(runtime.ENV, raising=False)
     assert runtime.choose(None, CPU, exact=False)[0] == "openvino"
     assert runtime.choose(None, CPU, exact=True) == ("torch", "fp32 asked for: torch, diffusers' arithmetic exactly")
-    assert runtime.choose(None, torch.device("cuda"), exact=False)[0] == "cudagraph"
-    assert runtime.choose(None, torch.device("cuda"), exact=True)[0] == "cudagraph"  # the eager kernels, replayed
     assert runtime.choose(None, torch.device("mps"), exact=False) == ("torch", "mps: torch kernels")
     assert runtime.choose("torch", CPU, exact=False) == ("torch", "as asked")
     monkeypatch.setattr(runtime, "available", lambda: False)
@@ -38,6 +37,30 @@ def test_default_is_openvino_on_cpu_unless_a_dtype_or_the_environment_says_other
     monkeypatch.undo()
     monkeypatch.setenv(runtime.ENV, "torch")
     assert runtime.choose(None, CPU, exact=False) == ("torch", "$LATENTGEN_BACKEND")
+
+
+def test_on_cuda_sd_sized_u_nets_compile_small_ones_and_fp32_replay_the_eager_kernels(monkeypatch):
+    monkeypatch.delenv(runtime.ENV, raising=False)
+    cuda, sd15, small = torch.device("cuda"), {"block_out_channels": [320, 640]}, {"block_out_channels": [64]}
+    monkeypatch.setattr(runtime, "compiler_missing", lambda device: "")
+    name, why = runtime.choose(None, cuda, exact=False, unet_config=sd15)
+    assert name == "compile" and "first call per image size compiles" in why
+    assert runtime.choose(None, cuda, exact=False)[0] == "compile"  # no config yet (checked before loading)
+    name, why = runtime.choose(None, cuda, exact=False, unet_config=small)
+    assert name == "cudagraph" and "a small U-Net, 64 wide" in why
+    name, why = runtime.choose(None, cuda, exact=True, unet_config=sd15)
+    assert name == "cudagraph" and "fp32 asked for" in why  # the eager kernels, replayed: diffusers' numbers
+    assert runtime.choose("cudagraph", cuda, exact=False, unet_config=sd15) == ("cudagraph", "as asked")
+    monkeypatch.setenv(runtime.ENV, "cudagraph")
+    assert runtime.choose(None, cuda, exact=False, unet_config=sd15) == ("cudagraph", "$LATENTGEN_BACKEND")
+    monkeypatch.delenv(runtime.ENV)
+    monkeypatch.setattr(runtime, "compiler_missing", lambda device: "Triton is not installed")
+    name, why = runtime.choose(None, cuda, exact=False, unet_config=sd15)
+    assert name == "cudagraph" and "(Triton is not installed, so torch.compile cannot run)" in why
+    monkeypatch.undo()
+    if importlib.util.find_spec("triton") is None:  # this machine's CPU torch has none
+        assert runtime.compiler_missing(cuda) == "Triton is not installed"
+    assert runtime.choose("compile", cuda, exact=False) == ("compile", "as asked")  # asked for: tried, may fall back
 
 
 def test_fp32_asked_for_is_torch_other_dtypes_keep_the_fast_backend(tiny_folder, monkeypatch):

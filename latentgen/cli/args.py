@@ -65,8 +65,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: fp16 on CUDA; on CPU bf16 for SD-sized models where the CPU has native bf16, "
                         "else fp32 (fp32: diffusers' exact arithmetic)")
     p.add_argument("--backend", default=None, choices=["torch", "openvino", "cudagraph", "compile"],
-                   help="where the U-Net runs (default: $LATENTGEN_BACKEND, else cudagraph on CUDA, openvino on CPU "
-                        "unless --dtype fp32)")
+                   help="where the U-Net runs (default: $LATENTGEN_BACKEND, else on CUDA compile for SD-sized "
+                        "U-Nets and cudagraph for small ones or with --dtype fp32; openvino on CPU unless "
+                        "--dtype fp32)")
     p.add_argument("--vae", type=vae_file, default=None, help="a VAE file used instead of the model's own")
     p.add_argument("--prediction-type", type=prediction_type_name, default=None,
                    help="epsilon or v_prediction (default: the model's; single SD 2.x files: <name>.yaml or detected)")

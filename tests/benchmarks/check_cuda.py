@@ -1,16 +1,19 @@
 """Checks of the CUDA paths that need a GPU (run by hand where one is lent; CI has none).
 
 On the SD 1.5 architecture (random weights, fp16, 512x512) and the embedded model:
-  1. the CUDA-graph backend (latentgen's default on CUDA) gives the eager backend's images bit for bit,
+  1. the CUDA-graph backend (eager kernels replayed) gives the eager backend's images bit for bit,
      records one graph per shape, and follows weights edited in place;
   2. a batch of 2 images equals the two one-image calls within fp16 rounding (GPU default: one batch);
-  3. ``backend="compile"`` (torch.compile's kernels, graphed) against eager: largest pixel difference;
+  3. the default for SD 1.5 (``backend="compile"``: torch.compile's kernels, graphed) against eager:
+     largest pixel difference, and how long the first image takes (the compile); a compile that fails
+     falls back to a graph of the eager kernels with a warning;
   4. the NaN guard on the GPU: an fp16 VAE that overflows is decoded again in fp32 (finite, equal to the
-     fp32 decode), and extreme guidance raises instead of a black image.
+     fp32 decode), and extreme guidance raises instead of a black image;
+  5. the embedded model's default is the graph of eager kernels, equal to eager.
 Prints one line per check and "ALL CHECKS PASSED" at the end; exits non-zero on the first failure.
 
     python tests/benchmarks/check_cuda.py              # on a CUDA machine
-    python tests/benchmarks/check_cuda.py --no-compile # skip check 3 (its compile takes a minute or two)
+    python tests/benchmarks/check_cuda.py --no-compile # skip check 3 (its compile takes about a minute)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import guard, runtime  # noqa: E402
+from latentgen import graphs, guard, runtime  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 
@@ -53,10 +56,11 @@ def main() -> None:
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, preset {args.preset}", flush=True)
     t = time.perf_counter()
-    graphed = latentgen.load(args.preset, device="cuda")
+    graphed = latentgen.load(args.preset, device="cuda", backend="cudagraph")
     eager = latentgen.load(args.preset, device="cuda", backend="torch")
     print(f"built two copies in {time.perf_counter() - t:.1f}s; {graphed!r}", flush=True)
-    check("default backend", graphed.runtime.backend == "cudagraph" and graphed.dtype == torch.float16, repr(graphed))
+    check("cudagraph backend", graphed.runtime.backend == "cudagraph" and graphed.dtype == torch.float16,
+          repr(graphed))
 
     kw = dict(seed=3, steps=args.steps)
     for sampler in ("euler_a", "ddim", "dpm++2m"):
@@ -84,15 +88,30 @@ def main() -> None:
 
     if not args.no_compile:
         t = time.perf_counter()
-        compiled = latentgen.load(args.preset, device="cuda", backend="compile")
-        compiled.unet.conv_out.bias.add_(0.05)
-        first = compiled.generate(PROMPT, **kw)
+        default = latentgen.load(args.preset, device="cuda")
+        check("default backend", default.runtime.backend == "compile", repr(default))
+        default.unet.conv_out.bias.add_(0.05)
+        t = time.perf_counter()
+        first = default.generate(PROMPT, **kw)
         took = time.perf_counter() - t
         t = time.perf_counter()
-        again = compiled.generate(PROMPT, **kw)
+        again = default.generate(PROMPT, **kw)
         d = pixels_diff(again, b)
         check("compile vs eager", d <= 16 and pixels_diff(first, again) == 0,
               f"largest pixel difference {d}; first image (with compile) {took:.0f}s, next {time.perf_counter() - t:.2f}s")
+        gc_ = default.runtime.for_unet(default.unet)
+        out, ref = gc_(x, 500, encoder_hidden_states=c).sample, default.unet(x, 500, encoder_hidden_states=c).sample
+        err = ((out - ref).abs().max() / ref.abs().max()).item()
+        check("compiled U-Net call", err < 0.01, f"max |compiled - eager| / max |eager| {err:.3g}; {gc_!r}")
+
+    broken = graphs.Graphed(graphed.unet)
+    broken.fn = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no triton here"))  # a compile that fails
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = broken(x, 500, encoder_hidden_states=c).sample
+    ref = graphed.unet(x, 500, encoder_hidden_states=c).sample
+    check("failed compile -> graph of eager kernels", torch.equal(out, ref) and broken.recorded == 1
+          and any("torch.compile could not build" in str(w.message) for w in seen), f"{broken!r}")
 
     vae = copy.deepcopy(graphed.vae).half()  # fp16 already on CUDA (the default)
     vae.decoder.conv_out.weight.mul_(2e5)
@@ -115,8 +134,8 @@ def main() -> None:
     small = latentgen.load(device="cuda")
     ref = latentgen.load(device="cuda", backend="torch")
     a, b = small.generate("a red circle on a blue background", seed=1), ref.generate("a red circle on a blue background", seed=1)
-    check("embedded model graph == eager", pixels_diff(a, b) == 0, f"{small!r}")
-    print(f"ALL CHECKS PASSED ({runtime.__name__}: cudagraph default)")
+    check("embedded model graph == eager", small.runtime.backend == "cudagraph" and pixels_diff(a, b) == 0, f"{small!r}")
+    print(f"ALL CHECKS PASSED ({runtime.__name__}: compile default for SD 1.5, cudagraph for the embedded model)")
 
 
 if __name__ == "__main__":
