@@ -9,7 +9,7 @@ are too (``tests/benchmarks/check_cuda.py`` checks the replay against eager on a
 Measured on an H200 (torch 2.11+cu130, SD 1.5 at 512x512, fp16, CFG batch 2; tests/benchmarks/
 bench_cuda_step.py): one U-Net call eager 37.0 ms, replayed 10.2 ms; a step inside ``generate`` 10.4 ms
 (96 it/s). ``torch.compile``'s kernels replayed the same way ("compile", the default for SD-sized U-Nets):
-6.8 ms per step (147 it/s) after an 80 s compile (10 s in a later process, from inductor's cache).
+6.7 ms per step (150 it/s; 2026-11-29) after a 62 s compile (10 s in a later process, from inductor's cache).
 Replayed, channels_last weights beat contiguous ones (10.3 vs 12.0 ms) and torch's SDPA choice equals cuDNN
 attention and beats flash or memory-efficient attention. bench_txt2img.py has the side-by-side figures.
 

@@ -8,8 +8,8 @@ Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tes
   * SD 1.5 at 512x512 (one CFG step, 1.61 TFLOP): torch bf16 + channels_last ~5.9 s, OpenVINO bf16 ~4.1 s,
     near the ~0.4 TFLOP/s that this CPU's bf16 matrix multiplies peak at.
 Measured on an H200 (torch 2.11+cu130, fp16): SD 1.5's step 47 ms eager (the host launching ~1000 kernels
-sets the pace), 10.7 ms as a CUDA graph ("cudagraph"), 6.8 ms as a graph of ``torch.compile``'s
-kernels ("compile", the default there for SD-sized U-Nets, after an 80 s first compile; 10 s in later
+sets the pace), 10.6 ms as a CUDA graph ("cudagraph"), 6.7 ms as a graph of ``torch.compile``'s
+kernels ("compile", the default there for SD-sized U-Nets, after a 62 s first compile; 10 s in later
 processes).
 
 ``Runtime("openvino")`` converts the U-Net once (``latentgen.openvino_unet.convert``: a trace of the torch

@@ -4,6 +4,7 @@ dataclass derived from its fields (name, type, default, help, choices), so defau
 from __future__ import annotations
 
 import argparse
+import sys
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -80,7 +81,12 @@ def load_model(args: argparse.Namespace, **overrides):
     kw = {"device": args.device, "dtype": args.dtype, "vae": getattr(args, "vae", None),
           "backend": getattr(args, "backend", None),
           "prediction_type": getattr(args, "prediction_type", None), **overrides}
-    return latentgen.load(args.model, **kw)
+    pipe = latentgen.load(args.model, **kw)
+    if pipe.runtime.backend == "compile":  # a wait of a minute on the first image must not look like a hang
+        print("note: the U-Net runs torch.compile's kernels; the first image of each size compiles them (about a "
+              "minute; seconds in later runs, from inductor's cache). --backend cudagraph skips the compile.",
+              file=sys.stderr)
+    return pipe
 
 
 def lora_spec(spec: str) -> tuple[str, float]:

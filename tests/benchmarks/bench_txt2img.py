@@ -9,7 +9,7 @@ the peak memory above the pre-call baseline, and latentgen / diffusers ratios.
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 3            # CPU, SD 1.5 at 512
     python tests/benchmarks/bench_txt2img.py --preset default --steps 20 --repeats 10   # the embedded model
     python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5 --diffusers-compiled \
-        --also-backend torch --also-backend compile      # GPU: graphs, eager and compiled on both sides
+        --also-backend cudagraph --also-backend torch   # GPU: compiled, graphed and eager on both sides
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 5 --isolate  # each run in its own process
 
 By default the three pipelines share one process (as a script comparing them would); ``--isolate`` runs

@@ -134,7 +134,8 @@ def main() -> None:
     small = latentgen.load(device="cuda")
     ref = latentgen.load(device="cuda", backend="torch")
     a, b = small.generate("a red circle on a blue background", seed=1), ref.generate("a red circle on a blue background", seed=1)
-    check("embedded model graph == eager", small.runtime.backend == "cudagraph" and pixels_diff(a, b) == 0, f"{small!r}")
+    check("embedded model graph == eager", small.runtime.backend == "cudagraph" and pixels_diff(a, b) == 0,
+          f"{small!r}")
     print(f"ALL CHECKS PASSED ({runtime.__name__}: compile default for SD 1.5, cudagraph for the embedded model)")
 
 

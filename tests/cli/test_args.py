@@ -53,3 +53,16 @@ def test_help_shows_the_defaults():
     assert r.returncode == 0, r.stderr
     help_of_rank = re.search(r"^  --rank RANK(.*?)(?=^  -)", r.stdout, re.M | re.S).group(1)
     assert "(default: 8)" in " ".join(help_of_rank.split())
+
+
+def test_the_cli_says_when_the_first_image_will_wait_for_a_compile(monkeypatch, capsys):
+    import latentgen
+    from latentgen.cli.args import load_model
+
+    ns = argparse.Namespace(model="sd15", device="cuda", dtype=None, backend=None)
+    for backend, said in (("compile", True), ("cudagraph", False), ("openvino", False)):
+        pipe = argparse.Namespace(runtime=argparse.Namespace(backend=backend))
+        monkeypatch.setattr(latentgen, "load", lambda model, **kw: pipe)  # what the rule chose on a GPU
+        assert load_model(ns) is pipe
+        err = capsys.readouterr().err
+        assert ("the first image of each size compiles them" in err and "--backend cudagraph skips" in err) == said
