@@ -13,8 +13,9 @@ parameters chunk: one line in ``OUT/manifest-<process>.jsonl`` (index, file, sha
 written first, then the file appears in one rename. A job is done when a manifest line holds the
 job as it is now and its file matches that line's sha256: a re-run (after a kill, with any number
 of processes, after the jobs file was edited or ``--seeds`` extended) skips those and redraws the
-rest, replacing the old image. A file ``OUT/i.png`` that no manifest names is the user's: the run
-refuses before drawing. Process ``p`` of ``n`` takes jobs ``p, p + n, ...``; each image is drawn
+rest, replacing the old image. Every job's settings and ``<lora:NAME>`` tags are checked on the model
+before the first image. A file ``OUT/i.png`` that no manifest names is the user's: the run refuses
+before drawing. Process ``p`` of ``n`` takes jobs ``p, p + n, ...``; each image is drawn
 alone from its own seed, so it is bit-identical whatever the number of processes
 (``tests/test_batch.py``), given the same threads per process: on CPU, float sums can depend on
 torch's thread count, and the launcher sets 1 unless told otherwise.
@@ -159,15 +160,33 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
 
 def check_all(pipe, jobs: list[Job]) -> None:
     """Every job's settings on the model (cheap: no model call), errors prefixed with the job's line."""
-    layers = pipe.text_encoder.config.num_hidden_layers
+    layers, read = pipe.text_encoder.config.num_hidden_layers, set()
     for job in jobs:
         try:
             s = pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
             if s.clip_skip > layers:  # else found only when the text is encoded, after earlier images
                 raise ValueError(f"clip_skip={s.clip_skip} is invalid: this text encoder has {layers} layers; use "
                                  f"1 (the last layer) to {layers}, such as clip_skip=2.")
-        except (ValueError, TypeError) as e:
+            if s.prompt_syntax == "a1111":
+                check_tags(pipe, job.args, read)
+        except (ValueError, TypeError, FileNotFoundError) as e:
             raise type(e)(f"{job.where}: {e}") from None
+
+
+def check_tags(pipe, args: dict, read: set[str]) -> None:
+    """A job's ``<lora:NAME:WEIGHT>`` tags as its call would take them, before any image: other tags, tags
+    in the negative prompt, names that are neither loaded, a shipped LoRA nor a file, and files that are
+    not LoRAs of this model are refused. ``read``: the names whose files were read already (once each)."""
+    from . import lora
+    from .prompts import tagged_loras
+
+    for name, _ in tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))[1]:
+        if name not in pipe.loras.loaded and name not in read:
+            try:
+                lora.read(name, pipe.loras.models)  # a missing file, another architecture: found now
+            except (FileNotFoundError, ValueError) as e:
+                raise type(e)(f"prompt tag <lora:{name}>: {e}") from None
+            read.add(name)
 
 
 def check_no_user_files(out: Path, indices) -> None:

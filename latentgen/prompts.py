@@ -216,6 +216,18 @@ def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torc
 
 
 # -- the texts of one call ----------------------------------------------------------------------
+def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(the prompt without its tags, its ``<lora:NAME:WEIGHT>`` tags as (NAME, WEIGHT)) under "a1111";
+    tags of other kinds, and tags in the negative prompt, are refused."""
+    text, tags = extra_networks(prompt)
+    if any(kind != "lora" for kind, _, _ in tags):
+        raise ValueError(f"prompt {prompt!r} has a tag that is not <lora:...>: only LoRA tags work; remove the others.")
+    if negative_prompt and extra_networks(negative_prompt)[1]:
+        raise ValueError(f"negative_prompt {negative_prompt!r} has a <lora:...> tag: tags work in the prompt only; "
+                         f"move it there or remove it.")
+    return text, tuple((name, weight) for _, name, weight in tags)
+
+
 class CallText:
     """The text side of one call (``Pipeline.sample``): ``<lora:...>`` tags out of the prompts (under
     "a1111"), each distinct text encoded once, alone, by ``encode_prompt`` -> (1, 77 * k, D); an image's
@@ -232,15 +244,8 @@ class CallText:
         self.text: dict[str, str] = {}  # prompt as given -> text to encode
         asked: dict[str, tuple] = {}
         for d in draws:
-            if d.prompt not in self.text:
-                self.text[d.prompt], tags = extra_networks(d.prompt) if syntax == "a1111" else (d.prompt, [])
-                if any(kind != "lora" for kind, _, _ in tags):
-                    raise ValueError(f"prompt {d.prompt!r} has a tag that is not <lora:...>: only LoRA tags work; "
-                                     f"remove the others.")
-                asked[d.prompt] = tuple((name, weight) for _, name, weight in tags)
-            if syntax == "a1111" and d.negative_prompt and extra_networks(d.negative_prompt)[1]:
-                raise ValueError(f"negative_prompt {d.negative_prompt!r} has a <lora:...> tag: tags work in "
-                                 f"the prompt only; move it there or remove it.")
+            self.text[d.prompt], asked[d.prompt] = (tagged_loras(d.prompt, d.negative_prompt) if syntax == "a1111"
+                                                    else (d.prompt, ()))
         sets = set(asked.values())
         if len(sets) > 1:
             raise ValueError(f"the prompts of one call ask for different LoRA tags ({' vs '.join(map(str, sets))}); "
@@ -277,7 +282,11 @@ class CallText:
         try:
             for name, weight in self.loras:
                 if name not in loras.loaded:
-                    added.append(_load_lora(loras, name, weight))
+                    try:
+                        added.append(loras.load(name, scale=weight))
+                    except FileNotFoundError as e:
+                        raise FileNotFoundError(f"prompt tag <lora:{name}>: no LoRA of that name is loaded "
+                                                f"({', '.join(loras.loaded) or 'none'}); {e}") from None
                     continue
                 if name not in added:
                     restore.setdefault(name, loras.loaded[name].scale)
@@ -288,12 +297,3 @@ class CallText:
                 loras.unload(name)
             for name, scale in restore.items():
                 loras.set_scale(name, scale)
-
-
-def _load_lora(loras, name: str, weight: float) -> str:
-    try:
-        return loras.load(name, scale=weight)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"prompt tag <lora:{name}>: no LoRA of that name is loaded "
-                                f"({', '.join(loras.loaded) or 'none'}); {e}") from None
-

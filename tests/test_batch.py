@@ -188,12 +188,21 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"scheduler": "nosuch"}, r"jobs\.jsonl:2: .*nosuch"),
     ({"prompt_syntax": "x"}, r"jobs\.jsonl:2: prompt_syntax='x' is invalid"),
     ({"clip_skip": 50}, r"jobs\.jsonl:2: clip_skip=50 is invalid: this text encoder has \d+ layers"),
+    ({"prompt": "x <lora:nosuch:0.5>"}, r"jobs\.jsonl:2: prompt tag <lora:nosuch>: LoRA file 'nosuch' does not "
+                                        r"exist; pass the path of a \.safetensors file or the name of a shipped LoRA"),
+    ({"prompt": "x <hypernet:h>"}, r"jobs\.jsonl:2: prompt 'x <hypernet:h>' has a tag that is not <lora:\.\.\.>"),
+    ({"prompt": "x <lora:purple:a>"}, r"jobs\.jsonl:2: prompt tag '<lora:purple:a>' has weight 'a', not a number"),
+    ({"negative_prompt": "<lora:purple>"}, r"jobs\.jsonl:2: negative_prompt '<lora:purple>' has a <lora:\.\.\.> tag"),
+    ({"prompt": "x <lora:purple>", "prompt_syntax": "plain"}, None),  # plain text: no tags to check
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
     f = tmp_path / "jobs.jsonl"
     f.write_text('{"prompt": "ok", "seed": 0}\n' + json.dumps({"prompt": "x", **job}) + "\n")
     monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew before refusing"))
-    with pytest.raises((ValueError, TypeError), match=message):
+    if message is None:
+        batch.check_all(embedded, batch.read_jobs(f))
+        return
+    with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
         batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
@@ -225,4 +234,23 @@ def test_an_error_while_drawing_names_the_job(embedded, tmp_path, monkeypatch):
     f = tmp_path / "jobs.jsonl"
     f.write_text('{"prompt": "ok", "seed": 0}\n')
     with pytest.raises(NonFiniteError, match=r"jobs\.jsonl:1: the U-Net produced NaN"):
+        batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)
+
+
+def test_tagged_loras_are_read_once_before_drawing_and_one_of_another_model_is_refused(embedded, tmp_path,
+                                                                                       lora_files, monkeypatch):
+    from latentgen import lora
+
+    reads = []
+    real = lora.read
+    monkeypatch.setattr(lora, "read", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    jobs = [{"prompt": f"circle {i} <lora:purple:0.{i}>", "seed": i} for i in range(1, 4)]
+    batch.check_all(embedded, batch.as_jobs(jobs))  # a shipped LoRA of this model: fine
+    assert reads == ["purple"]  # three jobs, one read
+    other = str(lora_files[0]).replace("\\", "/")  # made for the tiny test model, not the embedded one
+    f = tmp_path / "jobs.jsonl"
+    f.write_text(json.dumps({"prompt": "ok", "seed": 0}) + "\n" + json.dumps({"prompt": f"x <lora:{other}>", "seed": 1}))
+    monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises(ValueError, match=rf"jobs\.jsonl:2: prompt tag <lora:{other}>: a\.safetensors was made for "
+                                         r"another architecture"):
         batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)
