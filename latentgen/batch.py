@@ -36,6 +36,7 @@ from .request import MAX_SEED, seeds
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
             "clip_skip", "prompt_syntax")
 SETTING_KEYS = tuple(k for k in JOB_KEYS if k not in ("prompt", "negative_prompt"))  # pipe.settings takes these
+MAX_PROMPT_JOBS = 1_000_000  # prompts x seeds of one --prompts batch: days of images, ~0.5 GB of jobs in memory
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,10 @@ def prompt_jobs(prompts_file: str | Path, seeds: str) -> list[Job]:
     prompts = [(n, p) for n, p in lines if p]
     if not prompts:
         raise ValueError(f"{path} holds no prompts: write one per line.")
+    if len(prompts) * len(seed_range(seeds)) > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
+        raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes "
+                         f"{len(prompts) * len(seed_range(seeds))} images; one batch takes at most {MAX_PROMPT_JOBS}: "
+                         f"give a shorter range, and each further range its own --out.")
     return [Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in seed_range(seeds)]
 
 

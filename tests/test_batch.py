@@ -115,6 +115,21 @@ def test_prompts_and_seed_ranges(tmp_path):
     for bad in ("5-2", "x", "-3", "1-y", f"0-{2**64}"):
         with pytest.raises(ValueError, match="--seeds"):
             batch.seed_range(bad)
+    with pytest.raises(ValueError, match=r"--seeds 0-999999 with the 2 prompt\(s\) of .*p\.txt makes 2000000 images; "
+                                         r"one batch takes at most 1000000: give a shorter range, and each further "
+                                         r"range its own --out\."):
+        batch.prompt_jobs(f, "0-999999")
+
+
+
+def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch):
+    f = tmp_path / "p.txt"
+    f.write_text("a red circle\na white square\n")
+    monkeypatch.setattr(batch, "MAX_PROMPT_JOBS", 6)
+    assert len(batch.prompt_jobs(f, "0-2")) == 6  # the limit itself is allowed
+    monkeypatch.setattr(batch, "Job", lambda *a: pytest.fail("built a job before refusing"))
+    with pytest.raises(ValueError, match=r"makes 8 images; one batch takes at most 6"):
+        batch.prompt_jobs(f, "0-3")
 
 
 @pytest.mark.parametrize("line, message", [
