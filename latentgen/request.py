@@ -121,8 +121,8 @@ def seeds(seed, count: int) -> int:
     top = MAX_SEED - (count - 1)  # the call's last image draws from seed + count - 1
     if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= top:
         note = "there is no random seed (A1111's -1) here: pick one; " if isinstance(seed, Real) and seed < 0 else ""
-        raise ValueError(f"seed={seed!r} is invalid: {note}use a whole number from 0 to {top} "
-                         f"(image i of the call uses seed + i; {count} images here), such as seed=0.")
+        many = f" (image i of the call uses seed + i; {count} images here)" if count > 1 else ""
+        raise ValueError(f"seed={seed!r} is invalid: {note}use a whole number from 0 to {top}{many}, such as seed=0.")
     return int(seed)
 
 

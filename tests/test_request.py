@@ -37,8 +37,8 @@ def test_prompt_must_be_text(no_model_work, prompt):
     ({"num_images": 0}, r"num_images=0 .*at least one"),
     ({"seed": 1.5}, r"seed=1.5"),
     ({"seed": -1}, r"seed=-1 is invalid: there is no random seed \(A1111's -1\) here: pick one; use a whole number "
-                   r"from 0 to 18446744073709551615 "),
-    ({"seed": 2**64}, r"seed=18446744073709551616 is invalid: use a whole number from 0 to 18446744073709551615 "),
+                   r"from 0 to 18446744073709551615, such as seed=0\.$"),
+    ({"seed": 2**64}, r"seed=18446744073709551616 is invalid: use a whole number from 0 to 18446744073709551615, "),
     ({"seed": 2**64 - 1, "num_images": 2},
      r"seed=18446744073709551615 is invalid: use a whole number from 0 to 18446744073709551614 \(image i "),
     ({"scheduler": "euler_b"}, r"scheduler='euler_b' is unknown; use one of: ddim, pndm"),
@@ -70,6 +70,9 @@ def test_seeds_past_2_64_minus_1_are_refused_for_every_prompt(no_model_work):
     with pytest.raises(ValueError, match=r"seed=18446744073709551614 is invalid: .* to 18446744073709551613 "
                                          r"\(image i of the call uses seed \+ i; 3 images here\)"):
         no_model_work.generate(["a cat", "a dog", "a bird"], seed=2**64 - 2)
+    with pytest.raises(ValueError, match=r"seed=18446744073709551616 is invalid: use a whole number from 0 to "
+                                         r"18446744073709551615, such as seed=0\.$"):  # one image: no count
+        no_model_work.generate("a cat", seed=2**64)
 
 
 def test_the_largest_seed_draws(pipe):
