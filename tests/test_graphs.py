@@ -46,6 +46,16 @@ def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):
     assert g.recorded == 0 and not g.graphs
 
 
+def _replay_warns(g, unet, message: str):
+    """One ``Graphed._replay`` on the CPU: it warns with ``message`` and gives the module's own output."""
+    x, c, t = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim), torch.tensor(500.0)
+    with pytest.warns(RuntimeWarning, match=message):
+        out = g._replay(x, t, c).sample
+    with torch.no_grad():
+        assert torch.equal(out, unet(x, t, encoder_hidden_states=c).sample)
+    return x, t, c
+
+
 def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
     g = graphs.Graphed(pipe.unet, compile=True)
@@ -58,26 +68,18 @@ def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(t
                                graph=SimpleNamespace(replay=lambda: None))
 
     monkeypatch.setattr(g, "record", record)
-    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
-    with pytest.warns(RuntimeWarning, match=r"torch.compile could not build the U-Net \(RuntimeError: no Triton "
-                                            r"here\); its eager kernels are recorded as a CUDA graph instead"):
-        out = g._replay(x, torch.tensor(500.0), c).sample
-    with torch.no_grad():
-        assert torch.equal(out, pipe.unet(x, torch.tensor(500.0), encoder_hidden_states=c).sample)
+    x, t, c = _replay_warns(g, pipe.unet, r"torch.compile could not build the U-Net \(RuntimeError: no Triton here\); "
+                                          r"its eager kernels are recorded as a CUDA graph instead")
     assert g.fn is pipe.unet and not g.failed and len(g.graphs) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: the next call replays without a word
-        g._replay(x, torch.tensor(500.0), c)
+        g._replay(x, t, c)
 
 
 def test_a_graph_that_cannot_be_recorded_runs_the_module_with_a_warning(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
     g = graphs.Graphed(pipe.unet)
     monkeypatch.setattr(g, "record", lambda x, c: (_ for _ in ()).throw(RuntimeError("operation not permitted")))
-    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
-    with pytest.warns(RuntimeWarning, match=r"could not be recorded as a CUDA graph \(RuntimeError: operation not "
-                                            r"permitted\); it runs eagerly"):
-        out = g._replay(x, torch.tensor(500.0), c).sample
-    with torch.no_grad():
-        assert torch.equal(out, pipe.unet(x, torch.tensor(500.0), encoder_hidden_states=c).sample)
+    _replay_warns(g, pipe.unet, r"could not be recorded as a CUDA graph \(RuntimeError: operation not permitted\); "
+                                r"it runs eagerly")
     assert g.failed.startswith("RuntimeError")
