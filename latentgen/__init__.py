@@ -41,9 +41,10 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     backend: where the U-Net runs: "torch"; "openvino" (CPU: the U-Net converted once, cached on
         disk, ~2.7x faster on the embedded model); "cudagraph" (CUDA: the eager kernels replayed as one
         graph per step, the same numbers); "compile" (CUDA: ``torch.compile``'s fused kernels, graphed; the
-        first call per image size compiles). Default: ``$LATENTGEN_BACKEND``, else on CUDA "compile" for
-        SD-sized U-Nets and "cudagraph" for small ones or with ``dtype="fp32"``; on CPUs OpenVINO unless
-        ``dtype="fp32"`` is asked for; see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
+        first call per image size, batch size and prompt length compiles). Default: ``$LATENTGEN_BACKEND``,
+        else on CUDA "compile" for SD-sized U-Nets and "cudagraph" for small ones, with ``dtype="fp32"`` or
+        where torch.compile cannot run (no Triton); on CPUs OpenVINO unless ``dtype="fp32"`` is asked for;
+        see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
     """
     import torch
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +96,13 @@ def prompt_jobs(prompts_file: str | Path, seeds: str) -> list[Job]:
     prompts = [(n, p) for n, p in lines if p]
     if not prompts:
         raise ValueError(f"{path} holds no prompts: write one per line.")
-    if len(prompts) * len(seed_range(seeds)) > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
-        raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes "
-                         f"{len(prompts) * len(seed_range(seeds))} images; one batch takes at most {MAX_PROMPT_JOBS}: "
-                         f"give a shorter range, and each further range its own --out.")
-    return [Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in seed_range(seeds)]
+    r = seed_range(seeds)
+    count = len(prompts) * (r.stop - r.start)  # not len(r): a range of 2**63 seeds or more has none
+    if count > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
+        raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes {count} images; one "
+                         f"batch takes at most {MAX_PROMPT_JOBS}: give a shorter range, and each further range its "
+                         f"own --out.")
+    return [Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in r]
 
 
 def seed_range(text: str) -> range:
@@ -164,7 +167,8 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
 
 
 def check_all(pipe, jobs: list[Job]) -> None:
-    """Every job's settings on the model (cheap: no model call), errors prefixed with the job's line."""
+    """Every job's settings on the model and its LoRA tags (no model call; each tagged LoRA file read
+    once), errors prefixed with the job's line."""
     layers, read = pipe.text_encoder.config.num_hidden_layers, set()
     for job in jobs:
         try:
@@ -185,7 +189,10 @@ def check_tags(pipe, args: dict, read: set[str]) -> None:
     from . import lora
     from .prompts import tagged_loras
 
-    for name, _ in tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))[1]:
+    for name, weight in tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))[1]:
+        if not math.isfinite(weight):
+            raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such as "
+                             f"<lora:{name}:0.8>.")
         if name not in pipe.loras.loaded and name not in read:
             try:
                 lora.read(name, pipe.loras.models)  # a missing file, another architecture: found now

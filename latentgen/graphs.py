@@ -43,10 +43,15 @@ class Graphed:
 
     def __init__(self, unet, compile: bool = False):
         self.unet = unet
-        # dynamic=False: each shape its own static kernels (each is replayed as its own graph anyway)
-        self.fn = torch.compile(unet, dynamic=False) if compile else unet
+        self.fn = unet
         self.graphs: dict[tuple, SimpleNamespace] = {}  # shape key -> recorded graph and its buffers, oldest first
-        self.failed: str | None = None
+        self.failed: str | None = None  # why recording failed (the module then runs eagerly)
+        self.uncompiled: str | None = None  # why torch.compile failed (the eager kernels are recorded instead)
+        if compile:
+            try:  # dynamic=False: each shape its own static kernels (each is replayed as its own graph anyway)
+                self.fn = torch.compile(unet, dynamic=False)
+            except Exception as e:  # noqa: BLE001  (Dynamo refuses some Pythons at once)
+                self._uncompile(e)
         self.recorded = 0  # graphs recorded so far (tests and benchmarks read it)
         self.lock = threading.Lock()  # calls from several threads take turns: they share the graphs' buffers
 
@@ -66,13 +71,10 @@ class Graphed:
             try:
                 g = self.record(x, encoder_hidden_states)
             except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
-                why = f"{type(e).__name__}: {str(e)[:500]}"
                 if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
-                    warnings.warn(f"torch.compile could not build the U-Net ({why}); its eager kernels are "
-                                  f"recorded as a CUDA graph instead (backend='cudagraph').", RuntimeWarning)
-                    self.fn = self.unet
+                    self._uncompile(e)
                     continue
-                self.failed = why
+                self.failed = why = f"{type(e).__name__}: {str(e)[:500]}"
                 warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({why}); it runs eagerly "
                               f"(backend='torch').", RuntimeWarning)
                 return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
@@ -84,6 +86,11 @@ class Graphed:
         g.context.copy_(encoder_hidden_states)
         g.graph.replay()
         return SimpleNamespace(sample=g.out.clone())  # (B, C_out, h, w): the next replay overwrites g.out
+
+    def _uncompile(self, e: Exception) -> None:
+        self.fn, self.uncompiled = self.unet, f"{type(e).__name__}: {str(e)[:500]}"
+        warnings.warn(f"torch.compile could not build the U-Net ({self.uncompiled}); its eager kernels are "
+                      f"recorded as a CUDA graph instead (backend='cudagraph').", RuntimeWarning)
 
     def record(self, x: torch.Tensor, context: torch.Tensor) -> SimpleNamespace:
         """Warm up on a side stream (cuBLAS/cuDNN handles, inductor's compile), then record one call."""

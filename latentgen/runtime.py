@@ -58,7 +58,12 @@ def available() -> bool:
 
 def compiler_missing(device: torch.device) -> str:
     """Why ``torch.compile`` cannot build CUDA kernels for ``device`` ("" when it can): inductor writes them
-    in Triton, which needs the triton package and a GPU of compute capability 7.0 or later."""
+    in Triton, which needs the triton package and a GPU of compute capability 7.0 or later; and Dynamo
+    must support this Python (not every torch supports the newest Python, or free-threaded builds)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python"
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     if torch.cuda.is_available() and torch.cuda.get_device_capability(device) < (7, 0):
@@ -191,8 +196,10 @@ class Runtime:
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        return f"U-Net on {self.backend} ({self.why})" + (f"; the last call ran torch: {self.fallback}"
-                                                         if self.fallback else "")
+        uncompiled = next((g.uncompiled for _, g in self._graphed.values() if g.uncompiled), "")
+        return (f"U-Net on {self.backend} ({self.why})"
+                + (f"; torch.compile failed ({uncompiled[:200]}), the eager kernels are graphed" if uncompiled else "")
+                + (f"; the last call ran torch: {self.fallback}" if self.fallback else ""))
 
     def for_unet(self, unet):
         device = precision.device_of(unet).type

@@ -3,6 +3,7 @@ the work and give the same bytes as one process."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -121,7 +122,6 @@ def test_prompts_and_seed_ranges(tmp_path):
         batch.prompt_jobs(f, "0-999999")
 
 
-
 def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch):
     f = tmp_path / "p.txt"
     f.write_text("a red circle\na white square\n")
@@ -130,6 +130,8 @@ def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch)
     monkeypatch.setattr(batch, "Job", lambda *a: pytest.fail("built a job before refusing"))
     with pytest.raises(ValueError, match=r"makes 8 images; one batch takes at most 6"):
         batch.prompt_jobs(f, "0-3")
+    with pytest.raises(ValueError, match=r"makes 36893488147419103232 images"):  # 2**64 seeds: past len()'s reach
+        batch.prompt_jobs(f, f"0-{2**64 - 1}")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -208,6 +210,7 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"prompt": "x <hypernet:h>"}, r"jobs\.jsonl:2: prompt 'x <hypernet:h>' has a tag that is not <lora:\.\.\.>"),
     ({"prompt": "x <lora:purple:a>"}, r"jobs\.jsonl:2: prompt tag '<lora:purple:a>' has weight 'a', not a number"),
     ({"negative_prompt": "<lora:purple>"}, r"jobs\.jsonl:2: negative_prompt '<lora:purple>' has a <lora:\.\.\.> tag"),
+    ({"prompt": "x <lora:purple:inf>"}, r"jobs\.jsonl:2: prompt tag <lora:purple:inf> has weight inf: use a finite"),
     ({"prompt": "x <lora:purple>", "prompt_syntax": "plain"}, None),  # plain text: no tags to check
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
@@ -264,8 +267,9 @@ def test_tagged_loras_are_read_once_before_drawing_and_one_of_another_model_is_r
     assert reads == ["purple"]  # three jobs, one read
     other = str(lora_files[0]).replace("\\", "/")  # made for the tiny test model, not the embedded one
     f = tmp_path / "jobs.jsonl"
-    f.write_text(json.dumps({"prompt": "ok", "seed": 0}) + "\n" + json.dumps({"prompt": f"x <lora:{other}>", "seed": 1}))
+    f.write_text(json.dumps({"prompt": "ok", "seed": 0}) + "\n"
+                 + json.dumps({"prompt": f"x <lora:{other}>", "seed": 1}))
     monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew before refusing"))
-    with pytest.raises(ValueError, match=rf"jobs\.jsonl:2: prompt tag <lora:{other}>: a\.safetensors was made for "
-                                         r"another architecture"):
+    with pytest.raises(ValueError, match=rf"jobs\.jsonl:2: prompt tag <lora:{re.escape(other)}>: a\.safetensors was "
+                                         r"made for another architecture"):
         batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)

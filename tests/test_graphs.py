@@ -83,3 +83,14 @@ def test_a_graph_that_cannot_be_recorded_runs_the_module_with_a_warning(tiny_fol
     _replay_warns(g, pipe.unet, r"could not be recorded as a CUDA graph \(RuntimeError: operation not permitted\); "
                                 r"it runs eagerly")
     assert g.failed.startswith("RuntimeError")
+
+
+def test_a_compile_refused_at_once_is_said_and_shown_in_the_repr(tiny_folder, monkeypatch):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    rt = runtime.Runtime("compile", "as asked")
+    refused = RuntimeError("Python 3.99 unsupported")  # as Dynamo refuses a Python it does not support, at once
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(refused))
+    with pytest.warns(RuntimeWarning, match=r"torch.compile could not build the U-Net \(RuntimeError: Python 3\.99"):
+        g = rt._graph(pipe.unet)
+    assert g.fn is pipe.unet and g.uncompiled.startswith("RuntimeError")
+    assert "torch.compile failed (RuntimeError: Python 3.99 unsupported), the eager kernels are graphed" in repr(rt)

@@ -60,7 +60,25 @@ def test_on_cuda_sd_sized_u_nets_compile_small_ones_and_fp32_replay_the_eager_ke
     monkeypatch.undo()
     if importlib.util.find_spec("triton") is None:  # this machine's CPU torch has none
         assert runtime.compiler_missing(cuda) == "Triton is not installed"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # Triton "installed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (6, 1))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla P40")
+    assert runtime.compiler_missing(cuda) == "Tesla P40 is older than Triton supports (compute capability < 7.0)"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert runtime.compiler_missing(cuda) == ""
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    assert runtime.compiler_missing(cuda) == "torch.compile does not support this Python"
+    monkeypatch.undo()
     assert runtime.choose("compile", cuda, exact=False) == ("compile", "as asked")  # asked for: tried, may fall back
+
+
+def test_load_chooses_the_default_with_the_u_nets_config(tiny_folder, monkeypatch):
+    calls, real = [], runtime.choose
+    monkeypatch.setattr(runtime, "choose", lambda *a: calls.append(a) or real(*a))
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    assert [len(c) for c in calls] == [3, 4]  # checked before loading, decided with the config after
+    assert calls[1][3]["block_out_channels"] == list(pipe.unet.config.block_out_channels)
 
 
 def test_fp32_asked_for_is_torch_other_dtypes_keep_the_fast_backend(tiny_folder, monkeypatch):

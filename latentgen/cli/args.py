@@ -67,8 +67,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "else fp32 (fp32: diffusers' exact arithmetic)")
     p.add_argument("--backend", default=None, choices=["torch", "openvino", "cudagraph", "compile"],
                    help="where the U-Net runs (default: $LATENTGEN_BACKEND, else on CUDA compile for SD-sized "
-                        "U-Nets and cudagraph for small ones or with --dtype fp32; openvino on CPU unless "
-                        "--dtype fp32)")
+                        "U-Nets and cudagraph for small ones, with --dtype fp32 or where torch.compile cannot run; "
+                        "openvino on CPU unless --dtype fp32)")
     p.add_argument("--vae", type=vae_file, default=None, help="a VAE file used instead of the model's own")
     p.add_argument("--prediction-type", type=prediction_type_name, default=None,
                    help="epsilon or v_prediction (default: the model's; single SD 2.x files: <name>.yaml or detected)")
@@ -82,10 +82,10 @@ def load_model(args: argparse.Namespace, **overrides):
           "backend": getattr(args, "backend", None),
           "prediction_type": getattr(args, "prediction_type", None), **overrides}
     pipe = latentgen.load(args.model, **kw)
-    if pipe.runtime.backend == "compile":  # a wait of a minute on the first image must not look like a hang
-        print("note: the U-Net runs torch.compile's kernels; the first image of each size compiles them (about a "
-              "minute; seconds in later runs, from inductor's cache). --backend cudagraph skips the compile.",
-              file=sys.stderr)
+    if pipe.runtime.backend == "compile" and not getattr(args, "lora", None):  # with a LoRA the module runs as is
+        print("note: the U-Net runs torch.compile's kernels; the first call of each image size, batch size and "
+              "prompt length compiles them (about a minute; seconds in later runs, from inductor's cache). "
+              "--backend cudagraph skips the compile.", file=sys.stderr)
     return pipe
 
 

@@ -87,7 +87,6 @@ def main() -> None:
           f"largest pixel difference {pixels_diff(two, ones)} (fp16 batch-shape rounding; graphs: {g.recorded})")
 
     if not args.no_compile:
-        t = time.perf_counter()
         default = latentgen.load(args.preset, device="cuda")
         check("default backend", default.runtime.backend == "compile", repr(default))
         default.unet.conv_out.bias.add_(0.05)
@@ -97,7 +96,7 @@ def main() -> None:
         t = time.perf_counter()
         again = default.generate(PROMPT, **kw)
         d = pixels_diff(again, b)
-        check("compile vs eager", d <= 16 and pixels_diff(first, again) == 0,
+        check("compile vs eager", d <= 2 and pixels_diff(first, again) == 0,
               f"largest pixel difference {d}; first image (with compile) {took:.0f}s, next {time.perf_counter() - t:.2f}s")
         gc_ = default.runtime.for_unet(default.unet)
         out, ref = gc_(x, 500, encoder_hidden_states=c).sample, default.unet(x, 500, encoder_hidden_states=c).sample
