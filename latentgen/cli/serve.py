@@ -30,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model, models_dir=args.models_dir, loras=args.lora, embeddings=args.embedding,
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
-                         load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend})
+                         load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend},
+                         warmup=not args.no_warmup)
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "
@@ -75,6 +76,9 @@ def add_parser(sub) -> None:
                         "name) in prompts; /sdapi/v1/embeddings lists it; repeatable")
     s.add_argument("--outdir", type=Path, default=None,
                    help="also save every image here (OUTDIR/txt2img-images/00000-SEED.png), never overwriting")
+    s.add_argument("--no-warmup", action="store_true",
+                   help="skip the 1-step image each model draws as it loads (it moves OpenVINO's conversion or "
+                        "torch.compile's compile, up to a minute, out of the first request)")
     s.add_argument("--queue-size", type=positive_int, default=16, help="jobs that may wait; more get 429 (default 16)")
     s.add_argument("--job-timeout", type=_positive_float, default=300.0, help="seconds one job may run (default 300)")
     s.add_argument("--max-steps", type=positive_int, default=150, help="most sampler steps per job (default 150)")

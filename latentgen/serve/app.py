@@ -48,7 +48,7 @@ class Server:
     def __init__(self, config: ServeConfig):
         self.config, self.limits = config, config.limits
         self.models = Models(config.model, config.models_dir, device=config.device, dtype=config.dtype,
-                             embeddings=config.embeddings, load_options=config.load_options)
+                             embeddings=config.embeddings, load_options=config.load_options, warmup=config.warmup)
         self.loras = Loras(config.loras)
         self.outputs = run.Outputs(config.outdir) if config.outdir else None
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)

@@ -38,8 +38,9 @@ class Models:
     keep = 2  # pipelines held in memory at once
 
     def __init__(self, first: str | None = None, models_dir: Path | None = None, *, device=None, dtype=None,
-                 embeddings: list[str] | None = None, load_options: dict | None = None):
+                 embeddings: list[str] | None = None, load_options: dict | None = None, warmup: bool = False):
         self.models_dir = Path(models_dir) if models_dir else None
+        self.warmup = warmup  # draw one 1-step image as each model loads (see ``_load``)
         self.device, self.dtype = device, dtype
         from latentgen.embeddings import parse_spec
 
@@ -115,6 +116,8 @@ class Models:
                 vectors, _ = read(path)
                 self.skipped[name][token or Path(path).stem] = {**embedding_item(vectors.shape[1], len(vectors)),
                                                                 "reason": str(e)}
+        if self.warmup:  # the backend's first-call work (OpenVINO's conversion, torch.compile's minute) happens
+            pipe.generate("", seed=0, steps=1)  # now, for the shape of a usual request: default size, CFG, 1 chunk
         return pipe
 
     def switch(self, name: str):

@@ -47,6 +47,7 @@ class ServeConfig:
     dtype: str | None = None
     load_options: dict = field(default_factory=dict)  # more latentgen.load keywords for every model (vae=...)
     limits: Limits = field(default_factory=Limits)
+    warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
     def credentials(self) -> dict[str, str]:
         """{user: password} from ``api_auth``; empty when auth is off."""

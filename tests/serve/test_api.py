@@ -242,3 +242,19 @@ def test_models_and_loras_are_names_never_paths(tmp_path, tiny_folder):
     assert loras.names() == ["purple", "star"] and loras.check("purple").name == "purple.safetensors"
     with pytest.raises(FileNotFoundError, match="no .safetensors file or folder"):
         Loras([str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_each_model_draws_one_step_as_it_loads_so_first_call_work_is_done(tmp_path, tiny_folder, monkeypatch, warmup):
+    from latentgen.pipeline import Pipeline
+    from latentgen.serve.catalog import Models
+
+    calls, real = [], Pipeline.generate
+    monkeypatch.setattr(Pipeline, "generate", lambda self, *a, **k: calls.append((a, k)) or real(self, *a, **k))
+    os.symlink(tiny_folder, tmp_path / "tiny")
+    monkeypatch.setenv("LATENTGEN_BACKEND", "openvino")  # the CPU default, whose first call converts the U-Net
+    models = Models(None, tmp_path, warmup=warmup)
+    for name in ("default", "tiny"):  # the first model, and one switched to later
+        pipe = models.get(name)
+        assert len(pipe.runtime._compiled) == warmup  # the OpenVINO U-Net converted (or read) before any request
+    assert calls == ([(("",), {"seed": 0, "steps": 1})] * 2 if warmup else [])
