@@ -9,6 +9,7 @@ memory: the current model and the last one a job asked for through ``override_se
 from __future__ import annotations
 
 import re
+import warnings
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
@@ -117,7 +118,11 @@ class Models:
                 self.skipped[name][token or Path(path).stem] = {**embedding_item(vectors.shape[1], len(vectors)),
                                                                 "reason": str(e)}
         if self.warmup:  # the backend's first-call work (OpenVINO's conversion, torch.compile's minute) happens
-            pipe.generate("", seed=0, steps=1)  # now, for the shape of a usual request: default size, CFG, 1 chunk
+            try:  # now, for the shape of a usual request: default size, CFG, one prompt chunk
+                pipe.generate("", seed=0, steps=1)
+            except Exception as e:  # noqa: BLE001  (a request meets it again, and reports it as errors are)
+                warnings.warn(f"model {name!r}: the warm-up image failed ({type(e).__name__}: {e}); requests "
+                              f"will report the error if it persists.", RuntimeWarning)
         return pipe
 
     def switch(self, name: str):

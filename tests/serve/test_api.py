@@ -258,3 +258,13 @@ def test_each_model_draws_one_step_as_it_loads_so_first_call_work_is_done(tmp_pa
         pipe = models.get(name)
         assert len(pipe.runtime._compiled) == warmup  # the OpenVINO U-Net converted (or read) before any request
     assert calls == ([(("",), {"seed": 0, "steps": 1})] * 2 if warmup else [])
+
+
+def test_a_failed_warm_up_is_a_warning_and_the_model_still_loads(monkeypatch):
+    from latentgen.pipeline import Pipeline
+    from latentgen.serve.catalog import Models
+
+    monkeypatch.setattr(Pipeline, "generate", lambda self, *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    with pytest.warns(RuntimeWarning, match=r"model 'default': the warm-up image failed \(MemoryError: no room\)"):
+        pipe = Models(None, warmup=True).get()
+    assert isinstance(pipe, Pipeline)
