@@ -37,13 +37,18 @@ def flags_have_bf16(cpuinfo: str) -> bool:
     return bool(set(line.partition(":")[2].split()) & {"avx512_bf16", "amx_bf16"})
 
 
+def unet_width(unet_config: dict | None) -> int:
+    """A U-Net's first block's channels (``block_out_channels[0]``); ``WIDE`` when the config is not known."""
+    return (unet_config or {}).get("block_out_channels", [WIDE])[0]
+
+
 def default_dtype(device: torch.device, unet_config: dict | None = None) -> tuple[torch.dtype, str]:
     """(dtype, why) for a model whose U-Net has ``unet_config`` on ``device``."""
     if device.type == "cuda":
         return torch.float16, "CUDA: fp16 kernels"
     if device.type != "cpu":
         return torch.float32, f"{device.type}: fp32"
-    width = (unet_config or {}).get("block_out_channels", [WIDE])[0]
+    width = unet_width(unet_config)
     if not cpu_has_bf16():
         return torch.float32, "CPU without native bf16: fp32"
     if width < WIDE:

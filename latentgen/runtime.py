@@ -81,7 +81,7 @@ def choose(backend: str | None, device: torch.device, exact: bool, unet_config: 
         backend, why = os.environ[ENV], f"${ENV}"
     elif backend is None:
         if device.type == "cuda":
-            return _cuda_default(device, exact, (unet_config or {}).get("block_out_channels", [precision.WIDE])[0])
+            return _cuda_default(device, exact, precision.unet_width(unet_config))
         if device.type != "cpu":
             return "torch", f"{device.type}: torch kernels"
         if exact:
