@@ -25,14 +25,16 @@ __all__ = ["load", "generate", "Pipeline"]
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
          dtype: "str | torch.dtype | None" = None, vae: str | Path | None = None,
          prediction_type: str | None = None, backend: str | None = None) -> "Pipeline":
-    """Load a pipeline.
+    """Load a pipeline: the one entry. It checks the arguments, reads the model's configs (no weights yet),
+    decides device, dtype and backend once from the U-Net's config (``pipe.placement``; ``repr(pipe)`` says
+    which and why), then loads the weights there (``latentgen.models.loading``).
 
     source: a diffusers folder (``model_index.json`` and its subfolders), a single-file checkpoint
         in the LDM layout (``.safetensors``, ``.ckpt``, ``.pt``: SD 1.x, SD 1.x inpainting, SD 2.x;
-        see ``latentgen.checkpoints``), a preset name from ``pipelines/`` (``"sd15"``, ``"sd2"``,
+        see ``latentgen.models.checkpoints``), a preset name from ``pipelines/`` (``"sd15"``, ``"sd2"``,
         ``"sd21"``, ``"tiny-random"``: random weights), or None for the embedded default model.
         Everything loads offline.
-    device: "cuda" when available, else "cpu".
+    device: "cuda" when available, else "cpu"; "cuda" without a GPU is refused, naming the fix.
     dtype: fp16 on CUDA; on CPU bf16 for SD-sized U-Nets where the CPU has native bf16, else fp32
         (``latentgen.precision``); "fp32" (or torch.float32) is diffusers' exact arithmetic.
     vae: a VAE file (LDM or diffusers layout) used instead of the model's own.
@@ -44,20 +46,13 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
         first call per image size, batch size and prompt length compiles). Default: ``$LATENTGEN_BACKEND``,
         else on CUDA "compile" for SD-sized U-Nets and "cudagraph" for small ones, with ``dtype="fp32"`` or
         where torch.compile cannot run (no Triton); on CPUs OpenVINO unless ``dtype="fp32"`` is asked for;
-        see ``latentgen.runtime``. ``repr(pipe)`` says which and why.
+        see ``latentgen.backends.runtime``. ``repr(pipe)`` says which and why.
     """
-    import torch
-
-    from . import loading, runtime
-    from .components import resolve_device, resolve_dtype
+    from .models.loading import load_components
     from .pipeline import Pipeline
 
-    device = resolve_device(device)
-    exact = dtype is not None and resolve_dtype(dtype, device) == torch.float32
-    runtime.choose(backend, device, exact)  # bad values: refused before any weight loads
-    c = loading.load(source, device=device, dtype=dtype, vae=vae, prediction_type=prediction_type)
-    name, why = runtime.choose(backend, device, exact, c.unet.config)  # the default can depend on the U-Net's size
-    return Pipeline.from_components(c, runtime=runtime.Runtime(name, why))
+    return Pipeline.from_components(load_components(source, device=device, dtype=dtype, vae=vae,
+                                                    prediction_type=prediction_type, backend=backend))
 
 
 @lru_cache(maxsize=1)

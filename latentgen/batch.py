@@ -173,6 +173,7 @@ def check_all(pipe, jobs: list[Job]) -> None:
     for job in jobs:
         try:
             s = pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+            pipe.check_limits(s, 1)
             if s.clip_skip > layers:  # else found only when the text is encoded, after earlier images
                 raise ValueError(f"clip_skip={s.clip_skip} is invalid: this text encoder has {layers} layers; use "
                                  f"1 (the last layer) to {layers}, such as clip_skip=2.")
@@ -186,10 +187,13 @@ def check_tags(pipe, args: dict, read: set[str]) -> None:
     """A job's ``<lora:NAME:WEIGHT>`` tags as its call would take them, before any image: other tags, tags
     in the negative prompt, names that are neither loaded, a shipped LoRA nor a file, and files that are
     not LoRAs of this model are refused. ``read``: the names whose files were read already (once each)."""
-    from . import lora
-    from .prompts import tagged_loras
+    from .lora import formats as lora
+    from .text.prompts import check_editing, tagged_loras
 
-    for name, weight in tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))[1]:
+    text, tags = tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))
+    check_editing(text)
+    check_editing(str(args.get("negative_prompt") or ""))
+    for name, weight in tags:
         if not math.isfinite(weight):
             raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such as "
                              f"<lora:{name}:0.8>.")

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from . import components, precision
+from . import precision
 
 
 class NonFiniteError(RuntimeError):
@@ -51,7 +51,7 @@ def decode(vae, z: torch.Tensor, *, tiled: bool = False) -> torch.Tensor:
         warnings.warn("the fp16 VAE overflowed (NaN/inf pixels, which would be a black image); it now runs in "
                       "fp32 for the rest of this pipeline's life (as A1111's --no-half-vae) and decoded again.",
                       RuntimeWarning, stacklevel=3)
-        components.cast(vae, vae.device, torch.float32)
+        precision.cast(vae, vae.device, torch.float32)
         pixels = _decode(vae, z, tiled)
         if torch.isfinite(pixels).all():
             return pixels

@@ -8,16 +8,33 @@ Measured (tests/benchmarks/bench_txt2img.py, 2-core AMD EPYC with AVX512-BF16, t
     time is per-op overhead, not arithmetic, so bf16 does not pay and fp32 stays exact.
 So on a CPU with native bf16 (AVX512-BF16 or AMX) the default is bf16 with channels_last for U-Nets at
 least ``WIDE`` channels wide (SD's are 320), fp32 otherwise; on CUDA, fp16 with channels_last. fp32
-stays exactly diffusers' arithmetic: ``dtype="fp32"`` is the parity mode.
+stays exactly diffusers' arithmetic: ``dtype="fp32"`` is the parity mode. ``Placement`` records what
+``latentgen.load`` decided (device, dtype, backend), once, with why.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
 WIDE = 192  # U-Net block_out_channels[0] from which bf16 wins on CPU (embedded: 64, SD 1.x/2.x: 320)
+DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a loaded model runs, decided once by ``latentgen.load`` from the U-Net's config, each
+    with the reason ``repr(pipe)`` shows."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dtype_why: str  # "the default here: <the rule>", or "as asked; the default here: <the rule>"
+    backend: str  # where the U-Net runs: one of latentgen.backends.runtime.BACKENDS
+    backend_why: str
 
 
 @functools.cache
@@ -40,6 +57,42 @@ def flags_have_bf16(cpuinfo: str) -> bool:
 def unet_width(unet_config: dict | None) -> int:
     """A U-Net's first block's channels (``block_out_channels[0]``); ``WIDE`` when the config is not known."""
     return (unet_config or {}).get("block_out_channels", [WIDE])[0]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, checked, or (None) CUDA when torch sees a GPU, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r} is invalid: use 'cpu', 'cuda' or 'cuda:N' (a GPU's index), or leave "
+                         f"it out to use a GPU when there is one.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} is invalid: torch {torch.__version__} sees no CUDA GPU here; use "
+                         f"device='cpu', or leave it out.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} is invalid: torch sees {torch.cuda.device_count()} GPU(s); use "
+                         f"'cuda:0' to 'cuda:{torch.cuda.device_count() - 1}'.")
+    return device
+
+
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype named as the user names it ("fp16", "bf16", "fp32", or the torch dtype), checked."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported; use one of 'fp32', 'fp16', 'bf16'.")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device,
+                  unet_config: dict | None = None) -> tuple[torch.dtype, str]:
+    """(dtype, why): the one asked for, or (None) the fastest correct one for this device and U-Net
+    (``default_dtype``: fp16 on CUDA, bf16 on CPUs with native bf16 for SD-sized U-Nets, fp32 otherwise)."""
+    default, why = default_dtype(device, unet_config)
+    chosen = default if dtype is None else as_dtype(dtype)
+    return chosen, (f"the default here: {why}" if chosen == default else f"as asked; the default here: {why}")
 
 
 def default_dtype(device: torch.device, unet_config: dict | None = None) -> tuple[torch.dtype, str]:
@@ -87,15 +140,33 @@ def dtype_of(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def describe(unet, vae) -> str:
-    """What runs and why, for ``repr(pipe)``: "bfloat16, channels_last (the default here: CPU with ...)"."""
+def describe(unet, vae, placement: Placement | None = None) -> str:
+    """What runs and why, for ``repr(pipe)``: "bfloat16, channels_last (the default here: CPU with ...)". The
+    reason is the one ``placement`` recorded at load while the U-Net keeps that dtype, else the rule's now."""
     parts = [str(unet.dtype).removeprefix("torch.")]
     if vae.dtype != unet.dtype:
         parts.append(f"VAE {str(vae.dtype).removeprefix('torch.')}")
     weight = next((p for p in unet.parameters() if p.dim() == 4), None)
     if weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
         parts.append("channels_last")
-    dtype, why = default_dtype(unet.device, dict(unet.config))
-    if dtype == unet.dtype:
-        return f"{', '.join(parts)} (the default here: {why})"
-    return f"{', '.join(parts)} (as asked; the default here: {why})"
+    if placement is not None and placement.dtype == unet.dtype:
+        return f"{', '.join(parts)} ({placement.dtype_why})"
+    return f"{', '.join(parts)} ({resolve_dtype(unet.dtype, unet.device, dict(unet.config))[1]})"
+
+
+def cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Move ``model`` to device and dtype. diffusers' ``ModelMixin.to`` warns on any dtype cast that
+    modules "should be kept in float32" even when that list is empty; its logger is quieted for
+    the cast only in that case (a model that does keep fp32 modules still gets the warning)."""
+    model.to(device)
+    if model.dtype == dtype:
+        return
+    from diffusers.utils import logging as df_logging
+
+    level = df_logging.get_verbosity()
+    if not getattr(model, "_keep_in_fp32_modules", None):
+        df_logging.set_verbosity_error()
+    try:
+        model.to(dtype)
+    finally:
+        df_logging.set_verbosity(level)

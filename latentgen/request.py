@@ -1,5 +1,6 @@
-"""What one call asks for, as typed records: the images to draw, the resolved settings, and how the
-latent loop starts. ``latentgen.pipeline`` turns them into images; ``latentgen.starts`` builds starts.
+"""What one call asks for, as typed records: the images to draw (``Draw``), the resolved settings
+(``Settings``), and how progress is reported (``Callback``, ``Progress``). ``latentgen.pipeline`` turns them
+into images; ``latentgen.starts`` builds how the loop starts.
 
 All checks here are cheap and run before any model work, so bad input fails in milliseconds with
 an error that names the parameter and the fix.
@@ -17,11 +18,13 @@ from numbers import Integral, Real
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from . import checks, prompts, schedulers
-from .presets import Defaults
+from . import checks, schedulers
+from .text import prompts
+from .models.presets import Defaults
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+MAX_GUIDANCE = 100.0  # the largest CFG scale taken (ComfyUI's bound; A1111's slider stops at 30, usual is 4-12)
 
 
 @dataclass(frozen=True)
@@ -43,26 +46,32 @@ class Settings:
     height: int
     scheduler: str | SchedulerMixin  # a sampler name from latentgen.schedulers, or an instance
     batch_size: int | None  # images per U-Net call; None: 1 on CPU (bit-exact), all on GPU
-    clip_skip: int = 1  # A1111's "Clip skip": 1 = CLIP's last layer, 2 = the one before (latentgen.prompts)
+    clip_skip: int = 1  # A1111's "Clip skip": 1 = CLIP's last layer, 2 = the one before (latentgen.text.prompts)
     prompt_syntax: str = "a1111"  # "a1111": emphasis, BREAK, 75-token chunks, <lora:...> tags; "plain": none
 
     @property
-    def cfg(self) -> bool:
+    def cfg(self) -> bool:  # classifier-free guidance on: decided here only
         return self.guidance > 1
 
-
-@dataclass
-class Start:
-    """How a chunk of B images enters the loop (``Pipeline.denoise``)."""
-
-    latents: torch.Tensor  # (B, C, h, w), noised and scaled for the sampler's first timestep
-    timesteps: torch.Tensor  # the sampler timesteps to run (all of them for txt2img)
-    condition: torch.Tensor | None = None  # (B, 5, h, w): mask + masked-image latents (9-channel U-Nets)
-    blend: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # after step i: (i, latents) -> latents
+    def batch(self, device: torch.device, images: int) -> int:
+        """Images per U-Net call: ``batch_size``, or by default 1 on CPU (each image bit-identical to its
+        one-image call) and all ``images`` at once on GPU (equal within float rounding)."""
+        return self.batch_size or (1 if device.type == "cpu" else images)
 
 
-# builds the Start of one chunk: (sampler with timesteps set, one generator per image, dtype) -> Start
-StartFn = Callable[[SchedulerMixin, list[torch.Generator], torch.dtype], Start]
+class Progress:
+    """A call's ``callback(done, total, latents)`` over its chunks: each chunk's steps counted on from the last
+    chunk's, out of all of them (every chunk runs the same number of steps)."""
+
+    def __init__(self, callback: Callback | None, chunks: int):
+        self.callback, self.chunks, self.done = callback, chunks, 0
+
+    def chunk(self, steps: int) -> Callback | None:
+        """The callback for the next chunk's loop of ``steps`` steps (None when the call has none)."""
+        if self.callback is None:
+            return None
+        base, total, self.done = self.done, steps * self.chunks, self.done + steps
+        return lambda i, _steps, latents: self.callback(base + i, total, latents)
 
 
 def as_prompts(prompt, name: str) -> list[str]:
@@ -92,8 +101,9 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
     The scheduler falls back to the defaults' sampler name, then to the model's own scheduler."""
     steps = checks.whole("steps", defaults.steps if steps is None else steps, 1,
                          "use a whole number of denoising steps >= 1, such as steps=20")
-    guidance = checks.number("guidance", defaults.guidance if guidance is None else guidance,
-                             fix="use a finite number such as 7.5 (<= 1 turns classifier-free guidance off)")
+    guidance = checks.number("guidance", defaults.guidance if guidance is None else guidance, minimum=0,
+                             maximum=MAX_GUIDANCE, fix=f"use a finite number from 0 to {MAX_GUIDANCE:g}, such as 7.5 (<= 1 "
+                                                       f"turns classifier-free guidance off)")
     width = _size("width", defaults.width if width is None else width, vae_scale_factor)
     height = _size("height", defaults.height if height is None else height, vae_scale_factor)
     checks.whole("num_images", num_images, 1, "ask for at least one image, such as num_images=1")
@@ -126,8 +136,9 @@ def seeds(seed, count: int) -> int:
     return int(seed)
 
 
-def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) -> list[Draw]:
-    """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``."""
+def draws(prompt, negative_prompt, num_images: int, seed: int, s: Settings) -> list[Draw]:
+    """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``. Without CFG
+    (``s.cfg`` false) a draw has no negative prompt."""
     texts = as_prompts(prompt, "prompt")
     negatives = [""] if negative_prompt is None else as_prompts(negative_prompt, "negative_prompt")
     if len(negatives) == 1:
@@ -135,9 +146,9 @@ def draws(prompt, negative_prompt, num_images: int, seed: int, guidance: float) 
     if len(negatives) != len(texts):
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {len(texts)} prompts; "
                          f"pass one negative prompt, or one per prompt.")
-    if negative_prompt is not None and guidance <= 1:
-        warnings.warn(f"negative_prompt has no effect with guidance={guidance} <= 1.")
-    pairs = [(p, n if guidance > 1 else None) for p, n in zip(texts, negatives) for _ in range(num_images)]
+    if negative_prompt is not None and not s.cfg:
+        warnings.warn(f"negative_prompt has no effect with guidance={s.guidance} <= 1.")
+    pairs = [(p, n if s.cfg else None) for p, n in zip(texts, negatives) for _ in range(num_images)]
     seed = seeds(seed, len(pairs))  # every prompt's images
     return [Draw(p, n, seed + i) for i, (p, n) in enumerate(pairs)]
 
@@ -163,3 +174,14 @@ def strength(value) -> float:
     return checks.number("strength", value, minimum=0, maximum=1,
                          fix="use a number in [0, 1] (0 keeps the image, 1 repaints it from pure noise), "
                              "such as strength=0.6")
+
+
+def inpaint_options(defaults: Defaults, mask_blur, latent_mask: str, variant: str) -> float:
+    """``Pipeline.inpaint``'s own options, checked; returns the mask blur (None: the model's ``defaults``)."""
+    checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
+    checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
+    if mask_blur is None:  # the model's own; a bad one is named as the model's setting
+        mask_blur = checks.number("defaults.mask_blur", defaults.mask_blur, minimum=0,
+                                  fix="set mask_blur >= 0 in the model's latentgen.json or preset")
+    checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
+    return mask_blur  # as given: the PNG says "Mask blur: 4", not 4.0

@@ -129,3 +129,10 @@ def label(scheduler: SchedulerMixin) -> str:
         if type(scheduler) is s.cls and all(scheduler.config.get(k) == v for k, v in s.options.items()):
             return s.label
     return type(scheduler).__name__
+
+
+def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict:
+    """What ``scheduler.step`` takes beside (model output, t, latents): eta 0 where it has one (DDIM's
+    deterministic sampler) and the images' generators where it draws fresh noise each step (ancestral, SDE)."""
+    params = inspect.signature(scheduler.step).parameters
+    return {**({"eta": 0.0} if "eta" in params else {}), **({"generator": generators} if "generator" in params else {})}

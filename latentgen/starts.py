@@ -1,14 +1,15 @@
 """How the latent loop starts: from noise (txt2img), from an image (img2img), from an image and a mask
-(inpainting). Each is a pure function ``(sampler, generators, dtype, ...) -> Start``; the pipeline
-binds the inputs with ``functools.partial`` and runs the same loop (``Pipeline.denoise``) on it.
+(inpainting: two builders, one per kind of U-Net). Each is a pure function ``(sampler, generators, dtype,
+...) -> Start``; the pipeline binds the inputs with ``functools.partial`` and runs the same loop
+(``Pipeline.denoise``) on it. A ``Start`` carries the loop's per-step extension points (``Hooks``).
 
 img2img (SDEdit, Meng et al. 2021, https://arxiv.org/abs/2108.01073): encode the image to latents
 z0 (B, 4, h, w), noise them to the timestep that ``strength`` picks, denoise the last
 ``int(steps * strength)`` steps (PLMS: one more, as in diffusers); when that is 0, z0 itself is
 decoded: the VAE reconstruction, for every sampler. Inpainting adds a mask (1 repaint, 0 keep):
-  - 4-channel U-Nets: after every step the known region is replaced by z0 noised to the next
-    timestep (RePaint-style blending, as diffusers and A1111 do);
-  - 9-channel inpainting U-Nets (SD 1.5/2 inpainting): the U-Net input is
+  - 4-channel U-Nets (``inpaint_blend``): after every step the known region is replaced by z0 noised to
+    the next timestep (RePaint-style blending, as diffusers and A1111 do);
+  - 9-channel inpainting U-Nets (``inpaint_input``, SD 1.5/2 inpainting): the U-Net input is
     cat(latents (4), mask at latent size (1), latents of the masked image (4)).
 
 Random draws per image (its own generator) follow diffusers' reference pipelines with one
@@ -19,13 +20,48 @@ the image (4-channel, or strength < 1), noise, then the latent sample of the mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import precision
-from .request import Start
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The denoising loop's named extension points, each called once per step i (None: not used). A feature
+    that enters the loop fills one of these; it does not add a parameter to ``Pipeline.denoise``.
+
+    context: (i, context) -> the text context for step i, (2B or B, 77 * k, D) as given ([uncond; cond]
+        under CFG): conditioning that changes by step (A1111's prompt editing and alternation).
+    unet_inputs: (i, x, t, context) -> extra keyword inputs of the U-Net call at step i, x (2B or B, C, h, w)
+        as the U-Net gets it: per-step inputs such as ControlNet's residuals (``down_block_additional_residuals``,
+        ``mid_block_additional_residual``). Such a call runs the torch U-Net (converted graphs take x, t, context).
+    after_step: (i, latents) -> latents after the sampler's step i: inpainting's known region put back.
+    """
+
+    context: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    unet_inputs: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], dict] | None = None
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """How a chunk of B images enters the loop (``Pipeline.denoise``), and what the loop adds at each step."""
+
+    latents: torch.Tensor  # (B, C, h, w), noised and scaled for the sampler's first timestep
+    timesteps: torch.Tensor  # the sampler timesteps to run (all of them for txt2img)
+    c_concat: torch.Tensor | None = None  # (B, c, h, w) extra U-Net input channels (9-channel: mask + masked image)
+    hooks: Hooks = field(default_factory=Hooks)
+
+
+# builds the Start of one chunk: (sampler with timesteps set, one generator per image, dtype) -> Start
+StartFn = Callable[[SchedulerMixin, list[torch.Generator], torch.dtype], Start]
 
 
 def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
@@ -78,10 +114,14 @@ def _parts_outside(hole: np.ndarray, in_cells: np.ndarray) -> np.ndarray:
     return hole & ~kept[labels]
 
 
+def _noise(generators, shape: tuple[int, int, int], device, dtype) -> torch.Tensor:
+    """One draw of noise (B, *shape) per generator, as diffusers' ``randn_tensor`` makes it."""
+    return randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=dtype)
+
+
 def from_noise(sched, generators, dtype, *, shape: tuple[int, int, int], device) -> Start:
     """txt2img: pure noise (B, C, h, w) scaled to the sampler's first sigma; ``shape`` is (C, h, w)."""
-    noise = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=dtype)
-    return Start(noise * sched.init_noise_sigma, sched.timesteps)
+    return Start(_noise(generators, shape, device, dtype) * sched.init_noise_sigma, sched.timesteps)
 
 
 def from_image(sched, generators, dtype, *, vae, pixels: torch.Tensor, steps: int, strength: float) -> Start:
@@ -94,28 +134,43 @@ def from_image(sched, generators, dtype, *, vae, pixels: torch.Tensor, steps: in
     return Start(sched.add_noise(z0, noise, timesteps[:1].repeat(len(generators))), timesteps)
 
 
-def for_inpainting(sched, generators, dtype, *, vae, pixels: torch.Tensor, masked: torch.Tensor,
-                   mask_lat: torch.Tensor, nine: bool, steps: int, strength: float) -> Start:
-    """Inpainting: ``pixels`` (1, 3, H, W), ``masked`` the same with the hole blanked, ``mask_lat``
-    (1, 1, h, w) with 1 = repaint. ``nine``: the U-Net takes mask + masked-image latents as input."""
+def inpaint_blend(sched, generators, dtype, *, vae, pixels: torch.Tensor, mask_lat: torch.Tensor, steps: int,
+                  strength: float) -> Start:
+    """Inpainting with a 4-channel U-Net: ``pixels`` (1, 3, H, W) in [-1, 1], ``mask_lat`` (1, 1, h, w) with
+    1 = repaint. After every step the known region (mask 0) is put back as the image's latents z0 noised to
+    the next step's timestep, so only the hole is drawn; the last step puts back z0 itself."""
+    timesteps = strength_timesteps(sched, steps, strength)
+    z0 = latent_samples(vae, pixels, generators, dtype)  # (B, 4, h, w)
+    c, (h, w) = vae.config.latent_channels, mask_lat.shape[-2:]
+    noise = _noise(generators, (c, h, w), mask_lat.device, dtype)
+    for g in generators:  # diffusers' masked-image latent draw, unused here; made so later sampler noise lines up
+        randn_tensor((c, h, w), generator=g, device=vae.device, dtype=vae.dtype)
+    if len(timesteps) == 0:  # strength 0: the reconstruction
+        return Start(z0, timesteps)
+    hole = mask_lat.to(dtype).expand(len(generators), -1, -1, -1)  # (B, 1, h, w)
+
+    def put_back_known(i: int, latents: torch.Tensor) -> torch.Tensor:
+        known = z0 if i == len(timesteps) - 1 else sched.add_noise(z0, noise, torch.tensor([timesteps[i + 1]]))
+        return (1 - hole) * known + hole * latents
+
+    full = strength == 1.0
+    first = noise * sched.init_noise_sigma if full else sched.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))
+    return Start(first, timesteps, hooks=Hooks(after_step=put_back_known))
+
+
+def inpaint_input(sched, generators, dtype, *, vae, pixels: torch.Tensor, masked: torch.Tensor,
+                  mask_lat: torch.Tensor, steps: int, strength: float) -> Start:
+    """Inpainting with a 9-channel inpainting U-Net: ``pixels`` (1, 3, H, W), ``masked`` the same with the hole
+    blanked, ``mask_lat`` (1, 1, h, w) with 1 = repaint. The U-Net sees the mask and the masked image's latents
+    beside the latents at every step (``Start.c_concat``, (B, 1 + 4, h, w)); at strength 1 it starts from noise."""
     timesteps = strength_timesteps(sched, steps, strength)
     full = strength == 1.0 and len(timesteps) > 0
-    z0 = latent_samples(vae, pixels, generators, dtype) if (not nine or not full) else None
-    b, (h, w) = len(generators), mask_lat.shape[-2:]
-    noise = randn_tensor((b, vae.config.latent_channels, h, w), generator=generators, device=mask_lat.device,
-                         dtype=dtype)
-    m_lat = mask_lat.to(dtype).expand(b, -1, -1, -1)  # (B, 1, h, w)
-    condition = blend = None
-    if nine:
-        condition = torch.cat([m_lat, latent_samples(vae, masked, generators, dtype)], dim=1)  # (B, 5, h, w)
-    else:
-        for g in generators:  # diffusers' masked-image latent draw, unused by 4-channel U-Nets
-            randn_tensor((vae.config.latent_channels, h, w), generator=g, device=vae.device, dtype=vae.dtype)
-
-        def blend(i: int, latents: torch.Tensor) -> torch.Tensor:  # known region := z0 noised to step i + 1
-            known = z0 if i == len(timesteps) - 1 else sched.add_noise(z0, noise, torch.tensor([timesteps[i + 1]]))
-            return (1 - m_lat) * known + m_lat * latents
-    if len(timesteps) == 0:
-        return Start(z0 if z0 is not None else latent_samples(vae, pixels, generators, dtype), timesteps)
-    latents = noise * sched.init_noise_sigma if full else sched.add_noise(z0, noise, timesteps[:1].repeat(b))
-    return Start(latents, timesteps, condition=condition, blend=blend)
+    z0 = None if full else latent_samples(vae, pixels, generators, dtype)  # (B, 4, h, w)
+    c, (h, w) = vae.config.latent_channels, mask_lat.shape[-2:]
+    noise = _noise(generators, (c, h, w), mask_lat.device, dtype)
+    hole = mask_lat.to(dtype).expand(len(generators), -1, -1, -1)  # (B, 1, h, w)
+    c_concat = torch.cat([hole, latent_samples(vae, masked, generators, dtype)], dim=1)  # (B, 5, h, w)
+    if len(timesteps) == 0:  # strength 0: the reconstruction
+        return Start(z0, timesteps)
+    first = noise * sched.init_noise_sigma if full else sched.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))
+    return Start(first, timesteps, c_concat=c_concat)

@@ -28,9 +28,9 @@ from PIL import Image  # noqa: E402
 def tiny_folder(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
-    from latentgen import components
+    from latentgen.models import components, loading
 
-    c = components.load("tiny-random")  # seeded random weights
+    c = loading.load_components("tiny-random")  # seeded random weights
     folder = tmp_path_factory.mktemp("tiny-sd")
     StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
                             scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
@@ -93,7 +93,7 @@ def mask(size=64):
 
 def random_lora(pipe, seed=0, rank=4, alpha=2.0, text=True, magnitude=0.3):
     """A random LoRA on the U-Net's attention projections (and the text encoder's)."""
-    from latentgen import lora as lora_io
+    from latentgen.lora import formats as lora_io
 
     g = torch.Generator().manual_seed(seed)
     out = lora_io.Lora(metadata={"ss_output_name": "random"})
@@ -119,7 +119,7 @@ def fresh(tiny_folder):
 @pytest.fixture
 def lora_files(tiny_folder, tmp_path):
     import latentgen
-    from latentgen import lora as lora_io
+    from latentgen.lora import formats as lora_io
 
     lora = random_lora(latentgen.load(tiny_folder))
     return (lora_io.save(lora, tmp_path / "a.safetensors", "diffusers"),

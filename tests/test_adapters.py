@@ -1,4 +1,4 @@
-"""latentgen.adapters: LoRAs applied to a pipeline; both file layouts and diffusers' load_lora_weights
+"""latentgen.lora.adapters: LoRAs applied to a pipeline; both file layouts and diffusers' load_lora_weights
 draw the same images; scales, several LoRAs, fuse/unfuse/unload restore the weights bit for bit."""
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import latentgen
 from conftest import max_diff as _max_diff
 from conftest import random_lora
-from latentgen import lora as lora_io
+from latentgen.lora import formats as lora_io
 
 
 def test_kohya_and_diffusers_layouts_give_the_same_images(tiny_folder, lora_files):

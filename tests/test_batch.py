@@ -257,7 +257,7 @@ def test_an_error_while_drawing_names_the_job(embedded, tmp_path, monkeypatch):
 
 def test_tagged_loras_are_read_once_before_drawing_and_one_of_another_model_is_refused(embedded, tmp_path,
                                                                                        lora_files, monkeypatch):
-    from latentgen import lora
+    from latentgen.lora import formats as lora
 
     reads = []
     real = lora.read

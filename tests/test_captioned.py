@@ -1,8 +1,8 @@
-"""latentgen.captioned: captioned image folders (.txt sidecars or a metadata.jsonl)."""
+"""latentgen.training.captioned: captioned image folders (.txt sidecars or a metadata.jsonl)."""
 
 import json
 
-from latentgen import captioned
+from latentgen.training import captioned
 
 
 def test_reads_sidecars_and_metadata_jsonl(tmp_path, data):

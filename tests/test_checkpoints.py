@@ -1,8 +1,8 @@
-"""Single-file checkpoints (latentgen.checkpoints, latentgen.single_file, latentgen.ldm): SD 1.x files
+"""Single-file checkpoints (latentgen.models.checkpoints, latentgen.models.single_file, latentgen.models.ldm): SD 1.x files
 written in the LDM layout from diffusers folders load to the same images, through every file format
 and key layout people have; what is not SD 1.x/2.x, unsafe or damaged is refused by name; export.
 
-Files are written with latentgen.ldm's names, which diffusers' own readers (convert_ldm_*) invert
+Files are written with latentgen.models.ldm's names, which diffusers' own readers (convert_ldm_*) invert
 exactly (test_layout_is_what_diffusers_reads) and diffusers' from_single_file loads to the same images."""
 
 import os
@@ -15,8 +15,8 @@ from conftest import max_diff
 from safetensors.torch import load_file, save_file
 
 import latentgen
-from latentgen import checkpoints, components, ldm, ldm_export
-from latentgen.presets import load_preset
+from latentgen.models import checkpoints, components, export as ldm_export, ldm, loading
+from latentgen.models.presets import load_preset
 
 ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim")
 
@@ -36,7 +36,7 @@ def ldm_file(c, path, *, flat_clip=False, extra=None, fmt="safetensors"):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_folder):
-    return components.load(tiny_folder)
+    return loading.load_components(tiny_folder)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def tiny_file(tiny, tmp_path_factory):
 def test_layout_is_what_diffusers_reads(tiny):
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    for c in (tiny, components.load(None)):  # tiny-random and the embedded model's architectures
+    for c in (tiny, loading.load_components(None)):  # tiny-random and the embedded model's architectures
         unet, vae = c.unet.state_dict(), c.vae.state_dict()
         back = convert_ldm_unet_checkpoint(ldm.unet_to_ldm(unet, c.unet.config), dict(c.unet.config))
         assert back.keys() == unet.keys() and all(torch.equal(back[k], unet[k]) for k in unet)
@@ -84,7 +84,7 @@ def test_both_clip_key_layouts(tiny, tmp_path):
 def test_inpainting_file(tmp_path):
     from diffusers import UNet2DConditionModel
 
-    c = components.load("tiny-random")
+    c = loading.load_components("tiny-random")
     torch.manual_seed(1)
     c = replace(c, unet=UNet2DConditionModel.from_config({**c.unet.config, "in_channels": 9}).eval())
     single = latentgen.load(ldm_file(c, tmp_path / "inpaint.safetensors"))
@@ -98,7 +98,7 @@ def test_inpainting_file(tmp_path):
 
 
 def test_embedded_model_file(tmp_path):
-    path = ldm_file(components.load(None), tmp_path / "embedded.safetensors")
+    path = ldm_file(loading.load_components(None), tmp_path / "embedded.safetensors")
     single, default = latentgen.load(path), latentgen.load()
     assert single.vae.config.scaling_factor == default.vae.config.scaling_factor != 0.18215  # the trained folder's
     prompt = "a red circle on a blue background"

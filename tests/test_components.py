@@ -1,4 +1,4 @@
-"""latentgen.components: loading names what is missing or does not fit, and prints nothing unless
+"""latentgen.models.components: loading names what is missing or does not fit, and prints nothing unless
 something is wrong."""
 
 import json
@@ -10,7 +10,8 @@ import sys
 import pytest
 
 import latentgen
-from latentgen import components
+from latentgen import precision
+from latentgen.models import components
 
 
 def test_missing_folder():
@@ -60,7 +61,7 @@ def test_parts_that_do_not_fit(tiny_folder, tmp_path, part, change, message):
 
 def test_bad_dtype():
     with pytest.raises(ValueError, match="dtype='fp8' is not supported"):
-        components.resolve_dtype("fp8", components.resolve_device("cpu"))
+        precision.as_dtype("fp8")
 
 
 def _quiet_run(code):

@@ -1,4 +1,4 @@
-"""latentgen.embeddings: textual-inversion files in A1111's .pt and .safetensors layouts and diffusers'
+"""latentgen.text.embeddings: textual-inversion files in A1111's .pt and .safetensors layouts and diffusers'
 learned_embeds, loaded as new words (n vectors each) that change the image; other prompts unchanged,
 bit for bit; TI hashes in the PNG metadata; clear errors for bad files."""
 
@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import max_diff
-from latentgen import embeddings, prompts
+from latentgen.text import embeddings, prompts
 
 WIDTH = 32  # the tiny model's text-encoder width
 

@@ -1,4 +1,4 @@
-"""latentgen.finetune: finetune-lora on the tiny model: bad input, determinism, exact resume, 2 processes,
+"""latentgen.training.finetune: finetune-lora on the tiny model: bad input, determinism, exact resume, 2 processes,
 mixed precision, prior preservation."""
 
 import json
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentgen import captioned, finetune, train
-from latentgen import lora as lora_io
-from latentgen.finetune import LoraTrainConfig
+from latentgen.training import captioned, finetune, loop as train
+from latentgen.lora import formats as lora_io
+from latentgen.training.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
 

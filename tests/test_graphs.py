@@ -11,26 +11,26 @@ import pytest
 import torch
 
 import latentgen
-from latentgen import graphs, runtime
+from latentgen.backends import cudagraph, runtime
 
 
 def test_the_graphed_unet_is_kept_per_weight_layout_and_a_lora_runs_the_module(tiny_folder, lora_files):
     pipe = latentgen.load(tiny_folder, backend="torch")
     rt, unet = runtime.Runtime("cudagraph", "as asked"), pipe.unet
     g = rt._graph(unet)
-    assert isinstance(g, graphs.Graphed) and g.unet is unet and g.fn is unet
+    assert isinstance(g, cudagraph.Graphed) and g.unet is unet and g.fn is unet
     assert rt._graph(unet) is g  # same parameters, same places: the same graphs
     with torch.no_grad():
         unet.conv_out.bias.add_(1.0)  # in place: a replay reads the new values, nothing to record again
     assert rt._graph(unet) is g
     unet.to(torch.float64)  # new storage (and dtype): the graphs' addresses are stale
     moved = rt._graph(unet)
-    assert moved is not g and isinstance(moved, graphs.Graphed)
+    assert moved is not g and isinstance(moved, cudagraph.Graphed)
     unet.to(torch.float32)
     pipe.load_lora(lora_files[0], name="a", scale=0.5)
     assert rt._graph(unet) is unet  # peft's scales are Python numbers a graph would freeze: eager
     pipe.unload_lora()
-    assert isinstance(rt._graph(unet), graphs.Graphed)
+    assert isinstance(rt._graph(unet), cudagraph.Graphed)
     assert runtime.Runtime("compile")._graph(unet).fn is not unet  # torch.compile's module, recorded on first call
 
 
@@ -38,7 +38,7 @@ def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):
     pipe = latentgen.load(tiny_folder, backend="torch")
     rt = runtime.Runtime("cudagraph", "as asked")
     assert rt.for_unet(pipe.unet) is pipe.unet  # a CPU U-Net: nothing to record
-    g = graphs.Graphed(copy.deepcopy(pipe.unet))
+    g = cudagraph.Graphed(copy.deepcopy(pipe.unet))
     x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
     with torch.no_grad():
         want = pipe.unet(x, torch.tensor(500), encoder_hidden_states=c).sample
@@ -58,7 +58,7 @@ def _replay_warns(g, unet, message: str):
 
 def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
-    g = graphs.Graphed(pipe.unet, compile=True)
+    g = cudagraph.Graphed(pipe.unet, compile=True)
     assert g.fn is not pipe.unet  # torch.compile's wrapper (it compiles on its first call)
     g.fn = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no Triton here"))  # what a failed compile raises
 
@@ -78,7 +78,7 @@ def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(t
 
 def test_a_graph_that_cannot_be_recorded_runs_the_module_with_a_warning(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
-    g = graphs.Graphed(pipe.unet)
+    g = cudagraph.Graphed(pipe.unet)
     monkeypatch.setattr(g, "record", lambda x, c: (_ for _ in ()).throw(RuntimeError("operation not permitted")))
     _replay_warns(g, pipe.unet, r"could not be recorded as a CUDA graph \(RuntimeError: operation not permitted\); "
                                 r"it runs eagerly")

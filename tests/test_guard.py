@@ -20,9 +20,12 @@ def test_a_unet_that_makes_nans_raises_instead_of_a_black_image(fresh):
         fresh.generate(PROMPT, steps=2)
 
 
-def test_extreme_guidance_is_named_as_the_cause(fresh):
-    with pytest.raises(guard.NonFiniteError, match=r"guidance=1e\+30 may be too high"):
-        fresh.generate(PROMPT, steps=2, guidance=1e30)
+def test_absurd_guidance_is_refused_before_any_nan_and_high_guidance_is_named_as_a_cause(fresh):
+    with pytest.raises(ValueError, match=r"guidance=1e\+30 is invalid: use a finite number from 0 to 100"):
+        fresh.generate(PROMPT, steps=2, guidance=1e30)  # up front, not a NaN error blaming the weights
+    nan = torch.full((1, 4, 8, 8), float("nan"))
+    with pytest.raises(guard.NonFiniteError, match=r"guidance=95 may be too high"):
+        guard.check_latents(nan, guidance=95, loras=[], dtype=torch.float32)
 
 
 def test_a_broken_lora_is_named(fresh, lora_files):

@@ -48,7 +48,7 @@ def _graph():
 
 def test_the_graph_sees_the_imports():
     g = _graph()
-    assert "latentgen.pipeline" in g["latentgen"] and "latentgen.train" in g["latentgen.finetune"]
+    assert "latentgen.pipeline" in g["latentgen"] and "latentgen.training.loop" in g["latentgen.training.finetune"]
 
 
 def _cycles(g):

@@ -1,4 +1,4 @@
-"""Files written by diffusers' conversion script from a model not shaped as SD (latentgen.ldm_script).
+"""Files written by diffusers' conversion script from a model not shaped as SD (latentgen.models.ldm_script).
 
 The script is not in diffusers' wheel, so CI replays the names it wrote (tests/data/
 diffusers_script_names.json, recorded by ``check_diffusers_conversion.py --record-names`` from a model
@@ -15,7 +15,7 @@ from conftest import max_diff
 from safetensors.torch import save_file
 
 import latentgen
-from latentgen import checkpoints, components, ldm, ldm_export, ldm_script
+from latentgen.models import checkpoints, components, ldm, export as ldm_export, ldm_script
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
 from check_diffusers_conversion import embedded_shaped, save_folder  # noqa: E402

@@ -1,4 +1,4 @@
-"""latentgen.lora: the two file layouts (diffusers/peft and kohya) and their keys; unknown keys are
+"""latentgen.lora.formats: the two file layouts (diffusers/peft and kohya) and their keys; unknown keys are
 reported, LoRAs of other architectures and foreign files refused."""
 
 import warnings

@@ -50,7 +50,7 @@ def test_prompt_list_images_follow_their_seed(pipe):
 
 
 def test_an_image_does_not_depend_on_a_longer_prompt_in_its_batch():
-    """README: the same seed draws the same image whatever the batch. A prompt of 2 chunks (over 75
+    """docs/api.md: the same seed draws the same image whatever the batch. A prompt of 2 chunks (over 75
     tokens) beside a short one pads neither the short one's cond nor its uncond; on the embedded model."""
     import latentgen
 
@@ -102,3 +102,64 @@ def test_parameters_travel_with_the_image(pipe):
     assert im.info["parameters"].splitlines() == [
         "a cat", "Negative prompt: dog",
         f"Steps: 2, Sampler: Euler a, CFG scale: 4.0, Seed: 6, Size: 64x64, Model: {pipe.name}"]
+
+
+# -- the loop's named extension points (latentgen.starts.Hooks) ------------------------------------------
+def _with_hooks(pipe, **hooks):
+    """txt2img's start with ``hooks`` added: what a feature entering the loop (prompt editing, ControlNet) builds."""
+    from dataclasses import replace
+    from functools import partial
+
+    from latentgen import starts
+
+    f = pipe.vae_scale_factor
+    plain = partial(starts.from_noise, shape=(pipe.vae.config.latent_channels, 64 // f, 64 // f), device=pipe.device)
+    return lambda sched, generators, dtype: replace(plain(sched, generators, dtype), hooks=starts.Hooks(**hooks))
+
+
+def _draw(pipe, start, prompt="a cat", seed=5):
+    from latentgen import request
+
+    s = pipe.settings(steps=3, guidance=6.0, width=64, height=64, seed=seed)
+    return pipe.sample(request.draws(prompt, None, 1, seed, s), s, start)
+
+
+def test_a_context_hook_changes_the_text_by_step(pipe):
+    dog = torch.cat([pipe.encode_prompt(""), pipe.encode_prompt("a dog")])  # (2, 77, D): [uncond; cond]
+    as_dog = _draw(pipe, _with_hooks(pipe, context=lambda i, context: dog))
+    dog_image = pipe.generate("a dog", seed=5, steps=3, guidance=6.0, width=64, height=64)
+    assert _max_diff(as_dog, dog_image) == 0  # the hook's context is what the U-Net saw, at every step
+    switched = _draw(pipe, _with_hooks(pipe, context=lambda i, context: dog if i >= 1 else context))
+    cat_image = pipe.generate("a cat", seed=5, steps=3, guidance=6.0, width=64, height=64)
+    assert _max_diff(switched, dog_image) > 0 and _max_diff(switched, cat_image) > 0  # A1111's [cat:dog:1]
+
+
+def test_unet_inputs_reach_the_unet_at_every_step(pipe):
+    seen, mids = [], {}
+    hook = pipe.unet.mid_block.register_forward_hook(lambda m, a, out: mids.setdefault("shape", out.shape))
+    try:
+        cat = pipe.generate("a cat", seed=5, steps=3, guidance=6.0, width=64, height=64)
+    finally:
+        hook.remove()
+
+    def residual(value):
+        def unet_inputs(i, x, t, context):
+            seen.append((i, x.shape[0], context.shape[0]))
+            return {"mid_block_additional_residual": torch.full(mids["shape"], value)}  # ControlNet's kind of input
+        return unet_inputs
+
+    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=residual(0.0))), cat) == 0
+    assert seen == [(0, 2, 2), (1, 2, 2), (2, 2, 2)]  # each step, with CFG's two halves
+    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=residual(0.5))), cat) > 0
+
+
+def test_after_step_sees_every_step_and_its_latents_go_on(pipe):
+    steps = []
+
+    def after_step(i, latents):
+        steps.append(i)
+        return torch.zeros_like(latents) if i == 2 else latents
+    zeroed = _draw(pipe, _with_hooks(pipe, after_step=after_step))
+    assert steps == [0, 1, 2]
+    h = 64 // pipe.vae_scale_factor
+    assert _max_diff(zeroed, pipe.decode(torch.zeros(1, pipe.vae.config.latent_channels, h, h))) == 0  # the hook's

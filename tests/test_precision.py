@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import latentgen
-from latentgen import components, precision
+from latentgen import precision
 
 SD = {"block_out_channels": [320, 640, 1280, 1280]}
 SMALL = {"block_out_channels": [64, 128]}
@@ -40,9 +40,9 @@ def test_the_cpu_flags_are_read(flags, has):
 
 
 def test_an_explicit_dtype_wins_and_fp32_keeps_diffusers_layout(bf16_cpu):
-    assert components.resolve_dtype("fp32", torch.device("cpu"), SD) == torch.float32
-    assert components.resolve_dtype(None, torch.device("cpu"), SD) == torch.bfloat16
-    assert components.resolve_dtype(None, torch.device("cpu"), SMALL) == torch.float32
+    assert precision.resolve_dtype("fp32", torch.device("cpu"), SD)[0] == torch.float32
+    assert precision.resolve_dtype(None, torch.device("cpu"), SD)[0] == torch.bfloat16
+    assert precision.resolve_dtype(None, torch.device("cpu"), SMALL)[0] == torch.float32
     assert not precision.wants_channels_last(torch.device("cpu"), torch.float32)
 
 

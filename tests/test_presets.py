@@ -1,7 +1,7 @@
 import pytest
 
-from latentgen import components
-from latentgen.presets import Defaults, data_dir, list_presets, load_preset
+from latentgen.models import components, loading
+from latentgen.models.presets import Defaults, data_dir, list_presets, load_preset
 
 
 def test_presets_ship_and_fit():
@@ -30,7 +30,7 @@ def test_unknown_default_is_rejected():
 
 
 def test_preset_builds_with_seeded_random_weights():
-    a = components.load("tiny-random")
-    b = components.load("tiny-random")
+    a = loading.load_components("tiny-random")
+    b = loading.load_components("tiny-random")
     assert all((x == y).all() for x, y in zip(a.unet.parameters(), b.unet.parameters()))
     assert a.vae_scale_factor == 2 and a.dtype.is_floating_point

@@ -1,4 +1,4 @@
-"""latentgen.prompts: A1111's emphasis parsing, <lora:...> tags, 75-token chunks (commas, BREAK, padding
+"""latentgen.text.prompts: A1111's emphasis parsing, <lora:...> tags, 75-token chunks (commas, BREAK, padding
 ids of SD 1 and SD 2 tokenizers), weighting, clip skip (= diffusers' clip_skip - 1), and the pipeline's
 use of them: long prompts keep their tail, plain prompts stay bit-identical, metadata, LoRA tags."""
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import max_diff
-from latentgen import prompts
-from latentgen.prompts import BREAK, parse
+from latentgen.text import prompts
+from latentgen.text.prompts import BREAK, parse
 
 B = BREAK
 
@@ -86,7 +86,7 @@ def sd2_tok():
     """The same BPE with SD 2's padding token ("!", id 0), as diffusers' SD 2 tokenizer."""
     from transformers import CLIPTokenizer
 
-    from latentgen.presets import data_dir
+    from latentgen.models.presets import data_dir
 
     return CLIPTokenizer.from_pretrained(data_dir("pipelines") / "tokenizers" / "clip-vit-large-patch14",
                                          pad_token="!")

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from latentgen import components
-from latentgen.presets import load_preset
+from latentgen.models import components
+from latentgen.models.presets import load_preset
 
 
 @pytest.fixture()
@@ -14,7 +14,7 @@ def no_model_work(pipe, monkeypatch):
     """Fail the test if the text encoder or U-Net would run."""
     def boom(*a, **k):
         raise AssertionError("model work started before the input was checked")
-    monkeypatch.setattr(pipe, "encode_prompt", boom)
+    monkeypatch.setattr(pipe.text_encoder, "forward", boom)
     monkeypatch.setattr(pipe, "denoise", boom)
     return pipe
 
@@ -31,6 +31,9 @@ def test_prompt_must_be_text(no_model_work, prompt):
     ({"guidance": math.nan}, r"guidance=nan .*finite"),
     ({"guidance": math.inf}, r"guidance=inf .*finite"),
     ({"guidance": "7"}, r"guidance='7'"),
+    ({"guidance": 1e30}, r"guidance=1e\+30 is invalid: use a finite number from 0 to 100, such as 7.5"),
+    ({"guidance": 100.5}, r"guidance=100.5 is invalid: use a finite number from 0 to 100"),
+    ({"guidance": -2}, r"guidance=-2 is invalid: use a finite number from 0 to 100"),
     ({"width": 63}, r"width=63 .*multiple of 2"),
     ({"height": 0}, r"height=0 .*positive multiple"),
     ({"width": -8}, r"width=-8"),

@@ -73,7 +73,7 @@ def test_the_name_sets_the_sigma_schedule_not_the_models_config(pipe, schedule):
 def test_the_presets_default_samplers_are_diffusers_own(preset):
     """The scheduler a preset's default sampler builds is what diffusers builds from the preset's config:
     the options latentgen sets change nothing there, so the parity of a preset's default holds."""
-    from latentgen.presets import load_preset
+    from latentgen.models.presets import load_preset
 
     p = load_preset(preset)
     ours = schedulers.make(p.defaults.scheduler, p.scheduler)

@@ -9,8 +9,9 @@ from conftest import max_diff
 from safetensors.torch import save_file
 
 import latentgen
-from latentgen import checkpoints, components, ldm, ldm_export, prediction, schedulers
-from latentgen.presets import load_preset
+from latentgen.models import checkpoints, components, export as ldm_export, ldm, loading, prediction
+from latentgen import schedulers
+from latentgen.models.presets import load_preset
 
 ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim")
 PREDICTIONS = ("epsilon", "v_prediction")
@@ -142,7 +143,7 @@ def test_diffusers_from_single_file_agrees(folders, tmp_path):
 def test_prediction_type_sources(folders, tmp_path):
     path = sd2_file(folders["epsilon"][0], tmp_path / "m.safetensors")
     kind = lambda **kw: latentgen.load(path, **kw).scheduler.config.prediction_type  # noqa: E731
-    assert kind() == "v_prediction"  # random weights read as v (see latentgen.prediction)
+    assert kind() == "v_prediction"  # random weights read as v (see latentgen.models.prediction)
     path.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: eps\n")
     assert kind() == "epsilon"
     path.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n    scale_factor: 0.5\n')
@@ -174,7 +175,7 @@ class _Ideal(torch.nn.Module):
 def test_detection():
     assert prediction.detect(_Ideal("epsilon")) == "epsilon"
     assert prediction.detect(_Ideal("v_prediction")) == "v_prediction"
-    assert prediction.detect(components.load(None).unet) == "epsilon"  # the embedded model, trained on epsilon
+    assert prediction.detect(loading.load_components(None).unet) == "epsilon"  # the embedded model, trained on epsilon
 
 
 def test_heads_that_no_rule_gives_need_the_yaml(tmp_path):

@@ -1,9 +1,9 @@
-"""latentgen.train: the weighted diffusion loss, caption dropout, VAE posterior draws and per-step
+"""latentgen.training.loop: the weighted diffusion loss, caption dropout, VAE posterior draws and per-step
 generators, each a pure function of its seeds (so a resumed run draws what the uninterrupted one did)."""
 
 import torch
 
-from latentgen import train
+from latentgen.training import loop as train
 
 
 def test_weighted_loss_is_the_weighted_sum():

@@ -44,7 +44,7 @@ def _render(args: argparse.Namespace, call) -> int:
 
     import latentgen
     from .. import metadata
-    from ..embeddings import parse_spec
+    from ..text.embeddings import parse_spec
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything

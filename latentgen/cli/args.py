@@ -49,7 +49,7 @@ def vae_file(s: str) -> str:
 
 
 def prediction_type_name(s: str) -> str:
-    from ..prediction import normalize
+    from ..models.prediction import normalize
 
     try:
         return normalize(s)
@@ -96,7 +96,7 @@ def lora_spec(spec: str) -> tuple[str, float]:
         path, scale = (path, float(scale)) if path else (spec, 1.0)
     except ValueError:
         path, scale = spec, 1.0
-    from ..lora import resolve, shipped_loras
+    from ..lora.formats import resolve, shipped_loras
 
     try:
         return str(resolve(path)), scale

@@ -1,4 +1,4 @@
-"""``latentgen cache``: the converted U-Nets kept on disk (``latentgen.cache``), and how to empty it.
+"""``latentgen cache``: the converted U-Nets kept on disk (``latentgen.backends.cache``), and how to empty it.
 
     latentgen cache            # each entry's size and last use, the total and the limit
     latentgen cache --clear    # remove them all (each is converted again on its next use)
@@ -11,7 +11,7 @@ import time
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .. import cache
+    from ..backends import cache
 
     if args.clear:
         print(f"removed {cache.clear() / 2**20:.1f} MiB from {cache.cache_dir()}")

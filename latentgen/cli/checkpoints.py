@@ -12,7 +12,7 @@ from .args import prediction_type_name, vae_file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .. import ldm_export
+    from ..models import export as ldm_export
 
     out = ldm_export.export(args.source, args.output, force=args.force, dtype=args.dtype, vae=args.vae,
                              prediction_type=args.prediction_type)

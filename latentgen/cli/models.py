@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune_lora(args: argparse.Namespace) -> int:
-    from .. import finetune
+    from ..training import finetune
 
     if args.prior_prompts_file is not None:
         if not args.prior_prompts_file.is_file():
@@ -116,7 +116,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from .. import finetune
+    from ..training import finetune
     from ..embedded import recipe
 
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",

@@ -2,6 +2,6 @@
 
 ``shapes``: the procedural flat-shapes data and the evaluator that reads images back;
 ``quality``: adherence, off-palette and edit measures over that world; ``recipe``: the four-stage
-training recipe on ``latentgen.train`` (VAE stages in ``autoencoder``, the 9-channel inpainting variant in
+training recipe on ``latentgen.training.loop`` (VAE stages in ``autoencoder``, the 9-channel inpainting variant in
 ``inpainting``); ``ship``: measuring a trained model or LoRA and copying it with its manifest. The library (``latentgen.pipeline`` and the modules beside it) never imports this package.
 """

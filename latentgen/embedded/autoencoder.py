@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import train
-from ..components import Components
+from ..training import loop as train
+from ..models.components import Components
 from . import shapes
 
 

@@ -23,7 +23,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from PIL import Image, ImageDraw
 
-from .. import files, starts, train
+from .. import files, starts
+from ..training import loop as train
 from . import shapes
 from .autoencoder import scenes, to_pixels
 from .quality import inpaint_hole

@@ -5,7 +5,7 @@
 
 The defaults are the shipped model's recipe (83 min on a 2-core CPU with bf16 autocast in the VAE stages).
 
-Four stages, all run by the one loop in ``latentgen.train`` (VAE stages in ``autoencoder``):
+Four stages, all run by the one loop in ``latentgen.training.loop`` (VAE stages in ``autoencoder``):
   1. the VAE (``AutoencoderKL``, 64x64x3 -> 4x8x8), reconstruction MSE + a small KL term
      (Rombach et al. 2022, https://arxiv.org/abs/2112.10752, sec. 3); then ``scaling_factor`` is set
      to 1 / std of its latents, as SD did (0.18215), so scaled latents have unit variance. Long enough
@@ -38,10 +38,11 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler
 
-from .. import checks, files, train
+from .. import checks, files
+from ..training import loop as train
 from ..checks import option
-from ..components import Components, from_folder, from_preset
-from ..presets import load_preset
+from ..models.components import Components, from_folder, from_preset
+from ..models.presets import load_preset
 from . import autoencoder, inpainting, shapes
 from .autoencoder import data_spec, scenes, to_pixels  # the recipe's data
 

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's API over latentgen: request fields (``fields``) -> a checked ``Plan`` (here, in the
+"""AUTOMATIC1111's API over latentgen: request fields (``fields``) -> a checked ``Task`` (here, in the
 request's thread) -> latentgen calls in the worker (``run``) -> A1111's response.
 
 The facts follow A1111's ``modules/api/models.py`` (fields and defaults), ``modules/api/api.py`` (routes,
@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image
 
 from latentgen import checks
+from latentgen.request import MAX_SEED
 
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
@@ -40,14 +41,13 @@ from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
-MAX_SEED = 2**63 - 2**16
 
 FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
 
 # -- plans: a request checked and resolved, before it is queued ------------------------------------------
 @dataclass
-class Plan:
+class Task:
     mode: str  # "txt2img" or "img2img"
     prompt: str
     negative: str | None
@@ -112,9 +112,10 @@ def _check_common(req: CommonFields, limits) -> None:
     for name in ("prompt", "negative_prompt"):
         if len(getattr(req, name)) > MAX_PROMPT:
             raise ApiError(422, f"{name} has {len(getattr(req, name))} characters; the limit is {MAX_PROMPT}.")
-    whole_in("seed", req.seed, -1, MAX_SEED, f"use -1 (random) or a whole number from 0 to {MAX_SEED}")
     checks.whole("batch_size", req.batch_size, 1)
     checks.whole("n_iter", req.n_iter, 1)
+    top = MAX_SEED - (req.batch_size * req.n_iter - 1)  # image i of the request draws from seed + i
+    whole_in("seed", req.seed, -1, top, f"use -1 (random) or a whole number from 0 to {top}")
     if req.batch_size * req.n_iter > limits.max_images:
         raise ApiError(422, f"batch_size x n_iter = {req.batch_size * req.n_iter} images; this server makes at most "
                             f"{limits.max_images} per request (--max-images): ask for fewer, or send more requests.")
@@ -129,10 +130,12 @@ def _check_common(req: CommonFields, limits) -> None:
 
 def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     """The prompt for the pipeline and the LoRA files its ``<lora:NAME:WEIGHT>`` tags name (checked by
-    name against the server's LoRAs). The pipeline itself applies the tags (``latentgen.prompts``)."""
-    from latentgen.prompts import extra_networks
+    name against the server's LoRAs). The pipeline itself applies the tags (``latentgen.text.prompts``)."""
+    from latentgen.text.prompts import check_editing, extra_networks
 
     text, tags = extra_networks(req.prompt)
+    check_editing(text)  # A1111's prompt editing and alternation: refused before the job is queued
+    check_editing(req.negative_prompt)
     if extra_networks(req.negative_prompt)[1]:
         raise ValueError("negative_prompt has a <lora:...> tag: tags work in the prompt only")
     if req.disable_extra_networks:
@@ -143,7 +146,7 @@ def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     return req.prompt, {name: loras.check(name) for _, name, _ in tags}
 
 
-def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool) -> Plan:
+def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool) -> Task:
     """The plan's fields common to txt2img and img2img: prompt and LoRAs, sampler, model (A1111's
     ``override_settings``: a model by name, ``CLIP_stop_at_last_layers``), seeds."""
     prompt, files = _prompt_loras(req, loras)
@@ -151,7 +154,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
     for key, value in over.items():
         check_option(key, value)
     model = models.check(over["sd_model_checkpoint"]) if over.get("sd_model_checkpoint") else None
-    return Plan(mode=mode, prompt=prompt, negative=req.negative_prompt or None, seed=_seed(req.seed),
+    return Task(mode=mode, prompt=prompt, negative=req.negative_prompt or None, seed=_seed(req.seed),
                 subseed=_seed(req.subseed), sampler=sampler_key(req.sampler_name or req.sampler_index, req.scheduler),
                 steps=req.steps, cfg=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
                 n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
@@ -160,7 +163,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 
 
 @unprocessable()
-def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Plan:
+def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
     _check_common(req, limits)
     if req.enable_hr:
         raise _refuse("enable_hr", True, "there is no hires-fix pass; ask for the final width and height")
@@ -198,7 +201,7 @@ def _blur(req: Img2ImgRequest) -> int:
 
 
 @unprocessable()
-def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Plan:
+def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Task:
     _check_common(req, limits)
     _check_img2img(req, limits)
     plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded

@@ -31,7 +31,7 @@ from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
-from .guard import Guard
+from .gate import Guard
 from .jobs import Worker
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -43,7 +43,7 @@ class Models:
         self.models_dir = Path(models_dir) if models_dir else None
         self.warmup = warmup  # draw one 1-step image as each model loads (see ``_load``)
         self.device, self.dtype = device, dtype
-        from latentgen.embeddings import parse_spec
+        from latentgen.text.embeddings import parse_spec
 
         self.embeddings = [parse_spec(spec) for spec in embeddings or []]  # (path, token or None)
         self.load_options = {k: v for k, v in (load_options or {}).items() if v is not None}
@@ -102,7 +102,7 @@ class Models:
 
     def _load(self, name: str, source: str | None):
         import latentgen
-        from latentgen.embeddings import read
+        from latentgen.text.embeddings import read
 
         try:
             pipe = latentgen.load(source, device=self.device, dtype=self.dtype, **self.load_options)
@@ -146,7 +146,7 @@ class Loras:
     those given with ``--lora`` (files, or folders of ``.safetensors`` files)."""
 
     def __init__(self, specs: list[str] | None = None):
-        from latentgen.lora import shipped_loras
+        from latentgen.lora.formats import shipped_loras
 
         shipped = shipped_loras()
         self.files: dict[str, Path] = dict(shipped)

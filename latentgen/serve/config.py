@@ -64,7 +64,7 @@ class ServeConfig:
         if self.models_dir is not None and not Path(self.models_dir).is_dir():
             raise FileNotFoundError(f"--models-dir {self.models_dir} is not a folder; give a folder of diffusers "
                                     f"model folders (each with model_index.json) or .safetensors/.ckpt checkpoints.")
-        from ..embeddings import parse_spec  # torch: only once the server is really being set up
+        from ..text.embeddings import parse_spec  # torch: only once the server is really being set up
         for spec in self.embeddings:
             parse_spec(spec)
         if self.outdir is not None and not Path(self.outdir).is_dir():

@@ -29,7 +29,7 @@ log = logging.getLogger("latentgen.serve")
 
 
 @dataclass
-class Job:
+class Queued:
     kind: str  # "txt2img", "img2img", "options": A1111's state.job
     work: Callable[["Context"], object]
     timeout: float
@@ -79,7 +79,7 @@ class Progress:
 class Context:
     """What a job's work sees: the pipelines, and the callback that reports and stops."""
 
-    def __init__(self, worker: "Worker", job: Job):
+    def __init__(self, worker: "Worker", job: Queued):
         self.worker, self.job = worker, job
 
     def pipeline(self, name: str | None = None, *, switch: bool = False):
@@ -120,19 +120,19 @@ class Worker:
 
     def __init__(self, models, *, queue_size: int, job_timeout: float):
         self.models, self.queue_size, self.job_timeout = models, queue_size, job_timeout
-        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[Queued | None] = queue.Queue(maxsize=queue_size)
         self.progress = Progress()
         self.preview_every = 0  # steps between preview latents (A1111's show_progress_every_n_steps); 0: none
-        self.current: Job | None = None
+        self.current: Queued | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="latentgen-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, work: Callable[[Context], object], timeout: float | None = None) -> Job:
+    def submit(self, kind: str, work: Callable[[Context], object], timeout: float | None = None) -> Queued:
         """Queue a job; ``QueueFull`` when ``queue_size`` jobs already wait."""
         if self._stopping.is_set():
             raise QueueFull(0)
-        job = Job(kind, work, timeout or self.job_timeout)
+        job = Queued(kind, work, timeout or self.job_timeout)
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -176,7 +176,7 @@ class Worker:
                 continue  # its client left while it waited
             self._run(job)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Queued) -> None:
         p = self.progress
         p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = job.kind, 1, 0, 0, 0
         p.time_start, p.interrupted, p.latents = time.time(), False, None

@@ -1,4 +1,4 @@
-"""Running a checked plan (``latentgen.serve.a1111.Plan``) in the worker: the LoRAs its prompt names,
+"""Running a checked plan (``latentgen.serve.a1111.Task``) in the worker: the LoRAs its prompt names,
 the latentgen calls (one per A1111 batch), the images, A1111's ``info`` (``Processed.js()``), and the
 ``--outdir`` copies. An interrupt keeps what is done, as A1111 does."""
 

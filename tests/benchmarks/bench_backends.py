@@ -3,7 +3,7 @@ each CPU runtime tried for issue 14, and the VAE decode.
 
 torch fp32 (diffusers' arithmetic), torch at latentgen's default dtype, ONNX Runtime fp32 (CPU provider,
 all graph optimisations; only when ``onnxruntime``, ``onnx`` and ``onnxscript`` are installed: they are not
-dependencies) and OpenVINO at latentgen's default (``latentgen.runtime``); with ``--vae``, the VAE decode
+dependencies) and OpenVINO at latentgen's default (``latentgen.backends.runtime``); with ``--vae``, the VAE decode
 of one latent on torch and through OpenVINO; with ``--profile``, OpenVINO's per-layer times. Prints medians in seconds and each output's largest
 difference to torch fp32. Random weights for presets; the embedded model's own.
 

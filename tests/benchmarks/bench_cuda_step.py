@@ -1,6 +1,6 @@
 """Benchmark (GPU): where a CUDA denoising step's time goes, for SD 1.5 at 512x512 with CFG (batch 2).
 
-Prints medians of: one U-Net call as a CUDA-graph replay (``latentgen.graphs``) for each weight layout
+Prints medians of: one U-Net call as a CUDA-graph replay (``latentgen.backends.cudagraph``) for each weight layout
 (channels_last, contiguous) and SDPA attention backend (torch's choice, flash, memory-efficient, cuDNN);
 one U-Net call eager and replayed, timed with CUDA events, with cuDNN's default algorithm choice and with
 ``torch.backends.cudnn.benchmark``; a step inside
@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import graphs, prompts  # noqa: E402
+from latentgen.backends import cudagraph
+from latentgen.text import prompts  # noqa: E402
 
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
@@ -76,7 +77,7 @@ def main() -> None:
         pipe.unet.to(memory_format=layout)
         for name, backends in ATTENTION.items():
             with sdpa_kernel(backends) if backends else contextlib.nullcontext():
-                g = graphs.Graphed(pipe.unet)
+                g = cudagraph.Graphed(pipe.unet)
                 try:
                     ms = event_ms(lambda: g(x, t, encoder_hidden_states=c), args.calls)
                 except RuntimeError as e:  # no kernel of that backend for these shapes
@@ -87,7 +88,7 @@ def main() -> None:
     pipe.unet.to(memory_format=torch.channels_last)
     for bench in (False, True):
         torch.backends.cudnn.benchmark = bench
-        g = graphs.Graphed(pipe.unet)
+        g = cudagraph.Graphed(pipe.unet)
         rows.append((f"U-Net call eager  (cudnn.benchmark={bench})",
                      event_ms(lambda: pipe.unet(x, t, encoder_hidden_states=c), args.calls)))
         rows.append((f"U-Net call graph  (cudnn.benchmark={bench})",

@@ -68,9 +68,9 @@ class Phase:
 def build_folder(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from latentgen import components, ldm_export
+    from latentgen.models import components, export as ldm_export, loading
 
-    c = components.load("sd15", device="cpu", dtype="fp32")
+    c = loading.load_components("sd15", device="cpu", dtype="fp32")
     StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
                             scheduler=c.scheduler, safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(folder)
@@ -102,7 +102,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     folder, out = work / "sd15", work / "sd15.safetensors"
     import latentgen
-    from latentgen import ldm_export
+    from latentgen.models import export as ldm_export
 
     try:
         with Phase("build folder (random sd15, fp32)"):

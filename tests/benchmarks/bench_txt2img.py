@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import runtime  # noqa: E402
-from latentgen.presets import load_preset  # noqa: E402
+from latentgen.backends import runtime  # noqa: E402
+from latentgen.models.presets import load_preset  # noqa: E402
 
 
 def _kernel_peak_reset() -> bool:

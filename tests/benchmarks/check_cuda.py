@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import graphs, guard, runtime  # noqa: E402
+from latentgen.backends import cudagraph, runtime
+from latentgen import guard  # noqa: E402
 
 PROMPT = "a photo of an astronaut riding a horse on mars"
 
@@ -103,7 +104,7 @@ def main() -> None:
         err = ((out - ref).abs().max() / ref.abs().max()).item()
         check("compiled U-Net call", err < 0.01, f"max |compiled - eager| / max |eager| {err:.3g}; {gc_!r}")
 
-    broken = graphs.Graphed(graphed.unet)
+    broken = cudagraph.Graphed(graphed.unet)
     broken.fn = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no triton here"))  # a compile that fails
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

@@ -15,7 +15,7 @@ path, a tiny model of the embedded model's U-Net shape with a 2-level VAE, and t
 model. diffusers' script hard-codes SD's block layout (4 levels of 2 layers); from other shapes (the
 embedded model: 2 levels of 1 layer) it writes a file that mixes its own block numbers with diffusers
 names, which diffusers' from_single_file cannot read; latentgen reads that numbering back
-(``latentgen.ldm_script``). ``--record-names JSON`` writes the names the script gives the tiny
+(``latentgen.models.ldm_script``). ``--record-names JSON`` writes the names the script gives the tiny
 embedded-shaped model, which ``tests/test_ldm_script.py`` replays in CI (where the script is absent).
 
 A tiny SD 2 folder saved by transformers 5 (no ``text_model.`` level) makes diffusers' script write SD 2's
@@ -43,8 +43,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import components, ldm_export, schedulers  # noqa: E402
-from latentgen.presets import load_preset  # noqa: E402
+from latentgen.models import components, export as ldm_export, loading
+from latentgen import schedulers  # noqa: E402
+from latentgen.models.presets import load_preset  # noqa: E402
 
 ARGS = dict(seed=3, steps=4, guidance=6.0, scheduler="ddim")
 
@@ -99,7 +100,7 @@ def embedded_shaped(seed: int) -> components.Components:
     text encoder: a shape diffusers' script numbers as if it were SD's."""
     from diffusers import UNet2DConditionModel
 
-    c = components.load("tiny-random")
+    c = loading.load_components("tiny-random")
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
                                 down_block_types=("CrossAttnDownBlock2D",) * 2,
@@ -200,7 +201,7 @@ def main() -> None:
               ("tiny SD 2 transformers-5 folder", sd_shaped("sd2", "epsilon", 4), [safetensors],
                {"prediction_type": "epsilon"}),
               ("tiny embedded-shaped", embedded_shaped(5), [safetensors], {}),
-              ("embedded model", components.load(None), [safetensors], {})]
+              ("embedded model", loading.load_components(None), [safetensors], {})]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Measure the prediction-type rule of ``latentgen.prediction`` (the numbers in its docstring).
+"""Measure the prediction-type rule of ``latentgen.models.prediction`` (the numbers in its docstring).
 
 Probes (``prediction.probe``) on:
   * random-weight U-Nets: SD 2-shaped tiny ones, ``tiny-random`` (SD 1-shaped), full-size ``sd2``;
@@ -23,9 +23,10 @@ import torch  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen import components, prediction, train  # noqa: E402
+from latentgen.models import components, loading, prediction
+from latentgen.training import loop as train  # noqa: E402
 from latentgen.embedded import quality, recipe, shapes  # noqa: E402
-from latentgen.presets import load_preset  # noqa: E402
+from latentgen.models.presets import load_preset  # noqa: E402
 
 TINY_SD2 = dict(block_out_channels=(64, 128), layers_per_block=1, sample_size=8, cross_attention_dim=64,
                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), use_linear_projection=True,
@@ -93,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     report = {"random": random_unets(args.tiny, args.full)}
-    c = components.load(None, device="cpu", dtype="fp32")
+    c = loading.load_components(None, device="cpu", dtype="fp32")
     report["embedded (eps)"] = probes(c.unet)
     v_unet, report["finetune to v"] = finetune_v(c, args.steps, args.every)
     report["adherence"] = {"eps model as eps": adherence(c, c.unet, "epsilon"),

@@ -10,7 +10,7 @@ import pytest
 
 from latentgen.cli.args import add_config_args, config_from
 from latentgen.embedded.recipe import RecipeConfig
-from latentgen.finetune import LoraTrainConfig
+from latentgen.training.finetune import LoraTrainConfig
 
 
 def _lora_parser():

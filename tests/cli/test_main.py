@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import mask as _mask
 from conftest import photo as _photo
 from latentgen import cli, metadata
-from latentgen import lora as lora_io
+from latentgen.lora import formats as lora_io
 from latentgen.cli import main
 from latentgen.embedded import shapes
 from latentgen.metadata import read_parameters
@@ -86,12 +86,20 @@ def test_info_on_a_folder_or_a_file_that_is_no_image_says_so(tmp_path, capsys):
     assert "notes.png is not an image Pillow can read" in capsys.readouterr().err
 
 
-def test_a_run_that_cannot_finish_prints_one_error_line(tiny_folder, tmp_path, capsys):
-    out = tmp_path / "o.png"
-    assert run("generate", "a cat", "--model", tiny_folder, "--guidance", "1e30", "--steps", 2, "-o", out) == 1
+def test_a_run_that_cannot_finish_prints_one_error_line(tiny_folder, tmp_path, capsys, lora_files):
+    out = tmp_path / "o.png"  # a LoRA scaled far out: the U-Net makes NaNs while drawing
+    assert run("generate", "a cat", "--model", tiny_folder, "--lora", f"{lora_files[0]}:1e30", "--steps", 2,
+               "-o", out) == 1
     err = capsys.readouterr().err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]  # after the bar
     assert len(lines) == 1 and "NaN" in lines[0] and "Traceback" not in err and not out.exists()
+
+
+def test_absurd_guidance_is_refused_before_drawing(tiny_folder, tmp_path, capsys):
+    out = tmp_path / "o.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--guidance", "1e30", "--steps", 2, "-o", out) == 2
+    err = capsys.readouterr().err
+    assert "guidance=1e+30 is invalid: use a finite number from 0 to 100" in err and "NaN" not in err and not out.exists()
 
 
 def test_console_script_is_installed():
@@ -171,9 +179,9 @@ def test_single_file_vae_embedding_and_clip_skip_reach_the_png(tiny_folder, tmp_
     `latentgen info` shows what A1111 writes for them (Clip skip, TI hashes) and the file's model name."""
     from safetensors.torch import save_file
 
-    from latentgen import components, ldm, ldm_export
+    from latentgen.models import components, export as ldm_export, ldm, loading
 
-    c = components.load(tiny_folder)
+    c = loading.load_components(tiny_folder)
     state = {k: v.contiguous() for k, v in ldm_export.ldm_state_dict(c).items()}
     save_file(state, str(tmp_path / "tinyfile.safetensors"))
     save_file({k: v for k, v in state.items() if k.startswith(ldm.VAE)}, str(tmp_path / "vae.safetensors"))

@@ -100,7 +100,7 @@ def test_inpaint_runs_the_shipped_variant(tiny_folder, nine):
 
 
 def test_with_a_lora_loaded_inpaint_blends_with_the_base_unet(tiny_folder, nine, tmp_path):
-    from latentgen import lora as lora_io
+    from latentgen.lora import formats as lora_io
 
     p = _with_variant(tiny_folder, nine)
     p.load_lora(lora_io.save(random_lora(p), tmp_path / "l.safetensors"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentgen import train
+from latentgen.training import loop as train
 from latentgen.embedded import recipe
 
 TINY = dict(vae_steps=2, vae_batch=2, decoder_steps=2, steps=4, batch=2, save_every=2, warmup=1, inpaint_steps=2)

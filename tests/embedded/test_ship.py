@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import latentgen
-from latentgen import runtime
+from latentgen.backends import runtime
 from latentgen.embedded import quality
-from latentgen.lora import shipped_loras
-from latentgen.presets import data_dir
+from latentgen.lora.formats import shipped_loras
+from latentgen.models.presets import data_dir
 
 WEIGHTS = data_dir("weights") / "default"
 

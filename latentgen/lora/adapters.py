@@ -2,20 +2,21 @@
 
 ``pipe.loras`` is a ``LoraAdapters`` over the pipeline's U-Net and text encoder; the pipeline's
 ``load_lora``, ``set_lora_scale``, ``fuse_lora``, ``unfuse_lora`` and ``unload_lora`` call it.
-Files are read by ``latentgen.lora`` (diffusers/peft and kohya layouts); the adapters themselves
+Files are read by ``latentgen.lora.formats`` (diffusers/peft and kohya layouts); the adapters themselves
 are peft's (``inject_adapter_in_model``), so a loaded LoRA computes W x + scale * (alpha / r) B A x.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import checks
-from . import lora as lora_files
+from .. import checks
+from . import formats
 
 
 @dataclass
@@ -28,10 +29,12 @@ class Loaded:
 
 
 class LoraAdapters:
-    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order."""
+    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order. Every change of the
+    models' computation (load, scale, fuse, unfuse, unload) is announced through ``on_change()``, so the U-Net's
+    backend knows to check its weights again (``latentgen.backends.runtime``)."""
 
-    def __init__(self, models: dict[str, torch.nn.Module]):
-        self.models = models
+    def __init__(self, models: dict[str, torch.nn.Module], on_change: Callable[[], None] = lambda: None):
+        self.models, self.on_change = models, on_change
         self.loaded: dict[str, Loaded] = {}
         self._fused: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}  # layer id -> (layer, original W)
 
@@ -52,14 +55,14 @@ class LoraAdapters:
             raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before loading another.")
-        path = lora_files.resolve(path)
-        lora, unknown = lora_files.read(path, self.models)
+        path = formats.resolve(path)
+        lora, unknown = formats.read(path, self.models)
         if unknown:
             warnings.warn(f"{Path(path).name}: {len(unknown)} key(s) match no module of this model and were "
                           f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
         for part, mods in lora.modules.items():
             self._inject(part, mods, name)
-        self.loaded[name] = Loaded(scale, lora_files.file_hash(path), str(path))
+        self.loaded[name] = Loaded(scale, formats.file_hash(path), str(path))
         self._apply_scales()
         return name
 
@@ -68,7 +71,7 @@ class LoraAdapters:
         from peft import LoraConfig, inject_adapter_in_model
 
         model = self.models[part]
-        cut = len(lora_files.file_prefix(part, model))
+        cut = len(formats.file_prefix(part, model))
         mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
         ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
         config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
@@ -90,6 +93,7 @@ class LoraAdapters:
                     yield mod
 
     def _apply_scales(self) -> None:
+        self.on_change()  # every change ends here (load, set_scale, unload) or in fuse/unfuse
         for layer in self._layers():
             names = [n for n in self.loaded if n in layer.lora_A]
             layer.set_adapter(names)  # several adapters active at once
@@ -116,6 +120,7 @@ class LoraAdapters:
             if layer.active_adapters and not layer.merged:
                 self._fused[id(layer)] = (layer, layer.get_base_layer().weight.data.clone())
                 layer.merge(adapter_names=list(layer.active_adapters))
+        self.on_change()
 
     def unfuse(self) -> None:
         """Restore the base weights saved by ``fuse``, bit for bit."""
@@ -123,6 +128,7 @@ class LoraAdapters:
             layer.get_base_layer().weight.data.copy_(weight)
             layer.merged_adapters.clear()
         self._fused = {}
+        self.on_change()
 
     def unload(self, name: str | None = None) -> None:
         """Remove LoRA ``name`` (or all): the model is then exactly as loaded."""

@@ -1,5 +1,5 @@
 """Where the U-Net runs: torch eager; on CPUs OpenVINO, the same network compiled as one graph; on CUDA
-a CUDA graph (``latentgen.graphs``) of ``torch.compile``'s fused kernels, or of the eager ones.
+a CUDA graph (``latentgen.backends.cudagraph``) of ``torch.compile``'s fused kernels, or of the eager ones.
 
 Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tests/benchmarks/):
   * the embedded model's U-Net call (8x8 latents, CFG batch 2, 0.42 GFLOP): torch eager ~13 ms, most of
@@ -7,17 +7,23 @@ Measured (2-core AMD EPYC with AVX512-BF16, torch 2.13 CPU, OpenVINO 2026.4; tes
     TorchScript trace + freeze gave 8.6 ms, ``torch.compile`` (inductor, freezing) 8.2 ms after 43 s.
   * SD 1.5 at 512x512 (one CFG step, 1.61 TFLOP): torch bf16 + channels_last ~5.9 s, OpenVINO bf16 ~4.1 s,
     near the ~0.4 TFLOP/s that this CPU's bf16 matrix multiplies peak at.
-Measured on an H200 (torch 2.11+cu130, fp16): SD 1.5's step 47 ms eager (the host launching ~1000 kernels
-sets the pace), 10.6 ms as a CUDA graph ("cudagraph"), 6.7 ms as a graph of ``torch.compile``'s
-kernels ("compile", the default there for SD-sized U-Nets, after a 62 s first compile; 10 s in later
-processes).
+Measured on an H200 (torch 2.11+cu130, fp16): SD 1.5's step 47 ms eager (~1000 kernel launches set the
+pace), 10.6 ms as a CUDA graph ("cudagraph"), 6.7 ms as a graph of ``torch.compile``'s kernels ("compile",
+the default there for SD-sized U-Nets, after a 62 s first compile; 10 s in later processes).
 
-``Runtime("openvino")`` converts the U-Net once (``latentgen.openvino_unet.convert``: a trace of the torch
+``Runtime("openvino")`` converts the U-Net once (``latentgen.backends.openvino.convert``: a trace of the torch
 module, offline) and caches the result on disk, keyed by a hash of the weights, so the next process loads it in
-a fraction of a second. It stands in only for the exact weights it was converted from: whenever the
-U-Net's parameters differ (a LoRA injected or fused, weights edited in place), ``for_unet`` hands back
-the torch module, so LoRAs and edits stay exact. The call contract is the loop's:
-``unet(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w) and context (B, 77 * k, D).
+a fraction of a second. It stands in only for the exact weights it was converted from.
+
+Weight changes are announced, not detected from the bytes at every call: whatever latentgen itself does to the
+U-Net's weights (a LoRA loaded, scaled, fused, unfused or unloaded) calls ``Runtime.changed``, and so does
+``Pipeline.weights_changed``, which a user calls after editing weights behind the pipeline's back (a write
+through ``.data``, ``load_state_dict``). What a call still sees by itself, cheaply (``state``): parameters
+added, removed, moved or cast (a LoRA injected by hand, ``unet.to(...)``), torch's counters of in-place writes
+(``p.mul_(2)`` under ``no_grad``) and FreeU's factors. When any of that differs from the last call, the weights'
+bytes decide once (``weights_hash``: ~2 s on SD 1.5, ~10 ms on the embedded model): the converted model runs
+if they are the converted ones, else the torch module, so LoRAs and edits stay exact. The call contract is
+the loop's: ``unet(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w) and context (B, 77 * k, D).
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ from pathlib import Path
 
 import torch
 
-from . import cache, graphs, precision
+from . import cache, cudagraph
+from .. import precision
 from .cache import cache_dir
-from .openvino_unet import RECIPE, Compiled, convert
+from .openvino import RECIPE, Compiled, convert
 
 BACKENDS = ("torch", "openvino", "cudagraph", "compile")
 CPU_ONLY, CUDA_ONLY = ("openvino",), ("cudagraph", "compile")
@@ -72,25 +79,16 @@ def compiler_missing(device: torch.device) -> str:
 
 
 def choose(backend: str | None, device: torch.device, exact: bool, unet_config: dict | None = None) -> tuple[str, str]:
-    """(backend, why): the one asked for, else ``$LATENTGEN_BACKEND``, else by rule. On CUDA
-    ``torch.compile``'s kernels as a CUDA graph, except where a graph of the eager kernels is the better
-    deal: ``exact`` (``dtype="fp32"`` asked for: diffusers' numbers), a small U-Net (``unet_config``: under
-    ``precision.WIDE`` channels, where a compile would never pay back its time) or no Triton. On CPUs
-    OpenVINO where it is installed unless ``exact`` (then torch); torch elsewhere."""
-    if backend is None and os.environ.get(ENV):
-        backend, why = os.environ[ENV], f"${ENV}"
-    elif backend is None:
-        if device.type == "cuda":
-            return _cuda_default(device, exact, precision.unet_width(unet_config))
-        if device.type != "cpu":
-            return "torch", f"{device.type}: torch kernels"
-        if exact:
-            return "torch", "fp32 asked for: torch, diffusers' arithmetic exactly"
-        if not available():
-            return "torch", "OpenVINO is not installed or does not import"
-        return "openvino", "CPU: the U-Net compiled as one graph, faster than torch eager"
-    else:
-        why = "as asked"
+    """(backend, why): the one asked for (``requested``), else the rule's (``default``)."""
+    return requested(backend, device) or default(device, exact, unet_config)
+
+
+def requested(backend: str | None, device: torch.device) -> tuple[str, str] | None:
+    """(backend, why) when one is asked for (``backend``, else ``$LATENTGEN_BACKEND``), checked against the device;
+    None when none is: ``latentgen.load`` asks this before it reads the model, and ``default`` after."""
+    if backend is None and not os.environ.get(ENV):
+        return None
+    backend, why = (backend, "as asked") if backend is not None else (os.environ[ENV], f"${ENV}")
     name = f"backend={backend!r} ({why})"
     unset = f" (or unset ${ENV})" if why.startswith("$") else ""
     if backend not in BACKENDS:
@@ -108,6 +106,22 @@ def choose(backend: str | None, device: torch.device, exact: bool, unet_config: 
     return backend, why
 
 
+def default(device: torch.device, exact: bool, unet_config: dict | None = None) -> tuple[str, str]:
+    """(backend, why) by rule. On CUDA ``torch.compile``'s kernels as a CUDA graph, except where a graph of the
+    eager kernels is the better deal: ``exact`` (``dtype="fp32"`` asked for: diffusers' numbers), a small U-Net
+    (``unet_config``: under ``precision.WIDE`` channels, where a compile would never pay back its time) or no
+    Triton. On CPUs OpenVINO where it is installed unless ``exact`` (then torch); torch elsewhere."""
+    if device.type == "cuda":
+        return _cuda_default(device, exact, precision.unet_width(unet_config))
+    if device.type != "cpu":
+        return "torch", f"{device.type}: torch kernels"
+    if exact:
+        return "torch", "fp32 asked for: torch, diffusers' arithmetic exactly"
+    if not available():
+        return "torch", "OpenVINO is not installed or does not import"
+    return "openvino", "CPU: the U-Net compiled as one graph, faster than torch eager"
+
+
 def _cuda_default(device: torch.device, exact: bool, width: int) -> tuple[str, str]:
     graph = "CUDA: the U-Net's eager kernels replayed as one CUDA graph per step"
     if exact:
@@ -120,36 +134,34 @@ def _cuda_default(device: torch.device, exact: bool, width: int) -> tuple[str, s
                        "per image size compiles (about a minute; seconds in later processes, from inductor's cache)")
 
 
-_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # item size -> integer of that size
-
-
-def _freeu(module: torch.nn.Module) -> tuple:
-    """FreeU's factors on the up blocks (diffusers' ``enable_freeu``): they change the output, not the weights."""
+def _freeu(module: torch.nn.Module) -> tuple:  # FreeU's factors (``enable_freeu``): the output changes, not weights
     return tuple(getattr(b, k, None) for b in getattr(module, "up_blocks", ()) for k in ("s1", "s2", "b1", "b2"))
 
 
-def _processors(module: torch.nn.Module) -> tuple:
-    """The attention processors' classes (what the trace records of them)."""
+def _processors(module: torch.nn.Module) -> tuple:  # the attention processors' classes (what the trace records)
     return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
 
 
-def identity(module: torch.nn.Module) -> tuple[tuple, torch.Tensor, tuple]:
-    """(layout, sums, versions) of a module's current weights. layout: each parameter's name, storage and
-    dtype, and FreeU's factors. sums: the sum of each parameter's bit patterns as integers modulo 2**32,
-    which any one changed element changes, even one written through ``.data``; exact and in any order the
-    same, ~0.8 s on SD 1.5's bf16 U-Net and ~2 ms on the embedded one, once per call (float64 sums of the
-    values took 0.65-1.4 s on SD 1.5). versions: torch's counters of in-place writes (not through
-    ``.data``), for the edits a wrapped sum cannot see (a tensor scaled by a power of two, signs flipped in
-    pairs, values permuted): ``Runtime`` then compares the weights' bytes."""
+def state(module: torch.nn.Module, version: int) -> tuple:
+    """What a call checks of a U-Net before it runs a converted or graphed copy, in microseconds per parameter:
+    the announced ``version``, each parameter's name, storage and dtype, the sum of torch's in-place write
+    counters, and FreeU's factors. Writes through ``.data`` move none of these: they are announced."""
     params = list(module.named_parameters())
-    sums = torch.stack([p.detach().view(_BITS[p.element_size()]).sum(dtype=torch.int32) for _, p in params])
-    layout = (tuple((n, p.data_ptr(), p.dtype) for n, p in params), _freeu(module))
-    return layout, sums, tuple(p._version for _, p in params)
+    layout = tuple((n, p.data_ptr(), p.dtype) for n, p in params)
+    return version, layout, sum(p._version for _, p in params), _freeu(module)
 
 
-def same(a: tuple, b: tuple) -> bool:
-    """Whether two identities have the same layout and sums (their versions aside)."""
-    return a[0] == b[0] and torch.equal(a[1], b[1])
+def unconvertible(module: torch.nn.Module) -> str:
+    """Why the module's current computation cannot be a converted or graphed copy of its weights ("" when it
+    can): a LoRA injected (peft's layers; their scales are Python numbers a trace or graph would freeze, and
+    the base weights are what gets converted), or FreeU on (OpenVINO converts no FFT; its factors are numbers)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(m, BaseTunerLayer) for m in module.modules()):
+        return "a LoRA is injected"
+    if any(v is not None for v in _freeu(module)):
+        return "FreeU is on (OpenVINO converts no FFT; a graph would freeze its factors)"
+    return ""
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -172,10 +184,10 @@ def weights_hash(module: torch.nn.Module) -> str:
 class _Held:
     """What ``Runtime`` keeps per U-Net it converted."""
 
-    identity: tuple  # ``identity`` of the weights converted (versions updated when the bytes were found equal)
     compiled: Compiled | None  # None: the conversion failed
-    digest: str  # their ``weights_hash``
-    bad: tuple | None = None  # versions at which the bytes were found to differ from the converted ones
+    digest: str  # ``weights_hash`` of the weights converted (or tried)
+    state: tuple  # ``state`` at the last check
+    same: bool = True  # whether the weights at that check were the converted ones
 
 
 class Runtime:
@@ -191,8 +203,9 @@ class Runtime:
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
+        self.version = 0  # announced weight changes so far (``changed``)
         self._compiled: dict[int, _Held] = {}  # id(unet) -> what was converted, oldest first
-        self._graphed: dict[int, tuple[tuple, graphs.Graphed]] = {}
+        self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU), graph)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -212,43 +225,39 @@ class Runtime:
         self.fallback = "" if found is not unet else self.fallback
         return found
 
+    def changed(self) -> None:  # latentgen's LoRA calls and ``Pipeline.weights_changed``: the bytes decide next call
+        self.version += 1
+
     def _openvino(self, unet):
-        key = identity(unet)
+        key = state(unet, self.version)
         held = self._compiled.pop(id(unet), None)
-        if held is not None and held.compiled is None and not same(held.identity, key):
-            held = None  # the weights changed since a failed conversion: try these
-        if held is None and any("lora" in name for name, *_ in key[0][0]):
-            self.fallback = "a LoRA is injected"
-            return unet  # the base weights are what gets converted, never a LoRA's
-        if held is None and any(v is not None for v in key[0][1]):
-            self.fallback = "FreeU is on (OpenVINO converts no FFT)"
-            return unet
-        if held is None:
-            held = _Held(key, *self._compile(unet))
+        if held is None or held.state != key:  # first call, or something changed since the last: the bytes decide
+            if why := unconvertible(unet):
+                if held is not None:
+                    self._keep(unet, held)  # its state stays the last one checked: checked again next call
+                self.fallback = why
+                return unet
+            digest = weights_hash(unet)
+            if held is None or (held.compiled is None and held.digest != digest):  # new weights after a failure: try
+                held = _Held(self._compile(unet, digest), digest, key)
+            held.state, held.same = key, digest == held.digest
         self._keep(unet, held)
-        if held.compiled is not None and same(held.identity, key) and key[2] not in (held.identity[2], held.bad):
-            # written in place since: the sums agree, but some edits wrap out of them; the bytes decide, once
-            if weights_hash(unet) == held.digest:
-                held.identity = key
-            else:
-                held.bad = key[2]
         if held.compiled is None:
             self.fallback = "its conversion to OpenVINO failed"
-        elif not same(held.identity, key) or key[2] == held.bad:
-            self.fallback = "its weights differ from the converted ones (a LoRA, fused or edited weights, FreeU)"
+        elif not held.same:
+            self.fallback = "its weights differ from the converted ones (a fused LoRA or edited weights)"
         else:
             return held.compiled
         return unet  # torch, exact
 
-    def _compile(self, unet) -> tuple[Compiled | None, str]:
-        """(the compiled U-Net, or None with a warning when it cannot be converted; its weights' sha256)."""
-        digest = weights_hash(unet)
+    def _compile(self, unet, digest: str) -> Compiled | None:
+        """The compiled U-Net for these weights (``digest``), or None with a warning when it cannot be converted."""
         try:
-            return Compiled(unet, self._convert(unet, digest)), digest
+            return Compiled(unet, self._convert(unet, digest))
         except Exception as e:  # noqa: BLE001  (an operation the converter lacks: torch runs it, as before)
             warnings.warn(f"the U-Net could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on "
                           f"torch (backend='torch').", RuntimeWarning)
-            return None, digest
+            return None
 
     def _keep(self, unet, held: _Held) -> None:
         self._compiled[id(unet)] = held  # now the most recent
@@ -277,13 +286,14 @@ class Runtime:
         return xml
 
     def _graph(self, unet):
-        """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced
-        (their addresses are what a graph reads); ``unet`` itself while a LoRA is injected or FreeU is on."""
-        layout = tuple((n, p.data_ptr(), p.dtype) for n, p in unet.named_parameters())
-        if any("lora" in name for name, *_ in layout) or any(v is not None for v in _freeu(unet)):
-            return unet  # FreeU's factors are Python numbers too
+        """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced (a graph
+        reads addresses: values edited in place are read as they are); ``unet`` itself when ``unconvertible``."""
+        _, layout, _, freeu = state(unet, self.version)
         with self._lock:
             held = self._graphed.get(id(unet))
-            if held is None or held[0] != layout:
-                held = self._graphed[id(unet)] = (layout, graphs.Graphed(unet, compile=self.backend == "compile"))
+            if held is not None and held[0] == (layout, freeu):
+                return held[1]
+            if unconvertible(unet):
+                return unet
+            held = self._graphed[id(unet)] = ((layout, freeu), cudagraph.Graphed(unet, compile=self.backend == "compile"))
         return held[1]

@@ -1,5 +1,5 @@
 """The U-Net on OpenVINO: traced once to IR (``convert``), compiled per input shape (``Compiled``), and for
-CFG cut in two where its halves part (``split``). ``latentgen.runtime`` decides when it runs.
+CFG cut in two where its halves part (``split``). ``latentgen.backends.runtime`` decides when it runs.
 
 The cut: CFG calls the U-Net on ``cat([x, x])`` with one timestep, and the halves differ only in their
 context, which enters through cross-attention. Everything upstream of the first cross-attention, and every

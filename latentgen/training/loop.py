@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm import tqdm
 
-from . import checks
+from .. import checks
 
 
 @dataclass

@@ -4,7 +4,7 @@ Sources, all offline:
   * a diffusers folder: ``model_index.json`` with ``tokenizer/``, ``text_encoder/``, ``unet/``,
     ``vae/`` and ``scheduler/`` subfolders, plus an optional ``latentgen.json`` of defaults;
   * a single-file checkpoint (``.safetensors``, ``.ckpt``, ``.pt``) in the LDM layout
-    (``latentgen.checkpoints``);
+    (``latentgen.models.checkpoints``);
   * a preset name from ``pipelines/`` (random weights, or the trained folder it names in ``weights/``).
 
 Any of them takes a separate VAE file (``vae=``) and a prediction type (``prediction_type=``).
@@ -24,12 +24,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import precision, schedulers
+from .. import precision, schedulers
 from .presets import Defaults, Preset, data_dir, load_preset
-
-_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 
 # subfolder -> files that must be there (any one of each tuple)
 _REQUIRED = {
@@ -52,6 +48,7 @@ class Components:
     defaults: Defaults
     name: str  # shown in PNG metadata as "Model: ..."
     inpaint_unet: Path | None = None  # a 9-channel U-Net folder the model's inpaint() runs (see Pipeline.inpaint)
+    placement: precision.Placement | None = None  # device, dtype and backend as latentgen.load decided them
 
     @property
     def vae_scale_factor(self) -> int:
@@ -66,25 +63,6 @@ class Components:
 def vae_scale_factor(vae_config) -> int:
     """2 ** (VAE levels - 1): each level but the last halves the size."""
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, unet_config: dict | None = None) -> torch.dtype:
-    """The dtype asked for, or (None) the fastest correct one for this device and U-Net
-    (``latentgen.precision.default_dtype``: fp16 on CUDA, bf16 on CPUs with native bf16 for SD-sized
-    U-Nets, fp32 otherwise)."""
-    if dtype is None:
-        return precision.default_dtype(device, unet_config)[0]
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported; use one of 'fp32', 'fp16', 'bf16'.")
 
 
 def check_fit(unet: dict, vae: dict, text_encoder: dict) -> None:
@@ -141,30 +119,13 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def cast(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """Move ``model`` to device and dtype. diffusers' ``ModelMixin.to`` warns on any dtype cast that
-    modules "should be kept in float32" even when that list is empty; its logger is quieted for
-    the cast only in that case (a model that does keep fp32 modules still gets the warning)."""
-    model.to(device)
-    if model.dtype == dtype:
-        return
-    from diffusers.utils import logging as df_logging
-
-    level = df_logging.get_verbosity()
-    if not getattr(model, "_keep_in_fp32_modules", None):
-        df_logging.set_verbosity_error()
-    try:
-        model.to(dtype)
-    finally:
-        df_logging.set_verbosity(level)
-
-
 def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
+    """The parts frozen for inference, on ``device`` in ``dtype`` (channels_last where it is faster)."""
     for m in (c.text_encoder, c.unet, c.vae):
         m.requires_grad_(False).eval()
-    cast(c.text_encoder, device, dtype)
-    cast(c.unet, device, dtype)
-    cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
+    precision.cast(c.text_encoder, device, dtype)
+    precision.cast(c.unet, device, dtype)
+    precision.cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
     if precision.wants_channels_last(device, dtype):
         c.unet.to(memory_format=torch.channels_last)
         c.vae.to(memory_format=torch.channels_last)
@@ -172,14 +133,14 @@ def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Component
     return c
 
 
-def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaults | None = None,
-                name: str | None = None) -> Components:
+def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | torch.dtype,
+                defaults: Defaults | None = None, name: str | None = None) -> Components:
+    """A diffusers folder's parts on ``device`` in ``dtype`` (``latentgen.load`` decides both: ``Placement``)."""
     folder = Path(folder)
     check_folder(folder)
     unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
     check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"))
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device, unet_cfg)
+    device, dtype = torch.device(device), precision.as_dtype(dtype)
     if defaults is None:
         extra = folder / "latentgen.json"
         size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
@@ -195,7 +156,7 @@ def from_folder(folder: str | Path, *, device=None, dtype=None, defaults: Defaul
         defaults=defaults, name=name or folder.name), device, dtype)
 
 
-def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Components:
+def from_preset(preset: Preset, *, device: str | torch.device, dtype: str | torch.dtype, seed: int = 0) -> Components:
     """Build a preset: its trained folder when it names one, else random weights seeded by ``seed``."""
     if preset.weights is not None:
         c = from_folder(data_dir("weights") / preset.weights, device=device, dtype=dtype,
@@ -204,8 +165,7 @@ def from_preset(preset: Preset, *, device=None, dtype=None, seed: int = 0) -> Co
             c.inpaint_unet = data_dir("weights") / preset.inpainting / "unet"
         return c
     check_fit(preset.unet, preset.vae, preset.text_encoder)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device, preset.unet)
+    device, dtype = torch.device(device), precision.as_dtype(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
@@ -246,14 +206,3 @@ def part_configs(source, path: Path) -> tuple[dict, dict, dict]:
     if preset.weights is not None:
         return part_configs(preset.weights, data_dir("weights") / preset.weights)
     return preset.unet, preset.vae, preset.text_encoder
-
-
-def load(source: str | Path | None, *, device=None, dtype=None) -> Components:
-    """Components from a diffusers folder, a preset name, or (None) the embedded default model.
-    ``latentgen.loading.load`` adds single-file checkpoints, VAE files and the prediction type."""
-    path = Path(source) if source is not None else Path()
-    if source is None:
-        return from_preset(load_preset("default"), device=device, dtype=dtype)
-    if folder_like(source, path):
-        return from_folder(path, device=device, dtype=dtype)
-    return from_preset(load_preset(str(source)), device=device, dtype=dtype)

@@ -12,10 +12,10 @@ That script numbers LDM blocks by SD's fixed shape (4 levels; 2 layers down, 3 u
 
 and leaves what its table lacks in diffusers' names: attentions of ``down_blocks.3`` and ``up_blocks.0``
 (SD has none there), levels past 4, layers past 2. For SD's shape that is the LDM layout; for others
-it is neither (LDM numbers blocks by the real layer count: ``latentgen.ldm``), and diffusers'
+it is neither (LDM numbers blocks by the real layer count: ``latentgen.models.ldm``), and diffusers'
 ``from_single_file`` refuses such a file. The numbering is fixed, so it can be read back: ``renames``
 maps the script's names to diffusers blocks and those to the LDM names of the model's real shape;
-``latentgen.checkpoints.read`` applies it, and the usual reader takes it from there.
+``latentgen.models.checkpoints.read`` applies it, and the usual reader takes it from there.
 
 A file is in the script's numbering when its U-Net holds diffusers names or its ``input_blocks`` skip
 numbers (LDM's count up without a gap); its VAE when the decoder levels are numbered 4 - n .. 3.

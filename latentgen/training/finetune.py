@@ -1,4 +1,4 @@
-"""LoRA fine-tuning on a folder of captioned images, through the one training loop (``latentgen.train``).
+"""LoRA fine-tuning on a folder of captioned images, through the one training loop (``latentgen.training.loop``).
 
     latentgen finetune-lora data/ --out runs/purple --rank 8 --steps 600 --kohya
 
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from . import checks, train
-from . import lora as lora_io
-from .checks import option
+from .. import checks
+from . import loop as train
+from ..lora import formats as lora_io
+from ..checks import option
 from .captioned import prepare, read_dataset
 
 
@@ -137,7 +138,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
 
-    from . import loading
+    from ..models import loading
 
     t_start = time.perf_counter()
     pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
@@ -145,7 +146,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
-    c = loading.load(cfg.model, device=acc.device, dtype="fp32")
+    c = loading.load_components(cfg.model, device=acc.device, dtype="fp32", backend="torch")
     res = cfg.resolution or c.defaults.width
     if res % c.vae_scale_factor:
         f = c.vae_scale_factor
@@ -209,7 +210,7 @@ def prior_pairs(cfg: LoraTrainConfig, c, acc) -> list[tuple[Path, str]]:
         return []
     if cfg.prior_prompts and acc.is_main_process:
         from .captioned import draw_prior
-        from .pipeline import Pipeline
+        from ..pipeline import Pipeline
 
         draw_prior(Pipeline.from_components(c), cfg.prior_data, cfg.prior_prompts, cfg.prior_images, cfg.seed)
     acc.wait_for_everyone()
@@ -280,8 +281,8 @@ class Batches:
 def validate(cfg: LoraTrainConfig, c, step: int) -> None:
     """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``."""
     if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
-        from .images import grid
-        from .pipeline import Pipeline
+        from ..images import grid
+        from ..pipeline import Pipeline
 
         images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed)
         (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ A1111 and ComfyUI open), with a header that makes ``latentgen.load`` of it exact
 
     latentgen export runs/default/model default.safetensors
 
-Key names are the inverse of diffusers' ``convert_ldm_*`` functions (``latentgen.ldm``)."""
+Key names are the inverse of diffusers' ``convert_ldm_*`` functions (``latentgen.models.ldm``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 
 from . import components, ldm, loading
 from .checkpoints import HEADER
-from .files import atomic_path
-from .schedulers import SAMPLERS
+from .. import precision
+from ..files import atomic_path
+from ..schedulers import SAMPLERS
 
 
 # -- export ----------------------------------------------------------------------------------
@@ -76,8 +77,9 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
         raise FileExistsError(f"{out} exists; pass --force (force=True) to replace it.")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder {str(out.parent)!r} does not exist; create it first.")
-    cast = None if dtype is None else components.resolve_dtype(dtype, torch.device("cpu"))
-    c = loading.load(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type)
+    cast = None if dtype is None else precision.as_dtype(dtype)
+    c = loading.load_components(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type,
+                                backend="torch")
     tensors = {k: (v if cast is None else v.to(cast)).contiguous() for k, v in ldm_state_dict(c).items()}
     with atomic_path(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp), metadata=header(c))

@@ -10,7 +10,7 @@ File layouts read (``read``):
 ``Embeddings.load`` adds the token to the tokenizer (and ``token_1`` ... ``token_{n-1}`` for more
 vectors, diffusers' convention) and their rows to the text encoder's input embeddings. Rows only
 get appended (a token the vocabulary already has, such as ``style``, is refused), so prompts without
-the token encode exactly as before. ``latentgen.prompts`` expands the token into its n ids (A1111
+the token encode exactly as before. ``latentgen.text.prompts`` expands the token into its n ids (A1111
 counts them as n tokens of the chunk).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import lora as lora_files
+from ..lora import formats as lora_files
 
 SDXL_KEYS = ("clip_l", "clip_g")
 
@@ -160,7 +160,7 @@ class Embeddings:
                              f"token=... for {path.name}, such as token='<{token}>'.")
 
     def expansions(self) -> dict[int, list[int]]:
-        """{first token id: the ids of all n vectors}, for ``latentgen.prompts.tokenize``."""
+        """{first token id: the ids of all n vectors}, for ``latentgen.text.prompts.tokenize``."""
         return {e.ids[0]: e.ids for e in self.loaded.values()}
 
     def used(self, texts: list[str]) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Components from a single-file checkpoint (``latentgen.checkpoints.Checkpoint``): the architecture
-planned from the header, a preset and the tensor shapes, then models built on the meta device and
+"""Components from a single-file checkpoint (``latentgen.models.checkpoints.Checkpoint``): the architecture
+read from the header, a preset and the tensor shapes, then models built on the meta device and
 filled with the file's tensors (renamed by diffusers' ``convert_ldm_*`` functions)."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from . import components, ldm, prediction, schedulers
+from . import components, ldm, prediction
+from .. import schedulers
 from .checkpoints import Checkpoint, header_configs, yaml_hints
 from .ldm import CLIP, OPEN_CLIP, UNET, VAE
 from .presets import Defaults, Preset, data_dir, list_presets, load_preset
 
 
 @dataclass
-class Plan:
+class Architecture:
     """The architecture of a file, decided before any weight is read."""
 
     family: str  # "sd1" | "sd2"
@@ -102,7 +103,7 @@ def _check_groups(cfg: dict, part: str, what: str) -> None:
                          f"load it from a diffusers folder (its config names norm_num_groups).")
 
 
-def plan(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Plan:
+def architecture(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Architecture:
     """The architecture of ``ck``: header configs, or the closest preset updated from the shapes."""
     what = ck.path.name
     vae_ck = vae or ck
@@ -136,7 +137,7 @@ def plan(ck: Checkpoint, *, vae: Checkpoint | None = None) -> Plan:
     if vae is not None:  # a separate VAE: its own sizes over the model's VAE config
         cfg["vae"] = {**cfg["vae"], **sizes["vae"]}
     fit_vae(cfg["unet"], cfg["vae"], cfg["text_encoder"], vae)
-    return Plan(family, open_clip, cfg["unet"], cfg["vae"], cfg["text_encoder"], presets, header)
+    return Architecture(family, open_clip, cfg["unet"], cfg["vae"], cfg["text_encoder"], presets, header)
 
 
 def fit_vae(unet: dict, vae_cfg: dict, text: dict, vae: Checkpoint | None) -> None:
@@ -223,16 +224,14 @@ def _retarget(unet: UNet2DConditionModel, cfg: dict) -> None:
     unet.register_to_config(sample_size=cfg["sample_size"], upcast_attention=cfg.get("upcast_attention", False))
 
 
-def build(ck: Checkpoint, *, device=None, dtype=None, vae: Checkpoint | None = None,
+def build(ck: Checkpoint, p: Architecture, *, device: torch.device, dtype: torch.dtype, vae: Checkpoint | None = None,
           prediction_type: str | None = None):
-    """Components of a single file; ``vae``: a separate VAE file (``read_vae``) used instead of its own."""
+    """Components of a single file as ``architecture`` read it (``p``), on ``device`` in ``dtype``; ``vae``: a separate VAE
+    file (``read_vae``) used instead of its own."""
     pred = prediction.normalize(prediction_type)
-    p = plan(ck, vae=vae)
     hints = yaml_hints(ck.path)  # its parameterization counts over the header's
     inpainting = p.unet["in_channels"] != p.unet["out_channels"]
     pred, _ = prediction.resolve(pred, hints.get("prediction_type"), ck.metadata, p.family, inpainting)
-    device = components.resolve_device(device)
-    dtype = components.resolve_dtype(dtype, device, p.unet)
     with components.quiet_loading():
         # each tensor is cast as it is read: the file's dtype and the model's are never both in memory
         parts = dict(unet=build_unet(ck, p.unet, dtype),
@@ -245,7 +244,7 @@ def build(ck: Checkpoint, *, device=None, dtype=None, vae: Checkpoint | None = N
     return _complete(c, p, pred, ck)
 
 
-def _complete(c, p: Plan, pred: str, ck: Checkpoint):
+def _complete(c, p: Architecture, pred: str, ck: Checkpoint):
     """Tokenizer, scheduler, defaults and name, from the header or the preset the prediction picks."""
     want = "v_prediction" if pred == "v_prediction" else "epsilon"
     preset = next((q for q in p.presets if q.scheduler.get("prediction_type", "epsilon") == want), p.presets[0])

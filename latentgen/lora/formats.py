@@ -1,4 +1,4 @@
-"""LoRA files in the field's two layouts: reading, key mapping, writing (``latentgen.adapters`` applies them).
+"""LoRA files in the field's two layouts: reading, key mapping, writing (``latentgen.lora.adapters`` applies them).
 
 LoRA (Hu et al. 2021, https://arxiv.org/abs/2106.09685) adds to a weight W (out, in) the low-rank
 update dW = scale * (alpha / rank) * up @ down, with down (rank, in) and up (out, rank).
@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import files
+from .. import files
 
 PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -130,7 +130,7 @@ def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch
 
 def shipped_loras() -> dict[str, Path]:
     """The worked-example LoRAs shipped in weights/loras, by name (e.g. ``"purple"``)."""
-    from .presets import data_dir
+    from ..models.presets import data_dir
 
     folder = data_dir("weights") / "loras"
     return {p.name[:-len(".safetensors")]: p for p in sorted(folder.glob("*.safetensors"))

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # latentgen/
 
 
 def data_dir(name: str) -> Path:

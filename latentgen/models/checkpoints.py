@@ -8,17 +8,17 @@ Reading, in order, everything checked before a weight is read:
      the file (a pickle that needs code is refused, saying how to convert it); ``state_dict`` nesting
      is unwrapped; complete EMA weights (``model_ema.*``) replace the U-Net's (the name says so);
   2. block numbers that diffusers' conversion script wrote for a model not shaped as SD are read
-     back (``latentgen.ldm_script``);
-  3. the family from the key names (``latentgen.ldm.family``): SD 1.x, SD 2.x, or a refusal naming
+     back (``latentgen.models.ldm_script``);
+  3. the family from the key names (``latentgen.models.ldm.family``): SD 1.x, SD 2.x, or a refusal naming
      what the file is (SDXL, SD3, Flux, a LoRA, a VAE, ...);
   4. the architecture: the configs latentgen's ``export`` stores in the header, else the preset in
      ``pipelines/`` closest to the file, updated with every size the tensor shapes fix
-     (``latentgen.ldm.*_sizes``), with ``<stem>.yaml`` beside the file for attention heads and the
+     (``latentgen.models.ldm.*_sizes``), with ``<stem>.yaml`` beside the file for attention heads and the
      VAE scale factor;
   5. the tensors, renamed by diffusers' ``convert_ldm_unet_checkpoint``, ``convert_ldm_vae_checkpoint``,
      ``convert_ldm_clip_checkpoint`` and ``convert_open_clip_checkpoint``, into models built on the
      meta device (no random initialisation);
-  6. the prediction type (``latentgen.prediction``), which also picks between presets of one
+  6. the prediction type (``latentgen.models.prediction``), which also picks between presets of one
      architecture (``sd2``: epsilon, 512; ``sd21``: v, 768).
 """
 
@@ -185,7 +185,7 @@ def read_vae(path: str | Path) -> Checkpoint:
 
 
 def yaml_hints(path: Path) -> dict:
-    """A1111's ``<stem>.yaml`` beside the checkpoint, parsed (``latentgen.prediction.from_yaml``)."""
+    """A1111's ``<stem>.yaml`` beside the checkpoint, parsed (``latentgen.models.prediction.from_yaml``)."""
     from .prediction import from_yaml
 
     yml = path.with_suffix(".yaml")

@@ -1,7 +1,7 @@
 """The LDM single-file layout (A1111, ComfyUI, the original Stable Diffusion code): what a file is,
 its architecture sizes from tensor shapes alone, and diffusers -> LDM names for writing one.
 
-Reading goes through diffusers' ``convert_ldm_*`` functions (``latentgen.single_file``); this module
+Reading goes through diffusers' ``convert_ldm_*`` functions (``latentgen.models.single_file``); this module
 knows the names. A file's family is read from its keys: SD 1.x has CLIP under
 ``cond_stage_model.transformer.``, SD 2.x OpenCLIP under ``cond_stage_model.model.``, SDXL
 ``conditioner.embedders.`` (refused, named), anything else is named with diffusers'

@@ -1,4 +1,4 @@
-"""The disk cache of converted U-Nets (``latentgen.runtime``): one folder per set of weights, named by
+"""The disk cache of converted U-Nets (``latentgen.backends.runtime``): one folder per set of weights, named by
 their hash, holding OpenVINO IR (``unet.xml`` + ``unet.bin``: ~1.7 GB for SD 1.5, ~17 MB for the
 embedded model). Every checkpoint a user runs adds one, so the cache is bounded: after each conversion
 the least recently used folders are removed until it holds at most ``$LATENTGEN_CACHE_GB`` (default

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import files
+from .. import files
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -44,7 +44,7 @@ def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple
 
 def prepare(path: Path, resolution: int, crop: str) -> torch.Tensor:
     """An image file -> (1, 3, res, res) in [-1, 1]: shorter side resized and center-cropped, or stretched."""
-    from .images import LANCZOS, load_rgb, to_tensor
+    from ..images import LANCZOS, load_rgb, to_tensor
 
     im = load_rgb(path, "image")[0]
     if crop == "center":

@@ -22,8 +22,9 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
 * ``clip_skip`` (A1111's "Clip skip"): 1 is the last layer; n takes the hidden states n layers from
   the end, through the final layer norm. diffusers' ``clip_skip`` counts one less.
 
-Not implemented: prompt editing ``[a:b:when]``, alternation ``[a|b]`` (read as emphasis and text),
-``AND``, and A1111's ``<lora:NAME:TE:UNET>`` per-part weights (refused). ``syntax="plain"``: the text
+Not implemented: prompt editing ``[a:b:when]`` and alternation ``[a|b]``, refused by ``parse`` (read as
+emphasis and text they would draw another image than A1111's), ``AND``, and A1111's ``<lora:NAME:TE:UNET>``
+per-part weights (refused). ``syntax="plain"``: the text
 as it is, cut at 75 tokens with a warning (latentgen before prompt syntax; diffusers alike).
 """
 
@@ -31,10 +32,8 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
@@ -58,7 +57,9 @@ _TAG = re.compile(r"<(\w+):([^>]+)>")
 def parse(text: str) -> list[tuple[str, float]]:
     """A1111's emphasis syntax: ``text`` as (piece, weight) pairs, in order, with ``BREAK`` markers
     (``("BREAK", -1.0)``): ``parse("a (b:1.3)") == [("a ", 1.0), ("b", 1.3)]``. Rules: the module docstring.
+    Prompt editing and alternation are refused (``check_editing``).
     """
+    check_editing(text)
     res: list[list] = []  # [piece, weight]; weight None marks a BREAK, which brackets leave alone
     round_open: list[int] = []  # index in res where each open '(' starts
     square_open: list[int] = []
@@ -99,6 +100,36 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [BREAK if w is None else (t, w) for t, w in merged]
 
 
+_WHEN = re.compile(r":\s*[+-]?(\d+\.?\d*|\.\d+)\s*$")  # the ':when' that ends A1111's prompt editing
+
+
+def check_editing(text: str) -> None:
+    """Refuse A1111's prompt editing (``[a:b:when]``, ``[a:when]``, ``[a::when]``: the text changes at a step)
+    and alternation (``[a|b]``: it changes every step), which latentgen does not draw yet: read as emphasis
+    and text they would give another image than A1111's. Only what stands at a square bracket's own level
+    counts: ``[(a:1.2)]`` is emphasis, ``\\[a:0.5\\]`` literal brackets."""
+    frames: list[list] = []  # each open bracket: [its character, where it starts, what stands at its own level]
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch in "([":
+            frames.append([ch, i, []])
+        elif frames and (ch, frames[-1][0]) in ((")", "("), ("]", "[")):
+            kind, start, own = frames.pop()
+            inner = "".join(own)
+            if kind == "[" and ("|" in inner or _WHEN.search(inner)):
+                what = "alternation ([a|b])" if "|" in inner else "prompt editing ([a:b:when])"
+                raise ValueError(f"prompt {text!r} uses A1111's {what} in {text[start:i + 1]!r}, which latentgen "
+                                 f"does not draw yet (read as text it would give another image than A1111's): "
+                                 f"remove it, write the brackets as \\[ \\], or use prompt_syntax='plain'.")
+        elif frames:
+            frames[-1][2].append(ch)
+        i += 1
+
+
 def _is_number(s: str) -> bool:
     try:
         float(s)
@@ -129,6 +160,18 @@ def extra_networks(text: str) -> tuple[str, list[tuple[str, str, float]]]:
     return _TAG.sub(found, text), tags
 
 
+def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """(the prompt without its tags, its ``<lora:NAME:WEIGHT>`` tags as (NAME, WEIGHT)) under "a1111";
+    tags of other kinds, and tags in the negative prompt, are refused."""
+    text, tags = extra_networks(prompt)
+    if any(kind != "lora" for kind, _, _ in tags):
+        raise ValueError(f"prompt {prompt!r} has a tag that is not <lora:...>: only LoRA tags work; remove the others.")
+    if negative_prompt and extra_networks(negative_prompt)[1]:
+        raise ValueError(f"negative_prompt {negative_prompt!r} has a <lora:...> tag: tags work in the prompt only; "
+                         f"move it there or remove it.")
+    return text, tuple((name, weight) for _, name, weight in tags)
+
+
 # -- tokens -------------------------------------------------------------------------------------
 @dataclass
 class Chunk:
@@ -149,7 +192,7 @@ def tokenize(text: str, tokenizer, *, syntax: str = "a1111",
              expand: dict[int, list[int]] | None = None) -> list[Chunk]:
     """``text`` as chunks of 77 token ids and weights (one chunk under ``syntax="plain"``).
 
-    expand: textual-inversion tokens, {first id: all n ids} (``latentgen.embeddings``).
+    expand: textual-inversion tokens, {first id: all n ids} (``latentgen.text.embeddings``).
     """
     expand = expand or {}
     size = tokenizer.model_max_length - 2  # 75 prompt tokens per chunk
@@ -190,6 +233,13 @@ def tokenize(text: str, tokenizer, *, syntax: str = "a1111",
 
 
 # -- encoding -----------------------------------------------------------------------------------
+def embed(text: str, tokenizer, text_encoder, *, clip_skip: int = 1, syntax: str = "a1111",
+          expand: dict[int, list[int]] | None = None) -> torch.Tensor:
+    """One prompt's CLIP embeddings: ``tokenize``, then ``encode`` -> (1, 77 * k, D)."""
+    return encode(text_encoder, tokenize(text, tokenizer, syntax=syntax, expand=expand), clip_skip=clip_skip)
+
+
+
 @torch.no_grad()
 def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torch.Tensor:
     """CLIP embeddings of a prompt's chunks, each encoded alone and joined: (1, 77 * k, D)."""
@@ -213,87 +263,3 @@ def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torc
                 z = z * (mean / z.mean())  # back to the chunk's original mean
         out.append(z)
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
-
-
-# -- the texts of one call ----------------------------------------------------------------------
-def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """(the prompt without its tags, its ``<lora:NAME:WEIGHT>`` tags as (NAME, WEIGHT)) under "a1111";
-    tags of other kinds, and tags in the negative prompt, are refused."""
-    text, tags = extra_networks(prompt)
-    if any(kind != "lora" for kind, _, _ in tags):
-        raise ValueError(f"prompt {prompt!r} has a tag that is not <lora:...>: only LoRA tags work; remove the others.")
-    if negative_prompt and extra_networks(negative_prompt)[1]:
-        raise ValueError(f"negative_prompt {negative_prompt!r} has a <lora:...> tag: tags work in the prompt only; "
-                         f"move it there or remove it.")
-    return text, tuple((name, weight) for _, name, weight in tags)
-
-
-class CallText:
-    """The text side of one call (``Pipeline.sample``): ``<lora:...>`` tags out of the prompts (under
-    "a1111"), each distinct text encoded once, alone, by ``encode_prompt`` -> (1, 77 * k, D); an image's
-    cond and uncond padded to its own number of chunks (a batch mate's would change the image) with the
-    encoding of an empty chunk (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags,
-    the same for every prompt. ``info``: its PNG fields (``latentgen.metadata.text_fields``)."""
-
-    def __init__(self, draws: Sequence, encode_prompt: Callable[..., torch.Tensor], settings, embeddings):
-        from . import metadata
-
-        syntax = settings.prompt_syntax
-        self.encode = partial(encode_prompt, clip_skip=settings.clip_skip, syntax=syntax)
-        self.cache: dict[str, torch.Tensor] = {}
-        self.text: dict[str, str] = {}  # prompt as given -> text to encode
-        asked: dict[str, tuple] = {}
-        for d in draws:
-            self.text[d.prompt], asked[d.prompt] = (tagged_loras(d.prompt, d.negative_prompt) if syntax == "a1111"
-                                                    else (d.prompt, ()))
-        sets = set(asked.values())
-        if len(sets) > 1:
-            raise ValueError(f"the prompts of one call ask for different LoRA tags ({' vs '.join(map(str, sets))}); "
-                             f"give every prompt the same <lora:...> tags, or make one call per set.")
-        self.loras: list[tuple[str, float]] = list(sets.pop()) if sets else []
-        texts = list(self.text.values()) + [d.negative_prompt for d in draws if d.negative_prompt]
-        self.info = metadata.text_fields(settings.clip_skip, syntax, embeddings.used(texts))
-
-    def _embed(self, text: str) -> torch.Tensor:  # (1, 77 * k, D), each text encoded once
-        return self.cache[text] if text in self.cache else self.cache.setdefault(text, self.encode(text))
-
-    def embed(self, draws: Sequence, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """cond (B, 77 * k, D) and, with ``cfg``, uncond (B, 77 * k, D) of ``draws`` of one k (``request.batches``)."""
-        pairs = [self._pair(d, cfg) for d in draws]
-        return torch.cat([p[0] for p in pairs]), torch.cat([p[-1] for p in pairs]) if cfg else None
-
-    def _pair(self, d, cfg: bool) -> list[torch.Tensor]:  # [cond] or [cond, uncond], (1, 77 * k, D) each
-        zs = [self._embed(self.text[d.prompt])] + ([self._embed(d.negative_prompt)] if cfg else [])
-        length = max(z.shape[1] for z in zs)  # 77 * k: this image's own k, as in a one-image call
-        for i, z in enumerate(zs):
-            if z.shape[1] < length:
-                empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
-                zs[i] = torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
-        return zs
-
-    @contextmanager
-    def lora_tags(self, loras):
-        """Apply the LoRAs the tags name while the block runs. One already in ``loras`` (a
-        ``LoraAdapters``) by that name gets the tag's weight, then its own scale back; any other name is
-        a shipped LoRA (``latentgen.lora.resolve``: ``"purple"``) or a file, loaded for the block and
-        unloaded after. Loaded LoRAs that no tag names stay as they are (A1111 would turn them off)."""
-        restore: dict[str, float] = {}
-        added: list[str] = []
-        try:
-            for name, weight in self.loras:
-                if name not in loras.loaded:
-                    try:
-                        added.append(loras.load(name, scale=weight))
-                    except FileNotFoundError as e:
-                        raise FileNotFoundError(f"prompt tag <lora:{name}>: no LoRA of that name is loaded "
-                                                f"({', '.join(loras.loaded) or 'none'}); {e}") from None
-                    continue
-                if name not in added:
-                    restore.setdefault(name, loras.loaded[name].scale)
-                loras.set_scale(name, weight)
-            yield
-        finally:
-            for name in reversed(added):
-                loras.unload(name)
-            for name, scale in restore.items():
-                loras.set_scale(name, scale)

@@ -7,10 +7,11 @@ code published and that the open_clip_torch wheel carries as
 ``SimpleTokenizer``: 256 byte symbols, the same with ``</w>``, one entry per merge,
 then ``<|startoftext|>`` and ``<|endoftext|>`` (49,408 ids in all).
 
-Run it once by hand (the wheel is no dependency of latentgen)::
+It lives beside the data it builds, outside the package. Run it once by hand from the repository
+root (the wheel is no dependency of latentgen)::
 
     pip download --no-deps open_clip_torch -d /tmp/oc
-    python -m latentgen.build_tokenizer /tmp/oc/open_clip_torch-*.whl pipelines/tokenizers/clip-vit-large-patch14
+    python pipelines/build_tokenizer.py /tmp/oc/open_clip_torch-*.whl pipelines/tokenizers/clip-vit-large-patch14
 """
 
 from __future__ import annotations

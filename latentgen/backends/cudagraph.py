@@ -22,7 +22,7 @@ instead of the eager module; its first call per shape compiles (about a minute),
 inductor's on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default ``torchinductor_<user>`` in the temporary
 folder). Where the compile fails, the eager kernels are recorded instead, with a warning.
 
-A graph stands in for the module as it was recorded: ``latentgen.runtime.Runtime`` records again when the
+A graph stands in for the module as it was recorded: ``latentgen.backends.runtime.Runtime`` records again when the
 U-Net's parameters move or change dtype, and runs the module itself while a LoRA is injected (peft's
 scales are plain Python numbers, which a graph would freeze). Values edited in place are read by the
 replay as they are. If recording fails (an operation a graph cannot hold), the module runs eagerly from

@@ -1,0 +1,69 @@
+"""Loading a model from whatever the user holds, in one place: a diffusers folder, a preset, the embedded
+model (``latentgen.models.components``), or a single-file checkpoint (``latentgen.models.checkpoints`` reads it,
+``latentgen.models.single_file`` builds it); optionally with a separate VAE file and a prediction type.
+
+``load_components`` runs in four steps: the arguments are checked; the source's configs are read, without
+weights; device, dtype and backend are decided once, from the U-Net's config (``precision.Placement``, each with
+why); the parts are built there. ``latentgen.load`` wraps the result in a ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .. import precision
+from ..backends import runtime
+from . import checkpoints, components, ldm, prediction, single_file
+from .components import Components
+from .presets import load_preset
+
+
+def load_components(source: str | Path | None = None, *, device=None, dtype=None, vae: str | Path | None = None,
+                    prediction_type: str | None = None, backend: str | None = None) -> Components:
+    """The parts of a model (arguments as ``latentgen.load``'s), with ``placement``: what was decided and why."""
+    # 1. the arguments, checked before anything is read
+    device = precision.resolve_device(device)
+    asked = None if dtype is None else precision.as_dtype(dtype)
+    backend = runtime.requested(backend, device)
+    kind = prediction.normalize(prediction_type)
+    vae_file = checkpoints.read_vae(vae) if vae is not None else None  # a bad VAE file fails first
+    # 2. what the source is, and its U-Net's config, read without weights
+    path = Path(source) if source is not None else Path()
+    single = source is not None and not path.is_dir() and (path.is_file() or path.suffix.lower() in checkpoints.SUFFIXES)
+    if single:
+        ck = checkpoints.read(path)
+        arch = single_file.architecture(ck, vae=vae_file)
+        unet_config = arch.unet
+    else:
+        unet_config, vae_config, text_config = components.part_configs(source, path)
+        if vae_file is not None:  # does it fit? before any weight is loaded
+            single_file.fit_vae(unet_config, {**vae_config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}, text_config,
+                                vae_file)
+    # 3. device, dtype and backend, decided once
+    dtype, dtype_why = precision.resolve_dtype(asked, device, unet_config)
+    name, why = backend or runtime.default(device, asked == torch.float32, unet_config)
+    place = precision.Placement(device, dtype, dtype_why, name, why)
+    # 4. the parts, built there
+    if single:
+        c = single_file.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
+        return replace(c, placement=place)
+    if source is None or not components.folder_like(source, path):
+        c = components.from_preset(load_preset("default" if source is None else str(source)), device=device,
+                                   dtype=dtype)
+    else:
+        c = components.from_folder(path, device=device, dtype=dtype)
+    if vae_file is not None:
+        c = swap_vae(c, vae_file)
+    if kind is not None:
+        c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type=kind)
+    return replace(c, placement=place)
+
+
+def swap_vae(c: Components, vae_file) -> Components:
+    """``c`` with the VAE of ``vae_file`` (a ``checkpoints.read_vae`` result), on c's device and dtype."""
+    cfg = {**c.vae.config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}
+    vae = single_file.build_vae(vae_file, cfg, c.unet.dtype)
+    return components.finish(replace(c, vae=vae), c.unet.device, c.unet.dtype)
