@@ -155,7 +155,7 @@ class Pipeline:
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=partial(text.chunks, cfg=s.cfg))
-            progress = request.Progress(callback, len(chunks))
+            progress = request.CallProgress(callback, len(chunks))
             for chunk in chunks:
                 sched = schedulers.make(s.scheduler, self.scheduler.config)
                 sched.set_timesteps(s.steps, device=self.device)

@@ -1,5 +1,5 @@
 """What one call asks for, as typed records: the images to draw (``Draw``), the resolved settings
-(``Settings``), and how progress is reported (``Callback``, ``Progress``). ``latentgen.pipeline`` turns them
+(``Settings``), and how progress is reported (``Callback``, ``CallProgress``). ``latentgen.pipeline`` turns them
 into images; ``latentgen.starts`` builds how the loop starts.
 
 All checks here are cheap and run before any model work, so bad input fails in milliseconds with
@@ -59,7 +59,7 @@ class Settings:
         return self.batch_size or (1 if device.type == "cpu" else images)
 
 
-class Progress:
+class CallProgress:
     """A call's ``callback(done, total, latents)`` over its chunks: each chunk's steps counted on from the last
     chunk's, out of all of them (every chunk runs the same number of steps)."""
 

@@ -28,7 +28,7 @@ from PIL import Image  # noqa: E402
 def tiny_folder(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
-    from latentgen.models import components, loading
+    from latentgen.models import loading
 
     c = loading.load_components("tiny-random")  # seeded random weights
     folder = tmp_path_factory.mktemp("tiny-sd")

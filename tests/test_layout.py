@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, no mixins, no private names imported across modules,
-no import-time work, files and functions that fit on a screen or two."""
+"""The package's shape: the top level reads as the pipeline (at most 12 modules; the rest in subpackages by
+concept), tests mirror the package, one name per meaning, no import cycles, no mixins, no private names
+imported across modules, no import-time work, files and functions that fit on a screen or two."""
 
 import ast
 import subprocess
@@ -9,6 +10,9 @@ from pathlib import Path
 import latentgen
 
 PKG = Path(latentgen.__file__).parent
+TESTS = Path(__file__).resolve().parent
+PROJECT_TESTS = {"test_layout", "test_docs", "test_notebooks", "test_requirements"}  # of the project, not a module
+FEATURE_TESTS = ("serve", "cli", "benchmarks")  # tested as a whole: the HTTP API, the command line
 
 
 def _modules():
@@ -107,3 +111,51 @@ def test_importing_does_no_work():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and r.stderr == ""
+
+
+def test_the_top_level_reads_as_the_pipeline():
+    top = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top) <= 12, top
+    assert {"pipeline", "request", "starts", "schedulers", "images", "guard"} <= set(top)
+
+
+def _library_modules():
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG)
+        if path.stem not in ("__init__", "__main__") and rel.parts[0] not in FEATURE_TESTS:
+            yield rel
+
+
+def test_tests_mirror_the_package():
+    """latentgen/a/b.py is tested in tests/a/test_b.py; every test module names a library module (or the script
+    beside the data it builds, tests/pipelines/), but for the project's own and the features tested whole."""
+    missing = [str(rel) for rel in _library_modules() if not (TESTS / rel.parent / f"test_{rel.name}").is_file()]
+    assert missing == []
+    orphans = []
+    for test in sorted(TESTS.rglob("test_*.py")):
+        rel = test.relative_to(TESTS)
+        if rel.parts[0] in FEATURE_TESTS or (len(rel.parts) == 1 and test.stem in PROJECT_TESTS):
+            continue
+        target = rel.parent / f"{test.stem.removeprefix('test_')}.py"
+        if not ((PKG / target).is_file() or (TESTS.parent / target).is_file()):
+            orphans.append(str(rel))
+    assert orphans == []
+
+
+def test_one_name_per_meaning():
+    """No two classes of the package share a name, no two modules share a file name (but the command line's
+    front ends, cli/X.py for the X they run), and one seed bound is defined."""
+    classes: dict[str, list[str]] = {}
+    names: dict[str, list[str]] = {}
+    bounds = []
+    for name, path, tree in _modules():
+        if path.stem not in ("__init__", "__main__"):
+            names.setdefault(path.stem, []).append(name)
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, []).append(name)
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MAX_SEED" for t in node.targets):
+                bounds.append(name)
+    assert {k: v for k, v in classes.items() if len(v) > 1} == {}
+    assert {k: v for k, v in names.items() if len([m for m in v if ".cli." not in m]) > 1} == {}
+    assert bounds == ["latentgen.request"]

@@ -135,22 +135,27 @@ def test_a_context_hook_changes_the_text_by_step(pipe):
 
 
 def test_unet_inputs_reach_the_unet_at_every_step(pipe):
-    seen, mids = [], {}
-    hook = pipe.unet.mid_block.register_forward_hook(lambda m, a, out: mids.setdefault("shape", out.shape))
-    try:
-        cat = pipe.generate("a cat", seed=5, steps=3, guidance=6.0, width=64, height=64)
-    finally:
-        hook.remove()
+    """A ControlNet (diffusers', built from the tiny U-Net) through the hook: its residuals are extra U-Net inputs."""
+    from diffusers import ControlNetModel
 
-    def residual(value):
-        def unet_inputs(i, x, t, context):
-            seen.append((i, x.shape[0], context.shape[0]))
-            return {"mid_block_additional_residual": torch.full(mids["shape"], value)}  # ControlNet's kind of input
-        return unet_inputs
+    levels = pipe.vae_scale_factor.bit_length()  # its hint encoder downsamples as the VAE does
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16,) * levels).eval()
+    hint = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # the control image, CFG's halves
+    # zero convolutions at first: residuals of 0, the plain image
+    seen = []
 
-    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=residual(0.0))), cat) == 0
+    def unet_inputs(i, x, t, context):
+        seen.append((i, x.shape[0], context.shape[0]))
+        down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    cat = pipe.generate("a cat", seed=5, steps=3, guidance=6.0, width=64, height=64)
+    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=unet_inputs)), cat) == 0
     assert seen == [(0, 2, 2), (1, 2, 2), (2, 2, 2)]  # each step, with CFG's two halves
-    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=residual(0.5))), cat) > 0
+    with torch.no_grad():
+        for p in controlnet.controlnet_mid_block.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=unet_inputs)), cat) > 0
 
 
 def test_after_step_sees_every_step_and_its_latents_go_on(pipe):

@@ -23,9 +23,9 @@ def _positive_float(s: str) -> float:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..serve.config import MiB, Limits, ServeConfig, is_loopback
+    from ..serve.config import MiB, RequestLimits, ServeConfig, is_loopback
 
-    limits = Limits(max_body=int(args.max_body_mb * MiB), max_pixels=args.max_pixels, max_steps=args.max_steps,
+    limits = RequestLimits(max_body=int(args.max_body_mb * MiB), max_pixels=args.max_pixels, max_steps=args.max_steps,
                     max_images=args.max_images, queue_size=args.queue_size, job_timeout=args.job_timeout)
     config = ServeConfig(model=args.model, models_dir=args.models_dir, loras=args.lora, embeddings=args.embedding,
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,

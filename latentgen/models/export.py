@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import components, ldm, loading
+from . import ldm, loading
 from .checkpoints import HEADER
 from .. import precision
 from ..files import atomic_path

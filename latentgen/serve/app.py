@@ -31,7 +31,7 @@ from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
-from .gate import Guard
+from .gate import Gate
 from .jobs import Worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -162,7 +162,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="latentgen", version=latentgen.__version__, lifespan=lifespan,
                   description="AUTOMATIC1111-compatible API over latentgen (/sdapi/v1/...), and a web page at /.")
     app.state.server = server
-    app.add_middleware(Guard, credentials=config.credentials(), max_body=config.limits.max_body)
+    app.add_middleware(Gate, credentials=config.credentials(), max_body=config.limits.max_body)
     _error_handlers(app)
     _routes(app, server)
     _list_routes(app, server)

@@ -1,6 +1,6 @@
 """What ``latentgen serve`` is told: where it listens, who may use it, what it loads, and its limits.
 
-Every limit is a number here, checked in one place (``Limits``, with ``latentgen.checks``), so the API,
+Every limit is a number here, checked in one place (``RequestLimits``, with ``latentgen.checks``), so the API,
 the page and the tests agree on them. Nothing in this module imports torch or FastAPI.
 """
 
@@ -16,7 +16,7 @@ MiB = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Limits:
+class RequestLimits:
     """Bounds on one request and on the server's backlog; a request over a bound gets a 4xx."""
 
     max_body: int = 32 * MiB  # bytes of one request body (base64 images included): 413 above
@@ -46,7 +46,7 @@ class ServeConfig:
     device: str | None = None
     dtype: str | None = None
     load_options: dict = field(default_factory=dict)  # more latentgen.load keywords for every model (vae=...)
-    limits: Limits = field(default_factory=Limits)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
     def credentials(self) -> dict[str, str]:

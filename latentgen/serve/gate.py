@@ -12,7 +12,7 @@ import secrets
 from .errors import body
 
 
-class Guard:
+class Gate:
     """HTTP Basic auth (when credentials are set) on every path, the page included, and a bound on the
     body: a larger request gets 413 before it is parsed. The body is read here and handed on."""
 

@@ -68,7 +68,7 @@ class Phase:
 def build_folder(folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from latentgen.models import components, export as ldm_export, loading
+    from latentgen.models import loading
 
     c = loading.load_components("sd15", device="cpu", dtype="fp32")
     StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,

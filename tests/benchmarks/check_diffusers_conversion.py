@@ -183,7 +183,7 @@ def main() -> None:
                     help="diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py")
     ap.add_argument("--work", type=Path, default=None, help="folder for the models and files (default: a temp dir)")
     ap.add_argument("--record-names", type=Path, default=None, metavar="JSON",
-                    help="only write the names the script gives an embedded-shaped model (tests/data/...)")
+                    help="only write the names the script gives an embedded-shaped model (tests/models/data/...)")
     args = ap.parse_args()
     if not args.script.is_file():
         sys.exit(f"--script {args.script}: no such file; fetch it from the diffusers repository.")

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DConditionModel  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen.models import components, loading, prediction
+from latentgen.models import loading, prediction
 from latentgen.training import loop as train  # noqa: E402
 from latentgen.embedded import quality, recipe, shapes  # noqa: E402
 from latentgen.models.presets import load_preset  # noqa: E402

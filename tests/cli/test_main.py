@@ -179,7 +179,7 @@ def test_single_file_vae_embedding_and_clip_skip_reach_the_png(tiny_folder, tmp_
     `latentgen info` shows what A1111 writes for them (Clip skip, TI hashes) and the file's model name."""
     from safetensors.torch import save_file
 
-    from latentgen.models import components, export as ldm_export, ldm, loading
+    from latentgen.models import export as ldm_export, ldm, loading
 
     c = loading.load_components(tiny_folder)
     state = {k: v.contiguous() for k, v in ldm_export.ldm_state_dict(c).items()}

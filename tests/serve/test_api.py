@@ -15,7 +15,7 @@ webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client: pip install
 
 from serving import Served, green, max_diff, reference, square_mask  # noqa: E402
 
-from latentgen.serve import Limits, ServeConfig  # noqa: E402
+from latentgen.serve import RequestLimits, ServeConfig  # noqa: E402
 
 PROMPT = "a red circle on a blue background"
 
@@ -33,7 +33,7 @@ def served(tiny_folder, tmp_path_factory):
     save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
               str(outdir.parent / "shiny.safetensors"))  # a textual inversion for the embedded model's CLIP
     s = Served(ServeConfig(models_dir=models, outdir=outdir, embeddings=[str(outdir.parent / "shiny.safetensors")],
-                           limits=Limits(queue_size=3)))
+                           limits=RequestLimits(queue_size=3)))
     s.outdir = outdir
     yield s
     s.stop()

@@ -3,10 +3,10 @@ draw the same images; scales, several LoRAs, fuse/unfuse/unload restore the weig
 
 import pytest
 import torch
-
-import latentgen
 from conftest import max_diff as _max_diff
 from conftest import random_lora
+
+import latentgen
 from latentgen.lora import formats as lora_io
 
 

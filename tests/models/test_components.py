@@ -11,7 +11,6 @@ import pytest
 
 import latentgen
 from latentgen import precision
-from latentgen.models import components
 
 
 def test_missing_folder():

@@ -8,7 +8,7 @@ from transformers import CLIPTokenizer
 from latentgen.models.presets import load_preset
 
 # the builder lives beside the data it builds (pipelines/), outside the package: loaded from the checkout
-_SCRIPT = Path(__file__).resolve().parents[1] / "pipelines" / "build_tokenizer.py"
+_SCRIPT = Path(__file__).resolve().parents[2] / "pipelines" / "build_tokenizer.py"
 _spec = importlib.util.spec_from_file_location("build_tokenizer", _SCRIPT)
 build_tokenizer = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(build_tokenizer)

@@ -1,6 +1,6 @@
 """Files written by diffusers' conversion script from a model not shaped as SD (latentgen.models.ldm_script).
 
-The script is not in diffusers' wheel, so CI replays the names it wrote (tests/data/
+The script is not in diffusers' wheel, so CI replays the names it wrote (tests/models/data/
 diffusers_script_names.json, recorded by ``check_diffusers_conversion.py --record-names`` from a model
 with the embedded model's U-Net topology and a 2-level VAE) on fresh weights of the same shape.
 ``check_diffusers_conversion.py --script PATH`` runs the script itself on the embedded model."""
@@ -15,9 +15,10 @@ from conftest import max_diff
 from safetensors.torch import save_file
 
 import latentgen
-from latentgen.models import checkpoints, components, ldm, export as ldm_export, ldm_script
+from latentgen.models import checkpoints, components, ldm, ldm_script
+from latentgen.models import export as ldm_export
 
-sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from check_diffusers_conversion import embedded_shaped, save_folder  # noqa: E402
 
 NAMES = json.loads((Path(__file__).parent / "data" / "diffusers_script_names.json").read_text())

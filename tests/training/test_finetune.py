@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latentgen.training import captioned, finetune, loop as train
 from latentgen.lora import formats as lora_io
+from latentgen.training import captioned, finetune
+from latentgen.training import loop as train
 from latentgen.training.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
@@ -63,8 +64,9 @@ def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
 def test_conv_adapters_train_and_load_in_both_layouts(tiny_folder, data, tmp_path):
     """LoCon (``conv_rank``, kohya's conv_dim): each 3x3 ResNet/sampler conv gets an adapter with its own rank
     and alpha, beside rank-``rank`` attention adapters; both layouts hold the same deltas and draw one image."""
-    import latentgen
     from safetensors import safe_open
+
+    import latentgen
 
     path = _run(tiny_folder, data, tmp_path / "c", conv_rank=3, conv_alpha=1.5, kohya=True)
     base = latentgen.load(tiny_folder)

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import torch
+from conftest import max_diff
 from safetensors.torch import save_file
 
-from conftest import max_diff
 from latentgen.text import embeddings, prompts
 
 WIDTH = 32  # the tiny model's text-encoder width

@@ -1,0 +1,168 @@
+"""latentgen.backends.openvino: the U-Net converted to OpenVINO and compiled per input shape gives the torch
+module's outputs; an even batch runs as two streams; CFG's halves share the prefix that reads no context; a
+bf16 U-Net converts to bf16; calls from several threads take turns."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import latentgen
+from latentgen.backends import openvino as openvino_unet
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def fast(tiny_folder):
+    return latentgen.load(tiny_folder, backend="openvino")
+
+
+def test_compiled_call_matches_the_torch_unet(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    for t in (torch.tensor(981), torch.tensor(17.5)):
+        with torch.no_grad():
+            want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+
+
+def test_an_even_batch_runs_as_two_streams_an_odd_one_or_one_thread_as_one(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(1), torch.tensor(500)
+    try:
+        for n_threads, batch, parts in ((2, 2, 2), (2, 4, 2), (2, 3, 1), (1, 2, 1)):
+            torch.set_num_threads(n_threads)
+            compiled.requests.clear()
+            x, ctx = torch.randn(batch, 4, 32, 32, generator=g), torch.randn(batch, 77, 32, generator=g)
+            got = compiled(x, t, encoder_hidden_states=ctx).sample
+            with torch.no_grad():
+                want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), False, n_threads)]) == parts
+            assert torch.allclose(got, want, atol=1e-4), (batch, (got - want).abs().max())  # halves in order
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_geglu_is_traced_as_two_linears_and_the_unet_is_left_as_it_was(fast):
+    from diffusers.models.activations import GEGLU
+
+    kinds = [op.get_type_name() for op in fast.runtime.for_unet(fast.unet).model.get_ordered_ops()]
+    gegs = [m for m in fast.unet.modules() if isinstance(m, GEGLU)]
+    assert gegs and "VariadicSplit" not in kinds and kinds.count("Gelu") == len(gegs)
+    assert not any("forward" in vars(m) for m in gegs)  # swapped for the trace only
+    h = torch.randn(2, 5, gegs[0].proj.in_features)
+    with torch.no_grad():
+        assert torch.allclose(openvino_unet._geglu_as_two_linears(gegs[0], h), gegs[0](h), atol=1e-6)
+
+
+def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(2), torch.tensor(700)
+    x1 = torch.randn(1, 4, 32, 32, generator=g)
+    x, ctx = torch.cat([x1, x1]), torch.randn(2, 77, 32, generator=g)  # what the CFG loop passes
+    with torch.no_grad():
+        want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+    try:
+        torch.set_num_threads(2)
+        compiled.requests.clear()
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 2)]) == 3  # prefix, then 2 halves
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        assert not compiled.shares(torch.cat([x1, x1 + 1e-3]))  # other latents per half
+        assert not compiled.shares(torch.cat([x1, x1])[..., :16, :16])  # too small to pay
+        assert not compiled.shares(torch.cat([x1, x1, x1]))  # an odd batch has no halves
+        torch.set_num_threads(1)  # one part: the prefix on one half, the rest on both (its cut tensors repeated)
+        got = compiled(x, t, encoder_hidden_states=ctx).sample
+        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 1)]) == 2
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_split_graph_gives_the_whole_one_and_its_prefix_reads_no_context(fast):
+    import openvino
+
+    model = fast.runtime.for_unet(fast.unet).model
+    before = len(model.get_ordered_ops())
+    shapes = {0: [1, 4, 32, 32], 1: [], 2: [1, 77, 32]}
+    prefix, rest = openvino_unet.split(model, shapes)
+    assert len(model.get_ordered_ops()) == before and model.get_parameters()[0].get_partial_shape().is_dynamic
+    assert [p.get_partial_shape().to_shape() for p in prefix.get_parameters()] == [[1, 4, 32, 32], []]  # x, t
+    assert len(rest.get_parameters()) == len(prefix.outputs) + 1 > 2  # the cut tensors, then the context
+    whole = model.clone()
+    whole.reshape(shapes)
+    core, f32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}  # else bf16 on CPUs that have it
+    g = np.random.default_rng(0)
+    x, t = g.standard_normal((1, 4, 32, 32), np.float32), np.asarray(300.0, np.float32)
+    for _ in range(2):
+        ctx = g.standard_normal((1, 77, 32), np.float32)
+        cut = list(core.compile_model(prefix, "CPU", f32)([x, t]).values())
+        got = core.compile_model(rest, "CPU", f32)([*cut, ctx])[0]
+        want = core.compile_model(whole, "CPU", f32)([x, t, ctx])[0]
+        assert np.allclose(got, want, atol=1e-5), np.abs(got - want).max()
+
+
+def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
+    fast = latentgen.load(tiny_folder, backend="openvino", dtype="bf16")
+    ref = latentgen.load(tiny_folder, backend="torch", dtype="fp32")
+    compiled = fast.runtime.for_unet(fast.unet)
+    assert compiled.precision == "bf16" and "bfloat16" in repr(fast)
+    a, b = fast.generate("a cat", seed=4)[0], ref.generate("a cat", seed=4)[0]
+    err = np.abs(np.asarray(a, float) - np.asarray(b, float))
+    assert err.mean() < 8, err.mean()  # bf16 rounding of random weights, not another picture
+
+
+def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    compiled.requests.clear()
+    fast.generate("a cat", seed=0)  # CFG: latents (2, 4, 32, 32)
+    fast.generate("a cat", seed=0, guidance=1)  # no CFG: (1, 4, 32, 32)
+    fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
+    assert [x for x, *_ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
+    assert all(c == (x[0], 77, 32) for x, c, *_ in compiled.requests)
+
+
+def test_a_change_of_torch_threads_between_calls_recompiles_for_them(fast):
+    compiled, threads = fast.runtime.for_unet(fast.unet), torch.get_num_threads()
+    g, t = torch.Generator().manual_seed(3), torch.tensor(400)
+    x, ctx = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        want = fast.unet(x, t, encoder_hidden_states=ctx).sample
+    try:
+        for n in (2, 1, 2):  # two streams, then one request on one thread, then two again
+            torch.set_num_threads(n)
+            got = compiled(x, t, encoder_hidden_states=ctx).sample
+            assert torch.allclose(got, want, atol=1e-4), (n, (got - want).abs().max())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_calls_from_several_threads_take_turns_and_each_gets_its_own_output(fast):
+    compiled = fast.runtime.for_unet(fast.unet)
+    g, t = torch.Generator().manual_seed(4), torch.tensor(600)
+    xs = [torch.randn(2, 4, 32, 32, generator=g) for _ in range(4)]
+    ctx = torch.randn(2, 77, 32, generator=g)
+    with torch.no_grad():
+        want = [fast.unet(x, t, encoder_hidden_states=ctx).sample for x in xs]
+    got, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got.setdefault(i, []).append(compiled(xs[i], t, encoder_hidden_states=ctx).sample)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    for i in range(4):
+        assert all(torch.allclose(out, want[i], atol=1e-4) for out in got[i]), i
