@@ -232,33 +232,50 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
     """Draw this process's share of ``jobs`` (``Job`` records, or dicts) that are not done into
     ``out``; returns figures (images drawn, skipped, seconds, images per second). Every job's
     settings are checked on the model, and ``out`` for files that are not this batch's, before the
-    first image."""
+    first image. Ctrl-C raises ``Interrupted``; another run drawing into ``out`` as this process, FileExistsError."""
+    out, jobs = Path(out), as_jobs(jobs)
+    check_all(pipe, jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    # a second run drawing here as the same process would draw every image twice: refused, naming the holder
+    busy = f"{out} is in use by another latentgen batch (process {process}): wait for it, or give another --out"
+    with files.lock(out / f".lock-{process}", busy):
+        mine = range(process, len(jobs), processes)
+        done = done_jobs(out, jobs)
+        todo = [i for i in mine if i not in done]
+        check_no_user_files(out, todo)
+        t0 = time.perf_counter()
+        try:
+            with open_manifest(out / f"manifest-{process}.jsonl") as log:
+                _draw(pipe, jobs, todo, out, log, progress)
+        except KeyboardInterrupt:
+            written = len(done_jobs(out, jobs)) - len(done)
+            raise Interrupted(f"{written} of this run's {len(todo)} images are in {out}, each whole and named in "
+                              f"manifest-{process}.jsonl; run the same command again to draw the rest.") from None
+    seconds = time.perf_counter() - t0
+    return {"drawn": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
+            "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run``: the images written so far stay, each whole; the message says how many."""
+
+
+def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool) -> None:
+    """Draw jobs ``todo`` into ``out``, each file written atomically after its manifest line."""
     from tqdm import tqdm
 
     from . import metadata
 
-    out, jobs = Path(out), as_jobs(jobs)
-    check_all(pipe, jobs)
-    out.mkdir(parents=True, exist_ok=True)
-    mine = range(process, len(jobs), processes)
-    done = done_jobs(out, jobs)
-    todo = [i for i in mine if i not in done]
-    check_no_user_files(out, todo)
-    t0 = time.perf_counter()
-    with open_manifest(out / f"manifest-{process}.jsonl") as log:
-        for i in tqdm(todo, desc="images", unit="img", disable=not progress):
-            args = jobs[i].args
-            try:
-                image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
-            except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
-                raise type(e)(f"{jobs[i].where}: {e}") from e
-            # the manifest line comes before the file: a file the manifest does not name is never ours
-            with files.atomic_path(out / image_name(i)) as tmp:
-                metadata.save_png(image, tmp, image.info.get("parameters"), force=True)
-                row = {"index": i, "file": image_name(i), "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(),
-                       "job": args}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-    seconds = time.perf_counter() - t0
-    return {"drawn": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
-            "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    for i in tqdm(todo, desc="images", unit="img", disable=not progress):
+        args = jobs[i].args
+        try:
+            image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
+        except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
+            raise type(e)(f"{jobs[i].where}: {e}") from e
+        # the manifest line comes before the file: a file the manifest does not name is never ours
+        with files.atomic_path(out / image_name(i)) as tmp:
+            metadata.save_png(image, tmp, image.info.get("parameters"), force=True)
+            row = {"index": i, "file": image_name(i), "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(),
+                   "job": args}
+            log.write(json.dumps(row) + "\n")
+            log.flush()

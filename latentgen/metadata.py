@@ -57,6 +57,7 @@ def output_paths(out: str | Path, count: int) -> list[Path]:
 def check_writable(paths: list[Path], force: bool) -> None:
     """Fail before any work if an output exists (without force) or its folder is missing."""
     for p in paths:
+        files.output_target(p)  # a device, FIFO, socket or folder there: refused, even with force
         if p.exists() and not force:
             raise FileExistsError(f"{p} exists; pass --force to overwrite it, or choose another -o path.")
         if not p.parent.is_dir():

@@ -34,6 +34,10 @@ def reference(embedded, tmp_path_factory):
     return out
 
 
+def _visible(folder):  # the batch's files, not its hidden lock (.lock-N)
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def _pixels(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -58,10 +62,10 @@ def test_a_killed_run_leaves_no_half_file_and_resumes(embedded, reference, tmp_p
         return real(image, path, *a, **k)
 
     monkeypatch.setattr(metadata, "save_png", die_on_third)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(batch.Interrupted, match=r"2 of this run's 4 images are in .*run the same command again"):
         batch.run(embedded, JOBS, tmp_path, progress=False)
     monkeypatch.setattr(metadata, "save_png", real)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.png", "000001.png", "manifest-0.jsonl"]
+    assert _visible(tmp_path) == ["000000.png", "000001.png", "manifest-0.jsonl"]
     again = batch.run(embedded, JOBS, tmp_path, progress=False)
     assert again["drawn"] == 2 and again["skipped"] == 2
     for i in range(4):
@@ -196,7 +200,7 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     with pytest.raises(FileExistsError, match=r"000001\.png.*another --out"):
         batch.run(embedded, JOBS[:2], tmp_path, progress=False)
     assert (tmp_path / "000001.png").read_bytes() == b"the user's own picture"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000001.png"]
+    assert _visible(tmp_path) == ["000001.png"]
 
 
 @pytest.mark.parametrize("job, message", [
@@ -273,3 +277,40 @@ def test_tagged_loras_are_read_once_before_drawing_and_one_of_another_model_is_r
     with pytest.raises(ValueError, match=rf"jobs\.jsonl:2: prompt tag <lora:{re.escape(other)}>: a\.safetensors was "
                                          r"made for another architecture"):
         batch.run(embedded, batch.read_jobs(f), tmp_path / "out", progress=False)
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(embedded, tmp_path, monkeypatch):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom latentgen import files\n"
+                               f"with files.lock({str(tmp_path / '.lock-0')!r}, 'busy'):\n"
+                               "    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(embedded, "generate", lambda *a, **k: pytest.fail("drew while another run held the folder"))
+        with pytest.raises(FileExistsError, match=rf"in use by another latentgen batch \(process 0\).*pid {holder.pid}"):
+            batch.run(embedded, JOBS, tmp_path, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not list(tmp_path.glob("manifest-*"))  # nothing drawn, no manifest begun
+    monkeypatch.undo()
+    assert batch.run(embedded, JOBS[:1], tmp_path, progress=False)["drawn"] == 1  # a killed holder lets go
+
+
+def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(tmp_path):
+    import signal
+    import time
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps({**JOBS[0], "seed": s, "steps": 20}) + "\n" for s in range(400)))
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "latentgen.cli", "batch", str(jobs), "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.png")) and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err, err
+    line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(line) == 1 and re.search(r"interrupted; \d+ of this run's 400 images are in .*manifest-0.jsonl", line[0])
+    assert all(Image.open(f).size == (64, 64) for f in out.glob("*.png"))  # every file written is whole

@@ -113,9 +113,73 @@ def test_atomic_folder_restores_the_backup_a_kill_left(tmp_path, monkeypatch):
 
 
 def test_atomic_folder_gets_the_usual_permissions(tmp_path):
-    import os
     import stat
 
     with files.atomic_folder(tmp_path / "model"):
         pass
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~files.umask()
+
+
+def _specials(tmp_path):
+    """Things at an output path that are not regular files: a FIFO, a socket, a folder (and a device node
+    where this process may make one): made inside the test's own folder, never the system's."""
+    import os
+    import socket
+
+    os.mkfifo(tmp_path / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    (tmp_path / "folder").mkdir()
+    made = {"fifo": tmp_path / "fifo", "socket": tmp_path / "sock", "folder": tmp_path / "folder"}
+    try:
+        os.mknod(tmp_path / "null", 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))
+        made["device"] = tmp_path / "null"
+    except PermissionError:  # not root: the FIFO and the socket stand for special files
+        pass
+    return made, sock
+
+
+def test_what_is_not_a_regular_file_is_never_replaced(tmp_path):
+    import stat
+
+    made, sock = _specials(tmp_path)
+    try:
+        for kind, path in made.items():
+            before = path.lstat()
+            with pytest.raises(FileExistsError, match="writes regular files only"):
+                with files.atomic_path(path) as tmp:
+                    tmp.write_text("image")
+            after = path.lstat()
+            assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino, kind
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+    finally:
+        sock.close()
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    target, link = tmp_path / "real.png", tmp_path / "link.png"
+    target.write_text("old")
+    link.symlink_to(target)
+    files.write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    dangling = tmp_path / "to-be.png"
+    dangling.symlink_to(tmp_path / "made-later.png")
+    files.write_text(dangling, "first")
+    assert dangling.is_symlink() and (tmp_path / "made-later.png").read_text() == "first"
+
+
+def test_files_a_library_writes_keep_the_usual_mode(tmp_path):
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    with files.atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"a": torch.zeros(2)}, str(tmp))  # safetensors makes its file 0600
+    with files.atomic_folder(tmp_path / "model") as tmp:
+        (tmp / "unet").mkdir()
+        save_file({"a": torch.zeros(2)}, str(tmp / "unet" / "w.safetensors"))
+    usual = 0o666 & ~files.umask()
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == usual
+    assert stat.S_IMODE((tmp_path / "model" / "unet" / "w.safetensors").stat().st_mode) == usual
+    assert stat.S_IMODE((tmp_path / "model" / "unet").stat().st_mode) == 0o777 & ~files.umask()

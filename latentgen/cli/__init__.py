@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; bad input (2) and a run that cannot finish (1: disk, memory, NaNs) print one line
-    starting "error:", not a traceback."""
+    """Run a command; bad input (2), a run that cannot finish (1: disk, memory, NaNs) and Ctrl-C (130) print one
+    line starting "error:", not a traceback."""
     from ..guard import NonFiniteError
 
     args = build_parser().parse_args(argv)
@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: out of memory; ask for fewer or smaller images (-n, --width, --height)",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: every file written is whole (atomic writes), none is half-written
+        print(f"\nerror: interrupted; {e or 'no file was left half-written'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm import tqdm
 
-from .. import checks
+from .. import checks, files
 
 
 @dataclass
@@ -178,6 +178,7 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: flo
     acc.save_state(str(tmp), safe_serialization=True)
     (tmp / "run.json").write_text(json.dumps({**stamp}, indent=1, sort_keys=True))
     (tmp / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+    files.usual_modes(tmp)  # safetensors writes 0600
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in _checkpoints(cfg.out)[:-cfg.keep]:
