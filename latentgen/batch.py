@@ -232,7 +232,7 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
     """Draw this process's share of ``jobs`` (``Job`` records, or dicts) that are not done into
     ``out``; returns figures (images drawn, skipped, seconds, images per second). Every job's
     settings are checked on the model, and ``out`` for files that are not this batch's, before the
-    first image. Ctrl-C raises ``Interrupted``; another run drawing into ``out`` as this process, FileExistsError."""
+    first image. Ctrl-C raises ``BatchInterrupted``; another run drawing into ``out`` as this process, FileExistsError."""
     out, jobs = Path(out), as_jobs(jobs)
     check_all(pipe, jobs)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,14 +249,14 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
                 _draw(pipe, jobs, todo, out, log, progress)
         except KeyboardInterrupt:
             written = len(done_jobs(out, jobs)) - len(done)
-            raise Interrupted(f"{written} of this run's {len(todo)} images are in {out}, each whole and named in "
+            raise BatchInterrupted(f"{written} of this run's {len(todo)} images are in {out}, each whole and named in "
                               f"manifest-{process}.jsonl; run the same command again to draw the rest.") from None
     seconds = time.perf_counter() - t0
     return {"drawn": len(todo), "skipped": len(mine) - len(todo), "seconds": round(seconds, 2),
             "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
 
 
-class Interrupted(KeyboardInterrupt):
+class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``run``: the images written so far stay, each whole; the message says how many."""
 
 

@@ -1,26 +1,24 @@
 """Image inputs of img2img and inpainting, and the pixel-space steps around the latent loop.
 
-Inputs: PIL images of any mode (RGB, RGBA, L, LA, P, 1, I;16, I, CMYK, ...), numpy arrays
-((H, W), (H, W, 1), (H, W, 3) or (H, W, 4); uint8 0-255, uint16 0-65535, bool, or float 0-1) and
-paths to image files. 16-bit data is scaled to 8 bits (x / 257), never clipped. Images with
-transparency are flattened onto white (A1111's default img2img background), not reduced to the
-RGB hidden under their transparent pixels (often black).
+Inputs: PIL images of any mode (RGB, RGBA, L, LA, P, 1, I;16, I, CMYK, ...), numpy arrays ((H, W), (H, W, 1),
+(H, W, 3) or (H, W, 4); uint8 0-255, uint16 0-65535, bool, or float 0-1) and paths to image files (their size
+checked from the header before decoding). 16-bit data is scaled to 8 bits (x / 257), never clipped. Images with
+transparency are flattened onto white (A1111's default img2img background), not reduced to the RGB hidden under
+their transparent pixels (often black).
 
-Masks: white (>= 0.5 after conversion to gray) means repaint, black means keep, as in diffusers
-and A1111. A mask with transparency (an alpha channel not fully opaque) is its alpha channel, as
-A1111's ``create_binary_mask`` reads it: opaque strokes of any color repaint, transparent keeps; a
-fully opaque one is read by its gray. Without a mask, an image's alpha channel is the mask: its
-transparent pixels are repainted (the convention of image editors' erasers and of OpenAI's edit
-endpoint).
+Masks: white (>= 0.5 after conversion to gray) means repaint, black means keep, as in diffusers and A1111. A mask
+with transparency (an alpha channel not fully opaque) is its alpha channel, as A1111's ``create_binary_mask``
+reads it: opaque strokes of any color repaint, transparent keeps; a fully opaque one is read by its gray. Without
+a mask, an image's alpha channel is the mask: its transparent pixels are repainted (image editors' erasers).
 
-Sizes: the VAE works on multiples of its scale factor f (8 for SD). Any other size is resized
-down to the nearest multiple of f for the model (as diffusers does) and the result is resized
-back, so the output always has the input's size.
+Sizes: the VAE works on multiples of its scale factor f (8 for SD). Any other size is resized down to the nearest
+multiple of f for the model (as diffusers does) and the result is resized back, so the output keeps the input's.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +29,11 @@ from PIL import Image, ImageDraw, ImageFilter, UnidentifiedImageError
 from . import checks
 
 LANCZOS = Image.Resampling.LANCZOS
+MAX_INPUT_PIXELS = 2048 * 2048  # width * height of an img2img/inpaint input (``memory.Limits.max_input_pixels``)
 
 
-def _u16_to_u8(a: np.ndarray) -> np.ndarray:
-    return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:  # 65535 -> 255
+    return ((np.clip(a, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def _from_array(a: np.ndarray, name: str) -> Image.Image:
@@ -58,8 +57,10 @@ def _from_array(a: np.ndarray, name: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))
 
 
-def open_image(x, name: str) -> Image.Image:
-    """A PIL image from a PIL image, a numpy array or a file path (checked, not yet converted)."""
+def open_image(x, name: str, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """A PIL image from a PIL image, a numpy array or a file path (checked, not yet converted). A file's size
+    is read from its header and checked against ``max_pixels`` before any pixel is decoded: a small file that
+    claims to be huge (a decompression bomb) is refused at once."""
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, np.ndarray):
@@ -69,10 +70,21 @@ def open_image(x, name: str) -> Image.Image:
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no file at {str(path)!r}; pass the path of an existing image file.")
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():  # Pillow's bomb warning: refused below, by name
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)
+            with im:
+                w, h = im.size  # from the header; each side as the model would work at it (64 covers every f)
+                if max(64, w // 64 * 64) * max(64, h // 64 * 64) > max_pixels:
+                    raise ValueError(f"{name} is {w}x{h} ({w * h / 1e6:.1f} MP), above max_pixels={max_pixels} "
+                                     f"(a memory bound), read from its header before decoding: downscale the "
+                                     f"image, or raise the bound with max_pixels.")
                 im.load()
                 return im.copy()
-        except (UnidentifiedImageError, OSError) as e:
+        except Image.DecompressionBombError as e:  # a header past Pillow's own bound (~179 MP)
+            raise ValueError(f"{name}: {str(path)!r} claims a size far above max_pixels={max_pixels} ({e}); "
+                             f"latentgen decodes no such image: pass a smaller one.") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
             raise ValueError(f"{name}: {str(path)!r} is not an image Pillow can read ({e}); "
                              f"pass a PNG, JPEG or WebP file.") from None
     raise TypeError(f"{name} must be a PIL image, a numpy array or a path to an image file, "
@@ -90,10 +102,10 @@ def _has_alpha(im: Image.Image) -> bool:
     return "A" in im.getbands() or (im.mode in ("P", "L", "RGB") and "transparency" in im.info)
 
 
-def load_rgb(x, name: str = "image") -> tuple[Image.Image, np.ndarray | None]:
+def load_rgb(x, name: str = "image", max_pixels: int = MAX_INPUT_PIXELS) -> tuple[Image.Image, np.ndarray | None]:
     """-> (RGB image, alpha (H, W) uint8 or None when the image has no transparency). Transparent
     pixels are composited onto white (A1111's ``flatten``), opaque ones kept as they are."""
-    im = _eight_bit(open_image(x, name))
+    im = _eight_bit(open_image(x, name, max_pixels))
     if _has_alpha(im):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -101,10 +113,10 @@ def load_rgb(x, name: str = "image") -> tuple[Image.Image, np.ndarray | None]:
     return im.convert("RGB"), None
 
 
-def load_mask(x, name: str = "mask") -> np.ndarray:
+def load_mask(x, name: str = "mask", max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """-> mask (H, W) float32 in [0, 1], 1 = repaint: the alpha channel of a mask with transparency
     (opaque repaints, as A1111), else the gray (white repaints)."""
-    im = _eight_bit(open_image(x, name))
+    im = _eight_bit(open_image(x, name, max_pixels))
     if _has_alpha(im):
         alpha = np.asarray(im.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
@@ -209,7 +221,7 @@ def inpaint_input(image, mask, *, only_masked: bool, padding: int, native: tuple
 
     ``native``: the model's default (w, h); with ``only_masked`` the mask's box plus ``padding``
     pixels, grown to that aspect ratio, is worked on at that size."""
-    src, alpha = load_rgb(image, "image")
+    src, alpha = load_rgb(image, "image", max_pixels)
     if mask is None:
         if alpha is None:
             raise ValueError("mask is missing and the image has no alpha channel: pass mask=... "
@@ -217,7 +229,7 @@ def inpaint_input(image, mask, *, only_masked: bool, padding: int, native: tuple
                              "mark what to repaint.")
         m = 1.0 - alpha.astype(np.float32) / 255.0
     else:
-        m = load_mask(mask, "mask")
+        m = load_mask(mask, "mask", max_pixels)
         if (m.shape[1], m.shape[0]) != src.size:
             raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but image is {src.width}x{src.height}: "
                              f"pass a mask of the image's size, e.g. mask.resize(image.size).")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import precision
+from .images import MAX_INPUT_PIXELS
 
 VAE_ELEMENTS_PER_PIXEL = 768  # SD's VAE decoder, 128 channels at full resolution
 UNET_ELEMENTS_PER_PIXEL = 620  # SD's 320-wide U-Net, one image of a CFG pair
@@ -35,7 +36,7 @@ class Limits:
     max_images: int | None = None  # images one call returns (each held in memory: width * height * 3 bytes)
     max_pixels: int | None = None  # width * height of one generated image
     max_steps: int | None = None  # denoising steps; None: what every sampler runs (998 of SD's 1000 timesteps)
-    max_input_pixels: int = 2048 * 2048  # width * height of an img2img/inpaint input; larger: downscale it
+    max_input_pixels: int = MAX_INPUT_PIXELS  # width * height of an img2img/inpaint input; larger: downscale it
     vae_tiling: bool | None = None  # decode in tiles; None: only when a whole decode would not fit
     vae_batch: int | None = None  # images the VAE decodes at once; None: as many as fit
 

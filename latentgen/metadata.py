@@ -85,5 +85,13 @@ def save_png(image: Image.Image, path: str | Path, parameters: str | None, *, fo
 
 def read_parameters(path: str | Path) -> str | None:
     """The ``parameters`` chunk of a PNG, or None if it has none."""
-    with Image.open(path) as im:
-        return im.info.get("parameters")
+    with open(path, "rb") as f:  # Pillow's PNG reader alone: the chunks before the pixels, no size check, no decode
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            try:
+                with Image.open(path) as im:  # another format: what its header holds
+                    return im.info.get("parameters")
+            except Image.DecompressionBombError as e:
+                raise OSError(str(e)) from None
+        f.seek(0)
+        with PngImagePlugin.PngImageFile(f) as im:
+            return im.info.get("parameters")

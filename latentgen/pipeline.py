@@ -215,8 +215,9 @@ class Pipeline:
         Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
         """
         request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
-        src, _ = im.load_rgb(image, "image")
-        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels or self.limits.max_input_pixels)
+        max_pixels = max_pixels or self.limits.max_input_pixels
+        src, _ = im.load_rgb(image, "image", max_pixels)  # a file's size checked from its header, then decoded
+        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels)
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)

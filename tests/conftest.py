@@ -89,6 +89,23 @@ def mask(size=64):
     return Image.fromarray(m)
 
 
+def huge_png(width: int, height: int, text: str | None = None) -> bytes:
+    """A valid 1-bit PNG that claims width x height: tens of KB on disk, width * height pixels when decoded (a
+    decompression bomb when huge); ``text``: a ``parameters`` chunk before the pixels."""
+    import struct
+    import zlib
+
+    row = b"\x00" + bytes((width + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(min(height, 20000))) + comp.flush()
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    info = chunk(b"tEXt", b"parameters\x00" + text.encode()) if text else b""
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)) + info
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
 # --- LoRAs (tests/test_lora.py, tests/test_adapters.py, tests/cli/test_main.py)
 
 def random_lora(pipe, seed=0, rank=4, alpha=2.0, text=True, magnitude=0.3):

@@ -62,7 +62,7 @@ def test_a_killed_run_leaves_no_half_file_and_resumes(embedded, reference, tmp_p
         return real(image, path, *a, **k)
 
     monkeypatch.setattr(metadata, "save_png", die_on_third)
-    with pytest.raises(batch.Interrupted, match=r"2 of this run's 4 images are in .*run the same command again"):
+    with pytest.raises(batch.BatchInterrupted, match=r"2 of this run's 4 images are in .*run the same command again"):
         batch.run(embedded, JOBS, tmp_path, progress=False)
     monkeypatch.setattr(metadata, "save_png", real)
     assert _visible(tmp_path) == ["000000.png", "000001.png", "manifest-0.jsonl"]

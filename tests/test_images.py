@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import huge_png
 from conftest import mask as _mask
 from conftest import photo as _photo
 from latentgen import images
@@ -181,3 +182,23 @@ def test_grid_tiles_images():
         images.grid([], cols=2)
     with pytest.raises(ValueError, match="cols"):
         images.grid(ims, cols=0)
+
+
+def test_a_file_s_size_is_checked_from_its_header_before_any_pixel_is_decoded(pipe, tmp_path, monkeypatch):
+    bomb, big = tmp_path / "bomb.png", tmp_path / "big.png"
+    bomb.write_bytes(huge_png(100000, 100000))  # past Pillow's own bound: its DecompressionBombError
+    big.write_bytes(huge_png(12000, 12000))  # a valid PNG of a few KB, 1.2 GB of pixels decoded
+    real = Image.Image.load
+
+    def load(self):  # a big image's pixels are never decoded
+        assert self.size[0] * self.size[1] <= 2048 * 2048, f"decoded {self.size} before its size was checked"
+        return real(self)
+    monkeypatch.setattr(Image.Image, "load", load)
+    for path, words in [(bomb, r"claims a size far above max_pixels=4194304"),
+                        (big, r"is 12000x12000 \(144.0 MP\), above max_pixels=4194304 .*read from its header")]:
+        with pytest.raises(ValueError, match=words):
+            pipe.img2img("a cat", path, steps=1)
+        with pytest.raises(ValueError, match=words):
+            pipe.inpaint("a cat", _photo(), path, steps=1)
+    with pytest.raises(ValueError, match=r"max_pixels=100"):
+        images.load_rgb(big, max_pixels=100)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import huge_png
 from conftest import mask as _mask
 from conftest import photo as _photo
 from latentgen import cli, metadata
@@ -200,3 +201,33 @@ def test_single_file_vae_embedding_and_clip_skip_reach_the_png(tiny_folder, tmp_
         run("generate", "a cat", "--model", tmp_path / "tinyfile.safetensors", "--prediction-type", "x",
             "-o", tmp_path / "bad.png")
     assert e.value.code == 2 and "--prediction-type: 'x' is unknown" in capsys.readouterr().err
+
+
+def test_bad_files_and_devices_get_one_line_not_a_traceback(tiny_folder, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(huge_png(100000, 100000, text="a red circle\nSteps: 20, Seed: 1"))
+    _photo().save(tmp_path / "in.png")
+    out = tmp_path / "o.png"
+    cases = [("img2img", "a cat", "--image", bomb, "-o", out),
+             ("inpaint", "a cat", "--image", tmp_path / "in.png", "--mask", bomb, "-o", out),
+             ("generate", "a cat", "--model", tiny_folder, "--device", "bogus", "-o", out),
+             ("generate", "a cat", "--model", tiny_folder, "--device", "cuda:7", "-o", out)]
+    for args in cases:
+        assert run(*args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+    assert run("info", bomb) == 0 and "Steps: 20, Seed: 1" in capsys.readouterr().out  # its text, no pixel decoded
+
+
+def test_outputs_onto_what_is_not_a_regular_file_are_refused_before_any_work(tiny_folder, tmp_path, capsys,
+                                                                             monkeypatch):
+    import latentgen
+
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.setattr(latentgen, "load", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    for target in ("fifo.png", "folder.png"):
+        assert run("generate", "a cat", "--model", tiny_folder, "-o", tmp_path / target, "--force") == 2
+        assert "writes regular files only" in capsys.readouterr().err
+    assert (tmp_path / "fifo.png").is_fifo() and (tmp_path / "folder.png").is_dir()
