@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import files
+from ..models import checkpoints
 
 PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -149,6 +150,18 @@ def resolve(path: str | Path) -> Path:
                             f"or the name of a shipped LoRA ({', '.join(shipped) or 'none'}).")
 
 
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a .safetensors file; a torch pickle or a damaged file is refused by name."""
+    if (kind := checkpoints.sniff(path)) != "safetensors":
+        raise ValueError(f"{path.name} is a {kind} file (.ckpt/.pt), not a .safetensors LoRA: latentgen reads LoRAs "
+                         f"as safetensors only; convert it where you trust its source.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
+        raise ValueError(f"{str(path)!r} is not a .safetensors LoRA file ({e}).") from None
+
+
 def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, list[str]]:
     """Read a LoRA file of either layout against ``models`` ({"unet": ..., "text_encoder": ...}).
 
@@ -156,12 +169,7 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     the modules, when known modules have other shapes (a LoRA made for another architecture).
     """
     path = resolve(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
-        raise ValueError(f"{str(path)!r} is not a .safetensors LoRA file ({e}).") from None
+    meta, sd = _read_safetensors(path)
     names = {part: _module_names(m, part) for part, m in models.items()}
     kohya = {part: {PARTS[part] + n.replace(".", "_"): n for n in ns} for part, ns in names.items()}
     adapter_meta = json.loads(meta.get("lora_adapter_metadata", "{}"))

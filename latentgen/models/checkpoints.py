@@ -141,16 +141,32 @@ def _use_ema(ck: Checkpoint) -> Checkpoint:
     return ck
 
 
+def sniff(path: str | Path) -> str:
+    """A weights file's format from its structure, not its name or one byte: "safetensors" (an 8-byte header
+    length under safetensors' 100 MB, then a JSON object), "torch zip" (torch.save's zip archive), or "pickle"
+    (a pickle's protocol opcode and version, torch's legacy format). Anything else: ValueError."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(10)
+    if head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 100_000_000:  # a cut file too: it says so
+        return "safetensors"
+    if head[:4] == b"PK\x03\x04":
+        return "torch zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    raise ValueError(f"{path.name} is neither a .safetensors file nor a torch checkpoint (its first bytes are "
+                     f"{head[:10]!r}): truncated, or not a weights file.")
+
+
 def read(path: str | Path) -> Checkpoint:
     """Open a single-file checkpoint (format sniffed from its first bytes, not its name)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist; pass the path of a "
                                 f".safetensors, .ckpt or .pt file.")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic[:2] == b"PK" or magic[:1] == b"\x80":  # torch zip archive, or a legacy pickle
-        tensors = _torch_file(path, zipped=magic[:2] == b"PK")
+    kind = sniff(path)
+    if kind != "safetensors":
+        tensors = _torch_file(path, zipped=kind == "torch zip")
         ck = Checkpoint(path, {k: tuple(v.shape) for k, v in tensors.items()}, {}, tensors.__getitem__)
     else:
         ck = _safetensors_file(path)

@@ -83,7 +83,9 @@ def read(path: str | Path) -> tuple[torch.Tensor, str | None]:
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {str(path)!r} does not exist; pass the path of a .pt, .bin "
                                 f"or .safetensors textual-inversion file.")
-    if path.suffix == ".safetensors":
+    from ..models.checkpoints import sniff
+
+    if sniff(path) == "safetensors":
         from safetensors.torch import load_file
 
         try:

@@ -45,3 +45,12 @@ def test_unknown_keys_are_reported_and_other_architectures_refused(fresh, tmp_pa
         fresh.load_lora("no-such-lora")
     with pytest.raises(ValueError, match="cannot contain"):
         fresh.load_lora(tmp_path / "extra.safetensors", name="a.b")
+
+
+def test_a_checkpoint_given_as_a_lora_is_named_for_what_it_is(pipe, tmp_path):
+    import torch
+
+    torch.save({"lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, tmp_path / "style.ckpt")
+    with pytest.raises(ValueError, match=r"style.ckpt is a torch zip file \(.ckpt/.pt\), not a .safetensors LoRA"):
+        pipe.load_lora(tmp_path / "style.ckpt")
+    assert pipe.loras.loaded == {}

@@ -5,6 +5,7 @@ and key layout people have; what is not SD 1.x/2.x, unsafe or damaged is refused
 Files are written with latentgen.models.ldm's names, which diffusers' own readers (convert_ldm_*) invert
 exactly (test_layout_is_what_diffusers_reads) and diffusers' from_single_file loads to the same images."""
 
+import json
 import os
 from dataclasses import replace
 
@@ -16,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import latentgen
 from latentgen.models import export as ldm_export
-from latentgen.models import ldm, loading
+from latentgen.models import checkpoints, ldm, loading
 from latentgen.models.presets import load_preset
 
 ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim")
@@ -158,6 +159,32 @@ def test_damaged_files(tiny_file, tmp_path):
             latentgen.load(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         latentgen.load(tmp_path / "missing.safetensors")
+
+
+def test_formats_are_sniffed_by_structure_not_one_byte(tiny_file, tmp_path):
+    """A safetensors header whose length's low byte is 0x80 (a pickle's first byte), cut short: still read as
+    safetensors, and refused as truncated, never handed to torch.load (1 file in 256 was before)."""
+    def header_of_length(n):
+        pad = " " * 200
+        for extra in range(256):  # metadata that brings the header's length to n mod 256
+            text = json.dumps({"__metadata__": {"pad": pad + " " * extra}, "w": {"dtype": "F32", "shape": [2],
+                                                                                   "data_offsets": [0, 8]}})
+            if len(text) % 256 == n:
+                return text.encode()
+    header = header_of_length(0x80)
+    for name, data in [("whole", header), ("cut", header[:-40])]:
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(len(header).to_bytes(8, "little") + data + (bytes(8) if name == "whole" else b""))
+        assert path.read_bytes()[0] == 0x80 and checkpoints.sniff(path) == "safetensors"
+    with pytest.raises(ValueError, match=r"cut.safetensors is not a readable .safetensors file \(truncated"):
+        latentgen.load(tmp_path / "cut.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "a.ckpt")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "b.pt", _use_new_zipfile_serialization=False)
+    assert (checkpoints.sniff(tmp_path / "a.ckpt"), checkpoints.sniff(tmp_path / "b.pt")) == ("torch zip", "pickle")
+    assert checkpoints.sniff(tiny_file) == "safetensors"
+    (tmp_path / "text.ckpt").write_text("hello, not weights")
+    with pytest.raises(ValueError, match=r"text.ckpt is neither a .safetensors file nor a torch checkpoint"):
+        checkpoints.sniff(tmp_path / "text.ckpt")
 
 
 @pytest.mark.parametrize("missing", [ldm.UNET + "out.2.weight", ldm.VAE + "encoder.conv_in.weight",

@@ -98,7 +98,7 @@ class Code:
     (lambda d: torch.save({"string_to_param": {"*": vectors(1)}, "x": Code()}, d / "code.pt") or d / "code.pt",
      ValueError, r"code.pt is a pickle that needs code to load \(print\); .*weights_only=True"),
     (lambda d: d.joinpath("junk.pt").write_bytes(b"not a torch file") and d / "junk.pt", ValueError,
-     r"junk.pt is not a readable torch file"),
+     r"junk.pt is neither a .safetensors file nor a torch checkpoint"),
     (lambda d: d / "missing.pt", FileNotFoundError, r"embedding file '.*missing.pt' does not exist"),
     (lambda d: save_file({"clip_l": vectors(1), "clip_g": vectors(1)}, str(d / "xl.safetensors"))
      or d / "xl.safetensors", ValueError, r"SDXL embedding"),
