@@ -91,9 +91,9 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     model, opt, sched = acc.prepare(model, opt, sched)
-    ema = moving_average(acc, params, cfg.ema)
+    ema = moving_average(params, cfg.ema)
     stamp = json.loads(json.dumps(run_id, default=str))
-    start = resume(acc, cfg.out, stamp, strict)
+    start = resume(acc, cfg.out, stamp, strict, ema)
     before = elapsed_seconds(cfg.out)  # time spent by earlier (killed) invocations of this run
     losses: list[float] = []
     bar = tqdm(total=cfg.steps, initial=start, desc=desc, disable=not acc.is_main_process, smoothing=0.05)
@@ -117,7 +117,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save(acc, cfg, step + 1, stamp, seconds=before + time.perf_counter() - t0)
+            save(acc, cfg, step + 1, stamp, seconds=before + time.perf_counter() - t0, ema=ema)
             if on_save is not None and acc.is_main_process:
                 on_save(step + 1)
         if on_step is not None and acc.is_main_process:
@@ -131,20 +131,50 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     return losses
 
 
-def moving_average(acc: Accelerator, params: list, decay: float) -> EMAModel | None:
-    """An EMA of ``params`` (None when ``decay`` is 0), registered so that checkpoints save and restore it
-    (``custom_checkpoint_0.pkl``); it must exist before ``resume`` loads a checkpoint."""
-    if not decay:
-        return None
-    ema = EMAModel(params, decay=decay)
-    acc.register_for_checkpointing(ema)
-    return ema
+def moving_average(params: list, decay: float) -> EMAModel | None:
+    """An EMA of ``params`` (None when ``decay`` is 0); checkpoints keep it as ``ema.safetensors`` and ``ema.json``
+    (``save_ema``, ``load_ema``), never as accelerate's pickled custom objects."""
+    return EMAModel(params, decay=decay) if decay else None
 
 
-def resume(acc: Accelerator, out: Path, stamp: dict, strict: bool = True) -> int:
-    """Load the newest checkpoint of ``out`` into the prepared model/optimizer/schedule; its step (0: none).
+def save_ema(ema: EMAModel, folder: Path) -> None:
+    """The EMA's averages as tensors (safetensors) and its counters as JSON: nothing a reader must unpickle."""
+    from safetensors.torch import save_file
 
-    A checkpoint written by a run with another ``stamp`` is refused, never silently mixed in."""
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    tensors = {f"shadow.{i}": s.detach().contiguous().cpu() for i, s in enumerate(shadow)}
+    save_file(tensors, str(folder / "ema.safetensors"))
+    (folder / "ema.json").write_text(json.dumps(state, sort_keys=True))
+
+
+def load_ema(ema: EMAModel, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "ema.safetensors"))
+    shadow = [tensors[f"shadow.{i}"].to(s.device, s.dtype) for i, s in enumerate(ema.shadow_params)]
+    ema.load_state_dict({**json.loads((folder / "ema.json").read_text()), "shadow_params": shadow})
+
+
+# what accelerate's save_state writes (all read back with torch.load(weights_only=True), the RNG states too),
+# and latentgen's own files; a pickle of any other name is refused unread, whoever put it there
+_CHECKPOINT_FILES = ("model*.safetensors", "optimizer*.bin", "scheduler*.bin", "sampler*.bin", "dl_state_dict*.bin",
+                     "scaler.pt", "random_states_*.pkl", "run.json", "seconds.json", "ema.safetensors", "ema.json")
+
+
+def check_checkpoint(ckpt: Path) -> None:
+    """Refuse a checkpoint folder that holds a file latentgen does not write (``custom_checkpoint_0.pkl``: accelerate
+    would unpickle it with code allowed): a training folder copied from someone else must not be code."""
+    strange = sorted(f.name for f in ckpt.iterdir() if not any(f.match(g) for g in _CHECKPOINT_FILES))
+    if strange:
+        raise ValueError(f"checkpoint {ckpt} holds {', '.join(strange)}, which latentgen does not write and will not "
+                         f"load (a pickle can run code): remove it if you know where it came from, or start a new "
+                         f"--out.")
+
+
+def resume(acc: Accelerator, out: Path, stamp: dict, strict: bool = True, ema: EMAModel | None = None) -> int:
+    """Load the newest checkpoint of ``out`` into the prepared model/optimizer/schedule (and ``ema``); its step
+    (0: none). A checkpoint written by a run with another ``stamp`` is refused, never silently mixed in."""
     ckpt, start = latest_checkpoint(out)
     if ckpt is not None:
         saved = json.loads((ckpt / "run.json").read_text())
@@ -152,7 +182,10 @@ def resume(acc: Accelerator, out: Path, stamp: dict, strict: bool = True) -> int
             diff = sorted(k for k in set(saved) | set(stamp) if saved.get(k) != stamp.get(k))
             raise ValueError(f"checkpoint {ckpt} belongs to another run (differs in {diff}); "
                              f"use a new output folder, or the same settings to resume.")
+        check_checkpoint(ckpt)
         acc.load_state(str(ckpt), strict=strict)
+        if ema is not None:
+            load_ema(ema, ckpt)
     return start
 
 
@@ -163,7 +196,8 @@ def elapsed_seconds(out: Path) -> float:
     return json.loads(f.read_text())["seconds"] if f is not None and f.is_file() else 0.0
 
 
-def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: float = 0.0) -> None:
+def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: float = 0.0,
+         ema: EMAModel | None = None) -> None:
     """Write checkpoint ``step-NNNNNNN`` atomically (temporary folder, then rename); keep the newest few.
 
     ``seconds``: training time so far, kept in seconds.json (see ``elapsed_seconds``)."""
@@ -178,6 +212,8 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: flo
     acc.save_state(str(tmp), safe_serialization=True)
     (tmp / "run.json").write_text(json.dumps({**stamp}, indent=1, sort_keys=True))
     (tmp / "seconds.json").write_text(json.dumps({"seconds": round(seconds, 1)}))
+    if ema is not None:
+        save_ema(ema, tmp)
     files.usual_modes(tmp)  # safetensors writes 0600
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

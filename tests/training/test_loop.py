@@ -109,8 +109,8 @@ def test_ema_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
     full = _train(tmp_path / "full", ema=0.9)
     real_save = train.save
 
-    def save_then_die(acc, cfg, step, stamp, seconds=0.0):
-        real_save(acc, cfg, step, stamp, seconds)
+    def save_then_die(acc, cfg, step, stamp, seconds=0.0, ema=None):
+        real_save(acc, cfg, step, stamp, seconds, ema=ema)
         if step == 4:
             raise KeyboardInterrupt("killed after the step-4 checkpoint")
 
@@ -127,3 +127,51 @@ def test_ema_outside_zero_to_one_is_refused_by_name(tmp_path):
     for bad in (1.0, -0.1, float("nan"), True):
         with pytest.raises(ValueError, match=r"ema=.*decay in \[0, 1\)"):
             train.LoopConfig(out=tmp_path, steps=1, ema=bad).check()
+
+
+class _Payload:
+    """What a planted pickle does when it is unpickled: run a command (here, touch a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_unread(tmp_path):
+    import pytest
+
+    _train(tmp_path / "run", ema=0.9)
+    ckpt = train.latest_checkpoint(tmp_path / "run")[0]
+    assert sorted(f.name for f in ckpt.iterdir() if f.suffix == ".pkl") == ["random_states_0.pkl"]  # accelerate's
+    marker = tmp_path / "ran"
+    torch.save(_Payload(marker), ckpt / "custom_checkpoint_0.pkl")  # what accelerate would unpickle with code on
+    with pytest.raises(ValueError, match=r"holds custom_checkpoint_0.pkl, which latentgen does not write and will not "
+                                         r"load \(a pickle can run code\)"):
+        _train(tmp_path / "run", ema=0.9)
+    assert not marker.exists()
+
+
+def test_no_pickle_is_loaded_with_code_anywhere_in_the_package():
+    """The rule, read from the code (calls, not strings): no weights_only=False, no pickle.load(s), no objects
+    registered for accelerate to pickle."""
+    import ast
+    from pathlib import Path
+
+    import latentgen
+
+    found = []
+    for path in Path(latentgen.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name in ("pickle.load", "pickle.loads", "pickle.Unpickler") or name.endswith("register_for_checkpointing"):
+                found.append(f"{path.name}:{node.lineno}: {name}")
+            if any(k.arg == "weights_only" and not (isinstance(k.value, ast.Constant) and k.value.value is True)
+                   for k in node.keywords):
+                found.append(f"{path.name}:{node.lineno}: {name}(weights_only=...)")
+    assert found == []
