@@ -17,6 +17,8 @@ FEATURE_TESTS = ("serve", "cli", "benchmarks")  # tested as a whole: the HTTP AP
 
 def _modules():
     for path in sorted(PKG.rglob("*.py")):
+        if "_data" in path.relative_to(PKG).parts:  # a wheel's copy of pipelines/ and weights/: data, not modules
+            continue
         parts = path.relative_to(PKG.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         yield name, path, ast.parse(path.read_text())
@@ -122,7 +124,7 @@ def test_the_top_level_reads_as_the_pipeline():
 def _library_modules():
     for path in sorted(PKG.rglob("*.py")):
         rel = path.relative_to(PKG)
-        if path.stem not in ("__init__", "__main__") and rel.parts[0] not in FEATURE_TESTS:
+        if path.stem not in ("__init__", "__main__") and rel.parts[0] not in (*FEATURE_TESTS, "_data"):
             yield rel
 
 
