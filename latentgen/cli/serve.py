@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..serve.app import create_app
+        from ..serve.gate import http_protocol
     except ImportError as e:
         print(f"error: latentgen serve needs FastAPI and uvicorn ({e.name} is missing): "
               f"pip install 'latentgen[serve]'", file=sys.stderr)
@@ -50,8 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     auth = " (HTTP Basic auth on)" if config.api_auth else ""
     print(f"latentgen serve: http://{shown}:{args.port}/ (web page), http://{shown}:{args.port}/sdapi/v1/ "
           f"(A1111 API), http://{shown}:{args.port}/docs{auth}; Ctrl+C stops", file=sys.stderr, flush=True)
+    # connections are bounded by a deadline for their request head, the work by the queue (see serve.gate)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log,
-                limit_concurrency=max(64, 4 * args.queue_size), timeout_keep_alive=30)
+                http=http_protocol(args.header_timeout), timeout_keep_alive=5)
     return 0
 
 
@@ -81,6 +83,9 @@ def add_parser(sub) -> None:
                         "torch.compile's compile, up to a minute, out of the first request)")
     s.add_argument("--queue-size", type=positive_int, default=16, help="jobs that may wait; more get 429 (default 16)")
     s.add_argument("--job-timeout", type=_positive_float, default=300.0, help="seconds one job may run (default 300)")
+    s.add_argument("--header-timeout", type=_positive_float, default=10.0,
+                   help="seconds a connection has to send a request's headers, at first and between requests, "
+                        "before it is closed: idle and slow connections cannot crowd out real ones (default 10)")
     s.add_argument("--max-steps", type=positive_int, default=150, help="most sampler steps per job (default 150)")
     s.add_argument("--max-images", type=positive_int, default=16, help="most images per request (default 16)")
     s.add_argument("--max-pixels", type=positive_int, default=1024 * 1024,

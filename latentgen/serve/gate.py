@@ -80,3 +80,51 @@ async def _reply(send, status: int, content: dict, headers: dict[str, str] | Non
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": hdrs})
     await send({"type": "http.response.body", "body": raw})
+
+
+HEADER_SECONDS = 10.0  # a connection's request headers must arrive within this (``--header-timeout``)
+
+
+def http_protocol(header_seconds: float = HEADER_SECONDS):
+    """uvicorn's h11 protocol with a deadline: a connection that has not sent a whole request head within
+    ``header_seconds`` of opening, or of its last response, is closed. Idle and slow-header (slowloris)
+    connections thus go away on their own, before any auth, and never wait in front of real requests; the
+    work itself is bounded by the job queue (429), not by counting connections (uvicorn's ``limit_concurrency``
+    would answer 503 to everyone while idle sockets are open). A reverse proxy in front should still bound
+    connections per client."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        deadline = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self.deadline = self.loop.call_later(header_seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _too_slow(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()  # no request in flight: nobody waits for an answer
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._disarm()  # a whole request head arrived: the job's own limits apply now
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()  # the next request head (keep-alive) gets the same deadline
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Protocol

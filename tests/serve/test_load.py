@@ -297,3 +297,36 @@ def test_a_non_loopback_bind_needs_api_auth(capsys):
         ServeConfig(api_auth="nopassword").check()
     assert is_loopback("127.0.0.1") and is_loopback("127.8.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+
+
+def test_idle_and_slow_header_connections_do_not_lock_out_real_requests(server):
+    """200 connections that send nothing or half a request head, held open while 20 real requests arrive at once:
+    every real one is answered (200, or 429 from the full queue), none 503; the server then closes the idle ones
+    itself (--header-timeout, 10 s by default), before any credentials were asked of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = server
+    port = int(url.rsplit(":", 1)[1])
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:  # slowloris: a request head that never ends
+                s.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            idle.append(s)
+        with ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(lambda i: post(url, "txt2img", {"prompt": "a red circle", "steps": 1, "seed": i,
+                                                                   "width": 64, "height": 64}).status_code, range(20)))
+        assert set(codes) <= {200, 429} and codes.count(200) >= 4, codes  # the queue holds 4 beside the one running
+        closed = 0
+        for s in idle:
+            s.settimeout(20)
+            try:
+                closed += s.recv(1) == b""  # the server hung up: no answer, no 503, no 401 to parse
+            except (ConnectionResetError, TimeoutError):
+                closed += 1
+        assert closed == 200
+    finally:
+        for s in idle:
+            s.close()
+    assert post(url, "txt2img", {"prompt": "a blue square", "steps": 1}).status_code == 200
