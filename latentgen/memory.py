@@ -37,6 +37,7 @@ class Limits:
     max_pixels: int | None = None  # width * height of one generated image
     max_steps: int | None = None  # denoising steps; None: what every sampler runs (998 of SD's 1000 timesteps)
     max_input_pixels: int = MAX_INPUT_PIXELS  # width * height of an img2img/inpaint input; larger: downscale it
+    max_side: int = 8192  # pixels of a side: past it a call would run for many minutes, or hours, on any machine
     vae_tiling: bool | None = None  # decode in tiles; None: only when a whole decode would not fit
     vae_batch: int | None = None  # images the VAE decodes at once; None: as many as fit
 
@@ -104,6 +105,9 @@ def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, heig
         raise ValueError(f"steps={steps} is more than this model's {train_steps} training timesteps allow (every "
                          f"sampler works up to {max_steps}); use steps <= {max_steps} (20-50 is usual), or raise "
                          f"pipe.limits.max_steps.")
+    if max(width, height) > limits.max_side:
+        raise ValueError(f"{width}x{height} has a side above pipe.limits.max_side={limits.max_side} pixels; ask for a "
+                         f"smaller size (SD 1.x draws best near 512, SD 2.x near 768), or raise pipe.limits.max_side.")
     held = width * height * 3 + IMAGE_OVERHEAD  # one RGB image kept in memory until the call returns
     max_images = limits.max_images or max(1, int(IMAGES_SHARE * ram // held))
     if num_images > max_images:

@@ -75,11 +75,16 @@ class CallProgress:
 
 
 def as_prompts(prompt, name: str) -> list[str]:
-    """A prompt or a non-empty list of prompts, as a list."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
-        return list(prompt)
+    """A prompt or a non-empty list of prompts, as a list of valid Unicode text."""
+    texts = [prompt] if isinstance(prompt, str) else prompt
+    if isinstance(texts, Sequence) and texts and all(isinstance(p, str) for p in texts):
+        for p in texts:
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate ("\ud800"): no tokenizer can read it
+                raise ValueError(f"{name} {p[:40] + ('...' if len(p) > 40 else '')!r} holds {p[e.start]!r} at character {e.start}, half of a "
+                                 f"surrogate pair, which is not text; pass the whole character, or remove it.") from None
+        return list(texts)
     raise TypeError(f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}; "
                     f"pass text such as {name}='a red circle'.")
 

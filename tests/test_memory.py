@@ -70,6 +70,9 @@ def test_every_sampler_runs_at_the_steps_bound_and_one_more_breaks_some(pipe):
 
 
 def test_a_size_that_cannot_fit_is_refused_with_the_size_that_does(no_model_runs):
+    with pytest.raises(ValueError, match=r"65536x65536 has a side above pipe.limits.max_side=8192 pixels"):
+        no_model_runs.generate(PROMPT, width=65536, height=65536)  # refused by its side first
+    no_model_runs.limits.max_side = 10**6
     with pytest.raises(ValueError, match=r"65536x65536 needs about .* GiB .* at most \d+ pixels fit \(about \d+x\d+\)"):
         no_model_runs.generate(PROMPT, width=65536, height=65536)
     no_model_runs.limits.max_pixels = 64 * 64

@@ -47,6 +47,9 @@ def test_prompt_must_be_text(no_model_work, prompt):
     ({"scheduler": "euler_b"}, r"scheduler='euler_b' is unknown; use one of: ddim, pndm"),
     ({"negative_prompt": ["a", "b"]}, r"negative_prompt has 2 entries for 1 prompts"),
     ({"batch_size": 0}, r"batch_size=0"),
+    ({"width": 100000, "height": 64}, r"100000x64 has a side above pipe.limits.max_side=8192 pixels"),
+    ({"negative_prompt": "ugly \ud800"}, r"negative_prompt 'ugly \\ud800' holds '\\ud800' at character 5, half of a "
+                                          r"surrogate pair"),
 ])
 def test_bad_values_raise_value_error(no_model_work, kwargs, match):
     with pytest.raises(ValueError, match=match):
