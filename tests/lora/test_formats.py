@@ -54,3 +54,14 @@ def test_a_checkpoint_given_as_a_lora_is_named_for_what_it_is(pipe, tmp_path):
     with pytest.raises(ValueError, match=r"style.ckpt is a torch zip file \(.ckpt/.pt\), not a .safetensors LoRA"):
         pipe.load_lora(tmp_path / "style.ckpt")
     assert pipe.loras.loaded == {}
+
+
+def test_saved_loras_get_the_usual_mode(pipe, tmp_path):
+    from conftest import random_lora
+
+    from latentgen import files
+    from latentgen.lora import formats
+
+    for layout in ("diffusers", "kohya"):
+        path = formats.save(random_lora(pipe), tmp_path / f"{layout}.safetensors", layout)
+        assert (path.stat().st_mode & 0o777) == 0o666 & ~files.umask()

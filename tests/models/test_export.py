@@ -17,6 +17,9 @@ ARGS = dict(seed=3, steps=4, guidance=6.0, width=64, height=64, scheduler="ddim"
 
 def test_export_round_trip(pipe, tiny_folder, tmp_path):
     out = ldm_export.export(tiny_folder, tmp_path / "out.safetensors")
+    from latentgen import files
+
+    assert (out.stat().st_mode & 0o777) == 0o666 & ~files.umask()  # not safetensors' private 0600
     single = latentgen.load(out)
     assert max_diff(single.generate("a red cat", **ARGS), pipe.generate("a red cat", **ARGS)) == 0
     public = lambda m: {k: v for k, v in m.config.items() if not k.startswith("_")}  # noqa: E731
