@@ -34,7 +34,7 @@ def served(tiny_folder, tmp_path_factory):
               str(outdir.parent / "shiny.safetensors"))  # a textual inversion for the embedded model's CLIP
     s = Served(ServeConfig(models_dir=models, outdir=outdir, embeddings=[str(outdir.parent / "shiny.safetensors")],
                            limits=RequestLimits(queue_size=3)))
-    s.outdir = outdir
+    s.outdir, s.models = outdir, models
     yield s
     s.stop()
 
@@ -268,3 +268,21 @@ def test_a_failed_warm_up_is_a_warning_and_the_model_still_loads(monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"model 'default': the warm-up image failed \(MemoryError: no room\)"):
         pipe = Models(None, warmup=True).get()
     assert isinstance(pipe, Pipeline)
+
+
+def test_a_damaged_checkpoint_gets_a_clean_error_and_the_server_serves_on(served, api):
+    import requests
+
+    url = f"http://127.0.0.1:{served.port}/sdapi/v1/"
+    # a safetensors file cut short whose header length starts with 0x80, a pickle's first byte
+    (served.models / "cut.safetensors").write_bytes((0x2080).to_bytes(8, "little") + b'{"w": {"dtype": "F32", ')
+    requests.post(url + "refresh-checkpoints", timeout=30)
+    try:
+        r = requests.post(url + "options", json={"sd_model_checkpoint": "cut"}, timeout=120)
+    finally:
+        (served.models / "cut.safetensors").unlink()
+        requests.post(url + "refresh-checkpoints", timeout=30)
+    # the server's own file is damaged, not the request: a clean 500 that names it (it was a pickle's traceback)
+    assert r.status_code == 500 and "cut.safetensors is not a readable .safetensors file (truncated" in r.json()["detail"]
+    assert "Traceback" not in r.text and api.get_options()["sd_model_checkpoint"] == "default"
+    assert len(api.txt2img(prompt=PROMPT, steps=1).images) == 1
