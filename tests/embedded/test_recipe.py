@@ -63,8 +63,8 @@ def test_the_export_writes_the_tokenizer_as_loaded(tmp_path):
 def test_killed_run_resumes_to_the_same_weights(first_run, tmp_path, monkeypatch):
     real_save, calls = train.save, []
 
-    def save_then_die(acc, cfg, step, stamp, seconds=0.0):
-        real_save(acc, cfg, step, stamp, seconds)
+    def save_then_die(acc, cfg, step, stamp, seconds=0.0, ema=None):
+        real_save(acc, cfg, step, stamp, seconds, ema=ema)
         calls.append((step, seconds))
         if stamp["stage"] == "diffusion" and step == 2:
             raise KeyboardInterrupt("killed after the step-2 checkpoint")

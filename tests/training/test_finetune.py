@@ -99,8 +99,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp
                               noise_offset=0.05, lr_schedule="cosine", grad_accum=2)))
     real_save = train.save
 
-    def save_then_die(acc, cfg, step, stamp, seconds=0.0):
-        real_save(acc, cfg, step, stamp, seconds)
+    def save_then_die(acc, cfg, step, stamp, seconds=0.0, ema=None):
+        real_save(acc, cfg, step, stamp, seconds, ema=ema)
         if step == 2:
             raise KeyboardInterrupt  # killed right after the step-2 checkpoint
 
