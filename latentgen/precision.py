@@ -33,7 +33,7 @@ class Placement:
     device: torch.device
     dtype: torch.dtype
     dtype_why: str  # "the default here: <the rule>", or "as asked; the default here: <the rule>"
-    backend: str  # where the U-Net runs: one of latentgen.backends.runtime.BACKENDS
+    backend: str  # where the U-Net runs: one of latentgen.backends.choice.BACKENDS
     backend_why: str
 
 

@@ -11,7 +11,6 @@ time. ``split`` cuts the graph there; the prefix runs once and the rest once per
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import os
 import shutil
@@ -23,9 +22,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-RECIPE = 2  # how convert() traces the U-Net; part of the cache key, so a new recipe converts anew
+from . import weights
+
+RECIPE = 3  # how convert() traces the U-Net; part of the cache key, so a new recipe converts anew
 
 
 class _Traced(torch.nn.Module):
@@ -42,37 +42,72 @@ class _Traced(torch.nn.Module):
 def _geglu_as_two_linears(m, hidden_states, *args, **kwargs):
     """GEGLU (Shazeer 2020, https://arxiv.org/abs/2002.05202) with its projection as two linears, the halves
     that ``proj(h).chunk(2)`` would give: the same dot products, but OpenVINO runs no split of the
-    (B, N, 2 * inner) result (a reference-kernel VariadicSplit on the CPU, 0.06 s of SD 1.5's call)."""
-    w, b = m.proj.weight.chunk(2), (None, None) if m.proj.bias is None else m.proj.bias.chunk(2)
-    return F.linear(hidden_states, w[0], b[0]) * m.gelu(F.linear(hidden_states, w[1], b[1]))
+    (B, N, 2 * inner) result (a reference-kernel VariadicSplit on the CPU, 0.06 s of SD 1.5's call). The halves
+    are modules of their own for the trace (``proj_halves.0`` and ``.1``), so the IR names their weights."""
+    a, b = m.proj_halves
+    return a(hidden_states) * m.gelu(b(hidden_states))
 
 
 @contextlib.contextmanager
 def _traceable(unet):
     """While open, ``unet`` is as convert() traces it: each GEGLU's forward is swapped for
-    ``_geglu_as_two_linears`` (on the instances, for the trace only; the weights are shared, not copied)."""
+    ``_geglu_as_two_linears`` (on the instances, for the trace only; the weights are views, not copies)."""
     from diffusers.models.activations import GEGLU
 
     swapped = [m for m in unet.modules() if isinstance(m, GEGLU)]
     for m in swapped:
+        halves = []
+        for w, b in zip(m.proj.weight.detach().chunk(2), (None, None) if m.proj.bias is None else m.proj.bias.chunk(2)):
+            half = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device="meta")
+            half.weight = torch.nn.Parameter(w, requires_grad=False)
+            if b is not None:
+                half.bias = torch.nn.Parameter(b.detach(), requires_grad=False)
+            halves.append(half)
+        m.proj_halves = torch.nn.ModuleList(halves)
         m.forward = functools.partial(_geglu_as_two_linears, m)
     try:
         yield
     finally:
         for m in swapped:
-            del m.forward
+            del m.forward, m.proj_halves
+
+
+def patched(model, tensors: dict[str, torch.Tensor]):
+    """A copy of the IR ``model`` with the weights named in ``tensors`` ({parameter name: tensor}) replaced, in
+    each constant's own element type; None when one has no constant of its name (a bias or a norm, which the
+    conversion folds into other constants). A GEGLU projection's weight is its two halves' constants."""
+    import openvino.opset13 as ops
+
+    graph = model.clone()
+    consts = {n: op for op in graph.get_ordered_ops() if op.get_type_name() == "Constant" for n in op.output(0).get_names()}
+    for name, t in tensors.items():
+        parts = {f"self.unet.{name}": t}
+        if name.endswith(".proj.weight") and f"self.unet.{name}" not in consts:  # a GEGLU's, traced as two halves
+            stem = name.removesuffix(".proj.weight")
+            parts = {f"self.unet.{stem}.proj_halves.{i}.weight": h for i, h in enumerate(t.chunk(2))}
+        for cname, value in parts.items():
+            old = consts.get(cname)
+            if old is None or tuple(old.get_output_shape(0)) != tuple(value.shape):
+                return None
+            data = value.detach().float().cpu().contiguous().numpy().astype(old.get_element_type().to_dtype())
+            # contiguous: a channels_last weight's array would reach OpenVINO with its strides, and be misread
+            new = ops.constant(data)
+            new.output(0).set_names({cname})
+            old.output(0).replace(new.output(0))
+            consts[cname] = new
+    return graph
 
 
 def convert(unet, folder: Path) -> Path:
-    """Convert ``unet`` (a float32 trace, whatever its dtype) to OpenVINO IR in ``folder``/unet.xml,
-    written to a temporary folder first and renamed, so a killed conversion leaves nothing behind."""
+    """Convert ``unet`` (a float32 trace of its ``weights.plain`` twin) to OpenVINO IR in ``folder``/unet.xml, written
+    to a temporary folder first and renamed, so a killed conversion leaves nothing behind."""
     import openvino
 
     cfg = unet.config
     folder.parent.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before the trace
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
-        twin = copy.deepcopy(unet).float().eval() if unet.dtype != torch.float32 else unet.eval()
+        twin = weights.plain(unet)
         example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0),
                    torch.zeros(2, 77, cfg.cross_attention_dim))
         with torch.no_grad(), warnings.catch_warnings(), _traceable(twin):  # the trace fixes diffusers' size
@@ -106,14 +141,15 @@ class Compiled:
     KEEP = 2
     SHARE_AREA = 32 * 32  # latents of at least this many pixels run CFG's shared prefix once (``shares``)
 
-    def __init__(self, unet, xml: Path):
+    def __init__(self, unet, source):
+        """``source``: the IR's unet.xml, or an IR model in memory (``patched``)."""
         import openvino
 
         self.unet, self.config = unet, unet.config
         self.factor = 2 ** (len(unet.config.block_out_channels) - 1)
         self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
         self.core = openvino.Core()
-        self.model = self.core.read_model(xml)
+        self.model = source if isinstance(source, openvino.Model) else self.core.read_model(source)
         self.requests: dict[tuple, list] = {}  # (x shape, context shape, shared, threads) -> infer requests,
         self.lock = threading.Lock()           # oldest first
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import precision
-from ..backends import runtime
+from ..backends import choice
 from . import checkpoints, components, ldm, prediction, single_file
 from .components import Components
 from .presets import load_preset
@@ -27,7 +27,7 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     # 1. the arguments, checked before anything is read
     device = precision.resolve_device(device)
     asked = None if dtype is None else precision.as_dtype(dtype)
-    backend = runtime.requested(backend, device)
+    backend = choice.requested(backend, device)
     kind = prediction.normalize(prediction_type)
     vae_file = checkpoints.read_vae(vae) if vae is not None else None  # a bad VAE file fails first
     # 2. what the source is, and its U-Net's config, read without weights
@@ -44,7 +44,7 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
                                 vae_file)
     # 3. device, dtype and backend, decided once
     dtype, dtype_why = precision.resolve_dtype(asked, device, unet_config)
-    name, why = backend or runtime.default(device, asked == torch.float32, unet_config)
+    name, why = backend or choice.default(device, asked == torch.float32, unet_config)
     place = precision.Placement(device, dtype, dtype_why, name, why)
     # 4. the parts, built there
     if single:

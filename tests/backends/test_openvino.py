@@ -54,10 +54,13 @@ def test_geglu_is_traced_as_two_linears_and_the_unet_is_left_as_it_was(fast):
     kinds = [op.get_type_name() for op in fast.runtime.for_unet(fast.unet).model.get_ordered_ops()]
     gegs = [m for m in fast.unet.modules() if isinstance(m, GEGLU)]
     assert gegs and "VariadicSplit" not in kinds and kinds.count("Gelu") == len(gegs)
-    assert not any("forward" in vars(m) for m in gegs)  # swapped for the trace only
+    assert not any("forward" in vars(m) or hasattr(m, "proj_halves") for m in gegs)  # swapped for the trace only
     h = torch.randn(2, 5, gegs[0].proj.in_features)
     with torch.no_grad():
-        assert torch.allclose(openvino_unet._geglu_as_two_linears(gegs[0], h), gegs[0](h), atol=1e-6)
+        with openvino_unet._traceable(fast.unet):
+            two = gegs[0](h)  # the two halves' linears, as traced
+            assert gegs[0].proj_halves[0].weight.data_ptr() == gegs[0].proj.weight.data_ptr()  # views, not copies
+        assert torch.allclose(two, gegs[0](h), atol=1e-6)
 
 
 def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):

@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
-from latentgen.backends import runtime  # noqa: E402
+from latentgen.backends import choice  # noqa: E402
 from latentgen.models.presets import load_preset  # noqa: E402
 
 
@@ -195,8 +195,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="default: the model's")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"], help="latentgen's; default: its default")
-    ap.add_argument("--backend", default=None, choices=runtime.BACKENDS, help="latentgen's; default: its default")
-    ap.add_argument("--also-backend", action="append", default=[], choices=runtime.BACKENDS,
+    ap.add_argument("--backend", default=None, choices=choice.BACKENDS, help="latentgen's; default: its default")
+    ap.add_argument("--also-backend", action="append", default=[], choices=choice.BACKENDS,
                     help="also run latentgen with this backend (repeatable)")
     ap.add_argument("--diffusers-compiled", action="store_true",
                     help="also run diffusers with its U-Net through torch.compile (reduce-overhead)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import latentgen
-from latentgen.backends import runtime
+from latentgen.backends import choice
 from latentgen.embedded import quality
 from latentgen.lora.formats import shipped_loras
 from latentgen.models.presets import data_dir
@@ -20,7 +20,7 @@ WEIGHTS = data_dir("weights") / "default"
 
 @pytest.fixture(scope="module")
 def default_pipe():  # what a user on a CPU gets: the U-Net through OpenVINO (conftest sets torch for the suite)
-    return latentgen.load(backend="openvino" if runtime.available() else "torch")
+    return latentgen.load(backend="openvino" if choice.available() else "torch")
 
 
 def test_manifest_matches_the_files():

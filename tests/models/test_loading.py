@@ -7,14 +7,14 @@ import torch
 
 import latentgen
 from latentgen import precision
-from latentgen.backends import runtime
+from latentgen.backends import choice
 from latentgen.models import loading
 
-pytestmark = pytest.mark.skipif(not runtime.available(), reason="openvino is a dependency; this platform has no wheel")
+pytestmark = pytest.mark.skipif(not choice.available(), reason="openvino is a dependency; this platform has no wheel")
 
 
 def test_load_decides_once_and_says_why(tiny_folder, monkeypatch):
-    monkeypatch.delenv(runtime.ENV, raising=False)
+    monkeypatch.delenv(choice.ENV, raising=False)
     pipe = latentgen.load(tiny_folder)
     place = pipe.placement
     assert (place.device, place.dtype, place.backend) == (torch.device("cpu"), torch.float32, "openvino")
@@ -27,10 +27,10 @@ def test_load_decides_once_and_says_why(tiny_folder, monkeypatch):
 
 
 def test_load_decides_the_backend_once_with_the_u_nets_config(tiny_folder, monkeypatch):
-    monkeypatch.delenv(runtime.ENV, raising=False)
-    calls, requested, default = [], runtime.requested, runtime.default
-    monkeypatch.setattr(runtime, "requested", lambda *a: calls.append(("requested", a)) or requested(*a))
-    monkeypatch.setattr(runtime, "default", lambda *a: calls.append(("default", a)) or default(*a))
+    monkeypatch.delenv(choice.ENV, raising=False)
+    calls, requested, default = [], choice.requested, choice.default
+    monkeypatch.setattr(choice, "requested", lambda *a: calls.append(("requested", a)) or requested(*a))
+    monkeypatch.setattr(choice, "default", lambda *a: calls.append(("default", a)) or default(*a))
     pipe = latentgen.load(tiny_folder)
     assert [name for name, _ in calls] == ["requested", "default"]  # checked before reading, decided once after
     assert calls[1][1][2]["block_out_channels"] == list(pipe.unet.config.block_out_channels)
@@ -41,7 +41,7 @@ def test_load_decides_the_backend_once_with_the_u_nets_config(tiny_folder, monke
 
 
 def test_fp32_asked_for_is_torch_other_dtypes_keep_the_fast_backend(tiny_folder, monkeypatch):
-    monkeypatch.delenv(runtime.ENV, raising=False)
+    monkeypatch.delenv(choice.ENV, raising=False)
     assert latentgen.load(tiny_folder, dtype="fp32").runtime.backend == "torch"
     assert latentgen.load(tiny_folder, dtype="bf16").runtime.backend == "openvino"
     assert latentgen.load(tiny_folder).runtime.backend == "openvino"
@@ -51,16 +51,16 @@ def test_bad_backends_are_refused_before_anything_loads(tiny_folder, monkeypatch
     with pytest.raises(ValueError, match=r"backend='onnx' \(as asked\) is not supported; use one of 'torch', 'openvino'"):
         latentgen.load(tiny_folder / "no-such-folder", backend="onnx")  # the backend is checked first
     with pytest.raises(ValueError, match=r"backend='openvino' \(as asked\) runs on the CPU, but the model is on cuda"):
-        runtime.requested("openvino", torch.device("cuda"))
+        choice.requested("openvino", torch.device("cuda"))
     for name in ("cudagraph", "compile"):
         with pytest.raises(ValueError, match=rf"backend='{name}' \(as asked\) runs on CUDA GPUs, but the model is "
                                              r"on cpu; use backend='torch' or 'openvino'\.$"):
             latentgen.load(tiny_folder, device="cpu", backend=name)
-    monkeypatch.setenv(runtime.ENV, "tensorrt")
+    monkeypatch.setenv(choice.ENV, "tensorrt")
     with pytest.raises(ValueError, match=r"backend='tensorrt' \(\$LATENTGEN_BACKEND\) is not supported.*"
                                          r"\(or unset \$LATENTGEN_BACKEND\)\.$"):
         latentgen.load(tiny_folder)
-    monkeypatch.setenv(runtime.ENV, "cudagraph")  # the fix names the variable the user set, not backend=
+    monkeypatch.setenv(choice.ENV, "cudagraph")  # the fix names the variable the user set, not backend=
     with pytest.raises(ValueError, match=r"backend='cudagraph' \(\$LATENTGEN_BACKEND\) runs on CUDA GPUs.*use "
                                          r"backend='torch' or 'openvino' \(or unset \$LATENTGEN_BACKEND\)\.$"):
         latentgen.load(tiny_folder)

@@ -1,0 +1,128 @@
+"""What a backend knows of a U-Net's weights: the cheap state a call checks, the LoRAs injected in it (peft's
+layers) and the weights they amount to, and the per-tensor hashes that decide which of a converted copy's
+weights still stand for the module's.
+
+A LoRA layer computes W x + s B A x; folded, W' = W + s B A (peft's merge, adapter by adapter, in W's dtype).
+A converted U-Net (``latentgen.backends.openvino``) with W' in place of W draws what the module draws with
+the LoRA fused, so LoRAs, their scales and fused or edited weights run on the fast path: ``effective`` gives
+every weight as the module now computes with it, and ``changed`` those whose bytes differ from a record.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import torch
+
+
+def freeu(module: torch.nn.Module) -> tuple:  # FreeU's factors (``enable_freeu``): the output changes, not weights
+    return tuple(getattr(b, k, None) for b in getattr(module, "up_blocks", ()) for k in ("s1", "s2", "b1", "b2"))
+
+
+def processors(module: torch.nn.Module) -> tuple:  # the attention processors' classes (what a trace records)
+    return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
+
+
+def lora_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """{module path: peft layer} of the LoRAs injected in ``module`` (``latentgen.lora.adapters``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: m for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
+
+
+def lora_state(layers: dict[str, torch.nn.Module]) -> tuple:
+    """What the LoRA layers compute with, cheaply: per layer its active adapters, their scales, whether they are
+    merged, and the storage and write count of each adapter's A and B (a file loaded again under the same name)."""
+    def of(t):
+        return t.data_ptr(), t._version
+
+    return tuple((path, layer.merged, tuple((a, float(layer.scaling[a]), of(layer.lora_A[a].weight),
+                                             of(layer.lora_B[a].weight))
+                                            for a in layer.active_adapters if a in layer.lora_A))
+                 for path, layer in layers.items())
+
+
+def state(module: torch.nn.Module, version: int) -> tuple:
+    """What a call checks of a U-Net before it runs a converted or graphed copy, in microseconds per parameter:
+    the announced ``version``, each parameter's name, storage and dtype, the sum of torch's in-place write
+    counters, FreeU's factors, and the LoRA layers' ``lora_state``. Writes through ``.data`` move none of these:
+    they are announced (``Pipeline.weights_changed``)."""
+    params = list(module.named_parameters())
+    layout = tuple((n, p.data_ptr(), p.dtype) for n, p in params)
+    return version, layout, sum(p._version for _, p in params), freeu(module), lora_state(lora_layers(module))
+
+
+@torch.no_grad()
+def effective(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """({name: tensor} of every parameter as the module computes with it, under the names it has without LoRAs;
+    the names of the tensors made here). A LoRA layer's weight is its base weight with each active, unmerged
+    adapter's delta added, as peft's merge adds them (a merged one is in the base weight already); the adapters'
+    own A and B are left out."""
+    layers = lora_layers(module)
+    out = {}
+    for name, p in module.named_parameters():
+        if ".lora_" not in name:  # peft's lora_A / lora_B / lora_embedding_*: folded below, not weights of their own
+            out[name.replace(".base_layer.", ".")] = p.detach()
+    for path, layer in layers.items():
+        w = layer.get_base_layer().weight.detach()
+        if not layer.merged:
+            for a in layer.active_adapters:
+                if a in layer.lora_A:
+                    w = w + layer.get_delta_weight(a).to(w.dtype)
+        out[f"{path}.weight"] = w
+    return out, {f"{path}.weight" for path in layers}
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes."""
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {name: tensor_hash(t) for name, t in tensors.items()}
+
+
+def fingerprint(module: torch.nn.Module, recipe: str, tensors: dict[str, str]) -> str:
+    """sha256 of a module's config, attention processors, what converts it (``recipe``: the versions of torch,
+    diffusers and the converter, and how it traces) and its tensors' hashes (``hashes``): the disk cache's key."""
+    config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
+    h = hashlib.sha256(f"{recipe}|{config}|{processors(module)}".encode())
+    for name in sorted(tensors):
+        h.update(f"{name}|{tensors[name]}".encode())
+    return h.hexdigest()
+
+
+def changed(tensors: dict[str, torch.Tensor], record: dict[str, str], known: dict[str, tuple],
+            fresh: set[str] = frozenset()) -> dict[str, tuple[torch.Tensor, str]]:
+    """{name: (tensor, hash)} of the tensors whose bytes differ from ``record`` ({name: hash} of the converted
+    weights). ``known`` remembers, per parameter, (storage, write count, hash) of the last look, so one neither
+    moved nor written through torch since is not read again; clear it when writes through ``.data`` are announced.
+    ``fresh``: names of tensors made anew at each look (a LoRA layer's folded weight), always hashed."""
+    out = {}
+    for name, t in tensors.items():
+        key = (t.data_ptr(), t._version)
+        seen = None if name in fresh else known.get(name)
+        digest = seen[2] if seen is not None and seen[:2] == key else tensor_hash(t)
+        if name not in fresh:
+            known[name] = (*key, digest)
+        if digest != record.get(name):
+            out[name] = (t, digest)
+    return out
+
+
+def plain(unet):
+    """``unet`` as convert() traces it: float32, and without LoRA layers (a copy with each peft layer replaced by
+    its base layer: the base weights are what gets converted; ``patched`` puts the LoRAs in)."""
+    layers = list(lora_layers(unet))
+    if unet.dtype == torch.float32 and not layers:
+        return unet.eval()
+    twin = copy.deepcopy(unet).float().eval()
+    for name in layers:
+        parent, _, child = name.rpartition(".")
+        owner = twin.get_submodule(parent) if parent else twin
+        setattr(owner, child, getattr(owner, child).get_base_layer())
+    return twin
