@@ -218,11 +218,11 @@ class Runtime:
         """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced (a graph
         reads addresses: values edited in place are read as they are); ``unet`` itself when ``unconvertible``."""
         _, layout, _, freeu, _ = weights.state(unet, self.version)
+        if unconvertible(unet):  # before the cache: a parked LoRA made active again keeps the layout
+            return unet
         with self._lock:
             held = self._graphed.get(id(unet))
             if held is not None and held[0] == (layout, freeu):
                 return held[1]
-            if unconvertible(unet):
-                return unet
             held = self._graphed[id(unet)] = ((layout, freeu), cudagraph.Graphed(unet, compile=self.backend == "compile"))
         return held[1]

@@ -24,11 +24,13 @@ def processors(module: torch.nn.Module) -> tuple:  # the attention processors' c
     return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
 
 
-def lora_layers(module: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """{module path: peft layer} of the LoRAs injected in ``module`` (``latentgen.lora.adapters``)."""
+def lora_layers(module: torch.nn.Module, active: bool = True) -> dict[str, torch.nn.Module]:
+    """{module path: peft layer} of the LoRAs injected in ``module`` (``latentgen.lora.adapters``); ``active``: only
+    layers with an active adapter (a parked one computes as its base layer)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return {name: m for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
+    return {name: m for name, m in module.named_modules()
+            if isinstance(m, BaseTunerLayer) and (m.active_adapters or not active)}
 
 
 def lora_state(layers: dict[str, torch.nn.Module]) -> tuple:
@@ -117,7 +119,7 @@ def changed(tensors: dict[str, torch.Tensor], record: dict[str, str], known: dic
 def plain(unet):
     """``unet`` as convert() traces it: float32, and without LoRA layers (a copy with each peft layer replaced by
     its base layer: the base weights are what gets converted; ``patched`` puts the LoRAs in)."""
-    layers = list(lora_layers(unet))
+    layers = list(lora_layers(unet, active=False))
     if unet.dtype == torch.float32 and not layers:
         return unet.eval()
     twin = copy.deepcopy(unet).float().eval()

@@ -69,7 +69,8 @@ class CallText:
         """Apply the LoRAs the tags name while the block runs. One already in ``loras`` (a
         ``LoraAdapters``) by that name gets the tag's weight, then its own scale back; any other name is
         a shipped LoRA (``latentgen.lora.formats.resolve``: ``"purple"``) or a file, loaded for the block and
-        unloaded after. Loaded LoRAs that no tag names stay as they are (A1111 would turn them off)."""
+        parked after (inactive: the model computes as without it, and the next call with that tag reuses it).
+        Loaded LoRAs that no tag names stay as they are (A1111 would turn them off)."""
         restore: dict[str, float] = {}
         added: list[str] = []
         try:
@@ -87,6 +88,6 @@ class CallText:
             yield
         finally:
             for name in reversed(added):
-                loras.unload(name)
+                loras.park(name)  # inactive, kept injected for the tag's next call (``LoraAdapters.park``)
             for name, scale in restore.items():
                 loras.set_scale(name, scale)

@@ -204,4 +204,14 @@ def test_tag_loras_on_every_kind_of_layer_run_converted_and_leave_no_trace(tiny_
         assert np.abs(np.asarray(got[0], float) - np.asarray(want[0], float)).mean() < 4
     assert max_diff(got, bare) > 20  # the LoRAs were there
     assert fast.runtime.for_unet(fast.unet) is base and max_diff(fast.generate("a cat", seed=3), bare) == 0
-    assert fast.loras.loaded == {} and not any("lora" in n for n, _ in fast.unet.named_parameters())
+    from latentgen.backends import weights
+    from latentgen.lora import formats
+
+    assert fast.loras.loaded == {} and weights.lora_layers(fast.unet) == {} and sorted(fast.loras.parked) == ["a", "b"]
+    reads, real = [], formats.read
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(formats, "read", lambda *a, **k: reads.append(a) or real(*a, **k))
+        again = fast.generate(tags, seed=3)  # the parked LoRAs, active again: no file read, no injection
+    assert reads == [] and max_diff(again, got) == 0
+    fast.unload_lora()
+    assert fast.loras.parked == {} and not any("lora" in n for n, _ in fast.unet.named_parameters())

@@ -86,3 +86,37 @@ def test_a_bad_scale_is_refused_before_any_file_is_read(fresh, bad):
     with pytest.raises(ValueError, match="scale=.* is invalid: use a finite number"):
         fresh.load_lora("no-such-file.safetensors", scale=bad)
     assert fresh.loras.loaded == {}
+
+
+def test_a_parked_lora_computes_nothing_and_comes_back_without_a_read(pipe, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import numpy as np
+
+    from conftest import max_diff, random_lora
+    from latentgen.lora import formats as lora_formats
+
+    a = lora_formats.save(random_lora(pipe, seed=1), tmp_path / "a.safetensors", "diffusers")
+    bare = pipe.generate("a cat", seed=1, steps=2)
+    pipe.load_lora(a, scale=0.9)
+    with_a = pipe.generate("a cat", seed=1, steps=2)
+    pipe.loras.park("a")
+    assert pipe.loras.loaded == {} and max_diff(pipe.generate("a cat", seed=1, steps=2), bare) == 0
+    reads, real = [], lora_formats.read
+    monkeypatch.setattr(lora_formats, "read", lambda *x, **k: reads.append(x) or real(*x, **k))
+    pipe.load_lora(a, scale=0.9)  # the same file: active again, not read
+    assert reads == [] and max_diff(pipe.generate("a cat", seed=1, steps=2), with_a) == 0
+    pipe.loras.park("a")
+    shutil.copy(lora_formats.save(random_lora(pipe, seed=2), tmp_path / "b.safetensors", "diffusers"), a)
+    os.utime(a, ns=(1, 1))  # another file under the same name: read again
+    pipe.load_lora(a, scale=0.9)
+    assert len(reads) == 1 and max_diff(pipe.generate("a cat", seed=1, steps=2), with_a) > 0
+    pipe.unload_lora()
+    for i in range(pipe.loras.PARKED + 2):  # the most recent few are kept
+        pipe.load_lora(a, name=f"n{i}")
+        pipe.loras.park(f"n{i}")
+    assert list(pipe.loras.parked) == [f"n{i}" for i in range(2, pipe.loras.PARKED + 2)]
+    pipe.unload_lora()  # all, parked ones too: the model as loaded
+    assert pipe.loras.parked == {} and not any("lora" in n for n, _ in pipe.unet.named_parameters())
+    assert np.array_equal(np.asarray(pipe.generate("a cat", seed=1, steps=2)[0]), np.asarray(bare[0]))
