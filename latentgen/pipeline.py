@@ -47,8 +47,7 @@ class Pipeline:
                  name: str = "model", inpaint_unet=None, runtime: Runtime | None = None, placement=None):
         self.tokenizer, self.text_encoder, self.unet, self.vae, self.scheduler = tokenizer, text_encoder, unet, vae, scheduler
         self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
-        self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder},
-                                  on_change=lambda: self.runtime.changed(loras=True))  # announced to the backend
+        self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})  # the backend reads their state
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()

@@ -21,7 +21,7 @@ Only a bias or a norm that differs (the conversion folds those into other consta
 
 What a call checks is cheap (``weights.state``): parameters added, removed, moved or cast, torch's counters of
 in-place writes, FreeU's factors, the LoRA layers' adapters and scales. Writes through ``.data`` are announced
-(``Pipeline.weights_changed`` calls ``changed``; latentgen's LoRA calls announce theirs). When the state moves,
+(``Pipeline.weights_changed`` calls ``changed``). When the state moves,
 the weights are read (``weights.changed``: each tensor's bytes hashed, those unmoved since skipped). The call
 contract is the loop's: ``unet(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w), context
 (B, 77 * k, D).
@@ -88,6 +88,7 @@ class _Held:
     version: int = 0  # the announced version at the last check
     known: dict = field(default_factory=dict)  # ``weights.changed``'s memory of tensors read
     variants: dict = field(default_factory=dict)  # {frozenset of (name, hash) patched: Compiled}, oldest first
+    seen: dict = field(default_factory=dict)  # {state: (what ran, why)} of the last few states, oldest first
     current: Compiled | None = None  # what runs now: base or a variant; None: torch (``why``)
     why: str = ""
 
@@ -106,7 +107,7 @@ class Runtime:
         self.backend, self.why = backend, why
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
-        self.version = self.lora_version = 0  # announced weight changes so far (``changed``)
+        self.version = 0  # announced weight changes so far (``changed``)
         self._compiled: dict[int, _Held] = {}  # id(unet) -> what was converted, oldest first
         self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU), graph)
         self._lock = threading.RLock()
@@ -128,17 +129,14 @@ class Runtime:
         self.fallback = "" if found is not unet else self.fallback
         return found
 
-    def changed(self, loras: bool = False) -> None:
-        """Announce changed weights. ``Pipeline.weights_changed`` (writes through ``.data``): every tensor is read
-        again at the next call. ``loras``: latentgen's LoRA calls, whose layers the next call reads anyway (their
-        weights are folded anew whenever their state moves), so no other tensor is read again."""
-        if loras:
-            self.lora_version += 1
-        else:
-            self.version += 1
+    def changed(self) -> None:
+        """Announce weights written behind the pipeline's back (``Pipeline.weights_changed``: writes through ``.data``,
+        ``load_state_dict``): every tensor is read again at the next call. LoRA changes need no word: the state
+        a call checks holds each LoRA layer's adapters and scales."""
+        self.version += 1
 
     def _openvino(self, unet):
-        key = weights.state(unet, (self.version, self.lora_version))
+        key = weights.state(unet, self.version)
         held = self._compiled.pop(id(unet), None)
         if held is None or held.state != key:  # first call, or something changed since the last
             if any(v is not None for v in weights.freeu(unet)):
@@ -152,8 +150,18 @@ class Runtime:
                     held = _Held(self._compile(unet, digest), digest, record)
             if held.version != self.version:
                 held.known.clear()  # writes through .data were announced: read every tensor again
+                held.seen.clear()
             held.state, held.version = key, self.version
-            held.current, held.why = self._variant(unet, held)
+            found = held.seen.pop(key, None)  # a state met before (two LoRA sets alternating): no tensor read
+            kept = [k for k, v in held.variants.items() if found is not None and v is found[0]]
+            if kept:
+                held.variants[kept[0]] = held.variants.pop(kept[0])  # the most recent again
+            elif found is None or found[0] not in (held.base, None):  # new, or its variant was let go
+                found = self._variant(unet, held)
+            held.seen[key] = found
+            while len(held.seen) > 2 * self.VARIANTS:
+                del held.seen[next(iter(held.seen))]
+            held.current, held.why = found
         self._keep(unet, held)
         self.fallback = held.why
         return unet if held.current is None else held.current

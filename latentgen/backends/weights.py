@@ -35,12 +35,13 @@ def lora_layers(module: torch.nn.Module, active: bool = True) -> dict[str, torch
 
 def lora_state(layers: dict[str, torch.nn.Module]) -> tuple:
     """What the LoRA layers compute with, cheaply: per layer its active adapters, their scales, whether they are
-    merged, and the storage and write count of each adapter's A and B (a file loaded again under the same name)."""
-    def of(t):
-        return t.data_ptr(), t._version
+    merged, and which injection each adapter's weights came from (``latentgen.lora.adapters`` numbers them; a
+    LoRA injected by other means is told by the bytes of its A and B)."""
+    def injection(a: torch.Tensor, b: torch.Tensor):
+        return getattr(a, "latentgen_serial", None) or (tensor_hash(a), tensor_hash(b))
 
-    return tuple((path, layer.merged, tuple((a, float(layer.scaling[a]), of(layer.lora_A[a].weight),
-                                             of(layer.lora_B[a].weight))
+    return tuple((path, layer.merged, tuple((a, float(layer.scaling[a]), injection(layer.lora_A[a].weight,
+                                                                                    layer.lora_B[a].weight))
                                             for a in layer.active_adapters if a in layer.lora_A))
                  for path, layer in layers.items())
 

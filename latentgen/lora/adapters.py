@@ -8,8 +8,8 @@ are peft's (``inject_adapter_in_model``), so a loaded LoRA computes W x + scale 
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,9 @@ import torch
 
 from .. import checks
 from . import formats
+
+
+_SERIALS = itertools.count(1)  # injections, numbered: a LoRA loaded again is never mistaken for the one before
 
 
 @dataclass
@@ -30,14 +33,15 @@ class Loaded:
 
 
 class LoraAdapters:
-    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order. Every change of the
-    models' computation (load, scale, fuse, unfuse, unload) is announced through ``on_change()``, so the U-Net's
-    backend knows to check its weights again (``latentgen.backends.runtime``)."""
+    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order. The U-Net's backend
+    reads their state from the layers themselves (adapters, scales, merged or not: ``latentgen.backends.weights``),
+    so every change here is seen by the next call."""
 
     PARKED = 4  # inactive LoRAs kept injected (``park``)
 
-    def __init__(self, models: dict[str, torch.nn.Module], on_change: Callable[[], None] = lambda: None):
-        self.models, self.on_change = models, on_change
+    def __init__(self, models: dict[str, torch.nn.Module]):
+        self.models = models
+        self._tuners: list | None = None  # peft's layers in the models, found once per injection or unload
         self.loaded: dict[str, Loaded] = {}
         self.parked: dict[str, Loaded] = {}  # injected but inactive (``park``): a prompt tag's, kept for its next call
         self._fused: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}  # layer id -> (layer, original W)
@@ -103,21 +107,23 @@ class LoraAdapters:
         with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             inject_adapter_in_model(config, model, adapter_name=name)
+        self._tuners = None
+        serial = next(_SERIALS)
         for m, (down, up, _) in mods.items():
             layer = model.get_submodule(m)
             layer.lora_A[name].weight.data.copy_(down)
             layer.lora_B[name].weight.data.copy_(up)
+            layer.lora_A[name].weight.latentgen_serial = serial  # one per injection: ``backends.weights.lora_state``
 
-    def _layers(self):
+    def _layers(self) -> list:
+        """peft's layers in the models (a walk of every module, done again only after an injection or an unload)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        for model in self.models.values():
-            for mod in model.modules():
-                if isinstance(mod, BaseTunerLayer):
-                    yield mod
+        if self._tuners is None:
+            self._tuners = [m for model in self.models.values() for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        return self._tuners
 
     def _apply_scales(self) -> None:
-        self.on_change()  # every change ends here (load, set_scale, unload) or in fuse/unfuse
         for layer in self._layers():
             names = [n for n in self.loaded if n in layer.lora_A]
             layer.set_adapter(names)  # several adapters active at once
@@ -144,7 +150,6 @@ class LoraAdapters:
             if layer.active_adapters and not layer.merged:
                 self._fused[id(layer)] = (layer, layer.get_base_layer().weight.data.clone())
                 layer.merge(adapter_names=list(layer.active_adapters))
-        self.on_change()
 
     def unfuse(self) -> None:
         """Restore the base weights saved by ``fuse``, bit for bit."""
@@ -152,7 +157,6 @@ class LoraAdapters:
             layer.get_base_layer().weight.data.copy_(weight)
             layer.merged_adapters.clear()
         self._fused = {}
-        self.on_change()
 
     def unload(self, name: str | None = None) -> None:
         """Remove LoRA ``name`` (or all, parked ones too): the model is then exactly as loaded."""
@@ -169,6 +173,7 @@ class LoraAdapters:
                 if hasattr(mod, "lora_A") and len(mod.lora_A) == 0:
                     parent, _, child = mname.rpartition(".")
                     setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
+        self._tuners = None
         self._apply_scales()
 
     def info(self) -> dict:
