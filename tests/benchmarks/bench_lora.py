@@ -143,9 +143,9 @@ def sd15(calls: int) -> None:
     print(f"a new LoRA state's first call (patch + compile + the call): one {first:.1f} s, two {first_two:.1f} s")
     ref = latentgen.load("sd15", backend="torch")
     with torch.no_grad():
-        want_bare = ref.unet(x, t, encoder_hidden_states=ctx).sample.float()
+        want_bare = ref.unet(x.to(ref.dtype), t, encoder_hidden_states=ctx).sample.float()
         ref.load_lora(a, name="a", scale=0.8)
-        want_one = ref.unet(x, t, encoder_hidden_states=ctx).sample.float()
+        want_one = ref.unet(x.to(ref.dtype), t, encoder_hidden_states=ctx).sample.float()
     rel = lambda o, w: float((o.float() - w).abs().max() / w.abs().max())  # noqa: E731
     print(f"U-Net output against torch bf16: bare {rel(out_bare, want_bare):.4f}, one LoRA {rel(out_one, want_one):.4f} "
           f"(largest difference / largest value)")
