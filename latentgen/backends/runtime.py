@@ -59,12 +59,12 @@ def unconvertible(module: torch.nn.Module) -> str:
 def weights_hash(module: torch.nn.Module) -> str:
     """The disk cache's key of a U-Net's converted form (``weights.fingerprint`` of its ``weights.plain`` twin's
     weights, with the versions of what traces and converts it)."""
-    return _record(module)[0]
+    return _record(module, {})[0]
 
 
-def _record(module: torch.nn.Module) -> tuple[str, dict[str, str]]:
+def _record(module: torch.nn.Module, known: dict) -> tuple[str, dict[str, str]]:
     """(cache key, {name: hash}) of the weights ``convert`` converts: the module's without its LoRAs (peft's
-    base layers, under the plain names)."""
+    base layers, under the plain names). ``known`` gets what ``weights.changed`` remembers of each tensor read."""
     import diffusers
     import openvino
 
@@ -72,7 +72,8 @@ def _record(module: torch.nn.Module) -> tuple[str, dict[str, str]]:
     layers = weights.lora_layers(module)
     for path in fresh:  # the base weight, not the folded one: LoRAs are patched in afterwards
         tensors[path] = layers[path.removesuffix(".weight")].get_base_layer().weight.detach()
-    record = weights.hashes(tensors)
+    weights.changed(tensors, {}, known)  # every tensor hashed, once, and remembered in ``known``
+    record = {name: known[name][2] for name in tensors}
     recipe = f"{openvino.__version__}|{torch.__version__}|{diffusers.__version__}|{RECIPE}"
     return weights.fingerprint(module, recipe, record), record
 
@@ -94,9 +95,9 @@ class _Held:
 
 
 class Runtime:
-    """The backend of a pipeline. ``for_unet(unet)`` is what the loop calls: the compiled U-Net while
-    ``unet``'s weights are those it was compiled from, else ``unet`` itself (torch). Calls of one compiled
-    U-Net from several threads take turns (they share its infer requests or graph buffers)."""
+    """The backend of a pipeline. ``for_unet(unet)`` is what the loop calls: the compiled U-Net, a compiled copy
+    with the weights that differ patched in (LoRAs, edits), or ``unet`` itself (torch) with ``fallback`` saying
+    why. Calls of one compiled U-Net from several threads take turns (they share its infer requests or graphs)."""
 
     KEEP = 2  # U-Nets held compiled (a swapped-out one is let go, with its OpenVINO model)
     VARIANTS = 2  # patched copies kept per U-Net (two LoRA sets alternating stay compiled)
@@ -145,9 +146,9 @@ class Runtime:
                 self.fallback = "FreeU is on (OpenVINO converts no FFT)"
                 return unet
             if held is None or held.base is None:  # first call; or after a failed conversion: are these new weights?
-                digest, record = _record(unet)
+                digest, record = _record(unet, known := {})
                 if held is None or digest != held.digest:
-                    held = _Held(self._compile(unet, digest), digest, record)
+                    held = _Held(self._compile(unet, digest), digest, record, known=known, version=self.version)
             if held.version != self.version:
                 held.known.clear()  # writes through .data were announced: read every tensor again
                 held.seen.clear()
