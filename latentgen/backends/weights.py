@@ -85,13 +85,10 @@ def tensor_hash(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def hashes(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
-    return {name: tensor_hash(t) for name, t in tensors.items()}
-
-
 def fingerprint(module: torch.nn.Module, recipe: str, tensors: dict[str, str]) -> str:
     """sha256 of a module's config, attention processors, what converts it (``recipe``: the versions of torch,
-    diffusers and the converter, and how it traces) and its tensors' hashes (``hashes``): the disk cache's key."""
+    diffusers and the converter, and how it traces) and its tensors' hashes ({name: ``tensor_hash``}): the disk
+    cache's key."""
     config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
     h = hashlib.sha256(f"{recipe}|{config}|{processors(module)}".encode())
     for name in sorted(tensors):
