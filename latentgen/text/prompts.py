@@ -22,10 +22,10 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
 * ``clip_skip`` (A1111's "Clip skip"): 1 is the last layer; n takes the hidden states n layers from
   the end, through the final layer norm. diffusers' ``clip_skip`` counts one less.
 
-Not implemented: prompt editing ``[a:b:when]`` and alternation ``[a|b]``, refused by ``parse`` (read as
-emphasis and text they would draw another image than A1111's), ``AND``, and A1111's ``<lora:NAME:TE:UNET>``
-per-part weights (refused). ``syntax="plain"``: the text
-as it is, cut at 75 tokens with a warning (latentgen before prompt syntax; diffusers alike).
+Not implemented, and refused by ``parse`` (read as emphasis and text they would draw another image than
+A1111's): prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND``; A1111's ``<lora:NAME:TE:UNET>``
+per-part weights are refused too. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
+(latentgen before prompt syntax; diffusers alike).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [BREAK if w is None else (t, w) for t, w in merged]
 
 
+_AND = re.compile(r"\bAND\b")  # A1111's separator of composable prompts (upper case only)
 _WHEN = re.compile(r":\s*[+-]?(\d+\.?\d*|\.\d+)\s*$")  # the ':when' that ends A1111's prompt editing
 
 
@@ -107,7 +108,12 @@ def check_editing(text: str) -> None:
     """Refuse A1111's prompt editing (``[a:b:when]``, ``[a:when]``, ``[a::when]``: the text changes at a step)
     and alternation (``[a|b]``: it changes every step), which latentgen does not draw yet: read as emphasis
     and text they would give another image than A1111's. Only what stands at a square bracket's own level
-    counts: ``[(a:1.2)]`` is emphasis, ``\\[a:0.5\\]`` literal brackets."""
+    counts: ``[(a:1.2)]`` is emphasis, ``\\[a:0.5\\]`` literal brackets. A1111's ``AND`` (composable diffusion:
+    one noise prediction per part, summed) is refused likewise."""
+    if _AND.search(text):
+        raise ValueError(f"prompt {text!r} uses A1111's AND (composable diffusion: a prediction per part), which "
+                         f"latentgen does not draw yet (read as text it would give another image than A1111's): "
+                         f"write 'and' in lower case, or use prompt_syntax='plain'.")
     frames: list[list] = []  # each open bracket: [its character, where it starts, what stands at its own level]
     i = 0
     while i < len(text):
