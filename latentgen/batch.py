@@ -33,6 +33,8 @@ from pathlib import Path
 from . import files
 from .guard import NonFiniteError
 from .request import MAX_SEED, seeds
+from .text import prompts
+from .text.schedule import check_parts
 
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
             "clip_skip", "prompt_syntax")
@@ -179,6 +181,7 @@ def check_all(pipe, jobs: list[Job]) -> None:
                                  f"1 (the last layer) to {layers}, such as clip_skip=2.")
             if s.prompt_syntax == "a1111":
                 check_tags(pipe, job.args, read)
+                check_parts(prompts.extra_networks(str(job.args.get("prompt", "")))[0], s.cfg)  # AND needs CFG
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise type(e)(f"{job.where}: {e}") from None
 
@@ -188,11 +191,9 @@ def check_tags(pipe, args: dict, read: set[str]) -> None:
     in the negative prompt, names that are neither loaded, a shipped LoRA nor a file, and files that are
     not LoRAs of this model are refused. ``read``: the names whose files were read already (once each)."""
     from .lora import formats as lora
-    from .text.prompts import check_editing, tagged_loras
+    from .text.prompts import tagged_loras
 
     text, tags = tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))
-    check_editing(text)
-    check_editing(str(args.get("negative_prompt") or ""))
     for name, weight in tags:
         if not math.isfinite(weight):
             raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such as "

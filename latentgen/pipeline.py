@@ -15,6 +15,7 @@ reference pipelines draw with ``generator=[Generator().manual_seed(s), ...]``.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -31,8 +32,8 @@ from .models import components
 from .models.presets import Defaults
 from .request import Callback, Draw, Settings
 from .starts import Start, StartFn
-from .text import prompts
-from .text.conditioning import CallText
+from .text import prompts, schedule
+from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
 
 
@@ -86,8 +87,13 @@ class Pipeline:
     @torch.no_grad()
     def encode_prompt(self, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
         """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, k chunks of 75 tokens
-        (k = 1 with syntax "plain"); A1111's syntax and "Clip skip": see ``latentgen.text.prompts``."""
-        return prompts.embed(text, self.tokenizer, self.text_encoder, clip_skip=clip_skip, syntax=syntax,
+        (k = 1 with syntax "plain"); A1111's syntax and "Clip skip": see ``latentgen.text.prompts``. A prompt that
+        changes by step or has AND parts is more than one embedding: ``latentgen.text.schedule`` reads it."""
+        one = text if syntax != "a1111" else schedule.fixed(text)
+        if one is None:
+            raise ValueError(f"prompt {text!r} changes by step or has AND parts (A1111's prompt editing, alternation,"
+                             f" AND): encode its texts one by one (latentgen.text.schedule.steps), or pass it to generate.")
+        return prompts.embed(one, self.tokenizer, self.text_encoder, clip_skip=clip_skip, syntax=syntax,
                              expand=self.embeddings.expansions())  # expand: textual-inversion words
 
     def load_embedding(self, path: str | Path, token: str | None = None) -> str:
@@ -96,32 +102,40 @@ class Pipeline:
 
     # -- the loop -------------------------------------------------------------------------------
     @torch.no_grad()
-    def denoise(self, start: Start, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float,
-                sched: SchedulerMixin, generators: list[torch.Generator],
-                callback: Callback | None = None, unet=None) -> torch.Tensor:
+    def denoise(self, start: Start, text: Cond, guidance: float, sched: SchedulerMixin,
+                generators: list[torch.Generator], callback: Callback | None = None, unet=None) -> torch.Tensor:
         """Run the sampler over ``start.timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
-        ``cond``/``uncond``: text embeddings (B, 77 * k, D); with ``uncond``, classifier-free guidance (Ho &
-        Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two outputs. ``start`` brings the extra input
-        channels (``c_concat``) and the per-step hooks (``starts.Hooks``); ``callback(done, total, latents)``
-        runs after each step; ``unet``: another than ``self.unet``."""
-        hooks, cfg, unet = start.hooks, uncond is not None, unet or self.unet
+        ``text``: the chunk's embeddings (``latentgen.text.conditioning.Cond``): with ``text.uncond``,
+        classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two outputs;
+        with K parts per image (A1111's AND), each part is guided and the weighted guidances summed (Liu et al.
+        2022). ``start`` brings the extra input channels (``c_concat``) and the per-step hooks
+        (``starts.Hooks``); ``callback(done, total, latents)`` runs after each step; ``unet``: not ``self.unet``."""
+        hooks, cfg, unet = start.hooks, text.uncond is not None, unet or self.unet
         if len(start.timesteps) and hooks.unet_inputs is None:  # strength 0: no step, no conversion
             unet = self.runtime.for_unet(unet)
-        c_concat = start.c_concat if start.c_concat is None or not cfg else torch.cat([start.c_concat] * 2)
-        context = torch.cat([uncond, cond]) if cfg else cond  # (2B or B, 77 * k, D)
+        b, parts = len(start.latents), len(text.cond) // len(start.latents)
+
+        def rows(z: torch.Tensor) -> torch.Tensor:  # (B, ...) -> the U-Net batch: ([uncond;] K parts) per image
+            return torch.cat([z, z.repeat_interleave(parts, 0)]) if cfg else z
+        c_concat = None if start.c_concat is None else rows(start.c_concat)
+        context = torch.cat([text.uncond, text.cond]) if cfg else text.cond  # (B + B * K or B, 77 * k, D)
         step_kwargs = schedulers.step_kwargs(sched, generators)
         latents = start.latents
         for i, t in enumerate(start.timesteps):
-            x = sched.scale_model_input(torch.cat([latents] * 2) if cfg else latents, t)  # (2B or B, C, h, w)
+            x = sched.scale_model_input(rows(latents), t)  # (B + B * K or B, C, h, w)
             if c_concat is not None:
-                x = torch.cat([x, c_concat], dim=1)  # (2B or B, C + 5, h, w)
+                x = torch.cat([x, c_concat], dim=1)  # (.., C + 5, h, w)
             context_i = hooks.context(i, context) if hooks.context else context
             extra = hooks.unet_inputs(i, x, t, context_i) if hooks.unet_inputs else {}
             # the noise (epsilon), v or x0, as the model was trained: the sampler's config says which
             model_output = unet(x, t, encoder_hidden_states=context_i, **extra).sample
             if cfg:
-                uncond_out, cond_out = model_output.chunk(2)
-                model_output = uncond_out + guidance * (cond_out - uncond_out)
+                uncond_out, cond_out = model_output.split([b, b * parts])
+                if text.weights is None:
+                    model_output = uncond_out + guidance * (cond_out - uncond_out)
+                else:  # each part's guidance (B, K, C, h, w), weighted and summed
+                    diff = cond_out.unflatten(0, (b, parts)) - uncond_out[:, None]
+                    model_output = uncond_out + guidance * (diff * text.weights.to(diff)[..., None, None, None]).sum(1)
             latents = sched.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
             if hooks.after_step:
                 latents = hooks.after_step(i, latents)
@@ -154,17 +168,19 @@ class Pipeline:
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name, **(info or {}), **text.info}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
-            chunks = request.batches(draws, batch, key=partial(text.chunks, cfg=s.cfg))
+            chunks = request.batches(draws, batch, key=text.chunks)
             progress = request.CallProgress(callback, len(chunks))
             for chunk in chunks:
                 sched = schedulers.make(s.scheduler, self.scheduler.config)
                 sched.set_timesteps(s.steps, device=self.device)
                 generators = [torch.Generator("cpu").manual_seed(d.seed) for d in chunk]
-                cond, uncond = text.embed(chunk, s.cfg)  # (B, 77 * k, D) each
+                cond = text.embed(chunk, s.cfg)  # (B * K, 77 * k, D), uncond (B, 77 * k, D), per-step texts
                 # 3. start latents
-                first = start(sched, generators, cond.dtype)
+                first = start(sched, generators, cond.cond.dtype)
+                if cond.context:  # the text changes by step: prompt editing, alternation
+                    first = replace(first, hooks=replace(first.hooks, context=cond.context))
                 # 4. the denoising loop
-                latents = self.denoise(first, cond, uncond, s.guidance, sched, generators,
+                latents = self.denoise(first, cond, s.guidance, sched, generators,
                                        progress.chunk(len(first.timesteps)), unet)
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
                 # 5. decode, 6. each image with its settings

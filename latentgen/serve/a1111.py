@@ -131,11 +131,11 @@ def _check_common(req: CommonFields, limits) -> None:
 def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     """The prompt for the pipeline and the LoRA files its ``<lora:NAME:WEIGHT>`` tags name (checked by
     name against the server's LoRAs). The pipeline itself applies the tags (``latentgen.text.prompts``)."""
-    from latentgen.text.prompts import check_editing, extra_networks
+    from latentgen.text.prompts import extra_networks
+    from latentgen.text.schedule import check_parts
 
     text, tags = extra_networks(req.prompt)
-    check_editing(text)  # A1111's prompt editing and alternation: refused before the job is queued
-    check_editing(req.negative_prompt)
+    check_parts(text, req.cfg_scale is None or req.cfg_scale > 1)  # AND needs CFG: refused before the job is queued
     if extra_networks(req.negative_prompt)[1]:
         raise ValueError("negative_prompt has a <lora:...> tag: tags work in the prompt only")
     if req.disable_extra_networks:

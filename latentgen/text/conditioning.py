@@ -1,68 +1,124 @@
-"""The text side of one call: its prompts' ``<lora:...>`` tags, their CLIP embeddings as the loop takes them
-(cond and uncond, each image padded to its own number of chunks), and the LoRAs the tags apply while it runs.
-The prompt syntax itself is ``latentgen.text.prompts``."""
+"""The text side of one call: its prompts' ``<lora:...>`` tags, their texts step by step (prompt editing,
+alternation, ``AND``: ``latentgen.text.schedule``), their CLIP embeddings as the loop takes them (``Cond``: each
+image padded to its own number of chunks), and the LoRAs the tags apply while it runs. The prompt syntax
+itself (emphasis, chunks) is ``latentgen.text.prompts``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
 from .. import metadata
-from . import prompts
+from . import prompts, schedule
 from .embeddings import Embeddings
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A chunk of B images' text conditioning, as the loop (``Pipeline.denoise``) takes it."""
+
+    cond: torch.Tensor  # (B * K, 77 * k, D): K parts per image (A1111's AND; K = 1 without it), image by image
+    uncond: torch.Tensor | None  # (B, 77 * k, D): the negative prompts; None without CFG
+    weights: torch.Tensor | None = None  # (B, K) the parts' weights; None: one part of weight 1
+    context: Callable | None = None  # ``starts.Hooks.context`` when the text changes by step (prompt editing)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One image's texts over the steps: per ``AND`` part its schedule and weight, and the negative's schedule
+    (``latentgen.text.schedule``); a schedule is ``[(last_step, text), ...]``."""
+
+    parts: tuple[tuple[tuple, float], ...]
+    negative: tuple | None  # None without CFG
 
 
 class CallText:
     """The text side of one call (``Pipeline.sample``): ``<lora:...>`` tags out of the prompts (under
-    "a1111"), each distinct text encoded once, alone (``prompts.embed``) -> (1, 77 * k, D); an image's
-    cond and uncond padded to its own number of chunks (a batch mate's would change the image) with the
-    encoding of an empty chunk (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags,
-    the same for every prompt. ``info``: its PNG fields (``latentgen.metadata.text_fields``)."""
+    "a1111"), A1111's prompt editing, alternation and ``AND`` read into per-step texts (``schedule``), each
+    distinct text encoded once, alone (``prompts.embed``) -> (1, 77 * k, D); an image's texts padded to its
+    own largest number of chunks (a batch mate's would change the image) with the encoding of an empty chunk
+    (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags, the same for every prompt.
+    ``info``: its PNG fields (``latentgen.metadata.text_fields``). ``base_steps``: a hires-fix second pass's."""
 
-    def __init__(self, draws: Sequence, settings, tokenizer, text_encoder, embeddings: Embeddings):
+    def __init__(self, draws: Sequence, settings, tokenizer, text_encoder, embeddings: Embeddings,
+                 base_steps: int | None = None):
         syntax = settings.prompt_syntax
         self.encode = partial(prompts.embed, tokenizer=tokenizer, text_encoder=text_encoder,
                               clip_skip=settings.clip_skip, syntax=syntax, expand=embeddings.expansions())
         self.cache: dict[str, torch.Tensor] = {}
-        self.text: dict[str, str] = {}  # prompt as given -> text to encode
+        self.plans: dict[tuple, Plan] = {}  # (prompt as given, negative prompt) -> its texts over the steps
         asked: dict[str, tuple] = {}
         for d in draws:
-            self.text[d.prompt], asked[d.prompt] = (prompts.tagged_loras(d.prompt, d.negative_prompt)
-                                                    if syntax == "a1111" else (d.prompt, ()))
-            if syntax == "a1111":  # refused now, before any model runs, rather than at its turn to be encoded
-                prompts.check_editing(self.text[d.prompt])
-                prompts.check_editing(d.negative_prompt or "")
+            text, asked[d.prompt] = (prompts.tagged_loras(d.prompt, d.negative_prompt) if syntax == "a1111"
+                                     else (d.prompt, ()))
+            self.plans[d.prompt, d.negative_prompt] = self._read(text, d.negative_prompt, settings, base_steps)
         sets = set(asked.values())
         if len(sets) > 1:
             raise ValueError(f"the prompts of one call ask for different LoRA tags ({' vs '.join(map(str, sets))}); "
                              f"give every prompt the same <lora:...> tags, or make one call per set.")
         self.loras: list[tuple[str, float]] = list(sets.pop()) if sets else []
-        texts = list(self.text.values()) + [d.negative_prompt for d in draws if d.negative_prompt]
-        self.info = metadata.text_fields(settings.clip_skip, syntax, embeddings.used(texts))
+        texts = {t for p in self.plans.values() for _, t in _entries(p)}
+        self.info = metadata.text_fields(settings.clip_skip, syntax, embeddings.used(sorted(texts)))
+
+    @staticmethod
+    def _read(text: str, negative: str | None, settings, base_steps: int | None) -> Plan:
+        """A prompt and its negative as ``Plan``: "plain" reads neither editing nor ``AND``."""
+        n = settings.steps
+        if settings.prompt_syntax != "a1111":
+            return Plan((((((n, text),), 1.0),)), None if negative is None else ((n, negative),))
+        schedule.check_parts(text, settings.cfg)
+        parts = schedule.parts(text)
+        steps = partial(schedule.steps, n=n, base_steps=base_steps)
+        return Plan(tuple((tuple(steps(t)), w) for t, w in parts), None if negative is None else tuple(steps(negative)))
 
     def _embed(self, text: str) -> torch.Tensor:  # (1, 77 * k, D), each text encoded once
         return self.cache[text] if text in self.cache else self.cache.setdefault(text, self.encode(text))
 
-    def chunks(self, d, cfg: bool) -> int:
-        """How many 77-token chunks image ``d``'s conditioning holds (``request.batches`` groups by it)."""
-        return self._pair(d, cfg)[0].shape[1] // self._embed("").shape[1]
+    def _length(self, plan: Plan) -> int:  # 77 * k: the image's largest text, at any step
+        return max(self._embed(t).shape[1] for _, t in _entries(plan))
 
-    def embed(self, draws: Sequence, cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """cond (B, 77 * k, D) and, with ``cfg``, uncond (B, 77 * k, D) of ``draws`` of one k (``request.batches``)."""
-        pairs = [self._pair(d, cfg) for d in draws]
-        return torch.cat([p[0] for p in pairs]), torch.cat([p[-1] for p in pairs]) if cfg else None
+    def chunks(self, d) -> tuple[int, int]:
+        """(chunks of 77 tokens, parts) of image ``d``'s conditioning: ``request.batches`` groups by it."""
+        plan = self.plans[d.prompt, d.negative_prompt]
+        return self._length(plan) // self._embed("").shape[1], len(plan.parts)
 
-    def _pair(self, d, cfg: bool) -> list[torch.Tensor]:  # [cond] or [cond, uncond], (1, 77 * k, D) each
-        zs = [self._embed(self.text[d.prompt])] + ([self._embed(d.negative_prompt)] if cfg else [])
-        length = max(z.shape[1] for z in zs)  # 77 * k: this image's own k, as in a one-image call
-        for i, z in enumerate(zs):
-            if z.shape[1] < length:
-                empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
-                zs[i] = torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
-        return zs
+    def _padded(self, text: str, length: int) -> torch.Tensor:  # (1, length, D)
+        z = self._embed(text)
+        empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
+        return torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
+
+    def embed(self, draws: Sequence, cfg: bool) -> Cond:
+        """The conditioning of ``draws`` of one (chunks, parts) (``request.batches``), as its first step draws it,
+        with a ``context`` hook when any text changes by step (one tensor per distinct set of texts)."""
+        plans = [self.plans[d.prompt, d.negative_prompt] for d in draws]
+        lengths = [self._length(p) for p in plans]
+
+        def at(i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            cond = torch.cat([self._padded(schedule.text_at(s, i), n) for p, n in zip(plans, lengths)
+                              for s, _ in p.parts])
+            if not cfg:
+                return cond, None
+            return cond, torch.cat([self._padded(schedule.text_at(p.negative, i), n) for p, n in zip(plans, lengths)])
+
+        cond, uncond = at(0)
+        weights = [[w for _, w in p.parts] for p in plans]
+        changes = sorted({end for p in plans for end, _ in _entries(p)})[:-1]  # steps after which
+        context = None
+        if changes:
+            seen: dict[int, torch.Tensor] = {}
+
+            def context(i: int, _given: torch.Tensor) -> torch.Tensor:
+                key = next((end for end in changes if i <= end), -1)  # texts change only after these steps
+                if key not in seen:
+                    c, u = at(i)
+                    seen[key] = torch.cat([u, c]) if cfg else c
+                return seen[key]
+        plain = all(w == [1.0] for w in weights)
+        return Cond(cond, uncond, None if plain else torch.tensor(weights, dtype=cond.dtype), context)
 
     @contextmanager
     def lora_tags(self, loras):
@@ -91,3 +147,9 @@ class CallText:
                 loras.park(name)  # inactive, kept injected for the tag's next call (``LoraAdapters.park``)
             for name, scale in restore.items():
                 loras.set_scale(name, scale)
+
+
+def _entries(plan: Plan) -> list:
+    """Every (last_step, text) of a plan's schedules, the negative's included."""
+    schedules = [s for s, _ in plan.parts] + ([plan.negative] if plan.negative else [])
+    return [e for s in schedules for e in s]

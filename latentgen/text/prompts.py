@@ -22,9 +22,9 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
 * ``clip_skip`` (A1111's "Clip skip"): 1 is the last layer; n takes the hidden states n layers from
   the end, through the final layer norm. diffusers' ``clip_skip`` counts one less.
 
-Not implemented, and refused by ``parse`` (read as emphasis and text they would draw another image than
-A1111's): prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND``; A1111's ``<lora:NAME:TE:UNET>``
-per-part weights are refused too. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
+Prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND`` are read first, into the texts of each step
+(``latentgen.text.schedule``); this module reads each of those texts. A1111's ``<lora:NAME:TE:UNET>``
+per-part weights are refused. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
 (latentgen before prompt syntax; diffusers alike).
 """
 
@@ -57,9 +57,8 @@ _TAG = re.compile(r"<(\w+):([^>]+)>")
 def parse(text: str) -> list[tuple[str, float]]:
     """A1111's emphasis syntax: ``text`` as (piece, weight) pairs, in order, with ``BREAK`` markers
     (``("BREAK", -1.0)``): ``parse("a (b:1.3)") == [("a ", 1.0), ("b", 1.3)]``. Rules: the module docstring.
-    Prompt editing and alternation are refused (``check_editing``).
+    Prompt editing, alternation and ``AND`` are read before, by ``latentgen.text.schedule``.
     """
-    check_editing(text)
     res: list[list] = []  # [piece, weight]; weight None marks a BREAK, which brackets leave alone
     round_open: list[int] = []  # index in res where each open '(' starts
     square_open: list[int] = []
@@ -98,42 +97,6 @@ def parse(text: str) -> list[tuple[str, float]]:
         else:
             merged.append(item)
     return [BREAK if w is None else (t, w) for t, w in merged]
-
-
-_AND = re.compile(r"\bAND\b")  # A1111's separator of composable prompts (upper case only)
-_WHEN = re.compile(r":\s*[+-]?(\d+\.?\d*|\.\d+)\s*$")  # the ':when' that ends A1111's prompt editing
-
-
-def check_editing(text: str) -> None:
-    """Refuse A1111's prompt editing (``[a:b:when]``, ``[a:when]``, ``[a::when]``: the text changes at a step)
-    and alternation (``[a|b]``: it changes every step), which latentgen does not draw yet: read as emphasis
-    and text they would give another image than A1111's. Only what stands at a square bracket's own level
-    counts: ``[(a:1.2)]`` is emphasis, ``\\[a:0.5\\]`` literal brackets. A1111's ``AND`` (composable diffusion:
-    one noise prediction per part, summed) is refused likewise."""
-    if _AND.search(text):
-        raise ValueError(f"prompt {text!r} uses A1111's AND (composable diffusion: a prediction per part), which "
-                         f"latentgen does not draw yet (read as text it would give another image than A1111's): "
-                         f"write 'and' in lower case, or use prompt_syntax='plain'.")
-    frames: list[list] = []  # each open bracket: [its character, where it starts, what stands at its own level]
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch in "([":
-            frames.append([ch, i, []])
-        elif frames and (ch, frames[-1][0]) in ((")", "("), ("]", "[")):
-            kind, start, own = frames.pop()
-            inner = "".join(own)
-            if kind == "[" and ("|" in inner or _WHEN.search(inner)):
-                what = "alternation ([a|b])" if "|" in inner else "prompt editing ([a:b:when])"
-                raise ValueError(f"prompt {text!r} uses A1111's {what} in {text[start:i + 1]!r}, which latentgen "
-                                 f"does not draw yet (read as text it would give another image than A1111's): "
-                                 f"remove it, write the brackets as \\[ \\], or use prompt_syntax='plain'.")
-        elif frames:
-            frames[-1][2].append(ch)
-        i += 1
 
 
 def _is_number(s: str) -> bool:

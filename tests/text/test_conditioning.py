@@ -12,8 +12,8 @@ def captured(pipe, monkeypatch):
     """The (cond, uncond) each U-Net loop gets; no sampling."""
     seen = []
 
-    def denoise(start, cond, uncond, *a, **k):
-        seen.append((cond, uncond))
+    def denoise(start, text, *a, **k):
+        seen.append((text.cond, text.uncond))
         return start.latents
     monkeypatch.setattr(pipe, "denoise", denoise)
     return seen

@@ -220,29 +220,3 @@ def test_weights_change_images(pipe):
 
 
 
-@pytest.mark.parametrize("text, words", [
-    ("a [red:yellow:0.5] circle", "prompt editing"),
-    ("a [yellow:0.5] circle", "prompt editing"),
-    ("a [yellow::5] circle", "prompt editing"),
-    ("a [red : yellow : 12 ] circle", "prompt editing"),
-    ("a [red:[blue:green:0.3]:0.6] circle", "prompt editing"),
-    ("a [red|yellow] circle", "alternation"),
-    ("a red circle AND a blue square", "AND"),
-])
-def test_a1111_syntax_latentgen_does_not_draw_is_refused_not_misread(text, words):
-    with pytest.raises(ValueError, match=rf"uses A1111's {words}.*another image than A1111's"):
-        parse(text)
-
-
-@pytest.mark.parametrize("text", ["a [red] circle", "a [red:yellow] circle", "a [(red:1.2)] circle",
-                                  r"a \[red:0.5\] circle", "a (red|yellow) circle", "a red circle and a square",
-                                  "ANDROID", "a red: 0.5] circle"])
-def test_look_alikes_are_read_as_before(text):
-    parse(text)  # emphasis, a literal colon, escaped brackets, parentheses, lower-case and, a word with AND in it
-
-
-def test_prompt_editing_is_refused_before_any_model_runs(pipe, monkeypatch):
-    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
-    for prompt, negative in [("a [red:yellow:0.5] cat", None), ("a cat", "[ugly|blurry]")]:
-        with pytest.raises(ValueError, match="latentgen does not draw yet"):
-            pipe.generate(prompt, negative_prompt=negative, steps=1)
