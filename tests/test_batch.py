@@ -216,9 +216,9 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"negative_prompt": "<lora:purple>"}, r"jobs\.jsonl:2: negative_prompt '<lora:purple>' has a <lora:\.\.\.> tag"),
     ({"prompt": "x <lora:purple:inf>"}, r"jobs\.jsonl:2: prompt tag <lora:purple:inf> has weight inf: use a finite"),
     ({"prompt": "x <lora:purple>", "prompt_syntax": "plain"}, None),  # plain text: no tags to check
-    ({"prompt": "a [red:yellow:0.5] circle"}, r"jobs\.jsonl:2: prompt 'a \[red:yellow:0\.5\] circle' uses A1111's "
-                                              r"prompt editing"),
-    ({"negative_prompt": "[a|b]"}, r"jobs\.jsonl:2: prompt '\[a\|b\]' uses A1111's alternation"),
+    ({"prompt": "a circle AND a square", "guidance": 1}, r"jobs\.jsonl:2: prompt 'a circle AND a square' uses "
+                                                          r"A1111's AND or a part weight.*use guidance > 1"),
+    ({"prompt": "a [red:yellow:0.5] circle", "negative_prompt": "[a|b]"}, None),  # prompt editing: drawn
     ({"prompt": "a [red:yellow:0.5] circle", "prompt_syntax": "plain"}, None),  # plain text: drawn as written
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):

@@ -65,6 +65,17 @@ def test_txt2img_equals_the_python_api(api, ref, sampler, scheduler, key):
     assert r.parameters["prompt"] == PROMPT and r.parameters["steps"] == 5  # the request, echoed
 
 
+def test_prompt_editing_alternation_and_and_equal_the_python_api(api, ref):
+    prompt, negative = "a [red:yellow:0.5] circle on a [blue|green] background AND a star :0.7", "[dark::2]"
+    r = api.txt2img(prompt=prompt, negative_prompt=negative, seed=3, steps=6, cfg_scale=5, width=64, height=64,
+                    sampler_name="Euler a")
+    want = ref.generate(prompt, negative_prompt=negative, seed=3, steps=6, guidance=5, scheduler="euler_a")
+    assert max_diff(r.images[0], want[0]) <= 1
+    plain = ref.generate("a red circle on a blue background", negative_prompt="dark", seed=3, steps=6, guidance=5,
+                         scheduler="euler_a")
+    assert max_diff(r.images[0], plain[0]) > 1 and r.info["infotexts"][0].startswith(prompt + "\n")
+
+
 def test_random_seed_is_reported_and_batches_draw_seed_plus_i(api, ref):
     r = api.txt2img(prompt=PROMPT, seed=-1, steps=2, cfg_scale=4, width=64, height=64, batch_size=2)
     seed = r.info["seed"]

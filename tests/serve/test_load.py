@@ -230,8 +230,7 @@ def _huge_png(width=20000, height=20000) -> bytes:
     ("path as model name", {"override_settings": {"sd_model_checkpoint": "../../x"}}, 422, "never by path"),
     ("path as LoRA name", {"prompt": "a cat <lora:../../etc/passwd:1>"}, 422, "never by path"),
     ("a string for steps", {"steps": "many"}, 422, "steps"),
-    ("A1111 prompt editing", {"prompt": "a [red:yellow:0] circle"}, 422, "prompt editing"),
-    ("A1111 alternation", {"prompt": "a [yellow|red] circle"}, 422, "alternation"),
+    ("A1111 AND without CFG", {"prompt": "a circle AND a square", "cfg_scale": 1}, 422, "use guidance > 1"),
     ("absurd CFG scale", {"cfg_scale": 1e30, "steps": 1}, 422, "guidance=1e+30"),
     ("oversized body", {"prompt": "x" * (5 << 20)}, 413, "--max-body-mb"),
 ])
