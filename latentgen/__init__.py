@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     import torch
 
     from .pipeline import Pipeline
+    from .starts import Variation
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "Pipeline"]
+__all__ = ["load", "generate", "Pipeline", "Variation"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -70,4 +71,8 @@ def __getattr__(name: str):
         from .pipeline import Pipeline
 
         return Pipeline
+    if name == "Variation":  # A1111's variation seed and seed resize: ``latentgen.starts.Variation``
+        from .starts import Variation
+
+        return Variation
     raise AttributeError(f"module 'latentgen' has no attribute {name!r}")

@@ -37,6 +37,16 @@ def text_fields(clip_skip: int, syntax: str, embeddings: dict[str, str]) -> dict
             "TI hashes": ", ".join(f"{n}: {h}" for n, h in names.items()) or None}
 
 
+def variation_fields(subseed: int | None, variation) -> dict:
+    """A1111's "Variation seed", "Variation seed strength" (when the strength is not 0) and "Seed resize from"."""
+    if variation is None:
+        return {}
+    resize = variation.resize_from
+    return {"Variation seed": subseed if variation.strength else None,
+            "Variation seed strength": variation.strength or None,
+            "Seed resize from": f"{resize[0]}x{resize[1]}" if resize else None}
+
+
 def parameters_text(prompt: str, settings: dict, negative_prompt: str | None = None) -> str:
     """A1111's parameters text: prompt, optional negative prompt, then ``Key: value, ...``."""
     lines = [prompt]

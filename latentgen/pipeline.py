@@ -165,7 +165,7 @@ class Pipeline:
         plan = memory.plan(self.vae, self.limits, width=s.width, height=s.height, batch=batch)
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
         text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings)
-        fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name, **(info or {}), **text.info}
+        fields, info = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}, {**(info or {}), **text.info}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=text.chunks)
@@ -173,21 +173,22 @@ class Pipeline:
             for chunk in chunks:
                 sched = schedulers.make(s.scheduler, self.scheduler.config)
                 sched.set_timesteps(s.steps, device=self.device)
-                generators = [torch.Generator("cpu").manual_seed(d.seed) for d in chunk]
+                seeds = starts.seeds(chunk, s.variation, self.vae_scale_factor)  # a generator per image
                 cond = text.embed(chunk, s.cfg)  # (B * K, 77 * k, D), uncond (B, 77 * k, D), per-step texts
                 # 3. start latents
-                first = start(sched, generators, cond.cond.dtype)
+                first = start(sched, seeds, cond.cond.dtype)
                 if cond.context:  # the text changes by step: prompt editing, alternation
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
                 # 4. the denoising loop
-                latents = self.denoise(first, cond, s.guidance, sched, generators,
+                latents = self.denoise(first, cond, s.guidance, sched, seeds.generators,
                                        progress.chunk(len(first.timesteps)), unet)
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
                 # 5. decode, 6. each image with its settings
                 for d, image in zip(chunk, self.decode(latents, plan)):
                     image.info["parameters"] = metadata.parameters_text(d.prompt, {
                         "Steps": s.steps, "Sampler": schedulers.label(sched), "CFG scale": s.guidance, "Seed": d.seed,
-                        **fields, **self.loras.info()}, negative_prompt=d.negative_prompt)  # in A1111's order
+                        **fields, **metadata.variation_fields(d.subseed, s.variation), **info, **self.loras.info()},
+                        negative_prompt=d.negative_prompt)  # in A1111's order
                     out.append(image)
         return out
 
@@ -196,7 +197,8 @@ class Pipeline:
                  guidance: float | None = None, negative_prompt: str | list[str] | None = None,
                  width: int | None = None, height: int | None = None, num_images: int = 1,
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
-                 batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
+                 batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
+                 variation: starts.Variation | None = None) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -208,10 +210,12 @@ class Pipeline:
         callback: called after every sampler step as ``callback(done, total, latents)``.
         batch_size: images through the U-Net together. Default: 1 on CPU (each image bit-identical to its
             one-image call); all at once on GPU (equal within float rounding).
-        clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax, or "plain"; see ``latentgen.text.prompts``.
+        clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax (prompt editing, AND), or "plain"; see
+            ``latentgen.text``. variation: A1111's variation seed and seed resize (``latentgen.Variation``).
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
-                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
+                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
+                          variation=variation)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
@@ -221,7 +225,8 @@ class Pipeline:
     def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps: int | None = None,
                 guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
                 callback: Callback | None = None, batch_size: int | None = None,
-                max_pixels: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111") -> list[Image.Image]:
+                max_pixels: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
+                variation: starts.Variation | None = None) -> list[Image.Image]:
         """Redraw ``image`` under ``prompt``; returns images of the input's size.
 
         image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
@@ -236,7 +241,8 @@ class Pipeline:
         w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels)
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
-                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax)
+                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
+                          variation=variation)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         pixels = im.to_tensor(src if src.size == (w, h) else src.resize((w, h), im.LANCZOS))  # (1, 3, H, W)
         start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength)
@@ -250,7 +256,7 @@ class Pipeline:
                 padding: int = 32, composite: bool = True, callback: Callback | None = None,
                 batch_size: int | None = None, max_pixels: int | None = None,
                 latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
-                variant: str = "auto") -> list[Image.Image]:
+                variant: str = "auto", variation: starts.Variation | None = None) -> list[Image.Image]:
         """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -275,22 +281,17 @@ class Pipeline:
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
                           batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
-                          prompt_syntax=prompt_syntax)
+                          prompt_syntax=prompt_syntax, variation=variation)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         if inp.empty:
             warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")
             return [inp.source.copy() for _ in draws]
-        mask_lat = starts.to_latent_mask(inp.mask_px, (inp.size[1] // f, inp.size[0] // f), latent_mask)
         unet, c = self.unet, self.vae.config.latent_channels
         lora = self.loras.loaded or (prompt_syntax == "a1111" and any(prompts.extra_networks(d.prompt)[1] for d in draws))
         if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not lora:
             unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
-        given = dict(vae=self.vae, pixels=inp.pixels, mask_lat=mask_lat.to(self.device), steps=s.steps,
-                     strength=strength)
-        if unet.config.in_channels == c:
-            start = partial(starts.inpaint_blend, **given)
-        else:
-            start = partial(starts.inpaint_input, masked=inp.masked, **given)
+        start = starts.for_inpaint(inp, in_channels=unet.config.in_channels, vae=self.vae, f=f, latent_mask=latent_mask,
+                                   steps=s.steps, strength=strength)
         info = {"Denoising strength": strength, "Mask blur": mask_blur,
                 **({"Inpaint area": "Only masked", "Masked area padding": int(padding)} if only_masked else {})}
         out = self.sample(draws, s, start, size=f"{inp.source.width}x{inp.source.height}", info=info,

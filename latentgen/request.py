@@ -19,8 +19,9 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from . import checks, schedulers
-from .text import prompts
 from .models.presets import Defaults
+from .starts import Variation
+from .text import prompts
 
 Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
@@ -34,6 +35,7 @@ class Draw:
     prompt: str
     negative_prompt: str | None  # the unconditional branch of CFG; None when guidance is off
     seed: int
+    subseed: int | None = None  # the variation seed (``starts.Variation``): Variation.seed + i
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Settings:
     batch_size: int | None  # images per U-Net call; None: 1 on CPU (bit-exact), all on GPU
     clip_skip: int = 1  # A1111's "Clip skip": 1 = CLIP's last layer, 2 = the one before (latentgen.text.prompts)
     prompt_syntax: str = "a1111"  # "a1111": emphasis, BREAK, 75-token chunks, <lora:...> tags; "plain": none
+    variation: Variation | None = None  # A1111's variation seed and seed resize (``latentgen.starts``)
 
     @property
     def cfg(self) -> bool:  # classifier-free guidance on: decided here only
@@ -99,7 +102,8 @@ def _size(name: str, value, f: int) -> int:
 
 
 def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
-            scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111") -> Settings:
+            scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111",
+            variation=None) -> Settings:
     """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
     ``clip_skip`` is checked against the text encoder's depth when the first prompt is encoded.
 
@@ -126,7 +130,32 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
                  "A1111's 'Clip skip: 2'), such as clip_skip=2")
     checks.choice("prompt_syntax", prompt_syntax, prompts.SYNTAXES,
                   "use 'a1111' (emphasis, BREAK, long prompts, <lora:...> tags) or 'plain' (the text as it is)")
-    return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax)
+    return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax,
+                    check_variation(variation, num_images))
+
+
+def check_variation(v, num_images: int) -> Variation | None:
+    """A ``starts.Variation``, checked (None and a variation that changes nothing: None)."""
+    if v is None:
+        return None
+    if not isinstance(v, Variation):
+        raise TypeError(f"variation must be a latentgen.Variation, got {type(v).__name__}; such as "
+                        f"variation=latentgen.Variation(seed=7, strength=0.3).")
+    try:
+        seeds(v.seed, num_images)
+    except ValueError as e:
+        raise ValueError(f"variation.{e}") from None
+    checks.number("variation.strength", v.strength, minimum=0, maximum=1,
+                  fix="use 0 (the seed's image) to 1 (the variation seed's), such as 0.3")
+    if v.resize_from is not None:
+        if not (isinstance(v.resize_from, Sequence) and len(v.resize_from) == 2):
+            raise ValueError(f"variation.resize_from={v.resize_from!r} is invalid: give (width, height) in pixels, "
+                             f"such as (512, 512), or None.")
+        for name, n in zip(("width", "height"), v.resize_from):
+            checks.whole(f"variation.resize_from {name}", n, 1, "use a size in pixels, such as 512")
+    if not v.strength and v.resize_from is None:
+        return None
+    return v
 
 
 def seeds(seed, count: int) -> int:
@@ -142,8 +171,8 @@ def seeds(seed, count: int) -> int:
 
 
 def draws(prompt, negative_prompt, num_images: int, seed: int, s: Settings) -> list[Draw]:
-    """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i``. Without CFG
-    (``s.cfg`` false) a draw has no negative prompt."""
+    """The images of a call, in order: ``num_images`` per prompt; image i has seed ``seed + i`` (and variation seed
+    ``s.variation.seed + i``). Without CFG (``s.cfg`` false) a draw has no negative prompt."""
     texts = as_prompts(prompt, "prompt")
     negatives = [""] if negative_prompt is None else as_prompts(negative_prompt, "negative_prompt")
     if len(negatives) == 1:
@@ -155,7 +184,10 @@ def draws(prompt, negative_prompt, num_images: int, seed: int, s: Settings) -> l
         warnings.warn(f"negative_prompt has no effect with guidance={s.guidance} <= 1.")
     pairs = [(p, n if s.cfg else None) for p, n in zip(texts, negatives) for _ in range(num_images)]
     seed = seeds(seed, len(pairs))  # every prompt's images
-    return [Draw(p, n, seed + i) for i, (p, n) in enumerate(pairs)]
+    sub = s.variation.seed if s.variation else None
+    if sub is not None:
+        check_variation(s.variation, len(pairs))
+    return [Draw(p, n, seed + i, None if sub is None else sub + i) for i, (p, n) in enumerate(pairs)]
 
 
 def batches(draws: list[Draw], size: int, key: Callable[[Draw], int]) -> list[list[Draw]]:

@@ -208,3 +208,69 @@ def test_a_stroke_thinner_than_a_cell_repaints_the_cells_it_touches(pipe):
     out = pipe.inpaint("a red square", image, stroke, seed=0, steps=4, mask_blur=0, variant="blend")[0]
     diff = np.abs(np.asarray(out, np.int16) - np.asarray(rec, np.int16))[:, 30:33]
     assert diff.max() > 10
+
+
+# -- A1111's variation seeds (latentgen.starts.Variation) ----------------------------------------------------
+def _ddim(pipe, **kw):
+    return pipe.generate("a red cat", steps=4, guidance=5.0, scheduler="ddim", **kw)
+
+
+def test_variation_strength_0_is_the_seed_and_1_the_variation_seed(pipe):
+    from latentgen import Variation
+
+    seed_image, sub_image = _ddim(pipe, seed=3), _ddim(pipe, seed=40)
+    assert _max_diff(_ddim(pipe, seed=3, variation=Variation(seed=40, strength=0.0)), seed_image) == 0
+    assert _max_diff(_ddim(pipe, seed=3, variation=Variation(seed=40, strength=1.0)), sub_image) <= 2
+    half = _ddim(pipe, seed=3, variation=Variation(seed=40, strength=0.5))
+    assert _max_diff(half, seed_image) > 2 and _max_diff(half, sub_image) > 2
+    # image i of a call: seed + i and variation seed + i, as in A1111
+    two = _ddim(pipe, seed=3, num_images=2, variation=Variation(seed=40, strength=1.0))
+    assert _max_diff(two, sub_image + _ddim(pipe, seed=41)) <= 2
+    assert "Seed: 4, Size: 64x64, Model: tiny-sd0, Variation seed: 41, Variation seed strength: 1.0" \
+        in two[1].info["parameters"]
+
+
+def test_slerp_keeps_the_noise_on_the_sphere():
+    from latentgen.starts import Seeds
+
+    g = [torch.Generator().manual_seed(1)]
+    mixed = Seeds(g, [2], 0.5).noise((4, 32, 32), "cpu", torch.float32)[0]
+    a = Seeds([torch.Generator().manual_seed(1)]).noise((4, 32, 32), "cpu", torch.float32)[0]
+    b = Seeds([torch.Generator().manual_seed(2)]).noise((4, 32, 32), "cpu", torch.float32)[0]
+    linear = (a + b) / 2
+    assert abs(mixed.std().item() - a.std().item()) < 0.05 < abs(linear.std().item() - a.std().item())  # ~0.71
+
+
+def test_seed_resize_keeps_the_small_noise_in_the_middle(pipe):
+    from latentgen.starts import Seeds
+
+    small = Seeds([torch.Generator().manual_seed(5)]).noise((4, 8, 8), "cpu", torch.float32)
+    big = Seeds([torch.Generator().manual_seed(5)], [0], 0.0, (8, 8)).noise((4, 12, 16), "cpu", torch.float32)
+    assert torch.equal(big[:, :, 2:10, 4:12], small)  # centered
+    plain_big = Seeds([torch.Generator().manual_seed(5)]).noise((4, 12, 16), "cpu", torch.float32)
+    assert torch.equal(big[:, :, :2], plain_big[:, :, :2])  # around it: the seed's own noise at the drawing's size
+    cropped = Seeds([torch.Generator().manual_seed(5)], [0], 0.0, (16, 16)).noise((4, 8, 8), "cpu", torch.float32)
+    bigger = Seeds([torch.Generator().manual_seed(5)]).noise((4, 16, 16), "cpu", torch.float32)
+    assert torch.equal(cropped, bigger[:, :, 4:12, 4:12])  # larger: its middle
+    from latentgen import Variation
+
+    f = pipe.vae_scale_factor
+    im = _ddim(pipe, seed=5, width=96, variation=Variation(resize_from=(64, 64)))[0]
+    assert im.size == (96, 64) and "Seed resize from: 64x64" in im.info["parameters"]
+    assert _max_diff([im], _ddim(pipe, seed=5, width=96)) > 0 and f == 2  # the tiny VAE: 2 pixels per cell
+
+
+@pytest.mark.parametrize("variation, match", [
+    (dict(seed=1, strength=1.5), r"variation.strength=1.5 is invalid"),
+    (dict(seed=-1, strength=0.5), r"variation.seed=-1 is invalid"),
+    (dict(seed=1, strength=0.5, resize_from=(0, 64)), r"variation.resize_from width=0 is invalid"),
+    (dict(seed=1, strength=0.5, resize_from=64), r"variation.resize_from=64 is invalid: give \(width, height\)"),
+])
+def test_bad_variations_are_refused_before_any_model_runs(pipe, monkeypatch, variation, match):
+    from latentgen import Variation
+
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
+    with pytest.raises(ValueError, match=match):
+        pipe.generate("a cat", steps=1, variation=Variation(**variation))
+    with pytest.raises(TypeError, match=r"variation must be a latentgen.Variation"):
+        pipe.generate("a cat", steps=1, variation=0.5)
