@@ -16,8 +16,11 @@ What maps to what:
     inpaint_full_res (+ padding)  -> only_masked (+ padding)
     override_settings             -> sd_model_checkpoint (a model by name), CLIP_stop_at_last_layers (clip_skip)
 
+    subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
+    seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
+
 A field that would change the image in a way latentgen does not do (hires fix, face restoration,
-tiling, variation seeds, styles, scripts, the inpainting fills other than "original", ...) is refused
+tiling, styles, scripts, the inpainting fills other than "original", ...) is refused
 with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
 image_cfg_scale (instruct-pix2pix models only), mask_round (latentgen thresholds masks at 0.5),
@@ -73,6 +76,7 @@ class Task:
     mask_blur: float = 4
     only_masked: bool = False
     padding: int = 0
+    variation: object = None  # latentgen.Variation: subseed, subseed_strength, seed_resize_from_w/h
 
     @property
     def count(self) -> int:
@@ -94,9 +98,6 @@ def _unsupported(req: CommonFields) -> None:
     for name, bad, why in [
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
         ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
-        ("subseed_strength", req.subseed_strength not in (0, None), "variation seeds are not implemented; send 0"),
-        ("seed_resize_from_w", (req.seed_resize_from_w or 0) > 0, "seed resize is not implemented; send -1"),
-        ("seed_resize_from_h", (req.seed_resize_from_h or 0) > 0, "seed resize is not implemented; send -1"),
         ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
         ("script_name", bool(req.script_name), "this server runs no scripts (GET /sdapi/v1/scripts lists none)"),
         ("alwayson_scripts", bool(req.alwayson_scripts), "this server runs no scripts; send {}"),
@@ -116,6 +117,13 @@ def _check_common(req: CommonFields, limits) -> None:
     checks.whole("n_iter", req.n_iter, 1)
     top = MAX_SEED - (req.batch_size * req.n_iter - 1)  # image i of the request draws from seed + i
     whole_in("seed", req.seed, -1, top, f"use -1 (random) or a whole number from 0 to {top}")
+    whole_in("subseed", req.subseed, -1, top, f"use -1 (random) or a whole number from 0 to {top}")
+    checks.number("subseed_strength", req.subseed_strength or 0, minimum=0, maximum=1,
+                  fix="use 0 (the seed's image) to 1 (the variation seed's)")
+    for name in ("seed_resize_from_w", "seed_resize_from_h"):  # noise drawn at that size: bound like an image
+        whole_in(name, getattr(req, name), -1, limits.max_pixels, "use -1 (off) or a size in pixels, such as 512")
+    if req.seed_resize_from_w > 0 and req.seed_resize_from_h > 0:
+        check_pixels(req.seed_resize_from_w, req.seed_resize_from_h, limits)
     if req.batch_size * req.n_iter > limits.max_images:
         raise ApiError(422, f"batch_size x n_iter = {req.batch_size * req.n_iter} images; this server makes at most "
                             f"{limits.max_images} per request (--max-images): ask for fewer, or send more requests.")
@@ -154,12 +162,20 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
     for key, value in over.items():
         check_option(key, value)
     model = models.check(over["sd_model_checkpoint"]) if over.get("sd_model_checkpoint") else None
+    subseed = _seed(req.subseed)
+    resize = (req.seed_resize_from_w, req.seed_resize_from_h)
+    variation = None
+    if req.subseed_strength or min(resize) > 0:  # A1111 resizes the seed only when both sizes are > 0
+        from latentgen.starts import Variation
+
+        variation = Variation(subseed, float(req.subseed_strength or 0), resize if min(resize) > 0 else None)
     return Task(mode=mode, prompt=prompt, negative=req.negative_prompt or None, seed=_seed(req.seed),
-                subseed=_seed(req.subseed), sampler=sampler_key(req.sampler_name or req.sampler_index, req.scheduler),
+                subseed=subseed, sampler=sampler_key(req.sampler_name or req.sampler_index, req.scheduler),
                 steps=req.steps, cfg=req.cfg_scale, width=req.width, height=req.height, batch_size=req.batch_size,
                 n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
                 model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
-                save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images)
+                save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images,
+                variation=variation)
 
 
 @unprocessable()

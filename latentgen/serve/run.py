@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -34,7 +35,9 @@ def loras_loaded(pipe, files: dict[str, Path]):
 
 def _call(pipe, plan, seed: int, n: int, **common):
     """The latentgen call for ``n`` images from ``seed`` (txt2img, img2img or inpaint, as the plan says);
-    image i of the request starts from init image i % len(init_images)."""
+    image i of the request starts from init image i % len(init_images), with variation seed subseed + i."""
+    if plan.variation is not None:
+        common["variation"] = replace(plan.variation, seed=plan.variation.seed + seed - plan.seed)
     if plan.mode == "txt2img":
         return pipe.generate(plan.prompt, seed=seed, num_images=n, **common)
     init = plan.init_images[(seed - plan.seed) % len(plan.init_images)]
@@ -85,16 +88,17 @@ def _info(plan, pipe, images, resolved: dict, timestamp: str) -> dict:
     """A1111's ``info`` (``modules/processing.py``: ``Processed.js()``), for latentgen's images."""
     from latentgen.schedulers import SAMPLERS, label
 
-    key = plan.sampler or pipe.defaults.scheduler
+    key, v = plan.sampler or pipe.defaults.scheduler, plan.variation
     negative, n = plan.negative or "", plan.count
     return {
         "prompt": plan.prompt, "all_prompts": [plan.prompt] * n, "negative_prompt": negative,
         "all_negative_prompts": [negative] * n, "seed": plan.seed, "all_seeds": [plan.seed + i for i in range(n)],
-        "subseed": plan.subseed, "all_subseeds": [plan.subseed + i for i in range(n)], "subseed_strength": 0,
+        "subseed": plan.subseed, "all_subseeds": [plan.subseed + i for i in range(n)], "subseed_strength": v.strength if v else 0,
         **resolved, "sampler_name": SAMPLERS[key].label if key in SAMPLERS else label(pipe.scheduler),
         "batch_size": plan.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
-        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "seed_resize_from_w": v.resize_from[0] if v and v.resize_from else -1,
+        "seed_resize_from_h": v.resize_from[1] if v and v.resize_from else -1,
         "denoising_strength": plan.strength if plan.mode == "img2img" else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [im.info.get("parameters", "") for im in images], "styles": [], "job_timestamp": timestamp,

@@ -76,6 +76,22 @@ def test_prompt_editing_alternation_and_and_equal_the_python_api(api, ref):
     assert max_diff(r.images[0], plain[0]) > 1 and r.info["infotexts"][0].startswith(prompt + "\n")
 
 
+def test_variation_seeds_equal_the_python_api(api, ref):
+    from latentgen import Variation
+
+    r = api.txt2img(prompt=PROMPT, seed=5, subseed=11, subseed_strength=0.4, seed_resize_from_w=48,
+                    seed_resize_from_h=64, steps=4, cfg_scale=5, width=64, height=64, batch_size=2,
+                    sampler_name="Euler a")
+    want = ref.generate(PROMPT, seed=5, steps=4, guidance=5, num_images=2, scheduler="euler_a",
+                        variation=Variation(11, 0.4, (48, 64)))
+    assert max(max_diff(a, b) for a, b in zip(r.images, want)) <= 1
+    assert (r.info["subseed"], r.info["all_subseeds"], r.info["subseed_strength"]) == (11, [11, 12], 0.4)
+    assert (r.info["seed_resize_from_w"], r.info["seed_resize_from_h"]) == (48, 64)
+    assert "Variation seed: 12, Variation seed strength: 0.4, Seed resize from: 48x64" in r.info["infotexts"][1]
+    r = requests.post(api.baseurl + "/txt2img", json={"prompt": "x", "subseed_strength": 2, "steps": 1})
+    assert r.status_code == 422 and "subseed_strength=2" in r.json()["detail"]
+
+
 def test_random_seed_is_reported_and_batches_draw_seed_plus_i(api, ref):
     r = api.txt2img(prompt=PROMPT, seed=-1, steps=2, cfg_scale=4, width=64, height=64, batch_size=2)
     seed = r.info["seed"]
