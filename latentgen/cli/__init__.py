@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name
+from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name, size_spec
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -36,6 +36,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
                    help="textual-inversion embedding (A1111 .pt/.safetensors or diffusers learned_embeds), "
                         "used by its TOKEN (default: the file name) in prompts; repeatable")
+    p.add_argument("--subseed", type=int, default=0, help="A1111's variation seed; image i uses subseed + i")
+    p.add_argument("--subseed-strength", type=finite_float, default=0.0,
+                   help="how far toward the variation seed's noise: 0 (the seed's image, default) to 1")
+    p.add_argument("--seed-resize-from", type=size_spec, default=None, metavar="WxH",
+                   help="draw the noise at this size and paste it in the middle (a seed's look at another size)")
 
 
 def _render(args: argparse.Namespace, call) -> int:
@@ -44,10 +49,16 @@ def _render(args: argparse.Namespace, call) -> int:
 
     import latentgen
     from .. import metadata
+    from ..request import check_variation
+    from ..starts import Variation
     from ..text.embeddings import parse_spec
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
+    variation = None
+    if args.subseed_strength or args.seed_resize_from:
+        variation = check_variation(Variation(args.subseed, args.subseed_strength, args.seed_resize_from),
+                                    args.num_images)
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     embeddings = [parse_spec(spec) for spec in getattr(args, "embedding", None) or []]
     pipe = load_model(args)
@@ -64,7 +75,8 @@ def _render(args: argparse.Namespace, call) -> int:
     with bar:  # closed (its line cleared) before an error is printed
         images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
-                      clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress)
+                      clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
+                      variation=variation)
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0

@@ -32,6 +32,14 @@ def optional(parse):
     return lambda s: None if s.strip().lower() == "none" else parse(s)
 
 
+def size_spec(s: str) -> tuple[int, int]:
+    """'WxH' in pixels, such as '512x768'."""
+    w, _, h = s.lower().partition("x")
+    if not (w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a size: write WIDTHxHEIGHT in pixels, such as 512x512")
+    return int(w), int(h)
+
+
 def scheduler_name(s: str) -> str:
     from ..schedulers import SAMPLERS  # light: names only, checked before any model loads
 

@@ -61,11 +61,28 @@ def test_existing_file_is_kept_without_force(tiny_folder, tmp_path, capsys):
     (["--guidance", "nan"], "--guidance"),
     (["--scheduler", "nope"], "unknown scheduler 'nope'"),
     (["-n", "0"], "--num-images"),
+    (["--seed-resize-from", "512"], "not a size: write WIDTHxHEIGHT"),
 ])
 def test_bad_arguments_fail_before_loading(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
         run("generate", "a cat", "--model", tmp_path / "missing", "-o", tmp_path / "o.png", *args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_variation_seed_flags_reach_the_image_and_the_png(tiny_folder, tmp_path, capsys):
+    import latentgen
+
+    out = tmp_path / "v.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 2, "--seed", 3, "--subseed", 8,
+               "--subseed-strength", 0.25, "--seed-resize-from", "48x64", "-o", out) == 0
+    text = read_parameters(out)
+    assert "Seed: 3, Size: 64x64, Model: " in text and "Variation seed: 8, Variation seed strength: 0.25, Seed " \
+        "resize from: 48x64" in text
+    want = latentgen.load(tiny_folder).generate("a cat", steps=2, seed=3,
+                                                variation=latentgen.Variation(8, 0.25, (48, 64)))[0]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want))
+    assert run("generate", "a cat", "--model", tiny_folder, "--subseed-strength", 3, "-o", tmp_path / "b.png") == 2
+    assert "variation.strength=3.0 is invalid" in capsys.readouterr().err
 
 
 def test_bad_width_is_reported(tiny_folder, tmp_path, capsys):
