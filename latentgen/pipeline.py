@@ -26,6 +26,8 @@ from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
 from . import images as im
+from .canvas import fill as masked
+from .canvas import resize
 from .backends.runtime import Runtime
 from .lora.adapters import LoraAdapters
 from .models import components
@@ -224,31 +226,37 @@ class Pipeline:
 
     def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps: int | None = None,
                 guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
-                callback: Callback | None = None, batch_size: int | None = None,
-                max_pixels: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
-                variation: starts.Variation | None = None) -> list[Image.Image]:
-        """Redraw ``image`` under ``prompt``; returns images of the input's size.
+                width: int | None = None, height: int | None = None, resize_mode: str | int = "just resize",
+                callback: Callback | None = None, batch_size: int | None = None, max_pixels: int | None = None,
+                clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None) -> list[Image.Image]:
+        """Redraw ``image`` under ``prompt``; returns images of the input's size, or of ``width`` x ``height``.
 
         image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
             VAE factor are resized down for the model and back.
         strength: how much to change, in [0, 1]: ``int(steps * strength)`` steps run from the
             matching noise level; 0 returns the VAE reconstruction of the input.
+        resize_mode: how an image of another shape than ``width`` x ``height`` is fitted (``latentgen.canvas.resize``:
+            "just resize", "crop and resize", "resize and fill", "latent upscale", or A1111's 0-3).
         Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
         """
         request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
-        max_pixels = max_pixels or self.limits.max_input_pixels
+        max_pixels, how, f = max_pixels or self.limits.max_input_pixels, resize.mode(resize_mode), self.vae_scale_factor
         src, _ = im.load_rgb(image, "image", max_pixels)  # a file's size checked from its header, then decoded
-        w, h = im.work_size(src.size, self.vae_scale_factor, max_pixels)
+        size = request.drawing_size(src.size, width, height)
+        w, h = im.work_size(size, f, max_pixels)
         strength = request.strength(strength)
         s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
                           variation=variation)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
-        pixels = im.to_tensor(src if src.size == (w, h) else src.resize((w, h), im.LANCZOS))  # (1, 3, H, W)
-        start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength)
-        out = self.sample(draws, s, start, size=f"{src.width}x{src.height}", info={"Denoising strength": strength},
+        src = resize.resize(src, size, how)  # "latent upscale": as it is, encoded at its own size
+        own = (w, h) if how != "latent upscale" else im.work_size(src.size, f, max_pixels)
+        pixels = im.to_tensor(src if src.size == own else src.resize(own, im.LANCZOS))  # (1, 3, H, W)
+        start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength,
+                        latent_size=(h // f, w // f))
+        out = self.sample(draws, s, start, size=f"{size[0]}x{size[1]}", info={"Denoising strength": strength},
                           callback=callback)
-        return [o if o.size == src.size else im.resized(o, src.size) for o in out]
+        return [o if o.size == size else im.resized(o, size) for o in out]
 
     def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
                 steps: int | None = None, guidance: float | None = None, negative_prompt=None,
@@ -256,7 +264,7 @@ class Pipeline:
                 padding: int = 32, composite: bool = True, callback: Callback | None = None,
                 batch_size: int | None = None, max_pixels: int | None = None,
                 latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
-                variant: str = "auto", variation: starts.Variation | None = None) -> list[Image.Image]:
+                variant: str = "auto", fill: str | int = "original", variation=None) -> list[Image.Image]:
         """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
         image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -272,8 +280,10 @@ class Pipeline:
             per cell as diffusers (the hole shifts up to 7 px down-right): diffusers' exact images.
         variant: "auto": a 9-channel U-Net, the model's own or the variant it ships (``self.inpaint_unet``:
             the embedded default has one; not with a LoRA loaded or tagged), else latent blending; "blend": always.
+        fill: the masked content where the start keeps the image (strength < 1): "original", "fill", "latent
+            noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``).
         """
-        mask_blur = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant)
+        mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
         f = self.vae_scale_factor
         inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
                                native=(self.defaults.width, self.defaults.height),
@@ -291,7 +301,7 @@ class Pipeline:
         if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not lora:
             unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
         start = starts.for_inpaint(inp, in_channels=unet.config.in_channels, vae=self.vae, f=f, latent_mask=latent_mask,
-                                   steps=s.steps, strength=strength)
+                                   steps=s.steps, strength=strength, fill=fill)
         info = {"Denoising strength": strength, "Mask blur": mask_blur,
                 **({"Inpaint area": "Only masked", "Masked area padding": int(padding)} if only_masked else {})}
         out = self.sample(draws, s, start, size=f"{inp.source.width}x{inp.source.height}", info=info,

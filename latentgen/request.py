@@ -206,6 +206,14 @@ def plain_unet(call: str, model: str, in_channels: int, latent_channels: int) ->
                          f"{call} cannot run: use pipe.inpaint(prompt, image, mask).")
 
 
+def drawing_size(own: tuple[int, int], width, height) -> tuple[int, int]:
+    """(w, h) an image-in call draws at: ``width`` x ``height`` where given, else the input image's ``own``."""
+    for name, v in (("width", width), ("height", height)):
+        if v is not None:
+            checks.whole(name, v, 1, f"use a size in pixels, such as {name}=512, or None for the image's own")
+    return (width or own[0], height or own[1])
+
+
 def strength(value) -> float:
     """img2img / inpainting strength in [0, 1]."""
     return checks.number("strength", value, minimum=0, maximum=1,

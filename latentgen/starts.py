@@ -32,6 +32,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import precision
+from .canvas.fill import hole_latents, paint_pixels
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,14 @@ def from_noise(sched, seeds: Seeds, dtype, *, shape: tuple[int, int, int], devic
     return Start(seeds.noise(shape, device, dtype) * sched.init_noise_sigma, sched.timesteps)
 
 
-def from_image(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, steps: int, strength: float) -> Start:
-    """img2img: the image's latents (B, 4, h, w) noised to the first of the last ``steps * strength`` steps."""
+def from_image(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, steps: int, strength: float,
+               latent_size: tuple[int, int] | None = None) -> Start:
+    """img2img: the image's latents (B, 4, h, w) noised to the first of the last ``steps * strength`` steps;
+    latents of another size than ``latent_size`` (h, w) are resized to it, bilinear (A1111's latent upscale)."""
     timesteps = strength_timesteps(sched, steps, strength)
     z0 = latent_samples(vae, pixels, seeds.generators, dtype)
+    if latent_size is not None and tuple(z0.shape[-2:]) != tuple(latent_size):
+        z0 = F.interpolate(z0, size=latent_size, mode="bilinear")
     if len(timesteps) == 0:  # strength 0 (or too few steps): the reconstruction
         return Start(z0, timesteps)
     noise = seeds.noise(z0.shape[1:], z0.device, dtype)
@@ -207,7 +212,7 @@ def from_image(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, steps: 
 
 
 def inpaint_blend(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, mask_lat: torch.Tensor, steps: int,
-                  strength: float) -> Start:
+                  strength: float, fill: str = "original") -> Start:
     """Inpainting with a 4-channel U-Net: ``pixels`` (1, 3, H, W) in [-1, 1], ``mask_lat`` (1, 1, h, w) with
     1 = repaint. After every step the known region (mask 0) is put back as the image's latents z0 noised to
     the next step's timestep, so only the hole is drawn; the last step puts back z0 itself."""
@@ -221,6 +226,7 @@ def inpaint_blend(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, mask
     if len(timesteps) == 0:  # strength 0: the reconstruction
         return Start(z0, timesteps)
     hole = mask_lat.to(dtype).expand(len(generators), -1, -1, -1)  # (B, 1, h, w)
+    z0 = hole_latents(z0, hole, noise, fill)  # masked content: the hole only (the known part is put back)
 
     def put_back_known(i: int, latents: torch.Tensor) -> torch.Tensor:
         known = z0 if i == len(timesteps) - 1 else sched.add_noise(z0, noise, torch.tensor([timesteps[i + 1]]))
@@ -232,7 +238,7 @@ def inpaint_blend(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, mask
 
 
 def inpaint_input(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, masked: torch.Tensor,
-                  mask_lat: torch.Tensor, steps: int, strength: float) -> Start:
+                  mask_lat: torch.Tensor, steps: int, strength: float, fill: str = "original") -> Start:
     """Inpainting with a 9-channel inpainting U-Net: ``pixels`` (1, 3, H, W), ``masked`` the same with the hole
     blanked, ``mask_lat`` (1, 1, h, w) with 1 = repaint. The U-Net sees the mask and the masked image's latents
     beside the latents at every step (``Start.c_concat``, (B, 1 + 4, h, w)); at strength 1 it starts from noise."""
@@ -245,17 +251,21 @@ def inpaint_input(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, mask
     c_concat = torch.cat([hole, latent_samples(vae, masked, generators, dtype)], dim=1)  # (B, 5, h, w)
     if len(timesteps) == 0:  # strength 0: the reconstruction
         return Start(z0, timesteps)
+    if not full:
+        z0 = hole_latents(z0, hole, noise, fill)  # masked content
     first = noise * sched.init_noise_sigma if full else sched.add_noise(z0, noise, timesteps[:1].repeat(len(z0)))
     return Start(first, timesteps, c_concat=c_concat)
 
 
-def for_inpaint(inp, *, in_channels: int, vae, f: int, latent_mask: str, steps: int, strength: float) -> StartFn:
+def for_inpaint(inp, *, in_channels: int, vae, f: int, latent_mask: str, steps: int, strength: float,
+                fill: str = "original") -> StartFn:
     """The start of an inpainting call on ``inp`` (``images.inpaint_input``: pixels, mask, masked image at the work
     size) for a U-Net of ``in_channels``: latent blending (4) or the inpainting U-Net's inputs (9); ``f``: pixels
-    per latent cell."""
+    per latent cell; ``fill``: the masked content (``latentgen.canvas.fill``)."""
     mask_lat = to_latent_mask(inp.mask_px, (inp.size[1] // f, inp.size[0] // f), latent_mask)
-    given = dict(vae=vae, pixels=inp.pixels, mask_lat=mask_lat.to(precision.device_of(vae)), steps=steps,
-                 strength=strength)
+    pixels = paint_pixels(inp.pixels, inp.mask_px) if fill == "fill" else inp.pixels
+    given = dict(vae=vae, pixels=pixels, mask_lat=mask_lat.to(precision.device_of(vae)), steps=steps,
+                 strength=strength, fill=fill)
     if in_channels == vae.config.latent_channels:
         return partial(inpaint_blend, **given)
     return partial(inpaint_input, masked=inp.masked, **given)

@@ -45,6 +45,20 @@ def pipe(tiny_folder):
     return latentgen.load(tiny_folder)
 
 
+@pytest.fixture(scope="session")
+def folder9(tiny_folder, tmp_path_factory):
+    """The tiny model with a 9-channel (inpainting) U-Net: latents + mask + masked-image latents."""
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    ref = StableDiffusionInpaintPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    torch.manual_seed(9)
+    ref.unet = UNet2DConditionModel.from_config({**ref.unet.config, "in_channels": 9})
+    ref.register_modules(unet=ref.unet)
+    folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
+    ref.save_pretrained(folder)
+    return folder
+
+
 def diffusers_pipeline(cls_name: str, folder):
     """diffusers' reference pipeline ``cls_name`` (e.g. "StableDiffusionImg2ImgPipeline") on a folder, quiet."""
     import diffusers

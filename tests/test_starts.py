@@ -36,20 +36,6 @@ def inpaint_ref(tiny_folder):
     return diffusers_pipeline("StableDiffusionInpaintPipeline", tiny_folder)
 
 
-@pytest.fixture(scope="module")
-def folder9(tiny_folder, tmp_path_factory):
-    """The tiny model with a 9-channel (inpainting) U-Net: latents + mask + masked-image latents."""
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-
-    ref = StableDiffusionInpaintPipeline.from_pretrained(tiny_folder, safety_checker=None)
-    torch.manual_seed(9)
-    ref.unet = UNet2DConditionModel.from_config({**ref.unet.config, "in_channels": 9})
-    ref.register_modules(unet=ref.unet)
-    folder = tmp_path_factory.mktemp("tiny-sd-inpaint")
-    ref.save_pretrained(folder)
-    return folder
-
-
 def _gens(seed, n):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
     return gens[0] if n == 1 else gens
