@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
     from .pipeline import Pipeline
     from .starts import Variation
+    from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "Pipeline", "Variation"]
+__all__ = ["Hires", "Pipeline", "Variation", "generate", "load"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -71,6 +72,10 @@ def __getattr__(name: str):
         from .pipeline import Pipeline
 
         return Pipeline
+    if name == "Hires":  # A1111's hires fix: ``latentgen.upscale.hires.Hires``
+        from .upscale.hires import Hires
+
+        return Hires
     if name == "Variation":  # A1111's variation seed and seed resize: ``latentgen.starts.Variation``
         from .starts import Variation
 

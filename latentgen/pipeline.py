@@ -14,7 +14,6 @@ reference pipelines draw with ``generator=[Generator().manual_seed(s), ...]``.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -25,9 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
-from . import images as im
-from .canvas import fill as masked
-from .canvas import resize
+from .canvas import calls
 from .backends.runtime import Runtime
 from .lora.adapters import LoraAdapters
 from .models import components
@@ -37,6 +34,7 @@ from .starts import Start, StartFn
 from .text import prompts, schedule
 from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
+from .upscale.hires import Hires, SecondPass
 
 
 class Pipeline:
@@ -156,22 +154,28 @@ class Pipeline:
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
 
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, size: str | None = None,
-               info: dict | None = None, callback: Callback | None = None, unet=None) -> list[Image.Image]:
+               info: dict | None = None, callback: Callback | None = None, unet=None,
+               hires: Hires | None = None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting, in named steps. Images go through in chunks of
         ``s.batch(...)`` (split where the text's number of 77-token chunks changes), each from ``start(sampler,
-        generators, dtype)``; image i of a chunk has its own generator, seeded ``draws[i].seed``. ``size``, ``info``:
-        the PNG's "Size" (default: the settings') and the call's own fields."""
+        seeds, dtype)``; image i of a chunk has its own generator, seeded ``draws[i].seed``. ``size``, ``info``:
+        the PNG's "Size" (default: the settings') and the call's own fields; ``hires``: A1111's hires fix."""
         # 1. limits and memory plan, refused before any model runs
         self.check_limits(s, len(draws))
         batch = s.batch(self.device, len(draws))
-        plan = memory.plan(self.vae, self.limits, width=s.width, height=s.height, batch=batch)
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
         text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings)
-        fields, info = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}, {**(info or {}), **text.info}
+        second = None if hires is None else SecondPass(self, draws, s, hires, text)  # checked, with its own text
+        if second is not None:
+            self.check_limits(second.s, len(draws))
+        last = s if second is None else second.s
+        plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
+        fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
+        info = {**(info or {}), **(second.info() if second else {}), **text.info}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=text.chunks)
-            progress = request.CallProgress(callback, len(chunks))
+            progress = request.CallProgress(callback, len(chunks) * (1 if second is None else 2))
             for chunk in chunks:
                 sched = schedulers.make(s.scheduler, self.scheduler.config)
                 sched.set_timesteps(s.steps, device=self.device)
@@ -181,9 +185,11 @@ class Pipeline:
                 first = start(sched, seeds, cond.cond.dtype)
                 if cond.context:  # the text changes by step: prompt editing, alternation
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
-                # 4. the denoising loop
+                # 4. the denoising loop (and the hires fix's second pass)
                 latents = self.denoise(first, cond, s.guidance, sched, seeds.generators,
                                        progress.chunk(len(first.timesteps)), unet)
+                if second is not None:
+                    latents = second.run(self, chunk, latents, progress, unet)
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
                 # 5. decode, 6. each image with its settings
                 for d, image in zip(chunk, self.decode(latents, plan)):
@@ -200,7 +206,7 @@ class Pipeline:
                  width: int | None = None, height: int | None = None, num_images: int = 1,
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
-                 variation: starts.Variation | None = None) -> list[Image.Image]:
+                 variation: starts.Variation | None = None, hires: Hires | None = None) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -214,6 +220,7 @@ class Pipeline:
             one-image call); all at once on GPU (equal within float rounding).
         clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax (prompt editing, AND), or "plain"; see
             ``latentgen.text``. variation: A1111's variation seed and seed resize (``latentgen.Variation``).
+        hires: A1111's hires fix, a second pass at a larger size (``latentgen.Hires``; ``latentgen.upscale.hires``).
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
@@ -222,91 +229,12 @@ class Pipeline:
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
         start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
-        return self.sample(draws, s, start, callback=callback)
+        return self.sample(draws, s, start, callback=callback, hires=hires)
 
-    def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps: int | None = None,
-                guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
-                width: int | None = None, height: int | None = None, resize_mode: str | int = "just resize",
-                callback: Callback | None = None, batch_size: int | None = None, max_pixels: int | None = None,
-                clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None) -> list[Image.Image]:
-        """Redraw ``image`` under ``prompt``; returns images of the input's size, or of ``width`` x ``height``.
-
-        image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
-            VAE factor are resized down for the model and back.
-        strength: how much to change, in [0, 1]: ``int(steps * strength)`` steps run from the
-            matching noise level; 0 returns the VAE reconstruction of the input.
-        resize_mode: how an image of another shape than ``width`` x ``height`` is fitted (``latentgen.canvas.resize``:
-            "just resize", "crop and resize", "resize and fill", "latent upscale", or A1111's 0-3).
-        Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
-        """
-        request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
-        max_pixels, how, f = max_pixels or self.limits.max_input_pixels, resize.mode(resize_mode), self.vae_scale_factor
-        src, _ = im.load_rgb(image, "image", max_pixels)  # a file's size checked from its header, then decoded
-        size = request.drawing_size(src.size, width, height)
-        w, h = im.work_size(size, f, max_pixels)
-        strength = request.strength(strength)
-        s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
-                          batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                          variation=variation)
-        draws = request.draws(prompt, negative_prompt, num_images, seed, s)
-        src = resize.resize(src, size, how)  # "latent upscale": as it is, encoded at its own size
-        own = (w, h) if how != "latent upscale" else im.work_size(src.size, f, max_pixels)
-        pixels = im.to_tensor(src if src.size == own else src.resize(own, im.LANCZOS))  # (1, 3, H, W)
-        start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength,
-                        latent_size=(h // f, w // f))
-        out = self.sample(draws, s, start, size=f"{size[0]}x{size[1]}", info={"Denoising strength": strength},
-                          callback=callback)
-        return [o if o.size == size else im.resized(o, size) for o in out]
-
-    def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
-                steps: int | None = None, guidance: float | None = None, negative_prompt=None,
-                num_images: int = 1, scheduler=None, mask_blur: float | None = None, only_masked: bool = False,
-                padding: int = 32, composite: bool = True, callback: Callback | None = None,
-                batch_size: int | None = None, max_pixels: int | None = None,
-                latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
-                variant: str = "auto", fill: str | int = "original", variation=None) -> list[Image.Image]:
-        """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
-
-        image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
-            (>= 0.5) repaints, black keeps. None: the image's alpha channel, transparent = repaint.
-        strength: 1 repaints the hole from pure noise; lower keeps more of what is under it.
-        mask_blur: feather radius (pixels) of the final composite, inside the mask only; None: the model's
-            default (``defaults.mask_blur``: 4, as A1111; the embedded model's 2, see its preset).
-        only_masked: work on the mask's bounding box plus ``padding`` pixels, at the model's native size, and
-            paste it back (A1111's "inpaint only masked"): more detail for small holes in large images.
-        composite: False: the decoded image without the pixel composite (as diffusers; only_masked: unblended).
-        latent_mask: mask -> one value per 8x8 latent cell. "coverage": a cell repaints when half its
-            pixels do (as A1111 rounds), so the latent hole sits on the pixel hole. "nearest": one pixel
-            per cell as diffusers (the hole shifts up to 7 px down-right): diffusers' exact images.
-        variant: "auto": a 9-channel U-Net, the model's own or the variant it ships (``self.inpaint_unet``:
-            the embedded default has one; not with a LoRA loaded or tagged), else latent blending; "blend": always.
-        fill: the masked content where the start keeps the image (strength < 1): "original", "fill", "latent
-            noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``).
-        """
-        mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
-        f = self.vae_scale_factor
-        inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
-                               native=(self.defaults.width, self.defaults.height),
-                               max_pixels=max_pixels or self.limits.max_input_pixels)
-        strength = request.strength(strength)
-        s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
-                          batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
-                          prompt_syntax=prompt_syntax, variation=variation)
-        draws = request.draws(prompt, negative_prompt, num_images, seed, s)
-        if inp.empty:
-            warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")
-            return [inp.source.copy() for _ in draws]
-        unet, c = self.unet, self.vae.config.latent_channels
-        lora = self.loras.loaded or (prompt_syntax == "a1111" and any(prompts.extra_networks(d.prompt)[1] for d in draws))
-        if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not lora:
-            unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
-        start = starts.for_inpaint(inp, in_channels=unet.config.in_channels, vae=self.vae, f=f, latent_mask=latent_mask,
-                                   steps=s.steps, strength=strength, fill=fill)
-        info = {"Denoising strength": strength, "Mask blur": mask_blur,
-                **({"Inpaint area": "Only masked", "Masked area padding": int(padding)} if only_masked else {})}
-        out = self.sample(draws, s, start, size=f"{inp.source.width}x{inp.source.height}", info=info,
-                          callback=callback, unet=unet)
-        return im.paste_back(out, inp, mask_blur, composite)
+    # the calls that start from a picture: ``latentgen.canvas.calls``
+    img2img = calls.img2img
+    inpaint = calls.inpaint
+    outpaint = calls.outpaint
 
     # -- LoRA: the adapters in ``self.loras`` (see ``LoraAdapters``) ----------------------------
     def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:

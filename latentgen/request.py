@@ -63,17 +63,20 @@ class Settings:
 
 
 class CallProgress:
-    """A call's ``callback(done, total, latents)`` over its chunks: each chunk's steps counted on from the last
-    chunk's, out of all of them (every chunk runs the same number of steps)."""
+    """A call's ``callback(done, total, latents)`` over its loops (chunks, and their hires passes): each loop's
+    steps counted on from the last loop's, out of all of them."""
 
     def __init__(self, callback: Callback | None, chunks: int):
-        self.callback, self.chunks, self.done = callback, chunks, 0
+        self.callback, self.chunks, self.done, self.started = callback, chunks, 0, 0
 
     def chunk(self, steps: int) -> Callback | None:
-        """The callback for the next chunk's loop of ``steps`` steps (None when the call has none)."""
+        """The callback for the next chunk's loop of ``steps`` steps (None when the call has none); the total counts
+        the loops still to come as this one (exact when all run as many steps: a hires pass may run other counts)."""
         if self.callback is None:
             return None
-        base, total, self.done = self.done, steps * self.chunks, self.done + steps
+        self.started += 1
+        base, total = self.done, self.done + steps * (self.chunks - self.started + 1)
+        self.done += steps
         return lambda i, _steps, latents: self.callback(base + i, total, latents)
 
 

@@ -201,10 +201,15 @@ def from_image(sched, seeds: Seeds, dtype, *, vae, pixels: torch.Tensor, steps: 
                latent_size: tuple[int, int] | None = None) -> Start:
     """img2img: the image's latents (B, 4, h, w) noised to the first of the last ``steps * strength`` steps;
     latents of another size than ``latent_size`` (h, w) are resized to it, bilinear (A1111's latent upscale)."""
-    timesteps = strength_timesteps(sched, steps, strength)
     z0 = latent_samples(vae, pixels, seeds.generators, dtype)
     if latent_size is not None and tuple(z0.shape[-2:]) != tuple(latent_size):
         z0 = F.interpolate(z0, size=latent_size, mode="bilinear")
+    return from_latents(sched, seeds, dtype, z0=z0, steps=steps, strength=strength)
+
+
+def from_latents(sched, seeds: Seeds, dtype, *, z0: torch.Tensor, steps: int, strength: float) -> Start:
+    """img2img from latents z0 (B, C, h, w) (an image's, or upscaled ones: the hires fix's second pass)."""
+    timesteps = strength_timesteps(sched, steps, strength)
     if len(timesteps) == 0:  # strength 0 (or too few steps): the reconstruction
         return Start(z0, timesteps)
     noise = seeds.noise(z0.shape[1:], z0.device, dtype)

@@ -1,0 +1,81 @@
+"""latentgen.upscale.hires: A1111's hires fix. The second pass equals diffusers' img2img pipeline run on the first
+pass's latents upscaled (latent upscalers) or on its decoded picture upscaled (pixel upscalers), with the same
+seed; sizes as A1111 computes them; the PNG's lines; bad settings refused before any model runs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import diffusers_pipeline, max_diff
+from latentgen import Hires, schedulers
+from latentgen.upscale.hires import sizes
+
+PROMPT = "a red circle on a blue background"
+
+
+@pytest.fixture(scope="module")
+def refs(tiny_folder):
+    return diffusers_pipeline("StableDiffusionPipeline", tiny_folder), \
+        diffusers_pipeline("StableDiffusionImg2ImgPipeline", tiny_folder)
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_the_second_pass_is_img2img_from_the_upscaled_first(pipe, refs, upscaler):
+    txt, img = refs
+    txt.scheduler = img.scheduler = schedulers.make("ddim", pipe.scheduler.config)
+    common = dict(num_inference_steps=6, guidance_scale=5.0, negative_prompt="green")
+    base = txt(PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(3), output_type="latent",
+               **common).images  # (1, 4, h, w), scaled latents
+    if upscaler == "Latent":
+        image = F.interpolate(base, scale_factor=2, mode="bilinear")
+    else:
+        image = pipe.decode(base)[0].resize((128, 128), 1)  # Lanczos
+    want = img(PROMPT, image=image, strength=0.55, generator=torch.Generator().manual_seed(3), **common).images
+    got = pipe.generate(PROMPT, negative_prompt="green", seed=3, steps=6, guidance=5.0, scheduler="ddim", width=64,
+                        height=64, hires=Hires(scale=2, strength=0.55, upscaler=upscaler))
+    assert got[0].size == (128, 128) and max_diff(got, want) <= 1
+    assert got[0].info["parameters"].endswith(f"Size: 64x64, Model: {pipe.name}, Denoising strength: 0.55, "
+                                              f"Hires upscale: 2, Hires upscaler: {upscaler}")
+
+
+@pytest.mark.parametrize("h, up, final", [
+    (Hires(scale=2), (128, 96), (128, 96)), (Hires(scale=1.5), (96, 72), (96, 72)),
+    (Hires(width=256), (256, 192), (256, 192)), (Hires(height=144), (192, 144), (192, 144)),
+    (Hires(width=128, height=128), (168, 128), (128, 128)),  # cover, then crop
+    (Hires(scale=1.3), (80, 60), (80, 60)),  # 83.2 x 62.4, down to multiples of 4
+])
+def test_sizes_are_a1111s(h, up, final):
+    assert sizes(h, 64, 48, 4) == (up, final)
+
+
+def test_own_steps_sampler_prompts_and_sizes(pipe):
+    kw = dict(seed=1, steps=3, guidance=4.0, width=64, height=48)
+    plain = pipe.generate(PROMPT, **kw, hires=Hires(scale=1.5, strength=0.6))
+    own = pipe.generate(PROMPT, **kw, hires=Hires(scale=1.5, strength=0.6, steps=5, scheduler="euler",
+                                                  prompt="a blue circle", negative_prompt="red"))
+    assert plain[0].size == own[0].size == (96, 72) and max_diff(plain, own) > 0
+    assert own[0].info["parameters"].endswith(
+        "Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 5, Hires upscaler: Latent, Hires sampler: Euler, "
+        "Hires prompt: a blue circle, Hires negative prompt: red")
+    cropped = pipe.generate(PROMPT, **kw, hires=Hires(width=64, height=64, upscaler="Nearest"))
+    assert cropped[0].size == (64, 64) and "Hires resize: 64x64" in cropped[0].info["parameters"]
+    seen = []
+    pipe.generate(PROMPT, **kw, num_images=2, hires=Hires(steps=4, strength=0.5),
+                  callback=lambda done, total, _: seen.append((done, total)))
+    assert seen[-1] == (2 * (3 + 2), 2 * (3 + 2))  # two images, each 3 steps then int(4 * 0.5) = 2
+
+
+@pytest.mark.parametrize("h, error, match", [
+    (Hires(scale=0.5), ValueError, r"hires.scale=0.5 is invalid"),
+    (Hires(strength=1.5), ValueError, r"hires.strength=1.5 is invalid"),
+    (Hires(steps=0), ValueError, r"hires.steps=0 is invalid"),
+    (Hires(upscaler="4x-UltraSharp"), ValueError, r"hires.upscaler='4x-UltraSharp' is not an upscaler here"),
+    (Hires(scheduler="nope"), ValueError, r"nope"),
+    (Hires(width=1), ValueError, r"hires.width=1 is invalid"),
+    (Hires(prompt="x <lora:purple:1>"), ValueError, r"other <lora:...> tags"),
+    (2, TypeError, r"hires must be a latentgen.Hires"),
+])
+def test_bad_hires_settings_are_refused_before_any_model_runs(pipe, monkeypatch, h, error, match):
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
+    with pytest.raises(error, match=match):
+        pipe.generate(PROMPT, steps=2, width=64, height=64, hires=h)
