@@ -41,11 +41,10 @@ from latentgen.request import MAX_SEED
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
+from . import workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
-
-FILLS = {0: "fill", 1: "original", 2: "latent noise", 3: "latent nothing"}
 
 
 # -- plans: a request checked and resolved, before it is queued ------------------------------------------
@@ -77,6 +76,10 @@ class Task:
     only_masked: bool = False
     padding: int = 0
     variation: object = None  # latentgen.Variation: subseed, subseed_strength, seed_resize_from_w/h
+    hires: object = None  # latentgen.Hires: enable_hr, hr_*
+    fill: str = "original"  # inpainting_fill
+    resize_mode: str = "just resize"  # img2img's resize_mode
+    script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
 
     @property
     def count(self) -> int:
@@ -99,7 +102,6 @@ def _unsupported(req: CommonFields) -> None:
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
         ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
         ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
-        ("script_name", bool(req.script_name), "this server runs no scripts (GET /sdapi/v1/scripts lists none)"),
         ("alwayson_scripts", bool(req.alwayson_scripts), "this server runs no scripts; send {}"),
         ("refiner_checkpoint", bool(req.refiner_checkpoint), "there is no refiner pass"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
@@ -181,9 +183,10 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 @unprocessable()
 def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
     _check_common(req, limits)
-    if req.enable_hr:
-        raise _refuse("enable_hr", True, "there is no hires-fix pass; ask for the final width and height")
-    return _plan("txt2img", req, **kw)
+    hires, script = workflows.hires(req, limits), workflows.script(req, "txt2img")
+    plan = _plan("txt2img", req, **kw)
+    plan.hires, plan.script = hires, script
+    return plan
 
 
 def _check_img2img(req: Img2ImgRequest, limits) -> None:
@@ -200,11 +203,7 @@ def _check_img2img(req: Img2ImgRequest, limits) -> None:
         raise _refuse("latent_mask", "...", "send the mask in 'mask'")
     if not req.mask:
         return
-    if not (req.inpainting_fill == 1 or (req.inpainting_fill == 2 and req.denoising_strength == 1)):
-        raise ApiError(422, f"inpainting_fill={req.inpainting_fill} ({FILLS.get(req.inpainting_fill, 'unknown')}) "
-                            f"is not what latentgen does: it starts the masked area from the original image's "
-                            f"latents noised to denoising_strength (1, 'original'; at strength 1 that is pure "
-                            f"noise, so 2, 'latent noise', is accepted there): send inpainting_fill=1.")
+    workflows.fill(req)
     if req.mask_blur is None and req.mask_blur_x != req.mask_blur_y:
         raise _refuse("mask_blur_x", req.mask_blur_x, "latentgen blurs masks the same way in x and y; send mask_blur")
     whole_in("mask_blur", _blur(req), 0, 64, "use 0 to 64 pixels")
@@ -218,21 +217,25 @@ def _blur(req: Img2ImgRequest) -> int:
 
 @unprocessable()
 def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Task:
+    from latentgen.canvas import resize
+
     _check_common(req, limits)
     _check_img2img(req, limits)
+    mode, script = workflows.resize_mode(req, bool(req.mask)), workflows.script(req, "img2img")
     plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded
     images = [decode_image(x, f"init_images[{i}]", limits.max_pixels) for i, x in enumerate(req.init_images)]
     size = (req.width or images[0].width, req.height or images[0].height)
     check_pixels(*size, limits)
-    if req.resize_mode != 0 and any(im.size != size for im in images):
-        raise _refuse("resize_mode", req.resize_mode, "only 0 ('just resize') is implemented; send 0, or init "
-                                                      "images of the requested width x height")
     plan.width, plan.height = size
-    plan.init_images = [im if im.size == size else im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    plan.resize_mode, plan.script = mode, script
+    # the pictures at the drawing's size by resize_mode; latent upscale (img2img only) is the call's own
+    plan.init_images = [im.convert("RGB") if mode == "latent upscale" else resize.resize(im.convert("RGB"), size, mode)
                         for im in images]
     if req.mask:
         mask = decode_image(req.mask, "mask", limits.max_pixels)
-        plan.mask = a1111_mask(mask, size, bool(req.inpainting_mask_invert))
+        plan.mask = resize.resize(a1111_mask(mask, mask.size, bool(req.inpainting_mask_invert)).convert("RGB"), size,
+                                  mode).convert("L")
+        plan.fill = workflows.fill(req)
     plan.strength, plan.mask_blur = req.denoising_strength, _blur(req)
     plan.only_masked, plan.padding = req.inpaint_full_res, req.inpaint_full_res_padding
     if not req.include_init_images:

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import a1111, codec, run, settings
+from . import a1111, codec, run, settings, workflows
 from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
@@ -260,7 +260,7 @@ def _list_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/sdapi/v1/scripts")
     def scripts():
-        return {"txt2img": [], "img2img": []}
+        return workflows.SCRIPTS
 
     @app.post("/sdapi/v1/png-info")
     def png_info(req: PngInfoRequest):

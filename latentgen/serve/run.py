@@ -34,16 +34,21 @@ def loras_loaded(pipe, files: dict[str, Path]):
 
 
 def _call(pipe, plan, seed: int, n: int, **common):
-    """The latentgen call for ``n`` images from ``seed`` (txt2img, img2img or inpaint, as the plan says);
+    """The latentgen call for ``n`` images from ``seed`` (txt2img, img2img, inpaint or outpaint, as the plan says);
     image i of the request starts from init image i % len(init_images), with variation seed subseed + i."""
     if plan.variation is not None:
         common["variation"] = replace(plan.variation, seed=plan.variation.seed + seed - plan.seed)
     if plan.mode == "txt2img":
-        return pipe.generate(plan.prompt, seed=seed, num_images=n, **common)
+        return pipe.generate(plan.prompt, seed=seed, num_images=n, hires=plan.hires, **common)
     init = plan.init_images[(seed - plan.seed) % len(plan.init_images)]
+    if plan.script and "outpaint" in plan.script:  # Poor man's outpainting: the picture grows on its sides
+        o = plan.script
+        return pipe.outpaint(plan.prompt, init, **o["outpaint"], fill=o["fill"], mask_blur=o["mask_blur"],
+                             strength=plan.strength, seed=seed, num_images=n, **common)
     if plan.mask is None:
-        return pipe.img2img(plan.prompt, init, strength=plan.strength, seed=seed, num_images=n, **common)
-    return pipe.inpaint(plan.prompt, init, plan.mask, strength=plan.strength, seed=seed, num_images=n,
+        return pipe.img2img(plan.prompt, init, strength=plan.strength, seed=seed, num_images=n,
+                            resize_mode=plan.resize_mode, **common)
+    return pipe.inpaint(plan.prompt, init, plan.mask, strength=plan.strength, seed=seed, num_images=n, fill=plan.fill,
                         mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding, **common)
 
 
@@ -58,9 +63,9 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
     check_pixels(width, height, limits)
     common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=plan.sampler,
                   clip_skip=plan.clip_skip)
-    if plan.mode == "txt2img":
+    if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height
         common.update(width=width, height=height)
-    else:
+    if plan.mode != "txt2img":
         common.update(max_pixels=limits.max_pixels)
     if plan.mode == "txt2img" or len(plan.init_images) == 1:  # A1111's batches: n_iter calls of batch_size
         calls = [(plan.seed + it * plan.batch_size, plan.batch_size) for it in range(plan.n_iter)]

@@ -135,14 +135,51 @@ def test_inverted_mask_repaints_the_outside(api, ref):
     assert max_diff(r.images[0], want[0]) <= 1
 
 
-def test_fills_latentgen_does_not_do_are_refused(api):
-    with pytest.raises(RuntimeError) as e:
-        api.img2img(images=[green()], mask_image=square_mask(), inpainting_fill=0, prompt="x", steps=2,
-                    width=64, height=64)  # webuiapi's default fill: 'fill'
-    status, text = e.value.args
-    assert status == 422 and "inpainting_fill=0 (fill)" in json.loads(text)["detail"]
-    with pytest.raises(RuntimeError, match="hires-fix"):
-        api.txt2img(prompt="x", enable_hr=True, steps=2, width=64, height=64)
+@pytest.mark.parametrize("fill, name", [(0, "fill"), (2, "latent noise"), (3, "latent nothing")])
+def test_every_masked_content_mode_equals_the_python_api(api, ref, fill, name):
+    prompt = "a red square on a green background"
+    r = api.img2img(images=[green()], mask_image=square_mask(), inpainting_fill=fill, inpaint_full_res=False,
+                    mask_blur=2, prompt=prompt, seed=2, steps=6, cfg_scale=4, denoising_strength=0.6, width=64,
+                    height=64, sampler_name="Euler a")
+    want = ref.inpaint(prompt, green(), square_mask(), fill=name, strength=0.6, mask_blur=2, seed=2, steps=6,
+                       guidance=4, scheduler="euler_a")
+    assert max_diff(r.images[0], want[0]) <= 1
+
+
+def test_hires_fix_equals_the_python_api(api, ref):
+    from latentgen import Hires
+
+    r = api.txt2img(prompt=PROMPT, seed=3, steps=4, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
+                    enable_hr=True, hr_scale=1.5, hr_upscaler="Latent (bicubic)", denoising_strength=0.5,
+                    hr_second_pass_steps=3)
+    want = ref.generate(PROMPT, seed=3, steps=4, guidance=5, width=64, height=64, scheduler="euler_a",
+                        hires=Hires(scale=1.5, upscaler="Latent (bicubic)", strength=0.5, steps=3))
+    assert r.images[0].size == (96, 96) and max_diff(r.images[0], want[0]) <= 1
+    assert "Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Latent (bicubic)" in r.info["infotexts"][0]
+    with pytest.raises(RuntimeError, match=r"hr_upscaler=.*4x-UltraSharp.* is not an upscaler here"):
+        api.txt2img(prompt="x", enable_hr=True, hr_upscaler="4x-UltraSharp", steps=2, width=64, height=64)
+
+
+@pytest.mark.parametrize("mode, name", [(1, "crop and resize"), (2, "resize and fill"), (3, "latent upscale")])
+def test_resize_modes_equal_the_python_api(api, ref, mode, name):
+    start = ref.generate(PROMPT, seed=1, steps=4, width=96, height=64)[0]
+    r = api.img2img(images=[start], prompt=PROMPT, seed=3, steps=4, cfg_scale=4, denoising_strength=0.6, width=64,
+                    height=64, resize_mode=mode, sampler_name="Euler a")
+    want = ref.img2img(PROMPT, start, width=64, height=64, resize_mode=name, strength=0.6, seed=3, steps=4,
+                       guidance=4, scheduler="euler_a")
+    assert r.images[0].size == (64, 64) and max_diff(r.images[0], want[0]) <= 1
+
+
+def test_poor_mans_outpainting_equals_the_python_api(api, ref):
+    r = api.img2img(images=[green()], prompt=PROMPT, seed=3, steps=4, cfg_scale=4, denoising_strength=0.8,
+                    width=64, height=64, sampler_name="Euler a", script_name="Poor man's outpainting",
+                    script_args=[16, 2, 0, ["left", "down"]])
+    want = ref.outpaint(PROMPT, green(), left=16, bottom=16, mask_blur=2, fill="fill", strength=0.8, seed=3, steps=4,
+                        guidance=4, scheduler="euler_a")
+    assert r.images[0].size == (80, 80) and max_diff(r.images[0], want[0]) <= 1
+    assert requests.get(api.baseurl + "/scripts").json()["img2img"] == ["poor man's outpainting"]
+    with pytest.raises(RuntimeError, match="is not a script this server runs"):
+        api.img2img(images=[green()], prompt="x", steps=2, script_name="SD upscale", width=64, height=64)
 
 
 def test_list_endpoints(api, served):
@@ -155,7 +192,7 @@ def test_list_endpoints(api, served):
     assert api.get_embeddings() == {"loaded": {"shiny": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": ["poor man's outpainting"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
     progress = api.get_progress()

@@ -1,0 +1,99 @@
+"""A1111's everyday workflow fields over latentgen, checked in the request's thread: the hires fix (txt2img's
+``enable_hr`` and ``hr_*``), masked content (img2img's ``inpainting_fill``), resize modes (``resize_mode``) and the
+scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" (img2img) and
+"X/Y/Z plot" (txt2img; ``latentgen.plot.xyz``). Facts from A1111's ``modules/processing.py`` and ``scripts/``."""
+
+from __future__ import annotations
+
+from latentgen import checks
+
+from .errors import ApiError
+from .settings import sampler_key, whole_in
+
+SCRIPTS = {"txt2img": ["x/y/z plot"], "img2img": ["poor man's outpainting"]}  # GET /sdapi/v1/scripts
+API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
+DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
+
+
+def hires(req, limits):
+    """``latentgen.Hires`` of a txt2img request with ``enable_hr`` (None without), its final size checked."""
+    if not req.enable_hr:
+        return None
+    from latentgen.upscale import upscalers
+    from latentgen.upscale.hires import Hires
+
+    if req.firstphase_width or req.firstphase_height:
+        raise ApiError(422, "firstphase_width/firstphase_height are A1111's old hires fields: send width, height "
+                            "and hr_scale (or hr_resize_x/y) instead.")
+    if req.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+        raise ApiError(422, f"hr_checkpoint_name={req.hr_checkpoint_name!r}: the second pass runs on the same model "
+                            f"here; send 'Use same checkpoint'.")
+    checks.number("hr_scale", req.hr_scale, minimum=1, maximum=8, fix="use 1 to 8")
+    for name in ("hr_resize_x", "hr_resize_y"):
+        whole_in(name, getattr(req, name), 0, limits.max_pixels, "use 0 (from hr_scale) or a size in pixels")
+    whole_in("hr_second_pass_steps", req.hr_second_pass_steps, 0, limits.max_steps,
+             f"use 0 (the first pass's steps) to {limits.max_steps}")
+    strength = API_HIRES_STRENGTH if req.denoising_strength is None else req.denoising_strength
+    checks.number("denoising_strength", strength, minimum=0, maximum=1, fix="use 0 to 1, such as 0.55")
+    same = req.hr_sampler_name in (None, "", "Use same sampler")
+    h = Hires(scale=float(req.hr_scale), width=req.hr_resize_x or None, height=req.hr_resize_y or None,
+              upscaler=upscalers.check(req.hr_upscaler or "Latent", "hr_upscaler"), strength=float(strength),
+              steps=req.hr_second_pass_steps or None,
+              scheduler=None if same else sampler_key(req.hr_sampler_name, req.hr_scheduler),
+              prompt=req.hr_prompt or None, negative_prompt=req.hr_negative_prompt or None)
+    w, ht = req.width or 512, req.height or 512  # the model's default size is checked again when the job runs
+    final = (h.width or int(w * h.scale), h.height or int(ht * h.scale))
+    if final[0] * final[1] > limits.max_pixels:
+        raise ApiError(422, f"the hires pass draws {final[0]}x{final[1]}, above --max-pixels {limits.max_pixels}: "
+                            f"ask for a smaller hr_scale or hr_resize_x/y.")
+    return h
+
+
+def fill(req) -> str:
+    """The masked content of an inpainting request: A1111's 0 fill, 1 original, 2 latent noise, 3 latent nothing."""
+    from latentgen.canvas import fill as masked
+
+    return masked.mode(req.inpainting_fill)
+
+
+def resize_mode(req, has_mask: bool) -> str:
+    """img2img's resize mode by A1111's number (0-3); latent upscale (3) is for img2img without a mask."""
+    from latentgen.canvas import resize
+
+    mode = resize.mode(req.resize_mode)
+    if has_mask and mode == "latent upscale":
+        raise ApiError(422, "resize_mode=3 (latent upscale) with a mask is not supported: send 0, 1 or 2.")
+    return mode
+
+
+def script(req, mode: str) -> dict | None:
+    """The request's script, as latentgen call options (None without one); unknown scripts: 422."""
+    name = (req.script_name or "").strip().lower()
+    if not name:
+        return None
+    if name not in SCRIPTS[mode]:
+        raise ApiError(422, f"script_name={req.script_name!r} is not a script this server runs for {mode}; it runs "
+                            f"{', '.join(map(repr, SCRIPTS[mode]))} (GET /sdapi/v1/scripts).")
+    if name == "poor man's outpainting":
+        return outpainting(req)
+    from latentgen.plot.xyz import from_a1111
+
+    return {"grid": from_a1111(req.script_args)}
+
+
+def outpainting(req) -> dict:
+    """A1111's "Poor man's outpainting" arguments: [pixels, mask_blur, inpainting_fill, directions]; its defaults
+    128, 4, fill, all four sides."""
+    args = list(req.script_args) + [None] * 4
+    pixels, blur, fill_index, directions = (128 if args[0] is None else args[0], 4 if args[1] is None else args[1],
+                                            0 if args[2] is None else args[2], args[3])
+    directions = list(DIRECTIONS) if directions is None else directions
+    whole_in("script_args[0] (pixels)", pixels, 8, 1024, "use 8 to 1024 pixels per side")
+    whole_in("script_args[1] (mask_blur)", blur, 0, 64, "use 0 to 64 pixels")
+    if not isinstance(directions, list) or not directions or any(d not in DIRECTIONS for d in directions):
+        raise ApiError(422, f"script_args[3]={directions!r}: give a non-empty list of 'left', 'right', 'up', 'down'.")
+    from latentgen.canvas import fill as masked
+
+    sides = {DIRECTIONS[d]: int(pixels) for d in directions}
+    return {"outpaint": sides, "mask_blur": blur, "fill": masked.mode(fill_index)}
+
