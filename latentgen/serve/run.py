@@ -52,6 +52,18 @@ def _call(pipe, plan, seed: int, n: int, **common):
                         mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding, **common)
 
 
+def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
+    """A1111's X/Y/Z plot: the grid (with the first cell's parameters), then the cells when asked for."""
+    from latentgen.plot.xyz import plot
+
+    given = {k: v for k, v in common.items() if k != "max_pixels"}
+    if plan.variation is not None:
+        given["variation"] = plan.variation
+    p = plot(pipe, plan.prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback, **given)
+    p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
+    return [p.grid] + (p.cells if plan.script["lone"] else [])
+
+
 def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done."""
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
@@ -73,6 +85,9 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
         calls = [(plan.seed + i, 1) for i in range(plan.count)]
     images, interrupted = [], False
     with loras_loaded(pipe, plan.loras):
+        if plan.script and "grid" in plan.script:  # the X/Y/Z plot: one call per cell, the grid first
+            calls = []
+            images = _plot(pipe, plan, common, ctx.callback(0, 1))
         for i, (seed, n) in enumerate(calls):
             try:
                 ctx.check(f"before call {i + 1}/{len(calls)}")

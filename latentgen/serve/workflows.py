@@ -78,7 +78,12 @@ def script(req, mode: str) -> dict | None:
         return outpainting(req)
     from latentgen.plot.xyz import from_a1111
 
-    return {"grid": from_a1111(req.script_args)}
+    try:
+        axes = from_a1111(req.script_args)
+    except ValueError as e:
+        raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None
+    lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images
+    return {"grid": axes, "lone": lone}
 
 
 def outpainting(req) -> dict:

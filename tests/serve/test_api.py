@@ -92,6 +92,20 @@ def test_variation_seeds_equal_the_python_api(api, ref):
     assert r.status_code == 422 and "subseed_strength=2" in r.json()["detail"]
 
 
+def test_xyz_plot_equals_the_python_api(api, ref):
+    from latentgen.plot import xyz
+
+    args = [4, "2,3", [], 6, "4, 6.5", [], 0, "", [], True, True, False, False, False, False, False, 0, False]
+    r = api.txt2img(prompt=PROMPT, seed=3, steps=2, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
+                    script_name="X/Y/Z plot", script_args=args)
+    want = xyz.plot(ref, PROMPT, [xyz.axis("Steps", "2,3"), xyz.axis("CFG Scale", "4, 6.5")], seed=3, steps=2,
+                    guidance=5, width=64, height=64, scheduler="euler_a")
+    assert len(r.images) == 1 + 4 and r.images[0].size == want.grid.size  # the grid, then the cells (lone images)
+    assert max_diff(r.images[0], want.grid) <= 1 and max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
+    with pytest.raises(RuntimeError, match="is not one latentgen plots"):
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[11, "a.ckpt"] + args[2:])
+
+
 def test_random_seed_is_reported_and_batches_draw_seed_plus_i(api, ref):
     r = api.txt2img(prompt=PROMPT, seed=-1, steps=2, cfg_scale=4, width=64, height=64, batch_size=2)
     seed = r.info["seed"]

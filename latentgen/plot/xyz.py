@@ -1,0 +1,180 @@
+"""A1111's X/Y/Z plot: the same txt2img call drawn over up to three axes of settings, as a labeled grid.
+
+An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from A1111's text: ``"10-30 (+10)"``,
+``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
+Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompts and each
+value put in its place), Sampler, Hires sampler, Clip skip, Denoising (the hires pass's), Hires upscaler; and
+latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
+(x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
+fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
+under its title), the cells (each with its PNG parameters) and their labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from .. import schedulers
+from ..starts import Variation
+from ..upscale import upscalers
+from ..upscale.hires import Hires
+from .draw import annotated
+
+INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
+FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
+TEXT_AXES = {"Nothing", "Prompt S/R", "Sampler", "Hires sampler", "Hires upscaler", "Size"}
+A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
+                 "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
+                 "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
+                 "Schedule max sigma", "Schedule rho", "Eta", "Clip skip", "Denoising", "Initial noise multiplier",
+                 "Extra noise", "Hires upscaler"]  # A1111 1.9-1.10's txt2img axis list: its x_type indices
+_RANGE = re.compile(r"\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)"
+                    r"(?:\s*\(([+-]\d+(?:\.\d*)?)\s*\)|\s*\[(\d+)\s*\])?\s*")
+_TAG_WEIGHT = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis: a setting by A1111's label (or latentgen's "Size", "LoRA weight") and its values."""
+
+    label: str
+    values: tuple
+
+
+@dataclass
+class Plot:
+    grid: Image.Image  # the labeled grid (sub-grids per z value side by side)
+    cells: list[Image.Image]  # x fastest, then y, then z; each with its parameters
+    labels: list[tuple[str, str, str]]  # (x, y, z) label per cell
+
+
+def axis(label, text: str = "") -> Axis:
+    """An ``Axis`` from A1111's label (or its txt2img index) and values text."""
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(A1111_TXT2IMG):
+            raise ValueError(f"axis type {label} is not an A1111 txt2img axis index (0-{len(A1111_TXT2IMG) - 1}).")
+        label = A1111_TXT2IMG[label]
+    if label not in INT_AXES | FLOAT_AXES | TEXT_AXES:
+        known = sorted(INT_AXES | FLOAT_AXES | TEXT_AXES)
+        raise ValueError(f"axis {label!r} is not one latentgen plots: use one of {', '.join(map(repr, known))}.")
+    if label == "Nothing":
+        return Axis(label, ("",))
+    values = [v.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for v in row if v.strip()]
+    if label in INT_AXES | FLOAT_AXES:
+        values = _numbers(label, values, int if label in INT_AXES else float)
+    if not values:
+        raise ValueError(f"axis {label!r} has no values: give some, such as '10, 20, 30' or '10-30 (+10)'.")
+    return Axis(label, tuple(values))
+
+
+def _numbers(label: str, texts: list[str], kind) -> list:
+    out = []
+    for t in texts:
+        m = _RANGE.fullmatch(t)
+        if m:
+            start, end = kind(m.group(1).replace(" ", "")), kind(m.group(2).replace(" ", ""))
+            if m.group(4):  # 'a-b [n]': n values from a to b
+                out += [kind(v) for v in np.linspace(start, end, int(m.group(4)))]
+            else:  # 'a-b (+s)': a, a + s, ... up to b
+                step = kind(m.group(3)) if m.group(3) else kind(1)
+                out += [kind(v) for v in np.arange(start, end + (1 if kind is int else step * 1e-6), step)]
+            continue
+        try:
+            out.append(kind(t))
+        except ValueError:
+            raise ValueError(f"axis {label!r} value {t!r} is not a {'whole ' if kind is int else ''}number.") from None
+    return out
+
+
+def from_a1111(args: list) -> list[Axis]:
+    """The axes of A1111's X/Y/Z plot ``script_args`` (x_type, x_values, x_values_dropdown, y_..., z_..., ...)."""
+    args = list(args) + [0, "", None] * 3
+    axes = [axis(args[i], _values_text(args[i + 1], args[i + 2])) for i in (0, 3, 6)]
+    return [a for a in axes if a.label != "Nothing"] or [Axis("Nothing", ("",))]
+
+
+def _values_text(text, dropdown) -> str:
+    if dropdown:  # A1111's dropdown values (a list) stand for the text when given
+        return ",".join(f'"{v}"' for v in dropdown)
+    return str(text or "")
+
+
+def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
+    """``call`` (keyword arguments of ``Pipeline.generate``) with the axis ``label`` set to ``value``."""
+    call = dict(call)
+    hires, variation = call.get("hires"), call.get("variation") or Variation()
+    if label == "Seed":
+        call["seed"] = value
+    elif label in ("Var. seed", "Var. strength"):
+        field = "seed" if label == "Var. seed" else "strength"
+        call["variation"] = replace(variation, **{field: value})
+    elif label == "Steps":
+        call["steps"] = value
+    elif label == "CFG Scale":
+        call["guidance"] = value
+    elif label == "Clip skip":
+        call["clip_skip"] = value
+    elif label == "Prompt S/R":
+        call["prompt"] = call["prompt"].replace(first, value)
+    elif label == "Sampler":
+        call["scheduler"] = sampler(value)
+    elif label == "Size":
+        call["width"], call["height"] = size(value)
+    elif label == "LoRA weight":
+        call["prompt"] = _TAG_WEIGHT.sub(lambda m: f"<lora:{m.group(1)}:{value:g}>", call["prompt"])
+    elif label != "Nothing":  # the hires pass's settings
+        field = {"Hires steps": "steps", "Hires sampler": "scheduler", "Denoising": "strength",
+                 "Hires upscaler": "upscaler"}[label]
+        value = sampler(value) if field == "scheduler" else upscalers.check(value) if field == "upscaler" else value
+        call["hires"] = replace(hires or Hires(), **{field: value})
+    return call
+
+
+def sampler(name: str) -> str:
+    """A sampler by latentgen's name or A1111's label."""
+    by_label = {s.label.lower(): k for k, s in schedulers.SAMPLERS.items()}
+    key = name if name in schedulers.SAMPLERS else by_label.get(name.lower())
+    if key is None:
+        raise ValueError(f"sampler {name!r} is unknown: use one of {', '.join(s.label for s in schedulers.SAMPLERS.values())}.")
+    return key
+
+
+def size(text: str) -> tuple[int, int]:
+    w, _, h = str(text).lower().partition("x")
+    if not (w.strip().isdigit() and h.strip().isdigit()):
+        raise ValueError(f"Size value {text!r} is not WIDTHxHEIGHT, such as 512x768.")
+    return int(w), int(h)
+
+
+def label_of(a: Axis, value) -> str:
+    return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
+
+
+def plot(pipe, prompt: str, axes: list[Axis], **call) -> Plot:
+    """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
+    arguments) under them: every cell is checked before the first is drawn."""
+    if not 1 <= len(axes) <= 3:
+        raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
+    xs, ys, zs = (list(axes) + [Axis("Nothing", ("",))] * 2)[:3]
+    cells = [(x, y, z) for z in zs.values for y in ys.values for x in xs.values]
+    calls = []
+    for vals in cells:
+        c = {"prompt": prompt, **call}
+        for a, v in zip((xs, ys, zs), vals):
+            c = apply(a.label, v, c, prompt, a.values[0])
+        calls.append(c)
+    for c in calls:  # every cell's settings checked before any model runs
+        pipe.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
+                                           "variation", "seed") if k in c})
+    images = [pipe.generate(**c)[0] for c in calls]
+    labels = [tuple(label_of(a, v) for a, v in zip((xs, ys, zs), vals)) for vals in cells]
+    n = len(xs.values) * len(ys.values)
+    grids = [annotated(images[i:i + n], [label_of(xs, v) for v in xs.values], [label_of(ys, v) for v in ys.values],
+                       label_of(zs, zs.values[k])) for k, i in enumerate(range(0, len(images), n))]
+    return Plot(annotated(grids, [""] * len(grids), [""], "") if len(grids) > 1 else grids[0], images, labels)

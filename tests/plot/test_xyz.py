@@ -1,0 +1,70 @@
+"""latentgen.plot.xyz: A1111's X/Y/Z plot. Axis values as A1111 parses them (ranges, counts, CSV), axes by label or
+by A1111's txt2img index; every cell equals its own generate call; every cell is checked before the first is drawn."""
+
+import numpy as np
+import pytest
+
+from conftest import max_diff
+from latentgen import Hires
+from latentgen.plot import xyz
+
+
+@pytest.mark.parametrize("label, text, values", [
+    ("Steps", "1-5", (1, 2, 3, 4, 5)), ("Steps", "10-30 (+10)", (10, 20, 30)), ("Seed", "1-10 [4]", (1, 4, 7, 10)),
+    ("CFG Scale", "4, 6.5", (4.0, 6.5)), ("CFG Scale", "2-3 [3]", (2.0, 2.5, 3.0)),
+    ("Var. strength", "0-0.5 (+0.25)", (0.0, 0.25, 0.5)),
+    ("Prompt S/R", 'red, "green, dark", blue', ("red", "green, dark", "blue")), ("Size", "64x64, 96x64", ("64x64", "96x64")),
+    (4, "2,3", (2, 3)), (6, "7", (7.0,)), (9, "Euler a, DDIM", ("Euler a", "DDIM")),  # A1111's indices
+])
+def test_axis_values_as_a1111_parses_them(label, text, values):
+    assert xyz.axis(label, text).values == values
+
+
+@pytest.mark.parametrize("label, text, match", [
+    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (11, "a.ckpt", r"axis 'Checkpoint name' is not one"),
+    (99, "1", r"not an A1111 txt2img axis index"), ("Steps", "ten", r"value 'ten' is not a whole number"),
+    ("Steps", "", r"has no values"),
+])
+def test_bad_axes_are_refused(label, text, match):
+    with pytest.raises(ValueError, match=match):
+        xyz.axis(label, text)
+
+
+def test_from_a1111_script_args():
+    axes = xyz.from_a1111([4, "2,3", [], 0, "", [], 9, "", ["Euler a", "DDIM"], True, False])
+    assert [(a.label, a.values) for a in axes] == [("Steps", (2, 3)), ("Sampler", ("Euler a", "DDIM"))]
+
+
+def test_every_cell_is_its_own_call(pipe):
+    kw = dict(seed=2, steps=2, guidance=4.0, width=64, height=64)
+    p = xyz.plot(pipe, "a red cat", [xyz.axis("Steps", "2, 3"), xyz.axis("Prompt S/R", "red, blue"),
+                                     xyz.axis("Sampler", "Euler a, ddim")], **kw)
+    assert len(p.cells) == 8 and p.labels[1] == ("Steps: 3", "red", "Euler a") and p.labels[6] == ("Steps: 2", "blue", "ddim")
+    want = pipe.generate("a blue cat", seed=2, steps=2, guidance=4.0, width=64, height=64, scheduler="ddim")
+    assert max_diff([p.cells[6]], want) == 0
+    assert p.grid.width > 2 * 2 * 64 and p.grid.height > 2 * 64  # two sub-grids of 2 x 2, with their labels
+    cell = np.asarray(p.cells[0])
+    assert any(np.array_equal(np.asarray(p.grid)[y:y + 64, x:x + 64], cell)
+               for y in range(0, p.grid.height - 63) for x in range(0, p.grid.width - 63, 1)
+               if y < 80 and x < 200)  # the first cell stands in the grid as drawn
+
+
+def test_size_lora_weight_and_hires_axes(pipe, lora_files):
+    kw = dict(seed=1, steps=2, width=64, height=64)
+    tag = f"<lora:{lora_files[0]}:1>"
+    p = xyz.plot(pipe, f"a cat {tag}", [xyz.axis("Size", "64x64, 96x64"), xyz.axis("LoRA weight", "0, 0.5")], **kw)
+    assert [c.size for c in p.cells] == [(64, 64), (96, 64)] * 2
+    assert p.cells[2].info["parameters"].startswith(f"a cat <lora:{lora_files[0]}:0.5>")
+    assert max_diff([p.cells[0]], [p.cells[2]]) > 0
+    h = xyz.plot(pipe, "a cat", [xyz.axis("Denoising", "0.3, 0.6")], hires=Hires(scale=1.5), **kw)
+    assert "Denoising strength: 0.6, Hires upscale: 1.5" in h.cells[1].info["parameters"]
+
+
+def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises(ValueError, match=r"steps=0 is invalid"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Steps", "2, 0")], width=64, height=64)
+    with pytest.raises(ValueError, match=r"sampler 'Euler z' is unknown"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Sampler", "Euler a, Euler z")], width=64, height=64)
+    with pytest.raises(ValueError, match=r"4 axes: give one to three"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Steps", "2")] * 4)
