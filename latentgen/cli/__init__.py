@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name, size_spec
+from .upscale import add_hires_args
+
+RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # latentgen.canvas.resize
+FILLS = ("fill", "original", "latent noise", "latent nothing")  # latentgen.canvas.fill
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -83,7 +87,11 @@ def _render(args: argparse.Namespace, call) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    return _render(args, lambda pipe, **kw: pipe.generate(args.prompt, width=args.width, height=args.height, **kw))
+    from .upscale import hires_from
+
+    hires = hires_from(args)
+    return _render(args, lambda pipe, **kw: pipe.generate(args.prompt, width=args.width, height=args.height,
+                                                          hires=hires, **kw))
 
 
 def cmd_img2img(args: argparse.Namespace) -> int:
@@ -93,7 +101,8 @@ def cmd_img2img(args: argparse.Namespace) -> int:
     image = open_image(args.image, "--image")  # a missing or unreadable file fails before the model loads
     strength(args.strength)
     return _render(args, lambda pipe, **kw: pipe.img2img(args.prompt, image, strength=args.strength,
-                                                         max_pixels=args.max_pixels, **kw))
+                                                         max_pixels=args.max_pixels, width=args.width,
+                                                         height=args.height, resize_mode=args.resize_mode, **kw))
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
@@ -105,7 +114,19 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     strength(args.strength)
     return _render(args, lambda pipe, **kw: pipe.inpaint(
         args.prompt, image, mask, strength=args.strength, mask_blur=args.mask_blur,
-        only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, variant=args.variant, **kw))
+        only_masked=args.only_masked, padding=args.padding, max_pixels=args.max_pixels, variant=args.variant,
+        fill=args.fill, **kw))
+
+
+def cmd_outpaint(args: argparse.Namespace) -> int:
+    from ..images import open_image
+    from ..request import strength
+
+    image = open_image(args.image, "--image")
+    strength(args.strength)
+    return _render(args, lambda pipe, **kw: pipe.outpaint(
+        args.prompt, image, left=args.left, right=args.right, top=args.top, bottom=args.bottom, fill=args.fill,
+        strength=args.strength, mask_blur=args.mask_blur, max_pixels=args.max_pixels, **kw))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -134,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(g)
     g.add_argument("--width", type=positive_int, default=None)
     g.add_argument("--height", type=positive_int, default=None)
+    add_hires_args(g)
     add_model_args(g)
     g.set_defaults(func=cmd_generate)
     ii = sub.add_parser("img2img", help="redraw an image under a prompt")
@@ -141,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("--image", required=True, help="input image (any size; resized to a multiple of 8 and back)")
     ii.add_argument("--strength", type=float, default=0.75, help="0 keeps the image, 1 repaints it (default 0.75)")
     ii.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
+    ii.add_argument("--width", type=positive_int, default=None, help="draw at this width (default: the image's)")
+    ii.add_argument("--height", type=positive_int, default=None, help="draw at this height (default: the image's)")
+    ii.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize",
+                    help="how an image of another shape fits --width x --height (A1111's resize modes)")
     add_model_args(ii)
     ii.set_defaults(func=cmd_img2img)
     ip = sub.add_parser("inpaint", help="repaint the white part of a mask")
@@ -156,11 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--variant", choices=("auto", "blend"), default="auto",
                     help="auto: the model's 9-channel inpainting U-Net when it has one (the default model ships "
                          "one); blend: latent blending with its own U-Net")
+    ip.add_argument("--fill", choices=FILLS, default="original",
+                    help="masked content where the image is kept (--strength < 1), as A1111's")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    from . import batch, cache, checkpoints, models, serve
+    op = sub.add_parser("outpaint", help="extend an image on its sides and draw the new area")
+    add_sampling_args(op)
+    op.add_argument("--image", required=True)
+    for side in ("left", "right", "top", "bottom"):
+        op.add_argument(f"--{side}", type=int, default=0, help=f"pixels added on the {side}")
+    op.add_argument("--fill", choices=FILLS, default="fill", help="what stands in the new area before drawing")
+    op.add_argument("--strength", type=float, default=0.8)
+    op.add_argument("--mask-blur", type=float, default=None, help="feather radius; the seam is twice as wide")
+    op.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
+    add_model_args(op)
+    op.set_defaults(func=cmd_outpaint)
+    from . import batch, cache, checkpoints, models, serve, upscale
 
     models.add_parsers(sub)
+    upscale.add_parser(sub)
     batch.add_parser(sub)
     serve.add_parser(sub)
     checkpoints.add_parser(sub)

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from .args import add_config_args, add_model_args, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
+from .plot import add_axes
 
 
 def cmd_shapes_data(args: argparse.Namespace) -> int:
@@ -66,6 +67,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from .. import metadata
     from ..images import grid
 
+    if args.x is not None:  # A1111's X/Y/Z plot
+        from .plot import cmd_xyz
+
+        return cmd_xyz(args)
     prompts = args.prompts
     if args.prompts_file:
         prompts = prompts + [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
@@ -131,7 +136,8 @@ def add_parsers(sub) -> None:
     add_config_args(ft, finetune.LoraTrainConfig, positional=("data",))
     ft.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
     ft.set_defaults(func=cmd_finetune_lora)
-    gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet")
+    gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet; with --x: A1111's X/Y/Z "
+                                     "plot of one prompt over up to three settings")
     gr.add_argument("prompts", nargs="*")
     gr.add_argument("--prompts-file", default=None, help="more prompts, one per line")
     gr.add_argument("--cols", type=positive_int, default=None)
@@ -140,6 +146,10 @@ def add_parsers(sub) -> None:
     gr.add_argument("--guidance", type=finite_float, default=None)
     gr.add_argument("--scheduler", type=scheduler_name, default=None)
     gr.add_argument("--no-labels", action="store_true")
+    gr.add_argument("--negative", default=None, help="negative prompt (--x plots)")
+    gr.add_argument("--width", type=positive_int, default=None, help="(--x plots)")
+    gr.add_argument("--height", type=positive_int, default=None, help="(--x plots)")
+    add_axes(gr)
     gr.add_argument("-o", "--output", required=True)
     gr.add_argument("--force", action="store_true")
     add_model_args(gr)

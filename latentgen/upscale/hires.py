@@ -98,7 +98,7 @@ class SecondPass:
 
     def info(self) -> dict:
         h = self.h
-        size = {"Hires upscale": h.scale} if h.width is None and h.height is None else \
+        size = {"Hires upscale": f"{h.scale:g}"} if h.width is None and h.height is None else \
             {"Hires resize": f"{self.final[0]}x{self.final[1]}"}
         return {"Denoising strength": h.strength, **size, "Hires steps": h.steps, "Hires upscaler": h.upscaler,
                 "Hires sampler": schedulers.SAMPLERS[h.scheduler].label if h.scheduler else None,

@@ -248,3 +248,47 @@ def test_outputs_onto_what_is_not_a_regular_file_are_refused_before_any_work(tin
         assert run("generate", "a cat", "--model", tiny_folder, "-o", tmp_path / target, "--force") == 2
         assert "writes regular files only" in capsys.readouterr().err
     assert (tmp_path / "fifo.png").is_fifo() and (tmp_path / "folder.png").is_dir()
+
+
+def test_hires_img2img_resize_inpaint_fill_and_outpaint_flags_equal_the_python_api(tiny_folder, tmp_path):
+    import latentgen
+    from latentgen.canvas import fill, resize
+
+    assert cli.RESIZE_MODES == resize.MODES and cli.FILLS == fill.MODES  # the flags' choices are the modes
+    pipe, src = latentgen.load(tiny_folder), _photo(48)
+    src.save(tmp_path / "in.png")
+    _mask(48).save(tmp_path / "mask.png")
+    cases = [
+        (["generate", "a cat", "--hires-scale", 1.5, "--hires-strength", 0.5, "--width", 32, "--height", 32],
+         pipe.generate("a cat", width=32, height=32, seed=0, steps=2, hires=latentgen.Hires(scale=1.5, strength=0.5))),
+        (["img2img", "a cat", "--image", tmp_path / "in.png", "--width", 64, "--height", 32, "--resize-mode",
+          "crop and resize"], pipe.img2img("a cat", src, width=64, height=32, resize_mode="crop and resize", steps=2)),
+        (["inpaint", "a cat", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--fill",
+          "latent noise", "--strength", 0.6], pipe.inpaint("a cat", src, _mask(48), fill="latent noise", strength=0.6,
+                                                           steps=2)),
+        (["outpaint", "a cat", "--image", tmp_path / "in.png", "--left", 16], pipe.outpaint("a cat", src, left=16,
+                                                                                           steps=2)),
+    ]
+    for i, (args, want) in enumerate(cases):
+        out = tmp_path / f"o{i}.png"
+        assert run(*args, "--model", tiny_folder, "--steps", 2, "-o", out) == 0
+        assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want[0])), args[0]
+    assert "Hires upscale: 1.5, Hires upscaler: Latent" in read_parameters(tmp_path / "o0.png")
+
+
+def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
+    _photo(32).save(tmp_path / "in.png")
+    assert run("upscale", tmp_path / "in.png", "--scale", 2, "--upscaler", "Nearest", "-o", tmp_path / "up.png") == 0
+    up = Image.open(tmp_path / "up.png")
+    assert up.size == (64, 64) and up.getpixel((0, 0)) == up.getpixel((1, 1)) == _photo(32).getpixel((0, 0))
+    assert "Postprocess upscale to: 64x64, Postprocess upscaler: Nearest" in read_parameters(tmp_path / "up.png")
+    assert run("upscale", tmp_path / "in.png", "--upscaler", "Latent", "-o", tmp_path / "l.png") == 2
+    assert "works on latents, inside a hires fix" in capsys.readouterr().err
+    assert run("grid", "a red cat", "--x", "Steps: 1, 2", "--y", "Prompt S/R: red, blue", "--model", tiny_folder,
+               "-o", tmp_path / "g.png") == 0
+    assert sorted(p.name for p in tmp_path.glob("g*.png")) == ["g-1.png", "g-2.png", "g-3.png", "g-4.png", "g.png"]
+    assert read_parameters(tmp_path / "g-4.png").startswith("a blue cat\n") and "Steps: 2," in \
+        read_parameters(tmp_path / "g-4.png")
+    with pytest.raises(SystemExit):
+        run("grid", "a cat", "--x", "Eta: 1", "--model", tiny_folder, "-o", tmp_path / "e.png")
+    assert "axis 'Eta' is not one latentgen plots" in capsys.readouterr().err

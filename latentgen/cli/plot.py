@@ -1,0 +1,60 @@
+"""``latentgen grid PROMPT --x ...``: A1111's X/Y/Z plot (``latentgen.plot.xyz``): one picture per combination of up
+to three axes, as a labeled grid (OUT.png, with the first cell's parameters) and the cells (OUT-1.png, ...).
+
+    latentgen grid "a red circle" --x "Steps: 10-30 (+10)" --y "CFG Scale: 4, 7" -o grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .args import load_model
+
+
+def axis_spec(s: str):
+    """'LABEL: VALUES' -> ``latentgen.plot.xyz.Axis`` (checked before any model loads)."""
+    from ..plot import xyz
+
+    label, sep, values = s.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an axis: write 'LABEL: VALUES', such as 'Steps: 10, 20'")
+    try:
+        return xyz.axis(label.strip(), values)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_xyz(args: argparse.Namespace) -> int:
+    """``latentgen grid PROMPT --x ...``: the plot, the grid at OUT.png and the cells beside it."""
+    from .. import metadata
+    from ..plot import xyz
+
+    if len(args.prompts) != 1 or args.prompts_file:
+        raise ValueError("an X/Y/Z plot (--x) draws one prompt: give exactly one, and vary it with "
+                         "--x 'Prompt S/R: red, blue'.")
+    axes = [a for a in (args.x, args.y, args.z) if a is not None]
+    count = 1 + len(axes[0].values) * (len(axes[1].values) if len(axes) > 1 else 1) * \
+        (len(axes[2].values) if len(axes) > 2 else 1)
+    paths = metadata.output_paths(args.output, count)
+    paths[0] = Path(args.output)
+    metadata.check_writable(paths, args.force)
+    pipe = load_model(args)
+    call = {k: v for k, v in dict(seed=args.seed, steps=args.steps, guidance=args.guidance, width=args.width,
+                                  height=args.height, scheduler=args.scheduler, negative_prompt=args.negative).items()
+            if v is not None}
+    p = xyz.plot(pipe, args.prompts[0], axes, **call)
+    print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
+    for image, path in zip(p.cells, paths[1:]):
+        print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
+    return 0
+
+
+def add_axes(g: argparse.ArgumentParser) -> None:
+    """The --x, --y, --z axes of ``latentgen grid``."""
+    for name in ("x", "y", "z"):
+        g.add_argument(f"--{name}", type=axis_spec, default=None, metavar="'LABEL: VALUES'",
+                       help=f"an X/Y/Z plot's {name} axis: Seed, Var. seed, Var. strength, Steps, Hires steps, CFG "
+                            f"Scale, Prompt S/R, Sampler, Hires sampler, Clip skip, Denoising, Hires upscaler, Size, "
+                            f"LoRA weight; values as A1111's ('10-30 (+10)', '4, 7')" if name == "x"
+                       else f"an X/Y/Z plot's {name} axis")
