@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import a1111, codec, run, settings, workflows
+from . import a1111, codec, extras, run, settings, workflows
 from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
@@ -166,6 +166,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     _error_handlers(app)
     _routes(app, server)
     _list_routes(app, server)
+    extras.add_routes(app, server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
