@@ -73,9 +73,9 @@ class Server:
         return dict(limits=self.limits, models=self.models, loras=self.loras, options=dict(self.options),
                     save=self.outputs is not None)
 
-    async def run(self, request: Request, kind: str, work):
+    async def run(self, request: Request, kind: str, work, task_id: str | None = None):
         """Queue ``work`` and wait for it; cancel it when the client goes away."""
-        job = self.worker.submit(kind, work)
+        job = self.worker.submit(kind, work, task_id=task_id)
         fut = asyncio.wrap_future(job.future)
         try:
             while True:
@@ -178,7 +178,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     async def generate(request: Request, plan_fn, req) -> dict:
         plan = await run_in_threadpool(plan_fn, req, **server.plan_args())  # images decoded here
         images, info = await server.run(request, plan.mode, lambda ctx: run.execute(
-            plan, ctx, limits=limits, outputs=server.outputs))
+            plan, ctx, limits=limits, outputs=server.outputs), task_id=req.force_task_id)
         encoded = await run_in_threadpool(lambda: [codec.encode_png(im) for im in images]) if plan.send_images else []
         return {"images": encoded, "parameters": plan.parameters, "info": json.dumps(info)}
 
@@ -198,6 +198,20 @@ def _routes(app: FastAPI, server: Server) -> None:
         text = f"Step {p.sampling_step}/{p.sampling_steps}" if p.job_count and p.sampling_steps else None
         return {"progress": fraction, "eta_relative": eta, "state": state, "textinfo": text,
                 "current_image": None if skip_current_image else server.preview()}
+
+    @app.post("/internal/progress")
+    def task_progress(req: dict[str, Any]):
+        """A1111's progress of one task (its ``force_task_id``), as its web page polls it."""
+        active, queued, completed = worker.task(str(req.get("id_task")))
+        if not active:
+            return {"active": False, "queued": queued, "completed": completed, "progress": None, "eta": None,
+                    "live_preview": None, "id_live_preview": -1, "textinfo": "In queue..." if queued else "Waiting..."}
+        (fraction, eta), p = worker.progress.fraction(), worker.progress
+        text, step_id = f"Step {p.sampling_step}/{p.sampling_steps}" if p.sampling_steps else None, p.step_id
+        preview = server.preview() if req.get("live_preview", True) else None  # decoded: the job may end meanwhile
+        return {"active": True, "queued": False, "completed": False, "progress": fraction, "eta": eta,
+                "live_preview": f"data:image/png;base64,{preview}" if preview else None, "id_live_preview": step_id,
+                "textinfo": text}
 
     @app.post("/sdapi/v1/interrupt")
     def interrupt():

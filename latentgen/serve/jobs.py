@@ -14,6 +14,7 @@ exception out of the sampling loop; nothing else is left half done (LoRAs are un
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import datetime
 import logging
@@ -37,6 +38,7 @@ class Queued:
     interrupted: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float | None = None
+    task_id: str | None = None  # A1111's force_task_id: /internal/progress follows it
 
     def cancel(self) -> None:
         """The client is gone: skip the job if it waits, stop it at the next step if it runs."""
@@ -124,15 +126,17 @@ class Worker:
         self.progress = Progress()
         self.preview_every = 0  # steps between preview latents (A1111's show_progress_every_n_steps); 0: none
         self.current: Queued | None = None
+        self.finished: collections.deque[str] = collections.deque(maxlen=1024)  # task ids of the jobs that ended
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="latentgen-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, kind: str, work: Callable[[Context], object], timeout: float | None = None) -> Queued:
+    def submit(self, kind: str, work: Callable[[Context], object], timeout: float | None = None,
+               task_id: str | None = None) -> Queued:
         """Queue a job; ``QueueFull`` when ``queue_size`` jobs already wait."""
         if self._stopping.is_set():
             raise QueueFull(0)
-        job = Queued(kind, work, timeout or self.job_timeout)
+        job = Queued(kind, work, timeout or self.job_timeout, task_id=task_id)
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -141,6 +145,13 @@ class Worker:
 
     def waiting(self) -> int:
         return self.queue.qsize()
+
+    def task(self, task_id: str) -> tuple[bool, bool, bool]:
+        """(active, queued, completed) of the job submitted with ``task_id`` (A1111's ``/internal/progress``)."""
+        current = self.current
+        with self.queue.mutex:
+            waiting = [j.task_id for j in self.queue.queue if j is not None]
+        return current is not None and current.task_id == task_id, task_id in waiting, task_id in self.finished
 
     def interrupt(self) -> None:
         """Stop the running job at its next step (A1111's ``/sdapi/v1/interrupt``); waiting jobs still run."""
@@ -189,6 +200,8 @@ class Worker:
                 log.exception("job %s failed", job.kind)  # the trace goes to the log, never to the client
             job.future.set_exception(e)
         finally:
+            if job.task_id is not None:
+                self.finished.append(job.task_id)
             self.current = None
             p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = "", 0, 0, 0, 0
             p.latents = p.pipe = None

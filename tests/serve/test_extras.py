@@ -51,3 +51,35 @@ def test_lists_and_refusals(api):
                           ({"upscaling_resize": 0.5}, "upscaling_resize=0.5 is invalid")]:
         with pytest.raises(RuntimeError, match=words):
             api.extra_single_image(_picture(), **kwargs)
+
+
+def test_internal_progress_follows_a_forced_task_id(api):
+    import threading
+    import time
+
+    import requests
+
+    url = api.baseurl.replace("/sdapi/v1", "")
+
+    def task(task_id):
+        return requests.post(url + "/internal/progress", json={"id_task": task_id, "id_live_preview": -1}).json()
+
+    assert task("nobody") == {"active": False, "queued": False, "completed": False, "progress": None, "eta": None,
+                              "live_preview": None, "id_live_preview": -1, "textinfo": "Waiting..."}
+    requests.post(url + "/sdapi/v1/options", json={"live_previews_enable": True, "show_progress_every_n_steps": 1})
+    body = {"prompt": "a cat", "steps": 150, "width": 64, "height": 64, "force_task_id": "task(abc)"}
+    done = threading.Thread(target=lambda: requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=120))
+    done.start()
+    seen = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not seen.get("completed"):
+        state = task("task(abc)")
+        if state["active"] and state["progress"] and state["live_preview"] and state["textinfo"]:
+            seen["active"] = state
+        seen["completed"] = state["completed"]
+        time.sleep(0.02)
+    done.join()
+    active = seen["active"]
+    assert 0 < active["progress"] <= 1 and active["textinfo"].startswith("Step ") and active["id_live_preview"] > 0
+    assert active["live_preview"].startswith("data:image/png;base64,") and seen["completed"]
+    assert task("task(abc)")["completed"] and not task("task(abc)")["active"]
