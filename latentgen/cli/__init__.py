@@ -148,6 +148,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_outpaint(sub) -> None:
+    op = sub.add_parser("outpaint", help="extend an image on its sides and draw the new area")
+    add_sampling_args(op)
+    op.add_argument("--image", required=True)
+    for side in ("left", "right", "top", "bottom"):
+        op.add_argument(f"--{side}", type=int, default=0, help=f"pixels added on the {side}")
+    op.add_argument("--fill", choices=FILLS, default="fill", help="what stands in the new area before drawing")
+    op.add_argument("--strength", type=float, default=0.8)
+    op.add_argument("--mask-blur", type=float, default=None, help="feather radius; the seam is twice as wide")
+    op.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
+    add_model_args(op)
+    op.set_defaults(func=cmd_outpaint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="latentgen", description="Latent text-to-image diffusion, offline.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -186,17 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="masked content where the image is kept (--strength < 1), as A1111's")
     add_model_args(ip)
     ip.set_defaults(func=cmd_inpaint)
-    op = sub.add_parser("outpaint", help="extend an image on its sides and draw the new area")
-    add_sampling_args(op)
-    op.add_argument("--image", required=True)
-    for side in ("left", "right", "top", "bottom"):
-        op.add_argument(f"--{side}", type=int, default=0, help=f"pixels added on the {side}")
-    op.add_argument("--fill", choices=FILLS, default="fill", help="what stands in the new area before drawing")
-    op.add_argument("--strength", type=float, default=0.8)
-    op.add_argument("--mask-blur", type=float, default=None, help="feather radius; the seam is twice as wide")
-    op.add_argument("--max-pixels", type=positive_int, default=None, help="memory bound (default 2048x2048)")
-    add_model_args(op)
-    op.set_defaults(func=cmd_outpaint)
+    _add_outpaint(sub)
     from . import batch, cache, checkpoints, models, serve, upscale
 
     models.add_parsers(sub)

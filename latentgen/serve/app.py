@@ -165,6 +165,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(Gate, credentials=config.credentials(), max_body=config.limits.max_body)
     _error_handlers(app)
     _routes(app, server)
+    _task_routes(app, server)
     _list_routes(app, server)
     extras.add_routes(app, server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -199,20 +200,6 @@ def _routes(app: FastAPI, server: Server) -> None:
         return {"progress": fraction, "eta_relative": eta, "state": state, "textinfo": text,
                 "current_image": None if skip_current_image else server.preview()}
 
-    @app.post("/internal/progress")
-    def task_progress(req: dict[str, Any]):
-        """A1111's progress of one task (its ``force_task_id``), as its web page polls it."""
-        active, queued, completed = worker.task(str(req.get("id_task")))
-        if not active:
-            return {"active": False, "queued": queued, "completed": completed, "progress": None, "eta": None,
-                    "live_preview": None, "id_live_preview": -1, "textinfo": "In queue..." if queued else "Waiting..."}
-        (fraction, eta), p = worker.progress.fraction(), worker.progress
-        text, step_id = f"Step {p.sampling_step}/{p.sampling_steps}" if p.sampling_steps else None, p.step_id
-        preview = server.preview() if req.get("live_preview", True) else None  # decoded: the job may end meanwhile
-        return {"active": True, "queued": False, "completed": False, "progress": fraction, "eta": eta,
-                "live_preview": f"data:image/png;base64,{preview}" if preview else None, "id_live_preview": step_id,
-                "textinfo": text}
-
     @app.post("/sdapi/v1/interrupt")
     def interrupt():
         worker.interrupt()
@@ -233,6 +220,24 @@ def _routes(app: FastAPI, server: Server) -> None:
                 await server.run(request, "options", lambda ctx: ctx.pipeline(name, switch=True))
         server.set_options({k: v for k, v in req.items() if k != "sd_model_checkpoint"})
         return None
+
+
+def _task_routes(app: FastAPI, server: Server) -> None:
+    """A1111's per-task progress: a job sent with ``force_task_id``, polled by that id."""
+
+    @app.post("/internal/progress")
+    def task_progress(req: dict[str, Any]):
+        """A1111's progress of one task (its ``force_task_id``), as its web page polls it."""
+        active, queued, completed = server.worker.task(str(req.get("id_task")))
+        if not active:
+            return {"active": False, "queued": queued, "completed": completed, "progress": None, "eta": None,
+                    "live_preview": None, "id_live_preview": -1, "textinfo": "In queue..." if queued else "Waiting..."}
+        (fraction, eta), p = server.worker.progress.fraction(), server.worker.progress
+        text, step_id = f"Step {p.sampling_step}/{p.sampling_steps}" if p.sampling_steps else None, p.step_id
+        preview = server.preview() if req.get("live_preview", True) else None  # decoded: the job may end meanwhile
+        return {"active": True, "queued": False, "completed": False, "progress": fraction, "eta": eta,
+                "live_preview": f"data:image/png;base64,{preview}" if preview else None, "id_live_preview": step_id,
+                "textinfo": text}
 
 
 def _list_routes(app: FastAPI, server: Server) -> None:

@@ -28,7 +28,7 @@ class Cond:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Schedules:
     """One image's texts over the steps: per ``AND`` part its schedule and weight, and the negative's schedule
     (``latentgen.text.schedule``); a schedule is ``[(last_step, text), ...]``."""
 
@@ -50,7 +50,7 @@ class CallText:
         self.encode = partial(prompts.embed, tokenizer=tokenizer, text_encoder=text_encoder,
                               clip_skip=settings.clip_skip, syntax=syntax, expand=embeddings.expansions())
         self.cache: dict[str, torch.Tensor] = {}
-        self.plans: dict[tuple, Plan] = {}  # (prompt as given, negative prompt) -> its texts over the steps
+        self.plans: dict[tuple, Schedules] = {}  # (prompt as given, negative prompt) -> its texts over the steps
         asked: dict[str, tuple] = {}
         for d in draws:
             text, asked[d.prompt] = (prompts.tagged_loras(d.prompt, d.negative_prompt) if syntax == "a1111"
@@ -65,20 +65,20 @@ class CallText:
         self.info = metadata.text_fields(settings.clip_skip, syntax, embeddings.used(sorted(texts)))
 
     @staticmethod
-    def _read(text: str, negative: str | None, settings, base_steps: int | None) -> Plan:
-        """A prompt and its negative as ``Plan``: "plain" reads neither editing nor ``AND``."""
+    def _read(text: str, negative: str | None, settings, base_steps: int | None) -> Schedules:
+        """A prompt and its negative as ``Schedules``: "plain" reads neither editing nor ``AND``."""
         n = settings.steps
         if settings.prompt_syntax != "a1111":
-            return Plan((((((n, text),), 1.0),)), None if negative is None else ((n, negative),))
+            return Schedules((((((n, text),), 1.0),)), None if negative is None else ((n, negative),))
         schedule.check_parts(text, settings.cfg)
         parts = schedule.parts(text)
         steps = partial(schedule.steps, n=n, base_steps=base_steps)
-        return Plan(tuple((tuple(steps(t)), w) for t, w in parts), None if negative is None else tuple(steps(negative)))
+        return Schedules(tuple((tuple(steps(t)), w) for t, w in parts), None if negative is None else tuple(steps(negative)))
 
     def _embed(self, text: str) -> torch.Tensor:  # (1, 77 * k, D), each text encoded once
         return self.cache[text] if text in self.cache else self.cache.setdefault(text, self.encode(text))
 
-    def _length(self, plan: Plan) -> int:  # 77 * k: the image's largest text, at any step
+    def _length(self, plan: Schedules) -> int:  # 77 * k: the image's largest text, at any step
         return max(self._embed(t).shape[1] for _, t in _entries(plan))
 
     def chunks(self, d) -> tuple[int, int]:
@@ -149,7 +149,7 @@ class CallText:
                 loras.set_scale(name, scale)
 
 
-def _entries(plan: Plan) -> list:
+def _entries(plan: Schedules) -> list:
     """Every (last_step, text) of a plan's schedules, the negative's included."""
     schedules = [s for s, _ in plan.parts] + ([plan.negative] if plan.negative else [])
     return [e for s in schedules for e in s]
