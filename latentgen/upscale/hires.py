@@ -52,8 +52,8 @@ def sizes(h: Hires, width: int, height: int, f: int) -> tuple[tuple[int, int], t
     return up, final
 
 
-def check(h, s, f: int) -> Hires:
-    """A ``Hires``, checked against the first pass's settings ``s``, before any model work."""
+def check(h, f: int) -> Hires:
+    """A ``Hires``, checked before any model work (``f``: the VAE's pixels per latent cell)."""
     if not isinstance(h, Hires):
         raise TypeError(f"hires must be a latentgen.Hires, got {type(h).__name__}; such as hires=latentgen.Hires("
                         f"scale=2, strength=0.55).")
@@ -78,7 +78,7 @@ class SecondPass:
     hires prompts, or the first pass's, scheduled over its own steps) and its sizes; ``run`` per chunk."""
 
     def __init__(self, pipe, draws, s, h: Hires, text: CallText):
-        self.h, self.f = check(h, s, pipe.vae_scale_factor), pipe.vae_scale_factor
+        self.h, self.f = check(h, pipe.vae_scale_factor), pipe.vae_scale_factor
         self.up, self.final = sizes(h, s.width, s.height, self.f)
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
                          height=self.final[1])
