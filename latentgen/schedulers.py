@@ -25,8 +25,10 @@ from diffusers import (
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -78,6 +80,11 @@ SAMPLERS: dict[str, Sampler] = {
     "unipc": Sampler(UniPCMultistepScheduler, "UniPC"),
     # Ho et al. 2020, DDPM, https://arxiv.org/abs/2006.11239
     "ddpm": Sampler(DDPMScheduler, "DDPM"),
+    # few steps, for consistency-distilled models and LoRAs (LCM-LoRA): Luo et al. 2023, Latent Consistency
+    # Models, https://arxiv.org/abs/2310.04378; Zheng et al. 2024, Trajectory Consistency Distillation (TCD),
+    # https://arxiv.org/abs/2402.19159 (its gamma, the step's eta, at the paper's 0.3)
+    "lcm": Sampler(LCMScheduler, "LCM"),
+    "tcd": Sampler(TCDScheduler, "TCD"),
 }
 
 
@@ -132,7 +139,8 @@ def label(scheduler: SchedulerMixin) -> str:
 
 
 def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict:
-    """What ``scheduler.step`` takes beside (model output, t, latents): eta 0 where it has one (DDIM's
-    deterministic sampler) and the images' generators where it draws fresh noise each step (ancestral, SDE)."""
+    """What ``scheduler.step`` takes beside (model output, t, latents): the images' generators where it draws
+    fresh noise (ancestral, SDE, LCM, TCD). A step's eta stays the sampler's own: DDIM's 0 (deterministic), TCD's
+    gamma 0.3."""
     params = inspect.signature(scheduler.step).parameters
-    return {**({"eta": 0.0} if "eta" in params else {}), **({"generator": generators} if "generator" in params else {})}
+    return {"generator": generators} if "generator" in params else {}

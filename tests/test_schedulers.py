@@ -15,6 +15,19 @@ def test_more_samplers_match_diffusers(pipe, reference, name):
     assert _max_diff(ours, _reference(reference, pipe, name, "a blue dog", 5, 1, None)) <= 1
 
 
+@pytest.mark.parametrize("name, guidance", [("lcm", 1.0), ("lcm", 2.0), ("tcd", 1.0)])
+def test_few_step_samplers_match_diffusers(pipe, reference, name, guidance):
+    """LCM and TCD as diffusers' pipeline runs them with an LCM-LoRA (guidance 1: no unconditional pass; TCD's
+    gamma, the step's eta, at 0.3), two images with their own generators (both samplers draw fresh noise)."""
+    ours = pipe.generate("a blue dog", seed=5, steps=4, guidance=guidance, scheduler=name, num_images=2)
+    reference.scheduler = schedulers.make(name, pipe.scheduler.config)
+    gens = [torch.Generator().manual_seed(5 + i) for i in range(2)]
+    ref = reference("a blue dog", num_inference_steps=4, guidance_scale=guidance, generator=gens, height=64, width=64,
+                    num_images_per_prompt=2, **({"eta": 0.3} if name == "tcd" else {})).images
+    assert _max_diff(ours, ref) <= 1 and f"Sampler: {name.upper()}, " in ours[0].info["parameters"]
+    assert _max_diff(ours, pipe.generate("a blue dog", seed=5, steps=4, guidance=guidance, num_images=2)) > 0
+
+
 def test_default_scheduler_is_the_folders(pipe, reference):
     reference.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     ref = reference("a cat", num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),

@@ -49,7 +49,8 @@ def test_every_cell_is_its_own_call(pipe):
                if y < 80 and x < 200)  # the first cell stands in the grid as drawn
 
 
-def test_size_lora_weight_and_hires_axes(pipe, lora_files):
+def test_size_lora_weight_and_hires_axes(fresh, lora_files):
+    pipe = fresh  # a tag's LoRA stays parked in the model it was drawn on: not the shared one
     kw = dict(seed=1, steps=2, width=64, height=64)
     tag = f"<lora:{lora_files[0]}:1>"
     p = xyz.plot(pipe, f"a cat {tag}", [xyz.axis("Size", "64x64, 96x64"), xyz.axis("LoRA weight", "0, 0.5")], **kw)

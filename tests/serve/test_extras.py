@@ -67,7 +67,7 @@ def test_internal_progress_follows_a_forced_task_id(api):
     assert task("nobody") == {"active": False, "queued": False, "completed": False, "progress": None, "eta": None,
                               "live_preview": None, "id_live_preview": -1, "textinfo": "Waiting..."}
     requests.post(url + "/sdapi/v1/options", json={"live_previews_enable": True, "show_progress_every_n_steps": 1})
-    body = {"prompt": "a cat", "steps": 150, "width": 64, "height": 64, "force_task_id": "task(abc)"}
+    body = {"prompt": "a cat", "steps": 80, "width": 64, "height": 64, "force_task_id": "task(abc)"}
     done = threading.Thread(target=lambda: requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=120))
     done.start()
     seen = {}
