@@ -37,6 +37,17 @@ def test_openvino_gives_torch_images_and_says_so(fast, pipe):
     assert max_diff(fast.generate("a cat", seed=1, width=66, height=66), pipe.generate("a cat", seed=1, width=66, height=66)) == 0
 
 
+def test_a1111_workflow_runs_converted(fast, pipe):
+    """Prompt editing (the context by step), AND (three U-Net rows per image, not CFG's two), variation seeds and
+    the hires fix's second pass (a larger size) on the converted U-Net give torch's images."""
+    for prompt, kw in [("a [cat:dog:0.5] on a [red|blue] mat", {}), ("a cat AND a dog :0.5", {}),
+                       ("a cat", {"variation": latentgen.Variation(4, 0.5)}),
+                       ("a cat", {"hires": latentgen.Hires(scale=1.5, strength=0.5)})]:
+        kw = dict(seed=3, num_images=2, guidance=6.0, steps=4, **kw)
+        assert max_diff(fast.generate(prompt, **kw), pipe.generate(prompt, **kw)) <= 1, prompt
+    assert isinstance(fast.runtime.for_unet(fast.unet), openvino_unet.Compiled)
+
+
 def test_loras_and_edited_weights_run_converted_with_their_weights_patched_in(tiny_folder, lora_files):
     fast = latentgen.load(tiny_folder, backend="openvino")
     base = fast.runtime.for_unet(fast.unet)
