@@ -73,6 +73,10 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
     if steps > limits.max_steps:
         raise ApiError(422, f"the model's default steps={steps} is above --max-steps {limits.max_steps}: send steps.")
     check_pixels(width, height, limits)
+    if plan.hires is not None:
+        from .workflows import check_final
+
+        check_final(plan.hires, width, height, limits)
     common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=plan.sampler,
                   clip_skip=plan.clip_skip)
     if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height

@@ -41,12 +41,19 @@ def hires(req, limits):
               steps=req.hr_second_pass_steps or None,
               scheduler=None if same else sampler_key(req.hr_sampler_name, req.hr_scheduler),
               prompt=req.hr_prompt or None, negative_prompt=req.hr_negative_prompt or None)
-    w, ht = req.width or 512, req.height or 512  # the model's default size is checked again when the job runs
-    final = (h.width or int(w * h.scale), h.height or int(ht * h.scale))
-    if final[0] * final[1] > limits.max_pixels:
-        raise ApiError(422, f"the hires pass draws {final[0]}x{final[1]}, above --max-pixels {limits.max_pixels}: "
-                            f"ask for a smaller hr_scale or hr_resize_x/y.")
+    if req.width and req.height:  # else the model's default size, checked when the job runs (``run.execute``)
+        check_final(h, req.width, req.height, limits)
     return h
+
+
+def check_final(h, width: int, height: int, limits) -> None:
+    """The hires pass's final size is within ``--max-pixels``."""
+    from latentgen.upscale.hires import sizes
+
+    w, ht = sizes(h, width, height, 1)[1]
+    if w * ht > limits.max_pixels:
+        raise ApiError(422, f"the hires pass draws {w}x{ht}, above --max-pixels {limits.max_pixels}: ask for a "
+                            f"smaller hr_scale or hr_resize_x/y.")
 
 
 def fill(req) -> str:

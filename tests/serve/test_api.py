@@ -170,6 +170,8 @@ def test_hires_fix_equals_the_python_api(api, ref):
                         hires=Hires(scale=1.5, upscaler="Latent (bicubic)", strength=0.5, steps=3))
     assert r.images[0].size == (96, 96) and max_diff(r.images[0], want[0]) <= 1
     assert "Hires upscale: 1.5, Hires steps: 3, Hires upscaler: Latent (bicubic)" in r.info["infotexts"][0]
+    with pytest.raises(RuntimeError, match=r"the hires pass draws 2048x2048, above --max-pixels"):
+        api.txt2img(prompt="x", enable_hr=True, hr_resize_x=2048, hr_resize_y=2048, steps=2)  # from the default size
     with pytest.raises(RuntimeError, match=r"hr_upscaler=.*4x-UltraSharp.* is not an upscaler here"):
         api.txt2img(prompt="x", enable_hr=True, hr_upscaler="4x-UltraSharp", steps=2, width=64, height=64)
 
