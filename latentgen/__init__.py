@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from .control.units import Control
     from .pipeline import Pipeline
     from .starts import Variation
     from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["Hires", "Pipeline", "Variation", "generate", "load"]
+__all__ = ["Control", "Hires", "Pipeline", "Variation", "generate", "load"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -72,6 +73,10 @@ def __getattr__(name: str):
         from .pipeline import Pipeline
 
         return Pipeline
+    if name == "Control":  # a ControlNet unit: ``latentgen.control.units.Control``
+        from .control.units import Control
+
+        return Control
     if name == "Hires":  # A1111's hires fix: ``latentgen.upscale.hires.Hires``
         from .upscale.hires import Hires
 

@@ -25,6 +25,9 @@ from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
 from .canvas import calls
+from .control import units as controls
+from .control.residuals import Residuals
+from .control.units import Prepared
 from .backends.runtime import Runtime
 from .lora.adapters import LoraAdapters
 from .models import components
@@ -155,11 +158,12 @@ class Pipeline:
 
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, size: str | None = None,
                info: dict | None = None, callback: Callback | None = None, unet=None,
-               hires: Hires | None = None) -> list[Image.Image]:
+               hires: Hires | None = None, control: Prepared | None = None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting, in named steps. Images go through in chunks of
         ``s.batch(...)`` (split where the text's number of 77-token chunks changes), each from ``start(sampler,
         seeds, dtype)``; image i of a chunk has its own generator, seeded ``draws[i].seed``. ``size``, ``info``:
-        the PNG's "Size" (default: the settings') and the call's own fields; ``hires``: A1111's hires fix."""
+        the PNG's "Size" (default: the settings') and the call's own fields; ``hires``: A1111's hires fix;
+        ``control``: ControlNet units (``latentgen.control``), through the loop's ``unet_inputs`` hook."""
         # 1. limits and memory plan, refused before any model runs
         self.check_limits(s, len(draws))
         batch = s.batch(self.device, len(draws))
@@ -168,6 +172,7 @@ class Pipeline:
         second = None if hires is None else SecondPass(self, draws, s, hires, text)  # checked, with its own text
         if second is not None:
             self.check_limits(second.s, len(draws))
+
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
@@ -185,6 +190,10 @@ class Pipeline:
                 first = start(sched, seeds, cond.cond.dtype)
                 if cond.context:  # the text changes by step: prompt editing, alternation
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
+                if control is not None:  # ControlNet residuals, step by step
+                    first = replace(first, hooks=replace(first.hooks, unet_inputs=Residuals(
+                        control, steps=len(first.timesteps), b=len(chunk), cfg=s.cfg,
+                        latent_channels=self.vae.config.latent_channels)))
                 # 4. the denoising loop (and the hires fix's second pass)
                 latents = self.denoise(first, cond, s.guidance, sched, seeds.generators,
                                        progress.chunk(len(first.timesteps)), unet)
@@ -206,7 +215,8 @@ class Pipeline:
                  width: int | None = None, height: int | None = None, num_images: int = 1,
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
-                 variation: starts.Variation | None = None, hires: Hires | None = None) -> list[Image.Image]:
+                 variation: starts.Variation | None = None, hires: Hires | None = None,
+                 control=None) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -221,6 +231,7 @@ class Pipeline:
         clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax (prompt editing, AND), or "plain"; see
             ``latentgen.text``. variation: A1111's variation seed and seed resize (``latentgen.Variation``).
         hires: A1111's hires fix, a second pass at a larger size (``latentgen.Hires``; ``latentgen.upscale.hires``).
+        control: ControlNet units, a ``latentgen.Control`` or a list of them (``latentgen.control.units``).
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
@@ -229,7 +240,11 @@ class Pipeline:
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
         start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
-        return self.sample(draws, s, start, callback=callback, hires=hires)
+        if hires is not None and controls.as_list(control):
+            raise ValueError("control with hires: the hires pass has no ControlNet here yet; draw without hires, or "
+                             "redraw the controlled picture larger with img2img and the same control.")
+        control = controls.prepare(control, self.unet, (s.width, s.height), max_pixels=self.limits.max_input_pixels)
+        return self.sample(draws, s, start, callback=callback, hires=hires, control=control)
 
     # the calls that start from a picture: ``latentgen.canvas.calls``
     img2img = calls.img2img

@@ -129,6 +129,10 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
                         f"use one of: {', '.join(schedulers.SAMPLERS)}.")
     if isinstance(scheduler, str):
         schedulers.check_name(scheduler)
+        bound = schedulers.step_bound(scheduler, own_scheduler.config)
+        if bound is not None and steps > bound:
+            raise ValueError(f"steps={steps} is more than the {scheduler!r} sampler takes ({bound}, its distillation "
+                             f"schedule's original_inference_steps): use steps <= {bound}; 2-8 is usual.")
     checks.whole("clip_skip", clip_skip, 1, "use 1 (CLIP's last layer, the default) or 2 (the layer before, "
                  "A1111's 'Clip skip: 2'), such as clip_skip=2")
     checks.choice("prompt_syntax", prompt_syntax, prompts.SYNTAXES,

@@ -110,6 +110,14 @@ def make(name: str | SchedulerMixin, base_config) -> SchedulerMixin:
     return s.cls.from_config(base_config, **options)
 
 
+def step_bound(name, base_config) -> int | None:
+    """The most steps sampler ``name`` runs on ``base_config``, where it has a bound of its own: LCM and TCD pick
+    their steps among ``original_inference_steps`` (50 unless the config says) of the distillation schedule."""
+    if isinstance(name, str) and name in SAMPLERS and _accepts(SAMPLERS[name].cls, "original_inference_steps"):
+        return int(base_config.get("original_inference_steps") or 50)
+    return None
+
+
 def _sets(config, key: str) -> bool:
     """Whether a scheduler config (a dict, or a scheduler's config) gives ``key`` itself, not
     diffusers' default (a scheduler's config lists the defaults it filled in ``_use_default_values``)."""

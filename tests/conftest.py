@@ -59,6 +59,32 @@ def folder9(tiny_folder, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def controlnets(tiny_folder, tmp_path_factory):
+    """Two tiny ControlNets for the tiny U-Net (diffusers folders): ``ControlNetModel.from_unet`` with their zero
+    convolutions (and hint encoder's last layer) randomized, so their residuals are not 0."""
+    import json
+
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_folder, subfolder="unet")
+    vae = json.loads((tiny_folder / "vae" / "config.json").read_text())
+    levels = (2 ** (len(vae["block_out_channels"]) - 1)).bit_length()  # the hint encoder downsamples as the VAE
+    folders = []
+    for seed in (0, 1):
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16,) * levels)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in [*net.controlnet_down_blocks, net.controlnet_mid_block,
+                           net.controlnet_cond_embedding.conv_out]:
+                for p in module.parameters():
+                    p.normal_(0, 0.3, generator=g)
+        folder = tmp_path_factory.mktemp(f"controlnet-{seed}")
+        net.save_pretrained(folder)
+        folders.append(folder)
+    return folders
+
+
 def diffusers_pipeline(cls_name: str, folder):
     """diffusers' reference pipeline ``cls_name`` (e.g. "StableDiffusionImg2ImgPipeline") on a folder, quiet."""
     import diffusers

@@ -28,6 +28,13 @@ def test_few_step_samplers_match_diffusers(pipe, reference, name, guidance):
     assert _max_diff(ours, pipe.generate("a blue dog", seed=5, steps=4, guidance=guidance, num_images=2)) > 0
 
 
+def test_few_step_samplers_refuse_more_steps_than_their_schedule_has(pipe, monkeypatch):
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
+    for name in ("lcm", "tcd"):
+        with pytest.raises(ValueError, match=rf"steps=51 is more than the '{name}' sampler takes \(50"):
+            pipe.generate("a cat", scheduler=name, steps=51)
+
+
 def test_default_scheduler_is_the_folders(pipe, reference):
     reference.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     ref = reference("a cat", num_inference_steps=3, guidance_scale=7.5, generator=torch.Generator().manual_seed(0),

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .. import images as im
 from .. import request, starts
+from ..control import units as controls
 from ..models import components
 from ..request import Callback
 from ..text import prompts
@@ -23,7 +24,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
             guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
             width: int | None = None, height: int | None = None, resize_mode: str | int = "just resize",
             callback: Callback | None = None, batch_size: int | None = None, max_pixels: int | None = None,
-            clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None) -> list[Image.Image]:
+            clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None, control=None) -> list[Image.Image]:
     """Redraw ``image`` under ``prompt``; returns images of the input's size, or of ``width`` x ``height``.
 
     image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
@@ -32,7 +33,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
         matching noise level; 0 returns the VAE reconstruction of the input.
     resize_mode: how an image of another shape than ``width`` x ``height`` is fitted (``latentgen.canvas.resize``:
         "just resize", "crop and resize", "resize and fill", "latent upscale", or A1111's 0-3).
-    Other arguments as in ``generate``; ``max_pixels`` bounds the image size (memory).
+    Other arguments as in ``generate`` (``control``: ControlNet units); ``max_pixels`` bounds the image size.
     """
     request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
     max_pixels, how, f = max_pixels or self.limits.max_input_pixels, resize.mode(resize_mode), self.vae_scale_factor
@@ -49,8 +50,9 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
     pixels = im.to_tensor(src if src.size == own else src.resize(own, im.LANCZOS))  # (1, 3, H, W)
     start = partial(starts.from_image, vae=self.vae, pixels=pixels, steps=s.steps, strength=strength,
                     latent_size=(h // f, w // f))
+    control = controls.prepare(control, self.unet, (w, h), max_pixels=max_pixels)
     out = self.sample(draws, s, start, size=f"{size[0]}x{size[1]}", info={"Denoising strength": strength},
-                      callback=callback)
+                      callback=callback, control=control)
     return [o if o.size == size else im.resized(o, size) for o in out]
 
 def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
@@ -59,7 +61,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
             padding: int = 32, composite: bool = True, callback: Callback | None = None,
             batch_size: int | None = None, max_pixels: int | None = None,
             latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
-            variant: str = "auto", fill: str | int = "original", variation=None) -> list[Image.Image]:
+            variant: str = "auto", fill: str | int = "original", variation=None, control=None) -> list[Image.Image]:
     """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
     image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -76,7 +78,8 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     variant: "auto": a 9-channel U-Net, the model's own or the variant it ships (``self.inpaint_unet``:
         the embedded default has one; not with a LoRA loaded or tagged), else latent blending; "blend": always.
     fill: the masked content where the start keeps the image (strength < 1): "original", "fill", "latent
-        noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``).
+        noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``). control: ControlNet units, their
+        images fitted to the input image (and cropped with it for ``only_masked``).
     """
     mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
     f = self.vae_scale_factor
@@ -97,10 +100,13 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
         unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
     start = starts.for_inpaint(inp, in_channels=unet.config.in_channels, vae=self.vae, f=f, latent_mask=latent_mask,
                                steps=s.steps, strength=strength, fill=fill)
+    box = inp.box if only_masked and inp.box != (0, 0, *inp.source.size) else None
+    control = controls.prepare(control, unet, inp.size, max_pixels=max_pixels or self.limits.max_input_pixels,
+                               box=box, source=inp.source.size)
     info = {"Denoising strength": strength, "Mask blur": mask_blur,
             **({"Inpaint area": "Only masked", "Masked area padding": int(padding)} if only_masked else {})}
     out = self.sample(draws, s, start, size=f"{inp.source.width}x{inp.source.height}", info=info,
-                      callback=callback, unet=unet)
+                      callback=callback, unet=unet, control=control)
     return im.paste_back(out, inp, mask_blur, composite)
 
 

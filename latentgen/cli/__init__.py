@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name, size_spec
+from .control import add_control_args, controls_from
 from .upscale import add_hires_args
 
 RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # latentgen.canvas.resize
@@ -45,6 +46,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="how far toward the variation seed's noise: 0 (the seed's image, default) to 1")
     p.add_argument("--seed-resize-from", type=size_spec, default=None, metavar="WxH",
                    help="draw the noise at this size and paste it in the middle (a seed's look at another size)")
+    add_control_args(p)
 
 
 def _render(args: argparse.Namespace, call) -> int:
@@ -59,6 +61,7 @@ def _render(args: argparse.Namespace, call) -> int:
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
+    control = controls_from(args)  # each image with its ControlNet, before any model loads
     variation = None
     if args.subseed_strength or args.seed_resize_from:
         variation = check_variation(Variation(args.subseed, args.subseed_strength, args.seed_resize_from),
@@ -80,7 +83,7 @@ def _render(args: argparse.Namespace, call) -> int:
         images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
                       clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
-                      variation=variation)
+                      variation=variation, **({"control": control} if control else {}))
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0

@@ -292,3 +292,19 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run("grid", "a cat", "--x", "Eta: 1", "--model", tiny_folder, "-o", tmp_path / "e.png")
     assert "axis 'Eta' is not one latentgen plots" in capsys.readouterr().err
+
+
+def test_control_flags_equal_the_python_api(tiny_folder, controlnets, tmp_path, capsys):
+    import latentgen
+
+    hint = _mask(64).convert("RGB")
+    hint.save(tmp_path / "hint.png")
+    out = tmp_path / "c.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 2, "--control", tmp_path / "hint.png",
+               "--control-model", controlnets[0], "--control-weight", 0.7, "--control-mode", "prompt", "-o", out) == 0
+    want = latentgen.load(tiny_folder).generate("a cat", steps=2, control=latentgen.Control(
+        hint, controlnets[0], weight=0.7, mode="prompt"))
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want[0]))
+    assert run("generate", "a cat", "--model", tiny_folder, "--control", tmp_path / "hint.png", "-o",
+               tmp_path / "d.png") == 2
+    assert "1 --control image(s) and 0 --control-model(s)" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""A call's ControlNet units, as ``Pipeline.generate``, ``img2img`` and ``inpaint`` take them (``control=``).
+
+``Control(image, model, weight=1.0, start=0.0, end=1.0, mode="balanced", resize_mode="crop and resize")``:
+
+* ``image``: the control map (an edge map, a depth map, a pose drawing: white on black as the ControlNet was
+  trained), a PIL image, numpy array or path; brought to the drawing's size by ``resize_mode`` (img2img's modes:
+  ``latentgen.canvas.resize``; A1111's default is "crop and resize", diffusers' is "just resize").
+* ``model``: a diffusers ``ControlNetModel`` or its folder (``ControlNetModel.from_pretrained``, offline).
+* ``weight`` scales its residuals; ``start`` / ``end``: the fractions of the steps where it acts (diffusers'
+  ``control_guidance_start/end``, A1111's ``guidance_start/end``): step i of n acts when
+  ``start <= i / n`` and ``(i + 1) / n <= end``.
+* ``mode``: A1111's control mode. "balanced": on both halves of CFG at ``weight``. "prompt" (My prompt is more
+  important): on both halves, residual k of n scaled by ``weight * 0.825 ** (n - 1 - k)`` (the deep ones
+  strongest). "controlnet" (ControlNet is more important): on the conditional half only, the unconditional half
+  without it, scaled as diffusers' guess mode (``logspace(-1, 0, n)``, A1111's 0.825 steps to within 0.05%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import checks
+from ..canvas import resize
+
+MODES = ("balanced", "prompt", "controlnet")
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet unit of a call (the module docstring)."""
+
+    image: object
+    model: object
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mode: str = "balanced"
+    resize_mode: str | int = "crop and resize"
+
+
+def as_list(control) -> list[Control]:
+    """``control=`` as a list of units: None, one ``Control``, or a list of them."""
+    if control is None:
+        return []
+    units = [control] if isinstance(control, Control) else control
+    if not isinstance(units, (list, tuple)) or not all(isinstance(u, Control) for u in units):
+        raise TypeError(f"control must be a latentgen.Control or a list of them, got {type(control).__name__}; such "
+                        f"as control=latentgen.Control('edges.png', model='controlnet-folder').")
+    return list(units)
+
+
+def check(unit: Control, index: int) -> None:
+    """A unit's numbers and names, before any model runs."""
+    name = f"control[{index}]"
+    checks.number(f"{name}.weight", unit.weight, minimum=0, maximum=2, fix="use 0 to 2, such as 1.0")
+    checks.number(f"{name}.start", unit.start, minimum=0, maximum=1, fix="use a fraction of the steps, 0 to 1")
+    checks.number(f"{name}.end", unit.end, minimum=0, maximum=1, fix="use a fraction of the steps, 0 to 1")
+    if unit.start >= unit.end:
+        raise ValueError(f"{name}.start={unit.start} is not before {name}.end={unit.end}: the unit would act on no "
+                         f"step; use start < end, such as start=0.0, end=1.0.")
+    checks.choice(f"{name}.mode", unit.mode, MODES, "use 'balanced', 'prompt' (My prompt is more important) or "
+                                                   "'controlnet' (ControlNet is more important)")
+    resize.mode(unit.resize_mode)
+
+
+def load_model(model, like, name: str):
+    """A ControlNet for the U-Net ``like``: a ``ControlNetModel`` as it is, or a diffusers folder (offline), on the
+    U-Net's device and dtype; one made for another architecture is refused, naming what does not fit."""
+    from diffusers import ControlNetModel
+
+    if isinstance(model, (str, Path)):
+        folder = Path(model)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{name}.model={str(model)!r} is no ControlNet folder (no config.json there): pass "
+                                    f"a diffusers ControlNetModel folder or the model itself.")
+        model = ControlNetModel.from_pretrained(folder, local_files_only=True)
+    if not isinstance(model, ControlNetModel):
+        raise TypeError(f"{name}.model must be a diffusers ControlNetModel or its folder, got {type(model).__name__}.")
+    cfg, unet = model.config, like.config
+    for key in ("block_out_channels", "cross_attention_dim"):
+        if tuple(_as_tuple(cfg[key])) != tuple(_as_tuple(unet[key])):
+            raise ValueError(f"{name}.model was made for another U-Net: its {key} is {cfg[key]}, this model's "
+                             f"{unet[key]}; use a ControlNet trained for this model's family.")
+    return model.to(device=like.device, dtype=like.dtype).eval()
+
+
+def _as_tuple(v):
+    return v if isinstance(v, (list, tuple)) else (v,)
+
+
+@dataclass
+class Prepared:
+    """A call's units, checked, their ControlNets loaded and their images at the drawing's size."""
+
+    units: list[Control]
+    models: list
+    images: list  # (1, 3, h, w) float32 in [0, 1] each, as diffusers' control image processor makes them
+
+
+def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, source=None) -> Prepared | None:
+    """``control=`` of a call drawing ``size`` (w, h) with the U-Net ``like``: every unit checked, then its image
+    read and brought to ``size`` (``box``: inpainting's only-masked crop of a ``source`` (w, h) picture: the image
+    is brought to the source's size, cropped to the box, then resized), then its ControlNet loaded. None: none."""
+    import numpy as np
+    import torch
+
+    from ..images import load_rgb
+
+    units = as_list(control)
+    if not units:
+        return None
+    for i, unit in enumerate(units):
+        check(unit, i)
+        if resize.mode(unit.resize_mode) == "latent upscale":
+            raise ValueError(f"control[{i}].resize_mode='latent upscale' is img2img's: use 'just resize', 'crop and "
+                             f"resize' or 'resize and fill'.")
+    images = []
+    for i, unit in enumerate(units):
+        image, _ = load_rgb(unit.image, f"control[{i}].image", max_pixels)
+        how = resize.mode(unit.resize_mode)
+        if box is not None:
+            image = resize.resize(image, source, how).crop(box)
+            how = "just resize"
+        image = resize.resize(image, size, how)
+        images.append(torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None])
+    models = [load_model(u.model, like, f"control[{i}]") for i, u in enumerate(units)]
+    return Prepared(units, models, images)
