@@ -4,7 +4,6 @@ Every image the server returns equals latentgen's Python API output for the same
 1/255; in fact bit for bit), with the seed and size in ``info``; the list endpoints, options (model
 switching), png-info, LoRA tags, clip skip, --outdir, the queue bound (429) and the job timeout (504)."""
 
-import json
 import os
 
 import pytest
