@@ -172,7 +172,6 @@ class Pipeline:
         second = None if hires is None else SecondPass(self, draws, s, hires, text)  # checked, with its own text
         if second is not None:
             self.check_limits(second.s, len(draws))
-
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
