@@ -175,7 +175,7 @@ class Pipeline:
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
-        info = {**(info or {}), **(second.info() if second else {}), **text.info}
+        info = {**(info or {}), **(second.info() if second else {}), **text.info, **controls.info(control)}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=text.chunks)

@@ -89,6 +89,11 @@ def _as_tuple(v):
     return v if isinstance(v, (list, tuple)) else (v,)
 
 
+MODE_LABELS = {"balanced": "Balanced", "prompt": "My prompt is more important",
+               "controlnet": "ControlNet is more important"}  # A1111's
+RESIZE_LABELS = {"just resize": "Just Resize", "crop and resize": "Crop and Resize", "resize and fill": "Resize and Fill"}
+
+
 @dataclass
 class Prepared:
     """A call's units, checked, their ControlNets loaded and their images at the drawing's size."""
@@ -126,3 +131,17 @@ def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, 
         images.append(torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None])
     models = [load_model(u.model, like, f"control[{i}]") for i, u in enumerate(units)]
     return Prepared(units, models, images)
+
+
+def info(control: Prepared | None) -> dict:
+    """The PNG lines sd-webui-controlnet writes, one per unit: ``ControlNet 0: "Module: none, Model: ..., ..."``."""
+    if control is None:
+        return {}
+    out = {}
+    for i, (unit, model) in enumerate(zip(control.units, control.models)):
+        name = Path(unit.model).name if isinstance(unit.model, (str, Path)) else \
+            Path(model.config.get("_name_or_path") or "ControlNetModel").name
+        out[f"ControlNet {i}"] = (f"Module: none, Model: {name}, Weight: {unit.weight:g}, Resize Mode: "
+                                  f"{RESIZE_LABELS[resize.mode(unit.resize_mode)]}, Guidance Start: {unit.start:g}, "
+                                  f"Guidance End: {unit.end:g}, Control Mode: {MODE_LABELS[unit.mode]}")
+    return out

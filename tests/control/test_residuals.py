@@ -43,6 +43,9 @@ def test_one_controlnet_with_weight_start_and_end_equals_diffusers(pipe, tiny_fo
                control_guidance_start=0.25, control_guidance_end=0.75).images
     got = _ours(pipe, Control(_hint(0), controlnets[0], weight=0.8, start=0.25, end=0.75, resize_mode="just resize"))
     assert max_diff(got, want) <= 1 and max_diff(got, _ours(pipe, None)) > 2
+    assert got[0].info["parameters"].endswith(
+        f'ControlNet 0: "Module: none, Model: {controlnets[0].name}, Weight: 0.8, Resize Mode: Just Resize, '
+        f'Guidance Start: 0.25, Guidance End: 0.75, Control Mode: Balanced"')
     guess = ref(PROMPT, image=_hint(0), num_inference_steps=4, guidance_scale=6.0, height=64, width=64,
                 generator=torch.Generator().manual_seed(4), guess_mode=True).images
     got = _ours(pipe, Control(_hint(0), controlnets[0], mode="controlnet"))
