@@ -55,6 +55,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
                       callback=callback, control=control)
     return [o if o.size == size else im.resized(o, size) for o in out]
 
+
 def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int = 0,
             steps: int | None = None, guidance: float | None = None, negative_prompt=None,
             num_images: int = 1, scheduler=None, mask_blur: float | None = None, only_masked: bool = False,

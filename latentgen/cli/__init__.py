@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..canvas.resize import MODES as RESIZE_MODES  # light (PIL): the flags' choices
 from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name, size_spec
 from .control import add_control_args, controls_from
 from .upscale import add_hires_args
 
-RESIZE_MODES = ("just resize", "crop and resize", "resize and fill", "latent upscale")  # latentgen.canvas.resize
 FILLS = ("fill", "original", "latent noise", "latent nothing")  # latentgen.canvas.fill
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..control.units import MODES  # light: no torch at parse time
 from .args import finite_float
-
-MODES = ("balanced", "prompt", "controlnet")  # latentgen.control.units.MODES
 
 
 def add_control_args(p: argparse.ArgumentParser) -> None:

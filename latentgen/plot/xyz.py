@@ -24,6 +24,7 @@ from .. import schedulers
 from ..starts import Variation
 from ..upscale import upscalers
 from ..upscale.hires import Hires
+from ..upscale.hires import check as check_hires
 from .draw import annotated
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
@@ -172,6 +173,8 @@ def plot(pipe, prompt: str, axes: list[Axis], **call) -> Plot:
     for c in calls:  # every cell's settings checked before any model runs
         pipe.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
                                            "variation", "seed") if k in c})
+        if c.get("hires") is not None:
+            check_hires(c["hires"], pipe.vae_scale_factor)
     images = [pipe.generate(**c)[0] for c in calls]
     labels = [tuple(label_of(a, v) for a, v in zip((xs, ys, zs), vals)) for vals in cells]
     n = len(xs.values) * len(ys.values)

@@ -67,5 +67,7 @@ def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):
         xyz.plot(pipe, "a cat", [xyz.axis("Steps", "2, 0")], width=64, height=64)
     with pytest.raises(ValueError, match=r"sampler 'Euler z' is unknown"):
         xyz.plot(pipe, "a cat", [xyz.axis("Sampler", "Euler a, Euler z")], width=64, height=64)
+    with pytest.raises(ValueError, match=r"hires.strength=1.5 is invalid"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Denoising", "0.5, 1.5")], width=64, height=64)
     with pytest.raises(ValueError, match=r"4 axes: give one to three"):
         xyz.plot(pipe, "a cat", [xyz.axis("Steps", "2")] * 4)
