@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["Control", "Hires", "Pipeline", "Variation", "generate", "load"]
+__all__ = ["Control", "Hires", "Pipeline", "Variation", "generate", "load", "load_tiny_vae"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -40,7 +40,9 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     device: "cuda" when available, else "cpu"; "cuda" without a GPU is refused, naming the fix.
     dtype: fp16 on CUDA; on CPU bf16 for SD-sized U-Nets where the CPU has native bf16, else fp32
         (``latentgen.precision``); "fp32" (or torch.float32) is diffusers' exact arithmetic.
-    vae: a VAE file (LDM or diffusers layout) used instead of the model's own.
+    vae: a VAE file (LDM or diffusers layout) used instead of the model's own; or a tiny autoencoder (TAESD:
+        ``taesd_decoder.safetensors`` or an ``AutoencoderTiny`` folder, see ``load_tiny_vae``), which then
+        decodes (and, with its encoder, encodes) in a fraction of the time, a little blurrier.
     prediction_type: "epsilon" or "v_prediction" (SD 2.x 768), over what the model says; single
         files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
     backend: where the U-Net runs: "torch"; "openvino" (CPU: the U-Net converted once, cached on
@@ -56,6 +58,17 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
 
     return Pipeline.from_components(load_components(source, device=device, dtype=dtype, vae=vae,
                                                     prediction_type=prediction_type, backend=backend))
+
+
+def load_tiny_vae(path: str | Path, *, device: "str | torch.device | None" = None,
+                  dtype: "str | torch.dtype | None" = None):
+    """A tiny autoencoder (TAESD, diffusers' ``AutoencoderTiny``) from a diffusers folder, one diffusers-layout
+    file, or the published ``taesd_decoder`` / ``taesd_encoder`` files (``latentgen.vae.tiny``). Use it as
+    ``pipe.vae = vae`` (decode and encode) or ``pipe.preview_vae = vae`` (live previews only)."""
+    from . import precision
+    from .vae import tiny
+
+    return tiny.load(path, device=device, dtype=None if dtype is None else precision.as_dtype(dtype))
 
 
 @lru_cache(maxsize=1)

@@ -61,6 +61,6 @@ def decode(vae, z: torch.Tensor, *, tiled: bool = False) -> torch.Tensor:
 
 def _decode(vae, z: torch.Tensor, tiled: bool) -> torch.Tensor:
     z = z.to(precision.dtype_of(vae))
-    if tiled:
+    if tiled and hasattr(vae, "tiled_decode"):  # a tiny VAE (64 channels) decodes whole
         return vae.tiled_decode(z).sample
     return vae.decode(z).sample

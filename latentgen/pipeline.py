@@ -38,6 +38,8 @@ from .text import prompts, schedule
 from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
 from .upscale.hires import Hires, SecondPass
+from .vae import preview as previews
+from .vae import tiny
 
 
 class Pipeline:
@@ -56,6 +58,7 @@ class Pipeline:
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()
         self.placement = placement
+        self.preview_vae = None  # a tiny VAE for previews only (latentgen.load_tiny_vae; see preview)
         self.runtime = runtime or Runtime(*((placement.backend, placement.backend_why) if placement else ("torch",)))
 
     @classmethod
@@ -112,7 +115,8 @@ class Pipeline:
         classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two outputs;
         with K parts per image (A1111's AND), each part is guided and the weighted guidances summed (Liu et al.
         2022). ``start`` brings the extra input channels (``c_concat``) and the per-step hooks
-        (``starts.Hooks``); ``callback(done, total, latents)`` runs after each step; ``unet``: not ``self.unet``."""
+        (``starts.Hooks``); ``callback(done, total, latents[, denoised])`` runs after each step (``denoised``: the
+        clean latents' estimate, ``schedulers.denoised``, for a callback that takes it); ``unet``: not ``self.unet``."""
         hooks, cfg, unet = start.hooks, text.uncond is not None, unet or self.unet
         if len(start.timesteps) and hooks.unet_inputs is None:  # strength 0: no step, no conversion
             unet = self.runtime.for_unet(unet)
@@ -122,7 +126,7 @@ class Pipeline:
             return torch.cat([z, z.repeat_interleave(parts, 0)]) if cfg else z
         c_concat = None if start.c_concat is None else rows(start.c_concat)
         context = torch.cat([text.uncond, text.cond]) if cfg else text.cond  # (B + B * K or B, 77 * k, D)
-        step_kwargs = schedulers.step_kwargs(sched, generators)
+        step_kwargs, with_x0 = schedulers.step_kwargs(sched, generators), request.takes_denoised(callback)
         latents = start.latents
         for i, t in enumerate(start.timesteps):
             x = sched.scale_model_input(rows(latents), t)  # (B + B * K or B, C, h, w)
@@ -139,22 +143,41 @@ class Pipeline:
                 else:  # each part's guidance (B, K, C, h, w), weighted and summed
                     diff = cond_out.unflatten(0, (b, parts)) - uncond_out[:, None]
                     model_output = uncond_out + guidance * (diff * text.weights.to(diff)[..., None, None, None]).sum(1)
-            latents = sched.step(model_output, t, latents, **step_kwargs, return_dict=False)[0]
+            out = sched.step(model_output, t, latents, **step_kwargs)
+            x, latents = latents, out.prev_sample
             if hooks.after_step:
                 latents = hooks.after_step(i, latents)
-            if callback is not None:
-                callback(i + 1, len(start.timesteps), latents)
+            if callback is not None:  # and, where it takes a 4th argument, the clean latents' estimate (previews)
+                callback(i + 1, len(start.timesteps), latents,
+                         *([schedulers.denoised(sched, out, model_output, t, x)] if with_x0 else []))
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, plan: memory.Plan | None = None) -> list[Image.Image]:
+    def decode(self, latents: torch.Tensor, plan: memory.Plan | None = None, vae=None) -> list[Image.Image]:
         """Latents (B, C, h, w) -> B RGB images (h * f, w * f), ``plan.vae_batch`` at a time, tiled if
-        ``plan.vae_tiling``; an fp16 overflow is decoded again in fp32 (``latentgen.guard``)."""
-        plan = plan or memory.Plan(vae_tiling=False, vae_batch=len(latents))
-        z = latents / self.vae.config.scaling_factor
-        x = torch.cat([guard.decode(self.vae, part, tiled=plan.vae_tiling) for part in z.split(plan.vae_batch)])
+        ``plan.vae_tiling``; an fp16 overflow is decoded again in fp32 (``latentgen.guard``). ``vae``: not
+        ``self.vae`` (a tiny one for previews)."""
+        plan, vae = plan or memory.Plan(vae_tiling=False, vae_batch=len(latents)), vae or self.vae
+        z = latents / vae.config.scaling_factor
+        x = torch.cat([guard.decode(vae, part, tiled=plan.vae_tiling) for part in z.split(plan.vae_batch)])
         x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3) in [0, 1]
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
+
+    @torch.no_grad()
+    def preview(self, latents: torch.Tensor, method: str = "cheap") -> list[Image.Image]:
+        """Latents (B, C, h, w), as a ``callback`` gets them (its ``denoised`` gives the clearest picture mid-run; the
+        noisy ``latents`` show what the sampler holds) -> B images of the drawing's size, cheaply
+        (``latentgen.vae.preview``): "cheap", a linear map (free); "tiny", ``preview_vae`` (or ``vae`` when it is
+        tiny); "full", the VAE. A1111's ``show_progress_type`` names work too ("Approx cheap", "TAESD", "Full")."""
+        how, f = previews.method(method), self.vae_scale_factor
+        if how == "cheap":
+            rgb = previews.rgb_map(self.defaults.preview, latents.shape[1])
+            return previews.to_images(previews.cheap(latents, rgb), (latents.shape[-1] * f, latents.shape[-2] * f))
+        vae = self.vae if how == "full" else self.preview_vae or (self.vae if tiny.is_loaded(self.vae) else None)
+        if vae is None:
+            raise ValueError("preview method 'tiny' needs a tiny VAE: pipe.preview_vae = "
+                             "latentgen.load_tiny_vae('taesd_decoder.safetensors'); or use 'cheap' or 'full'.")
+        return self.decode(latents, vae=vae)
 
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, size: str | None = None,
                info: dict | None = None, callback: Callback | None = None, unet=None,
@@ -224,7 +247,9 @@ class Pipeline:
         steps, guidance, width, height, scheduler: the model's by default (``Pipeline.defaults``); guidance from 0
             to 100, <= 1 turns CFG off; scheduler: a name in ``latentgen.schedulers.SAMPLERS`` or a diffusers one.
         negative_prompt: what to steer away from; the unconditional branch of CFG ("" if None).
-        callback: called after every sampler step as ``callback(done, total, latents)``.
+        callback: called after every sampler step as ``callback(done, total, latents)``, or, if it takes a fourth
+            argument, ``callback(done, total, latents, denoised)``: the step's estimate of the finished latents,
+            which ``pipe.preview(denoised)`` turns into a live preview (as A1111's).
         batch_size: images through the U-Net together. Default: 1 on CPU (each image bit-identical to its
             one-image call); all at once on GPU (equal within float rounding).
         clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax (prompt editing, AND), or "plain"; see

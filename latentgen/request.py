@@ -8,6 +8,8 @@ an error that names the parameter and the fix.
 
 from __future__ import annotations
 
+import inspect
+
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,7 +25,17 @@ from .models.presets import Defaults
 from .starts import Variation
 from .text import prompts
 
-Callback = Callable[[int, int, torch.Tensor], None]  # (steps done, steps in all, latents (B, C, h, w))
+Callback = Callable[..., None]  # (steps done, steps in all, latents (B, C, h, w)[, denoised (B, C, h, w)])
+
+
+def takes_denoised(callback) -> bool:
+    """Whether ``callback`` takes a fourth argument, the step's estimate of the clean latents (``denoised``)."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the three arguments
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 MAX_GUIDANCE = 100.0  # the largest CFG scale taken (ComfyUI's bound; A1111's slider stops at 30, usual is 4-12)
 
@@ -77,6 +89,8 @@ class CallProgress:
         self.started += 1
         base, total = self.done, self.done + steps * (self.chunks - self.started + 1)
         self.done += steps
+        if takes_denoised(self.callback):
+            return lambda i, _steps, latents, denoised: self.callback(base + i, total, latents, denoised)
         return lambda i, _steps, latents: self.callback(base + i, total, latents)
 
 

@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass, field
 
 import diffusers
+import torch
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -152,3 +153,22 @@ def step_kwargs(scheduler: SchedulerMixin, generators: list) -> dict:
     gamma 0.3."""
     params = inspect.signature(scheduler.step).parameters
     return {"generator": generators} if "generator" in params else {}
+
+
+def denoised(sched: SchedulerMixin, out, model_output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    """A step's estimate of the clean latents x0 (B, C, h, w), what live previews show (as A1111's): the
+    sampler's own (``pred_original_sample``, LCM's ``denoised``), else, for the samplers that keep DDPM's x_t
+    (DPM++, UniPC, PNDM, DEIS, TCD), from the model output and alpha-bar at t (Ho et al. 2020, eq. 15; v:
+    Salimans & Ho 2022): x0 = (x - sqrt(1 - a) eps) / sqrt(a), or sqrt(a) x - sqrt(1 - a) v. ``x``: the
+    latents the step started from."""
+    for name in ("pred_original_sample", "denoised"):
+        x0 = getattr(out, name, None)
+        if x0 is not None:
+            return x0
+    a = sched.alphas_cumprod[int(round(float(t)))].to(x.device, torch.float32)
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return ((x.float() - (1 - a).sqrt() * model_output.float()) / a.sqrt()).to(x.dtype)
+    if kind == "v_prediction":
+        return (a.sqrt() * x.float() - (1 - a).sqrt() * model_output.float()).to(x.dtype)
+    return model_output

@@ -159,8 +159,11 @@ def strength_timesteps(sched, steps: int, strength: float) -> torch.Tensor:
 def latent_samples(vae, pixels: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1] -> one scaled latent sample per generator: (B, 4, H/f, W/f)."""
     pixels = pixels.to(precision.device_of(vae), precision.dtype_of(vae))
-    dist = vae.encode(pixels).latent_dist  # encoded once, sampled B times
-    z = torch.cat([dist.sample(generator=g) for g in generators])
+    out = vae.encode(pixels)  # encoded once, sampled B times
+    if hasattr(out, "latent_dist"):
+        z = torch.cat([out.latent_dist.sample(generator=g) for g in generators])
+    else:  # a tiny VAE (latentgen.vae.tiny) encodes to one latent, drawing nothing (as diffusers' retrieve_latents)
+        z = out.latents.repeat(len(generators), 1, 1, 1)
     return (z * vae.config.scaling_factor).to(dtype)
 
 

@@ -84,3 +84,13 @@ def test_seeds_past_2_64_minus_1_are_refused_for_every_prompt(no_model_work):
 def test_the_largest_seed_draws(pipe):
     images = pipe.generate(["a cat", "a dog"], seed=2**64 - 2, steps=1)
     assert [i.info["parameters"].split("Seed: ")[1].split(",")[0] for i in images] == [str(2**64 - 2), str(2**64 - 1)]
+
+
+def test_a_callback_takes_the_denoised_latents_when_it_has_a_fourth_argument():
+    from latentgen.request import takes_denoised
+
+    def four(done, total, latents, denoised):
+        pass
+
+    assert takes_denoised(four) and takes_denoised(lambda *a: None)
+    assert not takes_denoised(lambda done, total, latents: None)

@@ -102,3 +102,33 @@ def test_the_presets_default_samplers_are_diffusers_own(preset):
         assert ours.config.get(k) == theirs.config.get(k), k
     a, b = _sigmas(ours, 20), _sigmas(theirs, 20)
     assert torch.equal(a[0], b[0]) and (a[1] is None or torch.equal(a[1], b[1]))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_denoised_falls_back_to_ddims_x0_where_the_sampler_keeps_none(pipe, kind):
+    """DPM++ 2M reports no x0; ``schedulers.denoised`` computes it as DDIM's step does from the same input."""
+    config = {**pipe.scheduler.config, "prediction_type": kind}
+    dpm, ddim = schedulers.make("dpm++2m", config), schedulers.make("ddim", config)
+    dpm.set_timesteps(10)
+    ddim.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = ddim.timesteps[3]
+    step = dpm.step(out, dpm.timesteps[3], x)
+    assert getattr(step, "pred_original_sample", None) is None
+    want = ddim.step(out, t, x).pred_original_sample
+    assert torch.allclose(schedulers.denoised(dpm, step, out, t, x), want, atol=1e-5)
+    euler = schedulers.make("euler_a", config)
+    euler.set_timesteps(10)
+    s = euler.step(out, euler.timesteps[0], x, generator=g)
+    assert schedulers.denoised(euler, s, out, euler.timesteps[0], x) is s.pred_original_sample
+
+
+@pytest.mark.parametrize("name", ["euler_a", "dpm++2m", "lcm"])
+def test_a_four_argument_callback_gets_the_clean_estimate_which_ends_as_the_image(pipe, name):
+    got = []
+    pipe.generate("a cat", seed=2, steps=4, scheduler=name, callback=lambda i, n, z, x0: got.append((z, x0)))
+    assert len(got) == 4
+    first, last = got[0], got[-1]
+    assert (first[1] - first[0]).abs().max() > 0.1  # early on, the estimate is not the noisy latents
+    assert torch.allclose(last[1], last[0], atol=1e-4)  # the last step lands on its estimate

@@ -16,6 +16,7 @@ from ..control import units as controls
 from ..models import components
 from ..request import Callback
 from ..text import prompts
+from ..vae import tiny
 from . import fill as masked
 from . import resize
 
@@ -36,6 +37,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
     Other arguments as in ``generate`` (``control``: ControlNet units); ``max_pixels`` bounds the image size.
     """
     request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
+    tiny.check_encoder(self.vae, "img2img")
     max_pixels, how, f = max_pixels or self.limits.max_input_pixels, resize.mode(resize_mode), self.vae_scale_factor
     src, _ = im.load_rgb(image, "image", max_pixels)  # a file's size checked from its header, then decoded
     size = request.drawing_size(src.size, width, height)
@@ -83,6 +85,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
         images fitted to the input image (and cropped with it for ``only_masked``).
     """
     mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
+    tiny.check_encoder(self.vae, "inpaint")
     f = self.vae_scale_factor
     inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
                            native=(self.defaults.width, self.defaults.height),

@@ -19,6 +19,7 @@ from ..backends import choice
 from . import checkpoints, components, ldm, prediction, single_file
 from .components import Components
 from .presets import load_preset
+from ..vae import tiny
 
 
 def load_components(source: str | Path | None = None, *, device=None, dtype=None, vae: str | Path | None = None,
@@ -29,7 +30,8 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     asked = None if dtype is None else precision.as_dtype(dtype)
     backend = choice.requested(backend, device)
     kind = prediction.normalize(prediction_type)
-    vae_file = checkpoints.read_vae(vae) if vae is not None else None  # a bad VAE file fails first
+    small = vae is not None and tiny.is_tiny(vae)  # a TAESD file or folder
+    vae_file = checkpoints.read_vae(vae) if vae is not None and not small else None  # a bad VAE file fails first
     # 2. what the source is, and its U-Net's config, read without weights
     path = Path(source) if source is not None else Path()
     single = source is not None and not path.is_dir() and (path.is_file() or path.suffix.lower() in checkpoints.SUFFIXES)
@@ -49,7 +51,7 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     # 4. the parts, built there
     if single:
         c = single_file.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
-        return replace(c, placement=place)
+        return replace(with_tiny_vae(c, vae) if small else c, placement=place)
     if source is None or not components.folder_like(source, path):
         c = components.from_preset(load_preset("default" if source is None else str(source)), device=device,
                                    dtype=dtype)
@@ -57,6 +59,8 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
         c = components.from_folder(path, device=device, dtype=dtype)
     if vae_file is not None:
         c = swap_vae(c, vae_file)
+    if small:
+        c = with_tiny_vae(c, vae)
     if kind is not None:
         c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type=kind)
     return replace(c, placement=place)
@@ -67,3 +71,14 @@ def swap_vae(c: Components, vae_file) -> Components:
     cfg = {**c.vae.config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}
     vae = single_file.build_vae(vae_file, cfg, c.unet.dtype)
     return components.finish(replace(c, vae=vae), c.unet.device, c.unet.dtype)
+
+
+def with_tiny_vae(c: Components, path) -> Components:
+    """``c`` with the tiny autoencoder at ``path`` as its VAE, on c's device and its VAE's dtype; its latent
+    channels must be the U-Net's."""
+    vae = tiny.load(path, device=c.vae.device, dtype=c.vae.dtype)
+    if vae.config.latent_channels != c.vae.config.latent_channels:
+        raise ValueError(f"vae={str(path)!r} is a tiny VAE for {vae.config.latent_channels}-channel latents; this "
+                         f"model's are {c.vae.config.latent_channels}: use the tiny VAE of its family (taesd for SD "
+                         f"1.x/2.x, taesdxl for SDXL).")
+    return replace(c, vae=vae)

@@ -51,6 +51,7 @@ class Defaults:
     height: int = 512
     scheduler: str | None = None  # a sampler name from latentgen.schedulers; None: the folder's own
     mask_blur: float = 4  # inpainting's feather, pixels inside the hole (A1111's default 4)
+    preview: list | None = None  # (C + 1) x 3 latent -> RGB map of cheap previews (latentgen.vae.preview); None: SD's
 
     @classmethod
     def from_dict(cls, d: dict) -> "Defaults":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import a1111, codec, extras, run, settings, workflows
+from . import a1111, codec, extras, live, run, settings, workflows
 from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
@@ -54,8 +53,7 @@ class Server:
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)
         self.options: dict[str, Any] = {}
         self.set_options(settings.OPTIONS)
-        self._preview: tuple[int, str | None] = (-1, None)
-        self._preview_lock = threading.Lock()
+        self.previews = live.Previews(config.preview_vae, config.device)
 
     def set_options(self, changes: dict[str, Any]) -> None:
         """Take options (each already through ``settings.check_option``); the preview interval follows them."""
@@ -91,16 +89,8 @@ class Server:
             raise
 
     def preview(self) -> str | None:
-        """The running job's first image at its latest preview step (every ``show_progress_every_n_steps``),
-        decoded by its VAE once, however often clients ask."""
-        p = self.worker.progress
-        latents, pipe, step = p.latents, p.pipe, p.step_id
-        if latents is None or pipe is None:
-            return None
-        with self._preview_lock:
-            if self._preview[0] != step:
-                self._preview = (step, codec.encode_png(pipe.decode(latents)[0]))
-            return self._preview[1]
+        """The running job's live preview, base64 PNG (``latentgen.serve.live``), or None."""
+        return self.previews.current(self.worker.progress, self.options["show_progress_type"])
 
 
 # -- errors as A1111 shapes them --------------------------------------------------------------------------
@@ -213,6 +203,8 @@ def _routes(app: FastAPI, server: Server) -> None:
     async def set_options(req: dict[str, Any], request: Request):
         for key, value in req.items():
             settings.check_option(key, value)
+        if "show_progress_type" in req:
+            server.previews.check_option(req["show_progress_type"], models.loaded())
         name = req.get("sd_model_checkpoint")
         if name is not None:
             name = models.check(name)

@@ -5,7 +5,7 @@
     result = job.future.result()                # work(ctx) ran in the worker thread
 
 ``work(ctx)`` gets a ``Context``: ``ctx.pipeline(name, switch=...)`` (loaded in the worker, between jobs) and
-``ctx.callback(i, n)``, the ``callback(done, total, latents)`` for the i-th of n pipeline calls. The
+``ctx.callback(i, n)``, the ``callback(done, total, latents, denoised)`` for the i-th of n pipeline calls. The
 callback records progress (``Worker.progress``, A1111's ``/sdapi/v1/progress``) and stops the job by
 raising: ``Interrupted`` after ``interrupt()``, ``Cancelled`` when the client went away (``job.cancel()``),
 ``JobTimeout`` past the per-job time limit. The pipeline calls only the public API, so stopping is an
@@ -58,7 +58,7 @@ class Progress:
     job_timestamp: str = "0"
     time_start: float | None = None
     interrupted: bool = False
-    latents: object = None  # (1, C, h, w) of the first image of the running call, for a preview
+    latents: object = None  # (1, C, h, w): the first image's clean-latents estimate at the last preview step
     pipe: object = None  # the pipeline of the running job (its VAE decodes the preview)
     step_id: int = 0  # grows with every preview step: a preview is decoded once per step_id
 
@@ -108,10 +108,10 @@ class Context:
 
         every = self.worker.preview_every
 
-        def step(done: int, total: int, latents) -> None:
+        def step(done: int, total: int, latents, denoised) -> None:
             p.sampling_step, p.sampling_steps = done, total
-            if every > 0 and (done % every == 0 or done == total):  # a preview's latents, every N steps
-                p.latents, p.step_id = latents[:1].detach().clone(), p.step_id + 1
+            if every > 0 and (done % every == 0 or done == total):  # a preview's latents, every N steps: the
+                p.latents, p.step_id = denoised[:1].detach().clone(), p.step_id + 1  # clean estimate, as A1111's
             self.check(f"after step {done}/{total} of call {i + 1}/{n}")
 
         return step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from latentgen import checks
 
+from ..vae import preview
 from .errors import ApiError, unprocessable
 
 
@@ -57,6 +58,7 @@ OPTIONS = {  # A1111 option names this server knows, with their defaults; sd_mod
     "eta_noise_seed_delta": 0,
     "live_previews_enable": True,
     "show_progress_every_n_steps": 5,
+    "show_progress_type": "Approx cheap",  # how previews are drawn: latentgen.vae.preview.A1111
     "sd_vae": "Automatic",
     "sd_checkpoint_hash": None,
     "outdir_samples": "",
@@ -77,5 +79,8 @@ def check_option(key: str, value) -> None:
         whole_in(key, value, 1, 12, "use 1 (the last layer) to 12")
     if key == "live_previews_enable" and not isinstance(value, bool):
         raise ApiError(422, f"{key}={value!r} is invalid: use true or false.")
+    if key == "show_progress_type":
+        checks.choice(key, value, tuple(preview.A1111), "'Approx cheap' (a linear map), 'TAESD' (with --preview-vae) "
+                                                        "or 'Full' (the VAE)")
     if key == "show_progress_every_n_steps":
         checks.whole(key, value, -1, "use a whole number >= 1 (-1: off)")

@@ -83,3 +83,48 @@ def test_internal_progress_follows_a_forced_task_id(api):
     assert 0 < active["progress"] <= 1 and active["textinfo"].startswith("Step ") and active["id_live_preview"] > 0
     assert active["live_preview"].startswith("data:image/png;base64,") and seen["completed"]
     assert task("task(abc)")["completed"] and not task("task(abc)")["active"]
+
+
+def _preview_mid_run(url: str, show_progress_type: str) -> Image.Image:
+    """The /sdapi/v1/progress preview of a long job, taken while it runs, drawn as ``show_progress_type`` says."""
+    import base64
+    import io
+    import threading
+    import time
+
+    import requests
+
+    requests.post(url + "/sdapi/v1/options", json={"show_progress_type": show_progress_type,
+                                                  "show_progress_every_n_steps": 1}).raise_for_status()
+    body = {"prompt": "a cat", "steps": 60, "width": 64, "height": 64}
+    job = threading.Thread(target=lambda: requests.post(url + "/sdapi/v1/txt2img", json=body, timeout=120))
+    job.start()
+    image, deadline = None, time.monotonic() + 60
+    while image is None and time.monotonic() < deadline:
+        p = requests.get(url + "/sdapi/v1/progress").json()
+        if p["current_image"] and p["state"]["sampling_step"] < 50:
+            image = Image.open(io.BytesIO(base64.b64decode(p["current_image"])))
+        time.sleep(0.02)
+    requests.post(url + "/sdapi/v1/interrupt")
+    job.join()
+    return image
+
+
+def test_progress_previews_mid_run_as_show_progress_type_says(api, tiny_folder, tmp_path):
+    import requests
+    from diffusers import AutoencoderTiny
+
+    url = api.baseurl.replace("/sdapi/v1", "")
+    assert requests.get(url + "/sdapi/v1/options").json()["show_progress_type"] == "Approx cheap"
+    for kind in ("Approx cheap", "Full"):
+        assert _preview_mid_run(url, kind).size == (64, 64)
+    r = requests.post(url + "/sdapi/v1/options", json={"show_progress_type": "TAESD"})
+    assert r.status_code == 422 and "--preview-vae" in r.json()["detail"]
+    r = requests.post(url + "/sdapi/v1/options", json={"show_progress_type": "Approx magic"})
+    assert r.status_code == 422 and "Approx cheap" in r.json()["detail"]
+    AutoencoderTiny().save_pretrained(tmp_path / "taesd")
+    s = Served(ServeConfig(model=str(tiny_folder), preview_vae=tmp_path / "taesd", warmup=False))
+    try:  # the tiny VAE's factor 8 over the tiny model's 32 x 32 latents
+        assert _preview_mid_run(f"http://127.0.0.1:{s.port}", "TAESD").size == (256, 256)
+    finally:
+        s.stop()

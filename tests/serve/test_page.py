@@ -73,7 +73,7 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
         import torch
 
         ctx.pipeline()
-        ctx.callback(0, 1)(5, 10, torch.zeros(1, 4, 8, 8))  # a preview every 5 steps (A1111's option)
+        ctx.callback(0, 1)(5, 10, torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))  # a preview every 5 steps
         release.wait(30)
 
     served.server_state.worker.submit("hold", hold)
