@@ -81,7 +81,13 @@ class Pipeline:
     # -- settings and text ----------------------------------------------------------------------
     def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
         """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all
-        checked, in milliseconds. What this machine can hold is checked by ``check_limits`` (``sample`` does)."""
+        checked, in milliseconds. What this machine can hold is checked by ``check_limits`` (``sample`` does).
+        A loaded LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA: "lcm", 4, 1) fills
+        those not given, in place of the model's defaults (``LoraAdapters.recommended``)."""
+        rec = self.loras.recommended()
+        if rec is not None:
+            for key, value in (("scheduler", rec.sampler), ("steps", rec.steps), ("guidance", rec.guidance)):
+                given[key] = value if given.get(key) is None else given[key]
         return request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images, seed=seed,
                                **given)
 

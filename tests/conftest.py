@@ -192,3 +192,24 @@ def data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("purple")
     shapes.write_folder(folder, 6, seed=1, colors=("purple",))
     return folder
+
+
+# --- a kill mid-training (tests/training: exact resume)
+
+@pytest.fixture
+def kill_after(monkeypatch):
+    """``kill_after(step)``: the training loop stops (KeyboardInterrupt) right after writing checkpoint ``step``,
+    as a kill would; ``monkeypatch.undo()`` gives the loop back its own save."""
+    from latentgen.training import loop as train
+
+    real_save = train.save
+
+    def arm(step: int) -> None:
+        def save_then_die(acc, cfg, at, stamp, seconds=0.0, ema=None):
+            real_save(acc, cfg, at, stamp, seconds, ema=ema)
+            if at == step:
+                raise KeyboardInterrupt(f"killed after the step-{step} checkpoint")
+
+        monkeypatch.setattr(train, "save", save_then_die)
+
+    return arm

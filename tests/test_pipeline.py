@@ -168,3 +168,17 @@ def test_after_step_sees_every_step_and_its_latents_go_on(pipe):
     assert steps == [0, 1, 2]
     h = 64 // pipe.vae_scale_factor
     assert _max_diff(zeroed, pipe.decode(torch.zeros(1, pipe.vae.config.latent_channels, h, h))) == 0  # the hook's
+
+
+def test_a_loras_recommended_sampler_steps_and_guidance_fill_what_the_call_leaves_out(fresh, tmp_path):
+    from conftest import random_lora
+
+    from latentgen.lora import formats
+
+    lora = random_lora(fresh, magnitude=0.01)
+    lora.metadata.update(formats.Recommendation("lcm", "lcm", 4, 1.0).metadata())
+    fresh.load_lora(formats.save(lora, tmp_path / "fast.safetensors"), name="fast")
+    assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in fresh.generate("a cat")[0].info["parameters"]
+    assert "Steps: 6, Sampler: LCM, CFG scale: 2.0" in fresh.generate("a cat", steps=6, guidance=2)[0].info["parameters"]
+    fresh.set_lora_scale("fast", 0.0)  # an inactive LoRA recommends nothing: the model's defaults again
+    assert "Sampler: LCM" not in fresh.generate("a cat", steps=2)[0].info["parameters"]

@@ -1,4 +1,5 @@
-"""``latentgen`` subcommands that make and measure models: train, grid, eval, ship, ship-lora, shapes-data.
+"""``latentgen`` subcommands that make and measure models: train, finetune-lora, distill-lcm, grid, eval, ship,
+ship-lora, shapes-data.
 
     latentgen train --out runs/default                  # the embedded model's recipe
     latentgen ship runs/default/model weights/default   # measure it, copy it with its manifest
@@ -63,6 +64,13 @@ def cmd_finetune_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill_lcm(args: argparse.Namespace) -> int:
+    from ..training import consistency
+
+    print(consistency.run(config_from(args, consistency.LcmDistillConfig)))
+    return 0
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from .. import metadata
     from ..images import grid
@@ -89,7 +97,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    import latentgen
     from ..embedded import quality
 
     loras = [lora_spec(spec) for spec in args.lora]
@@ -121,7 +128,6 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from ..training import finetune
     from ..embedded import recipe
 
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
@@ -130,12 +136,7 @@ def add_parsers(sub) -> None:
                                    "resumes from checkpoints in --out.")
     add_config_args(t, recipe.RecipeConfig)
     t.set_defaults(func=cmd_train)
-    ft = sub.add_parser("finetune-lora", help="fine-tune LoRA adapters on a folder of captioned images",
-                        description="LoRA adapters (peft) on the U-Net's attention (and the text encoder's); "
-                                    "resumes from checkpoints in --out with --resume.")
-    add_config_args(ft, finetune.LoraTrainConfig, positional=("data",))
-    ft.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
-    ft.set_defaults(func=cmd_finetune_lora)
+    _add_lora_parsers(sub)
     gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet; with --x: A1111's X/Y/Z "
                                      "plot of one prompt over up to three settings")
     gr.add_argument("prompts", nargs="*")
@@ -175,6 +176,26 @@ def add_parsers(sub) -> None:
     sd.add_argument("--radius", default=None, metavar="LOW-HIGH",
                     help="half the shape's extent, as fractions of the side (default 0.18-0.34, the base data's)")
     sd.set_defaults(func=cmd_shapes_data)
+
+
+def _add_lora_parsers(sub) -> None:
+    from ..training import consistency, finetune
+
+    ft = sub.add_parser("finetune-lora", help="fine-tune LoRA adapters on a folder of captioned images",
+                        description="LoRA adapters (peft) on the U-Net's attention (and the text encoder's); "
+                                    "resumes from checkpoints in --out with --resume.")
+    add_config_args(ft, finetune.LoraTrainConfig, positional=("data",))
+    ft.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
+    ft.set_defaults(func=cmd_finetune_lora)
+    lc = sub.add_parser("distill-lcm", help="distill the model into an LCM-LoRA that draws in 4 steps (lcm sampler, "
+                                            "guidance 1), on a folder of captioned images",
+                        description="Latent consistency distillation (LCM-LoRA): the model with its guidance "
+                                    "teaches itself plus a LoRA to jump along its sampling path; the LoRA's header "
+                                    "recommends the lcm sampler, 4 steps, guidance 1. For the embedded model: "
+                                    "latentgen shapes-data DATA -n 1000, then distill-lcm DATA. Resumes from "
+                                    "checkpoints in --out with --resume.")
+    add_config_args(lc, consistency.LcmDistillConfig, positional=("data",))
+    lc.set_defaults(func=cmd_distill_lcm)
 
 
 def _add_ship_parsers(sub) -> None:

@@ -4,11 +4,14 @@
 ``load_lora``, ``set_lora_scale``, ``fuse_lora``, ``unfuse_lora`` and ``unload_lora`` call it.
 Files are read by ``latentgen.lora.formats`` (diffusers/peft and kohya layouts); the adapters themselves
 are peft's (``inject_adapter_in_model``), so a loaded LoRA computes W x + scale * (alpha / r) B A x.
+A LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA: ``formats.Recommendation``) keeps
+that advice beside it (``recommended``), and loading it logs a one-line suggestion (logger ``latentgen.lora``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from .. import checks
 from . import formats
 
 
+log = logging.getLogger("latentgen.lora")
 _SERIALS = itertools.count(1)  # injections, numbered: a LoRA loaded again is never mistaken for the one before
 
 
@@ -30,6 +34,7 @@ class Loaded:
     hash: str  # first 12 hex digits of the file's sha256
     path: str
     stamp: tuple = ()  # the file's (size, modification time) when it was read: a parked LoRA is reused while equal
+    recommended: formats.Recommendation | None = None  # the sampler, steps, guidance its header recommends
 
 
 class LoraAdapters:
@@ -68,7 +73,7 @@ class LoraAdapters:
         if name in self.parked:
             kept = self.parked.pop(name)
             if (kept.path, kept.stamp) == (str(path), stamp):  # the same file as before: active again, not read
-                self.loaded[name] = Loaded(scale, kept.hash, kept.path, stamp)
+                self.loaded[name] = Loaded(scale, kept.hash, kept.path, stamp, kept.recommended)
                 self._apply_scales()
                 return name
             self.parked[name] = kept
@@ -79,7 +84,10 @@ class LoraAdapters:
                           f"ignored: {', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}")
         for part, mods in lora.modules.items():
             self._inject(part, mods, name)
-        self.loaded[name] = Loaded(scale, formats.file_hash(path), str(path), stamp)
+        rec = formats.recommendation(lora.metadata)
+        if rec is not None:
+            log.info("LoRA %s (%s) recommends %s", name, rec.kind or "its header", rec)
+        self.loaded[name] = Loaded(scale, formats.file_hash(path), str(path), stamp, rec)
         self._apply_scales()
         return name
 
@@ -175,6 +183,16 @@ class LoraAdapters:
                     setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
         self._tuners = None
         self._apply_scales()
+
+    def recommended(self, name: str | None = None) -> formats.Recommendation | None:
+        """The sampler, steps and guidance that loaded LoRA ``name``'s header recommends (None if it says none).
+        Without a name: the one recommendation of the active LoRAs (scale != 0), or None when none of them
+        recommends anything or two recommend different settings."""
+        if name is not None:
+            self._check_name(name)
+            return self.loaded[name].recommended
+        recs = {v.recommended for v in self.loaded.values() if v.scale != 0 and v.recommended is not None}
+        return recs.pop() if len(recs) == 1 else None
 
     def info(self) -> dict:
         """PNG metadata of the LoRAs in use, A1111 style: ``Lora hashes: "name: hash, ..."``."""

@@ -11,6 +11,10 @@ Layouts (both .safetensors):
     ``.alpha``; ``lora_te_...`` for the text encoder; ``ss_*`` training metadata in the header.
 Kohya names are mapped back to module names through the model's own module list, so the
 ambiguous underscores never need guessing.
+
+A LoRA that needs its own sampling says so in its header, in either layout (``Recommendation``): an LCM-LoRA
+from ``latentgen distill-lcm`` holds ``latentgen_kind="lcm"``, ``latentgen_sampler="lcm"``,
+``latentgen_steps="4"``, ``latentgen_guidance="1"``; ``recommendation`` reads them back.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .. import files
+from .. import checks, files
 from ..models import checkpoints
 
 PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
@@ -52,6 +56,46 @@ class Lora:
         down, up, alpha = self.modules[part][module]
         d = up.flatten(1).float() @ down.flatten(1).float() * (alpha / down.shape[0])
         return d.reshape(up.shape[0], *down.shape[1:]) if down.dim() == 4 else d
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """How a LoRA should be sampled, as its header says: an LCM-LoRA draws in a few steps of the "lcm" sampler
+    at guidance 1 (its teacher's guidance is distilled into it)."""
+    kind: str  # what the LoRA is, e.g. "lcm" (latent consistency distillation)
+    sampler: str  # a latentgen sampler name (``latentgen.schedulers.SAMPLERS``)
+    steps: int
+    guidance: float
+
+    def metadata(self) -> dict[str, str]:
+        """The header keys that carry it."""
+        return {"latentgen_kind": self.kind, "latentgen_sampler": self.sampler,
+                "latentgen_steps": str(self.steps), "latentgen_guidance": f"{self.guidance:g}"}
+
+    def __str__(self) -> str:
+        return f"scheduler={self.sampler}, steps={self.steps}, guidance={self.guidance:g}"
+
+
+def recommendation(source: str | Path | dict[str, str]) -> Recommendation | None:
+    """The sampler, steps and guidance a LoRA file recommends (``source``: its path, a shipped LoRA's name, or its
+    header as read), or None when its header recommends nothing. A recommendation that does not parse (unknown
+    sampler, steps not a whole number >= 1, guidance not a number >= 0) is ignored with a warning: it is advice,
+    and the LoRA itself still loads."""
+    from ..schedulers import SAMPLERS
+
+    meta = source if isinstance(source, dict) else _read_safetensors(resolve(source))[0]
+    if "latentgen_sampler" not in meta:
+        return None
+    try:
+        return Recommendation(
+            kind=meta.get("latentgen_kind", ""),
+            sampler=checks.choice("latentgen_sampler", meta["latentgen_sampler"], list(SAMPLERS)),
+            steps=checks.whole("latentgen_steps", int(meta.get("latentgen_steps", "")), 1),
+            guidance=checks.number("latentgen_guidance", float(meta.get("latentgen_guidance", "")), minimum=0))
+    except ValueError as e:
+        said = {k: meta[k] for k in (f"latentgen_{f.name}" for f in fields(Recommendation)) if k in meta}
+        warnings.warn(f"the LoRA's recommended sampling {said} is ignored: {e}")
+        return None
 
 
 def file_hash(path: str | Path) -> str:

@@ -1,4 +1,5 @@
-"""Folders of captioned images, as LoRA fine-tuning reads them, and prior images a model draws itself.
+"""Folders of captioned images, as LoRA training reads them (pairs, latents cached once, batches), and prior
+images a model draws itself.
 
 Layouts: one ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``, kohya's layout) or a
 ``metadata.jsonl`` of ``{"file_name", "text"}`` lines (Hugging Face's imagefolder layout).
@@ -7,11 +8,13 @@ Layouts: one ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``, kohy
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
 
 from .. import files
+from . import loop as train
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -79,3 +82,41 @@ def draw_prior(pipe, folder: Path, prompts: list[str], n: int, seed: int = 0) ->
         with files.atomic_path(folder / f"prior-{i:05d}.png") as tmp:  # the image last: it marks the pair complete
             image.save(tmp, format="PNG")
     return len(todo)
+
+
+@torch.no_grad()
+def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE runs once per image: each latent distribution's mean and std (N, 4, h, w), scaled."""
+    dists = [vae.encode(prepare(p, res, crop).to(vae.device)).latent_dist for p, _ in pairs]
+    sf = vae.config.scaling_factor
+    return torch.cat([d.mean for d in dists]) * sf, torch.cat([d.std for d in dists]) * sf
+
+
+class Batches:
+    """``batch_fn(step, micro, accelerator)`` of the loop: epoch-wise shuffles of the data (and as many
+    prior images after them), each process taking its own slice; a pure function of its coordinates.
+    ``cfg``: a LoRA trainer's config (``batch``, ``grad_accum``, ``seed``, ``caption_dropout``, ``prior_weight``)."""
+
+    def __init__(self, cfg, tokenizer, captions: list[str], n_data: int, n_prior: int,
+                 mean: torch.Tensor, std: torch.Tensor):
+        self.cfg, self.tokenizer, self.captions = cfg, tokenizer, captions
+        self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
+
+    def picks(self, n: int, offset: int, stream: str, step: int, micro: int, a) -> list[int]:
+        cfg = self.cfg
+        first = ((step * cfg.grad_accum + micro) * a.num_processes + a.process_index) * cfg.batch
+        return [offset + random.Random(f"{cfg.seed}:{stream}{g // n}").sample(range(n), n)[g % n]
+                for g in range(first, first + cfg.batch)]
+
+    def __call__(self, step: int, micro: int, a) -> dict:
+        cfg = self.cfg
+        idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
+        weights = None
+        if self.n_prior:  # loss = mean(data) + prior_weight * mean(prior)
+            idx += self.picks(self.n_prior, self.n_data, "prior-epoch:", step, micro, a)
+            weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
+        caps = train.drop_captions([self.captions[i] for i in idx], cfg.caption_dropout, cfg.seed, step, micro,
+                                   a.process_index)
+        return {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
+                "std": self.std[idx], "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
+                "weights": weights}

@@ -13,14 +13,14 @@ and sampler convolutions: down (r, in, 3, 3), up (out, r, 1, 1). With ``prior_da
 adds as many images of what the model should keep (kohya's regularization images; DreamBooth's prior
 preservation, which the base model can draw itself from ``prior_prompts``). Data order, noise and
 timesteps are functions of (seed, step, process): ``--resume`` continues exactly, and under
-``accelerate launch`` each process takes its own share.
+``accelerate launch`` each process takes its own share. ``LoraOptions``, ``load_base`` and ``fit`` are
+shared with LCM distillation (``latentgen.training.consistency``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +31,13 @@ from .. import checks
 from . import loop as train
 from ..lora import formats as lora_io
 from ..checks import option
-from .captioned import prepare, read_dataset
+from .captioned import Batches, cache_latents, read_dataset
 
 
 @dataclass
-class LoraTrainConfig:
+class LoraOptions:
+    """The options of every LoRA trainer here (finetune-lora, distill-lcm): data, run folder, adapters,
+    optimizer, batches, checkpoints, validation grids and output files."""
     data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
     out: Path = option(help="run folder: <name>.safetensors, checkpoints/, samples/")
     model: str | None = option(None, "base model: diffusers folder or preset (default: the embedded model)")
@@ -45,7 +47,6 @@ class LoraTrainConfig:
     conv_rank: int = option(0, "LoCon: also adapt the U-Net's 3x3 convolutions (ResNet blocks, down/up-samplers) "
                                "at this rank, as kohya's conv_dim; 0: attention only")
     conv_alpha: float | None = option(None, "alpha of the convolution adapters (default: conv_rank)")
-    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
     lr: float = option(1e-4, "learning rate")
     lr_schedule: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers.optimization)")
     warmup: int = option(0, "warmup steps")
@@ -57,16 +58,7 @@ class LoraTrainConfig:
     crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
     mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory")
-    snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
-    noise_offset: float = option(0.0, "offset noise, e.g. 0.05")
-    caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
     default_caption: str | None = option(None, "caption for images that have none (else: an error)")
-    prior_data: Path | None = option(None, "captioned images of what the model should keep drawing "
-                                           "(kohya's reg images, DreamBooth's prior preservation)")
-    prior_prompts: list[str] = option([], "the base model draws --prior-images images of these prompts into "
-                                          "--prior-data (repeatable)", flag="prior-prompt")
-    prior_images: int = option(100, "how many prior images are drawn (prompts cycled, seeds seed+i)")
-    prior_weight: float = option(1.0, "loss = loss(data) + prior_weight * loss(prior)")
     seed: int = option(0, "seed of the adapters' init, data order, noise")
     save_every: int = option(100, "checkpoint every N steps")
     validate_every: int | None = option(None, "draw the validation prompts every N steps")
@@ -91,16 +83,45 @@ class LoraTrainConfig:
             checks.whole("steps", self.steps, 1)
         if self.epochs is not None:
             checks.number("epochs", self.epochs, positive=True)
-        for n in ("batch", "grad_accum", "save_every", "prior_images"):
+        for n in ("batch", "grad_accum", "save_every"):
             checks.whole(n, getattr(self, n), 1)
+        checks.check_choices(self)
+
+
+@dataclass
+class LoraTrainConfig(LoraOptions):
+    """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
+    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
+    snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
+    noise_offset: float = option(0.0, "offset noise, e.g. 0.05")
+    caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
+    prior_data: Path | None = option(None, "captioned images of what the model should keep drawing "
+                                           "(kohya's reg images, DreamBooth's prior preservation)")
+    prior_prompts: list[str] = option([], "the base model draws --prior-images images of these prompts into "
+                                          "--prior-data (repeatable)", flag="prior-prompt")
+    prior_images: int = option(100, "how many prior images are drawn (prompts cycled, seeds seed+i)")
+    prior_weight: float = option(1.0, "loss = loss(data) + prior_weight * loss(prior)")
+
+    def check(self) -> None:
+        super().check()
+        checks.whole("prior_images", self.prior_images, 1)
         checks.number("prior_weight", self.prior_weight, positive=True, fix="use a positive number such as 1.0")
         checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
-        checks.check_choices(self)
         if self.prior_prompts and self.prior_data is None:
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
 
 
-class LoraObjective(torch.nn.Module):
+class LoraCheckpointed(torch.nn.Module):
+    """An objective whose state dict, what its checkpoints hold, is its LoRA weights only."""
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for k in [k for k in full if "lora_" not in k[len(prefix):]]:
+            del full[k]
+        return full
+
+
+class LoraObjective(LoraCheckpointed):
     """The denoising loss with LoRA-wrapped U-Net (and text encoder); checkpoints hold LoRA weights only."""
 
     def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma, noise_offset):
@@ -113,12 +134,6 @@ class LoraObjective(torch.nn.Module):
         hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
         return train.diffusion_loss(self.unet, hidden, latents, self.noise_scheduler, generator,
                                     snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
-
-    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
-        full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for k in [k for k in full if "lora_" not in k[len(prefix):]]:
-            del full[k]
-        return full
 
 
 def trained_lora(c, meta: dict) -> lora_io.Lora:
@@ -135,13 +150,43 @@ def trained_lora(c, meta: dict) -> lora_io.Lora:
 
 def run(cfg: LoraTrainConfig) -> Path:
     """Fine-tune and write ``cfg.out/<name>.safetensors`` (and the kohya file on request); returns its path."""
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
+
+    started = time.perf_counter()
+    pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
+    if cfg.prior_data is not None and not cfg.prior_prompts:
+        read_dataset(cfg.prior_data)
+    acc, c, res = load_base(cfg)
+    steps = total_steps(cfg, len(pairs), acc.num_processes)
+    prior = prior_pairs(cfg, c, acc)
+    mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
+    attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
+    objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
+                              cfg.snr_gamma, cfg.noise_offset)
+    batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std)
+    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
+            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior)}
+    return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
+               extra_id={"prior": [[p.name, cap] for p, cap in prior]})
+
+
+def check_inputs(cfg: LoraOptions) -> list[tuple[Path, str]]:
+    """The settings, the data folder and the run folder, checked; the (image, caption) pairs."""
+    cfg.check()
+    pairs = read_dataset(cfg.data, cfg.default_caption)
+    ckpt, _ = train.latest_checkpoint(Path(cfg.out))
+    if ckpt is not None and not cfg.resume:
+        raise ValueError(f"{cfg.out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to "
+                         f"continue that run, or use a new output folder.")
+    return pairs
+
+
+def load_base(cfg: LoraOptions):
+    """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution."""
+    from accelerate import Accelerator
 
     from ..models import loading
 
-    t_start = time.perf_counter()
-    pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
     # cpu=True on machines without CUDA: under torchrun / `accelerate launch --multi_gpu` the processes
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
@@ -151,27 +196,38 @@ def run(cfg: LoraTrainConfig) -> Path:
     if res % c.vae_scale_factor:
         f = c.vae_scale_factor
         raise ValueError(f"resolution={res} is invalid: use a multiple of {f}, such as {res // f * f or f}.")
-    alpha, conv_alpha = cfg.alphas()
-    world = acc.num_processes
-    steps = cfg.steps or math.ceil(cfg.epochs * len(pairs) / (cfg.batch * cfg.grad_accum * world))
-    prior = prior_pairs(cfg, c, acc)
-    mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
-    attach_lora(c, cfg)
-    objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                              cfg.snr_gamma, cfg.noise_offset)
-    batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std)
+    return acc, c, res
 
-    settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts"))
-    meta = {"ss_network_module": "networks.lora", "ss_network_dim": cfg.rank, "ss_network_alpha": alpha,
+
+def total_steps(cfg: LoraOptions, n_images: int, processes: int) -> int:
+    """``cfg.steps``, or the optimizer steps of ``cfg.epochs`` passes over ``n_images`` by all processes."""
+    return cfg.steps or math.ceil(cfg.epochs * n_images / (cfg.batch * cfg.grad_accum * processes))
+
+
+def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> dict:
+    """The ``ss_*`` header keys kohya's trainer writes, which A1111 and civitai read."""
+    alpha, conv_alpha = cfg.alphas()
+    return {"ss_network_module": "networks.lora", "ss_network_dim": cfg.rank, "ss_network_alpha": alpha,
             "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
-            "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": len(pairs),
+            "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
-            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior),
             "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
-                                          if cfg.conv_rank else {}),
-            "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
-    out = Path(cfg.out)
-    setup = time.perf_counter() - t_start  # loading, prior images, latent cache
+                                          if cfg.conv_rank else {})}
+
+
+def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: list[tuple[Path, str]], *,
+        steps: int, meta: dict, started: float, desc: str = "lora", extra_id: dict | None = None,
+        sample: dict | None = None) -> Path:
+    """Train ``objective`` for ``steps`` in the one loop, writing ``<out>/<name>.safetensors`` (and the kohya
+    file) with the header ``meta`` plus the run's settings at every checkpoint; returns its path.
+
+    ``extra_id``: more of what a resumed run must share (beside the settings, data, steps, processes);
+    ``sample``: how the validation grids are drawn (``Pipeline.generate``'s scheduler, steps, guidance).
+    ``started``: ``time.perf_counter()`` when the run began, so the header counts its setup too."""
+    settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts"))
+    world, out = acc.num_processes, Path(cfg.out)
+    meta = {**meta, "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
+    setup = time.perf_counter() - started  # loading, prior images, latent cache
 
     def write(step):  # the loop's seconds (summed over resumed runs) plus this run's setup
         m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(train.elapsed_seconds(out) + setup, 1)}
@@ -181,26 +237,13 @@ def run(cfg: LoraTrainConfig) -> Path:
             lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya")
 
     run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world,
-              "prior": [[p.name, cap] for p, cap in prior]}
+              **(extra_id or {})}
     train.run(train.LoopConfig(out=out, steps=steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
                                grad_accum=cfg.grad_accum, seed=cfg.seed, save_every=cfg.save_every,
                                mixed_precision=cfg.mixed_precision, weight_decay=0.0),
-              objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"lora {cfg.name}",
-              on_save=write, on_step=lambda step: validate(cfg, c, step), strict=False)
+              objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"{desc} {cfg.name}",
+              on_save=write, on_step=lambda step: validate(cfg, c, step, **(sample or {})), strict=False)
     return out / f"{cfg.name}.safetensors"
-
-
-def check_inputs(cfg: LoraTrainConfig) -> list[tuple[Path, str]]:
-    """The settings, the data folders and the run folder, checked; the (image, caption) pairs."""
-    cfg.check()
-    pairs = read_dataset(cfg.data, cfg.default_caption)
-    if cfg.prior_data is not None and not cfg.prior_prompts:
-        read_dataset(cfg.prior_data)
-    ckpt, _ = train.latest_checkpoint(Path(cfg.out))
-    if ckpt is not None and not cfg.resume:
-        raise ValueError(f"{cfg.out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to "
-                         f"continue that run, or use a new output folder.")
-    return pairs
 
 
 def prior_pairs(cfg: LoraTrainConfig, c, acc) -> list[tuple[Path, str]]:
@@ -217,16 +260,9 @@ def prior_pairs(cfg: LoraTrainConfig, c, acc) -> list[tuple[Path, str]]:
     return read_dataset(cfg.prior_data)
 
 
-@torch.no_grad()
-def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE runs once per image: each latent distribution's mean and std (N, 4, h, w), scaled."""
-    dists = [vae.encode(prepare(p, res, crop).to(vae.device)).latent_dist for p, _ in pairs]
-    sf = vae.config.scaling_factor
-    return torch.cat([d.mean for d in dists]) * sf, torch.cat([d.std for d in dists]) * sf
-
-
-def attach_lora(c, cfg: LoraTrainConfig) -> None:
-    """Freeze the model; add trainable adapters named 'default' (gaussian A, zero B, seeded init)."""
+def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
+    """Freeze the model; add trainable adapters named 'default' (gaussian A, zero B, seeded init) to the U-Net
+    (and with ``text_encoder`` to the text encoder)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     for model in (c.unet, c.text_encoder, c.vae):
@@ -238,53 +274,25 @@ def attach_lora(c, cfg: LoraTrainConfig) -> None:
     convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, their own rank and alpha
     conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
     parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
-    parts += [(c.text_encoder, list(lora_io.TEXT_TARGETS), {}, {})] * cfg.train_text_encoder
+    parts += [(c.text_encoder, list(lora_io.TEXT_TARGETS), {}, {})] * text_encoder
     for model, targets, ranks, alphas in parts:
         inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                            target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
                                 model, adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
-        if cfg.train_text_encoder:
+        if text_encoder:
             c.text_encoder.gradient_checkpointing_enable()
 
 
-class Batches:
-    """``batch_fn(step, micro, accelerator)`` of the loop: epoch-wise shuffles of the data (and as many
-    prior images after them), each process taking its own slice; a pure function of its coordinates."""
-
-    def __init__(self, cfg: LoraTrainConfig, tokenizer, captions: list[str], n_data: int, n_prior: int,
-                 mean: torch.Tensor, std: torch.Tensor):
-        self.cfg, self.tokenizer, self.captions = cfg, tokenizer, captions
-        self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
-
-    def picks(self, n: int, offset: int, stream: str, step: int, micro: int, a) -> list[int]:
-        cfg = self.cfg
-        first = ((step * cfg.grad_accum + micro) * a.num_processes + a.process_index) * cfg.batch
-        return [offset + random.Random(f"{cfg.seed}:{stream}{g // n}").sample(range(n), n)[g % n]
-                for g in range(first, first + cfg.batch)]
-
-    def __call__(self, step: int, micro: int, a) -> dict:
-        cfg = self.cfg
-        idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
-        weights = None
-        if self.n_prior:  # loss = mean(data) + prior_weight * mean(prior)
-            idx += self.picks(self.n_prior, self.n_data, "prior-epoch:", step, micro, a)
-            weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
-        caps = train.drop_captions([self.captions[i] for i in idx], cfg.caption_dropout, cfg.seed, step, micro,
-                                   a.process_index)
-        return {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-                "std": self.std[idx], "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
-                "weights": weights}
-
-
-def validate(cfg: LoraTrainConfig, c, step: int) -> None:
-    """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``."""
+def validate(cfg: LoraOptions, c, step: int, **sample) -> None:
+    """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``, drawn with ``sample``
+    (``Pipeline.generate``'s scheduler, steps, guidance; the model's own when not given)."""
     if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
         from ..images import grid
         from ..pipeline import Pipeline
 
-        images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed)
+        images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed, **sample)
         (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
         grid(images, cols=len(images), labels=cfg.validation_prompts).save(
             Path(cfg.out) / "samples" / f"step-{step:07d}.png")

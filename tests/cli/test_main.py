@@ -308,3 +308,18 @@ def test_control_flags_equal_the_python_api(tiny_folder, controlnets, tmp_path, 
     assert run("generate", "a cat", "--model", tiny_folder, "--control", tmp_path / "hint.png", "-o",
                tmp_path / "d.png") == 2
     assert "1 --control image(s) and 0 --control-model(s)" in capsys.readouterr().err
+
+
+def test_generate_with_a_tiny_vae_folder_and_lcm(tiny_folder, tmp_path):
+    from diffusers import AutoencoderTiny
+    from PIL import Image
+
+    AutoencoderTiny().save_pretrained(tmp_path / "taesd")
+    out = tmp_path / "out.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--vae", tmp_path / "taesd", "--scheduler", "lcm",
+               "--steps", 2, "--guidance", 1, "-o", out) == 0
+    assert Image.open(out).size == (64, 64)  # the tiny VAE's factor 8 over 8 x 8 latents
+    assert "Sampler: LCM" in read_parameters(out)
+    with pytest.raises(SystemExit) as e:  # argparse refuses it, naming the tiny VAE's forms
+        run("generate", "a cat", "--model", tiny_folder, "--vae", tmp_path / "none", "-o", out)
+    assert e.value.code == 2

@@ -149,3 +149,26 @@ def test_a_worked_lora_teaches_a_new_word_and_keeps_the_old_ones(name, base_adhe
     kohya.load_lora(LORAS / f"{name}.kohya.safetensors")
     a, b = (p.generate(example, seed=5)[0] for p in (pipe, kohya))
     assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+@pytest.mark.slow
+def test_the_lcm_lora_draws_in_four_steps_what_the_base_draws_in_twenty(base_adherence):
+    """weights/loras/lcm: distilled by ``latentgen distill-lcm`` in <= 30 min; loaded by name, its header's sampler,
+    steps and guidance (lcm, 4, 1) apply, and the 84 images read at least 95/95/90 (background/color/shape), with
+    no more specks than the base's bar (10% of images); its kohya copy draws the same images."""
+    manifest = json.loads((LORAS / "lcm.json").read_text())
+    for file, digest in manifest["files"].items():
+        assert hashlib.sha256((LORAS / file).read_bytes()).hexdigest() == digest, file
+    assert manifest["train_seconds"] <= 30 * 60
+    pipe = latentgen.load()
+    pipe.load_lora("lcm")
+    rec = pipe.loras.recommended()
+    assert (rec.sampler, rec.steps, rec.guidance) == ("lcm", 4, 1.0)
+    s = quality.adherence(pipe, seeds=(0, 1000), steps=None).summary()
+    assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
+    assert s["off_palette"] <= 0.001 and s["speckled"] <= 0.10, s
+    kohya = latentgen.load()
+    kohya.load_lora(LORAS / "lcm.kohya.safetensors")
+    a, b = (p.generate("a blue triangle on a yellow background", seed=5)[0] for p in (pipe, kohya))
+    assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in a.info["parameters"]
+    assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1

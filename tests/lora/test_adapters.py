@@ -120,3 +120,30 @@ def test_a_parked_lora_computes_nothing_and_comes_back_without_a_read(pipe, tmp_
     pipe.unload_lora()  # all, parked ones too: the model as loaded
     assert pipe.loras.parked == {} and not any("lora" in n for n, _ in pipe.unet.named_parameters())
     assert np.array_equal(np.asarray(pipe.generate("a cat", seed=1, steps=2)[0]), np.asarray(bare[0]))
+
+
+def test_a_lora_that_recommends_its_sampling_says_so_when_loaded(fresh, tmp_path, caplog):
+    """An LCM-LoRA's header recommends the lcm sampler, 4 steps, guidance 1: loading it logs that in a line, and
+    ``recommended`` gives it by name, or as the one recommendation of the active LoRAs."""
+    import logging
+
+    rec = lora_io.Recommendation(kind="lcm", sampler="lcm", steps=4, guidance=1.0)
+    fast = random_lora(fresh)
+    fast.metadata.update(rec.metadata())
+    fast_path = lora_io.save(fast, tmp_path / "fast.safetensors")
+    plain_path = lora_io.save(random_lora(fresh, seed=1), tmp_path / "plain.safetensors")
+    with caplog.at_level(logging.INFO, logger="latentgen.lora"):
+        fresh.load_lora(fast_path)
+        fresh.load_lora(plain_path)
+    said = [r.getMessage() for r in caplog.records if r.name == "latentgen.lora"]
+    assert said == ["LoRA fast (lcm) recommends scheduler=lcm, steps=4, guidance=1"]
+    assert fresh.loras.recommended("fast") == rec and fresh.loras.recommended("plain") is None
+    assert fresh.loras.recommended() == rec
+    fresh.set_lora_scale("fast", 0.0)  # off: it recommends nothing for this call
+    assert fresh.loras.recommended() is None
+    fresh.set_lora_scale("fast", 1.0)
+    fresh.loras.park("fast")
+    fresh.loras.load(fast_path, name="fast")  # parked and loaded again unread: the advice is kept
+    assert fresh.loras.recommended("fast") == rec
+    with pytest.raises(ValueError, match="no LoRA named 'nope'"):
+        fresh.loras.recommended("nope")

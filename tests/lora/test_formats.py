@@ -65,3 +65,32 @@ def test_saved_loras_get_the_usual_mode(pipe, tmp_path):
     for layout in ("diffusers", "kohya"):
         path = formats.save(random_lora(pipe), tmp_path / f"{layout}.safetensors", layout)
         assert (path.stat().st_mode & 0o777) == 0o666 & ~files.umask()
+
+
+def test_a_recommendation_in_the_header_is_written_and_read_back_in_both_layouts(pipe, tmp_path):
+    from conftest import random_lora
+
+    from latentgen.lora import formats
+
+    rec = formats.Recommendation(kind="lcm", sampler="lcm", steps=4, guidance=1.0)
+    assert rec.metadata() == {"latentgen_kind": "lcm", "latentgen_sampler": "lcm", "latentgen_steps": "4",
+                              "latentgen_guidance": "1"}
+    lora = random_lora(pipe)
+    lora.metadata.update(rec.metadata())
+    for layout in ("diffusers", "kohya"):
+        path = formats.save(lora, tmp_path / f"{layout}.safetensors", layout)
+        assert formats.recommendation(path) == rec
+        assert formats.recommendation(formats.read(path, {"unet": pipe.unet})[0].metadata) == rec
+    assert formats.recommendation(formats.save(random_lora(pipe), tmp_path / "plain.safetensors")) is None
+    assert formats.recommendation({"ss_network_dim": "4"}) is None
+
+
+@pytest.mark.parametrize("bad", [{"latentgen_sampler": "warp"}, {"latentgen_steps": "four"}, {"latentgen_steps": "0"},
+                                 {"latentgen_guidance": "-1"}, {"latentgen_guidance": "nan"}])
+def test_an_unusable_recommendation_is_ignored_with_a_warning(bad):
+    from latentgen.lora import formats
+
+    header = {**formats.Recommendation("lcm", "lcm", 4, 1.0).metadata(), **bad}
+    key, value = next(iter(bad.items()))
+    with pytest.warns(UserWarning, match=f"recommended sampling .*'{key}': '{value}'.* is ignored"):
+        assert formats.recommendation(header) is None

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 from latentgen.lora import formats as lora_io
 from latentgen.training import captioned, finetune
-from latentgen.training import loop as train
 from latentgen.training.finetune import LoraTrainConfig
 
 TINY = dict(rank=2, steps=4, batch=2, save_every=2, resolution=64, lr=1e-3)
@@ -94,21 +93,14 @@ def test_conv_adapters_train_and_load_in_both_layouts(tiny_folder, data, tmp_pat
     assert (images[0] - images[1]).abs().max() > 0 and (images[1] - images[2]).abs().max() <= 1
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp_path, monkeypatch):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp_path, monkeypatch, kill_after):
     full = load_file(str(_run(tiny_folder, data, tmp_path / "full", train_text_encoder=True, snr_gamma=5.0,
                               noise_offset=0.05, lr_schedule="cosine", grad_accum=2)))
-    real_save = train.save
-
-    def save_then_die(acc, cfg, step, stamp, seconds=0.0, ema=None):
-        real_save(acc, cfg, step, stamp, seconds, ema=ema)
-        if step == 2:
-            raise KeyboardInterrupt  # killed right after the step-2 checkpoint
-
-    monkeypatch.setattr(train, "save", save_then_die)
+    kill_after(2)  # killed right after the step-2 checkpoint
     kw = dict(train_text_encoder=True, snr_gamma=5.0, noise_offset=0.05, lr_schedule="cosine", grad_accum=2)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_folder, data, tmp_path / "killed", **kw)
-    monkeypatch.setattr(train, "save", real_save)
+    monkeypatch.undo()
     resumed = load_file(str(_run(tiny_folder, data, tmp_path / "killed", resume=True, **kw)))
     assert resumed.keys() == full.keys()
     assert any(k.startswith("text_encoder.") for k in full)

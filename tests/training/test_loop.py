@@ -103,21 +103,14 @@ def test_ema_ends_as_the_moving_average_of_the_trajectory(tmp_path):
     assert not torch.allclose(averaged, trajectory[-1], atol=1e-3)  # the average is not the last weights
 
 
-def test_ema_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+def test_ema_resumes_exactly_after_a_kill(tmp_path, monkeypatch, kill_after):
     import pytest
 
     full = _train(tmp_path / "full", ema=0.9)
-    real_save = train.save
-
-    def save_then_die(acc, cfg, step, stamp, seconds=0.0, ema=None):
-        real_save(acc, cfg, step, stamp, seconds, ema=ema)
-        if step == 4:
-            raise KeyboardInterrupt("killed after the step-4 checkpoint")
-
-    monkeypatch.setattr(train, "save", save_then_die)
+    kill_after(4)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "killed", ema=0.9)
-    monkeypatch.setattr(train, "save", real_save)
+    monkeypatch.undo()
     assert torch.equal(_train(tmp_path / "killed", ema=0.9), full)
 
 
