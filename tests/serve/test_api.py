@@ -202,8 +202,8 @@ def test_list_endpoints(api, served):
     assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
     assert samplers["Euler a"]["aliases"] == ["euler_a"]
     assert [m["title"] for m in api.get_sd_models()] == ["default", "tiny"]
-    assert [lo["name"] for lo in api.get_loras()] == ["purple", "star"]  # the shipped ones
-    assert api.get_loras()[0]["path"] == "purple.safetensors"
+    assert [lo["name"] for lo in api.get_loras()] == ["lcm", "purple", "star"]  # the shipped ones
+    assert api.get_loras()[1]["path"] == "purple.safetensors"
     assert api.get_embeddings() == {"loaded": {"shiny": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
@@ -318,7 +318,7 @@ def test_models_and_loras_are_names_never_paths(tmp_path, tiny_folder):
     models.refresh()
     assert models.names() == ["default", "tiny", "later", "sd15-pruned"]  # ... and on refresh-checkpoints
     loras = Loras([])
-    assert loras.names() == ["purple", "star"] and loras.check("purple").name == "purple.safetensors"
+    assert loras.names() == ["lcm", "purple", "star"] and loras.check("purple").name == "purple.safetensors"
     with pytest.raises(FileNotFoundError, match="no .safetensors file or folder"):
         Loras([str(tmp_path / "missing")])
 
