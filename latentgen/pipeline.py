@@ -179,7 +179,8 @@ class Pipeline:
         if how == "cheap":
             rgb = previews.rgb_map(self.defaults.preview, latents.shape[1])
             return previews.to_images(previews.cheap(latents, rgb), (latents.shape[-1] * f, latents.shape[-2] * f))
-        vae = self.vae if how == "full" else self.preview_vae or (self.vae if tiny.is_loaded(self.vae) else None)
+        vae = self.vae if how == "full" else self.preview_vae
+        vae = self.vae if vae is None and tiny.is_loaded(self.vae) else vae
         if vae is None:
             raise ValueError("preview method 'tiny' needs a tiny VAE: pipe.preview_vae = "
                              "latentgen.load_tiny_vae('taesd_decoder.safetensors'); or use 'cheap' or 'full'.")

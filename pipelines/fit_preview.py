@@ -11,7 +11,6 @@ repository root, by hand, when the VAE changes::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -37,12 +36,12 @@ def write(rgb: list) -> None:
     own = json.loads((folder / "latentgen.json").read_text())
     own["preview"] = rgb
     (folder / "latentgen.json").write_text(json.dumps(own, indent=1) + "\n")
+    from latentgen.embedded.ship import listing
+
     manifest = json.loads((folder / "manifest.json").read_text())
-    data = (folder / "latentgen.json").read_bytes()
-    manifest["files"]["latentgen.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest["files"] = {k: v for k, v in listing(folder).items() if k != "manifest.json"}
     manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -15,7 +15,8 @@ import torch
 from .. import files
 
 
-def _listing(folder: Path) -> dict:
+def listing(folder: Path) -> dict:
+    """{relative path: {sha256, bytes}} of every file under ``folder``: a manifest's ``files``."""
     import hashlib
 
     return {str(p.relative_to(folder)): {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
@@ -55,7 +56,7 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000), inpainting: 
         edits["inpaint_blend"] = quality.inpaint_fill(pipe, variant="blend")  # the base U-Net, latent blending
         pipe.inpaint_unet = Path(inpainting) / "unet"
     edits["inpaint"] = quality.inpaint_fill(pipe)
-    listing = _listing(model)
+    listed = listing(model)
     recipe_info = json.loads((Path(model) / "recipe.json").read_text())
     config = recipe_info["config"]
     measured_on = platform.machine() + ", torch " + torch.__version__
@@ -70,10 +71,10 @@ def ship(model: Path, dest: Path, *, command: str, seeds=(0, 1000), inpainting: 
                                 "fraction of images with 2+ such pixels together (shapes.off_palette)",
                     **report.summary()},
         "edit_quality": {"protocols": EDIT_PROTOCOLS, **edits},
-        "total_bytes": sum(f["bytes"] for f in listing.values()), "files": listing, "measured_on": measured_on,
+        "total_bytes": sum(f["bytes"] for f in listed.values()), "files": listed, "measured_on": measured_on,
     }
     if inpainting is not None:
-        nine = _listing(inpainting)
+        nine = listing(inpainting)
         info = json.loads((Path(inpainting) / "inpainting.json").read_text())
         nine_manifest = {"name": dest.name + "-inpainting", "base": dest.name, "command": command,
                          "recipe": info["recipe"], "masks": info["masks"], "train_seconds": info["train_seconds"],

@@ -84,12 +84,13 @@ def _diffusers_state(path: Path) -> dict[str, torch.Tensor]:
                          f"taesd_encoder files; it holds {sorted(ck.shapes)[:4]}...")
     if part == "both":
         return ck.tensors("")
+    parts = [(ck, part)]
+    other = _sibling(path, part)
+    if other is not None:
+        oc = checkpoints.read(other)
+        parts.append((oc, _part_of(oc.shapes)))
     state = {}
-    for p, which in ((path, part), (_sibling(path, part), None)):
-        if p is None:
-            continue
-        c = ck if which else checkpoints.read(p)
-        which = which or _part_of(c.shapes)
+    for c, which in parts:
         if which not in ("decoder", "encoder"):
             continue
         for k, v in c.tensors("").items():
@@ -97,7 +98,6 @@ def _diffusers_state(path: Path) -> dict[str, torch.Tensor]:
             index = int(i) - 1 if which == "decoder" else int(i)  # the decoder's Clamp at 0 has no weights
             state[f"{which}.layers.{index}.{rest}"] = v
     return state
-
 
 class NoEncoder(torch.nn.Module):
     """Stands in for a tiny VAE's missing encoder: calling it says what to do."""
@@ -135,14 +135,14 @@ def load(path: str | Path, *, device=None, dtype: torch.dtype | None = None) -> 
         vae = AutoencoderTiny.from_pretrained(path, local_files_only=True)
     else:
         state = _diffusers_state(path)
-        first = state.get("decoder.layers.0.weight")
-        last = max((k for k in state if k.startswith("encoder.layers.") and k.endswith("weight")),
-                   key=lambda k: int(k.split(".")[2]), default=None)
-        channels = first.shape[1] if first is not None else state[last].shape[0]
-        vae = AutoencoderTiny(latent_channels=channels)
+        first = state.get("decoder.layers.0.weight")  # (64, latent_channels, 3, 3)
+        if first is None:
+            raise ValueError(f"vae={str(path)!r}: a tiny VAE needs its decoder; put taesd_decoder.safetensors "
+                             f"beside this encoder, or pass the decoder file.")
+        vae = AutoencoderTiny(latent_channels=first.shape[1])
         missing = vae.load_state_dict(state, strict=False).missing_keys
         wrong = [k for k in missing if not k.startswith(("encoder.", "decoder."))]
-        if wrong or any(k.startswith("decoder.") for k in missing):
+        if wrong or any(k.startswith("decoder.") for k in missing):  # a decoder cut short
             raise ValueError(f"vae={str(path)!r}: a tiny VAE needs its decoder; missing {missing[:4]}...")
         if any(k.startswith("encoder.") for k in missing):
             vae.encoder = NoEncoder(path)
