@@ -174,7 +174,7 @@ def check_all(pipe, jobs: list[Job]) -> None:
     layers, read = pipe.text_encoder.config.num_hidden_layers, set()
     for job in jobs:
         try:
-            s = pipe.settings(**{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+            s = pipe.settings(prompt=job.args.get("prompt"), **{k: v for k, v in job.args.items() if k in SETTING_KEYS})
             pipe.check_limits(s, 1)
             if s.clip_skip > layers:  # else found only when the text is encoded, after earlier images
                 raise ValueError(f"clip_skip={s.clip_skip} is invalid: this text encoder has {layers} layers; use "

@@ -79,13 +79,13 @@ class Pipeline:
         self.runtime.changed()
 
     # -- settings and text ----------------------------------------------------------------------
-    def settings(self, *, num_images: int = 1, seed: int = 0, **given) -> Settings:
+    def settings(self, *, num_images: int = 1, seed: int = 0, prompt: str | list[str] | None = None, **given) -> Settings:
         """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all
         checked, in milliseconds. What this machine can hold is checked by ``check_limits`` (``sample`` does).
-        A loaded LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA: "lcm", 4, 1) fills
-        those not given, in place of the model's defaults (``LoraAdapters.recommended``)."""
-        rec = self.loras.recommended()
-        if rec is not None:
+        A LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA: "lcm", 4, 1), loaded or named
+        by ``prompt``'s ``<lora:...>`` tags, fills those not given, over the model's (``LoraAdapters.recommended``)."""
+        tags = prompts.lora_tags(prompt) if given.get("prompt_syntax", "a1111") == "a1111" else ()
+        if (rec := self.loras.recommended(tags=tags)) is not None:
             for key, value in (("scheduler", rec.sampler), ("steps", rec.steps), ("guidance", rec.guidance)):
                 given[key] = value if given.get(key) is None else given[key]
         return request.resolve(self.defaults, self.vae_scale_factor, self.scheduler, num_images=num_images, seed=seed,
@@ -266,7 +266,7 @@ class Pipeline:
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                          variation=variation)
+                          variation=variation, prompt=prompt)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)

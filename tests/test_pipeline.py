@@ -182,3 +182,14 @@ def test_a_loras_recommended_sampler_steps_and_guidance_fill_what_the_call_leave
     assert "Steps: 6, Sampler: LCM, CFG scale: 2.0" in fresh.generate("a cat", steps=6, guidance=2)[0].info["parameters"]
     fresh.set_lora_scale("fast", 0.0)  # an inactive LoRA recommends nothing: the model's defaults again
     assert "Sampler: LCM" not in fresh.generate("a cat", steps=2)[0].info["parameters"]
+    # a prompt tag's weight counts in place of the scale: on for its call, off again after
+    assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in fresh.generate("a cat <lora:fast:0.5>")[0].info["parameters"]
+    assert fresh.loras.recommended() is None
+    fresh.set_lora_scale("fast", 1.0)
+    assert "Sampler: LCM" not in fresh.generate("a cat <lora:fast:0>", steps=2)[0].info["parameters"]
+    # a tag that names a file not loaded: its header is read before the call's settings
+    fresh.unload_lora()
+    other = formats.save(lora, tmp_path / "other.safetensors")
+    got = fresh.img2img(f"a cat <lora:{other}>", fresh.generate("a cat", steps=2)[0], strength=1.0)[0]
+    assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in got.info["parameters"]
+    assert fresh.settings(prompt=f"a cat <lora:{other}>", prompt_syntax="plain").scheduler != "lcm"  # no tags read

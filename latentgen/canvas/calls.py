@@ -45,7 +45,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
     strength = request.strength(strength)
     s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
                       batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                      variation=variation)
+                      variation=variation, prompt=prompt)
     draws = request.draws(prompt, negative_prompt, num_images, seed, s)
     src = resize.resize(src, size, how)  # "latent upscale": as it is, encoded at its own size
     own = (w, h) if how != "latent upscale" else im.work_size(src.size, f, max_pixels)
@@ -93,7 +93,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     strength = request.strength(strength)
     s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
                       batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
-                      prompt_syntax=prompt_syntax, variation=variation)
+                      prompt_syntax=prompt_syntax, variation=variation, prompt=prompt)
     draws = request.draws(prompt, negative_prompt, num_images, seed, s)
     if inp.empty:
         warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")

@@ -49,11 +49,15 @@ def scheduler_name(s: str) -> str:
 
 
 def vae_file(s: str) -> str:
-    """--vae: an existing file (or a tiny VAE's folder), checked before any model loads."""
-    if not Path(s).is_file() and not (Path(s) / "config.json").is_file():
+    """--vae: an existing file (or a tiny VAE's folder, or the shipped tiny VAE's name), checked before any model
+    loads."""
+    from ..vae import SHIPPED, resolve
+
+    p = resolve(s)
+    if not p.is_file() and not (p / "config.json").is_file():
         raise argparse.ArgumentTypeError(f"no VAE file at {s!r}; pass a .safetensors/.ckpt VAE "
                                          f"(LDM or diffusers layout), or a tiny VAE (taesd_decoder.safetensors, "
-                                         f"an AutoencoderTiny folder).")
+                                         f"an AutoencoderTiny folder, {SHIPPED}: the embedded model's).")
     return s
 
 

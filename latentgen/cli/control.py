@@ -2,6 +2,7 @@
 for several units: the i-th ``--control-*`` belongs to the i-th ``--control``.
 
     latentgen generate "a red circle" --control edges.png --control-model runs/controlnet --control-weight 0.8 -o o.png
+    latentgen generate "a red circle" --control photo.png --preprocessor canny --control-model edges -o o.png
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ def add_control_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--control-end", action="append", type=finite_float, default=[], help="fraction of the steps")
     c.add_argument("--control-mode", action="append", choices=MODES, default=[],
                    help="balanced (default), prompt (my prompt is more important), controlnet (it is)")
+    c.add_argument("--preprocessor", action="append", default=[], metavar="NAME",
+                   help="makes the map from the image: none (default), canny, invert, threshold, scribble_xdog, "
+                        "tile_resample")
+    c.add_argument("--control-threshold-a", action="append", type=finite_float, default=[],
+                   help="the preprocessor's first threshold (canny's low, 100)")
+    c.add_argument("--control-threshold-b", action="append", type=finite_float, default=[],
+                   help="the preprocessor's second threshold (canny's high, 200)")
 
 
 def controls_from(args: argparse.Namespace):
@@ -35,9 +43,11 @@ def controls_from(args: argparse.Namespace):
         raise ValueError(f"{len(images)} --control image(s) and {len(args.control_model)} --control-model(s): give "
                          f"each control image its ControlNet.")
     per = {"weight": args.control_weight, "start": args.control_start, "end": args.control_end,
-           "mode": args.control_mode}
+           "mode": args.control_mode, "preprocessor": args.preprocessor, "threshold_a": args.control_threshold_a,
+           "threshold_b": args.control_threshold_b}
     for name, values in per.items():
         if len(values) > len(images):
-            raise ValueError(f"{len(values)} --control-{name} for {len(images)} --control image(s).")
+            flag = "--preprocessor" if name == "preprocessor" else f"--control-{name.replace('_', '-')}"
+            raise ValueError(f"{len(values)} {flag} for {len(images)} --control image(s).")
     return [Control(image, model, **{k: v[i] for k, v in per.items() if i < len(v)})
             for i, (image, model) in enumerate(zip(images, args.control_model))]

@@ -1,5 +1,5 @@
-"""``latentgen`` subcommands that make and measure models: train, finetune-lora, distill-lcm, grid, eval, ship,
-ship-lora, shapes-data.
+"""``latentgen`` subcommands that make and measure models: train, finetune-lora, distill-lcm, distill-vae,
+train-controlnet, grid, eval, ship, ship-lora, ship-tiny-vae, ship-controlnet, shapes-data.
 
     latentgen train --out runs/default                  # the embedded model's recipe
     latentgen ship runs/default/model weights/default   # measure it, copy it with its manifest
@@ -44,6 +44,29 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship_tiny_vae(args: argparse.Namespace) -> int:
+    import json
+
+    from ..embedded import ship
+
+    if not (Path(args.folder) / "config.json").is_file():
+        raise FileNotFoundError(f"{args.folder} is not a tiny VAE folder: give the one distill-vae wrote (RUN/taesd).")
+    print(json.dumps(ship.ship_tiny_vae(Path(args.folder), Path(args.dest), command=args.command)["quality"]))
+    return 0
+
+
+def cmd_ship_controlnet(args: argparse.Namespace) -> int:
+    import json
+
+    from ..embedded import ship
+
+    if not (Path(args.folder) / "config.json").is_file():
+        raise FileNotFoundError(f"{args.folder} is not a ControlNet folder: give the one train-controlnet wrote "
+                                f"(RUN/controlnet).")
+    print(json.dumps(ship.ship_controlnet(Path(args.folder), Path(args.dest), command=args.command)["quality"]))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..embedded import recipe
 
@@ -68,6 +91,20 @@ def cmd_distill_lcm(args: argparse.Namespace) -> int:
     from ..training import consistency
 
     print(consistency.run(config_from(args, consistency.LcmDistillConfig)))
+    return 0
+
+
+def cmd_distill_vae(args: argparse.Namespace) -> int:
+    from ..training import tiny_vae
+
+    print(tiny_vae.run(config_from(args, tiny_vae.TinyVaeConfig)))
+    return 0
+
+
+def cmd_train_controlnet(args: argparse.Namespace) -> int:
+    from ..training import controlnet
+
+    print(controlnet.run(config_from(args, controlnet.ControlNetTrainConfig)))
     return 0
 
 
@@ -179,7 +216,7 @@ def add_parsers(sub) -> None:
 
 
 def _add_lora_parsers(sub) -> None:
-    from ..training import consistency, finetune
+    from ..training import consistency, controlnet, finetune, tiny_vae
 
     ft = sub.add_parser("finetune-lora", help="fine-tune LoRA adapters on a folder of captioned images",
                         description="LoRA adapters (peft) on the U-Net's attention (and the text encoder's); "
@@ -196,6 +233,22 @@ def _add_lora_parsers(sub) -> None:
                                     "checkpoints in --out with --resume.")
     add_config_args(lc, consistency.LcmDistillConfig, positional=("data",))
     lc.set_defaults(func=cmd_distill_lcm)
+    tv = sub.add_parser("distill-vae", help="distill the model's VAE into a tiny one (TAESD's architecture) for fast "
+                                            "previews and decoding, on a folder of images",
+                        description="The full VAE teaches a diffusers AutoencoderTiny: its encoder the posterior "
+                                    "means, its decoder what the full decoder draws. Writes <out>/<name>/, a folder "
+                                    "that --vae, --preview-vae and latentgen.load_tiny_vae read. Resumes from "
+                                    "checkpoints in --out with --resume.")
+    add_config_args(tv, tiny_vae.TinyVaeConfig, positional=("data",))
+    tv.set_defaults(func=cmd_distill_vae)
+    cn = sub.add_parser("train-controlnet", help="train a ControlNet for the model on a folder of captioned images, "
+                                                 "their control maps made by a preprocessor (canny) or given",
+                        description="ControlNet (Zhang et al. 2023): a copy of the U-Net's encoder with zero "
+                                    "convolutions learns to steer the frozen model from a control map. Writes "
+                                    "<out>/<name>/, a folder --control-model and latentgen.Control read. Resumes "
+                                    "from checkpoints in --out with --resume.")
+    add_config_args(cn, controlnet.ControlNetTrainConfig, positional=("data",))
+    cn.set_defaults(func=cmd_train_controlnet)
 
 
 def _add_ship_parsers(sub) -> None:
@@ -214,3 +267,14 @@ def _add_ship_parsers(sub) -> None:
     sl.add_argument("--shape", default=None, help="the new shape it teaches (star)")
     sl.add_argument("--command", required=True, help="the training commands recorded in the manifest")
     sl.set_defaults(func=cmd_ship_lora)
+    st = sub.add_parser("ship-tiny-vae", help="measure a tiny VAE against the embedded model's VAE and copy it with "
+                                              "its manifest")
+    st.add_argument("folder", help="RUN/taesd from distill-vae")
+    st.add_argument("dest", help="e.g. weights/default-tiny-vae (a folder, replaced whole)")
+    st.add_argument("--command", required=True, help="the training commands recorded in the manifest")
+    st.set_defaults(func=cmd_ship_tiny_vae)
+    sc = sub.add_parser("ship-controlnet", help="measure a ControlNet on hold-out layouts and copy it with its manifest")
+    sc.add_argument("folder", help="RUN/controlnet from train-controlnet")
+    sc.add_argument("dest", help="e.g. weights/controlnets/edges (a folder, replaced whole)")
+    sc.add_argument("--command", required=True, help="the training commands recorded in the manifest")
+    sc.set_defaults(func=cmd_ship_controlnet)

@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
                          load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend},
-                         preview_vae=args.preview_vae, warmup=not args.no_warmup)
+                         preview_vae=args.preview_vae, warmup=not args.no_warmup, controlnet_dir=args.controlnet_dir)
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "
@@ -76,8 +76,12 @@ def add_parser(sub) -> None:
     s.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
                    help="textual-inversion file loaded into every model it fits, used by TOKEN (default: the file "
                         "name) in prompts; /sdapi/v1/embeddings lists it; repeatable")
+    s.add_argument("--controlnet-dir", type=Path, default=None, metavar="FOLDER",
+                   help="diffusers ControlNet folders, picked by folder name in alwayson_scripts.controlnet units "
+                        "(beside the shipped ones); /controlnet/model_list lists them")
     s.add_argument("--preview-vae", type=Path, default=None, metavar="FILE|FOLDER",
-                   help="a tiny VAE (taesd_decoder.safetensors) for live previews: option show_progress_type 'TAESD'")
+                   help="a tiny VAE (taesd_decoder.safetensors, an AutoencoderTiny folder, or default-tiny-vae: the "
+                        "embedded model's) for live previews: option show_progress_type 'TAESD'")
     s.add_argument("--outdir", type=Path, default=None,
                    help="also save every image here (OUTDIR/txt2img-images/00000-SEED.png), never overwriting")
     s.add_argument("--no-warmup", action="store_true",

@@ -5,10 +5,15 @@
 * ``image``: the control map (an edge map, a depth map, a pose drawing: white on black as the ControlNet was
   trained), a PIL image, numpy array or path; brought to the drawing's size by ``resize_mode`` (img2img's modes:
   ``latentgen.canvas.resize``; A1111's default is "crop and resize", diffusers' is "just resize").
-* ``model``: a diffusers ``ControlNetModel`` or its folder (``ControlNetModel.from_pretrained``, offline).
+* ``model``: a diffusers ``ControlNetModel``, its folder (``ControlNetModel.from_pretrained``, offline), or the name
+  of one shipped in ``weights/controlnets`` (``"edges"``, for the embedded model).
 * ``weight`` scales its residuals; ``start`` / ``end``: the fractions of the steps where it acts (diffusers'
   ``control_guidance_start/end``, A1111's ``guidance_start/end``): step i of n acts when
   ``start <= i / n`` and ``(i + 1) / n <= end``.
+* ``preprocessor``: makes the map from ``image`` after it is fitted to the drawing (A1111's "pixel perfect"):
+  "canny", "invert", "threshold", "scribble_xdog", "tile_resample" (``latentgen.control.preprocess``; None or
+  "none": the image is the map), with ``threshold_a``/``threshold_b`` (None: A1111's defaults) and
+  ``processor_res`` (None: the drawing's size).
 * ``mode``: A1111's control mode. "balanced": on both halves of CFG at ``weight``. "prompt" (My prompt is more
   important): on both halves, residual k of n scaled by ``weight * 0.825 ** (n - 1 - k)`` (the deep ones
   strongest). "controlnet" (ControlNet is more important): on the conditional half only, the unconditional half
@@ -17,11 +22,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import checks
 from ..canvas import resize
+from . import preprocess
 
 MODES = ("balanced", "prompt", "controlnet")
 
@@ -37,6 +44,10 @@ class Control:
     end: float = 1.0
     mode: str = "balanced"
     resize_mode: str | int = "crop and resize"
+    preprocessor: str | None = None
+    threshold_a: float | None = None
+    threshold_b: float | None = None
+    processor_res: int | None = None
 
 
 def as_list(control) -> list[Control]:
@@ -62,6 +73,30 @@ def check(unit: Control, index: int) -> None:
     checks.choice(f"{name}.mode", unit.mode, MODES, "use 'balanced', 'prompt' (My prompt is more important) or "
                                                    "'controlnet' (ControlNet is more important)")
     resize.mode(unit.resize_mode)
+    try:
+        preprocess.thresholds(unit.preprocessor, unit.threshold_a, unit.threshold_b)
+        if unit.processor_res is not None:
+            checks.whole("processor_res", unit.processor_res, 64, "use a whole number >= 64, such as 512")
+    except ValueError as e:
+        raise ValueError(f"{name}.{e}") from None
+
+
+def shipped() -> dict[str, Path]:
+    """The ControlNets shipped in weights/controlnets, by name (``"edges"``)."""
+    from ..models.presets import data_dir
+
+    folder = data_dir("weights") / "controlnets"
+    return {p.name: p for p in sorted(folder.iterdir()) if (p / "config.json").is_file()} if folder.is_dir() else {}
+
+
+def resolve(model: str | Path) -> Path:
+    """A ControlNet folder's path, or a shipped ControlNet's name as its folder (A1111's "name [hash]" read as the
+    name)."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    bare = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", str(model))
+    return shipped().get(bare, p)
 
 
 def load_model(model, like, name: str):
@@ -70,10 +105,11 @@ def load_model(model, like, name: str):
     from diffusers import ControlNetModel
 
     if isinstance(model, (str, Path)):
-        folder = Path(model)
+        folder = resolve(model)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{name}.model={str(model)!r} is no ControlNet folder (no config.json there): pass "
-                                    f"a diffusers ControlNetModel folder or the model itself.")
+                                    f"a diffusers ControlNetModel folder, a shipped ControlNet's name "
+                                    f"({', '.join(shipped()) or 'none'}) or the model itself.")
         model = ControlNetModel.from_pretrained(folder, local_files_only=True)
     if not isinstance(model, ControlNetModel):
         raise TypeError(f"{name}.model must be a diffusers ControlNetModel or its folder, got {type(model).__name__}.")
@@ -101,6 +137,7 @@ class Prepared:
     units: list[Control]
     models: list
     images: list  # (1, 3, h, w) float32 in [0, 1] each, as diffusers' control image processor makes them
+    size: tuple[int, int] = (0, 0)  # (w, h) of the drawing
 
 
 def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, source=None) -> Prepared | None:
@@ -128,9 +165,10 @@ def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, 
             image = resize.resize(image, source, how).crop(box)
             how = "just resize"
         image = resize.resize(image, size, how)
+        image = preprocess.run(unit.preprocessor, image, unit.threshold_a, unit.threshold_b, unit.processor_res)
         images.append(torch.from_numpy(np.asarray(image, np.float32) / 255.0).permute(2, 0, 1)[None])
     models = [load_model(u.model, like, f"control[{i}]") for i, u in enumerate(units)]
-    return Prepared(units, models, images)
+    return Prepared(units, models, images, size)
 
 
 def info(control: Prepared | None) -> dict:
@@ -141,7 +179,12 @@ def info(control: Prepared | None) -> dict:
     for i, (unit, model) in enumerate(zip(control.units, control.models)):
         name = Path(unit.model).name if isinstance(unit.model, (str, Path)) else \
             Path(model.config.get("_name_or_path") or "ControlNetModel").name
-        out[f"ControlNet {i}"] = (f"Module: none, Model: {name}, Weight: {unit.weight:g}, Resize Mode: "
-                                  f"{RESIZE_LABELS[resize.mode(unit.resize_mode)]}, Guidance Start: {unit.start:g}, "
-                                  f"Guidance End: {unit.end:g}, Control Mode: {MODE_LABELS[unit.mode]}")
+        module = preprocess.name_of(unit.preprocessor)
+        a, b = preprocess.thresholds(module, unit.threshold_a, unit.threshold_b)
+        tuning = "" if module == "none" else (f", Processor Res: {unit.processor_res or min(control.size)}"
+                                               + "".join(f", Threshold {k}: {v:g}" for k, v in (("A", a), ("B", b))
+                                                         if v is not None))
+        out[f"ControlNet {i}"] = (f"Module: {module}, Model: {name}, Weight: {unit.weight:g}, Resize Mode: "
+                                  f"{RESIZE_LABELS[resize.mode(unit.resize_mode)]}{tuning}, Guidance Start: "
+                                  f"{unit.start:g}, Guidance End: {unit.end:g}, Control Mode: {MODE_LABELS[unit.mode]}")
     return out

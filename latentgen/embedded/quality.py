@@ -237,3 +237,38 @@ def round_trip(vae, n: int = 200, size: int = 64, kinds=shapes.ALL_SHAPES) -> di
                      "off_palette": round(sum(o.fraction for o in offs) / n, 6),
                      "speckled": round(sum(o.clusters > 0 for o in offs) / n, 4)}
     return out
+
+
+def shape_mask(image, shape_color: str, background: str) -> np.ndarray:
+    """(H, W) bool: the pixels nearer to ``shape_color``'s palette RGB than to ``background``'s."""
+    a = np.asarray(image.convert("RGB"), np.float32)
+    near = [np.linalg.norm(a - np.array(shapes.PALETTE[c], np.float32), axis=2) for c in (shape_color, background)]
+    return near[0] < near[1]
+
+
+def control_fit(pipe, model, seeds=range(40), preprocessor: str | None = None, steps: int = 20) -> dict:
+    """ControlNet yardstick: per seed a hold-out layout (a scene from ``random.Random(f"control:{seed}")``: a base
+    color, shape and background, at a position and size its caption does not say), its caption as the prompt and,
+    as the control, its Canny edge map (``preprocessor=None``) or the filled picture through ``preprocessor``
+    ("canny"). Success: read as the asked color and shape, and its shape's pixels overlap the layout's with
+    IoU >= 0.7. ``model=None`` draws without control (the baseline)."""
+    import random
+
+    from ..control import preprocess
+    from ..control.units import Control
+
+    size, rows = pipe.defaults.width, []
+    for seed in seeds:
+        scene = shapes.random_scene(random.Random(f"control:{seed}"), size)
+        picture = shapes.draw(scene, size)
+        image = picture if preprocessor else preprocess.run("canny", picture)
+        control = None if model is None else Control(image, model, preprocessor=preprocessor, resize_mode="just resize")
+        out = pipe.generate(scene.caption, seed=seed, steps=steps, control=control)[0]
+        r = shapes.read(out)
+        want, got = shape_mask(picture, scene.color, scene.background), shape_mask(out, scene.color, scene.background)
+        iou = float((want & got).sum() / max((want | got).sum(), 1))
+        rows.append({"color": r.color == scene.color, "shape": r.shape == scene.shape, "iou": iou})
+    n = len(rows)
+    return {"images": n, "color": sum(r["color"] for r in rows) / n, "shape": sum(r["shape"] for r in rows) / n,
+            "iou_0.7": sum(r["iou"] >= 0.7 for r in rows) / n, "mean_iou": round(sum(r["iou"] for r in rows) / n, 4),
+            "success": sum(r["color"] and r["shape"] and r["iou"] >= 0.7 for r in rows) / n}

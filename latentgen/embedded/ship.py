@@ -2,6 +2,7 @@
 
     latentgen ship runs/default/model weights/default --inpainting runs/default/inpainting-model
     latentgen ship-lora runs/purple/lora.safetensors weights/loras/purple --color purple --command "..."
+    latentgen ship-tiny-vae runs/taesd/taesd weights/default-tiny-vae --command "..."
 """
 
 from __future__ import annotations
@@ -134,4 +135,101 @@ def ship_lora(src: Path, dest: Path, *, command: str, color: str | None = None, 
                                         " 'color'/'shape': the rate of the wanted shape color/shape", **scores},
                 "files": hashes}
     files.write_text(dest.with_name(dest.name + ".json"), json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+@torch.no_grad()
+def measure_tiny_vae(tiny, vae, n: int = 256, seed: int = 10_000) -> dict:
+    """How a tiny VAE decodes against the embedded model's full ``vae`` on ``n`` fresh scenes (base vocabulary plus
+    purple and star): ``tiny_vae.distance``'s figures (0..255 units), how often ``shapes.read`` reads the tiny and
+    the full decodes of the same latents alike, images with a speck from each, and the median decode times of one
+    latent (torch fp32, ms)."""
+    import statistics
+    import time
+
+    from PIL import Image
+
+    from ..training.tiny_vae import distance
+    from . import shapes
+    from .autoencoder import from_pixels, to_pixels
+
+    pictures = [shapes.sample(seed + i, colors=(*shapes.COLORS, "purple"), shapes=(*shapes.SHAPES, "star"))[0]
+                for i in range(n)]
+    pixels = to_pixels(pictures)  # (n, 3, 64, 64)
+    sf = vae.config.scaling_factor
+    z = vae.encode(pixels).latent_dist.mean * sf  # (n, C, 8, 8)
+    decoded = {k: [Image.fromarray(a.astype("uint8")) for a in from_pixels(d)] for k, d in
+               (("full", vae.decode(z / sf).sample), ("tiny", tiny.decode(z).sample))}
+    reads = {k: [shapes.read(im) for im in ims] for k, ims in decoded.items()}
+    alike = sum((a.background, a.color, a.shape) == (b.background, b.color, b.shape)
+                for a, b in zip(reads["full"], reads["tiny"])) / n
+    specks = {k: sum(shapes.off_palette(im, reading=r).clusters > 0 for im, r in zip(decoded[k], reads[k])) / n
+              for k in decoded}
+
+    def ms(f) -> float:
+        f()
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1000, 2)
+    one = z[:1]
+    return {**distance(tiny, vae, pixels), "reads_alike": round(alike, 4),
+            "speckled": {k: round(v, 4) for k, v in specks.items()},
+            "decode_ms": {"full": ms(lambda: vae.decode(one / sf)), "tiny": ms(lambda: tiny.decode(one))},
+            "encode_ms": {"full": ms(lambda: vae.encode(pixels[:1])), "tiny": ms(lambda: tiny.encode(pixels[:1]))},
+            "protocol": f"{n} scenes (shapes.sample seeds {seed}..{seed + n - 1}, base colors and purple, base "
+                        f"shapes and star); decodes of the full encoder's mean latents; times: one image, "
+                        f"torch fp32, medians of 50"}
+
+
+def ship_tiny_vae(src: Path, dest: Path, *, command: str, base: str | None = None) -> dict:
+    """Measure the tiny VAE folder ``src`` (``latentgen distill-vae``'s ``<out>/<name>``) against the full VAE of
+    ``base`` (the embedded model) and copy it to the folder ``dest`` with ``manifest.json``: the command, training
+    record, measured figures and the files' sha256."""
+    from ..models import loading
+    from ..vae import tiny
+
+    vae = loading.load_components(base, device="cpu", dtype="fp32", backend="torch").vae
+    small = tiny.load(src, device="cpu", dtype=torch.float32)
+    record = json.loads((Path(src) / "latentgen.json").read_text())
+    quality = measure_tiny_vae(small, vae)
+    with files.atomic_folder(dest) as tmp:
+        for p in sorted(Path(src).iterdir()):
+            if p.is_file():
+                shutil.copyfile(p, tmp / p.name)
+        manifest = {"name": Path(dest).name, "command": command, "teacher": record.get("teacher"),
+                    "training": record.get("settings"), "steps": record.get("steps"),
+                    "train_seconds": record.get("train_seconds"), "trained_on": files.machine(),
+                    "measured_on": files.machine(), "quality": quality, "files": listing(tmp)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def ship_controlnet(src: Path, dest: Path, *, command: str, base: str | None = None, seeds=range(40)) -> dict:
+    """Measure the ControlNet folder ``src`` (``latentgen train-controlnet``'s ``<out>/<name>``) on hold-out layouts
+    (``quality.control_fit``: as an edge map, as a filled picture through canny, and the base model without it) and
+    copy it to the folder ``dest`` with ``manifest.json``: the command, training record, figures and sha256s."""
+    from .. import load
+    from . import quality
+
+    pipe = load(base, device="cpu")
+    record = json.loads((Path(src) / "latentgen.json").read_text())
+    figures = {"edges": quality.control_fit(pipe, src, seeds), "canny": quality.control_fit(pipe, src, seeds, "canny"),
+               "without": quality.control_fit(pipe, None, seeds)}
+    with files.atomic_folder(dest) as tmp:
+        for p in sorted(Path(src).iterdir()):
+            if p.is_file():
+                shutil.copyfile(p, tmp / p.name)
+        manifest = {"name": Path(dest).name, "command": command, "base": record.get("base"),
+                    "preprocessor": record.get("preprocessor"), "training": record.get("settings"),
+                    "steps": record.get("steps"), "train_seconds": record.get("train_seconds"),
+                    "trained_on": files.machine(), "quality": {
+                        "protocol": f"quality.control_fit: {len(list(seeds))} hold-out layouts (seeds 'control:N'), "
+                                    f"the caption as prompt, 20 steps, default guidance; success: asked color and "
+                                    f"shape read, shape IoU with the layout >= 0.7", **figures},
+                    "files": listing(tmp)}
+        manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -184,15 +184,29 @@ class LoraAdapters:
         self._tuners = None
         self._apply_scales()
 
-    def recommended(self, name: str | None = None) -> formats.Recommendation | None:
+    def recommended(self, name: str | None = None, tags: tuple = ()) -> formats.Recommendation | None:
         """The sampler, steps and guidance that loaded LoRA ``name``'s header recommends (None if it says none).
-        Without a name: the one recommendation of the active LoRAs (scale != 0), or None when none of them
-        recommends anything or two recommend different settings."""
+        Without a name: the one recommendation of the LoRAs a call would run, or None when none of them recommends
+        anything or two recommend different settings. Those LoRAs: the loaded ones with a scale != 0, with a
+        prompt's ``tags`` ((name, weight), ``latentgen.text.prompts.tagged_loras``) over them: a tag's weight
+        replaces a loaded LoRA's scale, and a tag naming one not loaded (a shipped name or a file) is read from
+        its header (a name that does not resolve is left to the call to refuse)."""
         if name is not None:
             self._check_name(name)
             return self.loaded[name].recommended
-        recs = {v.recommended for v in self.loaded.values() if v.scale != 0 and v.recommended is not None}
+        weights = {**{n: v.scale for n, v in self.loaded.items()}, **dict(tags)}
+        recs = {self._header_advice(n) for n, w in weights.items() if w != 0} - {None}
         return recs.pop() if len(recs) == 1 else None
+
+    def _header_advice(self, name: str) -> formats.Recommendation | None:
+        """A loaded or parked LoRA's recommendation, or the header of the file or shipped LoRA ``name`` names."""
+        kept = self.loaded.get(name) or self.parked.get(name)
+        if kept is not None:
+            return kept.recommended
+        try:
+            return formats.recommendation(name)
+        except (FileNotFoundError, OSError, ValueError):
+            return None
 
     def info(self) -> dict:
         """PNG metadata of the LoRAs in use, A1111 style: ``Lora hashes: "name: hash, ..."``."""

@@ -83,7 +83,7 @@ def recommendation(source: str | Path | dict[str, str]) -> Recommendation | None
     and the LoRA itself still loads."""
     from ..schedulers import SAMPLERS
 
-    meta = source if isinstance(source, dict) else _read_safetensors(resolve(source))[0]
+    meta = source if isinstance(source, dict) else _read_safetensors(resolve(source), tensors=False)[0]
     if "latentgen_sampler" not in meta:
         return None
     try:
@@ -194,14 +194,15 @@ def resolve(path: str | Path) -> Path:
                             f"or the name of a shipped LoRA ({', '.join(shipped) or 'none'}).")
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a .safetensors file; a torch pickle or a damaged file is refused by name."""
+def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a .safetensors file (``tensors=False``: its header only, no tensor read); a torch
+    pickle or a damaged file is refused by name."""
     if (kind := checkpoints.sniff(path)) != "safetensors":
         raise ValueError(f"{path.name} is a {kind} file (.ckpt/.pt), not a .safetensors LoRA: latentgen reads LoRAs "
                          f"as safetensors only; convert it where you trust its source.")
     try:
         with safe_open(str(path), "pt") as f:
-            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a bad file
         raise ValueError(f"{str(path)!r} is not a .safetensors LoRA file ({e}).") from None
 

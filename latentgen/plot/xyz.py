@@ -172,7 +172,7 @@ def plot(pipe, prompt: str, axes: list[Axis], **call) -> Plot:
         calls.append(c)
     for c in calls:  # every cell's settings checked before any model runs
         pipe.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
-                                           "variation", "seed") if k in c})
+                                           "variation", "seed", "prompt") if k in c})
         if c.get("hires") is not None:
             check_hires(c["hires"], pipe.vae_scale_factor)
     images = [pipe.generate(**c)[0] for c in calls]

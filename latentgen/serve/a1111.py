@@ -18,9 +18,10 @@ What maps to what:
 
     subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
     seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
+    alwayson_scripts.controlnet   -> control=[latentgen.Control, ...] (``controlnet``: sd-webui-controlnet's units)
 
 A field that would change the image in a way latentgen does not do (hires fix, face restoration,
-tiling, styles, scripts, the inpainting fills other than "original", ...) is refused
+tiling, styles, scripts other than ControlNet units, ...) is refused
 with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
 image_cfg_scale (instruct-pix2pix models only), mask_round (latentgen thresholds masks at 0.5),
@@ -41,7 +42,7 @@ from latentgen.request import MAX_SEED
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
-from . import workflows
+from . import controlnet, workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
@@ -80,6 +81,7 @@ class Task:
     fill: str = "original"  # inpainting_fill
     resize_mode: str = "just resize"  # img2img's resize_mode
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
+    control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet``)
 
     @property
     def count(self) -> int:
@@ -102,7 +104,6 @@ def _unsupported(req: CommonFields) -> None:
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
         ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
         ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
-        ("alwayson_scripts", bool(req.alwayson_scripts), "this server runs no scripts; send {}"),
         ("refiner_checkpoint", bool(req.refiner_checkpoint), "there is no refiner pass"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
     ]:
@@ -156,7 +157,7 @@ def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     return req.prompt, {name: loras.check(name) for _, name, _ in tags}
 
 
-def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool) -> Task:
+def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool, controlnets=None) -> Task:
     """The plan's fields common to txt2img and img2img: prompt and LoRAs, sampler, model (A1111's
     ``override_settings``: a model by name, ``CLIP_stop_at_last_layers``), seeds."""
     prompt, files = _prompt_loras(req, loras)
@@ -186,7 +187,20 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
     hires, script = workflows.hires(req, limits), workflows.script(req, "txt2img")
     plan = _plan("txt2img", req, **kw)
     plan.hires, plan.script = hires, script
+    plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
+
+
+def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
+    """The request's ControlNet units (``alwayson_scripts.controlnet``), refused where the call cannot take them."""
+    units = controlnet.units_from(req.alwayson_scripts, controlnets=controlnets or controlnet.ControlNets(),
+                                  fallback=fallback, max_pixels=limits.max_pixels)
+    if units and plan.hires is not None:
+        raise _refuse("enable_hr", True, "the hires fix takes no ControlNet here; draw without it, then upscale with "
+                                         "img2img and the same unit")
+    if units and plan.script and "outpaint" in plan.script:
+        raise _refuse("script_name", req.script_name, "outpainting takes no ControlNet here")
+    return units
 
 
 def _check_img2img(req: Img2ImgRequest, limits) -> None:
@@ -236,6 +250,7 @@ def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Task:
         plan.mask = resize.resize(a1111_mask(mask, mask.size, bool(req.inpainting_mask_invert)).convert("RGB"), size,
                                   mode).convert("L")
         plan.fill = workflows.fill(req)
+    plan.control = _control(req, plan, kw.get("controlnets"), limits, fallback=plan.init_images[0])
     plan.strength, plan.mask_blur = req.denoising_strength, _blur(req)
     plan.only_masked, plan.padding = req.inpaint_full_res, req.inpaint_full_res_padding
     if not req.include_init_images:

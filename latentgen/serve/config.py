@@ -47,6 +47,7 @@ class ServeConfig:
     dtype: str | None = None
     load_options: dict = field(default_factory=dict)  # more latentgen.load keywords for every model (vae=...)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    controlnet_dir: Path | None = None  # diffusers ControlNet folders, by folder name (beside the shipped ones)
     preview_vae: Path | None = None  # a tiny VAE (TAESD) for live previews, A1111's show_progress_type "TAESD"
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
@@ -68,9 +69,16 @@ class ServeConfig:
         from ..text.embeddings import parse_spec  # torch: only once the server is really being set up
         for spec in self.embeddings:
             parse_spec(spec)
-        if self.preview_vae is not None and not Path(self.preview_vae).exists():
-            raise FileNotFoundError(f"--preview-vae {self.preview_vae} does not exist; give a taesd_decoder.safetensors "
-                                    f"file or an AutoencoderTiny folder.")
+        if self.preview_vae is not None:
+            from .. import vae as tiny
+
+            if not tiny.resolve(self.preview_vae).exists():
+                raise FileNotFoundError(f"--preview-vae {self.preview_vae} does not exist; give a taesd_decoder."
+                                        f"safetensors file, an AutoencoderTiny folder, or {tiny.SHIPPED} (the "
+                                        f"embedded model's).")
+        if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
+            raise FileNotFoundError(f"--controlnet-dir {self.controlnet_dir} is not a folder; give a folder of "
+                                    f"diffusers ControlNet folders (each with config.json).")
         if self.outdir is not None and not Path(self.outdir).is_dir():
             raise FileNotFoundError(f"--outdir {self.outdir} is not a folder; create it first.")
         checks.whole("--port", self.port, 1, "use 1 to 65535 (7860 is A1111's)")

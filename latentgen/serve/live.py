@@ -43,4 +43,5 @@ class Previews:
         if preview.method(show_progress_type) == "tiny" and self.vae is None and not (
                 pipe is not None and tiny.is_loaded(pipe.vae)):
             raise ApiError(422, "show_progress_type 'TAESD' needs a tiny VAE: start the server with --preview-vae "
-                                "taesd_decoder.safetensors (or load the model with --vae taesd_decoder.safetensors).")
+                                "taesd_decoder.safetensors (--preview-vae default-tiny-vae for the embedded model), "
+                                "or load the model with --vae taesd_decoder.safetensors.")

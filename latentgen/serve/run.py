@@ -67,8 +67,17 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
 def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done."""
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
-    d = pipe.defaults
-    steps, cfg = plan.steps or d.steps, d.guidance if plan.cfg is None else plan.cfg
+    with loras_loaded(pipe, plan.loras):
+        return _execute(plan, ctx, pipe, limits=limits, outputs=outputs)
+
+
+def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], dict]:
+    """``execute`` with the prompt's LoRAs loaded. What the request leaves out comes from the model's defaults,
+    or from a LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA named by a tag)."""
+    d, rec = pipe.defaults, _recommended(pipe, plan)
+    sampler = plan.sampler or (rec.sampler if rec else None)
+    steps = plan.steps or (rec.steps if rec else d.steps)
+    cfg = plan.cfg if plan.cfg is not None else rec.guidance if rec else d.guidance
     width, height = plan.width or d.width, plan.height or d.height
     if steps > limits.max_steps:
         raise ApiError(422, f"the model's default steps={steps} is above --max-steps {limits.max_steps}: send steps.")
@@ -77,8 +86,8 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
         from .workflows import check_final
 
         check_final(plan.hires, width, height, limits)
-    common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=plan.sampler,
-                  clip_skip=plan.clip_skip)
+    common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=sampler,
+                  clip_skip=plan.clip_skip, **({"control": plan.control} if plan.control else {}))
     if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height
         common.update(width=width, height=height)
     if plan.mode != "txt2img":
@@ -88,31 +97,37 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
     else:
         calls = [(plan.seed + i, 1) for i in range(plan.count)]
     images, interrupted = [], False
-    with loras_loaded(pipe, plan.loras):
-        if plan.script and "grid" in plan.script:  # the X/Y/Z plot: one call per cell, the grid first
-            calls = []
-            images = _plot(pipe, plan, common, ctx.callback(0, 1))
-        for i, (seed, n) in enumerate(calls):
-            try:
-                ctx.check(f"before call {i + 1}/{len(calls)}")
-                images += _call(pipe, plan, seed, n, callback=ctx.callback(i, len(calls)), **common)
-            except Interrupted:
-                interrupted = True
-                break
+    if plan.script and "grid" in plan.script:  # the X/Y/Z plot: one call per cell, the grid first
+        calls = []
+        images = _plot(pipe, plan, common, ctx.callback(0, 1))
+    for i, (seed, n) in enumerate(calls):
+        try:
+            ctx.check(f"before call {i + 1}/{len(calls)}")
+            images += _call(pipe, plan, seed, n, callback=ctx.callback(i, len(calls)), **common)
+        except Interrupted:
+            interrupted = True
+            break
     if outputs is not None and plan.save:
         outputs.save(images, plan.mode, [plan.seed + i for i in range(len(images))])  # image i: seed + i
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
-                 ctx.worker.progress.job_timestamp)
+                 ctx.worker.progress.job_timestamp, sampler)
     if interrupted:
         info["interrupted"] = True  # latentgen's addition: the images made before POST /sdapi/v1/interrupt
     return images, info
 
 
-def _info(plan, pipe, images, resolved: dict, timestamp: str) -> dict:
+def _recommended(pipe, plan):
+    """The sampler, steps and guidance recommended by the LoRAs the job runs (``LoraAdapters.recommended``)."""
+    from latentgen.text.prompts import lora_tags
+
+    return pipe.loras.recommended(tags=lora_tags(plan.prompt) if plan.loras else ())
+
+
+def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | None) -> dict:
     """A1111's ``info`` (``modules/processing.py``: ``Processed.js()``), for latentgen's images."""
     from latentgen.schedulers import SAMPLERS, label
 
-    key, v = plan.sampler or pipe.defaults.scheduler, plan.variation
+    key, v = sampler or pipe.defaults.scheduler, plan.variation
     negative, n = plan.negative or "", plan.count
     return {
         "prompt": plan.prompt, "all_prompts": [plan.prompt] * n, "negative_prompt": negative,

@@ -141,6 +141,17 @@ def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, 
     return text, tuple((name, weight) for _, name, weight in tags)
 
 
+
+def lora_tags(prompt: str | list[str] | None) -> tuple[tuple[str, float], ...]:
+    """The ``<lora:NAME:WEIGHT>`` tags of a prompt or of each of a list, as (NAME, WEIGHT), in order, the first
+    of a name kept; tags of other kinds are left out (the call refuses them: ``tagged_loras``)."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    found: dict[str, float] = {}
+    for kind, name, weight in (tag for t in texts if isinstance(t, str) for tag in extra_networks(t)[1]):
+        if kind == "lora":
+            found.setdefault(name, weight)
+    return tuple(found.items())
+
 # -- tokens -------------------------------------------------------------------------------------
 @dataclass
 class Chunk:

@@ -16,7 +16,8 @@ of the full VAE's time, a little blurrier. What it reads:
   sibling file (``*_decoder`` <-> ``*_encoder``) is read too when it is there. A decoder without an encoder
   decodes only: img2img and inpainting refuse it (``check_encoder``), before any work.
 
-``latent_channels`` (4 for SD 1.x/2.x/XL, 16 for SD3/Flux) is read from the tensors.
+``latent_channels`` (4 for SD 1.x/2.x/XL, 16 for SD3/Flux) is read from the tensors. The name
+``"default-tiny-vae"`` is the embedded model's own, shipped in ``weights/`` (trained by ``latentgen distill-vae``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import torch
 from diffusers import AutoencoderTiny
 
 from ..models import checkpoints
+from . import SHIPPED, resolve  # noqa: F401 - resolve: the name of the shipped one, torch-free
 
 
 def is_tiny(path: str | Path) -> bool:
     """Whether ``path`` holds a tiny autoencoder (by its config or its tensor names, no weights read)."""
-    path = Path(path)
+    path = resolve(path)
     if path.is_dir():
         cfg = path / "config.json"
         return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "AutoencoderTiny"
@@ -123,11 +125,13 @@ def check_encoder(vae, call: str) -> None:
 
 
 def load(path: str | Path, *, device=None, dtype: torch.dtype | None = None) -> AutoencoderTiny:
-    """A tiny autoencoder from a diffusers folder or a file (see the module docstring), in eval mode."""
-    path = Path(path)
+    """A tiny autoencoder from a diffusers folder or a file (see the module docstring), or ``"default-tiny-vae"``
+    (the embedded model's), in eval mode."""
+    path = resolve(path)
     if not path.exists():
-        raise FileNotFoundError(f"tiny VAE {str(path)!r} does not exist; pass a taesd_decoder.safetensors file "
-                                f"or a diffusers folder holding AutoencoderTiny's config.json.")
+        raise FileNotFoundError(f"tiny VAE {str(path)!r} does not exist; pass a taesd_decoder.safetensors file, "
+                                f"a diffusers folder holding AutoencoderTiny's config.json, or {SHIPPED!r} "
+                                f"(the embedded model's).")
     if path.is_dir():
         if not is_tiny(path):
             raise ValueError(f"{str(path)!r} is not an AutoencoderTiny folder (its config.json's _class_name "

@@ -15,6 +15,9 @@ from latentgen.control import units
     (dict(resize_mode="latent upscale"), ValueError, r"'latent upscale' is img2img's"),
     (dict(model="/nowhere"), FileNotFoundError, r"control\[0\].model='/nowhere' is no ControlNet folder"),
     (dict(model=3), TypeError, r"control\[0\].model must be a diffusers ControlNetModel"),
+    (dict(preprocessor="depth_midas"), ValueError, r"control\[0\].preprocessor 'depth_midas' runs an annotator"),
+    (dict(preprocessor="canny", threshold_a=-3), ValueError, r"control\[0\].threshold_a=-3 is invalid"),
+    (dict(preprocessor="canny", processor_res=8), ValueError, r"control\[0\].processor_res=8 is invalid"),
 ])
 def test_bad_units_are_refused(pipe, unit, error, match):
     kw = {"image": Image.new("RGB", (64, 64)), "model": "/nowhere", **unit}
@@ -43,3 +46,18 @@ def test_a_controlnet_for_another_unet_is_refused(pipe):
         units.prepare(Control(Image.new("RGB", (64, 64)), other), pipe.unet, (64, 64), max_pixels=1 << 24)
     with pytest.raises(TypeError, match="control must be a latentgen.Control"):
         units.as_list(["edges.png"])
+
+
+def test_a_preprocessor_makes_the_map_from_the_fitted_image(pipe, controlnets):
+    """The image is fitted to the drawing first, then the preprocessor runs on it (A1111's pixel perfect)."""
+    import numpy as np
+
+    from latentgen.control import preprocess
+
+    photo = Image.new("RGB", (128, 128), (10, 20, 200))
+    photo.paste((250, 200, 0), (40, 40, 90, 90))
+    p = units.prepare(Control(photo, controlnets[0], resize_mode="just resize", preprocessor="canny"), pipe.unet,
+                      (64, 64), max_pixels=4096 * 4096)
+    want = np.asarray(preprocess.run("canny", photo.resize((64, 64), Image.LANCZOS)), np.float32) / 255
+    got = p.images[0][0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, want) and set(np.unique(got)) == {0.0, 1.0}

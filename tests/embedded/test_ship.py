@@ -3,6 +3,7 @@ manifest, loading, prompt adherence, img2img, inpainting) and the shipped LoRAs 
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,9 +127,20 @@ TAUGHT = {"purple": (quality.adherence_prompts(colors=("purple",), backgrounds=7
                    "a yellow star on a blue background")}  # 7 colors x 3 backgrounds
 
 
+@contextmanager
+def lora_on(pipe, path, name: str):
+    """``pipe`` with the LoRA at ``path`` loaded as ``name`` inside the block; unloaded after (the model as loaded,
+    bit for bit), so one converted pipeline serves every test of the module."""
+    pipe.load_lora(path, name=name)
+    try:
+        yield pipe
+    finally:
+        pipe.unload_lora()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TAUGHT))
-def test_a_worked_lora_teaches_a_new_word_and_keeps_the_old_ones(name, base_adherence):
+def test_a_worked_lora_teaches_a_new_word_and_keeps_the_old_ones(name, base_adherence, default_pipe):
     """weights/loras/NAME: trained in <= 15 min on 200 images of the new word; >= 80% read as it, the base
     vocabulary within 5 points of the base model, and its kohya copy draws the same images."""
     prompts, reading, example = TAUGHT[name]
@@ -136,23 +148,22 @@ def test_a_worked_lora_teaches_a_new_word_and_keeps_the_old_ones(name, base_adhe
     for file, digest in manifest["files"].items():
         assert hashlib.sha256((LORAS / file).read_bytes()).hexdigest() == digest, file
     assert manifest["train_seconds"] <= 15 * 60 and manifest["training"]["data"].endswith(f"{name}-data")
-    pipe = latentgen.load()
-    before = quality.adherence(pipe, prompts=prompts, seeds=(0, 1000)).rate(reading)
+    before = quality.adherence(default_pipe, prompts=prompts, seeds=(0, 1000)).rate(reading)
     assert shipped_loras()[name] == LORAS / f"{name}.safetensors"
-    pipe.load_lora(name)  # a shipped LoRA by name
-    after = quality.adherence(pipe, prompts=prompts, seeds=(0, 1000)).summary()
+    with lora_on(default_pipe, name, name) as pipe:  # a shipped LoRA by name
+        after = quality.adherence(pipe, prompts=prompts, seeds=(0, 1000)).summary()
+        kept = quality.adherence(pipe, seeds=(0, 1000)).summary()
+        a = pipe.generate(example, seed=5)[0]
     assert before <= 0.1 and after[reading] >= 0.8, (before, after)
-    kept = quality.adherence(pipe, seeds=(0, 1000)).summary()
     for k in ("background", "color", "shape"):
         assert kept[k] >= base_adherence[k] - 0.05, (k, kept, base_adherence)
-    kohya = latentgen.load()
-    kohya.load_lora(LORAS / f"{name}.kohya.safetensors")
-    a, b = (p.generate(example, seed=5)[0] for p in (pipe, kohya))
+    with lora_on(default_pipe, LORAS / f"{name}.kohya.safetensors", name) as kohya:
+        b = kohya.generate(example, seed=5)[0]
     assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
 
 
 @pytest.mark.slow
-def test_the_lcm_lora_draws_in_four_steps_what_the_base_draws_in_twenty(base_adherence):
+def test_the_lcm_lora_draws_in_four_steps_what_the_base_draws_in_twenty(default_pipe):
     """weights/loras/lcm: distilled by ``latentgen distill-lcm`` in <= 30 min; loaded by name, its header's sampler,
     steps and guidance (lcm, 4, 1) apply, and the 84 images read at least 95/95/90 (background/color/shape), with
     no more specks than the base's bar (10% of images); its kohya copy draws the same images."""
@@ -160,15 +171,37 @@ def test_the_lcm_lora_draws_in_four_steps_what_the_base_draws_in_twenty(base_adh
     for file, digest in manifest["files"].items():
         assert hashlib.sha256((LORAS / file).read_bytes()).hexdigest() == digest, file
     assert manifest["train_seconds"] <= 30 * 60
-    pipe = latentgen.load()
-    pipe.load_lora("lcm")
-    rec = pipe.loras.recommended()
-    assert (rec.sampler, rec.steps, rec.guidance) == ("lcm", 4, 1.0)
-    s = quality.adherence(pipe, seeds=(0, 1000), steps=None).summary()
+    with lora_on(default_pipe, "lcm", "lcm") as pipe:
+        rec = pipe.loras.recommended()
+        assert (rec.sampler, rec.steps, rec.guidance) == ("lcm", 4, 1.0)
+        s = quality.adherence(pipe, seeds=(0, 1000), steps=None).summary()
+        a = pipe.generate("a blue triangle on a yellow background", seed=5)[0]
     assert s["background"] >= 0.95 and s["color"] >= 0.95 and s["shape"] >= 0.90, s
     assert s["off_palette"] <= 0.001 and s["speckled"] <= 0.10, s
-    kohya = latentgen.load()
-    kohya.load_lora(LORAS / "lcm.kohya.safetensors")
-    a, b = (p.generate("a blue triangle on a yellow background", seed=5)[0] for p in (pipe, kohya))
+    with lora_on(default_pipe, LORAS / "lcm.kohya.safetensors", "lcm") as kohya:
+        b = kohya.generate("a blue triangle on a yellow background", seed=5)[0]
     assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in a.info["parameters"]
     assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
+
+def test_the_tiny_vae_decodes_what_the_full_vae_decodes(default_pipe):
+    """weights/default-tiny-vae: distilled from the model's VAE by ``latentgen distill-vae`` (TAESD's architecture);
+    its files are its manifest's; on 64 fresh scenes (not its training data) its decodes are within the manifest's
+    PSNR and the evaluator reads them as the full VAE's in >= 75% of images (preview-grade: corners soften); as the
+    model's VAE (``vae=`` by name) the pictures keep the asked colors."""
+    from latentgen.embedded import ship
+    from latentgen.vae import tiny
+
+    folder = data_dir("weights") / "default-tiny-vae"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    on_disk = {p.name for p in folder.iterdir() if p.is_file()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"])
+    for name, f in manifest["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == f["sha256"], name
+    small = latentgen.load_tiny_vae("default-tiny-vae")
+    assert tiny.is_loaded(small) and manifest["teacher"] == "default"
+    q = ship.measure_tiny_vae(small, default_pipe.vae, n=64)
+    assert q["reads_alike"] >= 0.75 and q["decode"]["psnr_db"] >= manifest["quality"]["decode"]["psnr_db"] - 1.5, q
+    pipe = latentgen.load(vae="default-tiny-vae", backend="torch")
+    s = quality.adherence(pipe, prompts=quality.adherence_prompts(backgrounds=1), seeds=(0,)).summary()
+    assert s["background"] >= 0.95 and s["color"] >= 0.95, s

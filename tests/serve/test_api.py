@@ -4,6 +4,7 @@ Every image the server returns equals latentgen's Python API output for the same
 1/255; in fact bit for bit), with the seed and size in ``info``; the list endpoints, options (model
 switching), png-info, LoRA tags, clip skip, --outdir, the queue bound (429) and the job timeout (504)."""
 
+import json
 import os
 
 import pytest
@@ -15,6 +16,7 @@ webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client: pip install
 from serving import Served, green, max_diff, reference, square_mask  # noqa: E402
 
 from latentgen.serve import RequestLimits, ServeConfig  # noqa: E402
+from latentgen.serve.codec import decode_image  # noqa: E402
 
 PROMPT = "a red circle on a blue background"
 
@@ -248,6 +250,23 @@ def test_lora_tags_and_clip_skip_as_a1111_clients_send_them(api, ref, served):
     for tag, status in [("<lora:../../etc/passwd:1>", 422), ("<lora:missing:1>", 404), ("<hypernet:x:1>", 422)]:
         r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": "a cat " + tag, "steps": 1})
         assert r.status_code == status and "<lora:NAME:WEIGHT>" in r.json()["detail"], r.text
+
+
+def test_a_tagged_lcm_lora_sets_what_the_request_leaves_out(ref, served):
+    """A tag naming an LCM-LoRA (the shipped ``lcm``) applies its header's sampler, steps and guidance where the
+    request sends none, as the Python API does; fields the request sends win."""
+    prompt = "a yellow circle on a blue background <lora:lcm:1>"
+    r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": prompt, "seed": 3, "width": 64,
+                                                              "height": 64})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert (info["steps"], info["cfg_scale"], info["sampler_name"]) == (4, 1.0, "LCM")
+    want = ref.generate(prompt, seed=3, width=64, height=64)[0]
+    assert "Steps: 4, Sampler: LCM, CFG scale: 1.0" in want.info["parameters"]
+    assert max_diff(decode_image(r.json()["images"][0], "image", 1 << 20), want) <= 1
+    r = requests.post(served.url + "/sdapi/v1/txt2img", json={"prompt": prompt, "seed": 3, "steps": 2, "width": 64,
+                                                              "height": 64, "sampler_name": "Euler"})
+    assert (json.loads(r.json()["info"])["steps"], json.loads(r.json()["info"])["sampler_name"]) == (2, "Euler")
 
 
 def test_png_info_reads_the_parameters_back(api):

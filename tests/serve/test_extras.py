@@ -1,6 +1,8 @@
 """latentgen serve's Extras through webuiapi: upscaling one picture or a batch by scale or to a size (cropped), a
 second upscaler blended in, the upscaler lists, and face restoration or unknown upscalers refused."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -110,9 +112,8 @@ def _preview_mid_run(url: str, show_progress_type: str) -> Image.Image:
     return image
 
 
-def test_progress_previews_mid_run_as_show_progress_type_says(api, tiny_folder, tmp_path):
+def test_progress_previews_mid_run_as_show_progress_type_says(api):
     import requests
-    from diffusers import AutoencoderTiny
 
     url = api.baseurl.replace("/sdapi/v1", "")
     assert requests.get(url + "/sdapi/v1/options").json()["show_progress_type"] == "Approx cheap"
@@ -122,9 +123,8 @@ def test_progress_previews_mid_run_as_show_progress_type_says(api, tiny_folder, 
     assert r.status_code == 422 and "--preview-vae" in r.json()["detail"]
     r = requests.post(url + "/sdapi/v1/options", json={"show_progress_type": "Approx magic"})
     assert r.status_code == 422 and "Approx cheap" in r.json()["detail"]
-    AutoencoderTiny().save_pretrained(tmp_path / "taesd")
-    s = Served(ServeConfig(model=str(tiny_folder), preview_vae=tmp_path / "taesd", warmup=False))
-    try:  # the tiny VAE's factor 8 over the tiny model's 32 x 32 latents
-        assert _preview_mid_run(f"http://127.0.0.1:{s.port}", "TAESD").size == (256, 256)
+    s = Served(ServeConfig(preview_vae=Path("default-tiny-vae"), warmup=False))  # the embedded model's, by name
+    try:
+        assert _preview_mid_run(f"http://127.0.0.1:{s.port}", "TAESD").size == (64, 64)
     finally:
         s.stop()

@@ -1,6 +1,8 @@
 """latentgen.vae.tiny: TAESD as diffusers' AutoencoderTiny, from every layout it is published in, decoding and
 encoding in the loop as diffusers' pipelines do with it (within 1/255), and refusals that name the fix."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import diffusers
@@ -9,6 +11,7 @@ from diffusers import AutoencoderTiny
 from safetensors.torch import save_file
 
 import latentgen
+from latentgen.models.presets import data_dir
 from latentgen.vae import tiny
 
 
@@ -101,3 +104,25 @@ def test_bad_files_are_refused_naming_the_fix(taesd, tmp_path, tiny_folder):
     (tmp_path / "folder" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
     with pytest.raises(ValueError, match="not an AutoencoderTiny folder"):
         tiny.load(tmp_path / "folder")
+
+
+def test_the_shipped_tiny_vae_is_found_by_name_wherever_a_tiny_vae_is_taken(tmp_path, monkeypatch):
+    """"default-tiny-vae" names weights/default-tiny-vae for ``load_tiny_vae``, ``load(vae=)``, ``--vae`` and the
+    server's ``--preview-vae``; a file or folder of that name in the working directory wins."""
+    import argparse
+
+    import latentgen
+    from latentgen import vae
+    from latentgen.cli.args import vae_file
+    from latentgen.serve import ServeConfig
+
+    assert vae.resolve("default-tiny-vae") == data_dir("weights") / "default-tiny-vae"
+    assert tiny.is_tiny("default-tiny-vae") and vae_file("default-tiny-vae") == "default-tiny-vae"
+    ServeConfig(preview_vae="default-tiny-vae").check()
+    small = latentgen.load_tiny_vae("default-tiny-vae")
+    assert small.config.latent_channels == 4 and small.config.scaling_factor == 1.0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default-tiny-vae").mkdir()  # the user's own folder of that name: taken as a path, and not tiny
+    assert vae.resolve("default-tiny-vae") == Path("default-tiny-vae") and not tiny.is_tiny("default-tiny-vae")
+    with pytest.raises(argparse.ArgumentTypeError, match="no VAE file at 'nope'.*default-tiny-vae"):
+        vae_file("nope")

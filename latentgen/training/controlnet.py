@@ -1,0 +1,190 @@
+"""ControlNet training, through the one training loop (``latentgen.training.loop``).
+
+    latentgen train-controlnet data/ --out runs/edges --preprocessor canny --steps 2000
+    latentgen shapes-data runs/cn-data -n 2000                       # the embedded world: captioned flat shapes
+    latentgen generate "a red circle on a blue background" --control edges.png --control-model runs/edges/controlnet
+
+ControlNet (Zhang et al. 2023, https://arxiv.org/abs/2302.05543): a trainable copy of the U-Net's encoder (its down
+blocks and middle block, initialized from the U-Net's weights: ``ControlNetModel.from_unet``) reads the noisy latents,
+the text and a control map (B, 3, H, W) in [0, 1] through a small convolutional encoder, and adds its outputs to the
+frozen U-Net's skip connections through zero-initialized 1x1 convolutions, so training starts from the base model
+exactly. The loss is the base model's denoising loss (``loop.diffusion_loss``) with those residuals; only the
+ControlNet learns. Captions are dropped with probability ``caption_dropout`` (the paper's 50%: it must learn to read
+the map without the text too).
+
+Data: a folder of captioned images (finetune-lora's layouts) and, for each, its control map: made from the image
+by a ``preprocessor`` (``latentgen.control.preprocess``: canny by default), or read from ``controls`` (a folder of
+maps of the same file names). Latents and maps are made once. Batches, caption dropout, noise and timesteps are
+functions of (seed, step, micro-batch, process): a killed run resumes exactly.
+
+The ControlNet is written as a diffusers folder ``<out>/<name>/`` (``config.json`` +
+``diffusion_pytorch_model.safetensors``, with ``latentgen.json``: base model, preprocessor, settings, steps, time)
+whole at every checkpoint; ``latentgen.Control(image, model=that folder)`` uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import checks, files
+from ..checks import option
+from . import loop as train
+from .captioned import Batches, cache_latents, prepare, read_dataset
+
+
+@dataclass
+class ControlNetTrainConfig:
+    """train-controlnet: data and its control maps, run folder, optimizer, batches, checkpoints."""
+    data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
+    out: Path = option(help="run folder: <name>/ (the ControlNet, a diffusers folder), checkpoints/")
+    model: str | None = option(None, "base model: diffusers folder or preset (default: the embedded model)")
+    name: str = option("controlnet", "folder name of the ControlNet (<out>/<name>/)")
+    preprocessor: str = option("canny", "makes each image's control map (latentgen.control.preprocess)")
+    controls: Path | None = option(None, "a folder of control maps named as the images (instead of --preprocessor)")
+    steps: int = option(2000, "optimizer steps")
+    batch: int = option(16, "images per process and micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-4, "learning rate")
+    warmup: int = option(0, "warmup steps")
+    caption_dropout: float = option(0.5, "fraction of captions dropped (the paper's 50%)")
+    resolution: int | None = option(None, "training size (default: the model's width)")
+    crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
+    mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
+    seed: int = option(0, "seed of the data order, caption dropout, noise")
+    save_every: int = option(250, "checkpoint (and write <out>/<name>/) every N steps")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+
+    def check(self) -> None:
+        from ..control.preprocess import name_of
+
+        for n in ("steps", "batch", "grad_accum", "save_every"):
+            checks.whole(n, getattr(self, n), 1)
+        checks.whole("warmup", self.warmup, 0)
+        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
+        checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
+        if "/" in self.name or "\\" in self.name or self.name in ("", ".", "..", "checkpoints"):
+            raise ValueError(f"name={self.name!r} is invalid: use a plain folder name such as 'edges'.")
+        name_of(self.preprocessor)
+        if self.controls is not None and not Path(self.controls).is_dir():
+            raise FileNotFoundError(f"controls={str(self.controls)!r} is not a folder: give a folder of control maps "
+                                    f"named as the images, or leave it out to make them with --preprocessor.")
+        checks.check_choices(self)
+
+
+def control_maps(pairs: list[tuple[Path, str]], cfg: ControlNetTrainConfig, res: int) -> torch.Tensor:
+    """Each image's control map (N, 3, res, res) in [0, 1]: read from ``cfg.controls`` or made by the preprocessor
+    from the image as it is trained (resized and cropped to ``res``)."""
+    from ..control import preprocess
+
+    maps = []
+    for path, _ in pairs:
+        if cfg.controls is not None:
+            found = [p for p in Path(cfg.controls).glob(path.stem + ".*") if p.suffix.lower() in (".png", ".jpg",
+                                                                                                  ".jpeg", ".webp")]
+            if not found:
+                raise FileNotFoundError(f"no control map for {path.name} in {cfg.controls} (looked for "
+                                        f"{path.stem}.png/.jpg/.webp).")
+            x = (prepare(found[0], res, cfg.crop) + 1) / 2  # (1, 3, res, res) in [0, 1]
+        else:
+            pixels = ((prepare(path, res, cfg.crop)[0] + 1) * 127.5).round().clamp(0, 255)
+            image = Image.fromarray(pixels.permute(1, 2, 0).numpy().astype(np.uint8))
+            x = torch.from_numpy(np.asarray(preprocess.run(cfg.preprocessor, image), np.float32) / 255)
+            x = x.permute(2, 0, 1)[None]
+        maps.append(x)
+    return torch.cat(maps)
+
+
+class ControlNetObjective(torch.nn.Module):
+    """The denoising loss of the frozen U-Net with the ControlNet's residuals; checkpoints hold the ControlNet only
+    (the U-Net and text encoder are kept outside the module tree)."""
+
+    def __init__(self, controlnet, unet, text_encoder, noise_scheduler):
+        super().__init__()
+        self.controlnet = controlnet
+        self._frozen = (unet, text_encoder)  # a tuple: not submodules, not trained, not saved
+        self.noise_scheduler = noise_scheduler
+
+    def forward(self, input_ids, mean, std, control, generator):
+        unet, text_encoder = self._frozen
+        latents = train.sample_latents(mean, std, generator)  # (B, C, h, w), scaled
+        with torch.no_grad():
+            hidden = text_encoder(input_ids)[0]  # (B, 77, D)
+
+        def controlled(x, t, encoder_hidden_states):  # the U-Net under the ControlNet's residuals
+            down, mid = self.controlnet(x, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=control,
+                                        return_dict=False)
+            return unet(x, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid)
+        return train.diffusion_loss(controlled, hidden, latents, self.noise_scheduler, generator)
+
+
+class ControlBatches(Batches):
+    """The data in epoch-wise shuffles (``captioned.Batches``' order), captions dropped as ``caption_dropout`` says,
+    each image with its control map."""
+
+    def __init__(self, cfg: ControlNetTrainConfig, tokenizer, captions, mean, std, maps: torch.Tensor):
+        super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std)
+        self.maps = maps  # (N, 3, res, res) in [0, 1]
+
+    def __call__(self, step: int, micro: int, a) -> dict:
+        idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
+        caps = train.drop_captions([self.captions[i] for i in idx], self.cfg.caption_dropout, self.cfg.seed, step,
+                                   micro, a.process_index)
+        return {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
+                "std": self.std[idx], "control": self.maps[idx].to(a.device),
+                "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
+
+
+def save_controlnet(controlnet, folder: Path, info: dict) -> Path:
+    """The ControlNet as a diffusers folder, replacing ``folder`` whole, with ``latentgen.json`` (how it was made)."""
+    with files.atomic_folder(folder) as tmp:
+        controlnet.save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "latentgen.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return folder
+
+
+def run(cfg: ControlNetTrainConfig) -> Path:
+    """Train a ControlNet for the base model; write ``cfg.out/<name>/``; returns it."""
+    from diffusers import ControlNetModel, DDPMScheduler
+
+    from .finetune import load_base
+
+    started = time.perf_counter()
+    cfg.check()
+    pairs = read_dataset(cfg.data)  # bad settings and data fail before any model loads
+    out = Path(cfg.out)
+    if train.latest_checkpoint(out)[0] is not None and not cfg.resume:
+        raise ValueError(f"{cfg.out} already holds checkpoints: pass resume=True (--resume) to continue that run, "
+                         f"or use a new output folder.")
+    acc, c, res = load_base(cfg)
+    maps = control_maps(pairs, cfg, res)
+    mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
+    for model in (c.unet, c.text_encoder, c.vae):
+        model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)  # the hint encoder's init: seeded, so a run is a function of its settings
+    levels = int(math.log2(c.vae_scale_factor)) + 1  # the hint encoder halves the map down to the latents' size
+    controlnet = ControlNetModel.from_unet(c.unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels])
+    controlnet.to(acc.device)  # the encoder's weights, zero convolutions
+    settings = train.config_dict(cfg, skip=("out", "resume", "save_every"))
+    run_id = {"controlnet": settings, "data": [[p.name, cap] for p, cap in pairs], "processes": acc.num_processes}
+
+    def write(step: int) -> None:
+        save_controlnet(controlnet, out / cfg.name, {
+            "base": c.name, "preprocessor": None if cfg.controls else cfg.preprocessor, "steps": step,
+            "settings": settings, "train_seconds": round(train.elapsed_seconds(out) + setup, 1)})
+    setup = time.perf_counter() - started
+    train.run(train.LoopConfig(out=out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, grad_accum=cfg.grad_accum,
+                               seed=cfg.seed, save_every=cfg.save_every, weight_decay=0.0,
+                               mixed_precision=cfg.mixed_precision),
+              ControlNetObjective(controlnet, c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config)),
+              ControlBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std, maps), run_id=run_id,
+              accelerator=acc, desc=f"controlnet {cfg.name}", on_save=write)
+    return out / cfg.name
