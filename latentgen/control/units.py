@@ -99,6 +99,22 @@ def resolve(model: str | Path) -> Path:
     return shipped().get(bare, p)
 
 
+_READ: dict[tuple, object] = {}  # (folder, its weights' stamp, dtype) -> ControlNetModel: the last few read
+
+
+def _read(folder: Path, dtype):
+    """A ControlNet folder read once while its weights file is unchanged (a server's requests name the same few)."""
+    from diffusers import ControlNetModel
+
+    weights = sorted(folder.glob("diffusion_pytorch_model*"))
+    key = (str(folder.resolve()), tuple((w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights), dtype)
+    if key not in _READ:
+        while len(_READ) >= 4:
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = ControlNetModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+    return _READ[key]
+
+
 def load_model(model, like, name: str):
     """A ControlNet for the U-Net ``like``: a ``ControlNetModel`` as it is, or a diffusers folder (offline), on the
     U-Net's device and dtype; one made for another architecture is refused, naming what does not fit."""
@@ -110,7 +126,7 @@ def load_model(model, like, name: str):
             raise FileNotFoundError(f"{name}.model={str(model)!r} is no ControlNet folder (no config.json there): pass "
                                     f"a diffusers ControlNetModel folder, a shipped ControlNet's name "
                                     f"({', '.join(shipped()) or 'none'}) or the model itself.")
-        model = ControlNetModel.from_pretrained(folder, local_files_only=True)
+        model = _read(folder, like.dtype)
     if not isinstance(model, ControlNetModel):
         raise TypeError(f"{name}.model must be a diffusers ControlNetModel or its folder, got {type(model).__name__}.")
     cfg, unet = model.config, like.config

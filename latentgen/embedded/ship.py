@@ -195,14 +195,21 @@ def ship_tiny_vae(src: Path, dest: Path, *, command: str, base: str | None = Non
     small = tiny.load(src, device="cpu", dtype=torch.float32)
     record = json.loads((Path(src) / "latentgen.json").read_text())
     quality = measure_tiny_vae(small, vae)
+    return _ship_folder(src, dest, {"name": Path(dest).name, "command": command, "teacher": record.get("teacher"),
+                                    "training": record.get("settings"), "steps": record.get("steps"),
+                                    "train_seconds": record.get("train_seconds"), "trained_on": files.machine(),
+                                    "quality": quality})
+
+
+def _ship_folder(src: Path, dest: Path, manifest: dict) -> dict:
+    """Copy the files of the folder ``src`` to ``dest`` (replaced whole) beside ``manifest.json``: ``manifest``
+    with the files' sha256s and sizes and their total."""
     with files.atomic_folder(dest) as tmp:
         for p in sorted(Path(src).iterdir()):
             if p.is_file():
                 shutil.copyfile(p, tmp / p.name)
-        manifest = {"name": Path(dest).name, "command": command, "teacher": record.get("teacher"),
-                    "training": record.get("settings"), "steps": record.get("steps"),
-                    "train_seconds": record.get("train_seconds"), "trained_on": files.machine(),
-                    "measured_on": files.machine(), "quality": quality, "files": listing(tmp)}
+        manifest = {**manifest, "files": listing(tmp)}
+        manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -218,18 +225,10 @@ def ship_controlnet(src: Path, dest: Path, *, command: str, base: str | None = N
     record = json.loads((Path(src) / "latentgen.json").read_text())
     figures = {"edges": quality.control_fit(pipe, src, seeds), "canny": quality.control_fit(pipe, src, seeds, "canny"),
                "without": quality.control_fit(pipe, None, seeds)}
-    with files.atomic_folder(dest) as tmp:
-        for p in sorted(Path(src).iterdir()):
-            if p.is_file():
-                shutil.copyfile(p, tmp / p.name)
-        manifest = {"name": Path(dest).name, "command": command, "base": record.get("base"),
-                    "preprocessor": record.get("preprocessor"), "training": record.get("settings"),
-                    "steps": record.get("steps"), "train_seconds": record.get("train_seconds"),
-                    "trained_on": files.machine(), "quality": {
-                        "protocol": f"quality.control_fit: {len(list(seeds))} hold-out layouts (seeds 'control:N'), "
-                                    f"the caption as prompt, 20 steps, default guidance; success: asked color and "
-                                    f"shape read, shape IoU with the layout >= 0.7", **figures},
-                    "files": listing(tmp)}
-        manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return _ship_folder(src, dest, {
+        "name": Path(dest).name, "command": command, "base": record.get("base"),
+        "preprocessor": record.get("preprocessor"), "training": record.get("settings"), "steps": record.get("steps"),
+        "train_seconds": record.get("train_seconds"), "trained_on": files.machine(), "quality": {
+            "protocol": f"quality.control_fit: {len(list(seeds))} hold-out layouts (seeds 'control:N'), the caption as "
+                        f"prompt, 20 steps, default guidance; success: asked color and shape read, shape IoU with the "
+                        f"layout >= 0.7", **figures}})

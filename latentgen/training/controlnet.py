@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import checks, files
+from .. import checks
 from ..checks import option
 from . import loop as train
 from .captioned import Batches, cache_latents, prepare, read_dataset
@@ -143,14 +143,6 @@ class ControlBatches(Batches):
                 "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
 
 
-def save_controlnet(controlnet, folder: Path, info: dict) -> Path:
-    """The ControlNet as a diffusers folder, replacing ``folder`` whole, with ``latentgen.json`` (how it was made)."""
-    with files.atomic_folder(folder) as tmp:
-        controlnet.save_pretrained(tmp, safe_serialization=True)
-        (Path(tmp) / "latentgen.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    return folder
-
-
 def run(cfg: ControlNetTrainConfig) -> Path:
     """Train a ControlNet for the base model; write ``cfg.out/<name>/``; returns it."""
     from diffusers import ControlNetModel, DDPMScheduler
@@ -161,9 +153,7 @@ def run(cfg: ControlNetTrainConfig) -> Path:
     cfg.check()
     pairs = read_dataset(cfg.data)  # bad settings and data fail before any model loads
     out = Path(cfg.out)
-    if train.latest_checkpoint(out)[0] is not None and not cfg.resume:
-        raise ValueError(f"{cfg.out} already holds checkpoints: pass resume=True (--resume) to continue that run, "
-                         f"or use a new output folder.")
+    train.check_fresh(out, cfg.resume)
     acc, c, res = load_base(cfg)
     maps = control_maps(pairs, cfg, res)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
@@ -177,7 +167,7 @@ def run(cfg: ControlNetTrainConfig) -> Path:
     run_id = {"controlnet": settings, "data": [[p.name, cap] for p, cap in pairs], "processes": acc.num_processes}
 
     def write(step: int) -> None:
-        save_controlnet(controlnet, out / cfg.name, {
+        train.save_folder(controlnet, out / cfg.name, {
             "base": c.name, "preprocessor": None if cfg.controls else cfg.preprocessor, "steps": step,
             "settings": settings, "train_seconds": round(train.elapsed_seconds(out) + setup, 1)})
     setup = time.perf_counter() - started

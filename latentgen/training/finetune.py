@@ -174,10 +174,7 @@ def check_inputs(cfg: LoraOptions) -> list[tuple[Path, str]]:
     """The settings, the data folder and the run folder, checked; the (image, caption) pairs."""
     cfg.check()
     pairs = read_dataset(cfg.data, cfg.default_caption)
-    ckpt, _ = train.latest_checkpoint(Path(cfg.out))
-    if ckpt is not None and not cfg.resume:
-        raise ValueError(f"{cfg.out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to "
-                         f"continue that run, or use a new output folder.")
+    train.check_fresh(cfg.out, cfg.resume)
     return pairs
 
 

@@ -64,6 +64,23 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(d.glob("step-*")) if d.is_dir() else []
 
 
+def check_fresh(out: Path, resume: bool) -> None:
+    """A run folder that holds checkpoints is continued only on request (``--resume``), never mixed into silently."""
+    ckpt, _ = latest_checkpoint(Path(out))
+    if ckpt is not None and not resume:
+        raise ValueError(f"{out} already holds checkpoints ({ckpt.name}): pass resume=True (--resume) to continue "
+                         f"that run, or use a new output folder.")
+
+
+def save_folder(model, folder: Path, info: dict) -> Path:
+    """A diffusers model (``save_pretrained``) as the folder ``folder``, replaced whole (a reader never sees half of
+    one), with ``latentgen.json`` saying how it was made."""
+    with files.atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (Path(tmp) / "latentgen.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+    return folder
+
+
 def latest_checkpoint(out: Path) -> tuple[Path | None, int]:
     """The newest complete checkpoint of a run folder and its step (None, 0 when there is none)."""
     ckpts = _checkpoints(out)

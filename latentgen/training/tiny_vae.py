@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import checks, files
+from .. import checks
 from ..checks import option
 from . import loop as train
 from .captioned import Batches, cache_latents, prepare, read_dataset
@@ -144,15 +144,6 @@ def distance(tiny, vae, pixels: torch.Tensor, batch: int = 64) -> dict:
     return figures
 
 
-def save_tiny(tiny, folder: Path, info: dict) -> Path:
-    """The tiny VAE as a diffusers folder, replacing ``folder`` whole (a reader never sees half of one), with
-    ``latentgen.json`` saying how it was made."""
-    with files.atomic_folder(folder) as tmp:
-        tiny.save_pretrained(tmp, safe_serialization=True)
-        (Path(tmp) / "latentgen.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
-    return folder
-
-
 def run(cfg: TinyVaeConfig) -> Path:
     """Distill the model's VAE; write ``cfg.out/<name>/`` (a diffusers ``AutoencoderTiny`` folder); returns it."""
     from .finetune import load_base
@@ -161,9 +152,7 @@ def run(cfg: TinyVaeConfig) -> Path:
     cfg.check()
     pairs = read_dataset(cfg.data, default_caption="")  # bad settings and data fail before any model loads
     out = Path(cfg.out)
-    if train.latest_checkpoint(out)[0] is not None and not cfg.resume:
-        raise ValueError(f"{cfg.out} already holds checkpoints: pass resume=True (--resume) to continue that run, "
-                         f"or use a new output folder.")
+    train.check_fresh(out, cfg.resume)
     acc, c, res = load_base(cfg)
     c.vae.requires_grad_(False)
     pixels = torch.cat([prepare(p, res, cfg.crop) for p, _ in pairs])  # (N, 3, res, res)
@@ -174,7 +163,7 @@ def run(cfg: TinyVaeConfig) -> Path:
     run_id = {"tiny_vae": settings, "data": [p.name for p, _ in pairs], "processes": acc.num_processes}
 
     def write(step: int) -> None:
-        save_tiny(tiny, out / cfg.name, {"teacher": c.name, "steps": step, "settings": settings,
+        train.save_folder(tiny, out / cfg.name, {"teacher": c.name, "steps": step, "settings": settings,
                                          "train_seconds": round(train.elapsed_seconds(out), 1),
                                          "setup_seconds": round(setup, 1)})
     setup = time.perf_counter() - started

@@ -142,3 +142,29 @@ def test_paint_a_mask_and_inpaint(page, served, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("LATENTGEN_SCREENSHOT"):
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_a_control_image_places_the_shape(page, served, tmp_path):
+    """The ControlNet panel: an edge map, the shipped ``edges`` ControlNet, no preprocessor: the picture equals the
+    Python API's with that ``latentgen.Control``, and its parameters carry the unit's line."""
+    from latentgen import Control
+    from latentgen.control import preprocess
+
+    edges = preprocess.run("canny", shapes.draw(shapes.Scene("red", "square", "blue", 22.0, 40.0, 12.0)))
+    edges.save(tmp_path / "edges.png")
+    page.click("#controlnet summary")
+    assert "edges" in page.eval_on_selector("#control-model", "s => [...s.options].map(o => o.value)")
+    page.set_input_files("#control-file", str(tmp_path / "edges.png"))
+    page.wait_for_selector("#control-thumb:not([hidden])")
+    page.select_option("#control-model", "edges")
+    page.select_option("#control-module", "none")
+    page.fill("#prompt", "a red square on a blue background")
+    page.fill("#seed", "2")
+    page.fill("#steps", "12")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img.result", timeout=120_000)
+    image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
+    want = reference().generate("a red square on a blue background", seed=2, steps=12,
+                                control=Control(edges, "edges"))[0]
+    assert max_diff(image, want) <= 1
+    assert 'ControlNet 0: "Module: none, Model: edges, Weight: 1' in page.inner_text("#gallery .params")

@@ -36,6 +36,34 @@ async function loadLists() {
   fillSelect($("sampler"), samplers.map((s) => [s.name, s.name]), true);
   fillSelect($("lora"), loras.map((l) => [l.name, l.alias]));
   $("lora-add").disabled = loras.length === 0;
+  const [nets, modules] = await Promise.all([fetch("/controlnet/model_list"), fetch("/controlnet/module_list")]
+    .map((p) => p.then((r) => r.json())));
+  fillSelect($("control-model"), nets.model_list.map((n) => [n, n]));
+  fillSelect($("control-module"), modules.module_list.map((n) => [n, n]));
+  $("controlnet").hidden = nets.model_list.length === 0;  // no ControlNet for this server
+}
+
+// -- ControlNet: one unit, sent as sd-webui-controlnet's (alwayson_scripts.controlnet) -----------------
+let controlImage = null;
+
+$("control-file").addEventListener("change", () => {
+  const file = $("control-file").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => { controlImage = reader.result; $("control-thumb").src = controlImage; $("control-thumb").hidden = false; };
+  reader.readAsDataURL(file);
+});
+$("control-clear").addEventListener("click", () => {
+  controlImage = null;
+  $("control-file").value = "";
+  $("control-thumb").hidden = true;
+});
+
+function controlUnits() {
+  if (!controlImage || !$("control-model").value) return undefined;
+  return { controlnet: { args: [{ image: controlImage, model: $("control-model").value, module: $("control-module").value,
+                                  weight: number("control-weight") ?? 1, resize_mode: "Crop and Resize",
+                                  processor_res: -1 }] } };
 }
 
 $("model").addEventListener("change", async () => {
@@ -136,7 +164,7 @@ function payload() {
   const body = {
     prompt: $("prompt").value, negative_prompt: $("negative").value, seed: number("seed") ?? -1,
     steps: number("steps"), cfg_scale: number("cfg"), sampler_name: $("sampler").value || undefined,
-    batch_size: 1, n_iter: count,
+    batch_size: 1, n_iter: count, alwayson_scripts: controlUnits(),
   };
   if (mode() === "txt2img") return { ...body, width: number("width"), height: number("height") };
   if (!hasSource) throw new Error("choose a start image first (or 'use as input' under a result).");
