@@ -18,7 +18,7 @@ What maps to what:
 
     subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
     seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
-    alwayson_scripts.controlnet   -> control=[latentgen.Control, ...] (``controlnet``: sd-webui-controlnet's units)
+    alwayson_scripts.controlnet   -> control=[latentgen.Control, ...] (``controlnet_api``: sd-webui-controlnet's units)
 
 A field that would change the image in a way latentgen does not do (hires fix, face restoration,
 tiling, styles, scripts other than ControlNet units, ...) is refused
@@ -42,7 +42,7 @@ from latentgen.request import MAX_SEED
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
-from . import controlnet, workflows
+from . import controlnet_api, workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
@@ -81,7 +81,7 @@ class Task:
     fill: str = "original"  # inpainting_fill
     resize_mode: str = "just resize"  # img2img's resize_mode
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
-    control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet``)
+    control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
 
     @property
     def count(self) -> int:
@@ -193,7 +193,7 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
 
 def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
     """The request's ControlNet units (``alwayson_scripts.controlnet``), refused where the call cannot take them."""
-    units = controlnet.units_from(req.alwayson_scripts, controlnets=controlnets or controlnet.ControlNets(),
+    units = controlnet_api.units_from(req.alwayson_scripts, controlnets=controlnets or controlnet_api.ControlNets(),
                                   fallback=fallback, max_pixels=limits.max_pixels)
     if units and plan.hires is not None:
         raise _refuse("enable_hr", True, "the hires fix takes no ControlNet here; draw without it, then upscale with "

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import a1111, codec, controlnet, extras, live, run, settings, workflows
+from . import a1111, codec, controlnet_api, extras, live, run, settings, workflows
 from .catalog import Loras, Models, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
@@ -49,7 +49,7 @@ class Server:
         self.models = Models(config.model, config.models_dir, device=config.device, dtype=config.dtype,
                              embeddings=config.embeddings, load_options=config.load_options, warmup=config.warmup)
         self.loras = Loras(config.loras)
-        self.controlnets = controlnet.ControlNets(config.controlnet_dir)
+        self.controlnets = controlnet_api.ControlNets(config.controlnet_dir)
         self.outputs = run.Outputs(config.outdir) if config.outdir else None
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)
         self.options: dict[str, Any] = {}
@@ -159,7 +159,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     _task_routes(app, server)
     _list_routes(app, server)
     extras.add_routes(app, server)
-    controlnet.add_routes(app, server)
+    controlnet_api.add_routes(app, server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

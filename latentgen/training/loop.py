@@ -73,8 +73,7 @@ def check_fresh(out: Path, resume: bool) -> None:
 
 
 def save_folder(model, folder: Path, info: dict) -> Path:
-    """A diffusers model (``save_pretrained``) as the folder ``folder``, replaced whole (a reader never sees half of
-    one), with ``latentgen.json`` saying how it was made."""
+    """A diffusers model as the folder ``folder``, replaced whole, with ``latentgen.json``: how it was made."""
     with files.atomic_folder(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         (Path(tmp) / "latentgen.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
