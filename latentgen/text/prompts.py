@@ -144,8 +144,8 @@ def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, 
 
 def lora_tags(prompt: str | list[str] | None) -> tuple[tuple[str, float], ...]:
     """The ``<lora:NAME:WEIGHT>`` tags of a prompt or of each of a list, as (NAME, WEIGHT), in order, the first
-    of a name kept; tags of other kinds are left out (the call refuses them: ``tagged_loras``)."""
-    texts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    of a name kept; tags of other kinds, and prompts that are not text, are left out (the call refuses them)."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
     found: dict[str, float] = {}
     for kind, name, weight in (tag for t in texts if isinstance(t, str) for tag in extra_networks(t)[1]):
         if kind == "lora":

@@ -52,7 +52,7 @@ def test_two_units_through_webuiapi_draw_what_the_python_api_draws(served, ref, 
              webuiapi.ControlNetUnit(image=_square(size=96), module="none", model="cn1", weight=0.5,
                                      resize_mode="Crop and Resize", control_mode=1)]
     r = served.api.txt2img(prompt=PROMPT, seed=3, steps=4, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
-                           controlnet_units=units)
+                           controlnet_units=units, alwayson_scripts={})  # webuiapi's default dict is shared
     want = ref.generate(PROMPT, seed=3, steps=4, guidance=5, scheduler="euler_a", control=[
         Control(_square((200, 60, 60)), controlnets[0], weight=0.8, start=0.1, end=0.9, mode="controlnet",
                 resize_mode="just resize", preprocessor="canny", threshold_a=100, threshold_b=200, processor_res=512),
@@ -71,7 +71,7 @@ def test_img2img_unit_without_an_image_reads_the_init_image(served, ref, control
     init = _square((30, 200, 30))
     unit = webuiapi.ControlNetUnit(model="cn0", module="invert", resize_mode="Just Resize", processor_res=-1)
     r = served.api.img2img(images=[init], prompt=PROMPT, seed=5, steps=4, cfg_scale=5, denoising_strength=0.7,
-                           width=64, height=64, sampler_name="Euler", controlnet_units=[unit])
+                           width=64, height=64, sampler_name="Euler", controlnet_units=[unit], alwayson_scripts={})
     want = ref.img2img(PROMPT, init, strength=0.7, seed=5, steps=4, guidance=5, scheduler="euler", width=64, height=64,
                        control=Control(init, controlnets[0], resize_mode="just resize", preprocessor="invert"))
     assert max_diff(r.images[0], want[0]) <= 1
