@@ -1,0 +1,83 @@
+"""Benchmark: what a ControlNet adds per step on a CPU (issue 38), latentgen against diffusers' ControlNet pipeline.
+
+    python tests/benchmarks/bench_controlnet.py --part embedded --repeats 5   # the embedded model with ``edges``
+    python tests/benchmarks/bench_controlnet.py --part sd15 --repeats 3      # SD 1.5's architecture at 512x512
+
+``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend), with the shipped
+``edges`` ControlNet, and diffusers' ``StableDiffusionControlNetPipeline`` on the same folders. ``sd15``: random
+weights (``latentgen.load("sd15")`` and ``ControlNetModel.from_unet`` of its U-Net), 4 steps at 512x512 with CFG.
+Per-step figures subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
+machine's load hits all alike; medians. Time only on a quiet machine (``uptime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from bench_few_steps import cpu, medians  # noqa: E402
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import latentgen  # noqa: E402
+from latentgen import Control  # noqa: E402
+from latentgen.models.presets import data_dir  # noqa: E402
+
+PROMPT = "a red square on a blue background"
+
+
+def edge_map(size: int) -> Image.Image:
+    im = Image.new("RGB", (size, size))
+    im.paste((255, 255, 255), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    im.paste((0, 0, 0), (size // 4 + 2, size // 4 + 2, 3 * size // 4 - 2, 3 * size // 4 - 2))
+    return im
+
+
+def embedded(repeats: int) -> dict:
+    folder = data_dir("weights") / "controlnets" / "edges"
+    pipe, edges = latentgen.load(), edge_map(64)
+    ref = StableDiffusionControlNetPipeline.from_pretrained(
+        data_dir("weights") / "default", controlnet=ControlNetModel.from_pretrained(folder), safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    g = pipe.defaults.guidance
+    runs = {"latentgen, no control": lambda: pipe.generate(PROMPT, steps=20),
+            "latentgen, edges": lambda: pipe.generate(PROMPT, steps=20, control=Control(edges, "edges")),
+            "diffusers, edges": lambda: ref(PROMPT, edges, num_inference_steps=20, guidance_scale=g, height=64,
+                                            width=64, generator=torch.Generator().manual_seed(0))}
+    for fn in runs.values():  # warm-up: conversions, first-call work
+        fn()
+    return {k: v / 20 for k, v in medians(runs, repeats).items()}
+
+
+def sd15(repeats: int, steps: int = 4) -> dict:
+    pipe = latentgen.load("sd15")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        ControlNetModel.from_unet(pipe.unet).float().save_pretrained(Path(tmp) / "cn")  # fp32 weights, as published
+        unit = Control(edge_map(512), Path(tmp) / "cn")
+        runs = {"latentgen, no control": lambda: pipe.generate(PROMPT, steps=steps, width=512, height=512),
+                "latentgen, one ControlNet": lambda: pipe.generate(PROMPT, steps=steps, width=512, height=512,
+                                                                     control=unit)}
+        for fn in runs.values():
+            fn()
+        return {k: v / steps for k, v in medians(runs, repeats).items()} | {"repr": repr(pipe)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("embedded", "sd15"), default="embedded")
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    print(f"CPU: {cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    figures = embedded(a.repeats) if a.part == "embedded" else sd15(a.repeats)
+    for k, v in figures.items():
+        print(f"{k:28s} {v:.4f} s per step" if isinstance(v, float) else f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
