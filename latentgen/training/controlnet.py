@@ -24,7 +24,6 @@ whole at every checkpoint; ``latentgen.Control(image, model=that folder)`` uses 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -37,46 +36,27 @@ from PIL import Image
 from .. import checks
 from ..checks import option
 from . import loop as train
-from .captioned import Batches, cache_latents, prepare, read_dataset
+from .captioned import Batches, FolderRunOptions, cache_latents, prepare, read_dataset
 
 
 @dataclass
-class ControlNetTrainConfig:
-    """train-controlnet: data and its control maps, run folder, optimizer, batches, checkpoints."""
+class ControlNetTrainConfig(FolderRunOptions):
+    """train-controlnet: the shared options (``captioned.FolderRunOptions``), the control maps, caption dropout."""
     data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
-    out: Path = option(help="run folder: <name>/ (the ControlNet, a diffusers folder), checkpoints/")
-    model: str | None = option(None, "base model: diffusers folder or preset (default: the embedded model)")
     name: str = option("controlnet", "folder name of the ControlNet (<out>/<name>/)")
     preprocessor: str = option("canny", "makes each image's control map (latentgen.control.preprocess)")
     controls: Path | None = option(None, "a folder of control maps named as the images (instead of --preprocessor)")
-    steps: int = option(2000, "optimizer steps")
-    batch: int = option(16, "images per process and micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(1e-4, "learning rate")
-    warmup: int = option(0, "warmup steps")
     caption_dropout: float = option(0.5, "fraction of captions dropped (the paper's 50%)")
-    resolution: int | None = option(None, "training size (default: the model's width)")
-    crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
-    mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
-    seed: int = option(0, "seed of the data order, caption dropout, noise")
-    save_every: int = option(250, "checkpoint (and write <out>/<name>/) every N steps")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
     def check(self) -> None:
         from ..control.preprocess import name_of
 
-        for n in ("steps", "batch", "grad_accum", "save_every"):
-            checks.whole(n, getattr(self, n), 1)
-        checks.whole("warmup", self.warmup, 0)
-        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
+        super().check()
         checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
-        if "/" in self.name or "\\" in self.name or self.name in ("", ".", "..", "checkpoints"):
-            raise ValueError(f"name={self.name!r} is invalid: use a plain folder name such as 'edges'.")
         name_of(self.preprocessor)
         if self.controls is not None and not Path(self.controls).is_dir():
             raise FileNotFoundError(f"controls={str(self.controls)!r} is not a folder: give a folder of control maps "
                                     f"named as the images, or leave it out to make them with --preprocessor.")
-        checks.check_choices(self)
 
 
 def control_maps(pairs: list[tuple[Path, str]], cfg: ControlNetTrainConfig, res: int) -> torch.Tensor:

@@ -25,7 +25,6 @@ killed run resumes exactly, and P processes train what one does with P times the
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -37,38 +36,22 @@ import torch.nn.functional as F
 from .. import checks
 from ..checks import option
 from . import loop as train
-from .captioned import Batches, cache_latents, prepare, read_dataset
+from .captioned import Batches, FolderRunOptions, cache_latents, prepare, read_dataset
 
 
 @dataclass
-class TinyVaeConfig:
-    """distill-vae: data, run folder, the tiny VAE's size, optimizer, batches, checkpoints."""
+class TinyVaeConfig(FolderRunOptions):
+    """distill-vae: the shared options (``captioned.FolderRunOptions``) and the tiny VAE's size."""
     data: Path = option(help="folder of images (captions are not needed)")
-    out: Path = option(help="run folder: <name>/ (the tiny VAE, a diffusers folder), checkpoints/")
-    model: str | None = option(None, "the model whose VAE teaches: diffusers folder or preset (default: the embedded model)")
     name: str = option("taesd", "folder name of the tiny VAE (<out>/<name>/)")
-    channels: int = option(64, "channels at every level (TAESD's 64)")
     steps: int = option(1500, "optimizer steps")
-    batch: int = option(16, "images per process and micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
     lr: float = option(1e-3, "learning rate (cosine schedule)")
     warmup: int = option(50, "warmup steps")
-    resolution: int | None = option(None, "training size (default: the model's width)")
-    crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
-    mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
-    seed: int = option(0, "seed of the init, data order, posterior draws")
-    save_every: int = option(250, "checkpoint (and write <out>/<name>/) every N steps")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    channels: int = option(64, "channels at every level (TAESD's 64)")
 
     def check(self) -> None:
         checks.whole("channels", self.channels, 4, "use a whole number >= 4, such as 64 (TAESD's)")
-        for n in ("steps", "batch", "grad_accum", "save_every"):
-            checks.whole(n, getattr(self, n), 1)
-        checks.whole("warmup", self.warmup, 0)
-        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-3")
-        if "/" in self.name or "\\" in self.name or self.name in ("", ".", "..", "checkpoints"):
-            raise ValueError(f"name={self.name!r} is invalid: use a plain folder name such as 'taesd'.")
-        checks.check_choices(self)
+        super().check()
 
 
 def tiny_for(vae, channels: int = 64):
