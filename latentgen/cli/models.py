@@ -44,26 +44,25 @@ def cmd_ship_lora(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ship_tiny_vae(args: argparse.Namespace) -> int:
+# command -> (what, the trainer that writes it, its folder in a run, ship's function, where it ships, how measured)
+SHIPPED_FOLDERS = {
+    "ship-tiny-vae": ("tiny VAE", "distill-vae", "RUN/taesd", "ship_tiny_vae", "weights/default-tiny-vae",
+                      "against the embedded model's VAE"),
+    "ship-controlnet": ("ControlNet", "train-controlnet", "RUN/controlnet", "ship_controlnet",
+                        "weights/controlnets/edges", "on hold-out layouts"),
+}
+
+
+def cmd_ship_folder(args: argparse.Namespace) -> int:
+    """ship-tiny-vae, ship-controlnet: measure a trained diffusers folder and copy it with its manifest."""
     import json
 
     from ..embedded import ship
 
+    what, trainer, where, fn, _, _ = SHIPPED_FOLDERS[args.command_name]
     if not (Path(args.folder) / "config.json").is_file():
-        raise FileNotFoundError(f"{args.folder} is not a tiny VAE folder: give the one distill-vae wrote (RUN/taesd).")
-    print(json.dumps(ship.ship_tiny_vae(Path(args.folder), Path(args.dest), command=args.command)["quality"]))
-    return 0
-
-
-def cmd_ship_controlnet(args: argparse.Namespace) -> int:
-    import json
-
-    from ..embedded import ship
-
-    if not (Path(args.folder) / "config.json").is_file():
-        raise FileNotFoundError(f"{args.folder} is not a ControlNet folder: give the one train-controlnet wrote "
-                                f"(RUN/controlnet).")
-    print(json.dumps(ship.ship_controlnet(Path(args.folder), Path(args.dest), command=args.command)["quality"]))
+        raise FileNotFoundError(f"{args.folder} is not a {what} folder: give the one {trainer} wrote ({where}).")
+    print(json.dumps(getattr(ship, fn)(Path(args.folder), Path(args.dest), command=args.command)["quality"]))
     return 0
 
 
@@ -267,14 +266,9 @@ def _add_ship_parsers(sub) -> None:
     sl.add_argument("--shape", default=None, help="the new shape it teaches (star)")
     sl.add_argument("--command", required=True, help="the training commands recorded in the manifest")
     sl.set_defaults(func=cmd_ship_lora)
-    st = sub.add_parser("ship-tiny-vae", help="measure a tiny VAE against the embedded model's VAE and copy it with "
-                                              "its manifest")
-    st.add_argument("folder", help="RUN/taesd from distill-vae")
-    st.add_argument("dest", help="e.g. weights/default-tiny-vae (a folder, replaced whole)")
-    st.add_argument("--command", required=True, help="the training commands recorded in the manifest")
-    st.set_defaults(func=cmd_ship_tiny_vae)
-    sc = sub.add_parser("ship-controlnet", help="measure a ControlNet on hold-out layouts and copy it with its manifest")
-    sc.add_argument("folder", help="RUN/controlnet from train-controlnet")
-    sc.add_argument("dest", help="e.g. weights/controlnets/edges (a folder, replaced whole)")
-    sc.add_argument("--command", required=True, help="the training commands recorded in the manifest")
-    sc.set_defaults(func=cmd_ship_controlnet)
+    for name, (what, trainer, where, _, dest, how) in SHIPPED_FOLDERS.items():
+        sf = sub.add_parser(name, help=f"measure a {what} {how} and copy it with its manifest")
+        sf.add_argument("folder", help=f"{where} from {trainer}")
+        sf.add_argument("dest", help=f"e.g. {dest} (a folder, replaced whole)")
+        sf.add_argument("--command", required=True, help="the training commands recorded in the manifest")
+        sf.set_defaults(func=cmd_ship_folder, command_name=name)

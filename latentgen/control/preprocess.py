@@ -73,12 +73,17 @@ def run(module: str | None, image: Image.Image, threshold_a: float | None = None
     size = image.size
     if resolution is not None:
         checks.whole("processor_res", resolution, 64, "use a whole number >= 64, such as 512")
-        s = resolution / min(size)
-        image = image.resize((max(1, round(size[0] * s)), max(1, round(size[1] * s))), Image.BICUBIC)
+        image = short_side(image, resolution)
     out = Image.fromarray(_FUNCTIONS[name](np.asarray(image), a, b))
     if out.size == size:
         return out
     return out.resize(size, Image.BOX if out.width > size[0] else Image.BICUBIC)  # area when shrinking: thin lines stay
+
+
+def short_side(image: Image.Image, pixels: int) -> Image.Image:
+    """``image`` resized (bicubic) so that its short side is ``pixels``."""
+    s = pixels / min(image.size)
+    return image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.BICUBIC)
 
 
 def _invert(x: np.ndarray, a, b) -> np.ndarray:

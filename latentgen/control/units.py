@@ -93,10 +93,12 @@ def resolve(model: str | Path) -> Path:
     """A ControlNet folder's path, or a shipped ControlNet's name as its folder (A1111's "name [hash]" read as the
     name)."""
     p = Path(model)
-    if p.is_dir():
-        return p
-    bare = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", str(model))
-    return shipped().get(bare, p)
+    return p if p.is_dir() else shipped().get(bare_name(str(model)), p)
+
+
+def bare_name(name: str) -> str:
+    """A ControlNet's name without A1111's " [hash]" suffix."""
+    return re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)
 
 
 _READ: dict[tuple, object] = {}  # (folder, its weights' stamp, dtype) -> ControlNetModel: the last few read

@@ -23,7 +23,6 @@ is a 422 that names it: a unit is never silently dropped.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .catalog import check_name
@@ -49,17 +48,19 @@ class ControlNets:
         self.folder = Path(folder) if folder else None
 
     def known(self) -> dict[str, Path]:
-        from latentgen.control.units import shipped
+        from latentgen.control import units
 
-        found = dict(shipped())
+        found = dict(units.shipped())
         if self.folder is not None and self.folder.is_dir():
             found.update({p.name: p for p in sorted(self.folder.iterdir()) if (p / "config.json").is_file()})
         return found
 
     def check(self, name, field: str) -> Path:
+        from latentgen.control.units import bare_name
+
         known = self.known()
-        bare = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name) if isinstance(name, str) else name
-        return known[check_name(field, bare, list(known), " (--controlnet-dir adds more)")]
+        name = bare_name(name) if isinstance(name, str) else name
+        return known[check_name(field, name, list(known), " (--controlnet-dir adds more)")]
 
 
 def _bad(field: str, value, why: str) -> ApiError:
@@ -168,8 +169,6 @@ def units_from(scripts: dict, *, controlnets: ControlNets, fallback=None, max_pi
 def detect(body: dict, max_pixels: int) -> dict:
     """``/controlnet/detect``: each image's map by ``controlnet_module`` at ``controlnet_processor_res`` on its short
     side (-1 or 0: its own size), thresholds as the unit's."""
-    from PIL import Image
-
     from latentgen.control import preprocess
 
     from .codec import encode_png
@@ -186,9 +185,8 @@ def detect(body: dict, max_pixels: int) -> dict:
     out = []
     for i, data in enumerate(images):
         image = decode_image(data, f"controlnet_input_images[{i}]", max_pixels).convert("RGB")
-        if isinstance(res, (int, float)) and res >= 64:
-            s = res / min(image.size)
-            image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.BICUBIC)
+        if isinstance(res, (int, float)) and res >= 64:  # the map at that size, as the extension returns it
+            image = preprocess.short_side(image, int(res))
         try:
             out.append(encode_png(preprocess.run(module, image, a, b)))
         except ValueError as e:
