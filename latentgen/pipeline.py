@@ -26,7 +26,7 @@ from PIL import Image
 from . import guard, memory, metadata, precision, request, schedulers, starts
 from .canvas import calls
 from .control import units as controls
-from .control.residuals import Residuals
+from .control import residuals
 from .control.units import Prepared
 from .backends.runtime import Runtime
 from .lora.adapters import LoraAdapters
@@ -124,8 +124,8 @@ class Pipeline:
         (``starts.Hooks``); ``callback(done, total, latents[, denoised])`` runs after each step (``denoised``: the
         clean latents' estimate, ``schedulers.denoised``, for a callback that takes it); ``unet``: not ``self.unet``."""
         hooks, cfg, unet = start.hooks, text.uncond is not None, unet or self.unet
-        if len(start.timesteps) and hooks.unet_inputs is None:  # strength 0: no step, no conversion
-            unet = self.runtime.for_unet(unet)
+        if len(start.timesteps):  # strength 0: no step, no conversion
+            unet = self.runtime.for_unet(unet, residuals=hooks.unet_inputs is not None)
         b, parts = len(start.latents), len(text.cond) // len(start.latents)
 
         def rows(z: torch.Tensor) -> torch.Tensor:  # (B, ...) -> the U-Net batch: ([uncond;] K parts) per image
@@ -199,7 +199,7 @@ class Pipeline:
         batch = s.batch(self.device, len(draws))
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
         text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings)
-        second = None if hires is None else SecondPass(self, draws, s, hires, text)  # checked, with its own text
+        second = None if hires is None else SecondPass(self, draws, s, hires, text, control)  # checked, own text
         if second is not None:
             self.check_limits(second.s, len(draws))
         last = s if second is None else second.s
@@ -219,10 +219,7 @@ class Pipeline:
                 first = start(sched, seeds, cond.cond.dtype)
                 if cond.context:  # the text changes by step: prompt editing, alternation
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
-                if control is not None:  # ControlNet residuals, step by step
-                    first = replace(first, hooks=replace(first.hooks, unet_inputs=Residuals(
-                        control, steps=len(first.timesteps), b=len(chunk), cfg=s.cfg,
-                        latent_channels=self.vae.config.latent_channels)))
+                first = residuals.hooked(first, control, b=len(chunk), cfg=s.cfg, pipe=self)  # ControlNet, by step
                 # 4. the denoising loop (and the hires fix's second pass)
                 latents = self.denoise(first, cond, s.guidance, sched, seeds.generators,
                                        progress.chunk(len(first.timesteps)), unet)
@@ -271,9 +268,6 @@ class Pipeline:
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
         start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
-        if hires is not None and controls.as_list(control):
-            raise ValueError("control with hires: the hires pass has no ControlNet here yet; draw without hires, or "
-                             "redraw the controlled picture larger with img2img and the same control.")
         control = controls.prepare(control, self.unet, (s.width, s.height), max_pixels=self.limits.max_input_pixels)
         return self.sample(draws, s, start, callback=callback, hires=hires, control=control)
 

@@ -1,11 +1,7 @@
 """The U-Net on OpenVINO: traced once to IR (``convert``), compiled per input shape (``Compiled``), and for
-CFG cut in two where its halves part (``split``). ``latentgen.backends.runtime`` decides when it runs.
-
-The cut: CFG calls the U-Net on ``cat([x, x])`` with one timestep, and the halves differ only in their
-context, which enters through cross-attention. Everything upstream of the first cross-attention, and every
-ResNet's time projection, reads no context, so it is the same for both halves: on SD 1.5 that is the time
-embedding, conv_in, the first ResNet and the first self-attention over 4096 tokens, about 7% of a half's
-time. ``split`` cuts the graph there; the prefix runs once and the rest once per half.
+CFG cut in two where its halves part (``latentgen.backends.halves``). ``latentgen.backends.runtime`` decides when
+it runs. A ControlNet's residuals need a U-Net traced with them as inputs (``convert(..., residuals=True)``),
+converted at the first call that has them; the ControlNet itself converts the same way (``control_graph``).
 """
 
 from __future__ import annotations
@@ -24,19 +20,41 @@ import numpy as np
 import torch
 
 from . import weights
+from .halves import doubles, split
 
 RECIPE = 3  # how convert() traces the U-Net; part of the cache key, so a new recipe converts anew
 
 
 class _Traced(torch.nn.Module):
-    """The U-Net as a function of positional tensors, as ``convert_model`` traces it."""
+    """A U-Net or a ControlNet as a function of positional tensors, as ``convert_model`` traces it. A U-Net:
+    (x, t, context[, residuals...]) -> its output, the residuals a ControlNet's (the skip connections', then the
+    middle block's); a ControlNet: (x, t, context, hint) -> its residuals at weight 1 (``control.residuals``
+    scales them)."""
 
     def __init__(self, unet):
         super().__init__()
-        self.unet = unet
+        self.unet = unet  # the IR names its weights "self.unet.<parameter>" (``patched`` finds them so)
 
-    def forward(self, x, t, context):
-        return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+    def forward(self, x, t, context, *rest):
+        if hasattr(self.unet, "controlnet_cond_embedding"):  # a ControlNet; rest: its hint
+            down, mid = self.unet(x, t, encoder_hidden_states=context, controlnet_cond=rest[0], return_dict=False)
+            return (*down, mid)
+        extra = {"down_block_additional_residuals": list(rest[:-1]), "mid_block_additional_residual": rest[-1]} \
+            if rest else {}
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **extra)[0]
+
+
+def residual_shapes(config, x_shape: tuple) -> list[tuple]:
+    """The shapes of a ControlNet's residuals for a U-Net call on x (B, C, h, w): conv_in's output, each down
+    block's ResNet outputs and downsampler output (the skip connections, in order), then the middle block's."""
+    b, _, h, w = x_shape
+    chans = list(config.block_out_channels)
+    shapes = [(b, chans[0], h, w)]
+    for i, ch in enumerate(chans):
+        shapes += [(b, ch, h >> i, w >> i)] * config.layers_per_block
+        if i < len(chans) - 1:  # no downsampler after the last block
+            shapes.append((b, ch, h >> (i + 1), w >> (i + 1)))
+    return shapes + [(b, chans[-1], h >> (len(chans) - 1), w >> (len(chans) - 1))]
 
 
 def _geglu_as_two_linears(m, hidden_states, *args, **kwargs):
@@ -98,23 +116,31 @@ def patched(model, tensors: dict[str, torch.Tensor]):
     return graph
 
 
-def convert(unet, folder: Path) -> Path:
-    """Convert ``unet`` (a float32 trace of its ``weights.plain`` twin) to OpenVINO IR in ``folder``/unet.xml, written
-    to a temporary folder first and renamed, so a killed conversion leaves nothing behind."""
+def _example(model, residuals: bool) -> tuple:
+    """Inputs to trace ``model`` (a U-Net, or a ControlNet when it has a hint encoder) on: 8x8 latents, CFG's batch."""
+    cfg = model.config
+    example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0), torch.zeros(2, 77, cfg.cross_attention_dim))
+    if hasattr(model, "controlnet_cond_embedding"):  # the hint at the pixels' size: 2 ** (levels - 1) per latent
+        side = 8 * 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
+        return example + (torch.zeros(2, cfg.conditioning_channels, side, side),)
+    return example + (tuple(torch.zeros(s) for s in residual_shapes(cfg, example[0].shape)) if residuals else ())
+
+
+def convert(model, folder: Path, residuals: bool = False) -> Path:
+    """Convert a U-Net or ControlNet (a float32 trace of its ``weights.plain`` twin) to OpenVINO IR in
+    ``folder``/unet.xml, written to a temporary folder first and renamed, so a killed conversion leaves nothing
+    behind. ``residuals``: a U-Net with a ControlNet's residuals as inputs after the context (``residual_shapes``)."""
     import openvino
 
-    cfg = unet.config
     folder.parent.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before the trace
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
-        twin = weights.plain(unet)
-        example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0),
-                   torch.zeros(2, 77, cfg.cross_attention_dim))
+        twin = weights.plain(model)
         with torch.no_grad(), warnings.catch_warnings(), _traceable(twin):  # the trace fixes diffusers' size
             warnings.simplefilter("ignore", torch.jit.TracerWarning)            # checks (see Compiled)
-            model = openvino.convert_model(_Traced(twin), example_input=example)
+            ir = openvino.convert_model(_Traced(twin), example_input=_example(model, residuals))
         # fp32 weights stay fp32 (the exact path); bf16 ones are exact in fp16 and take half the disk
-        openvino.save_model(model, tmp / "unet.xml", compress_to_fp16=unet.dtype != torch.float32)
+        openvino.save_model(ir, tmp / "unet.xml", compress_to_fp16=model.dtype != torch.float32)
         os.replace(tmp, folder)
     except OSError:  # another process got there first: keep its copy
         if not (folder / "unet.xml").is_file():
@@ -125,24 +151,25 @@ def convert(unet, folder: Path) -> Path:
 
 
 class Compiled:
-    """An OpenVINO-compiled U-Net, called like the torch one in the loop; returns the torch dtype of x.
+    """An OpenVINO-compiled U-Net, called like the torch one in the loop (a ControlNet's residuals too: on the
+    U-Net ``with_residuals`` makes); returns the torch dtype of x.
 
     Compiled once per input shape (latents, context), the ``KEEP`` most recent kept: static shapes run
     SD 1.5's step ~6% faster than one dynamic-shape model (4.36 vs 4.65 s, medians of 10). The trace took
     diffusers' branch for latent sizes divisible by 2 ** (levels - 1); other sizes (which diffusers pads
-    in its up blocks) run on the torch module. An even batch (CFG's unconditional and conditional halves)
-    runs as two OpenVINO streams side by side, each half on half the threads: SD 1.5's call 4.15 s against
-    4.32 s as one batch on both threads, the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores). When
-    the halves' latents are the same (CFG), the part that reads no context runs once first, on all threads
-    (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s with each half running it (medians of 4);
-    on one thread, the prefix on one half and the rest on both: 7.89 s against 8.13 s (medians of 3).
-    Calls from several threads take turns (they share the infer requests)."""
+    in its up blocks) run on the torch module. An even batch (CFG's halves) runs as two streams side by
+    side, each half on half the threads: SD 1.5's call 4.15 s against 4.32 s as one batch on both threads,
+    the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores). When the halves' latents are the same (CFG),
+    the part that reads no context runs once first (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s
+    with each half running it (medians of 4); on one thread, the prefix on one half and the rest on both:
+    7.89 s against 8.13 s (medians of 3). Calls from several threads take turns (they share the requests)."""
 
     KEEP = 2
     SHARE_AREA = 32 * 32  # latents of at least this many pixels run CFG's shared prefix once (``shares``)
 
-    def __init__(self, unet, source):
-        """``source``: the IR's unet.xml, or an IR model in memory (``patched``)."""
+    def __init__(self, unet, source, with_residuals=None):
+        """``source``: the IR's unet.xml, or an IR model in memory (``patched``); ``with_residuals``: () -> the
+        Compiled U-Net that takes a ControlNet's residuals, made at the first call that has them (None: torch)."""
         import openvino
 
         self.unet, self.config = unet, unet.config
@@ -150,8 +177,9 @@ class Compiled:
         self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
         self.core = openvino.Core()
         self.model = source if isinstance(source, openvino.Model) else self.core.read_model(source)
-        self.requests: dict[tuple, list] = {}  # (x shape, context shape, shared, threads) -> infer requests,
-        self.lock = threading.Lock()           # oldest first
+        self.requests: dict[tuple, list] = {}  # (input shapes, shared, threads) -> infer requests, oldest first
+        self.lock = threading.Lock()
+        self.make_controlled, self.controlled = with_residuals, None
 
     @staticmethod
     def parts(batch: int) -> int:
@@ -166,10 +194,10 @@ class Compiled:
                                                                      "NUM_STREAMS": streams}
         return {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": torch.get_num_threads(), **hint}
 
-    def compile(self, x_shape: tuple, c_shape: tuple, streams: int = 1, extra: dict | None = None):
-        """The model compiled for these input shapes; ``extra``: more OpenVINO CPU settings (PERF_COUNT)."""
+    def compile(self, shapes: tuple, streams: int = 1, extra: dict | None = None):
+        """The model compiled for these input shapes (``_shapes``); ``extra``: more OpenVINO CPU settings."""
         model = self.model.clone()
-        model.reshape(_shapes(x_shape, c_shape))
+        model.reshape(_shapes(shapes))
         return self.core.compile_model(model, "CPU", {**self.settings(streams), **(extra or {})})
 
     def shares(self, x: torch.Tensor) -> bool:
@@ -179,44 +207,65 @@ class Compiled:
         n = len(x) // 2
         return len(x) % 2 == 0 and x.shape[-2] * x.shape[-1] >= self.SHARE_AREA and torch.equal(x[:n], x[n:])
 
-    def request(self, x_shape: tuple, c_shape: tuple, shared: bool = False) -> list:
-        """The infer requests for a call of these shapes: one per part, after the prefix's when ``shared``;
-        compiled for torch's thread count now (``parts`` and ``settings`` follow it)."""
-        key = (x_shape, c_shape, shared, torch.get_num_threads())
+    def request(self, shapes: tuple, shared: bool = False) -> list:
+        """The infer requests for a call with inputs of these shapes (x, context, residuals...: all batch first);
+        one per part, after the prefix's when ``shared``; compiled for torch's thread count now (``parts`` and
+        ``settings`` follow it)."""
+        key = (shapes, shared, torch.get_num_threads())
         reqs = self.requests.pop(key, None)
         if reqs is None:
-            n = self.parts(x_shape[0])
-            x_part, c_part = (x_shape[0] // n, *x_shape[1:]), (c_shape[0] // n, *c_shape[1:])
+            n = self.parts(shapes[0][0])
             if shared:  # the prefix on one half; the rest per part (with one part, on both halves)
-                half = (x_shape[0] // 2, *x_shape[1:]), (c_shape[0] // 2, *c_shape[1:])
-                prefix, rest = split(self.model, _shapes(*half))
+                prefix, rest = split(self.model, _shapes(_batch(shapes, 2)))
                 if n == 1:
-                    rest = split(self.model, _shapes(x_shape, c_shape))[1]
-                    shared = all(_doubles(out, p) for out, p in zip(prefix.outputs, rest.get_parameters()))
+                    rest = split(self.model, _shapes(shapes))[1]
+                    shared = all(doubles(out, p) for out, p in zip(prefix.outputs, rest.get_parameters()))
             if shared:
                 reqs = [self.core.compile_model(prefix, "CPU", self.settings()).create_infer_request()]
                 model = self.core.compile_model(rest, "CPU", self.settings(n))
             else:
-                reqs, model = [], self.compile(x_part, c_part, streams=n)
+                reqs, model = [], self.compile(_batch(shapes, n), streams=n)
             reqs += [model.create_infer_request() for _ in range(n)]
         self.requests[key] = reqs  # now the most recent
         while len(self.requests) > self.KEEP:
             del self.requests[next(iter(self.requests))]
         return reqs
 
-    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
-        if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, down_block_additional_residuals=None,
+                 mid_block_additional_residual=None) -> SimpleNamespace:
+        residuals = [] if down_block_additional_residuals is None else [*down_block_additional_residuals,
+                                                                        mid_block_additional_residual]
+        if x.shape[-1] % self.factor or x.shape[-2] % self.factor or (residuals and not self._controlled()):
+            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **({} if not residuals else {
+                "down_block_additional_residuals": down_block_additional_residuals,
+                "mid_block_additional_residual": mid_block_additional_residual}))
+        if residuals and self.controlled is not self:
+            return self.controlled(x, t, encoder_hidden_states, residuals[:-1], residuals[-1])
+        # a pooled ControlNet's residuals (B, C, 1, 1) broadcast, as the U-Net adds them
+        residuals = [r.expand(shape) for r, shape in zip(residuals, residual_shapes(self.config, tuple(x.shape)))]
         with self.lock:
-            return self._run(x, np.asarray(float(t), dtype=np.float32), encoder_hidden_states)
+            out = self._run(x, t, [encoder_hidden_states, *residuals])
+        return SimpleNamespace(sample=torch.from_numpy(out[0]).to(x.dtype))
 
-    def _run(self, x: torch.Tensor, t: np.ndarray, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
-        """One call; t: the timestep as a float32 scalar (DDIM's int or Euler's float)."""
+    def _controlled(self) -> bool:
+        """Whether a call with residuals runs compiled: on this model if it takes them, else on the one
+        ``with_residuals`` makes (once)."""
+        if self.controlled is None and len(self.model.get_parameters()) > 3:
+            self.controlled = self
+        elif self.controlled is None and self.make_controlled is not None:
+            with self.lock:
+                self.controlled = self.controlled or self.make_controlled()
+        return self.controlled is not None
+
+    def _run(self, x: torch.Tensor, t, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+        """One call: x (B, C, h, w), t the timestep (DDIM's int or Euler's float), ``inputs`` the others (context,
+        residuals...: B first) -> the outputs, (B, ...) each."""
+        t = np.asarray(float(t), dtype=np.float32)
         n = self.parts(len(x))
-        reqs = self.request(tuple(x.shape), tuple(encoder_hidden_states.shape), self.shares(x))
+        reqs = self.request(tuple(tuple(a.shape) for a in (x, *inputs)), self.shares(x))
         shared = len(reqs) > n  # the prefix's request first
         xs = np.split(x.float().numpy(), n)  # (B / n, C, h, w) each; start_async copies its inputs
-        cs = np.split(encoder_hidden_states.float().numpy(), n)
+        rest = [np.split(a.float().contiguous().numpy(), n) for a in inputs]
         if shared:  # the prefix once, on all threads; its outputs stand in for (x, t) in each part
             first, *reqs = reqs
             first.infer([xs[0][: len(x) // 2], t])
@@ -224,67 +273,21 @@ class Compiled:
             heads = [cut if n == 2 else [np.concatenate([c, c]) for c in cut]] * n  # one part: both halves
         else:
             heads = [[xi, t] for xi in xs]
-        for req, head, ci in zip(reqs, heads, cs):
-            req.start_async([*head, ci])
+        for k, (req, head) in enumerate(zip(reqs, heads)):
+            req.start_async([*head, *(a[k] for a in rest)])
         for req in reqs:
             req.wait()
-        out = np.concatenate([req.get_output_tensor(0).data for req in reqs])  # (B, 4, h, w), own copy
-        return SimpleNamespace(sample=torch.from_numpy(out).to(x.dtype))
+        return [np.concatenate([req.get_output_tensor(i).data for req in reqs])  # own copies
+                for i in range(len(reqs[-1].model_outputs))]
 
 
-def _doubles(half, full) -> bool:
-    """Whether ``full``'s static shape is ``half``'s with twice the batch (dimension 0): a cut tensor made
-    for one CFG half that stands for both when repeated."""
-    a, b = half.get_partial_shape().to_shape(), full.get_partial_shape().to_shape()
-    return len(a) == len(b) > 0 and b[0] == 2 * a[0] and list(a)[1:] == list(b)[1:]
+def _batch(shapes: tuple, parts: int) -> tuple:
+    """Input shapes with the batch (dimension 0) split in ``parts``."""
+    return tuple((s[0] // parts, *s[1:]) for s in shapes)
 
 
-def _shapes(x_shape: tuple, c_shape: tuple) -> dict:
-    """The inputs' static shapes as ``Model.reshape`` takes them: x (B, C, h, w), t (), context (B, L, D)."""
-    return {0: list(x_shape), 1: [], 2: list(c_shape)}
-
-
-def _kinds(model) -> tuple[dict, list]:
-    """(kind, cut): each node's kind by what it reads, directly or not: "ctx" the context, else "shared"
-    x or t, else "const" (weights, and shapes, which are static here); cut: the outputs of shared nodes
-    that ctx nodes read, in graph order."""
-    context, kind, cut = model.get_parameters()[2].get_name(), {}, {}
-    for op in model.get_ordered_ops():
-        sources = [i.get_source_output() for i in op.inputs()]
-        if op.get_type_name() == "Parameter":
-            kind[op.get_name()] = "ctx" if op.get_name() == context else "shared"
-            continue
-        found = {kind[s.get_node().get_name()] for s in sources}
-        kind[op.get_name()] = "ctx" if "ctx" in found else "shared" if "shared" in found else "const"
-        if kind[op.get_name()] == "ctx":
-            for s in sources:
-                if kind[s.get_node().get_name()] == "shared":
-                    cut.setdefault((s.get_node().get_name(), s.get_index()), s)
-    return kind, list(cut.values())
-
-
-def split(model, shapes: dict):
-    """(prefix, rest): ``model`` at these static shapes cut where it first reads the context. prefix maps
-    (x, t) to the cut tensors (on SD 1.5: conv_in's output, the first ResNet's, the first transformer
-    block's residual stream and its cross-attention's query, and each ResNet's time projection); rest maps
-    (cut tensors..., context) to the output, in the same order. Both share the weights; ``model`` is left
-    as it was."""
-    import openvino
-    import openvino.opset13 as ops
-
-    graph = model.clone()
-    graph.reshape(shapes)
-    for op in graph.get_ordered_ops():  # a ShapeOf of a static shape is a constant: make it one
-        if op.get_type_name() == "ShapeOf":
-            shape = np.array(op.get_input_shape(0), dtype=op.get_output_element_type(0).to_dtype())
-            op.output(0).replace(ops.constant(shape).output(0))
-    kind, cut = _kinds(graph)
-    x, t, context = graph.get_parameters()
-    prefix = openvino.Model(cut, [x, t], "prefix")
-    inputs = []
-    for out in cut:  # the rest reads a parameter in place of each cut tensor
-        inputs.append(ops.parameter(out.get_partial_shape(), out.get_element_type()))
-        for target in list(out.get_target_inputs()):
-            if kind.get(target.get_node().get_name()) == "ctx":  # not the prefix's new Result
-                target.replace_source_output(inputs[-1].output(0))
-    return prefix, openvino.Model(graph.get_results(), [*inputs, context], "rest")
+def _shapes(shapes: tuple) -> dict:
+    """The inputs' static shapes as ``Model.reshape`` takes them: x (B, C, h, w), t (), then the others
+    (context (B, L, D), residuals...) in order."""
+    x, *rest = shapes
+    return {0: list(x), 1: [], **{2 + i: list(s) for i, s in enumerate(rest)}}

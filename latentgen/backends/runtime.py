@@ -30,6 +30,7 @@ contract is the loop's: ``unet(x, t, encoder_hidden_states=context).sample`` wit
 from __future__ import annotations
 
 import atexit
+import functools
 import shutil
 import tempfile
 import threading
@@ -40,10 +41,15 @@ from pathlib import Path
 import torch
 
 from .. import precision
-from . import cache, cudagraph, weights
+from . import cache, control_graph, cudagraph, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
 from .openvino import RECIPE, Compiled, convert, patched
+
+
+def _warn(what: str, e: Exception) -> None:
+    warnings.warn(f"the {what} could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on torch "
+                  f"(backend='torch').", RuntimeWarning)
 
 
 def unconvertible(module: torch.nn.Module) -> str:
@@ -110,6 +116,7 @@ class Runtime:
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
         self.version = 0  # announced weight changes so far (``changed``)
         self._compiled: dict[int, _Held] = {}  # id(unet) -> what was converted, oldest first
+        self._controlnets: dict[int, tuple] = {}  # id(ControlNet) -> (its weights' state, compiled or None)
         self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU), graph)
         self._lock = threading.RLock()
 
@@ -119,10 +126,11 @@ class Runtime:
                 + (f"; torch.compile failed ({uncompiled[:200]}), the eager kernels are graphed" if uncompiled else "")
                 + (f"; the last call ran torch: {self.fallback}" if self.fallback else ""))
 
-    def for_unet(self, unet):
+    def for_unet(self, unet, residuals: bool = False):
+        """What runs ``unet`` now; ``residuals``: the call adds a ControlNet's (on CUDA they run eagerly)."""
         device = precision.device_of(unet).type
         if self.backend in CUDA_ONLY and device == "cuda":
-            return self._graph(unet)
+            return unet if residuals else self._graph(unet)
         if self.backend != "openvino" or device != "cpu":
             return unet
         with self._lock:
@@ -148,7 +156,8 @@ class Runtime:
             if held is None or held.base is None:  # first call; or after a failed conversion: are these new weights?
                 digest, record = _record(unet, known := {})
                 if held is None or digest != held.digest:
-                    held = _Held(self._compile(unet, digest), digest, record, known=known, version=self.version)
+                    held = _Held(None, digest, record, known=known, version=self.version)
+                    held.base = self._compile(unet, digest, held)
             if held.version != self.version:
                 held.known.clear()  # writes through .data were announced: read every tensor again
                 held.seen.clear()
@@ -182,27 +191,63 @@ class Runtime:
             model = patched(held.base.model, {n: t for n, (t, _) in diff.items()})
             if model is None:
                 return None, "weights the conversion folds away differ (a bias or a norm: edited weights)"
-            found = Compiled(unet, model)
+            found = Compiled(unet, model, lambda: self._with_residuals(unet, held, patch=True))
         held.variants[name] = found  # now the most recent
         while len(held.variants) > self.VARIANTS:
             del held.variants[next(iter(held.variants))]
         return found, ""
 
-    def _compile(self, unet, digest: str) -> Compiled | None:
+    def _compile(self, unet, digest: str, held: _Held) -> Compiled | None:
         """The compiled U-Net for these weights (``digest``), or None with a warning when it cannot be converted."""
         try:
-            return Compiled(unet, self._convert(unet, digest))
+            return Compiled(unet, self._convert(unet, digest), lambda: self._with_residuals(unet, held))
         except Exception as e:  # noqa: BLE001  (an operation the converter lacks: torch runs it, as before)
-            warnings.warn(f"the U-Net could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on "
-                          f"torch (backend='torch').", RuntimeWarning)
+            _warn("U-Net", e)
             return None
+
+    def _with_residuals(self, unet, held: _Held, patch: bool = False) -> Compiled | None:
+        """The compiled U-Net that takes a ControlNet's residuals (a second conversion, cached beside the first);
+        ``patch``: with the weights that differ from the converted ones patched in, as ``_variant`` does."""
+        with self._lock:
+            try:
+                xml = self._convert(unet, f"{held.digest}-residuals", residuals=True)
+            except Exception as e:  # noqa: BLE001
+                _warn("U-Net with a ControlNet's residuals", e)
+                return None
+            if not patch:
+                return Compiled(unet, xml)
+            import openvino
+
+            tensors, fresh = weights.effective(unet)
+            diff = weights.changed(tensors, held.record, held.known, fresh)
+            model = patched(openvino.Core().read_model(xml), {n: t for n, (t, _) in diff.items()})
+            return None if model is None else Compiled(unet, model)
+
+    def for_controlnet(self, net):
+        """What runs the ControlNet ``net``: (x, t, context, hint) -> (down residuals, mid residual) at weight 1;
+        on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape."""
+        if self.backend != "openvino" or precision.device_of(net).type != "cpu":
+            return functools.partial(control_graph.run_torch, net)
+        with self._lock:
+            state = weights.state(net, self.version)
+            held = self._controlnets.pop(id(net), None)
+            if held is None or held[0] != state:
+                try:
+                    held = (state, control_graph.CompiledControlNet(net, self._convert(net, _record(net, {})[0])))
+                except Exception as e:  # noqa: BLE001
+                    _warn("ControlNet", e)
+                    held = (state, None)
+            self._controlnets[id(net)] = held  # the most recent
+            while len(self._controlnets) > 2 * self.KEEP:
+                del self._controlnets[next(iter(self._controlnets))]
+        return held[1] or functools.partial(control_graph.run_torch, net)
 
     def _keep(self, unet, held: _Held) -> None:
         self._compiled[id(unet)] = held  # now the most recent
         while len(self._compiled) > self.KEEP:
             del self._compiled[next(iter(self._compiled))]
 
-    def _convert(self, unet, digest: str) -> Path:
+    def _convert(self, unet, digest: str, residuals: bool = False) -> Path:
         """unet.xml for these weights (``digest``: their ``weights_hash``): from the disk cache, else
         converted (into it, or into a scratch folder for this process when the cache cannot be written)."""
         folder = cache_dir() / digest
@@ -211,13 +256,13 @@ class Runtime:
             cache.touch(folder)
             return xml
         try:
-            xml = convert(unet, folder)
+            xml = convert(unet, folder, residuals)
         except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
             warnings.warn(f"cannot write the OpenVINO cache in {cache_dir()} ({e}); converting for this process "
                           f"only. Set $LATENTGEN_CACHE to a writable folder to convert once.", RuntimeWarning)
             scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))
             atexit.register(shutil.rmtree, scratch, True)
-            xml = convert(unet, scratch / "unet")
+            xml = convert(unet, scratch / "unet", residuals)
         else:
             cache.prune(keep=folder)  # least recently used first, down to $LATENTGEN_CACHE_GB
         self.conversions += 1

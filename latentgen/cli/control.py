@@ -16,8 +16,9 @@ from .args import finite_float
 def add_control_args(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("ControlNet", "spatial control from an image; repeat the flags for several units")
     c.add_argument("--control", action="append", default=[], metavar="IMAGE", help="a control map")
-    c.add_argument("--control-model", action="append", default=[], metavar="FOLDER",
-                   help="its ControlNet: a diffusers ControlNetModel folder")
+    c.add_argument("--control-model", action="append", default=[], metavar="FOLDER|FILE",
+                   help="its ControlNet: a diffusers ControlNetModel folder, a single file (control_v11p_sd15_canny"
+                        ".pth, A1111's .safetensors) or a shipped name (edges)")
     c.add_argument("--control-weight", action="append", type=finite_float, default=[], help="default 1")
     c.add_argument("--control-start", action="append", type=finite_float, default=[], help="fraction of the steps")
     c.add_argument("--control-end", action="append", type=finite_float, default=[], help="fraction of the steps")

@@ -77,7 +77,8 @@ def add_parser(sub) -> None:
                    help="textual-inversion file loaded into every model it fits, used by TOKEN (default: the file "
                         "name) in prompts; /sdapi/v1/embeddings lists it; repeatable")
     s.add_argument("--controlnet-dir", type=Path, default=None, metavar="FOLDER",
-                   help="diffusers ControlNet folders, picked by folder name in alwayson_scripts.controlnet units "
+                   help="ControlNets: diffusers folders (by folder name) and single files such as "
+                        "control_v11p_sd15_canny.pth (by stem), picked by name in alwayson_scripts.controlnet units "
                         "(beside the shipped ones); /controlnet/model_list lists them")
     s.add_argument("--preview-vae", type=Path, default=None, metavar="FILE|FOLDER",
                    help="a tiny VAE (taesd_decoder.safetensors, an AutoencoderTiny folder, or default-tiny-vae: the "

@@ -5,8 +5,10 @@
 * ``image``: the control map (an edge map, a depth map, a pose drawing: white on black as the ControlNet was
   trained), a PIL image, numpy array or path; brought to the drawing's size by ``resize_mode`` (img2img's modes:
   ``latentgen.canvas.resize``; A1111's default is "crop and resize", diffusers' is "just resize").
-* ``model``: a diffusers ``ControlNetModel``, its folder (``ControlNetModel.from_pretrained``, offline), or the name
-  of one shipped in ``weights/controlnets`` (``"edges"``, for the embedded model).
+* ``model``: a diffusers ``ControlNetModel``, its folder (``ControlNetModel.from_pretrained``, offline), a single
+  file as lllyasviel and A1111 share them (``control_v11p_sd15_canny.pth``, ``control_sd15_canny.safetensors``:
+  ``latentgen.control.ldm_file``), or the name of one shipped in ``weights/controlnets`` (``"edges"``, for the
+  embedded model).
 * ``weight`` scales its residuals; ``start`` / ``end``: the fractions of the steps where it acts (diffusers'
   ``control_guidance_start/end``, A1111's ``guidance_start/end``): step i of n acts when
   ``start <= i / n`` and ``(i + 1) / n <= end``.
@@ -22,6 +24,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,10 +93,10 @@ def shipped() -> dict[str, Path]:
 
 
 def resolve(model: str | Path) -> Path:
-    """A ControlNet folder's path, or a shipped ControlNet's name as its folder (A1111's "name [hash]" read as the
-    name)."""
+    """A ControlNet folder's or file's path, or a shipped ControlNet's name as its folder (A1111's "name [hash]"
+    read as the name)."""
     p = Path(model)
-    return p if p.is_dir() else shipped().get(bare_name(str(model)), p)
+    return p if p.is_dir() or p.is_file() else shipped().get(bare_name(str(model)), p)
 
 
 def bare_name(name: str) -> str:
@@ -101,36 +104,51 @@ def bare_name(name: str) -> str:
     return re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", name)
 
 
-_READ: dict[tuple, object] = {}  # (folder, its weights' stamp, dtype) -> ControlNetModel: the last few read
+_READ: dict[tuple, object] = {}  # (path, its weights' stamp, dtype, U-Net) -> ControlNetModel: the last few read
 
 
-def _read(folder: Path, dtype):
-    """A ControlNet folder read once while its weights file is unchanged (a server's requests name the same few)."""
+def _read(source: Path, like, name: str):
+    """A ControlNet folder or file read once while its weights are unchanged (a server's requests name the same
+    few); a file's architecture comes from the U-Net it serves, so that is part of the key."""
     from diffusers import ControlNetModel
 
-    weights = sorted(folder.glob("diffusion_pytorch_model*"))
-    key = (str(folder.resolve()), tuple((w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights), dtype)
+    from . import ldm_file
+
+    folder = source.is_dir()
+    weights = sorted(source.glob("diffusion_pytorch_model*")) if folder else [
+        source, *(y for y in (source.with_suffix(".yaml"),) if y.is_file())]  # v1.1's yaml beside it counts
+    unet = None if folder else json.dumps(ldm_file.base_config(like.config), sort_keys=True)
+    key = (str(source.resolve()), tuple((w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights),
+           like.dtype, unet)
     if key not in _READ:
         while len(_READ) >= 4:
             _READ.pop(next(iter(_READ)))
-        _READ[key] = ControlNetModel.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        if folder:
+            _READ[key] = ControlNetModel.from_pretrained(source, local_files_only=True, torch_dtype=like.dtype)
+        else:
+            _READ[key] = ldm_file.read(source, like, name)
     return _READ[key]
 
 
 def load_model(model, like, name: str):
-    """A ControlNet for the U-Net ``like``: a ``ControlNetModel`` as it is, or a diffusers folder (offline), on the
-    U-Net's device and dtype; one made for another architecture is refused, naming what does not fit."""
+    """A ControlNet for the U-Net ``like``: a ``ControlNetModel`` as it is, a diffusers folder (offline) or a single
+    file (``latentgen.control.ldm_file``), on the U-Net's device and dtype; one made for another architecture is
+    refused, naming what does not fit."""
     from diffusers import ControlNetModel
 
+    from . import ldm_file
+
     if isinstance(model, (str, Path)):
-        folder = resolve(model)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{name}.model={str(model)!r} is no ControlNet folder (no config.json there): pass "
-                                    f"a diffusers ControlNetModel folder, a shipped ControlNet's name "
-                                    f"({', '.join(shipped()) or 'none'}) or the model itself.")
-        model = _read(folder, like.dtype)
+        source = resolve(model)
+        if not (source / "config.json").is_file() and not ldm_file.is_file(source):
+            raise FileNotFoundError(f"{name}.model={str(model)!r} is no ControlNet folder (no config.json there) nor "
+                                    f"a ControlNet file ({', '.join(ldm_file.SUFFIXES)}): pass a diffusers "
+                                    f"ControlNetModel folder, a file such as control_v11p_sd15_canny.pth, a shipped "
+                                    f"ControlNet's name ({', '.join(shipped()) or 'none'}) or the model itself.")
+        model = _read(source, like, name)
     if not isinstance(model, ControlNetModel):
-        raise TypeError(f"{name}.model must be a diffusers ControlNetModel or its folder, got {type(model).__name__}.")
+        raise TypeError(f"{name}.model must be a diffusers ControlNetModel, its folder or its file, got "
+                        f"{type(model).__name__}.")
     cfg, unet = model.config, like.config
     for key in ("block_out_channels", "cross_attention_dim"):
         if tuple(_as_tuple(cfg[key])) != tuple(_as_tuple(unet[key])):
@@ -195,7 +213,8 @@ def info(control: Prepared | None) -> dict:
         return {}
     out = {}
     for i, (unit, model) in enumerate(zip(control.units, control.models)):
-        name = Path(unit.model).name if isinstance(unit.model, (str, Path)) else \
+        path = Path(unit.model) if isinstance(unit.model, (str, Path)) else None
+        name = (path.stem if path.is_file() else path.name) if path is not None else \
             Path(model.config.get("_name_or_path") or "ControlNetModel").name
         module = preprocess.name_of(unit.preprocessor)
         a, b = preprocess.thresholds(module, unit.threshold_a, unit.threshold_b)

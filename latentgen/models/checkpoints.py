@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from . import ldm, ldm_script
-from .ldm import CLIP, OPEN_CLIP, UNET, VAE
+from .ldm import UNET, VAE
 
 SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 HEADER = "latentgen.configs"  # header entry of exported files: JSON of the component configs
@@ -197,7 +197,7 @@ def read_vae(path: str | Path) -> Checkpoint:
         tensors = ldm.vae_to_ldm(ck.tensors(""), {"block_out_channels": [0] * levels})
         return Checkpoint(ck.path, {k: tuple(v.shape) for k, v in tensors.items()}, ck.metadata, tensors.__getitem__)
     raise ValueError(f"vae={str(path)!r} is not a VAE file (no encoder.*/decoder.* tensors in the LDM or "
-                     f"diffusers layout); it holds {ldm._other(ck.shapes)}.")
+                     f"diffusers layout); it holds {ldm.describe(ck.shapes)}.")
 
 
 def yaml_hints(path: Path) -> dict:

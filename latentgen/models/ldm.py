@@ -146,7 +146,7 @@ def text_to_ldm(state: dict[str, torch.Tensor], open_clip: bool) -> dict[str, to
 
 
 # -- what a file is --------------------------------------------------------------------------
-def _other(shapes: dict[str, tuple]) -> str:
+def describe(shapes: dict[str, tuple]) -> str:
     """What a file without an SD 1.x/2.x U-Net holds, in words, for the error."""
     keys = list(shapes)
     if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_" in k or ".lora." in k for k in keys):
@@ -182,7 +182,7 @@ def family(shapes: dict[str, tuple], name: str) -> str:
         raise ValueError(f"{name} is an SDXL checkpoint (conditioner.embedders.*): {fix}")
     first = UNET + "input_blocks.0.0.weight"
     if first not in shapes:
-        raise ValueError(f"{name} is not an SD 1.x/2.x checkpoint: it holds {_other(shapes)}.")
+        raise ValueError(f"{name} is not an SD 1.x/2.x checkpoint: it holds {describe(shapes)}.")
     for prefix, what in (("depth_model.", "an SD 2 depth-to-image model"), (UNET + "label_emb.",
                          "a class-conditioned U-Net (SD 2 upscaler or unCLIP)"),
                          ("cond_stage_model.roberta.", "AltDiffusion (XLM-R text encoder)")):
@@ -217,8 +217,9 @@ def _indices(shapes: dict[str, tuple], prefix: str) -> list[int]:
     return sorted(int(i) for i in found if i.isdigit())
 
 
-def unet_sizes(s: dict[str, tuple]) -> dict:
-    """The UNet2DConditionModel config entries an LDM U-Net's shapes fix (keys without the prefix)."""
+def down_sizes(s: dict[str, tuple]) -> dict:
+    """The UNet2DConditionModel config entries the input blocks and middle block of an LDM U-Net fix (keys without
+    the prefix): all a ControlNet, their trainable copy, holds."""
     levels, level, i = [], [], 1
     while f"input_blocks.{i}.0.op.weight" in s or f"input_blocks.{i}.0.in_layers.2.weight" in s:
         if f"input_blocks.{i}.0.op.weight" in s:  # a downsampler closes a level
@@ -229,20 +230,26 @@ def unet_sizes(s: dict[str, tuple]) -> dict:
                           len(_indices(s, f"input_blocks.{i}.1.transformer_blocks."))))
         i += 1
     levels.append(level)
-    layers = len(levels[0])
     depth = [lv[0][1] for lv in levels]
-    up_attn = [f"output_blocks.{u * (layers + 1)}.1.proj_in.weight" in s for u in range(len(levels))]
     proj = next((v for k, v in s.items() if k.endswith("proj_in.weight")), None)
     cross = next((v[1] for k, v in s.items() if k.endswith("attn2.to_k.weight")), None)
     if proj is None or cross is None:
         raise ValueError("the U-Net has no cross-attention (attn2): it is not a text-to-image SD U-Net.")
-    return {"in_channels": s["input_blocks.0.0.weight"][1], "out_channels": s["out.2.weight"][0],
-            "block_out_channels": [lv[0][0] for lv in levels], "layers_per_block": layers,
+    return {"in_channels": s["input_blocks.0.0.weight"][1],
+            "block_out_channels": [lv[0][0] for lv in levels], "layers_per_block": len(levels[0]),
             "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in depth],
-            "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn],
             "mid_block_type": "UNetMidBlock2DCrossAttn" if "middle_block.1.proj_in.weight" in s else "UNetMidBlock2D",
             "transformer_layers_per_block": max(depth) if len(set(d for d in depth if d)) <= 1 else depth,
             "cross_attention_dim": cross, "use_linear_projection": len(proj) == 2}
+
+
+def unet_sizes(s: dict[str, tuple]) -> dict:
+    """The UNet2DConditionModel config entries an LDM U-Net's shapes fix (keys without the prefix)."""
+    down = down_sizes(s)
+    layers, levels = down["layers_per_block"], len(down["block_out_channels"])
+    up_attn = [f"output_blocks.{u * (layers + 1)}.1.proj_in.weight" in s for u in range(levels)]
+    return {**down, "out_channels": s["out.2.weight"][0],
+            "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in up_attn]}
 
 
 def vae_sizes(s: dict[str, tuple]) -> dict:

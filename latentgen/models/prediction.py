@@ -54,7 +54,8 @@ def normalize(value: str | None, what: str = "prediction_type") -> str | None:
 
 def from_yaml(text: str) -> dict:
     """The entries of an LDM/A1111 model yaml that latentgen honours: ``prediction_type`` (from
-    ``parameterization``), ``scale_factor``, and the U-Net's ``num_heads`` / ``num_head_channels``."""
+    ``parameterization``), ``scale_factor``, the U-Net's ``num_heads`` / ``num_head_channels``, and a ControlNet's
+    ``global_average_pooling`` (``control_stage_config``: v1.1's shuffle model pools its residuals)."""
     import yaml
 
     params = ((yaml.safe_load(text) or {}).get("model") or {}).get("params") or {}
@@ -62,6 +63,8 @@ def from_yaml(text: str) -> dict:
     out = {"prediction_type": normalize(params.get("parameterization") or "eps", "parameterization")}
     out.update({k: params[k] for k in ("scale_factor",) if k in params})
     out.update({k: unet[k] for k in ("num_heads", "num_head_channels") if unet.get(k, -1) not in (-1, None)})
+    control = (params.get("control_stage_config") or {}).get("params") or {}
+    out.update({k: bool(control[k]) for k in ("global_average_pooling",) if k in control})
     return out
 
 

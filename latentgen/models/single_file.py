@@ -149,7 +149,7 @@ def fit_vae(unet: dict, vae_cfg: dict, text: dict, vae: Checkpoint | None) -> No
 
 
 # -- models from tensors -------------------------------------------------------------------------
-def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], part: str, what: str) -> torch.nn.Module:
+def fill(model: torch.nn.Module, state: dict[str, torch.Tensor], part: str, what: str) -> torch.nn.Module:
     """Load ``state`` into a model built on the meta device; every tensor must fit, by name and shape."""
     expected = set(model.state_dict())
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -164,7 +164,7 @@ def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], part: str, wha
     return model
 
 
-def _empty(make):
+def on_meta(make):
     from accelerate import init_empty_weights
 
     with init_empty_weights(include_buffers=False):  # parameters on meta: no random initialisation
@@ -175,16 +175,16 @@ def build_unet(ck: Checkpoint, cfg: dict, dtype: torch.dtype | None = None) -> U
     """The U-Net of ``ck``; ``dtype``: of its weights (default: as stored)."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    model = _empty(lambda: UNet2DConditionModel.from_config(cfg))
-    return _fill(model, convert_ldm_unet_checkpoint(ck.tensors(UNET, dtype), cfg), "U-Net", ck.path.name)
+    model = on_meta(lambda: UNet2DConditionModel.from_config(cfg))
+    return fill(model, convert_ldm_unet_checkpoint(ck.tensors(UNET, dtype), cfg), "U-Net", ck.path.name)
 
 
 def build_vae(ck: Checkpoint, cfg: dict, dtype: torch.dtype | None = None) -> AutoencoderKL:
     """The VAE of ``ck`` (tensors under ``first_stage_model.``)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    model = _empty(lambda: AutoencoderKL.from_config(cfg))
-    return _fill(model, convert_ldm_vae_checkpoint(ck.tensors(VAE, dtype), cfg), "VAE", ck.path.name)
+    model = on_meta(lambda: AutoencoderKL.from_config(cfg))
+    return fill(model, convert_ldm_vae_checkpoint(ck.tensors(VAE, dtype), cfg), "VAE", ck.path.name)
 
 
 def _layer(key: str) -> int | None:
@@ -201,7 +201,7 @@ def build_text_encoder(ck: Checkpoint, cfg: dict, open_clip: bool,
     config holds; OpenCLIP's last block and projection, which SD 2 does not use, are left out)."""
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
 
-    model = _empty(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
+    model = on_meta(lambda: CLIPTextModel(CLIPTextConfig(**cfg)))
     if open_clip:
         state = convert_open_clip_checkpoint(model, ck.tensors(OPEN_CLIP, dtype), prefix=OPEN_CLIP)
     else:
@@ -211,7 +211,7 @@ def build_text_encoder(ck: Checkpoint, cfg: dict, open_clip: bool,
              if not k.endswith(("position_ids", "text_projection.weight")) and (_layer(k) or 0) < layers}
     if hasattr(model, "text_model"):  # transformers 4 wraps the encoder in .text_model
         state = {"text_model." + k: v for k, v in state.items()}
-    return _fill(model, state, "text encoder", ck.path.name)
+    return fill(model, state, "text encoder", ck.path.name)
 
 
 def _retarget(unet: UNet2DConditionModel, cfg: dict) -> None:

@@ -47,7 +47,7 @@ class ServeConfig:
     dtype: str | None = None
     load_options: dict = field(default_factory=dict)  # more latentgen.load keywords for every model (vae=...)
     limits: RequestLimits = field(default_factory=RequestLimits)
-    controlnet_dir: Path | None = None  # diffusers ControlNet folders, by folder name (beside the shipped ones)
+    controlnet_dir: Path | None = None  # ControlNet folders by name, single files by stem (beside the shipped ones)
     preview_vae: Path | None = None  # a tiny VAE (TAESD) for live previews, A1111's show_progress_type "TAESD"
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
@@ -78,7 +78,8 @@ class ServeConfig:
                                         f"embedded model's).")
         if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
             raise FileNotFoundError(f"--controlnet-dir {self.controlnet_dir} is not a folder; give a folder of "
-                                    f"diffusers ControlNet folders (each with config.json).")
+                                    f"ControlNets: diffusers folders (each with config.json) or single files "
+                                    f"(control_*.pth, .safetensors).")
         if self.outdir is not None and not Path(self.outdir).is_dir():
             raise FileNotFoundError(f"--outdir {self.outdir} is not a folder; create it first.")
         checks.whole("--port", self.port, 1, "use 1 to 65535 (7860 is A1111's)")

@@ -6,7 +6,9 @@ A unit's fields (the extension's ``ControlNetUnit``, as webuiapi sends it) -> ``
     enabled (true)                          a unit with false is skipped, as the extension skips it
     image (base64, or {"image": ...}; legacy input_image)   -> image; empty on img2img: the first init image
     module ("none")                         -> preprocessor (``latentgen.control.preprocess``); network ones: 422
-    model                                   -> model, by name: shipped (``edges``) or a --controlnet-dir folder;
+    model                                   -> model, by name: shipped (``edges``), a --controlnet-dir folder, or
+                                               a file there by its stem (``control_v11p_sd15_canny`` for
+                                               ``control_v11p_sd15_canny.pth``: ``latentgen.control.ldm_file``);
                                                A1111's "name [hash]" reads as the name; "None" or a path: 422/404
     weight (1)                              -> weight
     resize_mode ("Crop and Resize", 0-2)    -> resize_mode
@@ -41,18 +43,21 @@ MODES = {"balanced": "balanced", "my prompt is more important": "prompt", "contr
 
 
 class ControlNets:
-    """ControlNets by name: those latentgen ships (``weights/controlnets``) and the diffusers folders in
-    ``--controlnet-dir``; a request names one, it never gives a path."""
+    """ControlNets by name: those latentgen ships (``weights/controlnets``), and in ``--controlnet-dir`` the
+    diffusers folders by name and the single files (``.safetensors``, ``.pth``, ...) by stem, as A1111 lists them
+    (a folder wins over a file of the same name); a request names one, it never gives a path."""
 
     def __init__(self, folder: Path | None = None):
         self.folder = Path(folder) if folder else None
 
     def known(self) -> dict[str, Path]:
-        from latentgen.control import units
+        from latentgen.control import ldm_file, units
 
         found = dict(units.shipped())
         if self.folder is not None and self.folder.is_dir():
-            found.update({p.name: p for p in sorted(self.folder.iterdir()) if (p / "config.json").is_file()})
+            entries = sorted(self.folder.iterdir())
+            found.update({p.stem: p for p in entries if ldm_file.is_file(p)})
+            found.update({p.name: p for p in entries if (p / "config.json").is_file()})
         return found
 
     def check(self, name, field: str) -> Path:

@@ -2,7 +2,8 @@
 the decoded picture, which is encoded again: ``latentgen.upscale.upscalers``), then redraw at the larger size
 from the upscaled picture, as img2img does at ``strength`` (A1111's denoising strength), with its own steps,
 sampler and prompts when given. The second pass draws from the same seeds again (its start noise at the larger
-size), and prompt editing counts its steps after the first pass's (``latentgen.text.schedule``).
+size), and prompt editing counts its steps after the first pass's (``latentgen.text.schedule``). ControlNet units
+act in both passes, their images fitted to each pass's size.
 
 Sizes, as A1111: ``scale`` times the base size, or ``width`` and/or ``height`` (one of them: the other keeps the
 aspect ratio; both: upscaled to cover them, then cropped evenly), rounded down to multiples of the VAE factor.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .. import checks, images, schedulers, starts
+from ..control import residuals
 from ..text.conditioning import CallText
 from . import upscalers
 
@@ -77,7 +79,11 @@ class SecondPass:
     """A call's hires pass, prepared in ``Pipeline.sample`` before any model runs: its settings, its text (the
     hires prompts, or the first pass's, scheduled over its own steps) and its sizes; ``run`` per chunk."""
 
-    def __init__(self, pipe, draws, s, h: Hires, text: CallText):
+    def __init__(self, pipe, draws, s, h: Hires, text: CallText, control=None):
+        """``control``: the first pass's ControlNet units (``control.units.Prepared``), fitted again to the final
+        size for the second pass (as sd-webui-controlnet's default, "Both")."""
+        from ..control import units
+
         self.h, self.f = check(h, pipe.vae_scale_factor), pipe.vae_scale_factor
         self.up, self.final = sizes(h, s.width, s.height, self.f)
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
@@ -89,6 +95,8 @@ class SecondPass:
             raise ValueError(f"hires.prompt asks for other <lora:...> tags ({self.text.loras}) than the prompt "
                              f"({text.loras}): give both the same tags.")
         self.text.cache = text.cache  # each text encoded once for both passes
+        self.control = None if control is None else units.prepare(control.units, pipe.unet, self.final,
+                                                                   max_pixels=pipe.limits.max_input_pixels)
 
     def draw(self, d):
         """The first pass's ``request.Draw`` as the second pass draws it (its prompts when given)."""
@@ -123,5 +131,6 @@ class SecondPass:
                                     strength=self.h.strength)
         if cond.context:
             first = replace(first, hooks=replace(first.hooks, context=cond.context))
+        first = residuals.hooked(first, self.control, b=len(chunk), cfg=self.s.cfg, pipe=pipe)
         return pipe.denoise(first, cond, self.s.guidance, sched, seeds.generators,
                             progress.chunk(len(first.timesteps)), unet)

@@ -42,7 +42,7 @@ def test_an_even_batch_runs_as_two_streams_an_odd_one_or_one_thread_as_one(fast)
             got = compiled(x, t, encoder_hidden_states=ctx).sample
             with torch.no_grad():
                 want = fast.unet(x, t, encoder_hidden_states=ctx).sample
-            assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), False, n_threads)]) == parts
+            assert len(compiled.requests[((tuple(x.shape), tuple(ctx.shape)), False, n_threads)]) == parts
             assert torch.allclose(got, want, atol=1e-4), (batch, (got - want).abs().max())  # halves in order
     finally:
         torch.set_num_threads(threads)
@@ -74,40 +74,17 @@ def test_cfg_halves_run_the_prefix_that_reads_no_context_once(fast):
         torch.set_num_threads(2)
         compiled.requests.clear()
         got = compiled(x, t, encoder_hidden_states=ctx).sample
-        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 2)]) == 3  # prefix, then 2 halves
+        assert len(compiled.requests[((tuple(x.shape), tuple(ctx.shape)), True, 2)]) == 3  # prefix, then 2 halves
         assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
         assert not compiled.shares(torch.cat([x1, x1 + 1e-3]))  # other latents per half
         assert not compiled.shares(torch.cat([x1, x1])[..., :16, :16])  # too small to pay
         assert not compiled.shares(torch.cat([x1, x1, x1]))  # an odd batch has no halves
         torch.set_num_threads(1)  # one part: the prefix on one half, the rest on both (its cut tensors repeated)
         got = compiled(x, t, encoder_hidden_states=ctx).sample
-        assert len(compiled.requests[(tuple(x.shape), tuple(ctx.shape), True, 1)]) == 2
+        assert len(compiled.requests[((tuple(x.shape), tuple(ctx.shape)), True, 1)]) == 2
         assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     finally:
         torch.set_num_threads(threads)
-
-
-def test_the_split_graph_gives_the_whole_one_and_its_prefix_reads_no_context(fast):
-    import openvino
-
-    model = fast.runtime.for_unet(fast.unet).model
-    before = len(model.get_ordered_ops())
-    shapes = {0: [1, 4, 32, 32], 1: [], 2: [1, 77, 32]}
-    prefix, rest = openvino_unet.split(model, shapes)
-    assert len(model.get_ordered_ops()) == before and model.get_parameters()[0].get_partial_shape().is_dynamic
-    assert [p.get_partial_shape().to_shape() for p in prefix.get_parameters()] == [[1, 4, 32, 32], []]  # x, t
-    assert len(rest.get_parameters()) == len(prefix.outputs) + 1 > 2  # the cut tensors, then the context
-    whole = model.clone()
-    whole.reshape(shapes)
-    core, f32 = openvino.Core(), {"INFERENCE_PRECISION_HINT": "f32"}  # else bf16 on CPUs that have it
-    g = np.random.default_rng(0)
-    x, t = g.standard_normal((1, 4, 32, 32), np.float32), np.asarray(300.0, np.float32)
-    for _ in range(2):
-        ctx = g.standard_normal((1, 77, 32), np.float32)
-        cut = list(core.compile_model(prefix, "CPU", f32)([x, t]).values())
-        got = core.compile_model(rest, "CPU", f32)([*cut, ctx])[0]
-        want = core.compile_model(whole, "CPU", f32)([x, t, ctx])[0]
-        assert np.allclose(got, want, atol=1e-5), np.abs(got - want).max()
 
 
 def test_conversion_of_a_bf16_unet_runs_in_bf16(tiny_folder):
@@ -126,8 +103,8 @@ def test_one_compiled_model_per_input_shape_the_latest_kept(fast):
     fast.generate("a cat", seed=0)  # CFG: latents (2, 4, 32, 32)
     fast.generate("a cat", seed=0, guidance=1)  # no CFG: (1, 4, 32, 32)
     fast.generate("a cat", seed=0, width=32, height=32)  # (2, 4, 16, 16)
-    assert [x for x, *_ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
-    assert all(c == (x[0], 77, 32) for x, c, *_ in compiled.requests)
+    assert [x for (x, _), *_ in compiled.requests] == [(1, 4, 32, 32), (2, 4, 16, 16)][-compiled.KEEP:]
+    assert all(c == (x[0], 77, 32) for (x, c), *_ in compiled.requests)
 
 
 def test_a_change_of_torch_threads_between_calls_recompiles_for_them(fast):

@@ -3,8 +3,9 @@
     python tests/benchmarks/bench_controlnet.py --part embedded --repeats 5   # the embedded model with ``edges``
     python tests/benchmarks/bench_controlnet.py --part sd15 --repeats 3      # SD 1.5's architecture at 512x512
 
-``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend), with the shipped
-``edges`` ControlNet, and diffusers' ``StableDiffusionControlNetPipeline`` on the same folders. ``sd15``: random
+``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend, OpenVINO), with the
+shipped ``edges`` ControlNet (compiled beside the U-Net, and on torch), and diffusers'
+``StableDiffusionControlNetPipeline`` on the same folders. ``sd15``: random
 weights (``latentgen.load("sd15")`` and ``ControlNetModel.from_unet`` of its U-Net), 4 steps at 512x512 with CFG.
 Per-step figures subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
 machine's load hits all alike; medians. Time only on a quiet machine (``uptime``).
@@ -40,13 +41,14 @@ def edge_map(size: int) -> Image.Image:
 
 def embedded(repeats: int) -> dict:
     folder = data_dir("weights") / "controlnets" / "edges"
-    pipe, edges = latentgen.load(), edge_map(64)
+    pipe, eager, edges = latentgen.load(), latentgen.load(backend="torch"), edge_map(64)
     ref = StableDiffusionControlNetPipeline.from_pretrained(
         data_dir("weights") / "default", controlnet=ControlNetModel.from_pretrained(folder), safety_checker=None)
     ref.set_progress_bar_config(disable=True)
     g = pipe.defaults.guidance
     runs = {"latentgen, no control": lambda: pipe.generate(PROMPT, steps=20),
             "latentgen, edges": lambda: pipe.generate(PROMPT, steps=20, control=Control(edges, "edges")),
+            "latentgen, edges, torch": lambda: eager.generate(PROMPT, steps=20, control=Control(edges, "edges")),
             "diffusers, edges": lambda: ref(PROMPT, edges, num_inference_steps=20, guidance_scale=g, height=64,
                                             width=64, generator=torch.Generator().manual_seed(0))}
     for fn in runs.values():  # warm-up: conversions, first-call work
@@ -65,7 +67,14 @@ def sd15(repeats: int, steps: int = 4) -> dict:
                                                                      control=unit)}
         for fn in runs.values():
             fn()
-        return {k: v / steps for k, v in medians(runs, repeats).items()} | {"repr": repr(pipe)}
+        return {k: v / steps for k, v in medians(runs, repeats).items()} | {
+            "repr": repr(pipe), "compiled ControlNet": type(pipe.runtime.for_controlnet(unit_model(unit, pipe))).__name__}
+
+
+def unit_model(unit: Control, pipe):
+    from latentgen.control import units
+
+    return units.load_model(unit.model, pipe.unet, "control[0]")
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
 """latentgen.control.residuals through the pipeline: equal to diffusers' ControlNet pipelines on tiny random
-ControlNets (one with weight, start and end; two at once; guess mode as "controlnet" mode; img2img), the
-"prompt" mode's soft injection, and inpainting with control keeping every pixel outside the mask."""
+ControlNets (one with weight, start and end; two at once; guess mode as "controlnet" mode; img2img; inpainting,
+with latent blending on the 4-channel U-Net and with the 9-channel inpainting U-Net, whose ControlNet sees the 4
+latent channels only: ``StableDiffusionControlNetInpaintPipeline``, compared before the pixel composite with
+diffusers' nearest latent mask), the "prompt" mode's soft injection, and inpainting with control keeping every
+pixel outside the mask."""
 
 import numpy as np
 import pytest
@@ -18,11 +21,11 @@ def _hint(seed):
     return Image.fromarray((rng.random((16, 16)) > 0.5).astype(np.uint8) * 255).resize((64, 64)).convert("RGB")
 
 
-def _reference(tiny_folder, cls, controlnets, pipe):
+def _reference(folder, cls, controlnets, pipe):
     import diffusers
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
-    base = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    base = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     nets = [ControlNetModel.from_pretrained(c) for c in controlnets]
     ref = getattr(diffusers, cls)(**{k: v for k, v in base.components.items() if k != "image_encoder"},
                                   controlnet=nets[0] if len(nets) == 1 else nets, requires_safety_checker=False)
@@ -52,6 +55,18 @@ def test_one_controlnet_with_weight_start_and_end_equals_diffusers(pipe, tiny_fo
     assert max_diff(got, guess) <= 1
 
 
+def test_a_pooling_controlnet_acts_on_the_conditional_half_only_as_diffusers(pipe, tiny_folder, controlnets):
+    """A ControlNet with ``global_pool_conditions`` (the shuffle model): diffusers' guess mode, without its scales."""
+    from diffusers import ControlNetModel
+
+    ref = _reference(tiny_folder, "StableDiffusionControlNetPipeline", controlnets[:1], pipe)
+    ref.controlnet = pooled = ControlNetModel.from_pretrained(controlnets[0], global_pool_conditions=True)
+    want = ref(PROMPT, image=_hint(0), num_inference_steps=4, guidance_scale=6.0, height=64, width=64,
+               generator=torch.Generator().manual_seed(4), controlnet_conditioning_scale=0.9).images
+    got = _ours(pipe, Control(_hint(0), pooled, weight=0.9, resize_mode="just resize"))
+    assert max_diff(got, want) <= 1 and max_diff(got, _ours(pipe, Control(_hint(0), controlnets[0], weight=0.9))) > 2
+
+
 def test_two_controlnets_at_once_equal_diffusers(pipe, tiny_folder, controlnets):
     ref = _reference(tiny_folder, "StableDiffusionControlNetPipeline", controlnets, pipe)
     want = ref(PROMPT, image=[_hint(0), _hint(1)], num_inference_steps=4, guidance_scale=6.0, height=64, width=64,
@@ -72,6 +87,46 @@ def test_img2img_with_control_equals_diffusers(pipe, tiny_folder, controlnets):
     assert max_diff(got, want) <= 1
 
 
+def _inpaint_pair(pipe, ref, hint, controlnet, scheduler, strength, weight=1.0, start=0.0, end=1.0):
+    """Inpainting with one ControlNet, ours (before the composite, diffusers' nearest latent mask) and diffusers'
+    ControlNet inpainting pipeline's, and ours without control."""
+    ref.scheduler = schedulers.make(scheduler, pipe.scheduler.config)
+    want = ref(PROMPT, image=photo(), mask_image=mask(), control_image=hint, strength=strength, num_inference_steps=5,
+               guidance_scale=6.0, height=64, width=64, generator=torch.Generator().manual_seed(5),
+               controlnet_conditioning_scale=weight,  # this pipeline's default is 0.5
+               control_guidance_start=start, control_guidance_end=end).images
+
+    def ours(control):
+        return pipe.inpaint(PROMPT, photo(), mask(), strength=strength, seed=5, steps=5, guidance=6.0,
+                            scheduler=scheduler, negative_prompt="", composite=False, latent_mask="nearest",
+                            control=control)
+    return ours(Control(hint, controlnet, weight=weight, start=start, end=end, resize_mode="just resize")), want, \
+        ours(None)
+
+
+@pytest.mark.parametrize("scheduler,strength,weight,end", [("ddim", 1.0, 1.0, 1.0), ("euler_a", 0.7, 0.8, 0.8)])
+def test_inpaint_with_control_equals_diffusers(pipe, tiny_folder, controlnets, scheduler, strength, weight, end):
+    """4-channel U-Net (latent blending); an 80x96 control map stretched to 64x64 ("just resize": diffusers'
+    Lanczos resize without ``padding_mask_crop``; A1111's default is "crop and resize")."""
+    ref = _reference(tiny_folder, "StableDiffusionControlNetInpaintPipeline", controlnets[:1], pipe)
+    hint = _hint(3).resize((80, 96))
+    got, want, plain = _inpaint_pair(pipe, ref, hint, controlnets[0], scheduler, strength, weight, end=end)
+    assert max_diff(got, want) <= 1 and max_diff(got, plain) > 2
+
+
+@pytest.mark.parametrize("scheduler,strength,weight,start", [("ddim", 1.0, 1.0, 0.0), ("euler_a", 0.7, 0.7, 0.3)])
+def test_inpaint_9ch_with_control_equals_diffusers(folder9, controlnets, scheduler, strength, weight, start):
+    """9-channel inpainting U-Net: the ControlNet sees the 4 latent channels only (the mask and the masked image's
+    latents stay the U-Net's), as diffusers and sd-webui-controlnet (``x[:, :4]``) do."""
+    import latentgen
+
+    pipe9 = latentgen.load(folder9)
+    assert pipe9.unet.config.in_channels == 9
+    ref = _reference(folder9, "StableDiffusionControlNetInpaintPipeline", controlnets[:1], pipe9)
+    got, want, plain = _inpaint_pair(pipe9, ref, _hint(4), controlnets[0], scheduler, strength, weight, start=start)
+    assert max_diff(got, want) <= 1 and max_diff(got, plain) > 2
+
+
 def test_prompt_mode_scales_the_shallow_residuals_down_and_inpainting_keeps_the_outside(pipe, controlnets):
     balanced = _ours(pipe, Control(_hint(0), controlnets[0]))
     soft = _ours(pipe, Control(_hint(0), controlnets[0], mode="prompt"))
@@ -81,7 +136,3 @@ def test_prompt_mode_scales_the_shallow_residuals_down_and_inpainting_keeps_the_
     outside = np.asarray(mask()) < 128
     assert np.array_equal(np.asarray(out[0])[outside], np.asarray(photo())[outside])
     assert max_diff(out, pipe.inpaint(PROMPT, photo(), mask(), seed=2, steps=4, mask_blur=0)) > 0
-    with pytest.raises(ValueError, match="control with hires"):
-        import latentgen
-
-        pipe.generate(PROMPT, hires=latentgen.Hires(), control=Control(_hint(0), controlnets[0]))

@@ -32,6 +32,13 @@ def served(tiny_folder, controlnets, tmp_path_factory):
     folder = tmp_path_factory.mktemp("controlnets")
     for i, f in enumerate(controlnets):
         os.symlink(f, folder / f"cn{i}")
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from latentgen.control import ldm_file
+
+    net = ControlNetModel.from_pretrained(controlnets[0])  # cn0 as A1111's single file, listed by its stem
+    save_file(ldm_file.to_ldm(net.state_dict(), net.config, "control_model."), folder / "control_cn0.safetensors")
     s = Served(ServeConfig(model=str(tiny_folder), controlnet_dir=folder, warmup=False))
     s.api = webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
     yield s
@@ -89,6 +96,19 @@ def test_the_extensions_endpoints(served):
     r = requests.post(served.url + "/controlnet/detect", json={"controlnet_module": "depth_midas",
                                                                "controlnet_input_images": ["x"]})
     assert r.status_code == 422 and "annotator network" in r.json()["detail"]
+
+
+def test_a_single_file_in_the_controlnet_dir_is_listed_by_its_stem_and_draws_as_its_folder(served):
+    from latentgen.serve.codec import decode_image
+
+    assert "control_cn0" in served.api.controlnet_model_list()
+    drawn = []
+    for model in ("cn0", "control_cn0 [0123abcd]"):
+        r = _post(served, {"model": model}, seed=4)
+        assert r.status_code == 200, r.text
+        drawn.append(np.asarray(decode_image(r.json()["images"][0], "image", 1 << 20).convert("RGB")))
+    assert np.array_equal(*drawn)
+    assert 'Model: control_cn0,' in r.json()["info"]
 
 
 def _post(served, unit: dict, mode: str = "txt2img", **fields):

@@ -79,3 +79,38 @@ def test_bad_hires_settings_are_refused_before_any_model_runs(pipe, monkeypatch,
     monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
     with pytest.raises(error, match=match):
         pipe.generate(PROMPT, steps=2, width=64, height=64, hires=h)
+
+
+def test_controlnet_units_act_in_both_passes_as_diffusers_controlnet_pipelines(pipe, tiny_folder, controlnets):
+    """The first pass as StableDiffusionControlNetPipeline, the second as StableDiffusionControlNetImg2ImgPipeline
+    from the upscaled latents, the control image fitted to each pass's size."""
+    import diffusers
+    import numpy as np
+    from PIL import Image
+
+    from latentgen import Control
+    from latentgen.canvas import resize
+
+    base = diffusers.StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None).components
+    net = diffusers.ControlNetModel.from_pretrained(controlnets[0])
+    parts = {k: v for k, v in base.items() if k != "image_encoder"}
+    txt = diffusers.StableDiffusionControlNetPipeline(**parts, controlnet=net, requires_safety_checker=False)
+    img = diffusers.StableDiffusionControlNetImg2ImgPipeline(**parts, controlnet=net, requires_safety_checker=False)
+    for p in (txt, img):
+        p.scheduler = schedulers.make("ddim", pipe.scheduler.config)
+        p.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(0)
+    hint = Image.fromarray((rng.random((16, 16)) > 0.5).astype(np.uint8) * 255).resize((64, 64)).convert("RGB")
+    big = resize.resize(hint, (128, 128), "just resize")
+    common = dict(num_inference_steps=6, guidance_scale=5.0, negative_prompt="green", controlnet_conditioning_scale=0.7)
+    z = txt(PROMPT, hint, height=64, width=64, generator=torch.Generator().manual_seed(3), output_type="latent",
+            **common).images
+    want = img(PROMPT, image=F.interpolate(z, scale_factor=2, mode="bilinear"), control_image=big, strength=0.55,
+               generator=torch.Generator().manual_seed(3), **common).images
+    unit = Control(hint, controlnets[0], weight=0.7, resize_mode="just resize")
+    kw = dict(negative_prompt="green", seed=3, steps=6, guidance=5.0, scheduler="ddim", width=64, height=64,
+              hires=Hires(scale=2, strength=0.55))
+    got = pipe.generate(PROMPT, control=unit, **kw)
+    assert got[0].size == (128, 128) and max_diff(got, want) <= 1
+    assert max_diff(got, pipe.generate(PROMPT, **kw)) > 2
+    assert 'ControlNet 0: "Module: none' in got[0].info["parameters"]
