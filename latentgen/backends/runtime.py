@@ -19,6 +19,10 @@ edited weights stay on it: the weights that differ from the converted ones (a Lo
 next calls (``VARIANTS`` of them per U-Net: two LoRA sets that alternate stay compiled), never converted again.
 Only a bias or a norm that differs (the conversion folds those into other constants) or FreeU runs torch.
 
+ControlNets stay on it too: a call with residuals runs a second conversion of the U-Net that takes them as inputs
+(``convert(..., residuals=True)``, cached beside the first under ``<key>-residuals``, patched for LoRAs as the
+first), and each ControlNet is converted once per set of weights (``for_controlnet``; ``control_graph``).
+
 What a call checks is cheap (``weights.state``): parameters added, removed, moved or cast, torch's counters of
 in-place writes, FreeU's factors, the LoRA layers' adapters and scales. Writes through ``.data`` are announced
 (``Pipeline.weights_changed`` calls ``changed``). When the state moves,

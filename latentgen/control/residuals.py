@@ -26,7 +26,9 @@ class Residuals:
 
     def __init__(self, control: Prepared, *, steps: int, b: int, cfg: bool, latent_channels: int, runtime=None):
         self.units, self.models, self.images = control.units, control.models, control.images
-        self.steps, self.b, self.cfg, self.c, self.runtime = steps, b, cfg, latent_channels, runtime
+        self.steps, self.b, self.cfg, self.c = steps, b, cfg, latent_channels
+        # what runs each ControlNet, decided once per chunk (its weights' state is checked then, not at every step)
+        self.runs = [runtime.for_controlnet(m) if runtime is not None else partial(run_torch, m) for m in self.models]
 
     def active(self, unit: Control, i: int) -> bool:
         """diffusers' ``controlnet_keep``: step i of n acts when start <= i / n and (i + 1) / n <= end."""
@@ -35,23 +37,22 @@ class Residuals:
     def __call__(self, i: int, x: torch.Tensor, t, context: torch.Tensor) -> dict:
         down, mid = None, None
         x = x[:, :self.c]  # (rows, C, h, w)
-        for unit, model, image in zip(self.units, self.models, self.images):
+        for unit, model, image, run in zip(self.units, self.models, self.images, self.runs):
             if not self.active(unit, i):
                 continue
-            d, m = self._one(unit, model, image, x, t, context)
+            d, m = self._one(unit, model, image, run, x, t, context)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         if down is None:
             return {}
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
-    def _one(self, unit, model, image, x, t, context):
+    def _one(self, unit, model, image, run, x, t, context):
         pooled = bool(model.config.get("global_pool_conditions"))  # the shuffle model: diffusers' and A1111's guess mode
         guess = (unit.mode == "controlnet" or pooled) and self.cfg
         rows = slice(self.b, None) if guess else slice(None)  # guess mode: the conditional rows only
         xs, ctx = x[rows], context[rows]
         hint = image.to(xs.device, xs.dtype).expand(len(xs), -1, -1, -1)
-        run = self.runtime.for_controlnet(model) if self.runtime is not None else partial(run_torch, model)
         down, mid = run(xs, t, ctx, hint)  # at weight 1, scaled here as diffusers scales them
         n = len(down) + 1
         if unit.mode == "controlnet" and not pooled:  # diffusers' guess mode: 0.1 for the shallowest to 1 for the middle block

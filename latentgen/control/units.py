@@ -154,7 +154,9 @@ def load_model(model, like, name: str):
         if tuple(_as_tuple(cfg[key])) != tuple(_as_tuple(unet[key])):
             raise ValueError(f"{name}.model was made for another U-Net: its {key} is {cfg[key]}, this model's "
                              f"{unet[key]}; use a ControlNet trained for this model's family.")
-    return model.to(device=like.device, dtype=like.dtype).eval()
+    if model.dtype != like.dtype:  # (a folder or file is read in the U-Net's dtype already)
+        model = model.to(dtype=like.dtype)
+    return model.to(device=like.device).eval()
 
 
 def _as_tuple(v):

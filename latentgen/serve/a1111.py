@@ -194,10 +194,7 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
 def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
     """The request's ControlNet units (``alwayson_scripts.controlnet``), refused where the call cannot take them."""
     units = controlnet_api.units_from(req.alwayson_scripts, controlnets=controlnets or controlnet_api.ControlNets(),
-                                  fallback=fallback, max_pixels=limits.max_pixels)
-    if units and plan.hires is not None:
-        raise _refuse("enable_hr", True, "the hires fix takes no ControlNet here; draw without it, then upscale with "
-                                         "img2img and the same unit")
+                                      fallback=fallback, max_pixels=limits.max_pixels, hires=plan.hires is not None)
     if units and plan.script and "outpaint" in plan.script:
         raise _refuse("script_name", req.script_name, "outpainting takes no ControlNet here")
     return units

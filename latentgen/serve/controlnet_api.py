@@ -17,8 +17,10 @@ A unit's fields (the extension's ``ControlNetUnit``, as webuiapi sends it) -> ``
     guidance_start, guidance_end (0, 1; legacy guidance: the end)   -> start, end
     control_mode ("Balanced", 0-2)          -> mode: balanced, prompt, controlnet
 
-Accepted and not used: low_vram / lowvram (latentgen plans memory itself), hr_option (the hires fix takes no
-ControlNet here: refused with enable_hr), save_detected_map, is_ui. Anything that would change the image in a way
+    hr_option ("Both")                      with enable_hr the units act in both passes, their images fitted to each
+                                               pass's size; "Low res only" / "High res only": 422
+
+Accepted and not used: low_vram / lowvram (latentgen plans memory itself), save_detected_map, is_ui. Anything that would change the image in a way
 latentgen does not do (a unit mask, batch or loopback input, IP-Adapter or union types, an unknown field with a value)
 is a 422 that names it: a unit is never silently dropped.
 """
@@ -147,8 +149,10 @@ def _resize(value, where: str):
     return how
 
 
-def units_from(scripts: dict, *, controlnets: ControlNets, fallback=None, max_pixels: int) -> list | None:
-    """The ControlNet units of a request's ``alwayson_scripts`` (None: none); any other script is refused."""
+def units_from(scripts: dict, *, controlnets: ControlNets, fallback=None, max_pixels: int,
+               hires: bool = False) -> list | None:
+    """The ControlNet units of a request's ``alwayson_scripts`` (None: none); any other script is refused.
+    ``hires``: the request has the hires fix, where a unit acts in both passes ("Both", the extension's default)."""
     units = None
     for name, value in (scripts or {}).items():
         if name.lower() != "controlnet":
@@ -159,6 +163,10 @@ def units_from(scripts: dict, *, controlnets: ControlNets, fallback=None, max_pi
             raise ApiError(422, "alwayson_scripts.controlnet must be {\"args\": [unit, ...]}.")
         found = [unit_from(u, i, controlnets=controlnets, fallback=fallback, max_pixels=max_pixels)
                  for i, u in enumerate(args)]
+        for i, (u, unit) in enumerate(zip(args, found)):
+            if hires and unit is not None and u.get("hr_option") not in (None, "", "Both", "both"):
+                raise _bad(f"alwayson_scripts.controlnet.args[{i}].hr_option", u["hr_option"], "with the hires fix "
+                           "a unit acts in both passes here; send 'Both'")
         units = [u for u in found if u is not None] or None
     if units:
         from latentgen.control import units as checks

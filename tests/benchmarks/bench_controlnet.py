@@ -2,12 +2,16 @@
 
     python tests/benchmarks/bench_controlnet.py --part embedded --repeats 5   # the embedded model with ``edges``
     python tests/benchmarks/bench_controlnet.py --part sd15 --repeats 3      # SD 1.5's architecture at 512x512
+    python tests/benchmarks/bench_controlnet.py --part calls --repeats 5     # SD 1.5: one call of each model
 
 ``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend, OpenVINO), with the
 shipped ``edges`` ControlNet (compiled beside the U-Net, and on torch), and diffusers'
 ``StableDiffusionControlNetPipeline`` on the same folders. ``sd15``: random
-weights (``latentgen.load("sd15")`` and ``ControlNetModel.from_unet`` of its U-Net), 4 steps at 512x512 with CFG.
-Per-step figures subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
+weights (``latentgen.load("sd15")`` and ``ControlNetModel.from_unet`` of its U-Net), 4 steps at 512x512 with CFG,
+the ControlNet call on the default backend (OpenVINO) and on torch.
+``calls``: the same SD 1.5 models, one CFG call (batch 2, 64x64 latents) of each: the ControlNet compiled and on
+torch, the U-Net compiled with and without residual inputs: what a controlled step adds, without the fixed costs
+(text, VAE) that whole calls carry. Per-step figures of whole calls subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
 machine's load hits all alike; medians. Time only on a quiet machine (``uptime``).
 """
 
@@ -57,18 +61,44 @@ def embedded(repeats: int) -> dict:
 
 
 def sd15(repeats: int, steps: int = 4) -> dict:
-    pipe = latentgen.load("sd15")
+    pipe, eager = latentgen.load("sd15"), latentgen.load("sd15", backend="torch")
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         ControlNetModel.from_unet(pipe.unet).float().save_pretrained(Path(tmp) / "cn")  # fp32 weights, as published
         unit = Control(edge_map(512), Path(tmp) / "cn")
         runs = {"latentgen, no control": lambda: pipe.generate(PROMPT, steps=steps, width=512, height=512),
                 "latentgen, one ControlNet": lambda: pipe.generate(PROMPT, steps=steps, width=512, height=512,
-                                                                     control=unit)}
+                                                                     control=unit),
+                "latentgen, one ControlNet, torch": lambda: eager.generate(PROMPT, steps=steps, width=512, height=512,
+                                                                           control=unit)}
         for fn in runs.values():
             fn()
         return {k: v / steps for k, v in medians(runs, repeats).items()} | {
             "repr": repr(pipe), "compiled ControlNet": type(pipe.runtime.for_controlnet(unit_model(unit, pipe))).__name__}
+
+
+def calls(repeats: int) -> dict:
+    from latentgen.backends.control_graph import run_torch
+
+    pipe = latentgen.load("sd15")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        ControlNetModel.from_unet(pipe.unet).float().save_pretrained(Path(tmp) / "cn")
+        net = unit_model(Control(edge_map(512), Path(tmp) / "cn"), pipe)
+        compiled, unet = pipe.runtime.for_controlnet(net), pipe.runtime.for_unet(pipe.unet)
+        x = torch.randn(1, 4, 64, 64, dtype=pipe.dtype).repeat(2, 1, 1, 1)  # CFG's halves: the same latents
+        ctx, hint, t = torch.randn(2, 77, 768, dtype=pipe.dtype), torch.rand(2, 3, 512, 512, dtype=pipe.dtype), 500
+        down, mid = compiled(x, t, ctx, hint)
+        runs = {"ControlNet, OpenVINO": lambda: compiled(x, t, ctx, hint),
+                "ControlNet, torch": lambda: run_torch(net, x, t, ctx, hint),
+                "U-Net, OpenVINO": lambda: unet(x, t, encoder_hidden_states=ctx),
+                "U-Net with residuals, OpenVINO": lambda: unet(x, t, encoder_hidden_states=ctx,
+                                                               down_block_additional_residuals=down,
+                                                               mid_block_additional_residual=mid)}
+        with torch.no_grad():
+            for fn in runs.values():
+                fn()
+            return medians(runs, repeats)
 
 
 def unit_model(unit: Control, pipe):
@@ -79,13 +109,14 @@ def unit_model(unit: Control, pipe):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("embedded", "sd15"), default="embedded")
+    ap.add_argument("--part", choices=("embedded", "sd15", "calls"), default="embedded")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     print(f"CPU: {cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    figures = embedded(a.repeats) if a.part == "embedded" else sd15(a.repeats)
+    figures = {"embedded": embedded, "sd15": sd15, "calls": calls}[a.part](a.repeats)
+    unit = "s per call" if a.part == "calls" else "s per step"
     for k, v in figures.items():
-        print(f"{k:28s} {v:.4f} s per step" if isinstance(v, float) else f"{k}: {v}")
+        print(f"{k:32s} {v:.4f} {unit}" if isinstance(v, float) else f"{k}: {v}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,18 @@ def test_img2img_unit_without_an_image_reads_the_init_image(served, ref, control
     assert max_diff(r.images[0], want[0]) <= 1
 
 
+def test_a_unit_acts_in_both_passes_of_the_hires_fix(served, ref, controlnets):
+    from latentgen import Hires
+
+    unit = webuiapi.ControlNetUnit(image=_square(), model="cn0", module="none", resize_mode="Just Resize")
+    r = served.api.txt2img(prompt=PROMPT, seed=3, steps=3, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
+                           enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5,
+                           controlnet_units=[unit], alwayson_scripts={})
+    want = ref.generate(PROMPT, seed=3, steps=3, guidance=5, scheduler="euler_a", hires=Hires(scale=1.5, strength=0.5),
+                        control=Control(_square(), controlnets[0], resize_mode="just resize"))
+    assert r.images[0].size == (96, 96) and max_diff(r.images[0], want[0]) <= 1
+
+
 def test_the_extensions_endpoints(served):
     api = served.api
     assert api.controlnet_version() == 2
@@ -132,7 +144,7 @@ def _post(served, unit: dict, mode: str = "txt2img", **fields):
     (dict(mask="abc"), {}, 422, "mask='abc'"),
     (dict(ipadapter_input=["x"]), {}, 422, "ipadapter_input"),
     (dict(image=""), {}, 422, "image is empty"),
-    ({}, {"enable_hr": True, "hr_scale": 2}, 422, "enable_hr"),
+    (dict(hr_option="Low res only"), {"enable_hr": True, "hr_scale": 2}, 422, "hr_option='Low res only'"),
 ])
 def test_a_unit_that_cannot_be_honoured_gets_a_422_naming_the_field(served, unit, fields, status, says):
     r = _post(served, unit, **fields)
