@@ -34,7 +34,7 @@ from .models import components
 from .models.presets import Defaults
 from .request import Callback, Draw, Settings
 from .starts import Start, StartFn
-from .text import prompts, schedule
+from .text import prompts, schedule, xl
 from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
 from .upscale.hires import Hires, SecondPass
@@ -50,8 +50,10 @@ class Pipeline:
     decided. ``latentgen.load`` builds one; so can you, from diffusers parts."""
 
     def __init__(self, tokenizer, text_encoder, unet, vae, scheduler: SchedulerMixin, *, defaults: Defaults | None = None,
-                 name: str = "model", inpaint_unet=None, runtime: Runtime | None = None, placement=None):
+                 name: str = "model", inpaint_unet=None, runtime: Runtime | None = None, placement=None,
+                 xl: xl.XL | None = None):
         self.tokenizer, self.text_encoder, self.unet, self.vae, self.scheduler = tokenizer, text_encoder, unet, vae, scheduler
+        self.xl = xl  # SDXL's second tokenizer and text encoder (latentgen.text.xl); None for SD 1.x/2.x
         self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})  # the backend reads their state
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
@@ -64,7 +66,7 @@ class Pipeline:
     @classmethod
     def from_components(cls, c) -> "Pipeline":  # over a ``models.components.Components`` (what loaders return)
         return cls(c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler, defaults=c.defaults, name=c.name,
-                   inpaint_unet=c.inpaint_unet, placement=c.placement)
+                   inpaint_unet=c.inpaint_unet, placement=c.placement, xl=c.xl)
 
     def __repr__(self) -> str:  # what runs and why, e.g. "float32 (the default here: ...), U-Net on openvino (...)"
         return (f"Pipeline(model={self.name!r}, device={self.device}, "
@@ -98,15 +100,16 @@ class Pipeline:
 
     @torch.no_grad()
     def encode_prompt(self, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
-        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, k chunks of 75 tokens
+        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, 2048 for SDXL (its pooled
+        embedding: ``latentgen.text.xl.encode``), k chunks of 75 tokens
         (k = 1 with syntax "plain"); A1111's syntax and "Clip skip": see ``latentgen.text.prompts``. A prompt that
         changes by step or has AND parts is more than one embedding: ``latentgen.text.schedule`` reads it."""
         one = text if syntax != "a1111" else schedule.fixed(text)
         if one is None:
             raise ValueError(f"prompt {text!r} changes by step or has AND parts (A1111's prompt editing, alternation,"
                              f" AND): encode its texts one by one (latentgen.text.schedule.steps), or pass it to generate.")
-        return prompts.embed(one, self.tokenizer, self.text_encoder, clip_skip=clip_skip, syntax=syntax,
-                             expand=self.embeddings.expansions())  # expand: textual-inversion words
+        return xl.encode(one, self.tokenizer, self.text_encoder, self.xl, clip_skip=clip_skip, syntax=syntax,
+                         expand=self.embeddings.expansions())[0]  # expand: textual-inversion words
 
     def load_embedding(self, path: str | Path, token: str | None = None) -> str:
         """Add a textual-inversion file as the word ``token`` (default: its stem): ``latentgen.text.embeddings``."""
@@ -140,6 +143,8 @@ class Pipeline:
                 x = torch.cat([x, c_concat], dim=1)  # (.., C + 5, h, w)
             context_i = hooks.context(i, context) if hooks.context else context
             extra = hooks.unet_inputs(i, x, t, context_i) if hooks.unet_inputs else {}
+            if text.added is not None:  # SDXL: the pooled text and size numbers (B + B * K or B, P) and (.., 6)
+                extra = {**extra, "added_cond_kwargs": text.added(i)}
             # the noise (epsilon), v or x0, as the model was trained: the sampler's config says which
             model_output = unet(x, t, encoder_hidden_states=context_i, **extra).sample
             if cfg:
@@ -198,7 +203,7 @@ class Pipeline:
         self.check_limits(s, len(draws))
         batch = s.batch(self.device, len(draws))
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
-        text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings)
+        text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings, xl=self.xl)
         second = None if hires is None else SecondPass(self, draws, s, hires, text, control)  # checked, own text
         if second is not None:
             self.check_limits(second.s, len(draws))

@@ -39,6 +39,22 @@ def tiny_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def xl_folder(tmp_path_factory):
+    """The tiny random SDXL-shaped model (``pipelines/tiny-random-xl.json``), saved by diffusers'
+    ``StableDiffusionXLPipeline``: two text encoders, a pooled embedding, six size numbers."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from latentgen.models import loading
+
+    c = loading.load_components("tiny-random-xl")
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    StableDiffusionXLPipeline(vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.xl.text_encoder_2,
+                              tokenizer=c.tokenizer, tokenizer_2=c.xl.tokenizer_2, unet=c.unet,
+                              scheduler=c.scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def pipe(tiny_folder):
     import latentgen
 

@@ -190,6 +190,9 @@ def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, 
     units = as_list(control)
     if not units:
         return None
+    if like.config.get("addition_embed_type") == "text_time":
+        raise ValueError("control= is not supported on SDXL models yet (their ControlNets take the pooled text and "
+                         "size numbers too): draw without control, or with an SD 1.x/2.x model.")
     for i, unit in enumerate(units):
         check(unit, i)
         if resize.mode(unit.resize_mode) == "latent upscale":

@@ -60,6 +60,9 @@ class LoraAdapters:
         stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys that name
         no module of the model are reported in a warning."""
         scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
+        if self.models["unet"].config.get("addition_embed_type") == "text_time":
+            raise ValueError(f"LoRA {str(path)!r}: LoRAs on SDXL models are not supported yet; draw without it, or "
+                             f"with an SD 1.x/2.x model.")
         name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
         if "." in name:
             raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "
@@ -147,6 +150,9 @@ class LoraAdapters:
         """Change the scale of loaded LoRA ``name`` (0 turns it off)."""
         self._check_name(name)
         scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
+        if self.models["unet"].config.get("addition_embed_type") == "text_time":
+            raise ValueError(f"LoRA {str(path)!r}: LoRAs on SDXL models are not supported yet; draw without it, or "
+                             f"with an SD 1.x/2.x model.")
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
         self.loaded[name].scale = scale

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .. import precision, schedulers
+from ..text import xl as sdxl
 from .presets import Defaults, Preset, data_dir, load_preset
 
 # subfolder -> files that must be there (any one of each tuple)
@@ -36,6 +37,7 @@ _REQUIRED = {
     "vae": (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")),
     "scheduler": (("scheduler_config.json",),),
 }
+_REQUIRED_XL = {"tokenizer_2": _REQUIRED["tokenizer"], "text_encoder_2": _REQUIRED["text_encoder"]}  # SDXL's second
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Components:
     name: str  # shown in PNG metadata as "Model: ..."
     inpaint_unet: Path | None = None  # a 9-channel U-Net folder the model's inpaint() runs (see Pipeline.inpaint)
     placement: precision.Placement | None = None  # device, dtype and backend as latentgen.load decided them
+    xl: sdxl.XL | None = None  # SDXL's second text encoder and tokenizer (latentgen.text.xl); None for SD 1.x/2.x
 
     @property
     def vae_scale_factor(self) -> int:
@@ -65,11 +68,15 @@ def vae_scale_factor(vae_config) -> int:
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def check_fit(unet: dict, vae: dict, text_encoder: dict) -> None:
-    """Raise a ValueError naming the part that does not fit the others."""
-    if text_encoder["hidden_size"] != unet["cross_attention_dim"]:
+def check_fit(unet: dict, vae: dict, text_encoder: dict, text_encoder_2: dict | None = None) -> None:
+    """Raise a ValueError naming the part that does not fit the others (SDXL: ``text_encoder_2`` too)."""
+    if sdxl.is_xl(unet) != (text_encoder_2 is not None):
+        raise ValueError("an SDXL U-Net (addition_embed_type 'text_time') needs the model's text_encoder_2, and only "
+                         "it takes one: load the U-Net with the text encoders of its own model.")
+    width = text_encoder["hidden_size"] + (text_encoder_2["hidden_size"] if text_encoder_2 else 0)
+    if width != unet["cross_attention_dim"]:
         raise ValueError(
-            f"text encoder width {text_encoder['hidden_size']} != U-Net cross_attention_dim "
+            f"text encoder width {width} != U-Net cross_attention_dim "
             f"{unet['cross_attention_dim']}: the text encoder and U-Net come from different models; "
             f"use a text encoder whose hidden_size is {unet['cross_attention_dim']}."
         )
@@ -93,7 +100,7 @@ def check_folder(folder: Path) -> None:
         raise FileNotFoundError(f"model folder {str(folder)!r} does not exist; pass a diffusers folder "
                                 f"(with model_index.json) or a preset name.")
     missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
-    for sub, groups in _REQUIRED.items():
+    for sub, groups in {**_REQUIRED, **(_REQUIRED_XL if _is_xl_folder(folder) else {})}.items():
         for names in groups:
             if not any((folder / sub / n).is_file() for n in names):
                 missing.append(f"{sub}/{' or '.join(names)}")
@@ -102,6 +109,11 @@ def check_folder(folder: Path) -> None:
             f"model folder {str(folder)!r} is incomplete, missing: {', '.join(missing)}. "
             f"Save the full pipeline there (StableDiffusionPipeline.save_pretrained)."
         )
+
+
+def _is_xl_folder(folder: Path) -> bool:  # model_index.json names a second text encoder
+    index = folder / "model_index.json"
+    return index.is_file() and (_read_json(index).get("text_encoder_2") or [None])[0] is not None
 
 
 @contextmanager
@@ -121,9 +133,11 @@ def quiet_loading():
 
 def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     """The parts frozen for inference, on ``device`` in ``dtype`` (channels_last where it is faster)."""
-    for m in (c.text_encoder, c.unet, c.vae):
+    for m in (c.text_encoder, c.unet, c.vae, *([c.xl.text_encoder_2] if c.xl else [])):
         m.requires_grad_(False).eval()
     precision.cast(c.text_encoder, device, dtype)
+    if c.xl is not None:
+        precision.cast(c.xl.text_encoder_2, device, dtype)
     precision.cast(c.unet, device, dtype)
     precision.cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
     if precision.wants_channels_last(device, dtype):
@@ -139,18 +153,26 @@ def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | 
     folder = Path(folder)
     check_folder(folder)
     unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
-    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"))
+    xl = _is_xl_folder(folder)
+    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"),
+              _read_json(folder / "text_encoder_2/config.json") if xl else None)
     device, dtype = torch.device(device), precision.as_dtype(dtype)
     if defaults is None:
         extra = folder / "latentgen.json"
         size = unet_cfg.get("sample_size", 64) * vae_scale_factor(vae_cfg)
-        base = {"width": size, "height": size}
+        base = {"width": size, "height": size, **({"guidance": 5.0} if xl else {})}  # SDXL: diffusers' 5
         defaults = Defaults.from_dict({**base, **(_read_json(extra) if extra.is_file() else {})})
     with quiet_loading():
         parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
                      text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
                      unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
                      vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
+        if xl:
+            zeros = _read_json(folder / "model_index.json").get("force_zeros_for_empty_prompt", True)
+            parts["xl"] = sdxl.XL(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+                                  CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype),
+                                  force_zeros=zeros)
+            sdxl.check_unet(unet_cfg, parts["xl"])
     return finish(Components(
         **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
         defaults=defaults, name=name or folder.name), device, dtype)
@@ -164,13 +186,16 @@ def from_preset(preset: Preset, *, device: str | torch.device, dtype: str | torc
         if preset.inpainting is not None:
             c.inpaint_unet = data_dir("weights") / preset.inpainting / "unet"
         return c
-    check_fit(preset.unet, preset.vae, preset.text_encoder)
+    check_fit(preset.unet, preset.vae, preset.text_encoder, preset.text_encoder_2)
     device, dtype = torch.device(device), precision.as_dtype(dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(**preset.text_encoder))
         unet = UNet2DConditionModel.from_config(preset.unet)
         vae = AutoencoderKL.from_config(preset.vae)
+        xl = None if preset.text_encoder_2 is None else sdxl.XL(
+            CLIPTokenizer.from_pretrained(preset.tokenizer_dir, **preset.tokenizer_2_options),
+            CLIPTextModelWithProjection(CLIPTextConfig(**preset.text_encoder_2)))
     return finish(Components(
         tokenizer=CLIPTokenizer.from_pretrained(preset.tokenizer_dir, **preset.tokenizer_options),
         text_encoder=text_encoder,
@@ -179,6 +204,7 @@ def from_preset(preset: Preset, *, device: str | torch.device, dtype: str | torc
         scheduler=schedulers.make(preset.defaults.scheduler or "ddim", preset.scheduler),
         defaults=preset.defaults,
         name=preset.name,
+        xl=xl,
     ), device, dtype)
 
 

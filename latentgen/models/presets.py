@@ -14,6 +14,8 @@ The four component entries are the diffusers / transformers ``config.json`` cont
 end token. ``weights`` names a diffusers folder under ``weights/`` holding trained weights for this
 architecture, or is null (random weights, for benchmarks); ``inpainting`` (optional) names a folder under
 ``weights/`` whose ``unet/`` is the model's 9-channel inpainting variant, which ``Pipeline.inpaint`` runs.
+An SDXL preset adds ``text_encoder_2`` (``CLIPTextModelWithProjection``'s config) and ``tokenizer_2_options``
+(its tokenizer, over the same files).
 A new model family is a new file here, not new code.
 """
 
@@ -75,6 +77,8 @@ class Preset:
     scheduler: dict = field(repr=False)
     tokenizer_options: dict = field(default_factory=dict)  # CLIPTokenizer arguments, e.g. {"pad_token": "!"}
     inpainting: str | None = None  # folder under weights/ with the 9-channel U-Net inpaint() runs (unet/)
+    text_encoder_2: dict | None = field(default=None, repr=False)  # SDXL's second (CLIPTextModelWithProjection)
+    tokenizer_2_options: dict = field(default_factory=dict)  # its tokenizer over the same files (bigG: "!" pads)
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -105,4 +109,6 @@ def load_preset(name: str) -> Preset:
         scheduler=d["scheduler"],
         tokenizer_options=d.get("tokenizer_options", {}),
         inpainting=d.get("inpainting"),
+        text_encoder_2=d.get("text_encoder_2"),
+        tokenizer_2_options=d.get("tokenizer_2_options", {}),
     )

@@ -62,6 +62,8 @@ def _preset_configs(p: Preset) -> dict:
 
 
 def _family(p: Preset) -> str:
+    if p.text_encoder_2 is not None:
+        return "sdxl"  # single SDXL files are refused before this (checkpoints.read)
     return "sd2" if p.text_encoder.get("hidden_act") == "gelu" else "sd1"  # OpenCLIP: gelu; CLIP-L: quick_gelu
 
 

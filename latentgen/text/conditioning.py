@@ -14,6 +14,7 @@ import torch
 
 from .. import metadata
 from . import prompts, schedule
+from . import xl as sdxl
 from .embeddings import Embeddings
 
 
@@ -25,6 +26,7 @@ class Cond:
     uncond: torch.Tensor | None  # (B, 77 * k, D): the negative prompts; None without CFG
     weights: torch.Tensor | None = None  # (B, K) the parts' weights; None: one part of weight 1
     context: Callable | None = None  # ``starts.Hooks.context`` when the text changes by step (prompt editing)
+    added: Callable | None = None  # SDXL: step i -> the U-Net's added_cond_kwargs, rows as the context's
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,18 @@ class CallText:
     distinct text encoded once, alone (``prompts.embed``) -> (1, 77 * k, D); an image's texts padded to its
     own largest number of chunks (a batch mate's would change the image) with the encoding of an empty chunk
     (A1111's ``pad_cond_uncond``). ``loras``: the call's (name, weight) tags, the same for every prompt.
-    ``info``: its PNG fields (``latentgen.metadata.text_fields``). ``base_steps``: a hires-fix second pass's."""
+    ``info``: its PNG fields (``latentgen.metadata.text_fields``). ``base_steps``: a hires-fix second pass's.
+    ``xl``: an SDXL model's second encoder (``latentgen.text.xl``): each text is then (hidden, pooled), and the
+    conditioning carries the pooled rows and the size numbers of ``settings``' size as ``Cond.added``."""
 
     def __init__(self, draws: Sequence, settings, tokenizer, text_encoder, embeddings: Embeddings,
-                 base_steps: int | None = None):
+                 base_steps: int | None = None, xl: sdxl.XL | None = None):
         syntax = settings.prompt_syntax
-        self.encode = partial(prompts.embed, tokenizer=tokenizer, text_encoder=text_encoder,
-                              clip_skip=settings.clip_skip, syntax=syntax, expand=embeddings.expansions())
-        self.cache: dict[str, torch.Tensor] = {}
+        how = dict(tokenizer=tokenizer, text_encoder=text_encoder, clip_skip=settings.clip_skip, syntax=syntax,
+                   expand=embeddings.expansions())
+        self.encode = partial(sdxl.encode, xl=xl, **how)
+        self.xl, self.time_ids = xl, None if xl is None else sdxl.time_ids(settings.width, settings.height)
+        self.cache: dict[str, tuple] = {}  # text -> (hidden (1, 77 * k, D), pooled (1, P) or None)
         self.plans: dict[tuple, Schedules] = {}  # (prompt as given, negative prompt) -> its texts over the steps
         asked: dict[str, tuple] = {}
         for d in draws:
@@ -76,6 +82,9 @@ class CallText:
         return Schedules(tuple((tuple(steps(t)), w) for t, w in parts), None if negative is None else tuple(steps(negative)))
 
     def _embed(self, text: str) -> torch.Tensor:  # (1, 77 * k, D), each text encoded once
+        return self._both(text)[0]
+
+    def _both(self, text: str) -> tuple:  # (hidden, pooled or None)
         return self.cache[text] if text in self.cache else self.cache.setdefault(text, self.encode(text))
 
     def _length(self, plan: Schedules) -> int:  # 77 * k: the image's largest text, at any step
@@ -86,8 +95,10 @@ class CallText:
         plan = self.plans[d.prompt, d.negative_prompt]
         return self._length(plan) // self._embed("").shape[1], len(plan.parts)
 
-    def _padded(self, text: str, length: int) -> torch.Tensor:  # (1, length, D)
+    def _padded(self, text: str, length: int, negative: bool = False) -> torch.Tensor:  # (1, length, D)
         z = self._embed(text)
+        if negative and self._zeros(text):
+            return torch.zeros_like(z[:, :1]).expand(-1, length, -1)
         empty = self._embed("")  # (1, 77, D): BOS, EOS, padding
         return torch.cat([z] + [empty] * ((length - z.shape[1]) // empty.shape[1]), dim=1)
 
@@ -97,12 +108,14 @@ class CallText:
         plans = [self.plans[d.prompt, d.negative_prompt] for d in draws]
         lengths = [self._length(p) for p in plans]
 
-        def at(i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            cond = torch.cat([self._padded(schedule.text_at(s, i), n) for p, n in zip(plans, lengths)
-                              for s, _ in p.parts])
+        def at(i: int, pooled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """(cond, uncond) hidden states at step i, or with ``pooled`` SDXL's pooled embeddings (rows alike)."""
+            one = self._pooled if pooled else self._padded
+            cond = torch.cat([one(schedule.text_at(s, i), n) for p, n in zip(plans, lengths) for s, _ in p.parts])
             if not cfg:
                 return cond, None
-            return cond, torch.cat([self._padded(schedule.text_at(p.negative, i), n) for p, n in zip(plans, lengths)])
+            return cond, torch.cat([one(schedule.text_at(p.negative, i), n, negative=True)
+                                    for p, n in zip(plans, lengths)])
 
         cond, uncond = at(0)
         weights = [[w for _, w in p.parts] for p in plans]
@@ -118,7 +131,29 @@ class CallText:
                     seen[key] = torch.cat([u, c]) if cfg else c
                 return seen[key]
         plain = all(w == [1.0] for w in weights)
-        return Cond(cond, uncond, None if plain else torch.tensor(weights, dtype=cond.dtype), context)
+        added = None if self.xl is None else self._added(partial(at, pooled=True), changes, cfg)
+        return Cond(cond, uncond, None if plain else torch.tensor(weights, dtype=cond.dtype), context, added)
+
+    def _zeros(self, text: str) -> bool:  # an empty negative prompt of an SDXL model that zeroes it
+        return self.xl is not None and self.xl.force_zeros and text == ""
+
+    def _pooled(self, text: str, _length: int, negative: bool = False) -> torch.Tensor:  # (1, P)
+        z = self._both(text)[1]
+        return torch.zeros_like(z) if negative and self._zeros(text) else z
+
+    def _added(self, at: Callable, changes: list[int], cfg: bool) -> Callable:
+        """SDXL's added conditioning by step: {"text_embeds": (rows, P), "time_ids": (rows, 6)}, the rows as the
+        loop's context ([uncond;] cond), built again only where a text changes."""
+        seen: dict[int, dict] = {}
+
+        def added(i: int) -> dict:
+            key = next((end for end in changes if i <= end), -1)
+            if key not in seen:
+                c, u = at(i)
+                pooled = torch.cat([u, c]) if cfg else c
+                seen[key] = {"text_embeds": pooled, "time_ids": self.time_ids.to(pooled).expand(len(pooled), -1)}
+            return seen[key]
+        return added
 
     @contextmanager
     def lora_tags(self, loras):

@@ -236,10 +236,16 @@ def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torc
             hidden = text_encoder(ids, output_hidden_states=True).hidden_states  # layers + 1 of (1, 77, D)
             norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers 4 / 5
             z = norm(hidden[-clip_skip])
-        if not bool((c.weights == 1).all()):
-            mean = z.mean()
-            z = z * c.weights.to(z)[None, :, None]  # (1, 77, D) * (1, 77, 1)
-            if z.mean().abs() > 1e-4 * z.abs().mean():  # a mean of ~0 (layer norm without bias) is kept as is
-                z = z * (mean / z.mean())  # back to the chunk's original mean
-        out.append(z)
+        out.append(emphasize(z, c.weights))
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A chunk's hidden states (1, 77, D) times its token weights (77,), rescaled to the chunk's mean (A1111)."""
+    if bool((weights == 1).all()):
+        return z
+    mean = z.mean()
+    z = z * weights.to(z)[None, :, None]  # (1, 77, D) * (1, 77, 1)
+    if z.mean().abs() > 1e-4 * z.abs().mean():  # a mean of ~0 (layer norm without bias) is kept as is
+        z = z * (mean / z.mean())  # back to the chunk's original mean
+    return z

@@ -90,7 +90,7 @@ class SecondPass:
                          height=self.final[1])
         self.draws = {d: self.draw(d) for d in draws}
         self.text = CallText(list(self.draws.values()), self.s, pipe.tokenizer, pipe.text_encoder, pipe.embeddings,
-                             base_steps=s.steps)
+                             base_steps=s.steps, xl=pipe.xl)
         if self.text.loras != text.loras:
             raise ValueError(f"hires.prompt asks for other <lora:...> tags ({self.text.loras}) than the prompt "
                              f"({text.loras}): give both the same tags.")

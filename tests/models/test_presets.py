@@ -8,7 +8,7 @@ def test_presets_ship_and_fit():
     assert {"sd15", "tiny-random"} <= set(list_presets())
     for name in list_presets():
         p = load_preset(name)
-        components.check_fit(p.unet, p.vae, p.text_encoder)
+        components.check_fit(p.unet, p.vae, p.text_encoder, p.text_encoder_2)
         assert (p.tokenizer_dir / "vocab.json").is_file()
 
 

@@ -1,0 +1,164 @@
+"""SDXL through the one loop (latentgen.text.xl): on a tiny random SDXL-shaped model (diffusers folder), latentgen
+equals diffusers' StableDiffusionXLPipeline, its img2img and its inpaint pipeline; both encoders' penultimate
+states, the pooled embedding, the size numbers and the zeroed empty negative are checked one by one; what SDXL
+does not run yet is refused by name."""
+
+import numpy as np
+import pytest
+import torch
+
+import latentgen
+from conftest import diffusers_pipeline, mask, max_diff, photo
+from latentgen.text import prompts, xl
+
+
+@pytest.fixture(scope="module")
+def xpipe(xl_folder):
+    return latentgen.load(xl_folder)
+
+
+@pytest.fixture(scope="module")
+def xref(xl_folder):
+    return diffusers_pipeline("StableDiffusionXLPipeline", xl_folder)
+
+
+def _gens(seed, n):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("negative", [None, "blurry, dark"])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_txt2img_matches_diffusers(xpipe, xref, negative, batch_size):
+    ours = xpipe.generate("a red circle on grey", seed=3, steps=4, guidance=5.0, negative_prompt=negative,
+                          num_images=2, batch_size=batch_size)
+    theirs = xref("a red circle on grey", negative_prompt=negative, num_inference_steps=4, guidance_scale=5.0,
+                  num_images_per_prompt=2, generator=_gens(3, 2), height=64, width=64).images
+    assert max_diff(ours, theirs) <= 2
+    other = xpipe.generate("a blue square", seed=3, steps=4, guidance=5.0, negative_prompt=negative)
+    assert max_diff(ours[:1], other) > 2  # the prompt reaches the picture
+    assert "Steps: 4, Sampler: Euler, CFG scale: 5.0, Seed: 3, Size: 64x64" in ours[0].info["parameters"]
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_img2img_and_inpaint_match_diffusers(xpipe, xl_folder, strength):
+    image = photo(64, 1)
+    ref = diffusers_pipeline("StableDiffusionXLImg2ImgPipeline", xl_folder)
+    ours = xpipe.img2img("a red cat", image, strength=strength, seed=7, steps=5, guidance=6.0)
+    theirs = ref("a red cat", image=image, strength=strength, num_inference_steps=5, guidance_scale=6.0,
+                 generator=_gens(7, 1)).images
+    assert max_diff(ours, theirs) <= 2
+    ref = diffusers_pipeline("StableDiffusionXLInpaintPipeline", xl_folder)
+    ours = xpipe.inpaint("a red square", image, mask(64), strength=strength, seed=2, steps=5, guidance=6.0,
+                         composite=False)
+    theirs = ref("a red square", image=image, mask_image=mask(64), strength=strength, num_inference_steps=5,
+                 guidance_scale=6.0, generator=_gens(2, 1), height=64, width=64).images
+    assert max_diff(ours, theirs) <= 2
+
+
+def test_an_empty_negative_is_zeros_only_where_the_model_says(xpipe, xref):
+    assert (xpipe.defaults.guidance, xpipe.defaults.width) == (5.0, 64)  # diffusers' SDXL default; sample_size * 8
+    zeroed = xpipe.generate("a red circle", seed=5, steps=3, guidance=5.0)
+    xpipe.xl.force_zeros = False
+    xref.register_to_config(force_zeros_for_empty_prompt=False)
+    try:
+        encoded = xpipe.generate("a red circle", seed=5, steps=3, guidance=5.0)
+        theirs = xref("a red circle", num_inference_steps=3, guidance_scale=5.0, generator=_gens(5, 1),
+                      height=64, width=64).images
+    finally:
+        xpipe.xl.force_zeros = True
+        xref.register_to_config(force_zeros_for_empty_prompt=True)
+    assert max_diff(encoded, theirs) <= 2 and max_diff(zeroed, encoded) > 2
+
+
+def test_embed_joins_both_penultimate_layers_and_pools_the_first_chunk(xpipe):
+    te1, te2, tok2 = xpipe.text_encoder, xpipe.xl.text_encoder_2, xpipe.xl.tokenizer_2
+    hidden, pooled = xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl)
+    ids1 = xpipe.tokenizer("a red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids2 = tok2("a red circle", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert ids2[0, -1] == tok2.pad_token_id != xpipe.tokenizer.pad_token_id  # bigG pads with "!"
+    with torch.no_grad():
+        h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]
+        out2 = te2(ids2, output_hidden_states=True)
+    assert hidden.shape == (1, 77, 64) and pooled.shape == (1, 32)
+    torch.testing.assert_close(hidden, torch.cat([h1, out2.hidden_states[-2]], dim=-1))
+    torch.testing.assert_close(pooled, out2.text_embeds)
+    skip2, _ = xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl, clip_skip=2)
+    with torch.no_grad():
+        torch.testing.assert_close(skip2[..., :32], te1(ids1, output_hidden_states=True).hidden_states[-3])
+    long = ", ".join(["a red circle"] * 30)  # over 75 tokens: two chunks
+    hidden, pooled_long = xl.embed(long, xpipe.tokenizer, te1, xpipe.xl)
+    first = prompts.tokenize(long, tok2)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(pooled_long, te2(first.ids[None]).text_embeds)
+    assert hidden.shape == (1, 154, 64)
+    assert xpipe.encode_prompt("a red circle").shape == (1, 77, 64)
+    with pytest.raises(ValueError, match="clip_skip=5 is invalid for SDXL"):
+        xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl, clip_skip=5)
+
+
+def test_time_ids_are_sizes_as_height_width():
+    assert xl.time_ids(96, 64).tolist() == [[64, 96, 0, 0, 64, 96]]
+    assert xl.time_ids(96, 64, original=(1024, 768), crop=(8, 16), target=(512, 512)).tolist() == \
+        [[768, 1024, 8, 16, 512, 512]]
+
+
+def test_prompt_editing_switches_hidden_and_pooled_together(xpipe):
+    at_zero = xpipe.generate("a [red:blue:0] circle", seed=1, steps=4)
+    assert max_diff(at_zero, xpipe.generate("a blue circle", seed=1, steps=4)) == 0
+    seen = []
+    hook = xpipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["added_cond_kwargs"]["text_embeds"].clone()), with_kwargs=True)
+    try:
+        xpipe.generate("a [red:blue:2] circle", seed=1, steps=4)
+    finally:
+        hook.remove()
+    red, blue = xl.embed("a red circle", xpipe.tokenizer, xpipe.text_encoder, xpipe.xl)[1], \
+        xl.embed("a blue circle", xpipe.tokenizer, xpipe.text_encoder, xpipe.xl)[1]
+    # A1111's schedule: step i (from 0) reads the first text whose last step is >= i: red at 0-2, blue at 3
+    assert [bool(torch.equal(p[1:], red)) for p in seen] == [True, True, True, False]
+    assert [bool(torch.equal(p[1:], blue)) for p in seen] == [False, False, False, True]
+    assert all(bool((p[0] == 0).all()) for p in seen)  # the empty negative: zeros
+
+
+def test_the_hires_pass_tells_the_unet_its_own_size(xpipe):
+    sizes = []
+    hook = xpipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: sizes.append(kw["added_cond_kwargs"]["time_ids"][0].tolist()), with_kwargs=True)
+    try:
+        out = xpipe.generate("a red circle", seed=1, steps=2, hires=latentgen.Hires(scale=2, strength=0.5))
+    finally:
+        hook.remove()
+    assert out[0].size == (128, 128)
+    assert sizes[0] == [64, 64, 0, 0, 64, 64] and sizes[-1] == [128, 128, 0, 0, 128, 128]
+
+
+def test_what_sdxl_does_not_run_yet_is_refused_by_name(xpipe, xl_folder, lora_files, tmp_path):
+    with pytest.raises(ValueError, match="LoRAs on SDXL models are not supported yet"):
+        xpipe.load_lora(lora_files[0])
+    with pytest.raises(ValueError, match="LoRAs on SDXL"):
+        xpipe.generate("a cat <lora:purple:1>", steps=1)
+    with pytest.raises(ValueError, match="control= is not supported on SDXL"):
+        xpipe.generate("a cat", steps=1, control=latentgen.Control(photo(64), model="edges"))
+    with pytest.raises(ValueError, match="backend='openvino' does not run SDXL"):
+        latentgen.load(xl_folder, backend="openvino")
+    refiner = dict(xpipe.unet.config, projection_class_embeddings_input_dim=72)
+    with pytest.raises(ValueError, match="refiner takes 5 numbers"):
+        xl.check_unet(refiner, xpipe.xl)
+    assert np.asarray(xpipe.generate("a cat", steps=1)[0]).std() > 0  # and the model still draws
+
+
+def test_a_folder_is_checked_for_its_second_encoder(xl_folder, tmp_path, monkeypatch):
+    import shutil
+
+    from latentgen.models import components
+
+    broken = tmp_path / "xl"
+    shutil.copytree(xl_folder, broken)
+    shutil.rmtree(broken / "text_encoder_2")
+    with pytest.raises(FileNotFoundError, match="text_encoder_2/config.json"):
+        latentgen.load(broken)
+    p = components.load_preset("tiny-random")
+    with pytest.raises(ValueError, match="needs the model's text_encoder_2"):
+        components.check_fit(p.unet, p.vae, p.text_encoder, p.text_encoder)
+    monkeypatch.delenv("LATENTGEN_BACKEND")
+    assert "SDXL runs on torch" in repr(latentgen.load("tiny-random-xl"))
