@@ -150,9 +150,6 @@ class LoraAdapters:
         """Change the scale of loaded LoRA ``name`` (0 turns it off)."""
         self._check_name(name)
         scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
-        if self.models["unet"].config.get("addition_embed_type") == "text_time":
-            raise ValueError(f"LoRA {str(path)!r}: LoRAs on SDXL models are not supported yet; draw without it, or "
-                             f"with an SD 1.x/2.x model.")
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
         self.loaded[name].scale = scale
