@@ -11,6 +11,8 @@ the peak memory above the pre-call baseline, and latentgen / diffusers ratios.
     python tests/benchmarks/bench_txt2img.py --device cuda --steps 20 --repeats 5 --diffusers-compiled \
         --also-backend cudagraph --also-backend torch   # GPU: compiled, graphed and eager on both sides
     python tests/benchmarks/bench_txt2img.py --steps 4 --repeats 5 --isolate  # each run in its own process
+    python tests/benchmarks/bench_txt2img.py --preset sdxl --steps 2 --repeats 1 --isolate --scheduler euler
+        # SDXL at 1024 against diffusers' StableDiffusionXLPipeline (one copy of SDXL per process)
 
 By default the three pipelines share one process (as a script comparing them would); ``--isolate`` runs
 each measured call in a fresh process of its own (built, warmed up, run once), so that no pipeline's
@@ -32,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import psutil  # noqa: E402  (comes with accelerate)
 import torch  # noqa: E402
-from diffusers import StableDiffusionPipeline  # noqa: E402
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
 
 import latentgen  # noqa: E402
 from latentgen.backends import choice  # noqa: E402
@@ -122,9 +124,14 @@ def diffusers_pipeline(preset: str, device, dtype: str, channels_last: bool, sch
     if channels_last:
         c.unet.to(memory_format=torch.channels_last)
     unet = torch.compile(c.unet, mode="reduce-overhead", fullgraph=True) if compiled else c.unet
-    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=unet,
-                                  scheduler=latentgen.schedulers.make(scheduler, c.scheduler.config),
-                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sched = latentgen.schedulers.make(scheduler, c.scheduler.config)
+    if c.xl is not None:  # SDXL: diffusers' SDXL pipeline over the same two encoders
+        ref = StableDiffusionXLPipeline(vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.xl.text_encoder_2,
+                                        tokenizer=c.tokenizer, tokenizer_2=c.xl.tokenizer_2, unet=unet, scheduler=sched)
+    else:
+        ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=unet,
+                                      scheduler=sched, safety_checker=None, feature_extractor=None,
+                                      requires_safety_checker=False)
     ref.set_progress_bar_config(disable=True)
     return ref
 
