@@ -40,7 +40,7 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def xl_folder(tmp_path_factory):
-    """The tiny random SDXL-shaped model (``pipelines/tiny-random-xl.json``), saved by diffusers'
+    """The tiny random SDXL-shaped model (``pipelines/tiny-random-xl.json``: text encoders 32 and 64 wide), saved by diffusers'
     ``StableDiffusionXLPipeline``: two text encoders, a pooled embedding, six size numbers."""
     from diffusers import StableDiffusionXLPipeline
 

@@ -99,6 +99,10 @@ def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {str(folder)!r} does not exist; pass a diffusers folder "
                                 f"(with model_index.json) or a preset name.")
+    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
+    if (index.get("text_encoder_2") or [None])[0] and not (index.get("text_encoder") or [None])[0]:
+        raise ValueError(f"model folder {str(folder)!r} is an SDXL refiner (text_encoder_2 alone, a U-Net of five size "
+                         f"numbers): refiners are not supported yet; load the base model's folder.")
     missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
     for sub, groups in {**_REQUIRED, **(_REQUIRED_XL if _is_xl_folder(folder) else {})}.items():
         for names in groups:
@@ -232,3 +236,10 @@ def part_configs(source, path: Path) -> tuple[dict, dict, dict]:
     if preset.weights is not None:
         return part_configs(preset.weights, data_dir("weights") / preset.weights)
     return preset.unet, preset.vae, preset.text_encoder
+
+
+def is_xl_source(source) -> bool:
+    """Whether a folder or preset (not a single file: SDXL files are refused as they are read) is SDXL, from its
+    configs alone: commands that do not run SDXL yet refuse it before any weight is loaded."""
+    path = Path(source) if source is not None else Path()
+    return not path.is_file() and sdxl.is_xl(part_configs(source, path)[0])

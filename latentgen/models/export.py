@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import ldm, loading
+from . import ldm, loading, xl_file
 from .checkpoints import HEADER
 from .. import precision
 from ..files import atomic_path
@@ -41,17 +41,22 @@ def header(c) -> dict[str, str]:
     sd2 = c.text_encoder.config.hidden_act == "gelu"  # OpenCLIP; SD 1.x's CLIP ViT-L uses quick_gelu
     arch = ("stable-diffusion-v2-768-v" if pred == "v_prediction" else "stable-diffusion-v2-512") if sd2 \
         else "stable-diffusion-v1"
+    arch = xl_file.ARCHITECTURE if c.xl is not None else arch
     configs = {"unet": _config(c.unet), "vae": _config(c.vae), "text_encoder": _config(c.text_encoder),
                "scheduler": _config(c.scheduler),
                "defaults": {**asdict(c.defaults), "scheduler": c.defaults.scheduler or _sampler_name(c.scheduler)},
                "tokenizer": {"pad_token": str(c.tokenizer.pad_token)}}
+    if c.xl is not None:  # SDXL's second text encoder and its tokenizer
+        configs.update(text_encoder_2=_config(c.xl.text_encoder_2), tokenizer_2={"pad_token": str(c.xl.tokenizer_2.pad_token)})
     return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": arch, "modelspec.title": c.name,
             "modelspec.prediction_type": "v" if pred == "v_prediction" else "epsilon",
             "modelspec.resolution": f"{c.defaults.width}x{c.defaults.height}", HEADER: json.dumps(configs)}
 
 
 def ldm_state_dict(c) -> dict[str, torch.Tensor]:
-    """All tensors of ``c`` (a Components record) under their LDM names."""
+    """All tensors of ``c`` (a Components record) under their LDM names (SDXL: ``xl_file.to_ldm``)."""
+    if c.xl is not None:
+        return xl_file.to_ldm(c)
     open_clip = c.text_encoder.config.hidden_act == "gelu"
     return {**ldm.unet_to_ldm(c.unet.state_dict(), c.unet.config),
             **ldm.vae_to_ldm(c.vae.state_dict(), c.vae.config),
@@ -67,7 +72,6 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
     shared SD files are. SD 2.x text encoders are written as the 23 OpenCLIP blocks SD 2 uses
     (OpenCLIP's unused last block and text projection are not in a diffusers model to write)."""
     from safetensors.torch import save_file
-
 
     out = Path(out)
     if out.suffix != ".safetensors":

@@ -34,7 +34,8 @@ CLIP, OPEN_CLIP = "cond_stage_model.transformer.", "cond_stage_model.model."
 DIFFUSERS_UNET = ("down_blocks", "up_blocks", "mid_block", "conv_in", "time_embedding")  # never in an LDM U-Net
 
 _UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}  # SDXL's
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -76,7 +77,7 @@ def unet_key(key: str, layers: int, up_attention: set[int]) -> str:
         return f"output_blocks.{i * step + layers}.{2 if i in up_attention else 1}.conv.{m[2]}"
     renamed = _rename(key, _UNET_TOP)
     if renamed == key:
-        raise ValueError(f"U-Net tensor {key!r} has no place in the LDM layout; export SD 1.x/2.x U-Nets only.")
+        raise ValueError(f"U-Net tensor {key!r} has no place in the LDM layout; export SD 1.x/2.x and SDXL U-Nets only.")
     return renamed
 
 
@@ -121,9 +122,9 @@ def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             if not k.endswith("position_ids")}
 
 
-def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A ``CLIPTextModel`` state dict of SD 2's text encoder -> OpenCLIP names under
-    ``cond_stage_model.model.``. q, k, v projections (D, D) each are joined into ``in_proj`` (3D, D)."""
+def open_clip_to_ldm(state: dict[str, torch.Tensor], prefix: str = OPEN_CLIP) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModel`` state dict of SD 2's text encoder -> OpenCLIP names under ``prefix`` (SD 2:
+    ``cond_stage_model.model.``). q, k, v projections (D, D) each are joined into ``in_proj`` (3D, D)."""
     out, qkv = {}, {}
     for k, v in state.items():
         k = k.removeprefix("text_model.")
@@ -134,9 +135,9 @@ def open_clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         for old, new in _OPEN_CLIP:
             k = k.replace(old, new)
-        out[OPEN_CLIP + k] = v
+        out[prefix + k] = v
     for (layer, kind), parts in qkv.items():
-        name = OPEN_CLIP + layer.replace("encoder.layers.", "transformer.resblocks.") + f".attn.in_proj_{kind}"
+        name = prefix + layer.replace("encoder.layers.", "transformer.resblocks.") + f".attn.in_proj_{kind}"
         out[name] = torch.cat([parts["q"], parts["k"], parts["v"]])  # (3D, D) or (3D,)
     return out
 

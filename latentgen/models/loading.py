@@ -1,6 +1,7 @@
 """Loading a model from whatever the user holds, in one place: a diffusers folder, a preset, the embedded
 model (``latentgen.models.components``), or a single-file checkpoint (``latentgen.models.checkpoints`` reads it,
-``latentgen.models.single_file`` builds it); optionally with a separate VAE file and a prediction type.
+``latentgen.models.single_file`` builds it, ``latentgen.models.xl_file`` for SDXL); optionally with a separate VAE
+file and a prediction type.
 
 ``load_components`` runs in four steps: the arguments are checked; the source's configs are read, without
 weights; device, dtype and backend are decided once, from the U-Net's config (``precision.Placement``, each with
@@ -16,7 +17,7 @@ import torch
 
 from .. import precision
 from ..backends import choice
-from . import checkpoints, components, ldm, prediction, single_file
+from . import checkpoints, components, ldm, prediction, single_file, xl_file
 from .components import Components
 from .presets import load_preset
 from ..vae import tiny
@@ -37,7 +38,8 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     single = source is not None and not path.is_dir() and (path.is_file() or path.suffix.lower() in checkpoints.SUFFIXES)
     if single:
         ck = checkpoints.read(path)
-        arch = single_file.architecture(ck, vae=vae_file)
+        reader = xl_file if xl_file.is_xl(ck.shapes) else single_file  # SDXL's layout, or SD 1.x/2.x's
+        arch = reader.architecture(ck, vae=vae_file)
         unet_config = arch.unet
     else:
         unet_config, vae_config, text_config = components.part_configs(source, path)
@@ -51,7 +53,7 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     place = precision.Placement(device, dtype, dtype_why, name, why)
     # 4. the parts, built there
     if single:
-        c = single_file.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
+        c = reader.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
         return replace(with_tiny_vae(c, vae) if small else c, placement=place)
     if source is None or not components.folder_like(source, path):
         c = components.from_preset(load_preset("default" if source is None else str(source)), device=device,

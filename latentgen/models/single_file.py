@@ -23,13 +23,14 @@ from .presets import Defaults, Preset, data_dir, list_presets, load_preset
 class Architecture:
     """The architecture of a file, decided before any weight is read."""
 
-    family: str  # "sd1" | "sd2"
+    family: str  # "sd1" | "sd2" | "sdxl"
     open_clip: bool  # text encoder stored in OpenCLIP's names (else CLIP's, whatever the family)
     unet: dict
     vae: dict
     text_encoder: dict
     presets: list[Preset]  # closest presets, tied; the prediction type picks one
     header: dict | None = field(default=None, repr=False)  # configs stored by latentgen's export
+    text_encoder_2: dict | None = None  # SDXL's OpenCLIP bigG (``latentgen.models.xl_file``)
 
 
 def _plain(x):

@@ -182,12 +182,15 @@ def load_base(cfg: LoraOptions):
     """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution."""
     from accelerate import Accelerator
 
-    from ..models import loading
+    from ..models import components, loading
 
     # cpu=True on machines without CUDA: under torchrun / `accelerate launch --multi_gpu` the processes
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
+    if components.is_xl_source(cfg.model):
+        raise ValueError(f"model {cfg.model!r} is SDXL: training LoRAs (and LCM-LoRAs) on SDXL models is not "
+                         f"supported yet; train on an SD 1.x/2.x model.")
     c = loading.load_components(cfg.model, device=acc.device, dtype="fp32", backend="torch")
     res = cfg.resolution or c.defaults.width
     if res % c.vae_scale_factor:

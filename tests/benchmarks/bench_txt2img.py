@@ -150,7 +150,14 @@ def runners(args, names=None) -> tuple[dict, object]:
     """{name: fn(on_step, steps)} for the pipelines ``names`` (default all), and latentgen's pipeline."""
     torch.set_grad_enabled(False)
     t = time.perf_counter()
-    pipe = latentgen.load(args.preset, device=args.device, dtype=args.dtype, backend=args.backend)
+    if names and "latentgen" not in names:  # a worker of diffusers alone: no copy of latentgen's model beside it
+        from types import SimpleNamespace
+
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        pipe = SimpleNamespace(device=device, defaults=load_preset(args.preset).defaults,
+                               unet=torch.nn.Linear(1, 1))  # what is read of latentgen's pipeline below
+    else:
+        pipe = latentgen.load(args.preset, device=args.device, dtype=args.dtype, backend=args.backend)
     size = args.size or pipe.defaults.width
     print(f"built {args.preset} with random weights in {time.perf_counter() - t:.1f}s: "
           f"U-Net {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M params, "

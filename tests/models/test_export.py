@@ -45,3 +45,4 @@ def test_export_command(tiny_folder, tmp_path, capsys):
     assert args.func(args) == 0 and "m.safetensors" in capsys.readouterr().out
     meta = checkpoints.read(tmp_path / "m.safetensors").metadata
     assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["modelspec.prediction_type"] == "epsilon"
+

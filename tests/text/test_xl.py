@@ -79,7 +79,7 @@ def test_embed_joins_both_penultimate_layers_and_pools_the_first_chunk(xpipe):
     with torch.no_grad():
         h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]
         out2 = te2(ids2, output_hidden_states=True)
-    assert hidden.shape == (1, 77, 64) and pooled.shape == (1, 32)
+    assert hidden.shape == (1, 77, 96) and pooled.shape == (1, 32)
     torch.testing.assert_close(hidden, torch.cat([h1, out2.hidden_states[-2]], dim=-1))
     torch.testing.assert_close(pooled, out2.text_embeds)
     skip2, _ = xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl, clip_skip=2)
@@ -90,8 +90,8 @@ def test_embed_joins_both_penultimate_layers_and_pools_the_first_chunk(xpipe):
     first = prompts.tokenize(long, tok2)[0]
     with torch.no_grad():
         torch.testing.assert_close(pooled_long, te2(first.ids[None]).text_embeds)
-    assert hidden.shape == (1, 154, 64)
-    assert xpipe.encode_prompt("a red circle").shape == (1, 77, 64)
+    assert hidden.shape == (1, 154, 96)
+    assert xpipe.encode_prompt("a red circle").shape == (1, 77, 96)
     with pytest.raises(ValueError, match="clip_skip=5 is invalid for SDXL"):
         xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl, clip_skip=5)
 
@@ -157,6 +157,12 @@ def test_a_folder_is_checked_for_its_second_encoder(xl_folder, tmp_path, monkeyp
     shutil.rmtree(broken / "text_encoder_2")
     with pytest.raises(FileNotFoundError, match="text_encoder_2/config.json"):
         latentgen.load(broken)
+    refiner = tmp_path / "refiner"
+    refiner.mkdir()
+    (refiner / "model_index.json").write_text('{"text_encoder": [null, null], "text_encoder_2": '
+                                              '["transformers", "CLIPTextModelWithProjection"]}')
+    with pytest.raises(ValueError, match="is an SDXL refiner .* not supported yet"):
+        latentgen.load(refiner)
     p = components.load_preset("tiny-random")
     with pytest.raises(ValueError, match="needs the model's text_encoder_2"):
         components.check_fit(p.unet, p.vae, p.text_encoder, p.text_encoder)

@@ -39,6 +39,8 @@ def test_bad_data_and_settings(tmp_path, data, tiny_folder):
             _run(tiny_folder, data, tmp_path / "o", **bad)
     with pytest.raises(ValueError, match="exactly one of steps"):
         _run(tiny_folder, data, tmp_path / "o", epochs=2)  # steps given too
+    with pytest.raises(ValueError, match="is SDXL: training LoRAs .* not supported yet"):
+        _run("tiny-random-xl", data, tmp_path / "o")
 
 
 @pytest.mark.slow
