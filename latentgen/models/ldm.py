@@ -4,7 +4,7 @@ its architecture sizes from tensor shapes alone, and diffusers -> LDM names for 
 Reading goes through diffusers' ``convert_ldm_*`` functions (``latentgen.models.single_file``); this module
 knows the names. A file's family is read from its keys: SD 1.x has CLIP under
 ``cond_stage_model.transformer.``, SD 2.x OpenCLIP under ``cond_stage_model.model.``, SDXL
-``conditioner.embedders.`` (refused, named), anything else is named with diffusers'
+``conditioner.embedders.`` (``latentgen.models.xl_file``), anything else is named with diffusers'
 ``infer_diffusers_model_type`` and refused.
 
 Writing is the inverse of diffusers' readers, with the names of diffusers'
@@ -178,9 +178,7 @@ def family(shapes: dict[str, tuple], name: str) -> str:
     """'sd1' (CLIP ViT-L) or 'sd2' (OpenCLIP ViT-H) for an SD 1.x/2.x single file ``name``; a ValueError naming
     what the file holds otherwise (SDXL, SD3, Flux, a LoRA, a VAE, InstructPix2Pix, ...)."""
     keys = list(shapes)
-    fix = "latentgen loads Stable Diffusion 1.x and 2.x; use a UI that runs that family."
-    if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise ValueError(f"{name} is an SDXL checkpoint (conditioner.embedders.*): {fix}")
+    fix = "latentgen loads Stable Diffusion 1.x, 2.x and SDXL; use a UI that runs that family."
     first = UNET + "input_blocks.0.0.weight"
     if first not in shapes:
         raise ValueError(f"{name} is not an SD 1.x/2.x checkpoint: it holds {describe(shapes)}.")
