@@ -55,7 +55,8 @@ class Pipeline:
         self.tokenizer, self.text_encoder, self.unet, self.vae, self.scheduler = tokenizer, text_encoder, unet, vae, scheduler
         self.xl = xl  # SDXL's second tokenizer and text encoder (latentgen.text.xl); None for SD 1.x/2.x
         self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
-        self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder})  # the backend reads their state
+        self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder,  # the backend reads their state
+                                   **({"text_encoder_2": xl.text_encoder_2} if xl else {})})  # SDXL's second
         self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()

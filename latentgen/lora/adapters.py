@@ -38,9 +38,9 @@ class Loaded:
 
 
 class LoraAdapters:
-    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}), by name, in load order. The U-Net's backend
-    reads their state from the layers themselves (adapters, scales, merged or not: ``latentgen.backends.weights``),
-    so every change here is seen by the next call."""
+    """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}, and SDXL's "text_encoder_2"), by name, in load
+    order. The U-Net's backend reads their state from the layers themselves (adapters, scales, merged or not:
+    ``latentgen.backends.weights``), so every change here is seen by the next call."""
 
     PARKED = 4  # inactive LoRAs kept injected (``park``)
 
@@ -60,9 +60,6 @@ class LoraAdapters:
         stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys that name
         no module of the model are reported in a warning."""
         scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
-        if self.models["unet"].config.get("addition_embed_type") == "text_time":
-            raise ValueError(f"LoRA {str(path)!r}: LoRAs on SDXL models are not supported yet; draw without it, or "
-                             f"with an SD 1.x/2.x model.")
         name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
         if "." in name:
             raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "

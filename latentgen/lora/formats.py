@@ -8,7 +8,9 @@ Layouts (both .safetensors):
     ``text_encoder.<module>...``; rank/alpha in the header's ``lora_adapter_metadata`` (what
     diffusers' ``save_lora_weights`` writes; alpha = rank when absent).
   * kohya/A1111: ``lora_unet_<module with _ for .>.lora_down.weight``, ``.lora_up.weight``,
-    ``.alpha``; ``lora_te_...`` for the text encoder; ``ss_*`` training metadata in the header.
+    ``.alpha``; ``lora_te_...`` for the text encoder; ``ss_*`` training metadata in the header. SDXL's:
+    ``lora_te1_`` and ``lora_te2_`` for its two text encoders, and its U-Net in the SGM (LDM) module names kohya's
+    SDXL scripts use (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``), or in diffusers' names.
 Kohya names are mapped back to module names through the model's own module list, so the
 ambiguous underscores never need guessing.
 
@@ -31,9 +33,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import checks, files
-from ..models import checkpoints
+from ..models import checkpoints, ldm
 
-PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}  # component -> kohya prefix
+PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # component -> kohya prefix
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -156,7 +158,25 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
 def file_prefix(part: str, model: torch.nn.Module) -> str:
     """Files name text-encoder modules ``text_model.encoder...`` (transformers 4's CLIPTextModel);
     transformers 5 dropped the ``text_model`` level, so it is added back for file names."""
-    return "text_model." if part == "text_encoder" and not hasattr(model, "text_model") else ""
+    return "text_model." if part.startswith("text_encoder") and not hasattr(model, "text_model") else ""
+
+
+def kohya_names(part: str, model: torch.nn.Module, names) -> dict[str, str]:
+    """kohya stems -> module names in files, for ``names`` of ``part``: ``PARTS[part]`` + the name with ``_`` for
+    ``.``; also ``lora_te1_`` for a first text encoder, and for an SDXL U-Net the SGM names (``ldm.unet_key``)."""
+    out = {PARTS[part] + n.replace(".", "_"): n for n in names}
+    if part == "text_encoder":
+        out.update({"lora_te1_" + n.replace(".", "_"): n for n in names})
+    config = getattr(model, "config", {})
+    if part == "unet" and config.get("addition_embed_type") == "text_time":
+        up_attention = {i for i, t in enumerate(config["up_block_types"]) if "CrossAttn" in t}
+        for n in names:
+            try:
+                sgm = ldm.unet_key(n + ".weight", config["layers_per_block"], up_attention)[:-len(".weight")]
+            except ValueError:  # no place in the LDM layout: no SGM name
+                continue
+            out["lora_unet_" + sgm.replace(".", "_")] = n
+    return out
 
 
 def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch.nn.Module]:
@@ -216,7 +236,7 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     path = resolve(path)
     meta, sd = _read_safetensors(path)
     names = {part: _module_names(m, part) for part, m in models.items()}
-    kohya = {part: {PARTS[part] + n.replace(".", "_"): n for n in ns} for part, ns in names.items()}
+    kohya = {part: kohya_names(part, models[part], ns) for part, ns in names.items()}
     adapter_meta = json.loads(meta.get("lora_adapter_metadata", "{}"))
     lora, unknown, groups = Lora(metadata=meta), [], {}
     for key in sd:  # group keys by (part, module)
@@ -226,7 +246,7 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
         elif key.endswith((".lora_A.weight", ".lora_B.weight")):
             part, rest = key.split(".", 1)
             module, kind = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
-            if part == "text_encoder" and part in names and module not in names[part]:
+            if part.startswith("text_encoder") and part in names and module not in names[part]:
                 module = "text_model." + module  # written by transformers 5: no text_model level
             hit = [(part, module)] if part in names and module in names[part] else []
         else:

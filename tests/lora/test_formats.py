@@ -6,6 +6,8 @@ import warnings
 import pytest
 import torch
 
+from latentgen.lora import formats as lora_io
+
 
 def test_layouts_have_the_field_keys(lora_files):
     from safetensors import safe_open
@@ -94,3 +96,65 @@ def test_an_unusable_recommendation_is_ignored_with_a_warning(bad):
     key, value = next(iter(bad.items()))
     with pytest.warns(UserWarning, match=f"recommended sampling .*'{key}': '{value}'.* is ignored"):
         assert formats.recommendation(header) is None
+
+
+def _sdxl_lora(pipe):
+    """A random LoRA on every attention projection of an SDXL model: U-Net, CLIP-L and bigG."""
+    from conftest import random_lora
+
+    lora = random_lora(pipe, seed=3)
+    g = torch.Generator().manual_seed(5)
+    for name, mod in lora_io._module_names(pipe.xl.text_encoder_2, "text_encoder_2").items():
+        if name.endswith(tuple("." + t for t in lora_io.TEXT_TARGETS)):
+            w = mod.weight
+            lora.modules.setdefault("text_encoder_2", {})[name] = (
+                torch.randn(4, w.shape[1], generator=g) * 0.3, torch.randn(w.shape[0], 4, generator=g) * 0.3, 2.0)
+    return lora
+
+
+def _kohya_sdxl(lora, pipe, path):
+    """``lora`` as kohya's SDXL scripts write it: lora_te1_/lora_te2_, the U-Net in SGM block names."""
+    from safetensors.torch import save_file
+
+    models = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.xl.text_encoder_2}
+    wanted = {"unet": ("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks"),
+              "text_encoder": ("lora_te1_",), "text_encoder_2": ("lora_te2_",)}
+    tensors = {}
+    for part, mods in lora.modules.items():
+        stems = {n: k for k, n in lora_io.kohya_names(part, models[part], mods).items() if k.startswith(wanted[part])}
+        for m, (down, up, alpha) in mods.items():
+            tensors[f"{stems[m]}.lora_down.weight"], tensors[f"{stems[m]}.lora_up.weight"] = down, up
+            tensors[f"{stems[m]}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, str(path), {"ss_network_module": "networks.lora"})
+    return path
+
+
+@pytest.mark.parametrize("layout", ["kohya", "diffusers"])
+def test_an_sdxl_lora_draws_as_diffusers_draws_it(xl_folder, tmp_path, layout):
+    import latentgen
+    from conftest import diffusers_pipeline, max_diff
+
+    pipe = latentgen.load(xl_folder)
+    lora = _sdxl_lora(pipe)
+    assert {"unet", "text_encoder", "text_encoder_2"} <= set(lora.modules)
+    path = _kohya_sdxl(lora, pipe, tmp_path / "xl.safetensors") if layout == "kohya" else \
+        lora_io.save(lora, tmp_path / "xl.safetensors", "diffusers")
+    args = dict(seed=2, steps=3, guidance=5.0)
+    bare = pipe.generate("a red circle", **args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every key names a module
+        pipe.load_lora(path, name="xl", scale=0.8)
+    ours = pipe.generate("a red circle", **args)
+    ref = diffusers_pipeline("StableDiffusionXLPipeline", xl_folder)
+    ref.load_lora_weights(str(path), adapter_name="xl")
+    ref.set_adapters(["xl"], adapter_weights=[0.8])
+    theirs = ref("a red circle", num_inference_steps=3, guidance_scale=5.0, height=64, width=64,
+                 generator=torch.Generator().manual_seed(2)).images
+    assert max_diff(ours, theirs) <= 2 and max_diff(ours, bare) > 2
+    before = {k: v.clone() for k, v in pipe.xl.text_encoder_2.state_dict().items() if "lora_" not in k}
+    pipe.fuse_lora()
+    assert max_diff(pipe.generate("a red circle", **args), ours) <= 2
+    pipe.unfuse_lora()  # bit for bit, bigG included
+    assert all(torch.equal(v, pipe.xl.text_encoder_2.state_dict()[k]) for k, v in before.items())
+    pipe.unload_lora()
+    assert max_diff(pipe.generate("a red circle", **args), bare) == 0
