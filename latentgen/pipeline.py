@@ -57,7 +57,7 @@ class Pipeline:
         self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder,  # the backend reads their state
                                    **({"text_encoder_2": xl.text_encoder_2} if xl else {})})  # SDXL's second
-        self.embeddings = Embeddings(tokenizer, text_encoder)  # textual-inversion words (load_embedding)
+        self.embeddings = Embeddings(tokenizer, text_encoder, xl)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()
         self.placement = placement

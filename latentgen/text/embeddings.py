@@ -6,6 +6,8 @@ File layouts read (``read``):
     ``torch.load(weights_only=True)`` only: a pickle that needs code to load is refused.
   * A1111 / kohya ``.safetensors``: ``{"emb_params": tensor (n, D)}``.
   * diffusers ``learned_embeds.safetensors`` (or ``.bin``): ``{token: tensor (D,) or (n, D)}``.
+  * SDXL (A1111, kohya): ``{"clip_l": (n, 768), "clip_g": (n, 1280)}``, read as one (n, 768 + 1280): each text
+    encoder gets its own part, under the same word.
 
 ``Embeddings.load`` adds the token to the tokenizer (and ``token_1`` ... ``token_{n-1}`` for more
 vectors, diffusers' convention) and their rows to the text encoder's input embeddings. Rows only
@@ -53,8 +55,9 @@ def _vectors(value, path: Path) -> torch.Tensor:
     return value.detach().float().reshape(-1, value.shape[-1])  # (n, D)
 
 
-def _layout(data, path: Path) -> tuple[torch.Tensor, str | None]:
-    """The vectors (n, D) in a loaded file, and the token the file itself names (diffusers layout)."""
+def _layout(data, path: Path) -> tuple[torch.Tensor, str | None, bool]:
+    """The vectors (n, D) in a loaded file, the token the file itself names (diffusers layout), whether it is
+    SDXL's (clip_l and clip_g side by side)."""
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path.name} holds {type(data).__name__}, not an embedding dict; expected A1111's "
                          f"string_to_param / emb_params or diffusers' {{token: tensor}}.")
@@ -63,22 +66,29 @@ def _layout(data, path: Path) -> tuple[torch.Tensor, str | None]:
         if not isinstance(params, dict) or len(params) != 1:
             raise ValueError(f"{path.name}: string_to_param must hold exactly one tensor, "
                              f"found {len(params) if isinstance(params, dict) else type(params).__name__}.")
-        return _vectors(next(iter(params.values())), path), None
+        return _vectors(next(iter(params.values())), path), None, False
     if "emb_params" in data:
-        return _vectors(data["emb_params"], path), None
+        return _vectors(data["emb_params"], path), None, False
     if any(k in data for k in SDXL_KEYS):
-        raise ValueError(f"{path.name} is an SDXL embedding (clip_l/clip_g); latentgen runs SD 1.x/2.x: "
-                         f"use an embedding made for this model.")
+        parts = [_vectors(data[k], path) for k in SDXL_KEYS if k in data]
+        if len(parts) != 2 or len(parts[0]) != len(parts[1]):
+            raise ValueError(f"{path.name} is an SDXL embedding, but its clip_l and clip_g do not pair up "
+                             f"({', '.join(f'{k} {tuple(data[k].shape)}' for k in SDXL_KEYS if k in data)}).")
+        return torch.cat(parts, dim=1), None, True  # (n, 768 + 1280)
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if len(tensors) == 1 and len(data) == 1:
         token, value = next(iter(tensors.items()))
-        return _vectors(value, path), str(token)
+        return _vectors(value, path), str(token), False
     raise ValueError(f"{path.name} is no known embedding layout (keys: {', '.join(map(str, list(data)[:8]))}); "
                      f"expected string_to_param (A1111 .pt), emb_params (.safetensors) or one {{token: tensor}}.")
 
 
 def read(path: str | Path) -> tuple[torch.Tensor, str | None]:
     """Read an embedding file of any layout above: (vectors (n, D) float32, token named in the file or None)."""
+    return _read(path)[:2]
+
+
+def _read(path: str | Path) -> tuple[torch.Tensor, str | None, bool]:  # ``read``, and whether it is SDXL's
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding file {str(path)!r} does not exist; pass the path of a .pt, .bin "
@@ -110,8 +120,9 @@ def read(path: str | Path) -> tuple[torch.Tensor, str | None]:
 class Embeddings:
     """The textual-inversion embeddings of a pipeline (``pipe.embeddings``), by token, in load order."""
 
-    def __init__(self, tokenizer, text_encoder):
+    def __init__(self, tokenizer, text_encoder, xl=None):
         self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.xl = xl  # SDXL's second tokenizer and encoder (``latentgen.text.xl.XL``): each word goes into both
         self.loaded: dict[str, Embedding] = {}
 
     def __repr__(self) -> str:
@@ -121,30 +132,46 @@ class Embeddings:
         """Add the embedding in ``path`` as the word ``token``; returns the token.
 
         token: default the file's stem (as A1111); for diffusers' ``learned_embeds.*`` files, the
-        token stored in the file. The tokenizer matches it as a whole word, case-insensitively.
+        token stored in the file. The tokenizer matches it as a whole word, case-insensitively. An SDXL model
+        takes SDXL files (clip_l and clip_g), each part into its own text encoder.
         """
-        from transformers import AddedToken
-
-        vectors, own = read(path)  # (n, D)
+        vectors, own, xl = _read(path)  # (n, D)
         path = Path(path)
+        if xl != (self.xl is not None):
+            what = ("an SDXL embedding (clip_l/clip_g), and this model is SD 1.x/2.x" if xl else
+                    f"an SD 1.x/2.x embedding ({vectors.shape[1]} wide), and this model is SDXL (clip_l and clip_g)")
+            raise ValueError(f"{path.name} is {what}: use an embedding made for this model's family.")
         token = token or (own if own and path.stem == "learned_embeds" else path.stem)
         words = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
         self._check(token, words, vectors, path)
-        tok = self.tokenizer
-        tok.add_tokens([AddedToken(w, single_word=True) for w in words])
-        ids = tok.convert_tokens_to_ids(words)
-        self.text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
-        table = self.text_encoder.get_input_embeddings()  # (vocab + added, D): old rows unchanged
-        with torch.no_grad():
-            table.weight[ids] = vectors.to(table.weight)
+        width = self.text_encoder.get_input_embeddings().weight.shape[1]
+        ids = self._add(self.tokenizer, self.text_encoder, words, vectors[:, :width])
+        if xl and self._add(self.xl.tokenizer_2, self.xl.text_encoder_2, words, vectors[:, width:]) != ids:
+            raise ValueError(f"{path.name}: the SDXL model's two tokenizers gave the word different ids; load both "
+                             f"tokenizers from the same model, with the same embeddings in the same order.")
         self.loaded[token] = Embedding(token, ids, lora_files.file_hash(path), str(path))
         return token
 
+    @staticmethod
+    def _add(tok, text_encoder, words: list[str], vectors: torch.Tensor) -> list[int]:
+        """The words added to ``tok`` and their rows (n, D) to ``text_encoder``'s input embeddings; their ids."""
+        from transformers import AddedToken
+
+        tok.add_tokens([AddedToken(w, single_word=True) for w in words])
+        ids = tok.convert_tokens_to_ids(words)
+        text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
+        table = text_encoder.get_input_embeddings()  # (vocab + added, D): old rows unchanged
+        with torch.no_grad():
+            table.weight[ids] = vectors.to(table.weight)
+        return ids
+
     def _check(self, token: str, words: list[str], vectors: torch.Tensor, path: Path) -> None:
-        width = self.text_encoder.get_input_embeddings().weight.shape[1]
+        width = sum(m.get_input_embeddings().weight.shape[1]
+                    for m in (self.text_encoder, *([self.xl.text_encoder_2] if self.xl else [])))
         if vectors.shape[1] != width:
             raise ValueError(f"{path.name} has vectors of width {vectors.shape[1]}, but this text encoder's "
-                             f"width is {width} (768: SD 1.x, 1024: SD 2.x); use an embedding made for this model.")
+                             f"width is {width} (768: SD 1.x, 1024: SD 2.x, 2048: SDXL's two); use an embedding made "
+                             f"for this model.")
         room = self.tokenizer.model_max_length - 2
         if not 1 <= len(vectors) <= room:
             raise ValueError(f"{path.name} has {len(vectors)} vectors; an embedding must fit in one chunk of "

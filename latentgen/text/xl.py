@@ -59,10 +59,7 @@ def embed(text: str, tokenizer, text_encoder, xl: XL, *, clip_skip: int = 1, syn
         raise ValueError(f"clip_skip={clip_skip!r} is invalid for SDXL: its text encoders read the penultimate "
                          f"layer at clip_skip=1 and go back at most {layers - 1}; use 1 to {layers - 1}.")
     first = prompts.tokenize(text, tokenizer, syntax=syntax, expand=expand)
-    if any(int(c.ids.max()) >= xl.text_encoder_2.config.vocab_size for c in first):
-        raise ValueError("textual-inversion words are not read by SDXL models yet (an SDXL embedding holds clip_l "
-                         "and clip_g vectors); remove the embedding's word from the prompt.")
-    second = prompts.tokenize(text, xl.tokenizer_2, syntax=syntax)
+    second = prompts.tokenize(text, xl.tokenizer_2, syntax=syntax, expand=expand)  # textual inversion: same ids
     if [len(c.ids) for c in first] != [len(c.ids) for c in second]:
         raise ValueError("the SDXL model's two tokenizers split this prompt differently: they must share CLIP's "
                          "vocabulary (tokenizer/ and tokenizer_2/ of the same SDXL model).")

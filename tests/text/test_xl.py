@@ -166,3 +166,52 @@ def test_a_folder_is_checked_for_its_second_encoder(xl_folder, tmp_path, monkeyp
         components.check_fit(p.unet, p.vae, p.text_encoder, p.text_encoder)
     monkeypatch.delenv("LATENTGEN_BACKEND")
     assert "SDXL runs on torch" in repr(latentgen.load("tiny-random-xl"))
+
+
+def test_a_9_channel_sdxl_inpainting_unet_matches_diffusers(xl_folder, tmp_path):
+    """SDXL's inpainting U-Net (latents + mask + masked-image latents) as diffusers' SDXL inpaint pipeline runs it."""
+    from diffusers import UNet2DConditionModel
+
+    ref = diffusers_pipeline("StableDiffusionXLInpaintPipeline", xl_folder)
+    torch.manual_seed(9)
+    ref.unet = UNet2DConditionModel.from_config({**ref.unet.config, "in_channels": 9})
+    ref.register_modules(unet=ref.unet)
+    ref.save_pretrained(tmp_path / "xl9")
+    pipe9 = latentgen.load(tmp_path / "xl9")
+    image = photo(64, 5)
+    for strength in (0.75, 1.0):
+        ours = pipe9.inpaint("a red square", image, mask(64), strength=strength, seed=2, steps=4, guidance=5.0,
+                             composite=False)
+        theirs = ref("a red square", image=image, mask_image=mask(64), strength=strength, num_inference_steps=4,
+                     guidance_scale=5.0, generator=_gens(2, 1), height=64, width=64).images
+        assert max_diff(ours, theirs) <= 2
+
+
+def test_an_sdxl_embedding_goes_into_both_encoders_as_diffusers_loads_it(xl_folder, tmp_path):
+    """An A1111/kohya SDXL textual inversion (clip_l, clip_g) of 2 vectors: each part into its own encoder under
+    the same word, the image diffusers draws with the same parts loaded by load_textual_inversion; SD 1.x files
+    are refused by name."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(3)
+    path = tmp_path / "shinyxl.safetensors"
+    save_file({"clip_l": torch.randn(2, 32, generator=g), "clip_g": torch.randn(2, 64, generator=g)}, str(path))
+    pipe = latentgen.load(xl_folder)
+    assert pipe.load_embedding(path) == "shinyxl"
+    ids = pipe.embeddings.loaded["shinyxl"].ids
+    assert pipe.xl.tokenizer_2.convert_tokens_to_ids(["shinyxl", "shinyxl_1"]) == ids
+    torch.testing.assert_close(pipe.xl.text_encoder_2.get_input_embeddings().weight[ids], load_file(str(path))["clip_g"])
+    prompt = "a shinyxl circle"
+    ours = pipe.generate(prompt, seed=2, steps=3, guidance=5.0)
+    ref = diffusers_pipeline("StableDiffusionXLPipeline", xl_folder)
+    parts = load_file(str(path))
+    ref.load_textual_inversion(parts["clip_l"], token="shinyxl", text_encoder=ref.text_encoder, tokenizer=ref.tokenizer)
+    ref.load_textual_inversion(parts["clip_g"], token="shinyxl", text_encoder=ref.text_encoder_2,
+                               tokenizer=ref.tokenizer_2)
+    theirs = ref(prompt, num_inference_steps=3, guidance_scale=5.0, generator=_gens(2, 1), height=64, width=64).images
+    assert max_diff(ours, theirs) <= 2
+    assert max_diff(ours, latentgen.load(xl_folder).generate("a circle", seed=2, steps=3, guidance=5.0)) > 2
+    assert "TI hashes: \"shinyxl: " in ours[0].info["parameters"]
+    save_file({"emb_params": torch.randn(1, 32, generator=g)}, str(tmp_path / "sd1.safetensors"))
+    with pytest.raises(ValueError, match="is an SD 1.x/2.x embedding \\(32 wide\\), and this model is SDXL"):
+        pipe.load_embedding(tmp_path / "sd1.safetensors")
