@@ -143,9 +143,9 @@ class Pipeline:
             if c_concat is not None:
                 x = torch.cat([x, c_concat], dim=1)  # (.., C + 5, h, w)
             context_i = hooks.context(i, context) if hooks.context else context
-            extra = hooks.unet_inputs(i, x, t, context_i) if hooks.unet_inputs else {}
-            if text.added is not None:  # SDXL: the pooled text and size numbers (B + B * K or B, P) and (.., 6)
-                extra = {**extra, "added_cond_kwargs": text.added(i)}
+            added = text.added(i) if text.added else None  # SDXL: pooled text (rows, P) and size numbers (rows, 6)
+            extra = hooks.unet_inputs(i, x, t, context_i, added) if hooks.unet_inputs else {}
+            extra = extra if added is None else {**extra, "added_cond_kwargs": added}
             # the noise (epsilon), v or x0, as the model was trained: the sampler's config says which
             model_output = unet(x, t, encoder_hidden_states=context_i, **extra).sample
             if cfg:

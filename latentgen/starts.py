@@ -42,14 +42,14 @@ class Hooks:
 
     context: (i, context) -> the text context for step i, (2B or B, 77 * k, D) as given ([uncond; cond]
         under CFG): conditioning that changes by step (A1111's prompt editing and alternation).
-    unet_inputs: (i, x, t, context) -> extra keyword inputs of the U-Net call at step i, x (2B or B, C, h, w)
-        as the U-Net gets it: per-step inputs such as ControlNet's residuals (``down_block_additional_residuals``,
-        ``mid_block_additional_residual``). Such a call runs the torch U-Net (converted graphs take x, t, context).
+    unet_inputs: (i, x, t, context, added) -> extra keyword inputs of the U-Net call at step i, x (2B or B, C, h, w)
+        as the U-Net gets it (``added``: SDXL's ``added_cond_kwargs``, rows alike, or None): per-step inputs such
+        as ControlNet's residuals (``down_block_additional_residuals``, ``mid_block_additional_residual``). Such a call runs the torch U-Net (converted graphs take x, t, context).
     after_step: (i, latents) -> latents after the sampler's step i: inpainting's known region put back.
     """
 
     context: Callable[[int, torch.Tensor], torch.Tensor] | None = None
-    unet_inputs: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], dict] | None = None
+    unet_inputs: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict | None], dict] | None = None
     after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
 

@@ -15,9 +15,12 @@ import torch
 from .openvino import Compiled
 
 
-def run_torch(net, x: torch.Tensor, t, context: torch.Tensor, hint: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """The ControlNet ``net`` on torch: its residuals at weight 1."""
-    down, mid = net(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+def run_torch(net, x: torch.Tensor, t, context: torch.Tensor, hint: torch.Tensor,
+              added: dict | None = None) -> tuple[list, torch.Tensor]:
+    """The ControlNet ``net`` on torch: its residuals at weight 1 (``added``: an SDXL ControlNet's pooled text and
+    size numbers, ``added_cond_kwargs``)."""
+    down, mid = net(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False,
+                    **({} if added is None else {"added_cond_kwargs": added}))
     return list(down), mid
 
 

@@ -20,7 +20,7 @@ SOFT = 0.825  # A1111's soft injection: residual k of n scaled SOFT ** (n - 1 - 
 
 
 class Residuals:
-    """``unet_inputs(i, x, t, context)`` for a call's ``Prepared`` units over a loop of ``steps`` steps; ``b``: the
+    """``unet_inputs(i, x, t, context, added)`` for a call's ``Prepared`` units over a loop of ``steps`` steps; ``b``: the
     images of the chunk, ``latent_channels``: the VAE's; ``runtime``: the pipeline's (``Runtime.for_controlnet``:
     each ControlNet compiled where the U-Net is), None: torch."""
 
@@ -34,26 +34,28 @@ class Residuals:
         """diffusers' ``controlnet_keep``: step i of n acts when start <= i / n and (i + 1) / n <= end."""
         return not (i / self.steps < unit.start or (i + 1) / self.steps > unit.end)
 
-    def __call__(self, i: int, x: torch.Tensor, t, context: torch.Tensor) -> dict:
+    def __call__(self, i: int, x: torch.Tensor, t, context: torch.Tensor, added: dict | None = None) -> dict:
         down, mid = None, None
         x = x[:, :self.c]  # (rows, C, h, w)
         for unit, model, image, run in zip(self.units, self.models, self.images, self.runs):
             if not self.active(unit, i):
                 continue
-            d, m = self._one(unit, model, image, run, x, t, context)
+            d, m = self._one(unit, model, image, run, x, t, context, added)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
         if down is None:
             return {}
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
-    def _one(self, unit, model, image, run, x, t, context):
+    def _one(self, unit, model, image, run, x, t, context, added=None):
         pooled = bool(model.config.get("global_pool_conditions"))  # the shuffle model: diffusers' and A1111's guess mode
         guess = (unit.mode == "controlnet" or pooled) and self.cfg
         rows = slice(self.b, None) if guess else slice(None)  # guess mode: the conditional rows only
         xs, ctx = x[rows], context[rows]
         hint = image.to(xs.device, xs.dtype).expand(len(xs), -1, -1, -1)
-        down, mid = run(xs, t, ctx, hint)  # at weight 1, scaled here as diffusers scales them
+        # at weight 1, scaled here as diffusers scales them; an SDXL ControlNet takes the pooled text and sizes too
+        extra = () if added is None else ({k: v[rows] for k, v in added.items()},)
+        down, mid = run(xs, t, ctx, hint, *extra)
         n = len(down) + 1
         if unit.mode == "controlnet" and not pooled:  # diffusers' guess mode: 0.1 for the shallowest to 1 for the middle block
             scales = torch.logspace(-1, 0, n, device=mid.device) * unit.weight

@@ -150,10 +150,10 @@ def load_model(model, like, name: str):
         raise TypeError(f"{name}.model must be a diffusers ControlNetModel, its folder or its file, got "
                         f"{type(model).__name__}.")
     cfg, unet = model.config, like.config
-    for key in ("block_out_channels", "cross_attention_dim"):
-        if tuple(_as_tuple(cfg[key])) != tuple(_as_tuple(unet[key])):
-            raise ValueError(f"{name}.model was made for another U-Net: its {key} is {cfg[key]}, this model's "
-                             f"{unet[key]}; use a ControlNet trained for this model's family.")
+    for key in ("block_out_channels", "cross_attention_dim", "addition_embed_type"):  # the last: SDXL's
+        if tuple(_as_tuple(cfg.get(key))) != tuple(_as_tuple(unet.get(key))):
+            raise ValueError(f"{name}.model was made for another U-Net: its {key} is {cfg.get(key)}, this model's "
+                             f"{unet.get(key)}; use a ControlNet trained for this model's family.")
     if model.dtype != like.dtype:  # (a folder or file is read in the U-Net's dtype already)
         model = model.to(dtype=like.dtype)
     return model.to(device=like.device).eval()
@@ -190,9 +190,6 @@ def prepare(control, like, size: tuple[int, int], *, max_pixels: int, box=None, 
     units = as_list(control)
     if not units:
         return None
-    if like.config.get("addition_embed_type") == "text_time":
-        raise ValueError("control= is not supported on SDXL models yet (their ControlNets take the pooled text and "
-                         "size numbers too): draw without control, or with an SD 1.x/2.x model.")
     for i, unit in enumerate(units):
         check(unit, i)
         if resize.mode(unit.resize_mode) == "latent upscale":

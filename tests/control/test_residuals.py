@@ -136,3 +136,44 @@ def test_prompt_mode_scales_the_shallow_residuals_down_and_inpainting_keeps_the_
     outside = np.asarray(mask()) < 128
     assert np.array_equal(np.asarray(out[0])[outside], np.asarray(photo())[outside])
     assert max_diff(out, pipe.inpaint(PROMPT, photo(), mask(), seed=2, steps=4, mask_blur=0)) > 0
+
+
+@pytest.fixture(scope="module")
+def xl_controlnet(xl_folder, tmp_path_factory):
+    """A tiny SDXL ControlNet (``from_unet`` of the tiny SDXL U-Net: its added embedding too), zero convolutions
+    randomized."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(xl_folder, subfolder="unet"),
+                                    conditioning_embedding_out_channels=(16, 16))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            for p in module.parameters():
+                p.normal_(0, 0.3, generator=g)
+    folder = tmp_path_factory.mktemp("xl-controlnet")
+    net.save_pretrained(folder)
+    return folder
+
+
+def test_an_sdxl_controlnet_equals_diffusers_sdxl_controlnet_pipeline(xl_folder, xl_controlnet, controlnets):
+    """The pooled text and size numbers reach the ControlNet too (the conditional rows' alone in guess mode); an
+    SD 1.x ControlNet on SDXL is refused, naming what differs."""
+    import latentgen
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+
+    pipe = latentgen.load(xl_folder)
+    base = StableDiffusionXLPipeline.from_pretrained(xl_folder)
+    ref = StableDiffusionXLControlNetPipeline(**base.components, controlnet=ControlNetModel.from_pretrained(xl_controlnet))
+    ref.set_progress_bar_config(disable=True)
+    args = dict(num_inference_steps=4, guidance_scale=5.0, height=64, width=64)
+    want = ref(PROMPT, image=_hint(0), generator=torch.Generator().manual_seed(4), controlnet_conditioning_scale=0.8,
+               control_guidance_start=0.25, control_guidance_end=0.75, **args).images
+    ours = dict(seed=4, steps=4, guidance=5.0, scheduler="euler")
+    got = pipe.generate(PROMPT, control=Control(_hint(0), xl_controlnet, weight=0.8, start=0.25, end=0.75), **ours)
+    assert max_diff(got, want) <= 2 and max_diff(got, pipe.generate(PROMPT, **ours)) > 2
+    guess = ref(PROMPT, image=_hint(0), generator=torch.Generator().manual_seed(4), guess_mode=True, **args).images
+    assert max_diff(pipe.generate(PROMPT, control=Control(_hint(0), xl_controlnet, mode="controlnet"), **ours),
+                    guess) <= 2
+    with pytest.raises(ValueError, match="was made for another U-Net: its cross_attention_dim is 32, this model's 96"):
+        pipe.generate(PROMPT, control=Control(_hint(0), controlnets[0]), **ours)
