@@ -144,14 +144,14 @@ def test_unet_inputs_reach_the_unet_at_every_step(pipe):
     # zero convolutions at first: residuals of 0, the plain image
     seen = []
 
-    def unet_inputs(i, x, t, context):
-        seen.append((i, x.shape[0], context.shape[0]))
+    def unet_inputs(i, x, t, context, added):
+        seen.append((i, x.shape[0], context.shape[0], added))  # added: SDXL's pooled text and sizes, None here
         down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
         return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
     cat = pipe.generate("a cat", seed=5, steps=3, guidance=6.0, width=64, height=64)
     assert _max_diff(_draw(pipe, _with_hooks(pipe, unet_inputs=unet_inputs)), cat) == 0
-    assert seen == [(0, 2, 2), (1, 2, 2), (2, 2, 2)]  # each step, with CFG's two halves
+    assert seen == [(0, 2, 2, None), (1, 2, 2, None), (2, 2, 2, None)]  # each step, with CFG's two halves
     with torch.no_grad():
         for p in controlnet.controlnet_mid_block.parameters():
             p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
