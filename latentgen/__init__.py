@@ -1,4 +1,4 @@
-"""latentgen: latent text-to-image diffusion (Stable Diffusion 1.x/2.x family) on diffusers components.
+"""latentgen: latent text-to-image diffusion (Stable Diffusion 1.x/2.x and SDXL) on diffusers components.
 
     import latentgen
     pipe = latentgen.load()                      # the embedded default model, offline, CPU or CUDA
@@ -18,11 +18,12 @@ if TYPE_CHECKING:
 
     from .control.units import Control
     from .pipeline import Pipeline
+    from .models.refiner import Refiner
     from .starts import Variation
     from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["Control", "Hires", "Pipeline", "Variation", "generate", "load", "load_tiny_vae"]
+__all__ = ["Control", "Hires", "Pipeline", "Refiner", "Variation", "generate", "load", "load_tiny_vae"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -94,6 +95,10 @@ def __getattr__(name: str):
         from .upscale.hires import Hires
 
         return Hires
+    if name == "Refiner":  # SDXL's refiner hand-over: ``latentgen.models.refiner.Refiner``
+        from .models.refiner import Refiner
+
+        return Refiner
     if name == "Variation":  # A1111's variation seed and seed resize: ``latentgen.starts.Variation``
         from .starts import Variation
 

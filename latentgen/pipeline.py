@@ -24,6 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
+from .models import refiner as refine
 from .canvas import calls
 from .control import units as controls
 from .control import residuals
@@ -39,7 +40,6 @@ from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
 from .upscale.hires import Hires, SecondPass
 from .vae import preview as previews
-from .vae import tiny
 
 
 class Pipeline:
@@ -56,7 +56,7 @@ class Pipeline:
         self.xl = xl  # SDXL's second tokenizer and text encoder (latentgen.text.xl); None for SD 1.x/2.x
         self.defaults, self.name = defaults or Defaults(), name  # name: in PNG metadata as "Model: ..."
         self.loras = LoraAdapters({"unet": unet, "text_encoder": text_encoder,  # the backend reads their state
-                                   **({"text_encoder_2": xl.text_encoder_2} if xl else {})})  # SDXL's second
+                                   **({"text_encoder_2": xl.text_encoder_2} if xl and not xl.refiner else {})})
         self.embeddings = Embeddings(tokenizer, text_encoder, xl)  # textual-inversion words (load_embedding)
         self.limits = memory.Limits()  # what one call may ask for; None fields follow the free memory
         self.inpaint_unet = inpaint_unet  # 9-channel U-Net (or its folder, loaded on first use) for inpaint()
@@ -175,43 +175,31 @@ class Pipeline:
         x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()  # (B, H, W, 3) in [0, 1]
         return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
 
-    @torch.no_grad()
-    def preview(self, latents: torch.Tensor, method: str = "cheap") -> list[Image.Image]:
-        """Latents (B, C, h, w), as a ``callback`` gets them (its ``denoised`` gives the clearest picture mid-run; the
-        noisy ``latents`` show what the sampler holds) -> B images of the drawing's size, cheaply
-        (``latentgen.vae.preview``): "cheap", a linear map (free); "tiny", ``preview_vae`` (or ``vae`` when it is
-        tiny); "full", the VAE. A1111's ``show_progress_type`` names work too ("Approx cheap", "TAESD", "Full")."""
-        how, f = previews.method(method), self.vae_scale_factor
-        if how == "cheap":
-            rgb = previews.rgb_map(self.defaults.preview, latents.shape[1])
-            return previews.to_images(previews.cheap(latents, rgb), (latents.shape[-1] * f, latents.shape[-2] * f))
-        vae = self.vae if how == "full" else self.preview_vae
-        vae = self.vae if vae is None and tiny.is_loaded(self.vae) else vae
-        if vae is None:
-            raise ValueError("preview method 'tiny' needs a tiny VAE: pipe.preview_vae = "
-                             "latentgen.load_tiny_vae('taesd_decoder.safetensors'); or use 'cheap' or 'full'.")
-        return self.decode(latents, vae=vae)
+    preview = previews.of_pipeline  # pipe.preview(latents, method="cheap"): live previews (latentgen.vae.preview)
 
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, size: str | None = None,
                info: dict | None = None, callback: Callback | None = None, unet=None,
-               hires: Hires | None = None, control: Prepared | None = None) -> list[Image.Image]:
+               hires: Hires | None = None, control: Prepared | None = None, refiner=None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting, in named steps. Images go through in chunks of
         ``s.batch(...)`` (split where the text's number of 77-token chunks changes), each from ``start(sampler,
         seeds, dtype)``; image i of a chunk has its own generator, seeded ``draws[i].seed``. ``size``, ``info``:
         the PNG's "Size" (default: the settings') and the call's own fields; ``hires``: A1111's hires fix;
-        ``control``: ControlNet units (``latentgen.control``), through the loop's ``unet_inputs`` hook."""
+        ``control``: ControlNet units (``latentgen.control``), through the loop's ``unet_inputs`` hook; ``refiner``: a
+        ``latentgen.Refiner`` that draws the end of the noise schedule (``latentgen.models.refiner``)."""
         # 1. limits and memory plan, refused before any model runs
         self.check_limits(s, len(draws))
         batch = s.batch(self.device, len(draws))
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
         text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings, xl=self.xl)
         second = None if hires is None else SecondPass(self, draws, s, hires, text, control)  # checked, own text
+        handover = None if refiner is None else refine.Handover(self, draws, s, refiner, second)  # checked, own text
         if second is not None:
             self.check_limits(second.s, len(draws))
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
-        info = {**(info or {}), **(second.info() if second else {}), **text.info, **controls.info(control)}
+        info = {**(info or {}), **(second.info() if second else {}), **text.info, **controls.info(control),
+                **(handover.info() if handover else {})}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=text.chunks)
@@ -226,9 +214,9 @@ class Pipeline:
                 if cond.context:  # the text changes by step: prompt editing, alternation
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
                 first = residuals.hooked(first, control, b=len(chunk), cfg=s.cfg, pipe=self)  # ControlNet, by step
-                # 4. the denoising loop (and the hires fix's second pass)
-                latents = self.denoise(first, cond, s.guidance, sched, seeds.generators,
-                                       progress.chunk(len(first.timesteps)), unet)
+                # 4. the denoising loop (the refiner's hand-over; the hires fix's second pass)
+                run = self.denoise if handover is None else partial(handover.run, self, chunk)
+                latents = run(first, cond, s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)), unet)
                 if second is not None:
                     latents = second.run(self, chunk, latents, progress, unet)
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
@@ -248,7 +236,7 @@ class Pipeline:
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
                  variation: starts.Variation | None = None, hires: Hires | None = None,
-                 control=None) -> list[Image.Image]:
+                 control=None, refiner=None) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -266,6 +254,8 @@ class Pipeline:
             ``latentgen.text``. variation: A1111's variation seed and seed resize (``latentgen.Variation``).
         hires: A1111's hires fix, a second pass at a larger size (``latentgen.Hires``; ``latentgen.upscale.hires``).
         control: ControlNet units, a ``latentgen.Control`` or a list of them (``latentgen.control.units``).
+        refiner: SDXL's refiner for the end of the noise schedule, ``latentgen.Refiner(latentgen.load(folder),
+            switch_at=0.8)`` (A1111's refiner_checkpoint and refiner_switch_at; ``latentgen.models.refiner``).
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
@@ -275,7 +265,7 @@ class Pipeline:
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)
         start = partial(starts.from_noise, shape=(c, s.height // f, s.width // f), device=self.device)
         control = controls.prepare(control, self.unet, (s.width, s.height), max_pixels=self.limits.max_input_pixels)
-        return self.sample(draws, s, start, callback=callback, hires=hires, control=control)
+        return self.sample(draws, s, start, callback=callback, hires=hires, control=control, refiner=refiner)
 
     # the calls that start from a picture: ``latentgen.canvas.calls``
     img2img = calls.img2img

@@ -55,6 +55,28 @@ def xl_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def xl_refiner_folder(tmp_path_factory):
+    """A tiny random SDXL refiner for the tiny SDXL model, saved by diffusers' ``StableDiffusionXLImg2ImgPipeline``:
+    bigG alone (the base's text_encoder_2, 64 wide), a U-Net of five size numbers (the aesthetic score), the same VAE."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    from latentgen.models import loading
+
+    c = loading.load_components("tiny-random-xl")
+    te2 = c.xl.text_encoder_2
+    config = {**c.unet.config, "cross_attention_dim": te2.config.hidden_size,
+              "projection_class_embeddings_input_dim": c.unet.config.addition_time_embed_dim * 5 + te2.config.projection_dim}
+    torch.manual_seed(11)
+    unet = UNet2DConditionModel.from_config(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-sdxl-refiner")
+    StableDiffusionXLImg2ImgPipeline(vae=c.vae, text_encoder=None, text_encoder_2=te2, tokenizer=None,
+                                     tokenizer_2=c.xl.tokenizer_2, unet=unet, scheduler=c.scheduler,
+                                     requires_aesthetics_score=True,
+                                     force_zeros_for_empty_prompt=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def pipe(tiny_folder):
     import latentgen
 

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from ..text.xl import example_added, is_xl
 from . import weights
 from .halves import doubles, split
 
@@ -27,9 +28,9 @@ RECIPE = 3  # how convert() traces the U-Net; part of the cache key, so a new re
 
 class _Traced(torch.nn.Module):
     """A U-Net or a ControlNet as a function of positional tensors, as ``convert_model`` traces it. A U-Net:
-    (x, t, context[, residuals...]) -> its output, the residuals a ControlNet's (the skip connections', then the
-    middle block's); a ControlNet: (x, t, context, hint) -> its residuals at weight 1 (``control.residuals``
-    scales them)."""
+    (x, t, context[, text_embeds, time_ids][, residuals...]) -> its output, SDXL's added conditioning after the
+    context, the residuals a ControlNet's (the skip connections', then the middle block's); a ControlNet:
+    (x, t, context, hint) -> its residuals at weight 1 (``control.residuals`` scales them)."""
 
     def __init__(self, unet):
         super().__init__()
@@ -39,9 +40,13 @@ class _Traced(torch.nn.Module):
         if hasattr(self.unet, "controlnet_cond_embedding"):  # a ControlNet; rest: its hint
             down, mid = self.unet(x, t, encoder_hidden_states=context, controlnet_cond=rest[0], return_dict=False)
             return (*down, mid)
+        added = {}
+        if is_xl(self.unet.config):  # SDXL: the pooled text (B, P) and the size numbers (B, 6 or 5)
+            added, rest = {"added_cond_kwargs": {"text_embeds": rest[0], "time_ids": rest[1]}}, rest[2:]
         extra = {"down_block_additional_residuals": list(rest[:-1]), "mid_block_additional_residual": rest[-1]} \
             if rest else {}
-        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **extra)[0]
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **added, **extra)[0]
+
 
 
 def residual_shapes(config, x_shape: tuple) -> list[tuple]:
@@ -120,6 +125,7 @@ def _example(model, residuals: bool) -> tuple:
     """Inputs to trace ``model`` (a U-Net, or a ControlNet when it has a hint encoder) on: 8x8 latents, CFG's batch."""
     cfg = model.config
     example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0), torch.zeros(2, 77, cfg.cross_attention_dim))
+    example += example_added(cfg, 2) if is_xl(cfg) and not hasattr(model, "controlnet_cond_embedding") else ()
     if hasattr(model, "controlnet_cond_embedding"):  # the hint at the pixels' size: 2 ** (levels - 1) per latent
         side = 8 * 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
         return example + (torch.zeros(2, cfg.conditioning_channels, side, side),)
@@ -152,17 +158,15 @@ def convert(model, folder: Path, residuals: bool = False) -> Path:
 
 class Compiled:
     """An OpenVINO-compiled U-Net, called like the torch one in the loop (a ControlNet's residuals too: on the
-    U-Net ``with_residuals`` makes); returns the torch dtype of x.
+    U-Net ``with_residuals`` makes; SDXL's ``added_cond_kwargs``); returns the torch dtype of x.
 
-    Compiled once per input shape (latents, context), the ``KEEP`` most recent kept: static shapes run
-    SD 1.5's step ~6% faster than one dynamic-shape model (4.36 vs 4.65 s, medians of 10). The trace took
-    diffusers' branch for latent sizes divisible by 2 ** (levels - 1); other sizes (which diffusers pads
-    in its up blocks) run on the torch module. An even batch (CFG's halves) runs as two streams side by
-    side, each half on half the threads: SD 1.5's call 4.15 s against 4.32 s as one batch on both threads,
-    the embedded one's 5.4 ms against 5.7 ms (medians, 2 cores). When the halves' latents are the same (CFG),
-    the part that reads no context runs once first (``split``): SD 1.5's call 4.06-4.16 s against 4.24-4.29 s
-    with each half running it (medians of 4); on one thread, the prefix on one half and the rest on both:
-    7.89 s against 8.13 s (medians of 3). Calls from several threads take turns (they share the requests)."""
+    Compiled once per input shape, the ``KEEP`` most recent kept: static shapes run SD 1.5's step ~6% faster than
+    one dynamic-shape model (4.36 vs 4.65 s). The trace took diffusers' branch for latent sizes divisible by
+    2 ** (levels - 1); other sizes (padded in diffusers' up blocks) run on the torch module. An even batch (CFG's
+    halves) runs as two streams, each on half the threads: SD 1.5's call 4.15 s against 4.32 s as one batch, the
+    embedded one's 5.4 ms against 5.7 ms. With the halves' latents the same (CFG), the part that reads no context
+    runs once first (``split``): 4.06-4.16 s against 4.24-4.29 s; on one thread 7.89 s against 8.13 s (medians,
+    2 cores). Calls from several threads take turns (they share the requests)."""
 
     KEEP = 2
     SHARE_AREA = 32 * 32  # latents of at least this many pixels run CFG's shared prefix once (``shares``)
@@ -232,25 +236,26 @@ class Compiled:
         return reqs
 
     def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, down_block_additional_residuals=None,
-                 mid_block_additional_residual=None) -> SimpleNamespace:
-        residuals = [] if down_block_additional_residuals is None else [*down_block_additional_residuals,
-                                                                        mid_block_additional_residual]
+                 mid_block_additional_residual=None, added_cond_kwargs=None) -> SimpleNamespace:
+        down, mid, added = down_block_additional_residuals, mid_block_additional_residual, added_cond_kwargs
+        residuals = [] if down is None else [*down, mid]
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor or (residuals and not self._controlled()):
-            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **({} if not residuals else {
-                "down_block_additional_residuals": down_block_additional_residuals,
-                "mid_block_additional_residual": mid_block_additional_residual}))
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid,
+                     "added_cond_kwargs": added}
+            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **extra)
         if residuals and self.controlled is not self:
-            return self.controlled(x, t, encoder_hidden_states, residuals[:-1], residuals[-1])
+            return self.controlled(x, t, encoder_hidden_states, residuals[:-1], residuals[-1], added)
         # a pooled ControlNet's residuals (B, C, 1, 1) broadcast, as the U-Net adds them
         residuals = [r.expand(shape) for r, shape in zip(residuals, residual_shapes(self.config, tuple(x.shape)))]
+        added = [] if added is None else [added["text_embeds"], added["time_ids"]]
         with self.lock:
-            out = self._run(x, t, [encoder_hidden_states, *residuals])
+            out = self._run(x, t, [encoder_hidden_states, *added, *residuals])
         return SimpleNamespace(sample=torch.from_numpy(out[0]).to(x.dtype))
 
     def _controlled(self) -> bool:
         """Whether a call with residuals runs compiled: on this model if it takes them, else on the one
         ``with_residuals`` makes (once)."""
-        if self.controlled is None and len(self.model.get_parameters()) > 3:
+        if self.controlled is None and len(self.model.get_parameters()) > 3 + 2 * is_xl(self.config):
             self.controlled = self
         elif self.controlled is None and self.make_controlled is not None:
             with self.lock:
@@ -288,6 +293,6 @@ def _batch(shapes: tuple, parts: int) -> tuple:
 
 def _shapes(shapes: tuple) -> dict:
     """The inputs' static shapes as ``Model.reshape`` takes them: x (B, C, h, w), t (), then the others
-    (context (B, L, D), residuals...) in order."""
+    (context (B, L, D), SDXL's text_embeds (B, P) and time_ids (B, n), residuals...) in order."""
     x, *rest = shapes
     return {0: list(x), 1: [], **{2 + i: list(s) for i, s in enumerate(rest)}}

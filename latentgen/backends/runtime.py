@@ -48,6 +48,7 @@ from .. import precision
 from . import cache, control_graph, cudagraph, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
+from ..text.xl import is_xl
 from .openvino import RECIPE, Compiled, convert, patched
 
 
@@ -229,8 +230,9 @@ class Runtime:
 
     def for_controlnet(self, net):
         """What runs the ControlNet ``net``: (x, t, context, hint) -> (down residuals, mid residual) at weight 1;
-        on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape."""
-        if self.backend != "openvino" or precision.device_of(net).type != "cpu":
+        on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape. An
+        SDXL ControlNet (it reads the pooled text and size numbers too) runs on torch."""
+        if self.backend != "openvino" or precision.device_of(net).type != "cpu" or is_xl(net.config):
             return functools.partial(control_graph.run_torch, net)
         with self._lock:
             state = weights.state(net, self.version)

@@ -25,7 +25,8 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
             guidance: float | None = None, negative_prompt=None, num_images: int = 1, scheduler=None,
             width: int | None = None, height: int | None = None, resize_mode: str | int = "just resize",
             callback: Callback | None = None, batch_size: int | None = None, max_pixels: int | None = None,
-            clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None, control=None) -> list[Image.Image]:
+            clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None, control=None,
+            refiner=None) -> list[Image.Image]:
     """Redraw ``image`` under ``prompt``; returns images of the input's size, or of ``width`` x ``height``.
 
     image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
@@ -34,7 +35,8 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
         matching noise level; 0 returns the VAE reconstruction of the input.
     resize_mode: how an image of another shape than ``width`` x ``height`` is fitted (``latentgen.canvas.resize``:
         "just resize", "crop and resize", "resize and fill", "latent upscale", or A1111's 0-3).
-    Other arguments as in ``generate`` (``control``: ControlNet units); ``max_pixels`` bounds the image size.
+    Other arguments as in ``generate`` (``control``: ControlNet units; ``refiner``: a ``latentgen.Refiner``, for the
+    end of the noise schedule); ``max_pixels`` bounds the image size.
     """
     request.plain_unet("img2img", self.name, self.unet.config.in_channels, self.vae.config.latent_channels)
     tiny.check_encoder(self.vae, "img2img")
@@ -54,7 +56,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
                     latent_size=(h // f, w // f))
     control = controls.prepare(control, self.unet, (w, h), max_pixels=max_pixels)
     out = self.sample(draws, s, start, size=f"{size[0]}x{size[1]}", info={"Denoising strength": strength},
-                      callback=callback, control=control)
+                      callback=callback, control=control, refiner=refiner)
     return [o if o.size == size else im.resized(o, size) for o in out]
 
 
@@ -64,7 +66,8 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
             padding: int = 32, composite: bool = True, callback: Callback | None = None,
             batch_size: int | None = None, max_pixels: int | None = None,
             latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
-            variant: str = "auto", fill: str | int = "original", variation=None, control=None) -> list[Image.Image]:
+            variant: str = "auto", fill: str | int = "original", variation=None, control=None,
+            refiner=None) -> list[Image.Image]:
     """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
     image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -82,7 +85,8 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
         the embedded default has one; not with a LoRA loaded or tagged), else latent blending; "blend": always.
     fill: the masked content where the start keeps the image (strength < 1): "original", "fill", "latent
         noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``). control: ControlNet units, their
-        images fitted to the input image (and cropped with it for ``only_masked``).
+        images fitted to the input image (and cropped with it for ``only_masked``). refiner: a ``latentgen.Refiner``
+        for the end of the noise schedule (with a 4-channel U-Net; the known part put back at its steps too).
     """
     mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
     tiny.check_encoder(self.vae, "inpaint")
@@ -102,6 +106,9 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     lora = self.loras.loaded or (prompt_syntax == "a1111" and any(prompts.extra_networks(d.prompt)[1] for d in draws))
     if variant == "auto" and self.inpaint_unet is not None and unet.config.in_channels == c and not lora:
         unet = self.inpaint_unet = components.load_unet(self.inpaint_unet, like=self.unet)  # the 9-channel variant
+    if refiner is not None and unet.config.in_channels != c:
+        raise ValueError(f"refiner= needs a {c}-channel U-Net for inpainting: {self.name!r} inpaints with a "
+                         f"{unet.config.in_channels}-channel one here; pass variant='blend'.")
     start = starts.for_inpaint(inp, in_channels=unet.config.in_channels, vae=self.vae, f=f, latent_mask=latent_mask,
                                steps=s.steps, strength=strength, fill=fill)
     box = inp.box if only_masked and inp.box != (0, 0, *inp.source.size) else None
@@ -110,7 +117,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     info = {"Denoising strength": strength, "Mask blur": mask_blur,
             **({"Inpaint area": "Only masked", "Masked area padding": int(padding)} if only_masked else {})}
     out = self.sample(draws, s, start, size=f"{inp.source.width}x{inp.source.height}", info=info,
-                      callback=callback, unet=unet, control=control)
+                      callback=callback, unet=unet, control=control, refiner=refiner)
     return im.paste_back(out, inp, mask_blur, composite)
 
 

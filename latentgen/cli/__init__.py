@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ..canvas.resize import MODES as RESIZE_MODES  # light (PIL): the flags' choices
-from .args import add_model_args, finite_float, load_model, lora_spec, positive_int, scheduler_name, size_spec
+from .args import (add_model_args, add_refiner_args, finite_float, load_model, load_refiner, lora_spec, positive_int,
+                   scheduler_name, size_spec)
 from .control import add_control_args, controls_from
 from .upscale import add_hires_args
 
@@ -47,6 +48,7 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-resize-from", type=size_spec, default=None, metavar="WxH",
                    help="draw the noise at this size and paste it in the middle (a seed's look at another size)")
     add_control_args(p)
+    add_refiner_args(p)
 
 
 def _render(args: argparse.Namespace, call) -> int:
@@ -68,6 +70,7 @@ def _render(args: argparse.Namespace, call) -> int:
                                     args.num_images)
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     embeddings = [parse_spec(spec) for spec in getattr(args, "embedding", None) or []]
+    refiner = load_refiner(args)  # its switch checked before any model loads
     pipe = load_model(args)
     for path, scale in loras:
         pipe.load_lora(path, scale=scale)
@@ -83,7 +86,8 @@ def _render(args: argparse.Namespace, call) -> int:
         images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
                       clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
-                      variation=variation, **({"control": control} if control else {}))
+                      variation=variation, **({"control": control} if control else {}),
+                      **({"refiner": refiner} if refiner else {}))
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0

@@ -87,6 +87,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="epsilon or v_prediction (default: the model's; single SD 2.x files: <name>.yaml or detected)")
 
 
+def add_refiner_args(p: argparse.ArgumentParser) -> None:
+    r = p.add_argument_group("refiner", "a second model draws the end of the noise schedule (SDXL's refiner; A1111's "
+                                        "refiner_checkpoint and refiner_switch_at)")
+    r.add_argument("--refiner", default=None, metavar="FOLDER|FILE", help="the refiner model (a diffusers folder)")
+    r.add_argument("--refiner-switch-at", type=finite_float, default=0.8,
+                   help="the fraction of the noise schedule --model draws before the refiner takes over (default 0.8)")
+
+
+def load_refiner(args: argparse.Namespace):
+    """A ``latentgen.Refiner`` of the ``--refiner`` flags (its switch checked first), or None; on --device/--dtype."""
+    if not getattr(args, "refiner", None):
+        return None
+    import latentgen
+
+    checks.number("--refiner-switch-at", args.refiner_switch_at, minimum=0, maximum=1,
+                  fix="use a fraction of the noise schedule from 0 to 1, such as 0.8")
+    return latentgen.Refiner(latentgen.load(args.refiner, device=args.device, dtype=args.dtype), args.refiner_switch_at)
+
+
 def load_model(args: argparse.Namespace, **overrides):
     """``latentgen.load`` with the flags of ``add_model_args`` (``overrides`` replace any of them)."""
     import latentgen

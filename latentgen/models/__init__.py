@@ -4,5 +4,6 @@
 backend decided once, parts built); ``components`` loads and checks diffusers folders and presets (``presets``
 reads ``pipelines/``); single-file checkpoints are read safely by ``checkpoints``, their architecture found and
 their models built by ``single_file``, with LDM key names in ``ldm`` (and ``ldm_script`` for the names diffusers'
-conversion script writes) and the prediction type from ``prediction``; ``export`` writes any model as one file.
+conversion script writes) and the prediction type from ``prediction``; ``export`` writes any model as one file;
+``refiner`` hands the end of a drawing to a second model (SDXL's refiner).
 """

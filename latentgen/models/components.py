@@ -68,9 +68,11 @@ def vae_scale_factor(vae_config) -> int:
     return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
 
-def check_fit(unet: dict, vae: dict, text_encoder: dict, text_encoder_2: dict | None = None) -> None:
-    """Raise a ValueError naming the part that does not fit the others (SDXL: ``text_encoder_2`` too)."""
-    if sdxl.is_xl(unet) != (text_encoder_2 is not None):
+def check_fit(unet: dict, vae: dict, text_encoder: dict, text_encoder_2: dict | None = None, *,
+              refiner: bool = False) -> None:
+    """Raise a ValueError naming the part that does not fit the others (SDXL: ``text_encoder_2`` too; an SDXL
+    refiner: its one encoder as ``text_encoder``)."""
+    if sdxl.is_xl(unet) != (text_encoder_2 is not None or refiner):
         raise ValueError("an SDXL U-Net (addition_embed_type 'text_time') needs the model's text_encoder_2, and only "
                          "it takes one: load the U-Net with the text encoders of its own model.")
     width = text_encoder["hidden_size"] + (text_encoder_2["hidden_size"] if text_encoder_2 else 0)
@@ -99,12 +101,11 @@ def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {str(folder)!r} does not exist; pass a diffusers folder "
                                 f"(with model_index.json) or a preset name.")
-    index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
-    if (index.get("text_encoder_2") or [None])[0] and not (index.get("text_encoder") or [None])[0]:
-        raise ValueError(f"model folder {str(folder)!r} is an SDXL refiner (text_encoder_2 alone, a U-Net of five size "
-                         f"numbers): refiners are not supported yet; load the base model's folder.")
     missing = [] if (folder / "model_index.json").is_file() else ["model_index.json"]
-    for sub, groups in {**_REQUIRED, **(_REQUIRED_XL if _is_xl_folder(folder) else {})}.items():
+    parts = {**_REQUIRED, **(_REQUIRED_XL if _is_xl_folder(folder) else {})}
+    if is_refiner_folder(folder):  # bigG alone: no tokenizer/ nor text_encoder/
+        parts = {k: v for k, v in parts.items() if k not in ("tokenizer", "text_encoder")}
+    for sub, groups in parts.items():
         for names in groups:
             if not any((folder / sub / n).is_file() for n in names):
                 missing.append(f"{sub}/{' or '.join(names)}")
@@ -118,6 +119,12 @@ def check_folder(folder: Path) -> None:
 def _is_xl_folder(folder: Path) -> bool:  # model_index.json names a second text encoder
     index = folder / "model_index.json"
     return index.is_file() and (_read_json(index).get("text_encoder_2") or [None])[0] is not None
+
+
+def is_refiner_folder(folder: Path) -> bool:
+    """An SDXL refiner's folder (``StableDiffusionXLImg2ImgPipeline``'s): text_encoder_2 and no text_encoder."""
+    index = folder / "model_index.json"
+    return _is_xl_folder(folder) and not (_read_json(index).get("text_encoder") or [None])[0]
 
 
 @contextmanager
@@ -137,11 +144,11 @@ def quiet_loading():
 
 def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     """The parts frozen for inference, on ``device`` in ``dtype`` (channels_last where it is faster)."""
-    for m in (c.text_encoder, c.unet, c.vae, *([c.xl.text_encoder_2] if c.xl else [])):
+    for m in (c.text_encoder, c.unet, c.vae, *(c.xl.encoders() if c.xl else [])):
         m.requires_grad_(False).eval()
     precision.cast(c.text_encoder, device, dtype)
-    if c.xl is not None:
-        precision.cast(c.xl.text_encoder_2, device, dtype)
+    for m in c.xl.encoders() if c.xl else []:
+        precision.cast(m, device, dtype)
     precision.cast(c.unet, device, dtype)
     precision.cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
     if precision.wants_channels_last(device, dtype):
@@ -157,7 +164,9 @@ def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | 
     folder = Path(folder)
     check_folder(folder)
     unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
-    xl = _is_xl_folder(folder)
+    xl, refiner = _is_xl_folder(folder), is_refiner_folder(folder)
+    if refiner:
+        return _refiner(folder, unet_cfg, vae_cfg, device=device, dtype=dtype, defaults=defaults, name=name)
     check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"),
               _read_json(folder / "text_encoder_2/config.json") if xl else None)
     device, dtype = torch.device(device), precision.as_dtype(dtype)
@@ -176,10 +185,35 @@ def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | 
             parts["xl"] = sdxl.XL(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
                                   CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype),
                                   force_zeros=zeros)
-            sdxl.check_unet(unet_cfg, parts["xl"])
+            sdxl.check_unet(unet_cfg, parts["text_encoder"], parts["xl"])
     return finish(Components(
         **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
         defaults=defaults, name=name or folder.name), device, dtype)
+
+
+def _refiner(folder: Path, unet_cfg: dict, vae_cfg: dict, *, device, dtype, defaults, name) -> Components:
+    """An SDXL refiner's folder: its one text encoder (bigG, with the projection) as ``text_encoder``, the U-Net of
+    five size numbers, the aesthetic scores (``latentgen.text.xl``). Drawn from alone (img2img, as diffusers'
+    refiner pipeline) or after a base model (``latentgen.Refiner``)."""
+    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder_2/config.json"), None, refiner=True)
+    device, dtype = torch.device(device), precision.as_dtype(dtype)
+    index = _read_json(folder / "model_index.json")
+    if defaults is None:
+        size = unet_cfg.get("sample_size", 128) * vae_scale_factor(vae_cfg)
+        extra = folder / "latentgen.json"
+        defaults = Defaults.from_dict({"width": size, "height": size, "guidance": 5.0,
+                                       **(_read_json(extra) if extra.is_file() else {})})
+    with quiet_loading():
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype)
+        xl = sdxl.XL(None, None, force_zeros=index.get("force_zeros_for_empty_prompt", False),
+                     aesthetic=(6.0, 2.5) if index.get("requires_aesthetics_score", True) else None)
+        sdxl.check_unet(unet_cfg, text_encoder, xl)
+        parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"), text_encoder=text_encoder,
+                     unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+                     vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
+    return finish(Components(
+        **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
+        defaults=defaults, name=name or folder.name, xl=xl), device, dtype)
 
 
 def from_preset(preset: Preset, *, device: str | torch.device, dtype: str | torch.dtype, seed: int = 0) -> Components:
@@ -231,7 +265,8 @@ def part_configs(source, path: Path) -> tuple[dict, dict, dict]:
     """(unet, vae, text encoder) configs of a folder or preset, read without loading weights."""
     if source is not None and folder_like(source, path):
         check_folder(path)
-        return tuple(_read_json(path / part / "config.json") for part in ("unet", "vae", "text_encoder"))
+        text = "text_encoder_2" if is_refiner_folder(path) else "text_encoder"  # a refiner's one encoder
+        return tuple(_read_json(path / part / "config.json") for part in ("unet", "vae", text))
     preset = load_preset("default" if source is None else str(source))
     if preset.weights is not None:
         return part_configs(preset.weights, data_dir("weights") / preset.weights)

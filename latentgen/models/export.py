@@ -84,6 +84,9 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
     cast = None if dtype is None else precision.as_dtype(dtype)
     c = loading.load_components(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type,
                                 backend="torch")
+    if c.xl is not None and c.xl.refiner:
+        raise ValueError(f"{source} is an SDXL refiner: exporting a refiner to one file is not supported yet; "
+                         f"keep its diffusers folder.")
     tensors = {k: (v if cast is None else v.to(cast)).contiguous() for k, v in ldm_state_dict(c).items()}
     with atomic_path(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp), metadata=header(c))

@@ -38,7 +38,8 @@ def _check(ck: Checkpoint, vae: Checkpoint | None) -> None:
     name = ck.path.name
     if any(k.startswith(REFINER) for k in ck.shapes):
         raise ValueError(f"{name} is an SDXL refiner ({REFINER}*: bigG alone, a U-Net of five size numbers): "
-                         f"refiners are not supported yet; load the base model.")
+                         f"refiner single files are not read yet; load the refiner's diffusers folder "
+                         f"(latentgen.Refiner, docs/sdxl.md).")
     for prefix, what in ((UNET + "label_emb.0.0.weight", "the U-Net and its added embedding"),
                          (TE1 + "text_model.embeddings.token_embedding.weight", "CLIP ViT-L"),
                          (TE2 + "text_projection", "OpenCLIP ViT-bigG with its projection")):

@@ -19,8 +19,10 @@ What maps to what:
     subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
     seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
     alwayson_scripts.controlnet   -> control=[latentgen.Control, ...] (``controlnet_api``: sd-webui-controlnet's units)
+    refiner_checkpoint (a model   -> refiner=latentgen.Refiner(that model, switch_at): SDXL's refiner, held
+    by name), refiner_switch_at      beside the drawing model; switch_at None: 0.8, as A1111's page
 
-A field that would change the image in a way latentgen does not do (hires fix, face restoration,
+A field that would change the image in a way latentgen does not do (face restoration,
 tiling, styles, scripts other than ControlNet units, ...) is refused
 with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
@@ -82,6 +84,7 @@ class Task:
     resize_mode: str = "just resize"  # img2img's resize_mode
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
     control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
+    refiner: tuple[str, float] | None = None  # refiner_checkpoint (a model by name), refiner_switch_at
 
     @property
     def count(self) -> int:
@@ -104,7 +107,6 @@ def _unsupported(req: CommonFields) -> None:
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
         ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
         ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
-        ("refiner_checkpoint", bool(req.refiner_checkpoint), "there is no refiner pass"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
     ]:
         if bad:
@@ -165,6 +167,11 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
     for key, value in over.items():
         check_option(key, value)
     model = models.check(over["sd_model_checkpoint"]) if over.get("sd_model_checkpoint") else None
+    refiner = None
+    if req.refiner_checkpoint not in (None, "", "None", "none"):  # A1111's "None" in its list: no refiner
+        switch = 0.8 if req.refiner_switch_at is None else req.refiner_switch_at  # A1111's default in its page
+        checks.number("refiner_switch_at", switch, minimum=0, maximum=1, fix="use 0 to 1, such as 0.8")
+        refiner = (models.check(req.refiner_checkpoint), float(switch))
     subseed = _seed(req.subseed)
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)
     variation = None
@@ -178,7 +185,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
                 n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
                 model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
                 save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images,
-                variation=variation)
+                variation=variation, refiner=refiner)
 
 
 @unprocessable()
@@ -187,6 +194,8 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
     hires, script = workflows.hires(req, limits), workflows.script(req, "txt2img")
     plan = _plan("txt2img", req, **kw)
     plan.hires, plan.script = hires, script
+    if plan.refiner and hires:
+        raise _refuse("refiner_checkpoint", req.refiner_checkpoint, "a refiner with enable_hr is not supported yet")
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
 

@@ -269,7 +269,7 @@ def _list_routes(app: FastAPI, server: Server) -> None:
     def embeddings():
         pipe = models.loaded()
         width = 0 if pipe is None else sum(int(m.get_input_embeddings().weight.shape[1]) for m in  # SDXL: both
-                                           (pipe.text_encoder, *([pipe.xl.text_encoder_2] if pipe.xl else [])))
+                                           (pipe.text_encoder, *(pipe.xl.encoders() if pipe.xl else [])))
         loaded = {} if pipe is None else {t: embedding_item(width, len(e.ids)) for t, e in pipe.embeddings.loaded.items()}
         return {"loaded": loaded, "skipped": models.skipped.get(models.current, {})}
 

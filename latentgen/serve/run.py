@@ -88,6 +88,10 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
         check_final(plan.hires, width, height, limits)
     common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=sampler,
                   clip_skip=plan.clip_skip, **({"control": plan.control} if plan.control else {}))
+    if plan.refiner is not None:  # A1111's refiner_checkpoint: a second model of the catalog, held beside this one
+        import latentgen
+
+        common["refiner"] = latentgen.Refiner(ctx.worker.models.get(plan.refiner[0]), plan.refiner[1])
     if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height
         common.update(width=width, height=height)
     if plan.mode != "txt2img":

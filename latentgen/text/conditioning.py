@@ -54,7 +54,7 @@ class CallText:
         how = dict(tokenizer=tokenizer, text_encoder=text_encoder, clip_skip=settings.clip_skip, syntax=syntax,
                    expand=embeddings.expansions())
         self.encode = partial(sdxl.encode, xl=xl, **how)
-        self.xl, self.time_ids = xl, None if xl is None else sdxl.time_ids(settings.width, settings.height)
+        self.xl, self.time_ids = xl, None if xl is None else self._sizes(xl, settings)
         self.cache: dict[str, tuple] = {}  # text -> (hidden (1, 77 * k, D), pooled (1, P) or None)
         self.plans: dict[tuple, Schedules] = {}  # (prompt as given, negative prompt) -> its texts over the steps
         asked: dict[str, tuple] = {}
@@ -151,9 +151,20 @@ class CallText:
             if key not in seen:
                 c, u = at(i)
                 pooled = torch.cat([u, c]) if cfg else c
-                seen[key] = {"text_embeds": pooled, "time_ids": self.time_ids.to(pooled).expand(len(pooled), -1)}
+                (pos, neg), b = self.time_ids, len(c)
+                sizes = torch.cat([neg.expand(len(u), -1), pos.expand(b, -1)]) if cfg else pos.expand(b, -1)
+                seen[key] = {"text_embeds": pooled, "time_ids": sizes.to(pooled)}
             return seen[key]
         return added
+
+    @staticmethod
+    def _sizes(xl: sdxl.XL, settings) -> tuple[torch.Tensor, torch.Tensor]:
+        """The size numbers of the prompt's rows and the negative's, (1, 6) each; a refiner's (1, 5), with its
+        aesthetic scores."""
+        size = dict(width=settings.width, height=settings.height)
+        if xl.aesthetic is None:
+            return (sdxl.time_ids(**size),) * 2
+        return tuple(sdxl.time_ids(**size, aesthetic=a) for a in xl.aesthetic)
 
     @contextmanager
     def lora_tags(self, loras):

@@ -141,12 +141,14 @@ class Embeddings:
             what = ("an SDXL embedding (clip_l/clip_g), and this model is SD 1.x/2.x" if xl else
                     f"an SD 1.x/2.x embedding ({vectors.shape[1]} wide), and this model is SDXL (clip_l and clip_g)")
             raise ValueError(f"{path.name} is {what}: use an embedding made for this model's family.")
+        if xl and self.xl.refiner:  # a refiner's one encoder is bigG: the clip_g part
+            vectors = vectors[:, vectors.shape[1] - self.text_encoder.get_input_embeddings().weight.shape[1]:]
         token = token or (own if own and path.stem == "learned_embeds" else path.stem)
         words = [token] + [f"{token}_{i}" for i in range(1, len(vectors))]
         self._check(token, words, vectors, path)
         width = self.text_encoder.get_input_embeddings().weight.shape[1]
         ids = self._add(self.tokenizer, self.text_encoder, words, vectors[:, :width])
-        if xl and self._add(self.xl.tokenizer_2, self.xl.text_encoder_2, words, vectors[:, width:]) != ids:
+        if xl and not self.xl.refiner and self._add(self.xl.tokenizer_2, self.xl.text_encoder_2, words, vectors[:, width:]) != ids:
             raise ValueError(f"{path.name}: the SDXL model's two tokenizers gave the word different ids; load both "
                              f"tokenizers from the same model, with the same embeddings in the same order.")
         self.loaded[token] = Embedding(token, ids, lora_files.file_hash(path), str(path))
@@ -167,7 +169,7 @@ class Embeddings:
 
     def _check(self, token: str, words: list[str], vectors: torch.Tensor, path: Path) -> None:
         width = sum(m.get_input_embeddings().weight.shape[1]
-                    for m in (self.text_encoder, *([self.xl.text_encoder_2] if self.xl else [])))
+                    for m in (self.text_encoder, *(self.xl.encoders() if self.xl else [])))
         if vectors.shape[1] != width:
             raise ValueError(f"{path.name} has vectors of width {vectors.shape[1]}, but this text encoder's "
                              f"width is {width} (768: SD 1.x, 1024: SD 2.x, 2048: SDXL's two); use an embedding made "

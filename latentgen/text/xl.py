@@ -14,6 +14,10 @@ conditioning (Podell et al. 2023, "SDXL", https://arxiv.org/abs/2307.01952, sect
   size and crop (0, 0), as diffusers' and A1111's.
 * An empty negative prompt is zeros, hidden and pooled, where the model says ``force_zeros_for_empty_prompt``
   (diffusers' default for the base model; A1111 does the same for an empty negative).
+* A refiner (SDXL's second stage, ``StableDiffusionXLImg2ImgPipeline``'s ``requires_aesthetics_score``) has bigG
+  alone, as the pipeline's one ``text_encoder`` (hidden (1, 77 * k, 1280), pooled from it), and five size numbers:
+  (original h, w, crop top, left, aesthetic score), 6 for the prompt and 2.5 for the negative by default
+  (diffusers' and A1111's ``sdxl_refiner_high/low_aesthetic_score``); no forced zeros.
 """
 
 from __future__ import annotations
@@ -29,13 +33,22 @@ from . import prompts
 class XL:
     """The second text encoder of an SDXL model and how it is read."""
 
-    tokenizer_2: object  # CLIPTokenizer over CLIP's vocabulary, padding with "!"
-    text_encoder_2: torch.nn.Module  # CLIPTextModelWithProjection (OpenCLIP ViT-bigG/14)
+    tokenizer_2: object | None  # CLIPTokenizer over CLIP's vocabulary, padding with "!"; None: a refiner
+    text_encoder_2: torch.nn.Module | None  # CLIPTextModelWithProjection (OpenCLIP ViT-bigG/14); None: a refiner
     force_zeros: bool = True  # model_index.json's force_zeros_for_empty_prompt
+    aesthetic: tuple[float, float] | None = None  # a refiner's aesthetic scores (prompt, negative): (6.0, 2.5)
 
     @property
-    def pooled_width(self) -> int:  # 1280 for SDXL
-        return self.text_encoder_2.config.projection_dim
+    def refiner(self) -> bool:  # bigG alone, as the pipeline's text_encoder
+        return self.text_encoder_2 is None
+
+    def encoders(self) -> list:  # the second text encoder, if there is one
+        return [] if self.text_encoder_2 is None else [self.text_encoder_2]
+
+
+def pooled_width(text_encoder, xl: XL) -> int:
+    """The pooled embedding's width P: bigG's projection (1280), the refiner's one encoder or the base's second."""
+    return (text_encoder if xl.refiner else xl.text_encoder_2).config.projection_dim
 
 
 def is_xl(unet_config) -> bool:
@@ -53,7 +66,9 @@ def _hidden(text_encoder, chunk: prompts.Chunk, layer: int):
 @torch.no_grad()
 def embed(text: str, tokenizer, text_encoder, xl: XL, *, clip_skip: int = 1, syntax: str = "a1111",
           expand: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One prompt's SDXL conditioning: (hidden (1, 77 * k, D1 + D2), pooled (1, P))."""
+    """One prompt's SDXL conditioning: (hidden (1, 77 * k, D1 + D2), pooled (1, P)); a refiner's: (1, 77 * k, D2)."""
+    if xl.refiner:
+        return _embed_one(text, tokenizer, text_encoder, clip_skip=clip_skip, syntax=syntax, expand=expand)
     layers = min(text_encoder.config.num_hidden_layers, xl.text_encoder_2.config.num_hidden_layers)
     if not 1 <= clip_skip < layers:
         raise ValueError(f"clip_skip={clip_skip!r} is invalid for SDXL: its text encoders read the penultimate "
@@ -72,6 +87,19 @@ def embed(text: str, tokenizer, text_encoder, xl: XL, *, clip_skip: int = 1, syn
     return torch.cat(hidden, dim=1), pooled.to(hidden[0])
 
 
+def _embed_one(text: str, tokenizer, text_encoder, *, clip_skip: int, syntax: str, expand: dict | None):
+    """A refiner's conditioning: bigG alone, read as in ``embed``: (hidden (1, 77 * k, D2), pooled (1, P))."""
+    layers = text_encoder.config.num_hidden_layers
+    if not 1 <= clip_skip < layers:
+        raise ValueError(f"clip_skip={clip_skip!r} is invalid for this SDXL refiner: use 1 to {layers - 1}.")
+    hidden, pooled = [], None
+    for chunk in prompts.tokenize(text, tokenizer, syntax=syntax, expand=expand):
+        h, p = _hidden(text_encoder, chunk, clip_skip + 1)
+        hidden.append(h)
+        pooled = p if pooled is None else pooled
+    return torch.cat(hidden, dim=1), pooled.to(hidden[0])
+
+
 def encode(text: str, tokenizer, text_encoder, xl: XL | None = None, **how) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Any model's conditioning of one prompt: (hidden (1, 77 * k, D), pooled (1, P)) for SDXL (``embed``), the
     hidden states alone and None for SD 1.x/2.x (``prompts.embed``). ``how``: clip_skip, syntax, expand."""
@@ -81,20 +109,33 @@ def encode(text: str, tokenizer, text_encoder, xl: XL | None = None, **how) -> t
 
 
 def time_ids(width: int, height: int, *, original: tuple[int, int] | None = None,
-             crop: tuple[int, int] = (0, 0), target: tuple[int, int] | None = None) -> torch.Tensor:
+             crop: tuple[int, int] = (0, 0), target: tuple[int, int] | None = None,
+             aesthetic: float | None = None) -> torch.Tensor:
     """SDXL's size conditioning for a (width x height) drawing: (1, 6) as (original h, w, crop top, left,
-    target h, w); ``original`` and ``target`` as (width, height), default the drawing's size."""
+    target h, w); ``original`` and ``target`` as (width, height), default the drawing's size. A refiner's, with
+    ``aesthetic``: (1, 5) as (original h, w, crop top, left, aesthetic score)."""
     ow, oh = original or (width, height)
     tw, th = target or (width, height)
-    return torch.tensor([[oh, ow, crop[0], crop[1], th, tw]], dtype=torch.float32)
+    last = [th, tw] if aesthetic is None else [aesthetic]
+    return torch.tensor([[oh, ow, crop[0], crop[1], *last]], dtype=torch.float32)
 
 
-def check_unet(unet_config, xl: XL) -> None:
-    """Refuse a U-Net whose added embedding does not take this model's pooled text and six size numbers."""
-    want = unet_config["addition_time_embed_dim"] * 6 + xl.pooled_width
+def example_added(config, batch: int) -> tuple:
+    """Example (text_embeds (B, P), time_ids (B, n)) of an SDXL U-Net, its added embedding P + n * d wide: any split
+    traces the same graph (it fixes only the concatenation's width); a base model's n = 6 where it fits, else 5."""
+    d, width = config.addition_time_embed_dim, config.projection_class_embeddings_input_dim
+    n = 6 if width > 6 * d else 5
+    return torch.zeros(batch, width - n * d), torch.zeros(batch, n)
+
+
+def check_unet(unet_config, text_encoder, xl: XL) -> None:
+    """Refuse a U-Net whose added embedding does not take this model's pooled text and six size numbers (a
+    refiner's: five)."""
+    numbers, pooled = 6 if xl.aesthetic is None else 5, pooled_width(text_encoder, xl)
+    want = unet_config["addition_time_embed_dim"] * numbers + pooled
     got = unet_config.get("projection_class_embeddings_input_dim")
     if got != want:
-        raise ValueError(f"SDXL U-Net projection_class_embeddings_input_dim={got} does not fit its text encoder 2: "
-                         f"6 size numbers x {unet_config['addition_time_embed_dim']} + pooled {xl.pooled_width} = "
-                         f"{want} (a refiner takes 5 numbers: SDXL refiners are not supported yet); use the base "
-                         f"model's U-Net and text_encoder_2.")
+        what = "a refiner's U-Net takes 5 numbers, a base model's 6"
+        raise ValueError(f"SDXL U-Net projection_class_embeddings_input_dim={got} does not fit its text encoder: "
+                         f"{numbers} size numbers x {unet_config['addition_time_embed_dim']} + pooled {pooled} = "
+                         f"{want} ({what}); use the U-Net and text encoders of one model.")

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import tiny
+
 METHODS = ("cheap", "tiny", "full")
 A1111 = {"Approx cheap": "cheap", "Approx NN": "cheap", "TAESD": "tiny", "Full": "full"}  # show_progress_type
 # (4, 3): SD 1.x/2.x latent channel -> RGB in [-1, 1], no bias (A1111's ``sd_vae_approx.cheap_approximation``)
@@ -89,3 +91,24 @@ def method(name: str) -> str:
         raise ValueError(f"preview method {name!r} is unknown; use one of {list(METHODS)} "
                          f"(A1111's names: {list(A1111)}).")
     return m
+
+
+_named = method  # the function, where ``method`` is a parameter
+
+
+@torch.no_grad()
+def of_pipeline(self, latents: torch.Tensor, method: str = "cheap") -> list[Image.Image]:
+    """Latents (B, C, h, w), as a ``callback`` gets them (its ``denoised`` gives the clearest picture mid-run; the
+    noisy ``latents`` show what the sampler holds) -> B images of the drawing's size, cheaply
+    (``latentgen.vae.preview``): "cheap", a linear map (free); "tiny", ``preview_vae`` (or ``vae`` when it is
+    tiny); "full", the VAE. A1111's ``show_progress_type`` names work too ("Approx cheap", "TAESD", "Full")."""
+    how, f = _named(method), self.vae_scale_factor
+    if how == "cheap":
+        rgb = rgb_map(self.defaults.preview, latents.shape[1])
+        return to_images(cheap(latents, rgb), (latents.shape[-1] * f, latents.shape[-2] * f))
+    vae = self.vae if how == "full" else self.preview_vae
+    vae = self.vae if vae is None and tiny.is_loaded(self.vae) else vae
+    if vae is None:
+        raise ValueError("preview method 'tiny' needs a tiny VAE: pipe.preview_vae = "
+                         "latentgen.load_tiny_vae('taesd_decoder.safetensors'); or use 'cheap' or 'full'.")
+    return self.decode(latents, vae=vae)

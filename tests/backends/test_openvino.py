@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import latentgen
+from conftest import max_diff
 from latentgen.backends import openvino as openvino_unet
 
 CPU = torch.device("cpu")
@@ -146,3 +147,27 @@ def test_calls_from_several_threads_take_turns_and_each_gets_its_own_output(fast
     assert not errors, errors
     for i in range(4):
         assert all(torch.allclose(out, want[i], atol=1e-4) for out in got[i]), i
+
+
+def test_sdxl_and_its_refiner_run_converted_with_the_added_conditioning(xl_folder, xl_refiner_folder):
+    """SDXL's pooled text and size numbers are inputs of the converted U-Net (after the context): the compiled call
+    equals the torch module's, and so do the images, the refiner's hand-over included."""
+    fast, slow = latentgen.load(xl_folder, backend="openvino"), latentgen.load(xl_folder, backend="torch")
+    compiled = fast.runtime.for_unet(fast.unet)
+    assert isinstance(compiled, openvino_unet.Compiled)
+    g = torch.Generator().manual_seed(2)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 96, generator=g)
+    added = {"text_embeds": torch.randn(2, 32, generator=g), "time_ids": torch.tensor([[64., 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        want = fast.unet(x, torch.tensor(501), encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+    got = compiled(x, torch.tensor(501), encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    other = compiled(x, torch.tensor(501), encoder_hidden_states=ctx,
+                     added_cond_kwargs={**added, "time_ids": added["time_ids"] * 2}).sample
+    assert (other - got).abs().max() > 1e-3  # the size numbers reach the converted graph
+    kw = dict(seed=3, steps=4, guidance=5.0, negative_prompt="dark", num_images=2)
+    assert max_diff(fast.generate("a red circle", **kw), slow.generate("a red circle", **kw)) <= 2
+    assert "U-Net on openvino" in repr(fast) and "last call ran torch" not in repr(fast)
+    refined = [p.generate("a red circle", seed=3, steps=4, refiner=latentgen.Refiner(
+        latentgen.load(xl_refiner_folder, backend=b), 0.5)) for p, b in ((fast, "openvino"), (slow, "torch"))]
+    assert max_diff(*refined) <= 2

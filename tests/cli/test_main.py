@@ -323,3 +323,18 @@ def test_generate_with_a_tiny_vae_folder_and_lcm(tiny_folder, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse refuses it, naming the tiny VAE's forms
         run("generate", "a cat", "--model", tiny_folder, "--vae", tmp_path / "none", "-o", out)
     assert e.value.code == 2
+
+
+def test_refiner_flags_equal_the_python_api(xl_folder, xl_refiner_folder, tmp_path, capsys):
+    import latentgen
+
+    out = tmp_path / "refined.png"
+    assert run("generate", "a red circle", "--model", xl_folder, "--refiner", xl_refiner_folder, "--refiner-switch-at",
+               0.5, "--steps", 4, "--seed", 3, "-o", out) == 0
+    r = latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.5)
+    want = latentgen.load(xl_folder).generate("a red circle", steps=4, seed=3, refiner=r)[0]
+    assert np.abs(np.asarray(Image.open(out), int) - np.asarray(want, int)).max() <= 1
+    assert f"Refiner: {xl_refiner_folder.name}, Refiner switch at: 0.5" in read_parameters(out)
+    assert run("generate", "a cat", "--model", xl_folder, "--refiner", "nowhere", "--refiner-switch-at", 2,
+               "-o", tmp_path / "x.png") == 2
+    assert "--refiner-switch-at" in capsys.readouterr().err and not (tmp_path / "x.png").exists()

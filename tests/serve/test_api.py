@@ -406,3 +406,35 @@ def test_an_sdxl_folder_is_served_as_a1111_serves_sdxl(xl_folder, tmp_path):
         assert bad.status_code == 422 and "made for another architecture" in bad.text, bad.text
     finally:
         s.stop()
+
+
+def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refiner_folder, tmp_path):
+    """refiner_checkpoint names a model of the catalog, refiner_switch_at where it takes over: the image equals the
+    Python API's hand-over; an unknown refiner is a 404, with enable_hr a 422."""
+    import latentgen
+
+    os.symlink(xl_folder, tmp_path / "tiny-xl")
+    os.symlink(xl_refiner_folder, tmp_path / "tiny-xl-refiner")
+    s = Served(ServeConfig(models_dir=tmp_path))
+    try:
+        ask = {"prompt": "a red circle", "seed": 2, "steps": 4, "cfg_scale": 5.0, "sampler_name": "Euler", "width": 64,
+               "height": 64, "override_settings": {"sd_model_checkpoint": "tiny-xl"}}
+        r = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "tiny-xl-refiner",
+                                                             "refiner_switch_at": 0.5})
+        assert r.status_code == 200, r.text
+        info = json.loads(r.json()["info"])
+        assert "Refiner: tiny-xl-refiner, Refiner switch at: 0.5" in info["infotexts"][0]
+        image = decode_image(r.json()["images"][0], "image", 10**6)
+        refiner = latentgen.load(xl_refiner_folder)
+        ours = latentgen.load(xl_folder).generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler",
+                                                  refiner=latentgen.Refiner(refiner, 0.5))
+        assert max_diff(image, ours[0]) <= 1
+        plain = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "None"})
+        assert "Refiner" not in json.loads(plain.json()["info"])["infotexts"][0]
+        missing = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "nowhere"})
+        assert missing.status_code == 404 and "model 'nowhere' not found" in missing.text
+        both = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "tiny-xl-refiner",
+                                                                "enable_hr": True})
+        assert both.status_code == 422 and "refiner_checkpoint" in both.text
+    finally:
+        s.stop()
