@@ -177,3 +177,16 @@ def test_an_sdxl_controlnet_equals_diffusers_sdxl_controlnet_pipeline(xl_folder,
                     guess) <= 2
     with pytest.raises(ValueError, match="was made for another U-Net: its cross_attention_dim is 32, this model's 96"):
         pipe.generate(PROMPT, control=Control(_hint(0), controlnets[0]), **ours)
+
+
+def test_an_sdxl_controlnet_on_openvino_draws_as_on_torch(xl_folder, xl_controlnet):
+    """On OpenVINO the SDXL U-Net takes the ControlNet's residuals beside the pooled text and size numbers (its
+    second conversion); the SDXL ControlNet itself runs on torch."""
+    import latentgen
+
+    fast, slow = latentgen.load(xl_folder, backend="openvino"), latentgen.load(xl_folder, backend="torch")
+    kw = dict(seed=4, steps=4, guidance=5.0, control=Control(_hint(0), xl_controlnet, weight=0.8, start=0.25))
+    got = fast.generate(PROMPT, **kw)
+    assert max_diff(got, slow.generate(PROMPT, **kw)) <= 2
+    assert "last call ran torch" not in repr(fast)
+    assert fast.runtime.for_unet(fast.unet, residuals=True).controlled is not None  # the U-Net with residuals ran
