@@ -20,10 +20,11 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .models.refiner import Refiner
     from .starts import Variation
+    from .text.xl import SizeCond
     from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["Control", "Hires", "Pipeline", "Refiner", "Variation", "generate", "load", "load_tiny_vae"]
+__all__ = ["Control", "Hires", "Pipeline", "Refiner", "SizeCond", "Variation", "generate", "load", "load_tiny_vae"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -99,6 +100,10 @@ def __getattr__(name: str):
         from .models.refiner import Refiner
 
         return Refiner
+    if name == "SizeCond":  # SDXL's size conditioning: ``latentgen.text.xl.SizeCond``
+        from .text.xl import SizeCond
+
+        return SizeCond
     if name == "Variation":  # A1111's variation seed and seed resize: ``latentgen.starts.Variation``
         from .starts import Variation
 

@@ -124,3 +124,19 @@ def check(limits: Limits, unet, *, num_images: int, steps: int, width: int, heig
                          f"step of {batch} image(s) and {free / 2**30:.1f} GiB are free: at most {max_pixels} "
                          f"pixels fit (about {side}x{side}); ask for a smaller size or batch_size, or set "
                          f"pipe.limits.max_pixels.")
+
+
+def give_back() -> None:
+    """Return freed memory to the OS after a large temporary (an OpenVINO conversion's float32 copy of the U-Net:
+    10 GiB for SDXL): collect cycles, then ask glibc to trim its heap (``malloc_trim``), which otherwise keeps
+    the freed small blocks of thousands of weight tensors and lets the next big allocation go past RAM. A no-op
+    where glibc is not the allocator."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -236,7 +236,7 @@ class Pipeline:
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
                  variation: starts.Variation | None = None, hires: Hires | None = None,
-                 control=None, refiner=None) -> list[Image.Image]:
+                 control=None, refiner=None, size_cond: xl.SizeCond | None = None) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -256,10 +256,11 @@ class Pipeline:
         control: ControlNet units, a ``latentgen.Control`` or a list of them (``latentgen.control.units``).
         refiner: SDXL's refiner for the end of the noise schedule, ``latentgen.Refiner(latentgen.load(folder),
             switch_at=0.8)`` (A1111's refiner_checkpoint and refiner_switch_at; ``latentgen.models.refiner``).
+        size_cond: SDXL's size conditioning, ``latentgen.SizeCond(original=, crop=, target=, negative=)``.
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                          variation=variation, prompt=prompt)
+                          variation=variation, prompt=prompt, size_cond=size_cond)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)

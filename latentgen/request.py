@@ -23,7 +23,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from . import checks, schedulers
 from .models.presets import Defaults
 from .starts import Variation
-from .text import prompts
+from .text import prompts, xl
 
 Callback = Callable[..., None]  # (steps done, steps in all, latents (B, C, h, w)[, denoised (B, C, h, w)])
 
@@ -63,6 +63,7 @@ class Settings:
     clip_skip: int = 1  # A1111's "Clip skip": 1 = CLIP's last layer, 2 = the one before (latentgen.text.prompts)
     prompt_syntax: str = "a1111"  # "a1111": emphasis, BREAK, 75-token chunks, <lora:...> tags; "plain": none
     variation: Variation | None = None  # A1111's variation seed and seed resize (``latentgen.starts``)
+    size_cond: object = None  # SDXL's size conditioning (``latentgen.text.xl.SizeCond``); None: the defaults
 
     @property
     def cfg(self) -> bool:  # classifier-free guidance on: decided here only
@@ -120,7 +121,7 @@ def _size(name: str, value, f: int) -> int:
 
 def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
             scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111",
-            variation=None) -> Settings:
+            variation=None, size_cond=None) -> Settings:
     """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
     ``clip_skip`` is checked against the text encoder's depth when the first prompt is encoded.
 
@@ -152,7 +153,7 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
     checks.choice("prompt_syntax", prompt_syntax, prompts.SYNTAXES,
                   "use 'a1111' (emphasis, BREAK, long prompts, <lora:...> tags) or 'plain' (the text as it is)")
     return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax,
-                    check_variation(variation, num_images))
+                    check_variation(variation, num_images), xl.check_size_cond(size_cond))
 
 
 def check_variation(v, num_images: int) -> Variation | None:

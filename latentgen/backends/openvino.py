@@ -1,8 +1,7 @@
 """The U-Net on OpenVINO: traced once to IR (``convert``), compiled per input shape (``Compiled``), and for
 CFG cut in two where its halves part (``latentgen.backends.halves``). ``latentgen.backends.runtime`` decides when
 it runs. A ControlNet's residuals need a U-Net traced with them as inputs (``convert(..., residuals=True)``),
-converted at the first call that has them; the ControlNet itself converts the same way (``control_graph``).
-"""
+converted at the first call that has them; the ControlNet itself converts the same way (``control_graph``)."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from .. import memory
 from ..text.xl import example_added, is_xl
 from . import weights
 from .halves import doubles, split
@@ -133,9 +133,9 @@ def _example(model, residuals: bool) -> tuple:
 
 
 def convert(model, folder: Path, residuals: bool = False) -> Path:
-    """Convert a U-Net or ControlNet (a float32 trace of its ``weights.plain`` twin) to OpenVINO IR in
-    ``folder``/unet.xml, written to a temporary folder first and renamed, so a killed conversion leaves nothing
-    behind. ``residuals``: a U-Net with a ControlNet's residuals as inputs after the context (``residual_shapes``)."""
+    """Convert a U-Net or ControlNet (a float32 trace of its ``weights.plain`` twin) to OpenVINO IR in ``folder``/
+    unet.xml, written to a temporary folder and renamed (a killed conversion leaves nothing); ``residuals``: a U-Net
+    with a ControlNet's residuals as inputs (``residual_shapes``). Peak memory: the model, its float32 twin."""
     import openvino
 
     folder.parent.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails here, before the trace
@@ -148,11 +148,13 @@ def convert(model, folder: Path, residuals: bool = False) -> Path:
         # fp32 weights stay fp32 (the exact path); bf16 ones are exact in fp16 and take half the disk
         openvino.save_model(ir, tmp / "unet.xml", compress_to_fp16=model.dtype != torch.float32)
         os.replace(tmp, folder)
+        del ir, twin  # the float32 copy, gone before anything compiles (SDXL's: 10 GiB)
     except OSError:  # another process got there first: keep its copy
         if not (folder / "unet.xml").is_file():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        memory.give_back()
     return folder / "unet.xml"
 
 

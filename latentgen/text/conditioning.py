@@ -54,6 +54,8 @@ class CallText:
         how = dict(tokenizer=tokenizer, text_encoder=text_encoder, clip_skip=settings.clip_skip, syntax=syntax,
                    expand=embeddings.expansions())
         self.encode = partial(sdxl.encode, xl=xl, **how)
+        if xl is None and settings.size_cond is not None:
+            raise ValueError("size_cond is SDXL's size conditioning; this model (SD 1.x/2.x) takes none: leave it out.")
         self.xl, self.time_ids = xl, None if xl is None else self._sizes(xl, settings)
         self.cache: dict[str, tuple] = {}  # text -> (hidden (1, 77 * k, D), pooled (1, P) or None)
         self.plans: dict[tuple, Schedules] = {}  # (prompt as given, negative prompt) -> its texts over the steps
@@ -160,11 +162,8 @@ class CallText:
     @staticmethod
     def _sizes(xl: sdxl.XL, settings) -> tuple[torch.Tensor, torch.Tensor]:
         """The size numbers of the prompt's rows and the negative's, (1, 6) each; a refiner's (1, 5), with its
-        aesthetic scores."""
-        size = dict(width=settings.width, height=settings.height)
-        if xl.aesthetic is None:
-            return (sdxl.time_ids(**size),) * 2
-        return tuple(sdxl.time_ids(**size, aesthetic=a) for a in xl.aesthetic)
+        aesthetic scores (``latentgen.text.xl.SizeCond``: the call's ``size_cond``)."""
+        return sdxl.size_numbers(settings.width, settings.height, settings.size_cond, xl.aesthetic)
 
     @contextmanager
     def lora_tags(self, loras):

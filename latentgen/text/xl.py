@@ -22,7 +22,7 @@ conditioning (Podell et al. 2023, "SDXL", https://arxiv.org/abs/2307.01952, sect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,6 +49,56 @@ class XL:
 def pooled_width(text_encoder, xl: XL) -> int:
     """The pooled embedding's width P: bigG's projection (1280), the refiner's one encoder or the base's second."""
     return (text_encoder if xl.refiner else xl.text_encoder_2).config.projection_dim
+
+
+@dataclass(frozen=True)
+class SizeCond:
+    """SDXL's size conditioning of one call (diffusers' ``original_size``, ``crops_coords_top_left``,
+    ``target_size``, their ``negative_*`` and the refiner's ``aesthetic_score``), sizes as (width, height).
+    Left out, each is the default: original = target = the drawing's size, crop (0, 0), the refiner's scores 6
+    and 2.5. A small ``original`` (such as (256, 256)) draws as the model saw upscaled small images; a crop as
+    it saw cropped ones; ``negative=SizeCond(original=(512, 512))`` steers away from them."""
+
+    original: tuple[int, int] | None = None  # (width, height)
+    crop: tuple[int, int] = (0, 0)  # (top, left) in pixels
+    target: tuple[int, int] | None = None  # (width, height)
+    aesthetic: float | None = None  # a refiner's aesthetic score (its prompt's 6, its negative's 2.5 by default)
+    negative: SizeCond | None = None  # the negative prompt's numbers (default: the prompt's, with score 2.5)
+
+
+def check_size_cond(c) -> SizeCond | None:
+    """A ``SizeCond`` (or None), checked before any model work."""
+    if c is None:
+        return None
+    if not isinstance(c, SizeCond):
+        raise TypeError(f"size_cond must be a latentgen.SizeCond, got {type(c).__name__}; such as "
+                        f"size_cond=latentgen.SizeCond(original=(512, 512)).")
+    for name in ("original", "crop", "target"):
+        v = getattr(c, name)
+        if v is not None and not (isinstance(v, tuple) and len(v) == 2 and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 1 << 16 for n in v)):
+            raise ValueError(f"size_cond.{name}={v!r} is invalid: use two whole numbers of pixels, such as (1024, 1024)"
+                             + (" (top, left)" if name == "crop" else " (width, height)") + ".")
+    if c.aesthetic is not None and not (isinstance(c.aesthetic, (int, float)) and 0 <= c.aesthetic <= 10):
+        raise ValueError(f"size_cond.aesthetic={c.aesthetic!r} is invalid: use a score from 0 to 10, such as 6.")
+    if c.negative is not None:
+        if c.negative.negative is not None:
+            raise ValueError("size_cond.negative.negative is meaningless: give the negative's numbers once.")
+        check_size_cond(c.negative)
+    return c
+
+
+def size_numbers(width: int, height: int, c: SizeCond | None, aesthetic: tuple[float, float] | None):
+    """(the prompt's, the negative's) size numbers, (1, 6) each, or a refiner's (1, 5) with its ``aesthetic``
+    scores (prompt, negative) unless ``c`` gives its own, over the drawing's size and ``c``."""
+    c = c or SizeCond()
+    negative = c.negative or replace(c, aesthetic=None)  # the prompt's sizes, the negative's own score
+    if aesthetic is None and (c.aesthetic, negative.aesthetic) != (None, None):
+        raise ValueError("size_cond.aesthetic is an SDXL refiner's number; this model takes none: leave it out.")
+    scores = (None, None) if aesthetic is None else tuple(
+        own if own is not None else default for own, default in zip((c.aesthetic, negative.aesthetic), aesthetic))
+    return tuple(time_ids(width, height, original=o.original, crop=o.crop, target=o.target, aesthetic=a)
+                 for o, a in ((c, scores[0]), (negative, scores[1])))
 
 
 def is_xl(unet_config) -> bool:

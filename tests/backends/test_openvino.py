@@ -171,3 +171,19 @@ def test_sdxl_and_its_refiner_run_converted_with_the_added_conditioning(xl_folde
     refined = [p.generate("a red circle", seed=3, steps=4, refiner=latentgen.Refiner(
         latentgen.load(xl_refiner_folder, backend=b), 0.5)) for p, b in ((fast, "openvino"), (slow, "torch"))]
     assert max_diff(*refined) <= 2
+
+
+def test_a_conversion_gives_its_float32_copy_back_before_anything_compiles(tiny_folder, monkeypatch, tmp_path):
+    """The float32 twin a bf16 U-Net is traced from (SDXL's: 10 GiB) is dropped and the heap trimmed
+    (``memory.give_back``) before the converted U-Net compiles: without it SDXL's first call ran out of 24 GiB."""
+    import gc
+    import weakref
+
+    pipe = latentgen.load(tiny_folder, backend="torch", dtype="bf16")
+    twins = []
+    plain = openvino_unet.weights.plain
+    monkeypatch.setattr(openvino_unet.weights, "plain", lambda m: twins.append(weakref.ref(t := plain(m))) or t)
+    seen = []
+    monkeypatch.setattr(openvino_unet.memory, "give_back", lambda: seen.append((gc.collect(), twins[0]() is None)[1]))
+    openvino_unet.convert(pipe.unet, tmp_path / "ir")
+    assert seen == [True] and (tmp_path / "ir" / "unet.xml").is_file()  # unreachable when the heap is trimmed

@@ -214,3 +214,40 @@ def test_an_sdxl_embedding_goes_into_both_encoders_as_diffusers_loads_it(xl_fold
     save_file({"emb_params": torch.randn(1, 32, generator=g)}, str(tmp_path / "sd1.safetensors"))
     with pytest.raises(ValueError, match="is an SD 1.x/2.x embedding \\(32 wide\\), and this model is SDXL"):
         pipe.load_embedding(tmp_path / "sd1.safetensors")
+
+
+def test_size_conditioning_is_settable_as_diffusers_micro_conditioning(xpipe, xref, pipe):
+    """original, crop, target and the negative's own numbers reach the U-Net as diffusers' original_size,
+    crops_coords_top_left, target_size and negative_* do; wrong values are refused by name."""
+    sizes = latentgen.SizeCond(original=(48, 32), crop=(4, 8), target=(64, 64), negative=latentgen.SizeCond(
+        original=(16, 16)))
+    ours = xpipe.generate("a red circle", seed=5, steps=3, guidance=5.0, negative_prompt="dark", size_cond=sizes)
+    theirs = xref("a red circle", negative_prompt="dark", num_inference_steps=3, guidance_scale=5.0,
+                  generator=_gens(5, 1), height=64, width=64, original_size=(32, 48), crops_coords_top_left=(4, 8),
+                  target_size=(64, 64), negative_original_size=(16, 16), negative_target_size=(64, 64)).images
+    assert max_diff(ours, theirs) <= 2
+    plain = xpipe.generate("a red circle", seed=5, steps=3, guidance=5.0, negative_prompt="dark")
+    assert max_diff(ours, plain) > 2
+    assert max_diff(plain, xpipe.generate("a red circle", seed=5, steps=3, guidance=5.0, negative_prompt="dark",
+                                          size_cond=latentgen.SizeCond())) == 0  # the defaults: the drawing's size
+    with pytest.raises(ValueError, match=r"size_cond.original=\(64,\) is invalid: use two whole numbers"):
+        xpipe.generate("a cat", steps=1, size_cond=latentgen.SizeCond(original=(64,)))
+    with pytest.raises(TypeError, match="size_cond must be a latentgen.SizeCond"):
+        xpipe.generate("a cat", steps=1, size_cond=(64, 64))
+    with pytest.raises(ValueError, match="size_cond.aesthetic is an SDXL refiner's number"):
+        xpipe.generate("a cat", steps=1, size_cond=latentgen.SizeCond(aesthetic=6.0))
+    with pytest.raises(ValueError, match="size_cond is SDXL's size conditioning; this model"):
+        pipe.generate("a cat", steps=1, size_cond=sizes)
+
+
+def test_a_refiners_aesthetic_scores_are_settable(xl_refiner_folder):
+    rpipe = latentgen.load(xl_refiner_folder)
+    ref = diffusers_pipeline("StableDiffusionXLImg2ImgPipeline", xl_refiner_folder)
+    image = photo(64, 2)
+    sizes = latentgen.SizeCond(aesthetic=7.5, negative=latentgen.SizeCond(aesthetic=1.0, original=(32, 32)))
+    ours = rpipe.img2img("a cat", image, strength=0.5, seed=1, steps=6, guidance=5.0, size_cond=sizes)
+    theirs = ref("a cat", image=image, strength=0.5, num_inference_steps=6, guidance_scale=5.0, generator=_gens(1, 1),
+                 aesthetic_score=7.5, negative_aesthetic_score=1.0, negative_original_size=(32, 32),
+                 negative_target_size=(64, 64)).images
+    assert max_diff(ours, theirs) <= 2
+    assert max_diff(ours, rpipe.img2img("a cat", image, strength=0.5, seed=1, steps=6, guidance=5.0)) > 2
