@@ -140,3 +140,11 @@ def give_back() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def conversion_bytes(module: torch.nn.Module) -> int:
+    """RAM an OpenVINO conversion of ``module`` takes at its peak beyond what is already held (measured on SDXL's
+    2.6B-parameter U-Net in bf16: +11.3 GiB while tracing its float32 twin, 4.4 bytes a parameter; a float32 model
+    is traced as it is and compiles to float32): 4.5 bytes a parameter, 4 for float32."""
+    params = sum(p.numel() for p in module.parameters())
+    return int(params * (4.0 if precision.dtype_of(module) == torch.float32 else 4.5))

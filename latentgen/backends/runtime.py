@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from .. import precision
+from .. import memory, precision
 from . import cache, control_graph, cudagraph, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
@@ -261,6 +261,11 @@ class Runtime:
         if xml.is_file():
             cache.touch(folder)
             return xml
+        need, free = memory.conversion_bytes(unet), memory.free_bytes(torch.device("cpu"))
+        if free < need:  # refused, not killed by the OS halfway (_warn says so; torch runs)
+            raise MemoryError(f"converting this {sum(p.numel() for p in unet.parameters()) / 1e9:.1f}B-parameter "
+                              f"model needs about {need / 2**30:.1f} GiB of free RAM, and {free / 2**30:.1f} GiB is "
+                              f"free; close other programs, or pass backend='torch' to skip the conversion")
         try:
             xml = convert(unet, folder, residuals)
         except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder

@@ -158,6 +158,25 @@ def test_a_failed_conversion_or_freeu_runs_torch_and_says_why(tiny_folder, tmp_p
     assert graphed._graph(fast.unet) is not fast.unet
 
 
+def test_a_conversion_that_would_not_fit_in_ram_is_refused_before_it_starts(tiny_folder, tmp_path, monkeypatch, pipe):
+    """SDXL's conversion peaks near 19 GiB: where that much is not free, the process is not left to the OS's OOM
+    killer; torch runs, with a warning that names the need and the fix."""
+    from latentgen import memory
+
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))  # nothing cached: a conversion is needed
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    need = memory.conversion_bytes(fast.unet)
+    assert need == 4 * sum(p.numel() for p in fast.unet.parameters())  # float32: traced as it is
+    monkeypatch.setattr(memory, "free_bytes", lambda device: need - 1)
+    with pytest.warns(RuntimeWarning, match=r"MemoryError: converting this 0.0B-parameter model needs about .* GiB of "
+                                            r"free RAM.*pass backend='torch'"):
+        assert fast.runtime.for_unet(fast.unet) is fast.unet
+    assert not list(tmp_path.rglob("unet.xml")) and "its conversion to OpenVINO failed" in repr(fast)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: need)
+    fresh = latentgen.load(tiny_folder, backend="openvino")
+    assert fresh.runtime.for_unet(fresh.unet) is not fresh.unet  # enough: converted
+
+
 def test_a_unet_no_longer_called_is_let_go(tiny_folder):
     fast = latentgen.load(tiny_folder, backend="openvino")
     unets = [copy.deepcopy(fast.unet) for _ in range(3)]  # the same weights: the disk cache serves each
