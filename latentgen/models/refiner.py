@@ -43,7 +43,7 @@ def check(r, pipe) -> Refiner:
                         f"latentgen.Refiner(latentgen.load('sdxl-refiner-folder'), switch_at=0.8).")
     if not all(hasattr(r.model, a) for a in ("denoise", "unet", "vae", "tokenizer")):
         raise TypeError(f"refiner.model must be a loaded model, got {type(r.model).__name__}; pass "
-                        f"latentgen.load('path/to/refiner') (a folder or a single file).")
+                        f"latentgen.load('path/to/refiner-folder') (an SDXL refiner's diffusers folder).")
     checks.number("refiner.switch_at", r.switch_at, minimum=0, maximum=1,
                   fix="use a fraction of the noise schedule from 0 to 1, such as 0.8")
     mine, theirs = pipe.vae.config, r.model.vae.config
