@@ -33,7 +33,7 @@ from pathlib import Path
 from . import files
 from .guard import NonFiniteError
 from .request import MAX_SEED, seeds
-from .text import prompts
+from .text import prompts, xl
 from .text.schedule import check_parts
 
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
@@ -171,14 +171,14 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
 def check_all(pipe, jobs: list[Job]) -> None:
     """Every job's settings on the model and its LoRA tags (no model call; each tagged LoRA file read
     once), errors prefixed with the job's line."""
-    layers, read = pipe.text_encoder.config.num_hidden_layers, set()
+    top, read = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set()
     for job in jobs:
         try:
             s = pipe.settings(prompt=job.args.get("prompt"), **{k: v for k, v in job.args.items() if k in SETTING_KEYS})
             pipe.check_limits(s, 1)
-            if s.clip_skip > layers:  # else found only when the text is encoded, after earlier images
-                raise ValueError(f"clip_skip={s.clip_skip} is invalid: this text encoder has {layers} layers; use "
-                                 f"1 (the last layer) to {layers}, such as clip_skip=2.")
+            if s.clip_skip > top:  # else found only when the text is encoded, after earlier images
+                raise ValueError(f"clip_skip={s.clip_skip} is invalid: this model's text encoders take 1 (the last "
+                                 f"layer{'s used' if pipe.xl else ''}) to {top}, such as clip_skip=2.")
             if s.prompt_syntax == "a1111":
                 check_tags(pipe, job.args, read)
                 check_parts(prompts.extra_networks(str(job.args.get("prompt", "")))[0], s.cfg)  # AND needs CFG

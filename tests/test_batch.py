@@ -208,7 +208,8 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"width": 65}, r"jobs\.jsonl:2: width=65 is invalid"),
     ({"scheduler": "nosuch"}, r"jobs\.jsonl:2: .*nosuch"),
     ({"prompt_syntax": "x"}, r"jobs\.jsonl:2: prompt_syntax='x' is invalid"),
-    ({"clip_skip": 50}, r"jobs\.jsonl:2: clip_skip=50 is invalid: this text encoder has \d+ layers"),
+    ({"clip_skip": 50}, r"jobs\.jsonl:2: clip_skip=50 is invalid: this model's text encoders take 1 \(the last "
+                        r"layer\) to \d+"),
     ({"prompt": "x <lora:nosuch:0.5>"}, r"jobs\.jsonl:2: prompt tag <lora:nosuch>: LoRA file 'nosuch' does not "
                                         r"exist; pass the path of a \.safetensors file or the name of a shipped LoRA"),
     ({"prompt": "x <hypernet:h>"}, r"jobs\.jsonl:2: prompt 'x <hypernet:h>' has a tag that is not <lora:\.\.\.>"),
@@ -318,3 +319,23 @@ def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(tmp_path):
     line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(line) == 1 and re.search(r"interrupted; \d+ of this run's 400 images are in .*manifest-0.jsonl", line[0])
     assert all(Image.open(f).size == (64, 64) for f in out.glob("*.png"))  # every file written is whole
+
+
+def test_an_sdxl_jobs_clip_skip_is_bounded_by_both_encoders_before_drawing(xl_folder, tmp_path):
+    """SDXL reads the penultimate layer at clip_skip 1: the bound is one less than its shallower encoder's layers,
+    found with the job's line before the first image, and the largest allowed value draws."""
+    import latentgen
+    from latentgen.text import xl
+
+    pipe = latentgen.load(xl_folder)
+    top = xl.max_clip_skip(pipe.text_encoder, pipe.xl)
+    assert top == min(pipe.text_encoder.config.num_hidden_layers, pipe.xl.text_encoder_2.config.num_hidden_layers) - 1
+    f = tmp_path / "jobs.jsonl"
+    f.write_text(json.dumps({"prompt": "ok", "clip_skip": top, "steps": 1}) + "\n" +
+                 json.dumps({"prompt": "x", "clip_skip": top + 1}) + "\n")
+    with pytest.raises(ValueError, match=rf"jobs\.jsonl:2: clip_skip={top + 1} is invalid: this model's text encoders "
+                                         rf"take 1 \(the last layers used\) to {top}"):
+        batch.check_all(pipe, batch.read_jobs(f))
+    assert pipe.generate("ok", clip_skip=top, steps=1)[0].size == (64, 64)
+    with pytest.raises(ValueError, match=f"clip_skip={top + 1}"):
+        pipe.generate("ok", clip_skip=top + 1, steps=1)  # what the check spares the run from, mid-batch

@@ -106,6 +106,13 @@ def is_xl(unet_config) -> bool:
     return unet_config.get("addition_embed_type") == "text_time"
 
 
+def max_clip_skip(text_encoder, xl: XL | None) -> int:
+    """The largest clip_skip a model takes: its encoder's layer count for SD 1.x/2.x (clip_skip 1 reads the last
+    layer), one less for SDXL (1 reads the penultimate; the shallower encoder bounds both)."""
+    return min([text_encoder.config.num_hidden_layers] + [m.config.num_hidden_layers for m in
+                                                           (xl.encoders() if xl else [])]) - (1 if xl else 0)
+
+
 def _hidden(text_encoder, chunk: prompts.Chunk, layer: int):
     """One chunk through one encoder: (hidden state ``layer`` from the end (1, 77, D), the output's first
     item: the last hidden state, or for a projection model its pooled embedding (1, P))."""
