@@ -48,7 +48,6 @@ class _Traced(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **added, **extra)[0]
 
 
-
 def residual_shapes(config, x_shape: tuple) -> list[tuple]:
     """The shapes of a ControlNet's residuals for a U-Net call on x (B, C, h, w): conv_in's output, each down
     block's ResNet outputs and downsampler output (the skip connections, in order), then the middle block's."""

@@ -165,10 +165,11 @@ def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | 
     check_folder(folder)
     unet_cfg, vae_cfg = _read_json(folder / "unet/config.json"), _read_json(folder / "vae/config.json")
     xl, refiner = _is_xl_folder(folder), is_refiner_folder(folder)
-    if refiner:
-        return _refiner(folder, unet_cfg, vae_cfg, device=device, dtype=dtype, defaults=defaults, name=name)
-    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"),
-              _read_json(folder / "text_encoder_2/config.json") if xl else None)
+    if refiner:  # bigG alone, as its text_encoder
+        check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder_2/config.json"), None, refiner=True)
+    else:
+        check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder/config.json"),
+                  _read_json(folder / "text_encoder_2/config.json") if xl else None)
     device, dtype = torch.device(device), precision.as_dtype(dtype)
     if defaults is None:
         extra = folder / "latentgen.json"
@@ -176,44 +177,37 @@ def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | 
         base = {"width": size, "height": size, **({"guidance": 5.0} if xl else {})}  # SDXL: diffusers' 5
         defaults = Defaults.from_dict({**base, **(_read_json(extra) if extra.is_file() else {})})
     with quiet_loading():
-        parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-                     text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype),
-                     unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-                     vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
-        if xl:
-            zeros = _read_json(folder / "model_index.json").get("force_zeros_for_empty_prompt", True)
-            parts["xl"] = sdxl.XL(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
-                                  CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype),
-                                  force_zeros=zeros)
-            sdxl.check_unet(unet_cfg, parts["text_encoder"], parts["xl"])
+        parts = dict(unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+                     vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+                     **(_refiner_text(folder, dtype) if refiner else _text(folder, dtype, xl)))
+    if xl:
+        sdxl.check_unet(unet_cfg, parts["text_encoder"], parts["xl"])
     return finish(Components(
         **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
         defaults=defaults, name=name or folder.name), device, dtype)
 
 
-def _refiner(folder: Path, unet_cfg: dict, vae_cfg: dict, *, device, dtype, defaults, name) -> Components:
-    """An SDXL refiner's folder: its one text encoder (bigG, with the projection) as ``text_encoder``, the U-Net of
-    five size numbers, the aesthetic scores (``latentgen.text.xl``). Drawn from alone (img2img, as diffusers'
-    refiner pipeline) or after a base model (``latentgen.Refiner``)."""
-    check_fit(unet_cfg, vae_cfg, _read_json(folder / "text_encoder_2/config.json"), None, refiner=True)
-    device, dtype = torch.device(device), precision.as_dtype(dtype)
+def _text(folder: Path, dtype, xl: bool) -> dict:
+    """A folder's tokenizer and text encoder, and SDXL's second ones (``xl``)."""
+    parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+                 text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype))
+    if xl:
+        zeros = _read_json(folder / "model_index.json").get("force_zeros_for_empty_prompt", True)
+        parts["xl"] = sdxl.XL(CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+                              CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype),
+                              force_zeros=zeros)
+    return parts
+
+
+def _refiner_text(folder: Path, dtype) -> dict:
+    """An SDXL refiner's text side: its one encoder (bigG, with the projection) as ``text_encoder``, and the
+    aesthetic scores its U-Net takes as a fifth size number (``latentgen.text.xl``). The refiner then draws alone
+    (img2img, as diffusers' refiner pipeline) or after a base model (``latentgen.Refiner``)."""
     index = _read_json(folder / "model_index.json")
-    if defaults is None:
-        size = unet_cfg.get("sample_size", 128) * vae_scale_factor(vae_cfg)
-        extra = folder / "latentgen.json"
-        defaults = Defaults.from_dict({"width": size, "height": size, "guidance": 5.0,
-                                       **(_read_json(extra) if extra.is_file() else {})})
-    with quiet_loading():
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype)
-        xl = sdxl.XL(None, None, force_zeros=index.get("force_zeros_for_empty_prompt", False),
-                     aesthetic=(6.0, 2.5) if index.get("requires_aesthetics_score", True) else None)
-        sdxl.check_unet(unet_cfg, text_encoder, xl)
-        parts = dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"), text_encoder=text_encoder,
-                     unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-                     vae=AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype))
-    return finish(Components(
-        **parts, scheduler=schedulers.from_config_dict(_read_json(folder / "scheduler/scheduler_config.json")),
-        defaults=defaults, name=name or folder.name, xl=xl), device, dtype)
+    return dict(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
+                text_encoder=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2", dtype=dtype),
+                xl=sdxl.XL(None, None, force_zeros=index.get("force_zeros_for_empty_prompt", False),
+                           aesthetic=(6.0, 2.5) if index.get("requires_aesthetics_score", True) else None))
 
 
 def from_preset(preset: Preset, *, device: str | torch.device, dtype: str | torch.dtype, seed: int = 0) -> Components:

@@ -123,37 +123,22 @@ def _hidden(text_encoder, chunk: prompts.Chunk, layer: int):
 @torch.no_grad()
 def embed(text: str, tokenizer, text_encoder, xl: XL, *, clip_skip: int = 1, syntax: str = "a1111",
           expand: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One prompt's SDXL conditioning: (hidden (1, 77 * k, D1 + D2), pooled (1, P)); a refiner's: (1, 77 * k, D2)."""
-    if xl.refiner:
-        return _embed_one(text, tokenizer, text_encoder, clip_skip=clip_skip, syntax=syntax, expand=expand)
-    layers = min(text_encoder.config.num_hidden_layers, xl.text_encoder_2.config.num_hidden_layers)
-    if not 1 <= clip_skip < layers:
+    """One prompt's SDXL conditioning: (hidden (1, 77 * k, D1 + D2), pooled (1, P)); a refiner's, its one encoder
+    alone: (1, 77 * k, D2)."""
+    top = max_clip_skip(text_encoder, xl)
+    if not 1 <= clip_skip <= top:
         raise ValueError(f"clip_skip={clip_skip!r} is invalid for SDXL: its text encoders read the penultimate "
-                         f"layer at clip_skip=1 and go back at most {layers - 1}; use 1 to {layers - 1}.")
-    first = prompts.tokenize(text, tokenizer, syntax=syntax, expand=expand)
-    second = prompts.tokenize(text, xl.tokenizer_2, syntax=syntax, expand=expand)  # textual inversion: same ids
-    if [len(c.ids) for c in first] != [len(c.ids) for c in second]:
+                         f"layer at clip_skip=1 and go back at most {top}; use 1 to {top}.")
+    encoders = [(tokenizer, text_encoder)] + ([] if xl.refiner else [(xl.tokenizer_2, xl.text_encoder_2)])
+    chunks = [prompts.tokenize(text, tok, syntax=syntax, expand=expand) for tok, _ in encoders]  # TI: same ids
+    if len({tuple(len(c.ids) for c in cs) for cs in chunks}) > 1:
         raise ValueError("the SDXL model's two tokenizers split this prompt differently: they must share CLIP's "
                          "vocabulary (tokenizer/ and tokenizer_2/ of the same SDXL model).")
     hidden, pooled = [], None
-    for a, b in zip(first, second):
-        h1, _ = _hidden(text_encoder, a, clip_skip + 1)  # (1, 77, D1)
-        h2, p = _hidden(xl.text_encoder_2, b, clip_skip + 1)  # (1, 77, D2), (1, P)
-        hidden.append(torch.cat([h1, h2.to(h1)], dim=-1))
-        pooled = p if pooled is None else pooled  # the first chunk's
-    return torch.cat(hidden, dim=1), pooled.to(hidden[0])
-
-
-def _embed_one(text: str, tokenizer, text_encoder, *, clip_skip: int, syntax: str, expand: dict | None):
-    """A refiner's conditioning: bigG alone, read as in ``embed``: (hidden (1, 77 * k, D2), pooled (1, P))."""
-    layers = text_encoder.config.num_hidden_layers
-    if not 1 <= clip_skip < layers:
-        raise ValueError(f"clip_skip={clip_skip!r} is invalid for this SDXL refiner: use 1 to {layers - 1}.")
-    hidden, pooled = [], None
-    for chunk in prompts.tokenize(text, tokenizer, syntax=syntax, expand=expand):
-        h, p = _hidden(text_encoder, chunk, clip_skip + 1)
-        hidden.append(h)
-        pooled = p if pooled is None else pooled
+    for parts in zip(*chunks):  # (1, 77, D) per encoder; bigG's (the last) also gives the pooled (1, P)
+        states = [_hidden(enc, chunk, clip_skip + 1) for (_, enc), chunk in zip(encoders, parts)]
+        hidden.append(torch.cat([h.to(states[0][0]) for h, _ in states], dim=-1))
+        pooled = states[-1][1] if pooled is None else pooled  # the first chunk's
     return torch.cat(hidden, dim=1), pooled.to(hidden[0])
 
 
