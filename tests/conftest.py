@@ -123,6 +123,22 @@ def controlnets(tiny_folder, tmp_path_factory):
     return folders
 
 
+@pytest.fixture(scope="session")
+def upscaler_folder(tmp_path_factory):
+    """A folder of two tiny random upscaler model files, as A1111's models/ESRGAN: ``4x-tiny.pth`` (an RRDBNet,
+    BasicSR's names, a weights-only pickle) and ``2x-compact.safetensors`` (a Real-ESRGAN Compact)."""
+    from safetensors.torch import save_file
+
+    from latentgen.upscale import esrgan
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("upscalers")
+    torch.save(esrgan.RRDBNet(3, 3, nf=8, gc=8, blocks=1, ups=2).state_dict(), folder / "4x-tiny.pth")
+    compact = esrgan.Compact(3, nf=8, convs=2, scale=2).state_dict()
+    save_file({k: v.contiguous() for k, v in compact.items()}, str(folder / "2x-compact.safetensors"))
+    return folder
+
+
 def diffusers_pipeline(cls_name: str, folder):
     """diffusers' reference pipeline ``cls_name`` (e.g. "StableDiffusionImg2ImgPipeline") on a folder, quiet."""
     import diffusers

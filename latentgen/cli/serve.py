@@ -31,7 +31,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
                          load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend},
-                         preview_vae=args.preview_vae, warmup=not args.no_warmup, controlnet_dir=args.controlnet_dir)
+                         preview_vae=args.preview_vae, warmup=not args.no_warmup, controlnet_dir=args.controlnet_dir,
+                         upscalers_dir=args.upscalers_dir)
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "
@@ -76,6 +77,10 @@ def add_parser(sub) -> None:
     s.add_argument("--embedding", action="append", default=[], metavar="PATH[:TOKEN]",
                    help="textual-inversion file loaded into every model it fits, used by TOKEN (default: the file "
                         "name) in prompts; /sdapi/v1/embeddings lists it; repeatable")
+    s.add_argument("--upscalers-dir", type=Path, default=None, metavar="FOLDER",
+                   help="upscaler model files (ESRGAN, Real-ESRGAN, Compact .pth/.safetensors, as A1111's "
+                        "models/ESRGAN), by stem in hr_upscaler and the Extras; default $LATENTGEN_UPSCALERS; "
+                        "/sdapi/v1/upscalers lists them")
     s.add_argument("--controlnet-dir", type=Path, default=None, metavar="FOLDER",
                    help="ControlNets: diffusers folders (by folder name) and single files such as "
                         "control_v11p_sd15_canny.pth (by stem), picked by name in alwayson_scripts.controlnet units "

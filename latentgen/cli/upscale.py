@@ -1,7 +1,9 @@
-"""``latentgen upscale`` (a picture to a larger size with a pixel upscaler, A1111's Extras tab) and the hires-fix
-flags of ``latentgen generate`` (``--hires``, ``--hires-*``: ``latentgen.Hires``).
+"""``latentgen upscale`` (a picture to a larger size with a pixel upscaler or an ESRGAN-family model file, A1111's
+Extras tab) and the hires-fix flags of ``latentgen generate`` (``--hires``, ``--hires-*``: ``latentgen.Hires``).
+Model files are given by path, or by stem from the folder in $LATENTGEN_UPSCALERS.
 
     latentgen upscale photo.png --scale 2 --upscaler Lanczos -o big.png
+    latentgen upscale photo.png --scale 4 --upscaler models/ESRGAN/4x-UltraSharp.pth -o big.png
     latentgen generate "a red circle" --width 64 --height 64 --hires-scale 2 --hires-strength 0.55 -o hr.png
 """
 
@@ -23,7 +25,9 @@ def add_hires_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--hires-scale", type=finite_float, default=None, help="times the base size (default 2)")
     h.add_argument("--hires-width", type=positive_int, default=None, help="final width (instead of --hires-scale)")
     h.add_argument("--hires-height", type=positive_int, default=None, help="final height")
-    h.add_argument("--hires-upscaler", default=None, help="Latent (default), Latent (bicubic), ..., Lanczos, Nearest")
+    h.add_argument("--hires-upscaler", default=None, help="Latent (default), Latent (bicubic), ..., Lanczos, Nearest, "
+                                                          "or an upscaler model file (path, or stem in "
+                                                          "$LATENTGEN_UPSCALERS)")
     h.add_argument("--hires-strength", type=finite_float, default=None, help="denoising of the second pass (0.7)")
     h.add_argument("--hires-steps", type=positive_int, default=None, help="steps of the second pass (the first's)")
     h.add_argument("--hires-sampler", type=scheduler_name, default=None, help="sampler of the second pass")
@@ -51,14 +55,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     name = upscalers.check(args.upscaler, "--upscaler")
     if upscalers.is_latent(name):
         raise ValueError(f"--upscaler {name!r} works on latents, inside a hires fix (latentgen generate "
-                         f"--hires-upscaler); for a picture use one of {', '.join(upscalers.PIXEL)}.")
+                         f"--hires-upscaler); for a picture use one of {', '.join(upscalers.PIXEL)} or a model file.")
     output = Path(args.output)
     metadata.check_writable([output], args.force)
     image, _ = load_rgb(args.image, "image")
     size = (args.width or round(image.width * args.scale), args.height or round(image.height * args.scale))
-    out = upscalers.pixels(image, size, name)
+    out = upscalers.pixels(image, size, name, tile=args.tile)
     text = metadata.read_parameters(args.image)
-    info = f"Postprocess upscale to: {size[0]}x{size[1]}, Postprocess upscaler: {name}"
+    info = f"Postprocess upscale to: {size[0]}x{size[1]}, Postprocess upscaler: {upscalers.label(name)}"
     print(metadata.save_png(out, output, f"{text}\n{info}" if text else info, force=args.force))
     return 0
 
@@ -69,7 +73,10 @@ def add_parser(sub) -> None:
     u.add_argument("--scale", type=finite_float, default=2.0, help="times the size (default 2)")
     u.add_argument("--width", type=positive_int, default=None, help="final width (instead of --scale)")
     u.add_argument("--height", type=positive_int, default=None, help="final height (instead of --scale)")
-    u.add_argument("--upscaler", default="Lanczos", help="Lanczos (default), Nearest, None")
+    u.add_argument("--upscaler", default="Lanczos", help="Lanczos (default), Nearest, None, or an ESRGAN, Real-ESRGAN "
+                                                         "or Compact model file (path, or stem in $LATENTGEN_UPSCALERS)")
+    u.add_argument("--tile", type=int, default=192, help="a model runs on tiles of this many pixels, blended (A1111's "
+                                                         "default 192); 0: the whole picture at once")
     u.add_argument("-o", "--output", required=True)
     u.add_argument("--force", action="store_true", help="overwrite an existing output file")
     u.set_defaults(func=cmd_upscale)

@@ -93,10 +93,13 @@ def _numbers(label: str, texts: list[str], kind) -> list:
     return out
 
 
-def from_a1111(args: list) -> list[Axis]:
-    """The axes of A1111's X/Y/Z plot ``script_args`` (x_type, x_values, x_values_dropdown, y_..., z_..., ...)."""
+def from_a1111(args: list, upscalers_dir=None) -> list[Axis]:
+    """The axes of A1111's X/Y/Z plot ``script_args`` (x_type, x_values, x_values_dropdown, y_..., z_..., ...);
+    "Hires upscaler" values that name model files become their paths (by stem in ``upscalers_dir``)."""
     args = list(args) + [0, "", None] * 3
     axes = [axis(args[i], _values_text(args[i + 1], args[i + 2])) for i in (0, 3, 6)]
+    axes = [replace(a, values=tuple(upscalers.check(v, "Hires upscaler", upscalers_dir) for v in a.values))
+            if a.label == "Hires upscaler" else a for a in axes]
     return [a for a in axes if a.label != "Nothing"] or [Axis("Nothing", ("",))]
 
 
@@ -154,6 +157,8 @@ def size(text: str) -> tuple[int, int]:
 
 
 def label_of(a: Axis, value) -> str:
+    if a.label == "Hires upscaler":
+        return upscalers.label(str(value))  # a model file by its stem
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 

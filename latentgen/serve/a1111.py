@@ -189,9 +189,10 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 
 
 @unprocessable()
-def plan_txt2img(req: Txt2ImgRequest, *, limits, **kw) -> Task:
+def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, **kw) -> Task:
+    """``upscalers``: the folder of upscaler model files (``--upscalers-dir``)."""
     _check_common(req, limits)
-    hires, script = workflows.hires(req, limits), workflows.script(req, "txt2img")
+    hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers)
     plan = _plan("txt2img", req, **kw)
     plan.hires, plan.script = hires, script
     if plan.refiner and hires:
@@ -236,7 +237,7 @@ def _blur(req: Img2ImgRequest) -> int:
 
 
 @unprocessable()
-def plan_img2img(req: Img2ImgRequest, *, limits, **kw) -> Task:
+def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, **kw) -> Task:
     from latentgen.canvas import resize
 
     _check_common(req, limits)

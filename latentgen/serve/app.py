@@ -70,7 +70,7 @@ class Server:
 
     def plan_args(self) -> dict:
         return dict(limits=self.limits, models=self.models, loras=self.loras, options=dict(self.options),
-                    save=self.outputs is not None, controlnets=self.controlnets)
+                    save=self.outputs is not None, controlnets=self.controlnets, upscalers=self.config.upscalers_dir)
 
     async def run(self, request: Request, kind: str, work, task_id: str | None = None):
         """Queue ``work`` and wait for it; cancel it when the client goes away."""

@@ -48,6 +48,7 @@ class ServeConfig:
     load_options: dict = field(default_factory=dict)  # more latentgen.load keywords for every model (vae=...)
     limits: RequestLimits = field(default_factory=RequestLimits)
     controlnet_dir: Path | None = None  # ControlNet folders by name, single files by stem (beside the shipped ones)
+    upscalers_dir: Path | None = None  # upscaler model files by stem (A1111's models/ESRGAN); None: $LATENTGEN_UPSCALERS
     preview_vae: Path | None = None  # a tiny VAE (TAESD) for live previews, A1111's show_progress_type "TAESD"
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
@@ -76,6 +77,9 @@ class ServeConfig:
                 raise FileNotFoundError(f"--preview-vae {self.preview_vae} does not exist; give a taesd_decoder."
                                         f"safetensors file, an AutoencoderTiny folder, or {tiny.SHIPPED} (the "
                                         f"embedded model's).")
+        if self.upscalers_dir is not None and not Path(self.upscalers_dir).is_dir():
+            raise FileNotFoundError(f"--upscalers-dir {self.upscalers_dir} is not a folder; give a folder of ESRGAN, "
+                                    f"Real-ESRGAN or Compact .pth/.safetensors files (A1111's models/ESRGAN).")
         if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
             raise FileNotFoundError(f"--controlnet-dir {self.controlnet_dir} is not a folder; give a folder of "
                                     f"ControlNets: diffusers folders (each with config.json) or single files "

@@ -15,8 +15,9 @@ API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
 
 
-def hires(req, limits):
-    """``latentgen.Hires`` of a txt2img request with ``enable_hr`` (None without), its final size checked."""
+def hires(req, limits, folder=None):
+    """``latentgen.Hires`` of a txt2img request with ``enable_hr`` (None without), its final size checked;
+    ``folder``: where ``hr_upscaler`` names model files (``--upscalers-dir``)."""
     if not req.enable_hr:
         return None
     from latentgen.upscale import upscalers
@@ -37,7 +38,7 @@ def hires(req, limits):
     checks.number("denoising_strength", strength, minimum=0, maximum=1, fix="use 0 to 1, such as 0.55")
     same = req.hr_sampler_name in (None, "", "Use same sampler")
     h = Hires(scale=float(req.hr_scale), width=req.hr_resize_x or None, height=req.hr_resize_y or None,
-              upscaler=upscalers.check(req.hr_upscaler or "Latent", "hr_upscaler"), strength=float(strength),
+              upscaler=upscalers.check(req.hr_upscaler or "Latent", "hr_upscaler", folder), strength=float(strength),
               steps=req.hr_second_pass_steps or None,
               scheduler=None if same else sampler_key(req.hr_sampler_name, req.hr_scheduler),
               prompt=req.hr_prompt or None, negative_prompt=req.hr_negative_prompt or None)
@@ -73,8 +74,9 @@ def resize_mode(req, has_mask: bool) -> str:
     return mode
 
 
-def script(req, mode: str) -> dict | None:
-    """The request's script, as latentgen call options (None without one); unknown scripts: 422."""
+def script(req, mode: str, folder=None) -> dict | None:
+    """The request's script, as latentgen call options (None without one); unknown scripts: 422. ``folder``:
+    where the plot's "Hires upscaler" values name model files."""
     name = (req.script_name or "").strip().lower()
     if not name:
         return None
@@ -86,7 +88,7 @@ def script(req, mode: str) -> dict | None:
     from latentgen.plot.xyz import from_a1111
 
     try:
-        axes = from_a1111(req.script_args)
+        axes = from_a1111(req.script_args, upscalers_dir=folder)
     except ValueError as e:
         raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images

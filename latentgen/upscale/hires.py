@@ -30,7 +30,8 @@ class Hires:
     scale: float = 2.0  # hr_scale: times the base size, unless width or height is given
     width: int | None = None  # hr_resize_x
     height: int | None = None  # hr_resize_y
-    upscaler: str = "Latent"  # hr_upscaler: a name in ``upscalers.NAMES``
+    upscaler: str = "Latent"  # hr_upscaler: a name in ``upscalers.NAMES``, or an upscaler model file (its path or
+    # its stem in $LATENTGEN_UPSCALERS)
     strength: float = 0.7  # denoising_strength of the second pass
     steps: int | None = None  # hr_second_pass_steps
     scheduler: str | None = None  # hr_sampler_name, as a latentgen sampler name
@@ -108,7 +109,8 @@ class SecondPass:
         h = self.h
         size = {"Hires upscale": f"{h.scale:g}"} if h.width is None and h.height is None else \
             {"Hires resize": f"{self.final[0]}x{self.final[1]}"}
-        return {"Denoising strength": h.strength, **size, "Hires steps": h.steps, "Hires upscaler": h.upscaler,
+        return {"Denoising strength": h.strength, **size, "Hires steps": h.steps,
+                "Hires upscaler": upscalers.label(h.upscaler),
                 "Hires sampler": schedulers.SAMPLERS[h.scheduler].label if h.scheduler else None,
                 "Hires prompt": h.prompt, "Hires negative prompt": h.negative_prompt}
 
@@ -119,8 +121,8 @@ class SecondPass:
         if upscalers.is_latent(self.h.upscaler):
             z0 = upscalers.latent(latents, (uh // f, uw // f), self.h.upscaler)
         else:  # decoded, upscaled, encoded again: each image with its own generator
-            z0 = torch.cat([starts.latent_samples(pipe.vae, images.to_tensor(upscalers.pixels(im, (uw, uh),
-                                                  self.h.upscaler)), [g], latents.dtype)
+            z0 = torch.cat([starts.latent_samples(pipe.vae, images.to_tensor(upscalers.pixels(
+                im, (uw, uh), self.h.upscaler, device=pipe.device)), [g], latents.dtype)
                             for im, g in zip(pipe.decode(latents), seeds.generators)])
         top, left = (uh - fh) // f // 2, (uw - fw) // f // 2
         z0 = z0[:, :, top:top + fh // f, left:left + fw // f]  # the even crop when both sizes are given

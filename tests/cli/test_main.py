@@ -284,6 +284,8 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     assert "Postprocess upscale to: 64x64, Postprocess upscaler: Nearest" in read_parameters(tmp_path / "up.png")
     assert run("upscale", tmp_path / "in.png", "--upscaler", "Latent", "-o", tmp_path / "l.png") == 2
     assert "works on latents, inside a hires fix" in capsys.readouterr().err
+    assert run("upscale", tmp_path / "in.png", "--upscaler", "4x-nope", "-o", tmp_path / "n.png") == 2
+    assert "--upscaler='4x-nope' is not an upscaler here" in capsys.readouterr().err
     assert run("grid", "a red cat", "--x", "Steps: 1, 2", "--y", "Prompt S/R: red, blue", "--model", tiny_folder,
                "-o", tmp_path / "g.png") == 0
     assert sorted(p.name for p in tmp_path.glob("g*.png")) == ["g-1.png", "g-2.png", "g-3.png", "g-4.png", "g.png"]
@@ -292,6 +294,26 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run("grid", "a cat", "--x", "Eta: 1", "--model", tiny_folder, "-o", tmp_path / "e.png")
     assert "axis 'Eta' is not one latentgen plots" in capsys.readouterr().err
+
+
+def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch):
+    import latentgen
+    from latentgen.upscale import upscalers
+
+    _photo(24).save(tmp_path / "in.png")
+    path = upscaler_folder / "2x-compact.safetensors"
+    assert run("upscale", tmp_path / "in.png", "--scale", 4, "--upscaler", path, "--tile", 16, "-o",
+               tmp_path / "up.png") == 0
+    want = upscalers.pixels(_photo(24), (96, 96), str(path), tile=16)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "up.png").convert("RGB")), np.asarray(want))
+    assert "Postprocess upscaler: 2x-compact" in read_parameters(tmp_path / "up.png")
+    monkeypatch.setenv(upscalers.ENV, str(upscaler_folder))
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 2, "--width", 32, "--height", 32,
+               "--hires-upscaler", "2x-compact", "-o", tmp_path / "h.png") == 0
+    want = latentgen.load(tiny_folder).generate("a cat", steps=2, width=32, height=32,
+                                                hires=latentgen.Hires(upscaler="2x-compact"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "h.png").convert("RGB")), np.asarray(want[0]))
+    assert "Hires upscaler: 2x-compact" in read_parameters(tmp_path / "h.png")
 
 
 def test_control_flags_equal_the_python_api(tiny_folder, controlnets, tmp_path, capsys):

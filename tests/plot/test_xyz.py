@@ -35,6 +35,15 @@ def test_from_a1111_script_args():
     assert [(a.label, a.values) for a in axes] == [("Steps", (2, 3)), ("Sampler", ("Euler a", "DDIM"))]
 
 
+def test_hires_upscaler_axes_name_model_files_by_stem(upscaler_folder):
+    index = xyz.A1111_TXT2IMG.index("Hires upscaler")
+    [a] = xyz.from_a1111([index, "", ["Latent", "2x-compact"]], upscalers_dir=upscaler_folder)
+    assert a.values == ("Latent", str(upscaler_folder / "2x-compact.safetensors"))
+    assert [xyz.label_of(a, v) for v in a.values] == ["Latent", "2x-compact"]
+    with pytest.raises(ValueError, match=r"Hires upscaler='4x-other' is not an upscaler here"):
+        xyz.from_a1111([index, "", ["4x-other"]], upscalers_dir=upscaler_folder)
+
+
 def test_every_cell_is_its_own_call(pipe):
     kw = dict(seed=2, steps=2, guidance=4.0, width=64, height=64)
     p = xyz.plot(pipe, "a red cat", [xyz.axis("Steps", "2, 3"), xyz.axis("Prompt S/R", "red, blue"),

@@ -1,5 +1,6 @@
 """latentgen serve's Extras through webuiapi: upscaling one picture or a batch by scale or to a size (cropped), a
-second upscaler blended in, the upscaler lists, and face restoration or unknown upscalers refused."""
+second upscaler blended in, upscaler model files of --upscalers-dir (in the Extras and as hr_upscaler), the
+upscaler lists, and face restoration or unknown upscalers refused."""
 
 from pathlib import Path
 
@@ -10,6 +11,7 @@ pytest.importorskip("fastapi", reason="latentgen serve needs the [serve] extra")
 webuiapi = pytest.importorskip("webuiapi", reason="the A1111 client (the [dev] extra)")
 
 from PIL import Image  # noqa: E402
+from conftest import max_diff  # noqa: E402
 from serving import Served  # noqa: E402
 
 from latentgen.serve import ServeConfig  # noqa: E402
@@ -17,8 +19,8 @@ from latentgen.upscale import upscalers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def api(tiny_folder, tmp_path_factory):
-    s = Served(ServeConfig(model=str(tiny_folder)))
+def api(tiny_folder, upscaler_folder):
+    s = Served(ServeConfig(model=str(tiny_folder), upscalers_dir=upscaler_folder))
     yield webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
     s.stop()
 
@@ -44,11 +46,33 @@ def test_single_and_batch_upscale_as_a1111(api):
     assert [im.size for im in r.images] == [(60, 36), (36, 60)]
 
 
-def test_lists_and_refusals(api):
-    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+def test_model_files_upscale_in_the_extras_and_the_hires_fix(api, tiny_folder, upscaler_folder):
+    import latentgen
+
+    pic, path = _picture(), str(upscaler_folder / "2x-compact.safetensors")
+    r = api.extra_single_image(pic, upscaling_resize=3, upscaler_1="2x-compact")
+    assert np.array_equal(np.asarray(r.image.convert("RGB")), np.asarray(upscalers.pixels(pic, (120, 72), path)))
+    assert "Postprocess upscaler: 2x-compact" in r.info
+    r = api.txt2img(prompt="a cat", seed=5, steps=2, cfg_scale=5, width=32, height=32, enable_hr=True, hr_scale=2,
+                    hr_upscaler="2x-compact", denoising_strength=0.5, sampler_name="Euler")
+    want = latentgen.load(tiny_folder).generate("a cat", seed=5, steps=2, guidance=5, width=32, height=32,
+                                                scheduler="euler", hires=latentgen.Hires(scale=2, upscaler=path,
+                                                                                         strength=0.5))
+    assert r.image.size == (64, 64) and max_diff([r.image.convert("RGB")], want) <= 1
+    assert "Hires upscaler: 2x-compact" in r.info["infotexts"][0]
+    with pytest.raises(RuntimeError, match=r"hr_upscaler=.*4x-other.* is not an upscaler here: .*model files in "):
+        api.txt2img(prompt="a cat", steps=2, enable_hr=True, hr_upscaler="4x-other")
+
+
+def test_lists_and_refusals(api, upscaler_folder):
+    listed = api.get_upscalers()
+    assert [u["name"] for u in listed] == ["None", "Lanczos", "Nearest", "2x-compact", "4x-tiny"]
+    assert listed[3] == {"name": "2x-compact", "model_name": "Compact", "scale": 2, "model_url": None,
+                         "model_path": str(upscaler_folder / "2x-compact.safetensors")}
+    assert (listed[4]["model_name"], listed[4]["scale"]) == ("ESRGAN", 4)
     assert [m["name"] for m in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
     for kwargs, words in [({"gfpgan_visibility": 1}, "no face restoration"), ({"upscaler_1": "R-ESRGAN 4x+"},
-                                                                              "use one of None, Lanczos, Nearest"),
+                                                                              r"R-ESRGAN 4x\+.* is not an upscaler"),
                           ({"upscaler_1": "Latent"}, "the latent ones work inside a hires fix only"),
                           ({"upscaling_resize": 0.5}, "upscaling_resize=0.5 is invalid")]:
         with pytest.raises(RuntimeError, match=words):

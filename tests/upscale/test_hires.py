@@ -19,8 +19,11 @@ def refs(tiny_folder):
         diffusers_pipeline("StableDiffusionImg2ImgPipeline", tiny_folder)
 
 
-@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
-def test_the_second_pass_is_img2img_from_the_upscaled_first(pipe, refs, upscaler):
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos", "2x-compact"])
+def test_the_second_pass_is_img2img_from_the_upscaled_first(pipe, refs, upscaler, upscaler_folder, monkeypatch):
+    from latentgen.upscale import upscalers
+
+    monkeypatch.setenv(upscalers.ENV, str(upscaler_folder))  # model files by stem, as A1111's models/ESRGAN
     txt, img = refs
     txt.scheduler = img.scheduler = schedulers.make("ddim", pipe.scheduler.config)
     common = dict(num_inference_steps=6, guidance_scale=5.0, negative_prompt="green")
@@ -28,8 +31,10 @@ def test_the_second_pass_is_img2img_from_the_upscaled_first(pipe, refs, upscaler
                **common).images  # (1, 4, h, w), scaled latents
     if upscaler == "Latent":
         image = F.interpolate(base, scale_factor=2, mode="bilinear")
-    else:
-        image = pipe.decode(base)[0].resize((128, 128), 1)  # Lanczos
+    elif upscaler == "Lanczos":
+        image = pipe.decode(base)[0].resize((128, 128), 1)
+    else:  # the model's x2 pass on the decoded picture
+        image = upscalers.run(upscalers.model(upscaler_folder / "2x-compact.safetensors"), pipe.decode(base)[0])
     want = img(PROMPT, image=image, strength=0.55, generator=torch.Generator().manual_seed(3), **common).images
     got = pipe.generate(PROMPT, negative_prompt="green", seed=3, steps=6, guidance=5.0, scheduler="ddim", width=64,
                         height=64, hires=Hires(scale=2, strength=0.55, upscaler=upscaler))
