@@ -294,6 +294,8 @@ def test_a_non_loopback_bind_needs_api_auth(capsys):
     ServeConfig(host="0.0.0.0", insecure=True).check()
     with pytest.raises(ValueError, match="USER:PASSWORD"):
         ServeConfig(api_auth="nopassword").check()
+    assert main(["serve", "--upscalers-dir", "/nowhere/esrgan", "--port", str(free_port())]) == 2
+    assert "--upscalers-dir /nowhere/esrgan is not a folder" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("127.8.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
 
