@@ -90,7 +90,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_refiner_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("refiner", "a second model draws the end of the noise schedule (SDXL's refiner; A1111's "
                                         "refiner_checkpoint and refiner_switch_at)")
-    r.add_argument("--refiner", default=None, metavar="FOLDER|FILE", help="the refiner model (a diffusers folder)")
+    r.add_argument("--refiner", default=None, metavar="FOLDER|FILE", help="the refiner model (a diffusers folder or an SDXL refiner single file)")
     r.add_argument("--refiner-switch-at", type=finite_float, default=0.8,
                    help="the fraction of the noise schedule --model draws before the refiner takes over (default 0.8)")
 

@@ -41,12 +41,13 @@ def header(c) -> dict[str, str]:
     sd2 = c.text_encoder.config.hidden_act == "gelu"  # OpenCLIP; SD 1.x's CLIP ViT-L uses quick_gelu
     arch = ("stable-diffusion-v2-768-v" if pred == "v_prediction" else "stable-diffusion-v2-512") if sd2 \
         else "stable-diffusion-v1"
-    arch = xl_file.ARCHITECTURE if c.xl is not None else arch
+    if c.xl is not None:
+        arch = xl_file.REFINER_ARCHITECTURE if c.xl.refiner else xl_file.ARCHITECTURE
     configs = {"unet": _config(c.unet), "vae": _config(c.vae), "text_encoder": _config(c.text_encoder),
                "scheduler": _config(c.scheduler),
                "defaults": {**asdict(c.defaults), "scheduler": c.defaults.scheduler or _sampler_name(c.scheduler)},
                "tokenizer": {"pad_token": str(c.tokenizer.pad_token)}}
-    if c.xl is not None:  # SDXL's second text encoder and its tokenizer
+    if c.xl is not None and not c.xl.refiner:  # SDXL's second text encoder and its tokenizer
         configs.update(text_encoder_2=_config(c.xl.text_encoder_2), tokenizer_2={"pad_token": str(c.xl.tokenizer_2.pad_token)})
     return {"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": arch, "modelspec.title": c.name,
             "modelspec.prediction_type": "v" if pred == "v_prediction" else "epsilon",
@@ -84,9 +85,6 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
     cast = None if dtype is None else precision.as_dtype(dtype)
     c = loading.load_components(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type,
                                 backend="torch")
-    if c.xl is not None and c.xl.refiner:
-        raise ValueError(f"{source} is an SDXL refiner: exporting a refiner to one file is not supported yet; "
-                         f"keep its diffusers folder.")
     tensors = {k: (v if cast is None else v.to(cast)).contiguous() for k, v in ldm_state_dict(c).items()}
     with atomic_path(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp), metadata=header(c))

@@ -1,7 +1,8 @@
 """latentgen.models.xl_file: SDXL single files. latentgen's export of the tiny SDXL folder is an SGM-layout file
 that diffusers' own reader (``StableDiffusionXLPipeline.from_single_file``) loads to the folder's image, and that
 latentgen loads to the same image, with its header and without it (sizes from the shapes over the closest SDXL
-preset); a refiner and an incomplete file are refused by name."""
+preset); a refiner's file (bigG alone) the same way, drawn as its folder and as diffusers' refiner reads it; an
+incomplete file is refused by name."""
 
 import json
 
@@ -64,15 +65,62 @@ def test_without_a_header_the_sizes_come_from_the_shapes(xl_file_path, folder_im
     assert max_diff(pipe.generate("a red circle", negative_prompt="blurry", **ARGS), folder_images) == 0
 
 
-def test_a_refiner_and_an_incomplete_file_are_named(xl_file_path, tmp_path):
+@pytest.fixture(scope="module")
+def refiner_file(xl_refiner_folder, tmp_path_factory):
+    return export.export(xl_refiner_folder, tmp_path_factory.mktemp("xl-refiner") / "tiny-refiner.safetensors")
+
+
+REFINE = dict(strength=0.5, seed=2, steps=6, guidance=5.0, negative_prompt="blurry")
+
+
+def test_a_refiner_file_is_read_as_its_folder_and_as_diffusers_reads_it(refiner_file, xl_refiner_folder, tmp_path):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from conftest import photo
+
+    with safe_open(str(refiner_file), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {xl_file.REFINER + "text_projection", xl_file.REFINER + "transformer.resblocks.0.attn.in_proj_weight",
+            "model.diffusion_model.label_emb.0.0.weight", "first_stage_model.decoder.conv_in.weight"} <= keys
+    assert not any(k.startswith((xl_file.TE1, xl_file.TE2)) for k in keys)
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-refiner"
+    image = photo(64, 3)
+    want = latentgen.load(xl_refiner_folder).img2img("a red cat", image, **REFINE)
+    bare = tmp_path / "bare-refiner.safetensors"
+    save_file(load_file(str(refiner_file)), str(bare))  # without latentgen's header: sizes from the shapes
+    for path in (refiner_file, bare):
+        pipe = latentgen.load(path)
+        assert pipe.xl.refiner and pipe.xl.aesthetic == (6.0, 2.5) and not pipe.xl.force_zeros
+        assert pipe.unet.config.addition_time_embed_dim == 8 and pipe.tokenizer.pad_token == "!"
+        # <= 1: the same weights, but the folder's projection, mmapped unaligned from its file, takes another
+        # matmul kernel (its pooled text differs by 1.6e-7)
+        assert max_diff(pipe.img2img("a red cat", image, **REFINE), want) <= 1, path.name
+    ref = StableDiffusionXLImg2ImgPipeline.from_single_file(str(bare), config=str(xl_refiner_folder),
+                                                            local_files_only=True)
+    ref.set_progress_bar_config(disable=True)
+    theirs = ref("a red cat", image=image, strength=0.5, num_inference_steps=6, guidance_scale=5.0,
+                 negative_prompt="blurry", generator=torch.Generator().manual_seed(2)).images
+    assert max_diff(theirs, want) <= 2
+
+
+def test_a_refiner_file_takes_over_from_the_base_model(refiner_file, xl_refiner_folder, xl_folder):
+    base = latentgen.load(xl_folder)
+    kw = dict(seed=3, steps=6, guidance=5.0, width=64, height=64)
+    want = base.generate("a red circle", refiner=latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.6), **kw)
+    got = base.generate("a red circle", refiner=latentgen.Refiner(latentgen.load(refiner_file), 0.6), **kw)
+    assert max_diff(got, want) <= 1 and "Refiner: tiny-refiner, Refiner switch at: 0.6" in got[0].info["parameters"]
+
+
+def test_an_incomplete_file_is_named(xl_file_path, refiner_file, tmp_path):
     tensors = load_file(str(xl_file_path))
-    refiner = {k.replace(xl_file.TE2, xl_file.REFINER): v for k, v in tensors.items() if not k.startswith(xl_file.TE1)}
-    save_file(refiner, str(tmp_path / "refiner.safetensors"))
-    with pytest.raises(ValueError, match="is an SDXL refiner .* single files are not read yet"):
-        latentgen.load(tmp_path / "refiner.safetensors")
     save_file({k: v for k, v in tensors.items() if not k.startswith(xl_file.TE2)}, str(tmp_path / "cut.safetensors"))
     with pytest.raises(ValueError, match=r"without OpenCLIP ViT-bigG .*conditioner.embedders.1.model.text_projection"):
         latentgen.load(tmp_path / "cut.safetensors")
+    refiner = load_file(str(refiner_file))
+    save_file({k: v for k, v in refiner.items() if k != xl_file.REFINER + "text_projection"},
+              str(tmp_path / "cut-refiner.safetensors"))
+    with pytest.raises(ValueError, match=r"without OpenCLIP ViT-bigG .*conditioner.embedders.0.model.text_projection"):
+        latentgen.load(tmp_path / "cut-refiner.safetensors")
     save_file({k: v for k, v in tensors.items() if not k.startswith("first_stage_model.")},
               str(tmp_path / "novae.safetensors"))
     with pytest.raises(ValueError, match="holds no VAE"):
