@@ -123,8 +123,9 @@ def _clip_has_text_model() -> bool:
     return hasattr(CLIPTextModel(cfg), "text_model")
 
 
-def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
-    """Write ``lora`` as .safetensors in the ``"diffusers"`` (peft) or ``"kohya"`` (A1111) layout, atomically."""
+def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=None) -> Path:
+    """Write ``lora`` as .safetensors in the ``"diffusers"`` (peft) or ``"kohya"`` (A1111) layout, atomically. With
+    an SDXL ``unet_config``, the kohya layout is kohya's SDXL one: the U-Net in SGM names, ``lora_te1_``/``_te2_``."""
     tensors, meta = {}, {"format": "pt", **lora.metadata}
     if layout == "diffusers":
         adapter_meta = {}
@@ -141,9 +142,10 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
                 tensors[f"{part}.{m}.lora_A.weight"], tensors[f"{part}.{m}.lora_B.weight"] = down, up
         meta["lora_adapter_metadata"] = json.dumps(adapter_meta, sort_keys=True)
     elif layout == "kohya":
+        sgm = unet_config is not None and unet_config.get("addition_embed_type") == "text_time"
         for part, mods in lora.modules.items():
             for m, (down, up, alpha) in mods.items():
-                k = PARTS[part] + m.replace(".", "_")
+                k = _kohya_stem(part, m, unet_config if sgm else None)
                 tensors[f"{k}.lora_down.weight"], tensors[f"{k}.lora_up.weight"] = down, up
                 tensors[f"{k}.alpha"] = torch.tensor(float(alpha))
         dims = {d.shape[0] for mods in lora.modules.values() for d, _, _ in mods.values()}
@@ -153,6 +155,17 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers") -> Path:
     else:
         raise ValueError(f"layout={layout!r} is invalid: use 'diffusers' or 'kohya'.")
     return _atomic_save(tensors, Path(path), meta)
+
+
+def _kohya_stem(part: str, module: str, sdxl_unet=None) -> str:
+    """A module's kohya name; for SDXL (``sdxl_unet``: its U-Net config) the U-Net's in SGM names (input_blocks,
+    ...), the first text encoder's as ``lora_te1_``, as kohya's SDXL scripts write them."""
+    if sdxl_unet is None:
+        return PARTS[part] + module.replace(".", "_")
+    if part == "unet":
+        up_attention = {i for i, t in enumerate(sdxl_unet["up_block_types"]) if "CrossAttn" in t}
+        module = ldm.unet_key(module + ".weight", sdxl_unet["layers_per_block"], up_attention)[:-len(".weight")]
+    return {**PARTS, "text_encoder": "lora_te1_"}[part] + module.replace(".", "_")
 
 
 def file_prefix(part: str, model: torch.nn.Module) -> str:

@@ -265,10 +265,3 @@ def part_configs(source, path: Path) -> tuple[dict, dict, dict]:
     if preset.weights is not None:
         return part_configs(preset.weights, data_dir("weights") / preset.weights)
     return preset.unet, preset.vae, preset.text_encoder
-
-
-def is_xl_source(source) -> bool:
-    """Whether a folder or preset (not a single file: SDXL files are refused as they are read) is SDXL, from its
-    configs alone: commands that do not run SDXL yet refuse it before any weight is loaded."""
-    path = Path(source) if source is not None else Path()
-    return not path.is_file() and sdxl.is_xl(part_configs(source, path)[0])

@@ -20,6 +20,7 @@ from ..backends import choice
 from . import checkpoints, components, ldm, prediction, single_file, xl_file
 from .components import Components
 from .presets import load_preset
+from ..text import xl as sdxl
 from ..vae import tiny
 
 
@@ -85,3 +86,15 @@ def with_tiny_vae(c: Components, path) -> Components:
                          f"model's are {c.vae.config.latent_channels}: use the tiny VAE of its family (taesd for SD "
                          f"1.x/2.x, taesdxl for SDXL).")
     return replace(c, vae=vae)
+
+
+def xl_kind(source) -> str | None:
+    """"base" or "refiner" for an SDXL folder, preset or single file, None for SD 1.x/2.x, from configs and
+    file headers alone: commands that do not take SDXL refuse it before any weight is loaded."""
+    path = Path(source) if source is not None else Path()
+    if path.is_file():
+        shapes = checkpoints.read(path).shapes
+        return None if not xl_file.is_xl(shapes) else "refiner" if xl_file.is_refiner(shapes) else "base"
+    if not sdxl.is_xl(components.part_configs(source, path)[0]):
+        return None
+    return "refiner" if path.is_dir() and components.is_refiner_folder(path) else "base"

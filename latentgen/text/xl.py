@@ -142,6 +142,15 @@ def embed(text: str, tokenizer, text_encoder, xl: XL, *, clip_skip: int = 1, syn
     return torch.cat(hidden, dim=1), pooled.to(hidden[0])
 
 
+def batch_embed(ids: torch.Tensor, ids_2: torch.Tensor, text_encoder, text_encoder_2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions' SDXL conditioning as training reads it, with gradients: token ids (B, 77) of each tokenizer ->
+    (hidden (B, 77, D1 + D2), both encoders' penultimate states; pooled (B, P), bigG's): what ``embed`` gives a
+    plain one-chunk prompt at clip_skip 1."""
+    first = text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+    out = text_encoder_2(ids_2, output_hidden_states=True)
+    return torch.cat([first, out.hidden_states[-2].to(first)], dim=-1), out[0]
+
+
 def encode(text: str, tokenizer, text_encoder, xl: XL | None = None, **how) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Any model's conditioning of one prompt: (hidden (1, 77 * k, D), pooled (1, P)) for SDXL (``embed``), the
     hidden states alone and None for SD 1.x/2.x (``prompts.embed``). ``how``: clip_skip, syntax, expand."""

@@ -126,12 +126,13 @@ def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tu
 
 class Batches:
     """``batch_fn(step, micro, accelerator)`` of the loop: epoch-wise shuffles of the data (and as many
-    prior images after them), each process taking its own slice; a pure function of its coordinates.
+    prior images after them), each process taking its own slice; a pure function of its coordinates. SDXL:
+    ``tokenizer_2`` gives its second encoder's ids too.
     ``cfg``: a LoRA trainer's config (``batch``, ``grad_accum``, ``seed``, ``caption_dropout``, ``prior_weight``)."""
 
     def __init__(self, cfg, tokenizer, captions: list[str], n_data: int, n_prior: int,
-                 mean: torch.Tensor, std: torch.Tensor):
-        self.cfg, self.tokenizer, self.captions = cfg, tokenizer, captions
+                 mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None):
+        self.cfg, self.tokenizer, self.tokenizer_2, self.captions = cfg, tokenizer, tokenizer_2, captions
         self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
 
     def picks(self, n: int, offset: int, stream: str, step: int, micro: int, a) -> list[int]:
@@ -149,6 +150,35 @@ class Batches:
             weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
         caps = train.drop_captions([self.captions[i] for i in idx], cfg.caption_dropout, cfg.seed, step, micro,
                                    a.process_index)
-        return {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-                "std": self.std[idx], "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
-                "weights": weights}
+        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
+               "std": self.std[idx], "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
+               "weights": weights}
+        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own (padding with "!")
+            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
+        return out
+
+
+def prior_pairs(cfg, c, acc) -> list[tuple[Path, str]]:
+    """The prior images (none without ``prior_data``), drawn first by the base model from
+    ``prior_prompts`` when given, on the main process, before any adapter exists."""
+    if cfg.prior_data is None:
+        return []
+    if cfg.prior_prompts and acc.is_main_process:
+        from ..pipeline import Pipeline
+
+        draw_prior(Pipeline.from_components(c), cfg.prior_data, cfg.prior_prompts, cfg.prior_images, cfg.seed)
+    acc.wait_for_everyone()
+    return read_dataset(cfg.prior_data)
+
+
+def validate(cfg, c, step: int, **sample) -> None:
+    """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``, drawn with ``sample``
+    (``Pipeline.generate``'s scheduler, steps, guidance; the model's own when not given)."""
+    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
+        from ..images import grid
+        from ..pipeline import Pipeline
+
+        images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed, **sample)
+        (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
+        grid(images, cols=len(images), labels=cfg.validation_prompts).save(
+            Path(cfg.out) / "samples" / f"step-{step:07d}.png")

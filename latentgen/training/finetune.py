@@ -1,6 +1,7 @@
 """LoRA fine-tuning on a folder of captioned images, through the one training loop (``latentgen.training.loop``).
 
     latentgen finetune-lora data/ --out runs/purple --rank 8 --steps 600 --kohya
+    latentgen finetune-lora data/ --out runs/xl --model sdxl-base/ --resolution 1024 --steps 600 --kohya
 
 Data: images (png, jpg, jpeg, webp, bmp) with captions, either one ``.txt`` sidecar per image
 (``cat.png`` + ``cat.txt``, kohya's layout) or a ``metadata.jsonl`` of ``{"file_name", "text"}``
@@ -19,6 +20,7 @@ shared with LCM distillation (``latentgen.training.consistency``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -31,7 +33,8 @@ from .. import checks
 from . import loop as train
 from ..lora import formats as lora_io
 from ..checks import option
-from .captioned import Batches, cache_latents, read_dataset
+from ..text import xl as sdxl
+from .captioned import Batches, cache_latents, prior_pairs, read_dataset, validate
 
 
 @dataclass
@@ -122,30 +125,44 @@ class LoraCheckpointed(torch.nn.Module):
 
 
 class LoraObjective(LoraCheckpointed):
-    """The denoising loss with LoRA-wrapped U-Net (and text encoder); checkpoints hold LoRA weights only."""
+    """The denoising loss with LoRA-wrapped U-Net (and text encoders); checkpoints hold LoRA weights only. SDXL
+    (``text_encoder_2``): both encoders' penultimate states, bigG's pooled text, and the size numbers of a
+    ``size`` x ``size`` uncropped picture (original = target = the training size), as drawing reads them."""
 
-    def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma, noise_offset):
+    def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma, noise_offset, text_encoder_2=None,
+                 size: int | None = None):
         super().__init__()
-        self.unet, self.text_encoder = unet, text_encoder
+        self.unet, self.text_encoder, self.text_encoder_2, self.size = unet, text_encoder, text_encoder_2, size
         self.noise_scheduler, self.snr_gamma, self.noise_offset = noise_scheduler, snr_gamma, noise_offset
 
-    def forward(self, input_ids, mean, std, generator, weights=None):
+    def forward(self, input_ids, mean, std, generator, weights=None, input_ids_2=None):
         latents = train.sample_latents(mean, std, generator)  # (B, 4, h, w), scaled
-        hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
-        return train.diffusion_loss(self.unet, hidden, latents, self.noise_scheduler, generator,
+        unet = self.unet
+        if self.text_encoder_2 is None:
+            hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
+        else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6)
+            hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, self.text_encoder, self.text_encoder_2)
+            ids = sdxl.time_ids(self.size, self.size).to(latents).expand(len(latents), -1)
+            unet = functools.partial(self.unet, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})
+        return train.diffusion_loss(unet, hidden, latents, self.noise_scheduler, generator,
                                     snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
 
 
 def trained_lora(c, meta: dict) -> lora_io.Lora:
     """The adapter named 'default' in the components, as a ``lora.Lora`` (each module with its own alpha)."""
     out = lora_io.Lora(metadata={k: str(v) for k, v in meta.items()})
-    for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder)):
+    for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder), *text_2(c)):
         for name, mod in model.named_modules():
             if hasattr(mod, "lora_A") and "default" in mod.lora_A:
                 down, up = (w["default"].weight.detach().float().cpu() for w in (mod.lora_A, mod.lora_B))
                 out.modules.setdefault(part, {})[lora_io.file_prefix(part, model) + name] = \
                     (down, up, float(mod.lora_alpha["default"]))
     return out
+
+
+def text_2(c) -> list[tuple[str, torch.nn.Module]]:
+    """SDXL's second text encoder as a LoRA part, or nothing."""
+    return [("text_encoder_2", c.xl.text_encoder_2)] if c.xl is not None else []
 
 
 def run(cfg: LoraTrainConfig) -> Path:
@@ -156,14 +173,16 @@ def run(cfg: LoraTrainConfig) -> Path:
     pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
     if cfg.prior_data is not None and not cfg.prior_prompts:
         read_dataset(cfg.prior_data)
-    acc, c, res = load_base(cfg)
+    acc, c, res = load_base(cfg, xl=True)
     steps = total_steps(cfg, len(pairs), acc.num_processes)
     prior = prior_pairs(cfg, c, acc)
     mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
     attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
+    second = dict(text_2(c))
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                              cfg.snr_gamma, cfg.noise_offset)
-    batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std)
+                              cfg.snr_gamma, cfg.noise_offset, second.get("text_encoder_2"), res)
+    batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
+                       tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None)
     meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior)}
     return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
@@ -178,19 +197,22 @@ def check_inputs(cfg: LoraOptions) -> list[tuple[Path, str]]:
     return pairs
 
 
-def load_base(cfg: LoraOptions):
-    """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution."""
+def load_base(cfg: LoraOptions, xl: bool = False):
+    """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution;
+    an SDXL model (a refiner always) refused unless the trainer takes one (``xl``)."""
     from accelerate import Accelerator
 
-    from ..models import components, loading
+    from ..models import loading
 
     # cpu=True on machines without CUDA: under torchrun / `accelerate launch --multi_gpu` the processes
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
-    if components.is_xl_source(cfg.model):
-        raise ValueError(f"model {cfg.model!r} is SDXL: training LoRAs (and LCM-LoRAs) on SDXL models is not "
-                         f"supported yet; train on an SD 1.x/2.x model.")
+    kind = loading.xl_kind(cfg.model)
+    if kind == "refiner" or (kind and not xl):
+        what = "a refiner: train on the SDXL base model" if kind == "refiner" else \
+            "SDXL: this trainer takes SD 1.x/2.x models (finetune-lora takes SDXL base models)"
+        raise ValueError(f"model {cfg.model!r} is {what}.")
     c = loading.load_components(cfg.model, device=acc.device, dtype="fp32", backend="torch")
     res = cfg.resolution or c.defaults.width
     if res % c.vae_scale_factor:
@@ -211,6 +233,7 @@ def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> 
             "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
             "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
+            **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {}),
             "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
                                           if cfg.conv_rank else {})}
 
@@ -234,7 +257,7 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
         lora = trained_lora(c, m)
         lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
         if cfg.kohya:
-            lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya")
+            lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya", unet_config=c.unet.config)
 
     run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world,
               **(extra_id or {})}
@@ -246,26 +269,13 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
     return out / f"{cfg.name}.safetensors"
 
 
-def prior_pairs(cfg: LoraTrainConfig, c, acc) -> list[tuple[Path, str]]:
-    """The prior images (none without ``prior_data``), drawn first by the base model from
-    ``prior_prompts`` when given, on the main process, before any adapter exists."""
-    if cfg.prior_data is None:
-        return []
-    if cfg.prior_prompts and acc.is_main_process:
-        from .captioned import draw_prior
-        from ..pipeline import Pipeline
-
-        draw_prior(Pipeline.from_components(c), cfg.prior_data, cfg.prior_prompts, cfg.prior_images, cfg.seed)
-    acc.wait_for_everyone()
-    return read_dataset(cfg.prior_data)
-
-
 def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
     """Freeze the model; add trainable adapters named 'default' (gaussian A, zero B, seeded init) to the U-Net
     (and with ``text_encoder`` to the text encoder)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    for model in (c.unet, c.text_encoder, c.vae):
+    encoders = [c.text_encoder, *dict(text_2(c)).values()]  # SDXL: both
+    for model in (c.unet, c.vae, *encoders):
         model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
@@ -274,25 +284,12 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
     convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, their own rank and alpha
     conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
     parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
-    parts += [(c.text_encoder, list(lora_io.TEXT_TARGETS), {}, {})] * text_encoder
+    parts += [(m, list(lora_io.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
     for model, targets, ranks, alphas in parts:
         inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                            target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
                                 model, adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
-        if text_encoder:
-            c.text_encoder.gradient_checkpointing_enable()
-
-
-def validate(cfg: LoraOptions, c, step: int, **sample) -> None:
-    """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``, drawn with ``sample``
-    (``Pipeline.generate``'s scheduler, steps, guidance; the model's own when not given)."""
-    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
-        from ..images import grid
-        from ..pipeline import Pipeline
-
-        images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed, **sample)
-        (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
-        grid(images, cols=len(images), labels=cfg.validation_prompts).save(
-            Path(cfg.out) / "samples" / f"step-{step:07d}.png")
+        for m in encoders if text_encoder else []:
+            m.gradient_checkpointing_enable()

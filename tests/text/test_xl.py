@@ -94,6 +94,12 @@ def test_embed_joins_both_penultimate_layers_and_pools_the_first_chunk(xpipe):
     assert xpipe.encode_prompt("a red circle").shape == (1, 77, 96)
     with pytest.raises(ValueError, match="clip_skip=5 is invalid for SDXL"):
         xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl, clip_skip=5)
+    # training reads captions as drawing reads a plain prompt (latentgen.training.finetune)
+    one, pooled_one = xl.embed("a red circle", xpipe.tokenizer, te1, xpipe.xl)
+    with torch.no_grad():
+        batch, pooled_batch = xl.batch_embed(torch.cat([ids1, ids1]), torch.cat([ids2, ids2]), te1, te2)
+    torch.testing.assert_close(batch[1:], one)  # (a batch of two may take another matmul kernel: not bit for bit)
+    torch.testing.assert_close(pooled_batch[1:], pooled_one)
 
 
 def test_time_ids_are_sizes_as_height_width():

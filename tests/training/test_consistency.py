@@ -92,6 +92,8 @@ def test_bad_settings_and_data_are_refused_before_any_model_loads(tmp_path, data
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
             consistency.run(LcmDistillConfig(**{"data": data, "out": tmp_path / "o", "model": no_model, **TINY, **bad}))
+    with pytest.raises(ValueError, match=r"'tiny-random-xl' is SDXL: this trainer takes SD 1.x/2.x models"):
+        consistency.run(LcmDistillConfig(data=data, out=tmp_path / "o", model="tiny-random-xl", **TINY))
     assert not (tmp_path / "o").exists()
 
 

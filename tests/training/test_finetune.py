@@ -1,5 +1,5 @@
 """latentgen.training.finetune: finetune-lora on the tiny model: bad input, determinism, exact resume, 2 processes,
-mixed precision, prior preservation."""
+mixed precision, prior preservation; on the tiny SDXL model, both text encoders and kohya's SDXL names."""
 
 import json
 import os
@@ -39,8 +39,37 @@ def test_bad_data_and_settings(tmp_path, data, tiny_folder):
             _run(tiny_folder, data, tmp_path / "o", **bad)
     with pytest.raises(ValueError, match="exactly one of steps"):
         _run(tiny_folder, data, tmp_path / "o", epochs=2)  # steps given too
-    with pytest.raises(ValueError, match="is SDXL: training LoRAs .* not supported yet"):
-        _run("tiny-random-xl", data, tmp_path / "o")
+
+
+def test_sdxl_base_models_train_both_encoders_in_both_layouts(xl_folder, xl_refiner_folder, data, tmp_path):
+    """An SDXL LoRA: adapters on the U-Net (attention and convolutions) and both text encoders, trained through
+    both encoders' states, the pooled text and the size numbers; kohya's file in kohya's SDXL names (SGM U-Net,
+    lora_te1_/lora_te2_) draws what the peft file draws."""
+    from safetensors import safe_open
+
+    import latentgen
+
+    path = _run(xl_folder, data, tmp_path / "x", train_text_encoder=True, conv_rank=2, kohya=True)
+    kohya = path.with_suffix(".kohya.safetensors")
+    w, k = load_file(str(path)), load_file(str(kohya))
+    for part in ("unet.", "text_encoder.", "text_encoder_2."):  # trained: B starts at zero
+        ups = {n: v.abs().sum() > 0 for n, v in w.items() if n.startswith(part) and n.endswith("lora_B.weight")}
+        last = max(int(n.split("layers.")[1].split(".")[0]) for n in ups) if part != "unet." else None
+        # ViT-L's last layer is never read (SDXL reads the penultimate states): its adapters stay untouched
+        assert ups and all(t == (part != "text_encoder." or f"layers.{last}." not in n) for n, t in ups.items()), part
+    assert any(n.startswith("lora_unet_input_blocks_") for n in k) and any(n.startswith("lora_te2_") for n in k)
+    assert any(n.startswith("lora_te1_") for n in k) and not any(n.startswith(("lora_unet_down_blocks",
+                                                                                "lora_te_")) for n in k)
+    assert safe_open(str(path), "pt").metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+    images = []
+    for p in (None, path, kohya):
+        pipe = latentgen.load(xl_folder)
+        if p is not None:
+            pipe.load_lora(p)
+        images.append(torch.tensor(np.asarray(pipe.generate("a purple circle", seed=1, steps=2)[0], np.int16)))
+    assert (images[0] - images[1]).abs().max() > 0 and (images[1] - images[2]).abs().max() <= 1
+    with pytest.raises(ValueError, match="is a refiner: train on the SDXL base model"):
+        _run(xl_refiner_folder, data, tmp_path / "r")
 
 
 @pytest.mark.slow
