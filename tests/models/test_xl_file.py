@@ -84,6 +84,10 @@ def test_a_refiner_file_is_read_as_its_folder_and_as_diffusers_reads_it(refiner_
             "model.diffusion_model.label_emb.0.0.weight", "first_stage_model.decoder.conv_in.weight"} <= keys
     assert not any(k.startswith((xl_file.TE1, xl_file.TE2)) for k in keys)
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-refiner"
+    from latentgen.models import loading  # what trainers check before loading: from the header alone
+
+    assert [loading.xl_kind(p) for p in (refiner_file, xl_refiner_folder, "tiny-random-xl", "tiny-random")] == \
+        ["refiner", "refiner", "base", None]
     image = photo(64, 3)
     want = latentgen.load(xl_refiner_folder).img2img("a red cat", image, **REFINE)
     bare = tmp_path / "bare-refiner.safetensors"
