@@ -124,6 +124,24 @@ def controlnets(tiny_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def xl_controlnet(xl_folder, tmp_path_factory):
+    """A tiny SDXL ControlNet (``from_unet`` of the tiny SDXL U-Net: its added embedding too), zero convolutions
+    randomized."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(xl_folder, subfolder="unet"),
+                                    conditioning_embedding_out_channels=(16, 16))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            for p in module.parameters():
+                p.normal_(0, 0.3, generator=g)
+    folder = tmp_path_factory.mktemp("xl-controlnet")
+    net.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def upscaler_folder(tmp_path_factory):
     """A folder of two tiny random upscaler model files, as A1111's models/ESRGAN: ``4x-tiny.pth`` (an RRDBNet,
     BasicSR's names, a weights-only pickle) and ``2x-compact.safetensors`` (a Real-ESRGAN Compact)."""

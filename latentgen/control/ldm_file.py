@@ -23,6 +23,11 @@ Reading, everything checked before a model is built:
 
    into a ``ControlNetModel`` built on the meta device and filled strictly, in the U-Net's dtype.
 
+A ControlNet's weights in diffusers' own names in one file, without its config.json (how SDXL ControlNets are
+shared for A1111: ``diffusers_xl_canny_full.safetensors``, ``_mid``, ``_small``), is read the same way: its sizes
+from the shapes (``diffusers_sizes``: widths, blocks, transformer depth per level, which may be shallower than the
+U-Net's, hint encoder), the rest from the U-Net it serves, the same checks, its tensors as they are.
+
 ``to_ldm`` writes the names back (a diffusers ControlNet as A1111 reads it).
 """
 
@@ -37,6 +42,7 @@ from ..models import checkpoints, ldm, single_file
 
 PREFIX = "control_model."  # A1111's, around the ControlNet's names (diffusers' LDM_CONTROLNET_KEY)
 HINT = "input_hint_block."
+DIFFUSERS = "controlnet_cond_embedding.conv_in.weight"  # a ControlNet in diffusers' names
 SUFFIXES = checkpoints.SUFFIXES
 FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # cross-attention width -> the family it serves
 LABELS = {"in_channels": "latent channels", "block_out_channels": "block widths",
@@ -60,11 +66,15 @@ def read(path: str | Path, like, name: str):
         pooled = bool(checkpoints.yaml_hints(path).get("global_average_pooling"))
     except ValueError as e:
         raise ValueError(f"{what}: {e}") from None
-    prefix = _prefix(ck.shapes, what)
-    cfg = config(ck.part(prefix), like.config, what, pooled)
-    tensors = {k[len(prefix):]: v for k, v in ck.tensors(prefix, like.dtype).items()}
+    if DIFFUSERS in ck.shapes:  # diffusers' names, no config: sizes from the shapes
+        cfg = config(ck.shapes, like.config, what, pooled, diffusers_sizes(ck.shapes, what))
+        state = ck.tensors("", like.dtype)
+    else:
+        prefix = _prefix(ck.shapes, what)
+        cfg = config(ck.part(prefix), like.config, what, pooled)
+        state = convert({k[len(prefix):]: v for k, v in ck.tensors(prefix, like.dtype).items()}, cfg)
     model = single_file.on_meta(lambda: ControlNetModel.from_config(cfg))
-    return single_file.fill(model, convert(tensors, cfg), "ControlNet", what)
+    return single_file.fill(model, state, "ControlNet", what)
 
 
 def _prefix(shapes: dict[str, tuple], what: str) -> str:
@@ -89,8 +99,6 @@ def _holds(shapes: dict[str, tuple]) -> str:
     if ldm.UNET + "input_blocks.0.0.weight" in shapes:
         return (f"a whole Stable Diffusion model ({ldm.UNET}*) and no ControlNet ({PREFIX}*); load it as the "
                 f"model: latentgen.load(path)")
-    if "controlnet_cond_embedding.conv_in.weight" in shapes:
-        return "a diffusers ControlNet's weights; pass the folder that holds them with their config.json"
     text = ldm.describe(shapes)  # a LoRA, an embedding, a VAE, a diffusers U-Net, another family
     return f"none of the kinds latentgen knows; its first keys: {list(shapes)[:4]}" if text.startswith("no ") else text
 
@@ -119,11 +127,42 @@ def sizes(shapes: dict[str, tuple], what: str) -> dict:
             "conditioning_embedding_out_channels": [convs[0][0]] + [c[0] for c in convs[2:-1:2]]}
 
 
-def config(shapes: dict[str, tuple], unet, what: str, pooled: bool = False) -> dict:
+def diffusers_sizes(shapes: dict[str, tuple], what: str) -> dict:
+    """The ``ControlNetModel`` config entries the shapes of a file in diffusers' names fix."""
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    levels, layers = count("down_blocks."), count("down_blocks.0.resnets.")
+    if not levels or not layers:
+        raise ValueError(f"{what}: its ControlNet is incomplete (no down_blocks.*): a partial save or a damaged file.")
+    attn = [f"down_blocks.{i}.attentions.0.transformer_blocks.0.attn2.to_k.weight" in shapes for i in range(levels)]
+    cross = [shapes[f"down_blocks.{i}.attentions.0.transformer_blocks.0.attn2.to_k.weight"][1]
+             for i in range(levels) if attn[i]]
+    depth = [count(f"down_blocks.{i}.attentions.0.transformer_blocks.") if attn[i] else 1 for i in range(levels)]
+    mid = count("mid_block.attentions.0.transformer_blocks.")
+    hint = sorted(int(k.split(".")[2]) for k in shapes
+                  if re.match(r"controlnet_cond_embedding\.blocks\.\d+\.weight$", k))
+    proj = next((shapes[k] for k in shapes if k.endswith("attentions.0.proj_in.weight")), (0, 0))
+    out = {"in_channels": shapes["conv_in.weight"][1], "layers_per_block": layers,
+           "block_out_channels": [shapes[f"down_blocks.{i}.resnets.0.conv2.weight"][0] for i in range(levels)],
+           "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+           "cross_attention_dim": cross[0] if cross else None, "use_linear_projection": len(proj) == 2,
+           "transformer_layers_per_block": depth if not mid or mid == depth[-1] else [*depth[:-1], mid],
+           "mid_block_type": "UNetMidBlock2DCrossAttn" if mid else "UNetMidBlock2D",
+           "conditioning_channels": shapes[DIFFUSERS][1],
+           "conditioning_embedding_out_channels": [shapes[DIFFUSERS][0]] +
+           [shapes[f"controlnet_cond_embedding.blocks.{j}.weight"][0] for j in hint[1::2]]}
+    if "add_embedding.linear_1.weight" in shapes:
+        out["projection_class_embeddings_input_dim"] = shapes["add_embedding.linear_1.weight"][1]
+    return out
+
+
+def config(shapes: dict[str, tuple], unet, what: str, pooled: bool = False, have: dict | None = None) -> dict:
     """The ``ControlNetModel`` config of a file (shapes without the prefix) for the U-Net config ``unet``: the
-    U-Net's entries a ControlNet shares (what ``ControlNetModel.from_unet`` copies), the file's own sizes over them;
-    a file made for another model: ValueError naming what does not fit."""
-    have = sizes(shapes, what)
+    U-Net's entries a ControlNet shares (what ``ControlNetModel.from_unet`` copies), the file's own sizes over them
+    (``have``: already read, from diffusers' names); a file made for another model: ValueError naming what does not
+    fit."""
+    have = have or sizes(shapes, what)
     base = base_config(unet)
     latent = unet["out_channels"]  # not in_channels: a 9-channel inpainting U-Net's ControlNet sees the latents
     cross = have["cross_attention_dim"]
@@ -136,8 +175,14 @@ def config(shapes: dict[str, tuple], unet, what: str, pooled: bool = False) -> d
         if list(_as_list(have[key])) != list(_as_list(want)):
             raise ValueError(f"{what} was made for another model: its {LABELS[key]} are {have[key]}, this model's "
                              f"{want}; use a ControlNet trained for this model's family.")
-    own = ("in_channels", "use_linear_projection", "conditioning_channels", "conditioning_embedding_out_channels")
-    return {**base, **{k: have[k] for k in own}, "global_pool_conditions": pooled}
+    added = have.get("projection_class_embeddings_input_dim", base.get("projection_class_embeddings_input_dim"))
+    if added != base.get("projection_class_embeddings_input_dim"):
+        raise ValueError(f"{what} was made for another model: its added embedding takes {added} numbers, this "
+                         f"model's {base.get('projection_class_embeddings_input_dim')}; use a ControlNet trained for "
+                         f"this model's family.")
+    own = ("in_channels", "use_linear_projection", "conditioning_channels", "conditioning_embedding_out_channels",
+           "transformer_layers_per_block", "mid_block_type")
+    return {**base, **{k: have[k] for k in own if k in have}, "global_pool_conditions": pooled}
 
 
 def base_config(unet) -> dict:
@@ -166,6 +211,8 @@ def convert(tensors: dict, cfg: dict) -> dict:
         if k.startswith(HINT):
             index, _, rest = k[len(HINT):].partition(".")
             state[f"controlnet_cond_embedding.{names.get(index, index)}.{rest}"] = v
+        elif m := re.match(r"label_emb\.0\.([02])\.(.*)", k):  # SDXL's added embedding, which diffusers' drops
+            state[f"add_embedding.linear_{int(m[1]) // 2 + 1}.{m[2]}"] = v
     return state
 
 

@@ -1,9 +1,10 @@
 """A1111's Extras over latentgen: upscaling pictures (``/sdapi/v1/extra-single-image``, ``/extra-batch-images``) with
 the pixel upscalers and the model files of ``--upscalers-dir`` (``latentgen.upscale.upscalers``; on the worker, one
 job at a time with the drawings), and the lists of upscalers (``/sdapi/v1/upscalers``, ``/latent-upscale-modes``).
-Fields and defaults as A1111's ``modules/api/models.py``; its resize modes: 0 scales by ``upscaling_resize``, 1 scales to ``upscaling_resize_w`` x ``_h`` (covering them, cropped to them with
-``upscaling_crop``); a second upscaler is blended in at ``extras_upscaler_2_visibility``. Face restoration is
-refused (422), never silently skipped."""
+Fields and defaults as A1111's ``modules/api/models.py``; its resize modes: 0 scales by ``upscaling_resize``, 1
+scales to ``upscaling_resize_w`` x ``_h`` (covering them, cropped to them with ``upscaling_crop``); a second
+upscaler is blended in at ``extras_upscaler_2_visibility``. Face restoration is refused (422), never silently
+skipped."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """latentgen.control.ldm_file: the tiny ControlNet written in lllyasviel's layout (``.pth``, bare names) and A1111's
 (``.safetensors``, under ``control_model.``, beside other tensors) loads bit for bit as its diffusers folder and draws
 the same images; the hint encoder's numbering agrees with diffusers' converter on SD's; files for another model, or
-no ControlNet at all, or a pickle that needs code, are refused naming ``control[0].model``."""
+no ControlNet at all, or a pickle that needs code, are refused naming ``control[0].model``. A ControlNet's weights
+in diffusers' names without their config (how SDXL ControlNets are shared: diffusers_xl_*.safetensors), full or with
+shallower transformers, load as their folders."""
 
 import numpy as np
 import pytest
@@ -118,7 +120,7 @@ def test_a_file_for_another_cross_attention_width_is_refused(pipe, controlnets, 
     ({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3)}, "a whole Stable Diffusion model"),
     ({"body.0.block1.weight": torch.zeros(8, 8, 3, 3)}, "a T2I-Adapter"),
     ({"lora_controlnet": torch.zeros(1), "input_blocks.1.1.proj_in.up": torch.zeros(4, 2)}, "is a Control-LoRA"),
-    ({"controlnet_cond_embedding.conv_in.weight": torch.zeros(4, 3, 3, 3)}, "a diffusers ControlNet's weights"),
+    ({"controlnet_cond_embedding.conv_in.weight": torch.zeros(4, 3, 3, 3)}, "its ControlNet is incomplete"),
 ], ids=["lora", "sd-checkpoint", "t2i-adapter", "control-lora", "diffusers-weights"])
 def test_a_file_that_is_no_controlnet_is_refused_saying_what_it_is(pipe, tmp_path, tensors, says):
     save_file(tensors, tmp_path / "x.safetensors")
@@ -145,3 +147,55 @@ def test_a_path_that_is_neither_a_folder_nor_a_controlnet_file_says_what_to_pass
     _refused(pipe, tmp_path / "notes.txt", r"is no ControlNet folder \(no config.json there\) nor a ControlNet file "
                                            r"\(.safetensors, .*\): pass a diffusers ControlNetModel folder, a file",
              FileNotFoundError)
+
+
+@pytest.mark.parametrize("depth", [None, [1, 1]], ids=["full", "shallower"])
+def test_diffusers_weights_without_their_config_load_as_their_folder(xl_folder, xl_controlnet, tmp_path, depth):
+    """diffusers_xl_canny_full.safetensors and its _mid / _small kin: the state dict alone; the sizes come from the
+    shapes (a shallower transformer than the U-Net's too), the rest from the U-Net; it draws as its folder."""
+    import latentgen
+    from diffusers import ControlNetModel
+
+    folder = xl_controlnet
+    if depth is not None:  # fewer transformer layers than the U-Net's [1, 2]: a "mid"/"small" ControlNet
+        torch.manual_seed(5)
+        net = ControlNetModel.from_config({**ControlNetModel.load_config(xl_controlnet),
+                                           "transformer_layers_per_block": depth})
+        folder = tmp_path / "small"
+        net.save_pretrained(folder)
+    path = tmp_path / "diffusers_xl_tiny.safetensors"
+    save_file(ControlNetModel.from_pretrained(folder).state_dict(), path)
+    pipe = latentgen.load(xl_folder)
+    net = units.load_model(str(path), pipe.unet, "control[0]")
+    want = ControlNetModel.from_pretrained(folder).state_dict()
+    assert set(net.state_dict()) == set(want) and all(torch.equal(net.state_dict()[k], want[k]) for k in want)
+    hint = Image.new("RGB", (64, 64))
+    hint.paste((255, 255, 255), (16, 20, 40, 44))
+    kw = dict(seed=3, steps=3, guidance=5.0)
+    got = pipe.generate("a cat", control=Control(hint, str(path)), **kw)
+    want = pipe.generate("a cat", control=Control(hint, folder), **kw)
+    assert np.array_equal(np.asarray(got[0]), np.asarray(want[0]))
+
+
+def test_an_sdxl_controlnet_in_the_ldm_layout_loads_with_its_added_embedding(xl_folder, xl_controlnet, tmp_path):
+    """SGM-trained SDXL ControlNets keep the added embedding as label_emb.0.0 / .0.2, which diffusers' converter
+    leaves out; it is read too."""
+    import latentgen
+    from diffusers import ControlNetModel
+
+    folder_net = ControlNetModel.from_pretrained(xl_controlnet)
+    path = tmp_path / "control_xl_tiny.safetensors"
+    save_file(ldm_file.to_ldm(folder_net.state_dict(), folder_net.config, "control_model."), path)
+    assert any(k.startswith("control_model.label_emb.0.") for k in ldm_file.to_ldm(folder_net.state_dict(),
+                                                                                   folder_net.config, "control_model."))
+    net = units.load_model(str(path), latentgen.load(xl_folder).unet, "control[0]")
+    want = folder_net.state_dict()
+    assert set(net.state_dict()) == set(want) and all(torch.equal(net.state_dict()[k], want[k]) for k in want)
+
+
+def test_diffusers_weights_for_another_model_are_refused(pipe, xl_controlnet, tmp_path):
+    from diffusers import ControlNetModel
+
+    save_file(ControlNetModel.from_pretrained(xl_controlnet).state_dict(), tmp_path / "diffusers_xl.safetensors")
+    _refused(pipe, tmp_path / "diffusers_xl.safetensors", r"was made for another model: its cross-attention width is "
+                                                           r"96, this model's 32")

@@ -138,24 +138,6 @@ def test_prompt_mode_scales_the_shallow_residuals_down_and_inpainting_keeps_the_
     assert max_diff(out, pipe.inpaint(PROMPT, photo(), mask(), seed=2, steps=4, mask_blur=0)) > 0
 
 
-@pytest.fixture(scope="module")
-def xl_controlnet(xl_folder, tmp_path_factory):
-    """A tiny SDXL ControlNet (``from_unet`` of the tiny SDXL U-Net: its added embedding too), zero convolutions
-    randomized."""
-    from diffusers import ControlNetModel, UNet2DConditionModel
-
-    net = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(xl_folder, subfolder="unet"),
-                                    conditioning_embedding_out_channels=(16, 16))
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for module in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
-            for p in module.parameters():
-                p.normal_(0, 0.3, generator=g)
-    folder = tmp_path_factory.mktemp("xl-controlnet")
-    net.save_pretrained(folder)
-    return folder
-
-
 def test_an_sdxl_controlnet_equals_diffusers_sdxl_controlnet_pipeline(xl_folder, xl_controlnet, controlnets):
     """The pooled text and size numbers reach the ControlNet too (the conditional rows' alone in guess mode); an
     SD 1.x ControlNet on SDXL is refused, naming what differs."""

@@ -46,7 +46,8 @@ def test_unknown_upscalers_are_refused_with_the_choices(monkeypatch, upscaler_fo
 def test_model_files_by_stem_or_path(monkeypatch, upscaler_folder):
     monkeypatch.delenv(upscalers.ENV, raising=False)
     path = str(upscaler_folder / "4x-tiny.pth")
-    assert upscalers.check(path) == path and upscalers.label(path) == "4x-tiny" and upscalers.label("Latent") == "Latent"
+    assert upscalers.check(path) == path and upscalers.label(path) == "4x-tiny"
+    assert upscalers.label("Latent") == "Latent"
     assert upscalers.check("4x-tiny", folder=upscaler_folder) == path
     assert list(upscalers.model_files(upscaler_folder)) == ["2x-compact", "4x-tiny"] and not upscalers.model_files()
     monkeypatch.setenv(upscalers.ENV, str(upscaler_folder))
