@@ -53,6 +53,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from ..upscale import upscalers
 
     name = upscalers.check(args.upscaler, "--upscaler")
+    upscalers.check_tile(args.tile, "--tile")
     if upscalers.is_latent(name):
         raise ValueError(f"--upscaler {name!r} works on latents, inside a hires fix (latentgen generate "
                          f"--hires-upscaler); for a picture use one of {', '.join(upscalers.PIXEL)} or a model file.")

@@ -168,6 +168,12 @@ def from_state_dict(sd: dict, name: str = "model") -> nn.Module:
                          f"{', '.join(list(sd)[:4])}); other architectures (SwinIR, HAT, DAT, ...) are not read "
                          f"here.")
     net.arch = "Compact" if isinstance(net, Compact) else "ESRGAN"
+    first, last = (net.body[0], net.body[-1]) if isinstance(net, Compact) else (net.conv_first, net.conv_last)
+    cin = first.in_channels // (1 if isinstance(net, Compact) else net.unshuffle ** 2)
+    cout = last.out_channels // (net.scale ** 2 if isinstance(net, Compact) else 1)
+    if (cin, cout) != (3, 3):
+        raise ValueError(f"{name} takes {cin} channels and gives {cout}; latentgen runs upscalers of RGB pictures "
+                         f"(3 in, 3 out).")
     if net.scale < 1:
         raise ValueError(f"{name}: a scale below 1 is not an upscaler.")
     try:

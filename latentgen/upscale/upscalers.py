@@ -85,6 +85,7 @@ def pixels(image: Image.Image, size: tuple[int, int], name: str = "Lanczos", *, 
     name = check(name)
     if name in PIXEL:
         return image.resize(size, PIXEL[name])
+    check_tile(tile)
     net = model(name)
     for i in range(3):  # as A1111's Upscaler.upscale: at most three passes, one at least when the size stays
         if image.width >= size[0] and image.height >= size[1] and (i > 0 or image.size != tuple(size)):
@@ -106,6 +107,14 @@ def _read(path: Path, mtime: int) -> torch.nn.Module:
     return esrgan.read(path)
 
 
+def check_tile(tile: int, field: str = "tile") -> int:
+    """``tile`` when it is 0 (the whole picture) or wider than two overlaps, else a ValueError naming ``field``."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or (tile != 0 and tile <= 2 * OVERLAP):
+        raise ValueError(f"{field}={tile!r} is invalid: use 0 (the whole picture at once) or a tile of more than "
+                         f"{2 * OVERLAP} pixels, such as {TILE}.")
+    return tile
+
+
 def _ramp(n: int, ramp: int, device) -> torch.Tensor:
     """(n,) weights rising linearly over ``ramp`` cells at both ends: overlapping tiles blend without seams."""
     i = torch.arange(n, device=device, dtype=torch.float32)
@@ -119,11 +128,12 @@ def _starts(n: int, tile: int) -> list[int]:
 @torch.no_grad()
 def run(net: torch.nn.Module, image: Image.Image, *, tile: int = TILE, device=None) -> Image.Image:
     """One pass of a model: (w, h) -> (w * net.scale, h * net.scale), in overlapping tiles of ``tile`` pixels."""
+    check_tile(tile)
     device = torch.device(device or "cpu")
     net = net.to(device)
     x = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None].to(device)
     s, (h, w) = net.scale, x.shape[-2:]
-    if tile <= 0 or (h <= tile and w <= tile):
+    if tile == 0 or (h <= tile and w <= tile):
         out = net(x)
     else:
         out, weight = x.new_zeros(1, 3, h * s, w * s), x.new_zeros(1, 1, h * s, w * s)

@@ -83,6 +83,10 @@ def test_other_files_and_architectures_are_refused(ref, tmp_path):
     broken["body.2.weight"] = torch.zeros(8, 5, 3, 3)
     with pytest.raises(ValueError, match=r"broken does not fit the Compact layout"):
         esrgan.from_state_dict(broken, "broken")
+    gray = {**broken, "body.0.weight": torch.zeros(8, 1, 3, 3), "body.4.weight": torch.zeros(16, 8, 3, 3),
+            "body.4.bias": torch.zeros(16)}  # 1 channel in, x4: 16 out
+    with pytest.raises(ValueError, match=r"gray takes 1 channels and gives 1; latentgen runs upscalers of RGB"):
+        esrgan.from_state_dict(gray, "gray")
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match=r"holds a list, not a state dict"):
         esrgan.read(tmp_path / "list.pth")

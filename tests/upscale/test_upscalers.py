@@ -84,7 +84,10 @@ def test_tiles_blend_into_the_whole_pictures_pass(upscaler_folder):
     whole = np.asarray(upscalers.run(net, im, tile=0)).astype(int)
     assert whole.shape == (60, 82, 3) and whole.std() > 10
     assert np.array_equal(np.asarray(upscalers.run(net, im, tile=64)), whole)  # one tile: the same pass
-    tiled = np.abs(np.asarray(upscalers.run(net, im, tile=16)).astype(int) - whole)  # 3 x 3 tiles
+    for bad in (5, 16, -1, 2.5, True):  # tiles must be wider than two overlaps (8 pixels each)
+        with pytest.raises(ValueError, match=rf"tile={bad!r} is invalid: use 0 .* more than 16 pixels"):
+            upscalers.run(net, im, tile=bad)
+    tiled = np.abs(np.asarray(upscalers.run(net, im, tile=17)).astype(int) - whole)  # 3 x 3 tiles
     assert tiled.max() <= 8 and tiled.mean() < 0.5  # without the overlap: 23 and 0.76
 
 
