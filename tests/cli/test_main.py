@@ -296,15 +296,19 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     assert "axis 'Eta' is not one latentgen plots" in capsys.readouterr().err
 
 
-def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch):
+def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):
     import latentgen
     from latentgen.upscale import upscalers
 
     _photo(24).save(tmp_path / "in.png")
     path = upscaler_folder / "2x-compact.safetensors"
-    assert run("upscale", tmp_path / "in.png", "--scale", 4, "--upscaler", path, "--tile", 16, "-o",
+    assert run("upscale", tmp_path / "in.png", "--scale", 4, "--upscaler", path, "--tile", 8, "-o",
+               tmp_path / "bad.png") == 2 and not (tmp_path / "bad.png").exists()
+    assert "--tile=8 is invalid: use 0 (the whole picture at once) or a tile of more than 16" in \
+        capsys.readouterr().err
+    assert run("upscale", tmp_path / "in.png", "--scale", 4, "--upscaler", path, "--tile", 20, "-o",
                tmp_path / "up.png") == 0
-    want = upscalers.pixels(_photo(24), (96, 96), str(path), tile=16)
+    want = upscalers.pixels(_photo(24), (96, 96), str(path), tile=20)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "up.png").convert("RGB")), np.asarray(want))
     assert "Postprocess upscaler: 2x-compact" in read_parameters(tmp_path / "up.png")
     monkeypatch.setenv(upscalers.ENV, str(upscaler_folder))
