@@ -5,6 +5,7 @@ preset); a refiner's file (bigG alone) the same way, drawn as its folder and as 
 incomplete file is refused by name."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,3 +131,37 @@ def test_an_incomplete_file_is_named(xl_file_path, refiner_file, tmp_path):
     with pytest.raises(ValueError, match="holds no VAE"):
         latentgen.load(tmp_path / "novae.safetensors")
     assert json.loads(safe_open(str(xl_file_path), "pt").metadata()["latentgen.configs"])["text_encoder_2"]
+
+
+def test_the_real_refiners_shapes_give_its_diffusers_config():
+    """sd_xl_refiner_1.0's architecture (Stability's sd_xl_refiner.yaml: model_channels 384, channel_mult
+    [1, 2, 4, 4], transformer_depth [0, 4, 4, 0], 64 channels a head, context 1280, adm_in_channels 2560), its
+    tensors on the meta device in the file's names: the config read from the shapes is diffusers' refiner U-Net's."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from latentgen.models import checkpoints, ldm
+    from latentgen.models.presets import load_preset
+
+    sdxl = load_preset("sdxl")
+    want = dict(block_out_channels=[384, 768, 1536, 1536], attention_head_dim=[6, 12, 24, 24],
+                transformer_layers_per_block=4, cross_attention_dim=1280, addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2560, layers_per_block=2, use_linear_projection=True,
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config({**sdxl.unet, **want})
+        vae = AutoencoderKL.from_config(sdxl.vae)
+        big = CLIPTextModelWithProjection(CLIPTextConfig(**sdxl.text_encoder_2))
+    state = big.state_dict()
+    projection = state.pop("text_projection.weight")
+    tensors = {**ldm.unet_to_ldm(unet.state_dict(), unet.config), **ldm.vae_to_ldm(vae.state_dict(), vae.config),
+               **ldm.open_clip_to_ldm(state, prefix=xl_file.REFINER), xl_file.REFINER + "text_projection": projection.T}
+    ck = checkpoints.Checkpoint(Path("sd_xl_refiner_1.0.safetensors"), {k: tuple(v.shape) for k, v in tensors.items()},
+                                {}, tensors.__getitem__)
+    arch = xl_file.architecture(ck)
+    assert {k: arch.unet[k] for k in want} == want and arch.text_encoder_2 is None
+    assert {k: arch.text_encoder[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                              "intermediate_size", "projection_dim")} == \
+        {"hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 20, "intermediate_size": 5120,
+         "projection_dim": 1280}
