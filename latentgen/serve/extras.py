@@ -77,11 +77,8 @@ def _check(req: ExtrasFields, limits, folder) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def upscale(image: Image.Image, req: ExtrasFields, limits, names: tuple[str, str]) -> Image.Image:
-    """One picture through A1111's Extras upscaling (the module docstring), by the upscalers ``names``."""
-    from latentgen.upscale import upscalers
-
-    image = image.convert("RGB")
+def size_of(image: Image.Image, req: ExtrasFields, limits) -> tuple[int, int]:
+    """The (w, h) a picture is upscaled to, within ``--max-pixels`` (checked before the job is queued)."""
     if req.resize_mode == 0:
         scale = req.upscaling_resize
     else:
@@ -89,6 +86,15 @@ def upscale(image: Image.Image, req: ExtrasFields, limits, names: tuple[str, str
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size[0] * size[1] > limits.max_pixels:
         raise ApiError(422, f"upscaled to {size[0]}x{size[1]}, above --max-pixels {limits.max_pixels}.")
+    return size
+
+
+def upscale(image: Image.Image, req: ExtrasFields, limits, names: tuple[str, str]) -> Image.Image:
+    """One picture through A1111's Extras upscaling (the module docstring), by the upscalers ``names``."""
+    from latentgen.upscale import upscalers
+
+    image = image.convert("RGB")
+    size = size_of(image, req, limits)
     out = upscalers.pixels(image, size, names[0])
     if names[1] != "None" and req.extras_upscaler_2_visibility > 0:
         out = Image.blend(out, upscalers.pixels(image, size, names[1]), req.extras_upscaler_2_visibility)
@@ -110,6 +116,7 @@ def single(req: SingleImage, limits, folder=None):
     """The request checked and its picture decoded; returns the work (for the worker) that answers it."""
     names = _check(req, limits, folder)
     image = decode_image(req.image, "image", limits.max_pixels)
+    size_of(image, req, limits)
 
     def work(_ctx=None) -> dict:
         out = upscale(image, req, limits, names)
@@ -123,6 +130,8 @@ def batch(req: BatchImages, limits, folder=None):
     if not req.imageList or len(req.imageList) > limits.max_images:
         raise ApiError(422, f"imageList has {len(req.imageList)} images: send 1 to {limits.max_images} (--max-images).")
     pictures = [decode_image(f.data, f"imageList[{i}]", limits.max_pixels) for i, f in enumerate(req.imageList)]
+    for p in pictures:
+        size_of(p, req, limits)
 
     def work(_ctx=None) -> dict:
         outs = [upscale(p, req, limits, names) for p in pictures]
@@ -138,8 +147,7 @@ def listed(folder) -> list[dict]:
     out = [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for n in upscalers.PIXEL]
     for name, path in upscalers.model_files(folder).items():
         try:
-            net = upscalers.model(path)
-            arch, scale = net.arch, net.scale
+            arch, scale = upscalers.describe(path)
         except (OSError, ValueError):
             arch = scale = None
         out.append({"name": name, "model_name": arch, "model_path": str(path), "model_url": None, "scale": scale})

@@ -62,7 +62,7 @@ class RRDBNet(nn.Module):
 
     def __init__(self, cin: int, cout: int, nf: int, gc: int, blocks: int, ups: int, unshuffle: int = 1):
         super().__init__()
-        self.unshuffle, self.scale = unshuffle, 2 ** ups // unshuffle
+        self.unshuffle, self.scale, self.channels = unshuffle, 2 ** ups // unshuffle, (cin, cout)
         self.conv_first = _conv(cin * unshuffle ** 2, nf)
         self.body = nn.Sequential(*[RRDB(nf, gc) for _ in range(blocks)])
         self.conv_body = _conv(nf, nf)
@@ -93,7 +93,7 @@ class Compact(nn.Module):
         for _ in range(convs):
             layers += [_conv(nf, nf), nn.PReLU(nf)]
         self.body = nn.Sequential(*layers, _conv(nf, cin * scale * scale))
-        self.scale = scale
+        self.scale, self.channels = scale, (cin, cin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pixel_shuffle(self.body(x), self.scale) + F.interpolate(x, scale_factor=float(self.scale))
@@ -168,12 +168,9 @@ def from_state_dict(sd: dict, name: str = "model") -> nn.Module:
                          f"{', '.join(list(sd)[:4])}); other architectures (SwinIR, HAT, DAT, ...) are not read "
                          f"here.")
     net.arch = "Compact" if isinstance(net, Compact) else "ESRGAN"
-    first, last = (net.body[0], net.body[-1]) if isinstance(net, Compact) else (net.conv_first, net.conv_last)
-    cin = first.in_channels // (1 if isinstance(net, Compact) else net.unshuffle ** 2)
-    cout = last.out_channels // (net.scale ** 2 if isinstance(net, Compact) else 1)
-    if (cin, cout) != (3, 3):
-        raise ValueError(f"{name} takes {cin} channels and gives {cout}; latentgen runs upscalers of RGB pictures "
-                         f"(3 in, 3 out).")
+    if net.channels != (3, 3):
+        raise ValueError(f"{name} takes {net.channels[0]} channels and gives {net.channels[1]}; latentgen runs "
+                         f"upscalers of RGB pictures (3 in, 3 out).")
     if net.scale < 1:
         raise ValueError(f"{name}: a scale below 1 is not an upscaler.")
     try:

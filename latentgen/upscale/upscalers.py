@@ -107,6 +107,18 @@ def _read(path: Path, mtime: int) -> torch.nn.Module:
     return esrgan.read(path)
 
 
+def describe(path: str | Path) -> tuple[str, int]:
+    """(architecture, scale) of a model file, read once per file version (listings ask again and again)."""
+    path = Path(path).resolve()
+    return _describe(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(path: Path, mtime: int) -> tuple[str, int]:
+    net = _read(path, mtime)
+    return net.arch, net.scale
+
+
 def check_tile(tile: int, field: str = "tile") -> int:
     """``tile`` when it is 0 (the whole picture) or wider than two overlaps, else a ValueError naming ``field``."""
     if isinstance(tile, bool) or not isinstance(tile, int) or (tile != 0 and tile <= 2 * OVERLAP):

@@ -74,7 +74,9 @@ def test_lists_and_refusals(api, upscaler_folder):
     for kwargs, words in [({"gfpgan_visibility": 1}, "no face restoration"), ({"upscaler_1": "R-ESRGAN 4x+"},
                                                                               r"R-ESRGAN 4x\+.* is not an upscaler"),
                           ({"upscaler_1": "Latent"}, "the latent ones work inside a hires fix only"),
-                          ({"upscaling_resize": 0.5}, "upscaling_resize=0.5 is invalid")]:
+                          ({"upscaling_resize": 0.5}, "upscaling_resize=0.5 is invalid"),
+                          ({"resize_mode": 1, "upscaling_resize_w": 2048, "upscaling_resize_h": 2048},
+                           r"upscaled to 3413x2048, above --max-pixels")]:
         with pytest.raises(RuntimeError, match=words):
             api.extra_single_image(_picture(), **kwargs)
 

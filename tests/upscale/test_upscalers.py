@@ -53,6 +53,7 @@ def test_model_files_by_stem_or_path(monkeypatch, upscaler_folder):
     monkeypatch.setenv(upscalers.ENV, str(upscaler_folder))
     assert upscalers.check("2x-compact") == str(upscaler_folder / "2x-compact.safetensors")
     assert upscalers.model(path) is upscalers.model(path)  # read once
+    assert upscalers.describe(path) == ("ESRGAN", 4)
     assert not upscalers.is_latent(path)
 
 
