@@ -178,9 +178,8 @@ def run(cfg: LoraTrainConfig) -> Path:
     prior = prior_pairs(cfg, c, acc)
     mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
     attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
-    second = dict(text_2(c))
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                              cfg.snr_gamma, cfg.noise_offset, second.get("text_encoder_2"), res)
+                              cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
                        tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None)
     meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
@@ -274,7 +273,7 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
     (and with ``text_encoder`` to the text encoder)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    encoders = [c.text_encoder, *dict(text_2(c)).values()]  # SDXL: both
+    encoders = [c.text_encoder, *(m for _, m in text_2(c))]  # SDXL: both
     for model in (c.unet, c.vae, *encoders):
         model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
