@@ -309,12 +309,17 @@ def test_ctrl_c_ends_the_command_with_one_line_and_exit_130(tmp_path):
     jobs.write_text("".join(json.dumps({**JOBS[0], "seed": s, "steps": 20}) + "\n" for s in range(400)))
     out = tmp_path / "o"
     p = subprocess.Popen([sys.executable, "-m", "latentgen.cli", "batch", str(jobs), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT then prints every thread's stack
     deadline = time.monotonic() + 120
     while not list(out.glob("*.png")) and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # still running a minute after Ctrl-C: show where it is
+        p.send_signal(signal.SIGABRT)
+        pytest.fail("latentgen batch went on after Ctrl-C; its threads:\n" + p.communicate()[1][-6000:])
     assert p.returncode == 130 and "Traceback" not in err, err
     line = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(line) == 1 and re.search(r"interrupted; \d+ of this run's 400 images are in .*manifest-0.jsonl", line[0])

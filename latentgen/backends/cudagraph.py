@@ -37,6 +37,8 @@ from types import SimpleNamespace
 
 import torch
 
+from . import raise_if_interrupted
+
 
 class Graphed:
     KEEP = 2
@@ -71,6 +73,7 @@ class Graphed:
             try:
                 g = self.record(x, encoder_hidden_states)
             except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
+                raise_if_interrupted(e)
                 if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
                     self._uncompile(e)
                     continue

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from .. import memory, precision
-from . import cache, control_graph, cudagraph, weights
+from . import cache, control_graph, cudagraph, raise_if_interrupted, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
 from ..text.xl import is_xl
@@ -53,6 +53,7 @@ from .openvino import RECIPE, Compiled, convert, patched
 
 
 def _warn(what: str, e: Exception) -> None:
+    raise_if_interrupted(e)  # a Ctrl-C during the conversion stops the call; it is no reason to fall back
     warnings.warn(f"the {what} could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on torch "
                   f"(backend='torch').", RuntimeWarning)
 

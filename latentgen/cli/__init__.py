@@ -224,25 +224,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; bad input (2), a run that cannot finish (1: disk, memory, NaNs) and Ctrl-C (130) print one
-    line starting "error:", not a traceback."""
+    line starting "error:", not a traceback. A Ctrl-C that a library turned into an error of its own (diffusers
+    reports one during a weights read as "Unable to load weights") is still reported as the interruption."""
+    import signal
+    import threading
+
+    ctrl_c: list[int] = []
+
+    def on_sigint(signum, frame):  # Python's own handler (KeyboardInterrupt), remembering that it ran
+        ctrl_c.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is \
+        signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, on_sigint) if ours else None
+    try:
+        args = build_parser().parse_args(argv)  # inside: building the parser imports, and may meet a Ctrl-C too
+        return args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C: every file written is whole (atomic writes), none is half-written
+        return _interrupted(str(e))
+    except Exception as e:  # noqa: BLE001 - the codes below, or raised again
+        if ctrl_c:
+            return _interrupted("")
+        known = _failure(e)
+        if known is None:
+            raise
+        print(f"error: {known[1]}", file=sys.stderr)
+        return known[0]
+    finally:
+        if ours:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(why: str) -> int:
+    print(f"\nerror: interrupted; {why or 'no file was left half-written'}", file=sys.stderr)
+    return 130
+
+
+def _failure(e: Exception) -> tuple[int, str] | None:
+    """(exit code, message): 2 for bad input; 1 for a run that cannot finish (a full disk, a folder not writable,
+    NaNs from the model, memory). None: a bug, whose traceback is shown."""
     from ..guard import NonFiniteError
 
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteError, OSError) as e:  # a full disk, a folder not writable, NaNs from the model
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print("error: out of memory; ask for fewer or smaller images (-n, --width, --height)",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as e:  # Ctrl-C: every file written is whole (atomic writes), none is half-written
-        print(f"\nerror: interrupted; {e or 'no file was left half-written'}", file=sys.stderr)
-        return 130
+    if isinstance(e, (ValueError, TypeError, FileNotFoundError, FileExistsError)):
+        return 2, str(e)
+    if isinstance(e, MemoryError):
+        return 1, "out of memory; ask for fewer or smaller images (-n, --width, --height)"
+    return (1, str(e)) if isinstance(e, (NonFiniteError, OSError)) else None
 
 
 if __name__ == "__main__":

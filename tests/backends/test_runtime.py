@@ -245,3 +245,25 @@ def test_tag_loras_on_every_kind_of_layer_run_converted_and_leave_no_trace(tiny_
     assert reads == [] and max_diff(again, got) == 0
     fast.unload_lora()
     assert fast.loras.parked == {} and not any("lora" in n for n, _ in fast.unet.named_parameters())
+
+
+def test_a_ctrl_c_during_the_conversion_stops_the_call_instead_of_falling_back(tiny_folder, tmp_path, monkeypatch):
+    """OpenVINO's converter catches a KeyboardInterrupt raised in its Python callbacks and raises its own error
+    that names it: that is the user's Ctrl-C, not a reason to draw on torch."""
+    from latentgen.backends import raise_if_interrupted
+
+    monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))
+    fast = latentgen.load(tiny_folder, backend="openvino")
+
+    def convert(*args):  # the message OpenVINO 2026.4 gives, as seen when Ctrl-C hits ts_decoder
+        raise RuntimeError("Check 'false' failed at src/frontends/pytorch/src/frontend.cpp:\n"
+                           "KeyboardInterrupt: <EMPTY MESSAGE>\n\nAt:\n  .../ts_decoder.py(543): input_is_none")
+
+    monkeypatch.setattr(runtime, "convert", convert)
+    with pytest.raises(KeyboardInterrupt):
+        fast.generate("a cat", steps=1)
+    wrapped = OSError("Unable to load weights")
+    wrapped.__context__ = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):  # one chained as the context (or the cause) counts too
+        raise_if_interrupted(wrapped)
+    raise_if_interrupted(RuntimeError("no rule"))  # any other failure is no interruption: the caller falls back

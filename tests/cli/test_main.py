@@ -364,3 +364,33 @@ def test_refiner_flags_equal_the_python_api(xl_folder, xl_refiner_folder, tmp_pa
     assert run("generate", "a cat", "--model", xl_folder, "--refiner", "nowhere", "--refiner-switch-at", 2,
                "-o", tmp_path / "x.png") == 2
     assert "--refiner-switch-at" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):
+    """While the parser is built (its imports take seconds) and when a library turns the KeyboardInterrupt into an
+    error of its own (diffusers: OSError "Unable to load weights"): a real SIGINT, one line, 130."""
+    import signal
+
+    def slow_parser():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal did not interrupt")
+
+    monkeypatch.setattr(cli, "build_parser", slow_parser)
+    assert main(["info", "x.png"]) == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted; no file was left half-written"
+
+    def swallowing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            raise OSError("Unable to load weights from checkpoint file") from None
+        raise AssertionError("the signal did not interrupt")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cli, "cmd_info", swallowing)
+    assert main(["info", "x.png"]) == 130
+    assert "error: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main put Python's handler back
+    monkeypatch.undo()
+    assert main(["info", "no-such.png"]) == 2  # a plain error after it is reported as before
+    assert "Unable" not in capsys.readouterr().err
