@@ -164,13 +164,13 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from ..embedded import recipe
+    from ..embedded.recipe_config import RecipeConfig  # light: no torch while the parser is built
 
     t = sub.add_parser("train", help="train the embedded model's recipe on the flat-shapes world",
                        description="Train the VAE, then text encoder + U-Net, then the inpainting variant, then "
                                    "the VAE decoder alone (--init: continue a model, stages 3-4 only); "
                                    "resumes from checkpoints in --out.")
-    add_config_args(t, recipe.RecipeConfig)
+    add_config_args(t, RecipeConfig)
     t.set_defaults(func=cmd_train)
     _add_lora_parsers(sub)
     gr = sub.add_parser("grid", help="one image per prompt, tiled into a labelled sheet; with --x: A1111's X/Y/Z "
@@ -215,12 +215,12 @@ def add_parsers(sub) -> None:
 
 
 def _add_lora_parsers(sub) -> None:
-    from ..training import consistency, controlnet, finetune, tiny_vae
+    from ..training import configs  # light: no torch while the parser is built
 
     ft = sub.add_parser("finetune-lora", help="fine-tune LoRA adapters on a folder of captioned images",
                         description="LoRA adapters (peft) on the U-Net's attention (and the text encoder's); "
                                     "resumes from checkpoints in --out with --resume.")
-    add_config_args(ft, finetune.LoraTrainConfig, positional=("data",))
+    add_config_args(ft, configs.LoraTrainConfig, positional=("data",))
     ft.add_argument("--prior-prompts-file", type=Path, default=None, help="more prior prompts, one per line")
     ft.set_defaults(func=cmd_finetune_lora)
     lc = sub.add_parser("distill-lcm", help="distill the model into an LCM-LoRA that draws in 4 steps (lcm sampler, "
@@ -230,7 +230,7 @@ def _add_lora_parsers(sub) -> None:
                                     "recommends the lcm sampler, 4 steps, guidance 1. For the embedded model: "
                                     "latentgen shapes-data DATA -n 1000, then distill-lcm DATA. Resumes from "
                                     "checkpoints in --out with --resume.")
-    add_config_args(lc, consistency.LcmDistillConfig, positional=("data",))
+    add_config_args(lc, configs.LcmDistillConfig, positional=("data",))
     lc.set_defaults(func=cmd_distill_lcm)
     tv = sub.add_parser("distill-vae", help="distill the model's VAE into a tiny one (TAESD's architecture) for fast "
                                             "previews and decoding, on a folder of images",
@@ -238,7 +238,7 @@ def _add_lora_parsers(sub) -> None:
                                     "means, its decoder what the full decoder draws. Writes <out>/<name>/, a folder "
                                     "that --vae, --preview-vae and latentgen.load_tiny_vae read. Resumes from "
                                     "checkpoints in --out with --resume.")
-    add_config_args(tv, tiny_vae.TinyVaeConfig, positional=("data",))
+    add_config_args(tv, configs.TinyVaeConfig, positional=("data",))
     tv.set_defaults(func=cmd_distill_vae)
     cn = sub.add_parser("train-controlnet", help="train a ControlNet for the model on a folder of captioned images, "
                                                  "their control maps made by a preprocessor (canny) or given",
@@ -246,7 +246,7 @@ def _add_lora_parsers(sub) -> None:
                                     "convolutions learns to steer the frozen model from a control map. Writes "
                                     "<out>/<name>/, a folder --control-model and latentgen.Control read. Resumes "
                                     "from checkpoints in --out with --resume.")
-    add_config_args(cn, controlnet.ControlNetTrainConfig, positional=("data",))
+    add_config_args(cn, configs.ControlNetTrainConfig, positional=("data",))
     cn.set_defaults(func=cmd_train_controlnet)
 
 

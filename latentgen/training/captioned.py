@@ -9,46 +9,15 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import checks, files
-from ..checks import option
+from .. import files
 from . import loop as train
+from .configs import FolderRunOptions  # noqa: F401 - the trainers' shared options, named here too
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
-
-@dataclass
-class FolderRunOptions:
-    """What the trainers of a new model beside the base (distill-vae, train-controlnet) share: data, run folder,
-    base model, the output's name, batches, optimizer and checkpoints. Each sets its own defaults."""
-    data: Path = option(help="folder of images (with captions where the trainer reads them)")
-    out: Path = option(help="run folder: <name>/ (the trained model, a diffusers folder), checkpoints/")
-    model: str | None = option(None, "base model: diffusers folder or preset (default: the embedded model)")
-    name: str = option("model", "folder name of the result (<out>/<name>/)")
-    steps: int = option(2000, "optimizer steps")
-    batch: int = option(16, "images per process and micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(1e-4, "learning rate")
-    warmup: int = option(0, "warmup steps")
-    resolution: int | None = option(None, "training size (default: the model's width)")
-    crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
-    mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
-    seed: int = option(0, "seed of the init, data order and draws")
-    save_every: int = option(250, "checkpoint (and write <out>/<name>/) every N steps")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
-
-    def check(self) -> None:
-        for n in ("steps", "batch", "grad_accum", "save_every"):
-            checks.whole(n, getattr(self, n), 1)
-        checks.whole("warmup", self.warmup, 0)
-        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
-        if "/" in self.name or "\\" in self.name or self.name in ("", ".", "..", "checkpoints"):
-            raise ValueError(f"name={self.name!r} is invalid: use a plain folder name such as 'edges'.")
-        checks.check_choices(self)
 
 
 def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple[Path, str]]:

@@ -37,66 +37,23 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import checks
-from ..checks import option
 from ..lora.formats import Recommendation
 from . import finetune
 from . import loop as train
 from .captioned import Batches, cache_latents
+from .configs import LcmDistillConfig, check_solver_steps
 
 LCM = Recommendation(kind="lcm", sampler="lcm", steps=4, guidance=1.0)  # what the header recommends
-SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
-
-
-@dataclass
-class LcmDistillConfig(finetune.LoraOptions):
-    """distill-lcm: the LoRA trainer's options (data, adapters, optimizer, batches, checkpoints, files) and the
-    distillation's."""
-    name: str = option("lcm", "file name of the LoRA (<out>/<name>.safetensors)")
-    num_ddim_timesteps: int = option(50, "N, the DDIM solver's steps over the T training timesteps, each skipping "
-                                         "T/N (the lcm sampler's original_inference_steps: keep 50 to draw with it)")
-    w_min: float | None = option(None, "lowest teacher guidance, a scale as --guidance's (default: the model's)")
-    w_max: float | None = option(None, "highest teacher guidance (default: twice the model's guidance)")
-    huber_c: float = option(0.001, "c of the pseudo-Huber loss sqrt(d^2 + c^2) - c")
-    timestep_scaling: float = option(10.0, "s of the boundary conditions at s*t (the lcm sampler's 10: keep it "
-                                           "to draw with it)")
-
-    def check(self) -> None:
-        super().check()
-        if not Path(self.data).is_dir():
-            raise ValueError(f"data={str(self.data)!r} is not a folder: pass a folder of images with .txt captions "
-                             f"(or a metadata.jsonl), or write the embedded world's with `latentgen shapes-data "
-                             f"{self.data} -n 300`.")
-        solver_timesteps(SD_TIMESTEPS, self.num_ddim_timesteps)
-        for n in ("w_min", "w_max"):
-            if getattr(self, n) is not None:
-                checks.number(n, getattr(self, n), minimum=0, fix="use a guidance scale >= 0, such as 4")
-        if self.w_min is not None and self.w_max is not None and self.w_min > self.w_max:
-            raise ValueError(f"w_min={self.w_min} is above w_max={self.w_max}: give w_min <= w_max (--w-min, "
-                             f"--w-max), such as w_min=4 w_max=8.")
-        checks.number("huber_c", self.huber_c, positive=True, fix="use a small positive number such as 0.001")
-        checks.number("timestep_scaling", self.timestep_scaling, positive=True, fix="use 10, the lcm sampler's")
-
-    def guidance_range(self, default: float) -> tuple[float, float]:
-        """(w_min, w_max) with the model's default guidance g filling what is not given: [g, 2g], kept ordered
-        around the end that is given."""
-        lo = default if self.w_min is None else self.w_min
-        hi = 2 * default if self.w_max is None else self.w_max
-        return (float(min(lo, hi)), float(hi)) if self.w_min is None else (float(lo), float(max(lo, hi)))
 
 
 def solver_timesteps(num_train: int, n: int) -> torch.Tensor:
     """The DDIM solver's timesteps (N,): k-1, 2k-1, ..., T-1 with k = T // N (LCMScheduler's timesteps to pick
     from, for ``original_inference_steps`` N)."""
-    checks.whole("num_ddim_timesteps", n, 1, f"use a whole number that divides {num_train}, such as 50")
-    if num_train % n:
-        raise ValueError(f"num_ddim_timesteps={n} is invalid: it must divide the model's {num_train} training "
-                         f"timesteps (so at most {num_train}), such as 50 (--num-ddim-timesteps).")
+    check_solver_steps(num_train, n)
     return torch.arange(1, n + 1) * (num_train // n) - 1
 
 

@@ -26,37 +26,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .. import checks
-from ..checks import option
 from . import loop as train
-from .captioned import Batches, FolderRunOptions, cache_latents, prepare, read_dataset
-
-
-@dataclass
-class ControlNetTrainConfig(FolderRunOptions):
-    """train-controlnet: the shared options (``captioned.FolderRunOptions``), the control maps, caption dropout."""
-    data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
-    name: str = option("controlnet", "folder name of the ControlNet (<out>/<name>/)")
-    preprocessor: str = option("canny", "makes each image's control map (latentgen.control.preprocess)")
-    controls: Path | None = option(None, "a folder of control maps named as the images (instead of --preprocessor)")
-    caption_dropout: float = option(0.5, "fraction of captions dropped (the paper's 50%)")
-
-    def check(self) -> None:
-        from ..control.preprocess import name_of
-
-        super().check()
-        checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
-        name_of(self.preprocessor)
-        if self.controls is not None and not Path(self.controls).is_dir():
-            raise FileNotFoundError(f"controls={str(self.controls)!r} is not a folder: give a folder of control maps "
-                                    f"named as the images, or leave it out to make them with --preprocessor.")
+from .captioned import Batches, cache_latents, prepare, read_dataset
+from .configs import ControlNetTrainConfig
 
 
 def control_maps(pairs: list[tuple[Path, str]], cfg: ControlNetTrainConfig, res: int) -> torch.Tensor:

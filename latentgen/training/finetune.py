@@ -24,94 +24,15 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import checks
 from . import loop as train
 from ..lora import formats as lora_io
-from ..checks import option
 from ..text import xl as sdxl
+from .configs import LoraOptions, LoraTrainConfig
 from .captioned import Batches, cache_latents, prior_pairs, read_dataset, validate
-
-
-@dataclass
-class LoraOptions:
-    """The options of every LoRA trainer here (finetune-lora, distill-lcm): data, run folder, adapters,
-    optimizer, batches, checkpoints, validation grids and output files."""
-    data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
-    out: Path = option(help="run folder: <name>.safetensors, checkpoints/, samples/")
-    model: str | None = option(None, "base model: diffusers folder or preset (default: the embedded model)")
-    name: str = option("lora", "file name of the LoRA (<out>/<name>.safetensors)")
-    rank: int = option(8, "LoRA rank")
-    alpha: float | None = option(None, "LoRA alpha (default: the rank)")
-    conv_rank: int = option(0, "LoCon: also adapt the U-Net's 3x3 convolutions (ResNet blocks, down/up-samplers) "
-                               "at this rank, as kohya's conv_dim; 0: attention only")
-    conv_alpha: float | None = option(None, "alpha of the convolution adapters (default: conv_rank)")
-    lr: float = option(1e-4, "learning rate")
-    lr_schedule: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers.optimization)")
-    warmup: int = option(0, "warmup steps")
-    steps: int | None = option(None, "optimizer steps (or give --epochs)")
-    epochs: float | None = option(None, "passes over the data, all processes together (or give --steps)")
-    batch: int = option(4, "images per process and micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    resolution: int | None = option(None, "training size (default: the model's width)")
-    crop: str = option("center", "center: resize the shorter side, crop; resize: stretch", choices=("center", "resize"))
-    mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
-    gradient_checkpointing: bool = option(False, "trade compute for memory")
-    default_caption: str | None = option(None, "caption for images that have none (else: an error)")
-    seed: int = option(0, "seed of the adapters' init, data order, noise")
-    save_every: int = option(100, "checkpoint every N steps")
-    validate_every: int | None = option(None, "draw the validation prompts every N steps")
-    validation_prompts: list[str] = option([], "prompts of the validation grids (repeatable)",
-                                           flag="validation-prompt")
-    kohya: bool = option(False, "also write <name>.kohya.safetensors (kohya/A1111 layout)")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
-
-    def alphas(self) -> tuple[float, float]:
-        """(alpha, conv_alpha), each defaulting to its rank."""
-        return float(self.alpha or self.rank), float(self.conv_alpha or self.conv_rank)
-
-    def check(self) -> None:
-        checks.whole("rank", self.rank, 1, "use a whole number >= 1, such as rank=8")
-        checks.whole("conv_rank", self.conv_rank, 0, "use a whole number >= 0, such as conv_rank=8 (0: none)")
-        for n, rank in (("alpha", "rank"), ("conv_alpha", "conv_rank")):
-            if getattr(self, n) is not None:
-                checks.number(n, getattr(self, n), positive=True, fix=f"use a positive number (default: {rank})")
-        if (self.steps is None) == (self.epochs is None):
-            raise ValueError("give exactly one of steps=... or epochs=... (--steps, --epochs), such as steps=500.")
-        if self.steps is not None:
-            checks.whole("steps", self.steps, 1)
-        if self.epochs is not None:
-            checks.number("epochs", self.epochs, positive=True)
-        for n in ("batch", "grad_accum", "save_every"):
-            checks.whole(n, getattr(self, n), 1)
-        checks.check_choices(self)
-
-
-@dataclass
-class LoraTrainConfig(LoraOptions):
-    """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
-    train_text_encoder: bool = option(False, "also put adapters on the text encoder")
-    snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
-    noise_offset: float = option(0.0, "offset noise, e.g. 0.05")
-    caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
-    prior_data: Path | None = option(None, "captioned images of what the model should keep drawing "
-                                           "(kohya's reg images, DreamBooth's prior preservation)")
-    prior_prompts: list[str] = option([], "the base model draws --prior-images images of these prompts into "
-                                          "--prior-data (repeatable)", flag="prior-prompt")
-    prior_images: int = option(100, "how many prior images are drawn (prompts cycled, seeds seed+i)")
-    prior_weight: float = option(1.0, "loss = loss(data) + prior_weight * loss(prior)")
-
-    def check(self) -> None:
-        super().check()
-        checks.whole("prior_images", self.prior_images, 1)
-        checks.number("prior_weight", self.prior_weight, positive=True, fix="use a positive number such as 1.0")
-        checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
-        if self.prior_prompts and self.prior_data is None:
-            raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
 
 
 class LoraCheckpointed(torch.nn.Module):

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,32 +31,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from tqdm import tqdm
 
-from .. import checks, files
-
-
-@dataclass
-class LoopConfig:
-    out: Path  # run folder; checkpoints go in out/checkpoints
-    steps: int  # optimizer steps
-    lr: float = 1e-4
-    lr_schedule: str = "constant"  # any diffusers.optimization schedule: constant, cosine, linear, ...
-    warmup: int = 0
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    seed: int = 0
-    save_every: int = 500
-    keep: int = 2  # checkpoints kept
-    mixed_precision: str = "no"  # no, fp16, bf16
-    ema: float = 0.0  # decay of an EMA of the weights, which the model holds at the end (0: none)
-
-    def check(self) -> None:
-        for name in ("steps", "grad_accum", "save_every", "keep"):
-            checks.whole(name, getattr(self, name), 1)
-        checks.number("lr", self.lr, positive=True, fix="use a positive learning rate such as 1e-4")
-        fix = "use a decay in [0, 1) such as 0.999, or 0 for no EMA"
-        if checks.number("ema", self.ema, minimum=0, maximum=1, fix=fix) == 1:
-            raise ValueError(f"ema={self.ema!r} is invalid: {fix}.")
+from .. import files
+from .configs import LoopConfig
 
 
 def _checkpoints(out: Path) -> list[Path]:

@@ -27,31 +27,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .. import checks
-from ..checks import option
 from . import loop as train
-from .captioned import Batches, FolderRunOptions, cache_latents, prepare, read_dataset
-
-
-@dataclass
-class TinyVaeConfig(FolderRunOptions):
-    """distill-vae: the shared options (``captioned.FolderRunOptions``) and the tiny VAE's size."""
-    data: Path = option(help="folder of images (captions are not needed)")
-    name: str = option("taesd", "folder name of the tiny VAE (<out>/<name>/)")
-    steps: int = option(1500, "optimizer steps")
-    lr: float = option(1e-3, "learning rate (cosine schedule)")
-    warmup: int = option(50, "warmup steps")
-    channels: int = option(64, "channels at every level (TAESD's 64)")
-
-    def check(self) -> None:
-        checks.whole("channels", self.channels, 4, "use a whole number >= 4, such as 64 (TAESD's)")
-        super().check()
+from .captioned import Batches, cache_latents, prepare, read_dataset
+from .configs import TinyVaeConfig
 
 
 def tiny_for(vae, channels: int = 64):

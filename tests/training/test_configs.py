@@ -1,0 +1,47 @@
+"""The trainers' settings: each bad value is refused by ``check()`` naming the field and a fix, and the module
+imports no torch (the command line builds every trainer's flags from these dataclasses)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from latentgen.training import configs
+
+
+def test_the_settings_module_imports_no_torch():
+    code = "import sys, latentgen.training.configs; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: configs.LoopConfig(out=d, steps=10, ema=1.0), r"ema=1.0 is invalid: use a decay in \[0, 1\)"),
+    (lambda d: configs.LoopConfig(out=d, steps=0), r"steps=0 is invalid: use a whole number >= 1"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d), r"give exactly one of steps=... or epochs=..."),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, epochs=1.0), r"give exactly one of steps"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, prior_prompts=["a cat"]),
+     r"prior_prompts need prior_data=FOLDER \(--prior-data\)"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, mixed_precision="fp8"), r"mixed_precision='fp8'"),
+    (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, num_ddim_timesteps=48),
+     r"num_ddim_timesteps=48 is invalid: it must divide the model's 1000 training timesteps"),
+    (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, w_min=8.0, w_max=4.0),
+     r"w_min=8.0 is above w_max=4.0"),
+    (lambda d: configs.LcmDistillConfig(data=d / "none", out=d, steps=5), r"is not a folder"),
+    (lambda d: configs.TinyVaeConfig(data=d, out=d, name=".."), r"name='..' is invalid: use a plain folder name"),
+    (lambda d: configs.TinyVaeConfig(data=d, out=d, channels=2), r"channels=2 is invalid"),
+    (lambda d: configs.ControlNetTrainConfig(data=d, out=d, caption_dropout=1.5), r"caption_dropout=1.5"),
+    (lambda d: configs.ControlNetTrainConfig(data=d, out=d, controls=d / "none"),
+     r"controls='.*none' is not a folder"),
+])
+def test_a_bad_setting_is_refused_naming_it(tmp_path, make, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        make(tmp_path).check()
+
+
+def test_good_settings_pass_and_alphas_default_to_the_ranks(tmp_path):
+    cfg = configs.LcmDistillConfig(data=tmp_path, out=tmp_path, steps=5, rank=4, conv_rank=2)
+    cfg.check()
+    assert cfg.alphas() == (4.0, 2.0) and cfg.guidance_range(3.0) == (3.0, 6.0)
+    for c in (configs.TinyVaeConfig(data=tmp_path, out=tmp_path), configs.ControlNetTrainConfig(data=tmp_path, out=tmp_path),
+              configs.LoopConfig(out=tmp_path, steps=1, ema=0.999)):
+        c.check()
