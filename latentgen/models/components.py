@@ -142,6 +142,16 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
+def vae_dtype(c: Components, dtype: torch.dtype) -> torch.dtype:
+    """The VAE's dtype under the model's ``dtype``. fp16 too (latentgen.guard.decode redoes an overflow in fp32),
+    but SDXL's VAE overflows fp16 on most latents: when its config says ``force_upcast`` (diffusers' SDXL pipelines
+    then decode in fp32; an fp16-fixed VAE such as madebyollin's says False), it stays fp32 from the start, as
+    A1111's --no-half-vae, instead of a wasted fp16 decode and a warning on the first image."""
+    if c.xl is not None and dtype == torch.float16 and c.vae.config.get("force_upcast", True):
+        return torch.float32
+    return dtype
+
+
 def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Components:
     """The parts frozen for inference, on ``device`` in ``dtype`` (channels_last where it is faster)."""
     for m in (c.text_encoder, c.unet, c.vae, *(c.xl.encoders() if c.xl else [])):
@@ -150,7 +160,7 @@ def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Component
     for m in c.xl.encoders() if c.xl else []:
         precision.cast(m, device, dtype)
     precision.cast(c.unet, device, dtype)
-    precision.cast(c.vae, device, dtype)  # fp16 too: latentgen.guard.decode redoes an overflow in fp32
+    precision.cast(c.vae, device, vae_dtype(c, dtype))
     if precision.wants_channels_last(device, dtype):
         c.unet.to(memory_format=torch.channels_last)
         c.vae.to(memory_format=torch.channels_last)

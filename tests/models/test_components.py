@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import latentgen
 from latentgen import precision
@@ -79,3 +80,22 @@ def test_loading_the_embedded_model_prints_nothing():
 def test_loading_a_folder_in_bf16_prints_nothing(tiny_folder):
     out, err = _quiet_run(f"import latentgen; latentgen.load({str(tiny_folder)!r}, dtype='bf16')")
     assert out == "" and err == "", (out, err)
+
+
+def test_sdxls_vae_stays_fp32_under_fp16_unless_its_config_says_it_is_fp16_safe(xl_folder, tiny_folder, tmp_path):
+    """SDXL's VAE overflows fp16: with ``force_upcast`` (its config's default) it is loaded in fp32, so the first
+    image needs no wasted decode and no warning; an fp16-fixed VAE (force_upcast false) and SD 1.x's stay fp16."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "the fp16 VAE overflowed")  # nothing was decoded twice
+        xl = latentgen.load(xl_folder, dtype="fp16")
+        assert (xl.unet.dtype, xl.vae.dtype) == (torch.float16, torch.float32) and "VAE float32" in repr(xl)
+        assert xl.generate("a cat", steps=2)[0].size == (64, 64)
+    fixed = tmp_path / "fixed"
+    shutil.copytree(xl_folder, fixed)
+    cfg = json.loads((fixed / "vae" / "config.json").read_text())
+    (fixed / "vae" / "config.json").write_text(json.dumps({**cfg, "force_upcast": False}))
+    assert latentgen.load(fixed, dtype="fp16").vae.dtype == torch.float16
+    assert latentgen.load(tiny_folder, dtype="fp16").vae.dtype == torch.float16  # SD 1.x: the guard only
+    assert latentgen.load(xl_folder, dtype="bf16").vae.dtype == torch.bfloat16  # bf16 has fp32's range
