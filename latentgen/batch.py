@@ -8,7 +8,9 @@ shared among processes.
 
 A job is one JSON object per line: ``prompt`` and ``seed``, and any other ``generate`` argument
 (``negative_prompt``, ``steps``, ``guidance``, ``width``, ``height``, ``scheduler``, ``clip_skip``,
-``prompt_syntax``). Job ``i`` becomes ``OUT/i.png`` (six digits) with its settings in the PNG's
+``prompt_syntax``), and as JSON objects of their fields ``variation`` (``latentgen.Variation``: seed, strength,
+resize_from), ``hires`` (``latentgen.Hires``: scale, strength, upscaler, steps, ...) and ``refiner`` (model: a
+folder or file, switch_at; each model loaded once). Job ``i`` becomes ``OUT/i.png`` (six digits) with its settings in the PNG's
 parameters chunk: one line in ``OUT/manifest-<process>.jsonl`` (index, file, sha256, job) is
 written first, then the file appears in one rename. A job is done when a manifest line holds the
 job as it is now and its file matches that line's sha256: a re-run (after a kill, with any number
@@ -27,19 +29,23 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import files
 from .guard import NonFiniteError
-from .request import MAX_SEED, seeds
+from .request import seeds
 from .text import prompts, xl
 from .text.schedule import check_parts
 
 JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
-            "clip_skip", "prompt_syntax")
-SETTING_KEYS = tuple(k for k in JOB_KEYS if k not in ("prompt", "negative_prompt"))  # pipe.settings takes these
-MAX_PROMPT_JOBS = 1_000_000  # prompts x seeds of one --prompts batch: days of images, ~0.5 GB of jobs in memory
+            "clip_skip", "prompt_syntax", "variation", "hires", "refiner")
+SETTING_KEYS = ("seed", "steps", "guidance", "width", "height", "scheduler", "clip_skip", "prompt_syntax")
+OBJECT_FIELDS = {"variation": ("seed", "strength", "resize_from"), "refiner": ("model", "switch_at"),
+                 "hires": ("scale", "width", "height", "upscaler", "strength", "steps", "scheduler", "prompt",
+                           "negative_prompt")}  # the fields of latentgen.Variation, Refiner (a path) and Hires
+EXAMPLES = {"variation": {"seed": 7, "strength": 0.3}, "hires": {"scale": 2, "strength": 0.5},
+            "refiner": {"model": "path/to/sdxl-refiner", "switch_at": 0.8}}
 
 
 @dataclass(frozen=True)
@@ -86,37 +92,30 @@ def check_job(job, where: str) -> dict:
         seeds(job.get("seed", 0), 1)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+    for key, names in OBJECT_FIELDS.items():  # a refiner needs its "model": a folder or file
+        value = job.get(key)
+        if value is not None and (not isinstance(value, dict) or not set(value) <= set(names) or
+                                  (key == "refiner" and not isinstance(value.get("model"), str))):
+            raise ValueError(f"{where}: '{key}' is a JSON object of {', '.join(names)}, such as "
+                             f"{json.dumps(EXAMPLES[key])}.")
     return {"seed": 0, **job}
 
 
-def prompt_jobs(prompts_file: str | Path, seeds: str) -> list[Job]:
-    """Every prompt of a text file (one per line) with every seed of a range ``A-B`` (inclusive) or ``S``."""
-    path = Path(prompts_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist: give a text file, one prompt per line.")
-    lines = [(n, ln.strip()) for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
-    prompts = [(n, p) for n, p in lines if p]
-    if not prompts:
-        raise ValueError(f"{path} holds no prompts: write one per line.")
-    r = seed_range(seeds)
-    count = len(prompts) * (r.stop - r.start)  # not len(r): a range of 2**63 seeds or more has none
-    if count > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
-        raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes {count} images; one "
-                         f"batch takes at most {MAX_PROMPT_JOBS}: give a shorter range, and each further range its "
-                         f"own --out.")
-    return [Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in r]
+def call_args(args: dict, refiners: dict) -> dict:
+    """A job's ``generate`` keyword arguments: its JSON objects as latentgen's (``refiners``: path -> loaded model)."""
+    from .models.refiner import Refiner
+    from .starts import Variation
+    from .upscale.hires import Hires
 
-
-def seed_range(text: str) -> range:
-    """``"0-99"`` -> range(0, 100); ``"7"`` -> range(7, 8)."""
-    first, _, last = text.partition("-")
-    try:
-        a, b = int(first), int(last or first)
-    except ValueError:
-        raise ValueError(f"--seeds {text!r} is invalid: use a range such as 0-99, or one seed such as 7.") from None
-    if a < 0 or b < a or b > MAX_SEED:
-        raise ValueError(f"--seeds {text!r} is invalid: use A-B with 0 <= A <= B <= {MAX_SEED}, such as 0-99.")
-    return range(a, b + 1)
+    kw = {k: v for k, v in args.items() if k != "prompt" and v is not None}
+    if "variation" in kw:
+        size = kw["variation"].get("resize_from")
+        kw["variation"] = Variation(**{**kw["variation"], "resize_from": None if size is None else tuple(size)})
+    if "hires" in kw:
+        kw["hires"] = Hires(**kw["hires"])
+    if "refiner" in kw:
+        kw["refiner"] = Refiner(refiners[kw["refiner"]["model"]], kw["refiner"].get("switch_at", 0.8))
+    return kw
 
 
 def image_name(index: int) -> str:
@@ -168,14 +167,32 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
     return done
 
 
-def check_all(pipe, jobs: list[Job]) -> None:
+def check_all(pipe, jobs: list[Job]) -> dict:
     """Every job's settings on the model and its LoRA tags (no model call; each tagged LoRA file read
-    once), errors prefixed with the job's line."""
-    top, read = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set()
+    once), errors prefixed with the job's line. Returns the refiners the jobs name, each loaded once (path ->
+    model, on the model's device and dtype) and checked against the model."""
+    import latentgen
+
+    from . import precision
+    from .models import refiner
+    from .upscale import hires
+
+    top, read, refiners = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set(), {}
     for job in jobs:
         try:
-            s = pipe.settings(prompt=job.args.get("prompt"), **{k: v for k, v in job.args.items() if k in SETTING_KEYS})
+            path = (job.args.get("refiner") or {}).get("model")
+            if path is not None and path not in refiners:
+                refiners[path] = latentgen.load(path, device=precision.device_of(pipe.unet))
+            kw = call_args(job.args, refiners)
+            s = pipe.settings(prompt=job.args.get("prompt"), variation=kw.get("variation"),
+                              **{k: v for k, v in kw.items() if k in SETTING_KEYS})
             pipe.check_limits(s, 1)
+            if "hires" in kw:  # its values, and the size of its second pass
+                size = hires.sizes(hires.check(kw["hires"], pipe.vae_scale_factor), s.width, s.height,
+                                   pipe.vae_scale_factor)[1]
+                pipe.check_limits(replace(s, width=size[0], height=size[1]), 1)
+            if "refiner" in kw:
+                refiner.check(kw["refiner"], pipe)
             if s.clip_skip > top:  # else found only when the text is encoded, after earlier images
                 raise ValueError(f"clip_skip={s.clip_skip} is invalid: this model's text encoders take 1 (the last "
                                  f"layer{'s used' if pipe.xl else ''}) to {top}, such as clip_skip=2.")
@@ -184,6 +201,7 @@ def check_all(pipe, jobs: list[Job]) -> None:
                 check_parts(prompts.extra_networks(str(job.args.get("prompt", "")))[0], s.cfg)  # AND needs CFG
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise type(e)(f"{job.where}: {e}") from None
+    return refiners
 
 
 def check_tags(pipe, args: dict, read: set[str]) -> None:
@@ -235,7 +253,7 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
     settings are checked on the model, and ``out`` for files that are not this batch's, before the
     first image. Ctrl-C raises ``BatchInterrupted``; another run drawing into ``out`` as this process, FileExistsError."""
     out, jobs = Path(out), as_jobs(jobs)
-    check_all(pipe, jobs)
+    refiners = check_all(pipe, jobs)
     out.mkdir(parents=True, exist_ok=True)
     # a second run drawing here as the same process would draw every image twice: refused, naming the holder
     busy = f"{out} is in use by another latentgen batch (process {process}): wait for it, or give another --out"
@@ -247,7 +265,7 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
         t0 = time.perf_counter()
         try:
             with open_manifest(out / f"manifest-{process}.jsonl") as log:
-                _draw(pipe, jobs, todo, out, log, progress)
+                _draw(pipe, jobs, todo, out, log, progress, refiners)
         except KeyboardInterrupt:
             written = len(done_jobs(out, jobs)) - len(done)
             raise BatchInterrupted(f"{written} of this run's {len(todo)} images are in {out}, each whole and named in "
@@ -261,7 +279,7 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``run``: the images written so far stay, each whole; the message says how many."""
 
 
-def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool) -> None:
+def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool, refiners: dict) -> None:
     """Draw jobs ``todo`` into ``out``, each file written atomically after its manifest line."""
     from tqdm import tqdm
 
@@ -270,7 +288,7 @@ def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool) -> 
     for i in tqdm(todo, desc="images", unit="img", disable=not progress):
         args = jobs[i].args
         try:
-            image = pipe.generate(args["prompt"], **{k: v for k, v in args.items() if k != "prompt"})[0]
+            image = pipe.generate(args["prompt"], **call_args(args, refiners))[0]
         except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
             raise type(e)(f"{jobs[i].where}: {e}") from e
         # the manifest line comes before the file: a file the manifest does not name is never ours

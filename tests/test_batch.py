@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from latentgen import batch, metadata
+from latentgen.cli import batch as cli_batch
 
 JOBS = [{"prompt": "a red circle on a blue background", "seed": 3, "steps": 4},
         {"prompt": "a white square on a black background", "seed": 0, "steps": 4, "guidance": 3.0},
@@ -109,35 +110,6 @@ def test_accelerate_launch_two_processes_equals_one(reference, tmp_path):
         assert (tmp_path / "out" / batch.image_name(i)).read_bytes() == (reference / batch.image_name(i)).read_bytes()
 
 
-def test_prompts_and_seed_ranges(tmp_path):
-    f = tmp_path / "p.txt"
-    f.write_text("a red circle on a blue background\n\na white square on a black background\n")
-    jobs = batch.prompt_jobs(f, "2-4")
-    assert jobs[3].where.endswith("p.txt:3 with seed 2")
-    assert [(j.args["prompt"][:7], j.args["seed"]) for j in jobs] == [("a red c", 2), ("a red c", 3), ("a red c", 4),
-                                                           ("a white", 2), ("a white", 3), ("a white", 4)]
-    assert batch.seed_range("7") == range(7, 8)
-    for bad in ("5-2", "x", "-3", "1-y", f"0-{2**64}"):
-        with pytest.raises(ValueError, match="--seeds"):
-            batch.seed_range(bad)
-    with pytest.raises(ValueError, match=r"--seeds 0-999999 with the 2 prompt\(s\) of .*p\.txt makes 2000000 images; "
-                                         r"one batch takes at most 1000000: give a shorter range, and each further "
-                                         r"range its own --out\."):
-        batch.prompt_jobs(f, "0-999999")
-
-
-def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch):
-    f = tmp_path / "p.txt"
-    f.write_text("a red circle\na white square\n")
-    monkeypatch.setattr(batch, "MAX_PROMPT_JOBS", 6)
-    assert len(batch.prompt_jobs(f, "0-2")) == 6  # the limit itself is allowed
-    monkeypatch.setattr(batch, "Job", lambda *a: pytest.fail("built a job before refusing"))
-    with pytest.raises(ValueError, match=r"makes 8 images; one batch takes at most 6"):
-        batch.prompt_jobs(f, "0-3")
-    with pytest.raises(ValueError, match=r"makes 36893488147419103232 images"):  # 2**64 seeds: past len()'s reach
-        batch.prompt_jobs(f, f"0-{2**64 - 1}")
-
-
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "x", "sede": 1}', "unknown key"),
     ("{not json", r"jobs.jsonl:2 is not JSON"),
@@ -147,6 +119,10 @@ def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch)
     ('{"prompt": "x", "seed": 18446744073709551616}', "jobs.jsonl:2: seed=18446744073709551616 is invalid"),
     ('{"prompt": "x", "seed": 1.5}', "jobs.jsonl:2: seed=1.5 is invalid"),
     ('{"prompt": "x", "negative_prompt": 5}', "jobs.jsonl:2: 'negative_prompt' must be text"),
+    ('{"prompt": "x", "hires": 2}', r"jobs.jsonl:2: 'hires' is a JSON object of scale, width, height, upscaler"),
+    ('{"prompt": "x", "hires": {"scael": 2}}', r"'hires' is a JSON object of .* such as \{\"scale\": 2"),
+    ('{"prompt": "x", "variation": {"subseed": 2}}', r"'variation' is a JSON object of seed, strength, resize_from"),
+    ('{"prompt": "x", "refiner": {"switch_at": 0.5}}', r"'refiner' is a JSON object of model, switch_at, such as"),
 ])
 def test_bad_jobs_name_the_line(tmp_path, line, message):
     f = tmp_path / "jobs.jsonl"
@@ -221,6 +197,12 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
                                                           r"A1111's AND or a part weight.*use guidance > 1"),
     ({"prompt": "a [red:yellow:0.5] circle", "negative_prompt": "[a|b]"}, None),  # prompt editing: drawn
     ({"prompt": "a [red:yellow:0.5] circle", "prompt_syntax": "plain"}, None),  # plain text: drawn as written
+    ({"variation": {"seed": 3, "strength": 1.5}}, r"jobs\.jsonl:2: .*strength=1\.5 is invalid"),
+    ({"hires": {"scale": 2, "strength": 2}}, r"jobs\.jsonl:2: hires\.strength=2 is invalid"),
+    ({"hires": {"upscaler": "nosuch"}}, r"jobs\.jsonl:2: .*nosuch"),
+    ({"hires": {"scale": 8, "width": 4096, "height": 4096}}, r"jobs\.jsonl:2: .*4096"),  # the second pass's size
+    ({"refiner": {"model": "no/such/refiner"}}, r"jobs\.jsonl:2: .*no/such/refiner"),
+    ({"variation": {"seed": 3, "strength": 0.5}, "hires": {"scale": 1.5, "strength": 0.4, "steps": 2}}, None),
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
     f = tmp_path / "jobs.jsonl"
@@ -239,7 +221,7 @@ def test_files_with_a_byte_order_mark_read_as_text(tmp_path):
     jobs.write_text('{"prompt": "x", "seed": 2}\n', encoding="utf-8-sig")
     prompts.write_text("a red circle\n", encoding="utf-8-sig")
     assert [j.args for j in batch.read_jobs(jobs)] == [{"prompt": "x", "seed": 2}]
-    assert [j.args for j in batch.prompt_jobs(prompts, "0")] == [{"prompt": "a red circle", "seed": 0}]
+    assert [j.args for j in cli_batch.prompt_jobs(prompts, "0")] == [{"prompt": "a red circle", "seed": 0}]
 
 
 def test_cli_refuses_seeds_with_a_jobs_file(tmp_path):
@@ -344,3 +326,30 @@ def test_an_sdxl_jobs_clip_skip_is_bounded_by_both_encoders_before_drawing(xl_fo
     assert pipe.generate("ok", clip_skip=top, steps=1)[0].size == (64, 64)
     with pytest.raises(ValueError, match=f"clip_skip={top + 1}"):
         pipe.generate("ok", clip_skip=top + 1, steps=1)  # what the check spares the run from, mid-batch
+
+
+def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_folder, xl_refiner_folder, tmp_path):
+    """Jobs carry ``variation``, ``hires`` and ``refiner`` as JSON objects of their fields; each image equals the
+    ``generate`` call with latentgen's objects, and a refiner named by several jobs is loaded once."""
+    import latentgen
+
+    job = {"prompt": "a red circle", "seed": 3, "steps": 4, "variation": {"seed": 9, "strength": 0.4,
+           "resize_from": [48, 48]}, "hires": {"scale": 1.5, "strength": 0.5, "steps": 2}}
+    batch.run(embedded, [job], tmp_path / "a", progress=False)
+    want = embedded.generate("a red circle", seed=3, steps=4, hires=latentgen.Hires(scale=1.5, strength=0.5, steps=2),
+                             variation=latentgen.Variation(seed=9, strength=0.4, resize_from=(48, 48)))[0]
+    got = Image.open(tmp_path / "a" / "000000.png")
+    assert got.size == (96, 96) and np.array_equal(np.asarray(got), np.asarray(want))
+    assert "Variation seed: 9" in got.info["parameters"] and "Hires upscale: 1.5" in got.info["parameters"]
+
+    base = latentgen.load(xl_folder)
+    jobs = [{"prompt": "a cat", "seed": s, "steps": 4, "refiner": {"model": str(xl_refiner_folder), "switch_at": 0.5}}
+            for s in (1, 2)]
+    refiners = batch.check_all(base, batch.as_jobs(jobs))
+    assert list(refiners) == [str(xl_refiner_folder)]  # one load for both jobs
+    batch.run(base, jobs, tmp_path / "r", progress=False)
+    want = base.generate("a cat", seed=2, steps=4, refiner=latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.5))[0]
+    got = Image.open(tmp_path / "r" / "000001.png")
+    assert np.array_equal(np.asarray(got), np.asarray(want)) and "Refiner switch at: 0.5" in got.info["parameters"]
+    plain = base.generate("a cat", seed=2, steps=4)[0]
+    assert not np.array_equal(np.asarray(got), np.asarray(plain))  # the refiner drew the end

@@ -30,19 +30,20 @@ class _Traced(torch.nn.Module):
     """A U-Net or a ControlNet as a function of positional tensors, as ``convert_model`` traces it. A U-Net:
     (x, t, context[, text_embeds, time_ids][, residuals...]) -> its output, SDXL's added conditioning after the
     context, the residuals a ControlNet's (the skip connections', then the middle block's); a ControlNet:
-    (x, t, context, hint) -> its residuals at weight 1 (``control.residuals`` scales them)."""
+    (x, t, context, hint[, text_embeds, time_ids]) -> its residuals at weight 1 (``control.residuals`` scales them)."""
 
     def __init__(self, unet):
         super().__init__()
         self.unet = unet  # the IR names its weights "self.unet.<parameter>" (``patched`` finds them so)
 
     def forward(self, x, t, context, *rest):
-        if hasattr(self.unet, "controlnet_cond_embedding"):  # a ControlNet; rest: its hint
-            down, mid = self.unet(x, t, encoder_hidden_states=context, controlnet_cond=rest[0], return_dict=False)
+        control = hasattr(self.unet, "controlnet_cond_embedding")  # a ControlNet: its hint comes first in rest
+        hint, rest = (rest[0], rest[1:]) if control else (None, rest)
+        xl = is_xl(self.unet.config)  # SDXL: the pooled text (B, P) and the size numbers (B, 6 or 5)
+        added, rest = ({"added_cond_kwargs": {"text_embeds": rest[0], "time_ids": rest[1]}}, rest[2:]) if xl else ({}, rest)
+        if control:
+            down, mid = self.unet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False, **added)
             return (*down, mid)
-        added = {}
-        if is_xl(self.unet.config):  # SDXL: the pooled text (B, P) and the size numbers (B, 6 or 5)
-            added, rest = {"added_cond_kwargs": {"text_embeds": rest[0], "time_ids": rest[1]}}, rest[2:]
         extra = {"down_block_additional_residuals": list(rest[:-1]), "mid_block_additional_residual": rest[-1]} \
             if rest else {}
         return self.unet(x, t, encoder_hidden_states=context, return_dict=False, **added, **extra)[0]
@@ -124,10 +125,10 @@ def _example(model, residuals: bool) -> tuple:
     """Inputs to trace ``model`` (a U-Net, or a ControlNet when it has a hint encoder) on: 8x8 latents, CFG's batch."""
     cfg = model.config
     example = (torch.zeros(2, cfg.in_channels, 8, 8), torch.tensor(500.0), torch.zeros(2, 77, cfg.cross_attention_dim))
-    example += example_added(cfg, 2) if is_xl(cfg) and not hasattr(model, "controlnet_cond_embedding") else ()
     if hasattr(model, "controlnet_cond_embedding"):  # the hint at the pixels' size: 2 ** (levels - 1) per latent
         side = 8 * 2 ** (len(cfg.conditioning_embedding_out_channels) - 1)
-        return example + (torch.zeros(2, cfg.conditioning_channels, side, side),)
+        example += (torch.zeros(2, cfg.conditioning_channels, side, side),)
+    example += example_added(cfg, 2) if is_xl(cfg) else ()
     return example + (tuple(torch.zeros(s) for s in residual_shapes(cfg, example[0].shape)) if residuals else ())
 
 

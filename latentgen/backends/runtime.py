@@ -48,7 +48,6 @@ from .. import memory, precision
 from . import cache, control_graph, cudagraph, raise_if_interrupted, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
-from ..text.xl import is_xl
 from .openvino import RECIPE, Compiled, convert, patched
 
 
@@ -231,9 +230,9 @@ class Runtime:
 
     def for_controlnet(self, net):
         """What runs the ControlNet ``net``: (x, t, context, hint) -> (down residuals, mid residual) at weight 1;
-        on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape. An
-        SDXL ControlNet (it reads the pooled text and size numbers too) runs on torch."""
-        if self.backend != "openvino" or precision.device_of(net).type != "cpu" or is_xl(net.config):
+        on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape (an
+        SDXL ControlNet with the pooled text and size numbers as inputs, as its U-Net)."""
+        if self.backend != "openvino" or precision.device_of(net).type != "cpu":
             return functools.partial(control_graph.run_torch, net)
         with self._lock:
             state = weights.state(net, self.version)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .args import add_model_args, load_model
+
+MAX_PROMPT_JOBS = 1_000_000  # prompts x seeds of one --prompts batch: days of images, ~0.5 GB of jobs in memory
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -19,7 +22,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.seeds is not None:  # a jobs file carries its own seeds
         raise ValueError("--seeds goes with --prompts only: a jobs file gives each job its \"seed\"; drop "
                          "--seeds, or use --prompts FILE --seeds A-B.")
-    jobs = batch.read_jobs(args.jobs) if args.jobs else batch.prompt_jobs(args.prompts, args.seeds or "0")
+    jobs = batch.read_jobs(args.jobs) if args.jobs else prompt_jobs(args.prompts, args.seeds or "0")
     # one process, or one of several under `accelerate launch` (gloo on CPU, as finetune-lora)
     state = PartialState(cpu=not torch.cuda.is_available())
     device = args.device or (state.device if state.num_processes > 1 else None)
@@ -28,6 +31,41 @@ def cmd_batch(args: argparse.Namespace) -> int:
                         progress=state.is_local_main_process)
     print(json.dumps({"process": state.process_index, "jobs": len(jobs), **figures}))
     return 0
+
+
+def prompt_jobs(prompts_file: str | Path, seeds: str) -> list:
+    """Every prompt of a text file (one per line) with every seed of a range ``A-B`` (inclusive) or ``S``: the
+    jobs of ``--prompts FILE --seeds A-B``."""
+    from .. import batch
+
+    path = Path(prompts_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist: give a text file, one prompt per line.")
+    lines = [(n, ln.strip()) for n, ln in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1)]
+    prompts = [(n, p) for n, p in lines if p]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts: write one per line.")
+    r = seed_range(seeds)
+    count = len(prompts) * (r.stop - r.start)  # not len(r): a range of 2**63 seeds or more has none
+    if count > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
+        raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes {count} images; one "
+                         f"batch takes at most {MAX_PROMPT_JOBS}: give a shorter range, and each further range its "
+                         f"own --out.")
+    return [batch.Job({"prompt": p, "seed": s}, f"{path}:{n} with seed {s}") for n, p in prompts for s in r]
+
+
+def seed_range(text: str) -> range:
+    """``"0-99"`` -> range(0, 100); ``"7"`` -> range(7, 8)."""
+    from ..request import MAX_SEED
+
+    first, _, last = text.partition("-")
+    try:
+        a, b = int(first), int(last or first)
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} is invalid: use a range such as 0-99, or one seed such as 7.") from None
+    if a < 0 or b < a or b > MAX_SEED:
+        raise ValueError(f"--seeds {text!r} is invalid: use A-B with 0 <= A <= B <= {MAX_SEED}, such as 0-99.")
+    return range(a, b + 1)
 
 
 def add_parser(sub) -> None:

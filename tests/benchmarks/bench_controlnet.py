@@ -3,6 +3,7 @@
     python tests/benchmarks/bench_controlnet.py --part embedded --repeats 5   # the embedded model with ``edges``
     python tests/benchmarks/bench_controlnet.py --part sd15 --repeats 3      # SD 1.5's architecture at 512x512
     python tests/benchmarks/bench_controlnet.py --part calls --repeats 5     # SD 1.5: one call of each model
+    python tests/benchmarks/bench_controlnet.py --part xl-calls --repeats 3  # SDXL: the ControlNet's call at 1024
 
 ``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend, OpenVINO), with the
 shipped ``edges`` ControlNet (compiled beside the U-Net, and on torch), and diffusers'
@@ -11,7 +12,8 @@ weights (``latentgen.load("sd15")`` and ``ControlNetModel.from_unet`` of its U-N
 the ControlNet call on the default backend (OpenVINO) and on torch.
 ``calls``: the same SD 1.5 models, one CFG call (batch 2, 64x64 latents) of each: the ControlNet compiled and on
 torch, the U-Net compiled with and without residual inputs: what a controlled step adds, without the fixed costs
-(text, VAE) that whole calls carry. Per-step figures of whole calls subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
+(text, VAE) that whole calls carry. ``xl-calls``: SDXL's architecture (random weights, ``from_unet`` of its
+U-Net: a full-size ControlNet), one CFG call at 1024x1024 (128x128 latents) compiled and on torch. Per-step figures of whole calls subtract nothing: they are whole calls divided by their steps. Calls alternate so drift in the
 machine's load hits all alike; medians. Time only on a quiet machine (``uptime``).
 """
 
@@ -101,6 +103,27 @@ def calls(repeats: int) -> dict:
             return medians(runs, repeats)
 
 
+def xl_calls(repeats: int) -> dict:
+    from latentgen.backends.control_graph import run_torch
+
+    pipe = latentgen.load("sdxl")
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(pipe.unet).to(pipe.dtype).eval()
+    runtime, dtype, width = pipe.runtime, pipe.dtype, pipe.unet.config.projection_class_embeddings_input_dim - 6 * 256
+    del pipe  # the U-Net's memory: only the ControlNet is timed
+    compiled = runtime.for_controlnet(net)
+    x = torch.randn(1, 4, 128, 128, dtype=dtype).repeat(2, 1, 1, 1)
+    ctx, hint = torch.randn(2, 77, 2048, dtype=dtype), torch.rand(2, 3, 1024, 1024, dtype=dtype)
+    added = {"text_embeds": torch.randn(2, width, dtype=dtype), "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024,
+                                                                                          1024]] * 2, dtype=dtype)}
+    runs = {"SDXL ControlNet, OpenVINO": lambda: compiled(x, 500, ctx, hint, added),
+            "SDXL ControlNet, torch": lambda: run_torch(net, x, 500, ctx, hint, added)}
+    with torch.no_grad():
+        for fn in runs.values():
+            fn()
+        return medians(runs, repeats) | {"dtype": str(dtype), "compiled": type(compiled).__name__}
+
+
 def unit_model(unit: Control, pipe):
     from latentgen.control import units
 
@@ -109,12 +132,12 @@ def unit_model(unit: Control, pipe):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("embedded", "sd15", "calls"), default="embedded")
+    ap.add_argument("--part", choices=("embedded", "sd15", "calls", "xl-calls"), default="embedded")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     print(f"CPU: {cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    figures = {"embedded": embedded, "sd15": sd15, "calls": calls}[a.part](a.repeats)
-    unit = "s per call" if a.part == "calls" else "s per step"
+    figures = {"embedded": embedded, "sd15": sd15, "calls": calls, "xl-calls": xl_calls}[a.part](a.repeats)
+    unit = "s per call" if a.part.endswith("calls") else "s per step"
     for k, v in figures.items():
         print(f"{k:32s} {v:.4f} {unit}" if isinstance(v, float) else f"{k}: {v}")
 

@@ -162,13 +162,34 @@ def test_an_sdxl_controlnet_equals_diffusers_sdxl_controlnet_pipeline(xl_folder,
 
 
 def test_an_sdxl_controlnet_on_openvino_draws_as_on_torch(xl_folder, xl_controlnet):
-    """On OpenVINO the SDXL U-Net takes the ControlNet's residuals beside the pooled text and size numbers (its
-    second conversion); the SDXL ControlNet itself runs on torch."""
+    """On OpenVINO the SDXL ControlNet runs compiled with the pooled text and size numbers as inputs (its residuals
+    equal torch's), and the SDXL U-Net takes its residuals beside them (its second conversion)."""
+    import torch
+    from diffusers import ControlNetModel
+
     import latentgen
+    from latentgen.backends import control_graph
 
     fast, slow = latentgen.load(xl_folder, backend="openvino"), latentgen.load(xl_folder, backend="torch")
     kw = dict(seed=4, steps=4, guidance=5.0, control=Control(_hint(0), xl_controlnet, weight=0.8, start=0.25))
     got = fast.generate(PROMPT, **kw)
     assert max_diff(got, slow.generate(PROMPT, **kw)) <= 2
+    assert max_diff(got, fast.generate(PROMPT, **{**kw, "control": None})) > 2  # the control matters
     assert "last call ran torch" not in repr(fast)
     assert fast.runtime.for_unet(fast.unet, residuals=True).controlled is not None  # the U-Net with residuals ran
+    net = ControlNetModel.from_pretrained(xl_controlnet)
+    run = fast.runtime.for_controlnet(net)
+    assert isinstance(run, control_graph.CompiledControlNet)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, hint = torch.randn(2, 4, 32, 32, generator=g), torch.randn(2, 77, net.config.cross_attention_dim, generator=g), \
+        torch.rand(2, 3, 64, 64, generator=g)
+    added = {"text_embeds": torch.randn(2, net.config.projection_class_embeddings_input_dim
+                                        - 6 * net.config.addition_time_embed_dim, generator=g),
+             "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        want = control_graph.run_torch(net, x, torch.tensor(500), ctx, hint, added)
+    got = run(x, torch.tensor(500), ctx, hint, added)
+    for a, b in zip([*got[0], got[1]], [*want[0], want[1]]):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    other = dict(added, time_ids=torch.tensor([[128.0, 128, 0, 0, 64, 64]] * 2))  # the size numbers are inputs
+    assert not torch.allclose(run(x, torch.tensor(500), ctx, hint, other)[1], got[1], atol=1e-4)
