@@ -168,3 +168,60 @@ def test_a_control_image_places_the_shape(page, served, tmp_path):
                                 control=Control(edges, "edges"))[0]
     assert max_diff(image, want) <= 1
     assert 'ControlNet 0: "Module: none, Model: edges, Weight: 1' in page.inner_text("#gallery .params")
+
+
+def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder, xl_refiner_folder, tmp_path):
+    """A server whose models are a tiny SDXL base and refiner: the Refiner panel (checkpoint, switch at) and the
+    Hires fix panel (upscaler, scale, steps, denoising) give the Python API's pictures and infotexts."""
+    import latentgen
+
+    os.symlink(xl_folder, tmp_path / "tiny-xl")
+    os.symlink(xl_refiner_folder, tmp_path / "tiny-xl-refiner")
+    s = Served(ServeConfig(model="tiny-xl", models_dir=tmp_path))
+    page = browser.new_page(viewport={"width": 1120, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(s.url + "/")
+        page.wait_for_function("document.querySelector('#hr-upscaler').options.length > 1")
+        assert page.input_value("#model") == "tiny-xl"
+        upscalers = page.eval_on_selector("#hr-upscaler", "s => [...s.options].map(o => o.value)")
+        assert upscalers[0] == "Latent" and "Lanczos" in upscalers and "None" not in upscalers
+        page.fill("#prompt", "a red circle")
+        page.fill("#seed", "2")
+        page.fill("#steps", "4")
+        page.fill("#cfg", "5")
+        page.select_option("#sampler", "Euler")
+        page.click("#refiner summary")
+        page.select_option("#refiner-model", "tiny-xl-refiner")
+        page.fill("#refiner-switch", "0.5")
+        page.click("#generate")
+        page.wait_for_selector("#gallery img.result", timeout=120_000)
+        image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
+        base = latentgen.load(xl_folder)
+        want = base.generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler",
+                             refiner=latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.5))[0]
+        assert max_diff(image, want) <= 1
+        assert "Refiner: tiny-xl-refiner, Refiner switch at: 0.5" in page.inner_text("#gallery .params")
+
+        page.select_option("#refiner-model", "")  # none: the hires fix alone (A1111 refuses the two together here)
+        page.click("#hires summary")
+        page.check("#hr-on")
+        page.select_option("#hr-upscaler", "Lanczos")
+        page.fill("#hr-scale", "1.5")
+        page.fill("#hr-steps", "2")
+        page.fill("#hr-strength", "0.5")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 2", timeout=120_000)
+        image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")  # the newest first
+        want = base.generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler", hires=latentgen.Hires(
+            scale=1.5, strength=0.5, steps=2, upscaler="Lanczos"))[0]
+        assert image.size == want.size == (96, 96) and max_diff(image, want) <= 1
+        params = page.inner_text("#gallery .params")
+        assert "Hires upscale: 1.5" in params and "Hires upscaler: Lanczos" in params and "Refiner" not in params
+        page.check("input[name=mode][value=img2img]")
+        assert page.is_hidden("#hires") and not page.is_hidden("#refiner")  # hires is txt2img's; a refiner is both's
+    finally:
+        page.close()
+        s.stop()
+    assert not errors, errors

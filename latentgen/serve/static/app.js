@@ -29,9 +29,13 @@ function fillSelect(select, items, keepFirst) {
 }
 
 async function loadLists() {
-  const [models, options, samplers, loras] = await Promise.all(
-    [getJSON("sd-models"), getJSON("options"), getJSON("samplers"), getJSON("loras")]);
+  const [models, options, samplers, loras, latent, upscalers] = await Promise.all(
+    [getJSON("sd-models"), getJSON("options"), getJSON("samplers"), getJSON("loras"), getJSON("latent-upscale-modes"),
+     getJSON("upscalers")]);
   fillSelect($("model"), models.map((m) => [m.title, m.model_name]));
+  fillSelect($("refiner-model"), models.map((m) => [m.model_name, m.model_name]), true);
+  // the hires upscalers as A1111's page lists them: the latent modes, then the pixel ones and model files
+  fillSelect($("hr-upscaler"), [...latent, ...upscalers].map((u) => u.name).filter((n) => n !== "None").map((n) => [n, n]));
   $("model").value = options.sd_model_checkpoint;
   fillSelect($("sampler"), samplers.map((s) => [s.name, s.name]), true);
   fillSelect($("lora"), loras.map((l) => [l.name, l.alias]));
@@ -91,6 +95,7 @@ function showMode() {
   $("mask-canvas").style.pointerEvents = mode() === "inpaint" ? "auto" : "none";
   $("mask-canvas").style.visibility = mode() === "inpaint" ? "visible" : "hidden";
   $("size-row").querySelectorAll("#width, #height").forEach((el) => (el.disabled = mode() !== "txt2img"));
+  $("hires").hidden = mode() !== "txt2img";  // A1111's hires fix is txt2img's
 }
 document.querySelectorAll("input[name=mode]").forEach((el) => el.addEventListener("change", showMode));
 
@@ -166,6 +171,13 @@ function payload() {
     steps: number("steps"), cfg_scale: number("cfg"), sampler_name: $("sampler").value || undefined,
     batch_size: 1, n_iter: count, alwayson_scripts: controlUnits(),
   };
+  if ($("refiner-model").value) {
+    Object.assign(body, { refiner_checkpoint: $("refiner-model").value, refiner_switch_at: number("refiner-switch") ?? 0.8 });
+  }
+  if (mode() === "txt2img" && $("hr-on").checked) {
+    Object.assign(body, { enable_hr: true, hr_upscaler: $("hr-upscaler").value, hr_scale: number("hr-scale") ?? 2,
+                          hr_second_pass_steps: number("hr-steps") ?? 0, denoising_strength: number("hr-strength") ?? 0.7 });
+  }
   if (mode() === "txt2img") return { ...body, width: number("width"), height: number("height") };
   if (!hasSource) throw new Error("choose a start image first (or 'use as input' under a result).");
   const init = $("init-canvas");
