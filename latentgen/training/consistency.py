@@ -44,6 +44,7 @@ import torch
 from ..lora.formats import Recommendation
 from . import finetune
 from . import loop as train
+from ..text import xl as sdxl
 from .captioned import Batches, cache_latents
 from .configs import LcmDistillConfig, check_solver_steps
 
@@ -102,21 +103,26 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
     """The distillation loss of one micro-batch (the module docstring's steps 1-4); checkpoints hold the LoRA."""
 
     def __init__(self, unet, text_encoder, noise_scheduler, uncond_ids: torch.Tensor, cfg: LcmDistillConfig,
-                 guidance: tuple[float, float]):
+                 guidance: tuple[float, float], xl=None, size: int | None = None):
+        """``xl``: an SDXL model's ``text.xl.XL`` (its second encoder, how an empty prompt reads), ``size``: the
+        training size, whose uncropped size numbers the U-Net reads as drawing gives them."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         super().__init__()
         self.unet, self.text_encoder, self.noise_scheduler = unet, text_encoder, noise_scheduler
+        self.xl, self.size = xl, size
+        self.text_encoder_2 = None if xl is None else xl.text_encoder_2  # frozen (no adapters), as the first
         num_train = noise_scheduler.config.num_train_timesteps
         self.timesteps = solver_timesteps(num_train, cfg.num_ddim_timesteps)  # (N,)
         self.skip = num_train // cfg.num_ddim_timesteps  # k
         self.acp = noise_scheduler.alphas_cumprod  # (T,)
         self.prediction = noise_scheduler.config.prediction_type
         self.uncond_ids = uncond_ids  # (1, 77): the empty prompt's tokens
+        self.uncond_ids_2 = None if xl is None else train.tokenize(xl.tokenizer_2, [""])  # bigG's
         self.guidance, self.huber_c, self.scaling = guidance, cfg.huber_c, cfg.timestep_scaling
         self.lora_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
 
-    def forward(self, input_ids, mean, std, generator):
+    def forward(self, input_ids, mean, std, generator, input_ids_2=None):
         latents = train.sample_latents(mean, std, generator)  # (B, 4, h, w), scaled
         b = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(latents)  # (B, 4, h, w)
@@ -127,11 +133,30 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
         t_prev = (t - self.skip).clamp(min=0)  # (B,): t' (0 for the first solver step)
         x_t = self.noise_scheduler.add_noise(latents, noise, t.to(latents.device))  # (B, 4, h, w)
         with torch.no_grad():
-            ids = torch.cat([input_ids, self.uncond_ids.to(input_ids.device).expand(b, -1)])  # (2B, 77)
-            cond, uncond = self.text_encoder(ids)[0].chunk(2)  # (B, 77, D) each
+            cond, uncond = self.texts(input_ids, input_ids_2, latents)  # (B, 77, D) each, or (hidden, added) pairs
             x_prev = self.teacher_step(x_t, t, t_prev, cond, uncond, w)  # (B, 4, h, w) at t'
             target = self.consistency(x_prev, t_prev, cond)  # the stop-gradient target
         return pseudo_huber(self.consistency(x_t, t, cond), target, self.huber_c)
+
+    def texts(self, input_ids, input_ids_2, latents) -> tuple:
+        """The captions' and the empty prompt's conditioning: hidden states (B, 77, D) each; SDXL's as (hidden,
+        {"text_embeds": pooled (B, P), "time_ids": (B, 6)}), the empty prompt zeros where the model says so."""
+        b = len(input_ids)
+        ids = torch.cat([input_ids, self.uncond_ids.to(input_ids.device).expand(b, -1)])  # (2B, 77)
+        if self.xl is None:
+            return self.text_encoder(ids)[0].chunk(2)
+        ids_2 = torch.cat([input_ids_2, self.uncond_ids_2.to(input_ids.device).expand(b, -1)])
+        hidden, pooled = sdxl.batch_embed(ids, ids_2, self.text_encoder, self.text_encoder_2)
+        if self.xl.force_zeros:  # diffusers' and A1111's empty negative
+            hidden[b:], pooled[b:] = 0, 0
+        sizes = sdxl.time_ids(self.size, self.size).to(latents).expand(b, -1)
+        return [(h, {"text_embeds": p, "time_ids": sizes}) for h, p in zip(hidden.chunk(2), pooled.chunk(2))]
+
+    def call(self, x, t, text):
+        """The U-Net's prediction for x at t under ``text`` (hidden states, or SDXL's (hidden, added) pair)."""
+        hidden, added = text if isinstance(text, tuple) else (text, None)
+        extra = {} if added is None else {"added_cond_kwargs": added}
+        return self.unet(x, t.to(x.device), encoder_hidden_states=hidden, **extra).sample
 
     def alphas(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return self.acp[t].view(-1, 1, 1, 1).to(like)  # (B, 1, 1, 1)
@@ -139,15 +164,17 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
     def teacher_step(self, x_t, t, t_prev, cond, uncond, w) -> torch.Tensor:
         """One DDIM step of the guided frozen model from t to t' (B, 4, h, w)."""
         x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])  # (2B, 4, h, w), (2B,): cond half, uncond half
+        both = torch.cat([cond, uncond]) if self.xl is None else (torch.cat([cond[0], uncond[0]]), {
+            k: torch.cat([cond[1][k], uncond[1][k]]) for k in cond[1]})
         with adapters_off(self.lora_layers):
-            out = self.unet(x2, t2.to(x2.device), encoder_hidden_states=torch.cat([cond, uncond])).sample
+            out = self.call(x2, t2, both)
         x0, eps = x0_and_eps(out, x2, self.alphas(t2, x2), self.prediction)
         (x0_c, x0_u), (eps_c, eps_u) = x0.chunk(2), eps.chunk(2)
         return ddim_step(x0_u + w * (x0_c - x0_u), eps_u + w * (eps_c - eps_u), self.alphas(t_prev, x_t))
 
     def consistency(self, x, t, cond) -> torch.Tensor:
         """f(x, t) = c_skip(t) x + c_out(t) x0(x, t) of the student, the model with its LoRA (B, 4, h, w)."""
-        out = self.unet(x, t.to(x.device), encoder_hidden_states=cond).sample
+        out = self.call(x, t, cond)
         x0, _ = x0_and_eps(out, x, self.alphas(t, x), self.prediction)
         c_skip, c_out = (c.view(-1, 1, 1, 1).to(x) for c in boundary_conditions(t, self.scaling))
         return c_skip * x + c_out * x0
@@ -158,15 +185,18 @@ class DistillBatches(Batches):
     randomness from ``step_generator(seed, step, micro * processes + process)``: its place among all the step's
     micro-batches, so P processes draw what one process draws with P times ``grad_accum``."""
 
-    def __init__(self, cfg: LcmDistillConfig, tokenizer, captions: list[str], mean, std):
-        super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std)
+    def __init__(self, cfg: LcmDistillConfig, tokenizer, captions: list[str], mean, std, tokenizer_2=None):
+        super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std, tokenizer_2)
 
     def __call__(self, step: int, micro: int, a) -> dict:
         idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
         slot = micro * a.num_processes + a.process_index
-        return {"input_ids": train.tokenize(self.tokenizer, [self.captions[i] for i in idx]).to(a.device),
-                "mean": self.mean[idx], "std": self.std[idx],
-                "generator": train.step_generator(self.cfg.seed, step, slot)}
+        caps = [self.captions[i] for i in idx]
+        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
+               "std": self.std[idx], "generator": train.step_generator(self.cfg.seed, step, slot)}
+        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own
+            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
+        return out
 
 
 def run(cfg: LcmDistillConfig) -> Path:
@@ -176,13 +206,14 @@ def run(cfg: LcmDistillConfig) -> Path:
 
     started = time.perf_counter()
     pairs = finetune.check_inputs(cfg)  # bad settings and data fail before any model loads
-    acc, c, res = finetune.load_base(cfg)
+    acc, c, res = finetune.load_base(cfg)  # SD 1.x/2.x and SDXL base models (a refiner is refused)
     guidance = cfg.guidance_range(c.defaults.guidance)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
     finetune.attach_lora(c, cfg)
     objective = ConsistencyObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                                     train.tokenize(c.tokenizer, [""]), cfg, guidance)
-    batch_fn = DistillBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std)
+                                     train.tokenize(c.tokenizer, [""]), cfg, guidance, c.xl, res)
+    batch_fn = DistillBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std,
+                              c.xl.tokenizer_2 if c.xl is not None else None)
     steps = finetune.total_steps(cfg, len(pairs), acc.num_processes)
     meta = {**finetune.kohya_metadata(cfg, c, steps, res, len(pairs)), "ss_network_train_text_encoder": False,
             **LCM.metadata(), "latentgen_teacher_guidance": json.dumps(guidance)}

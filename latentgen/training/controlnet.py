@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from . import loop as train
+from ..text import xl as sdxl
 from .captioned import Batches, cache_latents, prepare, read_dataset
 from .configs import ControlNetTrainConfig
 
@@ -62,25 +63,33 @@ def control_maps(pairs: list[tuple[Path, str]], cfg: ControlNetTrainConfig, res:
 
 class ControlNetObjective(torch.nn.Module):
     """The denoising loss of the frozen U-Net with the ControlNet's residuals; checkpoints hold the ControlNet only
-    (the U-Net and text encoder are kept outside the module tree)."""
+    (the U-Net and text encoders are kept outside the module tree). SDXL (``text_encoder_2``): both encoders'
+    penultimate states, bigG's pooled text and the size numbers of an uncropped ``size`` x ``size`` picture reach
+    the ControlNet and the U-Net, as drawing gives them."""
 
-    def __init__(self, controlnet, unet, text_encoder, noise_scheduler):
+    def __init__(self, controlnet, unet, text_encoder, noise_scheduler, text_encoder_2=None, size: int | None = None):
         super().__init__()
         self.controlnet = controlnet
-        self._frozen = (unet, text_encoder)  # a tuple: not submodules, not trained, not saved
-        self.noise_scheduler = noise_scheduler
+        self._frozen = (unet, text_encoder, text_encoder_2)  # a tuple: not submodules, not trained, not saved
+        self.noise_scheduler, self.size = noise_scheduler, size
 
-    def forward(self, input_ids, mean, std, control, generator):
-        unet, text_encoder = self._frozen
+    def forward(self, input_ids, mean, std, control, generator, input_ids_2=None):
+        unet, text_encoder, text_encoder_2 = self._frozen
         latents = train.sample_latents(mean, std, generator)  # (B, C, h, w), scaled
+        added = {}
         with torch.no_grad():
-            hidden = text_encoder(input_ids)[0]  # (B, 77, D)
+            if text_encoder_2 is None:
+                hidden = text_encoder(input_ids)[0]  # (B, 77, D)
+            else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6)
+                hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, text_encoder, text_encoder_2)
+                ids = sdxl.time_ids(self.size, self.size).to(latents).expand(len(latents), -1)
+                added = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
 
         def controlled(x, t, encoder_hidden_states):  # the U-Net under the ControlNet's residuals
             down, mid = self.controlnet(x, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=control,
-                                        return_dict=False)
+                                        return_dict=False, **added)
             return unet(x, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid)
+                        mid_block_additional_residual=mid, **added)
         return train.diffusion_loss(controlled, hidden, latents, self.noise_scheduler, generator)
 
 
@@ -88,17 +97,20 @@ class ControlBatches(Batches):
     """The data in epoch-wise shuffles (``captioned.Batches``' order), captions dropped as ``caption_dropout`` says,
     each image with its control map."""
 
-    def __init__(self, cfg: ControlNetTrainConfig, tokenizer, captions, mean, std, maps: torch.Tensor):
-        super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std)
+    def __init__(self, cfg: ControlNetTrainConfig, tokenizer, captions, mean, std, maps: torch.Tensor, tokenizer_2=None):
+        super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std, tokenizer_2)
         self.maps = maps  # (N, 3, res, res) in [0, 1]
 
     def __call__(self, step: int, micro: int, a) -> dict:
         idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
         caps = train.drop_captions([self.captions[i] for i in idx], self.cfg.caption_dropout, self.cfg.seed, step,
                                    micro, a.process_index)
-        return {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-                "std": self.std[idx], "control": self.maps[idx].to(a.device),
-                "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
+        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
+               "std": self.std[idx], "control": self.maps[idx].to(a.device),
+               "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
+        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own
+            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
+        return out
 
 
 def run(cfg: ControlNetTrainConfig) -> Path:
@@ -112,10 +124,11 @@ def run(cfg: ControlNetTrainConfig) -> Path:
     pairs = read_dataset(cfg.data)  # bad settings and data fail before any model loads
     out = Path(cfg.out)
     train.check_fresh(out, cfg.resume)
-    acc, c, res = load_base(cfg)
+    acc, c, res = load_base(cfg)  # an SDXL base model too (its refiner is refused)
     maps = control_maps(pairs, cfg, res)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
-    for model in (c.unet, c.text_encoder, c.vae):
+    text_2 = c.xl.text_encoder_2 if c.xl is not None else None
+    for model in (c.unet, c.text_encoder, c.vae, *([text_2] if text_2 is not None else [])):
         model.requires_grad_(False)
     torch.manual_seed(cfg.seed)  # the hint encoder's init: seeded, so a run is a function of its settings
     levels = int(math.log2(c.vae_scale_factor)) + 1  # the hint encoder halves the map down to the latents' size
@@ -132,7 +145,9 @@ def run(cfg: ControlNetTrainConfig) -> Path:
     train.run(train.LoopConfig(out=out, steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, grad_accum=cfg.grad_accum,
                                seed=cfg.seed, save_every=cfg.save_every, weight_decay=0.0,
                                mixed_precision=cfg.mixed_precision),
-              ControlNetObjective(controlnet, c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config)),
-              ControlBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std, maps), run_id=run_id,
+              ControlNetObjective(controlnet, c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
+                                  text_2, res),
+              ControlBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std, maps,
+                             c.xl.tokenizer_2 if c.xl is not None else None), run_id=run_id,
               accelerator=acc, desc=f"controlnet {cfg.name}", on_save=write)
     return out / cfg.name

@@ -94,7 +94,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
     if cfg.prior_data is not None and not cfg.prior_prompts:
         read_dataset(cfg.prior_data)
-    acc, c, res = load_base(cfg, xl=True)
+    acc, c, res = load_base(cfg)
     steps = total_steps(cfg, len(pairs), acc.num_processes)
     prior = prior_pairs(cfg, c, acc)
     mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
@@ -117,9 +117,9 @@ def check_inputs(cfg: LoraOptions) -> list[tuple[Path, str]]:
     return pairs
 
 
-def load_base(cfg: LoraOptions, xl: bool = False):
-    """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution;
-    an SDXL model (a refiner always) refused unless the trainer takes one (``xl``)."""
+def load_base(cfg: LoraOptions):
+    """The accelerator, the base model's components (fp32, torch) on its device, and the training resolution. Every
+    trainer takes SD 1.x/2.x and SDXL base models; an SDXL refiner is refused (train on its base model)."""
     from accelerate import Accelerator
 
     from ..models import loading
@@ -128,11 +128,9 @@ def load_base(cfg: LoraOptions, xl: bool = False):
     # then join a gloo group (accelerate's MULTI_CPU) instead of each training alone
     acc = Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision,
                       cpu=not torch.cuda.is_available())
-    kind = loading.xl_kind(cfg.model)
-    if kind == "refiner" or (kind and not xl):
-        what = "a refiner: train on the SDXL base model" if kind == "refiner" else \
-            "SDXL: this trainer takes SD 1.x/2.x models (finetune-lora takes SDXL base models)"
-        raise ValueError(f"model {cfg.model!r} is {what}.")
+    if loading.xl_kind(cfg.model) == "refiner":
+        raise ValueError(f"model {cfg.model!r} is an SDXL refiner: train on the SDXL base model (a refiner draws "
+                         f"the end of the base's schedule, with its own U-Net).")
     c = loading.load_components(cfg.model, device=acc.device, dtype="fp32", backend="torch")
     res = cfg.resolution or c.defaults.width
     if res % c.vae_scale_factor:

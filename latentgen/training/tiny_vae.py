@@ -119,7 +119,7 @@ def run(cfg: TinyVaeConfig) -> Path:
     pairs = read_dataset(cfg.data, default_caption="")  # bad settings and data fail before any model loads
     out = Path(cfg.out)
     train.check_fresh(out, cfg.resume)
-    acc, c, res = load_base(cfg)
+    acc, c, res = load_base(cfg)  # only the VAE is read: SDXL's distills as SD's (TAESDXL's role)
     c.vae.requires_grad_(False)
     pixels = torch.cat([prepare(p, res, cfg.crop) for p, _ in pairs])  # (N, 3, res, res)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)

@@ -85,3 +85,38 @@ def test_resume_after_a_kill_is_bit_identical(tiny_folder, data, tmp_path, monke
         _run(tiny_folder, data, tmp_path / "killed", grad_accum=2)
     resumed = _weights(_run(tiny_folder, data, tmp_path / "killed", grad_accum=2, resume=True))
     assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+
+
+def test_an_sdxl_controlnet_trains_with_the_pooled_text_and_size_numbers(xl_folder, data, tmp_path):
+    """On an SDXL base both encoders, the pooled text and the size numbers reach the ControlNet and the U-Net, as
+    drawing gives them: the loss depends on the size numbers, and the folder loads as an SDXL ControlNet that steers
+    the model."""
+    import latentgen
+    from diffusers import ControlNetModel, DDPMScheduler
+
+    from latentgen import Control
+    from latentgen.models import loading
+    from latentgen.training import loop as train
+
+    folder = _run(xl_folder, data, tmp_path / "run", steps=6, save_every=6, lr=3e-3)
+    net = ControlNetModel.from_pretrained(folder)
+    assert net.config.addition_embed_type == "text_time"  # the SDXL added embedding, copied from the base
+    c = loading.load_components(str(xl_folder), device="cpu", dtype="fp32", backend="torch")
+    ids = trainer.train.tokenize(c.tokenizer, ["a purple circle"] * 2)
+    ids_2 = trainer.train.tokenize(c.xl.tokenizer_2, ["a purple circle"] * 2)
+    z = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    hint = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    def loss(size):
+        objective = trainer.ControlNetObjective(net, c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
+                                                c.xl.text_encoder_2, size)
+        with torch.no_grad():
+            return objective(ids, z, torch.zeros_like(z), hint, train.step_generator(0, 0, 0, 0), input_ids_2=ids_2)
+
+    assert torch.isfinite(loss(64)) and not torch.equal(loss(64), loss(128))
+    pipe = latentgen.load(xl_folder)
+    edges = Image.new("RGB", (64, 64))
+    edges.paste((255, 255, 255), (10, 10, 50, 50))
+    plain = pipe.generate("a purple circle", seed=1, steps=2)[0]
+    steered = pipe.generate("a purple circle", seed=1, steps=2, control=Control(edges, folder))[0]
+    assert np.abs(np.asarray(plain, np.int16) - np.asarray(steered, np.int16)).max() > 0

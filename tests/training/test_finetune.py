@@ -68,7 +68,7 @@ def test_sdxl_base_models_train_both_encoders_in_both_layouts(xl_folder, xl_refi
             pipe.load_lora(p)
         images.append(torch.tensor(np.asarray(pipe.generate("a purple circle", seed=1, steps=2)[0], np.int16)))
     assert (images[0] - images[1]).abs().max() > 0 and (images[1] - images[2]).abs().max() <= 1
-    with pytest.raises(ValueError, match="is a refiner: train on the SDXL base model"):
+    with pytest.raises(ValueError, match="is an SDXL refiner: train on the SDXL base model"):
         _run(xl_refiner_folder, data, tmp_path / "r")
 
 

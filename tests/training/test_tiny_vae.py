@@ -93,3 +93,25 @@ def test_resume_after_a_kill_is_bit_identical(tiny_folder, data, tmp_path, monke
     assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
     with pytest.raises(ValueError, match="another run"):  # other settings, same folder
         _run(tiny_folder, data, tmp_path / "killed", grad_accum=2, resume=True, lr=2e-3)
+
+
+def test_an_sdxl_models_vae_distills_and_serves_its_previews_and_decoding(xl_folder, data, tmp_path):
+    """Only the VAE is read, so an SDXL model's distills as SD's does (TAESDXL's role): the result moves toward the
+    full VAE and draws and previews in an SDXL pipeline."""
+    import latentgen
+    from latentgen.training.captioned import prepare, read_dataset
+
+    pipe = latentgen.load(xl_folder)
+    pixels = torch.cat([prepare(p, 64, "center") for p, _ in read_dataset(data, "")])
+    torch.manual_seed(0)
+    before = tiny_vae.distance(tiny_vae.tiny_for(pipe.vae, 8), pipe.vae, pixels)
+    folder = _run(xl_folder, data, tmp_path / "run", steps=30, save_every=30, lr=3e-3)
+    small = latentgen.load_tiny_vae(folder)
+    after = tiny_vae.distance(small, pipe.vae, pixels)
+    assert after["decode"]["mean_abs"] < 0.7 * before["decode"]["mean_abs"], (before, after)
+    pipe.preview_vae = small
+    seen = []
+    pipe.generate("a cat", steps=2, callback=lambda i, n, z, d: seen.append(pipe.preview(d, "TAESD")[0].size))
+    assert seen == [(64, 64)] * 2
+    pipe.vae = small
+    assert pipe.generate("a cat", steps=2)[0].size == (64, 64)
