@@ -61,6 +61,12 @@ def page(browser, served):
     assert not errors, errors
 
 
+def fill(page, **fields) -> None:
+    """Type each field's value into its input: ``mask_blur=2`` fills ``#mask-blur``."""
+    for name, value in fields.items():
+        page.fill("#" + name.replace("_", "-"), str(value))
+
+
 def data_url_image(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
 
@@ -77,9 +83,7 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
         release.wait(30)
 
     served.server_state.worker.submit("hold", hold)
-    page.fill("#prompt", "a red circle on a blue background")
-    page.fill("#seed", "1")
-    page.fill("#steps", "12")
+    fill(page, prompt="a red circle on a blue background", seed=1, steps=12)
     page.select_option("#sampler", "Euler a")
     page.click("#generate")
     page.wait_for_function("document.querySelector('#progress-text').textContent.startsWith('Step 5/10')")
@@ -122,11 +126,7 @@ def test_paint_a_mask_and_inpaint(page, served, tmp_path):
     init = data_url_image(page.evaluate("document.querySelector('#init-canvas').toDataURL('image/png')")).convert("RGB")
     assert max_diff(init, green()) == 0
     assert 250 < sum(v > 127 for v in mask.getdata()) < 700  # roughly the painted square
-    page.fill("#prompt", "a red square on a green background")
-    page.fill("#seed", "3")
-    page.fill("#steps", "20")
-    page.fill("#strength", "1")
-    page.fill("#mask-blur", "2")
+    fill(page, prompt="a red square on a green background", seed=3, steps=20, strength=1, mask_blur=2)
     page.click("#generate")
     page.wait_for_selector("#gallery img.result", timeout=120_000)
     image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
@@ -158,9 +158,7 @@ def test_a_control_image_places_the_shape(page, served, tmp_path):
     page.wait_for_selector("#control-thumb:not([hidden])")
     page.select_option("#control-model", "edges")
     page.select_option("#control-module", "none")
-    page.fill("#prompt", "a red square on a blue background")
-    page.fill("#seed", "2")
-    page.fill("#steps", "12")
+    fill(page, prompt="a red square on a blue background", seed=2, steps=12)
     page.click("#generate")
     page.wait_for_selector("#gallery img.result", timeout=120_000)
     image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
@@ -187,10 +185,7 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         assert page.input_value("#model") == "tiny-xl"
         upscalers = page.eval_on_selector("#hr-upscaler", "s => [...s.options].map(o => o.value)")
         assert upscalers[0] == "Latent" and "Lanczos" in upscalers and "None" not in upscalers
-        page.fill("#prompt", "a red circle")
-        page.fill("#seed", "2")
-        page.fill("#steps", "4")
-        page.fill("#cfg", "5")
+        fill(page, prompt="a red circle", seed=2, steps=4, cfg=5)
         page.select_option("#sampler", "Euler")
         page.click("#refiner summary")
         page.select_option("#refiner-model", "tiny-xl-refiner")
@@ -208,9 +203,7 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         page.click("#hires summary")
         page.check("#hr-on")
         page.select_option("#hr-upscaler", "Lanczos")
-        page.fill("#hr-scale", "1.5")
-        page.fill("#hr-steps", "2")
-        page.fill("#hr-strength", "0.5")
+        fill(page, hr_scale=1.5, hr_steps=2, hr_strength=0.5)
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 2", timeout=120_000)
         image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")  # the newest first
