@@ -73,25 +73,17 @@ def requested(backend: str | None, device: torch.device) -> tuple[str, str] | No
     return backend, why
 
 
-XL_TORCH = ("SDXL runs on torch on CUDA for now: the CUDA-graph and compile paths do not take its added "
-            "conditioning (pooled text, size numbers) yet")
-
-
-def for_model(backend: tuple[str, str] | None, unet_config: dict) -> tuple[str, str] | None:
-    """``requested``'s answer for this U-Net: SDXL runs on torch or OpenVINO (``XL_TORCH``), so a CUDA backend asked
-    for by name is refused, and one that ``$LATENTGEN_BACKEND`` names gives way to torch."""
-    if backend is None or backend[0] in ("torch", "openvino") or unet_config.get("addition_embed_type") != "text_time":
-        return backend
-    if backend[1] == "as asked":
-        raise ValueError(f"backend={backend[0]!r} does not run SDXL models yet ({XL_TORCH}); use backend='torch'.")
-    return "torch", f"{XL_TORCH}, over ${ENV}={backend[0]}"
+XL_TORCH = ("SDXL runs on torch on CUDA by default for now: its CUDA graphs (the pooled text and size numbers in "
+            "buffers of their own) are not yet checked on a GPU (tests/benchmarks/check_cuda.py); backend='compile' "
+            "or 'cudagraph' asks for them")
 
 
 def default(device: torch.device, exact: bool, unet_config: dict | None = None) -> tuple[str, str]:
     """(backend, why) by rule. On CUDA ``torch.compile``'s kernels as a CUDA graph, except where a graph of the
     eager kernels is the better deal: ``exact`` (``dtype="fp32"`` asked for: diffusers' numbers), a small U-Net
     (``unet_config``: under ``precision.WIDE`` channels, where a compile would never pay back its time) or no
-    Triton. On CPUs OpenVINO where it is installed unless ``exact`` (then torch); torch elsewhere. SDXL on CUDA: torch.
+    Triton. On CPUs OpenVINO where it is installed unless ``exact`` (then torch); torch elsewhere. SDXL on CUDA: torch
+    unless a CUDA backend is asked for (``XL_TORCH``).
     """
     if device.type == "cuda" and unet_config is not None and unet_config.get("addition_embed_type") == "text_time":
         return "torch", XL_TORCH

@@ -13,11 +13,11 @@ bench_cuda_step.py): one U-Net call eager 37.0 ms, replayed 10.2 ms; a step insi
 Replayed, channels_last weights beat contiguous ones (10.3 vs 12.0 ms) and torch's SDPA choice equals cuDNN
 attention and beats flash or memory-efficient attention. bench_txt2img.py has the side-by-side figures.
 
-The contract is the loop's: ``graphed(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w),
-t a timestep (number or 0-d tensor) and context (B, 77 * k, D). A graph reads its inputs from fixed
-buffers and writes its output to a fixed buffer: each call copies the inputs in, replays, and returns a
-copy of the output. One graph per (x, context) shape and dtype, the ``KEEP`` most recent kept (each holds
-its own activation memory). ``compile=True`` records ``torch.compile(unet)`` (inductor's fused kernels)
+The contract is the loop's: ``graphed(x, t, encoder_hidden_states=context[, added_cond_kwargs=added]).sample``
+with x (B, C, h, w), t a timestep (number or 0-d tensor), context (B, 77 * k, D) and SDXL's added conditioning
+{"text_embeds": (B, P), "time_ids": (B, 6 or 5)}. A graph reads its inputs from fixed buffers and writes its
+output to a fixed buffer: each call copies the inputs in, replays, and returns a copy of the output. One graph
+per set of input shapes and dtypes, the ``KEEP`` most recent kept (each holds its own activation memory). ``compile=True`` records ``torch.compile(unet)`` (inductor's fused kernels)
 instead of the eager module; its first call per shape compiles (about a minute), later processes read
 inductor's on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default ``torchinductor_<user>`` in the temporary
 folder). Where the compile fails, the eager kernels are recorded instead, with a warning.
@@ -60,18 +60,20 @@ class Graphed:
     def __repr__(self) -> str:
         return f"Graphed({type(self.unet).__name__}, compiled={self.fn is not self.unet}, graphs={len(self.graphs)})"
 
-    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
+    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor,
+                 added_cond_kwargs: dict | None = None) -> SimpleNamespace:
         if self.failed or x.device.type != "cuda":
-            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **_added(added_cond_kwargs))
         with self.lock:
-            return self._replay(x, t, encoder_hidden_states)
+            return self._replay(x, t, encoder_hidden_states, added_cond_kwargs)
 
-    def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor) -> SimpleNamespace:
-        key = (tuple(x.shape), x.dtype, tuple(encoder_hidden_states.shape), encoder_hidden_states.dtype)
+    def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, added: dict | None = None):
+        inputs = {"x": x, "context": encoder_hidden_states, **(added or {})}  # each copied into its buffer
+        key = tuple((name, tuple(v.shape), v.dtype) for name, v in inputs.items())
         g = self.graphs.pop(key, None)
         while g is None:
             try:
-                g = self.record(x, encoder_hidden_states)
+                g = self.record(inputs)
             except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
                 raise_if_interrupted(e)
                 if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
@@ -80,13 +82,13 @@ class Graphed:
                 self.failed = why = f"{type(e).__name__}: {str(e)[:500]}"
                 warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({why}); it runs eagerly "
                               f"(backend='torch').", RuntimeWarning)
-                return self.unet(x, t, encoder_hidden_states=encoder_hidden_states)
+                return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **_added(added))
         self.graphs[key] = g  # now the most recent
         while len(self.graphs) > self.KEEP:
             del self.graphs[next(iter(self.graphs))]
-        g.x.copy_(x)
+        for name, value in inputs.items():
+            g.inputs[name].copy_(value)
         g.t.copy_(torch.as_tensor(t).reshape(()))  # 0-d or 1-element, int (DDIM) or float (Euler) -> fp32 scalar
-        g.context.copy_(encoder_hidden_states)
         g.graph.replay()
         return SimpleNamespace(sample=g.out.clone())  # (B, C_out, h, w): the next replay overwrites g.out
 
@@ -95,17 +97,29 @@ class Graphed:
         warnings.warn(f"torch.compile could not build the U-Net ({self.uncompiled}); its eager kernels are "
                       f"recorded as a CUDA graph instead (backend='cudagraph').", RuntimeWarning)
 
-    def record(self, x: torch.Tensor, context: torch.Tensor) -> SimpleNamespace:
-        """Warm up on a side stream (cuBLAS/cuDNN handles, inductor's compile), then record one call."""
-        g = SimpleNamespace(x=x.clone(), t=torch.full((), 500.0, device=x.device), context=context.clone(),
-                            graph=torch.cuda.CUDAGraph())
+    def record(self, inputs: dict) -> SimpleNamespace:
+        """Warm up on a side stream (cuBLAS/cuDNN handles, inductor's compile), then record one call; ``inputs``: x,
+        context and SDXL's text_embeds and time_ids, each given a buffer of its own (``g.inputs``)."""
+        x = inputs["x"]
+        g = SimpleNamespace(inputs={name: v.clone() for name, v in inputs.items()},
+                            t=torch.full((), 500.0, device=x.device), graph=torch.cuda.CUDAGraph())
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(2):
-                self.fn(g.x, g.t, encoder_hidden_states=g.context)
+                self.call(g)
         torch.cuda.current_stream(x.device).wait_stream(side)
         with torch.cuda.graph(g.graph), torch.no_grad():
-            g.out = self.fn(g.x, g.t, encoder_hidden_states=g.context).sample
+            g.out = self.call(g).sample
         self.recorded += 1
         return g
+
+    def call(self, g: SimpleNamespace):
+        """One call of ``fn`` on a graph's buffers."""
+        added = {k: v for k, v in g.inputs.items() if k not in ("x", "context")}
+        return self.fn(g.inputs["x"], g.t, encoder_hidden_states=g.inputs["context"], **_added(added or None))
+
+
+def _added(added: dict | None) -> dict:
+    """The keyword that carries SDXL's added conditioning, or none."""
+    return {} if added is None else {"added_cond_kwargs": added}

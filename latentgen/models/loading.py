@@ -48,7 +48,6 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
             single_file.fit_vae(unet_config, {**vae_config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}, text_config,
                                 vae_file)
     # 3. device, dtype and backend, decided once
-    backend = choice.for_model(backend, unet_config)  # SDXL: torch
     dtype, dtype_why = precision.resolve_dtype(asked, device, unet_config)
     name, why = backend or choice.default(device, asked == torch.float32, unet_config)
     place = precision.Placement(device, dtype, dtype_why, name, why)

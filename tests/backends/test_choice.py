@@ -68,14 +68,9 @@ def test_an_openvino_that_does_not_import_counts_as_absent(monkeypatch):
     assert choice.available.__wrapped__() is False
 
 
-def test_sdxl_runs_on_openvino_on_cpus_and_on_torch_on_cuda(monkeypatch):
+def test_sdxl_runs_on_openvino_on_cpus_and_on_torch_on_cuda_unless_a_cuda_backend_is_asked_for():
     xl, sd = {"addition_embed_type": "text_time"}, {"block_out_channels": [320, 640, 1280, 1280]}
     assert choice.default(CPU, False, xl) == choice.default(CPU, False, sd)  # the CPU rule: OpenVINO unless fp32
     assert choice.default(CPU, True, xl)[0] == "torch"
     assert choice.default(torch.device("cuda"), False, xl) == ("torch", choice.XL_TORCH)
-    assert choice.for_model(("openvino", "as asked"), xl) == ("openvino", "as asked")
-    assert choice.for_model(None, xl) is None and choice.for_model(("torch", "as asked"), xl) == ("torch", "as asked")
-    with pytest.raises(ValueError, match="backend='compile' does not run SDXL models yet.*use backend='torch'"):
-        choice.for_model(("compile", "as asked"), xl)
-    name, why = choice.for_model(("cudagraph", f"${choice.ENV}"), xl)  # the environment's default gives way
-    assert name == "torch" and why.endswith(f"over ${choice.ENV}=cudagraph")
+    assert "backend='compile' or 'cudagraph' asks for them" in choice.XL_TORCH

@@ -62,9 +62,9 @@ def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(t
     assert g.fn is not pipe.unet  # torch.compile's wrapper (it compiles on its first call)
     g.fn = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no Triton here"))  # what a failed compile raises
 
-    def record(x, context):  # ``Graphed.record`` without a GPU: one call of ``fn``, a replay that does nothing
-        out = g.fn(x, torch.tensor(500.0), encoder_hidden_states=context).sample
-        return SimpleNamespace(x=x.clone(), t=torch.zeros(()), context=context.clone(), out=out,
+    def record(inputs):  # ``Graphed.record`` without a GPU: one call of ``fn``, a replay that does nothing
+        out = g.fn(inputs["x"], torch.tensor(500.0), encoder_hidden_states=inputs["context"]).sample
+        return SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()), out=out,
                                graph=SimpleNamespace(replay=lambda: None))
 
     monkeypatch.setattr(g, "record", record)
@@ -79,7 +79,7 @@ def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(t
 def test_a_graph_that_cannot_be_recorded_runs_the_module_with_a_warning(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
     g = cudagraph.Graphed(pipe.unet)
-    monkeypatch.setattr(g, "record", lambda x, c: (_ for _ in ()).throw(RuntimeError("operation not permitted")))
+    monkeypatch.setattr(g, "record", lambda inputs: (_ for _ in ()).throw(RuntimeError("operation not permitted")))
     _replay_warns(g, pipe.unet, r"could not be recorded as a CUDA graph \(RuntimeError: operation not permitted\); "
                                 r"it runs eagerly")
     assert g.failed.startswith("RuntimeError")
@@ -94,3 +94,37 @@ def test_a_compile_refused_at_once_is_said_and_shown_in_the_repr(tiny_folder, mo
         g = rt._graph(pipe.unet)
     assert g.fn is pipe.unet and g.uncompiled.startswith("RuntimeError")
     assert "torch.compile failed (RuntimeError: Python 3.99 unsupported), the eager kernels are graphed" in repr(rt)
+
+
+def test_sdxls_added_conditioning_has_buffers_of_its_own_that_every_replay_refills(xl_folder, monkeypatch):
+    """SDXL's pooled text and size numbers enter a graph as x and the context do: a buffer each, filled before every
+    replay, and part of the graph's key. Off CUDA (and after a failed recording) the module runs with them. The
+    replay here re-runs ``Graphed.call`` on the buffers, which is what a recorded graph reads."""
+    pipe = latentgen.load(xl_folder, backend="torch")
+    unet = pipe.unet
+    g = cudagraph.Graphed(unet)
+    gen = torch.Generator().manual_seed(0)
+    width = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    x, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+    added = {"text_embeds": torch.randn(2, width, generator=gen), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)}
+    other = {**added, "time_ids": torch.tensor([[128.0, 128, 0, 0, 64, 64]] * 2)}
+    with torch.no_grad():
+        want = [unet(x, 500, encoder_hidden_states=c, added_cond_kwargs=a).sample for a in (added, other)]
+        assert torch.equal(g(x, 500, c, added_cond_kwargs=added).sample, want[0])  # off CUDA: the module itself
+    assert not torch.equal(want[0], want[1])  # the size numbers matter
+
+    def record(inputs):
+        rec = SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()))
+        rec.out = g.call(rec).sample.clone()
+        rec.graph = SimpleNamespace(replay=lambda: rec.out.copy_(g.call(rec).sample))
+        return rec
+
+    monkeypatch.setattr(g, "record", record)
+    with torch.no_grad():
+        got = [g._replay(x, 500, c, a).sample for a in (added, other, added)]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[0])
+    assert len(g.graphs) == 1 and set(g.graphs[next(iter(g.graphs))].inputs) == {"x", "context", "text_embeds",
+                                                                               "time_ids"}
+    with torch.no_grad():
+        g._replay(x[:1], 500, c[:1], {k: v[:1] for k, v in added.items()})  # other shapes: another graph
+    assert len(g.graphs) == 2 and not g.failed

@@ -10,10 +10,14 @@ On the SD 1.5 architecture (random weights, fp16, 512x512) and the embedded mode
   4. the NaN guard on the GPU: an fp16 VAE that overflows is decoded again in fp32 (finite, equal to the
      fp32 decode), and extreme guidance raises instead of a black image;
   5. the embedded model's default is the graph of eager kernels, equal to eager.
+With ``--xl``, SDXL's architecture instead (random weights, fp16, 1024x1024 unless --size): its graph (the pooled
+text and size numbers in buffers of their own) equals eager bit for bit over samplers, sizes and size numbers,
+``backend="compile"`` is within 2/255, and the VAE stays fp32 under fp16 (its config's force_upcast).
 Prints one line per check and "ALL CHECKS PASSED" at the end; exits non-zero on the first failure.
 
     python tests/benchmarks/check_cuda.py              # on a CUDA machine
     python tests/benchmarks/check_cuda.py --no-compile # skip check 3 (its compile takes about a minute)
+    python tests/benchmarks/check_cuda.py --xl --size 512   # SDXL's graphed path (two copies: about 11 GB)
 """
 
 from __future__ import annotations
@@ -51,10 +55,14 @@ def main() -> None:
     ap.add_argument("--preset", default="sd15")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--xl", action="store_true", help="check SDXL's graphed path instead")
+    ap.add_argument("--size", type=int, default=1024, help="--xl: the drawing size")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("check_cuda.py needs a CUDA GPU")
     torch.set_grad_enabled(False)
+    if args.xl:
+        return xl_checks(args)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, preset {args.preset}", flush=True)
     t = time.perf_counter()
     graphed = latentgen.load(args.preset, device="cuda", backend="cudagraph")
@@ -137,6 +145,32 @@ def main() -> None:
     check("embedded model graph == eager", small.runtime.backend == "cudagraph" and pixels_diff(a, b) == 0,
           f"{small!r}")
     print(f"ALL CHECKS PASSED ({runtime.__name__}: compile default for SD 1.5, cudagraph for the embedded model)")
+
+
+def xl_checks(args) -> None:
+    """SDXL's CUDA graph against eager, and compile's kernels against eager (``--xl``)."""
+    graphed = latentgen.load("sdxl", device="cuda", backend="cudagraph")
+    eager = latentgen.load("sdxl", device="cuda", backend="torch")
+    check("SDXL cudagraph backend", graphed.runtime.backend == "cudagraph" and graphed.dtype == torch.float16
+          and graphed.vae.dtype == torch.float32, repr(graphed))
+    kw = dict(seed=3, steps=args.steps, width=args.size, height=args.size)
+    for sampler in ("euler", "dpm++2m"):
+        a, b = graphed.generate(PROMPT, scheduler=sampler, **kw), eager.generate(PROMPT, scheduler=sampler, **kw)
+        check(f"SDXL graph == eager ({sampler})", pixels_diff(a, b) == 0, f"largest pixel difference {pixels_diff(a, b)}")
+    size = latentgen.SizeCond(original=(args.size // 2, args.size // 2), crop=(16, 0))  # other size numbers
+    a, b = graphed.generate(PROMPT, size_cond=size, **kw), eager.generate(PROMPT, size_cond=size, **kw)
+    check("SDXL graph == eager (size numbers changed)", pixels_diff(a, b) == 0, f"difference {pixels_diff(a, b)}")
+    a, b = (p.generate(PROMPT, seed=4, steps=args.steps, width=args.size // 2, height=args.size) for p in (graphed, eager))
+    g = graphed.runtime.for_unet(graphed.unet)
+    check("SDXL another shape", pixels_diff(a, b) == 0 and len(g.graphs) == 2, f"{g!r}, difference {pixels_diff(a, b)}")
+    if not args.no_compile:
+        compiled = latentgen.load("sdxl", device="cuda", backend="compile")
+        t = time.perf_counter()
+        first = compiled.generate(PROMPT, **kw)
+        took = time.perf_counter() - t
+        d = pixels_diff(first, eager.generate(PROMPT, **kw))
+        check("SDXL compile vs eager", d <= 2, f"largest pixel difference {d}; first image (with compile) {took:.0f}s")
+    print("ALL CHECKS PASSED (SDXL)")
 
 
 if __name__ == "__main__":
