@@ -27,25 +27,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import files
+from .backends import raise_if_interrupted
 from .guard import NonFiniteError
 from .request import seeds
 from .text import prompts, xl
 from .text.schedule import check_parts
 
-JOB_KEYS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "width", "height", "scheduler",
-            "clip_skip", "prompt_syntax", "variation", "hires", "refiner")
 SETTING_KEYS = ("seed", "steps", "guidance", "width", "height", "scheduler", "clip_skip", "prompt_syntax")
-OBJECT_FIELDS = {"variation": ("seed", "strength", "resize_from"), "refiner": ("model", "switch_at"),
+OBJECT_FIELDS = {"variation": ("seed", "strength", "resize_from"), "refiner": ("model", "switch_at", "hires_pass"),
                  "hires": ("scale", "width", "height", "upscaler", "strength", "steps", "scheduler", "prompt",
                            "negative_prompt")}  # the fields of latentgen.Variation, Refiner (a path) and Hires
 EXAMPLES = {"variation": {"seed": 7, "strength": 0.3}, "hires": {"scale": 2, "strength": 0.5},
             "refiner": {"model": "path/to/sdxl-refiner", "switch_at": 0.8}}
+JOB_KEYS = ("prompt", "negative_prompt", *SETTING_KEYS, *OBJECT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,9 @@ def check_job(job, where: str) -> dict:
                                   (key == "refiner" and not isinstance(value.get("model"), str))):
             raise ValueError(f"{where}: '{key}' is a JSON object of {', '.join(names)}, such as "
                              f"{json.dumps(EXAMPLES[key])}.")
+    size = (job.get("variation") or {}).get("resize_from")
+    if size is not None and not (isinstance(size, list) and len(size) == 2):
+        raise ValueError(f"{where}: 'variation.resize_from' is [width, height] in pixels, such as [512, 512].")
     return {"seed": 0, **job}
 
 
@@ -114,7 +116,7 @@ def call_args(args: dict, refiners: dict) -> dict:
     if "hires" in kw:
         kw["hires"] = Hires(**kw["hires"])
     if "refiner" in kw:
-        kw["refiner"] = Refiner(refiners[kw["refiner"]["model"]], kw["refiner"].get("switch_at", 0.8))
+        kw["refiner"] = Refiner(**{**kw["refiner"], "model": refiners[kw["refiner"]["model"]]})
     return kw
 
 
@@ -155,9 +157,8 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
     done = set()
     for row in manifest_rows(out):
         i = row["index"]
-        if not (isinstance(i, int) and 0 <= i < len(jobs) and row["file"] == image_name(i)):
-            continue
-        if not same_job(row["job"], jobs[i].args):
+        if not (isinstance(i, int) and 0 <= i < len(jobs) and row["file"] == image_name(i)) or \
+                not same_job(row["job"], jobs[i].args):
             continue
         if i not in sha:
             f = out / image_name(i)
@@ -182,7 +183,7 @@ def check_all(pipe, jobs: list[Job]) -> dict:
         try:
             path = (job.args.get("refiner") or {}).get("model")
             if path is not None and path not in refiners:
-                refiners[path] = latentgen.load(path, device=precision.device_of(pipe.unet))
+                refiners[path] = latentgen.load(path, device=precision.device_of(pipe.unet), dtype=pipe.dtype)
             kw = call_args(job.args, refiners)
             s = pipe.settings(prompt=job.args.get("prompt"), variation=kw.get("variation"),
                               **{k: v for k, v in kw.items() if k in SETTING_KEYS})
@@ -197,31 +198,11 @@ def check_all(pipe, jobs: list[Job]) -> dict:
                 raise ValueError(f"clip_skip={s.clip_skip} is invalid: this model's text encoders take 1 (the last "
                                  f"layer{'s used' if pipe.xl else ''}) to {top}, such as clip_skip=2.")
             if s.prompt_syntax == "a1111":
-                check_tags(pipe, job.args, read)
+                pipe.loras.check_tags(job.args.get("prompt", ""), job.args.get("negative_prompt"), read)
                 check_parts(prompts.extra_networks(str(job.args.get("prompt", "")))[0], s.cfg)  # AND needs CFG
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise type(e)(f"{job.where}: {e}") from None
     return refiners
-
-
-def check_tags(pipe, args: dict, read: set[str]) -> None:
-    """A job's ``<lora:NAME:WEIGHT>`` tags as its call would take them, before any image: other tags, tags
-    in the negative prompt, names that are neither loaded, a shipped LoRA nor a file, and files that are
-    not LoRAs of this model are refused. ``read``: the names whose files were read already (once each)."""
-    from .lora import formats as lora
-    from .text.prompts import tagged_loras
-
-    text, tags = tagged_loras(str(args.get("prompt", "")), args.get("negative_prompt"))
-    for name, weight in tags:
-        if not math.isfinite(weight):
-            raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such as "
-                             f"<lora:{name}:0.8>.")
-        if name not in pipe.loras.loaded and name not in read:
-            try:
-                lora.read(name, pipe.loras.models)  # a missing file, another architecture: found now
-            except (FileNotFoundError, ValueError) as e:
-                raise type(e)(f"prompt tag <lora:{name}>: {e}") from None
-            read.add(name)
 
 
 def check_no_user_files(out: Path, indices) -> None:
@@ -290,6 +271,7 @@ def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool, ref
         try:
             image = pipe.generate(args["prompt"], **call_args(args, refiners))[0]
         except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
+            raise_if_interrupted(e)  # a Ctrl-C in disguise: BatchInterrupted says how many images are whole
             raise type(e)(f"{jobs[i].where}: {e}") from e
         # the manifest line comes before the file: a file the manifest does not name is never ours
         with files.atomic_path(out / image_name(i)) as tmp:

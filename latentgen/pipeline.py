@@ -191,15 +191,17 @@ class Pipeline:
         batch = s.batch(self.device, len(draws))
         # 2. text conditioning: <lora:...> tags out, each text encoded once, under the tags' LoRAs
         text = CallText(draws, s, self.tokenizer, self.text_encoder, self.embeddings, xl=self.xl)
-        second = None if hires is None else SecondPass(self, draws, s, hires, text, control)  # checked, own text
-        handover = None if refiner is None else refine.Handover(self, draws, s, refiner, second)  # checked, own text
+        refiner = None if refiner is None else refine.check(refiner, self)  # with hires=: its pass(es), below
+        second = None if hires is None else SecondPass(self, draws, s, hires, text, control, refiner)  # checked
+        handover = None if refiner is None or (second and not refine.acts(refiner, second=False)) else \
+            refine.Handover(self, draws, s, refiner)  # checked, own text
         if second is not None:
             self.check_limits(second.s, len(draws))
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
         info = {**(info or {}), **(second.info() if second else {}), **text.info, **controls.info(control),
-                **(handover.info() if handover else {})}
+                **(refine.info(refiner, second is not None) if refiner else {})}
         out: list[Image.Image] = []
         with text.lora_tags(self.loras):
             chunks = request.batches(draws, batch, key=text.chunks)

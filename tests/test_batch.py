@@ -122,7 +122,8 @@ def test_accelerate_launch_two_processes_equals_one(reference, tmp_path):
     ('{"prompt": "x", "hires": 2}', r"jobs.jsonl:2: 'hires' is a JSON object of scale, width, height, upscaler"),
     ('{"prompt": "x", "hires": {"scael": 2}}', r"'hires' is a JSON object of .* such as \{\"scale\": 2"),
     ('{"prompt": "x", "variation": {"subseed": 2}}', r"'variation' is a JSON object of seed, strength, resize_from"),
-    ('{"prompt": "x", "refiner": {"switch_at": 0.5}}', r"'refiner' is a JSON object of model, switch_at, such as"),
+    ('{"prompt": "x", "variation": {"resize_from": 512}}', r"'variation.resize_from' is \[width, height\] in pixels"),
+    ('{"prompt": "x", "refiner": {"switch_at": 0.5}}', r"'refiner' is a JSON object of model, switch_at, hires_pass, such"),
 ])
 def test_bad_jobs_name_the_line(tmp_path, line, message):
     f = tmp_path / "jobs.jsonl"
@@ -328,7 +329,8 @@ def test_an_sdxl_jobs_clip_skip_is_bounded_by_both_encoders_before_drawing(xl_fo
         pipe.generate("ok", clip_skip=top + 1, steps=1)  # what the check spares the run from, mid-batch
 
 
-def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_folder, xl_refiner_folder, tmp_path):
+def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_folder, xl_refiner_folder, tmp_path,
+                                                                   monkeypatch):
     """Jobs carry ``variation``, ``hires`` and ``refiner`` as JSON objects of their fields; each image equals the
     ``generate`` call with latentgen's objects, and a refiner named by several jobs is loaded once."""
     import latentgen
@@ -345,8 +347,12 @@ def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_
     base = latentgen.load(xl_folder)
     jobs = [{"prompt": "a cat", "seed": s, "steps": 4, "refiner": {"model": str(xl_refiner_folder), "switch_at": 0.5}}
             for s in (1, 2)]
+    loads, load = [], latentgen.load
+    monkeypatch.setattr(latentgen, "load", lambda *a, **k: loads.append((a, k)) or load(*a, **k))
     refiners = batch.check_all(base, batch.as_jobs(jobs))
-    assert list(refiners) == [str(xl_refiner_folder)]  # one load for both jobs
+    assert len(loads) == 1 and loads[0][1]["dtype"] == base.dtype  # one load for both jobs, in the model's dtype
+    assert list(refiners) == [str(xl_refiner_folder)]
+    monkeypatch.undo()
     batch.run(base, jobs, tmp_path / "r", progress=False)
     want = base.generate("a cat", seed=2, steps=4, refiner=latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.5))[0]
     got = Image.open(tmp_path / "r" / "000001.png")

@@ -78,6 +78,15 @@ XL_TORCH = ("SDXL runs on torch on CUDA by default for now: its CUDA graphs (the
             "or 'cudagraph' asks for them")
 
 
+def for_model(backend: tuple[str, str] | None, unet_config: dict) -> tuple[str, str] | None:
+    """``requested``'s answer for this U-Net: SDXL's CUDA graphs run when asked for by name (``backend=``), while a
+    CUDA backend that ``$LATENTGEN_BACKEND`` names for every model gives way to torch, as the default does."""
+    if backend is None or backend[1] == "as asked" or backend[0] not in CUDA_ONLY or \
+            unet_config.get("addition_embed_type") != "text_time":
+        return backend
+    return "torch", f"{XL_TORCH}; over ${ENV}={backend[0]}"
+
+
 def default(device: torch.device, exact: bool, unet_config: dict | None = None) -> tuple[str, str]:
     """(backend, why) by rule. On CUDA ``torch.compile``'s kernels as a CUDA graph, except where a graph of the
     eager kernels is the better deal: ``exact`` (``dtype="fp32"`` asked for: diffusers' numbers), a small U-Net

@@ -269,6 +269,7 @@ class Runtime:
         try:
             xml = convert(unet, folder, residuals)
         except OSError as e:  # a read-only home, a full disk: this process converts into a scratch folder
+            raise_if_interrupted(e)  # not a Ctrl-C in disguise: that stops the call
             warnings.warn(f"cannot write the OpenVINO cache in {cache_dir()} ({e}); converting for this process "
                           f"only. Set $LATENTGEN_CACHE to a writable folder to convert once.", RuntimeWarning)
             scratch = Path(tempfile.mkdtemp(prefix="latentgen-openvino-"))

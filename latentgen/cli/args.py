@@ -93,6 +93,9 @@ def add_refiner_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--refiner", default=None, metavar="FOLDER|FILE", help="the refiner model (a diffusers folder or an SDXL refiner single file)")
     r.add_argument("--refiner-switch-at", type=finite_float, default=0.8,
                    help="the fraction of the noise schedule --model draws before the refiner takes over (default 0.8)")
+    r.add_argument("--refiner-hires-pass", choices=("first", "second", "both"), default="second",
+                   help="with the hires fix: the pass(es) the refiner acts in (A1111's hires_fix_refiner_pass; "
+                        "default second)")
 
 
 def load_refiner(args: argparse.Namespace):
@@ -103,7 +106,8 @@ def load_refiner(args: argparse.Namespace):
 
     checks.number("--refiner-switch-at", args.refiner_switch_at, minimum=0, maximum=1,
                   fix="use a fraction of the noise schedule from 0 to 1, such as 0.8")
-    return latentgen.Refiner(latentgen.load(args.refiner, device=args.device, dtype=args.dtype), args.refiner_switch_at)
+    return latentgen.Refiner(latentgen.load(args.refiner, device=args.device, dtype=args.dtype), args.refiner_switch_at,
+                             getattr(args, "refiner_hires_pass", "second"))
 
 
 def load_model(args: argparse.Namespace, **overrides):

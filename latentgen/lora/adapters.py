@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,25 @@ class LoraAdapters:
                     setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
         self._tuners = None
         self._apply_scales()
+
+    def check_tags(self, prompt: str, negative_prompt: str | None, read: set[str]) -> None:
+        """A call's ``<lora:NAME:WEIGHT>`` tags as the call would take them, before any image (``latentgen batch``
+        checks every job so): other tags, tags in the negative prompt, infinite weights, names that are neither
+        loaded, a shipped LoRA nor a file, and files that are not LoRAs of this model are refused. ``read``: the
+        names whose files were read already (once each; added to)."""
+        from ..text.prompts import tagged_loras
+
+        _, tags = tagged_loras(str(prompt), negative_prompt)
+        for name, weight in tags:
+            if not math.isfinite(weight):
+                raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such "
+                                 f"as <lora:{name}:0.8>.")
+            if name not in self.loaded and name not in read:
+                try:
+                    formats.read(name, self.models)  # a missing file, another architecture: found now
+                except (FileNotFoundError, ValueError) as e:
+                    raise type(e)(f"prompt tag <lora:{name}>: {e}") from None
+                read.add(name)
 
     def recommended(self, name: str | None = None, tags: tuple = ()) -> formats.Recommendation | None:
         """The sampler, steps and guidance that loaded LoRA ``name``'s header recommends (None if it says none).

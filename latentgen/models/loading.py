@@ -48,6 +48,7 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
             single_file.fit_vae(unet_config, {**vae_config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}, text_config,
                                 vae_file)
     # 3. device, dtype and backend, decided once
+    backend = choice.for_model(backend, unet_config)  # SDXL: $LATENTGEN_BACKEND's CUDA graphs give way to torch
     dtype, dtype_why = precision.resolve_dtype(asked, device, unet_config)
     name, why = backend or choice.default(device, asked == torch.float32, unet_config)
     place = precision.Placement(device, dtype, dtype_why, name, why)
@@ -77,9 +78,9 @@ def swap_vae(c: Components, vae_file) -> Components:
 
 
 def with_tiny_vae(c: Components, path) -> Components:
-    """``c`` with the tiny autoencoder at ``path`` as its VAE, on c's device and its VAE's dtype; its latent
-    channels must be the U-Net's."""
-    vae = tiny.load(path, device=c.vae.device, dtype=c.vae.dtype)
+    """``c`` with the tiny autoencoder at ``path`` as its VAE, on c's device and the model's dtype (TAESD does not
+    overflow fp16, so it does not follow an SDXL VAE kept in fp32); its latent channels must be the U-Net's."""
+    vae = tiny.load(path, device=c.vae.device, dtype=c.unet.dtype)
     if vae.config.latent_channels != c.vae.config.latent_channels:
         raise ValueError(f"vae={str(path)!r} is a tiny VAE for {vae.config.latent_channels}-channel latents; this "
                          f"model's are {c.vae.config.latent_channels}: use the tiny VAE of its family (taesd for SD "

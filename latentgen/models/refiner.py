@@ -14,6 +14,10 @@ step more. The refiner reads the prompts with its own text encoder (an SDXL refi
 aesthetic scores: ``latentgen.text.xl``); ``<lora:...>`` tags, ControlNet units and the step hooks of inpainting
 act on the base model's steps, and prompt editing counts on over the switch. The images are decoded by the base
 model's VAE (the same VAE as the refiner's, for SDXL).
+
+With the hires fix, ``hires_pass`` says which pass the refiner acts in, as A1111's ``hires_fix_refiner_pass``:
+"second" (its default: the first pass is the base model's alone; the hires pass hands over), "first" or "both". A
+pass hands over where its own timesteps cross the cutoff (the hires pass starts lower, at its denoising strength).
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ class Refiner:
 
     model: object  # a loaded latentgen Pipeline: an SDXL refiner, or any model of the base's latent space
     switch_at: float = 0.8  # the fraction of the noise schedule the base model draws
+    hires_pass: str = "second"  # with hires=: the pass(es) it acts in, "first", "second" or "both" (A1111's setting)
+
+
+HIRES_PASSES = {"first": "first pass", "second": "second pass", "both": "both passes"}  # A1111's names
+
+
+def acts(r: Refiner, second: bool) -> bool:
+    """Whether the refiner hands over in the first pass of a hires call (``second``: in its hires pass)."""
+    return r.hires_pass in (("second", "both") if second else ("first", "both"))
+
+
+def info(r: Refiner, hires: bool) -> dict:
+    """The PNG's fields, as A1111 writes them ("Hires refiner" only where it is not the default second pass)."""
+    where = {"Hires refiner": HIRES_PASSES[r.hires_pass]} if hires and r.hires_pass != "second" else {}
+    return {**where, "Refiner": r.model.name, "Refiner switch at": r.switch_at}
 
 
 def check(r, pipe) -> Refiner:
@@ -46,6 +65,8 @@ def check(r, pipe) -> Refiner:
                         f"latentgen.load('path/to/refiner-folder') (an SDXL refiner's diffusers folder).")
     checks.number("refiner.switch_at", r.switch_at, minimum=0, maximum=1,
                   fix="use a fraction of the noise schedule from 0 to 1, such as 0.8")
+    checks.choice("refiner.hires_pass", r.hires_pass, tuple(HIRES_PASSES),
+                  "use 'second' (the hires pass hands over; A1111's default), 'first' or 'both'")
     mine, theirs = pipe.vae.config, r.model.vae.config
     same = [(k, mine[k], theirs[k]) for k in ("latent_channels", "scaling_factor") if mine[k] != theirs[k]]
     if same or pipe.vae_scale_factor != r.model.vae_scale_factor:
@@ -65,18 +86,13 @@ class Handover:
     """A call's refiner pass, prepared in ``Pipeline.sample`` before any model runs (its text, its limits);
     ``run`` per chunk in place of ``Pipeline.denoise``."""
 
-    def __init__(self, pipe, draws, s, r: Refiner, hires=None):
+    def __init__(self, pipe, draws, s, r: Refiner):
+        """``draws`` and ``s``: the pass's (the hires pass's own prompts and steps in the second pass)."""
         self.r, self.model = check(r, pipe), r.model
-        if hires is not None:
-            raise ValueError("refiner= with hires= is not supported yet: draw with the refiner, then upscale with "
-                             "img2img (or hires= without a refiner).")
         self.s = s
         self.model.check_limits(s, len(draws))
         self.text = CallText(draws, s, self.model.tokenizer, self.model.text_encoder, self.model.embeddings,
                              xl=self.model.xl)
-
-    def info(self) -> dict:
-        return {"Refiner": self.model.name, "Refiner switch at": self.r.switch_at}
 
     def run(self, pipe, chunk, start: Start, cond, guidance: float, sched, generators, callback=None, unet=None):
         """``pipe.denoise`` over the base model's timesteps of ``start``, then the refiner's denoise over the rest,

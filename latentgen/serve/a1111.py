@@ -19,8 +19,9 @@ What maps to what:
     subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
     seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
     alwayson_scripts.controlnet   -> control=[latentgen.Control, ...] (``controlnet_api``: sd-webui-controlnet's units)
-    refiner_checkpoint (a model   -> refiner=latentgen.Refiner(that model, switch_at): SDXL's refiner, held
-    by name), refiner_switch_at      beside the drawing model; switch_at None: 0.8, as A1111's page
+    refiner_checkpoint (a model   -> refiner=latentgen.Refiner(that model, switch_at, hires_pass): SDXL's refiner,
+    by name), refiner_switch_at      held beside the drawing model; switch_at None: 0.8, as A1111's page; with
+                                     enable_hr, the option hires_fix_refiner_pass says which pass
 
 A field that would change the image in a way latentgen does not do (face restoration,
 tiling, styles, scripts other than ControlNet units, ...) is refused
@@ -84,7 +85,7 @@ class Task:
     resize_mode: str = "just resize"  # img2img's resize_mode
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
     control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
-    refiner: tuple[str, float] | None = None  # refiner_checkpoint (a model by name), refiner_switch_at
+    refiner: tuple | None = None  # refiner_checkpoint (a model by name), refiner_switch_at, hires_fix_refiner_pass
 
     @property
     def count(self) -> int:
@@ -171,7 +172,8 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
     if req.refiner_checkpoint not in (None, "", "None", "none"):  # A1111's "None" in its list: no refiner
         switch = 0.8 if req.refiner_switch_at is None else req.refiner_switch_at  # A1111's default in its page
         checks.number("refiner_switch_at", switch, minimum=0, maximum=1, fix="use 0 to 1, such as 0.8")
-        refiner = (models.check(req.refiner_checkpoint), float(switch))
+        where = over.get("hires_fix_refiner_pass", options.get("hires_fix_refiner_pass", "second pass"))
+        refiner = (models.check(req.refiner_checkpoint), float(switch), where.split()[0])  # "both passes" -> "both"
     subseed = _seed(req.subseed)
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)
     variation = None
@@ -195,8 +197,6 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, **kw) -> Task:
     hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers)
     plan = _plan("txt2img", req, **kw)
     plan.hires, plan.script = hires, script
-    if plan.refiner and hires:
-        raise _refuse("refiner_checkpoint", req.refiner_checkpoint, "a refiner with enable_hr is not supported yet")
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
 

@@ -91,7 +91,7 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
     if plan.refiner is not None:  # A1111's refiner_checkpoint: a second model of the catalog, held beside this one
         import latentgen
 
-        common["refiner"] = latentgen.Refiner(ctx.worker.models.get(plan.refiner[0]), plan.refiner[1])
+        common["refiner"] = latentgen.Refiner(ctx.worker.models.get(plan.refiner[0]), *plan.refiner[1:])
     if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height
         common.update(width=width, height=height)
     if plan.mode != "txt2img":

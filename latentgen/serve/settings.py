@@ -62,6 +62,7 @@ OPTIONS = {  # A1111 option names this server knows, with their defaults; sd_mod
     "sd_vae": "Automatic",
     "sd_checkpoint_hash": None,
     "outdir_samples": "",
+    "hires_fix_refiner_pass": "second pass",  # which pass of a hires call the refiner acts in (latentgen.Refiner)
 }
 FIXED = {"samples_format": ("png",), "eta_noise_seed_delta": (0,), "sd_vae": ("Automatic", "None", None)}
 
@@ -82,5 +83,8 @@ def check_option(key: str, value) -> None:
     if key == "show_progress_type":
         checks.choice(key, value, tuple(preview.A1111), "'Approx cheap' (a linear map), 'TAESD' (with --preview-vae) "
                                                         "or 'Full' (the VAE)")
+    if key == "hires_fix_refiner_pass":
+        checks.choice(key, value, ("first pass", "second pass", "both passes"), "use 'second pass' (A1111's default), "
+                                                                               "'first pass' or 'both passes'")
     if key == "show_progress_every_n_steps":
         checks.whole(key, value, -1, "use a whole number >= 1 (-1: off)")

@@ -13,6 +13,7 @@ The PNG says "Size" (the base size), "Denoising strength", "Hires upscale" or "H
 
 from __future__ import annotations
 
+from functools import partial
 from dataclasses import dataclass, replace
 
 import torch
@@ -80,10 +81,12 @@ class SecondPass:
     """A call's hires pass, prepared in ``Pipeline.sample`` before any model runs: its settings, its text (the
     hires prompts, or the first pass's, scheduled over its own steps) and its sizes; ``run`` per chunk."""
 
-    def __init__(self, pipe, draws, s, h: Hires, text: CallText, control=None):
+    def __init__(self, pipe, draws, s, h: Hires, text: CallText, control=None, refiner=None):
         """``control``: the first pass's ControlNet units (``control.units.Prepared``), fitted again to the final
-        size for the second pass (as sd-webui-controlnet's default, "Both")."""
+        size for the second pass (as sd-webui-controlnet's default, "Both"); ``refiner``: a ``latentgen.Refiner``,
+        which hands over in this pass unless its ``hires_pass`` is "first" (``models.refiner``)."""
         from ..control import units
+        from ..models import refiner as refine
 
         self.h, self.f = check(h, pipe.vae_scale_factor), pipe.vae_scale_factor
         self.up, self.final = sizes(h, s.width, s.height, self.f)
@@ -98,6 +101,8 @@ class SecondPass:
         self.text.cache = text.cache  # each text encoded once for both passes
         self.control = None if control is None else units.prepare(control.units, pipe.unet, self.final,
                                                                    max_pixels=pipe.limits.max_input_pixels)
+        self.handover = refine.Handover(pipe, list(self.draws.values()), self.s, refiner) \
+            if refiner is not None and refine.acts(refiner, second=True) else None  # the refiner's own text
 
     def draw(self, d):
         """The first pass's ``request.Draw`` as the second pass draws it (its prompts when given)."""
@@ -134,5 +139,5 @@ class SecondPass:
         if cond.context:
             first = replace(first, hooks=replace(first.hooks, context=cond.context))
         first = residuals.hooked(first, self.control, b=len(chunk), cfg=self.s.cfg, pipe=pipe)
-        return pipe.denoise(first, cond, self.s.guidance, sched, seeds.generators,
-                            progress.chunk(len(first.timesteps)), unet)
+        run = pipe.denoise if self.handover is None else partial(self.handover.run, pipe, [self.draws[d] for d in chunk])
+        return run(first, cond, self.s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)), unet)

@@ -73,4 +73,8 @@ def test_sdxl_runs_on_openvino_on_cpus_and_on_torch_on_cuda_unless_a_cuda_backen
     assert choice.default(CPU, False, xl) == choice.default(CPU, False, sd)  # the CPU rule: OpenVINO unless fp32
     assert choice.default(CPU, True, xl)[0] == "torch"
     assert choice.default(torch.device("cuda"), False, xl) == ("torch", choice.XL_TORCH)
-    assert "backend='compile' or 'cudagraph' asks for them" in choice.XL_TORCH
+    assert choice.for_model(("compile", "as asked"), xl) == ("compile", "as asked")  # asked by name: its graphs
+    assert choice.for_model(("openvino", "as asked"), xl) == ("openvino", "as asked")
+    assert choice.for_model(None, xl) is None and choice.for_model(("cudagraph", f"${choice.ENV}"), sd)[0] == "cudagraph"
+    name, why = choice.for_model(("cudagraph", f"${choice.ENV}"), xl)  # the environment's, for every model: gives way
+    assert name == "torch" and why.endswith(f"over ${choice.ENV}=cudagraph") and "asks for them" in why

@@ -364,6 +364,13 @@ def test_refiner_flags_equal_the_python_api(xl_folder, xl_refiner_folder, tmp_pa
     assert run("generate", "a cat", "--model", xl_folder, "--refiner", "nowhere", "--refiner-switch-at", 2,
                "-o", tmp_path / "x.png") == 2
     assert "--refiner-switch-at" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    hr = tmp_path / "hr.png"  # with the hires fix: the pass(es) it acts in
+    assert run("generate", "a red circle", "--model", xl_folder, "--refiner", xl_refiner_folder, "--refiner-switch-at",
+               0.5, "--refiner-hires-pass", "both", "--hires-scale", 1.5, "--steps", 4, "--seed", 3, "-o", hr) == 0
+    r = latentgen.Refiner(latentgen.load(xl_refiner_folder), 0.5, hires_pass="both")
+    want = latentgen.load(xl_folder).generate("a red circle", steps=4, seed=3, refiner=r, hires=latentgen.Hires(scale=1.5))[0]
+    assert np.abs(np.asarray(Image.open(hr), int) - np.asarray(want, int)).max() <= 1
+    assert "Hires refiner: both passes" in read_parameters(hr)
 
 
 def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):

@@ -147,3 +147,22 @@ def test_a_lora_that_recommends_its_sampling_says_so_when_loaded(fresh, tmp_path
     assert fresh.loras.recommended("fast") == rec
     with pytest.raises(ValueError, match="no LoRA named 'nope'"):
         fresh.loras.recommended("nope")
+
+
+def test_prompt_tags_are_checked_before_any_image_each_file_read_once(tiny_folder, lora_files, monkeypatch):
+    """``check_tags``: what ``latentgen batch`` asks of every job's tags before its first image."""
+    from latentgen.lora import formats
+
+    pipe = latentgen.load(tiny_folder)
+    reads, read_file = [], formats.read
+    monkeypatch.setattr(formats, "read", lambda *a: reads.append(a[0]) or read_file(*a))
+    seen: set[str] = set()
+    for _ in range(2):
+        pipe.loras.check_tags(f"a cat <lora:{lora_files[0]}:0.5>", None, seen)
+    assert reads == [str(lora_files[0])] and seen == {str(lora_files[0])}
+    with pytest.raises(FileNotFoundError, match=r"prompt tag <lora:nosuch>: LoRA file 'nosuch' does not exist"):
+        pipe.loras.check_tags("a cat <lora:nosuch:1>", None, seen)
+    with pytest.raises(ValueError, match=r"<lora:x:inf> has weight inf: use a finite number"):
+        pipe.loras.check_tags("a cat <lora:x:inf>", None, seen)
+    with pytest.raises(ValueError, match=r"negative_prompt .* has a <lora:\.\.\.> tag"):
+        pipe.loras.check_tags("a cat", "<lora:x>", seen)

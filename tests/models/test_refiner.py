@@ -102,8 +102,30 @@ def test_what_cannot_refine_is_refused_before_drawing(xpipe, rpipe):
         xpipe.generate("a cat", steps=2, refiner=latentgen.Refiner("some/folder"))
     with pytest.raises(ValueError, match="refiner.switch_at"):
         xpipe.generate("a cat", steps=2, refiner=latentgen.Refiner(rpipe, 1.5))
-    with pytest.raises(ValueError, match="refiner= with hires= is not supported yet"):
-        xpipe.generate("a cat", steps=2, refiner=latentgen.Refiner(rpipe), hires=latentgen.Hires())
+    with pytest.raises(ValueError, match=r"refiner.hires_pass='last' is invalid: use 'second'"):
+        xpipe.generate("a cat", steps=2, refiner=latentgen.Refiner(rpipe, hires_pass="last"), hires=latentgen.Hires())
     embedded = latentgen.load()  # another latent space (its VAE's scaling factor and channels)
     with pytest.raises(ValueError, match="works in another latent space"):
         xpipe.generate("a cat", steps=2, refiner=latentgen.Refiner(embedded))
+
+
+def test_with_the_hires_fix_the_refiner_acts_in_the_pass_a1111s_setting_names(xpipe, xl_folder, rpipe):
+    """A1111's hires_fix_refiner_pass: "second" (its default), "first" or "both". The same model as its own
+    "refiner" hands over to itself and changes nothing, in every pass (the plumbing); the real refiner changes the
+    passes it acts in, and the PNG says where (A1111's "Hires refiner", not written for the default)."""
+    hires = latentgen.Hires(scale=1.5, strength=0.6, steps=4, upscaler="Lanczos")
+    kw = dict(seed=2, steps=4, hires=hires, scheduler="euler")
+    plain = xpipe.generate("a cat", **kw)
+    itself = latentgen.load(xl_folder)
+    for where in ("first", "second", "both"):
+        same = xpipe.generate("a cat", refiner=latentgen.Refiner(itself, 0.5, hires_pass=where), **kw)
+        assert max_diff(same, plain) == 0, where
+    got = {w: xpipe.generate("a cat", refiner=latentgen.Refiner(rpipe, 0.5, hires_pass=w), **kw)
+           for w in ("first", "second", "both")}
+    pairs = [(got["first"], plain), (got["second"], plain), (got["first"], got["second"]), (got["both"], got["second"]),
+             (got["both"], got["first"])]
+    assert min(max_diff(a, b) for a, b in pairs) > 0
+    assert "Hires refiner" not in got["second"][0].info["parameters"]
+    assert "Hires refiner: first pass, Refiner: " in got["first"][0].info["parameters"]
+    assert "Hires refiner: both passes" in got["both"][0].info["parameters"]
+    assert got["both"][0].size == plain[0].size == (96, 96)

@@ -410,7 +410,8 @@ def test_an_sdxl_folder_is_served_as_a1111_serves_sdxl(xl_folder, tmp_path):
 
 def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refiner_folder, tmp_path):
     """refiner_checkpoint names a model of the catalog, refiner_switch_at where it takes over: the image equals the
-    Python API's hand-over; an unknown refiner is a 404, with enable_hr a 422."""
+    Python API's hand-over; an unknown refiner is a 404; with enable_hr, A1111's option hires_fix_refiner_pass says
+    which pass it acts in."""
     import latentgen
 
     os.symlink(xl_folder, tmp_path / "tiny-xl")
@@ -433,8 +434,20 @@ def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refine
         assert "Refiner" not in json.loads(plain.json()["info"])["infotexts"][0]
         missing = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "nowhere"})
         assert missing.status_code == 404 and "model 'nowhere' not found" in missing.text
-        both = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "tiny-xl-refiner",
-                                                                "enable_hr": True})
-        assert both.status_code == 422 and "refiner_checkpoint" in both.text
+        hr = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.6,
+              "hr_second_pass_steps": 4}
+        both = requests.post(s.url + "/sdapi/v1/txt2img", json={
+            **ask, **hr, "refiner_checkpoint": "tiny-xl-refiner", "refiner_switch_at": 0.5,
+            "override_settings": {**ask["override_settings"], "hires_fix_refiner_pass": "both passes"}})
+        assert both.status_code == 200, both.text
+        assert "Hires refiner: both passes, Refiner: tiny-xl-refiner" in json.loads(both.json()["info"])["infotexts"][0]
+        ours = latentgen.load(xl_folder).generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler",
+                                                  hires=latentgen.Hires(scale=1.5, strength=0.6, steps=4,
+                                                                        upscaler="Lanczos"),
+                                                  refiner=latentgen.Refiner(refiner, 0.5, hires_pass="both"))
+        assert max_diff(decode_image(both.json()["images"][0], "image", 10**6), ours[0]) <= 1
+        bad = requests.post(s.url + "/sdapi/v1/txt2img", json={
+            **ask, "override_settings": {**ask["override_settings"], "hires_fix_refiner_pass": "third pass"}})
+        assert bad.status_code == 422 and "hires_fix_refiner_pass='third pass' is invalid" in bad.text
     finally:
         s.stop()

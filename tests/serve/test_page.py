@@ -199,7 +199,7 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         assert max_diff(image, want) <= 1
         assert "Refiner: tiny-xl-refiner, Refiner switch at: 0.5" in page.inner_text("#gallery .params")
 
-        page.select_option("#refiner-model", "")  # none: the hires fix alone (A1111 refuses the two together here)
+        page.select_option("#refiner-model", "")  # none: the hires fix alone
         page.click("#hires summary")
         page.check("#hr-on")
         page.select_option("#hr-upscaler", "Lanczos")
