@@ -20,7 +20,7 @@ import torch
 
 from .. import memory
 from ..text.xl import example_added, is_xl
-from . import weights
+from . import openvino_core, weights
 from .halves import doubles, split
 
 RECIPE = 3  # how convert() traces the U-Net; part of the cache key, so a new recipe converts anew
@@ -181,7 +181,7 @@ class Compiled:
         self.unet, self.config = unet, unet.config
         self.factor = 2 ** (len(unet.config.block_out_channels) - 1)
         self.precision = "bf16" if unet.dtype in (torch.bfloat16, torch.float16) else "f32"
-        self.core = openvino.Core()
+        self.core = openvino_core()  # one for the process (see there)
         self.model = source if isinstance(source, openvino.Model) else self.core.read_model(source)
         self.requests: dict[tuple, list] = {}  # (input shapes, shared, threads) -> infer requests, oldest first
         self.lock = threading.Lock()

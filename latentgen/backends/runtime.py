@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from .. import memory, precision
-from . import cache, control_graph, cudagraph, raise_if_interrupted, weights
+from . import cache, control_graph, cudagraph, openvino_core, raise_if_interrupted, weights
 from .cache import cache_dir
 from .choice import BACKENDS, CUDA_ONLY
 from .openvino import RECIPE, Compiled, convert, patched
@@ -221,11 +221,9 @@ class Runtime:
                 return None
             if not patch:
                 return Compiled(unet, xml)
-            import openvino
-
             tensors, fresh = weights.effective(unet)
             diff = weights.changed(tensors, held.record, held.known, fresh)
-            model = patched(openvino.Core().read_model(xml), {n: t for n, (t, _) in diff.items()})
+            model = patched(openvino_core().read_model(xml), {n: t for n, (t, _) in diff.items()})
             return None if model is None else Compiled(unet, model)
 
     def for_controlnet(self, net):
