@@ -28,20 +28,22 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from . import files
 from .backends import raise_if_interrupted
 from .guard import NonFiniteError
+from .models.refiner import Refiner
 from .request import seeds
+from .starts import Variation
 from .text import prompts, xl
 from .text.schedule import check_parts
+from .upscale.hires import Hires
 
 SETTING_KEYS = ("seed", "steps", "guidance", "width", "height", "scheduler", "clip_skip", "prompt_syntax")
-OBJECT_FIELDS = {"variation": ("seed", "strength", "resize_from"), "refiner": ("model", "switch_at", "hires_pass"),
-                 "hires": ("scale", "width", "height", "upscaler", "strength", "steps", "scheduler", "prompt",
-                           "negative_prompt")}  # the fields of latentgen.Variation, Refiner (a path) and Hires
+OBJECT_FIELDS = {key: tuple(f.name for f in fields(cls)) for key, cls in  # a refiner's model: a path in a job
+                 (("variation", Variation), ("hires", Hires), ("refiner", Refiner))}
 EXAMPLES = {"variation": {"seed": 7, "strength": 0.3}, "hires": {"scale": 2, "strength": 0.5},
             "refiner": {"model": "path/to/sdxl-refiner", "switch_at": 0.8}}
 JOB_KEYS = ("prompt", "negative_prompt", *SETTING_KEYS, *OBJECT_FIELDS)
@@ -105,10 +107,6 @@ def check_job(job, where: str) -> dict:
 
 def call_args(args: dict, refiners: dict) -> dict:
     """A job's ``generate`` keyword arguments: its JSON objects as latentgen's (``refiners``: path -> loaded model)."""
-    from .models.refiner import Refiner
-    from .starts import Variation
-    from .upscale.hires import Hires
-
     kw = {k: v for k, v in args.items() if k != "prompt" and v is not None}
     if "variation" in kw:
         size = kw["variation"].get("resize_from")

@@ -87,8 +87,9 @@ class Handover:
     ``run`` per chunk in place of ``Pipeline.denoise``."""
 
     def __init__(self, pipe, draws, s, r: Refiner):
-        """``draws`` and ``s``: the pass's (the hires pass's own prompts and steps in the second pass)."""
-        self.r, self.model = check(r, pipe), r.model
+        """``draws`` and ``s``: the pass's (the hires pass's own prompts and steps in the second pass); ``r``: checked
+        by ``Pipeline.sample``, before either pass is prepared."""
+        self.r, self.model = r, r.model
         self.s = s
         self.model.check_limits(s, len(draws))
         self.text = CallText(draws, s, self.model.tokenizer, self.model.text_encoder, self.model.embeddings,

@@ -172,7 +172,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
     if req.refiner_checkpoint not in (None, "", "None", "none"):  # A1111's "None" in its list: no refiner
         switch = 0.8 if req.refiner_switch_at is None else req.refiner_switch_at  # A1111's default in its page
         checks.number("refiner_switch_at", switch, minimum=0, maximum=1, fix="use 0 to 1, such as 0.8")
-        where = over.get("hires_fix_refiner_pass", options.get("hires_fix_refiner_pass", "second pass"))
+        where = over.get("hires_fix_refiner_pass", options["hires_fix_refiner_pass"])
         refiner = (models.check(req.refiner_checkpoint), float(switch), where.split()[0])  # "both passes" -> "both"
     subseed = _seed(req.subseed)
     resize = (req.seed_resize_from_w, req.seed_resize_from_h)

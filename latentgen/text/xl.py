@@ -151,6 +151,12 @@ def batch_embed(ids: torch.Tensor, ids_2: torch.Tensor, text_encoder, text_encod
     return torch.cat([first, out.hidden_states[-2].to(first)], dim=-1), out[0]
 
 
+def batch_added(pooled: torch.Tensor, size: int) -> dict:
+    """A training batch's ``added_cond_kwargs``: bigG's pooled text (B, P) and the size numbers (B, 6) of an
+    uncropped ``size`` x ``size`` picture (original = target = the training size), as drawing reads them."""
+    return {"text_embeds": pooled, "time_ids": time_ids(size, size).to(pooled.device).expand(len(pooled), -1)}
+
+
 def encode(text: str, tokenizer, text_encoder, xl: XL | None = None, **how) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Any model's conditioning of one prompt: (hidden (1, 77 * k, D), pooled (1, P)) for SDXL (``embed``), the
     hidden states alone and None for SD 1.x/2.x (``prompts.embed``). ``how``: clip_skip, syntax, expand."""

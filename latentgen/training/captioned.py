@@ -119,11 +119,14 @@ class Batches:
             weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
         caps = train.drop_captions([self.captions[i] for i in idx], cfg.caption_dropout, cfg.seed, step, micro,
                                    a.process_index)
-        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-               "std": self.std[idx], "generator": train.step_generator(cfg.seed, step, micro, a.process_index),
-               "weights": weights}
-        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own (padding with "!")
-            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
+        return {**self.ids(caps, a.device), "mean": self.mean[idx], "std": self.std[idx], "weights": weights,
+                "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+
+    def ids(self, captions: list[str], device) -> dict:
+        """The captions' token ids (B, 77), and SDXL's bigG's through its own tokenizer (padding with "!")."""
+        out = {"input_ids": train.tokenize(self.tokenizer, captions).to(device)}
+        if self.tokenizer_2 is not None:
+            out["input_ids_2"] = train.tokenize(self.tokenizer_2, captions).to(device)
         return out
 
 

@@ -133,12 +133,12 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
         t_prev = (t - self.skip).clamp(min=0)  # (B,): t' (0 for the first solver step)
         x_t = self.noise_scheduler.add_noise(latents, noise, t.to(latents.device))  # (B, 4, h, w)
         with torch.no_grad():
-            cond, uncond = self.texts(input_ids, input_ids_2, latents)  # (B, 77, D) each, or (hidden, added) pairs
+            cond, uncond = self.texts(input_ids, input_ids_2)  # (B, 77, D) each, or (hidden, added) pairs
             x_prev = self.teacher_step(x_t, t, t_prev, cond, uncond, w)  # (B, 4, h, w) at t'
             target = self.consistency(x_prev, t_prev, cond)  # the stop-gradient target
         return pseudo_huber(self.consistency(x_t, t, cond), target, self.huber_c)
 
-    def texts(self, input_ids, input_ids_2, latents) -> tuple:
+    def texts(self, input_ids, input_ids_2) -> tuple:
         """The captions' and the empty prompt's conditioning: hidden states (B, 77, D) each; SDXL's as (hidden,
         {"text_embeds": pooled (B, P), "time_ids": (B, 6)}), the empty prompt zeros where the model says so."""
         b = len(input_ids)
@@ -149,8 +149,7 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
         hidden, pooled = sdxl.batch_embed(ids, ids_2, self.text_encoder, self.text_encoder_2)
         if self.xl.force_zeros:  # diffusers' and A1111's empty negative
             hidden[b:], pooled[b:] = 0, 0
-        sizes = sdxl.time_ids(self.size, self.size).to(latents).expand(b, -1)
-        return [(h, {"text_embeds": p, "time_ids": sizes}) for h, p in zip(hidden.chunk(2), pooled.chunk(2))]
+        return [(h, sdxl.batch_added(p, self.size)) for h, p in zip(hidden.chunk(2), pooled.chunk(2))]
 
     def call(self, x, t, text):
         """The U-Net's prediction for x at t under ``text`` (hidden states, or SDXL's (hidden, added) pair)."""
@@ -191,12 +190,8 @@ class DistillBatches(Batches):
     def __call__(self, step: int, micro: int, a) -> dict:
         idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
         slot = micro * a.num_processes + a.process_index
-        caps = [self.captions[i] for i in idx]
-        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-               "std": self.std[idx], "generator": train.step_generator(self.cfg.seed, step, slot)}
-        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own
-            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
-        return out
+        return {**self.ids([self.captions[i] for i in idx], a.device), "mean": self.mean[idx], "std": self.std[idx],
+                "generator": train.step_generator(self.cfg.seed, step, slot)}
 
 
 def run(cfg: LcmDistillConfig) -> Path:

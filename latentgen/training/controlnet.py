@@ -82,8 +82,7 @@ class ControlNetObjective(torch.nn.Module):
                 hidden = text_encoder(input_ids)[0]  # (B, 77, D)
             else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6)
                 hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, text_encoder, text_encoder_2)
-                ids = sdxl.time_ids(self.size, self.size).to(latents).expand(len(latents), -1)
-                added = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
+                added = {"added_cond_kwargs": sdxl.batch_added(pooled, self.size)}
 
         def controlled(x, t, encoder_hidden_states):  # the U-Net under the ControlNet's residuals
             down, mid = self.controlnet(x, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=control,
@@ -105,12 +104,9 @@ class ControlBatches(Batches):
         idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
         caps = train.drop_captions([self.captions[i] for i in idx], self.cfg.caption_dropout, self.cfg.seed, step,
                                    micro, a.process_index)
-        out = {"input_ids": train.tokenize(self.tokenizer, caps).to(a.device), "mean": self.mean[idx],
-               "std": self.std[idx], "control": self.maps[idx].to(a.device),
-               "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
-        if self.tokenizer_2 is not None:  # SDXL's bigG reads the captions through its own
-            out["input_ids_2"] = train.tokenize(self.tokenizer_2, caps).to(a.device)
-        return out
+        return {**self.ids(caps, a.device), "mean": self.mean[idx], "std": self.std[idx],
+                "control": self.maps[idx].to(a.device),
+                "generator": train.step_generator(self.cfg.seed, step, micro, a.process_index)}
 
 
 def run(cfg: ControlNetTrainConfig) -> Path:

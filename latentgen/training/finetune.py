@@ -63,8 +63,7 @@ class LoraObjective(LoraCheckpointed):
             hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
         else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6)
             hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, self.text_encoder, self.text_encoder_2)
-            ids = sdxl.time_ids(self.size, self.size).to(latents).expand(len(latents), -1)
-            unet = functools.partial(self.unet, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})
+            unet = functools.partial(self.unet, added_cond_kwargs=sdxl.batch_added(pooled, self.size))
         return train.diffusion_loss(unet, hidden, latents, self.noise_scheduler, generator,
                                     snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
 

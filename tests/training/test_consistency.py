@@ -240,7 +240,7 @@ def test_an_sdxl_model_distills_with_both_encoders_the_pooled_text_and_size_numb
     first = loss(64)
     assert torch.isfinite(first) and first > 0 and not torch.equal(first.detach(), loss(128).detach())
     cond, uncond = consistency.ConsistencyObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(
-        c.scheduler.config), train.tokenize(c.tokenizer, [""]), cfg, (5.0, 10.0), c.xl, 64).texts(ids, ids_2, mean)
+        c.scheduler.config), train.tokenize(c.tokenizer, [""]), cfg, (5.0, 10.0), c.xl, 64).texts(ids, ids_2)
     assert c.xl.force_zeros and uncond[0].abs().sum() == 0 and uncond[1]["text_embeds"].abs().sum() == 0
     assert cond[1]["time_ids"].tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2
     path = _run(xl_folder, data, tmp_path / "a", kohya=True)
