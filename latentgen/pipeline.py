@@ -25,7 +25,7 @@ from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
 from .models import refiner as refine
-from .canvas import calls
+from .canvas import calls, seamless
 from .control import units as controls
 from .control import residuals
 from .control.units import Prepared
@@ -199,11 +199,13 @@ class Pipeline:
             self.check_limits(second.s, len(draws))
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
+        seamless.check_decode(plan, s.tiling, self.limits)  # A1111's Tiling: circular padding, below
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
-        info = {**(info or {}), **(second.info() if second else {}), **text.info, **controls.info(control),
-                **(refine.info(refiner, second is not None) if refiner else {})}
+        info = {**(info or {}), **(second.info() if second else {}), **text.info, "Tiling": s.tiling or None,
+                **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {})}
         out: list[Image.Image] = []
-        with text.lora_tags(self.loras):
+        nets = seamless.networks(self, unet, refiner, (control, second and second.control)) if s.tiling else []
+        with text.lora_tags(self.loras), seamless.circular(nets, s.tiling):
             chunks = request.batches(draws, batch, key=text.chunks)
             progress = request.CallProgress(callback, len(chunks) * (1 if second is None else 2))
             for chunk in chunks:
@@ -238,7 +240,8 @@ class Pipeline:
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
                  variation: starts.Variation | None = None, hires: Hires | None = None,
-                 control=None, refiner=None, size_cond: xl.SizeCond | None = None) -> list[Image.Image]:
+                 control=None, refiner=None, size_cond: xl.SizeCond | None = None, tiling: bool = False
+                 ) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -259,10 +262,11 @@ class Pipeline:
         refiner: SDXL's refiner for the end of the noise schedule, ``latentgen.Refiner(latentgen.load(folder),
             switch_at=0.8)`` (A1111's refiner_checkpoint and refiner_switch_at; ``latentgen.models.refiner``).
         size_cond: SDXL's size conditioning, ``latentgen.SizeCond(original=, crop=, target=, negative=)``.
+        tiling: A1111's Tiling, pictures that tile seamlessly (``latentgen.canvas.seamless``).
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                          variation=variation, prompt=prompt, size_cond=size_cond)
+                          variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)

@@ -64,6 +64,7 @@ class Settings:
     prompt_syntax: str = "a1111"  # "a1111": emphasis, BREAK, 75-token chunks, <lora:...> tags; "plain": none
     variation: Variation | None = None  # A1111's variation seed and seed resize (``latentgen.starts``)
     size_cond: object = None  # SDXL's size conditioning (``latentgen.text.xl.SizeCond``); None: the defaults
+    tiling: bool = False  # A1111's "Tiling": pictures that tile seamlessly (``latentgen.canvas.seamless``)
 
     @property
     def cfg(self) -> bool:  # classifier-free guidance on: decided here only
@@ -121,7 +122,7 @@ def _size(name: str, value, f: int) -> int:
 
 def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
             scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111",
-            variation=None, size_cond=None) -> Settings:
+            variation=None, size_cond=None, tiling=False) -> Settings:
     """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
     ``clip_skip`` is checked against the text encoder's depth when the first prompt is encoded.
 
@@ -152,8 +153,11 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
                  "A1111's 'Clip skip: 2'), such as clip_skip=2")
     checks.choice("prompt_syntax", prompt_syntax, prompts.SYNTAXES,
                   "use 'a1111' (emphasis, BREAK, long prompts, <lora:...> tags) or 'plain' (the text as it is)")
+    if not isinstance(tiling, bool):
+        raise TypeError(f"tiling must be True or False, got {tiling!r}; tiling=True draws pictures that tile "
+                        f"seamlessly (A1111's Tiling).")
     return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax,
-                    check_variation(variation, num_images), xl.check_size_cond(size_cond))
+                    check_variation(variation, num_images), xl.check_size_cond(size_cond), bool(tiling))
 
 
 def check_variation(v, num_images: int) -> Variation | None:

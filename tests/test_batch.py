@@ -204,6 +204,8 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"hires": {"scale": 8, "width": 4096, "height": 4096}}, r"jobs\.jsonl:2: .*4096"),  # the second pass's size
     ({"refiner": {"model": "no/such/refiner"}}, r"jobs\.jsonl:2: .*no/such/refiner"),
     ({"variation": {"seed": 3, "strength": 0.5}, "hires": {"scale": 1.5, "strength": 0.4, "steps": 2}}, None),
+    ({"tiling": "yes"}, r"jobs\.jsonl:2: tiling must be True or False, got 'yes'"),
+    ({"tiling": True}, None),
 ])
 def test_every_setting_is_checked_with_its_line_before_drawing(embedded, tmp_path, monkeypatch, job, message):
     f = tmp_path / "jobs.jsonl"
@@ -336,13 +338,13 @@ def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_
     import latentgen
 
     job = {"prompt": "a red circle", "seed": 3, "steps": 4, "variation": {"seed": 9, "strength": 0.4,
-           "resize_from": [48, 48]}, "hires": {"scale": 1.5, "strength": 0.5, "steps": 2}}
+           "resize_from": [48, 48]}, "hires": {"scale": 1.5, "strength": 0.5, "steps": 2}, "tiling": True}
     batch.run(embedded, [job], tmp_path / "a", progress=False)
     want = embedded.generate("a red circle", seed=3, steps=4, hires=latentgen.Hires(scale=1.5, strength=0.5, steps=2),
-                             variation=latentgen.Variation(seed=9, strength=0.4, resize_from=(48, 48)))[0]
+                             variation=latentgen.Variation(seed=9, strength=0.4, resize_from=(48, 48)), tiling=True)[0]
     got = Image.open(tmp_path / "a" / "000000.png")
     assert got.size == (96, 96) and np.array_equal(np.asarray(got), np.asarray(want))
-    assert "Variation seed: 9" in got.info["parameters"] and "Hires upscale: 1.5" in got.info["parameters"]
+    assert all(f in got.info["parameters"] for f in ("Variation seed: 9", "Hires upscale: 1.5", "Tiling: True"))
 
     base = latentgen.load(xl_folder)
     jobs = [{"prompt": "a cat", "seed": s, "steps": 4, "refiner": {"model": str(xl_refiner_folder), "switch_at": 0.5}}

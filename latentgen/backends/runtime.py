@@ -120,9 +120,9 @@ class Runtime:
         self.conversions = 0  # conversions this runtime made (0 when every U-Net came from the disk cache)
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
         self.version = 0  # announced weight changes so far (``changed``)
-        self._compiled: dict[int, _Held] = {}  # id(unet) -> what was converted, oldest first
+        self._compiled: dict[tuple, _Held] = {}  # (id(unet), its padding) -> what was converted, oldest first
         self._controlnets: dict[int, tuple] = {}  # id(ControlNet) -> (its weights' state, compiled or None)
-        self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU), graph)
+        self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU, padding), graph)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -151,11 +151,12 @@ class Runtime:
 
     def _openvino(self, unet):
         key = weights.state(unet, self.version)
-        held = self._compiled.pop(id(unet), None)
+        slot = (id(unet), key[-1])  # the convolutions' padding: A1111's Tiling is another graph, held beside
+        held = self._compiled.pop(slot, None)
         if held is None or held.state != key:  # first call, or something changed since the last
             if any(v is not None for v in weights.freeu(unet)):
                 if held is not None:
-                    self._keep(unet, held)  # its state stays the last one checked: checked again next call
+                    self._keep(slot, held)  # its state stays the last one checked: checked again next call
                 self.fallback = "FreeU is on (OpenVINO converts no FFT)"
                 return unet
             if held is None or held.base is None:  # first call; or after a failed conversion: are these new weights?
@@ -177,7 +178,7 @@ class Runtime:
             while len(held.seen) > 2 * self.VARIANTS:
                 del held.seen[next(iter(held.seen))]
             held.current, held.why = found
-        self._keep(unet, held)
+        self._keep(slot, held)
         self.fallback = held.why
         return unet if held.current is None else held.current
 
@@ -246,8 +247,8 @@ class Runtime:
                 del self._controlnets[next(iter(self._controlnets))]
         return held[1] or functools.partial(control_graph.run_torch, net)
 
-    def _keep(self, unet, held: _Held) -> None:
-        self._compiled[id(unet)] = held  # now the most recent
+    def _keep(self, slot: tuple, held: _Held) -> None:
+        self._compiled[slot] = held  # now the most recent
         while len(self._compiled) > self.KEEP:
             del self._compiled[next(iter(self._compiled))]
 
@@ -281,12 +282,13 @@ class Runtime:
     def _graph(self, unet):
         """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced (a graph
         reads addresses: values edited in place are read as they are); ``unet`` itself when ``unconvertible``."""
-        _, layout, _, freeu, _ = weights.state(unet, self.version)
+        _, layout, _, freeu, _, pads = weights.state(unet, self.version)
         if unconvertible(unet):  # before the cache: a parked LoRA made active again keeps the layout
             return unet
         with self._lock:
             held = self._graphed.get(id(unet))
-            if held is not None and held[0] == (layout, freeu):
+            if held is not None and held[0] == (layout, freeu, pads):
                 return held[1]
-            held = self._graphed[id(unet)] = ((layout, freeu), cudagraph.Graphed(unet, compile=self.backend == "compile"))
+            graph = cudagraph.Graphed(unet, compile=self.backend == "compile")
+            held = self._graphed[id(unet)] = ((layout, freeu, pads), graph)
         return held[1]

@@ -24,6 +24,13 @@ def processors(module: torch.nn.Module) -> tuple:  # the attention processors' c
     return tuple(type(p).__name__ for p in getattr(module, "attn_processors", {}).values())
 
 
+def padding(module: torch.nn.Module) -> tuple:
+    """(path, mode) of each convolution that pads otherwise than with zeros (A1111's Tiling pads circularly:
+    ``latentgen.canvas.seamless``), under the paths it has without LoRAs (a trace records the modes)."""
+    return tuple((name.replace(".base_layer", ""), m.padding_mode) for name, m in module.named_modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.padding_mode != "zeros" and ".lora_" not in name)
+
+
 def lora_layers(module: torch.nn.Module, active: bool = True) -> dict[str, torch.nn.Module]:
     """{module path: peft layer} of the LoRAs injected in ``module`` (``latentgen.lora.adapters``); ``active``: only
     layers with an active adapter (a parked one computes as its base layer)."""
@@ -49,11 +56,12 @@ def lora_state(layers: dict[str, torch.nn.Module]) -> tuple:
 def state(module: torch.nn.Module, version: int) -> tuple:
     """What a call checks of a U-Net before it runs a converted or graphed copy, in microseconds per parameter:
     the announced ``version``, each parameter's name, storage and dtype, the sum of torch's in-place write
-    counters, FreeU's factors, and the LoRA layers' ``lora_state``. Writes through ``.data`` move none of these:
-    they are announced (``Pipeline.weights_changed``)."""
+    counters, FreeU's factors, the LoRA layers' ``lora_state`` and the convolutions' ``padding`` (last). Writes
+    through ``.data`` move none of these: they are announced (``Pipeline.weights_changed``)."""
     params = list(module.named_parameters())
     layout = tuple((n, p.data_ptr(), p.dtype) for n, p in params)
-    return version, layout, sum(p._version for _, p in params), freeu(module), lora_state(lora_layers(module))
+    return (version, layout, sum(p._version for _, p in params), freeu(module), lora_state(lora_layers(module)),
+            padding(module))
 
 
 @torch.no_grad()
@@ -86,11 +94,12 @@ def tensor_hash(t: torch.Tensor) -> str:
 
 
 def fingerprint(module: torch.nn.Module, recipe: str, tensors: dict[str, str]) -> str:
-    """sha256 of a module's config, attention processors, what converts it (``recipe``: the versions of torch,
-    diffusers and the converter, and how it traces) and its tensors' hashes ({name: ``tensor_hash``}): the disk
-    cache's key."""
+    """sha256 of a module's config, attention processors, convolutions' ``padding``, what converts it (``recipe``:
+    the versions of torch, diffusers and the converter, and how it traces) and its tensors' hashes ({name:
+    ``tensor_hash``}): the disk cache's key."""
     config = {k: v for k, v in module.config.items() if not k.startswith("_")}  # not "_name_or_path"
-    h = hashlib.sha256(f"{recipe}|{config}|{processors(module)}".encode())
+    pads = padding(module)
+    h = hashlib.sha256(f"{recipe}|{config}|{processors(module)}{f'|{pads}' if pads else ''}".encode())
     for name in sorted(tensors):
         h.update(f"{name}|{tensors[name]}".encode())
     return h.hexdigest()

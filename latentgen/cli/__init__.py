@@ -47,6 +47,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="how far toward the variation seed's noise: 0 (the seed's image, default) to 1")
     p.add_argument("--seed-resize-from", type=size_spec, default=None, metavar="WxH",
                    help="draw the noise at this size and paste it in the middle (a seed's look at another size)")
+    p.add_argument("--tiling", action="store_true",
+                   help="A1111's Tiling: pictures that tile seamlessly (textures), every convolution padding around")
     add_control_args(p)
     add_refiner_args(p)
 
@@ -86,7 +88,7 @@ def _render(args: argparse.Namespace, call) -> int:
         images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
                       clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
-                      variation=variation, **({"control": control} if control else {}),
+                      variation=variation, tiling=args.tiling, **({"control": control} if control else {}),
                       **({"refiner": refiner} if refiner else {}))
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))

@@ -23,8 +23,10 @@ What maps to what:
     by name), refiner_switch_at      held beside the drawing model; switch_at None: 0.8, as A1111's page; with
                                      enable_hr, the option hires_fix_refiner_pass says which pass
 
+    tiling                        -> tiling=True: pictures that tile seamlessly (``latentgen.canvas.seamless``)
+
 A field that would change the image in a way latentgen does not do (face restoration,
-tiling, styles, scripts other than ControlNet units, ...) is refused
+styles, scripts other than ControlNet units, ...) is refused
 with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
 image_cfg_scale (instruct-pix2pix models only), mask_round (latentgen thresholds masks at 0.5),
@@ -86,6 +88,7 @@ class Task:
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
     control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
     refiner: tuple | None = None  # refiner_checkpoint (a model by name), refiner_switch_at, hires_fix_refiner_pass
+    tiling: bool = False  # A1111's Tiling: pictures that tile seamlessly
 
     @property
     def count(self) -> int:
@@ -106,7 +109,6 @@ def check_pixels(width: int, height: int, limits) -> None:
 def _unsupported(req: CommonFields) -> None:
     for name, bad, why in [
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
-        ("tiling", bool(req.tiling), "tiling (seamless) sampling is not implemented; send false"),
         ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
     ]:
@@ -187,7 +189,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
                 n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
                 model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
                 save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images,
-                variation=variation, refiner=refiner)
+                variation=variation, refiner=refiner, tiling=bool(req.tiling))
 
 
 @unprocessable()

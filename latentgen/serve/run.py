@@ -87,7 +87,7 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
 
         check_final(plan.hires, width, height, limits)
     common = dict(steps=steps, guidance=cfg, negative_prompt=plan.negative, scheduler=sampler,
-                  clip_skip=plan.clip_skip, **({"control": plan.control} if plan.control else {}))
+                  clip_skip=plan.clip_skip, tiling=plan.tiling, **({"control": plan.control} if plan.control else {}))
     if plan.refiner is not None:  # A1111's refiner_checkpoint: a second model of the catalog, held beside this one
         import latentgen
 

@@ -247,6 +247,19 @@ def test_tag_loras_on_every_kind_of_layer_run_converted_and_leave_no_trace(tiny_
     assert fast.loras.parked == {} and not any("lora" in n for n, _ in fast.unet.named_parameters())
 
 
+def test_a_lora_on_the_convolutions_under_tiling_runs_converted_with_the_tiling_graph(tiny_folder, tmp_path):
+    """A1111's Tiling is another conversion (each held, neither read again); a LoRA on the 3x3 convolutions folds
+    into it as into the plain one (its own convolutions wrap around too) and gives torch's pictures."""
+    fast = latentgen.load(tiny_folder, backend="openvino")
+    ref = latentgen.load(tiny_folder, backend="torch")
+    tags = f"a cat <lora:{_wide_lora(fast, tmp_path / 'a.safetensors', 1)}:0.8>"
+    for prompt, tiling in [(tags, True), ("a cat", True), (tags, False), (tags, True)]:
+        got = fast.generate(prompt, seed=3, tiling=tiling)
+        assert max_diff(got, ref.generate(prompt, seed=3, tiling=tiling)) <= 1, (prompt, tiling)
+        assert "ran torch" not in repr(fast)
+    assert fast.runtime.conversions == 2 and len(fast.runtime._compiled) == 2
+
+
 def test_a_ctrl_c_during_the_conversion_stops_the_call_instead_of_falling_back(tiny_folder, tmp_path, monkeypatch):
     """OpenVINO's converter catches a KeyboardInterrupt raised in its Python callbacks and raises its own error
     that names it: that is the user's Ctrl-C, not a reason to draw on torch."""

@@ -39,6 +39,24 @@ def test_the_state_moves_with_every_lora_change(tiny_folder, lora_files):
     assert weights.state(pipe.unet, 0) == seen[0] and len(set(seen)) == 4
 
 
+def test_the_convolutions_padding_is_in_the_state_and_the_cache_key_and_a_lora_leaves_it(tiny_folder, tmp_path):
+    from latentgen.canvas import seamless
+    from test_runtime import _wide_lora
+
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    plain, key = weights.state(pipe.unet, 0), weights.fingerprint(pipe.unet, "r", {})
+    assert weights.padding(pipe.unet) == ()
+    with seamless.circular([pipe.unet]):
+        wrapped = weights.padding(pipe.unet)
+        assert wrapped and {mode for _, mode in wrapped} == {"circular"}
+        assert weights.state(pipe.unet, 0)[:-1] == plain[:-1] and weights.state(pipe.unet, 0) != plain
+        assert weights.fingerprint(pipe.unet, "r", {}) != key
+    assert weights.state(pipe.unet, 0) == plain and weights.fingerprint(pipe.unet, "r", {}) == key
+    pipe.load_lora(_wide_lora(pipe, tmp_path / "a.safetensors"))  # peft's layers on the 3x3 convolutions
+    with seamless.circular([pipe.unet]):
+        assert weights.padding(pipe.unet) == wrapped  # the plain names: no conversion of its own for a LoRA
+
+
 def test_changed_reads_a_tensor_again_only_when_it_moved_or_was_written(tiny_folder, monkeypatch):
     pipe = latentgen.load(tiny_folder, backend="torch")
     tensors, fresh = weights.effective(pipe.unet)

@@ -85,6 +85,22 @@ def test_variation_seed_flags_reach_the_image_and_the_png(tiny_folder, tmp_path,
     assert "variation.strength=3.0 is invalid" in capsys.readouterr().err
 
 
+def test_tiling_flag_reaches_every_call(tiny_folder, tmp_path):
+    import latentgen
+
+    pipe = latentgen.load(tiny_folder)
+    for cmd, extra, want in [
+        ("generate", [], pipe.generate("a cat", steps=2, seed=3, tiling=True)[0]),
+        ("img2img", ["--image", tmp_path / "generate.png"], None),
+    ]:
+        out = tmp_path / f"{cmd}.png"
+        assert run(cmd, "a cat", "--model", tiny_folder, "--steps", 2, "--seed", 3, "--tiling", *extra, "-o", out) == 0
+        assert "Tiling: True" in read_parameters(out)
+        if want is None:
+            want = pipe.img2img("a cat", tmp_path / "generate.png", steps=2, seed=3, tiling=True)[0]
+        assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want))
+
+
 def test_bad_width_is_reported(tiny_folder, tmp_path, capsys):
     assert run("generate", "a cat", "--model", tiny_folder, "--width", 63, "-o", tmp_path / "o.png") == 2
     assert "width=63" in capsys.readouterr().err

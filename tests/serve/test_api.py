@@ -93,6 +93,17 @@ def test_variation_seeds_equal_the_python_api(api, ref):
     assert r.status_code == 422 and "subseed_strength=2" in r.json()["detail"]
 
 
+def test_tiling_equals_the_python_api(api, ref):
+    r = api.txt2img(prompt=PROMPT, seed=5, steps=4, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
+                    tiling=True)
+    want = ref.generate(PROMPT, seed=5, steps=4, guidance=5, scheduler="euler_a", tiling=True)
+    assert max_diff(r.images[0], want[0]) <= 1 and "Tiling: True" in r.info["infotexts"][0]
+    r = api.img2img(images=[r.images[0]], prompt=PROMPT, seed=6, steps=4, cfg_scale=5, denoising_strength=0.5,
+                    width=64, height=64, sampler_name="Euler a", tiling=True)
+    want = ref.img2img(PROMPT, want[0], seed=6, steps=4, guidance=5, strength=0.5, scheduler="euler_a", tiling=True)
+    assert max_diff(r.images[0], want[0]) <= 1 and "Tiling: True" in r.info["infotexts"][0]
+
+
 def test_xyz_plot_equals_the_python_api(api, ref):
     from latentgen.plot import xyz
 

@@ -199,19 +199,21 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         assert max_diff(image, want) <= 1
         assert "Refiner: tiny-xl-refiner, Refiner switch at: 0.5" in page.inner_text("#gallery .params")
 
-        page.select_option("#refiner-model", "")  # none: the hires fix alone
+        page.select_option("#refiner-model", "")  # none: the hires fix alone, and tiling
         page.click("#hires summary")
         page.check("#hr-on")
         page.select_option("#hr-upscaler", "Lanczos")
         fill(page, hr_scale=1.5, hr_steps=2, hr_strength=0.5)
+        page.check("#tiling")
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 2", timeout=120_000)
         image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")  # the newest first
         want = base.generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler", hires=latentgen.Hires(
-            scale=1.5, strength=0.5, steps=2, upscaler="Lanczos"))[0]
+            scale=1.5, strength=0.5, steps=2, upscaler="Lanczos"), tiling=True)[0]
         assert image.size == want.size == (96, 96) and max_diff(image, want) <= 1
         params = page.inner_text("#gallery .params")
-        assert "Hires upscale: 1.5" in params and "Hires upscaler: Lanczos" in params and "Refiner" not in params
+        assert all(f in params for f in ("Hires upscale: 1.5", "Hires upscaler: Lanczos", "Tiling: True"))
+        assert "Refiner" not in params
         page.check("input[name=mode][value=img2img]")
         assert page.is_hidden("#hires") and not page.is_hidden("#refiner")  # hires is txt2img's; a refiner is both's
     finally:

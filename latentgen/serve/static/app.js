@@ -169,7 +169,7 @@ function payload() {
   const body = {
     prompt: $("prompt").value, negative_prompt: $("negative").value, seed: number("seed") ?? -1,
     steps: number("steps"), cfg_scale: number("cfg"), sampler_name: $("sampler").value || undefined,
-    batch_size: 1, n_iter: count, alwayson_scripts: controlUnits(),
+    batch_size: 1, n_iter: count, alwayson_scripts: controlUnits(), tiling: $("tiling").checked,
   };
   if ($("refiner-model").value) {
     Object.assign(body, { refiner_checkpoint: $("refiner-model").value, refiner_switch_at: number("refiner-switch") ?? 0.8 });

@@ -1,0 +1,57 @@
+"""A1111's "Tiling" (``tiling=True``): pictures that tile seamlessly, their left edge running on into their right
+and their top into their bottom, for textures and wallpapers. While the call runs, every convolution of its networks
+(the U-Net, the VAE, ControlNets, a refiner, a tiny VAE) pads circularly (``padding_mode="circular"``) instead of with
+zeros, as A1111 switches every ``Conv2d`` of its model; each network then computes on a torus (attention and
+GroupNorm see all positions alike), so the latents and the decoded picture wrap around. The convolutions that
+padded with zeros before get zeros again when the call ends, whatever it raised.
+
+A picture drawn so is a torus picture: drawn from its start noise rolled by k latent cells (k a multiple of the
+U-Net's downsampling), it is the same picture rolled by k * f pixels (tests/canvas/test_seamless.py), and the
+compiled backends key their converted graphs by the padding (``latentgen.backends.weights.padding``).
+
+A tiled VAE decode (``memory.Limits.vae_tiling``) would wrap each tile onto itself: a tiling call decodes each
+picture whole, and one too large for that is refused before drawing.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def networks(pipe, unet=None, refiner=None, controls=()) -> list[torch.nn.Module]:
+    """The networks a call of ``pipe`` runs: its U-Net (``unet``, the inpainting one, when given), its VAE and tiny
+    preview VAE, ``refiner``'s U-Net and the ControlNets of ``controls`` (``latentgen.control.units.Prepared``
+    or None each: the first pass's, the hires pass's)."""
+    nets = [unet if unet is not None else pipe.unet, pipe.vae, pipe.preview_vae]
+    nets += [refiner.model.unet] if refiner is not None else []
+    nets += [m for c in controls if c is not None for m in c.models]
+    return [n for n in nets if isinstance(n, torch.nn.Module)]
+
+
+def _zero_padded(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "zeros"
+            and any(m._reversed_padding_repeated_twice)]
+
+
+@contextmanager
+def circular(modules: list[torch.nn.Module], on: bool = True):
+    """While open, every zero-padded ``Conv2d`` in ``modules`` pads circularly (``on``: False changes nothing)."""
+    convs = [c for m in modules for c in _zero_padded(m)] if on else []
+    for c in convs:
+        c.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for c in convs:
+            c.padding_mode = "zeros"
+
+
+def check_decode(plan, tiling: bool, limits) -> None:
+    """A tiling call's picture is decoded whole: refuse a ``plan`` that tiles the decode, before drawing."""
+    if tiling and plan.vae_tiling:
+        why = "vae_tiling=True is set in pipe.limits" if limits.vae_tiling else \
+            "the whole picture's VAE decode does not fit in the free memory"
+        raise ValueError(f"tiling=True decodes each picture whole (a tiled decode would wrap each tile onto itself), "
+                         f"and {why}: draw a smaller picture, or set pipe.limits.vae_tiling = False.")
