@@ -94,7 +94,7 @@ def test_bad_values_and_a_tiled_decode_are_refused_before_drawing(pipe, monkeypa
 
 
 @pytest.mark.skipif(not choice.available(), reason="openvino is a dependency; this platform has no wheel")
-def test_the_converted_unet_draws_the_tiling_picture_and_then_the_plain_one_again(tiny_folder, pipe):
+def test_the_converted_unet_draws_the_tiling_picture_and_then_the_plain_one_again(tiny_folder, pipe, controlnets):
     fast = latentgen.load(tiny_folder, backend="openvino")
     kw = dict(seed=3, guidance=6.0)
     for tiling in (False, True, False, True):  # each padding its own graph, both held
@@ -102,3 +102,8 @@ def test_the_converted_unet_draws_the_tiling_picture_and_then_the_plain_one_agai
     assert fast.runtime.conversions == 2 and "ran torch" not in repr(fast)
     same = partial(fast.img2img, "a dog", photo(), seed=5, strength=0.6, tiling=True)
     assert max_diff(same(), pipe.img2img("a dog", photo(), seed=5, strength=0.6, tiling=True)) <= 1
+    with seamless.circular([fast.unet]), seamless.circular([pipe.unet]):  # by hand, as diffusers' users do
+        assert max_diff(fast.generate("a cat", **kw), pipe.generate("a cat", **kw)) <= 1  # not the plain graph
+    assert fast.runtime.conversions == 2
+    ctl = dict(control=latentgen.Control(photo(), model=controlnets[0], weight=1.5), tiling=True, **kw)
+    assert max_diff(fast.generate("a cat", **ctl), pipe.generate("a cat", **ctl)) <= 1  # the ControlNet's own graph
