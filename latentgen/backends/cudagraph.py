@@ -22,22 +22,24 @@ instead of the eager module; its first call per shape compiles (about a minute),
 inductor's on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default ``torchinductor_<user>`` in the temporary
 folder). Where the compile fails, the eager kernels are recorded instead, with a warning.
 
-A graph stands in for the module as it was recorded: ``latentgen.backends.runtime.Runtime`` records again when the
-U-Net's parameters move or change dtype, and runs the module itself while a LoRA is injected (peft's
-scales are plain Python numbers, which a graph would freeze). Values edited in place are read by the
-replay as they are. If recording fails (an operation a graph cannot hold), the module runs eagerly from
-then on, with a warning.
+A graph stands in for the module as it was recorded: ``Graphs`` records again when the U-Net's parameters move or
+change dtype. LoRAs stay in the graph: it is recorded on a twin of the module whose LoRA layers have weights of
+their own, written with W + s B A whenever a LoRA, a scale or the set of adapters changes (peft's scales are plain
+Python numbers, which a graph of the module itself would freeze). Values edited in place are read by the replay
+as they are. If recording fails (an operation a graph cannot hold), the module runs eagerly from then on, with a
+warning.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
 
-from . import raise_if_interrupted
+from . import raise_if_interrupted, weights
 
 
 class Graphed:
@@ -123,3 +125,50 @@ class Graphed:
 def _added(added: dict | None) -> dict:
     """The keyword that carries SDXL's added conditioning, or none."""
     return {} if added is None else {"added_cond_kwargs": added}
+
+
+@dataclass
+class _Recorded:
+    """What ``Graphs`` keeps per U-Net and set of LoRA layers."""
+
+    plain: tuple  # the layout of the parameters it reads (not the LoRAs' A and B)
+    graph: Graphed
+    folded: dict  # {path: weight} of the twin's LoRA layers (``weights.folded``); {}: the module itself
+    filled: tuple = ()  # the LoRA state the folded weights were written for
+
+
+class Graphs:
+    """A runtime's graphed U-Nets, the ``KEEP`` most recent (each holds its graphs' activation memory). A U-Net is
+    recorded anew when its parameters move, change dtype or are replaced, or LoRAs come on other layers; values
+    edited in place are read as they are. With LoRA layers (peft's, active or parked) the graph is of the module's
+    ``weights.folded`` twin, whose LoRA layers' weights are written with W + s B A (``weights.fill``) whenever the
+    LoRA state moves: loading a LoRA on the same layers, a scale, a tag's LoRA or a switch between LoRA sets replays
+    the same graph, never recorded or compiled again. FreeU (its factors: Python numbers) runs the module."""
+
+    KEEP = 2
+
+    def __init__(self, compile: bool = False):
+        self.compile, self.held = compile, {}  # (id(unet), LoRA layers' paths, padding) -> _Recorded, oldest first
+
+    def uncompiled(self) -> str:
+        return next((h.graph.uncompiled for h in self.held.values() if h.graph.uncompiled), "")
+
+    def get(self, unet, version: int = 0):
+        """What runs ``unet`` now (``version``: the runtime's count of announced weight writes)."""
+        version, layout, writes, freeu, loras, pads = weights.state(unet, version)
+        if any(v is not None for v in freeu):
+            return unet
+        layers = weights.lora_layers(unet, active=False)  # parked ones too: they compute as their base layer
+        key = (id(unet), tuple(layers), pads)  # the padding: A1111's Tiling is a graph of its own
+        held = self.held.pop(key, None)
+        plain = tuple(p for p in layout if ".lora_" not in p[0])  # the adapters' own A and B: not read
+        if held is None or held.plain != plain:
+            module, folded = weights.folded(unet, layers) if layers else (unet, {})
+            held = _Recorded(plain, Graphed(module, compile=self.compile), folded)
+        if held.folded and held.filled != (version, writes, loras):
+            weights.fill(unet, held.folded)
+            held.filled = (version, writes, loras)
+        self.held[key] = held  # now the most recent
+        while len(self.held) > self.KEEP:
+            del self.held[next(iter(self.held))]
+        return held.graph

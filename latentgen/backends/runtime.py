@@ -20,15 +20,15 @@ next calls (``VARIANTS`` of them per U-Net: two LoRA sets that alternate stay co
 Only a bias or a norm that differs (the conversion folds those into other constants) or FreeU runs torch.
 
 ControlNets stay on it too: a call with residuals runs a second conversion of the U-Net that takes them as inputs
-(``convert(..., residuals=True)``, cached beside the first under ``<key>-residuals``, patched for LoRAs as the
-first), and each ControlNet is converted once per set of weights (``for_controlnet``; ``control_graph``).
+(``convert(..., residuals=True)``, cached as ``<key>-residuals``, patched for LoRAs as the first), and each
+ControlNet is converted once per set of weights (``for_controlnet``; ``control_graph``). On CUDA LoRAs stay in
+the graph: it is recorded on a twin whose LoRA layers' weights are written with W + s B A when their state moves.
 
 What a call checks is cheap (``weights.state``): parameters added, removed, moved or cast, torch's counters of
-in-place writes, FreeU's factors, the LoRA layers' adapters and scales. Writes through ``.data`` are announced
-(``Pipeline.weights_changed`` calls ``changed``). When the state moves,
-the weights are read (``weights.changed``: each tensor's bytes hashed, those unmoved since skipped). The call
-contract is the loop's: ``unet(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w), context
-(B, 77 * k, D).
+in-place writes, FreeU's factors, the LoRA layers' adapters and scales, the padding. Writes through ``.data`` are
+announced (``Pipeline.weights_changed`` calls ``changed``). When the state moves, the weights are read
+(``weights.changed``: each tensor's bytes hashed, those unmoved since skipped). The call contract is the loop's:
+``unet(x, t, encoder_hidden_states=context).sample`` with x (B, C, h, w), context (B, 77 * k, D).
 """
 
 from __future__ import annotations
@@ -55,16 +55,6 @@ def _warn(what: str, e: Exception) -> None:
     raise_if_interrupted(e)  # a Ctrl-C during the conversion stops the call; it is no reason to fall back
     warnings.warn(f"the {what} could not be converted to OpenVINO ({type(e).__name__}: {e}); it runs on torch "
                   f"(backend='torch').", RuntimeWarning)
-
-
-def unconvertible(module: torch.nn.Module) -> str:
-    """Why a CUDA graph cannot stand for the module's computation now ("" when it can): a LoRA injected (peft's
-    scales are Python numbers a graph would freeze) or FreeU on (its factors too)."""
-    if weights.lora_layers(module):
-        return "a LoRA is injected"
-    if any(v is not None for v in weights.freeu(module)):
-        return "FreeU is on (a graph would freeze its factors)"
-    return ""
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -122,11 +112,11 @@ class Runtime:
         self.version = 0  # announced weight changes so far (``changed``)
         self._compiled: dict[tuple, _Held] = {}  # (id(unet), its padding) -> what was converted, oldest first
         self._controlnets: dict[int, tuple] = {}  # id(ControlNet) -> (its weights' state, compiled or None)
-        self._graphed: dict[int, tuple[tuple, cudagraph.Graphed]] = {}  # id(unet) -> ((layout, FreeU, padding), graph)
+        self._graphed = cudagraph.Graphs(compile=backend == "compile")  # on CUDA: each U-Net's graph
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
-        uncompiled = next((g.uncompiled for _, g in self._graphed.values() if g.uncompiled), "")
+        uncompiled = self._graphed.uncompiled()
         return (f"U-Net on {self.backend} ({self.why})"
                 + (f"; torch.compile failed ({uncompiled[:200]}), the eager kernels are graphed" if uncompiled else "")
                 + (f"; the last call ran torch: {self.fallback}" if self.fallback else ""))
@@ -135,7 +125,9 @@ class Runtime:
         """What runs ``unet`` now; ``residuals``: the call adds a ControlNet's (on CUDA they run eagerly)."""
         device = precision.device_of(unet).type
         if self.backend in CUDA_ONLY and device == "cuda":
-            return unet if residuals else self._graph(unet)
+            found = unet if residuals else self._graph(unet)
+            self.fallback = "FreeU is on (a graph would freeze its factors)" if found is unet and not residuals else ""
+            return found
         if self.backend != "openvino" or device != "cpu":
             return unet
         with self._lock:
@@ -280,15 +272,7 @@ class Runtime:
         return xml
 
     def _graph(self, unet):
-        """The CUDA-graphed ``unet``, recorded anew when its parameters move, change dtype or are replaced (a graph
-        reads addresses: values edited in place are read as they are); ``unet`` itself when ``unconvertible``."""
-        _, layout, _, freeu, _, pads = weights.state(unet, self.version)
-        if unconvertible(unet):  # before the cache: a parked LoRA made active again keeps the layout
-            return unet
+        """The CUDA-graphed ``unet`` (``cudagraph.Graphs``: LoRAs folded into a twin's weights), or ``unet`` itself
+        while FreeU is on."""
         with self._lock:
-            held = self._graphed.get(id(unet))
-            if held is not None and held[0] == (layout, freeu, pads):
-                return held[1]
-            graph = cudagraph.Graphed(unet, compile=self.backend == "compile")
-            held = self._graphed[id(unet)] = ((layout, freeu, pads), graph)
-        return held[1]
+            return self._graphed.get(unet, self.version)

@@ -135,3 +135,37 @@ def plain(unet):
         owner = twin.get_submodule(parent) if parent else twin
         setattr(owner, child, getattr(owner, child).get_base_layer())
     return twin
+
+
+def folded(module: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> tuple[torch.nn.Module, dict]:
+    """``module`` as a CUDA graph records it with its LoRAs folded in: a shallow twin in which each peft layer of
+    ``layers`` ({path: layer}) is a copy of its base layer (a ``Linear`` or ``Conv2d``) with a weight tensor of
+    its own, and every other module and parameter is the module's (the same tensors: edits in place are read).
+    Returns (twin, {path: its weight}); ``fill`` writes W + s B A into those weights in place, so a graph recorded
+    on the twin replays any LoRA state, scale or set of adapters on those layers without recording again."""
+    twin, weights_of = copy.copy(module), {}
+    twin._modules = dict(module._modules)  # the twin's own children; the module's stay as they are
+    for path, layer in layers.items():
+        owner, *names, last = [twin, *path.split(".")]
+        for name in names:  # each module on the way copied once, its children dict its own
+            child = owner._modules[name]
+            if not getattr(child, "_latentgen_twin", False):
+                child = copy.copy(child)
+                child._modules, child._latentgen_twin = dict(child._modules), True
+                owner._modules[name] = child
+            owner = child
+        base = layer.get_base_layer()
+        plain_layer = copy.copy(base)
+        plain_layer._parameters = dict(base._parameters)
+        plain_layer.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+        owner._modules[last] = weights_of[path] = plain_layer
+    return twin, {path: m.weight for path, m in weights_of.items()}
+
+
+@torch.no_grad()
+def fill(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Write each LoRA layer's weight as ``module`` computes with it now (``effective``: W, or W + s B A per active
+    adapter) into the twin's ``tensors`` ({path: weight} from ``folded``), in place: their addresses stay."""
+    now, _ = effective(module)
+    for path, t in tensors.items():
+        t.copy_(now[f"{path}.weight"])

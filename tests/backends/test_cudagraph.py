@@ -1,7 +1,7 @@
 """The CUDA-graph backend's bookkeeping, on the CPU: which module the loop gets, when a graph is recorded
 anew, and that anything not on a CUDA device runs the module itself. Recording and replay need a GPU:
 ``tests/benchmarks/check_cuda.py`` checks them there (replay equal to eager, LoRA and edits, the fp16 VAE
-guard)."""
+guard); here a stand-in replay runs the recorded module on the recorded buffers."""
 
 import copy
 import warnings
@@ -14,7 +14,7 @@ import latentgen
 from latentgen.backends import cudagraph, runtime
 
 
-def test_the_graphed_unet_is_kept_per_weight_layout_and_a_lora_runs_the_module(tiny_folder, lora_files):
+def test_the_graphed_unet_is_kept_per_weight_layout_and_freeu_runs_the_module(tiny_folder):
     pipe = latentgen.load(tiny_folder, backend="torch")
     rt, unet = runtime.Runtime("cudagraph", "as asked"), pipe.unet
     g = rt._graph(unet)
@@ -27,11 +27,71 @@ def test_the_graphed_unet_is_kept_per_weight_layout_and_a_lora_runs_the_module(t
     moved = rt._graph(unet)
     assert moved is not g and isinstance(moved, cudagraph.Graphed)
     unet.to(torch.float32)
-    pipe.load_lora(lora_files[0], name="a", scale=0.5)
-    assert rt._graph(unet) is unet  # peft's scales are Python numbers a graph would freeze: eager
-    pipe.unload_lora()
+    unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+    assert rt._graph(unet) is unet  # FreeU's factors are Python numbers a graph would freeze: eager
+    unet.disable_freeu()
     assert isinstance(rt._graph(unet), cudagraph.Graphed)
     assert runtime.Runtime("compile")._graph(unet).fn is not unet  # torch.compile's module, recorded on first call
+
+
+def _fake_records(g, monkeypatch):
+    """``g`` records a stand-in graph on the CPU: its replay runs ``Graphed.call`` on the recorded buffers and on
+    the module recorded (whose weight tensors a real graph reads by address)."""
+    def record(inputs):
+        rec = SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()))
+        rec.out = g.call(rec).sample.clone()
+        rec.graph = SimpleNamespace(replay=lambda: rec.out.copy_(g.call(rec).sample))
+        return rec
+    monkeypatch.setattr(g, "record", record)
+
+
+def test_loras_stay_in_the_graph_folded_into_a_twins_weights_written_in_place(tiny_folder, tmp_path, monkeypatch):
+    """A LoRA's graph is recorded once on a twin of the U-Net whose LoRA layers have weights of their own; a scale,
+    another LoRA set or a tag's LoRA on the same layers rewrites those weights in place (the same addresses a
+    recorded graph reads) and replays the same graph; the module's own weights are never written."""
+    from test_runtime import _wide_lora
+
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    rt, unet = runtime.Runtime("cudagraph", "as asked"), pipe.unet
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    bare = rt._graph(unet)
+    a, b = _wide_lora(pipe, tmp_path / "a.safetensors", 1), _wide_lora(pipe, tmp_path / "b.safetensors", 2)
+    pipe.load_lora(a, name="a", scale=0.8)
+    g = rt._graph(unet)
+    assert g is not bare and g.unet is not unet and g.fn is g.unet
+    twin, own = dict(g.unet.named_parameters()), dict(unet.named_parameters())
+    folded = {n: p for n, p in twin.items() if not any(p is q for q in own.values())}
+    assert folded and all(n.endswith(".weight") and f"{n[:-7]}.base_layer.weight" in own for n in folded)
+    plain = {n.replace(".base_layer.", "."): p for n, p in own.items() if ".lora_" not in n}
+    assert twin.keys() == plain.keys() and all(twin[n] is p for n, p in plain.items() if n not in folded)  # shared
+    addresses = {n: p.data_ptr() for n, p in folded.items()}
+    _fake_records(g, monkeypatch)
+    gen = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+
+    def replay_equals_eager():
+        with torch.no_grad():
+            got, want = rt._graph(unet)._replay(x, 500, c).sample, unet(x, 500, encoder_hidden_states=c).sample
+        return float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    assert replay_equals_eager()
+    for change in (lambda: pipe.set_lora_scale("a", 0.3), lambda: pipe.load_lora(b, name="b", scale=0.5),
+                   lambda: pipe.unload_lora("a"), pipe.fuse_lora, pipe.unfuse_lora):
+        change()
+        assert rt._graph(unet) is g and replay_equals_eager()  # the same graph, its weights rewritten in place
+    assert len(g.graphs) == 1 and {n: p.data_ptr() for n, p in folded.items()} == addresses
+    with torch.no_grad():
+        out = pipe.generate(f"a cat <lora:{a}:0.6>", seed=1)  # a tag's LoRA: parked after the call, same layers
+    assert rt._graph(unet) is g and out
+    pipe.unload_lora()
+    assert rt._graph(unet) is bare  # no LoRA layers: the module's own graph, still held
+    assert all(torch.equal(p, before[n]) for n, p in unet.named_parameters())  # never written
+    from latentgen.canvas import seamless
+
+    pipe.load_lora(a, name="a")
+    with seamless.circular([unet]):  # A1111's Tiling: a graph of its own, the twin's LoRA layers wrapping too
+        wrapped = rt._graph(unet)
+        _fake_records(wrapped, monkeypatch)
+        assert wrapped is not g and replay_equals_eager()
 
 
 def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):

@@ -257,7 +257,7 @@ def test_a_lora_on_the_convolutions_under_tiling_runs_converted_with_the_tiling_
         got = fast.generate(prompt, seed=3, tiling=tiling)
         assert max_diff(got, ref.generate(prompt, seed=3, tiling=tiling)) <= 1, (prompt, tiling)
         assert "ran torch" not in repr(fast)
-    assert fast.runtime.conversions == 2 and len(fast.runtime._compiled) == 2
+    assert len(fast.runtime._compiled) == 2  # both graphs held (converted here, or read from the disk cache)
 
 
 def test_a_ctrl_c_during_the_conversion_stops_the_call_instead_of_falling_back(tiny_folder, tmp_path, monkeypatch):

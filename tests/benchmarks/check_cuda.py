@@ -9,7 +9,8 @@ On the SD 1.5 architecture (random weights, fp16, 512x512) and the embedded mode
      falls back to a graph of the eager kernels with a warning;
   4. the NaN guard on the GPU: an fp16 VAE that overflows is decoded again in fp32 (finite, equal to the
      fp32 decode), and extreme guidance raises instead of a black image;
-  5. the embedded model's default is the graph of eager kernels, equal to eager.
+  5. the embedded model's default is the graph of eager kernels, equal to eager;
+  6. LoRAs (loaded, scaled, from tags, with tiling) replay from one graph of a folded twin, within 2/255 of eager.
 With ``--xl``, SDXL's architecture instead (random weights, fp16, 1024x1024 unless --size): its graph (the pooled
 text and size numbers in buffers of their own) equals eager bit for bit over samplers, sizes and size numbers,
 ``backend="compile"`` is within 2/255, and the VAE stays fp32 under fp16 (its config's force_upcast).
@@ -90,6 +91,8 @@ def main() -> None:
     a, b = graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw)
     check("in-place edit followed", pixels_diff(a, b) == 0 and g.recorded == 1, f"difference {pixels_diff(a, b)}")
 
+    lora_checks(graphed, eager, kw)
+
     two = graphed.generate(PROMPT, seed=5, steps=args.steps, num_images=2)
     ones = [graphed.generate(PROMPT, seed=s, steps=args.steps)[0] for s in (5, 6)]
     check("batch of 2 vs one-image calls", pixels_diff(two, ones) <= 8,
@@ -145,6 +148,38 @@ def main() -> None:
     check("embedded model graph == eager", small.runtime.backend == "cudagraph" and pixels_diff(a, b) == 0,
           f"{small!r}")
     print(f"ALL CHECKS PASSED ({runtime.__name__}: compile default for SD 1.5, cudagraph for the embedded model)")
+
+
+def lora_checks(graphed, eager, kw: dict) -> None:
+    """LoRAs replayed from the graph of the U-Net's folded twin: within 2/255 of eager fp16 with the same LoRAs
+    (folded W + s B A against eager's W x + s B A x), and a scale, a second LoRA, tags or an unload record nothing
+    new; tiling is a graph of its own, equal to eager."""
+    import tempfile
+    from pathlib import Path
+
+    from bench_lora import random_kohya
+
+    folder = Path(tempfile.mkdtemp(prefix="check-cuda-lora-"))
+    a, b = (random_kohya(eager.unet, folder / f"{n}.safetensors", i) for i, n in ((1, "a"), (2, "b")))
+    for p in (graphed, eager):
+        p.load_lora(a, name="a", scale=0.8)
+    g = graphed.runtime.for_unet(graphed.unet)
+    d = pixels_diff(graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw))
+    check("LoRA in the graph", d <= 2 and g is not None and g.unet is not graphed.unet, f"difference {d}; {g!r}")
+    recorded = g.recorded
+    for p in (graphed, eager):
+        p.set_lora_scale("a", 0.3)
+    d = pixels_diff(graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw))
+    check("LoRA scale changed", d <= 2 and graphed.runtime.for_unet(graphed.unet) is g, f"difference {d}")
+    tags = f"{PROMPT} <lora:{b}:0.6>"
+    d = pixels_diff(graphed.generate(tags, **kw), eager.generate(tags, **kw))
+    check("two LoRAs, one from a tag", d <= 2 and g.recorded == recorded, f"difference {d}; graphs {g.recorded}")
+    d = pixels_diff(graphed.generate(PROMPT, tiling=True, **kw), eager.generate(PROMPT, tiling=True, **kw))
+    check("LoRA with tiling", d <= 2, f"difference {d}")
+    for p in (graphed, eager):
+        p.unload_lora()
+    d = pixels_diff(graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw))
+    check("LoRAs unloaded: the module's graph", d == 0, f"difference {d}")
 
 
 def xl_checks(args) -> None:
