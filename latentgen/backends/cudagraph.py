@@ -15,10 +15,12 @@ attention and beats flash or memory-efficient attention. bench_txt2img.py has th
 
 The contract is the loop's: ``graphed(x, t, encoder_hidden_states=context[, added_cond_kwargs=added]).sample``
 with x (B, C, h, w), t a timestep (number or 0-d tensor), context (B, 77 * k, D) and SDXL's added conditioning
-{"text_embeds": (B, P), "time_ids": (B, 6 or 5)}. A graph reads its inputs from fixed buffers and writes its
-output to a fixed buffer: each call copies the inputs in, replays, and returns a copy of the output. One graph
-per set of input shapes and dtypes, the ``KEEP`` most recent kept (each holds its own activation memory). ``compile=True`` records ``torch.compile(unet)`` (inductor's fused kernels)
-instead of the eager module; its first call per shape compiles (about a minute), later processes read
+{"text_embeds": (B, P), "time_ids": (B, 6 or 5)}, and a ControlNet's residuals (``down_block_additional_residuals``,
+``mid_block_additional_residual``). A graph reads its inputs from fixed buffers and writes its output to a fixed
+buffer: each call copies the inputs in, replays, and returns a copy of the output. One graph per set of input
+shapes and dtypes, the ``KEEP`` most recent kept (each holds its own activation memory). A ControlNet is graphed
+the same way (``GraphedControlNet``), its residuals then inputs of the U-Net's graph. ``compile=True`` records
+``torch.compile(unet)`` (inductor's fused kernels) instead of the eager module; its first call per shape compiles (about a minute), later processes read
 inductor's on-disk cache (``$TORCHINDUCTOR_CACHE_DIR``, by default ``torchinductor_<user>`` in the temporary
 folder). Where the compile fails, the eager kernels are recorded instead, with a warning.
 
@@ -43,7 +45,11 @@ from . import raise_if_interrupted, weights
 
 
 class Graphed:
-    KEEP = 2
+    """A U-Net's calls recorded as CUDA graphs, one per set of input shapes and dtypes (the module's contract; a
+    ControlNet's residuals, when given, enter as inputs of their own: another graph)."""
+
+    KEEP = 4  # shapes: a hires fix's two sizes, each with and without a ControlNet's residuals
+    what = "U-Net"
 
     def __init__(self, unet, compile: bool = False):
         self.unet = unet
@@ -62,46 +68,54 @@ class Graphed:
     def __repr__(self) -> str:
         return f"Graphed({type(self.unet).__name__}, compiled={self.fn is not self.unet}, graphs={len(self.graphs)})"
 
-    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor,
-                 added_cond_kwargs: dict | None = None) -> SimpleNamespace:
-        if self.failed or x.device.type != "cuda":
-            return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **_added(added_cond_kwargs))
-        with self.lock:
-            return self._replay(x, t, encoder_hidden_states, added_cond_kwargs)
+    def __call__(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, added_cond_kwargs: dict | None = None,
+                 down_block_additional_residuals=None, mid_block_additional_residual=None) -> SimpleNamespace:
+        return self._replay(x, t, encoder_hidden_states, added_cond_kwargs, down_block_additional_residuals,
+                            mid_block_additional_residual, cuda_only=True)
 
-    def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, added: dict | None = None):
-        inputs = {"x": x, "context": encoder_hidden_states, **(added or {})}  # each copied into its buffer
-        key = tuple((name, tuple(v.shape), v.dtype) for name, v in inputs.items())
-        g = self.graphs.pop(key, None)
-        while g is None:
-            try:
-                g = self.record(inputs)
-            except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
-                raise_if_interrupted(e)
-                if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
-                    self._uncompile(e)
-                    continue
-                self.failed = why = f"{type(e).__name__}: {str(e)[:500]}"
-                warnings.warn(f"the U-Net could not be recorded as a CUDA graph ({why}); it runs eagerly "
-                              f"(backend='torch').", RuntimeWarning)
-                return self.unet(x, t, encoder_hidden_states=encoder_hidden_states, **_added(added))
-        self.graphs[key] = g  # now the most recent
-        while len(self.graphs) > self.KEEP:
-            del self.graphs[next(iter(self.graphs))]
-        for name, value in inputs.items():
-            g.inputs[name].copy_(value)
-        g.t.copy_(torch.as_tensor(t).reshape(()))  # 0-d or 1-element, int (DDIM) or float (Euler) -> fp32 scalar
-        g.graph.replay()
-        return SimpleNamespace(sample=g.out.clone())  # (B, C_out, h, w): the next replay overwrites g.out
+    def _replay(self, x: torch.Tensor, t, encoder_hidden_states: torch.Tensor, added: dict | None = None,
+                down=None, mid=None, cuda_only: bool = False) -> SimpleNamespace:
+        residuals = {} if down is None else {**{f"down.{i}": r for i, r in enumerate(down)}, "mid": mid}
+        inputs = {"x": x, "context": encoder_hidden_states, **(added or {}), **residuals}
+        return SimpleNamespace(sample=self.replay(inputs, t, cuda_only)[0])
+
+    def replay(self, inputs: dict, t, cuda_only: bool = False) -> list[torch.Tensor]:
+        """``run``'s outputs for ``inputs`` (x first) from the graph of their shapes, recorded on first use; off CUDA
+        (``cuda_only``) or after a failed recording, the module's own."""
+        if self.failed or (cuda_only and inputs["x"].device.type != "cuda"):
+            return self.run(inputs, t, self.unet)
+        with self.lock:
+            key = tuple((name, tuple(v.shape), v.dtype) for name, v in inputs.items())
+            g = self.graphs.pop(key, None)
+            while g is None:
+                try:
+                    g = self.record(inputs)
+                except Exception as e:  # noqa: BLE001  (any failure: the next simpler way, said once)
+                    raise_if_interrupted(e)
+                    if self.fn is not self.unet:  # torch.compile failed: a graph of the eager kernels instead
+                        self._uncompile(e)
+                        continue
+                    self.failed = why = f"{type(e).__name__}: {str(e)[:500]}"
+                    warnings.warn(f"the {self.what} could not be recorded as a CUDA graph ({why}); it runs eagerly "
+                                  f"(backend='torch').", RuntimeWarning)
+                    return self.run(inputs, t, self.unet)
+            self.graphs[key] = g  # now the most recent
+            while len(self.graphs) > self.KEEP:
+                del self.graphs[next(iter(self.graphs))]
+            for name, value in inputs.items():
+                g.inputs[name].copy_(value)
+            g.t.copy_(torch.as_tensor(t).reshape(()))  # 0-d or 1-element, int (DDIM) or float (Euler) -> fp32
+            g.graph.replay()
+            return [o.clone() for o in g.out]  # the next replay overwrites g.out
 
     def _uncompile(self, e: Exception) -> None:
         self.fn, self.uncompiled = self.unet, f"{type(e).__name__}: {str(e)[:500]}"
-        warnings.warn(f"torch.compile could not build the U-Net ({self.uncompiled}); its eager kernels are "
+        warnings.warn(f"torch.compile could not build the {self.what} ({self.uncompiled}); its eager kernels are "
                       f"recorded as a CUDA graph instead (backend='cudagraph').", RuntimeWarning)
 
     def record(self, inputs: dict) -> SimpleNamespace:
         """Warm up on a side stream (cuBLAS/cuDNN handles, inductor's compile), then record one call; ``inputs``: x,
-        context and SDXL's text_embeds and time_ids, each given a buffer of its own (``g.inputs``)."""
+        context, SDXL's text_embeds and time_ids, residuals, a hint, each given a buffer of its own (``g.inputs``)."""
         x = inputs["x"]
         g = SimpleNamespace(inputs={name: v.clone() for name, v in inputs.items()},
                             t=torch.full((), 500.0, device=x.device), graph=torch.cuda.CUDAGraph())
@@ -112,19 +126,39 @@ class Graphed:
                 self.call(g)
         torch.cuda.current_stream(x.device).wait_stream(side)
         with torch.cuda.graph(g.graph), torch.no_grad():
-            g.out = self.call(g).sample
+            g.out = self.call(g)
         self.recorded += 1
         return g
 
-    def call(self, g: SimpleNamespace):
+    def call(self, g: SimpleNamespace) -> list[torch.Tensor]:
         """One call of ``fn`` on a graph's buffers."""
-        added = {k: v for k, v in g.inputs.items() if k not in ("x", "context")}
-        return self.fn(g.inputs["x"], g.t, encoder_hidden_states=g.inputs["context"], **_added(added or None))
+        return self.run(g.inputs, g.t)
+
+    def run(self, inputs: dict, t, fn=None) -> list[torch.Tensor]:
+        """One call of ``fn`` (default: what is recorded) on named ``inputs``: [(B, C_out, h, w)]."""
+        down = [inputs[f"down.{i}"] for i in range(sum(k.startswith("down.") for k in inputs))]
+        added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs}
+        extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": inputs["mid"]} if down else {}
+        return [(fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"], **_added(added or None),
+                                **extra).sample]
 
 
-def _added(added: dict | None) -> dict:
-    """The keyword that carries SDXL's added conditioning, or none."""
-    return {} if added is None else {"added_cond_kwargs": added}
+class GraphedControlNet(Graphed):
+    """A ControlNet's calls as CUDA graphs: ``control_graph``'s contract, ``(x, t, context, hint[, added]) -> (down,
+    mid)`` at weight 1; the residuals are scaled by the loop, then enter the U-Net's graph as its inputs."""
+
+    what = "ControlNet"
+
+    def __call__(self, x: torch.Tensor, t, context: torch.Tensor, hint: torch.Tensor,
+                 added: dict | None = None) -> tuple[list, torch.Tensor]:
+        out = self.replay({"x": x, "context": context, "hint": hint, **(added or {})}, t, cuda_only=True)
+        return out[:-1], out[-1]
+
+    def run(self, inputs: dict, t, fn=None) -> list[torch.Tensor]:
+        added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs}
+        down, mid = (fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"],
+                                    controlnet_cond=inputs["hint"], return_dict=False, **_added(added or None))
+        return [*down, mid]
 
 
 @dataclass
@@ -132,7 +166,7 @@ class _Recorded:
     """What ``Graphs`` keeps per U-Net and set of LoRA layers."""
 
     plain: tuple  # the layout of the parameters it reads (not the LoRAs' A and B)
-    graph: Graphed
+    graph: Graphed  # or a GraphedControlNet
     folded: dict  # {path: weight} of the twin's LoRA layers (``weights.folded``); {}: the module itself
     filled: tuple = ()  # the LoRA state the folded weights were written for
 
@@ -147,8 +181,9 @@ class Graphs:
 
     KEEP = 2
 
-    def __init__(self, compile: bool = False):
-        self.compile, self.held = compile, {}  # (id(unet), LoRA layers' paths, padding) -> _Recorded, oldest first
+    def __init__(self, compile: bool = False, kind: type = Graphed, keep: int = KEEP):
+        self.compile, self.kind, self.keep = compile, kind, keep  # kind: Graphed, or GraphedControlNet
+        self.held = {}  # (id(unet), LoRA layers' paths, padding) -> _Recorded, oldest first
 
     def uncompiled(self) -> str:
         return next((h.graph.uncompiled for h in self.held.values() if h.graph.uncompiled), "")
@@ -164,11 +199,16 @@ class Graphs:
         plain = tuple(p for p in layout if ".lora_" not in p[0])  # the adapters' own A and B: not read
         if held is None or held.plain != plain:
             module, folded = weights.folded(unet, layers) if layers else (unet, {})
-            held = _Recorded(plain, Graphed(module, compile=self.compile), folded)
+            held = _Recorded(plain, self.kind(module, compile=self.compile), folded)
         if held.folded and held.filled != (version, writes, loras):
             weights.fill(unet, held.folded)
             held.filled = (version, writes, loras)
         self.held[key] = held  # now the most recent
-        while len(self.held) > self.KEEP:
+        while len(self.held) > self.keep:
             del self.held[next(iter(self.held))]
         return held.graph
+
+
+def _added(added: dict | None) -> dict:
+    """The keyword that carries SDXL's added conditioning, or none."""
+    return {} if added is None else {"added_cond_kwargs": added}

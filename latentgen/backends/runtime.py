@@ -113,6 +113,7 @@ class Runtime:
         self._compiled: dict[tuple, _Held] = {}  # (id(unet), its padding) -> what was converted, oldest first
         self._controlnets: dict[int, tuple] = {}  # id(ControlNet) -> (its weights' state, compiled or None)
         self._graphed = cudagraph.Graphs(compile=backend == "compile")  # on CUDA: each U-Net's graph
+        self._graphed_controlnets = cudagraph.Graphs(backend == "compile", cudagraph.GraphedControlNet, 2 * self.KEEP)
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -122,11 +123,11 @@ class Runtime:
                 + (f"; the last call ran torch: {self.fallback}" if self.fallback else ""))
 
     def for_unet(self, unet, residuals: bool = False):
-        """What runs ``unet`` now; ``residuals``: the call adds a ControlNet's (on CUDA they run eagerly)."""
+        """What runs ``unet`` now; ``residuals``: the call adds a ControlNet's (on CUDA: inputs of its graph)."""
         device = precision.device_of(unet).type
         if self.backend in CUDA_ONLY and device == "cuda":
-            found = unet if residuals else self._graph(unet)
-            self.fallback = "FreeU is on (a graph would freeze its factors)" if found is unet and not residuals else ""
+            found = self._graph(unet)
+            self.fallback = "FreeU is on (a graph would freeze its factors)" if found is unet else ""
             return found
         if self.backend != "openvino" or device != "cpu":
             return unet
@@ -222,7 +223,11 @@ class Runtime:
     def for_controlnet(self, net):
         """What runs the ControlNet ``net``: (x, t, context, hint) -> (down residuals, mid residual) at weight 1;
         on OpenVINO, converted once per set of weights (cached on disk as the U-Net is) and compiled per shape (an
-        SDXL ControlNet with the pooled text and size numbers as inputs, as its U-Net)."""
+        SDXL ControlNet with the pooled text and size numbers as inputs, as its U-Net); on CUDA, graphed as the U-Net."""
+        if self.backend in CUDA_ONLY and precision.device_of(net).type == "cuda":
+            with self._lock:
+                found = self._graphed_controlnets.get(net, self.version)
+            return found if found is not net else functools.partial(control_graph.run_torch, net)
         if self.backend != "openvino" or precision.device_of(net).type != "cpu":
             return functools.partial(control_graph.run_torch, net)
         with self._lock:

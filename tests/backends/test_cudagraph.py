@@ -39,8 +39,8 @@ def _fake_records(g, monkeypatch):
     the module recorded (whose weight tensors a real graph reads by address)."""
     def record(inputs):
         rec = SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()))
-        rec.out = g.call(rec).sample.clone()
-        rec.graph = SimpleNamespace(replay=lambda: rec.out.copy_(g.call(rec).sample))
+        rec.out = [o.clone() for o in g.call(rec)]
+        rec.graph = SimpleNamespace(replay=lambda: [o.copy_(n) for o, n in zip(rec.out, g.call(rec))])
         return rec
     monkeypatch.setattr(g, "record", record)
 
@@ -124,7 +124,7 @@ def test_a_compile_that_fails_records_the_eager_kernels_instead_with_a_warning(t
 
     def record(inputs):  # ``Graphed.record`` without a GPU: one call of ``fn``, a replay that does nothing
         out = g.fn(inputs["x"], torch.tensor(500.0), encoder_hidden_states=inputs["context"]).sample
-        return SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()), out=out,
+        return SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()), out=[out],
                                graph=SimpleNamespace(replay=lambda: None))
 
     monkeypatch.setattr(g, "record", record)
@@ -175,8 +175,8 @@ def test_sdxls_added_conditioning_has_buffers_of_its_own_that_every_replay_refil
 
     def record(inputs):
         rec = SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()))
-        rec.out = g.call(rec).sample.clone()
-        rec.graph = SimpleNamespace(replay=lambda: rec.out.copy_(g.call(rec).sample))
+        rec.out = [o.clone() for o in g.call(rec)]
+        rec.graph = SimpleNamespace(replay=lambda: [o.copy_(n) for o, n in zip(rec.out, g.call(rec))])
         return rec
 
     monkeypatch.setattr(g, "record", record)
@@ -188,3 +188,43 @@ def test_sdxls_added_conditioning_has_buffers_of_its_own_that_every_replay_refil
     with torch.no_grad():
         g._replay(x[:1], 500, c[:1], {k: v[:1] for k, v in added.items()})  # other shapes: another graph
     assert len(g.graphs) == 2 and not g.failed
+
+
+def test_a_controlnet_is_graphed_and_its_residuals_enter_the_unets_graph_as_inputs(tiny_folder, controlnets,
+                                                                                    monkeypatch):
+    """ControlNets on CUDA: the ControlNet's calls replay from graphs of their own (``GraphedControlNet``: x, the
+    context and the hint in buffers, its residuals out), and the U-Net's graph takes the residuals as inputs (buffers
+    refilled before every replay; a call without them is another graph)."""
+    from diffusers import ControlNetModel
+
+    from latentgen.backends import control_graph
+
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    net = ControlNetModel.from_pretrained(controlnets[0])
+    gen = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=gen)
+    hint = torch.rand(2, 3, 16, 16, generator=gen)
+    gc = cudagraph.GraphedControlNet(net)
+    _fake_records(gc, monkeypatch)
+    with torch.no_grad():
+        want_down, want_mid = control_graph.run_torch(net, x, 500, c, hint)
+        down, mid = gc(x, 500, c, hint)  # off CUDA: the module itself
+        assert all(torch.equal(a, b) for a, b in zip(down + [mid], want_down + [want_mid]))
+        got = gc.replay({"x": x, "context": c, "hint": hint}, 500)  # the stand-in graph
+        assert all(torch.equal(a, b) for a, b in zip(got, want_down + [want_mid])) and len(gc.graphs) == 1
+    g = cudagraph.Graphed(pipe.unet)
+    _fake_records(g, monkeypatch)
+    with torch.no_grad():
+        for scale in (1.0, 0.5):  # other residual values: the same graph, its buffers refilled
+            res = dict(down_block_additional_residuals=[d * scale for d in down], mid_block_additional_residual=mid * scale)
+            want = pipe.unet(x, 500, encoder_hidden_states=c, **res).sample
+            out = g._replay(x, 500, c, None, res["down_block_additional_residuals"], res["mid_block_additional_residual"])
+            assert torch.equal(out.sample, want)
+        assert len(g.graphs) == 1 and sum(k.startswith("down.") for k in next(iter(g.graphs.values())).inputs) == len(down)
+        assert torch.equal(g._replay(x, 500, c).sample, pipe.unet(x, 500, encoder_hidden_states=c).sample)
+    assert len(g.graphs) == 2  # without residuals: a graph of its own
+    rt = runtime.Runtime("cudagraph", "as asked")
+    monkeypatch.setattr(runtime.precision, "device_of", lambda m: torch.device("cuda"))  # where it would be
+    found = rt.for_controlnet(net)
+    assert isinstance(found, cudagraph.GraphedControlNet) and found.unet is net and rt.for_controlnet(net) is found
+    assert isinstance(rt.for_unet(pipe.unet, residuals=True), cudagraph.Graphed)  # no longer eager with a ControlNet

@@ -4,6 +4,7 @@
     python tests/benchmarks/bench_controlnet.py --part sd15 --repeats 3      # SD 1.5's architecture at 512x512
     python tests/benchmarks/bench_controlnet.py --part calls --repeats 5     # SD 1.5: one call of each model
     python tests/benchmarks/bench_controlnet.py --part xl-calls --repeats 3  # SDXL: the ControlNet's call at 1024
+    python tests/benchmarks/bench_controlnet.py --part cuda --repeats 5      # on a CUDA GPU: SD 1.5, 20 steps
 
 ``embedded``: 20 steps, default guidance, 64x64: latentgen without control (its default backend, OpenVINO), with the
 shipped ``edges`` ControlNet (compiled beside the U-Net, and on torch), and diffusers'
@@ -124,6 +125,30 @@ def xl_calls(repeats: int) -> dict:
         return medians(runs, repeats) | {"dtype": str(dtype), "compiled": type(compiled).__name__}
 
 
+def cuda(repeats: int, steps: int = 20, size: int = 512) -> dict:
+    """On a CUDA GPU: SD 1.5's architecture (fp16, random weights, a ``from_unet`` ControlNet) at 512x512, 20 steps:
+    seconds per step on the default backend (torch.compile's kernels as CUDA graphs, the ControlNet graphed beside
+    the U-Net) without and with one ControlNet, and eager fp16 with it; the pictures against eager's."""
+    import numpy as np
+
+    pipe, eager = latentgen.load("sd15", device="cuda"), latentgen.load("sd15", device="cuda", backend="torch")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        ControlNetModel.from_unet(pipe.unet).float().save_pretrained(Path(tmp) / "cn")
+        unit, kw = Control(edge_map(size), Path(tmp) / "cn"), dict(steps=steps, width=size, height=size)
+        runs = {"latentgen, no control": lambda: pipe.generate(PROMPT, **kw),
+                "latentgen, one ControlNet": lambda: pipe.generate(PROMPT, control=unit, **kw),
+                "eager fp16, one ControlNet": lambda: eager.generate(PROMPT, control=unit, **kw)}
+        for fn in runs.values():
+            fn()  # the compiles and recordings
+        figures = {k: v / steps for k, v in medians(runs, repeats).items()}
+        a, b = pipe.generate(PROMPT, control=unit, **kw)[0], eager.generate(PROMPT, control=unit, **kw)[0]
+        d = int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+        net = pipe.runtime.for_controlnet(unit_model(unit, pipe))
+        return figures | {"device": torch.cuda.get_device_name(), "largest pixel difference from eager": d,
+                          "ControlNet runs": repr(net), "peak GiB": torch.cuda.max_memory_allocated() / 2**30}
+
+
 def unit_model(unit: Control, pipe):
     from latentgen.control import units
 
@@ -132,11 +157,11 @@ def unit_model(unit: Control, pipe):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("embedded", "sd15", "calls", "xl-calls"), default="embedded")
+    ap.add_argument("--part", choices=("embedded", "sd15", "calls", "xl-calls", "cuda"), default="embedded")
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     print(f"CPU: {cpu()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    figures = {"embedded": embedded, "sd15": sd15, "calls": calls, "xl-calls": xl_calls}[a.part](a.repeats)
+    figures = {"embedded": embedded, "sd15": sd15, "calls": calls, "xl-calls": xl_calls, "cuda": cuda}[a.part](a.repeats)
     unit = "s per call" if a.part.endswith("calls") else "s per step"
     for k, v in figures.items():
         print(f"{k:32s} {v:.4f} {unit}" if isinstance(v, float) else f"{k}: {v}")

@@ -10,7 +10,8 @@ On the SD 1.5 architecture (random weights, fp16, 512x512) and the embedded mode
   4. the NaN guard on the GPU: an fp16 VAE that overflows is decoded again in fp32 (finite, equal to the
      fp32 decode), and extreme guidance raises instead of a black image;
   5. the embedded model's default is the graph of eager kernels, equal to eager;
-  6. LoRAs (loaded, scaled, from tags, with tiling) replay from one graph of a folded twin, within 2/255 of eager.
+  6. LoRAs (loaded, scaled, from tags, with tiling) replay from one graph of a folded twin, within 2/255 of eager;
+  7. a ControlNet is graphed beside the U-Net (its residuals inputs of the U-Net's graph), equal to eager.
 With ``--xl``, SDXL's architecture instead (random weights, fp16, 1024x1024 unless --size): its graph (the pooled
 text and size numbers in buffers of their own) equals eager bit for bit over samplers, sizes and size numbers,
 ``backend="compile"`` is within 2/255, and the VAE stays fp32 under fp16 (its config's force_upcast).
@@ -92,6 +93,7 @@ def main() -> None:
     check("in-place edit followed", pixels_diff(a, b) == 0 and g.recorded == 1, f"difference {pixels_diff(a, b)}")
 
     lora_checks(graphed, eager, kw)
+    control_checks(graphed, eager, kw)
 
     two = graphed.generate(PROMPT, seed=5, steps=args.steps, num_images=2)
     ones = [graphed.generate(PROMPT, seed=s, steps=args.steps)[0] for s in (5, 6)]
@@ -180,6 +182,24 @@ def lora_checks(graphed, eager, kw: dict) -> None:
         p.unload_lora()
     d = pixels_diff(graphed.generate(PROMPT, **kw), eager.generate(PROMPT, **kw))
     check("LoRAs unloaded: the module's graph", d == 0, f"difference {d}")
+
+
+def control_checks(graphed, eager, kw: dict) -> None:
+    """A ControlNet graphed beside the U-Net, its residuals inputs of the U-Net's graph: the eager kernels replayed
+    give eager's pictures bit for bit, with the unit acting on part of the steps (graphs with and without them)."""
+    from diffusers import ControlNetModel
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(eager.unet).to(eager.device, eager.dtype).eval()
+    edges = Image.new("RGB", (512, 512))
+    edges.paste((255, 255, 255), (128, 128, 384, 384))
+    for unit in (latentgen.Control(edges, model=net, weight=0.8),
+                 latentgen.Control(edges, model=net, start=0.2, end=0.7, mode="controlnet")):
+        d = pixels_diff(graphed.generate(PROMPT, control=unit, **kw), eager.generate(PROMPT, control=unit, **kw))
+        found = graphed.runtime.for_controlnet(net)
+        check(f"ControlNet graphed ({unit.mode}, {unit.start}-{unit.end})",
+              d == 0 and isinstance(found, cudagraph.GraphedControlNet), f"difference {d}; {found!r}")
 
 
 def xl_checks(args) -> None:
