@@ -57,7 +57,6 @@ def _render(args: argparse.Namespace, call) -> int:
     """Check outputs, load the model, run ``call(pipe, **sampling)`` with a progress bar, save PNGs."""
     from tqdm import tqdm
 
-    import latentgen
     from .. import metadata
     from ..request import check_variation
     from ..starts import Variation
