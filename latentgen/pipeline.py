@@ -199,7 +199,7 @@ class Pipeline:
             self.check_limits(second.s, len(draws))
         last = s if second is None else second.s
         plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
-        seamless.check_decode(plan, s.tiling, self.limits)  # A1111's Tiling: circular padding, below
+        seamless.check_decode(plan, s.tiling, self.limits, self.vae)  # A1111's Tiling: circular padding, below
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
         info = {**(info or {}), **(second.info() if second else {}), **text.info, "Tiling": s.tiling or None,
                 **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {})}

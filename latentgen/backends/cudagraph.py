@@ -59,9 +59,11 @@ class Graphed:
         self.uncompiled: str | None = None  # why torch.compile failed (the eager kernels are recorded instead)
         if compile:
             try:  # dynamic=False: each shape its own static kernels (each is replayed as its own graph anyway)
+                _recompile_limit()
                 self.fn = torch.compile(unet, dynamic=False)
             except Exception as e:  # noqa: BLE001  (Dynamo refuses some Pythons at once)
                 self._uncompile(e)
+        self.pool = None  # one memory pool for all its graphs: replays take turns and outputs are copied at once
         self.recorded = 0  # graphs recorded so far (tests and benchmarks read it)
         self.lock = threading.Lock()  # calls from several threads take turns: they share the graphs' buffers
 
@@ -125,7 +127,8 @@ class Graphed:
             for _ in range(2):
                 self.call(g)
         torch.cuda.current_stream(x.device).wait_stream(side)
-        with torch.cuda.graph(g.graph), torch.no_grad():
+        self.pool = self.pool or torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(g.graph, pool=self.pool), torch.no_grad():
             g.out = self.call(g)
         self.recorded += 1
         return g
@@ -137,9 +140,8 @@ class Graphed:
     def run(self, inputs: dict, t, fn=None) -> list[torch.Tensor]:
         """One call of ``fn`` (default: what is recorded) on named ``inputs``: [(B, C_out, h, w)]."""
         down = [inputs[f"down.{i}"] for i in range(sum(k.startswith("down.") for k in inputs))]
-        added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs}
         extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": inputs["mid"]} if down else {}
-        return [(fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"], **_added(added or None),
+        return [(fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"], **_added(_conditions(inputs)),
                                 **extra).sample]
 
 
@@ -155,38 +157,47 @@ class GraphedControlNet(Graphed):
         return out[:-1], out[-1]
 
     def run(self, inputs: dict, t, fn=None) -> list[torch.Tensor]:
-        added = {k: inputs[k] for k in ("text_embeds", "time_ids") if k in inputs}
         down, mid = (fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"],
-                                    controlnet_cond=inputs["hint"], return_dict=False, **_added(added or None))
+                                    controlnet_cond=inputs["hint"], return_dict=False, **_added(_conditions(inputs)))
         return [*down, mid]
 
 
 @dataclass
-class _Recorded:
-    """What ``Graphs`` keeps per U-Net and set of LoRA layers."""
+class _Twin:
+    """A U-Net's LoRA twin (``weights.folded``), shared by its graphs of every padding."""
 
-    plain: tuple  # the layout of the parameters it reads (not the LoRAs' A and B)
+    plain: tuple  # the layout of the parameters it shares (not the LoRAs' A and B)
+    module: torch.nn.Module
+    layers: dict  # {path: the twin's copy of that LoRA layer's base layer}
+    filled: tuple = ()  # the LoRA state and padding its weights were written for
+
+
+@dataclass
+class _Recorded:
+    """What ``Graphs`` keeps per U-Net, LoRA layer set, attention processors and padding."""
+
+    plain: tuple
     graph: Graphed  # or a GraphedControlNet
-    folded: dict  # {path: weight} of the twin's LoRA layers (``weights.folded``); {}: the module itself
-    filled: tuple = ()  # the LoRA state the folded weights were written for
 
 
 class Graphs:
     """A runtime's graphed U-Nets, the ``KEEP`` most recent (each holds its graphs' activation memory). A U-Net is
-    recorded anew when its parameters move, change dtype or are replaced, or LoRAs come on other layers; values
-    edited in place are read as they are. With LoRA layers (peft's, active or parked) the graph is of the module's
-    ``weights.folded`` twin, whose LoRA layers' weights are written with W + s B A (``weights.fill``) whenever the
-    LoRA state moves: loading a LoRA on the same layers, a scale, a tag's LoRA or a switch between LoRA sets replays
-    the same graph, never recorded or compiled again. FreeU (its factors: Python numbers) runs the module."""
+    recorded anew when its parameters move, change dtype or are replaced, its attention processors change, LoRAs
+    come on other layers or its convolutions pad otherwise (Tiling); values edited in place are read as they are.
+    With LoRA layers (peft's, active or parked) the graph is of the module's ``weights.folded`` twin, whose LoRA
+    layers' weights are written with W + s B A (``weights.fill``) whenever the LoRA state moves: loading a LoRA on the
+    same layers, a scale, a tag's LoRA or a switch between LoRA sets replays the same graph, never recorded or
+    compiled again. FreeU (its factors: Python numbers) runs the module."""
 
     KEEP = 2
 
     def __init__(self, compile: bool = False, kind: type = Graphed, keep: int = KEEP):
         self.compile, self.kind, self.keep = compile, kind, keep  # kind: Graphed, or GraphedControlNet
-        self.held = {}  # (id(unet), LoRA layers' paths, padding) -> _Recorded, oldest first
+        self.held: dict[tuple, _Recorded] = {}  # (id(unet), LoRA layers, processors, padding) -> graph, oldest first
+        self.twins: dict[tuple, _Twin] = {}  # (id(unet), LoRA layers, processors) -> its twin, while a graph uses it
 
     def uncompiled(self) -> str:
-        return next((h.graph.uncompiled for h in self.held.values() if h.graph.uncompiled), "")
+        return next((h.graph.uncompiled for h in list(self.held.values()) if h.graph.uncompiled), "")
 
     def get(self, unet, version: int = 0):
         """What runs ``unet`` now (``version``: the runtime's count of announced weight writes)."""
@@ -194,19 +205,53 @@ class Graphs:
         if any(v is not None for v in freeu):
             return unet
         layers = weights.lora_layers(unet, active=False)  # parked ones too: they compute as their base layer
-        key = (id(unet), tuple(layers), pads)  # the padding: A1111's Tiling is a graph of its own
-        held = self.held.pop(key, None)
         plain = tuple(p for p in layout if ".lora_" not in p[0])  # the adapters' own A and B: not read
-        if held is None or held.plain != plain:
-            module, folded = weights.folded(unet, layers) if layers else (unet, {})
-            held = _Recorded(plain, self.kind(module, compile=self.compile), folded)
-        if held.folded and held.filled != (version, writes, loras):
-            weights.fill(unet, held.folded)
-            held.filled = (version, writes, loras)
+        shape, module = (id(unet), tuple(layers), weights.processors(unet)), unet
+        if layers:
+            twin = self.twins.get(shape)
+            if twin is None or twin.plain != plain:
+                twin = self.twins[shape] = _Twin(plain, *weights.folded(unet, layers))
+            if twin.filled != (version, writes, loras, pads):
+                weights.fill(unet, twin.layers)
+                twin.filled = (version, writes, loras, pads)
+            module = twin.module
+        key = (*shape, pads)  # the padding: A1111's Tiling records other kernels
+        held = self.held.pop(key, None)
+        if held is None or held.plain != plain or held.graph.unet is not module:
+            held = _Recorded(plain, self.kind(module, compile=self.compile and not (layers and _freezing())))
         self.held[key] = held  # now the most recent
         while len(self.held) > self.keep:
             del self.held[next(iter(self.held))]
+        used = {k[:3] for k in self.held}
+        self.twins = {k: v for k, v in self.twins.items() if k in used}
         return held.graph
+
+
+def _freezing() -> bool:
+    """Whether inductor freezes parameters into constants ($TORCHINDUCTOR_FREEZING): a twin's weights, rewritten in
+    place for each LoRA state, must stay inputs of its kernels, so a twin is then graphed with the eager kernels."""
+    try:
+        from torch._inductor import config
+    except ImportError:  # no inductor: nothing compiles
+        return False
+    return bool(getattr(config, "freezing", False))
+
+
+def _conditions(inputs: dict) -> dict | None:
+    """The added conditioning among a graph's named inputs (SDXL's text_embeds and time_ids, any other such key)."""
+    added = {k: v for k, v in inputs.items() if k not in ("x", "context", "hint", "mid") and not k.startswith("down.")}
+    return added or None
+
+
+def _recompile_limit() -> None:
+    """Let Dynamo keep more compiled variants of one code object than its default 8: a U-Net's forward is compiled per
+    shape, with and without a ControlNet's residuals, per padding, for the module and its LoRA twin; past the limit
+    it would run those frames eagerly, without a word (process-wide, raised once, never lowered)."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(getattr(cfg, name), 64))
 
 
 def _added(added: dict | None) -> dict:

@@ -111,7 +111,7 @@ class Runtime:
         self.fallback = ""  # why the last call ran torch instead (weights changed, a failed conversion), if it did
         self.version = 0  # announced weight changes so far (``changed``)
         self._compiled: dict[tuple, _Held] = {}  # (id(unet), its padding) -> what was converted, oldest first
-        self._controlnets: dict[int, tuple] = {}  # id(ControlNet) -> (its weights' state, compiled or None)
+        self._controlnets: dict[tuple, tuple] = {}  # (id(ControlNet), padding) -> (weights' state, compiled or None)
         self._graphed = cudagraph.Graphs(compile=backend == "compile")  # on CUDA: each U-Net's graph
         self._graphed_controlnets = cudagraph.Graphs(backend == "compile", cudagraph.GraphedControlNet, 2 * self.KEEP)
         self._lock = threading.RLock()
@@ -127,7 +127,9 @@ class Runtime:
         device = precision.device_of(unet).type
         if self.backend in CUDA_ONLY and device == "cuda":
             found = self._graph(unet)
-            self.fallback = "FreeU is on (a graph would freeze its factors)" if found is unet else ""
+            failed = getattr(found, "failed", None)
+            self.fallback = "FreeU is on (a graph would freeze its factors)" if found is unet else \
+                f"its CUDA graph could not be recorded ({failed[:200]})" if failed else ""
             return found
         if self.backend != "openvino" or device != "cpu":
             return unet
@@ -231,15 +233,15 @@ class Runtime:
         if self.backend != "openvino" or precision.device_of(net).type != "cpu":
             return functools.partial(control_graph.run_torch, net)
         with self._lock:
-            state = weights.state(net, self.version)
-            held = self._controlnets.pop(id(net), None)
+            state, slot = weights.state(net, self.version), (id(net), weights.padding(net))  # Tiling: its own graph
+            held = self._controlnets.pop(slot, None)
             if held is None or held[0] != state:
                 try:
                     held = (state, control_graph.CompiledControlNet(net, self._convert(net, _record(net, {})[0])))
                 except Exception as e:  # noqa: BLE001
                     _warn("ControlNet", e)
                     held = (state, None)
-            self._controlnets[id(net)] = held  # the most recent
+            self._controlnets[slot] = held  # the most recent
             while len(self._controlnets) > 2 * self.KEEP:
                 del self._controlnets[next(iter(self._controlnets))]
         return held[1] or functools.partial(control_graph.run_torch, net)

@@ -141,8 +141,10 @@ def folded(module: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> tuple
     """``module`` as a CUDA graph records it with its LoRAs folded in: a shallow twin in which each peft layer of
     ``layers`` ({path: layer}) is a copy of its base layer (a ``Linear`` or ``Conv2d``) with a weight tensor of
     its own, and every other module and parameter is the module's (the same tensors: edits in place are read).
-    Returns (twin, {path: its weight}); ``fill`` writes W + s B A into those weights in place, so a graph recorded
-    on the twin replays any LoRA state, scale or set of adapters on those layers without recording again."""
+    Returns (twin, {path: its copy of that layer's base layer}); ``fill`` writes W + s B A into their weights in
+    place, so a graph recorded on the twin replays any LoRA state, scale or set of adapters on those layers without
+    recording again. The other modules copied on the way keep the attributes they had (attention processors: part
+    of the graphs' key)."""
     twin, weights_of = copy.copy(module), {}
     twin._modules = dict(module._modules)  # the twin's own children; the module's stay as they are
     for path, layer in layers.items():
@@ -157,15 +159,25 @@ def folded(module: torch.nn.Module, layers: dict[str, torch.nn.Module]) -> tuple
         base = layer.get_base_layer()
         plain_layer = copy.copy(base)
         plain_layer._parameters = dict(base._parameters)
-        plain_layer.weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+        with torch.inference_mode(False):  # a plain tensor, written in place later in or out of inference mode
+            weight = torch.nn.Parameter(base.weight.detach().clone(), requires_grad=False)
+        plain_layer.weight = weight
         owner._modules[last] = weights_of[path] = plain_layer
-    return twin, {path: m.weight for path, m in weights_of.items()}
+    return twin, weights_of
 
 
 @torch.no_grad()
-def fill(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Write each LoRA layer's weight as ``module`` computes with it now (``effective``: W, or W + s B A per active
-    adapter) into the twin's ``tensors`` ({path: weight} from ``folded``), in place: their addresses stay."""
-    now, _ = effective(module)
-    for path, t in tensors.items():
-        t.copy_(now[f"{path}.weight"])
+def fill(module: torch.nn.Module, twin_layers: dict[str, torch.nn.Module]) -> None:
+    """Write each LoRA layer's weight as ``module`` computes with it now (W, or W + s B A per active, unmerged adapter,
+    as ``effective`` adds them) into the weights of ``twin_layers`` ({path: layer} from ``folded``), in place and layer
+    by layer (no second copy of them all): their addresses stay. Their padding follows the module's (Tiling)."""
+    layers = lora_layers(module, active=False)
+    for path, twin_layer in twin_layers.items():
+        layer, t = layers[path], twin_layer.weight
+        if isinstance(twin_layer, torch.nn.Conv2d):
+            twin_layer.padding_mode = layer.get_base_layer().padding_mode
+        t.copy_(layer.get_base_layer().weight)
+        if not layer.merged:
+            for a in layer.active_adapters:
+                if a in layer.lora_A:
+                    t.add_(layer.get_delta_weight(a).to(t.dtype))

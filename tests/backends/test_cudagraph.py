@@ -88,10 +88,32 @@ def test_loras_stay_in_the_graph_folded_into_a_twins_weights_written_in_place(ti
     from latentgen.canvas import seamless
 
     pipe.load_lora(a, name="a")
-    with seamless.circular([unet]):  # A1111's Tiling: a graph of its own, the twin's LoRA layers wrapping too
+    with seamless.circular([unet]):  # A1111's Tiling: a graph of its own on the same twin, its LoRA layers wrapping
         wrapped = rt._graph(unet)
         _fake_records(wrapped, monkeypatch)
-        assert wrapped is not g and replay_equals_eager()
+        assert wrapped is not g and wrapped.unet is g.unet and replay_equals_eager()
+    again = rt._graph(unet)  # zero padding again (g itself was let go: KEEP graphs), the twin's LoRA layers too
+    _fake_records(again, monkeypatch)
+    assert again.unet is wrapped.unet and replay_equals_eager()
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet.set_attn_processor(AttnProcessor())  # the twin's copied attention modules hold the old processors
+    other = rt._graph(unet)
+    _fake_records(other, monkeypatch)
+    assert other.unet is not g.unet and replay_equals_eager()
+
+
+def test_every_added_condition_reaches_the_module_and_a_failed_graph_is_said(tiny_folder, monkeypatch):
+    pipe = latentgen.load(tiny_folder, backend="torch")
+    seen = []
+    g = cudagraph.Graphed(lambda x, t, encoder_hidden_states, **k: seen.append(k) or SimpleNamespace(sample=x))
+    g.run({"x": torch.zeros(1), "context": torch.zeros(1), "image_embeds": torch.ones(1)}, 1)
+    assert set(seen[0]["added_cond_kwargs"]) == {"image_embeds"}
+    rt = runtime.Runtime("cudagraph", "as asked")
+    monkeypatch.setattr(runtime.precision, "device_of", lambda m: torch.device("cuda"))
+    found = rt.for_unet(pipe.unet)
+    found.failed = "RuntimeError: operation not permitted"
+    assert rt.for_unet(pipe.unet) is found and "its CUDA graph could not be recorded (RuntimeError" in repr(rt)
 
 
 def test_off_cuda_the_backend_is_the_module_itself(tiny_folder):

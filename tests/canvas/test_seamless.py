@@ -69,6 +69,16 @@ def test_the_networks_pad_with_zeros_again_after_the_call_whatever_it_raised(pip
     assert max_diff(first, pipe.generate("a cat", seed=1)) == 0  # the model as it was
 
 
+def test_overlapping_calls_wrap_until_the_last_ends_and_a_padding_set_by_hand_stays():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 3, padding=1,
+                                                                                padding_mode="reflect"))
+    with seamless.circular([net]):
+        with seamless.circular([net, net]):  # another thread's call, listing the module twice
+            assert net[0].padding_mode == "circular"
+        assert net[0].padding_mode == "circular"  # the first call still runs
+    assert [c.padding_mode for c in net] == ["zeros", "reflect"] and not seamless._WRAPPED
+
+
 def test_the_networks_of_the_call_are_those_it_runs(pipe, controlnets):
     from diffusers import ControlNetModel
 
@@ -91,6 +101,8 @@ def test_bad_values_and_a_tiled_decode_are_refused_before_drawing(pipe, monkeypa
     with pytest.raises(ValueError, match="tiling=True decodes each picture whole.*vae_tiling=True"):
         pipe.generate("a cat", tiling=True)
     assert not ran and _zero_padded(pipe.unet) > 0
+    seamless.check_decode(latentgen.memory.Plan(vae_tiling=True, vae_batch=1), True, pipe.limits,
+                          vae=object())  # a tiny VAE (no tiled decode) decodes whole anyway
 
 
 @pytest.mark.skipif(not choice.available(), reason="openvino is a dependency; this platform has no wheel")
