@@ -47,6 +47,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="how far toward the variation seed's noise: 0 (the seed's image, default) to 1")
     p.add_argument("--seed-resize-from", type=size_spec, default=None, metavar="WxH",
                    help="draw the noise at this size and paste it in the middle (a seed's look at another size)")
+    p.add_argument("--style", action="append", default=[], metavar="NAME",
+                   help="apply this prompt style of --styles-file to the prompt and negative prompt; repeatable")
+    p.add_argument("--styles-file", type=Path, default=None, metavar="CSV",
+                   help="A1111's styles.csv (name, prompt, negative_prompt) that --style names")
     p.add_argument("--tiling", action="store_true",
                    help="A1111's Tiling: pictures that tile seamlessly (textures), every convolution padding around")
     add_control_args(p)
@@ -64,6 +68,13 @@ def _render(args: argparse.Namespace, call) -> int:
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
+    if args.style:  # A1111's prompt styles, applied to the prompts before anything reads them
+        from ..text import styles
+
+        if args.styles_file is None:
+            raise ValueError("--style needs --styles-file: the styles.csv (name, prompt, negative_prompt) it names.")
+        args.prompt, args.negative = styles.apply(args.prompt, args.negative, args.style, styles.read(args.styles_file),
+                                                  "--style")
     control = controls_from(args)  # each image with its ControlNet, before any model loads
     variation = None
     if args.subseed_strength or args.seed_resize_from:

@@ -25,8 +25,11 @@ What maps to what:
 
     tiling                        -> tiling=True: pictures that tile seamlessly (``latentgen.canvas.seamless``)
 
+    styles                        -> A1111's prompt styles from --styles-file, applied to the prompts
+                                     (``latentgen.text.styles``); an unknown name is a 422
+
 A field that would change the image in a way latentgen does not do (face restoration,
-styles, scripts other than ControlNet units, ...) is refused
+scripts other than ControlNet units, ...) is refused
 with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
 image_cfg_scale (instruct-pix2pix models only), mask_round (latentgen thresholds masks at 0.5),
@@ -109,7 +112,6 @@ def check_pixels(width: int, height: int, limits) -> None:
 def _unsupported(req: CommonFields) -> None:
     for name, bad, why in [
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
-        ("styles", bool(req.styles), "this server has no prompt styles; put the text in the prompt"),
         ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
     ]:
         if bad:
@@ -193,14 +195,32 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 
 
 @unprocessable()
-def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, **kw) -> Task:
-    """``upscalers``: the folder of upscaler model files (``--upscalers-dir``)."""
+def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
+    """``upscalers``: the folder of upscaler model files (``--upscalers-dir``); ``styles``: ``catalog.Styles``."""
     _check_common(req, limits)
+    given, req = req, _styled(req, styles)
     hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers)
     plan = _plan("txt2img", req, **kw)
-    plan.hires, plan.script = hires, script
+    plan.hires, plan.script, plan.parameters = hires, script, given.model_dump()  # the request as sent
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
+
+
+def _styled(req: CommonFields, styles) -> CommonFields:
+    """The request with A1111's prompt styles (``styles``, its names in ``catalog.Styles``) applied to its prompts,
+    the hires prompts too where given (``latentgen.text.styles``); an unknown name is refused."""
+    if not req.styles:
+        return req
+    from latentgen.text.styles import apply, merge
+
+    table = styles.table() if styles is not None else {}
+    prompt, negative = apply(req.prompt, req.negative_prompt, list(req.styles), table)
+    update = {"prompt": prompt, "negative_prompt": negative}
+    for name, part in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        if getattr(req, name, ""):  # txt2img's: A1111 styles them as the prompts
+            for style in req.styles:
+                update[name] = merge(getattr(table[style], part), update.get(name, getattr(req, name)))
+    return req.model_copy(update=update)
 
 
 def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
@@ -239,13 +259,15 @@ def _blur(req: Img2ImgRequest) -> int:
 
 
 @unprocessable()
-def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, **kw) -> Task:
+def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     from latentgen.canvas import resize
 
     _check_common(req, limits)
     _check_img2img(req, limits)
+    given, req = req, _styled(req, styles)
     mode, script = workflows.resize_mode(req, bool(req.mask)), workflows.script(req, "img2img")
     plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded
+    plan.parameters = given.model_dump()  # the request as sent
     images = [decode_image(x, f"init_images[{i}]", limits.max_pixels) for i, x in enumerate(req.init_images)]
     size = (req.width or images[0].width, req.height or images[0].height)
     check_pixels(*size, limits)

@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import a1111, codec, controlnet_api, extras, live, run, settings, workflows
-from .catalog import Loras, Models, embedding_item
+from .catalog import Loras, Models, Styles, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
@@ -50,6 +50,7 @@ class Server:
                              embeddings=config.embeddings, load_options=config.load_options, warmup=config.warmup)
         self.loras = Loras(config.loras)
         self.controlnets = controlnet_api.ControlNets(config.controlnet_dir)
+        self.styles = Styles(config.styles_file)
         self.outputs = run.Outputs(config.outdir) if config.outdir else None
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)
         self.options: dict[str, Any] = {}
@@ -70,7 +71,8 @@ class Server:
 
     def plan_args(self) -> dict:
         return dict(limits=self.limits, models=self.models, loras=self.loras, options=dict(self.options),
-                    save=self.outputs is not None, controlnets=self.controlnets, upscalers=self.config.upscalers_dir)
+                    save=self.outputs is not None, controlnets=self.controlnets, upscalers=self.config.upscalers_dir,
+                    styles=self.styles)
 
     async def run(self, request: Request, kind: str, work, task_id: str | None = None):
         """Queue ``work`` and wait for it; cancel it when the client goes away."""
@@ -272,6 +274,10 @@ def _list_routes(app: FastAPI, server: Server) -> None:
                                            (pipe.text_encoder, *(pipe.xl.encoders() if pipe.xl else [])))
         loaded = {} if pipe is None else {t: embedding_item(width, len(e.ids)) for t, e in pipe.embeddings.loaded.items()}
         return {"loaded": loaded, "skipped": models.skipped.get(models.current, {})}
+
+    @app.get("/sdapi/v1/prompt-styles")
+    def prompt_styles():
+        return server.styles.items()
 
     @app.get("/sdapi/v1/scripts")
     def scripts():

@@ -189,3 +189,23 @@ def _header(path: Path) -> dict:
     except Exception:  # noqa: BLE001 - safetensors raises several types for a bad file: no notes then
         return {}
     return {k: v for k, v in meta.items() if isinstance(v, str) and len(v) < 4096}
+
+
+class Styles:
+    """A1111's prompt styles from ``--styles-file`` (``latentgen.text.styles``), read again when the file changes."""
+
+    def __init__(self, path: Path | None):
+        self.path, self._seen, self._table = path, None, {}
+
+    def table(self) -> dict:
+        from latentgen.text import styles
+
+        if self.path is None:
+            return {}
+        stamp = self.path.stat().st_mtime_ns
+        if stamp != self._seen:
+            self._table, self._seen = styles.read(self.path), stamp
+        return self._table
+
+    def items(self) -> list[dict]:  # GET /sdapi/v1/prompt-styles, as A1111 lists them
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in self.table().values()]

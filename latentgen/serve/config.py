@@ -50,6 +50,7 @@ class ServeConfig:
     controlnet_dir: Path | None = None  # ControlNet folders by name, single files by stem (beside the shipped ones)
     upscalers_dir: Path | None = None  # upscaler model files by stem (A1111's models/ESRGAN); None: $LATENTGEN_UPSCALERS
     preview_vae: Path | None = None  # a tiny VAE (TAESD) for live previews, A1111's show_progress_type "TAESD"
+    styles_file: Path | None = None  # A1111's styles.csv: prompt styles by name (the requests' styles)
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
     def credentials(self) -> dict[str, str]:
@@ -84,6 +85,10 @@ class ServeConfig:
             raise FileNotFoundError(f"--controlnet-dir {self.controlnet_dir} is not a folder; give a folder of "
                                     f"ControlNets: diffusers folders (each with config.json) or single files "
                                     f"(control_*.pth, .safetensors).")
+        if self.styles_file is not None:
+            from ..text import styles
+
+            styles.read(self.styles_file)  # unreadable, or not a styles.csv: said before the server starts
         if self.outdir is not None and not Path(self.outdir).is_dir():
             raise FileNotFoundError(f"--outdir {self.outdir} is not a folder; create it first.")
         checks.whole("--port", self.port, 1, "use 1 to 65535 (7860 is A1111's)")

@@ -144,7 +144,7 @@ def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | Non
         "seed_resize_from_h": v.resize_from[1] if v and v.resize_from else -1,
         "denoising_strength": plan.strength if plan.mode == "img2img" else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [im.info.get("parameters", "") for im in images], "styles": [], "job_timestamp": timestamp,
+        "infotexts": [im.info.get("parameters", "") for im in images], "styles": plan.parameters.get("styles") or [], "job_timestamp": timestamp,
         "clip_skip": plan.clip_skip,
         "is_using_inpainting_conditioning": plan.mask is not None
         and pipe.unet.config.in_channels != pipe.vae.config.latent_channels,

@@ -85,6 +85,24 @@ def test_variation_seed_flags_reach_the_image_and_the_png(tiny_folder, tmp_path,
     assert "variation.strength=3.0 is invalid" in capsys.readouterr().err
 
 
+def test_style_flags_apply_a1111_styles_to_the_prompts(tiny_folder, tmp_path, capsys):
+    import latentgen
+
+    csv = tmp_path / "styles.csv"
+    csv.write_text("name,prompt,negative_prompt\nnight,{prompt} at night,sunny\n")
+    out = tmp_path / "s.png"
+    assert run("generate", "a cat", "--model", tiny_folder, "--steps", 2, "--seed", 3, "--style", "night",
+               "--styles-file", csv, "-o", out) == 0
+    want = latentgen.load(tiny_folder).generate("a cat at night", negative_prompt="sunny", steps=2, seed=3)[0]
+    assert read_parameters(out) == want.info["parameters"]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want))
+    for extra, message in ((["--styles-file", csv, "--style", "day"], "--style: no style 'day'; the styles are 'night'"),
+                           ([], "--style needs --styles-file")):
+        assert run("generate", "a cat", "--model", tiny_folder, "--style", "night", *extra[2:], *extra[:2],
+                   "-o", tmp_path / "b.png") == 2
+        assert message in capsys.readouterr().err
+
+
 def test_tiling_flag_reaches_every_call(tiny_folder, tmp_path):
     import latentgen
 

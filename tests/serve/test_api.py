@@ -33,9 +33,12 @@ def served(tiny_folder, tmp_path_factory):
 
     save_file({"emb_params": torch.randn(2, 64, generator=torch.Generator().manual_seed(0))},
               str(outdir.parent / "shiny.safetensors"))  # a textual inversion for the embedded model's CLIP
+    styles = outdir.parent / "styles.csv"  # A1111's, as its page saves it: a byte order mark, quoted fields
+    styles.write_text('\ufeffname,prompt,negative_prompt\n"on blue","{prompt} on a blue background","blurry"\n'
+                      'clean,flat colors,\n', encoding="utf-8")
     s = Served(ServeConfig(models_dir=models, outdir=outdir, embeddings=[str(outdir.parent / "shiny.safetensors")],
-                           limits=RequestLimits(queue_size=3)))
-    s.outdir, s.models = outdir, models
+                           limits=RequestLimits(queue_size=3), styles_file=styles))
+    s.outdir, s.models, s.styles = outdir, models, styles
     yield s
     s.stop()
 
@@ -102,6 +105,23 @@ def test_tiling_equals_the_python_api(api, ref):
                     width=64, height=64, sampler_name="Euler a", tiling=True)
     want = ref.img2img(PROMPT, want[0], seed=6, steps=4, guidance=5, strength=0.5, scheduler="euler_a", tiling=True)
     assert max_diff(r.images[0], want[0]) <= 1 and "Tiling: True" in r.info["infotexts"][0]
+
+
+def test_prompt_styles_of_the_styles_file_equal_the_python_api(api, served, ref):
+    assert api.get_prompt_styles() == [{"name": "on blue", "prompt": "{prompt} on a blue background",
+                                        "negative_prompt": "blurry"},
+                                       {"name": "clean", "prompt": "flat colors", "negative_prompt": ""}]
+    r = api.txt2img(prompt="a red circle", styles=["on blue", "clean"], seed=4, steps=4, cfg_scale=5, width=64,
+                    height=64, sampler_name="Euler a")
+    merged = "a red circle on a blue background, flat colors"  # each style in turn: {prompt} filled, or appended
+    want = ref.generate(merged, negative_prompt="blurry", seed=4, steps=4, guidance=5, scheduler="euler_a")
+    assert max_diff(r.images[0], want[0]) <= 1 and r.info["infotexts"][0] == want[0].info["parameters"]
+    assert r.info["styles"] == ["on blue", "clean"] and r.parameters["prompt"] == "a red circle"  # echoed as sent
+    bad = requests.post(api.baseurl + "/txt2img", json={"prompt": "x", "styles": ["nope"], "steps": 1})
+    assert bad.status_code == 422 and "no style 'nope'; the styles are 'on blue', 'clean'" in bad.json()["detail"]
+    served.styles.write_text("name,prompt,negative_prompt\nwarm,{prompt} in orange light,\n")
+    os.utime(served.styles, ns=(0, served.styles.stat().st_mtime_ns + 10**9))  # surely a new time stamp
+    assert [s["name"] for s in api.get_prompt_styles()] == ["warm"]  # the file is read again when it changes
 
 
 def test_xyz_plot_equals_the_python_api(api, ref):

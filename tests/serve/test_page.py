@@ -83,6 +83,7 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
         release.wait(30)
 
     served.server_state.worker.submit("hold", hold)
+    assert page.is_hidden("#styles-row")  # no --styles-file: no styles to offer
     fill(page, prompt="a red circle on a blue background", seed=1, steps=12)
     page.select_option("#sampler", "Euler a")
     page.click("#generate")
@@ -175,7 +176,8 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
 
     os.symlink(xl_folder, tmp_path / "tiny-xl")
     os.symlink(xl_refiner_folder, tmp_path / "tiny-xl-refiner")
-    s = Served(ServeConfig(model="tiny-xl", models_dir=tmp_path))
+    (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nflat,\"{prompt}, flat colors\",blurry\n")
+    s = Served(ServeConfig(model="tiny-xl", models_dir=tmp_path, styles_file=tmp_path / "styles.csv"))
     page = browser.new_page(viewport={"width": 1120, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -205,17 +207,20 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         page.select_option("#hr-upscaler", "Lanczos")
         fill(page, hr_scale=1.5, hr_steps=2, hr_strength=0.5)
         page.check("#tiling")
+        page.select_option("#styles", ["flat"])  # the styles of --styles-file, listed when there are any
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 2", timeout=120_000)
         image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")  # the newest first
-        want = base.generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler", hires=latentgen.Hires(
-            scale=1.5, strength=0.5, steps=2, upscaler="Lanczos"), tiling=True)[0]
+        want = base.generate("a red circle, flat colors", negative_prompt="blurry", seed=2, steps=4, guidance=5.0,
+                             scheduler="euler", hires=latentgen.Hires(scale=1.5, strength=0.5, steps=2,
+                                                                      upscaler="Lanczos"), tiling=True)[0]
         assert image.size == want.size == (96, 96) and max_diff(image, want) <= 1
         params = page.inner_text("#gallery .params")
         assert all(f in params for f in ("Hires upscale: 1.5", "Hires upscaler: Lanczos", "Tiling: True"))
         assert "Refiner" not in params
         page.check("input[name=mode][value=img2img]")
         assert page.is_hidden("#hires") and not page.is_hidden("#refiner")  # hires is txt2img's; a refiner is both's
+        assert page.is_visible("#source") and page.is_hidden("#mask-tools")  # the mask tools are inpainting's
     finally:
         page.close()
         s.stop()

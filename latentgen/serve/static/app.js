@@ -29,9 +29,11 @@ function fillSelect(select, items, keepFirst) {
 }
 
 async function loadLists() {
-  const [models, options, samplers, loras, latent, upscalers] = await Promise.all(
+  const [models, options, samplers, loras, latent, upscalers, styles] = await Promise.all(
     [getJSON("sd-models"), getJSON("options"), getJSON("samplers"), getJSON("loras"), getJSON("latent-upscale-modes"),
-     getJSON("upscalers")]);
+     getJSON("upscalers"), getJSON("prompt-styles")]);
+  fillSelect($("styles"), styles.map((s) => [s.name, s.name]));
+  $("styles-row").hidden = styles.length === 0;  // no --styles-file
   fillSelect($("model"), models.map((m) => [m.title, m.model_name]));
   fillSelect($("refiner-model"), models.map((m) => [m.model_name, m.model_name]), true);
   // the hires upscalers as A1111's page lists them: the latent modes, then the pixel ones and model files
@@ -170,6 +172,7 @@ function payload() {
     prompt: $("prompt").value, negative_prompt: $("negative").value, seed: number("seed") ?? -1,
     steps: number("steps"), cfg_scale: number("cfg"), sampler_name: $("sampler").value || undefined,
     batch_size: 1, n_iter: count, alwayson_scripts: controlUnits(), tiling: $("tiling").checked,
+    styles: [...$("styles").selectedOptions].map((o) => o.value),
   };
   if ($("refiner-model").value) {
     Object.assign(body, { refiner_checkpoint: $("refiner-model").value, refiner_switch_at: number("refiner-switch") ?? 0.8 });
