@@ -127,6 +127,8 @@ class Graphed:
             for _ in range(2):
                 self.call(g)
         torch.cuda.current_stream(x.device).wait_stream(side)
+        if not self.graphs:  # no graph holds the pool now (a capture that failed): a fresh one
+            self.pool = None
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         with torch.cuda.graph(g.graph, pool=self.pool), torch.no_grad():
             g.out = self.call(g)

@@ -43,17 +43,17 @@ def circular(modules: list[torch.nn.Module], on: bool = True):
     """While open, every zero-padded ``Conv2d`` in ``modules`` pads circularly (``on``: False changes nothing). Calls
     that overlap (threads on one pipeline) count: the last one out pads with zeros again. One padded otherwise by its
     owner (circular already, reflect) is left as it is."""
-    mine = []
-    with _LOCK:
-        for c in {id(c): c for m in modules if on for c in m.modules() if isinstance(c, torch.nn.Conv2d)}.values():
-            if id(c) in _WRAPPED:
-                _WRAPPED[id(c)][1] += 1
-            elif c.padding_mode == "zeros" and any(c._reversed_padding_repeated_twice):
-                c.padding_mode, _WRAPPED[id(c)] = "circular", [c, 1]
-            else:
-                continue
-            mine.append(c)
+    mine, convs = [], {id(c): c for m in modules if on for c in m.modules() if isinstance(c, torch.nn.Conv2d)}
     try:
+        with _LOCK:
+            for c in convs.values():
+                if id(c) in _WRAPPED:
+                    _WRAPPED[id(c)][1] += 1
+                elif c.padding_mode == "zeros" and any(c._reversed_padding_repeated_twice):
+                    c.padding_mode, _WRAPPED[id(c)] = "circular", [c, 1]
+                else:
+                    continue
+                mine.append(c)
         yield
     finally:
         with _LOCK:

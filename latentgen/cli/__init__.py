@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..canvas.resize import MODES as RESIZE_MODES  # light (PIL): the flags' choices
 from .args import (add_model_args, add_refiner_args, finite_float, load_model, load_refiner, lora_spec, positive_int,
-                   scheduler_name, size_spec)
+                   scheduler_name, size_spec, styled_prompts)
 from .control import add_control_args, controls_from
 from .upscale import add_hires_args
 
@@ -68,13 +68,7 @@ def _render(args: argparse.Namespace, call) -> int:
 
     paths = metadata.output_paths(args.output, args.num_images)
     metadata.check_writable(paths, args.force)  # before loading anything
-    if args.style:  # A1111's prompt styles, applied to the prompts before anything reads them
-        from ..text import styles
-
-        if args.styles_file is None:
-            raise ValueError("--style needs --styles-file: the styles.csv (name, prompt, negative_prompt) it names.")
-        args.prompt, args.negative = styles.apply(args.prompt, args.negative, args.style, styles.read(args.styles_file),
-                                                  "--style")
+    styled_prompts(args)
     control = controls_from(args)  # each image with its ControlNet, before any model loads
     variation = None
     if args.subseed_strength or args.seed_resize_from:
@@ -108,6 +102,7 @@ def _render(args: argparse.Namespace, call) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .upscale import hires_from
 
+    styled_prompts(args)  # before the hires pass's prompts are read
     hires = hires_from(args)
     return _render(args, lambda pipe, **kw: pipe.generate(args.prompt, width=args.width, height=args.height,
                                                           hires=hires, **kw))

@@ -182,3 +182,20 @@ def config_from(args: argparse.Namespace, cls):
     cfg = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
     cfg.check()
     return cfg
+
+
+def styled_prompts(args: argparse.Namespace) -> None:
+    """Apply A1111's prompt styles (``--style``) to the prompts, the hires pass's too where given, once."""
+    if not args.style:
+        return
+    from ..text import styles
+
+    if args.styles_file is None:
+        raise ValueError("--style needs --styles-file: the styles.csv (name, prompt, negative_prompt) it names.")
+    table = styles.read(args.styles_file)
+    args.prompt, args.negative = styles.apply(args.prompt, args.negative, args.style, table, "--style")
+    if getattr(args, "hires_prompt", None) or getattr(args, "hires_negative", None):
+        hr = styles.apply(args.hires_prompt or "", args.hires_negative, args.style, table, "--style")
+        args.hires_prompt, args.hires_negative = (v if given else None for v, given in
+                                                  zip(hr, (args.hires_prompt, args.hires_negative)))
+    args.style = []  # applied

@@ -53,7 +53,8 @@ from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
 from . import controlnet_api, workflows
 from .settings import check_option, sampler_key, whole_in
 
-MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt
+MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt (styled too)
+MAX_STYLES = 32  # prompt styles one request may name
 
 
 # -- plans: a request checked and resolved, before it is queued ------------------------------------------
@@ -211,15 +212,17 @@ def _styled(req: CommonFields, styles) -> CommonFields:
     the hires prompts too where given (``latentgen.text.styles``); an unknown name is refused."""
     if not req.styles:
         return req
-    from latentgen.text.styles import apply, merge
+    from latentgen.text.styles import apply
 
-    table = styles.table() if styles is not None else {}
-    prompt, negative = apply(req.prompt, req.negative_prompt, list(req.styles), table)
+    if len(req.styles) > MAX_STYLES:
+        raise ApiError(422, f"styles names {len(req.styles)} styles; at most {MAX_STYLES}.")
+    table, names = (styles.table() if styles is not None else {}), list(req.styles)
+    prompt, negative = apply(req.prompt, req.negative_prompt, names, table, limit=MAX_PROMPT)
     update = {"prompt": prompt, "negative_prompt": negative}
-    for name, part in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
-        if getattr(req, name, ""):  # txt2img's: A1111 styles them as the prompts
-            for style in req.styles:
-                update[name] = merge(getattr(table[style], part), update.get(name, getattr(req, name)))
+    if getattr(req, "hr_prompt", "") or getattr(req, "hr_negative_prompt", ""):  # txt2img's, styled where given
+        hr = apply(req.hr_prompt, req.hr_negative_prompt, names, table, limit=MAX_PROMPT)
+        update.update({k: v for k, v, given in zip(("hr_prompt", "hr_negative_prompt"), hr,
+                                                   (req.hr_prompt, req.hr_negative_prompt)) if given})
     return req.model_copy(update=update)
 
 

@@ -192,19 +192,30 @@ def _header(path: Path) -> dict:
 
 
 class Styles:
-    """A1111's prompt styles from ``--styles-file`` (``latentgen.text.styles``), read again when the file changes."""
+    """A1111's prompt styles from ``--styles-file`` (``latentgen.text.styles``), read again when the file changes (its
+    time stamp, size or inode). A read that fails, or that the file changed under, keeps the last good table (A1111
+    saves the file in place: it may be read half written); ``ServeConfig.check`` read it once before the start."""
 
     def __init__(self, path: Path | None):
         self.path, self._seen, self._table = path, None, {}
+
+    def _stamp(self):
+        s = self.path.stat()
+        return s.st_mtime_ns, s.st_size, s.st_ino
 
     def table(self) -> dict:
         from latentgen.text import styles
 
         if self.path is None:
             return {}
-        stamp = self.path.stat().st_mtime_ns
-        if stamp != self._seen:
-            self._table, self._seen = styles.read(self.path), stamp
+        try:
+            stamp = self._stamp()
+            if stamp != self._seen:
+                table = styles.read(self.path)
+                if self._stamp() == stamp:  # not written while it was read
+                    self._table, self._seen = table, stamp
+        except (OSError, ValueError) as e:
+            warnings.warn(f"--styles-file {self.path}: {e}; the styles read before are kept.", RuntimeWarning)
         return self._table
 
     def items(self) -> list[dict]:  # GET /sdapi/v1/prompt-styles, as A1111 lists them

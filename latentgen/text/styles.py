@@ -35,23 +35,23 @@ def read(path: str | Path) -> dict[str, Style]:
     path = Path(path)
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f, skipinitialspace=True))
-            header = rows[0].keys() if rows else set()
+            reader = csv.DictReader(f, skipinitialspace=True)
+            rows, header = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"styles file {str(path)!r} cannot be read ({type(e).__name__}: {e}); give A1111's "
                          f"styles.csv: UTF-8 CSV with the columns name, prompt, negative_prompt.") from None
     text = "prompt" if "prompt" in header else "text"
-    if rows and ("name" not in header or text not in header):
+    if header and ("name" not in header or text not in header):
         raise ValueError(f"styles file {str(path)!r} has the columns {', '.join(map(repr, header))}; A1111's "
                          f"styles.csv has name, prompt and negative_prompt.")
     return {r["name"]: Style(r["name"], r.get(text) or "", r.get("negative_prompt") or "")
-            for r in rows if r.get("name")}
+            for r in rows if r.get("name") and not r["name"].startswith("#")}  # "#...": A1111's comment rows
 
 
 def apply(prompt: str, negative_prompt: str | None, names: list[str], table: dict[str, Style],
-          field: str = "styles") -> tuple[str, str]:
+          field: str = "styles", limit: int | None = None) -> tuple[str, str]:
     """(prompt, negative prompt) with the styles ``names`` applied in order; an unknown name is refused, naming the
-    known ones (A1111 skips it without a word)."""
+    known ones (A1111 skips it without a word), and so is a result longer than ``limit`` characters."""
     for name in names:
         if name not in table:
             known = ", ".join(map(repr, table)) or "none: give a styles file"
@@ -59,4 +59,6 @@ def apply(prompt: str, negative_prompt: str | None, names: list[str], table: dic
     for name in names:
         prompt, negative_prompt = merge(table[name].prompt, prompt), merge(table[name].negative_prompt,
                                                                           negative_prompt or "")
+        if limit is not None and max(len(prompt), len(negative_prompt)) > limit:
+            raise ValueError(f"{field}: the prompts with these styles are over {limit} characters; name fewer.")
     return prompt, negative_prompt or ""

@@ -194,14 +194,7 @@ def test_sdxls_added_conditioning_has_buffers_of_its_own_that_every_replay_refil
         want = [unet(x, 500, encoder_hidden_states=c, added_cond_kwargs=a).sample for a in (added, other)]
         assert torch.equal(g(x, 500, c, added_cond_kwargs=added).sample, want[0])  # off CUDA: the module itself
     assert not torch.equal(want[0], want[1])  # the size numbers matter
-
-    def record(inputs):
-        rec = SimpleNamespace(inputs={k: v.clone() for k, v in inputs.items()}, t=torch.zeros(()))
-        rec.out = [o.clone() for o in g.call(rec)]
-        rec.graph = SimpleNamespace(replay=lambda: [o.copy_(n) for o, n in zip(rec.out, g.call(rec))])
-        return rec
-
-    monkeypatch.setattr(g, "record", record)
+    _fake_records(g, monkeypatch)
     with torch.no_grad():
         got = [g._replay(x, 500, c, a).sample for a in (added, other, added)]
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[2], want[0])

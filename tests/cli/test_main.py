@@ -92,8 +92,9 @@ def test_style_flags_apply_a1111_styles_to_the_prompts(tiny_folder, tmp_path, ca
     csv.write_text("name,prompt,negative_prompt\nnight,{prompt} at night,sunny\n")
     out = tmp_path / "s.png"
     assert run("generate", "a cat", "--model", tiny_folder, "--steps", 2, "--seed", 3, "--style", "night",
-               "--styles-file", csv, "-o", out) == 0
-    want = latentgen.load(tiny_folder).generate("a cat at night", negative_prompt="sunny", steps=2, seed=3)[0]
+               "--styles-file", csv, "--hires-prompt", "a dog", "--hires-steps", 1, "-o", out) == 0
+    want = latentgen.load(tiny_folder).generate("a cat at night", negative_prompt="sunny", steps=2, seed=3,
+                                                hires=latentgen.Hires(steps=1, prompt="a dog at night"))[0]
     assert read_parameters(out) == want.info["parameters"]
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want))
     for extra, message in ((["--styles-file", csv, "--style", "day"], "--style: no style 'day'; the styles are 'night'"),

@@ -119,9 +119,14 @@ def test_prompt_styles_of_the_styles_file_equal_the_python_api(api, served, ref)
     assert r.info["styles"] == ["on blue", "clean"] and r.parameters["prompt"] == "a red circle"  # echoed as sent
     bad = requests.post(api.baseurl + "/txt2img", json={"prompt": "x", "styles": ["nope"], "steps": 1})
     assert bad.status_code == 422 and "no style 'nope'; the styles are 'on blue', 'clean'" in bad.json()["detail"]
+    for body, message in [({"styles": ["clean"] * 33}, "styles names 33 styles; at most 32"),
+                          ({"prompt": "x" * 19_990, "styles": ["clean"]}, "over 20000 characters")]:
+        bad = requests.post(api.baseurl + "/txt2img", json={"prompt": "x", "steps": 1, **body})
+        assert bad.status_code == 422 and message in bad.json()["detail"], bad.text
     served.styles.write_text("name,prompt,negative_prompt\nwarm,{prompt} in orange light,\n")
-    os.utime(served.styles, ns=(0, served.styles.stat().st_mtime_ns + 10**9))  # surely a new time stamp
     assert [s["name"] for s in api.get_prompt_styles()] == ["warm"]  # the file is read again when it changes
+    served.styles.unlink()  # gone (or half written): the styles read before stay
+    assert [s["name"] for s in api.get_prompt_styles()] == ["warm"]
 
 
 def test_xyz_plot_equals_the_python_api(api, ref):

@@ -31,7 +31,7 @@ function fillSelect(select, items, keepFirst) {
 async function loadLists() {
   const [models, options, samplers, loras, latent, upscalers, styles] = await Promise.all(
     [getJSON("sd-models"), getJSON("options"), getJSON("samplers"), getJSON("loras"), getJSON("latent-upscale-modes"),
-     getJSON("upscalers"), getJSON("prompt-styles")]);
+     getJSON("upscalers"), getJSON("prompt-styles").catch(() => [])]);
   fillSelect($("styles"), styles.map((s) => [s.name, s.name]));
   $("styles-row").hidden = styles.length === 0;  // no --styles-file
   fillSelect($("model"), models.map((m) => [m.title, m.model_name]));
