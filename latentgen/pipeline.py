@@ -205,7 +205,7 @@ class Pipeline:
                 **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {})}
         out: list[Image.Image] = []
         nets = seamless.networks(self, unet, refiner, (control, second and second.control)) if s.tiling else []
-        with text.lora_tags(self.loras), seamless.circular(nets, s.tiling):
+        with text.lora_tags(self.loras), seamless.circular(nets):
             chunks = request.batches(draws, batch, key=text.chunks)
             progress = request.CallProgress(callback, len(chunks) * (1 if second is None else 2))
             for chunk in chunks:

@@ -157,7 +157,7 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
         raise TypeError(f"tiling must be True or False, got {tiling!r}; tiling=True draws pictures that tile "
                         f"seamlessly (A1111's Tiling).")
     return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax,
-                    check_variation(variation, num_images), xl.check_size_cond(size_cond), bool(tiling))
+                    check_variation(variation, num_images), xl.check_size_cond(size_cond), tiling)
 
 
 def check_variation(v, num_images: int) -> Variation | None:

@@ -143,7 +143,7 @@ class Graphed:
         """One call of ``fn`` (default: what is recorded) on named ``inputs``: [(B, C_out, h, w)]."""
         down = [inputs[f"down.{i}"] for i in range(sum(k.startswith("down.") for k in inputs))]
         extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": inputs["mid"]} if down else {}
-        return [(fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"], **_added(_conditions(inputs)),
+        return [(fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"], **_added(inputs),
                                 **extra).sample]
 
 
@@ -160,7 +160,7 @@ class GraphedControlNet(Graphed):
 
     def run(self, inputs: dict, t, fn=None) -> list[torch.Tensor]:
         down, mid = (fn or self.fn)(inputs["x"], t, encoder_hidden_states=inputs["context"],
-                                    controlnet_cond=inputs["hint"], return_dict=False, **_added(_conditions(inputs)))
+                                    controlnet_cond=inputs["hint"], return_dict=False, **_added(inputs))
         return [*down, mid]
 
 
@@ -239,12 +239,6 @@ def _freezing() -> bool:
     return bool(getattr(config, "freezing", False))
 
 
-def _conditions(inputs: dict) -> dict | None:
-    """The added conditioning among a graph's named inputs (SDXL's text_embeds and time_ids, any other such key)."""
-    added = {k: v for k, v in inputs.items() if k not in ("x", "context", "hint", "mid") and not k.startswith("down.")}
-    return added or None
-
-
 def _recompile_limit() -> None:
     """Let Dynamo keep more compiled variants of one code object than its default 8: a U-Net's forward is compiled per
     shape, with and without a ControlNet's residuals, per padding, for the module and its LoRA twin; past the limit
@@ -256,6 +250,8 @@ def _recompile_limit() -> None:
     setattr(cfg, name, max(getattr(cfg, name), 64))
 
 
-def _added(added: dict | None) -> dict:
-    """The keyword that carries SDXL's added conditioning, or none."""
-    return {} if added is None else {"added_cond_kwargs": added}
+def _added(inputs: dict) -> dict:
+    """The keyword that carries the added conditioning among a graph's named inputs (SDXL's text_embeds and time_ids,
+    any other such key), or none."""
+    added = {k: v for k, v in inputs.items() if k not in ("x", "context", "hint", "mid") and not k.startswith("down.")}
+    return {"added_cond_kwargs": added} if added else {}

@@ -233,7 +233,8 @@ class Runtime:
         if self.backend != "openvino" or precision.device_of(net).type != "cpu":
             return functools.partial(control_graph.run_torch, net)
         with self._lock:
-            state, slot = weights.state(net, self.version), (id(net), weights.padding(net))  # Tiling: its own graph
+            state = weights.state(net, self.version)
+            slot = (id(net), state[-1])  # the convolutions' padding: Tiling is a conversion of its own
             held = self._controlnets.pop(slot, None)
             if held is None or held[0] != state:
                 try:

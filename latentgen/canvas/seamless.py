@@ -39,11 +39,11 @@ _LOCK = threading.Lock()
 
 
 @contextmanager
-def circular(modules: list[torch.nn.Module], on: bool = True):
-    """While open, every zero-padded ``Conv2d`` in ``modules`` pads circularly (``on``: False changes nothing). Calls
+def circular(modules: list[torch.nn.Module]):
+    """While open, every zero-padded ``Conv2d`` in ``modules`` pads circularly (none given: nothing changes). Calls
     that overlap (threads on one pipeline) count: the last one out pads with zeros again. One padded otherwise by its
     owner (circular already, reflect) is left as it is."""
-    mine, convs = [], {id(c): c for m in modules if on for c in m.modules() if isinstance(c, torch.nn.Conv2d)}
+    mine, convs = [], {id(c): c for m in modules for c in m.modules() if isinstance(c, torch.nn.Conv2d)}
     try:
         with _LOCK:
             for c in convs.values():

@@ -194,8 +194,7 @@ def styled_prompts(args: argparse.Namespace) -> None:
         raise ValueError("--style needs --styles-file: the styles.csv (name, prompt, negative_prompt) it names.")
     table = styles.read(args.styles_file)
     args.prompt, args.negative = styles.apply(args.prompt, args.negative, args.style, table, "--style")
-    if getattr(args, "hires_prompt", None) or getattr(args, "hires_negative", None):
-        hr = styles.apply(args.hires_prompt or "", args.hires_negative, args.style, table, "--style")
-        args.hires_prompt, args.hires_negative = (v if given else None for v, given in
-                                                  zip(hr, (args.hires_prompt, args.hires_negative)))
+    if hasattr(args, "hires_prompt"):  # generate's hires pass, styled where given
+        args.hires_prompt, args.hires_negative = styles.apply_given(args.hires_prompt, args.hires_negative, args.style,
+                                                                    table, "--style")
     args.style = []  # applied

@@ -212,17 +212,16 @@ def _styled(req: CommonFields, styles) -> CommonFields:
     the hires prompts too where given (``latentgen.text.styles``); an unknown name is refused."""
     if not req.styles:
         return req
-    from latentgen.text.styles import apply
+    from latentgen.text.styles import apply, apply_given
 
     if len(req.styles) > MAX_STYLES:
         raise ApiError(422, f"styles names {len(req.styles)} styles; at most {MAX_STYLES}.")
     table, names = (styles.table() if styles is not None else {}), list(req.styles)
     prompt, negative = apply(req.prompt, req.negative_prompt, names, table, limit=MAX_PROMPT)
     update = {"prompt": prompt, "negative_prompt": negative}
-    if getattr(req, "hr_prompt", "") or getattr(req, "hr_negative_prompt", ""):  # txt2img's, styled where given
-        hr = apply(req.hr_prompt, req.hr_negative_prompt, names, table, limit=MAX_PROMPT)
-        update.update({k: v for k, v, given in zip(("hr_prompt", "hr_negative_prompt"), hr,
-                                                   (req.hr_prompt, req.hr_negative_prompt)) if given})
+    if hasattr(req, "hr_prompt"):  # txt2img's hires prompts, styled where given
+        update["hr_prompt"], update["hr_negative_prompt"] = apply_given(req.hr_prompt, req.hr_negative_prompt, names,
+                                                                        table, limit=MAX_PROMPT)
     return req.model_copy(update=update)
 
 

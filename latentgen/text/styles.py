@@ -62,3 +62,13 @@ def apply(prompt: str, negative_prompt: str | None, names: list[str], table: dic
         if limit is not None and max(len(prompt), len(negative_prompt)) > limit:
             raise ValueError(f"{field}: the prompts with these styles are over {limit} characters; name fewer.")
     return prompt, negative_prompt or ""
+
+
+def apply_given(prompt: str | None, negative_prompt: str | None, names: list[str], table: dict[str, Style],
+                field: str = "styles", limit: int | None = None) -> tuple:
+    """``apply`` to a hires pass's own prompts: each styled where given, left as it was ("" or None) where not
+    (it then follows the first pass's, styled already), as A1111 styles ``hr_prompt``."""
+    if not (prompt or negative_prompt):
+        return prompt, negative_prompt
+    styled = apply(prompt or "", negative_prompt, names, table, field, limit)
+    return tuple(s if given else given for s, given in zip(styled, (prompt, negative_prompt)))

@@ -79,7 +79,7 @@ def test_overlapping_calls_wrap_until_the_last_ends_and_a_padding_set_by_hand_st
     assert [c.padding_mode for c in net] == ["zeros", "reflect"] and not seamless._WRAPPED
 
 
-def test_the_networks_of_the_call_are_those_it_runs(pipe, controlnets):
+def test_the_networks_of_the_call_are_those_it_runs(pipe, fresh, controlnets):
     from diffusers import ControlNetModel
 
     net = ControlNetModel.from_pretrained(controlnets[0])
@@ -87,8 +87,9 @@ def test_the_networks_of_the_call_are_those_it_runs(pipe, controlnets):
     pipe.generate("a cat", seed=1, steps=2, tiling=True, control=latentgen.Control(photo(), model=net),
                   callback=lambda *a: seen.append(_zero_padded(net)))
     assert seen and set(seen) == {0} and _zero_padded(net) > 0  # the ControlNet wraps too, then not
-    nets = seamless.networks(pipe, refiner=latentgen.Refiner(pipe))
-    assert pipe.unet in nets and pipe.vae in nets
+    nets = seamless.networks(pipe, unet=fresh.unet, refiner=latentgen.Refiner(fresh))  # the 9-channel U-Net's place
+    assert [n is fresh.unet for n in nets] == [True, False, True] and nets[1] is pipe.vae  # the refiner's U-Net too
+    assert not any(n is pipe.unet or n is fresh.vae for n in nets)
 
 
 def test_bad_values_and_a_tiled_decode_are_refused_before_drawing(pipe, monkeypatch):

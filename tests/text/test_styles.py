@@ -13,6 +13,9 @@ def test_a_style_fills_its_placeholder_or_is_appended_after_a_comma():
     assert styles.apply("a cat", None, ["a", "b"], table) == ("a cat at night, film grain", "day")
     assert styles.apply("a cat", "dog", ["b", "a"], table) == ("a cat, film grain at night", "dog, day")  # in order
     assert styles.apply("a cat", None, [], table) == ("a cat", "")
+    assert styles.apply_given("a dog", None, ["a"], table) == ("a dog at night", None)  # a hires pass's own prompts
+    assert styles.apply_given("", "rain", ["a"], table) == ("", "rain, day") and \
+        styles.apply_given(None, None, ["a"], table) == (None, None)  # not given: the first pass's, styled already
 
 
 def test_the_file_is_read_as_a1111_writes_it_and_a_bad_one_is_refused(tmp_path):
