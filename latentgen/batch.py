@@ -10,7 +10,7 @@ A job is one JSON object per line: ``prompt`` and ``seed``, and any other ``gene
 (``negative_prompt``, ``steps``, ``guidance``, ``width``, ``height``, ``scheduler``, ``clip_skip``,
 ``prompt_syntax``, ``tiling``), and as JSON objects of their fields ``variation`` (``latentgen.Variation``:
 seed, strength, resize_from), ``hires`` (``latentgen.Hires``: scale, strength, upscaler, steps, ...) and
-``refiner`` (model: a folder or file, switch_at; each model loaded once). Job ``i`` becomes ``OUT/i.png`` (six
+``refiner`` (model: a folder or file, switch_at; each model loaded once; a hires pass's ``model`` too). Job ``i`` becomes ``OUT/i.png`` (six
 digits) with its settings in the PNG's parameters chunk: one line in ``OUT/manifest-<process>.jsonl`` (index, file, sha256, job) is
 written first, then the file appears in one rename. A job is done when a manifest line holds the
 job as it is now and its file matches that line's sha256: a re-run (after a kill, with any number
@@ -93,10 +93,11 @@ def check_job(job, where: str) -> dict:
         seeds(job.get("seed", 0), 1)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    for key, names in OBJECT_FIELDS.items():  # a refiner needs its "model": a folder or file
+    for key, names in OBJECT_FIELDS.items():  # a refiner needs its "model": a folder or file; a hires pass may have one
         value = job.get(key)
         if value is not None and (not isinstance(value, dict) or not set(value) <= set(names) or
-                                  (key == "refiner" and not isinstance(value.get("model"), str))):
+                                  (key == "refiner" and not isinstance(value.get("model"), str)) or
+                                  (key == "hires" and not isinstance(value.get("model", ""), str))):
             raise ValueError(f"{where}: '{key}' is a JSON object of {', '.join(names)}, such as "
                              f"{json.dumps(EXAMPLES[key])}.")
     size = (job.get("variation") or {}).get("resize_from")
@@ -105,16 +106,17 @@ def check_job(job, where: str) -> dict:
     return {"seed": 0, **job}
 
 
-def call_args(args: dict, refiners: dict) -> dict:
-    """A job's ``generate`` keyword arguments: its JSON objects as latentgen's (``refiners``: path -> loaded model)."""
+def call_args(args: dict, models: dict) -> dict:
+    """A job's ``generate`` keyword arguments: its JSON objects as latentgen's (``models``: path -> loaded model, for
+    a refiner's and a hires pass's ``model``)."""
     kw = {k: v for k, v in args.items() if k != "prompt" and v is not None}
     if "variation" in kw:
         size = kw["variation"].get("resize_from")
         kw["variation"] = Variation(**{**kw["variation"], "resize_from": None if size is None else tuple(size)})
     if "hires" in kw:
-        kw["hires"] = Hires(**kw["hires"])
+        kw["hires"] = Hires(**{**kw["hires"], "model": models.get(kw["hires"].get("model"))})
     if "refiner" in kw:
-        kw["refiner"] = Refiner(**{**kw["refiner"], "model": refiners[kw["refiner"]["model"]]})
+        kw["refiner"] = Refiner(**{**kw["refiner"], "model": models[kw["refiner"]["model"]]})
     return kw
 
 
@@ -168,21 +170,21 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
 
 def check_all(pipe, jobs: list[Job]) -> dict:
     """Every job's settings on the model and its LoRA tags (no model call; each tagged LoRA file read
-    once), errors prefixed with the job's line. Returns the refiners the jobs name, each loaded once (path ->
-    model, on the model's device and dtype) and checked against the model."""
+    once), errors prefixed with the job's line. Returns the models the jobs name (refiners, hires passes'), each
+    loaded once (path -> model, on the model's device and dtype) and checked against the model."""
     import latentgen
 
     from . import precision
     from .models import refiner
     from .upscale import hires
 
-    top, read, refiners = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set(), {}
+    top, read, models = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set(), {}
     for job in jobs:
         try:
-            path = (job.args.get("refiner") or {}).get("model")
-            if path is not None and path not in refiners:
-                refiners[path] = latentgen.load(path, device=precision.device_of(pipe.unet), dtype=pipe.dtype)
-            kw = call_args(job.args, refiners)
+            for path in ((job.args.get(key) or {}).get("model") for key in ("refiner", "hires")):
+                if path is not None and path not in models:
+                    models[path] = latentgen.load(path, device=precision.device_of(pipe.unet), dtype=pipe.dtype)
+            kw = call_args(job.args, models)
             s = pipe.settings(prompt=job.args.get("prompt"), variation=kw.get("variation"),
                               **{k: v for k, v in kw.items() if k in SETTING_KEYS})
             pipe.check_limits(s, 1)
@@ -190,6 +192,8 @@ def check_all(pipe, jobs: list[Job]) -> dict:
                 size = hires.sizes(hires.check(kw["hires"], pipe.vae_scale_factor), s.width, s.height,
                                    pipe.vae_scale_factor)[1]
                 pipe.check_limits(replace(s, width=size[0], height=size[1]), 1)
+                if kw["hires"].model is not None:
+                    refiner.follows(kw["hires"].model, pipe, "hires.model", "use a model of the same family")
             if "refiner" in kw:
                 refiner.check(kw["refiner"], pipe)
             if s.clip_skip > top:  # else found only when the text is encoded, after earlier images
@@ -200,7 +204,7 @@ def check_all(pipe, jobs: list[Job]) -> dict:
                 check_parts(prompts.extra_networks(str(job.args.get("prompt", "")))[0], s.cfg)  # AND needs CFG
         except (ValueError, TypeError, FileNotFoundError) as e:
             raise type(e)(f"{job.where}: {e}") from None
-    return refiners
+    return models
 
 
 def check_no_user_files(out: Path, indices) -> None:
@@ -232,7 +236,7 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
     settings are checked on the model, and ``out`` for files that are not this batch's, before the
     first image. Ctrl-C raises ``BatchInterrupted``; another run drawing into ``out`` as this process, FileExistsError."""
     out, jobs = Path(out), as_jobs(jobs)
-    refiners = check_all(pipe, jobs)
+    models = check_all(pipe, jobs)
     out.mkdir(parents=True, exist_ok=True)
     # a second run drawing here as the same process would draw every image twice: refused, naming the holder
     busy = f"{out} is in use by another latentgen batch (process {process}): wait for it, or give another --out"
@@ -244,7 +248,7 @@ def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int =
         t0 = time.perf_counter()
         try:
             with open_manifest(out / f"manifest-{process}.jsonl") as log:
-                _draw(pipe, jobs, todo, out, log, progress, refiners)
+                _draw(pipe, jobs, todo, out, log, progress, models)
         except KeyboardInterrupt:
             written = len(done_jobs(out, jobs)) - len(done)
             raise BatchInterrupted(f"{written} of this run's {len(todo)} images are in {out}, each whole and named in "
@@ -258,7 +262,7 @@ class BatchInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``run``: the images written so far stay, each whole; the message says how many."""
 
 
-def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool, refiners: dict) -> None:
+def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool, models: dict) -> None:
     """Draw jobs ``todo`` into ``out``, each file written atomically after its manifest line."""
     from tqdm import tqdm
 
@@ -267,7 +271,7 @@ def _draw(pipe, jobs: list, todo: list[int], out: Path, log, progress: bool, ref
     for i in tqdm(todo, desc="images", unit="img", disable=not progress):
         args = jobs[i].args
         try:
-            image = pipe.generate(args["prompt"], **call_args(args, refiners))[0]
+            image = pipe.generate(args["prompt"], **call_args(args, models))[0]
         except (ValueError, TypeError, NonFiniteError) as e:  # which job, in a file of thousands
             raise_if_interrupted(e)  # a Ctrl-C in disguise: BatchInterrupted says how many images are whole
             raise type(e)(f"{jobs[i].where}: {e}") from e

@@ -14,6 +14,7 @@ reference pipelines draw with ``generator=[Generator().manual_seed(s), ...]``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -195,17 +196,15 @@ class Pipeline:
         second = None if hires is None else SecondPass(self, draws, s, hires, text, control, refiner)  # checked
         handover = None if refiner is None or (second and not refine.acts(refiner, second=False)) else \
             refine.Handover(self, draws, s, refiner)  # checked, own text
-        if second is not None:
-            self.check_limits(second.s, len(draws))
-        last = s if second is None else second.s
-        plan = memory.plan(self.vae, self.limits, width=last.width, height=last.height, batch=batch)
-        seamless.check_decode(plan, s.tiling, self.limits, self.vae)  # A1111's Tiling: circular padding, below
+        last, out_of = (s, self) if second is None else (second.s, second.model)  # out_of: the model that decodes
+        plan = memory.plan(out_of.vae, out_of.limits, width=last.width, height=last.height, batch=batch)
+        seamless.check_decode(plan, s.tiling, out_of.limits, out_of.vae)  # A1111's Tiling: circular padding, below
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
         info = {**(info or {}), **(second.info() if second else {}), **text.info, "Tiling": s.tiling or None,
                 **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {})}
         out: list[Image.Image] = []
-        nets = seamless.networks(self, unet, refiner, (control, second and second.control)) if s.tiling else []
-        with text.lora_tags(self.loras), seamless.circular(nets):
+        nets = seamless.networks(self, unet, refiner, (control, second and second.control), second) if s.tiling else []
+        with text.lora_tags(self.loras), second.lora_tags() if second else nullcontext(), seamless.circular(nets):
             chunks = request.batches(draws, batch, key=text.chunks)
             progress = request.CallProgress(callback, len(chunks) * (1 if second is None else 2))
             for chunk in chunks:
@@ -223,9 +222,9 @@ class Pipeline:
                 latents = run(first, cond, s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)), unet)
                 if second is not None:
                     latents = second.run(self, chunk, latents, progress, unet)
-                guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=self.dtype)
+                guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=out_of.dtype)
                 # 5. decode, 6. each image with its settings
-                for d, image in zip(chunk, self.decode(latents, plan)):
+                for d, image in zip(chunk, out_of.decode(latents, plan)):
                     image.info["parameters"] = metadata.parameters_text(d.prompt, {
                         "Steps": s.steps, "Sampler": schedulers.label(sched), "CFG scale": s.guidance, "Seed": d.seed,
                         **fields, **metadata.variation_fields(d.subseed, s.variation), **info, **self.loras.info()},

@@ -84,6 +84,22 @@ def pipe(tiny_folder):
 
 
 @pytest.fixture(scope="session")
+def tiny_other(tiny_folder, tmp_path_factory):
+    """Another checkpoint of the tiny model's family: every weight of its U-Net, text encoder and VAE moved."""
+    import diffusers
+
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for net in (ref.unet, ref.text_encoder, ref.vae):
+            for p in net.parameters():
+                p.mul_(1 + 0.3 * torch.randn(p.shape, generator=g))
+    folder = tmp_path_factory.mktemp("tiny-other")
+    ref.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def folder9(tiny_folder, tmp_path_factory):
     """The tiny model with a 9-channel (inpainting) U-Net: latents + mask + masked-image latents."""
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel

@@ -124,6 +124,7 @@ def test_accelerate_launch_two_processes_equals_one(reference, tmp_path):
     ('{"prompt": "x", "variation": {"subseed": 2}}', r"'variation' is a JSON object of seed, strength, resize_from"),
     ('{"prompt": "x", "variation": {"resize_from": 512}}', r"'variation.resize_from' is \[width, height\] in pixels"),
     ('{"prompt": "x", "refiner": {"switch_at": 0.5}}', r"'refiner' is a JSON object of model, switch_at, hires_pass, such"),
+    ('{"prompt": "x", "hires": {"model": 3}}', r"'hires' is a JSON object of .*, model, such as"),
 ])
 def test_bad_jobs_name_the_line(tmp_path, line, message):
     f = tmp_path / "jobs.jsonl"
@@ -361,3 +362,25 @@ def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_
     assert np.array_equal(np.asarray(got), np.asarray(want)) and "Refiner switch at: 0.5" in got.info["parameters"]
     plain = base.generate("a cat", seed=2, steps=4)[0]
     assert not np.array_equal(np.asarray(got), np.asarray(plain))  # the refiner drew the end
+
+
+def test_a_hires_jobs_model_draws_its_second_pass(embedded, tiny_folder, tiny_other, tmp_path, monkeypatch):
+    """``hires.model`` (A1111's hr_checkpoint_name) is a folder or file, loaded once for every job that names it; the
+    image equals generate's with Hires(model=...); a model of another latent space is refused before drawing."""
+    import latentgen
+
+    pipe = latentgen.load(tiny_folder)
+    jobs = [{"prompt": "a cat", "seed": s, "steps": 3, "width": 32, "height": 32,
+             "hires": {"scale": 1.5, "model": str(tiny_other)}} for s in (1, 2)]
+    loads, load = [], latentgen.load
+    monkeypatch.setattr(latentgen, "load", lambda *a, **k: loads.append(a) or load(*a, **k))
+    batch.run(pipe, jobs, tmp_path / "h", progress=False)
+    assert loads == [(str(tiny_other),)]
+    monkeypatch.undo()
+    want = pipe.generate("a cat", seed=2, steps=3, width=32, height=32,
+                         hires=latentgen.Hires(scale=1.5, model=latentgen.load(tiny_other)))[0]
+    got = Image.open(tmp_path / "h" / "000001.png")
+    assert np.array_equal(np.asarray(got), np.asarray(want)) and "Hires checkpoint: " in got.info["parameters"]
+    with pytest.raises(ValueError, match=r"job 0: hires.model .* works in another latent space"):
+        batch.run(embedded, jobs[:1], tmp_path / "e", progress=False)
+    assert not (tmp_path / "e" / "000000.png").exists()

@@ -24,12 +24,14 @@ from contextlib import contextmanager
 import torch
 
 
-def networks(pipe, unet=None, refiner=None, controls=()) -> list[torch.nn.Module]:
+def networks(pipe, unet=None, refiner=None, controls=(), second=None) -> list[torch.nn.Module]:
     """The networks a call of ``pipe`` runs: its U-Net (``unet``, the inpainting one, when given), its VAE and tiny
-    preview VAE, ``refiner``'s U-Net and the ControlNets of ``controls`` (``latentgen.control.units.Prepared``
-    or None each: the first pass's, the hires pass's)."""
+    preview VAE, ``refiner``'s U-Net, the ControlNets of ``controls`` (``latentgen.control.units.Prepared``
+    or None each: the first pass's, the hires pass's) and the hires pass's own model (``second``, a
+    ``latentgen.upscale.hires.SecondPass``: its U-Net and VAE)."""
     nets = [unet if unet is not None else pipe.unet, pipe.vae, pipe.preview_vae]
     nets += [refiner.model.unet] if refiner is not None else []
+    nets += [second.model.unet, second.model.vae] if second is not None and second.other else []
     nets += [m for c in controls if c is not None for m in c.models]
     return [n for n in nets if isinstance(n, torch.nn.Module)]
 

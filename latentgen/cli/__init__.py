@@ -77,11 +77,13 @@ def _render(args: argparse.Namespace, call) -> int:
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     embeddings = [parse_spec(spec) for spec in getattr(args, "embedding", None) or []]
     refiner = load_refiner(args)  # its switch checked before any model loads
+    second = load_model(args, args.hires_model, prediction_type=None) if getattr(args, "hires_model", None) else None
     pipe = load_model(args)
-    for path, scale in loras:
-        pipe.load_lora(path, scale=scale)
-    for path, token in embeddings:
-        pipe.load_embedding(path, token=token)
+    for model in filter(None, (pipe, second)):  # the hires pass's model (--hires-model) as the model
+        for path, scale in loras:
+            model.load_lora(path, scale=scale)
+        for path, token in embeddings:
+            model.load_embedding(path, token=token)
     bar = tqdm(desc="denoising", unit="step", leave=False)
 
     def progress(done: int, total: int, _latents) -> None:
@@ -93,19 +95,22 @@ def _render(args: argparse.Namespace, call) -> int:
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
                       clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
                       variation=variation, tiling=args.tiling, **({"control": control} if control else {}),
-                      **({"refiner": refiner} if refiner else {}))
+                      **({"refiner": refiner} if refiner else {}), **({"hires_model": second} if second else {}))
     for image, path in zip(images, paths):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .upscale import hires_from
 
     styled_prompts(args)  # before the hires pass's prompts are read
-    hires = hires_from(args)
-    return _render(args, lambda pipe, **kw: pipe.generate(args.prompt, width=args.width, height=args.height,
-                                                          hires=hires, **kw))
+    hires = hires_from(args)  # with --hires-model: that model, loaded by _render
+    return _render(args, lambda pipe, hires_model=None, **kw: pipe.generate(
+        args.prompt, width=args.width, height=args.height,
+        hires=hires if hires_model is None else replace(hires, model=hires_model), **kw))
 
 
 def cmd_img2img(args: argparse.Namespace) -> int:

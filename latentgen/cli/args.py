@@ -110,14 +110,15 @@ def load_refiner(args: argparse.Namespace):
                              getattr(args, "refiner_hires_pass", "second"))
 
 
-def load_model(args: argparse.Namespace, **overrides):
-    """``latentgen.load`` with the flags of ``add_model_args`` (``overrides`` replace any of them)."""
+def load_model(args: argparse.Namespace, path: str | None = None, **overrides):
+    """``latentgen.load`` of ``path`` (default: ``--model``) with the flags of ``add_model_args`` (``overrides``
+    replace any of them)."""
     import latentgen
 
     kw = {"device": args.device, "dtype": args.dtype, "vae": getattr(args, "vae", None),
           "backend": getattr(args, "backend", None),
           "prediction_type": getattr(args, "prediction_type", None), **overrides}
-    pipe = latentgen.load(args.model, **kw)
+    pipe = latentgen.load(path or args.model, **kw)
     if pipe.runtime.backend == "compile" and not getattr(args, "lora", None):  # with a LoRA the module runs as is
         print("note: the U-Net runs torch.compile's kernels; the first call of each image size, batch size and "
               "prompt length compiles them (about a minute; seconds in later runs, from inductor's cache). "

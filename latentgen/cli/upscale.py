@@ -33,12 +33,15 @@ def add_hires_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--hires-sampler", type=scheduler_name, default=None, help="sampler of the second pass")
     h.add_argument("--hires-prompt", default=None, help="prompt of the second pass (the first's)")
     h.add_argument("--hires-negative", default=None, help="negative prompt of the second pass")
+    h.add_argument("--hires-model", default=None, metavar="FOLDER|FILE",
+                   help="another model of the same family draws the second pass (A1111's hr_checkpoint_name); "
+                        "--lora, --embedding and --vae apply to it too")
 
 
 def hires_from(args: argparse.Namespace):
     """The ``latentgen.Hires`` the flags ask for, or None."""
     given = {k: getattr(args, k) for k in HIRES_FLAGS if getattr(args, k, None) is not None}
-    if not given and not getattr(args, "hires", False):
+    if not given and not getattr(args, "hires", False) and not getattr(args, "hires_model", None):
         return None
     from ..upscale.hires import Hires
 

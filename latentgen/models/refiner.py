@@ -67,13 +67,23 @@ def check(r, pipe) -> Refiner:
                   fix="use a fraction of the noise schedule from 0 to 1, such as 0.8")
     checks.choice("refiner.hires_pass", r.hires_pass, tuple(HIRES_PASSES),
                   "use 'second' (the hires pass hands over; A1111's default), 'first' or 'both'")
-    mine, theirs = pipe.vae.config, r.model.vae.config
-    same = [(k, mine[k], theirs[k]) for k in ("latent_channels", "scaling_factor") if mine[k] != theirs[k]]
-    if same or pipe.vae_scale_factor != r.model.vae_scale_factor:
-        what = ", ".join(f"{k} {a} vs {b}" for k, a, b in same) or "pixels per latent cell"
-        raise ValueError(f"refiner.model {r.model.name!r} works in another latent space than {pipe.name!r} ({what}): "
-                         f"use a refiner of the same family (an SDXL refiner after an SDXL model).")
+    follows(r.model, pipe, "refiner.model", "use a refiner of the same family (an SDXL refiner after an SDXL model)")
     return r
+
+
+def follows(model, pipe, name: str, fix: str) -> None:
+    """``model`` (a refiner, a hires pass's model) can go on from ``pipe``'s latents: the same latent space (channels,
+    scaling factor, pixels per latent cell) on the same device; else a ValueError naming ``name`` and ``fix``."""
+    from ..precision import device_of
+
+    mine, theirs = pipe.vae.config, model.vae.config
+    same = [(k, mine[k], theirs[k]) for k in ("latent_channels", "scaling_factor") if mine[k] != theirs[k]]
+    if same or pipe.vae_scale_factor != model.vae_scale_factor:
+        what = ", ".join(f"{k} {a} vs {b}" for k, a, b in same) or "pixels per latent cell"
+        raise ValueError(f"{name} {model.name!r} works in another latent space than {pipe.name!r} ({what}): {fix}.")
+    if device_of(model.unet) != device_of(pipe.unet):
+        raise ValueError(f"{name} {model.name!r} is on {device_of(model.unet)} and {pipe.name!r} on "
+                         f"{device_of(pipe.unet)}: load both on one device (latentgen.load(..., device=...)).")
 
 
 def split(timesteps: torch.Tensor, switch_at: float, train_steps: int) -> int:

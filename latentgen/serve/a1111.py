@@ -23,6 +23,8 @@ What maps to what:
     by name), refiner_switch_at      held beside the drawing model; switch_at None: 0.8, as A1111's page; with
                                      enable_hr, the option hires_fix_refiner_pass says which pass
 
+    enable_hr, hr_*               -> hires=latentgen.Hires(...) (``workflows``); hr_checkpoint_name: Hires(model=that
+                                     model), held beside the drawing model
     tiling                        -> tiling=True: pictures that tile seamlessly (``latentgen.canvas.seamless``)
 
     styles                        -> A1111's prompt styles from --styles-file, applied to the prompts
@@ -92,6 +94,7 @@ class Task:
     script: dict | None = None  # script_name/script_args as call options: {"outpaint": ...} or {"grid": ...}
     control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
     refiner: tuple | None = None  # refiner_checkpoint (a model by name), refiner_switch_at, hires_fix_refiner_pass
+    hires_model: str | None = None  # hr_checkpoint_name: the hires pass's model by name (None: the same)
     tiling: bool = False  # A1111's Tiling: pictures that tile seamlessly
 
     @property
@@ -203,6 +206,7 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **
     hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers)
     plan = _plan("txt2img", req, **kw)
     plan.hires, plan.script, plan.parameters = hires, script, given.model_dump()  # the request as sent
+    plan.hires_model = workflows.hires_model(req, kw["models"])
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
 

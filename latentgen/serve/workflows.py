@@ -26,9 +26,6 @@ def hires(req, limits, folder=None):
     if req.firstphase_width or req.firstphase_height:
         raise ApiError(422, "firstphase_width/firstphase_height are A1111's old hires fields: send width, height "
                             "and hr_scale (or hr_resize_x/y) instead.")
-    if req.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
-        raise ApiError(422, f"hr_checkpoint_name={req.hr_checkpoint_name!r}: the second pass runs on the same model "
-                            f"here; send 'Use same checkpoint'.")
     checks.number("hr_scale", req.hr_scale, minimum=1, maximum=8, fix="use 1 to 8")
     for name in ("hr_resize_x", "hr_resize_y"):
         whole_in(name, getattr(req, name), 0, limits.max_pixels, "use 0 (from hr_scale) or a size in pixels")
@@ -45,6 +42,13 @@ def hires(req, limits, folder=None):
     if req.width and req.height:  # else the model's default size, checked when the job runs (``run.execute``)
         check_final(h, req.width, req.height, limits)
     return h
+
+
+def hires_model(req, models) -> str | None:
+    """The model of the catalog (``catalog.Models``) that A1111's ``hr_checkpoint_name`` names for the hires pass,
+    checked (None: "Use same checkpoint", or no hires fix); ``run.execute`` holds it beside the drawing model."""
+    name = req.hr_checkpoint_name
+    return None if not req.enable_hr or name in (None, "", "Use same checkpoint") else models.check(name)
 
 
 def check_final(h, width: int, height: int, limits) -> None:

@@ -5,14 +5,22 @@ sampler and prompts when given. The second pass draws from the same seeds again 
 size), and prompt editing counts its steps after the first pass's (``latentgen.text.schedule``). ControlNet units
 act in both passes, their images fitted to each pass's size.
 
+With ``model`` (A1111's ``hr_checkpoint_name``) another loaded model of the same latent space draws the second
+pass, as A1111 switches checkpoints between the passes: the first pass's picture is decoded by the first model's
+VAE (pixel upscalers), the second pass reads its prompts with its own text encoder, under the prompt's
+``<lora:...>`` tags applied to it too, runs its own sampler settings (betas, prediction type) and U-Net, and its
+VAE encodes the upscaled picture and decodes the result. ControlNet units must fit both U-Nets. The PNG says
+"Hires checkpoint" (its name).
+
 Sizes, as A1111: ``scale`` times the base size, or ``width`` and/or ``height`` (one of them: the other keeps the
 aspect ratio; both: upscaled to cover them, then cropped evenly), rounded down to multiples of the VAE factor.
 The PNG says "Size" (the base size), "Denoising strength", "Hires upscale" or "Hires resize", "Hires steps"
-(when given), "Hires upscaler", and the hires sampler and prompts when given.
+(when given), "Hires upscaler", and the hires checkpoint, sampler and prompts when given.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 from dataclasses import dataclass, replace
 
@@ -38,6 +46,7 @@ class Hires:
     scheduler: str | None = None  # hr_sampler_name, as a latentgen sampler name
     prompt: str | None = None  # hr_prompt
     negative_prompt: str | None = None  # hr_negative_prompt
+    model: object = None  # hr_checkpoint_name: a loaded latentgen Pipeline for the second pass (None: the first's)
 
 
 def sizes(h: Hires, width: int, height: int, f: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -74,6 +83,9 @@ def check(h, f: int) -> Hires:
     for name in ("prompt", "negative_prompt"):
         if getattr(h, name) is not None and not isinstance(getattr(h, name), str):
             raise TypeError(f"hires.{name} must be text or None, got {type(getattr(h, name)).__name__}.")
+    if h.model is not None and not all(hasattr(h.model, a) for a in ("denoise", "unet", "vae", "tokenizer")):
+        raise TypeError(f"hires.model must be a loaded model or None, got {type(h.model).__name__}; pass "
+                        f"latentgen.load('path/to/model') (A1111's hr_checkpoint_name).")
     return h
 
 
@@ -89,20 +101,31 @@ class SecondPass:
         from ..models import refiner as refine
 
         self.h, self.f = check(h, pipe.vae_scale_factor), pipe.vae_scale_factor
+        self.model = m = pipe if h.model is None or h.model is pipe else h.model  # draws the pass, decodes
+        self.other = m is not pipe  # A1111's hr_checkpoint_name
+        if self.other:
+            refine.follows(m, pipe, "hires.model", "use a model of the same family (A1111's hr_checkpoint_name)")
         self.up, self.final = sizes(h, s.width, s.height, self.f)
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
                          height=self.final[1])
         self.draws = {d: self.draw(d) for d in draws}
-        self.text = CallText(list(self.draws.values()), self.s, pipe.tokenizer, pipe.text_encoder, pipe.embeddings,
-                             base_steps=s.steps, xl=pipe.xl)
+        m.check_limits(self.s, len(draws))
+        self.text = CallText(list(self.draws.values()), self.s, m.tokenizer, m.text_encoder, m.embeddings,
+                             base_steps=s.steps, xl=m.xl)
         if self.text.loras != text.loras:
             raise ValueError(f"hires.prompt asks for other <lora:...> tags ({self.text.loras}) than the prompt "
                              f"({text.loras}): give both the same tags.")
-        self.text.cache = text.cache  # each text encoded once for both passes
-        self.control = None if control is None else units.prepare(control.units, pipe.unet, self.final,
+        if not self.other:
+            self.text.cache = text.cache  # each text encoded once for both passes
+        self.control = None if control is None else units.prepare(control.units, m.unet, self.final,
                                                                    max_pixels=pipe.limits.max_input_pixels)
-        self.handover = refine.Handover(pipe, list(self.draws.values()), self.s, refiner) \
+        self.handover = refine.Handover(m, list(self.draws.values()), self.s, refiner) \
             if refiner is not None and refine.acts(refiner, second=True) else None  # the refiner's own text
+
+    def lora_tags(self):
+        """The prompt's ``<lora:...>`` tags on the second pass's model while the call runs (nothing to do when it is
+        the first pass's, which ``Pipeline.sample`` tags)."""
+        return self.text.lora_tags(self.model.loras) if self.other else nullcontext()
 
     def draw(self, d):
         """The first pass's ``request.Draw`` as the second pass draws it (its prompts when given)."""
@@ -116,28 +139,31 @@ class SecondPass:
             {"Hires resize": f"{self.final[0]}x{self.final[1]}"}
         return {"Denoising strength": h.strength, **size, "Hires steps": h.steps,
                 "Hires upscaler": upscalers.label(h.upscaler),
+                "Hires checkpoint": self.model.name if self.other else None,
                 "Hires sampler": schedulers.SAMPLERS[h.scheduler].label if h.scheduler else None,
                 "Hires prompt": h.prompt, "Hires negative prompt": h.negative_prompt}
 
     def run(self, pipe, chunk, latents: torch.Tensor, progress, unet=None) -> torch.Tensor:
-        """The first pass's latents (B, C, h, w) of ``chunk`` -> the second pass's (B, C, H / f, W / f)."""
-        f, (uw, uh), (fw, fh) = self.f, self.up, self.final
+        """The first pass's latents (B, C, h, w) of ``chunk`` -> the second pass's (B, C, H / f, W / f), in the dtype
+        of ``self.model`` (which decodes them). ``unet``: the first pass's own U-Net (inpainting), for the same model."""
+        f, (uw, uh), (fw, fh), m = self.f, self.up, self.final, self.model
         seeds = starts.seeds(chunk, self.s.variation, f)  # the same seeds again, as A1111's second pass
         if upscalers.is_latent(self.h.upscaler):
             z0 = upscalers.latent(latents, (uh // f, uw // f), self.h.upscaler)
-        else:  # decoded, upscaled, encoded again: each image with its own generator
-            z0 = torch.cat([starts.latent_samples(pipe.vae, images.to_tensor(upscalers.pixels(
+        else:  # decoded by the first model, upscaled, encoded by the second: each image with its own generator
+            z0 = torch.cat([starts.latent_samples(m.vae, images.to_tensor(upscalers.pixels(
                 im, (uw, uh), self.h.upscaler, device=pipe.device)), [g], latents.dtype)
                             for im, g in zip(pipe.decode(latents), seeds.generators)])
         top, left = (uh - fh) // f // 2, (uw - fw) // f // 2
         z0 = z0[:, :, top:top + fh // f, left:left + fw // f]  # the even crop when both sizes are given
-        sched = schedulers.make(self.s.scheduler, pipe.scheduler.config)
-        sched.set_timesteps(self.s.steps, device=pipe.device)
+        sched = schedulers.make(self.s.scheduler, m.scheduler.config)
+        sched.set_timesteps(self.s.steps, device=m.device)
         cond = self.text.embed([self.draws[d] for d in chunk], self.s.cfg)
         first = starts.from_latents(sched, seeds, cond.cond.dtype, z0=z0.to(cond.cond.dtype), steps=self.s.steps,
                                     strength=self.h.strength)
         if cond.context:
             first = replace(first, hooks=replace(first.hooks, context=cond.context))
-        first = residuals.hooked(first, self.control, b=len(chunk), cfg=self.s.cfg, pipe=pipe)
-        run = pipe.denoise if self.handover is None else partial(self.handover.run, pipe, [self.draws[d] for d in chunk])
-        return run(first, cond, self.s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)), unet)
+        first = residuals.hooked(first, self.control, b=len(chunk), cfg=self.s.cfg, pipe=m)
+        run = m.denoise if self.handover is None else partial(self.handover.run, m, [self.draws[d] for d in chunk])
+        return run(first, cond, self.s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)),
+                   None if self.other else unet)

@@ -285,17 +285,19 @@ def test_outputs_onto_what_is_not_a_regular_file_are_refused_before_any_work(tin
     assert (tmp_path / "fifo.png").is_fifo() and (tmp_path / "folder.png").is_dir()
 
 
-def test_hires_img2img_resize_inpaint_fill_and_outpaint_flags_equal_the_python_api(tiny_folder, tmp_path):
+def test_hires_img2img_resize_inpaint_fill_and_outpaint_flags_equal_the_python_api(tiny_folder, tiny_other, tmp_path):
     import latentgen
     from latentgen.canvas import fill, resize
 
     assert cli.RESIZE_MODES == resize.MODES and cli.FILLS == fill.MODES  # the flags' choices are the modes
-    pipe, src = latentgen.load(tiny_folder), _photo(48)
+    pipe, src, other = latentgen.load(tiny_folder), _photo(48), latentgen.load(tiny_other)
     src.save(tmp_path / "in.png")
     _mask(48).save(tmp_path / "mask.png")
     cases = [
         (["generate", "a cat", "--hires-scale", 1.5, "--hires-strength", 0.5, "--width", 32, "--height", 32],
          pipe.generate("a cat", width=32, height=32, seed=0, steps=2, hires=latentgen.Hires(scale=1.5, strength=0.5))),
+        (["generate", "a cat", "--hires-model", tiny_other, "--width", 32, "--height", 32],  # A1111's hr_checkpoint_name
+         pipe.generate("a cat", width=32, height=32, seed=0, steps=2, hires=latentgen.Hires(model=other))),
         (["img2img", "a cat", "--image", tmp_path / "in.png", "--width", 64, "--height", 32, "--resize-mode",
           "crop and resize"], pipe.img2img("a cat", src, width=64, height=32, resize_mode="crop and resize", steps=2)),
         (["inpaint", "a cat", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--fill",
@@ -309,6 +311,7 @@ def test_hires_img2img_resize_inpaint_fill_and_outpaint_flags_equal_the_python_a
         assert run(*args, "--model", tiny_folder, "--steps", 2, "-o", out) == 0
         assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want[0])), args[0]
     assert "Hires upscale: 1.5, Hires upscaler: Latent" in read_parameters(tmp_path / "o0.png")
+    assert f"Hires upscale: 2, Hires upscaler: Latent, Hires checkpoint: {other.name}" in read_parameters(tmp_path / "o1.png")
 
 
 def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):

@@ -444,6 +444,37 @@ def test_an_sdxl_folder_is_served_as_a1111_serves_sdxl(xl_folder, tmp_path):
         s.stop()
 
 
+def test_hr_checkpoint_name_draws_the_hires_pass_with_another_model(tiny_folder, tiny_other, tmp_path):
+    """A1111's hr_checkpoint_name names a model of the catalog for the second pass: the image equals the Python
+    API's Hires(model=...), its infotext says "Hires checkpoint"; an unknown name is a 404, a model of another
+    latent space a 422, and "Use same checkpoint" the model itself."""
+    import latentgen
+
+    os.symlink(tiny_folder, tmp_path / "tiny")
+    os.symlink(tiny_other, tmp_path / "tiny-other")
+    s = Served(ServeConfig(models_dir=tmp_path))
+    try:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
+        ask = dict(prompt=PROMPT, seed=3, steps=4, cfg_scale=5, width=64, height=64, sampler_name="Euler",
+                   enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos", denoising_strength=0.5,
+                   override_settings={"sd_model_checkpoint": "tiny"})
+        r = api.txt2img(**ask, hr_checkpoint_name="tiny-other")
+        want = latentgen.load(tiny_folder).generate(PROMPT, seed=3, steps=4, guidance=5, width=64, height=64,
+                                                    scheduler="euler", hires=latentgen.Hires(
+                                                        scale=1.5, upscaler="Lanczos", strength=0.5,
+                                                        model=latentgen.load(tiny_other)))
+        assert r.images[0].size == (96, 96) and max_diff(r.images[0], want[0]) <= 1
+        assert "Hires upscaler: Lanczos, Hires checkpoint: tiny-other" in r.info["infotexts"][0]
+        same = api.txt2img(**ask, hr_checkpoint_name="Use same checkpoint")
+        assert "Hires checkpoint" not in same.info["infotexts"][0] and max_diff(same.images[0], want[0]) > 2
+        for name, code, text in [("nowhere", 404, "model 'nowhere' not found"),
+                                 ("default", 422, "hires.model 'default' works in another latent space")]:
+            bad = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "hr_checkpoint_name": name})
+            assert bad.status_code == code and text in bad.text, bad.text
+    finally:
+        s.stop()
+
+
 def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refiner_folder, tmp_path):
     """refiner_checkpoint names a model of the catalog, refiner_switch_at where it takes over: the image equals the
     Python API's hand-over; an unknown refiner is a 404; with enable_hr, A1111's option hires_fix_refiner_pass says

@@ -217,7 +217,18 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         assert image.size == want.size == (96, 96) and max_diff(image, want) <= 1
         params = page.inner_text("#gallery .params")
         assert all(f in params for f in ("Hires upscale: 1.5", "Hires upscaler: Lanczos", "Tiling: True"))
-        assert "Refiner" not in params
+        assert "Refiner" not in params and "Hires checkpoint" not in params
+        assert page.eval_on_selector("#hr-model", "s => [...s.options].map(o => o.value)") == [
+            "", "default", "tiny-xl", "tiny-xl-refiner"]  # "Use same checkpoint", then the models
+        page.select_option("#hr-model", "tiny-xl-refiner")  # A1111's hr_checkpoint_name: the refiner draws the pass
+        page.uncheck("#tiling")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 3", timeout=120_000)
+        image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
+        want = base.generate("a red circle, flat colors", negative_prompt="blurry", seed=2, steps=4, guidance=5.0,
+                             scheduler="euler", hires=latentgen.Hires(scale=1.5, strength=0.5, steps=2, upscaler="Lanczos",
+                                                                      model=latentgen.load(xl_refiner_folder)))[0]
+        assert max_diff(image, want) <= 1 and "Hires checkpoint: tiny-xl-refiner" in page.inner_text("#gallery .params")
         page.check("input[name=mode][value=img2img]")
         assert page.is_hidden("#hires") and not page.is_hidden("#refiner")  # hires is txt2img's; a refiner is both's
         assert page.is_visible("#source") and page.is_hidden("#mask-tools")  # the mask tools are inpainting's

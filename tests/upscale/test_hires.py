@@ -1,12 +1,14 @@
 """latentgen.upscale.hires: A1111's hires fix. The second pass equals diffusers' img2img pipeline run on the first
 pass's latents upscaled (latent upscalers) or on its decoded picture upscaled (pixel upscalers), with the same
-seed; sizes as A1111 computes them; the PNG's lines; bad settings refused before any model runs."""
+seed, and with another model (A1111's hr_checkpoint_name) img2img on that model; sizes as A1111 computes them; the
+PNG's lines; bad settings refused before any model runs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import diffusers_pipeline, max_diff
+import latentgen
+from conftest import diffusers_pipeline, lora_files, max_diff  # noqa: F401 (a fixture)
 from latentgen import Hires, schedulers
 from latentgen.upscale.hires import sizes
 
@@ -78,6 +80,7 @@ def test_own_steps_sampler_prompts_and_sizes(pipe):
     (Hires(scheduler="nope"), ValueError, r"nope"),
     (Hires(width=1), ValueError, r"hires.width=1 is invalid"),
     (Hires(prompt="x <lora:purple:1>"), ValueError, r"other <lora:...> tags"),
+    (Hires(model="other-model"), TypeError, r"hires.model must be a loaded model or None, got str"),
     (2, TypeError, r"hires must be a latentgen.Hires"),
 ])
 def test_bad_hires_settings_are_refused_before_any_model_runs(pipe, monkeypatch, h, error, match):
@@ -119,3 +122,59 @@ def test_controlnet_units_act_in_both_passes_as_diffusers_controlnet_pipelines(p
     assert got[0].size == (128, 128) and max_diff(got, want) <= 1
     assert max_diff(got, pipe.generate(PROMPT, **kw)) > 2
     assert 'ControlNet 0: "Module: none' in got[0].info["parameters"]
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_another_model_draws_the_second_pass_as_img2img_on_that_model(pipe, refs, tiny_other, upscaler):
+    """A1111's hr_checkpoint_name: the first pass on the model, decoded by its VAE (pixel upscalers); the second
+    pass is diffusers' img2img on the other model (its text encoder, U-Net, VAE encode and decode)."""
+    txt, img = refs[0], diffusers_pipeline("StableDiffusionImg2ImgPipeline", tiny_other)
+    txt.scheduler, img.scheduler = schedulers.make("ddim", txt.scheduler.config), schedulers.make("ddim", img.scheduler.config)
+    common = dict(num_inference_steps=6, guidance_scale=5.0, negative_prompt="green")
+    base = txt(PROMPT, height=64, width=64, generator=torch.Generator().manual_seed(3), output_type="latent",
+               **common).images
+    image = F.interpolate(base, scale_factor=2, mode="bilinear") if upscaler == "Latent" else \
+        pipe.decode(base)[0].resize((128, 128), 1)
+    want = img(PROMPT, image=image, strength=0.55, generator=torch.Generator().manual_seed(3), **common).images
+    second = latentgen.load(tiny_other)
+    kw = dict(negative_prompt="green", seed=3, steps=6, guidance=5.0, scheduler="ddim", width=64, height=64)
+    got = pipe.generate(PROMPT, **kw, hires=Hires(scale=2, strength=0.55, upscaler=upscaler, model=second))
+    assert got[0].size == (128, 128) and max_diff(got, want) <= 1
+    assert got[0].info["parameters"].endswith(f"Model: {pipe.name}, Denoising strength: 0.55, Hires upscale: 2, "
+                                              f"Hires upscaler: {upscaler}, Hires checkpoint: {second.name}")
+    same = pipe.generate(PROMPT, **kw, hires=Hires(scale=2, strength=0.55, upscaler=upscaler, model=pipe))
+    assert max_diff(got, same) > 2 and "Hires checkpoint" not in same[0].info["parameters"]  # the model itself: None
+
+
+def test_the_prompts_loras_and_tiling_act_on_the_second_passs_model(pipe, tiny_other, lora_files):
+    """A tag's LoRA is applied to both models while the call runs (A1111 activates the hires pass's extra networks
+    on the model it switched to), then parked on both; tiling wraps the other model's U-Net and VAE too."""
+    second = latentgen.load(tiny_other)
+    second.load_lora(lora_files[0], name="a", scale=0.0)
+    pipe.load_lora(lora_files[0], name="a", scale=0.0)
+    try:
+        kw = dict(seed=2, steps=3, guidance=5.0, width=64, height=64)
+        plain = pipe.generate(PROMPT, **kw, hires=Hires(model=second))
+        seen = []
+        wraps = lambda *a: seen.append(sum(m.padding_mode == "zeros" for net in (second.unet, second.vae)  # noqa: E731
+                                           for m in net.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)))
+        tagged = pipe.generate(PROMPT + " <lora:a:1>", **kw, hires=Hires(model=second), tiling=True, callback=wraps)
+        assert seen and set(seen) == {0}  # every zero-padded convolution of the other model wraps while it draws
+        assert second.loras.loaded["a"].scale == 0.0 and pipe.loras.loaded["a"].scale == 0.0  # as before the call
+        for model in (pipe, second):  # the LoRA set on both models by hand draws the tagged picture
+            model.set_lora_scale("a", 1.0)
+        by_hand = pipe.generate(PROMPT, **kw, tiling=True, hires=Hires(model=second))
+        second.unload_lora("a")  # the tag now names no LoRA of the second model: refused before drawing
+        with pytest.raises(FileNotFoundError, match="<lora:a>"):
+            pipe.generate(PROMPT + " <lora:a:1>", **kw, hires=Hires(model=second))
+        assert max_diff(tagged, plain) > 2 and max_diff(tagged, by_hand) == 0
+    finally:
+        pipe.unload_lora("a")
+    assert all(m.padding_mode == "zeros" for m in second.unet.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_a_model_of_another_latent_space_is_refused_before_any_model_runs(pipe, monkeypatch):
+    embedded = latentgen.load()  # another VAE: its scaling factor and channels
+    monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
+    with pytest.raises(ValueError, match=r"hires.model '\w+' works in another latent space.*hr_checkpoint_name"):
+        pipe.generate(PROMPT, steps=2, width=64, height=64, hires=Hires(model=embedded))

@@ -36,6 +36,7 @@ async function loadLists() {
   $("styles-row").hidden = styles.length === 0;  // no --styles-file
   fillSelect($("model"), models.map((m) => [m.title, m.model_name]));
   fillSelect($("refiner-model"), models.map((m) => [m.model_name, m.model_name]), true);
+  fillSelect($("hr-model"), models.map((m) => [m.model_name, m.model_name]), true);
   // the hires upscalers as A1111's page lists them: the latent modes, then the pixel ones and model files
   fillSelect($("hr-upscaler"), [...latent, ...upscalers].map((u) => u.name).filter((n) => n !== "None").map((n) => [n, n]));
   $("model").value = options.sd_model_checkpoint;
@@ -179,7 +180,8 @@ function payload() {
   }
   if (mode() === "txt2img" && $("hr-on").checked) {
     Object.assign(body, { enable_hr: true, hr_upscaler: $("hr-upscaler").value, hr_scale: number("hr-scale") ?? 2,
-                          hr_second_pass_steps: number("hr-steps") ?? 0, denoising_strength: number("hr-strength") ?? 0.7 });
+                          hr_second_pass_steps: number("hr-steps") ?? 0, denoising_strength: number("hr-strength") ?? 0.7,
+                          hr_checkpoint_name: $("hr-model").value || "Use same checkpoint" });
   }
   if (mode() === "txt2img") return { ...body, width: number("width"), height: number("height") };
   if (!hasSource) throw new Error("choose a start image first (or 'use as input' under a result).");
