@@ -67,6 +67,12 @@ def circular(modules: list[torch.nn.Module]):
                     del _WRAPPED[id(c)]
 
 
+def wraps(module: torch.nn.Module) -> bool:
+    """Whether a tiling call wraps ``module`` now (one of its convolutions pads circularly for a call)."""
+    with _LOCK:
+        return any(id(c) in _WRAPPED for c in module.modules() if isinstance(c, torch.nn.Conv2d))
+
+
 def check_decode(plan, tiling: bool, limits, vae=None) -> None:
     """A tiling call's picture is decoded whole: refuse a ``plan`` that tiles the decode, before drawing (a tiny VAE,
     which decodes whole anyway, passes)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from ..canvas import seamless
 from ..vae import preview, tiny
 from . import codec
 from .errors import ApiError
@@ -30,12 +31,14 @@ class Previews:
             return self._last[1]
 
     def draw(self, pipe, latents, how: str):
-        """One picture of latents (1, C, h, w); "tiny" with neither tiny VAE (the model changed) draws "cheap"."""
+        """One picture of latents (1, C, h, w); "tiny" with neither tiny VAE (the model changed) draws "cheap". While
+        a tiling job runs (its model's VAE pads circularly), ``--preview-vae`` pads circularly too: no seams."""
         if how == "tiny" and not tiny.is_loaded(pipe.vae):
             if self.vae is None:
                 how = "cheap"
             else:
-                return pipe.decode(latents, vae=self.vae)[0]
+                with seamless.circular([self.vae] if seamless.wraps(pipe.vae) else []):
+                    return pipe.decode(latents, vae=self.vae)[0]
         return pipe.preview(latents, how)[0]
 
     def check_option(self, show_progress_type, pipe) -> None:

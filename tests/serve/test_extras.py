@@ -154,3 +154,26 @@ def test_progress_previews_mid_run_as_show_progress_type_says(api):
         assert _preview_mid_run(f"http://127.0.0.1:{s.port}", "TAESD").size == (64, 64)
     finally:
         s.stop()
+
+
+def test_a_tiling_jobs_previews_wrap_with_the_preview_vae_too():
+    """While a tiling job runs (its model's VAE wrapped), --preview-vae previews on a torus too: latents rolled by k
+    cells preview as the picture rolled by k * f pixels; a plain job's preview does not roll so."""
+    import torch
+
+    import latentgen
+    from latentgen.canvas import seamless
+    from latentgen.serve.live import Previews
+
+    pipe, previews = latentgen.load(), Previews(Path("default-tiny-vae"))
+    z = torch.randn(1, pipe.vae.config.latent_channels, 12, 12, generator=torch.Generator().manual_seed(0))
+    k, f = 5, pipe.vae_scale_factor
+
+    def rolled_error() -> int:
+        a, b = (np.asarray(previews.draw(pipe, x, "tiny"), dtype=int) for x in (z, torch.roll(z, k, dims=-1)))
+        return int(np.abs(np.roll(a, k * f, axis=1) - b).max())
+
+    with seamless.circular([pipe.vae]):  # as generate(..., tiling=True) does while it runs
+        assert seamless.wraps(pipe.vae) and rolled_error() <= 1
+        assert not seamless.wraps(previews.vae)  # only while it draws
+    assert not seamless.wraps(pipe.vae) and rolled_error() > 8
