@@ -2,12 +2,13 @@
 
 An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from A1111's text: ``"10-30 (+10)"``,
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
-Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompts and each
-value put in its place), Sampler, Hires sampler, Clip skip, Denoising (the hires pass's), Hires upscaler; and
+Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
+negative prompt, refused when in neither, and each value put in its place), Sampler, Hires sampler, Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
 fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
-under its title), the cells (each with its PNG parameters) and their labels.
+under its title), the cells (each with its PNG parameters) and their labels. With A1111's prompt styles (``style``),
+each cell's prompts are styled after its axes, as A1111 does: Prompt S/R searches the prompts as written.
 """
 
 from __future__ import annotations
@@ -124,8 +125,10 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["guidance"] = value
     elif label == "Clip skip":
         call["clip_skip"] = value
-    elif label == "Prompt S/R":
+    elif label == "Prompt S/R":  # in both prompts, as A1111's
         call["prompt"] = call["prompt"].replace(first, value)
+        if call.get("negative_prompt"):
+            call["negative_prompt"] = call["negative_prompt"].replace(first, value)
     elif label == "Sampler":
         call["scheduler"] = sampler(value)
     elif label == "Size":
@@ -162,11 +165,16 @@ def label_of(a: Axis, value) -> str:
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 
-def plot(pipe, prompt: str, axes: list[Axis], **call) -> Plot:
+def plot(pipe, prompt: str, axes: list[Axis], style=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
-    arguments) under them: every cell is checked before the first is drawn."""
+    arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
+    prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles)."""
     if not 1 <= len(axes) <= 3:
         raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
+    for a in axes:
+        if a.label == "Prompt S/R" and a.values[0] not in prompt and a.values[0] not in (call.get("negative_prompt") or ""):
+            raise ValueError(f"Prompt S/R did not find {a.values[0]!r} in the prompt or the negative prompt: its first "
+                             f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")
     xs, ys, zs = (list(axes) + [Axis("Nothing", ("",))] * 2)[:3]
     cells = [(x, y, z) for z in zs.values for y in ys.values for x in xs.values]
     calls = []
@@ -174,6 +182,9 @@ def plot(pipe, prompt: str, axes: list[Axis], **call) -> Plot:
         c = {"prompt": prompt, **call}
         for a, v in zip((xs, ys, zs), vals):
             c = apply(a.label, v, c, prompt, a.values[0])
+        if style is not None:
+            c["prompt"], negative = style(c["prompt"], c.get("negative_prompt"))
+            c["negative_prompt"] = negative or None
         calls.append(c)
     for c in calls:  # every cell's settings checked before any model runs
         pipe.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",

@@ -56,7 +56,6 @@ from . import controlnet_api, workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt (styled too)
-MAX_STYLES = 32  # prompt styles one request may name
 
 
 # -- plans: a request checked and resolved, before it is queued ------------------------------------------
@@ -202,31 +201,16 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     """``upscalers``: the folder of upscaler model files (``--upscalers-dir``); ``styles``: ``catalog.Styles``."""
     _check_common(req, limits)
-    given, req = req, _styled(req, styles)
+    style = workflows.styler(req, styles, MAX_PROMPT)
+    given, req = req, workflows.styled(req, style)
     hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers)
     plan = _plan("txt2img", req, **kw)
+    if script and "grid" in script and style:  # Prompt S/R replaces before the styles, as A1111's cells
+        script["unstyled"], script["style"] = (_prompt_loras(given, kw["loras"])[0], given.negative_prompt), style
     plan.hires, plan.script, plan.parameters = hires, script, given.model_dump()  # the request as sent
     plan.hires_model = workflows.hires_model(req, kw["models"])
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
-
-
-def _styled(req: CommonFields, styles) -> CommonFields:
-    """The request with A1111's prompt styles (``styles``, its names in ``catalog.Styles``) applied to its prompts,
-    the hires prompts too where given (``latentgen.text.styles``); an unknown name is refused."""
-    if not req.styles:
-        return req
-    from latentgen.text.styles import apply, apply_given
-
-    if len(req.styles) > MAX_STYLES:
-        raise ApiError(422, f"styles names {len(req.styles)} styles; at most {MAX_STYLES}.")
-    table, names = (styles.table() if styles is not None else {}), list(req.styles)
-    prompt, negative = apply(req.prompt, req.negative_prompt, names, table, limit=MAX_PROMPT)
-    update = {"prompt": prompt, "negative_prompt": negative}
-    if hasattr(req, "hr_prompt"):  # txt2img's hires prompts, styled where given
-        update["hr_prompt"], update["hr_negative_prompt"] = apply_given(req.hr_prompt, req.hr_negative_prompt, names,
-                                                                        table, limit=MAX_PROMPT)
-    return req.model_copy(update=update)
 
 
 def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
@@ -270,7 +254,7 @@ def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **
 
     _check_common(req, limits)
     _check_img2img(req, limits)
-    given, req = req, _styled(req, styles)
+    given, req = req, workflows.styled(req, workflows.styler(req, styles, MAX_PROMPT))
     mode, script = workflows.resize_mode(req, bool(req.mask)), workflows.script(req, "img2img")
     plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded
     plan.parameters = given.model_dump()  # the request as sent

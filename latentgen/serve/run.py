@@ -59,7 +59,10 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     given = {k: v for k, v in common.items() if k != "max_pixels"}
     if plan.variation is not None:
         given["variation"] = plan.variation
-    p = plot(pipe, plan.prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback, **given)
+    prompt = plan.prompt
+    if "style" in plan.script:  # A1111's prompt styles: each cell's prompts styled after its Prompt S/R
+        (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
+    p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback, **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 

@@ -13,6 +13,7 @@ from .settings import sampler_key, whole_in
 SCRIPTS = {"txt2img": ["x/y/z plot"], "img2img": ["poor man's outpainting"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
+MAX_STYLES = 32  # prompt styles one request may name
 
 
 def hires(req, limits, folder=None):
@@ -49,6 +50,36 @@ def hires_model(req, models) -> str | None:
     checked (None: "Use same checkpoint", or no hires fix); ``run.execute`` holds it beside the drawing model."""
     name = req.hr_checkpoint_name
     return None if not req.enable_hr or name in (None, "", "Use same checkpoint") else models.check(name)
+
+
+def styler(req, styles, limit: int):
+    """The request's A1111 prompt styles (``styles``: ``catalog.Styles``, its table read once, here) as a function
+    (prompt, negative prompt) -> both styled, each at most ``limit`` characters (None without styles). The X/Y/Z
+    plot styles each cell's prompts after its Prompt S/R, as A1111 does."""
+    if not req.styles:
+        return None
+    from functools import partial
+
+    from latentgen.text.styles import apply
+
+    if len(req.styles) > MAX_STYLES:
+        raise ApiError(422, f"styles names {len(req.styles)} styles; at most {MAX_STYLES}.")
+    return partial(apply, names=list(req.styles), table=styles.table() if styles is not None else {}, limit=limit)
+
+
+def styled(req, style):
+    """The request with the ``styler`` of its styles applied to its prompts, the hires prompts too where given
+    (``latentgen.text.styles``); an unknown name is refused."""
+    if style is None:
+        return req
+    from latentgen.text.styles import apply_given
+
+    prompt, negative = style(req.prompt, req.negative_prompt)
+    update = {"prompt": prompt, "negative_prompt": negative}
+    if hasattr(req, "hr_prompt"):  # txt2img's hires prompts, styled where given
+        update["hr_prompt"], update["hr_negative_prompt"] = apply_given(req.hr_prompt, req.hr_negative_prompt,
+                                                                        **style.keywords)
+    return req.model_copy(update=update)
 
 
 def check_final(h, width: int, height: int, limits) -> None:

@@ -70,8 +70,21 @@ def test_size_lora_weight_and_hires_axes(fresh, lora_files):
     assert "Denoising strength: 0.6, Hires upscale: 1.5" in h.cells[1].info["parameters"]
 
 
+def test_prompt_sr_replaces_in_both_prompts_before_the_styles(pipe):
+    """A1111's Prompt S/R: the first value searched in the prompt and the negative prompt, each value put in its
+    place in both; ``style`` (A1111's prompt styles) then styles each cell's prompts."""
+    kw = dict(seed=2, steps=2, guidance=4.0, width=64, height=64)
+    p = xyz.plot(pipe, "a red cat", [xyz.axis("Prompt S/R", "red, blue")], negative_prompt="red dog", **kw,
+                 style=lambda prompt, negative: (prompt + ", flat", (negative or "") + ", blurry"))
+    want = pipe.generate("a blue cat, flat", negative_prompt="blue dog, blurry", **kw)
+    assert max_diff([p.cells[1]], want) == 0 and p.cells[1].info["parameters"] == want[0].info["parameters"]
+    assert xyz.plot(pipe, "a cat", [xyz.axis("Prompt S/R", "dark, light")], negative_prompt="dark", **kw).cells
+
+
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):
     monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("drew before refusing"))
+    with pytest.raises(ValueError, match=r"Prompt S/R did not find 'green' in the prompt or the negative prompt"):
+        xyz.plot(pipe, "a red cat", [xyz.axis("Prompt S/R", "green, blue")], negative_prompt="dark", width=64, height=64)
     with pytest.raises(ValueError, match=r"steps=0 is invalid"):
         xyz.plot(pipe, "a cat", [xyz.axis("Steps", "2, 0")], width=64, height=64)
     with pytest.raises(ValueError, match=r"sampler 'Euler z' is unknown"):

@@ -117,6 +117,18 @@ def test_prompt_styles_of_the_styles_file_equal_the_python_api(api, served, ref)
     want = ref.generate(merged, negative_prompt="blurry", seed=4, steps=4, guidance=5, scheduler="euler_a")
     assert max_diff(r.images[0], want[0]) <= 1 and r.info["infotexts"][0] == want[0].info["parameters"]
     assert r.info["styles"] == ["on blue", "clean"] and r.parameters["prompt"] == "a red circle"  # echoed as sent
+    from latentgen.plot.xyz import A1111_TXT2IMG
+
+    sr = A1111_TXT2IMG.index("Prompt S/R")  # the X/Y/Z plot replaces in the prompts as written, then styles each cell
+    plot = dict(prompt="a red circle", styles=["on blue"], seed=4, steps=2, cfg_scale=5, width=64, height=64,
+                sampler_name="Euler a", script_name="X/Y/Z plot")
+    r = api.txt2img(**plot, script_args=[sr, "circle, square", [], 0, "", [], 0, "", [], True, True])
+    want = ref.generate("a red square on a blue background", negative_prompt="blurry", seed=4, steps=2, guidance=5,
+                        scheduler="euler_a")
+    assert len(r.images) == 3 and max_diff(r.images[2], want[0]) <= 1  # the grid, then the cells
+    args = [sr, "blue, green", [], 0, "", [], 0, "", []]  # "blue" is the style's, not the prompt's
+    bad = requests.post(api.baseurl + "/txt2img", json={**plot, "script_args": args})
+    assert bad.status_code == 422 and "Prompt S/R did not find 'blue'" in bad.json()["detail"], bad.text
     bad = requests.post(api.baseurl + "/txt2img", json={"prompt": "x", "styles": ["nope"], "steps": 1})
     assert bad.status_code == 422 and "no style 'nope'; the styles are 'on blue', 'clean'" in bad.json()["detail"]
     for body, message in [({"styles": ["clean"] * 33}, "styles names 33 styles; at most 32"),
