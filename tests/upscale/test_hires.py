@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import latentgen
-from conftest import diffusers_pipeline, lora_files, max_diff  # noqa: F401 (a fixture)
+from conftest import diffusers_pipeline, max_diff
 from latentgen import Hires, schedulers
 from latentgen.upscale.hires import sizes
 
