@@ -47,12 +47,21 @@ def variation_fields(subseed: int | None, variation) -> dict:
             "Seed resize from": f"{resize[0]}x{resize[1]}" if resize else None}
 
 
+# The fields A1111's ``create_infotext`` writes first, in its order; the rest (its ``extra_generation_params``: the
+# hires fix's, the mask's, ControlNet units, the refiner, Lora hashes, ...) follow in the order they were added.
+FIRST = ("Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
+         "Model hash", "Model", "VAE hash", "VAE", "Variation seed", "Variation seed strength", "Seed resize from",
+         "Denoising strength", "Conditional mask weight", "Clip skip", "ENSD", "Token merging ratio", "RNG", "Tiling")
+
+
 def parameters_text(prompt: str, settings: dict, negative_prompt: str | None = None) -> str:
-    """A1111's parameters text: prompt, optional negative prompt, then ``Key: value, ...``."""
+    """A1111's parameters text: prompt, optional negative prompt, then ``Key: value, ...`` in A1111's order
+    (``FIRST``, then the others as given); fields whose value is None are left out."""
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{k}: {_value(v)}" for k, v in settings.items() if v is not None))
+    ordered = {**{k: settings[k] for k in FIRST if k in settings}, **settings}  # a key keeps its first place
+    lines.append(", ".join(f"{k}: {_value(v)}" for k, v in ordered.items() if v is not None))
     return "\n".join(lines)
 
 

@@ -49,6 +49,10 @@ def test_a_tiling_picture_wraps_around_and_a_plain_one_does_not(pipe):
     plain, tiled = (pipe.generate("a cat", seed=2, tiling=t)[0] for t in (False, True))
     assert "Tiling: True" in tiled.info["parameters"] and "Tiling" not in plain.info["parameters"]
     assert max_diff([plain], [tiled]) > 10
+    hires = pipe.generate("a cat", seed=2, steps=2, clip_skip=2, tiling=True, hires=latentgen.Hires(steps=1))[0]
+    assert hires.info["parameters"].endswith(  # in A1111's order: its fixed fields, then the hires fix's
+        f"Model: {pipe.name}, Denoising strength: 0.7, Clip skip: 2, Tiling: True, Hires upscale: 2, Hires steps: 1, "
+        f"Hires upscaler: Latent")
 
 
 def test_the_networks_pad_with_zeros_again_after_the_call_whatever_it_raised(pipe):
