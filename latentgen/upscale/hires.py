@@ -105,6 +105,9 @@ class SecondPass:
         self.other = m is not pipe  # A1111's hr_checkpoint_name
         if self.other:
             refine.follows(m, pipe, "hires.model", "use a model of the same family (A1111's hr_checkpoint_name)")
+            if m.unet.config.in_channels != m.vae.config.latent_channels:
+                raise ValueError(f"hires.model {m.name!r} is an inpainting model (its U-Net takes "
+                                 f"{m.unet.config.in_channels} channels): the hires pass needs a plain model.")
         self.up, self.final = sizes(h, s.width, s.height, self.f)
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
                          height=self.final[1])

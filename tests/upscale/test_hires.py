@@ -173,8 +173,11 @@ def test_the_prompts_loras_and_tiling_act_on_the_second_passs_model(pipe, tiny_o
     assert all(m.padding_mode == "zeros" for m in second.unet.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def test_a_model_of_another_latent_space_is_refused_before_any_model_runs(pipe, monkeypatch):
+def test_a_model_of_another_latent_space_or_an_inpainting_one_is_refused_before_any_model_runs(pipe, folder9,
+                                                                                                monkeypatch):
     embedded = latentgen.load()  # another VAE: its scaling factor and channels
     monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("encoded before refusing"))
     with pytest.raises(ValueError, match=r"hires.model '\w+' works in another latent space.*hr_checkpoint_name"):
         pipe.generate(PROMPT, steps=2, width=64, height=64, hires=Hires(model=embedded))
+    with pytest.raises(ValueError, match=r"hires.model '[\w-]+' is an inpainting model \(its U-Net takes 9 channels\)"):
+        pipe.generate(PROMPT, steps=2, width=64, height=64, hires=Hires(model=latentgen.load(folder9)))
