@@ -168,22 +168,25 @@ def done_jobs(out: str | Path, jobs: list) -> set[int]:
     return done
 
 
-def check_all(pipe, jobs: list[Job]) -> dict:
+def check_all(pipe, jobs: list[Job], load=None) -> dict:
     """Every job's settings on the model and its LoRA tags (no model call; each tagged LoRA file read
     once), errors prefixed with the job's line. Returns the models the jobs name (refiners, hires passes'), each
-    loaded once (path -> model, on the model's device and dtype) and checked against the model."""
+    loaded once (path -> model: ``load(path)``, by default on the model's device and dtype) and checked against
+    the model."""
     import latentgen
 
     from . import precision
     from .models import refiner
     from .upscale import hires
 
+    load = load or (lambda path: latentgen.load(path, device=precision.device_of(pipe.unet), dtype=pipe.dtype))
+
     top, read, models = xl.max_clip_skip(pipe.text_encoder, pipe.xl), set(), {}
     for job in jobs:
         try:
             for path in ((job.args.get(key) or {}).get("model") for key in ("refiner", "hires")):
                 if path is not None and path not in models:
-                    models[path] = latentgen.load(path, device=precision.device_of(pipe.unet), dtype=pipe.dtype)
+                    models[path] = load(path)
             kw = call_args(job.args, models)
             s = pipe.settings(prompt=job.args.get("prompt"), variation=kw.get("variation"),
                               **{k: v for k, v in kw.items() if k in SETTING_KEYS})
@@ -193,7 +196,7 @@ def check_all(pipe, jobs: list[Job]) -> dict:
                                    pipe.vae_scale_factor)[1]
                 pipe.check_limits(replace(s, width=size[0], height=size[1]), 1)
                 if kw["hires"].model is not None:
-                    refiner.follows(kw["hires"].model, pipe, "hires.model", "use a model of the same family")
+                    hires.check_model(kw["hires"].model, pipe)
             if "refiner" in kw:
                 refiner.check(kw["refiner"], pipe)
             if s.clip_skip > top:  # else found only when the text is encoded, after earlier images
@@ -230,13 +233,14 @@ def open_manifest(path: Path):
 
 
 def run(pipe, jobs: list, out: str | Path, *, process: int = 0, processes: int = 1,
-        progress: bool = True) -> dict:
+        progress: bool = True, load=None) -> dict:
     """Draw this process's share of ``jobs`` (``Job`` records, or dicts) that are not done into
     ``out``; returns figures (images drawn, skipped, seconds, images per second). Every job's
     settings are checked on the model, and ``out`` for files that are not this batch's, before the
-    first image. Ctrl-C raises ``BatchInterrupted``; another run drawing into ``out`` as this process, FileExistsError."""
+    first image. Ctrl-C raises ``BatchInterrupted``; another run drawing into ``out`` as this process, FileExistsError.
+    ``load``: path -> model, for the refiners and hires models jobs name (``check_all``)."""
     out, jobs = Path(out), as_jobs(jobs)
-    models = check_all(pipe, jobs)
+    models = check_all(pipe, jobs, load)
     out.mkdir(parents=True, exist_ok=True)
     # a second run drawing here as the same process would draw every image twice: refused, naming the holder
     busy = f"{out} is in use by another latentgen batch (process {process}): wait for it, or give another --out"

@@ -364,7 +364,7 @@ def test_variation_hires_and_refiner_jobs_draw_what_generate_draws(embedded, xl_
     assert not np.array_equal(np.asarray(got), np.asarray(plain))  # the refiner drew the end
 
 
-def test_a_hires_jobs_model_draws_its_second_pass(embedded, tiny_folder, tiny_other, tmp_path, monkeypatch):
+def test_a_hires_jobs_model_draws_its_second_pass(embedded, tiny_folder, tiny_other, folder9, tmp_path, monkeypatch):
     """``hires.model`` (A1111's hr_checkpoint_name) is a folder or file, loaded once for every job that names it; the
     image equals generate's with Hires(model=...); a model of another latent space is refused before drawing."""
     import latentgen
@@ -383,4 +383,7 @@ def test_a_hires_jobs_model_draws_its_second_pass(embedded, tiny_folder, tiny_ot
     assert np.array_equal(np.asarray(got), np.asarray(want)) and "Hires checkpoint: " in got.info["parameters"]
     with pytest.raises(ValueError, match=r"job 0: hires.model .* works in another latent space"):
         batch.run(embedded, jobs[:1], tmp_path / "e", progress=False)
-    assert not (tmp_path / "e" / "000000.png").exists()
+    inpainting = [jobs[0], {**jobs[1], "hires": {"model": str(folder9)}}]  # the second job's: refused before the first
+    with pytest.raises(ValueError, match=r"job 1: hires.model .* is an inpainting model"):
+        batch.run(pipe, inpainting, tmp_path / "i", progress=False)
+    assert not (tmp_path / "e" / "000000.png").exists() and not (tmp_path / "i" / "000000.png").exists()

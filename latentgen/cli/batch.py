@@ -28,7 +28,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     device = args.device or (state.device if state.num_processes > 1 else None)
     pipe = load_model(args, device=device)
     figures = batch.run(pipe, jobs, args.out, process=state.process_index, processes=state.num_processes,
-                        progress=state.is_local_main_process)
+                        progress=state.is_local_main_process,  # a job's refiner or hires model: --vae, --backend too
+                        load=lambda path: load_model(args, path, device=device, prediction_type=None))
     print(json.dumps({"process": state.process_index, "jobs": len(jobs), **figures}))
     return 0
 

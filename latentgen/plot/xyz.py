@@ -165,16 +165,21 @@ def label_of(a: Axis, value) -> str:
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 
+def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | None) -> None:
+    """A Prompt S/R axis's first value is in the prompt or the negative prompt (A1111 refuses it otherwise)."""
+    for a in axes:
+        if a.label == "Prompt S/R" and a.values[0] not in prompt and a.values[0] not in (negative_prompt or ""):
+            raise ValueError(f"Prompt S/R did not find {a.values[0]!r} in the prompt or the negative prompt: its first "
+                             f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")
+
+
 def plot(pipe, prompt: str, axes: list[Axis], style=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
     arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
     prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles)."""
     if not 1 <= len(axes) <= 3:
         raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
-    for a in axes:
-        if a.label == "Prompt S/R" and a.values[0] not in prompt and a.values[0] not in (call.get("negative_prompt") or ""):
-            raise ValueError(f"Prompt S/R did not find {a.values[0]!r} in the prompt or the negative prompt: its first "
-                             f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")
+    check_replacements(axes, prompt, call.get("negative_prompt"))
     xs, ys, zs = (list(axes) + [Axis("Nothing", ("",))] * 2)[:3]
     cells = [(x, y, z) for z in zs.values for y in ys.values for x in xs.values]
     calls = []

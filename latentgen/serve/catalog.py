@@ -2,8 +2,10 @@
 server was started with (``--model``, ``--models-dir``, ``--lora``) and from the LoRAs latentgen ships,
 so no request can make the server read a file outside them.
 
-``Models`` loads pipelines in the worker thread only (``get``, ``switch``) and keeps at most two in
-memory: the current model and the last one a job asked for through ``override_settings``.
+``Models`` loads pipelines in the worker thread only (``get``, ``switch``) and keeps two in memory: the current
+model and the last one a job asked for through ``override_settings``; more while the models one job draws with
+(its model, ``hr_checkpoint_name``, ``refiner_checkpoint``: ``hold``) are more, so a next job naming them again
+loads none of them again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class Models:
     folder name and its checkpoint files by stem, and ``--model`` itself when it is none of these. The
     folder is read at start and again on ``refresh()`` (A1111's ``POST /sdapi/v1/refresh-checkpoints``)."""
 
-    keep = 2  # pipelines held in memory at once
+    keep = 2  # pipelines held in memory at once, but for those of the last job (``hold``)
+    held: frozenset = frozenset()  # the models the running (or last) job draws with: never evicted for another
 
     def __init__(self, first: str | None = None, models_dir: Path | None = None, *, device=None, dtype=None,
                  embeddings: list[str] | None = None, load_options: dict | None = None, warmup: bool = False):
@@ -96,9 +99,15 @@ class Models:
         pipe = self._load(name, self.sources[name])
         self._loaded[name] = pipe
         while len(self._loaded) > self.keep:
-            old = next(n for n in self._loaded if n not in (name, self.current))
+            old = next((n for n in self._loaded if n not in (name, self.current, *self.held)), None)
+            if old is None:  # all held by the job: kept until another job holds others
+                break
             del self._loaded[old]
         return pipe
+
+    def hold(self, names) -> None:
+        """The models a job draws with (None: the current one): loading one of them never evicts another."""
+        self.held = frozenset(n for n in names if n)
 
     def _load(self, name: str, source: str | None):
         import latentgen

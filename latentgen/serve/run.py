@@ -69,9 +69,11 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
 
 def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done."""
+    ctx.worker.models.hold([plan.model, plan.hires_model, plan.refiner and plan.refiner[0]])
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
     second = pipe
     if plan.hires_model is not None:  # A1111's hr_checkpoint_name: a second model of the catalog, held beside this one
+        ctx.check("before the hires model loaded", interrupt=False)
         second = ctx.worker.models.get(plan.hires_model)
         plan = replace(plan, hires=replace(plan.hires, model=None if second is pipe else second))
     with loras_loaded(pipe, plan.loras), loras_loaded(second, plan.loras if second is not pipe else {}):

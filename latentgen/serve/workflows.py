@@ -49,7 +49,12 @@ def hires_model(req, models) -> str | None:
     """The model of the catalog (``catalog.Models``) that A1111's ``hr_checkpoint_name`` names for the hires pass,
     checked (None: "Use same checkpoint", or no hires fix); ``run.execute`` holds it beside the drawing model."""
     name = req.hr_checkpoint_name
-    return None if not req.enable_hr or name in (None, "", "Use same checkpoint") else models.check(name)
+    if not req.enable_hr or name in (None, "", "Use same checkpoint"):
+        return None
+    try:
+        return models.check(name)
+    except ApiError as e:
+        raise ApiError(e.status, f"hr_checkpoint_name: {e.detail} (\"Use same checkpoint\": the model itself)")
 
 
 def styler(req, styles, limit: int):
@@ -120,10 +125,11 @@ def script(req, mode: str, folder=None) -> dict | None:
                             f"{', '.join(map(repr, SCRIPTS[mode]))} (GET /sdapi/v1/scripts).")
     if name == "poor man's outpainting":
         return outpainting(req)
-    from latentgen.plot.xyz import from_a1111
+    from latentgen.plot.xyz import check_replacements, from_a1111
 
     try:
         axes = from_a1111(req.script_args, upscalers_dir=folder)
+        check_replacements(axes, req.prompt, req.negative_prompt)  # the styled prompts: again per cell, unstyled
     except ValueError as e:
         raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images

@@ -20,7 +20,7 @@ The PNG says "Size" (the base size), "Denoising strength", "Hires upscale" or "H
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from dataclasses import dataclass, replace
 
@@ -89,6 +89,16 @@ def check(h, f: int) -> Hires:
     return h
 
 
+def check_model(m, pipe) -> None:
+    """``m`` can draw ``pipe``'s hires pass (``Hires.model``): a plain model of its latent space, on its device."""
+    from ..models import refiner as refine
+
+    refine.follows(m, pipe, "hires.model", "use a model of the same family (A1111's hr_checkpoint_name)")
+    if m.unet.config.in_channels != m.vae.config.latent_channels:
+        raise ValueError(f"hires.model {m.name!r} is an inpainting model (its U-Net takes {m.unet.config.in_channels} "
+                         f"channels): the hires pass needs a plain model.")
+
+
 class SecondPass:
     """A call's hires pass, prepared in ``Pipeline.sample`` before any model runs: its settings, its text (the
     hires prompts, or the first pass's, scheduled over its own steps) and its sizes; ``run`` per chunk."""
@@ -104,15 +114,13 @@ class SecondPass:
         self.model = m = pipe if h.model is None or h.model is pipe else h.model  # draws the pass, decodes
         self.other = m is not pipe  # A1111's hr_checkpoint_name
         if self.other:
-            refine.follows(m, pipe, "hires.model", "use a model of the same family (A1111's hr_checkpoint_name)")
-            if m.unet.config.in_channels != m.vae.config.latent_channels:
-                raise ValueError(f"hires.model {m.name!r} is an inpainting model (its U-Net takes "
-                                 f"{m.unet.config.in_channels} channels): the hires pass needs a plain model.")
+            check_model(m, pipe)
         self.up, self.final = sizes(h, s.width, s.height, self.f)
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
                          height=self.final[1])
         self.draws = {d: self.draw(d) for d in draws}
-        m.check_limits(self.s, len(draws))
+        for model in {id(pipe): pipe, id(m): m}.values():  # the first model's limits bound the pass too
+            model.check_limits(self.s, len(draws))
         self.text = CallText(list(self.draws.values()), self.s, m.tokenizer, m.text_encoder, m.embeddings,
                              base_steps=s.steps, xl=m.xl)
         if self.text.loras != text.loras:
@@ -125,10 +133,17 @@ class SecondPass:
         self.handover = refine.Handover(m, list(self.draws.values()), self.s, refiner) \
             if refiner is not None and refine.acts(refiner, second=True) else None  # the refiner's own text
 
+    @contextmanager
     def lora_tags(self):
         """The prompt's ``<lora:...>`` tags on the second pass's model while the call runs (nothing to do when it is
         the first pass's, which ``Pipeline.sample`` tags)."""
-        return self.text.lora_tags(self.model.loras) if self.other else nullcontext()
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self.text.lora_tags(self.model.loras) if self.other else nullcontext())
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"hires.model {self.model.name!r}: {e} A LoRA loaded by name must be loaded "
+                                        f"on both models: hires.model.load_lora(path, name=...).") from None
+            yield
 
     def draw(self, d):
         """The first pass's ``request.Draw`` as the second pass draws it (its prompts when given)."""
@@ -140,11 +155,10 @@ class SecondPass:
         h = self.h
         size = {"Hires upscale": f"{h.scale:g}"} if h.width is None and h.height is None else \
             {"Hires resize": f"{self.final[0]}x{self.final[1]}"}
-        return {"Denoising strength": h.strength, **size, "Hires steps": h.steps,
-                "Hires upscaler": upscalers.label(h.upscaler),
-                "Hires checkpoint": self.model.name if self.other else None,
+        return {"Denoising strength": h.strength, "Hires checkpoint": self.model.name if self.other else None,
                 "Hires sampler": schedulers.SAMPLERS[h.scheduler].label if h.scheduler else None,
-                "Hires prompt": h.prompt, "Hires negative prompt": h.negative_prompt}
+                "Hires prompt": h.prompt, "Hires negative prompt": h.negative_prompt,  # in A1111's order
+                **size, "Hires steps": h.steps, "Hires upscaler": upscalers.label(h.upscaler)}
 
     def run(self, pipe, chunk, latents: torch.Tensor, progress, unet=None) -> torch.Tensor:
         """The first pass's latents (B, C, h, w) of ``chunk`` -> the second pass's (B, C, H / f, W / f), in the dtype

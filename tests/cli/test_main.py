@@ -311,7 +311,7 @@ def test_hires_img2img_resize_inpaint_fill_and_outpaint_flags_equal_the_python_a
         assert run(*args, "--model", tiny_folder, "--steps", 2, "-o", out) == 0
         assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(want[0])), args[0]
     assert "Hires upscale: 1.5, Hires upscaler: Latent" in read_parameters(tmp_path / "o0.png")
-    assert f"Hires upscale: 2, Hires upscaler: Latent, Hires checkpoint: {other.name}" in read_parameters(tmp_path / "o1.png")
+    assert f"Hires checkpoint: {other.name}, Hires upscale: 2, Hires upscaler: Latent" in read_parameters(tmp_path / "o1.png")
 
 
 def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):

@@ -476,10 +476,15 @@ def test_hr_checkpoint_name_draws_the_hires_pass_with_another_model(tiny_folder,
                                                         scale=1.5, upscaler="Lanczos", strength=0.5,
                                                         model=latentgen.load(tiny_other)))
         assert r.images[0].size == (96, 96) and max_diff(r.images[0], want[0]) <= 1
-        assert "Hires upscaler: Lanczos, Hires checkpoint: tiny-other" in r.info["infotexts"][0]
+        assert "Denoising strength: 0.5, Hires checkpoint: tiny-other, Hires upscale: 1.5" in r.info["infotexts"][0]
+        models, loads = s.server_state.models, []
+        load = models._load  # the current model, the override and the hires model: three, all held for the job
+        models._load = lambda name, source: loads.append(name) or load(name, source)
+        again = api.txt2img(**ask, hr_checkpoint_name="tiny-other")
+        assert loads == [] and max_diff(again.images[0], r.images[0]) == 0  # the same job loads nothing again
         same = api.txt2img(**ask, hr_checkpoint_name="Use same checkpoint")
         assert "Hires checkpoint" not in same.info["infotexts"][0] and max_diff(same.images[0], want[0]) > 2
-        for name, code, text in [("nowhere", 404, "model 'nowhere' not found"),
+        for name, code, text in [("nowhere", 404, "hr_checkpoint_name: model 'nowhere' not found"),
                                  ("default", 422, "hires.model 'default' works in another latent space")]:
             bad = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "hr_checkpoint_name": name})
             assert bad.status_code == code and text in bad.text, bad.text
