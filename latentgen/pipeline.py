@@ -201,7 +201,8 @@ class Pipeline:
         seamless.check_decode(plan, s.tiling, out_of.limits, out_of.vae)  # A1111's Tiling: circular padding, below
         fields = {"Size": size or f"{s.width}x{s.height}", "Model": self.name}
         info = {**(info or {}), **(second.info() if second else {}), **text.info, "Tiling": s.tiling or None,
-                **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {})}
+                **controls.info(control), **(refine.info(refiner, second is not None) if refiner else {}),
+                **getattr(out_of.vae, "infotext", {})}  # a VAE file's "VAE hash", "VAE" (``loading.vae_fields``)
         out: list[Image.Image] = []
         nets = seamless.networks(self, unet, refiner, (control, second and second.control), second) if s.tiling else []
         with text.lora_tags(self.loras), second.lora_tags() if second else nullcontext(), seamless.circular(nets):

@@ -32,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
                          load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend},
                          preview_vae=args.preview_vae, warmup=not args.no_warmup, controlnet_dir=args.controlnet_dir,
-                         upscalers_dir=args.upscalers_dir, styles_file=args.styles_file)
+                         upscalers_dir=args.upscalers_dir, styles_file=args.styles_file, vae_dir=args.vae_dir)
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads
     if not is_loopback(config.host) and not config.api_auth:
         print(f"warning: serving on {config.host} without --api-auth (--insecure): anyone who reaches this "
@@ -88,6 +88,9 @@ def add_parser(sub) -> None:
     s.add_argument("--preview-vae", type=Path, default=None, metavar="FILE|FOLDER",
                    help="a tiny VAE (taesd_decoder.safetensors, an AutoencoderTiny folder, or default-tiny-vae: the "
                         "embedded model's) for live previews: option show_progress_type 'TAESD'")
+    s.add_argument("--vae-dir", type=Path, default=None, metavar="FOLDER",
+                   help="VAE files (.safetensors, .pt; A1111's models/VAE) that requests pick by file name with "
+                        "sd_vae (options or override_settings); /sdapi/v1/sd-vae lists them")
     s.add_argument("--styles-file", type=Path, default=None, metavar="CSV",
                    help="A1111's styles.csv (name, prompt, negative_prompt): prompt styles by name in the requests' "
                         "styles; /sdapi/v1/prompt-styles lists them; read again when the file changes")

@@ -160,12 +160,20 @@ def finish(c: Components, device: torch.device, dtype: torch.dtype) -> Component
     for m in c.xl.encoders() if c.xl else []:
         precision.cast(m, device, dtype)
     precision.cast(c.unet, device, dtype)
-    precision.cast(c.vae, device, vae_dtype(c, dtype))
+    finish_vae(c, device, dtype)
     if precision.wants_channels_last(device, dtype):
         c.unet.to(memory_format=torch.channels_last)
-        c.vae.to(memory_format=torch.channels_last)
     precision.use_fast_attention(c.unet)
     return c
+
+
+def finish_vae(c: Components, device: torch.device, dtype: torch.dtype) -> None:
+    """``c.vae`` frozen, on ``device`` in its dtype under the model's ``dtype`` (``vae_dtype``), channels_last where
+    that is faster."""
+    c.vae.requires_grad_(False).eval()
+    precision.cast(c.vae, device, vae_dtype(c, dtype))
+    if precision.wants_channels_last(device, dtype):
+        c.vae.to(memory_format=torch.channels_last)
 
 
 def from_folder(folder: str | Path, *, device: str | torch.device, dtype: str | torch.dtype,

@@ -55,6 +55,8 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     # 4. the parts, built there
     if single:
         c = reader.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
+        if vae_file is not None:
+            c.vae.infotext = vae_fields(vae_file.path)
         return replace(with_tiny_vae(c, vae) if small else c, placement=place)
     if source is None or not components.folder_like(source, path):
         c = components.from_preset(load_preset("default" if source is None else str(source)), device=device,
@@ -71,10 +73,36 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
 
 
 def swap_vae(c: Components, vae_file) -> Components:
-    """``c`` with the VAE of ``vae_file`` (a ``checkpoints.read_vae`` result), on c's device and dtype."""
+    """``c`` with the VAE of ``vae_file`` (a ``checkpoints.read_vae`` result), on c's device and dtype; the VAE
+    carries its PNG fields (``vae_fields``) as ``infotext``."""
     cfg = {**c.vae.config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}
+    if cfg["latent_channels"] != c.vae.config.latent_channels:
+        raise ValueError(f"vae={vae_file.path.name}: VAE latent_channels={cfg['latent_channels']} does not fit this "
+                         f"model's {c.vae.config.latent_channels}: use a VAE of the model's family.")
     vae = single_file.build_vae(vae_file, cfg, c.unet.dtype)
-    return components.finish(replace(c, vae=vae), c.unet.device, c.unet.dtype)
+    vae.infotext = vae_fields(vae_file.path)
+    c = replace(c, vae=vae)
+    components.finish_vae(c, c.unet.device, c.unet.dtype)
+    return c
+
+
+def vae_for(pipe, path) -> torch.nn.Module:
+    """The VAE of a VAE file (A1111's "SD VAE") for a loaded pipeline, checked to fit it, on its device and dtype,
+    with its PNG fields; the pipeline is not changed (the server swaps it in for a job)."""
+    c = Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler, pipe.defaults, pipe.name,
+                   xl=pipe.xl)
+    return swap_vae(c, checkpoints.read_vae(path)).vae
+
+
+def vae_fields(path) -> dict:
+    """A1111's PNG fields of a VAE file: "VAE hash" (its sha256's first 10 hex digits) and "VAE" (its file name)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"VAE hash": digest.hexdigest()[:10], "VAE": Path(path).name}
 
 
 def with_tiny_vae(c: Components, path) -> Components:

@@ -14,7 +14,8 @@ What maps to what:
     denoising_strength            -> strength
     mask, mask_blur               -> inpaint(mask=..., mask_blur=...); inpainting_mask_invert flips the mask
     inpaint_full_res (+ padding)  -> only_masked (+ padding)
-    override_settings             -> sd_model_checkpoint (a model by name), CLIP_stop_at_last_layers (clip_skip)
+    override_settings             -> sd_model_checkpoint (a model by name), CLIP_stop_at_last_layers (clip_skip),
+                                     sd_vae (a VAE file of --vae-dir by name: the job's models use its VAE)
 
     subseed, subseed_strength     -> variation=latentgen.Variation(seed, strength, resize_from): A1111's variation
     seed_resize_from_w/h             seed and seed resize; image i of the request has subseed + i
@@ -94,6 +95,7 @@ class Task:
     control: list | None = None  # latentgen.Control units from alwayson_scripts.controlnet (``controlnet_api``)
     refiner: tuple | None = None  # refiner_checkpoint (a model by name), refiner_switch_at, hires_fix_refiner_pass
     hires_model: str | None = None  # hr_checkpoint_name: the hires pass's model by name (None: the same)
+    vae: str | None = None  # sd_vae (options or override_settings): a VAE file by name (None: the model's own)
     tiling: bool = False  # A1111's Tiling: pictures that tile seamlessly
 
     @property
@@ -167,7 +169,8 @@ def _prompt_loras(req: CommonFields, loras) -> tuple[str, dict[str, Path]]:
     return req.prompt, {name: loras.check(name) for _, name, _ in tags}
 
 
-def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool, controlnets=None) -> Task:
+def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: bool, controlnets=None,
+          vaes=None) -> Task:
     """The plan's fields common to txt2img and img2img: prompt and LoRAs, sampler, model (A1111's
     ``override_settings``: a model by name, ``CLIP_stop_at_last_layers``), seeds."""
     prompt, files = _prompt_loras(req, loras)
@@ -194,7 +197,8 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
                 n_iter=req.n_iter, clip_skip=over.get("CLIP_stop_at_last_layers", options["CLIP_stop_at_last_layers"]),
                 model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
                 save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images,
-                variation=variation, refiner=refiner, tiling=bool(req.tiling))
+                variation=variation, refiner=refiner, tiling=bool(req.tiling),
+                vae=vaes.check(over.get("sd_vae", options["sd_vae"])) if vaes is not None else None)
 
 
 @unprocessable()

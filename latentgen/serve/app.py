@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import a1111, codec, controlnet_api, extras, live, run, settings, workflows
-from .catalog import Loras, Models, Styles, embedding_item
+from .catalog import Loras, Models, Styles, Vaes, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
@@ -50,7 +50,7 @@ class Server:
                              embeddings=config.embeddings, load_options=config.load_options, warmup=config.warmup)
         self.loras = Loras(config.loras)
         self.controlnets = controlnet_api.ControlNets(config.controlnet_dir)
-        self.styles = Styles(config.styles_file)
+        self.styles, self.vaes = Styles(config.styles_file), Vaes(config.vae_dir)
         self.outputs = run.Outputs(config.outdir) if config.outdir else None
         self.worker = Worker(self.models, queue_size=self.limits.queue_size, job_timeout=self.limits.job_timeout)
         self.options: dict[str, Any] = {}
@@ -72,7 +72,7 @@ class Server:
     def plan_args(self) -> dict:
         return dict(limits=self.limits, models=self.models, loras=self.loras, options=dict(self.options),
                     save=self.outputs is not None, controlnets=self.controlnets, upscalers=self.config.upscalers_dir,
-                    styles=self.styles)
+                    styles=self.styles, vaes=self.vaes)
 
     async def run(self, request: Request, kind: str, work, task_id: str | None = None):
         """Queue ``work`` and wait for it; cancel it when the client goes away."""
@@ -173,7 +173,7 @@ def _routes(app: FastAPI, server: Server) -> None:
     async def generate(request: Request, plan_fn, req) -> dict:
         plan = await run_in_threadpool(plan_fn, req, **server.plan_args())  # images decoded here
         images, info = await server.run(request, plan.mode, lambda ctx: run.execute(
-            plan, ctx, limits=limits, outputs=server.outputs), task_id=req.force_task_id)
+            plan, ctx, limits=limits, outputs=server.outputs, vaes=server.vaes), task_id=req.force_task_id)
         encoded = await run_in_threadpool(lambda: [codec.encode_png(im) for im in images]) if plan.send_images else []
         return {"images": encoded, "parameters": plan.parameters, "info": json.dumps(info)}
 
@@ -209,6 +209,7 @@ def _routes(app: FastAPI, server: Server) -> None:
             settings.check_option(key, value)
         if "show_progress_type" in req:
             server.previews.check_option(req["show_progress_type"], models.loaded())
+        server.vaes.check(req.get("sd_vae"))  # a file of --vae-dir, or the model's own
         name = req.get("sd_model_checkpoint")
         if name is not None:
             name = models.check(name)
@@ -266,6 +267,9 @@ def _list_routes(app: FastAPI, server: Server) -> None:
     def refresh_loras():
         server.loras = Loras(server.config.loras)  # the --lora folders, read again
         return None
+
+    app.get("/sdapi/v1/sd-vae")(server.vaes.listing)  # the VAE files of --vae-dir, for sd_vae
+    app.post("/sdapi/v1/refresh-vae")(server.vaes.refresh)
 
     @app.get("/sdapi/v1/embeddings")
     def embeddings():

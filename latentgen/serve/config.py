@@ -51,6 +51,7 @@ class ServeConfig:
     upscalers_dir: Path | None = None  # upscaler model files by stem (A1111's models/ESRGAN); None: $LATENTGEN_UPSCALERS
     preview_vae: Path | None = None  # a tiny VAE (TAESD) for live previews, A1111's show_progress_type "TAESD"
     styles_file: Path | None = None  # A1111's styles.csv: prompt styles by name (the requests' styles)
+    vae_dir: Path | None = None  # VAE files by file name, A1111's sd_vae (its models/VAE)
     warmup: bool = True  # each model draws one 1-step image as it loads: first-call conversions and compiles happen
 
     def credentials(self) -> dict[str, str]:
@@ -81,6 +82,9 @@ class ServeConfig:
         if self.upscalers_dir is not None and not Path(self.upscalers_dir).is_dir():
             raise FileNotFoundError(f"--upscalers-dir {self.upscalers_dir} is not a folder; give a folder of ESRGAN, "
                                     f"Real-ESRGAN or Compact .pth/.safetensors files (A1111's models/ESRGAN).")
+        if self.vae_dir is not None and not Path(self.vae_dir).is_dir():
+            raise FileNotFoundError(f"--vae-dir {self.vae_dir} is not a folder; give a folder of VAE files "
+                                    f"(.safetensors, .pt), A1111's models/VAE.")
         if self.controlnet_dir is not None and not Path(self.controlnet_dir).is_dir():
             raise FileNotFoundError(f"--controlnet-dir {self.controlnet_dir} is not a folder; give a folder of "
                                     f"ControlNets: diffusers folders (each with config.json) or single files "

@@ -67,8 +67,9 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 
 
-def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict]:
-    """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done."""
+def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
+    """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
+    ``catalog.Vaes`` that ``plan.vae`` names a file of."""
     ctx.worker.models.hold([plan.model, plan.hires_model, plan.refiner and plan.refiner[0]])
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
     second = pipe
@@ -76,8 +77,23 @@ def execute(plan, ctx, *, limits, outputs=None) -> tuple[list[Image.Image], dict
         ctx.check("before the hires model loaded", interrupt=False)
         second = ctx.worker.models.get(plan.hires_model)
         plan = replace(plan, hires=replace(plan.hires, model=None if second is pipe else second))
-    with loras_loaded(pipe, plan.loras), loras_loaded(second, plan.loras if second is not pipe else {}):
+    with loras_loaded(pipe, plan.loras), loras_loaded(second, plan.loras if second is not pipe else {}), \
+            vae_swapped({id(m): m for m in (pipe, second)}.values(), vaes, plan.vae):
         return _execute(plan, ctx, pipe, limits=limits, outputs=outputs)
+
+
+@contextmanager
+def vae_swapped(pipes, vaes, name: str | None):
+    """A1111's ``sd_vae``: each of the job's decoding models draws with the VAE of file ``name`` (``catalog.Vaes``)
+    while the job runs, and with its own again after, however the job ends (None: its own throughout)."""
+    own = [(p, p.vae) for p in pipes]
+    try:
+        for p, _ in own if name is not None else []:
+            p.vae = vaes.for_model(p, name)
+        yield
+    finally:
+        for p, vae in own:
+            p.vae = vae
 
 
 def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], dict]:
@@ -148,7 +164,7 @@ def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | Non
         "subseed": plan.subseed, "all_subseeds": [plan.subseed + i for i in range(n)], "subseed_strength": v.strength if v else 0,
         **resolved, "sampler_name": SAMPLERS[key].label if key in SAMPLERS else label(pipe.scheduler),
         "batch_size": plan.batch_size, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": plan.vae, "sd_vae_hash": None,
         "seed_resize_from_w": v.resize_from[0] if v and v.resize_from else -1,
         "seed_resize_from_h": v.resize_from[1] if v and v.resize_from else -1,
         "denoising_strength": plan.strength if plan.mode == "img2img" else None,

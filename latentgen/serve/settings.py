@@ -64,7 +64,7 @@ OPTIONS = {  # A1111 option names this server knows, with their defaults; sd_mod
     "outdir_samples": "",
     "hires_fix_refiner_pass": "second pass",  # which pass of a hires call the refiner acts in (latentgen.Refiner)
 }
-FIXED = {"samples_format": ("png",), "eta_noise_seed_delta": (0,), "sd_vae": ("Automatic", "None", None)}
+FIXED = {"samples_format": ("png",), "eta_noise_seed_delta": (0,)}  # sd_vae: a name of catalog.Vaes
 
 
 @unprocessable()

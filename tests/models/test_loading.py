@@ -86,3 +86,25 @@ def test_components_alone_carry_the_placement(tiny_folder):
     assert c.placement == precision.Placement(torch.device("cpu"), torch.float32, c.placement.dtype_why, "torch",
                                               "as asked")
     assert c.unet.dtype == torch.float32 and latentgen.Pipeline.from_components(c).runtime.backend == "torch"
+
+
+def test_a_vae_file_is_named_in_the_png_and_built_for_a_loaded_pipeline(tiny_folder, tmp_path):
+    """A VAE file's pictures say "VAE hash" (its sha256's first 10 hex digits) and "VAE" (its name), as A1111's;
+    ``vae_for`` builds the same VAE for a pipeline loaded without it (the server's sd_vae), leaving it as it was."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from latentgen.models import ldm
+
+    plain = latentgen.load(tiny_folder)
+    moved = {k: v * 1.1 for k, v in plain.vae.state_dict().items()}
+    file = tmp_path / "my-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(moved, plain.vae.config, prefix="").items()}, str(file))
+    with_file = latentgen.load(tiny_folder, vae=file)
+    text = with_file.generate("a cat", steps=1, width=32, height=32)[0].info["parameters"]
+    assert text.endswith(f"VAE hash: {hashlib.sha256(file.read_bytes()).hexdigest()[:10]}, VAE: my-vae.safetensors")
+    built, own = loading.vae_for(plain, file), plain.vae
+    assert all(torch.equal(built.state_dict()[k], moved[k]) for k in moved) and plain.vae is own
+    assert built.dtype == own.dtype and "VAE" not in plain.generate("a cat", steps=1, width=32, height=32)[0].info[
+        "parameters"]

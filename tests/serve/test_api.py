@@ -492,6 +492,47 @@ def test_hr_checkpoint_name_draws_the_hires_pass_with_another_model(tiny_folder,
         s.stop()
 
 
+def test_sd_vae_draws_with_a_vae_file_of_the_vae_folder(tiny_folder, tmp_path):
+    """A1111's sd_vae (override_settings or options) names a file of --vae-dir: the job decodes with that VAE, as
+    latentgen.load(..., vae=file) does, and the PNG says "VAE hash" and "VAE"; "Automatic" is the model's own; an
+    unknown name is a 404 before any job runs."""
+    import latentgen
+    from safetensors.torch import save_file
+
+    from latentgen.models import ldm
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "vae").mkdir()
+    os.symlink(tiny_folder, tmp_path / "models" / "tiny")
+    own = latentgen.load(tiny_folder)
+    moved = {k: v * 1.1 for k, v in own.vae.state_dict().items()}
+    file = tmp_path / "vae" / "my-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(moved, own.vae.config, prefix="").items()}, str(file))
+    s = Served(ServeConfig(models_dir=tmp_path / "models", vae_dir=tmp_path / "vae"))
+    try:
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
+        assert requests.get(s.url + "/sdapi/v1/sd-vae").json() == [{"model_name": "my-vae.safetensors",
+                                                                       "filename": "my-vae.safetensors"}]
+        ask = dict(prompt=PROMPT, seed=2, steps=3, cfg_scale=5, width=64, height=64, sampler_name="Euler")
+        over = {"sd_model_checkpoint": "tiny"}
+        r = api.txt2img(**ask, override_settings={**over, "sd_vae": "my-vae.safetensors"})
+        want = latentgen.load(tiny_folder, vae=file).generate(PROMPT, seed=2, steps=3, guidance=5, scheduler="euler")
+        named = want[0].info["parameters"].replace(f"Model: {own.name}", "Model: tiny")  # the catalog's name
+        assert max_diff(r.images[0], want[0]) <= 1 and r.info["infotexts"][0] == named
+        assert ", VAE hash: " in r.info["infotexts"][0] and r.info["sd_vae_name"] == "my-vae.safetensors"
+        plain = api.txt2img(**ask, override_settings={**over, "sd_vae": "Automatic"})  # the model's own again
+        assert "VAE" not in plain.info["infotexts"][0] and max_diff(plain.images[0], want[0]) > 2
+        assert max_diff(plain.images[0], own.generate(PROMPT, seed=2, steps=3, guidance=5, scheduler="euler")[0]) <= 1
+        api.set_options({"sd_vae": "my-vae.safetensors"})  # A1111's quick setting: every job after
+        assert max_diff(api.txt2img(**ask, override_settings=over).images[0], want[0]) <= 1
+        for body in ({"override_settings": {"sd_vae": "nope.pt"}, "prompt": "x", "steps": 1}, {"sd_vae": "nope.pt"}):
+            route = "/sdapi/v1/options" if "sd_vae" in body else "/sdapi/v1/txt2img"
+            bad = requests.post(s.url + route, json=body)
+            assert bad.status_code == 404 and "sd_vae: VAE 'nope.pt' not found" in bad.text, bad.text
+    finally:
+        s.stop()
+
+
 def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refiner_folder, tmp_path):
     """refiner_checkpoint names a model of the catalog, refiner_switch_at where it takes over: the image equals the
     Python API's hand-over; an unknown refiner is a 404; with enable_hr, A1111's option hires_fix_refiner_pass says
