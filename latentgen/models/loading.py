@@ -43,10 +43,9 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
         arch = reader.architecture(ck, vae=vae_file)
         unet_config = arch.unet
     else:
-        unet_config, vae_config, text_config = components.part_configs(source, path)
-        if vae_file is not None:  # does it fit? before any weight is loaded
-            single_file.fit_vae(unet_config, {**vae_config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}, text_config,
-                                vae_file)
+        unet_config, vae_config, _ = components.part_configs(source, path)
+        if vae_file is not None:  # does it fit? before any weight is loaded (the folder's own parts: from_folder)
+            fit_vae(unet_config, {**vae_config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}, vae_file)
     # 3. device, dtype and backend, decided once
     backend = choice.for_model(backend, unet_config)  # SDXL: $LATENTGEN_BACKEND's CUDA graphs give way to torch
     dtype, dtype_why = precision.resolve_dtype(asked, device, unet_config)
@@ -76,14 +75,21 @@ def swap_vae(c: Components, vae_file) -> Components:
     """``c`` with the VAE of ``vae_file`` (a ``checkpoints.read_vae`` result), on c's device and dtype; the VAE
     carries its PNG fields (``vae_fields``) as ``infotext``."""
     cfg = {**c.vae.config, **ldm.vae_sizes(vae_file.part(ldm.VAE))}
-    if cfg["latent_channels"] != c.vae.config.latent_channels:
-        raise ValueError(f"vae={vae_file.path.name}: VAE latent_channels={cfg['latent_channels']} does not fit this "
-                         f"model's {c.vae.config.latent_channels}: use a VAE of the model's family.")
+    fit_vae(c.unet.config, cfg, vae_file)
     vae = single_file.build_vae(vae_file, cfg, c.unet.dtype)
     vae.infotext = vae_fields(vae_file.path)
     c = replace(c, vae=vae)
     components.finish_vae(c, c.unet.device, c.unet.dtype)
     return c
+
+
+def fit_vae(unet: dict, cfg: dict, vae_file) -> None:
+    """A VAE file's config ``cfg`` fits the U-Net's latents (SD 1.x/2.x and SDXL alike), else a ValueError naming it."""
+    c = cfg["latent_channels"]
+    if unet["in_channels"] not in (c, 2 * c + 1) or unet["out_channels"] != c:
+        raise ValueError(f"vae={vae_file.path.name}: VAE latent_channels={c} does not fit U-Net in_channels="
+                         f"{unet['in_channels']} / out_channels={unet['out_channels']}: use a VAE of the model's "
+                         f"family (latent_channels={unet['out_channels']}).")
 
 
 def vae_for(pipe, path) -> torch.nn.Module:

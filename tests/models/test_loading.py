@@ -108,3 +108,18 @@ def test_a_vae_file_is_named_in_the_png_and_built_for_a_loaded_pipeline(tiny_fol
     assert all(torch.equal(built.state_dict()[k], moved[k]) for k in moved) and plain.vae is own
     assert built.dtype == own.dtype and "VAE" not in plain.generate("a cat", steps=1, width=32, height=32)[0].info[
         "parameters"]
+
+
+def test_an_sdxl_folder_takes_a_vae_file(xl_folder, tmp_path):
+    """A VAE file with an SDXL folder (its fp16-fixed VAE, say): only the VAE's fit is checked, not the folder's
+    text encoders again (two of them, which the VAE check once took for a misfit)."""
+    from safetensors.torch import save_file
+
+    from latentgen.models import ldm
+
+    plain = latentgen.load(xl_folder)
+    moved = {k: v * 1.1 for k, v in plain.vae.state_dict().items()}
+    file = tmp_path / "xl-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(moved, plain.vae.config, prefix="").items()}, str(file))
+    got = latentgen.load(xl_folder, vae=file).vae.state_dict()
+    assert all(torch.equal(got[k], moved[k]) for k in moved)

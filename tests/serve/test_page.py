@@ -177,7 +177,9 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
     os.symlink(xl_folder, tmp_path / "tiny-xl")
     os.symlink(xl_refiner_folder, tmp_path / "tiny-xl-refiner")
     (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nflat,\"{prompt}, flat colors\",blurry\n")
-    s = Served(ServeConfig(model="tiny-xl", models_dir=tmp_path, styles_file=tmp_path / "styles.csv"))
+    vae = _vae_file(xl_folder, tmp_path / "vae" / "warm.safetensors")
+    s = Served(ServeConfig(model="tiny-xl", models_dir=tmp_path, styles_file=tmp_path / "styles.csv",
+                           vae_dir=vae.parent))
     page = browser.new_page(viewport={"width": 1120, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -229,6 +231,18 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
                              scheduler="euler", hires=latentgen.Hires(scale=1.5, strength=0.5, steps=2, upscaler="Lanczos",
                                                                       model=latentgen.load(xl_refiner_folder)))[0]
         assert max_diff(image, want) <= 1 and "Hires checkpoint: tiny-xl-refiner" in page.inner_text("#gallery .params")
+
+        page.select_option("#hr-model", "")  # A1111's SD VAE quick setting: the jobs after decode with that file's
+        page.uncheck("#hr-on")
+        assert page.is_visible("#vae") and page.input_value("#vae") == "Automatic"
+        page.select_option("#vae", "warm.safetensors")
+        page.wait_for_function("fetch('/sdapi/v1/options').then(r => r.json()).then(o => o.sd_vae === 'warm.safetensors')")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img.result').length === 4", timeout=120_000)
+        image = data_url_image(page.get_attribute("#gallery img.result", "src")).convert("RGB")
+        want = latentgen.load(xl_folder, vae=vae).generate("a red circle, flat colors", negative_prompt="blurry", seed=2,
+                                                           steps=4, guidance=5.0, scheduler="euler")[0]
+        assert max_diff(image, want) <= 1 and "VAE: warm.safetensors" in page.inner_text("#gallery .params")
         page.check("input[name=mode][value=img2img]")
         assert page.is_hidden("#hires") and not page.is_hidden("#refiner")  # hires is txt2img's; a refiner is both's
         assert page.is_visible("#source") and page.is_hidden("#mask-tools")  # the mask tools are inpainting's
@@ -236,3 +250,17 @@ def test_an_sdxl_model_with_the_refiner_and_the_hires_panels(browser, xl_folder,
         page.close()
         s.stop()
     assert not errors, errors
+
+
+def _vae_file(folder, path: Path) -> Path:
+    """A VAE file (LDM layout) of the model in ``folder`` with every weight moved: another VAE of its family."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from latentgen.models import ldm
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    moved = {k: v * 1.1 for k, v in vae.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(moved, vae.config, prefix="").items()}, str(path))
+    return path

@@ -29,9 +29,12 @@ function fillSelect(select, items, keepFirst) {
 }
 
 async function loadLists() {
-  const [models, options, samplers, loras, latent, upscalers, styles] = await Promise.all(
+  const [models, options, samplers, loras, latent, upscalers, styles, vaes] = await Promise.all(
     [getJSON("sd-models"), getJSON("options"), getJSON("samplers"), getJSON("loras"), getJSON("latent-upscale-modes"),
-     getJSON("upscalers"), getJSON("prompt-styles").catch(() => [])]);
+     getJSON("upscalers"), getJSON("prompt-styles").catch(() => []), getJSON("sd-vae").catch(() => [])]);
+  fillSelect($("vae"), vaes.map((v) => [v.model_name, v.model_name]), true);  // A1111's SD VAE quick setting
+  $("vae").value = vaes.some((v) => v.model_name === options.sd_vae) ? options.sd_vae : "Automatic";
+  $("vae-label").hidden = vaes.length === 0;  // no --vae-dir
   fillSelect($("styles"), styles.map((s) => [s.name, s.name]));
   $("styles-row").hidden = styles.length === 0;  // no --styles-file
   fillSelect($("model"), models.map((m) => [m.title, m.model_name]));
@@ -80,6 +83,14 @@ $("model").addEventListener("change", async () => {
     $("status").textContent = "";
   } catch (e) {
     $("status").textContent = "";
+    showError(e.message);
+  }
+});
+
+$("vae").addEventListener("change", async () => {
+  try {
+    await postJSON("options", { sd_vae: $("vae").value });  // every job after draws with it
+  } catch (e) {
     showError(e.message);
   }
 });
