@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import a1111, codec, controlnet_api, extras, live, run, settings, workflows
+from . import a1111, codec, controlnet_api, extras, live, run, settings, system, workflows
 from .catalog import Loras, Models, Styles, Vaes, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
@@ -162,6 +162,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     _list_routes(app, server)
     extras.add_routes(app, server)
     controlnet_api.add_routes(app, server)
+    system.add_routes(app, server)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -105,6 +105,10 @@ class Models:
             del self._loaded[old]
         return pipe
 
+    def unload(self) -> None:
+        """Every pipeline out of memory (A1111's unload-checkpoint; the worker thread only): the next ``get`` loads."""
+        self._loaded.clear()
+
     def hold(self, names) -> None:
         """The models a job draws with (None: the current one): loading one of them never evicts another."""
         self.held = frozenset(n for n in names if n)

@@ -21,7 +21,9 @@ from latentgen.upscale import upscalers  # noqa: E402
 @pytest.fixture(scope="module")
 def api(tiny_folder, upscaler_folder):
     s = Served(ServeConfig(model=str(tiny_folder), upscalers_dir=upscaler_folder))
-    yield webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=s.port)
+    api.served = s
+    yield api
     s.stop()
 
 
@@ -177,3 +179,25 @@ def test_a_tiling_jobs_previews_wrap_with_the_preview_vae_too():
         assert seamless.wraps(pipe.vae) and rolled_error() <= 1
         assert not seamless.wraps(previews.vae)  # only while it draws
     assert not seamless.wraps(pipe.vae) and rolled_error() > 8
+
+
+def test_what_the_server_has_not_its_memory_flags_and_unloading(api):
+    """The routes A1111 clients call as they start: empty lists for what latentgen has not, the upscaler files
+    (realesrgan-models), memory and flags in A1111's shapes; unload-checkpoint empties the memory, reload-checkpoint
+    loads the current model again, and a job after draws as before."""
+    import requests
+    import torch
+
+    assert api.get_face_restorers() == [] and api.get_hypernetworks() == []
+    assert {m["name"] for m in api.get_realesrgan_models()} == {"2x-compact", "4x-tiny"}  # --upscalers-dir's files
+    memory = api.get_memory()
+    assert 0 < memory["ram"]["used"] < memory["ram"]["total"] and memory["ram"]["free"] > 0
+    assert (memory["cuda"] == {"error": "unavailable"}) != torch.cuda.is_available()
+    flags = api.get_cmd_flags()
+    assert flags["api"] is True and flags["listen"] is False and flags["api_auth"] is None and flags["port"] == 7860
+    before = api.txt2img(prompt="a cat", seed=1, steps=2, width=32, height=32).image
+    models = api.served.server_state.models
+    assert requests.post(api.served.url + "/sdapi/v1/unload-checkpoint").json() == {} and models.loaded() is None
+    assert requests.post(api.served.url + "/sdapi/v1/reload-checkpoint").json() == {} and models.loaded() is not None
+    after = api.txt2img(prompt="a cat", seed=1, steps=2, width=32, height=32).image
+    assert np.array_equal(np.asarray(before), np.asarray(after))
