@@ -28,6 +28,7 @@ What maps to what:
                                      model), held beside the drawing model
     tiling                        -> tiling=True: pictures that tile seamlessly (``latentgen.canvas.seamless``)
 
+    infotext                      -> the fields the request leaves out, read from a picture's parameters text
     styles                        -> A1111's prompt styles from --styles-file, applied to the prompts
                                      (``latentgen.text.styles``); an unknown name is a 422
 
@@ -53,7 +54,7 @@ from latentgen.request import MAX_SEED
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
-from . import controlnet_api, workflows
+from . import controlnet_api, infotext, workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt (styled too)
@@ -117,7 +118,6 @@ def check_pixels(width: int, height: int, limits) -> None:
 def _unsupported(req: CommonFields) -> None:
     for name, bad, why in [
         ("restore_faces", bool(req.restore_faces), "there is no face restoration; send false"),
-        ("infotext", bool(req.infotext), "send the fields themselves, not an infotext to parse"),
     ]:
         if bad:
             raise _refuse(name, getattr(req, name), why)
@@ -204,6 +204,7 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 @unprocessable()
 def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     """``upscalers``: the folder of upscaler model files (``--upscalers-dir``); ``styles``: ``catalog.Styles``."""
+    req = infotext.applied(req, models=kw["models"], vaes=kw.get("vaes"))  # A1111's infotext: the fields left out
     _check_common(req, limits)
     style = workflows.styler(req, styles, MAX_PROMPT)
     given, req = req, workflows.styled(req, style)
@@ -256,6 +257,7 @@ def _blur(req: Img2ImgRequest) -> int:
 def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     from latentgen.canvas import resize
 
+    req = infotext.applied(req, models=kw["models"], vaes=kw.get("vaes"))
     _check_common(req, limits)
     _check_img2img(req, limits)
     given, req = req, workflows.styled(req, workflows.styler(req, styles, MAX_PROMPT))

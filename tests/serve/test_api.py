@@ -141,6 +141,23 @@ def test_prompt_styles_of_the_styles_file_equal_the_python_api(api, served, ref)
     assert [s["name"] for s in api.get_prompt_styles()] == ["warm"]
 
 
+def test_an_infotext_fills_the_fields_the_request_leaves_out(served):
+    """A1111's infotext field (1.9+): a picture's parameters text redraws the picture (hires fix, variation seed,
+    tiling and clip skip included); a field the request sends wins; a value of the wrong kind is a 422 naming it."""
+    first = requests.post(served.url + "/sdapi/v1/txt2img", json=dict(
+        prompt=PROMPT, negative_prompt="green", seed=5, steps=4, cfg_scale=5, width=64, height=64, sampler_name="Euler",
+        subseed=9, subseed_strength=0.3, enable_hr=True, hr_scale=1.5, hr_upscaler="Lanczos", denoising_strength=0.5,
+        hr_second_pass_steps=2, tiling=True, override_settings={"CLIP_stop_at_last_layers": 2})).json()
+    text = json.loads(first["info"])["infotexts"][0]
+    assert all(f in text for f in ("Variation seed: 9", "Clip skip: 2", "Tiling: True", "Hires upscaler: Lanczos"))
+    again = requests.post(served.url + "/sdapi/v1/txt2img", json={"infotext": text}).json()
+    assert json.loads(again["info"])["infotexts"][0] == text and again["images"] == first["images"]
+    other = requests.post(served.url + "/sdapi/v1/txt2img", json={"infotext": text, "seed": 6}).json()
+    assert "Seed: 6," in json.loads(other["info"])["infotexts"][0] and other["images"] != first["images"]
+    bad = requests.post(served.url + "/sdapi/v1/txt2img", json={"infotext": text.replace("Steps: 4", "Steps: four")})
+    assert bad.status_code == 422 and "infotext: Steps='four' is not a whole number" in bad.text, bad.text
+
+
 def test_xyz_plot_equals_the_python_api(api, ref):
     from latentgen.plot import xyz
 
