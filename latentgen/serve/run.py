@@ -5,7 +5,7 @@ the latentgen calls (one per A1111 batch), the images, A1111's ``info`` (``Proce
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,15 +70,25 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
 def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
     ``catalog.Vaes`` that ``plan.vae`` names a file of."""
-    ctx.worker.models.hold([plan.model, plan.hires_model, plan.refiner and plan.refiner[0]])
+    axes = plan.script["grid"] if plan.script and "grid" in plan.script else []
+    named = [v for a in axes if a.label == "Checkpoint name" for v in a.values]  # the X/Y/Z plot's models
+    ctx.worker.models.hold([plan.model, plan.hires_model, plan.refiner and plan.refiner[0], *named])
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
     second = pipe
     if plan.hires_model is not None:  # A1111's hr_checkpoint_name: a second model of the catalog, held beside this one
         ctx.check("before the hires model loaded", interrupt=False)
         second = ctx.worker.models.get(plan.hires_model)
         plan = replace(plan, hires=replace(plan.hires, model=None if second is pipe else second))
-    with loras_loaded(pipe, plan.loras), loras_loaded(second, plan.loras if second is not pipe else {}), \
-            vae_swapped({id(m): m for m in (pipe, second)}.values(), vaes, plan.vae):
+    if named:  # each cell's model, loaded (once) before the first cell draws
+        ctx.check("before the plot's models loaded", interrupt=False)
+        get = ctx.worker.models.get
+        plan = replace(plan, script={**plan.script, "grid": [replace(a, values=tuple(map(get, a.values)))
+                                                             if a.label == "Checkpoint name" else a for a in axes]})
+    drawing = {id(m): m for m in (pipe, second, *(get(n) for n in named))}.values()  # the job's models
+    with ExitStack() as stack:
+        for m in drawing:  # the prompt's LoRAs, by name, on each
+            stack.enter_context(loras_loaded(m, plan.loras))
+        stack.enter_context(vae_swapped(drawing, vaes, plan.vae))
         return _execute(plan, ctx, pipe, limits=limits, outputs=outputs)
 
 

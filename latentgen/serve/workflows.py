@@ -5,6 +5,8 @@ scripts this server runs through ``script_name`` / ``script_args``: "Poor man's 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from latentgen import checks
 
 from .errors import ApiError
@@ -114,9 +116,10 @@ def resize_mode(req, has_mask: bool) -> str:
     return mode
 
 
-def script(req, mode: str, folder=None) -> dict | None:
+def script(req, mode: str, folder=None, models=None) -> dict | None:
     """The request's script, as latentgen call options (None without one); unknown scripts: 422. ``folder``:
-    where the plot's "Hires upscaler" values name model files."""
+    where the plot's "Hires upscaler" values name model files; ``models``: the catalog its "Checkpoint name" values
+    name (``catalog.Models``; 404 for one it has not)."""
     name = (req.script_name or "").strip().lower()
     if not name:
         return None
@@ -132,6 +135,9 @@ def script(req, mode: str, folder=None) -> dict | None:
         check_replacements(axes, req.prompt, req.negative_prompt)  # the styled prompts: again per cell, unstyled
     except ValueError as e:
         raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None
+    if models is not None:
+        axes = [replace(a, values=tuple(models.check(v) for v in a.values)) if a.label == "Checkpoint name" else a
+                for a in axes]
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images
     return {"grid": axes, "lone": lone}
 

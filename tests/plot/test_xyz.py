@@ -21,7 +21,7 @@ def test_axis_values_as_a1111_parses_them(label, text, values):
 
 
 @pytest.mark.parametrize("label, text, match", [
-    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (11, "a.ckpt", r"axis 'Checkpoint name' is not one"),
+    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (8, "a, b", r"axis 'Prompt order' is not one"),
     (99, "1", r"not an A1111 txt2img axis index"), ("Steps", "ten", r"value 'ten' is not a whole number"),
     ("Steps", "", r"has no values"),
 ])
@@ -68,6 +68,22 @@ def test_size_lora_weight_and_hires_axes(fresh, lora_files):
     assert max_diff([p.cells[0]], [p.cells[2]]) > 0
     h = xyz.plot(pipe, "a cat", [xyz.axis("Denoising", "0.3, 0.6")], hires=Hires(scale=1.5), **kw)
     assert "Denoising strength: 0.6, Hires upscale: 1.5" in h.cells[1].info["parameters"]
+
+
+def test_checkpoint_name_draws_each_cell_with_its_model(pipe, tiny_folder, tiny_other):
+    """A1111's "Checkpoint name" axis: a name (here a folder) is loaded once, a loaded pipeline is used as it is;
+    each cell equals that model's own call and says so in its label and PNG."""
+    import latentgen
+
+    kw = dict(seed=2, steps=2, guidance=4.0, width=64, height=64)
+    other = latentgen.load(tiny_other)
+    by_name = xyz.plot(pipe, "a red cat", [xyz.axis("Checkpoint name", f"{tiny_folder}, {tiny_other}"),
+                                           xyz.axis("Steps", "2, 3")], **kw)
+    assert max_diff([by_name.cells[1]], other.generate("a red cat", **kw)) == 0
+    assert max_diff([by_name.cells[0]], pipe.generate("a red cat", **kw)) == 0
+    assert by_name.labels[1][0] == other.name and f"Model: {other.name}" in by_name.cells[1].info["parameters"]
+    given = xyz.plot(pipe, "a red cat", [xyz.Axis("Checkpoint name", (other, pipe))], **kw)
+    assert max_diff([given.cells[0]], [by_name.cells[1]]) == 0 and given.labels[1][0] == pipe.name
 
 
 def test_prompt_sr_replaces_in_both_prompts_before_the_styles(pipe):

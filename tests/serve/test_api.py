@@ -169,7 +169,23 @@ def test_xyz_plot_equals_the_python_api(api, ref):
     assert len(r.images) == 1 + 4 and r.images[0].size == want.grid.size  # the grid, then the cells (lone images)
     assert max_diff(r.images[0], want.grid) <= 1 and max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
     with pytest.raises(RuntimeError, match="is not one latentgen plots"):
-        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[11, "a.ckpt"] + args[2:])
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[8, "a, b"] + args[2:])  # Prompt order
+
+
+def test_xyz_plots_checkpoints_of_the_catalog(api, ref, tiny_folder):
+    """The X/Y/Z plot's "Checkpoint name" axis (A1111's index 11): each cell drawn by that model of the catalog,
+    named in its label and its PNG; a name the catalog has not is a 404 before anything is drawn."""
+    import latentgen
+
+    args = [11, "default, tiny", [], 0, "", [], 0, "", [], True, True]
+    r = api.txt2img(prompt=PROMPT, seed=3, steps=2, cfg_scale=5, width=64, height=64, sampler_name="Euler a",
+                    script_name="X/Y/Z plot", script_args=args)
+    kw = dict(seed=3, steps=2, guidance=5, width=64, height=64, scheduler="euler_a")
+    assert len(r.images) == 3 and max_diff(r.images[1], ref.generate(PROMPT, **kw)[0]) <= 1
+    assert max_diff(r.images[2], latentgen.load(tiny_folder).generate(PROMPT, **kw)[0]) <= 1
+    assert "Model: tiny" in r.images[2].info["parameters"] and "Model: default" in r.images[1].info["parameters"]
+    with pytest.raises(RuntimeError, match=r"404.*model .*nowhere.* not found"):
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[11, "default, nowhere"] + args[2:])
 
 
 def test_random_seed_is_reported_and_batches_draw_seed_plus_i(api, ref):
