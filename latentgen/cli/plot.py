@@ -43,7 +43,11 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     call = {k: v for k, v in dict(seed=args.seed, steps=args.steps, guidance=args.guidance, width=args.width,
                                   height=args.height, scheduler=args.scheduler, negative_prompt=args.negative).items()
             if v is not None}
-    p = xyz.plot(pipe, args.prompts[0], axes, **call)
+    from contextlib import nullcontext
+
+    # "Checkpoint name" values: loaded with this command's --vae, --backend, --dtype, when their cells draw
+    p = xyz.plot(pipe, args.prompts[0], axes, models=lambda path: nullcontext(load_model(args, path, prediction_type=None)),
+                 **call)
     print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
     for image, path in zip(p.cells, paths[1:]):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))

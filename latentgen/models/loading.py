@@ -94,7 +94,11 @@ def fit_vae(unet: dict, cfg: dict, vae_file) -> None:
 
 def vae_for(pipe, path) -> torch.nn.Module:
     """The VAE of a VAE file (A1111's "SD VAE") for a loaded pipeline, checked to fit it, on its device and dtype,
-    with its PNG fields; the pipeline is not changed (the server swaps it in for a job)."""
+    with its PNG fields; the pipeline is not changed (the server swaps it in for a job). A pipeline whose own VAE is
+    a tiny one is refused: the file's VAE would take the tiny VAE's config (its scaling factor)."""
+    if tiny.is_loaded(pipe.vae):
+        raise ValueError(f"{pipe.name!r} was loaded with a tiny VAE (vae=taesd...): a VAE file needs the model's own "
+                         f"full VAE config; load the model without the tiny VAE.")
     c = Components(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, pipe.scheduler, pipe.defaults, pipe.name,
                    xl=pipe.xl)
     return swap_vae(c, checkpoints.read_vae(path)).vae

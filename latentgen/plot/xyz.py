@@ -4,7 +4,7 @@ An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
 Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
 negative prompt, refused when in neither, and each value put in its place), Sampler, Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
-or a name that ``plot``'s ``models`` loads, once each), Clip skip, Denoising (the hires pass's), Hires upscaler; and
+or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
 fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -135,7 +137,7 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
     elif label == "Size":
         call["width"], call["height"] = size(value)
     elif label == "Checkpoint name":
-        call["model"] = value  # a loaded pipeline (``plot`` resolves names first)
+        call["model"] = value  # a loaded pipeline, or a name ``draw`` opens
     elif label == "LoRA weight":
         call["prompt"] = _TAG_WEIGHT.sub(lambda m: f"<lora:{m.group(1)}:{value:g}>", call["prompt"])
     elif label != "Nothing":  # the hires pass's settings
@@ -165,29 +167,39 @@ def size(text: str) -> tuple[int, int]:
 def label_of(a: Axis, value) -> str:
     if a.label == "Hires upscaler":
         return upscalers.label(str(value))  # a model file by its stem
-    if a.label == "Checkpoint name":
-        return value if isinstance(value, str) else value.name
+    if a.label == "Checkpoint name":  # a name without its folder, as A1111's
+        return Path(value).name if isinstance(value, str) else value.name
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 
-def checkpoints(pipe, axes: list[Axis], models=None) -> list[Axis]:
-    """``axes`` with each "Checkpoint name" value a loaded pipeline: given so, or its name loaded by ``models``
-    (each name once; default ``latentgen.load`` on ``pipe``'s device and dtype)."""
-    if models is None:
-        import latentgen
+def opened(value, pipe, models=None):
+    """A context giving the pipeline of a "Checkpoint name" value: ``pipe`` for None, a loaded pipeline as it is, a
+    name through ``models`` (a context manager per name: the server holds the model while its cells draw) or
+    ``latentgen.load`` on ``pipe``'s device and dtype."""
+    if value is None or not isinstance(value, str):
+        return nullcontext(pipe if value is None else value)
+    if models is not None:
+        return models(value)
+    import latentgen
 
-        from ..precision import device_of
+    from ..precision import device_of
 
-        def models(name):
-            return latentgen.load(name, device=device_of(pipe.unet), dtype=pipe.dtype)
-    loaded: dict[str, object] = {}
-    out = []
-    for a in axes:
-        if a.label == "Checkpoint name":
-            a = replace(a, values=tuple(v if not isinstance(v, str) else loaded.get(v) or loaded.setdefault(v, models(v))
-                                        for v in a.values))
-        out.append(a)
-    return out
+    return nullcontext(latentgen.load(value, device=device_of(pipe.unet), dtype=pipe.dtype))
+
+
+def draw(pipe, calls: list[dict], models=None) -> list[Image.Image]:
+    """Each call's image, the calls of one model together (each model opened once, one at a time, as A1111 orders
+    its checkpoint axis), in the calls' order."""
+    groups: dict = {}
+    for i, c in enumerate(calls):
+        m = c.get("model")
+        groups.setdefault(m if m is None or isinstance(m, str) else id(m), []).append(i)
+    images = [None] * len(calls)
+    for indices in groups.values():
+        with opened(calls[indices[0]].get("model"), pipe, models) as m:
+            for i in indices:
+                images[i] = m.generate(**{k: v for k, v in calls[i].items() if k != "model"})[0]
+    return images
 
 
 def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | None) -> None:
@@ -201,13 +213,11 @@ def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | Non
 def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
     arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
-    prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles). ``models``: name ->
-    loaded pipeline, for "Checkpoint name" values given by name (default: ``latentgen.load`` on ``pipe``'s device
-    and dtype)."""
+    prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles). ``models``: name -> a
+    context manager giving the loaded pipeline, for "Checkpoint name" values given by name (``opened``)."""
     if not 1 <= len(axes) <= 3:
         raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
     check_replacements(axes, prompt, call.get("negative_prompt"))
-    axes = checkpoints(pipe, axes, models)
     xs, ys, zs = (list(axes) + [Axis("Nothing", ("",))] * 2)[:3]
     cells = [(x, y, z) for z in zs.values for y in ys.values for x in xs.values]
     calls = []
@@ -219,13 +229,13 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, **call) -
             c["prompt"], negative = style(c["prompt"], c.get("negative_prompt"))
             c["negative_prompt"] = negative or None
         calls.append(c)
-    for c in calls:  # every cell's settings checked on its model before any model runs
-        m = c.get("model", pipe)
+    for c in calls:  # every cell's settings checked before any model runs (on the model when loaded already)
+        m = pipe if c.get("model") is None or isinstance(c["model"], str) else c["model"]
         m.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
                                         "variation", "seed", "prompt") if k in c})
         if c.get("hires") is not None:
             check_hires(c["hires"], m.vae_scale_factor)
-    images = [c.pop("model", pipe).generate(**c)[0] for c in calls]
+    images = draw(pipe, calls, models)
     labels = [tuple(label_of(a, v) for a, v in zip((xs, ys, zs), vals)) for vals in cells]
     n = len(xs.values) * len(ys.values)
     grids = [annotated(images[i:i + n], [label_of(xs, v) for v in xs.values], [label_of(ys, v) for v in ys.values],

@@ -198,13 +198,13 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
                 model=model, switch=model is not None and not req.override_settings_restore_afterwards, loras=files,
                 save=save and not req.do_not_save_samples, parameters=req.model_dump(), send_images=req.send_images,
                 variation=variation, refiner=refiner, tiling=bool(req.tiling),
-                vae=vaes.check(over.get("sd_vae", options["sd_vae"])) if vaes is not None else None)
+                vae=vaes.pick(over.get("sd_vae"), options["sd_vae"]) if vaes is not None else None)
 
 
 @unprocessable()
 def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     """``upscalers``: the folder of upscaler model files (``--upscalers-dir``); ``styles``: ``catalog.Styles``."""
-    req = infotext.applied(req, models=kw["models"], vaes=kw.get("vaes"))  # A1111's infotext: the fields left out
+    req = infotext.applied(req, vaes=kw.get("vaes"))  # A1111's infotext: the fields left out
     _check_common(req, limits)
     style = workflows.styler(req, styles, MAX_PROMPT)
     given, req = req, workflows.styled(req, style)
@@ -257,7 +257,7 @@ def _blur(req: Img2ImgRequest) -> int:
 def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     from latentgen.canvas import resize
 
-    req = infotext.applied(req, models=kw["models"], vaes=kw.get("vaes"))
+    req = infotext.applied(req, vaes=kw.get("vaes"))
     _check_common(req, limits)
     _check_img2img(req, limits)
     given, req = req, workflows.styled(req, workflows.styler(req, styles, MAX_PROMPT))

@@ -26,12 +26,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import a1111, codec, controlnet_api, extras, live, run, settings, system, workflows
-from .catalog import Loras, Models, Styles, Vaes, embedding_item
+from .catalog import Loras, Models, Styles, embedding_item
 from .config import ServeConfig
 from .errors import ApiError, Cancelled, body
 from .fields import Img2ImgRequest, PngInfoRequest, Txt2ImgRequest
 from .gate import Gate
 from .jobs import Worker
+from .vaes import Vaes
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("latentgen.serve")

@@ -20,12 +20,12 @@ from .errors import ApiError
 
 DEFAULT = "default"  # the embedded model's name
 CHECKPOINTS = (".safetensors", ".ckpt")  # single-file models, where latentgen.load reads them
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-. ]{0,127}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_+\-. ]{0,127}$")
 
 
 def check_name(kind: str, name, known, hint: str = "") -> str:
     """``name`` when it is one of ``known``: a path-like name gets a 422, an unknown one a 404."""
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME.match(name) or ".." in name:
         raise ApiError(422, f"{kind} {name!r} is not a name: {kind}s are picked by name, never by path; "
                             f"use one of: {', '.join(known) or 'none'}.{hint}")
     if name not in known:
@@ -69,10 +69,10 @@ class Models:
         if self.models_dir is not None and self.models_dir.is_dir():
             entries = sorted(self.models_dir.iterdir())
             for d in entries:  # diffusers folders by folder name
-                if d.is_dir() and (d / "model_index.json").is_file() and _NAME.match(d.name):
+                if d.is_dir() and (d / "model_index.json").is_file() and NAME.match(d.name):
                     out[d.name] = str(d)
             for f in entries:  # single-file checkpoints (A1111's models/Stable-diffusion) by stem
-                if f.is_file() and f.suffix in CHECKPOINTS and _NAME.match(f.stem) and f.stem not in out:
+                if f.is_file() and f.suffix in CHECKPOINTS and NAME.match(f.stem) and f.stem not in out:
                     out[f.stem] = str(f)
         self.sources = {**out, **self.extra}
         return self.sources
@@ -154,54 +154,6 @@ def embedding_item(width: int, vectors: int) -> dict:
     return {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": width, "vectors": vectors}
 
 
-class Vaes:
-    """VAE files a request picks by file name with A1111's ``sd_vae`` (``--vae-dir``, A1111's models/VAE):
-    ``.safetensors``, ``.pt`` and ``.ckpt`` files, read again on ``refresh`` (``POST /sdapi/v1/refresh-vae``);
-    "Automatic" and "None" are the model's own. The worker builds a file's VAE for a model once and keeps the last
-    two (``for_model``)."""
-
-    OWN = ("Automatic", "None", "")
-    keep = 2
-
-    def __init__(self, folder: Path | None = None):
-        self.folder = Path(folder) if folder else None
-        self._built: OrderedDict = OrderedDict()  # (model name, file name) -> (weakref to the pipeline, VAE)
-        self.refresh()
-
-    def refresh(self) -> None:
-        found = sorted(self.folder.iterdir()) if self.folder is not None and self.folder.is_dir() else []
-        self.files = {f.name: f for f in found if f.is_file() and f.suffix in (".safetensors", ".pt", ".ckpt")
-                      and _NAME.match(f.name)}
-
-    def check(self, name, field: str = "sd_vae") -> str | None:
-        """A requested VAE: a file's name, or None for the model's own ("Automatic", "None")."""
-        if name is None or name in self.OWN:
-            return None
-        return check_name(f"{field}: VAE", name, list(self.files), ' "Automatic": the model\'s own; the server\'s '
-                                                                   '--vae-dir (A1111\'s models/VAE) adds files.')
-
-    def listing(self) -> list[dict]:  # A1111's GET /sdapi/v1/sd-vae: names only, not where the files lie
-        return [{"model_name": n, "filename": n} for n in self.files]
-
-    def for_model(self, pipe, name: str):
-        """The VAE of file ``name`` for ``pipe`` (the worker thread only), built once per loaded pipeline."""
-        import weakref
-
-        from latentgen.models.loading import vae_for
-
-        key = (pipe.name, name)
-        held = self._built.get(key)
-        if held is None or held[0]() is not pipe:
-            try:
-                held = self._built[key] = (weakref.ref(pipe), vae_for(pipe, self.files[name]))
-            except (OSError, ValueError) as e:
-                raise ApiError(422, f"sd_vae {name!r} does not fit model {pipe.name!r}: {e}") from None
-            while len(self._built) > self.keep:
-                self._built.popitem(last=False)
-        self._built.move_to_end(key)
-        return held[1]
-
-
 class Loras:
     """LoRAs that prompts may name with ``<lora:NAME:WEIGHT>``: latentgen's shipped ones (``purple``) and
     those given with ``--lora`` (files, or folders of ``.safetensors`` files)."""
@@ -224,7 +176,7 @@ class Loras:
                                         f"LoRA of that name ({', '.join(shipped) or 'none'}).")
             # named as LoraAdapters names files by default: the stem, dots as underscores
             self.files.update({f.stem.replace(".", "_"): f.resolve() for f in given})
-        self.files = {n: f for n, f in self.files.items() if _NAME.match(n)}
+        self.files = {n: f for n, f in self.files.items() if NAME.match(n)}
 
     def names(self) -> list[str]:
         return list(self.files)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
@@ -62,7 +63,8 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     prompt = plan.prompt
     if "style" in plan.script:  # A1111's prompt styles: each cell's prompts styled after its Prompt S/R
         (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
-    p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback, **given)
+    p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback,
+             models=plan.script.get("models"), **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 
@@ -70,26 +72,33 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
 def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
     ``catalog.Vaes`` that ``plan.vae`` names a file of."""
-    axes = plan.script["grid"] if plan.script and "grid" in plan.script else []
-    named = [v for a in axes if a.label == "Checkpoint name" for v in a.values]  # the X/Y/Z plot's models
-    ctx.worker.models.hold([plan.model, plan.hires_model, plan.refiner and plan.refiner[0], *named])
+    held = [plan.model, plan.hires_model, plan.refiner and plan.refiner[0]]
+    ctx.worker.models.hold(held)
     pipe = ctx.pipeline(plan.model, switch=plan.switch)
     second = pipe
     if plan.hires_model is not None:  # A1111's hr_checkpoint_name: a second model of the catalog, held beside this one
         ctx.check("before the hires model loaded", interrupt=False)
         second = ctx.worker.models.get(plan.hires_model)
         plan = replace(plan, hires=replace(plan.hires, model=None if second is pipe else second))
-    if named:  # each cell's model, loaded (once) before the first cell draws
-        ctx.check("before the plot's models loaded", interrupt=False)
-        get = ctx.worker.models.get
-        plan = replace(plan, script={**plan.script, "grid": [replace(a, values=tuple(map(get, a.values)))
-                                                             if a.label == "Checkpoint name" else a for a in axes]})
-    drawing = {id(m): m for m in (pipe, second, *(get(n) for n in named))}.values()  # the job's models
+    if plan.script and "grid" in plan.script:  # the X/Y/Z plot's Checkpoint name cells: their models, one at a time
+        plan = replace(plan, script={**plan.script, "models": partial(_cell_model, ctx, plan, vaes, held)})
+    drawing = {id(m): m for m in (pipe, second)}.values()  # the job's models
     with ExitStack() as stack:
         for m in drawing:  # the prompt's LoRAs, by name, on each
             stack.enter_context(loras_loaded(m, plan.loras))
         stack.enter_context(vae_swapped(drawing, vaes, plan.vae))
         return _execute(plan, ctx, pipe, limits=limits, outputs=outputs)
+
+
+@contextmanager
+def _cell_model(ctx, plan, vaes, held: list, name: str):
+    """The model of an X/Y/Z plot's "Checkpoint name" cells while they draw: held beside the job's own models (the
+    one before is let go), with the prompt's LoRAs and the job's ``sd_vae``."""
+    ctx.check("before the plot's model loaded", interrupt=False)
+    ctx.worker.models.hold([*held, name])
+    m = ctx.worker.models.get(name)
+    with loras_loaded(m, plan.loras), vae_swapped([m], vaes, plan.vae):
+        yield m
 
 
 @contextmanager

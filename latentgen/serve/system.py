@@ -19,13 +19,18 @@ def memory() -> dict:
     import psutil
     import torch
 
-    process = psutil.Process(os.getpid())
-    used, total = process.memory_info().rss, psutil.virtual_memory().total
-    ram = {"free": total - used, "used": used, "total": total}
+    try:
+        used, total = psutil.Process(os.getpid()).memory_info().rss, psutil.virtual_memory().total
+        ram = {"free": total - used, "used": used, "total": total}
+    except (OSError, psutil.Error) as e:
+        ram = {"error": str(e)}
     if not torch.cuda.is_available():
         return {"ram": ram, "cuda": {"error": "unavailable"}}
-    free, whole = torch.cuda.mem_get_info()
-    s = torch.cuda.memory_stats()
+    try:
+        free, whole = torch.cuda.mem_get_info()
+        s = torch.cuda.memory_stats()
+    except RuntimeError as e:
+        return {"ram": ram, "cuda": {"error": str(e)}}
 
     def pair(name: str) -> dict:
         return {"current": s.get(f"{name}.all.current", 0), "peak": s.get(f"{name}.all.peak", 0)}
@@ -40,17 +45,20 @@ def memory() -> dict:
 def cmd_flags(config) -> dict:
     """A1111's ``GET /sdapi/v1/cmd-flags``, for the flags that have a meaning here (credentials are never sent)."""
     return {"api": True, "nowebui": False, "listen": not is_loopback(config.host), "port": config.port,
-            "api_auth": None, "ckpt_dir": None, "lora_dir": None, "no_half": config.dtype in ("fp32", "float32"),
+            "api_auth": None, "ckpt_dir": None, "lora_dir": None, "no_half": str(config.dtype) in ("fp32", "float32", "torch.float32"),
             "no_half_vae": False, "medvram": False, "lowvram": False, "skip_torch_cuda_test": True}
 
 
-def unload(ctx) -> None:
-    """The worker's models out of memory, the progress's reference to the last one too."""
+def unload(ctx, vaes=None) -> None:
+    """The worker's models out of memory, the VAEs built for them (``catalog.Vaes``) and the progress's reference
+    to the last one too."""
     import gc
 
     import torch
 
     ctx.worker.models.unload()
+    if vaes is not None:
+        vaes.forget()
     ctx.worker.progress.pipe = None
     gc.collect()
     if torch.cuda.is_available():
@@ -79,7 +87,7 @@ def add_routes(app, server) -> None:
     @app.post("/sdapi/v1/unload-checkpoint")
     async def unload_checkpoint(request: Request):
         """Every model out of memory (between jobs); the next job, or reload-checkpoint, loads the current one."""
-        await server.run(request, "unload", unload)
+        await server.run(request, "unload", lambda ctx: unload(ctx, server.vaes))
         return {}
 
     @app.post("/sdapi/v1/reload-checkpoint")

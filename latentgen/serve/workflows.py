@@ -136,8 +136,11 @@ def script(req, mode: str, folder=None, models=None) -> dict | None:
     except ValueError as e:
         raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None
     if models is not None:
-        axes = [replace(a, values=tuple(models.check(v) for v in a.values)) if a.label == "Checkpoint name" else a
-                for a in axes]
+        try:
+            axes = [replace(a, values=tuple(models.check(v) for v in a.values)) if a.label == "Checkpoint name"
+                    else a for a in axes]
+        except ApiError as e:
+            raise ApiError(e.status, f"script_args of the X/Y/Z plot, Checkpoint name: {e.detail}") from None
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images
     return {"grid": axes, "lone": lone}
 

@@ -156,6 +156,19 @@ def test_an_infotext_fills_the_fields_the_request_leaves_out(served):
     assert "Seed: 6," in json.loads(other["info"])["infotexts"][0] and other["images"] != first["images"]
     bad = requests.post(served.url + "/sdapi/v1/txt2img", json={"infotext": text.replace("Steps: 4", "Steps: four")})
     assert bad.status_code == 422 and "infotext: Steps='four' is not a whole number" in bad.text, bad.text
+    bad = requests.post(served.url + "/sdapi/v1/txt2img", json={"infotext": text.replace("Euler", "Euler z")})
+    assert bad.status_code == 422 and "infotext: Sampler='Euler z'" in bad.text and "sampler_name" in bad.text
+    plain = requests.post(served.url + "/sdapi/v1/txt2img", json=dict(prompt=PROMPT, seed=5, steps=2, width=64,
+                                                                       height=64)).json()
+    plain_text = json.loads(plain["info"])["infotexts"][0]
+    assert "Clip skip" not in plain_text and "Model: default" in plain_text
+    requests.post(served.url + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).raise_for_status()
+    try:  # no "Clip skip" in the text is clip skip 1 (A1111's reading), whatever the option; "Model" switches nothing
+        redrawn = requests.post(served.url + "/sdapi/v1/txt2img", json={
+            "infotext": plain_text.replace("Model: default", "Model: tiny")}).json()
+        assert redrawn["images"] == plain["images"]
+    finally:
+        requests.post(served.url + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}).raise_for_status()
 
 
 def test_xyz_plot_equals_the_python_api(api, ref):
@@ -558,6 +571,11 @@ def test_sd_vae_draws_with_a_vae_file_of_the_vae_folder(tiny_folder, tmp_path):
         assert max_diff(plain.images[0], own.generate(PROMPT, seed=2, steps=3, guidance=5, scheduler="euler")[0]) <= 1
         api.set_options({"sd_vae": "my-vae.safetensors"})  # A1111's quick setting: every job after
         assert max_diff(api.txt2img(**ask, override_settings=over).images[0], want[0]) <= 1
+        file.rename(tmp_path / "moved-away.safetensors")  # the option's file gone: the model's own, with a warning
+        requests.post(s.url + "/sdapi/v1/refresh-vae").raise_for_status()
+        with pytest.warns(RuntimeWarning, match="sd_vae 'my-vae.safetensors' is gone from --vae-dir"):
+            gone = api.txt2img(**ask, override_settings=over)
+        assert max_diff(gone.images[0], plain.images[0]) == 0 and requests.get(s.url + "/sdapi/v1/sd-vae").json() == []
         for body in ({"override_settings": {"sd_vae": "nope.pt"}, "prompt": "x", "steps": 1}, {"sd_vae": "nope.pt"}):
             route = "/sdapi/v1/options" if "sd_vae" in body else "/sdapi/v1/txt2img"
             bad = requests.post(s.url + route, json=body)
