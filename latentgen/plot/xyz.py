@@ -37,8 +37,13 @@ TEXT_AXES = {"Nothing", "Prompt S/R", "Sampler", "Hires sampler", "Hires upscale
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
                  "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
-                 "Schedule max sigma", "Schedule rho", "Eta", "Clip skip", "Denoising", "Initial noise multiplier",
-                 "Extra noise", "Hires upscaler"]  # A1111 1.9-1.10's txt2img axis list: its x_type indices
+                 "Schedule max sigma", "Schedule rho", "Skip Early CFG", "Beta schedule alpha", "Beta schedule beta",
+                 "Eta", "Clip skip", "Denoising", "Initial noise multiplier", "Extra noise", "Hires upscaler", "VAE",
+                 "Styles", "UniPC Order", "Face restore", "Token merging ratio", "Token merging ratio high-res",
+                 "Always discard next-to-last sigma", "SGM noise multiplier", "Refiner checkpoint",
+                 "Refiner switch at", "RNG source", "FP8 mode", "Size"]
+# A1111 1.10's txt2img axis list: its x_type indices (1.9 had no Skip Early CFG or Beta schedule axes, so from its
+# index 21 on it numbers three lower; an axis sent by label works with both)
 _RANGE = re.compile(r"\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)"
                     r"(?:\s*\(([+-]\d+(?:\.\d*)?)\s*\)|\s*\[(\d+)\s*\])?\s*")
 _TAG_WEIGHT = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")

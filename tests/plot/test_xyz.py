@@ -70,6 +70,13 @@ def test_size_lora_weight_and_hires_axes(fresh, lora_files):
     assert "Denoising strength: 0.6, Hires upscale: 1.5" in h.cells[1].info["parameters"]
 
 
+def test_axis_indices_are_a1111_1_10s():
+    """x_type indices as A1111 1.10 numbers its txt2img axes (script_args carry them)."""
+    assert [xyz.axis(i, "1").label for i in (4, 6, 25)] == ["Steps", "CFG Scale", "Clip skip"]
+    assert xyz.axis(26, "0.5").label == "Denoising" and xyz.axis(42, "64x64").values == ("64x64",)
+    assert xyz.A1111_TXT2IMG.index("Hires upscaler") == 29 and len(xyz.A1111_TXT2IMG) == 43
+
+
 def test_checkpoint_name_draws_each_cell_with_its_model(pipe, tiny_folder, tiny_other):
     """A1111's "Checkpoint name" axis: a name (here a folder) is loaded once, a loaded pipeline is used as it is;
     each cell equals that model's own call and says so in its label and PNG."""
