@@ -62,6 +62,17 @@ def atomic_path(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def sha256(path: str | Path) -> str:
+    """The file's sha256 (hex), read 16 MiB at a time: the hashes PNG metadata names files by (LoRAs, VAEs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (replacing it)."""
     with atomic_path(path) as tmp:

@@ -183,3 +183,13 @@ def test_files_a_library_writes_keep_the_usual_mode(tmp_path):
     assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == usual
     assert stat.S_IMODE((tmp_path / "model" / "unet" / "w.safetensors").stat().st_mode) == usual
     assert stat.S_IMODE((tmp_path / "model" / "unet").stat().st_mode) == 0o777 & ~files.umask()
+
+
+def test_sha256_reads_in_blocks_and_equals_the_whole_files(tmp_path):
+    import hashlib
+    import os
+
+    path = tmp_path / "big.bin"
+    data = os.urandom((1 << 24) + 12345)  # more than one 16 MiB block
+    path.write_bytes(data)
+    assert files.sha256(path) == hashlib.sha256(data).hexdigest()

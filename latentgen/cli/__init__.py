@@ -77,8 +77,8 @@ def _render(args: argparse.Namespace, call) -> int:
     loras = [lora_spec(spec) for spec in getattr(args, "lora", None) or []]
     embeddings = [parse_spec(spec) for spec in getattr(args, "embedding", None) or []]
     refiner = load_refiner(args)  # its switch checked before any model loads
-    second = getattr(args, "hires_model", None)  # the hires pass's model, unless it is --model again
-    second = load_model(args, second, prediction_type=None) if second and second != args.model else None
+    hires_path = getattr(args, "hires_model", None)  # the hires pass's model, unless it is --model again
+    second = load_model(args, hires_path, prediction_type=None) if hires_path and hires_path != args.model else None
     pipe = load_model(args)
     for model in filter(None, (pipe, second)):  # the hires pass's model (--hires-model) as the model
         for path, scale in loras:

@@ -21,7 +21,6 @@ from ``latentgen distill-lcm`` holds ``latentgen_kind="lcm"``, ``latentgen_sampl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field, fields
@@ -102,7 +101,7 @@ def recommendation(source: str | Path | dict[str, str]) -> Recommendation | None
 
 def file_hash(path: str | Path) -> str:
     """First 12 hex digits of the file's sha256: the LoRA's id in PNG metadata."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+    return files.sha256(path)[:12]
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .. import precision
+from .. import files, precision
 from ..backends import choice
 from . import checkpoints, components, ldm, prediction, single_file, xl_file
 from .components import Components
@@ -106,13 +106,7 @@ def vae_for(pipe, path) -> torch.nn.Module:
 
 def vae_fields(path) -> dict:
     """A1111's PNG fields of a VAE file: "VAE hash" (its sha256's first 10 hex digits) and "VAE" (its file name)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return {"VAE hash": digest.hexdigest()[:10], "VAE": Path(path).name}
+    return {"VAE hash": files.sha256(path)[:10], "VAE": Path(path).name}
 
 
 def with_tiny_vae(c: Components, path) -> Components:

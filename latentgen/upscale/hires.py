@@ -119,7 +119,7 @@ class SecondPass:
         self.s = replace(s, steps=h.steps or s.steps, scheduler=h.scheduler or s.scheduler, width=self.final[0],
                          height=self.final[1])
         self.draws = {d: self.draw(d) for d in draws}
-        for model in {id(pipe): pipe, id(m): m}.values():  # the first model's limits bound the pass too
+        for model in (pipe, m) if self.other else (pipe,):  # the first model's limits bound the pass too
             model.check_limits(self.s, len(draws))
         self.text = CallText(list(self.draws.values()), self.s, m.tokenizer, m.text_encoder, m.embeddings,
                              base_steps=s.steps, xl=m.xl)
