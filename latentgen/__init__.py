@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .models.refiner import Refiner
     from .starts import Variation
+    from .request import Stop
     from .text.xl import SizeCond
     from .upscale.hires import Hires
 
 __version__ = "0.1.0"
-__all__ = ["Control", "Hires", "Pipeline", "Refiner", "SizeCond", "Variation", "generate", "load", "load_tiny_vae"]
+__all__ = ["Control", "Hires", "Pipeline", "Refiner", "SizeCond", "Stop", "Variation", "generate", "load", "load_tiny_vae"]
 
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
@@ -104,6 +105,10 @@ def __getattr__(name: str):
         from .text.xl import SizeCond
 
         return SizeCond
+    if name == "Stop":  # raised by a callback: the drawing ends there (``latentgen.request.Stop``)
+        from .request import Stop
+
+        return Stop
     if name == "Variation":  # A1111's variation seed and seed resize: ``latentgen.starts.Variation``
         from .starts import Variation
 

@@ -25,14 +25,11 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from . import guard, memory, metadata, precision, request, schedulers, starts
-from .models import refiner as refine
 from .canvas import calls, seamless
-from .control import units as controls
-from .control import residuals
-from .control.units import Prepared
+from .control import residuals, units as controls
 from .backends.runtime import Runtime
 from .lora.adapters import LoraAdapters
-from .models import components
+from .models import components, refiner as refine
 from .models.presets import Defaults
 from .request import Callback, Draw, Settings
 from .starts import Start, StartFn
@@ -84,10 +81,9 @@ class Pipeline:
 
     # -- settings and text ----------------------------------------------------------------------
     def settings(self, *, num_images: int = 1, seed: int = 0, prompt: str | list[str] | None = None, **given) -> Settings:
-        """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all
-        checked, in milliseconds. What this machine can hold is checked by ``check_limits`` (``sample`` does).
-        A LoRA whose header recommends a sampler, steps and guidance (an LCM-LoRA: "lcm", 4, 1), loaded or named
-        by ``prompt``'s ``<lora:...>`` tags, fills those not given, over the model's (``LoraAdapters.recommended``)."""
+        """The model's defaults with ``given`` (steps, guidance, size, scheduler, batch_size) over them, all checked, in
+        milliseconds (what the machine can hold: ``check_limits``). A LoRA whose header recommends a sampler, steps and
+        guidance (LCM: "lcm", 4, 1), loaded or in ``prompt``'s tags, fills those not given (``LoraAdapters.recommended``)."""
         tags = prompts.lora_tags(prompt) if given.get("prompt_syntax", "a1111") == "a1111" else ()
         if (rec := self.loras.recommended(tags=tags)) is not None:
             for key, value in (("scheduler", rec.sampler), ("steps", rec.steps), ("guidance", rec.guidance)):
@@ -102,10 +98,9 @@ class Pipeline:
 
     @torch.no_grad()
     def encode_prompt(self, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
-        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, 2048 for SDXL (its pooled
-        embedding: ``latentgen.text.xl.encode``), k chunks of 75 tokens
-        (k = 1 with syntax "plain"); A1111's syntax and "Clip skip": see ``latentgen.text.prompts``. A prompt that
-        changes by step or has AND parts is more than one embedding: ``latentgen.text.schedule`` reads it."""
+        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, 2048 for SDXL (its pooled embedding:
+        ``latentgen.text.xl.encode``), k chunks of 75 tokens (k = 1 with syntax "plain"); A1111's syntax and "Clip skip":
+        ``latentgen.text.prompts``. A prompt that changes by step or has AND parts: ``latentgen.text.schedule``."""
         one = text if syntax != "a1111" else schedule.fixed(text)
         if one is None:
             raise ValueError(f"prompt {text!r} changes by step or has AND parts (A1111's prompt editing, alternation,"
@@ -161,8 +156,11 @@ class Pipeline:
             if hooks.after_step:
                 latents = hooks.after_step(i, latents)
             if callback is not None:  # and, where it takes a 4th argument, the clean latents' estimate (previews)
-                callback(i + 1, len(start.timesteps), latents,
-                         *([schedulers.denoised(sched, out, model_output, t, x)] if with_x0 else []))
+                try:
+                    callback(i + 1, len(start.timesteps), latents,
+                             *([schedulers.denoised(sched, out, model_output, t, x)] if with_x0 else []))
+                except request.Stop:  # the drawing ends here, from this step's estimate (A1111's interrupt, skip)
+                    raise request.Stopped(schedulers.denoised(sched, out, model_output, t, x)) from None
         return latents
 
     @torch.no_grad()
@@ -180,7 +178,7 @@ class Pipeline:
 
     def sample(self, draws: list[Draw], s: Settings, start: StartFn, *, size: str | None = None,
                info: dict | None = None, callback: Callback | None = None, unet=None,
-               hires: Hires | None = None, control: Prepared | None = None, refiner=None) -> list[Image.Image]:
+               hires: Hires | None = None, control: controls.Prepared | None = None, refiner=None) -> list[Image.Image]:
         """The one sampling loop of txt2img, img2img and inpainting, in named steps. Images go through in chunks of
         ``s.batch(...)`` (split where the text's number of 77-token chunks changes), each from ``start(sampler,
         seeds, dtype)``; image i of a chunk has its own generator, seeded ``draws[i].seed``. ``size``, ``info``:
@@ -220,17 +218,21 @@ class Pipeline:
                 first = residuals.hooked(first, control, b=len(chunk), cfg=s.cfg, pipe=self)  # ControlNet, by step
                 # 4. the denoising loop (the refiner's hand-over; the hires fix's second pass)
                 run = self.denoise if handover is None else partial(handover.run, self, chunk)
-                latents = run(first, cond, s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)), unet)
-                if second is not None:
-                    latents = second.run(self, chunk, latents, progress, unet)
+                latents, stopped = request.until_stop(run, first, cond, s.guidance, sched, seeds.generators,
+                                                      progress.chunk(len(first.timesteps)), unet)
+                by = self  # the model whose latents these are; a callback's Stop skips the hires pass
+                if second is not None and not stopped:
+                    (latents, stopped), by = request.until_stop(second.run, self, chunk, latents, progress, unet), out_of
                 guard.check_latents(latents, guidance=s.guidance, loras=list(self.loras.loaded), dtype=out_of.dtype)
                 # 5. decode, 6. each image with its settings
-                for d, image in zip(chunk, out_of.decode(latents, plan)):
+                for d, image in zip(chunk, by.decode(latents, plan)):
                     image.info["parameters"] = metadata.parameters_text(d.prompt, {
                         "Steps": s.steps, "Sampler": schedulers.label(sched), "CFG scale": s.guidance, "Seed": d.seed,
                         **fields, **metadata.variation_fields(d.subseed, s.variation), **info, **self.loras.info()},
                         negative_prompt=d.negative_prompt)  # in A1111's order
                     out.append(image)
+                if stopped:  # latentgen.Stop: nothing after these images is drawn
+                    break
         return out
 
     # -- the public calls -----------------------------------------------------------------------
@@ -252,7 +254,8 @@ class Pipeline:
         negative_prompt: what to steer away from; the unconditional branch of CFG ("" if None).
         callback: called after every sampler step as ``callback(done, total, latents)``, or, if it takes a fourth
             argument, ``callback(done, total, latents, denoised)``: the step's estimate of the finished latents,
-            which ``pipe.preview(denoised)`` turns into a live preview (as A1111's).
+            which ``pipe.preview(denoised)`` turns into a live preview (as A1111's). Raising ``latentgen.Stop`` in it
+            ends the drawing there and returns what is drawn, the images in the loop from that estimate (A1111's interrupt).
         batch_size: images through the U-Net together. Default: 1 on CPU (each image bit-identical to its
             one-image call); all at once on GPU (equal within float rounding).
         clip_skip, prompt_syntax: A1111's "Clip skip" and prompt syntax (prompt editing, AND), or "plain"; see

@@ -36,6 +36,47 @@ def takes_denoised(callback) -> bool:
         return False
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class Stop(Exception):
+    """Raise from a ``callback`` to end the drawing there, as A1111's interrupt and skip do: the images in the loop
+    are finished from the step's estimate of the clean latents (no further step, no hires pass) and returned with
+    those drawn before them; nothing after them is drawn (the call's later images, a plot's later cells)."""
+
+
+class Stopped(Exception):
+    """``Stop`` on its way out of a denoising loop, with that step's clean-latents estimate (B, C, h, w)."""
+
+    def __init__(self, latents: torch.Tensor):
+        super().__init__("the callback raised latentgen.Stop")
+        self.latents = latents
+
+
+def until_stop(run: Callable[..., torch.Tensor], *args) -> tuple[torch.Tensor, bool]:
+    """``run(*args)``'s latents and False, or, where its callback raised ``Stop``, the estimate and True."""
+    try:
+        return run(*args), False
+    except Stopped as e:
+        return e.latents, True
+
+
+class Watch:
+    """``callback`` as the loop calls it (with the three or four arguments it takes), noting in ``stopped`` whether
+    it raised ``Stop``."""
+
+    def __init__(self, callback: Callback | None):
+        self.stopped, self.given, four = False, callback, callback is not None and takes_denoised(callback)
+        self.callback = None if callback is None else (lambda done, total, latents, x0: self._call(
+            done, total, latents, x0)) if four else (lambda done, total, latents: self._call(done, total, latents))
+
+    def _call(self, *args) -> None:
+        try:
+            self.given(*args)
+        except Stop:
+            self.stopped = True
+            raise
+
+
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 MAX_GUIDANCE = 100.0  # the largest CFG scale taken (ComfyUI's bound; A1111's slider stops at 30, usual is 4-12)
 

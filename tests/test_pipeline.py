@@ -96,6 +96,37 @@ def test_callback_counts_every_step(pipe):
     assert seen == [(i, 6) for i in range(1, 7)]
 
 
+def test_a_stop_from_the_callback_ends_the_drawing_with_the_picture_so_far(pipe):
+    import latentgen
+
+    estimates = []
+    full = pipe.generate("a cat", seed=3, steps=4, num_images=3,
+                         callback=lambda done, total, lat, x0: estimates.append(x0.clone()))
+
+    def stop_in_image_2(done, total, latents):  # the calls' steps count on: image 2's second step is step 6
+        if done == 6:
+            raise latentgen.Stop()
+
+    out = pipe.generate("a cat", seed=3, steps=4, num_images=3, callback=stop_in_image_2)
+    assert len(out) == 2 and _max_diff(out[:1], full[:1]) == 0  # image 3 is not drawn, image 1 is whole
+    assert _max_diff(out[1:], pipe.decode(estimates[5])) == 0  # image 2: its clean estimate at that step
+    assert _max_diff(out[1:], full[1:2]) > 0 and out[1].info["parameters"] == full[1].info["parameters"]
+    with pytest.raises(ValueError, match="boom"):  # any other exception still ends the call as an error
+        pipe.generate("a cat", steps=2, callback=lambda d, t, x: (_ for _ in ()).throw(ValueError("boom")))
+
+
+def test_a_stop_in_the_first_pass_skips_the_hires_pass(pipe):
+    import latentgen
+
+    def stop(done, total, latents, denoised):
+        if done == 1:
+            raise latentgen.Stop()
+
+    out = pipe.generate("a cat", seed=1, steps=3, width=64, height=64, callback=stop,
+                        hires=latentgen.Hires(scale=2, upscaler="Latent", steps=2))
+    assert [im.size for im in out] == [(64, 64)]  # the first pass's picture; A1111 skips the second after an interrupt
+
+
 def test_parameters_travel_with_the_image(pipe):
     im = pipe.generate("a cat", seed=5, steps=2, guidance=4.0, negative_prompt="dog", num_images=2,
                        scheduler="euler_a")[1]

@@ -94,3 +94,26 @@ def test_a_callback_takes_the_denoised_latents_when_it_has_a_fourth_argument():
 
     assert takes_denoised(four) and takes_denoised(lambda *a: None)
     assert not takes_denoised(lambda done, total, latents: None)
+
+
+def test_watch_passes_the_callbacks_arguments_and_notes_a_stop():
+    from latentgen.request import Stop, Watch, takes_denoised
+
+    seen = []
+
+    def three(done, total, latents):
+        seen.append(done)
+        if done == 2:
+            raise Stop()
+
+    w = Watch(three)
+    assert not takes_denoised(w.callback)  # the loop calls it with the arguments the given one takes
+    w.callback(1, 2, None)
+    assert not w.stopped
+    with pytest.raises(Stop):
+        w.callback(2, 2, None)
+    assert w.stopped and seen == [1, 2]
+    four = Watch(lambda done, total, latents, denoised: seen.append(denoised))
+    assert takes_denoised(four.callback)
+    four.callback(1, 1, None, "x0")
+    assert seen[-1] == "x0" and not four.stopped and Watch(None).callback is None

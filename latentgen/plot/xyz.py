@@ -3,7 +3,8 @@
 An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from A1111's text: ``"10-30 (+10)"``,
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
 Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
-negative prompt, refused when in neither, and each value put in its place), Sampler, Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
+negative prompt, refused when in neither, and each value put in its place), Prompt order (words of the prompt,
+plotted in every order of them), Sampler, Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
 or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .. import schedulers
+from ..request import Watch
 from ..starts import Variation
 from ..upscale import upscalers
 from ..upscale.hires import Hires
@@ -33,7 +36,8 @@ from .draw import annotated
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
-TEXT_AXES = {"Nothing", "Prompt S/R", "Sampler", "Hires sampler", "Hires upscaler", "Size", "Checkpoint name"}
+TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Hires sampler", "Hires upscaler", "Size",
+             "Checkpoint name"}
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
                  "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
@@ -80,6 +84,8 @@ def axis(label, text: str = "") -> Axis:
         values = _numbers(label, values, int if label in INT_AXES else float)
     if not values:
         raise ValueError(f"axis {label!r} has no values: give some, such as '10, 20, 30' or '10-30 (+10)'.")
+    if label == "Prompt order":  # the values are words of the prompt; the axis is every order of them (A1111's)
+        return Axis(label, tuple(itertools.permutations(values)))
     return Axis(label, tuple(values))
 
 
@@ -137,6 +143,8 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["prompt"] = call["prompt"].replace(first, value)
         if call.get("negative_prompt"):
             call["negative_prompt"] = call["negative_prompt"].replace(first, value)
+    elif label == "Prompt order":
+        call["prompt"] = ordered(call["prompt"], value)
     elif label == "Sampler":
         call["scheduler"] = sampler(value)
     elif label == "Size":
@@ -151,6 +159,18 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         value = sampler(value) if field == "scheduler" else upscalers.check(value) if field == "upscaler" else value
         call["hires"] = replace(hires or Hires(), **{field: value})
     return call
+
+
+def ordered(prompt: str, words: tuple[str, ...]) -> str:
+    """``prompt`` with ``words`` put in its places of them in this order (A1111's Prompt order): "a red cat, dark"
+    with ("dark", "red") -> "a dark cat, red"."""
+    spots = sorted((prompt.find(w), w) for w in words)  # where each word stands, first to last
+    parts, rest = [], prompt
+    for _, w in spots:
+        n = rest.find(w)
+        parts.append(rest[:n])
+        rest = rest[n + len(w):]
+    return "".join(part + w for part, w in zip(parts, words)) + rest
 
 
 def sampler(name: str) -> str:
@@ -174,6 +194,8 @@ def label_of(a: Axis, value) -> str:
         return upscalers.label(str(value))  # a model file by its stem
     if a.label == "Checkpoint name":  # a name without its folder, as A1111's
         return Path(value).name if isinstance(value, str) else value.name
+    if a.label == "Prompt order":
+        return ", ".join(value)
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 
@@ -194,22 +216,34 @@ def opened(value, pipe, models=None):
 
 def draw(pipe, calls: list[dict], models=None) -> list[Image.Image]:
     """Each call's image, the calls of one model together (each model opened once, one at a time, as A1111 orders
-    its checkpoint axis), in the calls' order."""
+    its checkpoint axis), in the calls' order. A ``latentgen.Stop`` from the callback ends the plot: the cell it
+    stopped keeps its picture so far, the cells not drawn are black (as A1111's interrupt leaves them)."""
     groups: dict = {}
     for i, c in enumerate(calls):
         m = c.get("model")
         groups.setdefault(m if m is None or isinstance(m, str) else id(m), []).append(i)
-    images = [None] * len(calls)
+    images, watch = [None] * len(calls), Watch(calls[0].get("callback"))
     for indices in groups.values():
+        if watch.stopped:
+            break
         with opened(calls[indices[0]].get("model"), pipe, models) as m:
             for i in indices:
-                images[i] = m.generate(**{k: v for k, v in calls[i].items() if k != "model"})[0]
-    return images
+                given = {k: v for k, v in calls[i].items() if k != "model"}
+                images[i] = m.generate(**{**given, "callback": watch.callback})[0]
+                if watch.stopped:
+                    break
+    size = next(im.size for im in images if im is not None)
+    return [Image.new("RGB", size) if im is None else im for im in images]
 
 
 def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | None) -> None:
-    """A Prompt S/R axis's first value is in the prompt or the negative prompt (A1111 refuses it otherwise)."""
+    """A Prompt S/R axis's first value is in the prompt or the negative prompt (A1111 refuses it otherwise); a Prompt
+    order axis's words are all in the prompt."""
     for a in axes:
+        missing = [w for w in a.values[0] if w not in prompt] if a.label == "Prompt order" else []
+        if missing:
+            raise ValueError(f"Prompt order: {missing[0]!r} is not in the prompt: its values are words of the prompt, "
+                             f"each plotted in every order, such as 'red, cat' for 'a red cat'.")
         if a.label == "Prompt S/R" and a.values[0] not in prompt and a.values[0] not in (negative_prompt or ""):
             raise ValueError(f"Prompt S/R did not find {a.values[0]!r} in the prompt or the negative prompt: its first "
                              f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")

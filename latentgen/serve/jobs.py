@@ -36,6 +36,7 @@ class Queued:
     timeout: float
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     interrupted: threading.Event = field(default_factory=threading.Event)
+    skipped: threading.Event = field(default_factory=threading.Event)  # A1111's skip: the call running ends
     cancelled: threading.Event = field(default_factory=threading.Event)
     started: float | None = None
     task_id: str | None = None  # A1111's force_task_id: /internal/progress follows it
@@ -58,12 +59,13 @@ class Progress:
     job_timestamp: str = "0"
     time_start: float | None = None
     interrupted: bool = False
+    skipped: bool = False
     latents: object = None  # (1, C, h, w): the first image's clean-latents estimate at the last preview step
     pipe: object = None  # the pipeline of the running job (its VAE decodes the preview)
     step_id: int = 0  # grows with every preview step: a preview is decoded once per step_id
 
     def state(self) -> dict:
-        return {"skipped": False, "interrupted": self.interrupted, "stopping_generation": False, "job": self.job,
+        return {"skipped": self.skipped, "interrupted": self.interrupted, "stopping_generation": False, "job": self.job,
                 "job_count": self.job_count, "job_timestamp": self.job_timestamp, "job_no": self.job_no,
                 "sampling_step": self.sampling_step, "sampling_steps": self.sampling_steps}
 
@@ -102,9 +104,15 @@ class Context:
             raise JobTimeout(job.timeout, where)
 
     def callback(self, i: int, n: int):
-        """``callback(done, total, latents)`` for call i of n."""
-        p = self.worker.progress
+        """``callback(done, total, latents, denoised)`` for call i of n, which a skip before it no longer ends. After
+        an interrupt or a skip it raises ``latentgen.Stop``: the call returns its images so far, the ones in the
+        loop finished from that step's estimate (A1111's)."""
+        from latentgen.request import Stop
+
+        p, job = self.worker.progress, self.job
         p.job_count, p.job_no, p.sampling_step = n, i, 0
+        job.skipped.clear()
+        p.skipped = False
 
         every = self.worker.preview_every
 
@@ -112,7 +120,9 @@ class Context:
             p.sampling_step, p.sampling_steps = done, total
             if every > 0 and (done % every == 0 or done == total):  # a preview's latents, every N steps: the
                 p.latents, p.step_id = denoised[:1].detach().clone(), p.step_id + 1  # clean estimate, as A1111's
-            self.check(f"after step {done}/{total} of call {i + 1}/{n}")
+            self.check(f"after step {done}/{total} of call {i + 1}/{n}", interrupt=False)
+            if job.interrupted.is_set() or job.skipped.is_set():
+                raise Stop()
 
         return step
 
@@ -160,6 +170,14 @@ class Worker:
             job.interrupted.set()
             self.progress.interrupted = True
 
+    def skip(self) -> None:
+        """End the running job's current call at its next step and go on with the next (A1111's
+        ``/sdapi/v1/skip``: the rest of a batch count); a plot ends."""
+        job = self.current
+        if job is not None:
+            job.skipped.set()
+            self.progress.skipped = True
+
     def stop(self) -> None:
         """Cancel what waits, stop what runs, end the thread."""
         self._stopping.set()
@@ -190,7 +208,7 @@ class Worker:
     def _run(self, job: Queued) -> None:
         p = self.progress
         p.job, p.job_count, p.job_no, p.sampling_step, p.sampling_steps = job.kind, 1, 0, 0, 0
-        p.time_start, p.interrupted, p.latents = time.time(), False, None
+        p.time_start, p.interrupted, p.skipped, p.latents = time.time(), False, False, None
         p.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
         self.current, job.started = job, time.monotonic()
         try:

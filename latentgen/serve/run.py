@@ -144,21 +144,23 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
         calls = [(plan.seed + it * plan.batch_size, plan.batch_size) for it in range(plan.n_iter)]
     else:
         calls = [(plan.seed + i, 1) for i in range(plan.count)]
-    images, interrupted = [], False
+    images, seeds = [], []  # seeds: each image's, as drawn (a call stopped by a skip returns fewer than n)
     if plan.script and "grid" in plan.script:  # the X/Y/Z plot: one call per cell, the grid first
         calls = []
         images = _plot(pipe, plan, common, ctx.callback(0, 1))
+        seeds = [plan.seed + i for i in range(len(images))]
     for i, (seed, n) in enumerate(calls):
         try:
             ctx.check(f"before call {i + 1}/{len(calls)}")
-            images += _call(pipe, plan, seed, n, callback=ctx.callback(i, len(calls)), **common)
         except Interrupted:
-            interrupted = True
             break
+        got = _call(pipe, plan, seed, n, callback=ctx.callback(i, len(calls)), **common)  # stopped: what it has
+        images, seeds = images + got, seeds + [seed + j for j in range(len(got))]
+    interrupted = ctx.job.interrupted.is_set()
     if outputs is not None and plan.save:
-        outputs.save(images, plan.mode, [plan.seed + i for i in range(len(images))])  # image i: seed + i
+        outputs.save(images, plan.mode, seeds)
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
-                 ctx.worker.progress.job_timestamp, sampler)
+                 ctx.worker.progress.job_timestamp, sampler, seeds if calls and len(seeds) < plan.count else None)
     if interrupted:
         info["interrupted"] = True  # latentgen's addition: the images made before POST /sdapi/v1/interrupt
     return images, info
@@ -171,16 +173,18 @@ def _recommended(pipe, plan):
     return pipe.loras.recommended(tags=lora_tags(plan.prompt) if plan.loras else ())
 
 
-def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | None) -> dict:
-    """A1111's ``info`` (``modules/processing.py``: ``Processed.js()``), for latentgen's images."""
+def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | None, drawn=None) -> dict:
+    """A1111's ``info`` (``modules/processing.py``: ``Processed.js()``), for latentgen's images. ``drawn``: the
+    images' seeds where a skip left out some of the job's (image i's seed is ``all_seeds[i]`` still)."""
     from latentgen.schedulers import SAMPLERS, label
 
     key, v = sampler or pipe.defaults.scheduler, plan.variation
-    negative, n = plan.negative or "", plan.count
+    seeds = drawn or [plan.seed + i for i in range(plan.count)]
+    negative, n = plan.negative or "", len(seeds)
     return {
         "prompt": plan.prompt, "all_prompts": [plan.prompt] * n, "negative_prompt": negative,
-        "all_negative_prompts": [negative] * n, "seed": plan.seed, "all_seeds": [plan.seed + i for i in range(n)],
-        "subseed": plan.subseed, "all_subseeds": [plan.subseed + i for i in range(n)], "subseed_strength": v.strength if v else 0,
+        "all_negative_prompts": [negative] * n, "seed": plan.seed, "all_seeds": seeds,
+        "subseed": plan.subseed, "all_subseeds": [plan.subseed + s - plan.seed for s in seeds], "subseed_strength": v.strength if v else 0,
         **resolved, "sampler_name": SAMPLERS[key].label if key in SAMPLERS else label(pipe.scheduler),
         "batch_size": plan.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": plan.vae, "sd_vae_hash": None,

@@ -1,6 +1,6 @@
 """A1111's routes about the server itself, which its clients (webuiapi, UIs that list what a server has) call
 when they start: what there is not (face restorers, hypernetworks: empty lists), the Real-ESRGAN-family model
-files, memory, the command-line flags, and unloading or reloading the current model. Shapes as A1111's
+files, memory, the command-line flags, skipping the running call, and unloading or reloading the current model. Shapes as A1111's
 ``modules/api/models.py``; what latentgen does not have is reported empty, never invented."""
 
 from __future__ import annotations
@@ -80,6 +80,11 @@ def add_routes(app, server) -> None:
     async def realesrgan_models():  # the model files of --upscalers-dir (ESRGAN, Real-ESRGAN, Compact)
         listed = await run_in_threadpool(extras.listed, server.config.upscalers_dir)
         return [{"name": u["name"], "path": u["model_path"], "scale": u["scale"]} for u in listed if u["model_path"]]
+
+    @app.post("/sdapi/v1/skip")
+    def skip():  # the running call ends at its next step, with its picture so far; the job goes on with the next
+        server.worker.skip()
+        return {}
 
     app.get("/sdapi/v1/memory")(memory)
     app.get("/sdapi/v1/cmd-flags")(lambda: cmd_flags(server.config))

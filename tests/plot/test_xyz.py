@@ -21,7 +21,7 @@ def test_axis_values_as_a1111_parses_them(label, text, values):
 
 
 @pytest.mark.parametrize("label, text, match", [
-    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (8, "a, b", r"axis 'Prompt order' is not one"),
+    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (31, "a, b", r"axis 'Styles' is not one"),
     (99, "1", r"not an A1111 txt2img axis index"), ("Steps", "ten", r"value 'ten' is not a whole number"),
     ("Steps", "", r"has no values"),
 ])
@@ -56,6 +56,21 @@ def test_every_cell_is_its_own_call(pipe):
     assert any(np.array_equal(np.asarray(p.grid)[y:y + 64, x:x + 64], cell)
                for y in range(0, p.grid.height - 63) for x in range(0, p.grid.width - 63, 1)
                if y < 80 and x < 200)  # the first cell stands in the grid as drawn
+
+
+def test_a_stop_from_the_callback_ends_the_plot_with_black_cells_after_it(pipe):
+    import latentgen
+
+    def stop_in_cell_2(done, total, latents):  # each cell is its own call: steps count 1, 2 in every cell
+        seen.append(done)
+        if len(seen) == 3:
+            raise latentgen.Stop()
+
+    seen, kw = [], dict(seed=2, steps=2, width=64, height=64)
+    p = xyz.plot(pipe, "a cat", [xyz.axis("Seed", "2, 3, 4")], callback=stop_in_cell_2, **{**kw, "seed": 0})
+    assert seen == [1, 2, 1] and len(p.cells) == 3  # cell 3 never ran
+    assert max_diff(p.cells[:1], pipe.generate("a cat", **kw)) == 0  # cell 1 whole; cell 2 its first step's estimate
+    assert np.asarray(p.cells[1]).std() > 0 and not np.asarray(p.cells[2]).any()  # cell 3 black, as A1111 leaves it
 
 
 def test_size_lora_weight_and_hires_axes(fresh, lora_files):
@@ -102,6 +117,21 @@ def test_prompt_sr_replaces_in_both_prompts_before_the_styles(pipe):
     want = pipe.generate("a blue cat, flat", negative_prompt="blue dog, blurry", **kw)
     assert max_diff([p.cells[1]], want) == 0 and p.cells[1].info["parameters"] == want[0].info["parameters"]
     assert xyz.plot(pipe, "a cat", [xyz.axis("Prompt S/R", "dark, light")], negative_prompt="dark", **kw).cells
+
+
+def test_prompt_order_plots_every_order_of_the_words(pipe):
+    """A1111's Prompt order: its values are words of the prompt, each cell one order of them in their places."""
+    assert xyz.ordered("a red cat, dark", ("dark", "red")) == "a dark cat, red"
+    assert xyz.ordered("red, big, cat", ("cat", "big", "red")) == "cat, big, red"
+    a = xyz.axis(8, "red, cat")  # A1111's txt2img index of Prompt order
+    assert a.label == "Prompt order" and a.values == (("red", "cat"), ("cat", "red"))
+    assert len(xyz.axis("Prompt order", "a, b, c").values) == 6
+    kw = dict(seed=2, steps=2, width=64, height=64)
+    p = xyz.plot(pipe, "a red cat", [a], **kw)
+    assert p.labels == [("red, cat", "", ""), ("cat, red", "", "")]
+    assert max_diff(p.cells[1:], pipe.generate("a cat red", **kw)) == 0
+    with pytest.raises(ValueError, match="Prompt order: 'dog' is not in the prompt"):
+        xyz.plot(pipe, "a red cat", [xyz.axis("Prompt order", "red, dog")], **kw)
 
 
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):

@@ -201,3 +201,43 @@ def test_what_the_server_has_not_its_memory_flags_and_unloading(api):
     assert requests.post(api.served.url + "/sdapi/v1/reload-checkpoint").json() == {} and models.loaded() is not None
     after = api.txt2img(prompt="a cat", seed=1, steps=2, width=32, height=32).image
     assert np.array_equal(np.asarray(before), np.asarray(after))
+
+
+def test_skip_ends_the_running_call_with_its_picture_and_the_job_goes_on(api, tiny_folder):
+    import json
+    import threading
+    import time
+
+    import requests
+
+    import latentgen
+
+    url, answer = api.baseurl.replace("/sdapi/v1", ""), {}
+    body = {"prompt": "a cat", "seed": 4, "steps": 30, "cfg_scale": 5, "sampler_name": "Euler a", "width": 64,
+            "height": 64, "batch_size": 2, "n_iter": 2}
+    job = threading.Thread(target=lambda: answer.update(r=requests.post(url + "/sdapi/v1/txt2img", json=body,
+                                                                         timeout=300)))
+    job.start()
+    worker, deadline = api.served.server_state.worker, time.monotonic() + 120
+    while not (worker.current and worker.progress.job_no == 0 and worker.progress.sampling_step > 0) \
+            and time.monotonic() < deadline:  # this job's first image is being drawn
+        time.sleep(0.01)
+    api.skip()  # webuiapi's, during the first image of the first of the two calls (n_iter 2 of batch_size 2)
+    job.join()
+    r = answer["r"].json()
+    info, images = json.loads(r["info"]), [api_image(b) for b in r["images"]]
+    # the CPU draws a call's images one by one: seed 5, after the skipped one, is not drawn; the seeds say so
+    assert len(images) == 3 and "interrupted" not in info and info["all_seeds"] == [4, 6, 7]
+    assert ["Seed: 4," in t and "Seed: 7," in u for t, u in [info["infotexts"][::2]]] == [True]
+    want = latentgen.load(tiny_folder).generate("a cat", seed=4, steps=30, guidance=5, scheduler="euler_a",
+                                                width=64, height=64, num_images=4)
+    assert max_diff(images[1:], want[2:]) == 0  # the second call drawn whole, after the skip
+    assert max_diff(images[:1], want[:1]) > 0  # the first: its picture when skipped
+    assert not requests.get(url + "/sdapi/v1/progress").json()["state"]["skipped"]
+
+
+def api_image(b64: str) -> Image.Image:
+    import base64
+    import io
+
+    return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")

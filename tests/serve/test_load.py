@@ -141,7 +141,8 @@ def test_interrupt_mid_job_frees_the_worker(server):
     t.join(timeout=60)
     r = answer["r"]
     info = json.loads(r.json()["info"])
-    assert r.status_code == 200 and r.json()["images"] == [] and info["interrupted"] is True  # A1111: what is done
+    assert r.status_code == 200 and info["interrupted"] is True
+    assert len(r.json()["images"]) == 1  # A1111's: the picture so far, from the last step's clean estimate
     assert post(url, "txt2img", {"prompt": "a red circle", "steps": 1}).status_code == 200
 
 

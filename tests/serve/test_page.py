@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def data_url_image(url: str) -> Image.Image:
 
 def test_type_a_prompt_click_generate_get_the_image(page, served):
     # Hold the worker with a job that reports step 5 of 10, so the bar's step count is seen for sure.
-    release = threading.Event()
+    release, held = threading.Event(), {}
 
     def hold(ctx):
         import torch
@@ -81,6 +82,7 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
         ctx.pipeline()
         ctx.callback(0, 1)(5, 10, torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8))  # a preview every 5 steps
         release.wait(30)
+        held["skipped"] = ctx.job.skipped.is_set()  # the Skip button's POST reached the job running
 
     served.server_state.worker.submit("hold", hold)
     assert page.is_hidden("#styles-row")  # no --styles-file: no styles to offer
@@ -90,7 +92,11 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
     page.wait_for_function("document.querySelector('#progress-text').textContent.startsWith('Step 5/10')")
     assert 45 <= float(page.eval_on_selector("#progress-bar", "e => parseFloat(e.style.width)")) <= 55
     page.wait_for_selector("#preview:not([hidden])")  # the running job's preview
-    assert page.is_enabled("#interrupt") and not page.is_enabled("#generate")
+    assert page.is_enabled("#interrupt") and page.is_enabled("#skip") and not page.is_enabled("#generate")
+    page.click("#skip")
+    deadline = time.monotonic() + 10
+    while not served.server_state.worker.progress.skipped and time.monotonic() < deadline:
+        time.sleep(0.05)
     release.set()
 
     page.wait_for_selector("#gallery img.result", timeout=120_000)
@@ -99,7 +105,7 @@ def test_type_a_prompt_click_generate_get_the_image(page, served):
     assert (r.color, r.shape, r.background) == ("red", "circle", "blue"), r
     want = reference().generate("a red circle on a blue background", seed=1, steps=12, scheduler="euler_a")[0]
     assert max_diff(image, want) <= 1
-    assert page.inner_text("#progress-text") == "done: 1 image(s), seed 1"
+    assert page.inner_text("#progress-text") == "done: 1 image(s), seed 1" and held["skipped"]
     params = page.inner_text("#gallery .params")
     assert params == want.info["parameters"]
     link = page.query_selector("#gallery a[download]")

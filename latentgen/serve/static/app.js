@@ -233,6 +233,7 @@ async function poll() {
 function busy(on) {
   $("generate").disabled = on;
   $("interrupt").disabled = !on;
+  $("skip").disabled = !on;
   clearInterval(polling);
   polling = null;
   if (on) {
@@ -245,6 +246,7 @@ function busy(on) {
 }
 
 $("interrupt").addEventListener("click", () => postJSON("interrupt", {}).catch((e) => showError(e.message)));
+$("skip").addEventListener("click", () => postJSON("skip", {}).catch((e) => showError(e.message)));
 
 // -- the gallery --------------------------------------------------------------------------------------
 function addResult(b64, parameters, seed) {
