@@ -4,7 +4,7 @@ An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
 Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
 negative prompt, refused when in neither, and each value put in its place), Prompt order (words of the prompt,
-plotted in every order of them), Sampler, Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
+plotted in every order of them), Sampler, Schedule type (Automatic or Karras, on each cell's sampler), Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
 or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
@@ -23,21 +23,20 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from .. import schedulers
 from ..request import Watch
 from ..starts import Variation
 from ..upscale import upscalers
 from ..upscale.hires import Hires
 from ..upscale.hires import check as check_hires
 from .draw import annotated
+from .values import numbers, ordered, sampler, schedule, scheduled, size
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
-TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Hires sampler", "Hires upscaler", "Size",
-             "Checkpoint name"}
+TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
+             "Size", "Checkpoint name"}
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
                  "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
@@ -48,8 +47,6 @@ A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hire
                  "Refiner switch at", "RNG source", "FP8 mode", "Size"]
 # A1111 1.10's txt2img axis list: its x_type indices (1.9 had no Skip Early CFG or Beta schedule axes, so from its
 # index 21 on it numbers three lower; an axis sent by label works with both)
-_RANGE = re.compile(r"\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)"
-                    r"(?:\s*\(([+-]\d+(?:\.\d*)?)\s*\)|\s*\[(\d+)\s*\])?\s*")
 _TAG_WEIGHT = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
 
 
@@ -81,31 +78,14 @@ def axis(label, text: str = "") -> Axis:
         return Axis(label, ("",))
     values = [v.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for v in row if v.strip()]
     if label in INT_AXES | FLOAT_AXES:
-        values = _numbers(label, values, int if label in INT_AXES else float)
+        values = numbers(label, values, int if label in INT_AXES else float)
     if not values:
         raise ValueError(f"axis {label!r} has no values: give some, such as '10, 20, 30' or '10-30 (+10)'.")
+    if label == "Schedule type":
+        values = [schedule(v) for v in values]
     if label == "Prompt order":  # the values are words of the prompt; the axis is every order of them (A1111's)
         return Axis(label, tuple(itertools.permutations(values)))
     return Axis(label, tuple(values))
-
-
-def _numbers(label: str, texts: list[str], kind) -> list:
-    out = []
-    for t in texts:
-        m = _RANGE.fullmatch(t)
-        if m:
-            start, end = kind(m.group(1).replace(" ", "")), kind(m.group(2).replace(" ", ""))
-            if m.group(4):  # 'a-b [n]': n values from a to b
-                out += [kind(v) for v in np.linspace(start, end, int(m.group(4)))]
-            else:  # 'a-b (+s)': a, a + s, ... up to b
-                step = kind(m.group(3)) if m.group(3) else kind(1)
-                out += [kind(v) for v in np.arange(start, end + (1 if kind is int else step * 1e-6), step)]
-            continue
-        try:
-            out.append(kind(t))
-        except ValueError:
-            raise ValueError(f"axis {label!r} value {t!r} is not a {'whole ' if kind is int else ''}number.") from None
-    return out
 
 
 def from_a1111(args: list, upscalers_dir=None) -> list[Axis]:
@@ -147,6 +127,8 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["prompt"] = ordered(call["prompt"], value)
     elif label == "Sampler":
         call["scheduler"] = sampler(value)
+    elif label == "Schedule type":
+        call["schedule"] = value  # put on the cell's sampler once all axes are applied (``scheduled``)
     elif label == "Size":
         call["width"], call["height"] = size(value)
     elif label == "Checkpoint name":
@@ -159,34 +141,6 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         value = sampler(value) if field == "scheduler" else upscalers.check(value) if field == "upscaler" else value
         call["hires"] = replace(hires or Hires(), **{field: value})
     return call
-
-
-def ordered(prompt: str, words: tuple[str, ...]) -> str:
-    """``prompt`` with ``words`` put in its places of them in this order (A1111's Prompt order): "a red cat, dark"
-    with ("dark", "red") -> "a dark cat, red"."""
-    spots = sorted((prompt.find(w), w) for w in words)  # where each word stands, first to last
-    parts, rest = [], prompt
-    for _, w in spots:
-        n = rest.find(w)
-        parts.append(rest[:n])
-        rest = rest[n + len(w):]
-    return "".join(part + w for part, w in zip(parts, words)) + rest
-
-
-def sampler(name: str) -> str:
-    """A sampler by latentgen's name or A1111's label."""
-    by_label = {s.label.lower(): k for k, s in schedulers.SAMPLERS.items()}
-    key = name if name in schedulers.SAMPLERS else by_label.get(name.lower())
-    if key is None:
-        raise ValueError(f"sampler {name!r} is unknown: use one of {', '.join(s.label for s in schedulers.SAMPLERS.values())}.")
-    return key
-
-
-def size(text: str) -> tuple[int, int]:
-    w, _, h = str(text).lower().partition("x")
-    if not (w.strip().isdigit() and h.strip().isdigit()):
-        raise ValueError(f"Size value {text!r} is not WIDTHxHEIGHT, such as 512x768.")
-    return int(w), int(h)
 
 
 def label_of(a: Axis, value) -> str:
@@ -270,6 +224,8 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, **call) -
         calls.append(c)
     for c in calls:  # every cell's settings checked before any model runs (on the model when loaded already)
         m = pipe if c.get("model") is None or isinstance(c["model"], str) else c["model"]
+        if "schedule" in c:
+            c["scheduler"] = scheduled(c.get("scheduler") or m.defaults.scheduler, c.pop("schedule"))
         m.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
                                         "variation", "seed", "prompt") if k in c})
         if c.get("hires") is not None:

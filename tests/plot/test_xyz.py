@@ -121,8 +121,6 @@ def test_prompt_sr_replaces_in_both_prompts_before_the_styles(pipe):
 
 def test_prompt_order_plots_every_order_of_the_words(pipe):
     """A1111's Prompt order: its values are words of the prompt, each cell one order of them in their places."""
-    assert xyz.ordered("a red cat, dark", ("dark", "red")) == "a dark cat, red"
-    assert xyz.ordered("red, big, cat", ("cat", "big", "red")) == "cat, big, red"
     a = xyz.axis(8, "red, cat")  # A1111's txt2img index of Prompt order
     assert a.label == "Prompt order" and a.values == (("red", "cat"), ("cat", "red"))
     assert len(xyz.axis("Prompt order", "a, b, c").values) == 6
@@ -132,6 +130,20 @@ def test_prompt_order_plots_every_order_of_the_words(pipe):
     assert max_diff(p.cells[1:], pipe.generate("a cat red", **kw)) == 0
     with pytest.raises(ValueError, match="Prompt order: 'dog' is not in the prompt"):
         xyz.plot(pipe, "a red cat", [xyz.axis("Prompt order", "red, dog")], **kw)
+
+
+def test_schedule_type_puts_each_schedule_on_the_cells_sampler_whatever_the_axis_order(pipe):
+    kw = dict(seed=2, steps=2, width=64, height=64)
+    p = xyz.plot(pipe, "a cat", [xyz.axis("Schedule type", "automatic, Karras"), xyz.axis("Sampler", "DPM++ 2M, Euler")],
+                 **kw)  # the schedule axis before the sampler's: each cell still gets both
+    assert p.labels[1] == ("Karras", "DPM++ 2M", "")
+    assert max_diff(p.cells[1:2], pipe.generate("a cat", scheduler="dpm++2m_karras", **kw)) == 0
+    assert max_diff(p.cells[:1], pipe.generate("a cat", scheduler="dpm++2m", **kw)) == 0
+    assert "Sampler: DPM++ 2M Karras" in p.cells[1].info["parameters"]
+    with pytest.raises(ValueError, match="Schedule type 'Exponential' is not one"):
+        xyz.axis(17, "Exponential")  # A1111's index of Schedule type
+    with pytest.raises(ValueError, match="sampler 'Euler a' has no Karras schedule here"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Schedule type", "Karras")], scheduler="euler_a", **kw)
 
 
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):
