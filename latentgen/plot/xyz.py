@@ -4,8 +4,9 @@ An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
 Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
 negative prompt, refused when in neither, and each value put in its place), Prompt order (words of the prompt,
-plotted in every order of them), Sampler, Schedule type (Automatic or Karras, on each cell's sampler), Hires sampler, Checkpoint name (each cell drawn by that model: a loaded pipeline,
-or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
+plotted in every order of them), Styles (style names applied after the call's styles, from ``styles=``), Sampler,
+Schedule type (Automatic or Karras, on each cell's sampler), Hires sampler, Checkpoint name (each cell drawn by that
+model: a loaded pipeline, or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
 fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
@@ -27,6 +28,7 @@ from PIL import Image
 
 from ..request import Watch
 from ..starts import Variation
+from ..text import styles as text_styles
 from ..upscale import upscalers
 from ..upscale.hires import Hires
 from ..upscale.hires import check as check_hires
@@ -36,7 +38,7 @@ from .values import numbers, ordered, sampler, schedule, scheduled, size
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
 TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
-             "Size", "Checkpoint name"}
+             "Size", "Checkpoint name", "Styles"}
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
                  "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
@@ -131,6 +133,8 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["schedule"] = value  # put on the cell's sampler once all axes are applied (``scheduled``)
     elif label == "Size":
         call["width"], call["height"] = size(value)
+    elif label == "Styles":  # style names, applied after the call's own (A1111's p.styles.extend)
+        call["styles"] = [n.strip() for n in value.split(",") if n.strip()]
     elif label == "Checkpoint name":
         call["model"] = value  # a loaded pipeline, or a name ``draw`` opens
     elif label == "LoRA weight":
@@ -203,11 +207,12 @@ def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | Non
                              f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")
 
 
-def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, **call) -> Plot:
+def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
     arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
     prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles). ``models``: name -> a
-    context manager giving the loaded pipeline, for "Checkpoint name" values given by name (``opened``)."""
+    context manager giving the loaded pipeline, for "Checkpoint name" values given by name (``opened``).
+    ``styles``: the table a Styles axis names (``latentgen.text.styles.read("styles.csv")``)."""
     if not 1 <= len(axes) <= 3:
         raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
     check_replacements(axes, prompt, call.get("negative_prompt"))
@@ -220,6 +225,10 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, **call) -
             c = apply(a.label, v, c, prompt, a.values[0])
         if style is not None:
             c["prompt"], negative = style(c["prompt"], c.get("negative_prompt"))
+            c["negative_prompt"] = negative or None
+        if "styles" in c:  # a Styles axis: its styles after the call's
+            c["prompt"], negative = text_styles.apply(c["prompt"], c.get("negative_prompt"), c.pop("styles"),
+                                                      styles or {}, "the Styles axis (plot's styles= table)")
             c["negative_prompt"] = negative or None
         calls.append(c)
     for c in calls:  # every cell's settings checked before any model runs (on the model when loaded already)

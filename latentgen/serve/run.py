@@ -64,7 +64,7 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     if "style" in plan.script:  # A1111's prompt styles: each cell's prompts styled after its Prompt S/R
         (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
     p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback,
-             models=plan.script.get("models"), **given)
+             models=plan.script.get("models"), styles=plan.script.get("styles"), **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 

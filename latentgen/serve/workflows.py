@@ -116,10 +116,10 @@ def resize_mode(req, has_mask: bool) -> str:
     return mode
 
 
-def script(req, mode: str, folder=None, models=None) -> dict | None:
+def script(req, mode: str, folder=None, models=None, styles=None) -> dict | None:
     """The request's script, as latentgen call options (None without one); unknown scripts: 422. ``folder``:
     where the plot's "Hires upscaler" values name model files; ``models``: the catalog its "Checkpoint name" values
-    name (``catalog.Models``; 404 for one it has not)."""
+    name (``catalog.Models``; 404 for one it has not); ``styles``: the ``catalog.Styles`` its "Styles" values name."""
     name = (req.script_name or "").strip().lower()
     if not name:
         return None
@@ -142,7 +142,22 @@ def script(req, mode: str, folder=None, models=None) -> dict | None:
         except ApiError as e:
             raise ApiError(e.status, f"script_args of the X/Y/Z plot, Checkpoint name: {e.detail}") from None
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images
-    return {"grid": axes, "lone": lone}
+    return {"grid": axes, "lone": lone, **_styles_axis(axes, styles)}
+
+
+def _styles_axis(axes, styles) -> dict:
+    """``{"styles": table}`` for a plot with a Styles axis, every name of it in the table (else 422)."""
+    if not any(a.label == "Styles" for a in axes):
+        return {}
+    from latentgen.text.styles import apply
+
+    table = styles.table() if styles is not None else {}
+    for v in (v for a in axes if a.label == "Styles" for v in a.values):
+        try:
+            apply("", None, [n.strip() for n in v.split(",") if n.strip()], table, "Styles")
+        except ValueError as e:
+            raise ApiError(422, f"script_args of the X/Y/Z plot, {e} They are --styles-file's.") from None
+    return {"styles": table}
 
 
 def outpainting(req) -> dict:

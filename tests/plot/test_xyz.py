@@ -21,7 +21,7 @@ def test_axis_values_as_a1111_parses_them(label, text, values):
 
 
 @pytest.mark.parametrize("label, text, match", [
-    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (31, "a, b", r"axis 'Styles' is not one"),
+    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (30, "a, b", r"axis 'VAE' is not one"),
     (99, "1", r"not an A1111 txt2img axis index"), ("Steps", "ten", r"value 'ten' is not a whole number"),
     ("Steps", "", r"has no values"),
 ])
@@ -144,6 +144,21 @@ def test_schedule_type_puts_each_schedule_on_the_cells_sampler_whatever_the_axis
         xyz.axis(17, "Exponential")  # A1111's index of Schedule type
     with pytest.raises(ValueError, match="sampler 'Euler a' has no Karras schedule here"):
         xyz.plot(pipe, "a cat", [xyz.axis("Schedule type", "Karras")], scheduler="euler_a", **kw)
+
+
+def test_styles_axis_applies_its_styles_after_the_calls_own(pipe):
+    from latentgen.text.styles import Style
+
+    table = {"blue": Style("blue", "{prompt} on blue", "red"), "flat": Style("flat", "flat colors")}
+    kw = dict(seed=2, steps=2, width=64, height=64)
+    p = xyz.plot(pipe, "a cat", [xyz.axis("Styles", 'blue, "flat,blue"')], styles=table, **kw,
+                 style=lambda prompt, negative: (prompt + ", big", negative))
+    assert p.labels == [("blue", "", ""), ("flat,blue", "", "")]
+    assert max_diff(p.cells[1:], pipe.generate("a cat, big, flat colors on blue", negative_prompt="red", **kw)) == 0
+    with pytest.raises(ValueError, match=r"the Styles axis \(plot's styles= table\): no style 'dark'; the styles are 'blue'"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Styles", "dark")], styles=table, **kw)
+    with pytest.raises(ValueError, match="no style 'blue'; the styles are none"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Styles", "blue")], **kw)
 
 
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):

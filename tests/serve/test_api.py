@@ -182,7 +182,28 @@ def test_xyz_plot_equals_the_python_api(api, ref):
     assert len(r.images) == 1 + 4 and r.images[0].size == want.grid.size  # the grid, then the cells (lone images)
     assert max_diff(r.images[0], want.grid) <= 1 and max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
     with pytest.raises(RuntimeError, match="is not one latentgen plots"):
-        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[8, "a, b"] + args[2:])  # Prompt order
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[30, "a, b"] + args[2:])  # VAE
+
+
+def test_xyz_styles_prompt_order_and_schedule_type_equal_the_python_api(api, served, ref):
+    """A1111's Styles (index 31: names of --styles-file, after the request's styles), Prompt order (8) and Schedule
+    type (17) axes; a style the file has not is a 422 before anything is drawn."""
+    from latentgen.plot import xyz
+    from latentgen.text import styles
+
+    args = [31, "on blue, clean", [], 8, "red, circle", [], 17, "Automatic, Karras", [], True, True]
+    r = api.txt2img(prompt="a red circle", seed=3, steps=2, cfg_scale=5, width=64, height=64, sampler_name="DPM++ 2M",
+                    script_name="X/Y/Z plot", script_args=args)
+    axes = [xyz.axis("Styles", "on blue, clean"), xyz.axis("Prompt order", "red, circle"),
+            xyz.axis("Schedule type", "Automatic, Karras")]
+    want = xyz.plot(ref, "a red circle", axes, styles=styles.read(served.styles), seed=3, steps=2, guidance=5,
+                    width=64, height=64, scheduler="dpm++2m")
+    assert len(r.images) == 1 + 8 and max_diff(r.images[0], want.grid) <= 1
+    assert max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
+    assert r.info["infotexts"][0].startswith("a red circle on a blue background\nNegative prompt: blurry\n")
+    assert "circle red, flat colors" in r.info["infotexts"][4] and "DPM++ 2M Karras" in r.info["infotexts"][5]
+    with pytest.raises(RuntimeError, match=r"X/Y/Z plot, Styles: no style .*shiny.*--styles-file"):
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[31, "clean, shiny", []])
 
 
 def test_xyz_plots_checkpoints_of_the_catalog(api, ref, tiny_folder):
