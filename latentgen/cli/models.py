@@ -187,6 +187,8 @@ def add_parsers(sub) -> None:
     gr.add_argument("--width", type=positive_int, default=None, help="(--x plots)")
     gr.add_argument("--height", type=positive_int, default=None, help="(--x plots)")
     add_axes(gr)
+    gr.add_argument("--styles-file", type=Path, default=None, metavar="CSV",
+                    help="A1111's styles.csv whose styles a 'Styles' axis names")
     gr.add_argument("-o", "--output", required=True)
     gr.add_argument("--force", action="store_true")
     add_model_args(gr)

@@ -39,6 +39,9 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     paths = metadata.output_paths(args.output, count)
     paths[0] = Path(args.output)
     metadata.check_writable(paths, args.force)
+    from ..text import styles
+
+    table = styles.read(args.styles_file) if args.styles_file else None  # a bad file fails before the model loads
     pipe = load_model(args)
     call = {k: v for k, v in dict(seed=args.seed, steps=args.steps, guidance=args.guidance, width=args.width,
                                   height=args.height, scheduler=args.scheduler, negative_prompt=args.negative).items()
@@ -47,7 +50,7 @@ def cmd_xyz(args: argparse.Namespace) -> int:
 
     # "Checkpoint name" values: loaded with this command's --vae, --backend, --dtype, when their cells draw
     p = xyz.plot(pipe, args.prompts[0], axes, models=lambda path: nullcontext(load_model(args, path, prediction_type=None)),
-                 **call)
+                 styles=table, **call)
     print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
     for image, path in zip(p.cells, paths[1:]):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))

@@ -332,6 +332,12 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run("grid", "a cat", "--x", "Eta: 1", "--model", tiny_folder, "-o", tmp_path / "e.png")
     assert "axis 'Eta' is not one latentgen plots" in capsys.readouterr().err
+    (tmp_path / "styles.csv").write_text("name,prompt,negative_prompt\nflat,{prompt} in flat colors,blurry\n")
+    assert run("grid", "a red cat", "--x", "Styles: flat", "--model", tiny_folder, "--steps", 1, "--styles-file",
+               tmp_path / "styles.csv", "-o", tmp_path / "s.png") == 0
+    assert read_parameters(tmp_path / "s-1.png").startswith("a red cat in flat colors\nNegative prompt: blurry\n")
+    assert run("grid", "a cat", "--x", "Styles: flat", "--model", tiny_folder, "-o", tmp_path / "n.png") == 2
+    assert "no style 'flat'; the styles are none" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
 
 
 def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):
