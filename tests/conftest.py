@@ -100,6 +100,21 @@ def tiny_other(tiny_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def vae_file(tiny_folder, tmp_path_factory):
+    """A VAE file (A1111's "SD VAE", LDM names) for the tiny model: its VAE with every weight times 1.1."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from latentgen.models import ldm
+
+    vae = AutoencoderKL.from_pretrained(tiny_folder / "vae")
+    moved = {k: v * 1.1 for k, v in vae.state_dict().items()}
+    file = tmp_path_factory.mktemp("vae") / "my-vae.safetensors"
+    save_file({k: v.contiguous() for k, v in ldm.vae_to_ldm(moved, vae.config, prefix="").items()}, str(file))
+    return file
+
+
+@pytest.fixture(scope="session")
 def folder9(tiny_folder, tmp_path_factory):
     """The tiny model with a 9-channel (inpainting) U-Net: latents + mask + masked-image latents."""
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel

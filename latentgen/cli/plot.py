@@ -62,7 +62,7 @@ def add_axes(g: argparse.ArgumentParser) -> None:
     for name in ("x", "y", "z"):
         g.add_argument(f"--{name}", type=axis_spec, default=None, metavar="'LABEL: VALUES'",
                        help=f"an X/Y/Z plot's {name} axis: Seed, Var. seed, Var. strength, Steps, Hires steps, CFG "
-                            f"Scale, Prompt S/R, Prompt order, Sampler, Schedule type, Hires sampler, Checkpoint name, Clip skip, "
-                            f"Denoising, Hires upscaler, Size, LoRA weight; values as A1111's ('10-30 (+10)', '4, 7')"
-                       if name == "x"
+                            f"Scale, Prompt S/R, Prompt order, Sampler, Schedule type, Hires sampler, Checkpoint name, "
+                            f"VAE, Styles, Clip skip, Denoising, Hires upscaler, Size, LoRA weight; values as A1111's "
+                            f"('10-30 (+10)', '4, 7')" if name == "x"
                        else f"an X/Y/Z plot's {name} axis")

@@ -5,7 +5,8 @@ An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from
 Var. strength, Steps, Hires steps, CFG Scale, Prompt S/R (the first value is searched in the prompt and the
 negative prompt, refused when in neither, and each value put in its place), Prompt order (words of the prompt,
 plotted in every order of them), Styles (style names applied after the call's styles, from ``styles=``), Sampler,
-Schedule type (Automatic or Karras, on each cell's sampler), Hires sampler, Checkpoint name (each cell drawn by that
+Schedule type (Automatic or Karras, on each cell's sampler), VAE (VAE files the cells decode with; "Automatic": the
+model's own), Hires sampler, Checkpoint name (each cell drawn by that
 model: a loaded pipeline, or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
@@ -20,7 +21,7 @@ import csv
 import io
 import itertools
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,7 +39,8 @@ from .values import numbers, ordered, sampler, schedule, scheduled, size
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
 TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
-             "Size", "Checkpoint name", "Styles"}
+             "Size", "Checkpoint name", "Styles", "VAE"}
+OWN_VAE = ("Automatic", "None")  # VAE axis values that mean the VAE the model draws with
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
                  "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
@@ -136,7 +138,9 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
     elif label == "Styles":  # style names, applied after the call's own (A1111's p.styles.extend)
         call["styles"] = [n.strip() for n in value.split(",") if n.strip()]
     elif label == "Checkpoint name":
-        call["model"] = value  # a loaded pipeline, or a name ``draw`` opens
+        call["model"] = value
+    elif label == "VAE":
+        call["vae"] = value  # a VAE file, swapped in while the cell draws (``draw``)  # a loaded pipeline, or a name ``draw`` opens
     elif label == "LoRA weight":
         call["prompt"] = _TAG_WEIGHT.sub(lambda m: f"<lora:{m.group(1)}:{value:g}>", call["prompt"])
     elif label != "Nothing":  # the hires pass's settings
@@ -150,7 +154,7 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
 def label_of(a: Axis, value) -> str:
     if a.label == "Hires upscaler":
         return upscalers.label(str(value))  # a model file by its stem
-    if a.label == "Checkpoint name":  # a name without its folder, as A1111's
+    if a.label in ("Checkpoint name", "VAE"):  # a name without its folder, as A1111's
         return Path(value).name if isinstance(value, str) else value.name
     if a.label == "Prompt order":
         return ", ".join(value)
@@ -172,10 +176,41 @@ def opened(value, pipe, models=None):
     return nullcontext(latentgen.load(value, device=device_of(pipe.unet), dtype=pipe.dtype))
 
 
-def draw(pipe, calls: list[dict], models=None) -> list[Image.Image]:
+def vae_built(vaes=None):
+    """(pipeline, VAE axis value) -> the VAE it names for that pipeline, each built once: by ``vaes`` (the server's
+    files by name), or from the file at that path (``latentgen.models.loading.vae_for``)."""
+    built = {}
+
+    def get(pipe, value):
+        if (id(pipe), value) not in built:
+            if vaes is None:
+                from ..models.loading import vae_for
+
+                if not Path(value).is_file():
+                    raise FileNotFoundError(f"VAE axis value {value!r} is not a file: give VAE files (.safetensors, "
+                                            f".pt, .ckpt), or 'Automatic' for the model's own.")
+            built[id(pipe), value] = (pipe, vaes(pipe, value) if vaes else vae_for(pipe, value))  # pipe: kept alive
+        return built[id(pipe), value][1]
+    return get
+
+
+@contextmanager
+def vae_swapped(pipe, value, vae_of):
+    """``pipe`` drawing with the VAE of the VAE axis's ``value`` while a cell draws (its own for ``OWN_VAE``)."""
+    own = pipe.vae
+    try:
+        if value is not None and value not in OWN_VAE:
+            pipe.vae = vae_of(pipe, value)
+        yield
+    finally:
+        pipe.vae = own
+
+
+def draw(pipe, calls: list[dict], models=None, vae_of=None) -> list[Image.Image]:
     """Each call's image, the calls of one model together (each model opened once, one at a time, as A1111 orders
-    its checkpoint axis), in the calls' order. A ``latentgen.Stop`` from the callback ends the plot: the cell it
-    stopped keeps its picture so far, the cells not drawn are black (as A1111's interrupt leaves them)."""
+    its checkpoint axis), in the calls' order; ``vae_of``: a ``vae_built`` for the VAE axis. A ``latentgen.Stop``
+    from the callback ends the plot: the cell it stopped keeps its picture so far, the cells not drawn are black
+    (as A1111's interrupt leaves them)."""
     groups: dict = {}
     for i, c in enumerate(calls):
         m = c.get("model")
@@ -186,8 +221,9 @@ def draw(pipe, calls: list[dict], models=None) -> list[Image.Image]:
             break
         with opened(calls[indices[0]].get("model"), pipe, models) as m:
             for i in indices:
-                given = {k: v for k, v in calls[i].items() if k != "model"}
-                images[i] = m.generate(**{**given, "callback": watch.callback})[0]
+                given = {k: v for k, v in calls[i].items() if k not in ("model", "vae")}
+                with vae_swapped(m, calls[i].get("vae"), vae_of or vae_built()):
+                    images[i] = m.generate(**{**given, "callback": watch.callback})[0]
                 if watch.stopped:
                     break
     size = next(im.size for im in images if im is not None)
@@ -207,18 +243,19 @@ def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | Non
                              f"value is the text each value replaces, such as 'red' in 'a red cat' for 'red, blue'.")
 
 
-def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=None, **call) -> Plot:
+def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=None, vaes=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
     arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
     prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles). ``models``: name -> a
     context manager giving the loaded pipeline, for "Checkpoint name" values given by name (``opened``).
-    ``styles``: the table a Styles axis names (``latentgen.text.styles.read("styles.csv")``)."""
+    ``styles``: the table a Styles axis names (``latentgen.text.styles.read("styles.csv")``); ``vaes``: (pipeline,
+    name) -> the VAE for a VAE axis that names files otherwise than by path (the server's ``--vae-dir``)."""
     if not 1 <= len(axes) <= 3:
         raise ValueError(f"{len(axes)} axes: give one to three (x, y, z).")
     check_replacements(axes, prompt, call.get("negative_prompt"))
     xs, ys, zs = (list(axes) + [Axis("Nothing", ("",))] * 2)[:3]
     cells = [(x, y, z) for z in zs.values for y in ys.values for x in xs.values]
-    calls = []
+    calls, vae_of = [], vae_built(vaes)
     for vals in cells:
         c = {"prompt": prompt, **call}
         for a, v in zip((xs, ys, zs), vals):
@@ -239,7 +276,9 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=No
                                         "variation", "seed", "prompt") if k in c})
         if c.get("hires") is not None:
             check_hires(c["hires"], m.vae_scale_factor)
-    images = draw(pipe, calls, models)
+        if c.get("vae") not in (None, *OWN_VAE) and not isinstance(c.get("model"), str):
+            vae_of(m, c["vae"])  # read and checked to fit, before the first cell draws
+    images = draw(pipe, calls, models, vae_of)
     labels = [tuple(label_of(a, v) for a, v in zip((xs, ys, zs), vals)) for vals in cells]
     n = len(xs.values) * len(ys.values)
     grids = [annotated(images[i:i + n], [label_of(xs, v) for v in xs.values], [label_of(ys, v) for v in ys.values],

@@ -208,7 +208,8 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **
     _check_common(req, limits)
     style = workflows.styler(req, styles, MAX_PROMPT)
     given, req = req, workflows.styled(req, style)
-    hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers, kw["models"], styles)
+    hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers, kw["models"], styles,
+                                                                                              kw.get("vaes"))
     plan = _plan("txt2img", req, **kw)
     if script and "grid" in script and style:  # Prompt S/R replaces before the styles, as A1111's cells
         script["unstyled"], script["style"] = (_prompt_loras(given, kw["loras"])[0], given.negative_prompt), style

@@ -64,7 +64,8 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     if "style" in plan.script:  # A1111's prompt styles: each cell's prompts styled after its Prompt S/R
         (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
     p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback,
-             models=plan.script.get("models"), styles=plan.script.get("styles"), **given)
+             models=plan.script.get("models"), styles=plan.script.get("styles"),
+             vaes=plan.script.get("vaes"), **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 
@@ -81,7 +82,8 @@ def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.I
         second = ctx.worker.models.get(plan.hires_model)
         plan = replace(plan, hires=replace(plan.hires, model=None if second is pipe else second))
     if plan.script and "grid" in plan.script:  # the X/Y/Z plot's Checkpoint name cells: their models, one at a time
-        plan = replace(plan, script={**plan.script, "models": partial(_cell_model, ctx, plan, vaes, held)})
+        plan = replace(plan, script={**plan.script, "models": partial(_cell_model, ctx, plan, vaes, held),
+                                     "vaes": vaes and vaes.for_model})  # its VAE cells: files of --vae-dir by name
     drawing = {id(m): m for m in (pipe, second)}.values()  # the job's models
     with ExitStack() as stack:
         for m in drawing:  # the prompt's LoRAs, by name, on each

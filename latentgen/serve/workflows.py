@@ -116,10 +116,11 @@ def resize_mode(req, has_mask: bool) -> str:
     return mode
 
 
-def script(req, mode: str, folder=None, models=None, styles=None) -> dict | None:
+def script(req, mode: str, folder=None, models=None, styles=None, vaes=None) -> dict | None:
     """The request's script, as latentgen call options (None without one); unknown scripts: 422. ``folder``:
     where the plot's "Hires upscaler" values name model files; ``models``: the catalog its "Checkpoint name" values
-    name (``catalog.Models``; 404 for one it has not); ``styles``: the ``catalog.Styles`` its "Styles" values name."""
+    name (``catalog.Models``; 404 for one it has not); ``styles``, ``vaes``: the ``catalog.Styles`` and ``vaes.Vaes``
+    its "Styles" and "VAE" values name."""
     name = (req.script_name or "").strip().lower()
     if not name:
         return None
@@ -141,6 +142,8 @@ def script(req, mode: str, folder=None, models=None, styles=None) -> dict | None
                     else a for a in axes]
         except ApiError as e:
             raise ApiError(e.status, f"script_args of the X/Y/Z plot, Checkpoint name: {e.detail}") from None
+    for v in (v for a in axes if a.label == "VAE" for v in a.values) if vaes is not None else ():
+        vaes.check(v, "script_args of the X/Y/Z plot, VAE")  # a file of --vae-dir, or "Automatic": the model's own
     lone = len(req.script_args) > 10 and bool(req.script_args[10])  # include_lone_images
     return {"grid": axes, "lone": lone, **_styles_axis(axes, styles)}
 

@@ -21,7 +21,7 @@ def test_axis_values_as_a1111_parses_them(label, text, values):
 
 
 @pytest.mark.parametrize("label, text, match", [
-    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (30, "a, b", r"axis 'VAE' is not one"),
+    ("Eta", "0.5", r"axis 'Eta' is not one latentgen plots"), (38, "a", r"axis 'Refiner checkpoint' is not one"),
     (99, "1", r"not an A1111 txt2img axis index"), ("Steps", "ten", r"value 'ten' is not a whole number"),
     ("Steps", "", r"has no values"),
 ])
@@ -159,6 +159,22 @@ def test_styles_axis_applies_its_styles_after_the_calls_own(pipe):
         xyz.plot(pipe, "a cat", [xyz.axis("Styles", "dark")], styles=table, **kw)
     with pytest.raises(ValueError, match="no style 'blue'; the styles are none"):
         xyz.plot(pipe, "a cat", [xyz.axis("Styles", "blue")], **kw)
+
+
+def test_vae_axis_decodes_each_cell_with_its_vae_file(pipe, tiny_folder, vae_file, tmp_path):
+    """A1111's VAE axis: each cell drawn with that VAE file, as ``latentgen.load(..., vae=file)`` draws, and says so in
+    its PNG; "Automatic" is the model's own, which the model has again after the plot; a missing file is refused
+    before the first cell draws."""
+    import latentgen
+
+    kw, own = dict(seed=2, steps=2, width=64, height=64), pipe.vae
+    p = xyz.plot(pipe, "a cat", [xyz.Axis("VAE", ("Automatic", str(vae_file)))], **kw)
+    assert p.labels == [("Automatic", "", ""), ("my-vae.safetensors", "", "")] and pipe.vae is own
+    assert max_diff(p.cells[1:], latentgen.load(tiny_folder, vae=vae_file).generate("a cat", **kw)) <= 1
+    assert max_diff(p.cells[:1], pipe.generate("a cat", **kw)) == 0 and max_diff(p.cells[:1], p.cells[1:]) > 2
+    assert "VAE: my-vae.safetensors" in p.cells[1].info["parameters"] and "VAE" not in p.cells[0].info["parameters"]
+    with pytest.raises(FileNotFoundError, match="VAE axis value .*nope.pt' is not a file"):
+        xyz.plot(pipe, "a cat", [xyz.axis("VAE", f"Automatic, {tmp_path / 'nope.pt'}")], callback=pytest.fail, **kw)
 
 
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):

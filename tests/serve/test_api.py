@@ -590,6 +590,13 @@ def test_sd_vae_draws_with_a_vae_file_of_the_vae_folder(tiny_folder, tmp_path):
         plain = api.txt2img(**ask, override_settings={**over, "sd_vae": "Automatic"})  # the model's own again
         assert "VAE" not in plain.info["infotexts"][0] and max_diff(plain.images[0], want[0]) > 2
         assert max_diff(plain.images[0], own.generate(PROMPT, seed=2, steps=3, guidance=5, scheduler="euler")[0]) <= 1
+        axis = [30, "Automatic, my-vae.safetensors", [], 0, "", [], 0, "", [], True, True]  # the X/Y/Z plot's VAE axis
+        plot = api.txt2img(**ask, override_settings=over, script_name="X/Y/Z plot", script_args=axis)
+        assert max_diff(plot.images[2], want[0]) <= 1 and max_diff(plot.images[1], plain.images[0]) == 0
+        assert plot.info["infotexts"][2] == named
+        bad = requests.post(s.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "script_name": "X/Y/Z plot",
+                                                              "script_args": [30, "nope.pt", []]})
+        assert bad.status_code == 404 and "X/Y/Z plot, VAE: VAE 'nope.pt' not found" in bad.text, bad.text
         api.set_options({"sd_vae": "my-vae.safetensors"})  # A1111's quick setting: every job after
         assert max_diff(api.txt2img(**ask, override_settings=over).images[0], want[0]) <= 1
         file.rename(tmp_path / "moved-away.safetensors")  # the option's file gone: the model's own, with a warning
