@@ -174,8 +174,12 @@ def _routes(app: FastAPI, server: Server) -> None:
 
     async def generate(request: Request, plan_fn, req) -> dict:
         plan = await run_in_threadpool(plan_fn, req, **server.plan_args())  # images decoded here
+        kept = {} if req.override_settings_restore_afterwards else dict(req.override_settings or {})
+        if "show_progress_type" in kept:  # the overrides stay options after the job (A1111's): checked before it
+            server.previews.check_option(kept["show_progress_type"], models.loaded())
         images, info = await server.run(request, plan.mode, lambda ctx: run.execute(
             plan, ctx, limits=limits, outputs=server.outputs, vaes=server.vaes), task_id=req.force_task_id)
+        server.set_options({k: v for k, v in kept.items() if k in server.options})  # the model: plan.switch
         encoded = await run_in_threadpool(lambda: [codec.encode_png(im) for im in images]) if plan.send_images else []
         return {"images": encoded, "parameters": plan.parameters, "info": json.dumps(info)}
 
@@ -243,13 +247,8 @@ def _list_routes(app: FastAPI, server: Server) -> None:
     """What there is: samplers, schedulers, models, LoRAs, embeddings, scripts; png-info; the page."""
     models = server.models
 
-    @app.get("/sdapi/v1/samplers")
-    def samplers():
-        return settings.sampler_list()
-
-    @app.get("/sdapi/v1/schedulers")
-    def schedulers():
-        return settings.SCHEDULERS
+    app.get("/sdapi/v1/samplers")(settings.sampler_list)
+    app.get("/sdapi/v1/schedulers")(lambda: settings.SCHEDULERS)
 
     @app.get("/sdapi/v1/sd-models")
     def sd_models():

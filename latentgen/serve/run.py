@@ -182,14 +182,15 @@ def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | Non
 
     key, v = sampler or pipe.defaults.scheduler, plan.variation
     seeds = drawn or [plan.seed + i for i in range(plan.count)]
-    negative, n = plan.negative or "", len(seeds)
+    negative, n, vae = plan.negative or "", len(seeds), getattr(pipe.vae, "infotext", {})
     return {
         "prompt": plan.prompt, "all_prompts": [plan.prompt] * n, "negative_prompt": negative,
         "all_negative_prompts": [negative] * n, "seed": plan.seed, "all_seeds": seeds,
         "subseed": plan.subseed, "all_subseeds": [plan.subseed + s - plan.seed for s in seeds], "subseed_strength": v.strength if v else 0,
         **resolved, "sampler_name": SAMPLERS[key].label if key in SAMPLERS else label(pipe.scheduler),
         "batch_size": plan.batch_size, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": plan.vae, "sd_vae_hash": None,
+        "sd_model_name": pipe.name, "sd_model_hash": None, "sd_vae_name": vae.get("VAE", plan.vae),
+        "sd_vae_hash": vae.get("VAE hash"),  # of the VAE file drawing (sd_vae, or the model's --vae)
         "seed_resize_from_w": v.resize_from[0] if v and v.resize_from else -1,
         "seed_resize_from_h": v.resize_from[1] if v and v.resize_from else -1,
         "denoising_strength": plan.strength if plan.mode == "img2img" else None,

@@ -587,8 +587,10 @@ def test_sd_vae_draws_with_a_vae_file_of_the_vae_folder(tiny_folder, tmp_path):
         named = want[0].info["parameters"].replace(f"Model: {own.name}", "Model: tiny")  # the catalog's name
         assert max_diff(r.images[0], want[0]) <= 1 and r.info["infotexts"][0] == named
         assert ", VAE hash: " in r.info["infotexts"][0] and r.info["sd_vae_name"] == "my-vae.safetensors"
+        assert f"VAE hash: {r.info['sd_vae_hash']}, VAE: my-vae.safetensors" in named and len(r.info["sd_vae_hash"]) == 10
         plain = api.txt2img(**ask, override_settings={**over, "sd_vae": "Automatic"})  # the model's own again
         assert "VAE" not in plain.info["infotexts"][0] and max_diff(plain.images[0], want[0]) > 2
+        assert plain.info["sd_vae_name"] is None and plain.info["sd_vae_hash"] is None
         assert max_diff(plain.images[0], own.generate(PROMPT, seed=2, steps=3, guidance=5, scheduler="euler")[0]) <= 1
         axis = [30, "Automatic, my-vae.safetensors", [], 0, "", [], 0, "", [], True, True]  # the X/Y/Z plot's VAE axis
         plot = api.txt2img(**ask, override_settings=over, script_name="X/Y/Z plot", script_args=axis)
@@ -597,6 +599,13 @@ def test_sd_vae_draws_with_a_vae_file_of_the_vae_folder(tiny_folder, tmp_path):
         bad = requests.post(s.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 1, "script_name": "X/Y/Z plot",
                                                               "script_args": [30, "nope.pt", []]})
         assert bad.status_code == 404 and "X/Y/Z plot, VAE: VAE 'nope.pt' not found" in bad.text, bad.text
+        kept = api.txt2img(**ask, override_settings={**over, "sd_vae": "my-vae.safetensors", "CLIP_stop_at_last_layers": 2},
+                           override_settings_restore_afterwards=False)  # A1111's: the overrides stay as options
+        options = api.get_options()
+        assert (options["sd_vae"], options["CLIP_stop_at_last_layers"], options["sd_model_checkpoint"]) == \
+            ("my-vae.safetensors", 2, "tiny") and "Clip skip: 2" in kept.info["infotexts"][0]
+        api.set_options({"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"})
+        assert max_diff(api.txt2img(**ask).images[0], plain.images[0]) == 0  # the model stays; its VAE its own again
         api.set_options({"sd_vae": "my-vae.safetensors"})  # A1111's quick setting: every job after
         assert max_diff(api.txt2img(**ask, override_settings=over).images[0], want[0]) <= 1
         file.rename(tmp_path / "moved-away.safetensors")  # the option's file gone: the model's own, with a warning
