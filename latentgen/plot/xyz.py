@@ -7,7 +7,8 @@ negative prompt, refused when in neither, and each value put in its place), Prom
 plotted in every order of them), Styles (style names applied after the call's styles, from ``styles=``), Sampler,
 Schedule type (Automatic or Karras, on each cell's sampler), VAE (VAE files the cells decode with; "Automatic": the
 model's own), Hires sampler, Checkpoint name (each cell drawn by that
-model: a loaded pipeline, or a name loaded when its cells draw, one model at a time), Clip skip, Denoising (the hires pass's), Hires upscaler; and
+model: a loaded pipeline, or a name loaded when its cells draw, one model at a time), Refiner switch at (of the
+call's ``refiner``), Clip skip, Denoising (the hires pass's), Hires upscaler; and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
 fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import checks
 from ..request import Watch
 from ..starts import Variation
 from ..text import styles as text_styles
@@ -37,7 +39,7 @@ from .draw import annotated
 from .values import numbers, ordered, sampler, schedule, scheduled, size
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
-FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight"}
+FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight", "Refiner switch at"}
 TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
              "Size", "Checkpoint name", "Styles", "VAE"}
 OWN_VAE = ("Automatic", "None")  # VAE axis values that mean the VAE the model draws with
@@ -139,6 +141,12 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["styles"] = [n.strip() for n in value.split(",") if n.strip()]
     elif label == "Checkpoint name":
         call["model"] = value
+    elif label == "Refiner switch at":  # the call's refiner hands over there (A1111's refiner_switch_at)
+        if call.get("refiner") is None:
+            raise ValueError("Refiner switch at: the call has no refiner; give refiner=latentgen.Refiner(model), "
+                             "A1111's refiner_checkpoint.")
+        checks.number("Refiner switch at", value, minimum=0, maximum=1, fix="use fractions from 0 to 1, such as 0.8")
+        call["refiner"] = replace(call["refiner"], switch_at=value)
     elif label == "VAE":
         call["vae"] = value  # a VAE file, swapped in while the cell draws (``draw``)  # a loaded pipeline, or a name ``draw`` opens
     elif label == "LoRA weight":

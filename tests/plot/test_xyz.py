@@ -177,6 +177,21 @@ def test_vae_axis_decodes_each_cell_with_its_vae_file(pipe, tiny_folder, vae_fil
         xyz.plot(pipe, "a cat", [xyz.axis("VAE", f"Automatic, {tmp_path / 'nope.pt'}")], callback=pytest.fail, **kw)
 
 
+def test_refiner_switch_at_moves_the_calls_refiners_hand_over(pipe, xl_folder, xl_refiner_folder):
+    import latentgen
+
+    base, kw = latentgen.load(xl_folder), dict(seed=1, steps=4, width=64, height=64)
+    refiner = latentgen.Refiner(latentgen.load(xl_refiner_folder), switch_at=0.8)
+    p = xyz.plot(base, "a cat", [xyz.axis(39, "0.5, 0.75")], refiner=refiner, **kw)  # A1111's index of the axis
+    assert p.labels[0] == ("Refiner switch at: 0.5", "", "") and refiner.switch_at == 0.8
+    want = base.generate("a cat", refiner=latentgen.Refiner(refiner.model, switch_at=0.5), **kw)
+    assert max_diff(p.cells[:1], want) == 0 and "Refiner switch at: 0.75" in p.cells[1].info["parameters"]
+    with pytest.raises(ValueError, match="Refiner switch at: the call has no refiner"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Refiner switch at", "0.5")], **kw)
+    with pytest.raises(ValueError, match="Refiner switch at=1.5 is invalid"):
+        xyz.plot(base, "a cat", [xyz.axis("Refiner switch at", "0.5, 1.5")], refiner=refiner, callback=pytest.fail, **kw)
+
+
 def test_every_cell_is_checked_before_the_first_is_drawn(pipe, monkeypatch):
     monkeypatch.setattr(pipe.text_encoder, "forward", lambda *a, **k: pytest.fail("drew before refusing"))
     with pytest.raises(ValueError, match=r"Prompt S/R did not find 'green' in the prompt or the negative prompt"):

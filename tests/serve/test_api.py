@@ -643,6 +643,10 @@ def test_a1111s_refiner_fields_hand_over_to_a_refiner_model(xl_folder, xl_refine
         ours = latentgen.load(xl_folder).generate("a red circle", seed=2, steps=4, guidance=5.0, scheduler="euler",
                                                   refiner=latentgen.Refiner(refiner, 0.5))
         assert max_diff(image, ours[0]) <= 1
+        plot = requests.post(s.url + "/sdapi/v1/txt2img", json={  # the X/Y/Z plot's Refiner switch at axis (39)
+            **ask, "refiner_checkpoint": "tiny-xl-refiner", "refiner_switch_at": 0.8, "script_name": "X/Y/Z plot",
+            "script_args": [39, "0.5", [], 0, "", [], 0, "", [], True, True]})
+        assert max_diff(decode_image(plot.json()["images"][1], "image", 10**6), ours[0]) <= 1
         plain = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "None"})
         assert "Refiner" not in json.loads(plain.json()["info"])["infotexts"][0]
         missing = requests.post(s.url + "/sdapi/v1/txt2img", json={**ask, "refiner_checkpoint": "nowhere"})
