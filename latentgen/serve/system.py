@@ -1,6 +1,6 @@
 """A1111's routes about the server itself, which its clients (webuiapi, UIs that list what a server has) call
 when they start: what there is not (face restorers, hypernetworks: empty lists), the Real-ESRGAN-family model
-files, memory, the command-line flags, skipping the running call, and unloading or reloading the current model. Shapes as A1111's
+files, memory, the command-line flags, skipping the running call, captions (refused: no captioning model), and unloading or reloading the current model. Shapes as A1111's
 ``modules/api/models.py``; what latentgen does not have is reported empty, never invented."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from .config import is_loopback
+from .errors import ApiError
 
 
 def memory() -> dict:
@@ -85,6 +86,12 @@ def add_routes(app, server) -> None:
     def skip():  # the running call ends at its next step, with its picture so far; the job goes on with the next
         server.worker.skip()
         return {}
+
+    @app.post("/sdapi/v1/interrogate")
+    def interrogate():  # A1111's captions come from BLIP and DeepDanbooru networks, which latentgen does not carry
+        raise ApiError(422, "interrogate: latentgen has no captioning model (A1111's BLIP 'clip' or 'deepdanbooru'); "
+                            "write the picture's description as the prompt, or read a latentgen PNG's parameters "
+                            "with POST /sdapi/v1/png-info.")
 
     app.get("/sdapi/v1/memory")(memory)
     app.get("/sdapi/v1/cmd-flags")(lambda: cmd_flags(server.config))

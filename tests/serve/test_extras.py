@@ -189,6 +189,8 @@ def test_what_the_server_has_not_its_memory_flags_and_unloading(api):
     import torch
 
     assert api.get_face_restorers() == [] and api.get_hypernetworks() == []
+    with pytest.raises(RuntimeError, match="422.*interrogate: latentgen has no captioning model"):
+        api.interrogate(_picture())  # webuiapi's; A1111 captions with BLIP, which is not here
     assert {m["name"] for m in api.get_realesrgan_models()} == {"2x-compact", "4x-tiny"}  # --upscalers-dir's files
     memory = api.get_memory()
     assert 0 < memory["ram"]["used"] < memory["ram"]["total"] and memory["ram"]["free"] > 0
