@@ -187,18 +187,21 @@ def opened(value, pipe, models=None):
 def vae_built(vaes=None):
     """(pipeline, VAE axis value) -> the VAE it names for that pipeline, each built once: by ``vaes`` (the server's
     files by name), or from the file at that path (``latentgen.models.loading.vae_for``)."""
-    built = {}
+    import weakref
+
+    built = {}  # (id of the pipeline, value) -> (a weak reference to the pipeline, its VAE): models come and go
 
     def get(pipe, value):
-        if (id(pipe), value) not in built:
+        held = built.get((id(pipe), value))
+        if held is None or held[0]() is not pipe:
             if vaes is None:
                 from ..models.loading import vae_for
 
                 if not Path(value).is_file():
                     raise FileNotFoundError(f"VAE axis value {value!r} is not a file: give VAE files (.safetensors, "
                                             f".pt, .ckpt), or 'Automatic' for the model's own.")
-            built[id(pipe), value] = (pipe, vaes(pipe, value) if vaes else vae_for(pipe, value))  # pipe: kept alive
-        return built[id(pipe), value][1]
+            held = built[id(pipe), value] = (weakref.ref(pipe), vaes(pipe, value) if vaes else vae_for(pipe, value))
+        return held[1]
     return get
 
 
