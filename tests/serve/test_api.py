@@ -182,7 +182,7 @@ def test_xyz_plot_equals_the_python_api(api, ref):
     assert len(r.images) == 1 + 4 and r.images[0].size == want.grid.size  # the grid, then the cells (lone images)
     assert max_diff(r.images[0], want.grid) <= 1 and max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
     with pytest.raises(RuntimeError, match="is not one latentgen plots"):
-        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[30, "a, b"] + args[2:])  # VAE
+        api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[38, "a, b"] + args[2:])  # Refiner checkpoint
 
 
 def test_xyz_styles_prompt_order_and_schedule_type_equal_the_python_api(api, served, ref):
@@ -191,6 +191,8 @@ def test_xyz_styles_prompt_order_and_schedule_type_equal_the_python_api(api, ser
     from latentgen.plot import xyz
     from latentgen.text import styles
 
+    served.styles.write_text('name,prompt,negative_prompt\n"on blue","{prompt} on a blue background","blurry"\n'
+                             'clean,flat colors,\n')  # as the fixture wrote it (another test rewrites the file)
     args = [31, "on blue, clean", [], 8, "red, circle", [], 17, "Automatic, Karras", [], True, True]
     r = api.txt2img(prompt="a red circle", seed=3, steps=2, cfg_scale=5, width=64, height=64, sampler_name="DPM++ 2M",
                     script_name="X/Y/Z plot", script_args=args)
