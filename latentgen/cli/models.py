@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import add_config_args, add_model_args, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
+from .args import add_config_args, add_model_args, add_refiner_args, load_refiner, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
 from .plot import add_axes
 
 
@@ -121,9 +121,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if not prompts:
         raise ValueError("no prompts: give them as arguments or with --prompts-file FILE (one per line).")
     metadata.check_writable([Path(args.output)], args.force)
+    refiner = load_refiner(args)
     pipe = load_model(args)
     images = pipe.generate(prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                           scheduler=args.scheduler)
+                           scheduler=args.scheduler, refiner=refiner)
     sheet = grid(images, args.cols or min(len(images), 7), labels=None if args.no_labels else prompts)
     text = f"grid of {len(prompts)} prompts\n" + images[0].info["parameters"].splitlines()[-1]
     print(metadata.save_png(sheet, Path(args.output), text, force=args.force))
@@ -192,6 +193,7 @@ def add_parsers(sub) -> None:
     gr.add_argument("-o", "--output", required=True)
     gr.add_argument("--force", action="store_true")
     add_model_args(gr)
+    add_refiner_args(gr)  # --x 'Refiner switch at: ...' moves its hand-over
     gr.set_defaults(func=cmd_grid)
     ev = sub.add_parser("eval", help="prompt adherence on the flat-shapes world (42 prompts x seeds)")
     ev.add_argument("--seeds", type=int, nargs="+", default=[0, 1000])

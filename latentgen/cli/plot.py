@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import load_model
+from .args import load_model, load_refiner
 
 
 def axis_spec(s: str):
@@ -42,9 +42,11 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     from ..text import styles
 
     table = styles.read(args.styles_file) if args.styles_file else None  # a bad file fails before the model loads
+    refiner = load_refiner(args)  # its switch checked before --model loads
     pipe = load_model(args)
     call = {k: v for k, v in dict(seed=args.seed, steps=args.steps, guidance=args.guidance, width=args.width,
-                                  height=args.height, scheduler=args.scheduler, negative_prompt=args.negative).items()
+                                  height=args.height, scheduler=args.scheduler, negative_prompt=args.negative,
+                                  refiner=refiner).items()
             if v is not None}
     from contextlib import nullcontext
 

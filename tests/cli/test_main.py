@@ -415,6 +415,12 @@ def test_refiner_flags_equal_the_python_api(xl_folder, xl_refiner_folder, tmp_pa
     want = latentgen.load(xl_folder).generate("a red circle", steps=4, seed=3, refiner=r, hires=latentgen.Hires(scale=1.5))[0]
     assert np.abs(np.asarray(Image.open(hr), int) - np.asarray(want, int)).max() <= 1
     assert "Hires refiner: both passes" in read_parameters(hr)
+    g = tmp_path / "g.png"  # latentgen grid: the refiner flags, and the X/Y/Z plot's Refiner switch at axis
+    assert run("grid", "a red circle", "--model", xl_folder, "--refiner", xl_refiner_folder, "--x",
+               "Refiner switch at: 0.5, 0.9", "--steps", 4, "--seed", 3, "-o", g) == 0
+    want = latentgen.load(xl_folder).generate("a red circle", steps=4, seed=3, refiner=latentgen.Refiner(r.model, 0.5))[0]
+    assert np.abs(np.asarray(Image.open(tmp_path / "g-1.png"), int) - np.asarray(want, int)).max() <= 1
+    assert "Refiner switch at: 0.9" in read_parameters(tmp_path / "g-2.png")
 
 
 def test_ctrl_c_anywhere_is_one_line_and_exit_130(monkeypatch, capsys):
