@@ -82,3 +82,8 @@ def size(text: str) -> tuple[int, int]:
     if not (w.strip().isdigit() and h.strip().isdigit()):
         raise ValueError(f"Size value {text!r} is not WIDTHxHEIGHT, such as 512x768.")
     return int(w), int(h)
+
+
+def style_names(value: str) -> list[str]:
+    """A Styles axis value's style names: one name, or several separated by commas (A1111's ``x.split(",")``)."""
+    return [n.strip() for n in value.split(",") if n.strip()]

@@ -36,7 +36,7 @@ from ..upscale import upscalers
 from ..upscale.hires import Hires
 from ..upscale.hires import check as check_hires
 from .draw import annotated
-from .values import numbers, ordered, sampler, schedule, scheduled, size
+from .values import numbers, ordered, sampler, schedule, scheduled, size, style_names
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight", "Refiner switch at"}
@@ -138,9 +138,9 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
     elif label == "Size":
         call["width"], call["height"] = size(value)
     elif label == "Styles":  # style names, applied after the call's own (A1111's p.styles.extend)
-        call["styles"] = [n.strip() for n in value.split(",") if n.strip()]
+        call["styles"] = style_names(value)
     elif label == "Checkpoint name":
-        call["model"] = value
+        call["model"] = value  # a loaded pipeline, or a name ``draw`` opens
     elif label == "Refiner switch at":  # the call's refiner hands over there (A1111's refiner_switch_at)
         if call.get("refiner") is None:
             raise ValueError("Refiner switch at: the call has no refiner; give refiner=latentgen.Refiner(model), "
@@ -148,7 +148,7 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         checks.number("Refiner switch at", value, minimum=0, maximum=1, fix="use fractions from 0 to 1, such as 0.8")
         call["refiner"] = replace(call["refiner"], switch_at=value)
     elif label == "VAE":
-        call["vae"] = value  # a VAE file, swapped in while the cell draws (``draw``)  # a loaded pipeline, or a name ``draw`` opens
+        call["vae"] = value  # a VAE file, swapped in while the cell draws (``draw``)
     elif label == "LoRA weight":
         call["prompt"] = _TAG_WEIGHT.sub(lambda m: f"<lora:{m.group(1)}:{value:g}>", call["prompt"])
     elif label != "Nothing":  # the hires pass's settings
@@ -194,12 +194,8 @@ def vae_built(vaes=None):
     def get(pipe, value):
         held = built.get((id(pipe), value))
         if held is None or held[0]() is not pipe:
-            if vaes is None:
-                from ..models.loading import vae_for
+            from ..models.loading import vae_for
 
-                if not Path(value).is_file():
-                    raise FileNotFoundError(f"VAE axis value {value!r} is not a file: give VAE files (.safetensors, "
-                                            f".pt, .ckpt), or 'Automatic' for the model's own.")
             held = built[id(pipe), value] = (weakref.ref(pipe), vaes(pipe, value) if vaes else vae_for(pipe, value))
         return held[1]
     return get
@@ -226,14 +222,14 @@ def draw(pipe, calls: list[dict], models=None, vae_of=None) -> list[Image.Image]
     for i, c in enumerate(calls):
         m = c.get("model")
         groups.setdefault(m if m is None or isinstance(m, str) else id(m), []).append(i)
-    images, watch = [None] * len(calls), Watch(calls[0].get("callback"))
+    images, watch, vae_of = [None] * len(calls), Watch(calls[0].get("callback")), vae_of or vae_built()
     for indices in groups.values():
         if watch.stopped:
             break
         with opened(calls[indices[0]].get("model"), pipe, models) as m:
             for i in indices:
                 given = {k: v for k, v in calls[i].items() if k not in ("model", "vae")}
-                with vae_swapped(m, calls[i].get("vae"), vae_of or vae_built()):
+                with vae_swapped(m, calls[i].get("vae"), vae_of):
                     images[i] = m.generate(**{**given, "callback": watch.callback})[0]
                 if watch.stopped:
                     break
@@ -287,8 +283,12 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=No
                                         "variation", "seed", "prompt") if k in c})
         if c.get("hires") is not None:
             check_hires(c["hires"], m.vae_scale_factor)
-        if c.get("vae") not in (None, *OWN_VAE) and not isinstance(c.get("model"), str):
-            vae_of(m, c["vae"])  # read and checked to fit, before the first cell draws
+        if c.get("vae") not in (None, *OWN_VAE):  # a path checked, read and fitted before the first cell draws
+            if vaes is None and not Path(c["vae"]).is_file():
+                raise FileNotFoundError(f"VAE axis value {c['vae']!r} is not a file: give VAE files (.safetensors, "
+                                        f".pt, .ckpt), or 'Automatic' for the model's own.")
+            if not isinstance(c.get("model"), str):  # a model given by name is loaded when its cells draw
+                vae_of(m, c["vae"])
     images = draw(pipe, calls, models, vae_of)
     labels = [tuple(label_of(a, v) for a, v in zip((xs, ys, zs), vals)) for vals in cells]
     n = len(xs.values) * len(ys.values)

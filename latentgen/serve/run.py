@@ -162,7 +162,7 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
     if outputs is not None and plan.save:
         outputs.save(images, plan.mode, seeds)
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
-                 ctx.worker.progress.job_timestamp, sampler, seeds if calls and len(seeds) < plan.count else None)
+                 ctx.worker.progress.job_timestamp, sampler, seeds if calls else None)
     if interrupted:
         info["interrupted"] = True  # latentgen's addition: the images made before POST /sdapi/v1/interrupt
     return images, info
@@ -177,7 +177,7 @@ def _recommended(pipe, plan):
 
 def _info(plan, pipe, images, resolved: dict, timestamp: str, sampler: str | None, drawn=None) -> dict:
     """A1111's ``info`` (``modules/processing.py``: ``Processed.js()``), for latentgen's images. ``drawn``: the
-    images' seeds where a skip left out some of the job's (image i's seed is ``all_seeds[i]`` still)."""
+    images' seeds, as drawn (a skip leaves some of the job's out: image i's seed is ``all_seeds[i]`` still)."""
     from latentgen.schedulers import SAMPLERS, label
 
     key, v = sampler or pipe.defaults.scheduler, plan.variation

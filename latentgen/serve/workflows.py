@@ -152,12 +152,13 @@ def _styles_axis(axes, styles) -> dict:
     """``{"styles": table}`` for a plot with a Styles axis, every name of it in the table (else 422)."""
     if not any(a.label == "Styles" for a in axes):
         return {}
+    from latentgen.plot.values import style_names
     from latentgen.text.styles import apply
 
     table = styles.table() if styles is not None else {}
     for v in (v for a in axes if a.label == "Styles" for v in a.values):
         try:
-            apply("", None, [n.strip() for n in v.split(",") if n.strip()], table, "Styles")
+            apply("", None, style_names(v), table, "Styles")  # refuses a name the table has not
         except ValueError as e:
             raise ApiError(422, f"script_args of the X/Y/Z plot, {e} They are --styles-file's.") from None
     return {"styles": table}

@@ -34,3 +34,7 @@ def test_samplers_and_schedule_types_by_a1111_names():
     assert values.size("96x64") == (96, 64)
     with pytest.raises(ValueError, match="not WIDTHxHEIGHT"):
         values.size("96 by 64")
+
+
+def test_a_styles_value_names_one_style_or_several():
+    assert values.style_names("on blue") == ["on blue"] and values.style_names(" flat, blue ,") == ["flat", "blue"]
