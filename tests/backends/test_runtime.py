@@ -26,15 +26,16 @@ def fast(tiny_folder):
 
 def test_openvino_gives_torch_images_and_says_so(fast, pipe):
     assert "U-Net on openvino (as asked)" in repr(fast) and "U-Net on torch" in repr(pipe)
-    kw = dict(seed=3, num_images=2, guidance=6.0)
+    kw = dict(seed=3, steps=8, num_images=2, guidance=6.0)
     assert max_diff(fast.generate("a cat", **kw), pipe.generate("a cat", **kw)) <= 1
     assert isinstance(fast.runtime.for_unet(fast.unet), openvino_unet.Compiled)  # it really ran compiled
-    kw = dict(seed=5, strength=0.6)
+    kw = dict(seed=5, steps=8, strength=0.6)
     assert max_diff(fast.img2img("a dog", photo(), **kw), pipe.img2img("a dog", photo(), **kw)) <= 1
     kw = dict(seed=7, scheduler="euler_a", steps=3)  # ancestral noise, float timesteps
     assert max_diff(fast.inpaint("a bird", photo(), mask(), **kw), pipe.inpaint("a bird", photo(), mask(), **kw)) <= 1
     # 33x33 latents: the trace's up-block branch does not hold, so that size runs on torch (same image)
-    assert max_diff(fast.generate("a cat", seed=1, width=66, height=66), pipe.generate("a cat", seed=1, width=66, height=66)) == 0
+    kw = dict(seed=1, steps=4, width=66, height=66)
+    assert max_diff(fast.generate("a cat", **kw), pipe.generate("a cat", **kw)) == 0
 
 
 def test_a1111_workflow_runs_converted(fast, pipe):
@@ -56,12 +57,13 @@ def test_loras_and_edited_weights_run_converted_with_their_weights_patched_in(ti
         p.load_lora(lora_files[0], name="a", scale=0.8)
     lora = fast.runtime.for_unet(fast.unet)
     assert isinstance(lora, openvino_unet.Compiled) and lora is not base and "ran torch" not in repr(fast)
-    assert max_diff(fast.generate("a cat", seed=2), ref.generate("a cat", seed=2)) <= 1  # folded: W + s B A
-    assert max_diff(fast.generate("a cat", seed=2), pipe_fused(ref, "a cat", 2)) <= 1
+    kw = dict(seed=2, steps=6)
+    assert max_diff(fast.generate("a cat", **kw), ref.generate("a cat", **kw)) <= 1  # folded: W + s B A
+    assert max_diff(fast.generate("a cat", **kw), pipe_fused(ref, "a cat", 2)) <= 1
     for p in (fast, ref):
         p.set_lora_scale("a", 0.3)
     other = fast.runtime.for_unet(fast.unet)
-    assert other is not lora and max_diff(fast.generate("a cat", seed=2), ref.generate("a cat", seed=2)) <= 1
+    assert other is not lora and max_diff(fast.generate("a cat", **kw), ref.generate("a cat", **kw)) <= 1
     for p in (fast, ref):
         p.set_lora_scale("a", 0.8)
     assert fast.runtime.for_unet(fast.unet) is lora  # a state seen before: kept compiled, not patched again
@@ -80,7 +82,7 @@ def test_loras_and_edited_weights_run_converted_with_their_weights_patched_in(ti
     assert isinstance(edited, openvino_unet.Compiled) and edited is not base
     with torch.no_grad():
         ref.unet.time_embedding.linear_1.weight.add_(0.5)  # in place through torch: seen without a word
-    assert max_diff(fast.generate("a cat", seed=2), ref.generate("a cat", seed=2)) <= 1
+    assert max_diff(fast.generate("a cat", **kw), ref.generate("a cat", **kw)) <= 1
     w.data.copy_(saved)
     fast.weights_changed()
     assert fast.runtime.for_unet(fast.unet) is base
@@ -95,10 +97,11 @@ def test_loras_and_edited_weights_run_converted_with_their_weights_patched_in(ti
 
 
 def pipe_fused(pipe, prompt, seed):
-    """``pipe``'s image with its LoRAs fused into the weights (what the converted copy computes), then unfused."""
+    """``pipe``'s image (6 steps) with its LoRAs fused into the weights (what the converted copy computes),
+    then unfused."""
     pipe.fuse_lora()
     try:
-        return pipe.generate(prompt, seed=seed)
+        return pipe.generate(prompt, seed=seed, steps=6)
     finally:
         pipe.unfuse_lora()
 
@@ -142,7 +145,7 @@ def test_a_failed_conversion_or_freeu_runs_torch_and_says_why(tiny_folder, tmp_p
         assert fast.runtime.for_unet(fast.unet) is fast.unet
     assert fast.runtime.for_unet(fast.unet) is fast.unet and len(calls) == 1  # tried once, not at every call
     assert "its conversion to OpenVINO failed" in repr(fast)
-    assert max_diff(fast.generate("a cat", seed=1), pipe.generate("a cat", seed=1)) == 0
+    assert max_diff(fast.generate("a cat", seed=1, steps=4), pipe.generate("a cat", seed=1, steps=4)) == 0
     monkeypatch.undo()
     monkeypatch.setenv("LATENTGEN_CACHE", str(tmp_path))
     fast = latentgen.load(tiny_folder, backend="openvino")
@@ -218,22 +221,22 @@ def test_tag_loras_on_every_kind_of_layer_run_converted_and_leave_no_trace(tiny_
     fast = latentgen.load(tiny_folder, backend="openvino", dtype=dtype)
     ref = latentgen.load(tiny_folder, backend="torch", dtype=dtype)
     a, b = _wide_lora(fast, tmp_path / "a.safetensors", 1), _wide_lora(fast, tmp_path / "b.safetensors", 2)
-    bare = fast.generate("a cat", seed=3)
+    bare = fast.generate("a cat", seed=3, steps=6)
     base = fast.runtime.for_unet(fast.unet)
     tags = f"a cat <lora:{a}:0.8> <lora:{b}:0.5>"
     used = []
     real = openvino_unet.Compiled.__call__
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(openvino_unet.Compiled, "__call__", lambda self, *a, **k: used.append(self) or real(self, *a, **k))
-        got = fast.generate(tags, seed=3)
+        got = fast.generate(tags, seed=3, steps=6)
     assert used and all(c is not base for c in used) and "ran torch" not in repr(fast)  # converted, patched
-    want = ref.generate(tags, seed=3)
+    want = ref.generate(tags, seed=3, steps=6)
     if tolerance is not None:
         assert max_diff(got, want) <= tolerance
     else:  # bf16's rounding of folded weights against torch's unfolded sums: small, not another picture
         assert np.abs(np.asarray(got[0], float) - np.asarray(want[0], float)).mean() < 4
     assert max_diff(got, bare) > 20  # the LoRAs were there
-    assert fast.runtime.for_unet(fast.unet) is base and max_diff(fast.generate("a cat", seed=3), bare) == 0
+    assert fast.runtime.for_unet(fast.unet) is base and max_diff(fast.generate("a cat", seed=3, steps=6), bare) == 0
     from latentgen.backends import weights
     from latentgen.lora import formats
 
@@ -241,7 +244,7 @@ def test_tag_loras_on_every_kind_of_layer_run_converted_and_leave_no_trace(tiny_
     reads, real = [], formats.read
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(formats, "read", lambda *a, **k: reads.append(a) or real(*a, **k))
-        again = fast.generate(tags, seed=3)  # the parked LoRAs, active again: no file read, no injection
+        again = fast.generate(tags, seed=3, steps=6)  # the parked LoRAs, active again: no file read, no injection
     assert reads == [] and max_diff(again, got) == 0
     fast.unload_lora()
     assert fast.loras.parked == {} and not any("lora" in n for n, _ in fast.unet.named_parameters())
@@ -254,8 +257,8 @@ def test_a_lora_on_the_convolutions_under_tiling_runs_converted_with_the_tiling_
     ref = latentgen.load(tiny_folder, backend="torch")
     tags = f"a cat <lora:{_wide_lora(fast, tmp_path / 'a.safetensors', 1)}:0.8>"
     for prompt, tiling in [(tags, True), ("a cat", True), (tags, False), (tags, True)]:
-        got = fast.generate(prompt, seed=3, tiling=tiling)
-        assert max_diff(got, ref.generate(prompt, seed=3, tiling=tiling)) <= 1, (prompt, tiling)
+        got = fast.generate(prompt, seed=3, steps=6, tiling=tiling)
+        assert max_diff(got, ref.generate(prompt, seed=3, steps=6, tiling=tiling)) <= 1, (prompt, tiling)
         assert "ran torch" not in repr(fast)
     assert len(fast.runtime._compiled) == 2  # both graphs held (converted here, or read from the disk cache)
 
