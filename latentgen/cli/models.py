@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from .args import add_config_args, add_model_args, add_refiner_args, load_refiner, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
-from .plot import add_axes
+from .plot import add_axes, add_matrix
 
 
 def cmd_shapes_data(args: argparse.Namespace) -> int:
@@ -111,10 +111,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from .. import metadata
     from ..images import grid
 
-    if args.x is not None:  # A1111's X/Y/Z plot
-        from .plot import cmd_xyz
+    if args.x is not None or args.matrix:  # A1111's X/Y/Z plot, or its prompt matrix
+        from .plot import cmd_matrix, cmd_xyz
 
-        return cmd_xyz(args)
+        return cmd_matrix(args) if args.matrix else cmd_xyz(args)
     prompts = args.prompts
     if args.prompts_file:
         prompts = prompts + [ln.strip() for ln in Path(args.prompts_file).read_text().splitlines() if ln.strip()]
@@ -188,6 +188,7 @@ def add_parsers(sub) -> None:
     gr.add_argument("--width", type=positive_int, default=None, help="(--x plots)")
     gr.add_argument("--height", type=positive_int, default=None, help="(--x plots)")
     add_axes(gr)
+    add_matrix(gr)
     gr.add_argument("--styles-file", type=Path, default=None, metavar="CSV",
                     help="A1111's styles.csv whose styles a 'Styles' axis names")
     gr.add_argument("-o", "--output", required=True)

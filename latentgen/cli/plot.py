@@ -1,7 +1,9 @@
 """``latentgen grid PROMPT --x ...``: A1111's X/Y/Z plot (``latentgen.plot.xyz``): one picture per combination of up
-to three axes, as a labeled grid (OUT.png, with the first cell's parameters) and the cells (OUT-1.png, ...).
+to three axes, as a labeled grid (OUT.png, with the first cell's parameters) and the cells (OUT-1.png, ...);
+``latentgen grid "BASE|PART|PART" --matrix``: A1111's Prompt matrix (``latentgen.plot.matrix``), saved the same way.
 
     latentgen grid "a red circle" --x "Steps: 10-30 (+10)" --y "CFG Scale: 4, 7" -o grid.png
+    latentgen grid "a circle|red|on a blue background" --matrix -o matrix.png
 """
 
 from __future__ import annotations
@@ -57,6 +59,43 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     for image, path in zip(p.cells, paths[1:]):
         print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
     return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """``latentgen grid "BASE|PART|..." --matrix``: the prompt matrix, the grid at OUT.png and the cells beside it."""
+    from .. import metadata
+    from ..plot import matrix
+
+    if len(args.prompts) != 1 or args.prompts_file or args.x is not None:
+        raise ValueError("a prompt matrix (--matrix) draws one prompt, without --x: give exactly one, such as "
+                         "'a cat|smiling|wearing a hat'.")
+    options = dict(at_start=args.matrix_at_start, different_seeds=args.matrix_random_seeds,
+                   negative=args.matrix_negative, joiner=args.matrix_joiner)
+    count = len(matrix.prompts(args.negative or "" if args.matrix_negative else args.prompts[0],
+                               options["at_start"], options["joiner"]))  # checked before the model loads
+    paths = metadata.output_paths(args.output, 1 + count)
+    paths[0] = Path(args.output)
+    metadata.check_writable(paths, args.force)
+    refiner = load_refiner(args)
+    pipe = load_model(args)
+    call = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
+                                  scheduler=args.scheduler, negative_prompt=args.negative, refiner=refiner).items()
+            if v is not None}
+    p = matrix.matrix(pipe, args.prompts[0], seed=args.seed, **options, **call)
+    print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
+    for image, path in zip(p.cells, paths[1:]):
+        print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
+    return 0
+
+
+def add_matrix(g: argparse.ArgumentParser) -> None:
+    """The --matrix options of ``latentgen grid``."""
+    g.add_argument("--matrix", action="store_true", help="A1111's Prompt matrix: the prompt 'BASE|PART|PART...' drawn "
+                                                        "with every combination of its parts, as a labeled grid")
+    g.add_argument("--matrix-at-start", action="store_true", help="the parts before the base (Set at prompt start)")
+    g.add_argument("--matrix-random-seeds", action="store_true", help="cell k with seed + k (Random seeds)")
+    g.add_argument("--matrix-negative", action="store_true", help="vary the negative prompt (--negative) instead")
+    g.add_argument("--matrix-joiner", choices=("comma", "space"), default="comma", help="how the parts are joined")
 
 
 def add_axes(g: argparse.ArgumentParser) -> None:

@@ -208,10 +208,10 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **
     _check_common(req, limits)
     style = workflows.styler(req, styles, MAX_PROMPT)
     given, req = req, workflows.styled(req, style)
-    hires, script = workflows.hires(req, limits, upscalers), workflows.script(req, "txt2img", upscalers, kw["models"], styles,
-                                                                                              kw.get("vaes"))
+    hires = workflows.hires(req, limits, upscalers)
+    script = workflows.script(req, "txt2img", upscalers, kw["models"], styles, kw.get("vaes"), limits)
     plan = _plan("txt2img", req, **kw)
-    if script and "grid" in script and style:  # Prompt S/R replaces before the styles, as A1111's cells
+    if script and ("grid" in script or "matrix" in script) and style:  # the cells' prompts styled, as A1111's
         script["unstyled"], script["style"] = (_prompt_loras(given, kw["loras"])[0], given.negative_prompt), style
     plan.hires, plan.script, plan.parameters = hires, script, given.model_dump()  # the request as sent
     plan.hires_model = workflows.hires_model(req, kw["models"])

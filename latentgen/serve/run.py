@@ -70,6 +70,20 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     return [p.grid] + (p.cells if plan.script["lone"] else [])
 
 
+def _matrix(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list[str]]:
+    """A1111's Prompt matrix: the grid (with the first cell's parameters), then every cell; and the cells' prompts."""
+    from latentgen.plot.matrix import matrix
+
+    given, prompt = {k: v for k, v in common.items() if k != "max_pixels"}, plan.prompt
+    if plan.variation is not None:
+        given["variation"] = plan.variation
+    if "style" in plan.script:  # A1111's prompt styles: on each cell's prompts
+        (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
+    p = matrix(pipe, prompt, seed=plan.seed, hires=plan.hires, callback=callback, **plan.script["matrix"], **given)
+    p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
+    return [p.grid] + p.cells, [label[0] for label in p.labels]
+
+
 def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
     ``catalog.Vaes`` that ``plan.vae`` names a file of."""
@@ -151,6 +165,9 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
         calls = []
         images = _plot(pipe, plan, common, ctx.callback(0, 1))
         seeds = [plan.seed + i for i in range(len(images))]
+    if plan.script and "matrix" in plan.script:  # the prompt matrix: one call per cell, the grid first
+        calls, (images, prompts) = [], _matrix(pipe, plan, common, ctx.callback(0, 1))
+        seeds = [plan.seed + (i if plan.script["matrix"]["different_seeds"] else 0) for i in range(len(prompts))]
     for i, (seed, n) in enumerate(calls):
         try:
             ctx.check(f"before call {i + 1}/{len(calls)}")
@@ -160,9 +177,12 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
         images, seeds = images + got, seeds + [seed + j for j in range(len(got))]
     interrupted = ctx.job.interrupted.is_set()
     if outputs is not None and plan.save:
-        outputs.save(images, plan.mode, seeds)
+        outputs.save(images, plan.mode, seeds if "matrix" not in (plan.script or {}) else [plan.seed] + seeds)
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
-                 ctx.worker.progress.job_timestamp, sampler, seeds if calls else None)
+                 ctx.worker.progress.job_timestamp, sampler, seeds if calls or "matrix" in (plan.script or {}) else None)
+    if "matrix" in (plan.script or {}):  # A1111's: the cells' prompts and seeds, the grid first among the images
+        side = "all_negative_prompts" if plan.script["matrix"]["negative"] else "all_prompts"
+        info.update({side: prompts, "index_of_first_image": 1})
     if interrupted:
         info["interrupted"] = True  # latentgen's addition: the images made before POST /sdapi/v1/interrupt
     return images, info

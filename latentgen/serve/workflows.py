@@ -1,7 +1,7 @@
 """A1111's everyday workflow fields over latentgen, checked in the request's thread: the hires fix (txt2img's
 ``enable_hr`` and ``hr_*``), masked content (img2img's ``inpainting_fill``), resize modes (``resize_mode``) and the
-scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" (img2img) and
-"X/Y/Z plot" (txt2img; ``latentgen.plot.xyz``). Facts from A1111's ``modules/processing.py`` and ``scripts/``."""
+scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" (img2img),
+"X/Y/Z plot" (txt2img; ``latentgen.plot.xyz``) and "Prompt matrix" (txt2img; ``latentgen.plot.matrix``). Facts from A1111's ``modules/processing.py`` and ``scripts/``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from latentgen import checks
 from .errors import ApiError
 from .settings import sampler_key, whole_in
 
-SCRIPTS = {"txt2img": ["x/y/z plot"], "img2img": ["poor man's outpainting"]}  # GET /sdapi/v1/scripts
+SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix"], "img2img": ["poor man's outpainting"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
 MAX_STYLES = 32  # prompt styles one request may name
@@ -116,7 +116,7 @@ def resize_mode(req, has_mask: bool) -> str:
     return mode
 
 
-def script(req, mode: str, folder=None, models=None, styles=None, vaes=None) -> dict | None:
+def script(req, mode: str, folder=None, models=None, styles=None, vaes=None, limits=None) -> dict | None:
     """The request's script, as latentgen call options (None without one); unknown scripts: 422. ``folder``:
     where the plot's "Hires upscaler" values name model files; ``models``: the catalog its "Checkpoint name" values
     name (``catalog.Models``; 404 for one it has not); ``styles``, ``vaes``: the ``catalog.Styles`` and ``vaes.Vaes``
@@ -129,6 +129,8 @@ def script(req, mode: str, folder=None, models=None, styles=None, vaes=None) -> 
                             f"{', '.join(map(repr, SCRIPTS[mode]))} (GET /sdapi/v1/scripts).")
     if name == "poor man's outpainting":
         return outpainting(req)
+    if name == "prompt matrix":
+        return prompt_matrix(req, limits)
     from latentgen.plot.xyz import check_replacements, from_a1111
 
     try:
@@ -162,6 +164,30 @@ def _styles_axis(axes, styles) -> dict:
         except ValueError as e:
             raise ApiError(422, f"script_args of the X/Y/Z plot, {e} They are --styles-file's.") from None
     return {"styles": table}
+
+
+def prompt_matrix(req, limits) -> dict:
+    """A1111's "Prompt matrix" arguments: [put_at_start, different_seeds, prompt_type ("positive"/"negative"),
+    variations_delimiter ("comma"/"space"), margin_size] (A1111 1.0-1.5 sent the first two only), as
+    ``latentgen.plot.matrix.matrix`` options; its 2 ** parts images within ``--max-images``."""
+    from latentgen.plot.matrix import prompts
+
+    args = list(req.script_args) + [None] * 5
+    kind, joiner = args[2] or "positive", args[3] or "comma"
+    if kind not in ("positive", "negative"):
+        raise ApiError(422, f"script_args[2] (prompt type) {kind!r} of the prompt matrix: send 'positive' or 'negative'.")
+    margin = args[4] or 0
+    margin = int(margin) if isinstance(margin, float) and margin.is_integer() else margin  # a slider's 2.0
+    margin = whole_in("script_args[4] (grid margins)", margin, 0, 500, "use 0 to 500 pixels")
+    try:
+        n = len(prompts((req.negative_prompt or "") if kind == "negative" else req.prompt, joiner=joiner))
+    except ValueError as e:
+        raise ApiError(422, f"script_args of the prompt matrix: {e}") from None
+    if limits is not None and n > limits.max_images:
+        raise ApiError(422, f"the prompt matrix has {n} images; at most {limits.max_images} (--max-images): write "
+                            f"fewer '|' parts.")
+    return {"matrix": dict(at_start=bool(args[0]), different_seeds=bool(args[1]), negative=kind == "negative",
+                           joiner=joiner, margin=margin)}
 
 
 def outpainting(req) -> dict:

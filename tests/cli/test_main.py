@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import huge_png
+from conftest import huge_png, max_diff
 from conftest import mask as _mask
 from conftest import photo as _photo
 from latentgen import cli, metadata
@@ -338,6 +338,22 @@ def test_upscale_and_xyz_grid_commands(tiny_folder, tmp_path, capsys):
     assert read_parameters(tmp_path / "s-1.png").startswith("a red cat in flat colors\nNegative prompt: blurry\n")
     assert run("grid", "a cat", "--x", "Styles: flat", "--model", tiny_folder, "-o", tmp_path / "n.png") == 2
     assert "no style 'flat'; the styles are none" in capsys.readouterr().err and not (tmp_path / "n.png").exists()
+
+
+def test_grid_matrix_draws_a1111s_prompt_matrix(tiny_folder, tmp_path, capsys):
+    import latentgen
+    from latentgen.plot import matrix
+
+    assert run("grid", "a cat|red|a hat", "--matrix", "--matrix-at-start", "--matrix-random-seeds", "--seed", 5,
+               "--steps", 2, "--model", tiny_folder, "-o", tmp_path / "m.png") == 0
+    assert sorted(p.name for p in tmp_path.glob("m*.png")) == ["m-1.png", "m-2.png", "m-3.png", "m-4.png", "m.png"]
+    want = matrix.matrix(latentgen.load(tiny_folder), "a cat|red|a hat", at_start=True, different_seeds=True, seed=5,
+                         steps=2)
+    assert max_diff([Image.open(tmp_path / "m.png")], [want.grid]) == 0
+    assert read_parameters(tmp_path / "m-4.png").startswith("red, a hat, a cat\n") and "Seed: 8," in \
+        read_parameters(tmp_path / "m-4.png")
+    assert run("grid", "a cat", "--matrix", "--model", "/nowhere", "-o", tmp_path / "n.png") == 2
+    assert "has no '|'" in capsys.readouterr().err and not (tmp_path / "n.png").exists()  # before the model loads
 
 
 def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):

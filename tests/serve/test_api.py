@@ -185,6 +185,33 @@ def test_xyz_plot_equals_the_python_api(api, ref):
         api.txt2img(prompt="x", steps=2, script_name="X/Y/Z plot", script_args=[38, "a, b"] + args[2:])  # Refiner checkpoint
 
 
+def test_prompt_matrix_equals_the_python_api(api, served, ref):
+    """A1111's "Prompt matrix" script ([put_at_start, different_seeds, prompt_type, variations_delimiter,
+    margin_size]): the grid, then every cell, each styled after its combination; the cells' prompts and seeds in the
+    info; a matrix past --max-images, or a bad prompt type, is a 422 before anything is drawn."""
+    from latentgen.plot import matrix
+    from latentgen.text import styles
+
+    served.styles.write_text('name,prompt,negative_prompt\n"on blue","{prompt} on a blue background","blurry"\n'
+                             'clean,flat colors,\n')
+    kw = dict(seed=3, steps=2, cfg_scale=5, width=64, height=64, sampler_name="Euler a", styles=["clean"])
+    r = api.txt2img(prompt="a circle|red|large", script_name="Prompt matrix", script_args=[True, True, "positive",
+                                                                                          "space", 2.0], **kw)
+    table = styles.read(served.styles)
+    want = matrix.matrix(ref, "a circle|red|large", at_start=True, different_seeds=True, joiner="space", margin=2,
+                         style=lambda p, n: styles.apply(p, n, ["clean"], table, "styles"), seed=3, steps=2,
+                         guidance=5, width=64, height=64, scheduler="euler_a")
+    assert len(r.images) == 1 + 4 and max_diff(r.images[0], want.grid) <= 1
+    assert max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
+    assert r.info["all_prompts"] == ["a circle", "red a circle", "large a circle", "red large a circle"]
+    assert r.info["all_seeds"] == [3, 4, 5, 6] and r.info["index_of_first_image"] == 1
+    assert r.info["infotexts"][0] == r.info["infotexts"][1] and "red large a circle, flat colors" in r.info["infotexts"][4]
+    for args, match in [([False, False, "sideways"], "422.*prompt type.*sideways.*positive.*or.*negative"),
+                        ([False, False, "negative"], "422.*has no .*\\|"), ([], "422.*has 32 images; at most 16")]:
+        with pytest.raises(RuntimeError, match=match):
+            api.txt2img(prompt="x|a|b|c|d|e", script_name="Prompt matrix", script_args=args, steps=2)
+
+
 def test_xyz_styles_prompt_order_and_schedule_type_equal_the_python_api(api, served, ref):
     """A1111's Styles (index 31: names of --styles-file, after the request's styles), Prompt order (8) and Schedule
     type (17) axes; a style the file has not is a 422 before anything is drawn."""
@@ -326,7 +353,7 @@ def test_list_endpoints(api, served):
     assert api.get_embeddings() == {"loaded": {"shiny": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
-    assert api.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": ["poor man's outpainting"]}
+    assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix"], "img2img": ["poor man's outpainting"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
     progress = api.get_progress()
