@@ -54,7 +54,7 @@ from latentgen.request import MAX_SEED
 from .codec import a1111_mask, decode_image
 from .errors import ApiError, unprocessable
 from .fields import CommonFields, Img2ImgRequest, Txt2ImgRequest
-from . import controlnet_api, infotext, workflows
+from . import controlnet_api, infotext, prompt_file, workflows
 from .settings import check_option, sampler_key, whole_in
 
 MAX_PROMPT = 20_000  # characters of a prompt or a negative prompt (styled too)
@@ -204,6 +204,8 @@ def _plan(mode: str, req: CommonFields, *, models, loras, options: dict, save: b
 @unprocessable()
 def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     """``upscalers``: the folder of upscaler model files (``--upscalers-dir``); ``styles``: ``catalog.Styles``."""
+    if prompt_file.named(req):  # A1111's "Prompts from file or textbox": a plan per line
+        return prompt_file.plan(req, plan_txt2img, limits=limits, upscalers=upscalers, styles=styles, **kw)
     req = infotext.applied(req, vaes=kw.get("vaes"))  # A1111's infotext: the fields left out
     _check_common(req, limits)
     style = workflows.styler(req, styles, MAX_PROMPT)
@@ -258,6 +260,8 @@ def _blur(req: Img2ImgRequest) -> int:
 def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **kw) -> Task:
     from latentgen.canvas import resize
 
+    if prompt_file.named(req):
+        return prompt_file.plan(req, plan_img2img, limits=limits, upscalers=upscalers, styles=styles, **kw)
     req = infotext.applied(req, vaes=kw.get("vaes"))
     _check_common(req, limits)
     _check_img2img(req, limits)

@@ -87,6 +87,10 @@ def _matrix(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list
 def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
     ``catalog.Vaes`` that ``plan.vae`` names a file of."""
+    if plan.script and "lines" in plan.script:  # A1111's "Prompts from file or textbox": each line's plan in turn
+        from .prompt_file import execute as lines
+
+        return lines(plan, ctx, partial(execute, ctx=ctx, limits=limits, outputs=outputs, vaes=vaes))
     held = [plan.model, plan.hires_model, plan.refiner and plan.refiner[0]]
     ctx.worker.models.hold(held)
     pipe = ctx.pipeline(plan.model, switch=plan.switch)

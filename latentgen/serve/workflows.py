@@ -12,7 +12,8 @@ from latentgen import checks
 from .errors import ApiError
 from .settings import sampler_key, whole_in
 
-SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix"], "img2img": ["poor man's outpainting"]}  # GET /sdapi/v1/scripts
+SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],  # (the last: prompt_file)
+           "img2img": ["poor man's outpainting", "prompts from file or textbox"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
 MAX_STYLES = 32  # prompt styles one request may name

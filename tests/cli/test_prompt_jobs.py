@@ -34,3 +34,16 @@ def test_the_job_limit_is_checked_before_any_job_is_built(tmp_path, monkeypatch)
         cli_batch.prompt_jobs(f, "0-3")
     with pytest.raises(ValueError, match=r"makes 36893488147419103232 images"):  # 2**64 seeds: past len()'s reach
         cli_batch.prompt_jobs(f, f"0-{2**64 - 1}")
+
+
+def test_a1111_option_lines_give_their_own_settings_and_seeds(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text('a red circle\n--prompt "a blue square" --steps 3 --cfg_scale 4 --seed 9 --n_iter 2\n')
+    jobs = cli_batch.prompt_jobs(f, "0-1")
+    assert [j.args for j in jobs] == [{"prompt": "a red circle", "seed": 0}, {"prompt": "a red circle", "seed": 1},
+                                      {"prompt": "a blue square", "steps": 3, "guidance": 4.0, "seed": 9},
+                                      {"prompt": "a blue square", "steps": 3, "guidance": 4.0, "seed": 10}]
+    assert jobs[3].where.endswith("p.txt:2 with seed 10")
+    f.write_text("a red circle\n--prompt a cat --stepz 3\n")
+    with pytest.raises(ValueError, match=r"p\.txt:2: --stepz is not an option"):
+        cli_batch.prompt_jobs(f, "0")

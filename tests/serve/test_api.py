@@ -338,7 +338,7 @@ def test_poor_mans_outpainting_equals_the_python_api(api, ref):
     want = ref.outpaint(PROMPT, green(), left=16, bottom=16, mask_blur=2, fill="fill", strength=0.8, seed=3, steps=4,
                         guidance=4, scheduler="euler_a")
     assert r.images[0].size == (80, 80) and max_diff(r.images[0], want[0]) <= 1
-    assert requests.get(api.baseurl + "/scripts").json()["img2img"] == ["poor man's outpainting"]
+    assert requests.get(api.baseurl + "/scripts").json()["img2img"][0] == "poor man's outpainting"
     with pytest.raises(RuntimeError, match="is not a script this server runs"):
         api.img2img(images=[green()], prompt="x", steps=2, script_name="SD upscale", width=64, height=64)
 
@@ -353,7 +353,8 @@ def test_list_endpoints(api, served):
     assert api.get_embeddings() == {"loaded": {"shiny": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
-    assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix"], "img2img": ["poor man's outpainting"]}
+    assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],
+                                 "img2img": ["poor man's outpainting", "prompts from file or textbox"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
     progress = api.get_progress()
