@@ -38,7 +38,8 @@ def prompt_jobs(prompts_file: str | Path, seeds: str) -> list:
     """Every prompt of a text file (one per line) with every seed of a range ``A-B`` (inclusive) or ``S``: the
     jobs of ``--prompts FILE --seeds A-B``. A line may be A1111's "Prompts from file" options instead
     (``--prompt "a cat" --steps 20 --seed 5``, ``latentgen.text.lines``): its ``--seed`` replaces the range, and
-    ``--batch_size`` x ``--n_iter`` images follow each seed (seed, seed + 1, ...)."""
+    ``--batch_size`` x ``--n_iter`` images follow each seed (seed, seed + 1, ...; a range is stepped by that count,
+    so no seed is drawn twice)."""
     from .. import batch
     from ..text import lines as a1111_lines
 
@@ -51,13 +52,13 @@ def prompt_jobs(prompts_file: str | Path, seeds: str) -> list:
         raise ValueError(f"{path} holds no prompts: write one per line.")
     r = seed_range(seeds)
     parsed = [(n, *a1111_lines.job(a1111_lines.fields(p, f"{path}:{n}"), f"{path}:{n}")) for n, p in prompts]
-    count = sum((1 if "seed" in a else r.stop - r.start) * k for _, a, k in parsed)  # not len(r): 2**63 seeds
+    count = sum(k if "seed" in a else -(-(r.stop - r.start) // k) * k for _, a, k in parsed)  # not len(r): 2**63
     if count > MAX_PROMPT_JOBS:  # each job is held in memory (~0.5 KB)
         raise ValueError(f"--seeds {seeds} with the {len(prompts)} prompt(s) of {path} makes {count} images; one "
                          f"batch takes at most {MAX_PROMPT_JOBS}: give a shorter range, and each further range its "
                          f"own --out.")
     return [batch.Job({**a, "seed": s + i}, f"{path}:{n} with seed {s + i}") for n, a, k in parsed
-            for s in ([a["seed"]] if "seed" in a else r) for i in range(k)]
+            for s in ([a["seed"]] if "seed" in a else range(r.start, r.stop, k)) for i in range(k)]
 
 
 def seed_range(text: str) -> range:

@@ -71,8 +71,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
                          "'a cat|smiling|wearing a hat'.")
     options = dict(at_start=args.matrix_at_start, different_seeds=args.matrix_random_seeds,
                    negative=args.matrix_negative, joiner=args.matrix_joiner)
-    count = len(matrix.prompts(args.negative or "" if args.matrix_negative else args.prompts[0],
-                               options["at_start"], options["joiner"]))  # checked before the model loads
+    count = len(matrix.prompts(args.negative or "" if args.matrix_negative else args.prompts[0], options["at_start"],
+                               options["joiner"], "--negative" if args.matrix_negative else "prompt"))  # before loading
     paths = metadata.output_paths(args.output, 1 + count)
     paths[0] = Path(args.output)
     metadata.check_writable(paths, args.force)

@@ -13,15 +13,15 @@ from .xyz import Plot, draw
 JOINERS = {"comma": ", ", "space": " "}  # A1111's "Joining char"
 
 
-def prompts(text: str, at_start: bool = False, joiner: str = "comma") -> list[str]:
+def prompts(text: str, at_start: bool = False, joiner: str = "comma", what: str = "prompt") -> list[str]:
     """The 2 ** (parts - 1) prompts of ``text``, combination k at index k, as A1111 writes them: each part
-    stripped of spaces and commas, the base as written."""
+    stripped of spaces and commas, the base as written; ``what``: the field ``text`` is, for errors."""
     if joiner not in JOINERS:
         raise ValueError(f"joiner={joiner!r}: use 'comma' or 'space' (A1111's Joining char).")
     base, *parts = text.split("|")
     if not parts:
-        raise ValueError("the prompt matrix's prompt has no '|': write the parts to combine after the base, "
-                         "such as 'a cat|smiling|wearing a hat'.")
+        raise ValueError(f"the prompt matrix's {what} has no '|': write the parts to combine after the base, "
+                         f"such as 'a cat|smiling|wearing a hat'.")
     out = []
     for k in range(2 ** len(parts)):
         chosen = [p.strip().strip(",") for n, p in enumerate(parts) if k & (1 << n)]
@@ -54,7 +54,7 @@ def matrix(pipe, prompt: str, *, seed: int = 0, at_start: bool = False, differen
     if not isinstance(text, str):
         raise ValueError("negative=True varies the negative prompt: give negative_prompt='base|part|...'.")
     field = "negative_prompt" if negative else "prompt"
-    texts = prompts(text, at_start, joiner)
+    texts = prompts(text, at_start, joiner, field)
     calls = [{"prompt": prompt, **call, field: p, "seed": seed + (k if different_seeds else 0)}
              for k, p in enumerate(texts)]
     for c in calls:
@@ -65,4 +65,4 @@ def matrix(pipe, prompt: str, *, seed: int = 0, at_start: bool = False, differen
                                            "variation", "seed", "prompt") if k in c})
     images = draw(pipe, calls)
     cols, rows = labels(text)
-    return Plot(annotated(images, cols, rows, pad=margin), images, [(t, "", "") for t in texts])
+    return Plot(annotated(images, cols, rows, pad=margin), images, [(c[field] or "", "", "") for c in calls])

@@ -3,8 +3,8 @@ options: ``latentgen.text.lines``), each line the request with that line's field
 of its own before anything is drawn, then drawn in order in one job. ``script_args``: [checkbox_iterate ("Iterate
 seed every line"), checkbox_iterate_batch ("Use same random seed for all lines"), prompt_position ("start" or "end":
 where a line's prompt goes beside the request's), prompt_txt, make_combined (one grid of every image first)]; A1111
-before 1.6 sent [checkbox_iterate, checkbox_iterate_batch, prompt_txt]. Facts from A1111's
-``scripts/prompts_from_file.py``."""
+before 1.6 sent [checkbox_iterate, checkbox_iterate_batch, prompt_txt], and there a line's prompt replaced the
+request's. Facts from A1111's ``scripts/prompts_from_file.py`` and ``modules/images.py`` (``image_grid``)."""
 
 from __future__ import annotations
 
@@ -24,19 +24,20 @@ def named(req) -> bool:
 
 def _args(req) -> tuple[bool, bool, str, str, bool]:
     args = list(req.script_args)
-    if len(args) == 3 and args[2] not in ("start", "end"):  # A1111 1.0-1.5: no prompt_position
+    legacy = len(args) == 3 and args[2] not in ("start", "end")  # A1111 1.0-1.5: no prompt_position
+    if legacy:
         args = [args[0], args[1], "start", args[2]]
     iterate, same, position, text, combined = (args + [False, False, "start", "", False][len(args):])[:5]
     if position not in ("start", "end"):
         raise ApiError(422, f"script_args[2] (prompt_position) {position!r} of {NAME!r}: send 'start' or 'end'.")
     if not isinstance(text, str) or not text.strip():
         raise ApiError(422, f"script_args[3] (prompt_txt) of {NAME!r} holds no lines: send the prompts, one a line.")
-    return bool(iterate), bool(same), position, text, bool(combined)
+    return bool(iterate), bool(same), "replace" if legacy else position, text, bool(combined)  # legacy: replaced
 
 
 def _beside(own: str | None, line: str | None, position: str) -> str | None:
     """A line's prompt with the request's, as A1111 puts them (the line's alone when the request has none)."""
-    if not line or not own:
+    if not line or not own or position == "replace":
         return line or own
     return f"{line} {own}" if position == "start" else f"{own} {line}"
 
@@ -70,7 +71,7 @@ def plan(req, plan_fn, *, limits, **kw):
     seed, plans = req.seed, []
     if (iterate or same) and seed in (None, -1):  # one random seed, shared (and iterated) by the lines
         seed = random.randrange(4294967294)
-    for n, f in enumerate(lines, 1):
+    for n, f in lines:
         try:
             plans.append(plan_fn(req.model_copy(update=_update(req, f, position, seed)), limits=limits, **kw))
         except ApiError as e:
@@ -95,13 +96,13 @@ def execute(plan, ctx, run_one) -> tuple[list, dict]:
         images += got
         info = part if info is None else {**info, **{k: info[k] + part[k] for k in CONCATENATED},
                                           **({"interrupted": True} if part.get("interrupted") else {})}
-    if plan.script["combined"] and len(images) > 1:  # A1111's rows: the most up to sqrt(n) that divide n
+    if plan.script["combined"] and len(images) > 1:  # A1111's default rows: sqrt(n), rounded
         from latentgen.plot.draw import annotated
 
-        rows = max(r for r in range(1, math.isqrt(len(images)) + 1) if len(images) % r == 0)
-        grid = annotated(images, [""] * (len(images) // rows), [""] * rows, pad=0)
+        rows = min(round(math.sqrt(len(images))), len(images))
+        grid = annotated(images, [""] * -(-len(images) // rows), [""] * rows, pad=0)
         grid.info["parameters"] = "\n".join(info["infotexts"])
         images = [grid] + images
-        info = {**info, "all_prompts": [plan.script["text"]] + info["all_prompts"],
+        info = {**info, "all_prompts": [plan.script["text"]] + info["all_prompts"], "index_of_first_image": 1,
                 "infotexts": [grid.info["parameters"]] + info["infotexts"]}
     return images, info

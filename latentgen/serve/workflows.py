@@ -181,7 +181,8 @@ def prompt_matrix(req, limits) -> dict:
     margin = int(margin) if isinstance(margin, float) and margin.is_integer() else margin  # a slider's 2.0
     margin = whole_in("script_args[4] (grid margins)", margin, 0, 500, "use 0 to 500 pixels")
     try:
-        n = len(prompts((req.negative_prompt or "") if kind == "negative" else req.prompt, joiner=joiner))
+        n = len(prompts((req.negative_prompt or "") if kind == "negative" else req.prompt, joiner=joiner,
+                        what="negative prompt" if kind == "negative" else "prompt"))
     except ValueError as e:
         raise ApiError(422, f"script_args of the prompt matrix: {e}") from None
     if limits is not None and n > limits.max_images:

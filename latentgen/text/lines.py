@@ -59,10 +59,10 @@ def fields(line: str, where: str = "the line") -> dict:
     return out
 
 
-def read(text: str, where: str = "line") -> list[dict]:
-    """The fields of every non-empty line of ``text`` (a file's or a textbox's), each checked."""
+def read(text: str, where: str = "line") -> list[tuple[int, dict]]:
+    """(line number, fields) of every non-empty line of ``text`` (a file's or a textbox's), each checked."""
     lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1)]
-    return [fields(ln, f"{where} {n}") for n, ln in lines if ln]
+    return [(n, fields(ln, f"{where} {n}")) for n, ln in lines if ln]
 
 
 def job(f: dict, where: str = "the line") -> tuple[dict, int]:
@@ -70,6 +70,8 @@ def job(f: dict, where: str = "the line") -> tuple[dict, int]:
     ``latentgen batch``; what a batch cannot honour (a model, styles, face restoration) is refused."""
     from ..plot.values import sampler
 
+    if not f.get("prompt"):
+        raise ValueError(f"{where}: a line of options needs its --prompt: a batch has no prompt of its own.")
     for name, why in (("sd_model", "give the model with --model"), ("styles", "write the style into the prompt"),
                       ("restore_faces", "there is no face restoration")):
         if f.get(name):

@@ -44,6 +44,8 @@ def test_a1111_option_lines_give_their_own_settings_and_seeds(tmp_path):
                                       {"prompt": "a blue square", "steps": 3, "guidance": 4.0, "seed": 9},
                                       {"prompt": "a blue square", "steps": 3, "guidance": 4.0, "seed": 10}]
     assert jobs[3].where.endswith("p.txt:2 with seed 10")
+    f.write_text("--prompt a cat --batch_size 2\n")  # a range is stepped by the line's count: no seed twice
+    assert [j.args["seed"] for j in cli_batch.prompt_jobs(f, "0-4")] == [0, 1, 2, 3, 4, 5]
     f.write_text("a red circle\n--prompt a cat --stepz 3\n")
     with pytest.raises(ValueError, match=r"p\.txt:2: --stepz is not an option"):
         cli_batch.prompt_jobs(f, "0")

@@ -37,9 +37,11 @@ def test_the_cells_are_the_pipelines_images_of_each_combination(pipe):
     want = [pipe.generate(text, seed=3, **kw)[0] for text in matrix.prompts("a cat|smiling|a hat")]
     assert max_diff(p.cells, want) == 0 and [label[0] for label in p.labels] == matrix.prompts("a cat|smiling|a hat")
     assert p.grid.size[0] > 2 * 64 and p.grid.size[1] > 2 * 64  # two by two, labels above and left
-    a = np.asarray(p.grid)
-    assert any((a[y:y + 64, x:x + 64] == np.asarray(want[3])).all() for y in range(a.shape[0] - 63)
-               for x in range(a.shape[1] - 63) if x + 64 == a.shape[1])  # the last cell, bottom right
+    a = np.asarray(p.grid)  # no margin: the cells touch, the last at the bottom right, x (the first part) fastest
+    top, left = a.shape[0] - 128, a.shape[1] - 128
+    for k in range(4):
+        y, x = top + 64 * (k // 2), left + 64 * (k % 2)
+        assert (a[y:y + 64, x:x + 64] == np.asarray(want[k])).all(), k
     seeds = matrix.matrix(pipe, "a cat|smiling", seed=3, different_seeds=True, **kw)
     assert max_diff(seeds.cells[1:], pipe.generate("a cat, smiling", seed=4, **kw)) == 0  # seed + k
     neg = matrix.matrix(pipe, "a cat", seed=3, negative=True, negative_prompt="blurry|dark", **kw)
@@ -53,6 +55,8 @@ def test_bad_settings_are_refused_before_anything_draws(pipe, monkeypatch):
         matrix.matrix(pipe, "a|b", margin=-2)
     with pytest.raises(ValueError, match="negative=True varies the negative prompt"):
         matrix.matrix(pipe, "a cat", negative=True)
+    with pytest.raises(ValueError, match="the prompt matrix's negative_prompt has no"):
+        matrix.matrix(pipe, "a|b", negative=True, negative_prompt="blurry")
     with pytest.raises(ValueError, match="steps"):
         matrix.matrix(pipe, "a|b", steps=0)
     with pytest.raises(ValueError, match="has no '\\|'"):

@@ -203,7 +203,8 @@ def test_prompt_matrix_equals_the_python_api(api, served, ref):
                          guidance=5, width=64, height=64, scheduler="euler_a")
     assert len(r.images) == 1 + 4 and max_diff(r.images[0], want.grid) <= 1
     assert max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
-    assert r.info["all_prompts"] == ["a circle", "red a circle", "large a circle", "red large a circle"]
+    assert r.info["all_prompts"] == [f"{p}, flat colors" for p in ("a circle", "red a circle", "large a circle",
+                                                                   "red large a circle")]  # styled, as A1111's
     assert r.info["all_seeds"] == [3, 4, 5, 6] and r.info["index_of_first_image"] == 1
     assert r.info["infotexts"][0] == r.info["infotexts"][1] and "red large a circle, flat colors" in r.info["infotexts"][4]
     for args, match in [([False, False, "sideways"], "422.*prompt type.*sideways.*positive.*or.*negative"),

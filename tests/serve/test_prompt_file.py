@@ -44,7 +44,8 @@ def test_every_line_is_a_request_of_its_own(api, tiny_folder, tiny_other):
     assert "Model: other" in r.info["infotexts"][3] and api.get_options()["sd_model_checkpoint"] != "other"
     start = api.txt2img(prompt="flat", seed=5, steps=2, width=64, height=64, sampler_name="Euler",
                         script_name=SCRIPT, script_args=[False, False, "a red circle\na cat"])  # A1111 1.0-1.5's args
-    assert start.info["all_prompts"] == ["a red circle flat", "a cat flat"] and start.info["all_seeds"] == [5, 5]
+    assert start.info["all_prompts"] == ["a red circle", "a cat"] and start.info["all_seeds"] == [5, 5]  # replaced
+    assert r.info["index_of_first_image"] == 1 and start.info["index_of_first_image"] == 0
 
 
 def test_img2img_lines(api, tiny_folder):
@@ -56,7 +57,8 @@ def test_img2img_lines(api, tiny_folder):
 
 
 @pytest.mark.parametrize("args, status, match", [
-    ([False, False, "start", "a cat\n--prompt a dog --steps x"], 422, "line 2: --steps 'x' is not a whole number"),
+    ([False, False, "start", "a cat\n\n--prompt a dog --steps x"], 422, "line 3: --steps 'x' is not a whole number"),
+    ([False, False, "end", "a cat\n\n--prompt a dog --sd_model nowhere"], 404, "line 3: .*model 'nowhere' not found"),
     ([False, False, "start", "--prompt a dog --sampler_index 3"], 422, "--sampler_index is not taken"),
     ([False, False, "start", "--prompt a dog --sd_model nowhere"], 404, "line 1: .*model 'nowhere' not found"),
     ([False, False, "start", "--prompt a dog --sampler_name Nope"], 404, "line 1: .*Nope"),

@@ -13,7 +13,8 @@ def test_options_are_read_as_a1111_reads_them():
     assert f == {"prompt": "a cat on a mat", "negative_prompt": "blurry, dark", "steps": 20, "cfg_scale": 7.5,
                  "seed": 5, "tiling": True, "restore_faces": False, "sampler_name": "DPM++ 2M"}
     assert lines.fields("  a cat -- on a mat  ") == {"prompt": "a cat -- on a mat"}  # a prompt: not options
-    assert lines.read("a cat\n\n   \n--prompt a dog --steps 3\n") == [{"prompt": "a cat"}, {"prompt": "a dog", "steps": 3}]
+    assert lines.read("a cat\n\n   \n--prompt a dog --steps 3\n") == [(1, {"prompt": "a cat"}),
+                                                                      (4, {"prompt": "a dog", "steps": 3})]
 
 
 @pytest.mark.parametrize("line, match", [
@@ -42,6 +43,7 @@ def test_a_job_has_generates_names():
                         ("--prompt a --styles s", "--styles is not taken"), ("--prompt a --restore_faces true",
                                                                            "no face restoration"),
                         ("--prompt a --sampler_name Nope", "--sampler_name: sampler 'Nope' is unknown"),
-                        ("--prompt a --n_iter 0", "counts of images: use 1 or more")]:
+                        ("--prompt a --n_iter 0", "counts of images: use 1 or more"),
+                        ("--negative_prompt a --steps 3", "p.txt:1: a line of options needs its --prompt")]:
         with pytest.raises(ValueError, match=match):
             lines.job(lines.fields(line), "p.txt:1")
