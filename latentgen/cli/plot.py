@@ -55,9 +55,16 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     # "Checkpoint name" values: loaded with this command's --vae, --backend, --dtype, when their cells draw
     p = xyz.plot(pipe, args.prompts[0], axes, models=lambda path: nullcontext(load_model(args, path, prediction_type=None)),
                  styles=table, **call)
-    print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
+    return _saved(p, paths, args.force)
+
+
+def _saved(p, paths: list[Path], force: bool) -> int:
+    """A plot's grid at ``paths[0]`` (with its first cell's parameters), its cells at the rest; each path printed."""
+    from .. import metadata
+
+    print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=force))
     for image, path in zip(p.cells, paths[1:]):
-        print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
+        print(metadata.save_png(image, path, image.info.get("parameters"), force=force))
     return 0
 
 
@@ -81,11 +88,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     call = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                                   scheduler=args.scheduler, negative_prompt=args.negative, refiner=refiner).items()
             if v is not None}
-    p = matrix.matrix(pipe, args.prompts[0], seed=args.seed, **options, **call)
-    print(metadata.save_png(p.grid, paths[0], p.cells[0].info.get("parameters"), force=args.force))
-    for image, path in zip(p.cells, paths[1:]):
-        print(metadata.save_png(image, path, image.info.get("parameters"), force=args.force))
-    return 0
+    return _saved(matrix.matrix(pipe, args.prompts[0], seed=args.seed, **options, **call), paths, args.force)
 
 
 def add_matrix(g: argparse.ArgumentParser) -> None:

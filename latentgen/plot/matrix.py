@@ -8,7 +8,7 @@ instead. Facts from A1111's ``scripts/prompt_matrix.py`` and ``modules/images.py
 from __future__ import annotations
 
 from .draw import annotated
-from .xyz import Plot, draw
+from .xyz import SETTINGS, Plot, draw
 
 JOINERS = {"comma": ", ", "space": " "}  # A1111's "Joining char"
 
@@ -61,8 +61,7 @@ def matrix(pipe, prompt: str, *, seed: int = 0, at_start: bool = False, differen
         if style is not None:
             c["prompt"], negative = style(c["prompt"], c.get("negative_prompt"))
             c["negative_prompt"] = negative or None
-        pipe.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
-                                           "variation", "seed", "prompt") if k in c})
+        pipe.settings(**{k: c[k] for k in SETTINGS if k in c})
     images = draw(pipe, calls)
     cols, rows = labels(text)
     return Plot(annotated(images, cols, rows, pad=margin), images, [(c[field] or "", "", "") for c in calls])

@@ -42,6 +42,7 @@ INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight", "Refiner switch at"}
 TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
              "Size", "Checkpoint name", "Styles", "VAE"}
+SETTINGS = ("steps", "guidance", "width", "height", "scheduler", "clip_skip", "variation", "seed", "prompt")  # checked
 OWN_VAE = ("Automatic", "None")  # VAE axis values that mean the VAE the model draws with
 A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
                  "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
@@ -279,8 +280,7 @@ def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=No
         m = pipe if c.get("model") is None or isinstance(c["model"], str) else c["model"]
         if "schedule" in c:
             c["scheduler"] = scheduled(c.get("scheduler") or m.defaults.scheduler, c.pop("schedule"))
-        m.settings(**{k: c[k] for k in ("steps", "guidance", "width", "height", "scheduler", "clip_skip",
-                                        "variation", "seed", "prompt") if k in c})
+        m.settings(**{k: c[k] for k in SETTINGS if k in c})
         if c.get("hires") is not None:
             check_hires(c["hires"], m.vae_scale_factor)
         if c.get("vae") not in (None, *OWN_VAE):  # a path checked, read and fitted before the first cell draws

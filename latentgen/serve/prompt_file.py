@@ -90,7 +90,7 @@ def execute(plan, ctx, run_one) -> tuple[list, dict]:
     (an interrupt ends the job with what is done); with make_combined, a grid of every image first."""
     images, info = [], None
     for sub in plan.script["lines"]:
-        if info is not None and (ctx.job.interrupted.is_set() or info.get("interrupted")):
+        if info is not None and ctx.job.interrupted.is_set():
             break
         got, part = run_one(sub)
         images += got

@@ -53,16 +53,22 @@ def _call(pipe, plan, seed: int, n: int, **common):
                         mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding, **common)
 
 
+def _cell_args(plan, common: dict) -> tuple[str, dict]:
+    """(prompt, call arguments) of a script's cells (the X/Y/Z plot's, the prompt matrix's): with prompt styles, the
+    unstyled prompts and the styler, so each cell is styled after its own change to the prompt, as A1111's."""
+    given, prompt = {k: v for k, v in common.items() if k != "max_pixels"}, plan.prompt
+    if plan.variation is not None:
+        given["variation"] = plan.variation
+    if "style" in plan.script:
+        (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
+    return prompt, given
+
+
 def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     """A1111's X/Y/Z plot: the grid (with the first cell's parameters), then the cells when asked for."""
     from latentgen.plot.xyz import plot
 
-    given = {k: v for k, v in common.items() if k != "max_pixels"}
-    if plan.variation is not None:
-        given["variation"] = plan.variation
-    prompt = plan.prompt
-    if "style" in plan.script:  # A1111's prompt styles: each cell's prompts styled after its Prompt S/R
-        (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
+    prompt, given = _cell_args(plan, common)
     p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback,
              models=plan.script.get("models"), styles=plan.script.get("styles"),
              vaes=plan.script.get("vaes"), **given)
@@ -74,11 +80,7 @@ def _matrix(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list
     """A1111's Prompt matrix: the grid (with the first cell's parameters), then every cell; and the cells' prompts."""
     from latentgen.plot.matrix import matrix
 
-    given, prompt = {k: v for k, v in common.items() if k != "max_pixels"}, plan.prompt
-    if plan.variation is not None:
-        given["variation"] = plan.variation
-    if "style" in plan.script:  # A1111's prompt styles: on each cell's prompts
-        (prompt, given["negative_prompt"]), given["style"] = plan.script["unstyled"], plan.script["style"]
+    prompt, given = _cell_args(plan, common)
     p = matrix(pipe, prompt, seed=plan.seed, hires=plan.hires, callback=callback, **plan.script["matrix"], **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + p.cells, [label[0] for label in p.labels]
