@@ -269,20 +269,20 @@ def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def grid(images: list[Image.Image], cols: int, labels: list[str] | None = None, scale: int = 2,
          pad: int = 2) -> Image.Image:
-    """Tile images (all the same size) in rows of ``cols``, upscaled ``scale`` x, optional captions."""
+    """Tile images in rows of ``cols``, upscaled ``scale`` x, optional captions: each in a cell of the largest
+    width and height (top left), so images of several sizes tile too."""
     if not images:
         raise ValueError("images is empty: give at least one image to tile.")
     if cols < 1:
         raise ValueError(f"cols={cols} is invalid: use a whole number >= 1.")
-    w, h = images[0].size
-    w, h = w * scale, h * scale
+    w, h = max(im.width for im in images) * scale, max(im.height for im in images) * scale
     label_h = 12 * (max(len(_wrap(t)) for t in labels) if labels else 0)
     rows = -(-len(images) // cols)
     out = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + label_h + pad) + pad), "white")
     d = ImageDraw.Draw(out)
     for i, im in enumerate(images):
         x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + label_h + pad)
-        out.paste(im.convert("RGB").resize((w, h), Image.NEAREST), (x, y))
+        out.paste(im.convert("RGB").resize((im.width * scale, im.height * scale), Image.NEAREST), (x, y))
         if labels:
             for k, line in enumerate(_wrap(labels[i])):
                 d.text((x + 1, y + h + 12 * k), line, fill="black")

@@ -142,15 +142,3 @@ def prior_pairs(cfg, c, acc) -> list[tuple[Path, str]]:
     acc.wait_for_everyone()
     return read_dataset(cfg.prior_data)
 
-
-def validate(cfg, c, step: int, **sample) -> None:
-    """Every ``validate_every`` steps, a grid of the validation prompts in ``out/samples``, drawn with ``sample``
-    (``Pipeline.generate``'s scheduler, steps, guidance; the model's own when not given)."""
-    if cfg.validate_every and cfg.validation_prompts and step % cfg.validate_every == 0:
-        from ..images import grid
-        from ..pipeline import Pipeline
-
-        images = Pipeline.from_components(c).generate(cfg.validation_prompts, seed=cfg.seed, **sample)
-        (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
-        grid(images, cols=len(images), labels=cfg.validation_prompts).save(
-            Path(cfg.out) / "samples" / f"step-{step:07d}.png")

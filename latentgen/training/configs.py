@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import checks
 from ..checks import option
+from . import samples
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -105,9 +106,12 @@ class LoraOptions:
     default_caption: str | None = option(None, "caption for images that have none (else: an error)")
     seed: int = option(0, "seed of the adapters' init, data order, noise")
     save_every: int = option(100, "checkpoint every N steps")
-    validate_every: int | None = option(None, "draw the validation prompts every N steps")
-    validation_prompts: list[str] = option([], "prompts of the validation grids (repeatable)",
-                                           flag="validation-prompt")
+    validate_every: int | None = option(None, "draw the sample prompts every N steps (kohya's sample_every_n_steps)")
+    validation_prompts: list[str] = option([], "a sample prompt, with kohya's options after it: 'a red circle --w 256 "
+                                               "--d 1 --s 20' (repeatable)", flag="validation-prompt")
+    sample_prompts: Path | None = option(None, "kohya's sample prompt file (.txt lines as --validation-prompt's, "
+                                               ".json or .toml), drawn with the validation prompts")
+    sample_at_first: bool = option(False, "also draw the sample prompts before the first step (kohya's)")
     kohya: bool = option(False, "also write <name>.kohya.safetensors (kohya/A1111 layout)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
@@ -130,6 +134,19 @@ class LoraOptions:
         for n in ("batch", "grad_accum", "save_every"):
             checks.whole(n, getattr(self, n), 1)
         checks.check_choices(self)
+        self.check_samples()
+
+    def check_samples(self) -> None:
+        """The sample prompts read (a bad line or file is refused now, not mid-run) and something to draw them."""
+        if self.validate_every is not None:
+            checks.whole("validate_every", self.validate_every, 1, "use a whole number of steps >= 1, such as 100")
+        found = samples.gather(self.validation_prompts, self.sample_prompts)
+        if found and self.validate_every is None and not self.sample_at_first:
+            raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
+                             "to draw them every N steps, or sample_at_first=True.")
+        if not found and (self.validate_every is not None or self.sample_at_first):
+            raise ValueError("validate_every and sample_at_first draw the sample prompts, and none is given: add "
+                             "validation_prompts (--validation-prompt) or sample_prompts=FILE (--sample-prompts).")
 
 
 @dataclass

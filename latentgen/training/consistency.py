@@ -201,7 +201,9 @@ def run(cfg: LcmDistillConfig) -> Path:
 
     started = time.perf_counter()
     pairs = finetune.check_inputs(cfg)  # bad settings and data fail before any model loads
+    sample = {"scheduler": LCM.sampler, "steps": LCM.steps, "guidance": LCM.guidance}  # the sample images' defaults
     acc, c, res = finetune.load_base(cfg)  # SD 1.x/2.x and SDXL base models (a refiner is refused)
+    finetune.check_samples(cfg, c, sample)
     guidance = cfg.guidance_range(c.defaults.guidance)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
     finetune.attach_lora(c, cfg)
@@ -214,4 +216,4 @@ def run(cfg: LcmDistillConfig) -> Path:
             **LCM.metadata(), "latentgen_teacher_guidance": json.dumps(guidance)}
     return finetune.fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
                         desc="lcm", extra_id={"teacher_guidance": guidance},
-                        sample={"scheduler": LCM.sampler, "steps": LCM.steps, "guidance": LCM.guidance})
+                        sample=sample)

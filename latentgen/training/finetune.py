@@ -32,7 +32,8 @@ from . import loop as train
 from ..lora import formats as lora_io
 from ..text import xl as sdxl
 from .configs import LoraOptions, LoraTrainConfig
-from .captioned import Batches, cache_latents, prior_pairs, read_dataset, validate
+from . import samples
+from .captioned import Batches, cache_latents, prior_pairs, read_dataset
 
 
 class LoraCheckpointed(torch.nn.Module):
@@ -94,6 +95,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     if cfg.prior_data is not None and not cfg.prior_prompts:
         read_dataset(cfg.prior_data)
     acc, c, res = load_base(cfg)
+    check_samples(cfg, c)
     steps = total_steps(cfg, len(pairs), acc.num_processes)
     prior = prior_pairs(cfg, c, acc)
     mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
@@ -138,6 +140,20 @@ def load_base(cfg: LoraOptions):
     return acc, c, res
 
 
+def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
+    """The sample prompts, drawn with ``sample`` (``fit``'s) under their own settings, checked against the model
+    before any training work."""
+    if found := samples.gather(cfg.validation_prompts, cfg.sample_prompts):
+        samples.check(pipeline_of(c), found, cfg.seed, **(sample or {}))
+
+
+def pipeline_of(c):
+    """A ``Pipeline`` over the components being trained (torch, so it draws with the adapters as they are)."""
+    from ..pipeline import Pipeline
+
+    return Pipeline.from_components(c)
+
+
 def total_steps(cfg: LoraOptions, n_images: int, processes: int) -> int:
     """``cfg.steps``, or the optimizer steps of ``cfg.epochs`` passes over ``n_images`` by all processes."""
     return cfg.steps or math.ceil(cfg.epochs * n_images / (cfg.batch * cfg.grad_accum * processes))
@@ -164,7 +180,8 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
     ``extra_id``: more of what a resumed run must share (beside the settings, data, steps, processes);
     ``sample``: how the validation grids are drawn (``Pipeline.generate``'s scheduler, steps, guidance).
     ``started``: ``time.perf_counter()`` when the run began, so the header counts its setup too."""
-    settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts"))
+    settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts",
+                                            "sample_prompts", "sample_at_first"))
     world, out = acc.num_processes, Path(cfg.out)
     meta = {**meta, "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     setup = time.perf_counter() - started  # loading, prior images, latent cache
@@ -176,13 +193,21 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
         if cfg.kohya:
             lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya", unet_config=c.unet.config)
 
+    found = samples.gather(cfg.validation_prompts, cfg.sample_prompts)
+
+    def draw(step):  # the sample images: every validate_every steps, and before the first with sample_at_first
+        if found and (step == 0 or (cfg.validate_every and step % cfg.validate_every == 0)):
+            samples.draw(pipeline_of(c), found, out, step, cfg.seed, cfg.name, **(sample or {}))
+
+    if cfg.sample_at_first and acc.is_main_process and not (out / "samples" / "step-0000000.png").is_file():
+        draw(0)
     run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world,
               **(extra_id or {})}
     train.run(train.LoopConfig(out=out, steps=steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
                                grad_accum=cfg.grad_accum, seed=cfg.seed, save_every=cfg.save_every,
                                mixed_precision=cfg.mixed_precision, weight_decay=0.0),
               objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"{desc} {cfg.name}",
-              on_save=write, on_step=lambda step: validate(cfg, c, step, **(sample or {})), strict=False)
+              on_save=write, on_step=draw, strict=False)
     return out / f"{cfg.name}.safetensors"
 
 

@@ -95,6 +95,14 @@ def test_bad_settings_and_data_are_refused_before_any_model_loads(tmp_path, data
     assert not (tmp_path / "o").exists()
 
 
+def test_a_sample_prompt_the_lcm_sampler_cannot_draw_is_refused_before_training(tmp_path, data, tiny_folder):
+    """The samples are drawn with the lcm sampler unless a line names another: 60 steps are more than it takes."""
+    with pytest.raises(ValueError, match=r"validation prompt 2: steps=60 is more than the 'lcm' sampler takes"):
+        consistency.run(LcmDistillConfig(data=data, out=tmp_path / "o", model=str(tiny_folder), **TINY,
+                                         validate_every=2, validation_prompts=["a cat", "a dog --s 60"]))
+    assert not (tmp_path / "o").exists()
+
+
 def test_the_guidance_range_defaults_to_the_models_guidance():
     cfg = LcmDistillConfig(data="d", out="o", steps=1)
     assert cfg.guidance_range(7.5) == (7.5, 15.0) and cfg.guidance_range(4.0) == (4.0, 8.0)

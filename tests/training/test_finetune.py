@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from latentgen.lora import formats as lora_io
@@ -76,16 +77,24 @@ def test_sdxl_base_models_train_both_encoders_in_both_layouts(xl_folder, xl_refi
 def test_same_seed_same_lora_and_it_loads(tiny_folder, data, tmp_path):
     import latentgen
 
-    a = _run(tiny_folder, data, tmp_path / "a", kohya=True, validate_every=2,
-             validation_prompts=["a purple circle on a red background"])
-    b = _run(tiny_folder, data, tmp_path / "b")  # no validation renders: they must not disturb training
+    (tmp_path / "prompts.txt").write_text("# kohya's sample prompt file\na red square --w 32 --s 2 --d 7\n")
+    a = _run(tiny_folder, data, tmp_path / "a", kohya=True, validate_every=2, sample_at_first=True,
+             validation_prompts=["a purple circle on a red background --s 3"], sample_prompts=tmp_path / "prompts.txt")
+    b = _run(tiny_folder, data, tmp_path / "b")  # no sample images: they must not disturb training
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(k.endswith("to_out.0.lora_B.weight") for k in wa)
     assert (tmp_path / "a" / "lora.kohya.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == ["step-0000002.png", "step-0000004.png"]
+    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
+        *(f"lora_{s:06d}_{i:02d}_{seed}.png" for s in (0, 2, 4) for i, seed in ((0, 0), (1, 7))),
+        "step-0000000.png", "step-0000002.png", "step-0000004.png"]
     pipe = latentgen.load(tiny_folder)
-    pipe.load_lora(a)
+    # before the first step: the base model's images, with each line's settings
+    first = Image.open(tmp_path / "a" / "samples" / "lora_000000_01_7.png")
+    assert first.tobytes() == pipe.generate("a red square", width=32, steps=2, seed=7)[0].tobytes()
+    pipe.load_lora(a)  # the last step's: the trained LoRA's
+    last = Image.open(tmp_path / "a" / "samples" / "lora_000004_00_0.png")
+    assert last.tobytes() == pipe.generate("a purple circle on a red background", steps=3, seed=0)[0].tobytes()
     assert "Lora hashes" in pipe.generate("a purple circle", steps=1)[0].info["parameters"]
     with pytest.raises(ValueError, match="--resume"):  # a second run into the same folder must opt in
         _run(tiny_folder, data, tmp_path / "a")
