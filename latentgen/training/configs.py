@@ -107,6 +107,8 @@ class LoraOptions:
     seed: int = option(0, "seed of the adapters' init, data order, noise")
     save_every: int = option(100, "checkpoint every N steps")
     validate_every: int | None = option(None, "draw the sample prompts every N steps (kohya's sample_every_n_steps)")
+    validate_every_epochs: int | None = option(None, "or every N passes over the data (kohya's "
+                                                     "sample_every_n_epochs)")
     validation_prompts: list[str] = option([], "a sample prompt, with kohya's options after it: 'a red circle --w 256 "
                                                "--d 1 --s 20' (repeatable)", flag="validation-prompt")
     sample_prompts: Path | None = option(None, "kohya's sample prompt file (.txt lines as --validation-prompt's, "
@@ -138,15 +140,29 @@ class LoraOptions:
 
     def check_samples(self) -> None:
         """The sample prompts read (a bad line or file is refused now, not mid-run) and something to draw them."""
-        if self.validate_every is not None:
-            checks.whole("validate_every", self.validate_every, 1, "use a whole number of steps >= 1, such as 100")
+        every = [n for n in ("validate_every", "validate_every_epochs") if getattr(self, n) is not None]
+        for n in every:
+            checks.whole(n, getattr(self, n), 1, f"use a whole number >= 1, such as {n}=10")
+        if len(every) > 1:
+            raise ValueError("give validate_every=N steps or validate_every_epochs=N epochs, not both.")
         found = samples.gather(self.validation_prompts, self.sample_prompts)
-        if found and self.validate_every is None and not self.sample_at_first:
+        if found and not every and not self.sample_at_first:
             raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
-                             "to draw them every N steps, or sample_at_first=True.")
-        if not found and (self.validate_every is not None or self.sample_at_first):
-            raise ValueError("validate_every and sample_at_first draw the sample prompts, and none is given: add "
-                             "validation_prompts (--validation-prompt) or sample_prompts=FILE (--sample-prompts).")
+                             "to draw them every N steps, validate_every_epochs=N, or sample_at_first=True.")
+        if not found and (every or self.sample_at_first):
+            raise ValueError(f"{(every or ['sample_at_first'])[0]} draws the sample prompts, and none is given: add "
+                             f"validation_prompts (--validation-prompt) or sample_prompts=FILE (--sample-prompts).")
+
+    def sample_step(self, step: int, per_step: int, n_images: int) -> bool:
+        """Whether the sample images are drawn after ``step`` (0: before the first), each step taking ``per_step``
+        of the ``n_images`` data images: every ``validate_every`` steps, or at the step that completes every
+        ``validate_every_epochs``-th pass over the data."""
+        if step == 0:
+            return self.sample_at_first
+        if self.validate_every_epochs:
+            return (step * per_step // n_images // self.validate_every_epochs
+                    > (step - 1) * per_step // n_images // self.validate_every_epochs)
+        return bool(self.validate_every) and step % self.validate_every == 0
 
 
 @dataclass

@@ -181,7 +181,7 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
     ``sample``: how the validation grids are drawn (``Pipeline.generate``'s scheduler, steps, guidance).
     ``started``: ``time.perf_counter()`` when the run began, so the header counts its setup too."""
     settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts",
-                                            "sample_prompts", "sample_at_first"))
+                                            "sample_prompts", "sample_at_first", "validate_every_epochs"))
     world, out = acc.num_processes, Path(cfg.out)
     meta = {**meta, "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     setup = time.perf_counter() - started  # loading, prior images, latent cache
@@ -195,11 +195,11 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
 
     found = samples.gather(cfg.validation_prompts, cfg.sample_prompts)
 
-    def draw(step):  # the sample images: every validate_every steps, and before the first with sample_at_first
-        if found and (step == 0 or (cfg.validate_every and step % cfg.validate_every == 0)):
+    def draw(step):  # the sample images, when the settings say (``LoraOptions.sample_step``)
+        if found and cfg.sample_step(step, cfg.batch * cfg.grad_accum * world, len(pairs)):
             samples.draw(pipeline_of(c), found, out, step, cfg.seed, cfg.name, **(sample or {}))
 
-    if cfg.sample_at_first and acc.is_main_process and not (out / "samples" / "step-0000000.png").is_file():
+    if acc.is_main_process and not (out / "samples" / "step-0000000.png").is_file():
         draw(0)
     run_id = {"lora": settings, "data": [[p.name, cap] for p, cap in pairs], "steps": steps, "processes": world,
               **(extra_id or {})}

@@ -25,9 +25,13 @@ def test_the_settings_module_imports_no_torch():
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validation_prompts=["a cat"]),
      r"sample prompts are given but never drawn: add validate_every=N \(--validate-every N\)"),
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2),
-     r"validate_every and sample_at_first draw the sample prompts, and none is given"),
+     r"validate_every draws the sample prompts, and none is given"),
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=0, validation_prompts=["a"]),
      r"validate_every=0 is invalid"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2, validate_every_epochs=1,
+                                       validation_prompts=["a"]), r"give validate_every=N steps or .* not both"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every_epochs=2),
+     r"validate_every_epochs draws the sample prompts, and none is given"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, validate_every=2, sample_prompts=d / "p.txt"),
      r"sample_prompts='.*p.txt' does not exist"),
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2, validation_prompts=["a --w 9"]),
@@ -55,3 +59,12 @@ def test_good_settings_pass_and_alphas_default_to_the_ranks(tmp_path):
     for c in (configs.TinyVaeConfig(data=tmp_path, out=tmp_path), configs.ControlNetTrainConfig(data=tmp_path, out=tmp_path),
               configs.LoopConfig(out=tmp_path, steps=1, ema=0.999)):
         c.check()
+
+
+def test_the_sample_images_are_drawn_every_n_steps_or_at_the_step_that_ends_every_nth_epoch():
+    steps = configs.LoraTrainConfig(data="d", out="o", steps=9, validate_every=3, validation_prompts=["a"])
+    assert [s for s in range(10) if steps.sample_step(s, 4, 10)] == [3, 6, 9]
+    # 4 images a step over 10: passes end in steps 3 (12), 5 (20), 8 (32) and 10 (40); every second one: 5 and 10
+    epochs = configs.LoraTrainConfig(data="d", out="o", steps=9, validate_every_epochs=2, validation_prompts=["a"],
+                                     sample_at_first=True)
+    assert [s for s in range(11) if epochs.sample_step(s, 4, 10)] == [0, 5, 10]
