@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from .args import add_config_args, add_model_args, add_refiner_args, load_refiner, config_from, load_model, finite_float, lora_spec, positive_int, scheduler_name
-from .plot import add_axes, add_matrix
+from .plot import add_axes, add_matrix, add_picture
 
 
 def cmd_shapes_data(args: argparse.Namespace) -> int:
@@ -189,6 +189,7 @@ def add_parsers(sub) -> None:
     gr.add_argument("--height", type=positive_int, default=None, help="(--x plots)")
     add_axes(gr)
     add_matrix(gr)
+    add_picture(gr)
     gr.add_argument("--styles-file", type=Path, default=None, metavar="CSV",
                     help="A1111's styles.csv whose styles a 'Styles' axis names")
     gr.add_argument("-o", "--output", required=True)

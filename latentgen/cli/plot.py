@@ -1,9 +1,11 @@
 """``latentgen grid PROMPT --x ...``: A1111's X/Y/Z plot (``latentgen.plot.xyz``): one picture per combination of up
 to three axes, as a labeled grid (OUT.png, with the first cell's parameters) and the cells (OUT-1.png, ...);
 ``latentgen grid "BASE|PART|PART" --matrix``: A1111's Prompt matrix (``latentgen.plot.matrix``), saved the same way.
+Both draw from a picture with ``--image`` (img2img; ``--mask``: inpainting), as on A1111's img2img tab.
 
     latentgen grid "a red circle" --x "Steps: 10-30 (+10)" --y "CFG Scale: 4, 7" -o grid.png
     latentgen grid "a circle|red|on a blue background" --matrix -o matrix.png
+    latentgen grid "a yellow circle" --image in.png --x "Denoising: 0.3, 0.5, 0.7" -o denoising.png
 """
 
 from __future__ import annotations
@@ -27,6 +29,25 @@ def axis_spec(s: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def picture(args: argparse.Namespace) -> dict:
+    """The plot's calls from a picture (A1111's img2img tab): ``--image`` (img2img), with ``--mask`` (inpainting), at
+    ``--strength``; opened and checked before any model loads. Nothing without ``--image``."""
+    from ..images import open_image
+    from ..request import strength
+
+    if args.image is None:
+        if args.mask is not None or args.strength is not None:
+            raise ValueError("--mask and --strength draw from a picture: give it with --image IN.png.")
+        return {}
+    call = {"image": open_image(args.image, "--image"), "strength": strength(
+        args.strength if args.strength is not None else 1.0 if args.mask else 0.75)}
+    if args.mask is not None:
+        if args.width or args.height:
+            raise ValueError("--width/--height: inpainting (--mask) draws at the picture's own size; leave them out.")
+        call["mask"] = open_image(args.mask, "--mask")
+    return call
+
+
 def cmd_xyz(args: argparse.Namespace) -> int:
     """``latentgen grid PROMPT --x ...``: the plot, the grid at OUT.png and the cells beside it."""
     from .. import metadata
@@ -44,12 +65,12 @@ def cmd_xyz(args: argparse.Namespace) -> int:
     from ..text import styles
 
     table = styles.read(args.styles_file) if args.styles_file else None  # a bad file fails before the model loads
-    refiner = load_refiner(args)  # its switch checked before --model loads
+    refiner, start = load_refiner(args), picture(args)  # the refiner's switch, the picture: before --model loads
     pipe = load_model(args)
     call = {k: v for k, v in dict(seed=args.seed, steps=args.steps, guidance=args.guidance, width=args.width,
                                   height=args.height, scheduler=args.scheduler, negative_prompt=args.negative,
                                   refiner=refiner).items()
-            if v is not None}
+            if v is not None} | start
     from contextlib import nullcontext
 
     # "Checkpoint name" values: loaded with this command's --vae, --backend, --dtype, when their cells draw
@@ -83,11 +104,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     paths = metadata.output_paths(args.output, 1 + count)
     paths[0] = Path(args.output)
     metadata.check_writable(paths, args.force)
-    refiner = load_refiner(args)
+    refiner, start = load_refiner(args), picture(args)
     pipe = load_model(args)
     call = {k: v for k, v in dict(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                                   scheduler=args.scheduler, negative_prompt=args.negative, refiner=refiner).items()
-            if v is not None}
+            if v is not None} | start
     return _saved(matrix.matrix(pipe, args.prompts[0], seed=args.seed, **options, **call), paths, args.force)
 
 
@@ -99,6 +120,15 @@ def add_matrix(g: argparse.ArgumentParser) -> None:
     g.add_argument("--matrix-random-seeds", action="store_true", help="cell k with seed + k (Random seeds)")
     g.add_argument("--matrix-negative", action="store_true", help="vary the negative prompt (--negative) instead")
     g.add_argument("--matrix-joiner", choices=("comma", "space"), default="comma", help="how the parts are joined")
+
+
+def add_picture(g: argparse.ArgumentParser) -> None:
+    """The --image, --mask, --strength options of ``latentgen grid``'s plots (A1111's img2img tab)."""
+    g.add_argument("--image", default=None, help="(--x plots, --matrix) draw every cell from this picture (img2img; "
+                                                 "'Denoising' axis: its strength)")
+    g.add_argument("--mask", default=None, help="(with --image) inpaint the white part of this mask in every cell")
+    g.add_argument("--strength", type=float, default=None, help="(with --image) 0 keeps the picture, 1 repaints it "
+                                                                "(default 0.75; 1 with --mask)")
 
 
 def add_axes(g: argparse.ArgumentParser) -> None:

@@ -7,8 +7,9 @@ instead. Facts from A1111's ``scripts/prompt_matrix.py`` and ``modules/images.py
 
 from __future__ import annotations
 
+from .cells import draw
 from .draw import annotated
-from .xyz import SETTINGS, Plot, draw
+from .xyz import SETTINGS, Plot
 
 JOINERS = {"comma": ", ", "space": " "}  # A1111's "Joining char"
 
@@ -43,7 +44,8 @@ def labels(text: str) -> tuple[list, list]:
 def matrix(pipe, prompt: str, *, seed: int = 0, at_start: bool = False, different_seeds: bool = False,
            negative: bool = False, joiner: str = "comma", margin: int = 0, style=None, **call) -> Plot:
     """Draw the prompt matrix of ``prompt`` (or of ``call["negative_prompt"]`` when ``negative``), one
-    ``pipe.generate`` call per combination with ``call`` (its keyword arguments) under it: the labeled grid, the
+    ``pipe.generate`` call per combination with ``call`` (its keyword arguments; with ``image``, and ``mask``,
+    ``img2img`` or ``inpaint`` calls, as on A1111's img2img tab) under it: the labeled grid, the
     cells (combination k at index k, each with its PNG parameters) and, as labels, the combinations' texts. Every cell is checked before the first
     draws; a ``latentgen.Stop`` from the callback ends it, the cells not drawn black (as ``plot``). ``style``: a
     function (prompt, negative prompt) -> both styled, applied to each cell's prompts (A1111's styles)."""

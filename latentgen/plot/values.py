@@ -10,6 +10,21 @@ import numpy as np
 
 from .. import schedulers
 
+# A1111 1.10's X/Y/Z axis list (scripts/xyz_grid.py's axis_options); its x_type indices count the axes its tab
+# shows: txt2img hides the img2img-only ones, img2img the txt2img-only ones. (1.9 had no Skip Early CFG or Beta
+# schedule axes, so from there on it numbers three lower; an axis sent by label works with both.)
+A1111_AXES = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Image CFG Scale",
+              "Prompt S/R", "Prompt order", "Sampler", "Hires sampler", "Checkpoint name",
+              "Negative Guidance minimum sigma", "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise",
+              "Schedule type", "Schedule min sigma", "Schedule max sigma", "Schedule rho", "Skip Early CFG",
+              "Beta schedule alpha", "Beta schedule beta", "Eta", "Clip skip", "Denoising", "Initial noise multiplier",
+              "Extra noise", "Hires upscaler", "Cond. Image Mask Weight", "VAE", "Styles", "UniPC Order", "Face restore",
+              "Token merging ratio", "Token merging ratio high-res", "Always discard next-to-last sigma",
+              "SGM noise multiplier", "Refiner checkpoint", "Refiner switch at", "RNG source", "FP8 mode", "Size"]
+ONLY = {"txt2img": ("Hires steps", "Hires sampler", "Hires upscaler"),
+        "img2img": ("Image CFG Scale", "Cond. Image Mask Weight")}
+A1111_TXT2IMG = [a for a in A1111_AXES if a not in ONLY["img2img"]]
+A1111_IMG2IMG = [a for a in A1111_AXES if a not in ONLY["txt2img"]]
 SCHEDULES = ("Automatic", "Karras")  # A1111's schedule types that latentgen's samplers have (the sampler's own; Karras)
 
 _RANGE = re.compile(r"\s*([+-]?\s*\d+(?:\.\d*)?)\s*-\s*([+-]?\s*\d+(?:\.\d*)?)"
@@ -87,3 +102,11 @@ def size(text: str) -> tuple[int, int]:
 def style_names(value: str) -> list[str]:
     """A Styles axis value's style names: one name, or several separated by commas (A1111's ``x.split(",")``)."""
     return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def a1111_label(index: int, mode: str = "txt2img") -> str:
+    """The label of A1111's axis ``index`` (x_type) on its ``mode`` tab ("txt2img" or "img2img")."""
+    shown = A1111_TXT2IMG if mode == "txt2img" else A1111_IMG2IMG
+    if not 0 <= index < len(shown):
+        raise ValueError(f"axis type {index} is not an A1111 {mode} axis index (0-{len(shown) - 1}).")
+    return shown[index]

@@ -1,4 +1,5 @@
-"""A1111's X/Y/Z plot: the same txt2img call drawn over up to three axes of settings, as a labeled grid.
+"""A1111's X/Y/Z plot: the same call drawn over up to three axes of settings, as a labeled grid: txt2img, or img2img
+and inpainting when the call gives ``image`` (and ``mask``), as on A1111's img2img tab.
 
 An axis is a setting and its values (``Axis("Steps", [10, 20])``, or parsed from A1111's text: ``"10-30 (+10)"``,
 ``"1-10 [4]"``, comma-separated values with CSV quoting). The settings, by A1111's labels: Seed, Var. seed,
@@ -8,7 +9,8 @@ plotted in every order of them), Styles (style names applied after the call's st
 Schedule type (Automatic or Karras, on each cell's sampler), VAE (VAE files the cells decode with; "Automatic": the
 model's own), Hires sampler, Checkpoint name (each cell drawn by that
 model: a loaded pipeline, or a name loaded when its cells draw, one model at a time), Refiner switch at (of the
-call's ``refiner``), Clip skip, Denoising (the hires pass's), Hires upscaler; and
+call's ``refiner``), Clip skip, Denoising (the hires pass's; img2img's and inpainting's own strength on a call with
+``image``), Hires upscaler (the Hires axes are txt2img's); and
 latentgen's own: Size (``WxH``) and LoRA weight (the weight of every ``<lora:...>`` tag in the prompt). Cell
 (x, y, z) is one call with the axes' values over the call's own settings; every cell keeps the call's seed (A1111's
 fixed seed) unless the Seed axis varies it. ``plot`` returns the grid (one sub-grid per z value, side by side,
@@ -22,38 +24,26 @@ import csv
 import io
 import itertools
 import re
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
 
 from .. import checks
-from ..request import Watch
 from ..starts import Variation
 from ..text import styles as text_styles
 from ..upscale import upscalers
 from ..upscale.hires import Hires
 from ..upscale.hires import check as check_hires
+from .cells import OWN_VAE, draw, vae_built
 from .draw import annotated
-from .values import numbers, ordered, sampler, schedule, scheduled, size, style_names
+from .values import ONLY, a1111_label, numbers, ordered, sampler, schedule, scheduled, size, style_names
 
 INT_AXES = {"Seed", "Var. seed", "Steps", "Hires steps", "Clip skip"}
 FLOAT_AXES = {"Var. strength", "CFG Scale", "Denoising", "LoRA weight", "Refiner switch at"}
 TEXT_AXES = {"Nothing", "Prompt S/R", "Prompt order", "Sampler", "Schedule type", "Hires sampler", "Hires upscaler",
              "Size", "Checkpoint name", "Styles", "VAE"}
 SETTINGS = ("steps", "guidance", "width", "height", "scheduler", "clip_skip", "variation", "seed", "prompt")  # checked
-OWN_VAE = ("Automatic", "None")  # VAE axis values that mean the VAE the model draws with
-A1111_TXT2IMG = ["Nothing", "Seed", "Var. seed", "Var. strength", "Steps", "Hires steps", "CFG Scale", "Prompt S/R",
-                 "Prompt order", "Sampler", "Hires sampler", "Checkpoint name", "Negative Guidance minimum sigma",
-                 "Sigma Churn", "Sigma min", "Sigma max", "Sigma noise", "Schedule type", "Schedule min sigma",
-                 "Schedule max sigma", "Schedule rho", "Skip Early CFG", "Beta schedule alpha", "Beta schedule beta",
-                 "Eta", "Clip skip", "Denoising", "Initial noise multiplier", "Extra noise", "Hires upscaler", "VAE",
-                 "Styles", "UniPC Order", "Face restore", "Token merging ratio", "Token merging ratio high-res",
-                 "Always discard next-to-last sigma", "SGM noise multiplier", "Refiner checkpoint",
-                 "Refiner switch at", "RNG source", "FP8 mode", "Size"]
-# A1111 1.10's txt2img axis list: its x_type indices (1.9 had no Skip Early CFG or Beta schedule axes, so from its
-# index 21 on it numbers three lower; an axis sent by label works with both)
 _TAG_WEIGHT = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>")
 
 
@@ -72,12 +62,10 @@ class Plot:
     labels: list[tuple[str, str, str]]  # (x, y, z) label per cell
 
 
-def axis(label, text: str = "") -> Axis:
-    """An ``Axis`` from A1111's label (or its txt2img index) and values text."""
+def axis(label, text: str = "", mode: str = "txt2img") -> Axis:
+    """An ``Axis`` from A1111's label (or its index in ``mode``'s list, ``values.a1111_label``) and values text."""
     if isinstance(label, int) and not isinstance(label, bool):
-        if not 0 <= label < len(A1111_TXT2IMG):
-            raise ValueError(f"axis type {label} is not an A1111 txt2img axis index (0-{len(A1111_TXT2IMG) - 1}).")
-        label = A1111_TXT2IMG[label]
+        label = a1111_label(label, mode)
     if label not in INT_AXES | FLOAT_AXES | TEXT_AXES:
         known = sorted(INT_AXES | FLOAT_AXES | TEXT_AXES)
         raise ValueError(f"axis {label!r} is not one latentgen plots: use one of {', '.join(map(repr, known))}.")
@@ -95,11 +83,14 @@ def axis(label, text: str = "") -> Axis:
     return Axis(label, tuple(values))
 
 
-def from_a1111(args: list, upscalers_dir=None) -> list[Axis]:
-    """The axes of A1111's X/Y/Z plot ``script_args`` (x_type, x_values, x_values_dropdown, y_..., z_..., ...);
-    "Hires upscaler" values that name model files become their paths (by stem in ``upscalers_dir``)."""
+def from_a1111(args: list, upscalers_dir=None, mode: str = "txt2img") -> list[Axis]:
+    """The axes of A1111's X/Y/Z plot ``script_args`` (x_type, x_values, x_values_dropdown, y_..., z_..., ...) on
+    its ``mode`` tab; "Hires upscaler" values that name model files become their paths (by stem in ``upscalers_dir``)."""
     args = list(args) + [0, "", None] * 3
-    axes = [axis(args[i], _values_text(args[i + 1], args[i + 2])) for i in (0, 3, 6)]
+    axes = [axis(args[i], _values_text(args[i + 1], args[i + 2]), mode) for i in (0, 3, 6)]
+    for a in axes if mode == "img2img" else ():
+        if a.label in ONLY["txt2img"]:
+            raise ValueError(f"axis {a.label!r} is a txt2img axis: img2img has no hires pass.")
     axes = [replace(a, values=tuple(upscalers.check(v, "Hires upscaler", upscalers_dir) for v in a.values))
             if a.label == "Hires upscaler" else a for a in axes]
     return [a for a in axes if a.label != "Nothing"] or [Axis("Nothing", ("",))]
@@ -112,7 +103,8 @@ def _values_text(text, dropdown) -> str:
 
 
 def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
-    """``call`` (keyword arguments of ``Pipeline.generate``) with the axis ``label`` set to ``value``."""
+    """``call`` (keyword arguments of ``Pipeline.generate``, or of ``img2img`` / ``inpaint`` with ``image``) with the
+    axis ``label`` set to ``value``."""
     call = dict(call)
     hires, variation = call.get("hires"), call.get("variation") or Variation()
     if label == "Seed":
@@ -137,7 +129,11 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
     elif label == "Schedule type":
         call["schedule"] = value  # put on the cell's sampler once all axes are applied (``scheduled``)
     elif label == "Size":
+        if "mask" in call:
+            raise ValueError("Size: inpainting draws at the picture's own size; plot Size with img2img or txt2img.")
         call["width"], call["height"] = size(value)
+    elif label == "Denoising" and "image" in call:  # img2img's and inpainting's own strength (A1111's)
+        call["strength"] = checks.number("Denoising", value, minimum=0, maximum=1, fix="use 0 to 1, such as 0.6")
     elif label == "Styles":  # style names, applied after the call's own (A1111's p.styles.extend)
         call["styles"] = style_names(value)
     elif label == "Checkpoint name":
@@ -152,7 +148,9 @@ def apply(label: str, value, call: dict, base_prompt: str, first) -> dict:
         call["vae"] = value  # a VAE file, swapped in while the cell draws (``draw``)
     elif label == "LoRA weight":
         call["prompt"] = _TAG_WEIGHT.sub(lambda m: f"<lora:{m.group(1)}:{value:g}>", call["prompt"])
-    elif label != "Nothing":  # the hires pass's settings
+    elif label != "Nothing":  # the hires pass's settings (txt2img's)
+        if "image" in call:
+            raise ValueError(f"{label}: img2img has no hires pass (A1111 plots it on txt2img only).")
         field = {"Hires steps": "steps", "Hires sampler": "scheduler", "Denoising": "strength",
                  "Hires upscaler": "upscaler"}[label]
         value = sampler(value) if field == "scheduler" else upscalers.check(value) if field == "upscaler" else value
@@ -170,74 +168,6 @@ def label_of(a: Axis, value) -> str:
     return "" if a.label == "Nothing" else str(value) if a.label in TEXT_AXES else f"{a.label}: {value}"
 
 
-def opened(value, pipe, models=None):
-    """A context giving the pipeline of a "Checkpoint name" value: ``pipe`` for None, a loaded pipeline as it is, a
-    name through ``models`` (a context manager per name: the server holds the model while its cells draw) or
-    ``latentgen.load`` on ``pipe``'s device and dtype."""
-    if value is None or not isinstance(value, str):
-        return nullcontext(pipe if value is None else value)
-    if models is not None:
-        return models(value)
-    import latentgen
-
-    from ..precision import device_of
-
-    return nullcontext(latentgen.load(value, device=device_of(pipe.unet), dtype=pipe.dtype))
-
-
-def vae_built(vaes=None):
-    """(pipeline, VAE axis value) -> the VAE it names for that pipeline, each built once: by ``vaes`` (the server's
-    files by name), or from the file at that path (``latentgen.models.loading.vae_for``)."""
-    import weakref
-
-    built = {}  # (id of the pipeline, value) -> (a weak reference to the pipeline, its VAE): models come and go
-
-    def get(pipe, value):
-        held = built.get((id(pipe), value))
-        if held is None or held[0]() is not pipe:
-            from ..models.loading import vae_for
-
-            held = built[id(pipe), value] = (weakref.ref(pipe), vaes(pipe, value) if vaes else vae_for(pipe, value))
-        return held[1]
-    return get
-
-
-@contextmanager
-def vae_swapped(pipe, value, vae_of):
-    """``pipe`` drawing with the VAE of the VAE axis's ``value`` while a cell draws (its own for ``OWN_VAE``)."""
-    own = pipe.vae
-    try:
-        if value is not None and value not in OWN_VAE:
-            pipe.vae = vae_of(pipe, value)
-        yield
-    finally:
-        pipe.vae = own
-
-
-def draw(pipe, calls: list[dict], models=None, vae_of=None) -> list[Image.Image]:
-    """Each call's image, the calls of one model together (each model opened once, one at a time, as A1111 orders
-    its checkpoint axis), in the calls' order; ``vae_of``: a ``vae_built`` for the VAE axis. A ``latentgen.Stop``
-    from the callback ends the plot: the cell it stopped keeps its picture so far, the cells not drawn are black
-    (as A1111's interrupt leaves them)."""
-    groups: dict = {}
-    for i, c in enumerate(calls):
-        m = c.get("model")
-        groups.setdefault(m if m is None or isinstance(m, str) else id(m), []).append(i)
-    images, watch, vae_of = [None] * len(calls), Watch(calls[0].get("callback")), vae_of or vae_built()
-    for indices in groups.values():
-        if watch.stopped:
-            break
-        with opened(calls[indices[0]].get("model"), pipe, models) as m:
-            for i in indices:
-                given = {k: v for k, v in calls[i].items() if k not in ("model", "vae")}
-                with vae_swapped(m, calls[i].get("vae"), vae_of):
-                    images[i] = m.generate(**{**given, "callback": watch.callback})[0]
-                if watch.stopped:
-                    break
-    size = next(im.size for im in images if im is not None)
-    return [Image.new("RGB", size) if im is None else im for im in images]
-
-
 def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | None) -> None:
     """A Prompt S/R axis's first value is in the prompt or the negative prompt (A1111 refuses it otherwise); a Prompt
     order axis's words are all in the prompt."""
@@ -253,7 +183,8 @@ def check_replacements(axes: list[Axis], prompt: str, negative_prompt: str | Non
 
 def plot(pipe, prompt: str, axes: list[Axis], style=None, models=None, styles=None, vaes=None, **call) -> Plot:
     """Draw ``prompt`` over ``axes`` (x, y, z; up to three) with ``call`` (``Pipeline.generate``'s keyword
-    arguments) under them: every cell is checked before the first is drawn. ``style``: a function (prompt, negative
+    arguments, or with ``image`` ``img2img``'s, and with ``mask`` too ``inpaint``'s) under them: every cell is checked
+    before the first is drawn. ``style``: a function (prompt, negative
     prompt) -> both styled, applied to each cell's prompts after its axes (A1111's styles). ``models``: name -> a
     context manager giving the loaded pipeline, for "Checkpoint name" values given by name (``opened``).
     ``styles``: the table a Styles axis names (``latentgen.text.styles.read("styles.csv")``); ``vaes``: (pipeline,

@@ -32,9 +32,8 @@ What maps to what:
     styles                        -> A1111's prompt styles from --styles-file, applied to the prompts
                                      (``latentgen.text.styles``); an unknown name is a 422
 
-A field that would change the image in a way latentgen does not do (face restoration,
-scripts other than ControlNet units, ...) is refused
-with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
+A field that would change the image in a way latentgen does not do (face restoration, a script it does not run,
+...) is refused with a 422 that names it, never silently ignored. Fields that only tune what latentgen already does
 its own way are accepted and not used: eta and s_* (latentgen's samplers use diffusers' defaults),
 image_cfg_scale (instruct-pix2pix models only), mask_round (latentgen thresholds masks at 0.5),
 do_not_save_grid (no grids are made).
@@ -213,12 +212,17 @@ def plan_txt2img(req: Txt2ImgRequest, *, limits, upscalers=None, styles=None, **
     hires = workflows.hires(req, limits, upscalers)
     script = workflows.script(req, "txt2img", upscalers, kw["models"], styles, kw.get("vaes"), limits)
     plan = _plan("txt2img", req, **kw)
-    if script and ("grid" in script or "matrix" in script) and style:  # the cells' prompts styled, as A1111's
-        script["unstyled"], script["style"] = (_prompt_loras(given, kw["loras"])[0], given.negative_prompt), style
+    _cells_styled(script, given, style, kw["loras"])
     plan.hires, plan.script, plan.parameters = hires, script, given.model_dump()  # the request as sent
     plan.hires_model = workflows.hires_model(req, kw["models"])
     plan.control = _control(req, plan, kw.get("controlnets"), limits)
     return plan
+
+
+def _cells_styled(script: dict | None, given, style, loras) -> None:
+    """An X/Y/Z plot's or prompt matrix's cells styled each after its own prompt, as A1111's: the prompts as sent."""
+    if script and ("grid" in script or "matrix" in script) and style:
+        script["unstyled"], script["style"] = (_prompt_loras(given, loras)[0], given.negative_prompt), style
 
 
 def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) -> list | None:
@@ -265,9 +269,11 @@ def plan_img2img(req: Img2ImgRequest, *, limits, upscalers=None, styles=None, **
     req = infotext.applied(req, vaes=kw.get("vaes"))
     _check_common(req, limits)
     _check_img2img(req, limits)
-    given, req = req, workflows.styled(req, workflows.styler(req, styles, MAX_PROMPT))
-    mode, script = workflows.resize_mode(req, bool(req.mask)), workflows.script(req, "img2img")
+    given, req = req, workflows.styled(req, style := workflows.styler(req, styles, MAX_PROMPT))
+    mode = workflows.resize_mode(req, bool(req.mask))
+    script = workflows.script(req, "img2img", upscalers, kw["models"], styles, kw.get("vaes"), limits)
     plan = _plan("img2img", req, **kw)  # names and tags checked before any image is decoded
+    _cells_styled(script, given, style, kw["loras"])
     plan.parameters = given.model_dump()  # the request as sent
     images = [decode_image(x, f"init_images[{i}]", limits.max_pixels) for i, x in enumerate(req.init_images)]
     size = (req.width or images[0].width, req.height or images[0].height)

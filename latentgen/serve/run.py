@@ -55,8 +55,16 @@ def _call(pipe, plan, seed: int, n: int, **common):
 
 def _cell_args(plan, common: dict) -> tuple[str, dict]:
     """(prompt, call arguments) of a script's cells (the X/Y/Z plot's, the prompt matrix's): with prompt styles, the
-    unstyled prompts and the styler, so each cell is styled after its own change to the prompt, as A1111's."""
-    given, prompt = {k: v for k, v in common.items() if k != "max_pixels"}, plan.prompt
+    unstyled prompts and the styler, so each cell is styled after its own change to the prompt, as A1111's. On
+    img2img: the first init image's img2img call (inpainting with a mask), as A1111's scripts draw it."""
+    given, prompt = dict(common), plan.prompt
+    if plan.mode == "txt2img":
+        given["hires"] = plan.hires
+    elif plan.mask is None:
+        given.update(image=plan.init_images[0], strength=plan.strength, resize_mode=plan.resize_mode)
+    else:
+        given.update(image=plan.init_images[0], mask=plan.mask, strength=plan.strength, fill=plan.fill,
+                     mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding)
     if plan.variation is not None:
         given["variation"] = plan.variation
     if "style" in plan.script:
@@ -69,7 +77,7 @@ def _plot(pipe, plan, common: dict, callback) -> list[Image.Image]:
     from latentgen.plot.xyz import plot
 
     prompt, given = _cell_args(plan, common)
-    p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, hires=plan.hires, callback=callback,
+    p = plot(pipe, prompt, plan.script["grid"], seed=plan.seed, callback=callback,
              models=plan.script.get("models"), styles=plan.script.get("styles"),
              vaes=plan.script.get("vaes"), **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
@@ -81,7 +89,7 @@ def _matrix(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list
     from latentgen.plot.matrix import matrix
 
     prompt, given = _cell_args(plan, common)
-    p = matrix(pipe, prompt, seed=plan.seed, hires=plan.hires, callback=callback, **plan.script["matrix"], **given)
+    p = matrix(pipe, prompt, seed=plan.seed, callback=callback, **plan.script["matrix"], **given)
     p.grid.info["parameters"] = p.cells[0].info.get("parameters", "")
     return [p.grid] + p.cells, [label[0] for label in p.labels]
 
@@ -158,7 +166,7 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
         import latentgen
 
         common["refiner"] = latentgen.Refiner(ctx.worker.models.get(plan.refiner[0]), *plan.refiner[1:])
-    if plan.mode == "txt2img" or (plan.mask is None and not plan.script):  # img2img: drawn at width x height
+    if plan.mode == "txt2img" or (plan.mask is None and "outpaint" not in (plan.script or {})):  # width x height
         common.update(width=width, height=height)
     if plan.mode != "txt2img":
         common.update(max_pixels=limits.max_pixels)

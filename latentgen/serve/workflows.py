@@ -1,7 +1,8 @@
 """A1111's everyday workflow fields over latentgen, checked in the request's thread: the hires fix (txt2img's
 ``enable_hr`` and ``hr_*``), masked content (img2img's ``inpainting_fill``), resize modes (``resize_mode``) and the
 scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" (img2img),
-"X/Y/Z plot" (txt2img; ``latentgen.plot.xyz``) and "Prompt matrix" (txt2img; ``latentgen.plot.matrix``). Facts from A1111's ``modules/processing.py`` and ``scripts/``."""
+"X/Y/Z plot" (``latentgen.plot.xyz``) and "Prompt matrix" (``latentgen.plot.matrix``), on txt2img and img2img. Facts
+from A1111's ``modules/processing.py`` and ``scripts/``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .errors import ApiError
 from .settings import sampler_key, whole_in
 
 SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],  # (the last: prompt_file)
-           "img2img": ["poor man's outpainting", "prompts from file or textbox"]}  # GET /sdapi/v1/scripts
+           "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting",
+                       "prompts from file or textbox"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
 MAX_STYLES = 32  # prompt styles one request may name
@@ -135,7 +137,7 @@ def script(req, mode: str, folder=None, models=None, styles=None, vaes=None, lim
     from latentgen.plot.xyz import check_replacements, from_a1111
 
     try:
-        axes = from_a1111(req.script_args, upscalers_dir=folder)
+        axes = from_a1111(req.script_args, upscalers_dir=folder, mode=mode)
         check_replacements(axes, req.prompt, req.negative_prompt)  # the styled prompts: again per cell, unstyled
     except ValueError as e:
         raise ApiError(422, f"script_args of the X/Y/Z plot: {e}") from None

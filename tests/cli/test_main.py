@@ -2,6 +2,7 @@
 model loads, and a quiet start: the embedded model prints only its progress bar and the output path."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -354,6 +355,31 @@ def test_grid_matrix_draws_a1111s_prompt_matrix(tiny_folder, tmp_path, capsys):
         read_parameters(tmp_path / "m-4.png")
     assert run("grid", "a cat", "--matrix", "--model", "/nowhere", "-o", tmp_path / "n.png") == 2
     assert "has no '|'" in capsys.readouterr().err and not (tmp_path / "n.png").exists()  # before the model loads
+
+
+def test_grid_plots_and_matrices_draw_from_a_picture(tiny_folder, tmp_path, capsys):
+    """``latentgen grid --image`` (and ``--mask``): the X/Y/Z plot's and the prompt matrix's cells are img2img
+    (inpainting) calls, as on A1111's img2img tab; the 'Denoising' axis is their strength."""
+    import latentgen
+
+    _photo(64).save(tmp_path / "in.png")
+    _mask(64).save(tmp_path / "mask.png")
+    pipe = latentgen.load(tiny_folder)
+    assert run("grid", "a cat", "--x", "Denoising: 0.3, 0.9", "--image", tmp_path / "in.png", "--steps", 3,
+               "--model", tiny_folder, "-o", tmp_path / "d.png") == 0
+    want = pipe.img2img("a cat", _photo(64), strength=0.9, steps=3)
+    assert max_diff([Image.open(tmp_path / "d-2.png")], want) == 0
+    assert run("grid", "a cat|red", "--matrix", "--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png",
+               "--steps", 2, "--model", tiny_folder, "-o", tmp_path / "m.png") == 0
+    want = pipe.inpaint("a cat, red", _photo(64), _mask(64), strength=1.0, steps=2)
+    assert max_diff([Image.open(tmp_path / "m-2.png")], want) == 0
+    for args, message in [(["--mask", tmp_path / "mask.png"], "--mask and --strength draw from a picture"),
+                          (["--image", tmp_path / "nope.png"], "nope.png"),
+                          (["--image", tmp_path / "in.png", "--strength", 2], "strength=2.0 is invalid"),
+                          (["--image", tmp_path / "in.png", "--mask", tmp_path / "mask.png", "--width", 64],
+                           "inpainting .--mask. draws at the picture's own size")]:
+        assert run("grid", "a cat|red", "--matrix", "--model", "/nowhere", *args, "-o", tmp_path / "n.png") == 2
+        assert re.search(message, capsys.readouterr().err) and not (tmp_path / "n.png").exists()
 
 
 def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):

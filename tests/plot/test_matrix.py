@@ -4,7 +4,7 @@ seed (or seed + k), its labels strike out the parts a cell leaves out; bad setti
 
 import numpy as np
 import pytest
-from conftest import max_diff
+from conftest import mask, max_diff, photo
 
 import latentgen
 from latentgen.plot import matrix
@@ -47,6 +47,14 @@ def test_the_cells_are_the_pipelines_images_of_each_combination(pipe):
     neg = matrix.matrix(pipe, "a cat", seed=3, negative=True, negative_prompt="blurry|dark", **kw)
     assert max_diff(neg.cells[1:], pipe.generate("a cat", negative_prompt="blurry, dark", seed=3, **kw)) == 0
     assert "Negative prompt: blurry, dark" in neg.cells[1].info["parameters"]
+
+
+def test_an_img2img_matrix_redraws_the_picture_with_each_combination(pipe):
+    kw = dict(seed=3, steps=2, guidance=5.0, strength=0.7)
+    p = matrix.matrix(pipe, "a cat|smiling", image=photo(), **kw)
+    assert max_diff(p.cells, [pipe.img2img(t, photo(), **kw)[0] for t in ("a cat", "a cat, smiling")]) == 0
+    p = matrix.matrix(pipe, "a cat|smiling", image=photo(), mask=mask(), **kw)
+    assert max_diff(p.cells[1:], pipe.inpaint("a cat, smiling", photo(), mask(), **kw)) == 0
 
 
 def test_bad_settings_are_refused_before_anything_draws(pipe, monkeypatch):

@@ -4,9 +4,9 @@ by A1111's txt2img index; every cell equals its own generate call; every cell is
 import numpy as np
 import pytest
 
-from conftest import max_diff
+from conftest import mask, max_diff, photo
 from latentgen import Hires
-from latentgen.plot import xyz
+from latentgen.plot import values, xyz
 
 
 @pytest.mark.parametrize("label, text, values", [
@@ -36,7 +36,7 @@ def test_from_a1111_script_args():
 
 
 def test_hires_upscaler_axes_name_model_files_by_stem(upscaler_folder):
-    index = xyz.A1111_TXT2IMG.index("Hires upscaler")
+    index = values.A1111_TXT2IMG.index("Hires upscaler")
     [a] = xyz.from_a1111([index, "", ["Latent", "2x-compact"]], upscalers_dir=upscaler_folder)
     assert a.values == ("Latent", str(upscaler_folder / "2x-compact.safetensors"))
     assert [xyz.label_of(a, v) for v in a.values] == ["Latent", "2x-compact"]
@@ -86,10 +86,39 @@ def test_size_lora_weight_and_hires_axes(fresh, lora_files):
 
 
 def test_axis_indices_are_a1111_1_10s():
-    """x_type indices as A1111 1.10 numbers its txt2img axes (script_args carry them)."""
+    """x_type indices as A1111 1.10 numbers its txt2img axes (script_args carry them), and its img2img axes: the
+    tab's own list, without the Hires axes, with Image CFG Scale and Cond. Image Mask Weight."""
     assert [xyz.axis(i, "1").label for i in (4, 6, 25)] == ["Steps", "CFG Scale", "Clip skip"]
     assert xyz.axis(26, "0.5").label == "Denoising" and xyz.axis(42, "64x64").values == ("64x64",)
-    assert xyz.A1111_TXT2IMG.index("Hires upscaler") == 29 and len(xyz.A1111_TXT2IMG) == 43
+    assert values.A1111_TXT2IMG.index("Hires upscaler") == 29 and len(values.A1111_TXT2IMG) == 43
+    assert [xyz.axis(i, "1", "img2img").label for i in (4, 5, 9, 24, 25)] == [
+        "Steps", "CFG Scale", "Sampler", "Clip skip", "Denoising"]
+    assert xyz.axis(41, "64x64", "img2img").label == "Size" and len(values.A1111_IMG2IMG) == 42
+    assert xyz.from_a1111([25, "0.3, 0.6", []], mode="img2img")[0] == xyz.Axis("Denoising", (0.3, 0.6))
+    with pytest.raises(ValueError, match="axis 'Hires upscaler' is a txt2img axis: img2img has no hires pass"):
+        xyz.from_a1111(["Hires upscaler", "Latent", []], mode="img2img")
+    with pytest.raises(ValueError, match="axis 'Image CFG Scale' is not one latentgen plots"):
+        xyz.axis(6, "1", "img2img")
+    with pytest.raises(ValueError, match=r"axis type 42 is not an A1111 img2img axis index \(0-41\)"):
+        xyz.axis(42, "1", "img2img")
+
+
+def test_an_img2img_plot_draws_from_the_picture_and_denoising_is_its_strength(pipe):
+    """On A1111's img2img tab the plot's cells are img2img (inpainting with a mask) calls; Denoising sets their
+    strength. The Hires axes are txt2img's, and Size does not apply to inpainting: both refused before drawing."""
+    kw = dict(seed=2, steps=3, guidance=4.0)
+    p = xyz.plot(pipe, "a red cat", [xyz.axis("Denoising", "0.4, 0.8")], image=photo(), strength=0.6, **kw)
+    want = [pipe.img2img("a red cat", photo(), strength=s, **kw)[0] for s in (0.4, 0.8)]
+    assert max_diff(p.cells, want) == 0 and p.labels[1] == ("Denoising: 0.8", "", "")
+    p = xyz.plot(pipe, "a red cat", [xyz.axis("Steps", "2, 3")], image=photo(), mask=mask(), strength=0.9,
+                 seed=2, guidance=4.0)
+    assert max_diff(p.cells[1:], pipe.inpaint("a red cat", photo(), mask(), strength=0.9, **kw)) == 0
+    for axis, message in ((xyz.axis("Hires steps", "2"), "Hires steps: img2img has no hires pass"),
+                          (xyz.axis("Denoising", "1.5"), r"Denoising=1.5 is invalid: use 0 to 1")):
+        with pytest.raises(ValueError, match=message):
+            xyz.plot(pipe, "a cat", [axis], image=photo(), **kw)
+    with pytest.raises(ValueError, match="Size: inpainting draws at the picture's own size"):
+        xyz.plot(pipe, "a cat", [xyz.axis("Size", "64x64")], image=photo(), mask=mask(), **kw)
 
 
 def test_checkpoint_name_draws_each_cell_with_its_model(pipe, tiny_folder, tiny_other):

@@ -117,7 +117,7 @@ def test_prompt_styles_of_the_styles_file_equal_the_python_api(api, served, ref)
     want = ref.generate(merged, negative_prompt="blurry", seed=4, steps=4, guidance=5, scheduler="euler_a")
     assert max_diff(r.images[0], want[0]) <= 1 and r.info["infotexts"][0] == want[0].info["parameters"]
     assert r.info["styles"] == ["on blue", "clean"] and r.parameters["prompt"] == "a red circle"  # echoed as sent
-    from latentgen.plot.xyz import A1111_TXT2IMG
+    from latentgen.plot.values import A1111_TXT2IMG
 
     sr = A1111_TXT2IMG.index("Prompt S/R")  # the X/Y/Z plot replaces in the prompts as written, then styles each cell
     plot = dict(prompt="a red circle", styles=["on blue"], seed=4, steps=2, cfg_scale=5, width=64, height=64,
@@ -211,6 +211,31 @@ def test_prompt_matrix_equals_the_python_api(api, served, ref):
                         ([False, False, "negative"], "422.*has no .*\\|"), ([], "422.*has 32 images; at most 16")]:
         with pytest.raises(RuntimeError, match=match):
             api.txt2img(prompt="x|a|b|c|d|e", script_name="Prompt matrix", script_args=args, steps=2)
+
+
+def test_img2img_plots_and_matrices_redraw_the_picture(api, ref):
+    """On img2img, A1111's X/Y/Z plot (by its img2img axis indices: Denoising is 25, its strength) and prompt matrix
+    draw from the first init image, and inpaint with a mask; each equals the Python API's plot of those calls."""
+    from latentgen.plot import matrix, xyz
+
+    start = ref.generate(PROMPT, seed=1, steps=4)[0]
+    kw = dict(seed=3, steps=3, cfg_scale=5, width=64, height=64, sampler_name="Euler a")
+    r = api.img2img(images=[start], prompt=PROMPT, denoising_strength=0.6, script_name="X/Y/Z plot",
+                    script_args=[25, "0.4, 0.8", [], 4, "2, 3", [], 0, "", [], True, True], **kw)
+    want = xyz.plot(ref, PROMPT, [xyz.axis("Denoising", "0.4, 0.8"), xyz.axis("Steps", "2, 3")], image=start,
+                    strength=0.6, seed=3, steps=3, guidance=5, width=64, height=64, scheduler="euler_a")
+    assert len(r.images) == 1 + 4 and max_diff(r.images[0], want.grid) <= 1
+    assert max(max_diff(a, b) for a, b in zip(r.images[1:], want.cells)) <= 1
+    assert "Denoising strength: 0.8" in r.info["infotexts"][2]
+    r = api.img2img(images=[green()], mask_image=square_mask(), inpainting_fill=1, mask_blur=2, inpaint_full_res=False,
+                    prompt="a square|red", denoising_strength=0.9, script_name="Prompt matrix",
+                    script_args=[False, False], **kw)
+    want = matrix.matrix(ref, "a square|red", image=green(), mask=square_mask(), fill="original", mask_blur=2,
+                         strength=0.9, seed=3, steps=3, guidance=5, scheduler="euler_a")
+    assert len(r.images) == 1 + 2 and max(max_diff(a, b) for a, b in zip(r.images, [want.grid, *want.cells])) <= 1
+    assert r.info["all_prompts"] == ["a square", "a square, red"]
+    with pytest.raises(RuntimeError, match="422.*axis .*Hires steps.* is a txt2img axis: img2img has no hires pass"):
+        api.img2img(images=[start], prompt="x", steps=2, script_name="X/Y/Z plot", script_args=["Hires steps", "2", []])
 
 
 def test_xyz_styles_prompt_order_and_schedule_type_equal_the_python_api(api, served, ref):
@@ -339,7 +364,7 @@ def test_poor_mans_outpainting_equals_the_python_api(api, ref):
     want = ref.outpaint(PROMPT, green(), left=16, bottom=16, mask_blur=2, fill="fill", strength=0.8, seed=3, steps=4,
                         guidance=4, scheduler="euler_a")
     assert r.images[0].size == (80, 80) and max_diff(r.images[0], want[0]) <= 1
-    assert requests.get(api.baseurl + "/scripts").json()["img2img"][0] == "poor man's outpainting"
+    assert "poor man's outpainting" in requests.get(api.baseurl + "/scripts").json()["img2img"]
     with pytest.raises(RuntimeError, match="is not a script this server runs"):
         api.img2img(images=[green()], prompt="x", steps=2, script_name="SD upscale", width=64, height=64)
 
@@ -355,7 +380,8 @@ def test_list_endpoints(api, served):
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
     assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],
-                                 "img2img": ["poor man's outpainting", "prompts from file or textbox"]}
+                                 "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting",
+                                             "prompts from file or textbox"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
     progress = api.get_progress()
