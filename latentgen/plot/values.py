@@ -1,6 +1,6 @@
-"""The values of A1111's X/Y/Z plot axes (``latentgen.plot.xyz``): its number syntax (``"1-5"``, ``"10-30 (+10)"``,
-``"1-10 [4]"``), and what a text value means: a sampler by name or A1111 label and its schedule type, a size
-``WxH``, a prompt's words in another order."""
+"""A1111's X/Y/Z plot axes (``latentgen.plot.xyz``) by their index on its txt2img and img2img tabs, and their
+values: its number syntax (``"1-5"``, ``"10-30 (+10)"``, ``"1-10 [4]"``), and what a text value means: a sampler by
+name or A1111 label and its schedule type, a size ``WxH``, a prompt's words in another order."""
 
 from __future__ import annotations
 

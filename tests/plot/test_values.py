@@ -38,3 +38,15 @@ def test_samplers_and_schedule_types_by_a1111_names():
 
 def test_a_styles_value_names_one_style_or_several():
     assert values.style_names("on blue") == ["on blue"] and values.style_names(" flat, blue ,") == ["flat", "blue"]
+
+
+def test_each_tab_numbers_the_axes_it_shows():
+    """A1111's img2img tab hides the Hires axes and shows Image CFG Scale and Cond. Image Mask Weight; txt2img the
+    reverse; the axes both show keep their order."""
+    assert values.a1111_label(5) == "Hires steps" and values.a1111_label(5, "img2img") == "CFG Scale"
+    assert values.a1111_label(6, "img2img") == "Image CFG Scale" and values.a1111_label(28, "img2img") == \
+        "Cond. Image Mask Weight"
+    shared = [a for a in values.A1111_AXES if not any(a in only for only in values.ONLY.values())]
+    assert [a for a in values.A1111_TXT2IMG if a in shared] == [a for a in values.A1111_IMG2IMG if a in shared] == shared
+    with pytest.raises(ValueError, match=r"axis type -1 is not an A1111 txt2img axis index \(0-42\)"):
+        values.a1111_label(-1)
