@@ -17,7 +17,7 @@ from ..canvas.resize import MODES as RESIZE_MODES  # light (PIL): the flags' cho
 from .args import (add_model_args, add_refiner_args, finite_float, load_model, load_refiner, lora_spec, positive_int,
                    scheduler_name, size_spec, styled_prompts)
 from .control import add_control_args, controls_from
-from .upscale import add_hires_args
+from .upscale import add_hires_args, add_sd_upscale_args, sd_upscale_call
 
 FILLS = ("fill", "original", "latent noise", "latent nothing")  # latentgen.canvas.fill
 
@@ -120,6 +120,8 @@ def cmd_img2img(args: argparse.Namespace) -> int:
 
     image = open_image(args.image, "--image")  # a missing or unreadable file fails before the model loads
     strength(args.strength)
+    if args.sd_upscale is not None:  # A1111's SD upscale: upscaled, then redrawn in tiles
+        return _render(args, sd_upscale_call(args, image))
     return _render(args, lambda pipe, **kw: pipe.img2img(args.prompt, image, strength=args.strength,
                                                          max_pixels=args.max_pixels, width=args.width,
                                                          height=args.height, resize_mode=args.resize_mode, **kw))
@@ -201,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("--height", type=positive_int, default=None, help="draw at this height (default: the image's)")
     ii.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize",
                     help="how an image of another shape fits --width x --height (A1111's resize modes)")
+    add_sd_upscale_args(ii)
     add_model_args(ii)
     ii.set_defaults(func=cmd_img2img)
     ip = sub.add_parser("inpaint", help="repaint the white part of a mask")

@@ -1,10 +1,12 @@
 """``latentgen upscale`` (a picture to a larger size with a pixel upscaler or an ESRGAN-family model file, A1111's
-Extras tab) and the hires-fix flags of ``latentgen generate`` (``--hires``, ``--hires-*``: ``latentgen.Hires``).
+Extras tab), the hires-fix flags of ``latentgen generate`` (``--hires``, ``--hires-*``: ``latentgen.Hires``) and
+``latentgen img2img --sd-upscale`` (A1111's SD upscale script: ``latentgen.upscale.sd_upscale``).
 Model files are given by path, or by stem from the folder in $LATENTGEN_UPSCALERS.
 
     latentgen upscale photo.png --scale 2 --upscaler Lanczos -o big.png
     latentgen upscale photo.png --scale 4 --upscaler models/ESRGAN/4x-UltraSharp.pth -o big.png
     latentgen generate "a red circle" --width 64 --height 64 --hires-scale 2 --hires-strength 0.55 -o hr.png
+    latentgen img2img "a red circle" --image small.png --sd-upscale 2 --strength 0.3 -o big.png   # A1111's SD upscale
 """
 
 from __future__ import annotations
@@ -36,6 +38,26 @@ def add_hires_args(p: argparse.ArgumentParser) -> None:
     h.add_argument("--hires-model", default=None, metavar="FOLDER|FILE",
                    help="another model of the same family draws the second pass (A1111's hr_checkpoint_name); "
                         "--lora, --embedding and --vae apply to it too")
+
+
+def add_sd_upscale_args(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("SD upscale", "upscale the picture, then redraw it in overlapping tiles of --width x "
+                                           "--height (the model's size by default): A1111's SD upscale script")
+    s.add_argument("--sd-upscale", type=finite_float, default=None, metavar="SCALE",
+                   help="times the picture's size (A1111's Scale Factor); turns it on")
+    s.add_argument("--sd-upscaler", default="Lanczos", help="Lanczos (default), Nearest, None (no upscale), or an "
+                                                            "upscaler model file (path, or stem in $LATENTGEN_UPSCALERS)")
+    s.add_argument("--tile-overlap", type=int, default=64, help="pixels neighbouring tiles share (A1111's 64)")
+
+
+def sd_upscale_call(args: argparse.Namespace, image):
+    """``latentgen img2img --sd-upscale``'s call for ``_render`` (its upscaler checked now, before the model loads)."""
+    from ..upscale import sd_upscale, upscalers
+
+    upscalers.check(args.sd_upscaler, "--sd-upscaler")
+    return lambda pipe, **kw: sd_upscale.sd_upscale(
+        pipe, args.prompt, image, scale=args.sd_upscale, upscaler=args.sd_upscaler, overlap=args.tile_overlap,
+        width=args.width, height=args.height, strength=args.strength, max_pixels=args.max_pixels, **kw)
 
 
 def hires_from(args: argparse.Namespace):

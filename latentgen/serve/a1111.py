@@ -229,8 +229,8 @@ def _control(req: CommonFields, plan: Task, controlnets, limits, fallback=None) 
     """The request's ControlNet units (``alwayson_scripts.controlnet``), refused where the call cannot take them."""
     units = controlnet_api.units_from(req.alwayson_scripts, controlnets=controlnets or controlnet_api.ControlNets(),
                                       fallback=fallback, max_pixels=limits.max_pixels, hires=plan.hires is not None)
-    if units and plan.script and "outpaint" in plan.script:
-        raise _refuse("script_name", req.script_name, "outpainting takes no ControlNet here")
+    if units and plan.script and {"outpaint", "sd_upscale"} & set(plan.script):
+        raise _refuse("script_name", req.script_name, "it takes no ControlNet here")
     return units
 
 

@@ -1,6 +1,7 @@
 """A1111's everyday workflow fields over latentgen, checked in the request's thread: the hires fix (txt2img's
 ``enable_hr`` and ``hr_*``), masked content (img2img's ``inpainting_fill``), resize modes (``resize_mode``) and the
-scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" (img2img),
+scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" and "SD upscale"
+(img2img; ``latentgen.upscale.sd_upscale``),
 "X/Y/Z plot" (``latentgen.plot.xyz``) and "Prompt matrix" (``latentgen.plot.matrix``), on txt2img and img2img. Facts
 from A1111's ``modules/processing.py`` and ``scripts/``."""
 
@@ -14,7 +15,7 @@ from .errors import ApiError
 from .settings import sampler_key, whole_in
 
 SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],  # (the last: prompt_file)
-           "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting",
+           "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting", "sd upscale",
                        "prompts from file or textbox"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
@@ -132,6 +133,8 @@ def script(req, mode: str, folder=None, models=None, styles=None, vaes=None, lim
                             f"{', '.join(map(repr, SCRIPTS[mode]))} (GET /sdapi/v1/scripts).")
     if name == "poor man's outpainting":
         return outpainting(req)
+    if name == "sd upscale":
+        return sd_upscale(req, folder, limits)
     if name == "prompt matrix":
         return prompt_matrix(req, limits)
     from latentgen.plot.xyz import check_replacements, from_a1111
@@ -210,3 +213,39 @@ def outpainting(req) -> dict:
     sides = {DIRECTIONS[d]: int(pixels) for d in directions}
     return {"outpaint": sides, "mask_blur": blur, "fill": masked.mode(fill_index)}
 
+
+
+def sd_upscale(req, folder, limits) -> dict:
+    """A1111's "SD upscale" arguments: [info, overlap, upscaler_index, scale_factor] (its defaults 64, 0 and 2); the
+    upscaler by its index in GET /sdapi/v1/upscalers (A1111's sd_upscalers: None, Lanczos, Nearest, then the model
+    files) or by name; the first init image as sent (the tiles are the drawing size)."""
+    from latentgen.upscale import upscalers
+    from latentgen.upscale.sd_upscale import fitted
+
+    from .codec import decode_image
+
+    if req.mask:
+        raise ApiError(422, "script_name='SD upscale' redraws the whole picture: send no mask.")
+    args = list(req.script_args) + [None] * 4
+    overlap = 64 if args[1] is None else int(args[1]) if isinstance(args[1], float) and args[1].is_integer() else args[1]
+    overlap = whole_in("script_args[1] (tile overlap)", overlap, 0, 256, "use 0 to 256 pixels")
+    scale = checks.number("script_args[3] (scale factor)", 2 if args[3] is None else args[3], minimum=1, maximum=8,
+                          fix="use 1 to 8, such as 2")
+    names = [*upscalers.PIXEL, *upscalers.model_files(folder)]
+    pick = args[2] or 0
+    if isinstance(pick, int) and not isinstance(pick, bool):
+        if not 0 <= pick < len(names):
+            raise ApiError(422, f"script_args[2] (upscaler) {pick} is not an upscaler's index: send 0 to "
+                                f"{len(names) - 1} (GET /sdapi/v1/upscalers) or a name.")
+        pick = names[pick]
+    try:
+        upscaler = upscalers.check(pick, "script_args[2] (upscaler)", folder)
+    except (ValueError, TypeError) as e:
+        raise ApiError(422, f"{e} (GET /sdapi/v1/upscalers)") from None
+    image = decode_image(req.init_images[0], "init_images[0]", limits.max_pixels)
+    try:  # the tiles are the request's size, the picture's own when it gives none
+        fitted(image.size, scale, upscaler, (req.width or image.width, req.height or image.height), overlap,
+               limits.max_pixels)
+    except ValueError as e:
+        raise ApiError(422, f"script_name='SD upscale': {e}") from None
+    return {"sd_upscale": dict(scale=scale, upscaler=upscaler, overlap=overlap, image=image.convert("RGB"))}

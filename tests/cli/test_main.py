@@ -382,6 +382,22 @@ def test_grid_plots_and_matrices_draw_from_a_picture(tiny_folder, tmp_path, caps
         assert re.search(message, capsys.readouterr().err) and not (tmp_path / "n.png").exists()
 
 
+def test_img2img_sd_upscale_redraws_the_upscaled_picture_in_tiles(tiny_folder, tmp_path, capsys):
+    import latentgen
+    from latentgen.upscale import sd_upscale
+
+    _photo(48).save(tmp_path / "in.png")
+    args = ["img2img", "a cat", "--image", tmp_path / "in.png", "--sd-upscale", 2, "--tile-overlap", 16, "--width", 64,
+            "--height", 64, "--steps", 2]
+    assert run(*args, "--model", tiny_folder, "-o", tmp_path / "u.png") == 0
+    want = sd_upscale.sd_upscale(latentgen.load(tiny_folder), "a cat", _photo(48), overlap=16, width=64, height=64,
+                                 steps=2)
+    assert max_diff([Image.open(tmp_path / "u.png")], want) == 0 and want[0].size == (96, 96)
+    assert "SD upscale upscaler: Lanczos" in read_parameters(tmp_path / "u.png")
+    assert run(*args, "--sd-upscaler", "4x-nope", "--model", "/nowhere", "-o", tmp_path / "n.png") == 2
+    assert "--sd-upscaler='4x-nope' is not an upscaler here" in capsys.readouterr().err  # before the model loads
+
+
 def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):
     import latentgen
     from latentgen.upscale import upscalers

@@ -366,7 +366,30 @@ def test_poor_mans_outpainting_equals_the_python_api(api, ref):
     assert r.images[0].size == (80, 80) and max_diff(r.images[0], want[0]) <= 1
     assert "poor man's outpainting" in requests.get(api.baseurl + "/scripts").json()["img2img"]
     with pytest.raises(RuntimeError, match="is not a script this server runs"):
-        api.img2img(images=[green()], prompt="x", steps=2, script_name="SD upscale", width=64, height=64)
+        api.img2img(images=[green()], prompt="x", steps=2, script_name="Outpainting mk2", width=64, height=64)
+
+
+def test_sd_upscale_equals_the_python_api(api, ref):
+    """A1111's "SD upscale" img2img script ([info, overlap, upscaler index, scale]): n_iter pictures, each the first
+    init image upscaled and redrawn in tiles of the request's size; a script it cannot honour is a 422."""
+    from latentgen.upscale import sd_upscale
+
+    start = ref.generate(PROMPT, seed=1, steps=4)[0]
+    kw = dict(prompt=PROMPT, seed=3, steps=3, cfg_scale=4, denoising_strength=0.4, width=64, height=64,
+              sampler_name="Euler a", script_name="SD upscale")
+    r = api.img2img(images=[start], script_args=[None, 16, 1, 2], n_iter=2, **kw)  # upscaler 1: Lanczos
+    want = sd_upscale.sd_upscale(ref, PROMPT, start, scale=2, upscaler="Lanczos", overlap=16, width=64, height=64,
+                                 strength=0.4, seed=3, steps=3, guidance=4, scheduler="euler_a", num_images=2)
+    assert [im.size for im in r.images] == [(128, 128)] * 2 and max(max_diff(a, b) for a, b in zip(r.images, want)) <= 1
+    assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos" in r.info["infotexts"][0]
+    assert r.info["all_seeds"] == [3, 4]
+    for args, extra, match in [([None, 16, 99, 2], {}, r"script_args\[2\] \(upscaler\) 99 is not an upscaler.*s index"),
+                               ([None, 300, 1, 2], {}, r"script_args\[1\] \(tile overlap\)=300 is invalid"),
+                               ([None, 16, "4x-nope", 2], {}, r"4x-nope.* is not an upscaler here"),
+                               ([None, 16, 1, 2], {"mask_image": square_mask()}, r"redraws the whole picture: send no mask"),
+                               ([None, 64, 0, 2], {}, r"tiles of 64x64 with overlap=64 do not fit the upscaled picture")]:
+        with pytest.raises(RuntimeError, match="422.*" + match):
+            api.img2img(images=[start], script_args=args, **kw, **extra)
 
 
 def test_list_endpoints(api, served):
@@ -380,7 +403,7 @@ def test_list_endpoints(api, served):
                                                          "shape": 64, "vectors": 2}}, "skipped": {}}
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
     assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],
-                                 "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting",
+                                 "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting", "sd upscale",
                                              "prompts from file or textbox"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
