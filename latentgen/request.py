@@ -77,6 +77,16 @@ class Watch:
             raise
 
 
+def overall(watch: Watch, index: int, count: int) -> Callback | None:
+    """The callback of call ``index`` of ``count`` like it (tiles, loops): each step counted as the fraction of all the
+    calls done, (index * total + done) of count * total, through ``watch`` (None when it has no callback)."""
+    if watch.callback is None:
+        return None
+    if takes_denoised(watch.callback):
+        return lambda done, total, latents, x0: watch.callback(index * total + done, count * total, latents, x0)
+    return lambda done, total, latents: watch.callback(index * total + done, count * total, latents)
+
+
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 MAX_GUIDANCE = 100.0  # the largest CFG scale taken (ComfyUI's bound; A1111's slider stops at 30, usual is 4-12)
 
@@ -287,13 +297,3 @@ def strength(value) -> float:
                          fix="use a number in [0, 1] (0 keeps the image, 1 repaints it from pure noise), "
                              "such as strength=0.6")
 
-
-def inpaint_options(defaults: Defaults, mask_blur, latent_mask: str, variant: str) -> float:
-    """``Pipeline.inpaint``'s own options, checked; returns the mask blur (None: the model's ``defaults``)."""
-    checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
-    checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
-    if mask_blur is None:  # the model's own; a bad one is named as the model's setting
-        mask_blur = checks.number("defaults.mask_blur", defaults.mask_blur, minimum=0,
-                                  fix="set mask_blur >= 0 in the model's latentgen.json or preset")
-    checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
-    return mask_blur  # as given: the PNG says "Mask blur: 4", not 4.0

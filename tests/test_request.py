@@ -117,3 +117,13 @@ def test_watch_passes_the_callbacks_arguments_and_notes_a_stop():
     assert takes_denoised(four.callback)
     four.callback(1, 1, None, "x0")
     assert seen[-1] == "x0" and not four.stopped and Watch(None).callback is None
+
+
+def test_overall_counts_a_calls_steps_among_the_calls_like_it():
+    from latentgen import request
+
+    seen = []
+    request.overall(request.Watch(lambda done, total, latents: seen.append((done, total))), 2, 4)(3, 10, None)
+    assert seen == [(23, 40)]  # call 3 of 4, step 3 of 10: 23 of 40 steps
+    request.overall(request.Watch(lambda done, total, latents, x0: seen.append(x0)), 0, 2)(1, 5, None, "x0")
+    assert seen[-1] == "x0" and request.overall(request.Watch(None), 0, 1) is None

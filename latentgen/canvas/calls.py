@@ -11,9 +11,10 @@ from functools import partial
 from PIL import Image
 
 from .. import images as im
-from .. import request, starts
+from .. import checks, request, starts
 from ..control import units as controls
 from ..models import components
+from ..models.presets import Defaults
 from ..request import Callback
 from ..text import prompts
 from ..vae import tiny
@@ -90,7 +91,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
         for the end of the noise schedule (with a 4-channel U-Net; the known part put back at its steps too).
         size_cond, tiling: SDXL's size conditioning (``latentgen.SizeCond``) and A1111's Tiling, as in ``generate``.
     """
-    mask_blur, fill = request.inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
+    mask_blur, fill = _inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
     tiny.check_encoder(self.vae, "inpaint")
     f = self.vae_scale_factor
     inp = im.inpaint_input(image, mask, only_masked=only_masked, padding=padding, f=f,
@@ -134,8 +135,19 @@ def outpaint(self, prompt, image, *, left: int = 0, right: int = 0, top: int = 0
     (seed, steps, guidance, negative_prompt, num_images, scheduler, ...) as in ``inpaint``."""
     from .outpaint import extend
 
-    mask_blur = request.inpaint_options(self.defaults, mask_blur, options.get("latent_mask", "coverage"),
+    mask_blur = _inpaint_options(self.defaults, mask_blur, options.get("latent_mask", "coverage"),
                                         options.get("variant", "auto"))
     src, _ = im.load_rgb(image, "image", options.get("max_pixels") or self.limits.max_input_pixels)
     canvas, mask = extend(src, left=left, right=right, top=top, bottom=bottom, overlap=int(2 * mask_blur))
     return self.inpaint(prompt, canvas, mask, fill=fill, strength=strength, mask_blur=mask_blur, **options)
+
+
+def _inpaint_options(defaults: Defaults, mask_blur, latent_mask: str, variant: str) -> float:
+    """``Pipeline.inpaint``'s own options, checked; returns the mask blur (None: the model's ``defaults``)."""
+    checks.choice("latent_mask", latent_mask, ("coverage", "nearest"), "use 'coverage' (default) or 'nearest'")
+    checks.choice("variant", variant, ("auto", "blend"), "use 'auto' (default) or 'blend'")
+    if mask_blur is None:  # the model's own; a bad one is named as the model's setting
+        mask_blur = checks.number("defaults.mask_blur", defaults.mask_blur, minimum=0,
+                                  fix="set mask_blur >= 0 in the model's latentgen.json or preset")
+    checks.number("mask_blur", mask_blur, minimum=0, fix="use a radius in pixels >= 0, such as 4")
+    return mask_blur  # as given: the PNG says "Mask blur: 4", not 4.0

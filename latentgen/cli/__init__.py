@@ -17,6 +17,7 @@ from ..canvas.resize import MODES as RESIZE_MODES  # light (PIL): the flags' cho
 from .args import (add_model_args, add_refiner_args, finite_float, load_model, load_refiner, lora_spec, positive_int,
                    scheduler_name, size_spec, styled_prompts)
 from .control import add_control_args, controls_from
+from .loopback import add_loopback_args, loopback_call
 from .upscale import add_hires_args, add_sd_upscale_args, sd_upscale_call
 
 FILLS = ("fill", "original", "latent noise", "latent nothing")  # latentgen.canvas.fill
@@ -120,8 +121,10 @@ def cmd_img2img(args: argparse.Namespace) -> int:
 
     image = open_image(args.image, "--image")  # a missing or unreadable file fails before the model loads
     strength(args.strength)
-    if args.sd_upscale is not None:  # A1111's SD upscale: upscaled, then redrawn in tiles
-        return _render(args, sd_upscale_call(args, image))
+    if args.sd_upscale is not None or args.loopback is not None:  # A1111's SD upscale, Loopback
+        if args.sd_upscale is not None and args.loopback is not None:
+            raise ValueError("--sd-upscale and --loopback are two scripts: give one.")
+        return _render(args, sd_upscale_call(args, image) if args.sd_upscale is not None else loopback_call(args, image))
     return _render(args, lambda pipe, **kw: pipe.img2img(args.prompt, image, strength=args.strength,
                                                          max_pixels=args.max_pixels, width=args.width,
                                                          height=args.height, resize_mode=args.resize_mode, **kw))
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     ii.add_argument("--resize-mode", choices=RESIZE_MODES, default="just resize",
                     help="how an image of another shape fits --width x --height (A1111's resize modes)")
     add_sd_upscale_args(ii)
+    add_loopback_args(ii)
     add_model_args(ii)
     ii.set_defaults(func=cmd_img2img)
     ip = sub.add_parser("inpaint", help="repaint the white part of a mask")

@@ -94,16 +94,6 @@ def _matrix(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list
     return [p.grid] + p.cells, [label[0] for label in p.labels]
 
 
-def _sd_upscale(pipe, plan, common: dict, callback) -> list[Image.Image]:
-    """A1111's SD upscale: the first init image upscaled, then redrawn in tiles of the request's size."""
-    from latentgen.upscale.sd_upscale import sd_upscale
-
-    options = dict(plan.script["sd_upscale"])
-    return sd_upscale(pipe, plan.prompt, options.pop("image"), **options, seed=plan.seed, num_images=plan.n_iter,
-                      batch=plan.batch_size, strength=plan.strength, callback=callback, variation=plan.variation,
-                      **common)
-
-
 def execute(plan, ctx, *, limits, outputs=None, vaes=None) -> tuple[list[Image.Image], dict]:
     """Run ``plan`` on its model; returns the images and A1111's info dict. Interrupted: what is done. ``vaes``: the
     ``catalog.Vaes`` that ``plan.vae`` names a file of."""
@@ -192,9 +182,10 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
     if plan.script and "matrix" in plan.script:  # the prompt matrix: one call per cell, the grid first
         calls, (images, prompts) = [], _matrix(pipe, plan, common, ctx.callback(0, 1))
         seeds = [plan.seed + (i if plan.script["matrix"]["different_seeds"] else 0) for i in range(len(prompts))]
-    if plan.script and "sd_upscale" in plan.script:  # SD upscale: n_iter pictures, each upscaled and redrawn in tiles
-        calls, images = [], _sd_upscale(pipe, plan, common, ctx.callback(0, 1))
-        seeds = [plan.seed + n for n in range(len(images))]
+    if plan.script and {"sd_upscale", "loopback"} & set(plan.script):  # A1111's SD upscale, Loopback
+        from .img2img_scripts import run
+
+        calls, (images, seeds) = [], run(pipe, plan, common, ctx.callback(0, 1))
     for i, (seed, n) in enumerate(calls):
         try:
             ctx.check(f"before call {i + 1}/{len(calls)}")
@@ -206,7 +197,8 @@ def _execute(plan, ctx, pipe, *, limits, outputs) -> tuple[list[Image.Image], di
     if outputs is not None and plan.save:
         outputs.save(images, plan.mode, seeds if "matrix" not in (plan.script or {}) else [plan.seed] + seeds)
     info = _info(plan, pipe, images, dict(width=width, height=height, cfg_scale=cfg, steps=steps),
-                 ctx.worker.progress.job_timestamp, sampler, seeds if calls or "matrix" in (plan.script or {}) else None)
+                 ctx.worker.progress.job_timestamp, sampler,
+                 seeds if calls or {"matrix", "sd_upscale", "loopback"} & set(plan.script or {}) else None)
     if "matrix" in (plan.script or {}):  # A1111's: the cells' prompts and seeds, the grid first among the images
         side = "all_negative_prompts" if plan.script["matrix"]["negative"] else "all_prompts"
         info.update({side: prompts, "index_of_first_image": 1})

@@ -1,7 +1,7 @@
 """A1111's everyday workflow fields over latentgen, checked in the request's thread: the hires fix (txt2img's
 ``enable_hr`` and ``hr_*``), masked content (img2img's ``inpainting_fill``), resize modes (``resize_mode``) and the
-scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting" and "SD upscale"
-(img2img; ``latentgen.upscale.sd_upscale``),
+scripts this server runs through ``script_name`` / ``script_args``: "Poor man's outpainting", "SD upscale"
+(``latentgen.upscale.sd_upscale``) and "Loopback" (``latentgen.canvas.loopback``) on img2img,
 "X/Y/Z plot" (``latentgen.plot.xyz``) and "Prompt matrix" (``latentgen.plot.matrix``), on txt2img and img2img. Facts
 from A1111's ``modules/processing.py`` and ``scripts/``."""
 
@@ -15,7 +15,7 @@ from .errors import ApiError
 from .settings import sampler_key, whole_in
 
 SCRIPTS = {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],  # (the last: prompt_file)
-           "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting", "sd upscale",
+           "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting", "sd upscale", "loopback",
                        "prompts from file or textbox"]}  # GET /sdapi/v1/scripts
 API_HIRES_STRENGTH = 0.75  # A1111's API default denoising_strength of the hires pass (its web page's: 0.7)
 DIRECTIONS = {"left": "left", "right": "right", "up": "top", "down": "bottom"}
@@ -135,6 +135,8 @@ def script(req, mode: str, folder=None, models=None, styles=None, vaes=None, lim
         return outpainting(req)
     if name == "sd upscale":
         return sd_upscale(req, folder, limits)
+    if name == "loopback":
+        return loopback(req)
     if name == "prompt matrix":
         return prompt_matrix(req, limits)
     from latentgen.plot.xyz import check_replacements, from_a1111
@@ -249,3 +251,25 @@ def sd_upscale(req, folder, limits) -> dict:
     except ValueError as e:
         raise ApiError(422, f"script_name='SD upscale': {e}") from None
     return {"sd_upscale": dict(scale=scale, upscaler=upscaler, overlap=overlap, image=image.convert("RGB"))}
+
+
+def loopback(req) -> dict:
+    """A1111's "Loopback" arguments (1.2 on): [loops, final_denoising_strength, denoising_curve,
+    append_interrogation], its defaults 4, 0.5, "Linear", "None"; interrogation (CLIP, DeepBooru) is refused."""
+    from latentgen.canvas.loopback import strengths
+
+    args = list(req.script_args) + [None] * 4
+    if len(req.script_args) == 3 and args[2] in ("None", "CLIP", "DeepBooru"):
+        raise ApiError(422, "script_args of Loopback: [loops, change factor, interrogation] are A1111 1.0-1.1's; send "
+                            "[loops, final_denoising_strength, denoising_curve, append_interrogation] (1.2 on).")
+    loops = 4 if args[0] is None else int(args[0]) if isinstance(args[0], float) and args[0].is_integer() else args[0]
+    final, curve = 0.5 if args[1] is None else args[1], args[2] or "Linear"
+    if (args[3] or "None") != "None":
+        raise ApiError(422, f"script_args[3] (append interrogated prompt) {args[3]!r} is not supported by latentgen: "
+                            f"there is no interrogator; send 'None'.")
+    whole_in("script_args[0] (loops)", loops, 1, 32, "use 1 to 32")
+    try:
+        strengths(loops, req.denoising_strength, final, curve)
+    except ValueError as e:
+        raise ApiError(422, f"script_args of Loopback: {e}") from None
+    return {"loopback": dict(loops=loops, final_strength=final, curve=curve)}

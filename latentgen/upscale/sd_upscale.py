@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .. import checks
-from ..request import Watch, takes_denoised
+from ..request import Watch, overall
 from . import upscalers
 
 
@@ -109,7 +109,7 @@ def sd_upscale(pipe, prompt: str, image, *, scale: float = 2.0, upscaler: str = 
             piece = big.crop((x, y, x + tile[0], y + tile[1]))
             if not watch.stopped:
                 piece = pipe.img2img(prompt, piece, strength=strength, seed=seed + n + k // batch + k % batch,
-                                     callback=_overall(watch, n * n_tiles + k, num_images * n_tiles), **call)[0]
+                                     callback=overall(watch, n * n_tiles + k, num_images * n_tiles), **call)[0]
                 first = piece.info.get("parameters", "") if first is None else first
             drawn.append(piece)
         picture = combine([drawn[r * len(xs):(r + 1) * len(xs)] for r in range(len(ys))], xs, ys, size, overlap)
@@ -120,11 +120,3 @@ def sd_upscale(pipe, prompt: str, image, *, scale: float = 2.0, upscaler: str = 
             break
     return out
 
-
-def _overall(watch: Watch, index: int, count: int):
-    """Tile ``index``'s callback: its steps counted on from the tiles before it, out of all ``count`` tiles' steps."""
-    if watch.callback is None:
-        return None
-    if takes_denoised(watch.callback):
-        return lambda done, total, latents, x0: watch.callback(index * total + done, count * total, latents, x0)
-    return lambda done, total, latents: watch.callback(index * total + done, count * total, latents)

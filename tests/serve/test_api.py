@@ -369,29 +369,6 @@ def test_poor_mans_outpainting_equals_the_python_api(api, ref):
         api.img2img(images=[green()], prompt="x", steps=2, script_name="Outpainting mk2", width=64, height=64)
 
 
-def test_sd_upscale_equals_the_python_api(api, ref):
-    """A1111's "SD upscale" img2img script ([info, overlap, upscaler index, scale]): n_iter pictures, each the first
-    init image upscaled and redrawn in tiles of the request's size; a script it cannot honour is a 422."""
-    from latentgen.upscale import sd_upscale
-
-    start = ref.generate(PROMPT, seed=1, steps=4)[0]
-    kw = dict(prompt=PROMPT, seed=3, steps=3, cfg_scale=4, denoising_strength=0.4, width=64, height=64,
-              sampler_name="Euler a", script_name="SD upscale")
-    r = api.img2img(images=[start], script_args=[None, 16, 1, 2], n_iter=2, **kw)  # upscaler 1: Lanczos
-    want = sd_upscale.sd_upscale(ref, PROMPT, start, scale=2, upscaler="Lanczos", overlap=16, width=64, height=64,
-                                 strength=0.4, seed=3, steps=3, guidance=4, scheduler="euler_a", num_images=2)
-    assert [im.size for im in r.images] == [(128, 128)] * 2 and max(max_diff(a, b) for a, b in zip(r.images, want)) <= 1
-    assert "SD upscale overlap: 16, SD upscale upscaler: Lanczos" in r.info["infotexts"][0]
-    assert r.info["all_seeds"] == [3, 4]
-    for args, extra, match in [([None, 16, 99, 2], {}, r"script_args\[2\] \(upscaler\) 99 is not an upscaler.*s index"),
-                               ([None, 300, 1, 2], {}, r"script_args\[1\] \(tile overlap\)=300 is invalid"),
-                               ([None, 16, "4x-nope", 2], {}, r"4x-nope.* is not an upscaler here"),
-                               ([None, 16, 1, 2], {"mask_image": square_mask()}, r"redraws the whole picture: send no mask"),
-                               ([None, 64, 0, 2], {}, r"tiles of 64x64 with overlap=64 do not fit the upscaled picture")]:
-        with pytest.raises(RuntimeError, match="422.*" + match):
-            api.img2img(images=[start], script_args=args, **kw, **extra)
-
-
 def test_list_endpoints(api, served):
     samplers = {s["name"]: s for s in api.get_samplers()}
     assert {"Euler a", "DPM++ 2M Karras", "DDIM"} <= set(samplers)
