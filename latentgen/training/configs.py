@@ -114,6 +114,8 @@ class LoraOptions:
     sample_prompts: Path | None = option(None, "kohya's sample prompt file (.txt lines as --validation-prompt's, "
                                                ".json or .toml), drawn with the validation prompts")
     sample_at_first: bool = option(False, "also draw the sample prompts before the first step (kohya's)")
+    sample_sampler: str | None = option(None, "the sampler of the sample prompts that name none (kohya's "
+                                              "--sample_sampler: its names or latentgen's; default: the model's)")
     kohya: bool = option(False, "also write <name>.kohya.safetensors (kohya/A1111 layout)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
@@ -146,6 +148,7 @@ class LoraOptions:
         if len(every) > 1:
             raise ValueError("give validate_every=N steps or validate_every_epochs=N epochs, not both.")
         found = samples.gather(self.validation_prompts, self.sample_prompts)
+        self.sample_sampler = samples.sampler_name(self.sample_sampler)  # kohya's name -> latentgen's
         if found and not every and not self.sample_at_first:
             raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
                              "to draw them every N steps, validate_every_epochs=N, or sample_at_first=True.")

@@ -144,7 +144,12 @@ def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
     """The sample prompts, drawn with ``sample`` (``fit``'s) under their own settings, checked against the model
     before any training work."""
     if found := samples.gather(cfg.validation_prompts, cfg.sample_prompts):
-        samples.check(pipeline_of(c), found, cfg.seed, **(sample or {}))
+        samples.check(pipeline_of(c), found, cfg.seed, **sample_defaults(cfg, sample))
+
+
+def sample_defaults(cfg: LoraOptions, sample: dict | None) -> dict:
+    """How the sample prompts draw what they do not say: the trainer's ``sample`` under ``sample_sampler``."""
+    return {**(sample or {}), **({"scheduler": cfg.sample_sampler} if cfg.sample_sampler else {})}
 
 
 def pipeline_of(c):
@@ -181,7 +186,8 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
     ``sample``: how the validation grids are drawn (``Pipeline.generate``'s scheduler, steps, guidance).
     ``started``: ``time.perf_counter()`` when the run began, so the header counts its setup too."""
     settings = train.config_dict(cfg, skip=("out", "resume", "save_every", "validate_every", "validation_prompts",
-                                            "sample_prompts", "sample_at_first", "validate_every_epochs"))
+                                            "sample_prompts", "sample_at_first", "validate_every_epochs",
+                                            "sample_sampler"))
     world, out = acc.num_processes, Path(cfg.out)
     meta = {**meta, "latentgen_training": json.dumps({**settings, "steps": steps, "processes": world})}
     setup = time.perf_counter() - started  # loading, prior images, latent cache
@@ -197,7 +203,7 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
 
     def draw(step):  # the sample images, when the settings say (``LoraOptions.sample_step``)
         if found and cfg.sample_step(step, cfg.batch * cfg.grad_accum * world, len(pairs)):
-            samples.draw(pipeline_of(c), found, out, step, cfg.seed, cfg.name, **(sample or {}))
+            samples.draw(pipeline_of(c), found, out, step, cfg.seed, cfg.name, **sample_defaults(cfg, sample))
 
     if acc.is_main_process and not (out / "samples" / "step-0000000.png").is_file():
         draw(0)

@@ -91,7 +91,7 @@ def from_dict(d: dict, where: str) -> Sample:
     try:
         return Sample(prompt.strip(), where, negative, _size("width", d), _size("height", d),
                       _number("seed", d, int, 0), _number("scale", d, float, 0), _number("sample_steps", d, int, 1),
-                      _sampler(d.get("sample_sampler")))
+                      sampler_name(d.get("sample_sampler")))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -117,7 +117,7 @@ def _size(key: str, d: dict) -> int | None:
     return value
 
 
-def _sampler(name) -> str | None:
+def sampler_name(name) -> str | None:
     """kohya's sampler name as latentgen's (its own names are taken too)."""
     if name is None:
         return None

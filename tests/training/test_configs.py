@@ -36,6 +36,8 @@ def test_the_settings_module_imports_no_torch():
      r"sample_prompts='.*p.txt' does not exist"),
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2, validation_prompts=["a --w 9"]),
      r"validation prompt 1: width=9 is invalid: use a multiple of 8"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2, validation_prompts=["a"],
+                                       sample_sampler="k_heun_a"), r"sample_sampler='k_heun_a' is unknown"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, num_ddim_timesteps=48),
      r"num_ddim_timesteps=48 is invalid: it must divide the model's 1000 training timesteps"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, w_min=8.0, w_max=4.0),
