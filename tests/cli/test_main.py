@@ -398,6 +398,24 @@ def test_img2img_sd_upscale_redraws_the_upscaled_picture_in_tiles(tiny_folder, t
     assert "--sd-upscaler='4x-nope' is not an upscaler here" in capsys.readouterr().err  # before the model loads
 
 
+def test_img2img_loopback_writes_each_pictures_last_loop(tiny_folder, tmp_path, capsys):
+    _photo(64).save(tmp_path / "in.png")
+    args = ["img2img", "a cat", "--image", tmp_path / "in.png", "--strength", 0.8, "--loopback", 3, "--final-strength",
+            0.4, "--curve", "Lazy", "--steps", 3, "--num-images", 2]
+    assert run(*args, "--model", tiny_folder, "-o", tmp_path / "l.png") == 0
+    import latentgen
+    from latentgen.canvas.loopback import loopback
+
+    want = loopback(latentgen.load(tiny_folder), "a cat", _photo(64), loops=3, final_strength=0.4, curve="Lazy",
+                    strength=0.8, steps=3, num_images=2)
+    for path, loops in zip((tmp_path / "l-0.png", tmp_path / "l-1.png"), want):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(loops[-1])), path
+    for extra, message in [(["--loopback", 0], "loops=0 is invalid"), (["--final-strength", 2], "final_strength=2.0"),
+                           (["--sd-upscale", 2], "--sd-upscale and --loopback are two scripts")]:
+        assert run(*args, *extra, "--model", "/nowhere", "-o", tmp_path / "n.png") == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "n.png").exists()
+
+
 def test_upscaler_model_files_by_path_or_stem(tiny_folder, upscaler_folder, tmp_path, monkeypatch, capsys):
     import latentgen
     from latentgen.upscale import upscalers
