@@ -381,7 +381,7 @@ def test_list_endpoints(api, served):
     assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
     assert api.get_scripts() == {"txt2img": ["x/y/z plot", "prompt matrix", "prompts from file or textbox"],
                                  "img2img": ["x/y/z plot", "prompt matrix", "poor man's outpainting", "sd upscale",
-                                             "prompts from file or textbox"]}
+                                             "loopback", "prompts from file or textbox"]}
     options = api.get_options()
     assert options["sd_model_checkpoint"] == "default" and options["CLIP_stop_at_last_layers"] == 1
     progress = api.get_progress()
