@@ -12,6 +12,15 @@ def run(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list[int
     return (sd_upscale if "sd_upscale" in plan.script else loopback)(pipe, plan, common, callback)
 
 
+def picture_call(plan) -> dict:
+    """The img2img arguments of the plan's first init image (``inpaint``'s with its mask), as A1111's scripts draw
+    it: the picture, the strength, and the resize mode or the mask's options."""
+    if plan.mask is None:
+        return dict(image=plan.init_images[0], strength=plan.strength, resize_mode=plan.resize_mode)
+    return dict(image=plan.init_images[0], mask=plan.mask, strength=plan.strength, fill=plan.fill,
+                mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding)
+
+
 def sd_upscale(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], list[int]]:
     """A1111's SD upscale: n_iter pictures, each the first init image upscaled, then redrawn in tiles of the request's
     size; and their seeds."""
@@ -30,12 +39,9 @@ def loopback(pipe, plan, common: dict, callback) -> tuple[list[Image.Image], lis
     from latentgen.canvas.loopback import loopback as looped
     from latentgen.plot.draw import annotated
 
-    o, mask = plan.script["loopback"], {}
-    if plan.mask is not None:
-        mask = dict(mask=plan.mask, fill=plan.fill, mask_blur=plan.mask_blur, only_masked=plan.only_masked,
-                    padding=plan.padding)
-    pictures = looped(pipe, plan.prompt, plan.init_images[0], **mask, **o, strength=plan.strength, seed=plan.seed,
-                      num_images=plan.n_iter, callback=callback, variation=plan.variation, **common)
+    o = plan.script["loopback"]
+    pictures = looped(pipe, plan.prompt, **picture_call(plan), **o, seed=plan.seed, num_images=plan.n_iter,
+                      callback=callback, variation=plan.variation, **common)
     loops = o["loops"]
     kept = [(p, plan.seed + n * loops + i) for n, each in enumerate(pictures) for i, p in enumerate(each)
             if plan.n_iter == 1 or i == loops - 1]

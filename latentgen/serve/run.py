@@ -57,14 +57,10 @@ def _cell_args(plan, common: dict) -> tuple[str, dict]:
     """(prompt, call arguments) of a script's cells (the X/Y/Z plot's, the prompt matrix's): with prompt styles, the
     unstyled prompts and the styler, so each cell is styled after its own change to the prompt, as A1111's. On
     img2img: the first init image's img2img call (inpainting with a mask), as A1111's scripts draw it."""
+    from .img2img_scripts import picture_call
+
     given, prompt = dict(common), plan.prompt
-    if plan.mode == "txt2img":
-        given["hires"] = plan.hires
-    elif plan.mask is None:
-        given.update(image=plan.init_images[0], strength=plan.strength, resize_mode=plan.resize_mode)
-    else:
-        given.update(image=plan.init_images[0], mask=plan.mask, strength=plan.strength, fill=plan.fill,
-                     mask_blur=plan.mask_blur, only_masked=plan.only_masked, padding=plan.padding)
+    given.update({"hires": plan.hires} if plan.mode == "txt2img" else picture_call(plan))
     if plan.variation is not None:
         given["variation"] = plan.variation
     if "style" in plan.script:

@@ -148,7 +148,7 @@ class LoraOptions:
         if len(every) > 1:
             raise ValueError("give validate_every=N steps or validate_every_epochs=N epochs, not both.")
         found = samples.gather(self.validation_prompts, self.sample_prompts)
-        self.sample_sampler = samples.sampler_name(self.sample_sampler)  # kohya's name -> latentgen's
+        samples.sampler_name(self.sample_sampler)  # kohya's names or latentgen's
         if found and not every and not self.sample_at_first:
             raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
                              "to draw them every N steps, validate_every_epochs=N, or sample_at_first=True.")

@@ -149,7 +149,7 @@ def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
 
 def sample_defaults(cfg: LoraOptions, sample: dict | None) -> dict:
     """How the sample prompts draw what they do not say: the trainer's ``sample`` under ``sample_sampler``."""
-    return {**(sample or {}), **({"scheduler": cfg.sample_sampler} if cfg.sample_sampler else {})}
+    return {**(sample or {}), **({"scheduler": samples.sampler_name(cfg.sample_sampler)} if cfg.sample_sampler else {})}
 
 
 def pipeline_of(c):
