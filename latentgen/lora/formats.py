@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from .. import checks, files
 from ..models import checkpoints, ldm
+from . import lycoris
 
 PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # component -> kohya prefix
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -179,6 +180,8 @@ def kohya_names(part: str, model: torch.nn.Module, names) -> dict[str, str]:
     out = {PARTS[part] + n.replace(".", "_"): n for n in names}
     if part == "text_encoder":
         out.update({"lora_te1_" + n.replace(".", "_"): n for n in names})
+    if part.startswith("text_encoder"):  # also as trainers on transformers 5 name them: no text_model level
+        out.update({k.replace("_text_model_", "_", 1): n for k, n in out.items() if "_text_model_encoder_" in k})
     config = getattr(model, "config", {})
     if part == "unet" and config.get("addition_embed_type") == "text_time":
         up_attention = {i for i, t in enumerate(config["up_block_types"]) if "CrossAttn" in t}
@@ -251,39 +254,34 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     kohya = {part: kohya_names(part, models[part], ns) for part, ns in names.items()}
     adapter_meta = json.loads(meta.get("lora_adapter_metadata", "{}"))
     lora, unknown, groups = Lora(metadata=meta), [], {}
-    for key in sd:  # group keys by (part, module)
-        if key.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")):
-            stem, kind = key.split(".", 1)
-            hit = [(p, kohya[p][stem]) for p in kohya if stem in kohya[p]]
-        elif key.endswith((".lora_A.weight", ".lora_B.weight")):
+    for key in sd:  # group keys by (part, module): {suffix without ".weight": tensor}
+        stem, _, kind = key.partition(".")
+        hit = [(p, kohya[p][stem]) for p in kohya if stem in kohya[p]]  # kohya names: any suffix (LyCORIS's too)
+        if not hit and key.endswith((".lora_A.weight", ".lora_B.weight")):
             part, rest = key.split(".", 1)
             module, kind = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
             if part.startswith("text_encoder") and part in names and module not in names[part]:
                 module = "text_model." + module  # written by transformers 5: no text_model level
             hit = [(part, module)] if part in names and module in names[part] else []
-        else:
-            hit, kind = [], ""
         if not hit:
             unknown.append(key)
             continue
-        groups.setdefault(hit[0], {})[kind.split(".")[0]] = sd[key]
+        groups.setdefault(hit[0], {})[kind.removesuffix(".weight")] = sd[key]
     bad = []
     for (part, module), g in groups.items():
         down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
-        if down is None or up is None:
-            unknown.append(f"{part}.{module} (missing its {'up' if up is None else 'down'} weight)")
+        try:
+            if lycoris.kind(g) == "lora" and (down is None or up is None):
+                unknown.append(f"{part}.{module} (missing its {'up' if up is None else 'down'} weight)")
+                continue
+            said = adapter_meta.get(f"{part}.alpha_pattern", {}).get(module, adapter_meta.get(f"{part}.lora_alpha"))
+            down, up, alpha = lycoris.update(g, tuple(names[part][module].weight.shape),
+                                             None if said is None else float(said))
+        except lycoris.Mismatch as e:
+            bad.append(f"{part}.{module}: {e}")
             continue
-        base = names[part][module].weight
-        if up.shape[0] != base.shape[0] or down.shape[1] != base.shape[1]:
-            bad.append(f"{part}.{module}: LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:2])} vs model "
-                       f"{tuple(base.shape[:2])}")
-            continue
-        r = down.shape[0]
-        if "alpha" in g:
-            alpha = float(g["alpha"])
-        else:
-            alpha = float(adapter_meta.get(f"{part}.alpha_pattern", {}).get(
-                module, adapter_meta.get(f"{part}.lora_alpha", r)))
+        except ValueError as e:
+            raise ValueError(f"{path.name}: {part}.{module}: {e}") from None
         lora.modules.setdefault(part, {})[module] = (down, up, alpha)
     if bad:
         raise ValueError(f"{path.name} was made for another architecture: {len(bad)} module(s) do not match, "
