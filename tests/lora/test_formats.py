@@ -121,7 +121,10 @@ def _kohya_sdxl(lora, pipe, path):
               "text_encoder": ("lora_te1_",), "text_encoder_2": ("lora_te2_",)}
     tensors = {}
     for part, mods in lora.modules.items():
-        stems = {n: k for k, n in lora_io.kohya_names(part, models[part], mods).items() if k.startswith(wanted[part])}
+        stems = {}
+        for k, n in lora_io.kohya_names(part, models[part], mods).items():  # the first name: kohya's own
+            if k.startswith(wanted[part]):
+                stems.setdefault(n, k)
         for m, (down, up, alpha) in mods.items():
             tensors[f"{stems[m]}.lora_down.weight"], tensors[f"{stems[m]}.lora_up.weight"] = down, up
             tensors[f"{stems[m]}.alpha"] = torch.tensor(alpha)
