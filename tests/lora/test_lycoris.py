@@ -37,9 +37,10 @@ def lycoris_network(pipe, tmp_path, algo, seed=0, magnitude=0.25):
 
     preset = tmp_path / "preset.toml"
     preset.write_text(PRESET)
-    net = kohya.create_network(1.0, 4, 2.0, None, pipe.text_encoder, pipe.unet, algo=algo.split("-")[0],
+    encoders = [pipe.text_encoder, pipe.xl.text_encoder_2] if pipe.xl else pipe.text_encoder  # SDXL: lora_te1/2_
+    net = kohya.create_network(1.0, 4, 2.0, None, encoders, pipe.unet, algo=algo.split("-")[0],
                                preset=str(preset), conv_dim=4, conv_alpha=2.0, **ALGOS[algo])
-    net.apply_to(pipe.text_encoder, pipe.unet, True, True)
+    net.apply_to(encoders, pipe.unet, True, True)
     g = torch.Generator().manual_seed(seed)
     for p in net.parameters():
         p.data = torch.randn(p.shape, generator=g) * magnitude
@@ -48,30 +49,51 @@ def lycoris_network(pipe, tmp_path, algo, seed=0, magnitude=0.25):
     return net, path
 
 
-@pytest.mark.parametrize("algo", list(ALGOS))
-def test_a_lycoris_file_draws_what_lycoris_itself_draws(tiny_folder, tmp_path, algo):
-    ref = latentgen.load(tiny_folder, backend="torch")
-    base = ref.generate("a red square", seed=3, steps=4)[0]
-    net, path = lycoris_network(ref, tmp_path, algo)  # ref's layers now run LyCORIS's forward
-    pipe = latentgen.load(tiny_folder, backend="openvino")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # every key of the file names a module
-        pipe.load_lora(path, name="ly")
+def _same_layers(net, ref, pipe, label):
+    """Each layer LyCORIS adapted in ``ref`` gives, through LyCORIS, what ``pipe``'s peft layer gives."""
     g = torch.Generator().manual_seed(1)
-    for part in ("text_encoder", "unet"):  # layer by layer: LyCORIS's forward vs the peft layer's
-        named = {id(m): n for n, m in getattr(ref, part).named_modules()}
-        for module in getattr(net, f"{part}_loras"):
+    parts = {"unet": (ref.unet, pipe.unet)}
+    parts.update({"te1": (ref.text_encoder, pipe.text_encoder), "te2": (ref.xl.text_encoder_2, pipe.xl.text_encoder_2)}
+                 if ref.xl else {"te": (ref.text_encoder, pipe.text_encoder)})
+    seen = 0
+    for mine, theirs in parts.values():
+        named = {id(m): n for n, m in mine.named_modules()}
+        for module in net.loras:
             original = module.org_module[0]
-            name = named[id(original)]
+            if id(original) not in named:
+                continue
             x = torch.randn((2, original.in_features) if isinstance(original, torch.nn.Linear)
                             else (1, original.in_channels, 8, 8), generator=g)
             with torch.no_grad():
-                torch.testing.assert_close(getattr(pipe, part).get_submodule(name)(x), original(x), atol=1e-5,
-                                           rtol=1e-4, msg=f"{algo} {part}.{name}")
+                torch.testing.assert_close(theirs.get_submodule(named[id(original)])(x), original(x), atol=1e-5,
+                                           rtol=1e-4, msg=f"{label} {named[id(original)]}")
+            seen += 1
+    assert seen == len(net.loras)
+
+
+def _draws_as_lycoris(folder, tmp_path, algo):
+    ref = latentgen.load(folder, backend="torch")
+    base = ref.generate("a red square", seed=3, steps=4)[0]
+    net, path = lycoris_network(ref, tmp_path, algo)  # ref's layers now run LyCORIS's forward
+    pipe = latentgen.load(folder, backend="openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every key of the file names a module
+        pipe.load_lora(path, name="ly")
+    _same_layers(net, ref, pipe, algo)
     a, b = (pixels(p.generate("a red square", seed=3, steps=4)[0]) for p in (pipe, ref))
     assert "openvino" in repr(pipe) and "torch" in repr(ref)
     assert (a - b).abs().max() <= 1, algo  # on the fast path, with the file vs LyCORIS's own layers on torch
     assert (a - pixels(base)).abs().float().mean() > 2  # it does something
+
+
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_a_lycoris_file_draws_what_lycoris_itself_draws(tiny_folder, tmp_path, algo):
+    _draws_as_lycoris(tiny_folder, tmp_path, algo)
+
+
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_an_sdxl_lycoris_file_draws_what_lycoris_itself_draws(xl_folder, tmp_path, algo):
+    _draws_as_lycoris(xl_folder, tmp_path, algo)  # lora_te1_, lora_te2_ and the U-Net
 
 
 def test_scales_fuse_and_unload_work_on_lycoris_files(tiny_folder, tmp_path):
