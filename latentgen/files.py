@@ -73,6 +73,19 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def safetensors_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a .safetensors file past its header: its tensors' bytes, whatever its metadata says
+    (kohya's "addnet" hash; A1111's LoRA hash, civitai's AutoV3)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (replacing it)."""
     with atomic_path(path) as tmp:

@@ -193,3 +193,19 @@ def test_sha256_reads_in_blocks_and_equals_the_whole_files(tmp_path):
     data = os.urandom((1 << 24) + 12345)  # more than one 16 MiB block
     path.write_bytes(data)
     assert files.sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_safetensors_sha256_is_the_hash_of_the_tensors_bytes_whatever_the_metadata(tmp_path):
+    import hashlib
+
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16)}
+    save_file(tensors, str(tmp_path / "one.safetensors"), {"ss_output_name": "one"})
+    save_file(tensors, str(tmp_path / "two.safetensors"), {"ss_output_name": "a longer name", "x": "y"})
+    data = (tmp_path / "one.safetensors").read_bytes()
+    past_header = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+    assert files.safetensors_sha256(tmp_path / "one.safetensors") == past_header
+    assert files.safetensors_sha256(tmp_path / "two.safetensors") == past_header
+    assert files.sha256(tmp_path / "one.safetensors") != files.sha256(tmp_path / "two.safetensors")

@@ -101,8 +101,11 @@ def recommendation(source: str | Path | dict[str, str]) -> Recommendation | None
 
 
 def file_hash(path: str | Path) -> str:
-    """First 12 hex digits of the file's sha256: the LoRA's id in PNG metadata."""
-    return files.sha256(path)[:12]
+    """A LoRA's id in PNG metadata (``Lora hashes``), as A1111 writes it and civitai looks it up ("AutoV3"): the
+    header's ``sshs_model_hash`` where the trainer wrote one (kohya does), else kohya's hash of the tensors' bytes
+    (``files.safetensors_sha256``); first 12 hex digits."""
+    meta = _read_safetensors(Path(path), tensors=False)[0]
+    return (meta.get("sshs_model_hash") or files.safetensors_sha256(path))[:12]
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..lora import formats as lora_files
+from .. import files
 
 SDXL_KEYS = ("clip_l", "clip_g")
 
@@ -151,7 +151,7 @@ class Embeddings:
         if xl and not self.xl.refiner and self._add(self.xl.tokenizer_2, self.xl.text_encoder_2, words, vectors[:, width:]) != ids:
             raise ValueError(f"{path.name}: the SDXL model's two tokenizers gave the word different ids; load both "
                              f"tokenizers from the same model, with the same embeddings in the same order.")
-        self.loaded[token] = Embedding(token, ids, lora_files.file_hash(path), str(path))
+        self.loaded[token] = Embedding(token, ids, files.sha256(path)[:12], str(path))  # A1111's TI hash
         return token
 
     @staticmethod

@@ -161,3 +161,18 @@ def test_an_sdxl_lora_draws_as_diffusers_draws_it(xl_folder, tmp_path, layout):
     assert all(torch.equal(v, pipe.xl.text_encoder_2.state_dict()[k]) for k, v in before.items())
     pipe.unload_lora()
     assert max_diff(pipe.generate("a red circle", **args), bare) == 0
+
+
+def test_lora_hashes_are_a1111s(fresh, tmp_path, lora_files):
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    kohya = lora_files[1]
+    data = kohya.read_bytes()
+    tensors = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]  # kohya's addnet hash
+    assert lora_io.file_hash(kohya) == tensors != hashlib.sha256(data).hexdigest()[:12]
+    save_file(load_file(str(kohya)), str(tmp_path / "said.safetensors"), {"sshs_model_hash": "0x" + "ab" * 32})
+    assert lora_io.file_hash(tmp_path / "said.safetensors") == "0xababababab"  # the trainer's, as A1111 takes it
+    fresh.load_lora(kohya, name="k")
+    assert f'Lora hashes: "k: {tensors}"' in fresh.generate("a red circle", steps=1)[0].info["parameters"]
