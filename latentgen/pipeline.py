@@ -283,11 +283,11 @@ class Pipeline:
     outpaint = calls.outpaint
 
     # -- LoRA: the adapters in ``self.loras`` (see ``LoraAdapters``) ----------------------------
-    def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
-        """Load a LoRA file (diffusers/peft or kohya layout, or a shipped name: "purple") as ``name``; returns it."""
+    def load_lora(self, path: str | Path, name: str | None = None, scale: float | dict = 1.0) -> str:
+        """Load a LoRA (diffusers/kohya/LyCORIS file, or a shipped name) as ``name``; scale: a number or per part."""
         return self.loras.load(path, name, scale)
 
-    def set_lora_scale(self, name: str, scale: float) -> None:
+    def set_lora_scale(self, name: str, scale: float | dict) -> None:  # a number, or per part as load_lora's
         self.loras.set_scale(name, scale)
 
     def fuse_lora(self) -> None:  # into the base weights; unfuse_lora restores them bit for bit

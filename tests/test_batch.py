@@ -191,9 +191,9 @@ def test_a_file_no_manifest_names_is_refused_before_drawing(embedded, tmp_path, 
     ({"prompt": "x <lora:nosuch:0.5>"}, r"jobs\.jsonl:2: prompt tag <lora:nosuch>: LoRA file 'nosuch' does not "
                                         r"exist; pass the path of a \.safetensors file or the name of a shipped LoRA"),
     ({"prompt": "x <hypernet:h>"}, r"jobs\.jsonl:2: prompt 'x <hypernet:h>' has a tag that is not <lora:\.\.\.>"),
-    ({"prompt": "x <lora:purple:a>"}, r"jobs\.jsonl:2: prompt tag '<lora:purple:a>' has weight 'a', not a number"),
+    ({"prompt": "x <lora:purple:a>"}, r"jobs\.jsonl:2: prompt tag '<lora:purple:a>' has weight 'a', not a finite number"),
     ({"negative_prompt": "<lora:purple>"}, r"jobs\.jsonl:2: negative_prompt '<lora:purple>' has a <lora:\.\.\.> tag"),
-    ({"prompt": "x <lora:purple:inf>"}, r"jobs\.jsonl:2: prompt tag <lora:purple:inf> has weight inf: use a finite"),
+    ({"prompt": "x <lora:purple:inf>"}, r"jobs\.jsonl:2: prompt tag '<lora:purple:inf>' has weight 'inf', not a finite number"),
     ({"prompt": "x <lora:purple>", "prompt_syntax": "plain"}, None),  # plain text: no tags to check
     ({"prompt": "a circle AND a square", "guidance": 1}, r"jobs\.jsonl:2: prompt 'a circle AND a square' uses "
                                                           r"A1111's AND or a part weight.*use guidance > 1"),

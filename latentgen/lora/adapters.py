@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,46 @@ log = logging.getLogger("latentgen.lora")
 _SERIALS = itertools.count(1)  # injections, numbered: a LoRA loaded again is never mistaken for the one before
 
 
+SCALE_PARTS = ("text_encoder", "unet")  # the parts a scale may name: the text encoders (A1111's te) and the U-Net
+
+
+def check_scale(scale, name: str = "scale") -> float | dict[str, float]:
+    """A LoRA's scale: a number for all of it, or per part as diffusers' ``set_adapters`` takes them, {"text_encoder":
+    TE, "unet": UNET} (a part left out: 1), or (TE, UNET) as A1111's ``<lora:NAME:TE:UNET>``. Returns the number, or
+    the dict with both parts; a ValueError names what is wrong."""
+    if isinstance(scale, (tuple, list)) and len(scale) == 2:
+        scale = dict(zip(SCALE_PARTS, scale))
+    if isinstance(scale, dict):
+        if set(scale) - set(SCALE_PARTS):
+            raise ValueError(f"{name}={scale!r} has parts {sorted(set(scale) - set(SCALE_PARTS))}: use the keys "
+                             f"'text_encoder' and 'unet' (the text encoders' and the U-Net's scales).")
+        return {p: check_scale(scale.get(p, 1.0), f"{name}[{p!r}]") for p in SCALE_PARTS}
+    return checks.number(name, scale, fix="use a finite number such as scale=0.8 (0 turns it off), or per part "
+                                           "{'text_encoder': 1.0, 'unet': 0.5}")
+
+
+def part_scale(scale: float | dict[str, float], part: str) -> float:
+    """The scale of ``part`` ("unet", "text_encoder", "text_encoder_2": a text encoder's) under ``scale``."""
+    return scale if not isinstance(scale, dict) else scale["unet" if part == "unet" else "text_encoder"]
+
+
+def _off(scale) -> bool:
+    """Whether a scale (a number, a per-part dict or a tag's (TE, UNET)) is 0 everywhere."""
+    return all(v == 0 for v in (scale.values() if isinstance(scale, dict) else scale if isinstance(scale, tuple)
+                                else (scale,)))
+
+
+def scale_text(scale: float | dict[str, float]) -> str:
+    """A scale as PNG metadata gives it: ``0.8``, or per part ``TE:UNET`` as A1111's tags write them."""
+    return f"{scale:g}" if not isinstance(scale, dict) else f"{scale['text_encoder']:g}:{scale['unet']:g}"
+
+
 @dataclass
 class Loaded:
-    """One loaded LoRA: its scale and where it came from (its hash goes in PNG metadata)."""
+    """One loaded LoRA: its scale (a number, or per part: ``check_scale``) and where it came from (its hash goes
+    in PNG metadata)."""
 
-    scale: float
+    scale: float | dict[str, float]
     hash: str  # first 12 hex digits of the file's sha256
     path: str
     stamp: tuple = ()  # the file's (size, modification time) when it was read: a parked LoRA is reused while equal
@@ -53,14 +87,14 @@ class LoraAdapters:
         self._fused: dict[int, tuple[torch.nn.Module, torch.Tensor]] = {}  # layer id -> (layer, original W)
 
     def __repr__(self) -> str:
-        return f"LoraAdapters({ {n: v.scale for n, v in self.loaded.items()} })"
+        return f"LoraAdapters({ {n: v.scale for n, v in self.loaded.items()} })"  # per part: a dict
 
     def load(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
         """Add the LoRA in ``path`` (a file of either layout, or a shipped LoRA's name such as
-        ``"purple"``) as adapter ``name`` at ``scale``; returns the name. Default name: the file's
-        stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys that name
-        no module of the model are reported in a warning."""
-        scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
+        ``"purple"``) as adapter ``name`` at ``scale`` (a number, or per part: ``check_scale``); returns the name.
+        Default name: the file's stem, dots as underscores (``purple.kohya.safetensors`` -> ``purple_kohya``). Keys
+        that name no module of the model are reported in a warning."""
+        scale = check_scale(scale)
         name = name or Path(path).stem.replace(".", "_")  # torch module names cannot hold dots
         if "." in name:
             raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "
@@ -129,25 +163,26 @@ class LoraAdapters:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         if self._tuners is None:
-            self._tuners = [m for model in self.models.values() for m in model.modules() if isinstance(m, BaseTunerLayer)]
+            self._tuners = [(part, m) for part, model in self.models.items() for m in model.modules()
+                            if isinstance(m, BaseTunerLayer)]
         return self._tuners
 
     def _apply_scales(self) -> None:
-        for layer in self._layers():
+        for part, layer in self._layers():
             names = [n for n in self.loaded if n in layer.lora_A]
             layer.set_adapter(names)  # several adapters active at once
             for n in names:
-                layer.set_scale(n, self.loaded[n].scale)  # scaling = scale * alpha / r
+                layer.set_scale(n, part_scale(self.loaded[n].scale, part))  # scaling = scale * alpha / r
             layer.requires_grad_(False)
 
     def _check_name(self, name: str) -> None:
         if name not in self.loaded:
             raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(self.loaded) or 'none'}.")
 
-    def set_scale(self, name: str, scale: float) -> None:
-        """Change the scale of loaded LoRA ``name`` (0 turns it off)."""
+    def set_scale(self, name: str, scale: float | dict[str, float]) -> None:
+        """Change the scale of loaded LoRA ``name`` (0 turns it off; per part: ``check_scale``)."""
         self._check_name(name)
-        scale = checks.number("scale", scale, fix="use a finite number such as scale=0.8 (0 turns it off)")
+        scale = check_scale(scale)
         if self._fused:
             raise ValueError("LoRAs are fused: call unfuse_lora() before changing a scale.")
         self.loaded[name].scale = scale
@@ -155,7 +190,7 @@ class LoraAdapters:
 
     def fuse(self) -> None:
         """Add the active LoRAs into the base weights (faster sampling); ``unfuse`` undoes it exactly."""
-        for layer in self._layers():
+        for _, layer in self._layers():
             if layer.active_adapters and not layer.merged:
                 self._fused[id(layer)] = (layer, layer.get_base_layer().weight.data.clone())
                 layer.merge(adapter_names=list(layer.active_adapters))
@@ -173,7 +208,7 @@ class LoraAdapters:
             self._check_name(name)
         self.unfuse()
         for n in [name] if name else [*self.loaded, *self.parked]:
-            for layer in self._layers():
+            for _, layer in self._layers():
                 if n in layer.lora_A:
                     layer.delete_adapter(n)
             self.loaded.pop(n, None) if n in self.loaded else self.parked.pop(n)
@@ -187,16 +222,13 @@ class LoraAdapters:
 
     def check_tags(self, prompt: str, negative_prompt: str | None, read: set[str]) -> None:
         """A call's ``<lora:NAME:WEIGHT>`` tags as the call would take them, before any image (``latentgen batch``
-        checks every job so): other tags, tags in the negative prompt, infinite weights, names that are neither
+        checks every job so): other tags, tags in the negative prompt, weights that are not finite numbers (``tagged_loras``), names that are neither
         loaded, a shipped LoRA nor a file, and files that are not LoRAs of this model are refused. ``read``: the
         names whose files were read already (once each; added to)."""
         from ..text.prompts import tagged_loras
 
         _, tags = tagged_loras(str(prompt), negative_prompt)
-        for name, weight in tags:
-            if not math.isfinite(weight):
-                raise ValueError(f"prompt tag <lora:{name}:{weight}> has weight {weight}: use a finite number such "
-                                 f"as <lora:{name}:0.8>.")
+        for name, _ in tags:
             if name not in self.loaded and name not in read:
                 try:
                     formats.read(name, self.models)  # a missing file, another architecture: found now
@@ -215,7 +247,7 @@ class LoraAdapters:
             self._check_name(name)
             return self.loaded[name].recommended
         weights = {**{n: v.scale for n, v in self.loaded.items()}, **dict(tags)}
-        recs = {self._header_advice(n) for n, w in weights.items() if w != 0} - {None}
+        recs = {self._header_advice(n) for n, w in weights.items() if not _off(w)} - {None}
         return recs.pop() if len(recs) == 1 else None
 
     def _header_advice(self, name: str) -> formats.Recommendation | None:
@@ -233,4 +265,4 @@ class LoraAdapters:
         if not self.loaded:
             return {}
         return {"Lora hashes": '"' + ", ".join(f"{n}: {v.hash}" for n, v in self.loaded.items()) + '"',
-                "Lora scales": '"' + ", ".join(f"{n}: {v.scale:g}" for n, v in self.loaded.items()) + '"'}
+                "Lora scales": '"' + ", ".join(f"{n}: {scale_text(v.scale)}" for n, v in self.loaded.items()) + '"'}

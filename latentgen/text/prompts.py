@@ -23,13 +23,13 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
   the end, through the final layer norm. diffusers' ``clip_skip`` counts one less.
 
 Prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND`` are read first, into the texts of each step
-(``latentgen.text.schedule``); this module reads each of those texts. A1111's ``<lora:NAME:TE:UNET>``
-per-part weights are refused. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
+(``latentgen.text.schedule``); this module reads each of those texts. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
 (latentgen before prompt syntax; diffusers alike).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -107,30 +107,38 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def extra_networks(text: str) -> tuple[str, list[tuple[str, str, float]]]:
+def extra_networks(text: str) -> tuple[str, list[tuple[str, str, float | tuple[float, float]]]]:
     """Take A1111's extra-network tags out of ``text``: ``<lora:NAME:WEIGHT>`` -> ("lora", NAME, WEIGHT).
 
-    WEIGHT defaults to 1.0. Returns the text without its tags (each tag replaced by nothing) and the
-    tags in order. Tags of other kinds (``<hypernet:x>``) are returned too; the caller decides.
+    WEIGHT defaults to 1.0. A1111's per-part weights, ``<lora:NAME:TE:UNET>`` or ``te=``/``unet=`` (the text
+    encoders' and the U-Net's; UNET defaults to TE), give (TE, UNET) where they differ. Returns the text without
+    its tags (each tag replaced by nothing) and the tags in order. Tags of other kinds (``<hypernet:x>``) are
+    returned too; the caller decides.
     """
-    tags: list[tuple[str, str, float]] = []
+    tags: list[tuple] = []
 
     def found(m: re.Match) -> str:
-        kind, args = m.group(1), m.group(2).split(":")
-        if len(args) > 2 or "=" in m.group(2):
-            raise ValueError(f"prompt tag {m.group(0)!r} is not supported: write <{kind}:NAME> or "
-                             f"<{kind}:NAME:WEIGHT> (one weight for the text encoder and U-Net alike).")
-        if len(args) == 2 and not _is_number(args[1]):
-            raise ValueError(f"prompt tag {m.group(0)!r} has weight {args[1]!r}, not a number: "
-                             f"write it as <{kind}:{args[0]}:0.8>.")
-        tags.append((kind, args[0], float(args[1]) if len(args) == 2 else 1.0))
+        kind, items = m.group(1), m.group(2).split(":")
+        named = dict(x.split("=", 1) for x in items if "=" in x)
+        args = [x for x in items if "=" not in x]
+        if len(args) > 3 or set(named) - {"te", "unet"}:
+            raise ValueError(f"prompt tag {m.group(0)!r} is not supported: write <{kind}:NAME>, <{kind}:NAME:WEIGHT> "
+                             f"or <{kind}:NAME:TE:UNET> (te= and unet= work too; dyn= does not).")
+        for value in [*args[1:], *named.values()]:
+            if not _is_number(value) or not math.isfinite(float(value)):
+                raise ValueError(f"prompt tag {m.group(0)!r} has weight {value!r}, not a finite number: "
+                                 f"write it as <{kind}:{args[0]}:0.8>.")
+        te = float(named.get("te", args[1] if len(args) > 1 else 1.0))
+        unet = float(named.get("unet", args[2] if len(args) > 2 else te))
+        tags.append((kind, args[0], te if te == unet else (te, unet)))
         return ""
 
     return _TAG.sub(found, text), tags
 
 
-def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """(the prompt without its tags, its ``<lora:NAME:WEIGHT>`` tags as (NAME, WEIGHT)) under "a1111";
+def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, tuple[tuple, ...]]:
+    """(the prompt without its tags, its ``<lora:NAME:WEIGHT>`` tags as (NAME, WEIGHT)) under "a1111" (WEIGHT: a
+    number, or (TE, UNET) from ``<lora:NAME:TE:UNET>``);
     tags of other kinds, and tags in the negative prompt, are refused."""
     text, tags = extra_networks(prompt)
     if any(kind != "lora" for kind, _, _ in tags):
@@ -142,7 +150,7 @@ def tagged_loras(prompt: str, negative_prompt: str | None = None) -> tuple[str, 
 
 
 
-def lora_tags(prompt: str | list[str] | None) -> tuple[tuple[str, float], ...]:
+def lora_tags(prompt: str | list[str] | None) -> tuple[tuple, ...]:
     """The ``<lora:NAME:WEIGHT>`` tags of a prompt or of each of a list, as (NAME, WEIGHT), in order, the first
     of a name kept; tags of other kinds, and prompts that are not text, are left out (the call refuses them)."""
     texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []

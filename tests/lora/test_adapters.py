@@ -39,6 +39,56 @@ def test_diffusers_load_lora_weights_has_the_same_effect(tiny_folder, lora_files
     assert _max_diff(ours, theirs) <= 1
 
 
+def test_per_part_scales_draw_as_diffusers_per_component_weights(tiny_folder, lora_files):
+    from diffusers import StableDiffusionPipeline
+
+    path = lora_files[1]
+    ref = StableDiffusionPipeline.from_pretrained(tiny_folder, safety_checker=None)
+    ref.set_progress_bar_config(disable=True)
+    ref.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="x")
+    ref.set_adapters(["x"], adapter_weights=[{"text_encoder": 0.2, "unet": 0.9}])
+    theirs = ref("a blue dog", num_inference_steps=3, generator=torch.Generator().manual_seed(2),
+                 height=64, width=64).images
+    p = latentgen.load(tiny_folder)
+    p.load_lora(path, name="x", scale={"text_encoder": 0.2, "unet": 0.9})
+    ours = p.generate("a blue dog", seed=2, steps=3, scheduler=None)
+    assert _max_diff(ours, theirs) <= 1
+    p.set_lora_scale("x", 0.9)
+    assert _max_diff(p.generate("a blue dog", seed=2, steps=3, scheduler=None), ours) > 2  # the text encoder's counts
+
+
+def test_a1111s_te_and_unet_tag_weights(fresh, tmp_path):
+    from latentgen.backends import weights
+
+    path = lora_io.save(random_lora(fresh, seed=1), tmp_path / "a.safetensors")
+    ids = fresh.tokenizer("a cat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        bare_text = fresh.text_encoder(ids)[0]
+    fresh.load_lora(path, name="a", scale=(0.0, 0.5))  # (TE, UNET), as <lora:a:0:0.5>
+    assert fresh.loras.loaded["a"].scale == {"text_encoder": 0.0, "unet": 0.5}
+    with torch.no_grad():
+        assert torch.equal(fresh.text_encoder(ids)[0], bare_text)  # te 0: the text encoder as without the LoRA
+    unet_half = weights.effective(fresh.unet)[0]
+    fresh.set_lora_scale("a", 0.5)
+    with torch.no_grad():
+        assert not torch.equal(fresh.text_encoder(ids)[0], bare_text)
+    assert all(torch.equal(v, unet_half[k]) for k, v in weights.effective(fresh.unet)[0].items())
+    untagged = fresh.generate("a cat", seed=1, steps=2)[0]
+    fresh.set_lora_scale("a", 1.0)
+    tagged = fresh.generate("a cat <lora:a:0.5:0.5>", seed=1, steps=2)[0]
+    assert _max_diff([tagged], [untagged]) == 0 and fresh.loras.loaded["a"].scale == 1.0  # the tag's, then back
+    split = fresh.generate("a cat <lora:a:0:unet=0.5>", seed=1, steps=2)[0]
+    fresh.set_lora_scale("a", {"text_encoder": 0, "unet": 0.5})
+    assert _max_diff([split], fresh.generate("a cat", seed=1, steps=2)) == 0
+    assert 'Lora scales: "a: 0:0.5"' in split.info["parameters"] and _max_diff([split], [untagged]) > 2
+    for bad, says in [({"vae": 1.0}, r"has parts \['vae'\]: use the keys 'text_encoder' and 'unet'"),
+                      ({"unet": float("inf")}, r"scale\['unet'\]=inf is invalid"), ((1.0, "x"), "invalid")]:
+        with pytest.raises(ValueError, match=says):
+            fresh.set_lora_scale("a", bad)
+    with pytest.raises(ValueError, match=r"<lora:a:1:inf>' has weight 'inf', not a finite number"):
+        fresh.generate("a cat <lora:a:1:inf>", steps=1)
+
+
 def test_fuse_unfuse_and_unload_restore_weights_bit_for_bit(fresh, lora_files):
     before = {k: v.clone() for m in (fresh.unet, fresh.text_encoder) for k, v in m.state_dict().items()}
     fresh.load_lora(lora_files[0], name="a", scale=0.9)
@@ -162,7 +212,7 @@ def test_prompt_tags_are_checked_before_any_image_each_file_read_once(tiny_folde
     assert reads == [str(lora_files[0])] and seen == {str(lora_files[0])}
     with pytest.raises(FileNotFoundError, match=r"prompt tag <lora:nosuch>: LoRA file 'nosuch' does not exist"):
         pipe.loras.check_tags("a cat <lora:nosuch:1>", None, seen)
-    with pytest.raises(ValueError, match=r"<lora:x:inf> has weight inf: use a finite number"):
+    with pytest.raises(ValueError, match=r"<lora:x:inf>' has weight 'inf', not a finite number"):
         pipe.loras.check_tags("a cat <lora:x:inf>", None, seen)
     with pytest.raises(ValueError, match=r"negative_prompt .* has a <lora:\.\.\.> tag"):
         pipe.loras.check_tags("a cat", "<lora:x>", seen)

@@ -65,10 +65,23 @@ def test_extra_networks_takes_lora_tags_out():
     assert prompts.extra_networks("no tags (here:1.2)") == ("no tags (here:1.2)", [])
 
 
+@pytest.mark.parametrize("text, weight", [
+    ("<lora:p:0.5:1>", (0.5, 1.0)),  # A1111's <lora:NAME:TE:UNET>
+    ("<lora:p:0.7:0.7>", 0.7),  # the same for both: one number
+    ("<lora:p:te=0.3>", 0.3),  # UNET defaults to TE
+    ("<lora:p:1:unet=0>", (1.0, 0.0)),
+    ("<lora:p:0.2:0.4:te=0.6>", (0.6, 0.4)),  # a named weight over a positional one, as A1111
+])
+def test_a1111s_per_part_weights_are_read(text, weight):
+    assert prompts.extra_networks(text) == ("", [("lora", "p", weight)])
+
+
 @pytest.mark.parametrize("text, match", [
-    ("<lora:p:high>", r"weight 'high', not a number: write it as <lora:p:0.8>"),
-    ("<lora:p:1:0.5>", r"not supported: write <lora:NAME> or <lora:NAME:WEIGHT>"),
-    ("<lora:p:te=1>", r"not supported"),
+    ("<lora:p:high>", r"weight 'high', not a finite number: write it as <lora:p:0.8>"),
+    ("<lora:p:1:0.5:8>", r"not supported: write <lora:NAME>, <lora:NAME:WEIGHT> or <lora:NAME:TE:UNET> "
+                         r"\(te= and unet= work too; dyn= does not\)"),
+    ("<lora:p:1:dyn=8>", r"not supported"),
+    ("<lora:p:te=x>", r"weight 'x', not a finite number"),
 ])
 def test_bad_tags_are_refused(text, match):
     with pytest.raises(ValueError, match=match):
