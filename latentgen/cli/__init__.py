@@ -34,8 +34,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
-                   help="apply a LoRA (diffusers or kohya layout, or a shipped one's name such as 'purple') "
-                        "at SCALE (default 1); repeatable")
+                   help="apply a LoRA (diffusers, kohya or LyCORIS file, or a shipped one's name such as 'purple') "
+                        "at SCALE (default 1; PATH:TE:UNET per part, as A1111's tags); repeatable")
     p.add_argument("--clip-skip", type=positive_int, default=1,
                    help="A1111's clip skip: 2 = the text encoder's penultimate layer (default 1)")
     p.add_argument("--prompt-syntax", choices=["a1111", "plain"], default="a1111",

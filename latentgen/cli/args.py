@@ -126,16 +126,22 @@ def load_model(args: argparse.Namespace, path: str | None = None, **overrides):
     return pipe
 
 
-def lora_spec(spec: str) -> tuple[str, float]:
-    """'path[:scale]' -> (path, scale), the file checked before any model loads."""
-    path, _, scale = spec.rpartition(":")
-    try:
-        path, scale = (path, float(scale)) if path else (spec, 1.0)
-    except ValueError:
-        path, scale = spec, 1.0
+def lora_spec(spec: str) -> tuple[str, float | tuple[float, float]]:
+    """'path[:scale]' or 'path:TE:UNET' (A1111's per-part weights) -> (path, scale), checked before any model
+    loads."""
+    from ..lora.adapters import check_scale
     from ..lora.formats import resolve, shipped_loras
 
+    parts, numbers = spec.split(":"), []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    path, scale = ":".join(parts), numbers[0] if len(numbers) == 1 else tuple(numbers) if numbers else 1.0
     try:
+        check_scale(scale, f"--lora {spec}: scale")
         return str(resolve(path)), scale
     except FileNotFoundError:
         raise FileNotFoundError(f"--lora {spec}: no file at {path!r}; use --lora path/to/lora.safetensors[:scale] "

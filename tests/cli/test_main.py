@@ -209,7 +209,12 @@ def test_cli_lora_flag_and_metadata(tiny_folder, lora_files, tmp_path):
     text = read_parameters(out)
     assert f"a_kohya: {lora_io.file_hash(lora_files[1])}" in text
     assert "a_kohya: 0.6" in text
+    assert main(["generate", "a cat", "--model", str(tiny_folder), "--steps", "2",
+                 "--lora", f"{lora_files[1]}:0.2:0.6", "-o", str(out), "--force"]) == 0
+    assert 'Lora scales: "a_kohya: 0.2:0.6"' in read_parameters(out)  # A1111's TE:UNET
     assert main(["generate", "a cat", "--model", str(tiny_folder), "--lora", str(tmp_path / "nope.safetensors"),
+                 "-o", str(tmp_path / "p.png")]) == 2
+    assert main(["generate", "a cat", "--model", str(tiny_folder), "--lora", f"{lora_files[1]}:1:nan",
                  "-o", str(tmp_path / "p.png")]) == 2
 
 
