@@ -2,20 +2,22 @@
 
     latentgen export path/to/diffusers-folder model.safetensors
     latentgen export model.ckpt model.safetensors --dtype fp16      # a pickle-free, half-size copy
+    latentgen export model.safetensors merged.safetensors --lora style.safetensors:0.8   # a LoRA baked in
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .args import prediction_type_name, vae_file
+from .args import lora_spec, prediction_type_name, vae_file
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..models import export as ldm_export
 
+    loras = [lora_spec(spec) for spec in args.lora]  # files checked before the model loads
     out = ldm_export.export(args.source, args.output, force=args.force, dtype=args.dtype, vae=args.vae,
-                             prediction_type=args.prediction_type)
+                             prediction_type=args.prediction_type, loras=loras)
     print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -33,4 +35,7 @@ def add_parser(sub) -> None:
     e.add_argument("--vae", type=vae_file, default=None, help="write this VAE file instead of the model's own")
     e.add_argument("--prediction-type", type=prediction_type_name, default=None,
                    help="epsilon or v_prediction (default: what the model says, or detected for SD 2.x)")
+    e.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="bake this LoRA (diffusers, kohya or LyCORIS file; PATH:TE:UNET per part) into the written "
+                        "weights, as kohya's merge_lora.py; repeatable")
     e.set_defaults(func=cmd_export)

@@ -202,6 +202,13 @@ class LoraAdapters:
             layer.merged_adapters.clear()
         self._fused = {}
 
+    def bake(self) -> None:
+        """Fold the active LoRAs into the base weights for good and take every adapter out (kohya's merge_lora; what
+        ``latentgen export --lora`` writes): the models are then plain modules holding W + s B A. Not undone."""
+        self.fuse()
+        self._fused = {}  # nothing to restore: unload below keeps the merged weights
+        self.unload()
+
     def unload(self, name: str | None = None) -> None:
         """Remove LoRA ``name`` (or all, parked ones too): the model is then exactly as loaded."""
         if name is not None and name not in self.parked:

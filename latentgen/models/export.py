@@ -65,9 +65,12 @@ def ldm_state_dict(c) -> dict[str, torch.Tensor]:
 
 
 def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.dtype | None = None,
-           vae: str | Path | None = None, prediction_type: str | None = None) -> Path:
+           vae: str | Path | None = None, prediction_type: str | None = None, loras: list | tuple = ()) -> Path:
     """Write what ``latentgen.load(source, vae=..., prediction_type=...)`` gives as one LDM-layout
     ``.safetensors`` file, atomically; an existing ``out`` is replaced only with ``force``.
+
+    loras: (path, scale) pairs (a scale: a number or per part, ``latentgen.lora.adapters.check_scale``) baked into
+    the weights, as kohya's ``merge_lora.py`` does: the file draws what the model draws with those LoRAs loaded.
 
     dtype: of the tensors written (default: as loaded, fp32); "fp16" halves the file, as the
     shared SD files are. SD 2.x text encoders are written as the 23 OpenCLIP blocks SD 2 uses
@@ -85,6 +88,14 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
     cast = None if dtype is None else precision.as_dtype(dtype)
     c = loading.load_components(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type,
                                 backend="torch")
+    if loras:
+        from ..lora.adapters import LoraAdapters
+
+        adapters = LoraAdapters({"unet": c.unet, "text_encoder": c.text_encoder,
+                                 **({"text_encoder_2": c.xl.text_encoder_2} if c.xl and not c.xl.refiner else {})})
+        for path, scale in loras:
+            adapters.load(path, scale=scale)
+        adapters.bake()
     tensors = {k: (v if cast is None else v.to(cast)).contiguous() for k, v in ldm_state_dict(c).items()}
     with atomic_path(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp), metadata=header(c))

@@ -46,3 +46,26 @@ def test_export_command(tiny_folder, tmp_path, capsys):
     meta = checkpoints.read(tmp_path / "m.safetensors").metadata
     assert meta["modelspec.architecture"] == "stable-diffusion-v1" and meta["modelspec.prediction_type"] == "epsilon"
 
+
+
+def test_export_bakes_loras_in(tiny_folder, lora_files, tmp_path, capsys):
+    import argparse
+
+    from latentgen.cli import checkpoints as cli
+
+    kohya = lora_files[1]
+    ap = argparse.ArgumentParser()
+    cli.add_parser(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["export", str(tiny_folder), str(tmp_path / "m.safetensors"), "--lora", f"{kohya}:0.3:0.8"])
+    assert args.func(args) == 0
+    plain = ldm_export.export(tiny_folder, tmp_path / "plain.safetensors")
+    assert load_file(tmp_path / "m.safetensors").keys() == load_file(plain).keys()  # no adapter left in it
+    loaded = latentgen.load(tiny_folder)
+    loaded.load_lora(kohya, scale=(0.3, 0.8))
+    baked = latentgen.load(tmp_path / "m.safetensors").generate("a red cat", **ARGS)
+    assert max_diff(baked, loaded.generate("a red cat", **ARGS)) <= 1  # as the LoRA loaded at those scales
+    assert max_diff(baked, latentgen.load(plain).generate("a red cat", **ARGS)) > 2
+    args = ap.parse_args(["export", str(tiny_folder), str(tmp_path / "n.safetensors"), "--lora", "nope.safetensors"])
+    with pytest.raises(FileNotFoundError, match="--lora nope.safetensors: no file"):
+        args.func(args)
+    assert not (tmp_path / "n.safetensors").exists()
