@@ -2,13 +2,18 @@
 images a model draws itself.
 
 Layouts: one ``.txt`` caption beside each image (``cat.png`` + ``cat.txt``, kohya's layout) or a
-``metadata.jsonl`` of ``{"file_name", "text"}`` lines (Hugging Face's imagefolder layout).
+``metadata.jsonl`` of ``{"file_name", "text"}`` lines (Hugging Face's imagefolder layout). kohya's DreamBooth
+layout too: subfolders named ``N_tokens`` (``10_sks dog``), whose images count N times in a pass over the data
+and, without a caption file, are captioned by the tokens (facts from sd-scripts' ``config_util`` and
+``train_util``). Captions can be tag lists that each draw shuffles (kohya's ``shuffle_caption``, ``keep_tokens``,
+``caption_tag_dropout_rate``: ``tag_caption``).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import torch
@@ -18,10 +23,13 @@ from . import loop as train
 from .configs import FolderRunOptions  # noqa: F401 - the trainers' shared options, named here too
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REPEATS = re.compile(r"^(\d+)_(.*)$")  # kohya's DreamBooth folder: "10_sks dog" = 10 repeats, class tokens "sks dog"
 
 
-def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple[Path, str]]:
-    """(image path, caption) pairs of a data folder, sorted by file name."""
+def read_dataset(folder: Path, default_caption: str | None = None,
+                 caption_extension: str = ".txt") -> list[tuple[Path, str]]:
+    """(image path, caption) pairs of a data folder, sorted by file name; the images of a kohya repeat folder
+    (``N_tokens``) N times each."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {str(folder)!r} does not exist; pass a folder of images with captions.")
@@ -33,17 +41,45 @@ def read_dataset(folder: Path, default_caption: str | None = None) -> list[tuple
         if missing:
             raise FileNotFoundError(f"metadata.jsonl names {len(missing)} missing file(s): {', '.join(missing[:5])}.")
     else:
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        pairs = [(p, p.with_suffix(".txt").read_text().strip() if p.with_suffix(".txt").is_file() else None)
-                 for p in images]
+        pairs = _captioned(folder, caption_extension)
+        repeats = sorted(d for d in folder.iterdir() if d.is_dir() and REPEATS.match(d.name))
+        if pairs and repeats:
+            raise ValueError(f"data folder {str(folder)!r} has images at its top and kohya repeat folders "
+                             f"({repeats[0].name}, ...): move the top images into a folder such as 1_{folder.name}, "
+                             f"or keep one layout.")
+        for d in repeats:
+            n, tokens = REPEATS.match(d.name).groups()
+            pairs += _captioned(d, caption_extension, tokens.strip() or None) * int(n)
     if not pairs:
         raise ValueError(f"data folder {str(folder)!r} has no images ({', '.join(IMAGE_EXTS)}); add images "
-                         f"with a .txt caption beside each, or a metadata.jsonl.")
-    uncaptioned = [p.name for p, c in pairs if not c]
+                         f"with a {caption_extension} caption beside each, a metadata.jsonl, or kohya repeat folders "
+                         f"such as 10_name/.")
+    uncaptioned = sorted({p.name for p, c in pairs if not c})
     if uncaptioned and default_caption is None:
-        raise ValueError(f"{len(uncaptioned)} image(s) have no caption ({', '.join(uncaptioned[:5])}): add a .txt "
-                         f"beside each image or a metadata.jsonl, or pass default_caption=... (--default-caption).")
+        raise ValueError(f"{len(uncaptioned)} image(s) have no caption ({', '.join(uncaptioned[:5])}): add a "
+                         f"{caption_extension} beside each image or a metadata.jsonl, or pass default_caption=... "
+                         f"(--default-caption).")
     return [(p, c or default_caption) for p, c in pairs]
+
+
+def _captioned(folder: Path, extension: str, fallback: str | None = None) -> list[tuple[Path, str | None]]:
+    """The images directly in ``folder``, sorted, each with its caption file's text (else ``fallback``)."""
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    return [(p, p.with_suffix(extension).read_text().strip() if p.with_suffix(extension).is_file() else fallback)
+            for p in images]
+
+
+def tag_caption(caption: str, shuffle: bool, keep: int, dropout: float, rng: random.Random) -> str:
+    """A caption as kohya's dataset gives it to one draw: its comma-separated tags after the first ``keep``
+    shuffled (``shuffle``) and each of those dropped with probability ``dropout``, joined by ", "; unchanged when
+    neither is asked."""
+    if not shuffle and not dropout:
+        return caption
+    tags = [t.strip() for t in caption.strip().split(",")]
+    fixed, flex = tags[:keep], tags[keep:]
+    if shuffle:
+        rng.shuffle(flex)
+    return ", ".join(fixed + [t for t in flex if not dropout or rng.random() >= dropout])
 
 
 def prepare(path: Path, resolution: int, crop: str) -> torch.Tensor:
@@ -87,17 +123,21 @@ def draw_prior(pipe, folder: Path, prompts: list[str], n: int, seed: int = 0) ->
 
 @torch.no_grad()
 def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE runs once per image: each latent distribution's mean and std (N, 4, h, w), scaled."""
-    dists = [vae.encode(prepare(p, res, crop).to(vae.device)).latent_dist for p, _ in pairs]
-    sf = vae.config.scaling_factor
-    return torch.cat([d.mean for d in dists]) * sf, torch.cat([d.std for d in dists]) * sf
+    """The VAE runs once per image file (a repeated image once): each pair's latent distribution's mean and std
+    (N, 4, h, w), scaled."""
+    files_ = list(dict.fromkeys(p for p, _ in pairs))
+    dists = [vae.encode(prepare(p, res, crop).to(vae.device)).latent_dist for p in files_]
+    at, sf = {p: i for i, p in enumerate(files_)}, vae.config.scaling_factor
+    idx = [at[p] for p, _ in pairs]
+    return torch.cat([d.mean for d in dists])[idx] * sf, torch.cat([d.std for d in dists])[idx] * sf
 
 
 class Batches:
     """``batch_fn(step, micro, accelerator)`` of the loop: epoch-wise shuffles of the data (and as many
     prior images after them), each process taking its own slice; a pure function of its coordinates. SDXL:
     ``tokenizer_2`` gives its second encoder's ids too.
-    ``cfg``: a LoRA trainer's config (``batch``, ``grad_accum``, ``seed``, ``caption_dropout``, ``prior_weight``)."""
+    ``cfg``: a LoRA trainer's config (``batch``, ``grad_accum``, ``seed``, ``caption_dropout``, ``prior_weight``, and
+    the tag options of ``texts``)."""
 
     def __init__(self, cfg, tokenizer, captions: list[str], n_data: int, n_prior: int,
                  mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None):
@@ -117,10 +157,17 @@ class Batches:
         if self.n_prior:  # loss = mean(data) + prior_weight * mean(prior)
             idx += self.picks(self.n_prior, self.n_data, "prior-epoch:", step, micro, a)
             weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
-        caps = train.drop_captions([self.captions[i] for i in idx], cfg.caption_dropout, cfg.seed, step, micro,
-                                   a.process_index)
+        caps = train.drop_captions(self.texts(idx, step, micro, a.process_index), cfg.caption_dropout, cfg.seed,
+                                   step, micro, a.process_index)
         return {**self.ids(caps, a.device), "mean": self.mean[idx], "std": self.std[idx], "weights": weights,
                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
+
+    def texts(self, idx: list[int], step: int, micro: int, process: int) -> list[str]:
+        """The captions of ``idx`` as this draw reads them (``tag_caption`` with the config's ``shuffle_caption``,
+        ``keep_tokens``, ``caption_tag_dropout``), the shuffles drawn from (seed, step, micro, process)."""
+        cfg, rng = self.cfg, random.Random(f"{self.cfg.seed}:tags:{step}:{micro}:{process}")
+        return [tag_caption(self.captions[i], cfg.shuffle_caption, cfg.keep_tokens, cfg.caption_tag_dropout, rng)
+                for i in idx]
 
     def ids(self, captions: list[str], device) -> dict:
         """The captions' token ids (B, 77), and SDXL's bigG's through its own tokenizer (padding with "!")."""
@@ -140,5 +187,5 @@ def prior_pairs(cfg, c, acc) -> list[tuple[Path, str]]:
 
         draw_prior(Pipeline.from_components(c), cfg.prior_data, cfg.prior_prompts, cfg.prior_images, cfg.seed)
     acc.wait_for_everyone()
-    return read_dataset(cfg.prior_data)
+    return read_dataset(cfg.prior_data, caption_extension=cfg.caption_extension)
 

@@ -104,6 +104,14 @@ class LoraOptions:
     mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory")
     default_caption: str | None = option(None, "caption for images that have none (else: an error)")
+    caption_extension: str = option(".txt", "the caption files' extension (kohya's --caption_extension)")
+    shuffle_caption: bool = option(False, "shuffle each caption's comma-separated tags at every draw (kohya's)")
+    keep_tokens: int = option(0, "the first N tags stay in place (kohya's --keep_tokens)")
+    caption_tag_dropout: float = option(0.0, "drop each tag after the kept ones with this probability (kohya's "
+                                             "--caption_tag_dropout_rate)")
+    unet_lr: float | None = option(None, "the U-Net adapters' learning rate (default: --lr; kohya's --unet_lr)")
+    text_encoder_lr: float | None = option(None, "the text encoder adapters' learning rate (default: --lr; "
+                                                 "kohya's --text_encoder_lr)")
     seed: int = option(0, "seed of the adapters' init, data order, noise")
     save_every: int = option(100, "checkpoint every N steps")
     validate_every: int | None = option(None, "draw the sample prompts every N steps (kohya's sample_every_n_steps)")
@@ -138,7 +146,32 @@ class LoraOptions:
         for n in ("batch", "grad_accum", "save_every"):
             checks.whole(n, getattr(self, n), 1)
         checks.check_choices(self)
+        self.check_captions()
         self.check_samples()
+
+    def check_captions(self) -> None:
+        """The caption file extension, kohya's tag options and the per-part learning rates."""
+        if not (isinstance(self.caption_extension, str) and self.caption_extension.startswith(".")
+                and len(self.caption_extension) > 1 and "/" not in self.caption_extension):
+            raise ValueError(f"caption_extension={self.caption_extension!r} is invalid: use a file extension with its "
+                             f"dot, such as '.txt' or '.caption'.")
+        checks.whole("keep_tokens", self.keep_tokens, 0, "use a whole number of tags >= 0, such as 1")
+        checks.number("caption_tag_dropout", self.caption_tag_dropout, minimum=0, maximum=1)
+        if self.keep_tokens and not (self.shuffle_caption or self.caption_tag_dropout):
+            raise ValueError("keep_tokens keeps tags in place while the others are shuffled or dropped: add "
+                             "shuffle_caption=True (--shuffle-caption) or caption_tag_dropout, or leave it out.")
+        for n in ("unet_lr", "text_encoder_lr"):
+            if getattr(self, n) is not None:
+                checks.number(n, getattr(self, n), positive=True, fix="use a positive learning rate such as 1e-4")
+        if self.text_encoder_lr is not None and not getattr(self, "train_text_encoder", False):
+            raise ValueError("text_encoder_lr is the text encoder adapters' learning rate, and no text encoder is "
+                             "trained: add train_text_encoder=True (--train-text-encoder), or leave it out.")
+
+    def learning_rate(self, parameter: str) -> float:
+        """The learning rate of a trainable parameter, by its name in the objective (``text_encoder...``: the text
+        encoders' adapters)."""
+        own = self.text_encoder_lr if parameter.startswith("text_encoder") else self.unet_lr
+        return self.lr if own is None else own
 
     def check_samples(self) -> None:
         """The sample prompts read (a bad line or file is refused now, not mid-run) and something to draw them."""

@@ -180,9 +180,9 @@ class ConsistencyObjective(finetune.LoraCheckpointed):
 
 
 class DistillBatches(Batches):
-    """finetune-lora's data order (``captioned.Batches``; no prior images, no caption dropout), each micro-batch's
-    randomness from ``step_generator(seed, step, micro * processes + process)``: its place among all the step's
-    micro-batches, so P processes draw what one process draws with P times ``grad_accum``."""
+    """finetune-lora's data order and tag shuffles (``captioned.Batches``; no prior images, no caption dropout), each
+    micro-batch's randomness from ``step_generator(seed, step, micro * processes + process)``: its place among all
+    the step's micro-batches, so P processes draw what one process draws with P times ``grad_accum``."""
 
     def __init__(self, cfg: LcmDistillConfig, tokenizer, captions: list[str], mean, std, tokenizer_2=None):
         super().__init__(cfg, tokenizer, captions, len(captions), 0, mean, std, tokenizer_2)
@@ -190,8 +190,8 @@ class DistillBatches(Batches):
     def __call__(self, step: int, micro: int, a) -> dict:
         idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
         slot = micro * a.num_processes + a.process_index
-        return {**self.ids([self.captions[i] for i in idx], a.device), "mean": self.mean[idx], "std": self.std[idx],
-                "generator": train.step_generator(self.cfg.seed, step, slot)}
+        return {**self.ids(self.texts(idx, step, micro, a.process_index), a.device), "mean": self.mean[idx],
+                "std": self.std[idx], "generator": train.step_generator(self.cfg.seed, step, slot)}
 
 
 def run(cfg: LcmDistillConfig) -> Path:

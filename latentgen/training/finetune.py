@@ -93,7 +93,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     started = time.perf_counter()
     pairs = check_inputs(cfg)  # bad settings and data fail before any model loads
     if cfg.prior_data is not None and not cfg.prior_prompts:
-        read_dataset(cfg.prior_data)
+        read_dataset(cfg.prior_data, caption_extension=cfg.caption_extension)
     acc, c, res = load_base(cfg)
     check_samples(cfg, c)
     steps = total_steps(cfg, len(pairs), acc.num_processes)
@@ -113,7 +113,7 @@ def run(cfg: LoraTrainConfig) -> Path:
 def check_inputs(cfg: LoraOptions) -> list[tuple[Path, str]]:
     """The settings, the data folder and the run folder, checked; the (image, caption) pairs."""
     cfg.check()
-    pairs = read_dataset(cfg.data, cfg.default_caption)
+    pairs = read_dataset(cfg.data, cfg.default_caption, cfg.caption_extension)
     train.check_fresh(cfg.out, cfg.resume)
     return pairs
 
@@ -171,6 +171,9 @@ def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> 
             "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
             "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
+            "ss_unet_lr": cfg.learning_rate("unet"), "ss_text_encoder_lr": cfg.learning_rate("text_encoder"),
+            "ss_shuffle_caption": cfg.shuffle_caption, "ss_keep_tokens": cfg.keep_tokens,
+            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout,
             **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {}),
             "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
                                           if cfg.conv_rank else {})}
@@ -213,7 +216,7 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
                                grad_accum=cfg.grad_accum, seed=cfg.seed, save_every=cfg.save_every,
                                mixed_precision=cfg.mixed_precision, weight_decay=0.0),
               objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"{desc} {cfg.name}",
-              on_save=write, on_step=draw, strict=False)
+              on_save=write, on_step=draw, strict=False, lr_of=cfg.learning_rate)
     return out / f"{cfg.name}.safetensors"
 
 

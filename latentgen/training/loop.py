@@ -65,7 +65,7 @@ def latest_checkpoint(out: Path) -> tuple[Path | None, int]:
 def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], *,
         run_id: dict, accelerator: Accelerator | None = None, desc: str = "train",
         on_save: Callable[[int], None] | None = None, on_step: Callable[[int], None] | None = None,
-        strict: bool = True) -> list[float]:
+        strict: bool = True, lr_of: Callable[[str], float] | None = None) -> list[float]:
     """Optimize ``model``'s trainable parameters for ``cfg.steps`` steps, resuming if checkpoints exist.
 
     ``run_id`` describes the run (config, data spec); resuming from a checkpoint written with a
@@ -73,14 +73,17 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     ``batch_fn(step, micro, accelerator)`` may use the accelerator's process index to shard data.
     ``on_save(step)`` / ``on_step(step)`` run on the main process after a checkpoint / every step.
     ``strict=False`` lets a checkpoint hold only part of the model (LoRA: the adapter weights).
+    ``lr_of(name)``: each trainable parameter's learning rate, by its name in ``model`` (default: ``cfg.lr``).
     ``cfg.ema``: the trainable parameters end as their exponential moving average, the average SD and
     DDPM sample from (Ho et al. 2020, sec. 4); its warm-up follows diffusers (decay (1+t)/(10+t) until
     it reaches ``cfg.ema``), so early steps do not weigh in for long.
     """
     cfg.check()
     acc = accelerator or Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params, rate = [p for _, p in named], {n: lr_of(n) if lr_of else cfg.lr for n, _ in named}
+    groups = [{"params": [p for n, p in named if rate[n] == lr], "lr": lr} for lr in dict.fromkeys(rate.values())]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     model, opt, sched = acc.prepare(model, opt, sched)
     ema = moving_average(params, cfg.ema)

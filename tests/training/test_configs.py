@@ -38,6 +38,17 @@ def test_the_settings_module_imports_no_torch():
      r"validation prompt 1: width=9 is invalid: use a multiple of 8"),
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, validate_every=2, validation_prompts=["a"],
                                        sample_sampler="k_heun_a"), r"sample_sampler='k_heun_a' is unknown"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, caption_extension="txt"),
+     r"caption_extension='txt' is invalid: use a file extension with its dot, such as '.txt'"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, keep_tokens=1),
+     r"keep_tokens keeps tags in place .* add shuffle_caption=True \(--shuffle-caption\)"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, keep_tokens=-1, shuffle_caption=True),
+     r"keep_tokens=-1 is invalid"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, caption_tag_dropout=1.5), r"caption_tag_dropout=1.5"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, unet_lr=0.0), r"unet_lr=0.0 is invalid: use a positive"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, text_encoder_lr=1e-5),
+     r"text_encoder_lr is the text encoder adapters' learning rate, and no text encoder is trained"),
+    (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, text_encoder_lr=1e-5), r"no text encoder is trained"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, num_ddim_timesteps=48),
      r"num_ddim_timesteps=48 is invalid: it must divide the model's 1000 training timesteps"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, w_min=8.0, w_max=4.0),
@@ -70,3 +81,13 @@ def test_the_sample_images_are_drawn_every_n_steps_or_at_the_step_that_ends_ever
     epochs = configs.LoraTrainConfig(data="d", out="o", steps=9, validate_every_epochs=2, validation_prompts=["a"],
                                      sample_at_first=True)
     assert [s for s in range(11) if epochs.sample_step(s, 4, 10)] == [0, 5, 10]
+
+
+def test_learning_rates_per_part_default_to_lr():
+    cfg = configs.LoraTrainConfig(data=".", out=".", steps=5, lr=1e-4, text_encoder_lr=5e-5, train_text_encoder=True)
+    cfg.check()
+    assert cfg.learning_rate("unet.down_blocks.0.lora_A.default.weight") == 1e-4
+    assert cfg.learning_rate("text_encoder.text_model.encoder.layers.0.lora_A.default.weight") == 5e-5
+    assert cfg.learning_rate("text_encoder_2.encoder.layers.0.lora_A.default.weight") == 5e-5  # SDXL's bigG too
+    cfg.unet_lr = 3e-4
+    assert cfg.learning_rate("unet.x") == 3e-4

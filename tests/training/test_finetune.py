@@ -223,3 +223,25 @@ def test_bad_prior_settings(tiny_folder, data, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="has no images"):  # checked before any model loads
         _run(tiny_folder, data, tmp_path / "o", prior_data=tmp_path / "empty")
+
+def test_kohya_repeat_folders_tag_shuffles_and_per_part_learning_rates(tiny_folder, data, tmp_path):
+    from safetensors import safe_open
+
+    pairs = captioned.read_dataset(data)
+    for folder, picked in (("3_shapes", pairs[:2]), ("1_other", pairs[2:3])):
+        (tmp_path / "d" / folder).mkdir(parents=True)
+        for p, cap in picked:
+            (tmp_path / "d" / folder / p.name).write_bytes(p.read_bytes())
+            (tmp_path / "d" / folder / p.with_suffix(".caption").name).write_text(cap.replace(" on ", ", on "))
+    path = _run(tiny_folder, tmp_path / "d", tmp_path / "out", steps=None, epochs=1, caption_extension=".caption",
+                shuffle_caption=True, keep_tokens=1, caption_tag_dropout=0.1, train_text_encoder=True,
+                unet_lr=1e-3, text_encoder_lr=1e-5)
+    meta = safe_open(str(path), "pt").metadata()
+    assert meta["ss_num_train_images"] == "7" and meta["ss_max_train_steps"] == "4"  # 2 x 3 + 1 x 1, batch 2
+    assert (meta["ss_shuffle_caption"], meta["ss_keep_tokens"], meta["ss_caption_tag_dropout_rate"]) == \
+        ("True", "1", "0.1")
+    assert (meta["ss_unet_lr"], meta["ss_text_encoder_lr"]) == ("0.001", "1e-05")
+    w = load_file(str(path))
+    moved = {part: max(w[k].abs().max().item() for k in w if k.startswith(part) and k.endswith("lora_B.weight"))
+             for part in ("unet.", "text_encoder.")}  # B starts at 0; Adam moves it about lr per step
+    assert moved["text_encoder."] < 5e-5 < 1e-3 < moved["unet."]

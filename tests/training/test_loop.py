@@ -168,3 +168,12 @@ def test_no_pickle_is_loaded_with_code_anywhere_in_the_package():
                    for k in node.keywords):
                 found.append(f"{path.name}:{node.lineno}: {name}(weights_only=...)")
     assert found == []
+
+
+def test_each_parameter_gets_its_own_learning_rate(tmp_path):
+    model = Regression()
+    cfg = train.LoopConfig(out=tmp_path, steps=1, lr=0.5, save_every=1, weight_decay=0.0, max_grad_norm=0.0)
+    train.run(cfg, model, _batch, run_id={"test": "lr"}, lr_of=lambda n: 0.1 if n.endswith("weight") else 0.01)
+    # Adam's first step moves each parameter by its learning rate (times the gradient's sign)
+    assert torch.allclose(model.layer.weight.abs(), torch.full((1, 3), 0.1), atol=1e-4)
+    assert torch.allclose(model.layer.bias.abs(), torch.full((1,), 0.01), atol=1e-4)
