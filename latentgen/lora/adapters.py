@@ -72,6 +72,27 @@ class Loaded:
     recommended: formats.Recommendation | None = None  # the sampler, steps, guidance its header recommends
 
 
+def inject(model: torch.nn.Module, part: str, mods: dict, name: str) -> None:
+    """Wrap ``model``'s modules named in ``mods`` ({module name in files: (down, up, alpha)}, ``formats.read``'s, for
+    ``part``) in peft LoRA layers named ``name`` holding those weights, each with its own rank and alpha."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cut = len(formats.file_prefix(part, model))
+    mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
+    ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
+    config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
+                        rank_pattern=ranks, alpha_pattern={m: a for m, (_, _, a) in mods.items()})
+    with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+        inject_adapter_in_model(config, model, adapter_name=name)
+    serial = next(_SERIALS)
+    for m, (down, up, _) in mods.items():
+        layer = model.get_submodule(m)
+        layer.lora_A[name].weight.data.copy_(down)
+        layer.lora_B[name].weight.data.copy_(up)
+        layer.lora_A[name].weight.latentgen_serial = serial  # one per injection: ``backends.weights.lora_state``
+
+
 class LoraAdapters:
     """The LoRAs on ``models`` ({"unet": ..., "text_encoder": ...}, and SDXL's "text_encoder_2"), by name, in load
     order. The U-Net's backend reads their state from the layers themselves (adapters, scales, merged or not:
@@ -139,24 +160,8 @@ class LoraAdapters:
 
     def _inject(self, part: str, mods: dict, name: str) -> None:
         """Wrap ``part``'s target modules in peft LoRA layers named ``name`` holding the file's weights."""
-        from peft import LoraConfig, inject_adapter_in_model
-
-        model = self.models[part]
-        cut = len(formats.file_prefix(part, model))
-        mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
-        ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
-        config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),
-                            rank_pattern=ranks, alpha_pattern={m: a for m, (_, _, a) in mods.items()})
-        with warnings.catch_warnings():  # peft warns that a second adapter is a second adapter
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            inject_adapter_in_model(config, model, adapter_name=name)
+        inject(self.models[part], part, mods, name)
         self._tuners = None
-        serial = next(_SERIALS)
-        for m, (down, up, _) in mods.items():
-            layer = model.get_submodule(m)
-            layer.lora_A[name].weight.data.copy_(down)
-            layer.lora_B[name].weight.data.copy_(up)
-            layer.lora_A[name].weight.latentgen_serial = serial  # one per injection: ``backends.weights.lora_state``
 
     def _layers(self) -> list:
         """peft's layers in the models (a walk of every module, done again only after an injection or an unload)."""

@@ -92,6 +92,8 @@ class LoraOptions:
     conv_rank: int = option(0, "LoCon: also adapt the U-Net's 3x3 convolutions (ResNet blocks, down/up-samplers) "
                                "at this rank, as kohya's conv_dim; 0: attention only")
     conv_alpha: float | None = option(None, "alpha of the convolution adapters (default: conv_rank)")
+    network_weights: Path | None = option(None, "go on training this LoRA file: its modules, ranks, alphas and "
+                                                "weights (kohya's --network_weights with --dim_from_weights)")
     lr: float = option(1e-4, "learning rate")
     lr_schedule: str = option("constant", "constant, cosine, linear, constant_with_warmup, ... (diffusers.optimization)")
     warmup: int = option(0, "warmup steps")
@@ -147,7 +149,20 @@ class LoraOptions:
             checks.whole(n, getattr(self, n), 1)
         checks.check_choices(self)
         self.check_captions()
-        self.check_samples()
+        self.check_start()
+        samples.check_options(self)
+
+    def check_start(self) -> None:
+        """A LoRA to start from exists, and nothing says other adapters."""
+        if self.network_weights is None:
+            return
+        if not Path(self.network_weights).is_file():
+            raise FileNotFoundError(f"network_weights={str(self.network_weights)!r} does not exist: give a LoRA file "
+                                    f"to go on training, or leave it out.")
+        given = [n for n in ("alpha", "conv_alpha") if getattr(self, n) is not None] + (["conv_rank"] if self.conv_rank
+                                                                                         else [])
+        if given:
+            raise ValueError(f"{given[0]} is read from network_weights (its ranks and alphas): leave it out.")
 
     def check_captions(self) -> None:
         """The caption file extension, kohya's tag options and the per-part learning rates."""
@@ -172,22 +187,6 @@ class LoraOptions:
         encoders' adapters)."""
         own = self.text_encoder_lr if parameter.startswith("text_encoder") else self.unet_lr
         return self.lr if own is None else own
-
-    def check_samples(self) -> None:
-        """The sample prompts read (a bad line or file is refused now, not mid-run) and something to draw them."""
-        every = [n for n in ("validate_every", "validate_every_epochs") if getattr(self, n) is not None]
-        for n in every:
-            checks.whole(n, getattr(self, n), 1, f"use a whole number >= 1, such as {n}=10")
-        if len(every) > 1:
-            raise ValueError("give validate_every=N steps or validate_every_epochs=N epochs, not both.")
-        found = samples.gather(self.validation_prompts, self.sample_prompts)
-        samples.sampler_name(self.sample_sampler)  # kohya's names or latentgen's
-        if found and not every and not self.sample_at_first:
-            raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
-                             "to draw them every N steps, validate_every_epochs=N, or sample_at_first=True.")
-        if not found and (every or self.sample_at_first):
-            raise ValueError(f"{(every or ['sample_at_first'])[0]} draws the sample prompts, and none is given: add "
-                             f"validation_prompts (--validation-prompt) or sample_prompts=FILE (--sample-prompts).")
 
     def sample_step(self, step: int, per_step: int, n_images: int) -> bool:
         """Whether the sample images are drawn after ``step`` (0: before the first), each step taking ``per_step``

@@ -236,6 +236,9 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
     conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
     parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
     parts += [(m, list(lora_io.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
+    if cfg.network_weights is not None:  # kohya's --network_weights: the file's modules, ranks, alphas, weights
+        start_from(c, cfg.network_weights, text_encoder)
+        parts = []
     for model, targets, ranks, alphas in parts:
         inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
                                            target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
@@ -244,3 +247,23 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
         c.unet.enable_gradient_checkpointing()
         for m in encoders if text_encoder else []:
             m.gradient_checkpointing_enable()
+
+
+def start_from(c, path, text_encoder: bool) -> None:
+    """Adapters named 'default' holding the LoRA file ``path`` (any layout ``latentgen.lora.formats`` reads), on the
+    modules it names with its ranks and alphas: training goes on from it. Its text-encoder adapters train only with
+    ``text_encoder``; without, they stay as the file has them (and are written out again)."""
+    import warnings
+
+    from ..lora.adapters import inject
+
+    models = {"unet": c.unet, "text_encoder": c.text_encoder, **dict(text_2(c))}
+    lora, unknown = lora_io.read(path, models)
+    if unknown:
+        warnings.warn(f"network_weights {path}: {len(unknown)} key(s) match no module of this model and were "
+                      f"ignored: {', '.join(unknown[:10])}")
+    for part, mods in lora.modules.items():
+        inject(models[part], part, mods, "default")
+        for name, p in models[part].named_parameters():
+            if ".lora_" in name:
+                p.requires_grad_(part == "unet" or text_encoder)

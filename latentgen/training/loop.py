@@ -80,10 +80,7 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     """
     cfg.check()
     acc = accelerator or Accelerator(gradient_accumulation_steps=1, mixed_precision=cfg.mixed_precision)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params, rate = [p for _, p in named], {n: lr_of(n) if lr_of else cfg.lr for n, _ in named}
-    groups = [{"params": [p for n, p in named if rate[n] == lr], "lr": lr} for lr in dict.fromkeys(rate.values())]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params, opt = optimizer(model, cfg, lr_of)
     sched = get_scheduler(cfg.lr_schedule, opt, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     model, opt, sched = acc.prepare(model, opt, sched)
     ema = moving_average(params, cfg.ema)
@@ -124,6 +121,14 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
     if acc.is_main_process and cfg.steps > start:
         print(f"{desc}: {cfg.steps - start} steps in {time.perf_counter() - t0:.0f}s")
     return losses
+
+
+def optimizer(model: torch.nn.Module, cfg: LoopConfig, lr_of: Callable[[str], float] | None):
+    """(the trainable parameters, AdamW over them): one group per learning rate (``lr_of(name)``, else ``cfg.lr``)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    rate = {n: lr_of(n) if lr_of else cfg.lr for n, _ in named}
+    groups = [{"params": [p for n, p in named if rate[n] == lr], "lr": lr} for lr in dict.fromkeys(rate.values())]
+    return [p for _, p in named], torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def moving_average(params: list, decay: float) -> EMAModel | None:

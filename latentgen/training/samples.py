@@ -179,6 +179,24 @@ def gather(prompts: list[str], path: str | Path | None) -> list[Sample]:
     return [from_line(p, f"validation prompt {i}") for i, p in enumerate(prompts, 1)] + (read(path) if path else [])
 
 
+def check_options(opts) -> None:
+    """A LoRA trainer's sample settings (``configs.LoraOptions``): the sample prompts read (a bad line or file is
+    refused now, not mid-run), their sampler known, and something to draw them, at steps or epochs (not both)."""
+    every = [n for n in ("validate_every", "validate_every_epochs") if getattr(opts, n) is not None]
+    for n in every:
+        checks.whole(n, getattr(opts, n), 1, f"use a whole number >= 1, such as {n}=10")
+    if len(every) > 1:
+        raise ValueError("give validate_every=N steps or validate_every_epochs=N epochs, not both.")
+    found = gather(opts.validation_prompts, opts.sample_prompts)
+    sampler_name(opts.sample_sampler)  # kohya's names or latentgen's
+    if found and not every and not opts.sample_at_first:
+        raise ValueError("sample prompts are given but never drawn: add validate_every=N (--validate-every N) "
+                         "to draw them every N steps, validate_every_epochs=N, or sample_at_first=True.")
+    if not found and (every or opts.sample_at_first):
+        raise ValueError(f"{(every or ['sample_at_first'])[0]} draws the sample prompts, and none is given: add "
+                         f"validation_prompts (--validation-prompt) or sample_prompts=FILE (--sample-prompts).")
+
+
 def check(pipe, found: list[Sample], run_seed: int, **defaults) -> None:
     """Refuse, naming the line, a sample whose settings ``pipe`` would refuse (a size off its VAE's grid, more steps
     than the LCM sampler takes): before training, not at the first sample."""

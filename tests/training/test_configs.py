@@ -49,6 +49,8 @@ def test_the_settings_module_imports_no_torch():
     (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, text_encoder_lr=1e-5),
      r"text_encoder_lr is the text encoder adapters' learning rate, and no text encoder is trained"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, text_encoder_lr=1e-5), r"no text encoder is trained"),
+    (lambda d: configs.LoraTrainConfig(data=d, out=d, steps=5, network_weights=d / "nope.safetensors"),
+     r"network_weights='.*nope.safetensors' does not exist: give a LoRA file to go on training"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, num_ddim_timesteps=48),
      r"num_ddim_timesteps=48 is invalid: it must divide the model's 1000 training timesteps"),
     (lambda d: configs.LcmDistillConfig(data=d, out=d, steps=5, w_min=8.0, w_max=4.0),

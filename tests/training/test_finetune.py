@@ -245,3 +245,23 @@ def test_kohya_repeat_folders_tag_shuffles_and_per_part_learning_rates(tiny_fold
     moved = {part: max(w[k].abs().max().item() for k in w if k.startswith(part) and k.endswith("lora_B.weight"))
              for part in ("unet.", "text_encoder.")}  # B starts at 0; Adam moves it about lr per step
     assert moved["text_encoder."] < 5e-5 < 1e-3 < moved["unet."]
+
+
+def test_network_weights_go_on_from_a_lora(tiny_folder, data, tmp_path):
+    a = _run(tiny_folder, data, tmp_path / "a", train_text_encoder=True, conv_rank=2, conv_alpha=1.0)
+    still = _run(tiny_folder, data, tmp_path / "b", network_weights=a, lr=1e-12)  # its weights, its ranks, alphas
+    wa, wb = load_file(str(a)), load_file(str(still))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-9) for k in wa)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("text_encoder."))  # kept, not trained
+    assert safe_alphas(a) == safe_alphas(still)
+    moved = load_file(str(_run(tiny_folder, data, tmp_path / "c", network_weights=a, train_text_encoder=True)))
+    for part in ("unet.", "text_encoder."):
+        assert any(not torch.allclose(wa[k], moved[k], atol=1e-5) for k in wa if k.startswith(part)), part
+    with pytest.raises(ValueError, match="conv_rank is read from network_weights"):
+        _run(tiny_folder, data, tmp_path / "d", network_weights=a, conv_rank=4)
+
+
+def safe_alphas(path):
+    from safetensors import safe_open
+
+    return json.loads(safe_open(str(path), "pt").metadata()["lora_adapter_metadata"])
