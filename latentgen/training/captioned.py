@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -132,6 +133,40 @@ def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tu
     return torch.cat([d.mean for d in dists])[idx] * sf, torch.cat([d.std for d in dists])[idx] * sf
 
 
+@dataclass
+class Bucketed:
+    """Latents cached at each image's aspect-ratio bucket (``latentgen.training.buckets``), per pair: the latent
+    distribution's mean and std (1, 4, h, w) each, scaled; the bucket (w, h); the image's original (w, h); the
+    crop's (top, left) in the resized picture."""
+    mean: list
+    std: list
+    bucket: list
+    original: list
+    crop: list
+
+    def time_ids(self, idx: list[int]) -> torch.Tensor:
+        """SDXL's size numbers of pairs ``idx`` (B, 6): original h, w, crop top, left, target (bucket) h, w."""
+        return torch.tensor([[self.original[i][1], self.original[i][0], *self.crop[i], self.bucket[i][1],
+                              self.bucket[i][0]] for i in idx], dtype=torch.float32)
+
+
+@torch.no_grad()
+def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[int, int]]) -> Bucketed:
+    """Each image file encoded once, at the bucket of ``resolutions`` nearest its aspect ratio (``buckets.fit``)."""
+    from ..images import load_rgb, to_tensor
+    from . import buckets
+
+    seen, sf = {}, vae.config.scaling_factor
+    for p in dict.fromkeys(p for p, _ in pairs):
+        im = load_rgb(p, "image")[0]
+        bucket = buckets.nearest(im.size, resolutions)
+        fitted, crop = buckets.fit(im, bucket)
+        d = vae.encode(to_tensor(fitted).to(vae.device)).latent_dist
+        seen[p] = (d.mean * sf, d.std * sf, bucket, im.size, crop)
+    rows = [seen[p] for p, _ in pairs]
+    return Bucketed(*(list(column) for column in zip(*rows)))
+
+
 class Batches:
     """``batch_fn(step, micro, accelerator)`` of the loop: epoch-wise shuffles of the data (and as many
     prior images after them), each process taking its own slice; a pure function of its coordinates. SDXL:
@@ -140,9 +175,36 @@ class Batches:
     the tag options of ``texts``)."""
 
     def __init__(self, cfg, tokenizer, captions: list[str], n_data: int, n_prior: int,
-                 mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None):
+                 mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None, bucketed: Bucketed | None = None):
         self.cfg, self.tokenizer, self.tokenizer_2, self.captions = cfg, tokenizer, tokenizer_2, captions
         self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
+        self.bucketed, self.order = bucketed, {}  # with buckets: each batch one bucket's (``buckets.epoch_batches``)
+
+    def batches_per_epoch(self) -> int:
+        """Batches in one pass over the data: with buckets, each bucket's last batch may be smaller."""
+        if self.bucketed is None:
+            return -(-self.n_data // self.cfg.batch)
+        return sum(-(-self.bucketed.bucket.count(b) // self.cfg.batch) for b in set(self.bucketed.bucket))
+
+    def data_picks(self, step: int, micro: int, a) -> list[int]:
+        """The data indices of this micro-batch: ``picks``, or with buckets the next batch of one bucket."""
+        if self.bucketed is None:
+            return self.picks(self.n_data, 0, "epoch:", step, micro, a)
+        from . import buckets
+
+        epoch, k = divmod((step * self.cfg.grad_accum + micro) * a.num_processes + a.process_index,
+                          self.batches_per_epoch())
+        if epoch not in self.order:
+            self.order = {epoch: buckets.epoch_batches(self.bucketed.bucket, self.cfg.batch, self.cfg.seed, epoch)}
+        return self.order[epoch][k]
+
+    def latents(self, idx: list[int]) -> dict:
+        """The mean and std of pairs ``idx``, and with buckets on SDXL their size numbers."""
+        if self.bucketed is None:
+            return {"mean": self.mean[idx], "std": self.std[idx]}
+        b = self.bucketed
+        out = {"mean": torch.cat([b.mean[i] for i in idx]), "std": torch.cat([b.std[i] for i in idx])}
+        return {**out, "time_ids": b.time_ids(idx)} if self.tokenizer_2 is not None else out
 
     def picks(self, n: int, offset: int, stream: str, step: int, micro: int, a) -> list[int]:
         cfg = self.cfg
@@ -152,14 +214,15 @@ class Batches:
 
     def __call__(self, step: int, micro: int, a) -> dict:
         cfg = self.cfg
-        idx = self.picks(self.n_data, 0, "epoch:", step, micro, a)
+        idx = self.data_picks(step, micro, a)
         weights = None
         if self.n_prior:  # loss = mean(data) + prior_weight * mean(prior)
             idx += self.picks(self.n_prior, self.n_data, "prior-epoch:", step, micro, a)
             weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
         caps = train.drop_captions(self.texts(idx, step, micro, a.process_index), cfg.caption_dropout, cfg.seed,
                                    step, micro, a.process_index)
-        return {**self.ids(caps, a.device), "mean": self.mean[idx], "std": self.std[idx], "weights": weights,
+        latents = {k: v.to(a.device) for k, v in self.latents(idx).items()}
+        return {**self.ids(caps, a.device), **latents, "weights": weights,
                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
 
     def texts(self, idx: list[int], step: int, micro: int, process: int) -> list[str]:

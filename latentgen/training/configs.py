@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import checks
 from ..checks import option
 from . import samples
+from .dataset_options import BucketOptions, CaptionOptions
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -80,7 +81,7 @@ class FolderRunOptions:
 
 
 @dataclass
-class LoraOptions:
+class LoraOptions(CaptionOptions):
     """The options of every LoRA trainer here (finetune-lora, distill-lcm): data, run folder, adapters,
     optimizer, batches, checkpoints, validation grids and output files."""
     data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
@@ -106,11 +107,6 @@ class LoraOptions:
     mixed_precision: str = option("no", "autocast dtype", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "trade compute for memory")
     default_caption: str | None = option(None, "caption for images that have none (else: an error)")
-    caption_extension: str = option(".txt", "the caption files' extension (kohya's --caption_extension)")
-    shuffle_caption: bool = option(False, "shuffle each caption's comma-separated tags at every draw (kohya's)")
-    keep_tokens: int = option(0, "the first N tags stay in place (kohya's --keep_tokens)")
-    caption_tag_dropout: float = option(0.0, "drop each tag after the kept ones with this probability (kohya's "
-                                             "--caption_tag_dropout_rate)")
     unet_lr: float | None = option(None, "the U-Net adapters' learning rate (default: --lr; kohya's --unet_lr)")
     text_encoder_lr: float | None = option(None, "the text encoder adapters' learning rate (default: --lr; "
                                                  "kohya's --text_encoder_lr)")
@@ -165,16 +161,8 @@ class LoraOptions:
             raise ValueError(f"{given[0]} is read from network_weights (its ranks and alphas): leave it out.")
 
     def check_captions(self) -> None:
-        """The caption file extension, kohya's tag options and the per-part learning rates."""
-        if not (isinstance(self.caption_extension, str) and self.caption_extension.startswith(".")
-                and len(self.caption_extension) > 1 and "/" not in self.caption_extension):
-            raise ValueError(f"caption_extension={self.caption_extension!r} is invalid: use a file extension with its "
-                             f"dot, such as '.txt' or '.caption'.")
-        checks.whole("keep_tokens", self.keep_tokens, 0, "use a whole number of tags >= 0, such as 1")
-        checks.number("caption_tag_dropout", self.caption_tag_dropout, minimum=0, maximum=1)
-        if self.keep_tokens and not (self.shuffle_caption or self.caption_tag_dropout):
-            raise ValueError("keep_tokens keeps tags in place while the others are shuffled or dropped: add "
-                             "shuffle_caption=True (--shuffle-caption) or caption_tag_dropout, or leave it out.")
+        """The caption options (``dataset_options``) and the per-part learning rates."""
+        self.check_dataset()
         for n in ("unet_lr", "text_encoder_lr"):
             if getattr(self, n) is not None:
                 checks.number(n, getattr(self, n), positive=True, fix="use a positive learning rate such as 1e-4")
@@ -201,7 +189,7 @@ class LoraOptions:
 
 
 @dataclass
-class LoraTrainConfig(LoraOptions):
+class LoraTrainConfig(LoraOptions, BucketOptions):
     """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
     snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
@@ -221,6 +209,10 @@ class LoraTrainConfig(LoraOptions):
         checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
         if self.prior_prompts and self.prior_data is None:
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
+        self.check_buckets()
+        if self.enable_bucket and self.prior_data is not None:
+            raise ValueError("enable_bucket with prior_data is not supported yet: prior images pair with each data "
+                             "image in a batch, and a bucket's batch has one size; train without one of them.")
 
 
 @dataclass

@@ -32,8 +32,8 @@ from . import loop as train
 from ..lora import formats as lora_io
 from ..text import xl as sdxl
 from .configs import LoraOptions, LoraTrainConfig
-from . import samples
-from .captioned import Batches, cache_latents, prior_pairs, read_dataset
+from . import buckets, samples
+from .captioned import Batches, cache_bucketed, cache_latents, prior_pairs, read_dataset
 
 
 class LoraCheckpointed(torch.nn.Module):
@@ -57,14 +57,16 @@ class LoraObjective(LoraCheckpointed):
         self.unet, self.text_encoder, self.text_encoder_2, self.size = unet, text_encoder, text_encoder_2, size
         self.noise_scheduler, self.snr_gamma, self.noise_offset = noise_scheduler, snr_gamma, noise_offset
 
-    def forward(self, input_ids, mean, std, generator, weights=None, input_ids_2=None):
+    def forward(self, input_ids, mean, std, generator, weights=None, input_ids_2=None, time_ids=None):
         latents = train.sample_latents(mean, std, generator)  # (B, 4, h, w), scaled
         unet = self.unet
         if self.text_encoder_2 is None:
             hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
-        else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6)
+        else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6): the batch's own with buckets
             hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, self.text_encoder, self.text_encoder_2)
-            unet = functools.partial(self.unet, added_cond_kwargs=sdxl.batch_added(pooled, self.size))
+            added = sdxl.batch_added(pooled, self.size) if time_ids is None else \
+                {"text_embeds": pooled, "time_ids": time_ids.to(pooled)}
+            unet = functools.partial(self.unet, added_cond_kwargs=added)
         return train.diffusion_loss(unet, hidden, latents, self.noise_scheduler, generator,
                                     snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
 
@@ -96,15 +98,17 @@ def run(cfg: LoraTrainConfig) -> Path:
         read_dataset(cfg.prior_data, caption_extension=cfg.caption_extension)
     acc, c, res = load_base(cfg)
     check_samples(cfg, c)
-    steps = total_steps(cfg, len(pairs), acc.num_processes)
+    sizes = buckets.resolutions(res, *cfg.bucket_sides(res, c.vae_scale_factor)) if cfg.enable_bucket else None
     prior = prior_pairs(cfg, c, acc)
-    mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop)
+    bucketed = cache_bucketed(c.vae, pairs, sizes) if sizes else None
+    mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop) if not sizes else (None, None)
     attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
                               cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
-                       tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None)
-    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
+                       tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed)
+    steps = total_steps(cfg, len(pairs), acc.num_processes, batch_fn.batches_per_epoch() if bucketed else None)
+    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)), **bucket_metadata(bucketed),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior)}
     return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
                extra_id={"prior": [[p.name, cap] for p, cap in prior]})
@@ -159,8 +163,11 @@ def pipeline_of(c):
     return Pipeline.from_components(c)
 
 
-def total_steps(cfg: LoraOptions, n_images: int, processes: int) -> int:
-    """``cfg.steps``, or the optimizer steps of ``cfg.epochs`` passes over ``n_images`` by all processes."""
+def total_steps(cfg: LoraOptions, n_images: int, processes: int, batches: int | None = None) -> int:
+    """``cfg.steps``, or the optimizer steps of ``cfg.epochs`` passes over ``n_images`` by all processes (with
+    buckets: over ``batches`` batches a pass, a bucket's last one smaller)."""
+    if batches is not None:
+        return cfg.steps or math.ceil(cfg.epochs * batches / (cfg.grad_accum * processes))
     return cfg.steps or math.ceil(cfg.epochs * n_images / (cfg.batch * cfg.grad_accum * processes))
 
 
@@ -177,6 +184,15 @@ def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> 
             **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {}),
             "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
                                           if cfg.conv_rank else {})}
+
+
+def bucket_metadata(bucketed) -> dict:
+    """kohya's header keys of aspect-ratio buckets: on or off, and each bucket's size and image count."""
+    if bucketed is None:
+        return {"ss_enable_bucket": False}
+    count = {b: bucketed.bucket.count(b) for b in sorted(set(bucketed.bucket))}
+    info = {"buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(count.items())}}
+    return {"ss_enable_bucket": True, "ss_bucket_info": json.dumps(info)}
 
 
 def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: list[tuple[Path, str]], *,

@@ -265,3 +265,40 @@ def safe_alphas(path):
     from safetensors import safe_open
 
     return json.loads(safe_open(str(path), "pt").metadata()["lora_adapter_metadata"])
+
+
+def _shaped_data(data, folder):
+    """Three captioned pictures of the data, one wide (96 x 64), one tall (64 x 96), one square."""
+    folder.mkdir(parents=True)
+    for (p, cap), size in zip(captioned.read_dataset(data), ((96, 64), (64, 96), (64, 64))):
+        Image.open(p).resize(size).save(folder / p.name)
+        (folder / p.name).with_suffix(".txt").write_text(cap)
+    return folder
+
+
+@pytest.mark.parametrize("xl", [False, True])
+def test_aspect_ratio_buckets_train_each_shape_at_its_own_size(tiny_folder, xl_folder, data, tmp_path, monkeypatch,
+                                                               xl):
+    from safetensors import safe_open
+
+    seen = []  # (latent shape, SDXL size numbers) of every batch the objective gets
+    forward = finetune.LoraObjective.forward
+
+    def spy(self, input_ids, mean, std, generator, weights=None, input_ids_2=None, time_ids=None):
+        seen.append((tuple(mean.shape), None if time_ids is None else time_ids.tolist()))
+        return forward(self, input_ids, mean, std, generator, weights, input_ids_2, time_ids)
+
+    monkeypatch.setattr(finetune.LoraObjective, "forward", spy)
+    shaped = _shaped_data(data, tmp_path / "d")
+    path = _run(xl_folder if xl else tiny_folder, shaped, tmp_path / "o", steps=None, epochs=2, enable_bucket=True)
+    meta = safe_open(str(path), "pt").metadata()
+    info = json.loads(meta["ss_bucket_info"])["buckets"]
+    assert meta["ss_enable_bucket"] == "True" and meta["ss_max_train_steps"] == "6"  # 3 one-image buckets x 2
+    assert sorted(tuple(b["resolution"]) for b in info.values()) == [(48, 80), (64, 64), (80, 48)]
+    shapes = {s for s, _ in seen}
+    assert len(shapes) == 3 and {s[3] / s[2] for s in shapes} == {48 / 80, 1.0, 80 / 48}  # each bucket's own latents
+    if xl:  # original h, w; crop top, left in the resized picture; target h, w, as SDXL reads them
+        assert {tuple(row) for _, t in seen for row in t} == {(64, 96, 2, 0, 48, 80), (96, 64, 0, 2, 80, 48),
+                                                             (64, 64, 0, 0, 64, 64)}
+    else:
+        assert all(t is None for _, t in seen)

@@ -1,0 +1,64 @@
+"""kohya's dataset options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read
+and shuffled (``CaptionOptions``: finetune-lora and distill-lcm) and aspect-ratio buckets (``BucketOptions``:
+finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside their own required ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import checks
+from ..checks import option
+
+
+@dataclass(kw_only=True)
+class CaptionOptions:
+    caption_extension: str = option(".txt", "the caption files' extension (kohya's --caption_extension)")
+    shuffle_caption: bool = option(False, "shuffle each caption's comma-separated tags at every draw (kohya's)")
+    keep_tokens: int = option(0, "the first N tags stay in place (kohya's --keep_tokens)")
+    caption_tag_dropout: float = option(0.0, "drop each tag after the kept ones with this probability (kohya's "
+                                             "--caption_tag_dropout_rate)")
+
+    def check_dataset(self) -> None:
+        """The caption file extension and kohya's tag options."""
+        if not (isinstance(self.caption_extension, str) and self.caption_extension.startswith(".")
+                and len(self.caption_extension) > 1 and "/" not in self.caption_extension):
+            raise ValueError(f"caption_extension={self.caption_extension!r} is invalid: use a file extension with its "
+                             f"dot, such as '.txt' or '.caption'.")
+        checks.whole("keep_tokens", self.keep_tokens, 0, "use a whole number of tags >= 0, such as 1")
+        checks.number("caption_tag_dropout", self.caption_tag_dropout, minimum=0, maximum=1)
+        if self.keep_tokens and not (self.shuffle_caption or self.caption_tag_dropout):
+            raise ValueError("keep_tokens keeps tags in place while the others are shuffled or dropped: add "
+                             "shuffle_caption=True (--shuffle-caption) or caption_tag_dropout, or leave it out.")
+
+
+@dataclass(kw_only=True)
+class BucketOptions:
+    enable_bucket: bool = option(False, "aspect-ratio buckets: each image at the bucket size nearest its shape, "
+                                        "each batch one bucket's (kohya's --enable_bucket)")
+    min_bucket_reso: int | None = option(None, "the buckets' smallest side (default: half the resolution, kohya's "
+                                               "256 at 512)")
+    max_bucket_reso: int | None = option(None, "the buckets' largest side (default: twice the resolution)")
+    bucket_reso_steps: int | None = option(None, "bucket sides are multiples of this (default: an eighth of the "
+                                                 "resolution, kohya's 64 at 512)")
+
+    def check_buckets(self) -> None:
+        given = [n for n in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps") if getattr(self, n) is not None]
+        for n in given:
+            checks.whole(n, getattr(self, n), 1, f"use a whole number of pixels, such as {n}=64")
+        if given and not self.enable_bucket:
+            raise ValueError(f"{given[0]} shapes the aspect-ratio buckets: add enable_bucket=True (--enable-bucket), "
+                             f"or leave it out.")
+
+    def bucket_sides(self, res: int, multiple: int) -> tuple[int, int, int]:
+        """(smallest side, largest side, step) of the buckets at training resolution ``res``; ``multiple``: what
+        every side must be a multiple of (the VAE's factor). ValueError names a setting that does not fit."""
+        low = self.min_bucket_reso or res // 2
+        high = self.max_bucket_reso or res * 2
+        step = self.bucket_reso_steps or max(multiple, res // 8 // multiple * multiple)
+        if step % multiple:
+            raise ValueError(f"bucket_reso_steps={step} is invalid: use a multiple of the VAE's factor {multiple}, "
+                             f"such as {max(multiple, step // multiple * multiple)}.")
+        if not low <= res <= high:
+            raise ValueError(f"min_bucket_reso={low} and max_bucket_reso={high} must hold the resolution {res} "
+                             f"between them.")
+        return low, high, step
