@@ -120,6 +120,9 @@ class LoraAdapters:
         if "." in name:
             raise ValueError(f"name={name!r} is invalid: LoRA names cannot contain '.', use e.g. "
                              f"{name.replace('.', '_')!r}.")
+        if hasattr(torch.nn.ModuleDict(), name):  # peft keeps adapters in ModuleDicts: "half", "train", "cuda", ...
+            raise ValueError(f"name={name!r} is invalid: it is a torch module's own attribute; pass another "
+                             f"name=..., such as {name + '_lora'!r}.")
         if name in self.loaded:
             raise ValueError(f"a LoRA named {name!r} is already loaded; pass another name=..., or unload_lora({name!r}).")
         if self._fused:
@@ -234,9 +237,9 @@ class LoraAdapters:
 
     def check_tags(self, prompt: str, negative_prompt: str | None, read: set[str]) -> None:
         """A call's ``<lora:NAME:WEIGHT>`` tags as the call would take them, before any image (``latentgen batch``
-        checks every job so): other tags, tags in the negative prompt, weights that are not finite numbers (``tagged_loras``), names that are neither
-        loaded, a shipped LoRA nor a file, and files that are not LoRAs of this model are refused. ``read``: the
-        names whose files were read already (once each; added to)."""
+        checks every job so): other tags, tags in the negative prompt, weights that are not finite numbers
+        (``tagged_loras``), names that are neither loaded, a shipped LoRA nor a file, and files that are not LoRAs of
+        this model are refused. ``read``: the names whose files were read already (once each; added to)."""
         from ..text.prompts import tagged_loras
 
         _, tags = tagged_loras(str(prompt), negative_prompt)

@@ -272,14 +272,13 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
         groups.setdefault(hit[0], {})[kind.removesuffix(".weight")] = sd[key]
     bad = []
     for (part, module), g in groups.items():
-        down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
         try:
-            if lycoris.kind(g) == "lora" and (down is None or up is None):
-                unknown.append(f"{part}.{module} (missing its {'up' if up is None else 'down'} weight)")
-                continue
             said = adapter_meta.get(f"{part}.alpha_pattern", {}).get(module, adapter_meta.get(f"{part}.lora_alpha"))
             down, up, alpha = lycoris.update(g, tuple(names[part][module].weight.shape),
                                              None if said is None else float(said))
+        except lycoris.Missing as e:
+            unknown.append(f"{part}.{module} ({e})")
+            continue
         except lycoris.Mismatch as e:
             bad.append(f"{part}.{module}: {e}")
             continue

@@ -39,6 +39,10 @@ class Mismatch(ValueError):
     """The update's shape is not the module's (a file made for another architecture)."""
 
 
+class Missing(ValueError):
+    """A plain LoRA module without its up or its down weight (reported, the rest of the file loads)."""
+
+
 def kind(g: dict) -> str:
     """What a module's keys ({suffix: tensor}, suffixes such as "lora_down", "hada_w1_a", "alpha") hold: "lora",
     "loha" or "lokr"; ValueError naming LyCORIS's kind for the others."""
@@ -62,10 +66,13 @@ def kind(g: dict) -> str:
 def update(g: dict, shape: tuple, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(down (R, in, *kernel), up (out, R[, 1, 1]), alpha) of one module's keys ``g`` against its weight's ``shape``;
     ``alpha``: the alpha a plain LoRA without an ``alpha`` key has (the diffusers layout's header). Raises
-    ``Mismatch`` when the update's shape is not ``shape``, ValueError for what is not read."""
+    ``Mismatch`` when the update's shape is not ``shape``, ``Missing`` for a LoRA without its up or down weight,
+    ValueError for what is not read."""
     what = kind(g)
     if what == "lora":
         down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
+        if down is None or up is None:
+            raise Missing(f"missing its {'up' if up is None else 'down'} weight")
         if up.shape[0] != shape[0] or down.shape[1] != shape[1]:
             raise Mismatch(f"LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:2])} vs model {tuple(shape[:2])}")
         if "lora_mid" in g:  # LoCon's Tucker core between a 1x1 down and a 1x1 up: fold it into down

@@ -23,8 +23,8 @@ and weights), ``encode`` (-> (1, 77 * k, D)). A1111's rules (its "Original" emph
   the end, through the final layer norm. diffusers' ``clip_skip`` counts one less.
 
 Prompt editing ``[a:b:when]``, alternation ``[a|b]`` and ``AND`` are read first, into the texts of each step
-(``latentgen.text.schedule``); this module reads each of those texts. ``syntax="plain"``: the text as it is, cut at 75 tokens with a warning
-(latentgen before prompt syntax; diffusers alike).
+(``latentgen.text.schedule``); this module reads each of those texts. ``syntax="plain"``: the text as it is,
+cut at 75 tokens with a warning (latentgen before prompt syntax; diffusers alike).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def extra_networks(text: str) -> tuple[str, list[tuple[str, str, float | tuple[f
         kind, items = m.group(1), m.group(2).split(":")
         named = dict(x.split("=", 1) for x in items if "=" in x)
         args = [x for x in items if "=" not in x]
-        if len(args) > 3 or set(named) - {"te", "unet"}:
+        if not args or len(args) > 3 or set(named) - {"te", "unet"}:
             raise ValueError(f"prompt tag {m.group(0)!r} is not supported: write <{kind}:NAME>, <{kind}:NAME:WEIGHT> "
                              f"or <{kind}:NAME:TE:UNET> (te= and unet= work too; dyn= does not).")
         for value in [*args[1:], *named.values()]:

@@ -144,6 +144,10 @@ class Bucketed:
     original: list
     crop: list
 
+    def counts(self) -> dict[tuple[int, int], int]:
+        """{bucket (w, h): its pairs}, the buckets sorted."""
+        return {b: self.bucket.count(b) for b in sorted(set(self.bucket))}
+
     def time_ids(self, idx: list[int]) -> torch.Tensor:
         """SDXL's size numbers of pairs ``idx`` (B, 6): original h, w, crop top, left, target (bucket) h, w."""
         return torch.tensor([[self.original[i][1], self.original[i][0], *self.crop[i], self.bucket[i][1],
@@ -179,12 +183,8 @@ class Batches:
         self.cfg, self.tokenizer, self.tokenizer_2, self.captions = cfg, tokenizer, tokenizer_2, captions
         self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
         self.bucketed, self.order = bucketed, {}  # with buckets: each batch one bucket's (``buckets.epoch_batches``)
-
-    def batches_per_epoch(self) -> int:
-        """Batches in one pass over the data: with buckets, each bucket's last batch may be smaller."""
-        if self.bucketed is None:
-            return -(-self.n_data // self.cfg.batch)
-        return sum(-(-self.bucketed.bucket.count(b) // self.cfg.batch) for b in set(self.bucketed.bucket))
+        # with buckets, the batches of one pass over the data (each bucket's last one may be smaller); else None
+        self.per_epoch = None if bucketed is None else sum(-(-n // cfg.batch) for n in bucketed.counts().values())
 
     def data_picks(self, step: int, micro: int, a) -> list[int]:
         """The data indices of this micro-batch: ``picks``, or with buckets the next batch of one bucket."""
@@ -192,8 +192,7 @@ class Batches:
             return self.picks(self.n_data, 0, "epoch:", step, micro, a)
         from . import buckets
 
-        epoch, k = divmod((step * self.cfg.grad_accum + micro) * a.num_processes + a.process_index,
-                          self.batches_per_epoch())
+        epoch, k = divmod((step * self.cfg.grad_accum + micro) * a.num_processes + a.process_index, self.per_epoch)
         if epoch not in self.order:
             self.order = {epoch: buckets.epoch_batches(self.bucketed.bucket, self.cfg.batch, self.cfg.seed, epoch)}
         return self.order[epoch][k]

@@ -155,10 +155,9 @@ class LoraOptions(CaptionOptions):
         if not Path(self.network_weights).is_file():
             raise FileNotFoundError(f"network_weights={str(self.network_weights)!r} does not exist: give a LoRA file "
                                     f"to go on training, or leave it out.")
-        given = [n for n in ("alpha", "conv_alpha") if getattr(self, n) is not None] + (["conv_rank"] if self.conv_rank
-                                                                                         else [])
-        if given:
-            raise ValueError(f"{given[0]} is read from network_weights (its ranks and alphas): leave it out.")
+        for n in ("alpha", "conv_alpha", "conv_rank"):
+            if getattr(self, n):  # None, or conv_rank 0: not given
+                raise ValueError(f"{n} is read from network_weights (its ranks and alphas): leave it out.")
 
     def check_captions(self) -> None:
         """The caption options (``dataset_options``) and the per-part learning rates."""

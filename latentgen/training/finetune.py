@@ -107,7 +107,7 @@ def run(cfg: LoraTrainConfig) -> Path:
                               cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
                        tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed)
-    steps = total_steps(cfg, len(pairs), acc.num_processes, batch_fn.batches_per_epoch() if bucketed else None)
+    steps = total_steps(cfg, len(pairs), acc.num_processes, batch_fn.per_epoch)
     meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)), **bucket_metadata(bucketed),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior)}
     return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
@@ -190,8 +190,8 @@ def bucket_metadata(bucketed) -> dict:
     """kohya's header keys of aspect-ratio buckets: on or off, and each bucket's size and image count."""
     if bucketed is None:
         return {"ss_enable_bucket": False}
-    count = {b: bucketed.bucket.count(b) for b in sorted(set(bucketed.bucket))}
-    info = {"buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(count.items())}}
+    info = {"buckets": {str(i): {"resolution": list(b), "count": n}
+                        for i, (b, n) in enumerate(bucketed.counts().items())}}
     return {"ss_enable_bucket": True, "ss_bucket_info": json.dumps(info)}
 
 
@@ -247,18 +247,18 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
     torch.manual_seed(cfg.seed)
     # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
     # front ends to this same call (transformers 5.24 refuses peft < 0.22)
-    alpha, conv_alpha = cfg.alphas()
-    convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, their own rank and alpha
-    conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
-    parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
-    parts += [(m, list(lora_io.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
     if cfg.network_weights is not None:  # kohya's --network_weights: the file's modules, ranks, alphas, weights
         start_from(c, cfg.network_weights, text_encoder)
-        parts = []
-    for model, targets, ranks, alphas in parts:
-        inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                           target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
-                                model, adapter_name="default")
+    else:
+        alpha, conv_alpha = cfg.alphas()
+        convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, own rank and alpha
+        conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
+        parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
+        parts += [(m, list(lora_io.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
+        for model, targets, ranks, alphas in parts:
+            inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                                               target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
+                                    model, adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()
         for m in encoders if text_encoder else []:

@@ -33,6 +33,15 @@ def test_unknown_keys_are_reported_and_other_architectures_refused(fresh, tmp_pa
         warnings.simplefilter("always")
         fresh.load_lora(tmp_path / "extra.safetensors")
     assert any("lora_unet_no_such_block_to_q" in str(x.message) for x in w)
+    half = {k: v for k, v in sd.items() if not k.endswith("attn1_to_q.lora_up.weight")}  # some modules lack their up
+    save_file(half, str(tmp_path / "half.safetensors"))
+    with pytest.raises(ValueError, match=r"name='half' is invalid: it is a torch module's own attribute; pass "
+                                         r"another name=..., such as 'half_lora'"):
+        fresh.load_lora(tmp_path / "half.safetensors")  # the file's stem, as peft could not hold it
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fresh.load_lora(tmp_path / "half.safetensors", name="partial")
+    assert any("attn1.to_q (missing its up weight)" in str(x.message) for x in w)
 
     other = {k: (torch.zeros(4, 99) if k.endswith("lora_down.weight") else v) for k, v in sd.items()}
     save_file(other, str(tmp_path / "other.safetensors"))

@@ -81,6 +81,7 @@ def test_a1111s_per_part_weights_are_read(text, weight):
     ("<lora:p:1:0.5:8>", r"not supported: write <lora:NAME>, <lora:NAME:WEIGHT> or <lora:NAME:TE:UNET> "
                          r"\(te= and unet= work too; dyn= does not\)"),
     ("<lora:p:1:dyn=8>", r"not supported"),
+    ("<lora:te=0.5>", r"not supported: write <lora:NAME>"),  # no name
     ("<lora:p:te=x>", r"weight 'x', not a finite number"),
 ])
 def test_bad_tags_are_refused(text, match):
