@@ -260,9 +260,10 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     for key in sd:  # group keys by (part, module): {suffix without ".weight": tensor}
         stem, _, kind = key.partition(".")
         hit = [(p, kohya[p][stem]) for p in kohya if stem in kohya[p]]  # kohya names: any suffix (LyCORIS's too)
-        if not hit and key.endswith((".lora_A.weight", ".lora_B.weight")):
+        if not hit and key.endswith((".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector",
+                                     ".lora_magnitude_vector.weight")):  # peft's DoRA magnitude: either
             part, rest = key.split(".", 1)
-            module, kind = rest.rsplit(".", 2)[0], rest.rsplit(".", 2)[1]
+            module, kind = rest.removesuffix(".weight").rsplit(".", 1)
             if part.startswith("text_encoder") and part in names and module not in names[part]:
                 module = "text_model." + module  # written by transformers 5: no text_model level
             hit = [(part, module)] if part in names and module in names[part] else []
@@ -274,8 +275,8 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     for (part, module), g in groups.items():
         try:
             said = adapter_meta.get(f"{part}.alpha_pattern", {}).get(module, adapter_meta.get(f"{part}.lora_alpha"))
-            down, up, alpha = lycoris.update(g, tuple(names[part][module].weight.shape),
-                                             None if said is None else float(said))
+            w = names[part][module].weight
+            down, up, alpha = lycoris.update(g, tuple(w.shape), None if said is None else float(said), w)
         except lycoris.Missing as e:
             unknown.append(f"{part}.{module} ({e})")
             continue

@@ -13,11 +13,16 @@ width once flattened, and U (out, R), V (R, n) are the factors: up = U, down = V
     flattened to (c, d * prod(kernel)): that is the order in which kron(w1, w2) fills the flattened weight.
   * Tucker cores (``hada_t1``/``hada_t2``, ``lokr_t2``, LoCon's ``lora_mid``): a core t (r, r, *kernel) between
     wa (r, out) and wb (r, in) is the product wa^T V with V[i] = sum_j t[i, j] wb[j] (an einsum), rank r.
+  * DoRA (Liu et al. 2024, https://arxiv.org/abs/2402.09353) on any of these: a magnitude m (kohya's
+    ``dora_scale``, peft's ``lora_magnitude_vector``) rescales the merged weight, W' = m * (W + dW) / ||W + dW||,
+    the norm per output row (m (out, 1, ...): LyCORIS's default, peft) or per input channel (m (1, in, ...):
+    LyCORIS's ``wd_on_output=False``, A1111's reading). That is no sum of weights: its update W' - W, computed
+    against the module's weight W when the file loads, is used whole, and a weight s gives W + s (W' - W) (as
+    ComfyUI weighs it; LyCORIS's own multiplier, which keeps dW at 0, and peft's, inside the norm, differ).
 Where R would reach min(out, n), dW itself is the factor beside an identity. The file's scale is folded into up
 and alpha = R, so the adapters' alpha / rank is exactly 1. The scales are A1111's: ``scale`` if the file has it,
 else alpha / dim with dim the rank of the low-rank half (LoHa's w1b, LoKr's w1b or w2b), else 1 (LoKr with both
-halves whole). LyCORIS's other kinds (full, IA3, OFT/BOFT, GLoRA, norm) and DoRA's ``dora_scale`` are refused by
-name.
+halves whole). LyCORIS's other kinds (full, IA3, OFT/BOFT, GLoRA, norm) are refused by name.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import torch
 KINDS = {"diff": "full (weight differences)", "diff_b": "full (bias differences)", "weight": "IA3",
          "on_input": "IA3", "oft_blocks": "OFT", "oft_diag": "OFT", "boft_blocks": "BOFT", "w_norm": "norm",
          "b_norm": "norm", "a1": "GLoRA", "a2": "GLoRA", "b1": "GLoRA", "b2": "GLoRA",
-         "dora_scale": "DoRA (weight decomposition)", "bias": "bias", "lokr_t1": "LoKr with a Tucker w1"}
+         "bias": "bias", "lokr_t1": "LoKr with a Tucker w1"}
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 PLAIN = ("lora_down", "lora_up", "lora_mid", "lora_A", "lora_B")
+DORA = ("dora_scale", "lora_magnitude_vector")  # kohya's (LyCORIS, OneTrainer) and peft's names of DoRA's m
 
 
 class Mismatch(ValueError):
@@ -46,10 +52,10 @@ class Missing(ValueError):
 def kind(g: dict) -> str:
     """What a module's keys ({suffix: tensor}, suffixes such as "lora_down", "hada_w1_a", "alpha") hold: "lora",
     "loha" or "lokr"; ValueError naming LyCORIS's kind for the others."""
-    odd = [k for k in g if k not in (*LOHA, "hada_t1", "hada_t2", *LOKR, *PLAIN, "alpha", "scale")]
+    odd = [k for k in g if k not in (*LOHA, "hada_t1", "hada_t2", *LOKR, *PLAIN, *DORA, "alpha", "scale")]
     if odd:
         raise ValueError(f"{odd[0]!r} is LyCORIS's {KINDS.get(odd[0], 'unknown kind')}, which latentgen does not "
-                         f"read: it reads LoRA, LoCon, LoHa and LoKr files.")
+                         f"read: it reads LoRA, LoCon, LoHa and LoKr files, DoRA or not.")
     if any(k.startswith("hada_") for k in g):
         missing = [k for k in LOHA if k not in g]
         if missing:
@@ -63,34 +69,65 @@ def kind(g: dict) -> str:
     return "lora"
 
 
-def update(g: dict, shape: tuple, alpha: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def update(g: dict, shape: tuple, alpha: float | None = None,
+           weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(down (R, in, *kernel), up (out, R[, 1, 1]), alpha) of one module's keys ``g`` against its weight's ``shape``;
-    ``alpha``: the alpha a plain LoRA without an ``alpha`` key has (the diffusers layout's header). Raises
-    ``Mismatch`` when the update's shape is not ``shape``, ``Missing`` for a LoRA without its up or down weight,
-    ValueError for what is not read."""
-    what = kind(g)
-    if what == "lora":
-        down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
-        if down is None or up is None:
-            raise Missing(f"missing its {'up' if up is None else 'down'} weight")
-        if up.shape[0] != shape[0] or down.shape[1] != shape[1]:
-            raise Mismatch(f"LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:2])} vs model {tuple(shape[:2])}")
-        if "lora_mid" in g:  # LoCon's Tucker core between a 1x1 down and a 1x1 up: fold it into down
-            down = torch.einsum("ijx,jq->iqx", g["lora_mid"].float().flatten(2), down.float().flatten(1))
-            down = down.reshape(down.shape[0], shape[1], *shape[2:])
-        a = float(g["alpha"]) if "alpha" in g else (alpha if alpha is not None else down.shape[0])
-        return down, up, a
+    ``alpha``: the alpha a plain LoRA without an ``alpha`` key has (the diffusers layout's header); ``weight``: the
+    module's weight, which a DoRA module needs. Raises ``Mismatch`` when the update's shape is not ``shape``,
+    ``Missing`` for a LoRA without its up or down weight, ValueError for what is not read."""
+    what, magnitude = kind(g), g.get("dora_scale", g.get("lora_magnitude_vector"))
     out, n = shape[0], math.prod(shape[1:])
-    u, v, dim = _loha(g) if what == "loha" else _lokr(g)
-    if u.shape[0] != out or v.shape[1] != n:
-        raise Mismatch(f"{what} {(u.shape[0], v.shape[1])} vs model {(out, n)} (flattened)")
-    scale = float(g["scale"]) if "scale" in g else float(g["alpha"]) / dim if "alpha" in g and dim else 1.0
-    if u.shape[1] >= min(out, n):  # no smaller than dW itself: dW beside an identity
-        d = u @ v
-        u, v = (torch.eye(out), d) if out <= n else (d, torch.eye(n))
+    if what == "lora":
+        down, up, a = _plain(g, shape, alpha)
+        if magnitude is None:
+            return down, up, a
+        u, v, scale = up.float().reshape(out, -1), down.float().reshape(down.shape[0], n), a / down.shape[0]
+    else:
+        u, v, dim = _loha(g) if what == "loha" else _lokr(g)
+        if u.shape[0] != out or v.shape[1] != n:
+            raise Mismatch(f"{what} {(u.shape[0], v.shape[1])} vs model {(out, n)} (flattened)")
+        scale = float(g["scale"]) if "scale" in g else float(g["alpha"]) / dim if "alpha" in g and dim else 1.0
+    if magnitude is not None:
+        if weight is None or tuple(weight.shape) != tuple(shape):
+            raise ValueError("a DoRA module needs the module's weight")
+        u, v = _whole(decompose((u * scale) @ v, magnitude, weight, "lora_magnitude_vector" in g))  # W' - W
+        scale = 1.0
+    elif u.shape[1] >= min(out, n):  # no smaller than dW itself: dW beside an identity
+        u, v = _whole(u @ v)
     r = u.shape[1]
     up = (u * scale).reshape(out, r, *[1] * (len(shape) - 2))
     return v.reshape(r, *shape[1:]).contiguous(), up.contiguous(), float(r)
+
+
+def _plain(g: dict, shape: tuple, alpha: float | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(down, up, alpha) of a kohya LoRA / LoCon module or a peft one (lora_A/lora_B)."""
+    down, up = g.get("lora_down", g.get("lora_A")), g.get("lora_up", g.get("lora_B"))
+    if down is None or up is None:
+        raise Missing(f"missing its {'up' if up is None else 'down'} weight")
+    if up.shape[0] != shape[0] or down.shape[1] != shape[1]:
+        raise Mismatch(f"LoRA {tuple(up.shape[:1]) + tuple(down.shape[1:2])} vs model {tuple(shape[:2])}")
+    if "lora_mid" in g:  # LoCon's Tucker core between a 1x1 down and a 1x1 up: fold it into down
+        down = torch.einsum("ijx,jq->iqx", g["lora_mid"].float().flatten(2), down.float().flatten(1))
+        down = down.reshape(down.shape[0], shape[1], *shape[2:])
+    return down, up, float(g["alpha"]) if "alpha" in g else (alpha if alpha is not None else down.shape[0])
+
+
+def decompose(delta: torch.Tensor, magnitude: torch.Tensor, weight: torch.Tensor, peft: bool = False) -> torch.Tensor:
+    """DoRA's update W' - W (out, n) of a scaled low-rank update ``delta`` (out, n) with magnitude m against the
+    module's ``weight`` W (out, in, *kernel): W' = m * (W + dW) / ||W + dW||. The norm is over each output row when
+    m (kohya's ``dora_scale``) has ``out`` entries along dim 0, over each input channel when it has ``in`` along
+    dim 1; peft's m (``peft``: (out,), a convolution's (1, out, 1, 1)) is always per output row. LyCORIS adds
+    float32's eps to the norm; so do we."""
+    w = weight.detach().float()
+    out, cin, ones = w.shape[0], w.shape[1], [1] * (w.dim() - 1)
+    merged, m = w + delta.reshape(w.shape), magnitude.float()
+    if m.numel() == out and (peft or m.shape[0] == out):
+        norm = merged.reshape(out, -1).norm(dim=1).reshape(out, *ones)
+    elif m.dim() >= 2 and m.shape[0] == 1 and m.shape[1] == cin and m.numel() == cin:
+        norm = merged.transpose(0, 1).reshape(cin, -1).norm(dim=1).reshape(cin, *ones).transpose(0, 1)
+    else:
+        raise Mismatch(f"DoRA magnitude {tuple(m.shape)} vs model {tuple(w.shape)}")
+    return (merged * (m.reshape(norm.shape) / (norm + torch.finfo(torch.float32).eps)) - w).reshape(out, -1)
 
 
 def _half(wa: torch.Tensor, wb: torch.Tensor, t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

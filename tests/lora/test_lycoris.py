@@ -1,6 +1,6 @@
-"""latentgen.lora.lycoris: LyCORIS files (LoHa, LoKr, LoCon with a Tucker core) as LyCORIS itself writes them draw
-what LyCORIS's own merge draws, on the fast path; the factor algebra equals A1111's formulas; other kinds are
-refused by name."""
+"""latentgen.lora.lycoris: LyCORIS files (LoHa, LoKr, LoCon with a Tucker core, DoRA on each) as LyCORIS itself
+writes them draw what LyCORIS's own layers draw, on the fast path; peft's DoRA files draw as diffusers draws them;
+the factor algebra equals A1111's formulas; other kinds are refused by name."""
 
 import math
 import warnings
@@ -22,7 +22,9 @@ text_encoder_target_name = []
 """  # kohya's SD 1.x targets: attention, feed-forward, ResNet and sampler convolutions, both ends; CLIP's layers
 ALGOS = {"loha": {}, "lokr": {}, "loha-tucker": {"use_tucker": True},
          "lokr-tucker-both": {"use_tucker": True, "decompose_both": True, "factor": 4},
-         "locon-tucker": {"use_tucker": True}}
+         "locon-tucker": {"use_tucker": True},
+         "locon-dora": {"dora_wd": True}, "locon-dora-in": {"dora_wd": True, "wd_on_output": False},
+         "loha-dora": {"dora_wd": True}, "lokr-dora-in": {"dora_wd": True, "wd_on_output": False}}
 
 
 def pixels(image) -> torch.Tensor:
@@ -42,8 +44,9 @@ def lycoris_network(pipe, tmp_path, algo, seed=0, magnitude=0.25):
                                preset=str(preset), conv_dim=4, conv_alpha=2.0, **ALGOS[algo])
     net.apply_to(encoders, pipe.unet, True, True)
     g = torch.Generator().manual_seed(seed)
-    for p in net.parameters():
-        p.data = torch.randn(p.shape, generator=g) * magnitude
+    for name, p in net.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        p.data = p.data * (1 + noise * 0.2) if name.endswith("dora_scale") else noise * magnitude  # DoRA: m near its ‖W‖
     path = tmp_path / f"{algo}.safetensors"
     net.save_weights(str(path), torch.float32, {"ss_network_module": "lycoris.kohya"})
     return net, path
@@ -173,7 +176,7 @@ def test_the_factors_multiply_to_a1111s_update(case):
 def test_other_kinds_and_damaged_files_are_refused_by_name(fresh, tmp_path, lora_files):
     sd = load_file(str(lora_files[1]))
     key = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    for extra, says in [({f"{key}.dora_scale": torch.ones(64, 1)}, "DoRA"),
+    for extra, says in [({f"{key}.oft_blocks": torch.ones(4, 16, 16)}, "OFT"),
                         ({f"{key}.diff": torch.zeros(64, 64)}, "full"),
                         ({f"{key}.on_input": torch.ones(1)}, "IA3")]:
         save_file({**sd, **extra}, str(tmp_path / "odd.safetensors"))
@@ -192,3 +195,80 @@ def test_other_kinds_and_damaged_files_are_refused_by_name(fresh, tmp_path, lora
     with pytest.raises(ValueError, match=r"another architecture.*lokr \(64, 72\) vs model \(64, 64\) \(flattened\)"):
         fresh.load_lora(tmp_path / "k.safetensors")
     assert fresh.loras.loaded == {}
+
+
+def _peft_dora(tiny_folder, tmp_path):
+    """diffusers' pipeline with a DoRA LoRA as diffusers and peft train it (``use_dora``) on the U-Net's attention
+    and ResNet convolutions and on the text encoder, random, live in its models; and the file it saves (peft's
+    layout: lora_A, lora_B and ``lora_magnitude_vector``)."""
+    from conftest import diffusers_pipeline
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    ref = diffusers_pipeline("StableDiffusionPipeline", tiny_folder)
+    ref.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=["to_q", "to_v", "conv1"], use_dora=True))
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], use_dora=True),
+                            ref.text_encoder)  # (transformers' add_adapter wants a newer peft)
+    g = torch.Generator().manual_seed(5)
+    for model in (ref.unet, ref.text_encoder):
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                noise = torch.randn(p.shape, generator=g)
+                p.data = p.data * (1 + 0.2 * noise) if "magnitude" in name else noise * 0.3
+    StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(ref.unet),
+                                              text_encoder_lora_layers=get_peft_model_state_dict(ref.text_encoder),
+                                              unet_lora_adapter_metadata=ref.unet.peft_config["default"].to_dict(),
+                                              text_encoder_lora_adapter_metadata=ref.text_encoder.peft_config[
+                                                  "default"].to_dict(), weight_name="dora.safetensors")
+    return ref, tmp_path / "dora.safetensors"
+
+
+def test_a_peft_dora_file_draws_what_its_diffusers_model_draws(tiny_folder, tmp_path):
+    from conftest import max_diff as _max_diff
+
+    ref, path = _peft_dora(tiny_folder, tmp_path)
+    magnitudes = [k.split(".")[0] for k in load_file(str(path)) if k.endswith("lora_magnitude_vector")]
+    assert set(magnitudes) == {"unet", "text_encoder"}
+    theirs = ref("a blue dog", num_inference_steps=3, generator=torch.Generator().manual_seed(2),
+                 height=64, width=64).images  # through peft's DoRA layers
+    pipe = latentgen.load(tiny_folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the magnitudes are read, not skipped as unknown keys
+        pipe.load_lora(path, name="dora")
+    ours = pipe.generate("a blue dog", seed=2, steps=3, scheduler=None)
+    assert _max_diff(ours, theirs) <= 1
+    pipe.unload_lora()
+    assert _max_diff(pipe.generate("a blue dog", seed=2, steps=3, scheduler=None), ours) > 5  # it does something
+
+
+def test_a_dora_weight_scales_its_whole_update(tiny_folder, tmp_path):
+    """A weight s gives W + s (W' - W), and fuse/unfuse/unload restore W bit for bit, as with any LoRA."""
+    pipe = latentgen.load(tiny_folder)
+    _, path = lycoris_network(pipe, tmp_path, "locon-dora")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.load_lora(path, name="dora", scale=0.5)
+    half, _ = weights.effective(pipe.unet)
+    pipe.set_lora_scale("dora", 1.0)
+    whole, _ = weights.effective(pipe.unet)
+    for name in before:
+        torch.testing.assert_close(half[name] - before[name], (whole[name] - before[name]) / 2, atol=1e-6, rtol=1e-4)
+    pipe.fuse_lora()
+    pipe.unfuse_lora()
+    pipe.unload_lora()
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_dora_decomposition_on_either_axis():
+    g = torch.Generator().manual_seed(0)
+    w, d = torch.randn(6, 4, 3, 3, generator=g), torch.randn(6, 36, generator=g) * 0.1
+    merged = w + d.reshape(w.shape)
+    rows = merged.reshape(6, -1).norm(dim=1)  # per output row
+    m = rows.reshape(6, 1, 1, 1) * 1.5
+    torch.testing.assert_close(lycoris.decompose(d, m, w).reshape(w.shape), merged * 1.5 - w, atol=1e-5, rtol=1e-5)
+    cols = merged.transpose(0, 1).reshape(4, -1).norm(dim=1)  # per input channel
+    m = (cols * torch.tensor([1.0, 2.0, 0.5, 1.0])).reshape(1, 4, 1, 1)
+    expect = merged * torch.tensor([1.0, 2.0, 0.5, 1.0]).reshape(1, 4, 1, 1) - w
+    torch.testing.assert_close(lycoris.decompose(d, m, w).reshape(w.shape), expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lycoris.decompose(d, rows, w), d, atol=1e-5, rtol=1e-5)  # m = ||W + dW||: dW
+    with pytest.raises(lycoris.Mismatch, match=r"DoRA magnitude \(5,\) vs model \(6, 4, 3, 3\)"):
+        lycoris.decompose(d, torch.ones(5), w)
