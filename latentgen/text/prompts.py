@@ -235,17 +235,20 @@ def encode(text_encoder, chunks: Sequence[Chunk], *, clip_skip: int = 1) -> torc
     if not 1 <= clip_skip <= layers:
         raise ValueError(f"clip_skip={clip_skip!r} is invalid: this text encoder has {layers} layers; use 1 "
                          f"(the last layer) to {layers}, such as clip_skip=2.")
-    out = []
-    for c in chunks:
-        ids = c.ids[None].to(text_encoder.device)  # (1, 77)
-        if clip_skip == 1:
-            z = text_encoder(ids)[0]  # last hidden state (1, 77, D)
-        else:
-            hidden = text_encoder(ids, output_hidden_states=True).hidden_states  # layers + 1 of (1, 77, D)
-            norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers 4 / 5
-            z = norm(hidden[-clip_skip])
-        out.append(emphasize(z, c.weights))
+    out = [emphasize(states(text_encoder, c.ids[None].to(text_encoder.device), clip_skip), c.weights)
+           for c in chunks]
     return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+def states(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """The hidden states (B, 77, D) of token ids (B, 77) that prompts draw with: the last layer's, or at
+    ``clip_skip`` n the states n layers from the end through the final layer norm (A1111's Clip skip; kohya's
+    trainers read the same with --clip_skip). Gradients flow (LoRA training calls it)."""
+    if clip_skip == 1:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states  # layers + 1 of (B, 77, D)
+    norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm  # transformers 4 / 5
+    return norm(hidden[-clip_skip])
 
 
 def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

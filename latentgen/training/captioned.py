@@ -123,11 +123,12 @@ def draw_prior(pipe, folder: Path, prompts: list[str], n: int, seed: int = 0) ->
 
 
 @torch.no_grad()
-def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str) -> tuple[torch.Tensor, torch.Tensor]:
+def cache_latents(vae, pairs: list[tuple[Path, str]], res: int, crop: str,
+                  flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE runs once per image file (a repeated image once): each pair's latent distribution's mean and std
-    (N, 4, h, w), scaled."""
+    (N, 4, h, w), scaled; ``flip``: of the prepared images mirrored left-right (kohya's flip_aug)."""
     files_ = list(dict.fromkeys(p for p, _ in pairs))
-    dists = [vae.encode(prepare(p, res, crop).to(vae.device)).latent_dist for p in files_]
+    dists = [vae.encode(prepare(p, res, crop).flip(3 if flip else ()).to(vae.device)).latent_dist for p in files_]
     at, sf = {p: i for i, p in enumerate(files_)}, vae.config.scaling_factor
     idx = [at[p] for p, _ in pairs]
     return torch.cat([d.mean for d in dists])[idx] * sf, torch.cat([d.std for d in dists])[idx] * sf
@@ -148,6 +149,12 @@ class Bucketed:
         """{bucket (w, h): its pairs}, the buckets sorted."""
         return {b: self.bucket.count(b) for b in sorted(set(self.bucket))}
 
+    def metadata(self) -> dict:
+        """kohya's header keys of aspect-ratio buckets: on, and each bucket's size and image count."""
+        info = {"buckets": {str(i): {"resolution": list(b), "count": n}
+                            for i, (b, n) in enumerate(self.counts().items())}}
+        return {"ss_enable_bucket": True, "ss_bucket_info": json.dumps(info)}
+
     def time_ids(self, idx: list[int]) -> torch.Tensor:
         """SDXL's size numbers of pairs ``idx`` (B, 6): original h, w, crop top, left, target (bucket) h, w."""
         return torch.tensor([[self.original[i][1], self.original[i][0], *self.crop[i], self.bucket[i][1],
@@ -155,14 +162,19 @@ class Bucketed:
 
 
 @torch.no_grad()
-def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[int, int]]) -> Bucketed:
-    """Each image file encoded once, at the bucket of ``resolutions`` nearest its aspect ratio (``buckets.fit``)."""
+def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[int, int]],
+                   flip: bool = False) -> Bucketed:
+    """Each image file encoded once, at the bucket of ``resolutions`` nearest its aspect ratio (``buckets.fit``);
+    ``flip``: each mirrored left-right first (kohya's flip_aug), so its crop is the mirrored picture's."""
+    from PIL import ImageOps
+
     from ..images import load_rgb, to_tensor
     from . import buckets
 
     seen, sf = {}, vae.config.scaling_factor
     for p in dict.fromkeys(p for p, _ in pairs):
         im = load_rgb(p, "image")[0]
+        im = ImageOps.mirror(im) if flip else im
         bucket = buckets.nearest(im.size, resolutions)
         fitted, crop = buckets.fit(im, bucket)
         d = vae.encode(to_tensor(fitted).to(vae.device)).latent_dist
@@ -179,9 +191,11 @@ class Batches:
     the tag options of ``texts``)."""
 
     def __init__(self, cfg, tokenizer, captions: list[str], n_data: int, n_prior: int,
-                 mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None, bucketed: Bucketed | None = None):
+                 mean: torch.Tensor, std: torch.Tensor, tokenizer_2=None, bucketed: Bucketed | None = None,
+                 flipped: tuple | Bucketed | None = None):
         self.cfg, self.tokenizer, self.tokenizer_2, self.captions = cfg, tokenizer, tokenizer_2, captions
         self.n_data, self.n_prior, self.mean, self.std = n_data, n_prior, mean, std
+        self.flipped = flipped  # with flip_aug: the mirrored images' (mean, std), or their Bucketed
         self.bucketed, self.order = bucketed, {}  # with buckets: each batch one bucket's (``buckets.epoch_batches``)
         # with buckets, the batches of one pass over the data (each bucket's last one may be smaller); else None
         self.per_epoch = None if bucketed is None else sum(-(-n // cfg.batch) for n in bucketed.counts().values())
@@ -197,13 +211,27 @@ class Batches:
             self.order = {epoch: buckets.epoch_batches(self.bucketed.bucket, self.cfg.batch, self.cfg.seed, epoch)}
         return self.order[epoch][k]
 
-    def latents(self, idx: list[int]) -> dict:
-        """The mean and std of pairs ``idx``, and with buckets on SDXL their size numbers."""
+    def latents(self, idx: list[int], mirrored: list[bool] | None = None) -> dict:
+        """The mean and std of pairs ``idx`` (of the mirrored images where ``mirrored`` says), and with buckets on
+        SDXL their size numbers."""
+        mirrored = mirrored or [False] * len(idx)
         if self.bucketed is None:
-            return {"mean": self.mean[idx], "std": self.std[idx]}
-        b = self.bucketed
-        out = {"mean": torch.cat([b.mean[i] for i in idx]), "std": torch.cat([b.std[i] for i in idx])}
-        return {**out, "time_ids": b.time_ids(idx)} if self.tokenizer_2 is not None else out
+            mean, std = self.mean[idx], self.std[idx]  # (B, 4, h, w) copies
+            for k, (i, m) in enumerate(zip(idx, mirrored)):
+                if m:
+                    mean[k], std[k] = self.flipped[0][i], self.flipped[1][i]
+            return {"mean": mean, "std": std}
+        b = [(self.flipped if m else self.bucketed, i) for i, m in zip(idx, mirrored)]
+        out = {"mean": torch.cat([s.mean[i] for s, i in b]), "std": torch.cat([s.std[i] for s, i in b])}
+        return {**out, "time_ids": torch.cat([s.time_ids([i]) for s, i in b])} if self.tokenizer_2 is not None else out
+
+    def mirrored(self, n: int, step: int, micro: int, process: int) -> list[bool]:
+        """Which of a draw's ``n`` images are mirrored: each with probability 1/2 with flip_aug (from (seed, step,
+        micro, process)), none without."""
+        if self.flipped is None:
+            return [False] * n
+        rng = random.Random(f"{self.cfg.seed}:flip:{step}:{micro}:{process}")
+        return [rng.random() < 0.5 for _ in range(n)]
 
     def picks(self, n: int, offset: int, stream: str, step: int, micro: int, a) -> list[int]:
         cfg = self.cfg
@@ -220,7 +248,8 @@ class Batches:
             weights = (torch.tensor([1.0] * cfg.batch + [cfg.prior_weight] * cfg.batch) / cfg.batch).to(a.device)
         caps = train.drop_captions(self.texts(idx, step, micro, a.process_index), cfg.caption_dropout, cfg.seed,
                                    step, micro, a.process_index)
-        latents = {k: v.to(a.device) for k, v in self.latents(idx).items()}
+        mirrored = self.mirrored(len(idx), step, micro, a.process_index)
+        latents = {k: v.to(a.device) for k, v in self.latents(idx, mirrored).items()}
         return {**self.ids(caps, a.device), **latents, "weights": weights,
                 "generator": train.step_generator(cfg.seed, step, micro, a.process_index)}
 

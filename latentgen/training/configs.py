@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import checks
 from ..checks import option
 from . import samples
-from .dataset_options import BucketOptions, CaptionOptions
+from .dataset_options import CaptionOptions, ImageOptions
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -188,9 +188,11 @@ class LoraOptions(CaptionOptions):
 
 
 @dataclass
-class LoraTrainConfig(LoraOptions, BucketOptions):
+class LoraTrainConfig(LoraOptions, ImageOptions):
     """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
+    clip_skip: int = option(1, "train on the text encoder's states N layers from its end, to draw with A1111's "
+                               "Clip skip N (kohya's --clip_skip; SD 1.x/2.x)")
     snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
     noise_offset: float = option(0.0, "offset noise, e.g. 0.05")
     caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
@@ -204,6 +206,7 @@ class LoraTrainConfig(LoraOptions, BucketOptions):
     def check(self) -> None:
         super().check()
         checks.whole("prior_images", self.prior_images, 1)
+        checks.whole("clip_skip", self.clip_skip, 1, "use 1 (the last layer) or 2, as the model is drawn")
         checks.number("prior_weight", self.prior_weight, positive=True, fix="use a positive number such as 1.0")
         checks.number("caption_dropout", self.caption_dropout, minimum=0, maximum=1)
         if self.prior_prompts and self.prior_data is None:

@@ -1,6 +1,7 @@
 """kohya's dataset options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read
-and shuffled (``CaptionOptions``: finetune-lora and distill-lcm) and aspect-ratio buckets (``BucketOptions``:
-finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside their own required ones."""
+and shuffled (``CaptionOptions``: finetune-lora and distill-lcm), and how images are drawn: aspect-ratio buckets and
+mirroring (``ImageOptions``: finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside
+their own required ones."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class CaptionOptions:
 
 
 @dataclass(kw_only=True)
-class BucketOptions:
+class ImageOptions:
     enable_bucket: bool = option(False, "aspect-ratio buckets: each image at the bucket size nearest its shape, "
                                         "each batch one bucket's (kohya's --enable_bucket)")
     min_bucket_reso: int | None = option(None, "the buckets' smallest side (default: half the resolution, kohya's "
@@ -40,6 +41,8 @@ class BucketOptions:
     max_bucket_reso: int | None = option(None, "the buckets' largest side (default: twice the resolution)")
     bucket_reso_steps: int | None = option(None, "bucket sides are multiples of this (default: an eighth of the "
                                                  "resolution, kohya's 64 at 512)")
+    flip_aug: bool = option(False, "half the draws of each image see it mirrored left-right, encoded once each "
+                                   "way (kohya's --flip_aug; not for pictures whose sides matter, such as text)")
 
     def check_buckets(self) -> None:
         given = [n for n in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps") if getattr(self, n) is not None]

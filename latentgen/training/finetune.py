@@ -30,7 +30,7 @@ import torch
 
 from . import loop as train
 from ..lora import formats as lora_io
-from ..text import xl as sdxl
+from ..text import prompts, xl as sdxl
 from .configs import LoraOptions, LoraTrainConfig
 from . import buckets, samples
 from .captioned import Batches, cache_bucketed, cache_latents, prior_pairs, read_dataset
@@ -52,16 +52,17 @@ class LoraObjective(LoraCheckpointed):
     ``size`` x ``size`` uncropped picture (original = target = the training size), as drawing reads them."""
 
     def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma, noise_offset, text_encoder_2=None,
-                 size: int | None = None):
+                 size: int | None = None, clip_skip: int = 1):
         super().__init__()
         self.unet, self.text_encoder, self.text_encoder_2, self.size = unet, text_encoder, text_encoder_2, size
         self.noise_scheduler, self.snr_gamma, self.noise_offset = noise_scheduler, snr_gamma, noise_offset
+        self.clip_skip = clip_skip
 
     def forward(self, input_ids, mean, std, generator, weights=None, input_ids_2=None, time_ids=None):
         latents = train.sample_latents(mean, std, generator)  # (B, 4, h, w), scaled
         unet = self.unet
         if self.text_encoder_2 is None:
-            hidden = self.text_encoder(input_ids)[0]  # (B, 77, D)
+            hidden = prompts.states(self.text_encoder, input_ids, self.clip_skip)  # (B, 77, D)
         else:  # (B, 77, D1 + D2), pooled (B, P), size numbers (B, 6): the batch's own with buckets
             hidden, pooled = sdxl.batch_embed(input_ids, input_ids_2, self.text_encoder, self.text_encoder_2)
             added = sdxl.batch_added(pooled, self.size) if time_ids is None else \
@@ -97,19 +98,28 @@ def run(cfg: LoraTrainConfig) -> Path:
     if cfg.prior_data is not None and not cfg.prior_prompts:
         read_dataset(cfg.prior_data, caption_extension=cfg.caption_extension)
     acc, c, res = load_base(cfg)
+    check_clip_skip(cfg, c)
     check_samples(cfg, c)
     sizes = buckets.resolutions(res, *cfg.bucket_sides(res, c.vae_scale_factor)) if cfg.enable_bucket else None
     prior = prior_pairs(cfg, c, acc)
-    bucketed = cache_bucketed(c.vae, pairs, sizes) if sizes else None
-    mean, std = cache_latents(c.vae, pairs + prior, res, cfg.crop) if not sizes else (None, None)
+    if sizes:  # each image at its bucket (and mirrored, with flip_aug)
+        bucketed, mean, std = cache_bucketed(c.vae, pairs, sizes), None, None
+        flipped = cache_bucketed(c.vae, pairs, sizes, flip=True) if cfg.flip_aug else None
+    else:
+        bucketed, (mean, std) = None, cache_latents(c.vae, pairs + prior, res, cfg.crop)
+        flipped = cache_latents(c.vae, pairs + prior, res, cfg.crop, flip=True) if cfg.flip_aug else None
     attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                              cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res)
+                              cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res,
+                              cfg.clip_skip)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
-                       tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed)
+                       tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed,
+                       flipped=flipped)
     steps = total_steps(cfg, len(pairs), acc.num_processes, batch_fn.per_epoch)
-    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)), **bucket_metadata(bucketed),
-            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior)}
+    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
+            **(bucketed.metadata() if bucketed else {"ss_enable_bucket": False}),
+            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior),
+            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug}
     return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
                extra_id={"prior": [[p.name, cap] for p, cap in prior]})
 
@@ -144,6 +154,16 @@ def load_base(cfg: LoraOptions):
     return acc, c, res
 
 
+def check_clip_skip(cfg: LoraTrainConfig, c) -> None:
+    """clip_skip against the model, once it is loaded: SD 1.x/2.x, at most its text encoder's layers."""
+    if cfg.clip_skip > 1 and c.xl is not None:
+        raise ValueError(f"clip_skip={cfg.clip_skip} is for SD 1.x/2.x models: SDXL's text encoders are trained "
+                         f"as they draw, from their penultimate layers (kohya's SDXL trainer has none); leave it out.")
+    if cfg.clip_skip > (layers := c.text_encoder.config.num_hidden_layers):
+        raise ValueError(f"clip_skip={cfg.clip_skip} is invalid: this text encoder has {layers} layers; use 1 to "
+                         f"{layers}, such as 2.")
+
+
 def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
     """The sample prompts, drawn with ``sample`` (``fit``'s) under their own settings, checked against the model
     before any training work."""
@@ -153,7 +173,9 @@ def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
 
 def sample_defaults(cfg: LoraOptions, sample: dict | None) -> dict:
     """How the sample prompts draw what they do not say: the trainer's ``sample`` under ``sample_sampler``."""
-    return {**(sample or {}), **({"scheduler": samples.sampler_name(cfg.sample_sampler)} if cfg.sample_sampler else {})}
+    skip = getattr(cfg, "clip_skip", 1)  # the text encoder's layer the LoRA trains on, drawn with
+    return {**(sample or {}), **({"scheduler": samples.sampler_name(cfg.sample_sampler)} if cfg.sample_sampler else {}),
+            **({"clip_skip": skip} if skip > 1 else {})}
 
 
 def pipeline_of(c):
@@ -184,15 +206,6 @@ def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> 
             **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {}),
             "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
                                           if cfg.conv_rank else {})}
-
-
-def bucket_metadata(bucketed) -> dict:
-    """kohya's header keys of aspect-ratio buckets: on or off, and each bucket's size and image count."""
-    if bucketed is None:
-        return {"ss_enable_bucket": False}
-    info = {"buckets": {str(i): {"resolution": list(b), "count": n}
-                        for i, (b, n) in enumerate(bucketed.counts().items())}}
-    return {"ss_enable_bucket": True, "ss_bucket_info": json.dumps(info)}
 
 
 def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: list[tuple[Path, str]], *,

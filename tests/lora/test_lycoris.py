@@ -46,7 +46,8 @@ def lycoris_network(pipe, tmp_path, algo, seed=0, magnitude=0.25):
     g = torch.Generator().manual_seed(seed)
     for name, p in net.named_parameters():
         noise = torch.randn(p.shape, generator=g)
-        p.data = p.data * (1 + noise * 0.2) if name.endswith("dora_scale") else noise * magnitude  # DoRA: m near its ‖W‖
+        dora = name.endswith("dora_scale")  # DoRA's m: near its init, ||W||
+        p.data = p.data * (1 + noise * 0.2) if dora else noise * magnitude
     path = tmp_path / f"{algo}.safetensors"
     net.save_weights(str(path), torch.float32, {"ss_network_module": "lycoris.kohya"})
     return net, path

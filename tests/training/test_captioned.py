@@ -81,3 +81,60 @@ def test_tag_captions_shuffle_after_the_kept_tags_and_drop_some():
     batches = captioned.Batches(cfg, None, [caption] * 4, 4, 0, None, None)
     assert batches.texts([0, 1], 3, 0, 0) == batches.texts([0, 1], 3, 0, 0)  # a function of its coordinates
     assert batches.texts([0, 1], 3, 0, 0) != batches.texts([0, 1], 4, 0, 0)
+
+
+class RowVae:
+    """A stand-in VAE whose latent mean is the image's top row (1, 3, 1, W), so a mirrored image's is mirrored."""
+    config, device = type("C", (), {"scaling_factor": 1.0})(), "cpu"
+
+    def encode(self, x):
+        mean = x[:, :, :1, :]
+        return type("E", (), {"latent_dist": type("D", (), {"mean": mean, "std": mean * 0 + 1})()})()
+
+
+def _halves(path, size=(8, 8)):
+    """A picture red on its left half, blue on its right."""
+    from PIL import Image
+
+    im = Image.new("RGB", size, (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, size[0] // 2, size[1]))
+    im.save(path)
+    return path
+
+
+def test_flip_aug_caches_each_image_mirrored_and_draws_it_half_the_time(tmp_path):
+    pairs = [(_halves(tmp_path / "a.png"), "a"), (_image(tmp_path / "b.png", (0, 255, 0)), "b")]
+    mean, std = captioned.cache_latents(RowVae(), pairs, 8, "center")
+    fm, fs = captioned.cache_latents(RowVae(), pairs, 8, "center", flip=True)
+    assert torch.equal(fm, mean.flip(3)) and not torch.equal(fm[0], mean[0])  # the red half now on the right
+    cfg = type("Cfg", (), dict(seed=3))()
+    batches = captioned.Batches(cfg, None, ["a", "b"], 2, 0, mean, std, flipped=(fm, fs))
+    draws = [batches.mirrored(2, step, 0, 0) for step in range(400)]
+    assert 0.4 < sum(map(sum, draws)) / 800 < 0.6 and draws[7] == batches.mirrored(2, 7, 0, 0)  # seeded
+    got = batches.latents([0, 0, 1], [True, False, True])
+    assert torch.equal(got["mean"][0], fm[0]) and torch.equal(got["mean"][1], mean[0])
+    assert torch.equal(got["mean"][2], fm[1]) and torch.equal(batches.mean, torch.stack([mean[0], mean[1]]))
+    plain = captioned.Batches(cfg, None, ["a", "b"], 2, 0, mean, std)
+    assert plain.mirrored(5, 1, 0, 0) == [False] * 5  # without flip_aug, never
+
+
+def test_flip_aug_with_buckets_mirrors_the_picture_before_its_crop(tmp_path):
+    from PIL import Image, ImageOps
+
+    from latentgen.images import to_tensor
+    from latentgen.training import buckets
+
+    wide = _halves(tmp_path / "w.png", (21, 8))  # resized to cover (16, 8): 21 x 8 -> 21 wide, cropped 2 + 3
+    pairs, sizes = [(wide, "w")], [(16, 8), (8, 8)]
+    plain = captioned.cache_bucketed(RowVae(), pairs, sizes)
+    mirrored = captioned.cache_bucketed(RowVae(), pairs, sizes, flip=True)
+    fitted, crop = buckets.fit(ImageOps.mirror(Image.open(wide).convert("RGB")), (16, 8))
+    assert mirrored.bucket == plain.bucket == [(16, 8)] and mirrored.crop == [crop] == [(0, 2)]
+    assert torch.equal(mirrored.mean[0], to_tensor(fitted)[:, :, :1, :])  # the mirrored picture, cropped
+    assert not torch.equal(mirrored.mean[0], plain.mean[0])
+    cfg = type("Cfg", (), dict(seed=0, batch=1))()
+    batches = captioned.Batches(cfg, object(), ["w"], 1, 0, None, None, tokenizer_2=object(), bucketed=plain,
+                                flipped=mirrored)
+    got = batches.latents([0, 0], [False, True])
+    assert torch.equal(got["mean"][1], mirrored.mean[0][0]) and torch.equal(got["mean"][0], plain.mean[0][0])
+    assert torch.equal(got["time_ids"][1], mirrored.time_ids([0])[0])  # the mirrored picture's own crop

@@ -302,3 +302,55 @@ def test_aspect_ratio_buckets_train_each_shape_at_its_own_size(tiny_folder, xl_f
                                                              (64, 64, 0, 0, 64, 64)}
     else:
         assert all(t is None for _, t in seen)
+
+
+def test_clip_skip_trains_and_samples_on_the_penultimate_layer_and_flip_aug_mirrors(tiny_folder, data, tmp_path,
+                                                                                    monkeypatch):
+    import latentgen
+    from diffusers import DDPMScheduler
+    from safetensors import safe_open
+
+    from latentgen.models import loading
+    from latentgen.training import loop as train
+
+    c = loading.load_components(str(tiny_folder), dtype="fp32", backend="torch")
+    ids = train.tokenize(c.tokenizer, ["a red circle", "a blue square"])
+    mean, std = torch.randn(2, 4, 8, 8), torch.ones(2, 4, 8, 8) * 0.1
+    noise = DDPMScheduler.from_config(c.scheduler.config)
+
+    def loss(skip, hidden=None):
+        if hidden is None:
+            objective = finetune.LoraObjective(c.unet, c.text_encoder, noise, None, 0.0, clip_skip=skip)
+            return objective(ids, mean, std, torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)  # the objective's draws: the latent, then noise and timesteps
+        return train.diffusion_loss(c.unet, hidden, train.sample_latents(mean, std, g), noise, g)
+
+    with torch.no_grad():  # kohya's clip_skip 2: the penultimate layer's states through the final layer norm
+        states = c.text_encoder(ids, output_hidden_states=True).hidden_states
+        penultimate = c.text_encoder.final_layer_norm(states[-2])  # (transformers 5: no text_model level)
+        assert torch.equal(loss(2), loss(0, penultimate)) and not torch.equal(loss(2), loss(1))
+
+    mirrored = []  # how many images of each batch the objective gets mirrored
+    latents = captioned.Batches.latents
+    monkeypatch.setattr(captioned.Batches, "latents", lambda self, idx, m=None: mirrored.append(sum(m)) or
+                        latents(self, idx, m))
+    path = _run(tiny_folder, data, tmp_path / "o", clip_skip=2, flip_aug=True, steps=8,
+                validation_prompts=["a purple circle --s 2"], validate_every=8)
+    meta = safe_open(str(path), "pt").metadata()
+    assert (meta["ss_clip_skip"], meta["ss_flip_aug"]) == ("2", "True")
+    assert 0 < sum(mirrored) < 2 * 8  # some of the 16 draws mirrored, not all
+    sample = Image.open(tmp_path / "o" / "samples" / "lora_000008_00_0.png")
+    assert "Clip skip: 2" in sample.info["parameters"]  # drawn as the LoRA was trained
+    pipe = latentgen.load(tiny_folder)
+    pipe.load_lora(path)
+    assert sample.tobytes() == pipe.generate("a purple circle", steps=2, seed=0, clip_skip=2)[0].tobytes()
+
+
+def test_bad_clip_skip(tiny_folder, xl_folder, data, tmp_path):
+    with pytest.raises(ValueError, match=r"clip_skip=0 is invalid: use 1 \(the last layer\) or 2"):
+        _run(tiny_folder, data, tmp_path / "a", clip_skip=0)
+    with pytest.raises(ValueError, match="clip_skip=9 is invalid: this text encoder has 5 layers"):
+        _run(tiny_folder, data, tmp_path / "b", clip_skip=9)
+    with pytest.raises(ValueError, match="clip_skip=2 is for SD 1.x/2.x models"):
+        _run(xl_folder, data, tmp_path / "c", clip_skip=2)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any training work
