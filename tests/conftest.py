@@ -268,13 +268,14 @@ def huge_png(width: int, height: int, text: str | None = None) -> bytes:
 def random_lora(pipe, seed=0, rank=4, alpha=2.0, text=True, magnitude=0.3):
     """A random LoRA on the U-Net's attention projections (and the text encoder's)."""
     from latentgen.lora import formats as lora_io
+    from latentgen.lora import names as lora_names
 
     g = torch.Generator().manual_seed(seed)
     out = lora_io.Lora(metadata={"ss_output_name": "random"})
-    parts = [("unet", pipe.unet, lora_io.UNET_TARGETS)] + \
-        ([("text_encoder", pipe.text_encoder, lora_io.TEXT_TARGETS)] if text else [])
+    parts = [("unet", pipe.unet, lora_names.UNET_TARGETS)] + \
+        ([("text_encoder", pipe.text_encoder, lora_names.TEXT_TARGETS)] if text else [])
     for part, model, targets in parts:
-        for name, mod in lora_io._module_names(model, part).items():
+        for name, mod in lora_names.module_names(model, part).items():
             if name.endswith(tuple("." + t for t in targets)):
                 w = mod.weight
                 out.modules.setdefault(part, {})[name] = (

@@ -20,6 +20,7 @@ import torch
 
 from .. import checks
 from . import formats
+from . import names as lora_names
 
 
 log = logging.getLogger("latentgen.lora")
@@ -77,7 +78,7 @@ def inject(model: torch.nn.Module, part: str, mods: dict, name: str) -> None:
     ``part``) in peft LoRA layers named ``name`` holding those weights, each with its own rank and alpha."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    cut = len(formats.file_prefix(part, model))
+    cut = len(lora_names.file_prefix(part, model))
     mods = {m[cut:]: v for m, v in mods.items()}  # file names -> this model's module names
     ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
     config = LoraConfig(r=max(ranks.values()), lora_alpha=1.0, target_modules=sorted(mods),

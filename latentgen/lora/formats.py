@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -32,19 +31,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import checks, files
-from ..models import checkpoints, ldm
-from . import lycoris
+from ..models import checkpoints
+from . import lycoris, names
 
-PARTS = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}  # component -> kohya prefix
-UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
-
-
-def conv_targets(unet: torch.nn.Module) -> list[str]:
-    """LoCon's extra U-Net targets (kohya's ``conv_dim``): the 3x3 convolutions of its ResNet blocks and
-    down/up-samplers, by full module name (conv_in, conv_out and 1x1 shortcuts stay frozen)."""
-    return [n for n, m in unet.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
-            and (".resnets." in n or "samplers." in n)]
 
 
 @dataclass
@@ -52,6 +41,7 @@ class Lora:
     """A LoRA in memory: per component, module name -> (down (r, in, ...), up (out, r, ...), alpha)."""
     modules: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    magnitudes: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # a trained DoRA's m (out,)
 
     def delta(self, part: str, module: str) -> torch.Tensor:
         """dW of one module at scale 1: (alpha / rank) * up @ down, shaped like the module's weight."""
@@ -115,17 +105,6 @@ def _atomic_save(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:
     return path
 
 
-@lru_cache(maxsize=1)
-def _clip_has_text_model() -> bool:
-    """Whether this transformers' CLIPTextModel nests its layers under ``text_model`` (v4) or not (v5)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfg = CLIPTextConfig(vocab_size=8, hidden_size=4, intermediate_size=4, num_hidden_layers=1,
-                         num_attention_heads=1, max_position_embeddings=4, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1)  # token ids inside the tiny vocabulary: no config warning
-    return hasattr(CLIPTextModel(cfg), "text_model")
-
-
 def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=None) -> Path:
     """Write ``lora`` as .safetensors in the ``"diffusers"`` (peft) or ``"kohya"`` (A1111) layout, atomically. With
     an SDXL ``unet_config``, the kohya layout is kohya's SDXL one: the U-Net in SGM names, ``lora_te1_``/``_te2_``."""
@@ -133,82 +112,37 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=No
     if layout == "diffusers":
         adapter_meta = {}
         for part, mods in lora.modules.items():
-            if part == "text_encoder" and not _clip_has_text_model():  # the names diffusers here expects
-                mods = {m.removeprefix("text_model."): v for m, v in mods.items()}
+            mags = lora.magnitudes.get(part, {})
+            if part == "text_encoder" and not names.clip_has_text_model():  # the names diffusers here expects
+                mods, mags = ({m.removeprefix("text_model."): v for m, v in d.items()} for d in (mods, mags))
             ranks = {m: d.shape[0] for m, (d, _, _) in mods.items()}
             alphas = {m: a for m, (_, _, a) in mods.items()}
             r, a0 = max(ranks.values()), next(iter(alphas.values()))
             adapter_meta.update({f"{part}.r": r, f"{part}.lora_alpha": a0, f"{part}.target_modules": sorted(mods),
                                  f"{part}.rank_pattern": {m: v for m, v in ranks.items() if v != r},
-                                 f"{part}.alpha_pattern": {m: a for m, a in alphas.items() if a != a0}})
+                                 f"{part}.alpha_pattern": {m: a for m, a in alphas.items() if a != a0},
+                                 **({f"{part}.use_dora": True} if mags else {})})
             for m, (down, up, _) in mods.items():
                 tensors[f"{part}.{m}.lora_A.weight"], tensors[f"{part}.{m}.lora_B.weight"] = down, up
+                if m in mags:  # DoRA's m as peft holds it: (out,), a convolution's (1, out, 1, 1)
+                    tensors[f"{part}.{m}.lora_magnitude_vector"] = mags[m].reshape((-1,) if down.dim() == 2 else (1, -1, 1, 1))
         meta["lora_adapter_metadata"] = json.dumps(adapter_meta, sort_keys=True)
     elif layout == "kohya":
         sgm = unet_config is not None and unet_config.get("addition_embed_type") == "text_time"
         for part, mods in lora.modules.items():
             for m, (down, up, alpha) in mods.items():
-                k = _kohya_stem(part, m, unet_config if sgm else None)
+                k = names.kohya_stem(part, m, unet_config if sgm else None)
                 tensors[f"{k}.lora_down.weight"], tensors[f"{k}.lora_up.weight"] = down, up
                 tensors[f"{k}.alpha"] = torch.tensor(float(alpha))
+                if m in lora.magnitudes.get(part, {}):  # as LyCORIS's dora_wd writes it: (out, 1[, 1, 1])
+                    tensors[f"{k}.dora_scale"] = lora.magnitudes[part][m].reshape(-1, *[1] * (down.dim() - 1))
         dims = {d.shape[0] for mods in lora.modules.values() for d, _, _ in mods.values()}
         alphas = {a for mods in lora.modules.values() for _, _, a in mods.values()}
-        meta.update({"ss_network_module": "networks.lora", "ss_network_dim": str(max(dims)),
-                     "ss_network_alpha": str(max(alphas))})
+        meta.update({"ss_network_module": "lycoris.kohya" if lora.magnitudes else "networks.lora",
+                     "ss_network_dim": str(max(dims)), "ss_network_alpha": str(max(alphas))})
     else:
         raise ValueError(f"layout={layout!r} is invalid: use 'diffusers' or 'kohya'.")
     return _atomic_save(tensors, Path(path), meta)
-
-
-def _kohya_stem(part: str, module: str, sdxl_unet=None) -> str:
-    """A module's kohya name; for SDXL (``sdxl_unet``: its U-Net config) the U-Net's in SGM names (input_blocks,
-    ...), the first text encoder's as ``lora_te1_``, as kohya's SDXL scripts write them."""
-    if sdxl_unet is None:
-        return PARTS[part] + module.replace(".", "_")
-    if part == "unet":
-        up_attention = {i for i, t in enumerate(sdxl_unet["up_block_types"]) if "CrossAttn" in t}
-        module = ldm.unet_key(module + ".weight", sdxl_unet["layers_per_block"], up_attention)[:-len(".weight")]
-    return {**PARTS, "text_encoder": "lora_te1_"}[part] + module.replace(".", "_")
-
-
-def file_prefix(part: str, model: torch.nn.Module) -> str:
-    """Files name text-encoder modules ``text_model.encoder...`` (transformers 4's CLIPTextModel);
-    transformers 5 dropped the ``text_model`` level, so it is added back for file names."""
-    return "text_model." if part.startswith("text_encoder") and not hasattr(model, "text_model") else ""
-
-
-def kohya_names(part: str, model: torch.nn.Module, names) -> dict[str, str]:
-    """kohya stems -> module names in files, for ``names`` of ``part``: ``PARTS[part]`` + the name with ``_`` for
-    ``.``; also ``lora_te1_`` for a first text encoder, and for an SDXL U-Net the SGM names (``ldm.unet_key``)."""
-    out = {PARTS[part] + n.replace(".", "_"): n for n in names}
-    if part == "text_encoder":
-        out.update({"lora_te1_" + n.replace(".", "_"): n for n in names})
-    if part.startswith("text_encoder"):  # also as trainers on transformers 5 name them: no text_model level
-        out.update({k.replace("_text_model_", "_", 1): n for k, n in out.items() if "_text_model_encoder_" in k})
-    config = getattr(model, "config", {})
-    if part == "unet" and config.get("addition_embed_type") == "text_time":
-        up_attention = {i for i, t in enumerate(config["up_block_types"]) if "CrossAttn" in t}
-        for n in names:
-            try:
-                sgm = ldm.unet_key(n + ".weight", config["layers_per_block"], up_attention)[:-len(".weight")]
-            except ValueError:  # no place in the LDM layout: no SGM name
-                continue
-            out["lora_unet_" + sgm.replace(".", "_")] = n
-    return out
-
-
-def _module_names(model: torch.nn.Module, part: str = "unet") -> dict[str, torch.nn.Module]:
-    """Every Linear/Conv2d that a LoRA may target, by its name in files (peft wrappers seen through)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    prefix, out = file_prefix(part, model), {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, BaseTunerLayer):
-            out[prefix + name] = mod.get_base_layer()
-        elif isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)) and ".base_layer" not in name \
-                and ".lora_" not in name:
-            out[prefix + name] = mod
-    return out
 
 
 def shipped_loras() -> dict[str, Path]:
@@ -253,8 +187,8 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     """
     path = resolve(path)
     meta, sd = _read_safetensors(path)
-    names = {part: _module_names(m, part) for part, m in models.items()}
-    kohya = {part: kohya_names(part, models[part], ns) for part, ns in names.items()}
+    found = {part: names.module_names(m, part) for part, m in models.items()}
+    kohya = {part: names.kohya_names(part, models[part], ns) for part, ns in found.items()}
     adapter_meta = json.loads(meta.get("lora_adapter_metadata", "{}"))
     lora, unknown, groups = Lora(metadata=meta), [], {}
     for key in sd:  # group keys by (part, module): {suffix without ".weight": tensor}
@@ -264,9 +198,9 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
                                      ".lora_magnitude_vector.weight")):  # peft's DoRA magnitude: either
             part, rest = key.split(".", 1)
             module, kind = rest.removesuffix(".weight").rsplit(".", 1)
-            if part.startswith("text_encoder") and part in names and module not in names[part]:
+            if part.startswith("text_encoder") and part in found and module not in found[part]:
                 module = "text_model." + module  # written by transformers 5: no text_model level
-            hit = [(part, module)] if part in names and module in names[part] else []
+            hit = [(part, module)] if part in found and module in found[part] else []
         if not hit:
             unknown.append(key)
             continue
@@ -275,7 +209,7 @@ def read(path: str | Path, models: dict[str, torch.nn.Module]) -> tuple[Lora, li
     for (part, module), g in groups.items():
         try:
             said = adapter_meta.get(f"{part}.alpha_pattern", {}).get(module, adapter_meta.get(f"{part}.lora_alpha"))
-            w = names[part][module].weight
+            w = found[part][module].weight
             down, up, alpha = lycoris.update(g, tuple(w.shape), None if said is None else float(said), w)
         except lycoris.Missing as e:
             unknown.append(f"{part}.{module} ({e})")

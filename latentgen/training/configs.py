@@ -191,6 +191,8 @@ class LoraOptions(CaptionOptions):
 class LoraTrainConfig(LoraOptions, ImageOptions):
     """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
+    dora: bool = option(False, "DoRA (weight-decomposed LoRA, Liu et al. 2024): also train each adapted layer's "
+                               "magnitude (peft's use_dora; LyCORIS's dora_wd)")
     clip_skip: int = option(1, "train on the text encoder's states N layers from its end, to draw with A1111's "
                                "Clip skip N (kohya's --clip_skip; SD 1.x/2.x)")
     snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
@@ -212,6 +214,9 @@ class LoraTrainConfig(LoraOptions, ImageOptions):
         if self.prior_prompts and self.prior_data is None:
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
         self.check_buckets()
+        if self.dora and self.network_weights is not None:
+            raise ValueError("dora trains new DoRA adapters, and network_weights goes on from a file's LoRA "
+                             "adapters: give one of them.")
         if self.enable_bucket and self.prior_data is not None:
             raise ValueError("enable_bucket with prior_data is not supported yet: prior images pair with each data "
                              "image in a batch, and a bucket's batch has one size; train without one of them.")

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from ..lora.formats import Recommendation
-from . import finetune
+from . import finetune, header
 from . import loop as train
 from ..text import xl as sdxl
 from .captioned import Batches, cache_latents
@@ -212,7 +212,7 @@ def run(cfg: LcmDistillConfig) -> Path:
     batch_fn = DistillBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std,
                               c.xl.tokenizer_2 if c.xl is not None else None)
     steps = finetune.total_steps(cfg, len(pairs), acc.num_processes)
-    meta = {**finetune.kohya_metadata(cfg, c, steps, res, len(pairs)), "ss_network_train_text_encoder": False,
+    meta = {**header.kohya(cfg, c, steps, res, len(pairs)), "ss_network_train_text_encoder": False,
             **LCM.metadata(), "latentgen_teacher_guidance": json.dumps(guidance)}
     return finetune.fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
                         desc="lcm", extra_id={"teacher_guidance": guidance},

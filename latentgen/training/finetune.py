@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from . import loop as train
-from ..lora import formats as lora_io
+from ..lora import formats as lora_io, names as lora_names
 from ..text import prompts, xl as sdxl
 from .configs import LoraOptions, LoraTrainConfig
-from . import buckets, samples
+from . import buckets, header, samples
 from .captioned import Batches, cache_bucketed, cache_latents, prior_pairs, read_dataset
 
 
@@ -79,8 +79,11 @@ def trained_lora(c, meta: dict) -> lora_io.Lora:
         for name, mod in model.named_modules():
             if hasattr(mod, "lora_A") and "default" in mod.lora_A:
                 down, up = (w["default"].weight.detach().float().cpu() for w in (mod.lora_A, mod.lora_B))
-                out.modules.setdefault(part, {})[lora_io.file_prefix(part, model) + name] = \
-                    (down, up, float(mod.lora_alpha["default"]))
+                key = lora_names.file_prefix(part, model) + name
+                out.modules.setdefault(part, {})[key] = (down, up, float(mod.lora_alpha["default"]))
+                if "default" in getattr(mod, "lora_magnitude_vector", {}):  # DoRA's m
+                    m = mod.lora_magnitude_vector["default"].weight.detach().float().cpu().flatten()
+                    out.magnitudes.setdefault(part, {})[key] = m
     return out
 
 
@@ -116,10 +119,7 @@ def run(cfg: LoraTrainConfig) -> Path:
                        tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed,
                        flipped=flipped)
     steps = total_steps(cfg, len(pairs), acc.num_processes, batch_fn.per_epoch)
-    meta = {**kohya_metadata(cfg, c, steps, res, len(pairs)),
-            **(bucketed.metadata() if bucketed else {"ss_enable_bucket": False}),
-            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": len(prior),
-            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug}
+    meta = {**header.kohya(cfg, c, steps, res, len(pairs)), **header.finetune(cfg, bucketed, len(prior))}
     return fit(cfg, c, acc, objective, batch_fn, pairs, steps=steps, meta=meta, started=started,
                extra_id={"prior": [[p.name, cap] for p, cap in prior]})
 
@@ -193,21 +193,6 @@ def total_steps(cfg: LoraOptions, n_images: int, processes: int, batches: int | 
     return cfg.steps or math.ceil(cfg.epochs * n_images / (cfg.batch * cfg.grad_accum * processes))
 
 
-def kohya_metadata(cfg: LoraOptions, c, steps: int, res: int, n_images: int) -> dict:
-    """The ``ss_*`` header keys kohya's trainer writes, which A1111 and civitai read."""
-    alpha, conv_alpha = cfg.alphas()
-    return {"ss_network_module": "networks.lora", "ss_network_dim": cfg.rank, "ss_network_alpha": alpha,
-            "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
-            "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
-            "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
-            "ss_unet_lr": cfg.learning_rate("unet"), "ss_text_encoder_lr": cfg.learning_rate("text_encoder"),
-            "ss_shuffle_caption": cfg.shuffle_caption, "ss_keep_tokens": cfg.keep_tokens,
-            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout,
-            **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {}),
-            "ss_network_args": json.dumps({"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha}
-                                          if cfg.conv_rank else {})}
-
-
 def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: list[tuple[Path, str]], *,
         steps: int, meta: dict, started: float, desc: str = "lora", extra_id: dict | None = None,
         sample: dict | None = None) -> Path:
@@ -264,13 +249,14 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
         start_from(c, cfg.network_weights, text_encoder)
     else:
         alpha, conv_alpha = cfg.alphas()
-        convs = lora_io.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, own rank and alpha
+        convs = lora_names.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, own rank and alpha
         conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
-        parts = [(c.unet, [*lora_io.UNET_TARGETS, *convs], *conv)]
-        parts += [(m, list(lora_io.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
+        parts = [(c.unet, [*lora_names.UNET_TARGETS, *convs], *conv)]
+        parts += [(m, list(lora_names.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
         for model, targets, ranks, alphas in parts:
             inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                               target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas),
+                                               target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas,
+                                               use_dora=getattr(cfg, "dora", False)),
                                     model, adapter_name="default")
     if cfg.gradient_checkpointing:
         c.unet.enable_gradient_checkpointing()

@@ -203,12 +203,13 @@ def test_img2img_at_strength_zero_runs_no_step_and_converts_nothing(tiny_folder,
 def _wide_lora(pipe, path, seed=0, rank=4):
     """A random kohya LoRA on attention, the GEGLU projections (traced as two halves) and the 3x3 convolutions."""
     from latentgen.lora import formats
+    from latentgen.lora import names as lora_names
 
     g = torch.Generator().manual_seed(seed)
     lora = formats.Lora()
-    convs = set(formats.conv_targets(pipe.unet))
-    for name, mod in formats._module_names(pipe.unet, "unet").items():
-        if name.endswith(tuple("." + t for t in (*formats.UNET_TARGETS, "ff.net.0.proj", "ff.net.2"))) or name in convs:
+    convs = set(lora_names.conv_targets(pipe.unet))
+    for name, mod in lora_names.module_names(pipe.unet, "unet").items():
+        if name.endswith(tuple("." + t for t in (*lora_names.UNET_TARGETS, "ff.net.0.proj", "ff.net.2"))) or name in convs:
             w = mod.weight
             lora.modules.setdefault("unet", {})[name] = (
                 torch.randn(rank, *w.shape[1:], generator=g) * 0.3,

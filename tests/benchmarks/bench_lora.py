@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 import latentgen  # noqa: E402
 from latentgen.lora import formats  # noqa: E402
+from latentgen.lora import names as lora_names  # noqa: E402
 
 PROMPT = "a purple circle on a white background"
 
@@ -98,10 +99,10 @@ def random_kohya(unet, path: Path, seed: int, rank: int = 16) -> Path:
     """A random rank-``rank`` kohya LoRA on the U-Net's attention projections and 3x3 convolutions (LoCon)."""
     g = torch.Generator().manual_seed(seed)
     lora = formats.Lora(metadata={"ss_output_name": path.stem})
-    names = formats._module_names(unet, "unet")
-    convs = set(formats.conv_targets(unet))
+    names = lora_names.module_names(unet, "unet")
+    convs = set(lora_names.conv_targets(unet))
     for name, mod in names.items():
-        if name.endswith(tuple("." + t for t in formats.UNET_TARGETS)) or name in convs:
+        if name.endswith(tuple("." + t for t in lora_names.UNET_TARGETS)) or name in convs:
             w = mod.weight
             down = torch.randn(rank, *w.shape[1:], generator=g) * 0.02
             up = torch.randn(w.shape[0], rank, *([1, 1] if w.dim() == 4 else []), generator=g) * 0.02

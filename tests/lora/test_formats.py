@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from latentgen.lora import formats as lora_io
+from latentgen.lora import names as lora_names
 
 
 def test_layouts_have_the_field_keys(lora_files):
@@ -113,8 +114,8 @@ def _sdxl_lora(pipe):
 
     lora = random_lora(pipe, seed=3)
     g = torch.Generator().manual_seed(5)
-    for name, mod in lora_io._module_names(pipe.xl.text_encoder_2, "text_encoder_2").items():
-        if name.endswith(tuple("." + t for t in lora_io.TEXT_TARGETS)):
+    for name, mod in lora_names.module_names(pipe.xl.text_encoder_2, "text_encoder_2").items():
+        if name.endswith(tuple("." + t for t in lora_names.TEXT_TARGETS)):
             w = mod.weight
             lora.modules.setdefault("text_encoder_2", {})[name] = (
                 torch.randn(4, w.shape[1], generator=g) * 0.3, torch.randn(w.shape[0], 4, generator=g) * 0.3, 2.0)
@@ -131,7 +132,7 @@ def _kohya_sdxl(lora, pipe, path):
     tensors = {}
     for part, mods in lora.modules.items():
         stems = {}
-        for k, n in lora_io.kohya_names(part, models[part], mods).items():  # the first name: kohya's own
+        for k, n in lora_names.kohya_names(part, models[part], mods).items():  # the first name: kohya's own
             if k.startswith(wanted[part]):
                 stems.setdefault(n, k)
         for m, (down, up, alpha) in mods.items():

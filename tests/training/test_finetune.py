@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from latentgen.lora import formats as lora_io
+from latentgen.lora import names as lora_names
 from latentgen.training import captioned, finetune
 from latentgen.training.finetune import LoraTrainConfig
 
@@ -111,7 +112,7 @@ def test_conv_adapters_train_and_load_in_both_layouts(tiny_folder, data, tmp_pat
 
     path = _run(tiny_folder, data, tmp_path / "c", conv_rank=3, conv_alpha=1.5, kohya=True)
     base = latentgen.load(tiny_folder)
-    convs = lora_io.conv_targets(base.unet)
+    convs = lora_names.conv_targets(base.unet)
     assert len(convs) >= 4 and all(n.endswith(("conv1", "conv2", "samplers.0.conv")) for n in convs)
     w = load_file(str(path))
     for n in convs:
@@ -354,3 +355,44 @@ def test_bad_clip_skip(tiny_folder, xl_folder, data, tmp_path):
     with pytest.raises(ValueError, match="clip_skip=2 is for SD 1.x/2.x models"):
         _run(xl_folder, data, tmp_path / "c", clip_skip=2)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any training work
+
+
+def test_dora_trains_magnitudes_and_its_files_draw_what_training_drew(tiny_folder, data, tmp_path):
+    import warnings
+
+    import latentgen
+    from conftest import diffusers_pipeline, max_diff
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = _run(tiny_folder, data, tmp_path / "o", dora=True, conv_rank=2, train_text_encoder=True, kohya=True,
+                validation_prompts=["a purple circle --s 2"], validate_every=4)
+    peft_file, kohya_file = path, tmp_path / "o" / "lora.kohya.safetensors"
+    w, kw = load_file(str(peft_file)), load_file(str(kohya_file))
+    mags = {k: v for k, v in w.items() if k.endswith(".lora_magnitude_vector")}  # peft's, as diffusers saves it
+    assert {k.split(".")[0] for k in mags} == {"unet", "text_encoder"} and any(".conv" in k for k in mags)
+    assert len([k for k in kw if k.endswith(".dora_scale")]) == len(mags)  # LyCORIS's dora_wd layout
+    meta = safe_open(str(kohya_file), "pt").metadata()
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"])["dora_wd"]
+    base = latentgen.load(tiny_folder)
+    q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    init = base.unet.get_submodule(q).weight.norm(dim=1)  # peft starts m at ||W|| (B = 0)
+    assert not torch.allclose(mags[f"unet.{q}.lora_magnitude_vector"], init, atol=1e-5)  # trained
+    sample = Image.open(tmp_path / "o" / "samples" / "lora_000004_00_0.png")  # drawn by peft's DoRA layers
+    assert max_diff(base.generate("a purple circle", steps=2, seed=0), [sample]) > 5  # it learned something
+    for f in (peft_file, kohya_file):
+        pipe = latentgen.load(tiny_folder)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # every key read
+            pipe.load_lora(f)
+        assert max_diff(pipe.generate("a purple circle", steps=2, seed=0), [sample]) <= 1, f.name
+    unet_only = {k: v for k, v in w.items() if k.startswith("unet.")}  # (diffusers drops the text encoder's m)
+    save_file(unet_only, str(tmp_path / "u.safetensors"), safe_open(str(peft_file), "pt").metadata())
+    ref = diffusers_pipeline("StableDiffusionPipeline", tiny_folder)
+    ref.load_lora_weights(str(tmp_path), weight_name="u.safetensors")
+    theirs = ref("a blue dog", num_inference_steps=3, generator=torch.Generator().manual_seed(2),
+                 height=64, width=64).images
+    base.load_lora(tmp_path / "u.safetensors")
+    assert max_diff(base.generate("a blue dog", seed=2, steps=3, scheduler=None), theirs) <= 1
+    with pytest.raises(ValueError, match="dora trains new DoRA adapters"):
+        _run(tiny_folder, data, tmp_path / "x", dora=True, network_weights=path)

@@ -1,0 +1,34 @@
+"""The header of a trained LoRA file: the ``ss_*`` keys kohya's sd-scripts writes, which A1111 shows in its LoRA
+cards and civitai reads (the network, its dimensions, the learning rates, the data's options). latentgen writes
+them in both layouts; ``latentgen_training`` (in ``finetune.fit``) holds the full settings beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+def kohya(cfg, c, steps: int, res: int, n_images: int) -> dict:
+    """The keys every LoRA trainer here writes: ``cfg`` a ``LoraOptions``, ``c`` the base model's components,
+    ``steps`` optimizer steps at ``res`` over ``n_images`` (repeats counted)."""
+    alpha, conv_alpha = cfg.alphas()
+    dora = {"algo": "lora", "dora_wd": True} if getattr(cfg, "dora", False) else {}  # as LyCORIS's kohya entry says
+    locon = {"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha} if cfg.conv_rank else {}
+    return {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_network_dim": cfg.rank,
+            "ss_network_alpha": alpha, "ss_network_args": json.dumps({**dora, **locon}),
+            "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
+            "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
+            "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
+            "ss_unet_lr": cfg.learning_rate("unet"), "ss_text_encoder_lr": cfg.learning_rate("text_encoder"),
+            "ss_shuffle_caption": cfg.shuffle_caption, "ss_keep_tokens": cfg.keep_tokens,
+            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout,
+            **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {})}
+
+
+def finetune(cfg, bucketed, n_reg: int) -> dict:
+    """finetune-lora's own keys: ``cfg`` a ``LoraTrainConfig``; ``bucketed`` the ``captioned.Bucketed`` latents with
+    aspect-ratio buckets (else None); ``n_reg`` its prior (regularization) images."""
+    return {**(bucketed.metadata() if bucketed is not None else {"ss_enable_bucket": False}),
+            "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": n_reg,
+            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug}
