@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import checks
 from ..checks import option
 from . import samples
-from .dataset_options import CaptionOptions, ImageOptions
+from .kohya_options import CaptionOptions, ImageOptions, LossOptions
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -160,7 +160,7 @@ class LoraOptions(CaptionOptions):
                 raise ValueError(f"{n} is read from network_weights (its ranks and alphas): leave it out.")
 
     def check_captions(self) -> None:
-        """The caption options (``dataset_options``) and the per-part learning rates."""
+        """The caption options (``kohya_options``) and the per-part learning rates."""
         self.check_dataset()
         for n in ("unet_lr", "text_encoder_lr"):
             if getattr(self, n) is not None:
@@ -188,15 +188,13 @@ class LoraOptions(CaptionOptions):
 
 
 @dataclass
-class LoraTrainConfig(LoraOptions, ImageOptions):
+class LoraTrainConfig(LoraOptions, ImageOptions, LossOptions):
     """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
     dora: bool = option(False, "DoRA (weight-decomposed LoRA, Liu et al. 2024): also train each adapted layer's "
                                "magnitude (peft's use_dora; LyCORIS's dora_wd)")
     clip_skip: int = option(1, "train on the text encoder's states N layers from its end, to draw with A1111's "
                                "Clip skip N (kohya's --clip_skip; SD 1.x/2.x)")
-    snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5")
-    noise_offset: float = option(0.0, "offset noise, e.g. 0.05")
     caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
     prior_data: Path | None = option(None, "captioned images of what the model should keep drawing "
                                            "(kohya's reg images, DreamBooth's prior preservation)")
@@ -214,6 +212,7 @@ class LoraTrainConfig(LoraOptions, ImageOptions):
         if self.prior_prompts and self.prior_data is None:
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
         self.check_buckets()
+        self.check_loss()
         if self.dora and self.network_weights is not None:
             raise ValueError("dora trains new DoRA adapters, and network_weights goes on from a file's LoRA "
                              "adapters: give one of them.")

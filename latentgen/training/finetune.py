@@ -51,12 +51,11 @@ class LoraObjective(LoraCheckpointed):
     (``text_encoder_2``): both encoders' penultimate states, bigG's pooled text, and the size numbers of a
     ``size`` x ``size`` uncropped picture (original = target = the training size), as drawing reads them."""
 
-    def __init__(self, unet, text_encoder, noise_scheduler, snr_gamma, noise_offset, text_encoder_2=None,
-                 size: int | None = None, clip_skip: int = 1):
+    def __init__(self, unet, text_encoder, noise_scheduler, options, text_encoder_2=None, size: int | None = None,
+                 clip_skip: int = 1):
         super().__init__()
         self.unet, self.text_encoder, self.text_encoder_2, self.size = unet, text_encoder, text_encoder_2, size
-        self.noise_scheduler, self.snr_gamma, self.noise_offset = noise_scheduler, snr_gamma, noise_offset
-        self.clip_skip = clip_skip
+        self.noise_scheduler, self.options, self.clip_skip = noise_scheduler, options, clip_skip  # LossOptions
 
     def forward(self, input_ids, mean, std, generator, weights=None, input_ids_2=None, time_ids=None):
         latents = train.sample_latents(mean, std, generator)  # (B, 4, h, w), scaled
@@ -68,8 +67,8 @@ class LoraObjective(LoraCheckpointed):
             added = sdxl.batch_added(pooled, self.size) if time_ids is None else \
                 {"text_embeds": pooled, "time_ids": time_ids.to(pooled)}
             unet = functools.partial(self.unet, added_cond_kwargs=added)
-        return train.diffusion_loss(unet, hidden, latents, self.noise_scheduler, generator,
-                                    snr_gamma=self.snr_gamma, noise_offset=self.noise_offset, weights=weights)
+        return train.diffusion_loss(unet, hidden, latents, self.noise_scheduler, generator, weights=weights,
+                                    options=self.options)
 
 
 def trained_lora(c, meta: dict) -> lora_io.Lora:
@@ -112,9 +111,8 @@ def run(cfg: LoraTrainConfig) -> Path:
         bucketed, (mean, std) = None, cache_latents(c.vae, pairs + prior, res, cfg.crop)
         flipped = cache_latents(c.vae, pairs + prior, res, cfg.crop, flip=True) if cfg.flip_aug else None
     attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
-    objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
-                              cfg.snr_gamma, cfg.noise_offset, c.xl.text_encoder_2 if c.xl else None, res,
-                              cfg.clip_skip)
+    objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config), cfg,
+                              c.xl.text_encoder_2 if c.xl else None, res, cfg.clip_skip)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
                        tokenizer_2=c.xl.tokenizer_2 if c.xl is not None else None, bucketed=bucketed,
                        flipped=flipped)

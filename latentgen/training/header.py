@@ -31,4 +31,8 @@ def finetune(cfg, bucketed, n_reg: int) -> dict:
     aspect-ratio buckets (else None); ``n_reg`` its prior (regularization) images."""
     return {**(bucketed.metadata() if bucketed is not None else {"ss_enable_bucket": False}),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": n_reg,
-            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug}
+            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug, "ss_min_snr_gamma": cfg.snr_gamma,
+            "ss_noise_offset": cfg.noise_offset, "ss_adaptive_noise_scale": cfg.adaptive_noise_scale,
+            "ss_multires_noise_iterations": cfg.multires_noise_iterations,
+            "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
+            "ss_debiased_estimation": cfg.debiased_estimation}

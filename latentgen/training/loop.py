@@ -32,7 +32,9 @@ from diffusers.training_utils import EMAModel, compute_snr
 from tqdm import tqdm
 
 from .. import files
+from . import noise as noise_terms
 from .configs import LoopConfig
+from .kohya_options import LossOptions
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -223,34 +225,31 @@ def save(acc: Accelerator, cfg: LoopConfig, step: int, stamp: dict, seconds: flo
 
 
 def diffusion_loss(unet, encoder_hidden_states: torch.Tensor, latents: torch.Tensor, noise_scheduler,
-                   generator: torch.Generator, *, snr_gamma: float | None = None,
-                   noise_offset: float = 0.0, weights: torch.Tensor | None = None,
-                   condition: torch.Tensor | None = None) -> torch.Tensor:
+                   generator: torch.Generator, *, snr_gamma: float | None = None, weights: torch.Tensor | None = None,
+                   condition: torch.Tensor | None = None, options: LossOptions | None = None) -> torch.Tensor:
     """Denoising loss of latent diffusion (Ho et al. 2020, https://arxiv.org/abs/2006.11239).
 
     latents (B, C, h, w), already scaled by the VAE's scaling factor; encoder_hidden_states (B, 77, D).
     Noise and timesteps come from ``generator`` (CPU) so they are reproducible and resumable.
-    snr_gamma: min-SNR-gamma weighting (Hang et al. 2023, https://arxiv.org/abs/2303.09556), e.g. 5.
-    noise_offset: per-channel offset noise (Guttenberg 2023, "Diffusion with Offset Noise"), e.g. 0.05.
+    options: kohya's noise and weighting options (offset, multi-resolution and perturbed noise, min-SNR-gamma,
+        debiased estimation: ``latentgen.training.noise``); ``snr_gamma`` alone is min-SNR-gamma weighting (Hang
+        et al. 2023, https://arxiv.org/abs/2303.09556), e.g. 5, without the others.
     weights: (B,) per-image weights; the loss is then the weighted sum instead of the mean.
     condition: (B, 5, h, w) mask + masked-image latents of a 9-channel inpainting U-Net, concatenated to
         the noisy latents as the U-Net's input (``latentgen.embedded.inpainting``).
     """
+    o = options if options is not None else LossOptions(snr_gamma=snr_gamma)
     b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    if noise_offset:
-        noise = noise + noise_offset * torch.randn((b, latents.shape[1], 1, 1), generator=generator).to(latents)
+    noise = noise_terms.draw(latents, generator, o)  # the target's noise
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
+    noisy = noise_scheduler.add_noise(latents, noise_terms.perturbed(noise, generator, o.ip_noise_gamma), t)
     x = noisy if condition is None else torch.cat([noisy, condition], dim=1)
     pred = unet(x, t, encoder_hidden_states=encoder_hidden_states).sample
     kind = noise_scheduler.config.prediction_type
     target = noise if kind == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
     loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    if snr_gamma is not None:
-        snr = compute_snr(noise_scheduler, t)
-        weight = torch.clamp(snr, max=snr_gamma) / (snr if kind == "epsilon" else snr + 1)
-        loss = loss * weight
+    if o.snr_gamma is not None or o.debiased_estimation:
+        loss = loss * noise_terms.weight(compute_snr(noise_scheduler, t), kind != "epsilon", o)
     return loss.mean() if weights is None else (loss * weights).sum()
 
 

@@ -236,12 +236,15 @@ def test_kohya_repeat_folders_tag_shuffles_and_per_part_learning_rates(tiny_fold
             (tmp_path / "d" / folder / p.with_suffix(".caption").name).write_text(cap.replace(" on ", ", on "))
     path = _run(tiny_folder, tmp_path / "d", tmp_path / "out", steps=None, epochs=1, caption_extension=".caption",
                 shuffle_caption=True, keep_tokens=1, caption_tag_dropout=0.1, train_text_encoder=True,
-                unet_lr=1e-3, text_encoder_lr=1e-5)
+                unet_lr=1e-3, text_encoder_lr=1e-5, multires_noise_iterations=3, ip_noise_gamma=0.1,
+                debiased_estimation=True)
     meta = safe_open(str(path), "pt").metadata()
     assert meta["ss_num_train_images"] == "7" and meta["ss_max_train_steps"] == "4"  # 2 x 3 + 1 x 1, batch 2
     assert (meta["ss_shuffle_caption"], meta["ss_keep_tokens"], meta["ss_caption_tag_dropout_rate"]) == \
         ("True", "1", "0.1")
     assert (meta["ss_unet_lr"], meta["ss_text_encoder_lr"]) == ("0.001", "1e-05")
+    assert (meta["ss_multires_noise_iterations"], meta["ss_ip_noise_gamma"], meta["ss_debiased_estimation"]) == \
+        ("3", "0.1", "True")
     w = load_file(str(path))
     moved = {part: max(w[k].abs().max().item() for k in w if k.startswith(part) and k.endswith("lora_B.weight"))
              for part in ("unet.", "text_encoder.")}  # B starts at 0; Adam moves it about lr per step
@@ -313,6 +316,7 @@ def test_clip_skip_trains_and_samples_on_the_penultimate_layer_and_flip_aug_mirr
 
     from latentgen.models import loading
     from latentgen.training import loop as train
+    from latentgen.training.kohya_options import LossOptions
 
     c = loading.load_components(str(tiny_folder), dtype="fp32", backend="torch")
     ids = train.tokenize(c.tokenizer, ["a red circle", "a blue square"])
@@ -321,7 +325,7 @@ def test_clip_skip_trains_and_samples_on_the_penultimate_layer_and_flip_aug_mirr
 
     def loss(skip, hidden=None):
         if hidden is None:
-            objective = finetune.LoraObjective(c.unet, c.text_encoder, noise, None, 0.0, clip_skip=skip)
+            objective = finetune.LoraObjective(c.unet, c.text_encoder, noise, LossOptions(), clip_skip=skip)
             return objective(ids, mean, std, torch.Generator().manual_seed(0))
         g = torch.Generator().manual_seed(0)  # the objective's draws: the latent, then noise and timesteps
         return train.diffusion_loss(c.unet, hidden, train.sample_latents(mean, std, g), noise, g)

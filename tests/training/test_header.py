@@ -26,7 +26,14 @@ def test_kohyas_keys_name_the_network_its_dims_and_options():
 
 def test_finetunes_own_keys():
     keys = header.finetune(_cfg(clip_skip=2, flip_aug=True, train_text_encoder=True), None, 3)
-    assert keys == {"ss_enable_bucket": False, "ss_network_train_text_encoder": True, "ss_num_reg_images": 3,
-                    "ss_clip_skip": 2, "ss_flip_aug": True}
+    assert {k: keys[k] for k in ("ss_enable_bucket", "ss_network_train_text_encoder", "ss_num_reg_images",
+                                 "ss_clip_skip", "ss_flip_aug")} == \
+        {"ss_enable_bucket": False, "ss_network_train_text_encoder": True, "ss_num_reg_images": 3, "ss_clip_skip": 2,
+         "ss_flip_aug": True}
+    loss = header.finetune(_cfg(snr_gamma=5.0, multires_noise_iterations=6, ip_noise_gamma=0.1,
+                                debiased_estimation=True), None, 0)
+    assert (loss["ss_min_snr_gamma"], loss["ss_multires_noise_iterations"], loss["ss_multires_noise_discount"],
+            loss["ss_ip_noise_gamma"], loss["ss_debiased_estimation"], loss["ss_noise_offset"]) == \
+        (5.0, 6, 0.3, 0.1, True, 0.0)
     bucketed = SimpleNamespace(metadata=lambda: {"ss_enable_bucket": True, "ss_bucket_info": "{}"})
     assert header.finetune(_cfg(), bucketed, 0)["ss_bucket_info"] == "{}"

@@ -1,4 +1,4 @@
-"""latentgen.training.dataset_options: the bucket options' defaults scale with the resolution (kohya's at 512) and
+"""latentgen.training.kohya_options: the bucket options' defaults scale with the resolution (kohya's at 512) and
 bad ones are refused by name."""
 
 import pytest

@@ -1,7 +1,8 @@
-"""kohya's dataset options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read
-and shuffled (``CaptionOptions``: finetune-lora and distill-lcm), and how images are drawn: aspect-ratio buckets and
-mirroring (``ImageOptions``: finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside
-their own required ones."""
+"""kohya's options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read and
+shuffled (``CaptionOptions``: finetune-lora and distill-lcm), how images are drawn (``ImageOptions``: aspect-ratio
+buckets and mirroring), and the denoising loss's noise and weights (``LossOptions``, ``latentgen.training.noise``;
+both finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside their own required
+ones."""
 
 from __future__ import annotations
 
@@ -65,3 +66,38 @@ class ImageOptions:
             raise ValueError(f"min_bucket_reso={low} and max_bucket_reso={high} must hold the resolution {res} "
                              f"between them.")
         return low, high, step
+
+
+@dataclass(kw_only=True)
+class LossOptions:
+    snr_gamma: float | None = option(None, "min-SNR-gamma weighting, e.g. 5 (kohya's --min_snr_gamma)")
+    noise_offset: float = option(0.0, "offset noise, e.g. 0.05 (kohya's --noise_offset)")
+    adaptive_noise_scale: float | None = option(None, "the offset grows by this times each channel's |mean| latent, "
+                                                      "e.g. 0.01 (kohya's; needs noise_offset)")
+    multires_noise_iterations: int = option(0, "multi-resolution (pyramid) noise of this many levels, e.g. 6 "
+                                               "(kohya's --multires_noise_iterations)")
+    multires_noise_discount: float = option(0.3, "each level's weight is this to its depth (kohya's "
+                                                 "--multires_noise_discount)")
+    ip_noise_gamma: float = option(0.0, "input perturbation: the noised input gets this much more noise, the "
+                                        "target not, e.g. 0.1 (kohya's --ip_noise_gamma)")
+    debiased_estimation: bool = option(False, "weigh each timestep's loss by 1/sqrt(SNR) (kohya's "
+                                              "--debiased_estimation_loss)")
+
+    def check_loss(self) -> None:
+        """Each option in its range; the offsets' pair and the noise kinds that exclude each other."""
+        if self.snr_gamma is not None:
+            checks.number("snr_gamma", self.snr_gamma, positive=True, fix="use a positive number such as 5")
+        for n in ("noise_offset", "ip_noise_gamma"):
+            checks.number(n, getattr(self, n), minimum=0, fix=f"use a small number >= 0, such as {n}=0.1 (0: off)")
+        if self.adaptive_noise_scale is not None:
+            checks.number("adaptive_noise_scale", self.adaptive_noise_scale, fix="use a small number such as 0.01")
+            if not self.noise_offset:
+                raise ValueError("adaptive_noise_scale scales the offset noise: add noise_offset (--noise-offset), "
+                                 "such as 0.05, or leave it out.")
+        checks.whole("multires_noise_iterations", self.multires_noise_iterations, 0,
+                     "use a whole number >= 0, such as 6 (0: off)")
+        checks.number("multires_noise_discount", self.multires_noise_discount, positive=True, maximum=1,
+                      fix="use a number in (0, 1], such as 0.3")
+        if self.noise_offset and self.multires_noise_iterations:
+            raise ValueError("noise_offset and multires_noise_iterations are two kinds of low-frequency noise, as "
+                             "kohya's trainer takes one of them: give one.")
