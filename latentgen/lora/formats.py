@@ -42,6 +42,8 @@ class Lora:
     modules: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor, float]]] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     magnitudes: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # a trained DoRA's m (out,)
+    raw: dict[str, dict[str, dict[str, torch.Tensor]]] = field(default_factory=dict)  # trained LoHa/LoKr modules:
+    # {suffix: tensor} with LyCORIS's suffixes (``lycoris``), written as they are (kohya layout only)
 
     def delta(self, part: str, module: str) -> torch.Tensor:
         """dW of one module at scale 1: (alpha / rank) * up @ down, shaped like the module's weight."""
@@ -109,6 +111,9 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=No
     """Write ``lora`` as .safetensors in the ``"diffusers"`` (peft) or ``"kohya"`` (A1111) layout, atomically. With
     an SDXL ``unet_config``, the kohya layout is kohya's SDXL one: the U-Net in SGM names, ``lora_te1_``/``_te2_``."""
     tensors, meta = {}, {"format": "pt", **lora.metadata}
+    if lora.raw and layout != "kohya":
+        raise ValueError(f"layout={layout!r} is invalid for LyCORIS's LoHa and LoKr modules: use 'kohya', the layout "
+                         f"A1111, ComfyUI and LyCORIS read them in.")
     if layout == "diffusers":
         adapter_meta = {}
         for part, mods in lora.modules.items():
@@ -136,10 +141,15 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=No
                 tensors[f"{k}.alpha"] = torch.tensor(float(alpha))
                 if m in lora.magnitudes.get(part, {}):  # as LyCORIS's dora_wd writes it: (out, 1[, 1, 1])
                     tensors[f"{k}.dora_scale"] = lora.magnitudes[part][m].reshape(-1, *[1] * (down.dim() - 1))
+        for part, mods in lora.raw.items():
+            for m, g in mods.items():
+                tensors.update({f"{names.kohya_stem(part, m, unet_config if sgm else None)}.{s}": t
+                                for s, t in g.items()})
         dims = {d.shape[0] for mods in lora.modules.values() for d, _, _ in mods.values()}
         alphas = {a for mods in lora.modules.values() for _, _, a in mods.values()}
-        meta.update({"ss_network_module": "lycoris.kohya" if lora.magnitudes else "networks.lora",
-                     "ss_network_dim": str(max(dims)), "ss_network_alpha": str(max(alphas))})
+        meta["ss_network_module"] = "lycoris.kohya" if lora.magnitudes or lora.raw else "networks.lora"
+        if dims:  # (LyCORIS's modules keep the trainer's own)
+            meta.update({"ss_network_dim": str(max(dims)), "ss_network_alpha": str(max(alphas))})
     else:
         raise ValueError(f"layout={layout!r} is invalid: use 'diffusers' or 'kohya'.")
     return _atomic_save(tensors, Path(path), meta)

@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import checks
 from ..checks import option
 from . import samples
-from .kohya_options import CaptionOptions, ImageOptions, LossOptions
+from .kohya_options import CaptionOptions, ImageOptions, LossOptions, NetworkOptions
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -188,11 +188,9 @@ class LoraOptions(CaptionOptions):
 
 
 @dataclass
-class LoraTrainConfig(LoraOptions, ImageOptions, LossOptions):
+class LoraTrainConfig(LoraOptions, ImageOptions, LossOptions, NetworkOptions):
     """finetune-lora: the shared options, plus the denoising loss's and prior preservation's."""
     train_text_encoder: bool = option(False, "also put adapters on the text encoder")
-    dora: bool = option(False, "DoRA (weight-decomposed LoRA, Liu et al. 2024): also train each adapted layer's "
-                               "magnitude (peft's use_dora; LyCORIS's dora_wd)")
     clip_skip: int = option(1, "train on the text encoder's states N layers from its end, to draw with A1111's "
                                "Clip skip N (kohya's --clip_skip; SD 1.x/2.x)")
     caption_dropout: float = option(0.0, "fraction of captions dropped (trains the unconditional score)")
@@ -213,9 +211,7 @@ class LoraTrainConfig(LoraOptions, ImageOptions, LossOptions):
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
         self.check_buckets()
         self.check_loss()
-        if self.dora and self.network_weights is not None:
-            raise ValueError("dora trains new DoRA adapters, and network_weights goes on from a file's LoRA "
-                             "adapters: give one of them.")
+        self.check_network(self.network_weights is not None)
         if self.enable_bucket and self.prior_data is not None:
             raise ValueError("enable_bucket with prior_data is not supported yet: prior images pair with each data "
                              "image in a batch, and a bucket's batch has one size; train without one of them.")

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from ..lora.formats import Recommendation
-from . import finetune, header
+from . import finetune, header, network
 from . import loop as train
 from ..text import xl as sdxl
 from .captioned import Batches, cache_latents
@@ -206,7 +206,7 @@ def run(cfg: LcmDistillConfig) -> Path:
     finetune.check_samples(cfg, c, sample)
     guidance = cfg.guidance_range(c.defaults.guidance)
     mean, std = cache_latents(c.vae, pairs, res, cfg.crop)
-    finetune.attach_lora(c, cfg)
+    network.attach_lora(c, cfg)
     objective = ConsistencyObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config),
                                      train.tokenize(c.tokenizer, [""]), cfg, guidance, c.xl, res)
     batch_fn = DistillBatches(cfg, c.tokenizer, [cap for _, cap in pairs], mean, std,

@@ -7,10 +7,9 @@ Data: images (png, jpg, jpeg, webp, bmp) with captions, either one ``.txt`` side
 (``cat.png`` + ``cat.txt``, kohya's layout) or a ``metadata.jsonl`` of ``{"file_name", "text"}``
 lines (Hugging Face's imagefolder layout). Each image is resized (shorter side) and center-cropped,
 or resized, to ``resolution``; the VAE encodes every image once and the latent distributions are
-cached, a latent being sampled from them at each step. LoRA adapters (peft) go on the U-Net's
-attention projections (to_q, to_k, to_v, to_out.0), optionally the text encoder's (q_proj,
-k_proj, v_proj, out_proj) and, with ``conv_rank`` (LoCon, kohya's conv_dim), the U-Net's 3x3 ResNet
-and sampler convolutions: down (r, in, 3, 3), up (out, r, 1, 1). With ``prior_data`` every batch
+cached, a latent being sampled from them at each step. The adapters (``latentgen.training.network``: LoRA,
+LoCon, DoRA, LoHa, LoKr) go on the U-Net's attention projections, optionally the text encoder's, and with
+``conv_rank`` the U-Net's 3x3 convolutions. With ``prior_data`` every batch
 adds as many images of what the model should keep (kohya's regularization images; DreamBooth's prior
 preservation, which the base model can draw itself from ``prior_prompts``). Data order, noise and
 timesteps are functions of (seed, step, process): ``--resume`` continues exactly, and under
@@ -29,19 +28,20 @@ from pathlib import Path
 import torch
 
 from . import loop as train
-from ..lora import formats as lora_io, names as lora_names
+from ..lora import formats as lora_io
 from ..text import prompts, xl as sdxl
 from .configs import LoraOptions, LoraTrainConfig
-from . import buckets, header, samples
+from . import buckets, header, network, samples
 from .captioned import Batches, cache_bucketed, cache_latents, prior_pairs, read_dataset
 
 
 class LoraCheckpointed(torch.nn.Module):
-    """An objective whose state dict, what its checkpoints hold, is its LoRA weights only."""
+    """An objective whose state dict, what its checkpoints hold, is its adapters' weights only (peft's LoRA, DoRA,
+    LoHa and LoKr parameters)."""
 
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
         full = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for k in [k for k in full if "lora_" not in k[len(prefix):]]:
+        for k in [k for k in full if not any(s in k[len(prefix):] for s in ("lora_", "hada_", "lokr_"))]:
             del full[k]
         return full
 
@@ -71,26 +71,6 @@ class LoraObjective(LoraCheckpointed):
                                     options=self.options)
 
 
-def trained_lora(c, meta: dict) -> lora_io.Lora:
-    """The adapter named 'default' in the components, as a ``lora.Lora`` (each module with its own alpha)."""
-    out = lora_io.Lora(metadata={k: str(v) for k, v in meta.items()})
-    for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder), *text_2(c)):
-        for name, mod in model.named_modules():
-            if hasattr(mod, "lora_A") and "default" in mod.lora_A:
-                down, up = (w["default"].weight.detach().float().cpu() for w in (mod.lora_A, mod.lora_B))
-                key = lora_names.file_prefix(part, model) + name
-                out.modules.setdefault(part, {})[key] = (down, up, float(mod.lora_alpha["default"]))
-                if "default" in getattr(mod, "lora_magnitude_vector", {}):  # DoRA's m
-                    m = mod.lora_magnitude_vector["default"].weight.detach().float().cpu().flatten()
-                    out.magnitudes.setdefault(part, {})[key] = m
-    return out
-
-
-def text_2(c) -> list[tuple[str, torch.nn.Module]]:
-    """SDXL's second text encoder as a LoRA part, or nothing."""
-    return [("text_encoder_2", c.xl.text_encoder_2)] if c.xl is not None else []
-
-
 def run(cfg: LoraTrainConfig) -> Path:
     """Fine-tune and write ``cfg.out/<name>.safetensors`` (and the kohya file on request); returns its path."""
     from diffusers import DDPMScheduler
@@ -110,7 +90,7 @@ def run(cfg: LoraTrainConfig) -> Path:
     else:
         bucketed, (mean, std) = None, cache_latents(c.vae, pairs + prior, res, cfg.crop)
         flipped = cache_latents(c.vae, pairs + prior, res, cfg.crop, flip=True) if cfg.flip_aug else None
-    attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
+    network.attach_lora(c, cfg, text_encoder=cfg.train_text_encoder)
     objective = LoraObjective(c.unet, c.text_encoder, DDPMScheduler.from_config(c.scheduler.config), cfg,
                               c.xl.text_encoder_2 if c.xl else None, res, cfg.clip_skip)
     batch_fn = Batches(cfg, c.tokenizer, [cap for _, cap in pairs + prior], len(pairs), len(prior), mean, std,
@@ -209,9 +189,10 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
 
     def write(step):  # the loop's seconds (summed over resumed runs) plus this run's setup
         m = {**meta, "ss_steps": step, "latentgen_train_seconds": round(train.elapsed_seconds(out) + setup, 1)}
-        lora = trained_lora(c, m)
-        lora_io.save(lora, out / f"{cfg.name}.safetensors", "diffusers")
-        if cfg.kohya:
+        lora = network.trained_lora(c, m)  # LoHa / LoKr: in LyCORIS's kohya layout, which has no diffusers twin
+        lora_io.save(lora, out / f"{cfg.name}.safetensors", "kohya" if lora.raw else "diffusers",
+                     unet_config=c.unet.config)
+        if cfg.kohya and not lora.raw:
             lora_io.save(lora, out / f"{cfg.name}.kohya.safetensors", "kohya", unet_config=c.unet.config)
 
     found = samples.gather(cfg.validation_prompts, cfg.sample_prompts)
@@ -230,53 +211,3 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
               objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"{desc} {cfg.name}",
               on_save=write, on_step=draw, strict=False, lr_of=cfg.learning_rate)
     return out / f"{cfg.name}.safetensors"
-
-
-def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
-    """Freeze the model; add trainable adapters named 'default' (gaussian A, zero B, seeded init) to the U-Net
-    (and with ``text_encoder`` to the text encoder)."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    encoders = [c.text_encoder, *(m for _, m in text_2(c))]  # SDXL: both
-    for model in (c.unet, c.vae, *encoders):
-        model.requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    # peft itself wraps any torch module: diffusers' and transformers' add_adapter are version-gated
-    # front ends to this same call (transformers 5.24 refuses peft < 0.22)
-    if cfg.network_weights is not None:  # kohya's --network_weights: the file's modules, ranks, alphas, weights
-        start_from(c, cfg.network_weights, text_encoder)
-    else:
-        alpha, conv_alpha = cfg.alphas()
-        convs = lora_names.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, own rank and alpha
-        conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
-        parts = [(c.unet, [*lora_names.UNET_TARGETS, *convs], *conv)]
-        parts += [(m, list(lora_names.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
-        for model, targets, ranks, alphas in parts:
-            inject_adapter_in_model(LoraConfig(r=cfg.rank, lora_alpha=alpha, init_lora_weights="gaussian",
-                                               target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas,
-                                               use_dora=getattr(cfg, "dora", False)),
-                                    model, adapter_name="default")
-    if cfg.gradient_checkpointing:
-        c.unet.enable_gradient_checkpointing()
-        for m in encoders if text_encoder else []:
-            m.gradient_checkpointing_enable()
-
-
-def start_from(c, path, text_encoder: bool) -> None:
-    """Adapters named 'default' holding the LoRA file ``path`` (any layout ``latentgen.lora.formats`` reads), on the
-    modules it names with its ranks and alphas: training goes on from it. Its text-encoder adapters train only with
-    ``text_encoder``; without, they stay as the file has them (and are written out again)."""
-    import warnings
-
-    from ..lora.adapters import inject
-
-    models = {"unet": c.unet, "text_encoder": c.text_encoder, **dict(text_2(c))}
-    lora, unknown = lora_io.read(path, models)
-    if unknown:
-        warnings.warn(f"network_weights {path}: {len(unknown)} key(s) match no module of this model and were "
-                      f"ignored: {', '.join(unknown[:10])}")
-    for part, mods in lora.modules.items():
-        inject(models[part], part, mods, "default")
-        for name, p in models[part].named_parameters():
-            if ".lora_" in name:
-                p.requires_grad_(part == "unet" or text_encoder)

@@ -13,10 +13,11 @@ def kohya(cfg, c, steps: int, res: int, n_images: int) -> dict:
     """The keys every LoRA trainer here writes: ``cfg`` a ``LoraOptions``, ``c`` the base model's components,
     ``steps`` optimizer steps at ``res`` over ``n_images`` (repeats counted)."""
     alpha, conv_alpha = cfg.alphas()
-    dora = {"algo": "lora", "dora_wd": True} if getattr(cfg, "dora", False) else {}  # as LyCORIS's kohya entry says
+    algo, dora = getattr(cfg, "algo", "lora"), getattr(cfg, "dora", False)
+    lycoris = {"algo": algo, **({"dora_wd": True} if dora else {})} if dora or algo != "lora" else {}  # its args
     locon = {"conv_dim": cfg.conv_rank, "conv_alpha": conv_alpha} if cfg.conv_rank else {}
-    return {"ss_network_module": "lycoris.kohya" if dora else "networks.lora", "ss_network_dim": cfg.rank,
-            "ss_network_alpha": alpha, "ss_network_args": json.dumps({**dora, **locon}),
+    return {"ss_network_module": "lycoris.kohya" if lycoris else "networks.lora", "ss_network_dim": cfg.rank,
+            "ss_network_alpha": alpha, "ss_network_args": json.dumps({**lycoris, **locon}),
             "ss_learning_rate": cfg.lr, "ss_lr_scheduler": cfg.lr_schedule, "ss_max_train_steps": steps,
             "ss_resolution": f"({res}, {res})", "ss_seed": cfg.seed, "ss_num_train_images": n_images,
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),

@@ -1,8 +1,8 @@
 """kohya's options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read and
 shuffled (``CaptionOptions``: finetune-lora and distill-lcm), how images are drawn (``ImageOptions``: aspect-ratio
-buckets and mirroring), and the denoising loss's noise and weights (``LossOptions``, ``latentgen.training.noise``;
-both finetune-lora). Keyword-only fields, so the trainers' configs can take them in beside their own required
-ones."""
+buckets and mirroring), the denoising loss's noise and weights (``LossOptions``, ``latentgen.training.noise``) and
+the adapters' kind (``NetworkOptions``: LyCORIS's algo, DoRA; these three finetune-lora). Keyword-only fields, so
+the trainers' configs can take them in beside their own required ones."""
 
 from __future__ import annotations
 
@@ -101,3 +101,22 @@ class LossOptions:
         if self.noise_offset and self.multires_noise_iterations:
             raise ValueError("noise_offset and multires_noise_iterations are two kinds of low-frequency noise, as "
                              "kohya's trainer takes one of them: give one.")
+
+
+ALGOS = ("lora", "loha", "lokr")  # LyCORIS's names (its kohya entry's algo=), as peft trains them
+
+
+@dataclass(kw_only=True)
+class NetworkOptions:
+    algo: str = option("lora", "the adapters: lora (LoCon with --conv-rank), or LyCORIS's loha (Hadamard product) "
+                               "or lokr (Kronecker product), written in LyCORIS's kohya layout", choices=ALGOS)
+    dora: bool = option(False, "DoRA (weight-decomposed LoRA, Liu et al. 2024): also train each adapted layer's "
+                               "magnitude (peft's use_dora; LyCORIS's dora_wd)")
+
+    def check_network(self, from_file: bool) -> None:
+        """DoRA is for algo lora; new adapters of another kind do not go on from a file (``from_file``)."""
+        if self.dora and self.algo != "lora":
+            raise ValueError(f"dora is trained with algo 'lora' (peft has no DoRA {self.algo}): leave one out.")
+        if from_file and (self.dora or self.algo != "lora"):
+            raise ValueError(f"{'dora' if self.dora else f'algo={self.algo!r}'} trains new adapters, and "
+                             f"network_weights goes on from a file's LoRA adapters: give one of them.")

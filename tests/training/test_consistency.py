@@ -115,11 +115,11 @@ def _objective(tiny_folder, **kw):
     from diffusers import DDPMScheduler
 
     from latentgen.models import loading
-    from latentgen.training import finetune
+    from latentgen.training import network
 
     cfg = LcmDistillConfig(data="d", out="o", steps=1, rank=2, **kw)
     c = loading.load_components(str(tiny_folder), device="cpu", dtype="fp32", backend="torch")
-    finetune.attach_lora(c, cfg)
+    network.attach_lora(c, cfg)
     sched = DDPMScheduler.from_config(c.scheduler.config)
     return c, consistency.ConsistencyObjective(c.unet, c.text_encoder, sched, train.tokenize(c.tokenizer, [""]), cfg,
                                                cfg.guidance_range(c.defaults.guidance))
@@ -231,11 +231,11 @@ def test_an_sdxl_model_distills_with_both_encoders_the_pooled_text_and_size_numb
 
     import latentgen
     from latentgen.models import loading
-    from latentgen.training import finetune
+    from latentgen.training import network
 
     c = loading.load_components(str(xl_folder), device="cpu", dtype="fp32", backend="torch")
     cfg = LcmDistillConfig(data=data, out=tmp_path / "x", steps=1, rank=2)
-    finetune.attach_lora(c, cfg)
+    network.attach_lora(c, cfg)
     g = torch.Generator().manual_seed(0)
     mean, std = torch.randn(2, 4, 32, 32, generator=g), torch.full((2, 4, 32, 32), 0.1)
     ids, ids_2 = (train.tokenize(t, ["a red circle"] * 2) for t in (c.tokenizer, c.xl.tokenizer_2))
