@@ -147,3 +147,18 @@ def test_attach_lora_puts_each_kind_on_the_same_modules(tiny_folder):
         assert bool(lora.raw) == (algo != "lora") and bool(lora.modules) == (algo == "lora")
         seen[algo] = layers
     assert seen["lora"] == seen["loha"] == seen["lokr"]
+
+
+def test_a_killed_loha_run_with_kohyas_noise_options_resumes_exactly(tiny_folder, data, tmp_path, monkeypatch,
+                                                                     kill_after):
+    kw = dict(algo="loha", train_text_encoder=True, multires_noise_iterations=3, ip_noise_gamma=0.1,
+              debiased_estimation=True, flip_aug=True, lr=1e-2)
+    full = load_file(str(_run(tiny_folder, data, tmp_path / "full", **kw)))
+    kill_after(2)  # killed right after the step-2 checkpoint, which must hold the LoHa weights
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_folder, data, tmp_path / "killed", **kw)
+    monkeypatch.undo()
+    resumed = load_file(str(_run(tiny_folder, data, tmp_path / "killed", resume=True, **kw)))
+    assert resumed.keys() == full.keys() and any(k.endswith("hada_w2_b") for k in full)
+    for k in full:
+        assert torch.allclose(resumed[k], full[k], atol=1e-6), k
