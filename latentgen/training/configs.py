@@ -211,7 +211,7 @@ class LoraTrainConfig(LoraOptions, ImageOptions, LossOptions, NetworkOptions):
             raise ValueError("prior_prompts need prior_data=FOLDER (--prior-data), where the drawn images go.")
         self.check_buckets()
         self.check_loss()
-        self.check_network(self.network_weights is not None)
+        self.check_network(self.network_weights)
         if self.enable_bucket and self.prior_data is not None:
             raise ValueError("enable_bucket with prior_data is not supported yet: prior images pair with each data "
                              "image in a batch, and a bucket's batch has one size; train without one of them.")

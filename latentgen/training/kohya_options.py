@@ -113,10 +113,26 @@ class NetworkOptions:
     dora: bool = option(False, "DoRA (weight-decomposed LoRA, Liu et al. 2024): also train each adapted layer's "
                                "magnitude (peft's use_dora; LyCORIS's dora_wd)")
 
-    def check_network(self, from_file: bool) -> None:
-        """DoRA is for algo lora; new adapters of another kind do not go on from a file (``from_file``)."""
+    def check_network(self, from_file=None) -> None:
+        """DoRA is for algo lora; new adapters of another kind, or a DoRA file, do not go on from a file
+        (``from_file``: network_weights, an existing file)."""
         if self.dora and self.algo != "lora":
             raise ValueError(f"dora is trained with algo 'lora' (peft has no DoRA {self.algo}): leave one out.")
-        if from_file and (self.dora or self.algo != "lora"):
+        if from_file is not None and (self.dora or self.algo != "lora"):
             raise ValueError(f"{'dora' if self.dora else f'algo={self.algo!r}'} trains new adapters, and "
                              f"network_weights goes on from a file's LoRA adapters: give one of them.")
+        if from_file is not None and any(k.endswith(("dora_scale", "lora_magnitude_vector")) for k in _keys(from_file)):
+            raise ValueError(f"network_weights={str(from_file)!r} is a DoRA file: training does not go on from DoRA "
+                             f"yet (its update would go on as a full-rank LoRA); train a new one with dora=True "
+                             f"(--dora).")
+
+
+def _keys(path) -> list[str]:
+    """The tensor names of a .safetensors file, or none when it is not one (reading it then says why)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception:  # noqa: BLE001 - safetensors raises several types for a file that is not one
+        return []

@@ -162,3 +162,13 @@ def test_a_killed_loha_run_with_kohyas_noise_options_resumes_exactly(tiny_folder
     assert resumed.keys() == full.keys() and any(k.endswith("hada_w2_b") for k in full)
     for k in full:
         assert torch.allclose(resumed[k], full[k], atol=1e-6), k
+
+
+def test_training_does_not_go_on_from_a_dora_file(tmp_path):
+    from safetensors.torch import save_file
+
+    key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{key}.lora_down.weight": torch.ones(2, 32), f"{key}.lora_up.weight": torch.zeros(32, 2),
+               f"{key}.dora_scale": torch.ones(32, 1)}, str(tmp_path / "dora.safetensors"))
+    with pytest.raises(ValueError, match=r"is a DoRA file: training does not go on from DoRA yet .* \(--dora\)"):
+        LoraTrainConfig(data=".", out=".", steps=1, network_weights=tmp_path / "dora.safetensors").check()
