@@ -6,13 +6,13 @@ fix, before any model loads. The trainers themselves (``loop``, ``finetune``, ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import checks
 from ..checks import option
 from . import samples
-from .kohya_options import CaptionOptions, ImageOptions, LossOptions, NetworkOptions
+from .kohya_options import CaptionOptions, ImageOptions, LossOptions, NetworkOptions, OptimizerOptions
 
 SD_TIMESTEPS = 1000  # T of the SD family's schedulers; the model's own T is checked again once it loads
 
@@ -40,6 +40,8 @@ class LoopConfig:
     keep: int = 2  # checkpoints kept
     mixed_precision: str = "no"  # no, fp16, bf16
     ema: float = 0.0  # decay of an EMA of the weights, which the model holds at the end (0: none)
+    optimizer: type | None = None  # its class (``OptimizerOptions.optimizer_class``), None: AdamW
+    optimizer_kwargs: dict = field(default_factory=dict)  # beside lr and weight_decay
 
     def check(self) -> None:
         for name in ("steps", "grad_accum", "save_every", "keep"):
@@ -81,7 +83,7 @@ class FolderRunOptions:
 
 
 @dataclass
-class LoraOptions(CaptionOptions):
+class LoraOptions(CaptionOptions, OptimizerOptions):
     """The options of every LoRA trainer here (finetune-lora, distill-lcm): data, run folder, adapters,
     optimizer, batches, checkpoints, validation grids and output files."""
     data: Path = option(help="folder of images with .txt captions, or with a metadata.jsonl")
@@ -146,6 +148,7 @@ class LoraOptions(CaptionOptions):
         checks.check_choices(self)
         self.check_captions()
         self.check_start()
+        self.check_optimizer()
         samples.check_options(self)
 
     def check_start(self) -> None:

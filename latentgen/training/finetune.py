@@ -207,7 +207,8 @@ def fit(cfg: LoraOptions, c, acc, objective: torch.nn.Module, batch_fn, pairs: l
               **(extra_id or {})}
     train.run(train.LoopConfig(out=out, steps=steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule, warmup=cfg.warmup,
                                grad_accum=cfg.grad_accum, seed=cfg.seed, save_every=cfg.save_every,
-                               mixed_precision=cfg.mixed_precision, weight_decay=0.0),
+                               mixed_precision=cfg.mixed_precision, weight_decay=0.0,
+                               optimizer=cfg.optimizer_class(), optimizer_kwargs=cfg.optimizer_kwargs()),
               objective, batch_fn, run_id=run_id, accelerator=acc, desc=f"{desc} {cfg.name}",
               on_save=write, on_step=draw, strict=False, lr_of=cfg.learning_rate)
     return out / f"{cfg.name}.safetensors"

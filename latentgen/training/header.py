@@ -23,7 +23,7 @@ def kohya(cfg, c, steps: int, res: int, n_images: int) -> dict:
             "ss_output_name": cfg.name, "ss_base_model": c.name, "ss_training_started_at": round(time.time()),
             "ss_unet_lr": cfg.learning_rate("unet"), "ss_text_encoder_lr": cfg.learning_rate("text_encoder"),
             "ss_shuffle_caption": cfg.shuffle_caption, "ss_keep_tokens": cfg.keep_tokens,
-            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout,
+            "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout, "ss_optimizer": optimizer(cfg),
             **({"ss_base_model_version": "sdxl_base_v1-0"} if c.xl is not None else {})}
 
 
@@ -37,3 +37,10 @@ def finetune(cfg, bucketed, n_reg: int) -> dict:
             "ss_multires_noise_iterations": cfg.multires_noise_iterations,
             "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
             "ss_debiased_estimation": cfg.debiased_estimation}
+
+
+def optimizer(cfg) -> str:
+    """The optimizer as kohya names it: its class's full name, with the arguments given, as ``module.Class(k=v,...)``."""
+    cls, args = cfg.optimizer_class(), cfg.optimizer_kwargs()
+    name = f"{cls.__module__}.{cls.__name__}"
+    return f"{name}({','.join(f'{k}={v}' for k, v in args.items())})" if args else name

@@ -1,11 +1,15 @@
 """kohya's options of the LoRA trainers, light to import (no torch), as ``configs``: how captions are read and
 shuffled (``CaptionOptions``: finetune-lora and distill-lcm), how images are drawn (``ImageOptions``: aspect-ratio
 buckets and mirroring), the denoising loss's noise and weights (``LossOptions``, ``latentgen.training.noise``) and
-the adapters' kind (``NetworkOptions``: LyCORIS's algo, DoRA; these three finetune-lora). Keyword-only fields, so
-the trainers' configs can take them in beside their own required ones."""
+the adapters' kind (``NetworkOptions``: LyCORIS's algo, DoRA; these three finetune-lora), and the optimizer
+(``OptimizerOptions``: both). Keyword-only fields, so the trainers' configs can take them in beside their own
+required ones."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 from dataclasses import dataclass
 
 from .. import checks
@@ -136,3 +140,56 @@ def _keys(path) -> list[str]:
             return list(f.keys())
     except Exception:  # noqa: BLE001 - safetensors raises several types for a file that is not one
         return []
+
+
+# kohya's --optimizer_type, by latentgen's name: (module, class, its package on PyPI, defaults under the user's args)
+OPTIMIZERS = {
+    "adamw": ("torch.optim", "AdamW", "torch", {}),
+    "adafactor": ("transformers.optimization", "Adafactor", "transformers",  # at the given lr, as kohya sets it
+                  {"scale_parameter": False, "relative_step": False, "warmup_init": False}),
+    "prodigy": ("prodigyopt", "Prodigy", "prodigyopt", {}),  # Mishchenko & Defazio 2023: lr 1.0, it sizes its steps
+    "lion": ("lion_pytorch", "Lion", "lion-pytorch", {}),  # Chen et al. 2023: lr 3-10x below AdamW's
+    "sgd": ("torch.optim", "SGD", "torch", {"momentum": 0.9, "nesterov": True}),  # kohya's SGDNesterov
+}
+
+
+@dataclass(kw_only=True)
+class OptimizerOptions:
+    optimizer: str = option("adamw", "adamw, adafactor, prodigy (--lr 1), lion or sgd (Nesterov) (kohya's "
+                                     "--optimizer_type; prodigy and lion: pip install latentgen[optimizers])",
+                            choices=tuple(OPTIMIZERS))
+    optimizer_args: list[str] = option([], "KEY=VALUE for the optimizer, the value a Python literal, such as "
+                                           "weight_decay=0.01 or d_coef=2 (repeatable; kohya's --optimizer_args)",
+                                       flag="optimizer-arg")
+
+    def optimizer_class(self):
+        """The optimizer's class, imported; ImportError naming the package to install."""
+        module, name, package, _ = OPTIMIZERS[self.optimizer]
+        try:
+            return getattr(importlib.import_module(module), name)
+        except ImportError:
+            raise ImportError(f"optimizer={self.optimizer!r} needs the {package} package: pip install {package} "
+                              f"(or latentgen[optimizers]), or use optimizer='adamw'.") from None
+
+    def optimizer_kwargs(self) -> dict:
+        """The optimizer's keyword arguments: its defaults here under ``optimizer_args``, each checked."""
+        out = dict(OPTIMIZERS[self.optimizer][3])
+        for arg in self.optimizer_args:
+            key, eq, value = str(arg).partition("=")
+            try:
+                out[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                eq = ""
+            if not eq or not key.strip().isidentifier():
+                raise ValueError(f"optimizer_args: {arg!r} is not KEY=VALUE with a Python literal value; write it as "
+                                 f"weight_decay=0.01, decouple=True or betas=(0.9,0.99).")
+        return out
+
+    def check_optimizer(self) -> None:
+        """The optimizer's package is there and it takes every argument given (lr and params are the loop's)."""
+        cls, kwargs = self.optimizer_class(), self.optimizer_kwargs()
+        takes = inspect.signature(cls.__init__).parameters
+        bad = [k for k in kwargs if k not in takes or k in ("params", "lr")]
+        if bad and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+            raise ValueError(f"optimizer_args: {cls.__name__} takes no {bad[0]!r}; it takes "
+                             f"{', '.join(k for k in takes if k not in ('self', 'params', 'lr'))}.")

@@ -126,11 +126,13 @@ def run(cfg: LoopConfig, model: torch.nn.Module, batch_fn: Callable[..., dict], 
 
 
 def optimizer(model: torch.nn.Module, cfg: LoopConfig, lr_of: Callable[[str], float] | None):
-    """(the trainable parameters, AdamW over them): one group per learning rate (``lr_of(name)``, else ``cfg.lr``)."""
+    """(the trainable parameters, the optimizer over them: ``cfg.optimizer``, AdamW by default): one group per
+    learning rate (``lr_of(name)``, else ``cfg.lr``)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     rate = {n: lr_of(n) if lr_of else cfg.lr for n, _ in named}
     groups = [{"params": [p for n, p in named if rate[n] == lr], "lr": lr} for lr in dict.fromkeys(rate.values())]
-    return [p for _, p in named], torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    kind = cfg.optimizer or torch.optim.AdamW
+    return [p for _, p in named], kind(groups, lr=cfg.lr, **{"weight_decay": cfg.weight_decay, **cfg.optimizer_kwargs})
 
 
 def moving_average(params: list, decay: float) -> EMAModel | None:

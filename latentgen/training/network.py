@@ -76,8 +76,8 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
         for model, targets, ranks, alphas in parts:
             kw = dict(r=cfg.rank, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
             if algo == "lora":
-                config = LoraConfig(lora_alpha=alpha, init_lora_weights="gaussian", use_dora=getattr(cfg, "dora", False),
-                                    **kw)
+                dora = getattr(cfg, "dora", False)
+                config = LoraConfig(lora_alpha=alpha, init_lora_weights="gaussian", use_dora=dora, **kw)
             else:  # LyCORIS's kinds, as peft makes them
                 config = {"loha": LoHaConfig, "lokr": LoKrConfig}[algo](alpha=alpha, **kw)
             inject_adapter_in_model(config, model, adapter_name="default")

@@ -19,6 +19,9 @@ def test_kohyas_keys_name_the_network_its_dims_and_options():
     assert json.loads(plain["ss_network_args"]) == {} and "ss_base_model_version" not in plain
     assert (plain["ss_unet_lr"], plain["ss_text_encoder_lr"], plain["ss_resolution"]) == (1e-3, 1e-4, "(512, 512)")
     assert (plain["ss_num_train_images"], plain["ss_max_train_steps"], plain["ss_base_model"]) == (7, 10, "sd15")
+    assert plain["ss_optimizer"] == "torch.optim.adamw.AdamW"  # as kohya writes it: the class's full name
+    sgd = header.kohya(_cfg(optimizer="sgd", optimizer_args=["momentum=0.5"]), sd, 10, 512, 7)["ss_optimizer"]
+    assert sgd == "torch.optim.sgd.SGD(momentum=0.5,nesterov=True)"
     locon = header.kohya(_cfg(conv_rank=2, conv_alpha=1.0, dora=True), xl, 10, 1024, 7)
     assert locon["ss_network_module"] == "lycoris.kohya" and locon["ss_base_model_version"] == "sdxl_base_v1-0"
     assert json.loads(locon["ss_network_args"]) == {"algo": "lora", "dora_wd": True, "conv_dim": 2, "conv_alpha": 1.0}

@@ -29,3 +29,55 @@ def test_bad_bucket_settings_are_refused_by_name(kw, res, message):
         cfg = _cfg(**kw)
         cfg.check()
         cfg.bucket_sides(res, 8)
+
+
+def test_each_optimizer_is_built_with_kohyas_defaults_under_the_given_args_and_steps():
+    import torch
+
+    from latentgen.training import loop
+    from latentgen.training.configs import LoopConfig
+
+    for name, cls_name in (("adamw", "AdamW"), ("adafactor", "Adafactor"), ("prodigy", "Prodigy"), ("lion", "Lion"),
+                           ("sgd", "SGD")):
+        cfg = _cfg(optimizer=name, optimizer_args=["weight_decay=0.001"], lr=1.0 if name == "prodigy" else 1e-2)
+        cfg.check()
+        model = torch.nn.Linear(4, 1)
+        torch.manual_seed(0)
+        loop_cfg = LoopConfig(out=".", steps=1, lr=cfg.lr, optimizer=cfg.optimizer_class(),
+                              optimizer_kwargs=cfg.optimizer_kwargs())
+        params, opt = loop.optimizer(model, loop_cfg, None)
+        assert type(opt).__name__ == cls_name and opt.param_groups[0]["weight_decay"] == 0.001
+        x, y = torch.randn(64, 4), torch.randn(64, 1)
+        losses = []
+        for _ in range(20):
+            loss = ((model(x) - y) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert losses[-1] < losses[0], name  # it optimizes
+    sgd = _cfg(optimizer="sgd").optimizer_kwargs()
+    assert sgd == {"momentum": 0.9, "nesterov": True}  # kohya's SGDNesterov
+    assert _cfg(optimizer="adafactor").optimizer_kwargs()["relative_step"] is False  # at the given lr, as kohya
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    (dict(optimizer="adam8bit"), ValueError, r"optimizer='adam8bit'"),
+    (dict(optimizer_args=["d_coef"]), ValueError, r"'d_coef' is not KEY=VALUE with a Python literal value"),
+    (dict(optimizer_args=["decouple=yes please"]), ValueError, r"is not KEY=VALUE"),
+    (dict(optimizer="prodigy", optimizer_args=["d_coeff=2"]), ValueError, r"Prodigy takes no 'd_coeff'; it takes "
+                                                                          r"betas, .*d_coef"),
+    (dict(optimizer_args=["lr=2"]), ValueError, r"AdamW takes no 'lr'"),
+])
+def test_bad_optimizer_settings_are_refused_by_name(kw, error, message):
+    with pytest.raises(error, match=message):
+        _cfg(**kw).check()
+
+
+def test_a_missing_optimizer_package_is_named_with_its_install(monkeypatch):
+    from latentgen.training import kohya_options
+
+    monkeypatch.setitem(kohya_options.OPTIMIZERS, "lion", ("not_lion_pytorch", "Lion", "lion-pytorch", {}))
+    with pytest.raises(ImportError, match=r"optimizer='lion' needs the lion-pytorch package: pip install "
+                                          r"lion-pytorch \(or latentgen\[optimizers\]\)"):
+        _cfg(optimizer="lion").check()

@@ -149,11 +149,15 @@ def test_attach_lora_puts_each_kind_on_the_same_modules(tiny_folder):
     assert seen["lora"] == seen["loha"] == seen["lokr"]
 
 
-def test_a_killed_loha_run_with_kohyas_noise_options_resumes_exactly(tiny_folder, data, tmp_path, monkeypatch,
-                                                                     kill_after):
+def test_a_killed_loha_run_with_kohyas_options_and_prodigy_resumes_exactly(tiny_folder, data, tmp_path, monkeypatch,
+                                                                           kill_after):
+    from safetensors import safe_open
+
     kw = dict(algo="loha", train_text_encoder=True, multires_noise_iterations=3, ip_noise_gamma=0.1,
-              debiased_estimation=True, flip_aug=True, lr=1e-2)
-    full = load_file(str(_run(tiny_folder, data, tmp_path / "full", **kw)))
+              debiased_estimation=True, flip_aug=True, optimizer="prodigy", optimizer_args=["d_coef=2"], lr=1.0)
+    path = _run(tiny_folder, data, tmp_path / "full", **kw)
+    assert safe_open(str(path), "pt").metadata()["ss_optimizer"] == "prodigyopt.prodigy.Prodigy(d_coef=2)"
+    full = load_file(str(path))
     kill_after(2)  # killed right after the step-2 checkpoint, which must hold the LoHa weights
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_folder, data, tmp_path / "killed", **kw)
