@@ -7,13 +7,17 @@ Facts from sd-scripts' ``library/model_util.make_bucket_resolutions`` and ``trai
   square is at most res^2, and for widths w = low, low + step, ..., high: h = min(high, the largest multiple of
   ``step`` with w * h <= res^2), kept when h >= low, with (w, h) and (h, w) both;
 * an image goes to the bucket of nearest aspect ratio (w / h), is resized to cover it (the side that is short
-  against the bucket fits, rounded) and center-cropped to it.
+  against the bucket fits, rounded) and center-cropped to it;
+* with ``--bucket_no_upscale`` there are no predefined buckets: an image is never enlarged, one of more than res^2
+  pixels is shrunk to res^2 (aspect kept; the width or the height rounded to ``step``, whichever keeps the aspect
+  better), and its bucket is that size rounded down to ``step`` (``no_upscale``).
 SDXL's size conditioning then reads the image's original size, the crop's top-left in the resized picture and the
 bucket as target (Podell et al. 2023, sec. 2.2, https://arxiv.org/abs/2307.01952).
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 from PIL import Image
@@ -37,15 +41,34 @@ def nearest(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int,
     return min(buckets, key=lambda b: abs(b[0] / b[1] - ratio))
 
 
-def fit(image: Image.Image, bucket: tuple[int, int], resample=Image.LANCZOS) -> tuple[Image.Image, tuple[int, int]]:
-    """(``image`` resized to cover ``bucket`` (w, h) and center-cropped to it, the crop's (top, left) in the
-    resized picture)."""
+def no_upscale(size: tuple[int, int], area: int, step: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(bucket, resized size) of an image of (width, height) ``size`` under kohya's --bucket_no_upscale."""
+    w, h = size
+    ratio = w / h
+
+    def rounded(x: float) -> int:
+        return int(x + 0.5) // step * step
+
+    if w * h > area:  # shrunk to ``area``, one side rounded to ``step``: the rounding that keeps the aspect better
+        rw = math.sqrt(area * ratio)
+        by_w, by_h = rounded(rw), rounded(area / rw)
+        off_w = abs(by_w / max(step, rounded(by_w / ratio)) - ratio)
+        off_h = abs(max(step, rounded(by_h * ratio)) / by_h - ratio)
+        w, h = (by_w, int(by_w / ratio + 0.5)) if off_w < off_h else (int(by_h * ratio + 0.5), by_h)
+    return (w - w % step, h - h % step), (w, h)
+
+
+def fit(image: Image.Image, bucket: tuple[int, int], resample=Image.LANCZOS,
+        resized: tuple[int, int] | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """(``image`` resized to cover ``bucket`` (w, h), or to ``resized``, and center-cropped to the bucket, the crop's
+    (top, left) in the resized picture)."""
     w, h = image.size
     bw, bh = bucket
     scale = bh / h if w / h > bw / bh else bw / w  # wider than the bucket: fit its height, else its width
-    rw, rh = max(bw, int(w * scale + 0.5)), max(bh, int(h * scale + 0.5))
+    rw, rh = resized or (max(bw, int(w * scale + 0.5)), max(bh, int(h * scale + 0.5)))
     top, left = (rh - bh) // 2, (rw - bw) // 2
-    return image.resize((rw, rh), resample).crop((left, top, left + bw, top + bh)), (top, left)
+    image = image if (rw, rh) == (w, h) else image.resize((rw, rh), resample)
+    return image.crop((left, top, left + bw, top + bh)), (top, left)
 
 
 def epoch_batches(bucket_of: list, batch: int, seed: int, epoch: int) -> list[list[int]]:

@@ -162,9 +162,10 @@ class Bucketed:
 
 
 @torch.no_grad()
-def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[int, int]],
-                   flip: bool = False) -> Bucketed:
-    """Each image file encoded once, at the bucket of ``resolutions`` nearest its aspect ratio (``buckets.fit``);
+def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[int, int]] | None,
+                   flip: bool = False, no_upscale: tuple[int, int] | None = None) -> Bucketed:
+    """Each image file encoded once, at the bucket of ``resolutions`` nearest its aspect ratio (``buckets.fit``), or
+    with ``no_upscale`` (area, step) at its own size (``buckets.no_upscale``, kohya's --bucket_no_upscale);
     ``flip``: each mirrored left-right first (kohya's flip_aug), so its crop is the mirrored picture's."""
     from PIL import ImageOps
 
@@ -175,8 +176,12 @@ def cache_bucketed(vae, pairs: list[tuple[Path, str]], resolutions: list[tuple[i
     for p in dict.fromkeys(p for p, _ in pairs):
         im = load_rgb(p, "image")[0]
         im = ImageOps.mirror(im) if flip else im
-        bucket = buckets.nearest(im.size, resolutions)
-        fitted, crop = buckets.fit(im, bucket)
+        bucket, resized = buckets.no_upscale(im.size, *no_upscale) if no_upscale else \
+            (buckets.nearest(im.size, resolutions), None)
+        if min(bucket) == 0:
+            raise ValueError(f"{p.name} is {im.width}x{im.height}: a side under the bucket step {no_upscale[1]}, so "
+                             f"bucket_no_upscale leaves no picture; enlarge it, or train without bucket_no_upscale.")
+        fitted, crop = buckets.fit(im, bucket, resized=resized)
         d = vae.encode(to_tensor(fitted).to(vae.device)).latent_dist
         seen[p] = (d.mean * sf, d.std * sf, bucket, im.size, crop)
     rows = [seen[p] for p, _ in pairs]

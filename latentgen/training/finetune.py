@@ -85,8 +85,9 @@ def run(cfg: LoraTrainConfig) -> Path:
     sizes = buckets.resolutions(res, *cfg.bucket_sides(res, c.vae_scale_factor)) if cfg.enable_bucket else None
     prior = prior_pairs(cfg, c, acc)
     if sizes:  # each image at its bucket (and mirrored, with flip_aug)
-        bucketed, mean, std = cache_bucketed(c.vae, pairs, sizes), None, None
-        flipped = cache_bucketed(c.vae, pairs, sizes, flip=True) if cfg.flip_aug else None
+        own = (res * res, cfg.bucket_sides(res, c.vae_scale_factor)[2]) if cfg.bucket_no_upscale else None
+        bucketed, mean, std = cache_bucketed(c.vae, pairs, sizes, no_upscale=own), None, None
+        flipped = cache_bucketed(c.vae, pairs, sizes, flip=True, no_upscale=own) if cfg.flip_aug else None
     else:
         bucketed, (mean, std) = None, cache_latents(c.vae, pairs + prior, res, cfg.crop)
         flipped = cache_latents(c.vae, pairs + prior, res, cfg.crop, flip=True) if cfg.flip_aug else None

@@ -32,7 +32,8 @@ def finetune(cfg, bucketed, n_reg: int) -> dict:
     aspect-ratio buckets (else None); ``n_reg`` its prior (regularization) images."""
     return {**(bucketed.metadata() if bucketed is not None else {"ss_enable_bucket": False}),
             "ss_network_train_text_encoder": cfg.train_text_encoder, "ss_num_reg_images": n_reg,
-            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug, "ss_min_snr_gamma": cfg.snr_gamma,
+            "ss_clip_skip": cfg.clip_skip, "ss_flip_aug": cfg.flip_aug, "ss_bucket_no_upscale": cfg.bucket_no_upscale,
+            "ss_min_snr_gamma": cfg.snr_gamma,
             "ss_noise_offset": cfg.noise_offset, "ss_adaptive_noise_scale": cfg.adaptive_noise_scale,
             "ss_multires_noise_iterations": cfg.multires_noise_iterations,
             "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_ip_noise_gamma": cfg.ip_noise_gamma,
@@ -40,7 +41,7 @@ def finetune(cfg, bucketed, n_reg: int) -> dict:
 
 
 def optimizer(cfg) -> str:
-    """The optimizer as kohya names it: its class's full name, with the arguments given, as ``module.Class(k=v,...)``."""
+    """The optimizer as kohya names it: its class's full name and its arguments, ``module.Class(k=v,...)``."""
     cls, args = cfg.optimizer_class(), cfg.optimizer_kwargs()
     name = f"{cls.__module__}.{cls.__name__}"
     return f"{name}({','.join(f'{k}={v}' for k, v in args.items())})" if args else name

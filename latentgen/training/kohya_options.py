@@ -46,13 +46,17 @@ class ImageOptions:
     max_bucket_reso: int | None = option(None, "the buckets' largest side (default: twice the resolution)")
     bucket_reso_steps: int | None = option(None, "bucket sides are multiples of this (default: an eighth of the "
                                                  "resolution, kohya's 64 at 512)")
+    bucket_no_upscale: bool = option(False, "no predefined buckets: each image at its own size rounded down to "
+                                            "bucket_reso_steps, never enlarged, shrunk to the resolution's area "
+                                            "if larger (kohya's --bucket_no_upscale)")
     flip_aug: bool = option(False, "half the draws of each image see it mirrored left-right, encoded once each "
                                    "way (kohya's --flip_aug; not for pictures whose sides matter, such as text)")
 
     def check_buckets(self) -> None:
-        given = [n for n in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps") if getattr(self, n) is not None]
-        for n in given:
+        sides = [n for n in ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps") if getattr(self, n) is not None]
+        for n in sides:
             checks.whole(n, getattr(self, n), 1, f"use a whole number of pixels, such as {n}=64")
+        given = sides + (["bucket_no_upscale"] if self.bucket_no_upscale else [])
         if given and not self.enable_bucket:
             raise ValueError(f"{given[0]} shapes the aspect-ratio buckets: add enable_bucket=True (--enable-bucket), "
                              f"or leave it out.")

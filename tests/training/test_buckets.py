@@ -36,3 +36,16 @@ def test_each_batch_holds_one_bucket_and_an_epoch_holds_every_image_once():
     assert all(len({bucket_of[i] for i in b}) == 1 and 1 <= len(b) <= 2 for b in one) and len(one) == 3 + 2 + 1
     assert one == buckets.epoch_batches(bucket_of, 2, seed=0, epoch=0)  # a function of (seed, epoch)
     assert one != buckets.epoch_batches(bucket_of, 2, seed=0, epoch=1)
+
+
+def test_no_upscale_keeps_small_images_and_shrinks_large_ones_to_the_area():
+    assert buckets.no_upscale((40, 24), 64 * 64, 8) == ((40, 24), (40, 24))  # small: its own size
+    assert buckets.no_upscale((50, 30), 64 * 64, 8) == ((48, 24), (50, 30))  # rounded down: cropped, not resized
+    bucket, resized = buckets.no_upscale((200, 100), 64 * 64, 8)  # 2:1, 20000 px > 4096: shrunk, aspect kept
+    assert resized == (80, 40) and bucket == (80, 40)  # the height rounding keeps 2:1 exactly (the width's: 88x40)
+    bucket, resized = buckets.no_upscale((1000, 301), 512 * 512, 64)
+    assert resized[0] * resized[1] <= 512 * 512 * 1.1 and abs(resized[0] / resized[1] - 1000 / 301) < 0.05
+    assert bucket[0] % 64 == bucket[1] % 64 == 0 and bucket[0] <= resized[0] and bucket[1] <= resized[1]
+    image = Image.new("RGB", (50, 30))
+    fitted, crop = buckets.fit(image, (48, 24), resized=(50, 30))
+    assert fitted.size == (48, 24) and crop == (3, 1)  # (top, left) of the center crop, no resize

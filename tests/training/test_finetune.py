@@ -359,3 +359,20 @@ def test_bad_clip_skip(tiny_folder, xl_folder, data, tmp_path):
     with pytest.raises(ValueError, match="clip_skip=2 is for SD 1.x/2.x models"):
         _run(xl_folder, data, tmp_path / "c", clip_skip=2)
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()  # refused before any training work
+
+
+def test_bucket_no_upscale_trains_each_image_at_its_own_size(tiny_folder, data, tmp_path):
+    from safetensors import safe_open
+
+    shaped = _shaped_data(data, tmp_path / "d")  # 96 x 64 and 64 x 96: above 64^2 pixels, shrunk; 64 x 64: kept
+    path = _run(tiny_folder, shaped, tmp_path / "o", steps=None, epochs=1, enable_bucket=True, bucket_no_upscale=True)
+    meta = safe_open(str(path), "pt").metadata()
+    info = json.loads(meta["ss_bucket_info"])["buckets"]
+    assert meta["ss_bucket_no_upscale"] == "True"
+    assert sorted(tuple(b["resolution"]) for b in info.values()) == [(48, 72), (64, 64), (72, 48)]
+    Image.open(shaped / sorted(p.name for p in shaped.glob("*.png"))[0]).resize((6, 20)).save(shaped / "tiny.png")
+    (shaped / "tiny.txt").write_text("a tiny picture")
+    with pytest.raises(ValueError, match=r"tiny.png is 6x20: a side under the bucket step 8"):
+        _run(tiny_folder, shaped, tmp_path / "o2", enable_bucket=True, bucket_no_upscale=True)
+    with pytest.raises(ValueError, match="bucket_no_upscale shapes the aspect-ratio buckets: add enable_bucket"):
+        _run(tiny_folder, shaped, tmp_path / "o3", bucket_no_upscale=True)
