@@ -30,7 +30,8 @@ __all__ = ["Control", "Hires", "Pipeline", "Refiner", "SizeCond", "Stop", "Varia
 
 def load(source: str | Path | None = None, *, device: "str | torch.device | None" = None,
          dtype: "str | torch.dtype | None" = None, vae: str | Path | None = None,
-         prediction_type: str | None = None, backend: str | None = None) -> "Pipeline":
+         prediction_type: str | None = None, backend: str | None = None,
+         zero_terminal_snr: bool | None = None) -> "Pipeline":
     """Load a pipeline: the one entry. It checks the arguments, reads the model's configs (no weights yet),
     decides device, dtype and backend once from the U-Net's config (``pipe.placement``; ``repr(pipe)`` says
     which and why), then loads the weights there (``latentgen.models.loading``).
@@ -47,7 +48,11 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
         ``taesd_decoder.safetensors`` or an ``AutoencoderTiny`` folder, see ``load_tiny_vae``), which then
         decodes (and, with its encoder, encodes) in a fraction of the time, a little blurrier.
     prediction_type: "epsilon" or "v_prediction" (SD 2.x 768), over what the model says; single
-        files otherwise read it from ``<name>.yaml`` beside them, their header, or detect it.
+        files otherwise read it from ``<name>.yaml`` beside them, a ``v_pred`` tensor, their header, or detect it.
+    zero_terminal_snr: True for a model trained on a zero-terminal-SNR noise schedule (v-prediction models such
+        as NoobAI-XL V-Pred; A1111's "Zero Terminal SNR" noise schedule): its samplers' betas rescaled so the last
+        timestep is pure noise, timesteps "trailing" (``latentgen.models.prediction.zero_snr``). Default: what the
+        model says (its scheduler config; a single file's ``ztsnr`` tensor).
     backend: where the U-Net runs: "torch"; "openvino" (CPU: the U-Net converted once, cached on
         disk, ~2.7x faster on the embedded model); "cudagraph" (CUDA: the eager kernels replayed as one
         graph per step, the same numbers); "compile" (CUDA: ``torch.compile``'s fused kernels, graphed; the
@@ -60,7 +65,8 @@ def load(source: str | Path | None = None, *, device: "str | torch.device | None
     from .pipeline import Pipeline
 
     return Pipeline.from_components(load_components(source, device=device, dtype=dtype, vae=vae,
-                                                    prediction_type=prediction_type, backend=backend))
+                                                    prediction_type=prediction_type, backend=backend,
+                                                    zero_terminal_snr=zero_terminal_snr))
 
 
 def load_tiny_vae(path: str | Path, *, device: "str | torch.device | None" = None,

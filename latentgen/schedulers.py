@@ -105,6 +105,10 @@ def make(name: str | SchedulerMixin, base_config) -> SchedulerMixin:
         return type(name).from_config(name.config)
     check_name(name)
     s = SAMPLERS[name]
+    if base_config.get("rescale_betas_zero_snr") and not _accepts(s.cls, "rescale_betas_zero_snr"):
+        takes = [n for n, x in SAMPLERS.items() if _accepts(x.cls, "rescale_betas_zero_snr")]
+        raise ValueError(f"scheduler={name!r} has no zero-terminal-SNR schedule, which this model was trained on "
+                         f"(diffusers' {s.cls.__name__} takes none); use one of: {', '.join(takes)}.")
     options = dict(s.options)
     if _accepts(s.cls, "clip_sample") and not _sets(base_config, "clip_sample"):
         options["clip_sample"] = False

@@ -85,6 +85,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", type=vae_file, default=None, help="a VAE file used instead of the model's own")
     p.add_argument("--prediction-type", type=prediction_type_name, default=None,
                    help="epsilon or v_prediction (default: the model's; single SD 2.x files: <name>.yaml or detected)")
+    p.add_argument("--zero-terminal-snr", action="store_true", default=None,
+                   help="the model was trained on a zero-terminal-SNR schedule (A1111's noise schedule option; "
+                        "default: what the model says, a single file's ztsnr tensor)")
 
 
 def add_refiner_args(p: argparse.ArgumentParser) -> None:
@@ -117,7 +120,10 @@ def load_model(args: argparse.Namespace, path: str | None = None, **overrides):
 
     kw = {"device": args.device, "dtype": args.dtype, "vae": getattr(args, "vae", None),
           "backend": getattr(args, "backend", None),
-          "prediction_type": getattr(args, "prediction_type", None), **overrides}
+          "prediction_type": getattr(args, "prediction_type", None),
+          # a flag about the model: for --model only (hires, batch and plot models say their own)
+          "zero_terminal_snr": getattr(args, "zero_terminal_snr", None) if path in (None, args.model) else None,
+          **overrides}
     pipe = latentgen.load(path or args.model, **kw)
     if pipe.runtime.backend == "compile" and not getattr(args, "lora", None):  # with a LoRA the module runs as is
         print("note: the U-Net runs torch.compile's kernels; the first call of each image size, batch size and "

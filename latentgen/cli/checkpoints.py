@@ -17,7 +17,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     loras = [lora_spec(spec) for spec in args.lora]  # files checked before the model loads
     out = ldm_export.export(args.source, args.output, force=args.force, dtype=args.dtype, vae=args.vae,
-                             prediction_type=args.prediction_type, loras=loras)
+                             prediction_type=args.prediction_type, loras=loras,
+                             zero_terminal_snr=args.zero_terminal_snr)
     print(f"{out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -35,6 +36,9 @@ def add_parser(sub) -> None:
     e.add_argument("--vae", type=vae_file, default=None, help="write this VAE file instead of the model's own")
     e.add_argument("--prediction-type", type=prediction_type_name, default=None,
                    help="epsilon or v_prediction (default: what the model says, or detected for SD 2.x)")
+    e.add_argument("--zero-terminal-snr", action="store_true", default=None,
+                   help="the model was trained on a zero-terminal-SNR schedule: written in the header and as the "
+                        "ztsnr tensor ComfyUI reads (default: what the model says)")
     e.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="bake this LoRA (diffusers, kohya or LyCORIS file; PATH:TE:UNET per part) into the written "
                         "weights, as kohya's merge_lora.py; repeatable")

@@ -30,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(model=args.model, models_dir=args.models_dir, loras=args.lora, embeddings=args.embedding,
                          host=args.host, port=args.port, api_auth=args.api_auth, insecure=args.insecure,
                          outdir=args.outdir, device=args.device, dtype=args.dtype, limits=limits,
-                         load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend},
+                         load_options={"vae": args.vae, "prediction_type": args.prediction_type, "backend": args.backend,
+                                       "zero_terminal_snr": args.zero_terminal_snr},
                          preview_vae=args.preview_vae, warmup=not args.no_warmup, controlnet_dir=args.controlnet_dir,
                          upscalers_dir=args.upscalers_dir, styles_file=args.styles_file, vae_dir=args.vae_dir)
     config.check()  # a non-loopback bind without --api-auth stops here, before anything loads

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import ldm, loading, xl_file
+from . import ldm, loading, prediction, xl_file
 from .checkpoints import HEADER
 from .. import precision
 from ..files import atomic_path
@@ -65,10 +65,13 @@ def ldm_state_dict(c) -> dict[str, torch.Tensor]:
 
 
 def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.dtype | None = None,
-           vae: str | Path | None = None, prediction_type: str | None = None, loras: list | tuple = ()) -> Path:
+           vae: str | Path | None = None, prediction_type: str | None = None, loras: list | tuple = (),
+           zero_terminal_snr: bool | None = None) -> Path:
     """Write what ``latentgen.load(source, vae=..., prediction_type=...)`` gives as one LDM-layout
     ``.safetensors`` file, atomically; an existing ``out`` is replaced only with ``force``.
 
+    zero_terminal_snr: as ``latentgen.load``'s. A v-prediction model gets the empty ``v_pred`` tensor, a
+    zero-terminal-SNR one ``ztsnr``, the markers ComfyUI reads (``latentgen.models.prediction``).
     loras: (path, scale) pairs (a scale: a number or per part, ``latentgen.lora.adapters.check_scale``) baked into
     the weights, as kohya's ``merge_lora.py`` does: the file draws what the model draws with those LoRAs loaded.
 
@@ -87,7 +90,7 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
         raise FileNotFoundError(f"folder {str(out.parent)!r} does not exist; create it first.")
     cast = None if dtype is None else precision.as_dtype(dtype)
     c = loading.load_components(source, device="cpu", dtype="fp32", vae=vae, prediction_type=prediction_type,
-                                backend="torch")
+                                backend="torch", zero_terminal_snr=zero_terminal_snr)
     if loras:
         from ..lora.adapters import LoraAdapters
 
@@ -97,6 +100,9 @@ def export(source, out: str | Path, *, force: bool = False, dtype: str | torch.d
             adapters.load(path, scale=scale)
         adapters.bake()
     tensors = {k: (v if cast is None else v.to(cast)).contiguous() for k, v in ldm_state_dict(c).items()}
+    sched = c.scheduler.config  # the markers ComfyUI (and latentgen) read: v-prediction, zero terminal SNR
+    tensors.update({m: torch.tensor([]) for m, on in zip(prediction.MARKERS, (
+        sched.get("prediction_type") == "v_prediction", bool(sched.get("rescale_betas_zero_snr")))) if on})
     with atomic_path(out, overwrite=force) as tmp:
         save_file(tensors, str(tmp), metadata=header(c))
     return out

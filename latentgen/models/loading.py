@@ -25,13 +25,16 @@ from ..vae import tiny
 
 
 def load_components(source: str | Path | None = None, *, device=None, dtype=None, vae: str | Path | None = None,
-                    prediction_type: str | None = None, backend: str | None = None) -> Components:
+                    prediction_type: str | None = None, backend: str | None = None,
+                    zero_terminal_snr: bool | None = None) -> Components:
     """The parts of a model (arguments as ``latentgen.load``'s), with ``placement``: what was decided and why."""
     # 1. the arguments, checked before anything is read
     device = precision.resolve_device(device)
     asked = None if dtype is None else precision.as_dtype(dtype)
     backend = choice.requested(backend, device)
     kind = prediction.normalize(prediction_type)
+    if zero_terminal_snr not in (None, True, False):
+        raise ValueError(f"zero_terminal_snr={zero_terminal_snr!r} is invalid: use True, False or None (the model's).")
     small = vae is not None and tiny.is_tiny(vae)  # a TAESD file or folder
     vae_file = checkpoints.read_vae(vae) if vae is not None and not small else None  # a bad VAE file fails first
     # 2. what the source is, and its U-Net's config, read without weights
@@ -40,6 +43,9 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
     if single:
         ck = checkpoints.read(path)
         reader = xl_file if xl_file.is_xl(ck.shapes) else single_file  # SDXL's layout, or SD 1.x/2.x's
+        kind = kind or ("v_prediction" if prediction.MARKERS[0] in ck.shapes else None)  # v_pred: NoobAI's marker
+        if zero_terminal_snr is None and prediction.MARKERS[1] in ck.shapes:  # ztsnr: its zero terminal SNR
+            zero_terminal_snr = True
         arch = reader.architecture(ck, vae=vae_file)
         unet_config = arch.unet
     else:
@@ -56,7 +62,9 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
         c = reader.build(ck, arch, device=device, dtype=dtype, vae=vae_file, prediction_type=kind)
         if vae_file is not None:
             c.vae.infotext = vae_fields(vae_file.path)
-        return replace(with_tiny_vae(c, vae) if small else c, placement=place)
+        c = replace(with_tiny_vae(c, vae) if small else c, placement=place)
+        return c if zero_terminal_snr is None else replace(c, scheduler=prediction.zero_snr(c.scheduler,
+                                                                                              zero_terminal_snr))
     if source is None or not components.folder_like(source, path):
         c = components.from_preset(load_preset("default" if source is None else str(source)), device=device,
                                    dtype=dtype)
@@ -68,6 +76,8 @@ def load_components(source: str | Path | None = None, *, device=None, dtype=None
         c = with_tiny_vae(c, vae)
     if kind is not None:
         c.scheduler = type(c.scheduler).from_config(c.scheduler.config, prediction_type=kind)
+    if zero_terminal_snr is not None:
+        c.scheduler = prediction.zero_snr(c.scheduler, zero_terminal_snr)
     return replace(c, placement=place)
 
 

@@ -31,12 +31,20 @@ Measured (``tests/benchmarks/measure_prediction.py``, CPU, fp32):
 
 Not measured: the released SD 2.x files (nothing is downloaded here). Where it matters, put the yaml
 beside the file or pass ``prediction_type``; a wrong guess shows as washed-out or noisy images.
+
+A single file with an (empty) ``v_pred`` tensor predicts v, and one with ``ztsnr`` was trained on a noise schedule
+of zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+https://arxiv.org/abs/2305.08891): the markers NoobAI-XL's v-prediction releases carry and ComfyUI reads
+(``load_components``; ``prediction_type=`` and ``zero_terminal_snr=`` count over them). ``zero_snr`` puts such a
+schedule on a scheduler: diffusers' ``rescale_betas_zero_snr`` (the last timestep pure noise) with the paper's
+"trailing" timesteps, so sampling starts there.
 """
 
 from __future__ import annotations
 
 import torch
 
+MARKERS = ("v_pred", "ztsnr")  # a single file's tensors that say v-prediction, zero terminal SNR
 ALIASES = {"epsilon": "epsilon", "eps": "epsilon", "v_prediction": "v_prediction", "v": "v_prediction",
            "v-prediction": "v_prediction"}
 
@@ -105,3 +113,10 @@ def probe(unet, kind: str = "slope", timesteps: int = 1000) -> float:
 def detect(unet, timesteps: int = 1000) -> str:
     """'v_prediction' or 'epsilon' for an SD 2.x U-Net trained over ``timesteps``: the slope rule."""
     return "v_prediction" if probe(unet, "slope", timesteps) < 0.5 else "epsilon"
+
+
+def zero_snr(scheduler, on: bool):
+    """``scheduler`` rebuilt with (``on``) or without a zero-terminal-SNR schedule: with it, its betas rescaled so the
+    last timestep is pure noise, and "trailing" timesteps that start sampling there."""
+    extra = {"timestep_spacing": "trailing"} if on else {}
+    return type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=on, **extra)

@@ -541,3 +541,13 @@ def test_the_parser_is_built_without_torch_so_help_and_errors_are_instant():
             "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate', 'peft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_zero_terminal_snr_flag_draws_the_models_zero_snr_schedule(tiny_folder, tmp_path):
+    import latentgen
+
+    out = tmp_path / "z.png"
+    assert run("generate", "a red circle", "--model", tiny_folder, "--prediction-type", "v", "--zero-terminal-snr",
+               "--steps", 3, "--seed", 2, "--scheduler", "euler", "-o", out) == 0
+    pipe = latentgen.load(tiny_folder, prediction_type="v_prediction", zero_terminal_snr=True)
+    assert Image.open(out).tobytes() == pipe.generate("a red circle", steps=3, seed=2, scheduler="euler")[0].tobytes()
