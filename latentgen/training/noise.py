@@ -51,8 +51,9 @@ def weight(snr: torch.Tensor, v_prediction: bool, o) -> torch.Tensor | None:
     """Each example's loss weight (B,) from its timestep's SNR (B,): min-SNR-gamma and debiased estimation, both
     when both are on; None when neither is."""
     out = None
-    if o.snr_gamma is not None:
-        out = torch.clamp(snr, max=o.snr_gamma) / (snr + 1 if v_prediction else snr)
+    if o.snr_gamma is not None:  # (at SNR 0, a zero-terminal-SNR schedule's last step, epsilon's weight is its limit 1)
+        s = snr if v_prediction else snr.clamp(min=torch.finfo(snr.dtype).tiny)
+        out = torch.clamp(s, max=o.snr_gamma) / (s + 1 if v_prediction else s)
     if o.debiased_estimation:
         capped = torch.clamp(snr, max=1000.0)  # SNR is inf at t = 0 on some schedules
         debiased = 1 / (capped + 1) if v_prediction else 1 / capped.sqrt()

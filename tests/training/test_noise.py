@@ -87,6 +87,8 @@ def test_min_snr_and_debiased_weights(v):
     min_snr = torch.clamp(snr[:3], max=5.0) / (snr[:3] + 1 if v else snr[:3])
     torch.testing.assert_close(both, min_snr * w[:3])
     assert noise.weight(snr, v, LossOptions()) is None
+    at_zero = noise.weight(torch.tensor([0.0]), v, LossOptions(snr_gamma=5.0))  # a zero-terminal-SNR last step
+    assert float(at_zero) == (0.0 if v else 1.0)  # min(SNR, g) / (SNR + 1), and epsilon's limit, not nan
     latents = torch.randn(3, 4, 8, 8)
     weighted, (_, t) = _loss(LossOptions(debiased_estimation=True), latents)
     plain, _ = _loss(LossOptions(), latents)
