@@ -118,9 +118,9 @@ def decompose(delta: torch.Tensor, magnitude: torch.Tensor, weight: torch.Tensor
     m (kohya's ``dora_scale``) has ``out`` entries along dim 0, over each input channel when it has ``in`` along
     dim 1; peft's m (``peft``: (out,), a convolution's (1, out, 1, 1)) is always per output row. LyCORIS adds
     float32's eps to the norm; so do we."""
-    w = weight.detach().float()
+    w = weight.detach().to("cpu", torch.float32)  # beside the file's tensors, wherever the model is
     out, cin, ones = w.shape[0], w.shape[1], [1] * (w.dim() - 1)
-    merged, m = w + delta.reshape(w.shape), magnitude.float()
+    merged, m = w + delta.float().cpu().reshape(w.shape), magnitude.float().cpu()
     if m.numel() == out and (peft or m.shape[0] == out):
         norm = merged.reshape(out, -1).norm(dim=1).reshape(out, *ones)
     elif m.dim() >= 2 and m.shape[0] == 1 and m.shape[1] == cin and m.numel() == cin:

@@ -182,7 +182,7 @@ class OptimizerOptions:
             key, eq, value = str(arg).partition("=")
             try:
                 out[key.strip()] = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
+            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
                 eq = ""
             if not eq or not key.strip().isidentifier():
                 raise ValueError(f"optimizer_args: {arg!r} is not KEY=VALUE with a Python literal value; write it as "
@@ -190,10 +190,18 @@ class OptimizerOptions:
         return out
 
     def check_optimizer(self) -> None:
-        """The optimizer's package is there and it takes every argument given (lr and params are the loop's)."""
+        """The optimizer's package is there and it takes every argument given, names and values (lr and params are
+        the loop's): it is built once on a stand-in parameter, before any model loads."""
+        import torch
+
         cls, kwargs = self.optimizer_class(), self.optimizer_kwargs()
         takes = inspect.signature(cls.__init__).parameters
-        bad = [k for k in kwargs if k not in takes or k in ("params", "lr")]
-        if bad and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        bad = [k for k in kwargs if k in ("params", "lr") or
+               (k not in takes and not any(p.kind == p.VAR_KEYWORD for p in takes.values()))]
+        if bad:
             raise ValueError(f"optimizer_args: {cls.__name__} takes no {bad[0]!r}; it takes "
                              f"{', '.join(k for k in takes if k not in ('self', 'params', 'lr'))}.")
+        try:
+            cls([torch.nn.Parameter(torch.zeros(1))], lr=getattr(self, "lr", 1e-4), **kwargs)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ValueError(f"optimizer_args: {cls.__name__} refuses {kwargs}: {e}") from None

@@ -70,11 +70,13 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
         alpha, conv_alpha = cfg.alphas()
         convs = lora_names.conv_targets(c.unet) if cfg.conv_rank else []  # LoCon: full names, own rank and alpha
         conv = ({n: cfg.conv_rank for n in convs}, {n: conv_alpha for n in convs})
-        parts = [(c.unet, [*lora_names.UNET_TARGETS, *convs], *conv)]
-        parts += [(m, list(lora_names.TEXT_TARGETS), {}, {}) for m in encoders if text_encoder]
+        parts = [(c.unet, [*lora_names.UNET_TARGETS, *convs], *conv, {})]
+        skips = [getattr(cfg, "clip_skip", 1) - 1] if c.xl is None else [1, 0]  # SDXL: CLIP-L's penultimate states
+        parts += [(m, list(lora_names.TEXT_TARGETS), {}, {}, read_layers(m, k)) for m, k in zip(encoders, skips)
+                  if text_encoder]
         algo = getattr(cfg, "algo", "lora")
-        for model, targets, ranks, alphas in parts:
-            kw = dict(r=cfg.rank, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas)
+        for model, targets, ranks, alphas, layers in parts:
+            kw = dict(r=cfg.rank, target_modules=targets, rank_pattern=ranks, alpha_pattern=alphas, **layers)
             if algo == "lora":
                 dora = getattr(cfg, "dora", False)
                 config = LoraConfig(lora_alpha=alpha, init_lora_weights="gaussian", use_dora=dora, **kw)
@@ -85,6 +87,13 @@ def attach_lora(c, cfg: LoraOptions, text_encoder: bool = False) -> None:
         c.unet.enable_gradient_checkpointing()
         for m in encoders if text_encoder else []:
             m.gradient_checkpointing_enable()
+
+
+def read_layers(encoder, skip: int) -> dict:
+    """peft's options that leave out a text encoder's last ``skip`` layers, whose states the loss never reads (clip
+    skip; SDXL's CLIP-L): adapters there would learn nothing, and under DDP their unused gradients stop the run."""
+    n = encoder.config.num_hidden_layers
+    return {"layers_to_transform": list(range(n - skip)), "layers_pattern": "layers"} if skip else {}
 
 
 def start_from(c, path, text_encoder: bool) -> None:

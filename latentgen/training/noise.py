@@ -5,8 +5,9 @@ x_t = sqrt(a_t) x0 + sqrt(1 - a_t) e' and asks it for e (or v). The options shap
   * offset noise (Guttenberg 2023, "Diffusion with Offset Noise"): e += s * n, n (B, C, 1, 1), so the model learns
     to change an image's mean brightness; kohya's adaptive scale lets s grow with each channel's |mean of x0|.
   * multi-resolution (pyramid) noise (Whitaker 2023, "Multi-Resolution Noise for Diffusion Model Training"): noise
-    drawn at ever coarser sizes (each 2-4x smaller) is upsampled, weighed discount^i and added; the sum is
-    rescaled to unit std. Like offset noise, it puts low frequencies into e.
+    drawn at sizes (h, w) / r^i, i = 0 .. N-1, r in [2, 4) drawn per level, is upsampled, weighed discount^i and
+    added (as kohya's pyramid_noise_like); the sum is rescaled to unit std. Like offset noise, it puts low
+    frequencies into e.
   * input perturbation (Ning et al. 2023, https://arxiv.org/abs/2301.11706): e' = e + gamma * n, the target stays
     e, against the exposure bias of sampling.
   * min-SNR-gamma (Hang et al. 2023, https://arxiv.org/abs/2303.09556): weight min(SNR, gamma) / SNR (v-prediction:
@@ -32,7 +33,7 @@ def draw(latents: torch.Tensor, generator: torch.Generator, o) -> torch.Tensor:
         if o.adaptive_noise_scale is not None:  # per (B, C): s + scale * |mean of the channel|, at least 0
             strength = (strength + o.adaptive_noise_scale * latents.mean(dim=(2, 3), keepdim=True).abs()).clamp(min=0)
         noise = noise + strength * torch.randn((b, c, 1, 1), generator=generator).to(latents)
-    for i in range(1, o.multires_noise_iterations + 1):  # level i: (h, w) / r^i, r in [2, 4)
+    for i in range(o.multires_noise_iterations):  # level i: (h, w) / r^i, r in [2, 4) (kohya's: level 0 full size)
         r = float(torch.rand((), generator=generator)) * 2 + 2
         hn, wn = max(1, int(h / r ** i)), max(1, int(w / r ** i))
         coarse = torch.randn((b, c, hn, wn), generator=generator).to(latents)

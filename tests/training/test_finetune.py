@@ -157,7 +157,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_folder, data, tmp
 @pytest.mark.parametrize("launcher", [["--multi_gpu"], ["--cpu"]])
 def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_path, launcher):
     """``--multi_gpu`` on a machine without CUDA starts 2 processes in a gloo group (MULTI_CPU); this
-    accelerate's ``--cpu`` flag runs its simple launcher, a single process: both write one file."""
+    accelerate's ``--cpu`` flag runs its simple launcher, a single process: both write one file. The text encoder
+    trains at clip skip 2: its last layer gets no adapters, which DDP would find unused and stop on."""
     from safetensors import safe_open
 
     out = tmp_path / "ddp"
@@ -165,7 +166,8 @@ def test_accelerate_launch_two_processes_write_one_file(tiny_folder, data, tmp_p
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "latentgen.cli", "finetune-lora", str(data), "--out", str(out), "--model", str(tiny_folder),
-           "--rank", "2", "--steps", "3", "--batch", "1", "--save-every", "3", "--resolution", "64"]
+           "--rank", "2", "--steps", "3", "--batch", "1", "--save-every", "3", "--resolution", "64",
+           "--train-text-encoder", "--clip-skip", "2"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "lora.safetensors"]

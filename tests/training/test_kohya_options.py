@@ -68,6 +68,8 @@ def test_each_optimizer_is_built_with_kohyas_defaults_under_the_given_args_and_s
     (dict(optimizer="prodigy", optimizer_args=["d_coeff=2"]), ValueError, r"Prodigy takes no 'd_coeff'; it takes "
                                                                           r"betas, .*d_coef"),
     (dict(optimizer_args=["lr=2"]), ValueError, r"AdamW takes no 'lr'"),
+    (dict(optimizer_args=["x={[1]: 2}"]), ValueError, r"is not KEY=VALUE with a Python literal value"),
+    (dict(optimizer_args=["betas=(2, 3)"]), ValueError, r"AdamW refuses \{'betas': \(2, 3\)\}: Invalid beta"),
 ])
 def test_bad_optimizer_settings_are_refused_by_name(kw, error, message):
     with pytest.raises(error, match=message):

@@ -176,3 +176,20 @@ def test_training_does_not_go_on_from_a_dora_file(tmp_path):
                f"{key}.dora_scale": torch.ones(32, 1)}, str(tmp_path / "dora.safetensors"))
     with pytest.raises(ValueError, match=r"is a DoRA file: training does not go on from DoRA yet .* \(--dora\)"):
         LoraTrainConfig(data=".", out=".", steps=1, network_weights=tmp_path / "dora.safetensors").check()
+
+
+def test_text_encoder_layers_the_loss_never_reads_get_no_adapters(tiny_folder, xl_folder):
+    from latentgen.models import loading
+
+    def adapted(model):
+        return {int(n.split("layers.")[1].split(".")[0]) for n, m in model.named_modules()
+                if hasattr(m, "lora_A") and "layers." in n}
+
+    c = loading.load_components(str(tiny_folder), dtype="fp32", backend="torch")
+    network.attach_lora(c, LoraTrainConfig(data=".", out=".", steps=1, clip_skip=2), text_encoder=True)
+    n = c.text_encoder.config.num_hidden_layers
+    assert adapted(c.text_encoder) == set(range(n - 1))  # clip skip 2: the last layer's states are not read
+    xl = loading.load_components(str(xl_folder), dtype="fp32", backend="torch")
+    network.attach_lora(xl, LoraTrainConfig(data=".", out=".", steps=1), text_encoder=True)
+    assert adapted(xl.text_encoder) == set(range(xl.text_encoder.config.num_hidden_layers - 1))  # CLIP-L: penultimate
+    assert adapted(xl.xl.text_encoder_2) == set(range(xl.xl.text_encoder_2.config.num_hidden_layers))  # bigG: pooled
