@@ -54,11 +54,16 @@ def test_sdxl_base_models_train_both_encoders_in_both_layouts(xl_folder, xl_refi
     path = _run(xl_folder, data, tmp_path / "x", train_text_encoder=True, conv_rank=2, kohya=True)
     kohya = path.with_suffix(".kohya.safetensors")
     w, k = load_file(str(path)), load_file(str(kohya))
+    layers = {}
     for part in ("unet.", "text_encoder.", "text_encoder_2."):  # trained: B starts at zero
         ups = {n: v.abs().sum() > 0 for n, v in w.items() if n.startswith(part) and n.endswith("lora_B.weight")}
-        last = max(int(n.split("layers.")[1].split(".")[0]) for n in ups) if part != "unet." else None
-        # ViT-L's last layer is never read (SDXL reads the penultimate states): its adapters stay untouched
-        assert ups and all(t == (part != "text_encoder." or f"layers.{last}." not in n) for n, t in ups.items()), part
+        assert ups and all(ups.values()), part
+        layers[part] = {int(n.split("layers.")[1].split(".")[0]) for n in ups if "layers." in n}
+    base = latentgen.load(xl_folder)
+    n, n2 = base.text_encoder.config.num_hidden_layers, base.xl.text_encoder_2.config.num_hidden_layers
+    # ViT-L's last layer is never read (SDXL reads the penultimate states): no adapters there; bigG's pooled text
+    # reads all of its layers
+    assert layers["text_encoder."] == set(range(n - 1)) and layers["text_encoder_2."] == set(range(n2))
     assert any(n.startswith("lora_unet_input_blocks_") for n in k) and any(n.startswith("lora_te2_") for n in k)
     assert any(n.startswith("lora_te1_") for n in k) and not any(n.startswith(("lora_unet_down_blocks",
                                                                                 "lora_te_")) for n in k)
