@@ -8,7 +8,7 @@ shared among processes.
 
 A job is one JSON object per line: ``prompt`` and ``seed``, and any other ``generate`` argument
 (``negative_prompt``, ``steps``, ``guidance``, ``width``, ``height``, ``scheduler``, ``clip_skip``,
-``prompt_syntax``, ``tiling``), and as JSON objects of their fields ``variation`` (``latentgen.Variation``:
+``prompt_syntax``, ``tiling``, ``guidance_rescale``), and as JSON objects of their fields ``variation`` (``latentgen.Variation``:
 seed, strength, resize_from), ``hires`` (``latentgen.Hires``: scale, strength, upscaler, steps, ...) and
 ``refiner`` (model: a folder or file, switch_at; each model loaded once; a hires pass's ``model`` too). Job ``i`` becomes ``OUT/i.png`` (six
 digits) with its settings in the PNG's parameters chunk: one line in ``OUT/manifest-<process>.jsonl`` (index, file, sha256, job) is
@@ -41,7 +41,8 @@ from .text import prompts, xl
 from .text.schedule import check_parts
 from .upscale.hires import Hires
 
-SETTING_KEYS = ("seed", "steps", "guidance", "width", "height", "scheduler", "clip_skip", "prompt_syntax", "tiling")
+SETTING_KEYS = ("seed", "steps", "guidance", "width", "height", "scheduler", "clip_skip", "prompt_syntax", "tiling",
+                "guidance_rescale")
 OBJECT_FIELDS = {key: tuple(f.name for f in fields(cls)) for key, cls in  # a refiner's model: a path in a job
                  (("variation", Variation), ("hires", Hires), ("refiner", Refiner))}
 EXAMPLES = {"variation": {"seed": 7, "strength": 0.3}, "hires": {"scale": 2, "strength": 0.5},

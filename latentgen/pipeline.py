@@ -33,7 +33,7 @@ from .models import components, refiner as refine
 from .models.presets import Defaults
 from .request import Callback, Draw, Settings
 from .starts import Start, StartFn
-from .text import prompts, schedule, xl
+from .text import conditioning, prompts, xl
 from .text.conditioning import CallText, Cond
 from .text.embeddings import Embeddings
 from .upscale.hires import Hires, SecondPass
@@ -96,17 +96,7 @@ class Pipeline:
         memory.check(self.limits, self.unet, num_images=images, steps=s.steps, width=s.width, height=s.height,
                      batch=s.batch(self.device, images), cfg=s.cfg, train_steps=self.scheduler.config.num_train_timesteps)
 
-    @torch.no_grad()
-    def encode_prompt(self, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
-        """CLIP text embeddings of one prompt: (1, 77 * k, D), D = 768 for SD 1.x, 2048 for SDXL (its pooled embedding:
-        ``latentgen.text.xl.encode``), k chunks of 75 tokens (k = 1 with syntax "plain"); A1111's syntax and "Clip skip":
-        ``latentgen.text.prompts``. A prompt that changes by step or has AND parts: ``latentgen.text.schedule``."""
-        one = text if syntax != "a1111" else schedule.fixed(text)
-        if one is None:
-            raise ValueError(f"prompt {text!r} changes by step or has AND parts (A1111's prompt editing, alternation,"
-                             f" AND): encode its texts one by one (latentgen.text.schedule.steps), or pass it to generate.")
-        return xl.encode(one, self.tokenizer, self.text_encoder, self.xl, clip_skip=clip_skip, syntax=syntax,
-                         expand=self.embeddings.expansions())[0]  # expand: textual-inversion words
+    encode_prompt = conditioning.encode_prompt  # pipe.encode_prompt(text): (1, 77 * k, D) CLIP embeddings
 
     def load_embedding(self, path: str | Path, token: str | None = None) -> str:
         """Add a textual-inversion file as the word ``token`` (default: its stem): ``latentgen.text.embeddings``."""
@@ -115,14 +105,16 @@ class Pipeline:
     # -- the loop -------------------------------------------------------------------------------
     @torch.no_grad()
     def denoise(self, start: Start, text: Cond, guidance: float, sched: SchedulerMixin,
-                generators: list[torch.Generator], callback: Callback | None = None, unet=None) -> torch.Tensor:
+                generators: list[torch.Generator], callback: Callback | None = None, unet=None,
+                rescale: float = 0.0) -> torch.Tensor:
         """Run the sampler over ``start.timesteps``: latents (B, C, h, w) -> denoised latents (B, C, h, w).
         ``text``: the chunk's embeddings (``latentgen.text.conditioning.Cond``): with ``text.uncond``,
         classifier-free guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598) mixes the two outputs;
         with K parts per image (A1111's AND), each part is guided and the weighted guidances summed (Liu et al.
         2022). ``start`` brings the extra input channels (``c_concat``) and the per-step hooks
         (``starts.Hooks``); ``callback(done, total, latents[, denoised])`` runs after each step (``denoised``: the
-        clean latents' estimate, ``schedulers.denoised``, for a callback that takes it); ``unet``: not ``self.unet``."""
+        clean latents' estimate, ``schedulers.denoised``, for a callback that takes it); ``unet``: not ``self.unet``;
+        ``rescale``: CFG rescale's phi (``schedulers.rescaled``)."""
         hooks, cfg, unet = start.hooks, text.uncond is not None, unet or self.unet
         if len(start.timesteps):  # strength 0: no step, no conversion
             unet = self.runtime.for_unet(unet, residuals=hooks.unet_inputs is not None)
@@ -151,6 +143,9 @@ class Pipeline:
                 else:  # each part's guidance (B, K, C, h, w), weighted and summed
                     diff = cond_out.unflatten(0, (b, parts)) - uncond_out[:, None]
                     model_output = uncond_out + guidance * (diff * text.weights.to(diff)[..., None, None, None]).sum(1)
+                if rescale:  # toward the text prediction's std (AND: the parts' guided sum at guidance 1)
+                    own = cond_out if text.weights is None else uncond_out + (model_output - uncond_out) / guidance
+                    model_output = schedulers.rescaled(model_output, own, rescale)
             out = sched.step(model_output, t, latents, **step_kwargs)
             x, latents = latents, out.prev_sample
             if hooks.after_step:
@@ -217,7 +212,8 @@ class Pipeline:
                     first = replace(first, hooks=replace(first.hooks, context=cond.context))
                 first = residuals.hooked(first, control, b=len(chunk), cfg=s.cfg, pipe=self)  # ControlNet, by step
                 # 4. the denoising loop (the refiner's hand-over; the hires fix's second pass)
-                run = self.denoise if handover is None else partial(handover.run, self, chunk)
+                run = partial(self.denoise if handover is None else partial(handover.run, self, chunk),
+                              rescale=s.guidance_rescale)
                 latents, stopped = request.until_stop(run, first, cond, s.guidance, sched, seeds.generators,
                                                       progress.chunk(len(first.timesteps)), unet)
                 by = self  # the model whose latents these are; a callback's Stop skips the hires pass
@@ -228,7 +224,8 @@ class Pipeline:
                 for d, image in zip(chunk, by.decode(latents, plan)):
                     image.info["parameters"] = metadata.parameters_text(d.prompt, {
                         "Steps": s.steps, "Sampler": schedulers.label(sched), "CFG scale": s.guidance, "Seed": d.seed,
-                        **fields, **metadata.variation_fields(d.subseed, s.variation), **info, **self.loras.info()},
+                        **fields, **metadata.variation_fields(d.subseed, s.variation), **info,
+                        "CFG Rescale φ": s.guidance_rescale or None, **self.loras.info()},  # (A1111's extension's)
                         negative_prompt=d.negative_prompt)  # in A1111's order
                     out.append(image)
                 if stopped:  # latentgen.Stop: nothing after these images is drawn
@@ -242,8 +239,8 @@ class Pipeline:
                  scheduler: str | SchedulerMixin | None = None, callback: Callback | None = None,
                  batch_size: int | None = None, clip_skip: int = 1, prompt_syntax: str = "a1111",
                  variation: starts.Variation | None = None, hires: Hires | None = None,
-                 control=None, refiner=None, size_cond: xl.SizeCond | None = None, tiling: bool = False
-                 ) -> list[Image.Image]:
+                 control=None, refiner=None, size_cond: xl.SizeCond | None = None, tiling: bool = False,
+                 guidance_rescale: float = 0.0) -> list[Image.Image]:
         """Draw ``num_images`` images for each prompt; each carries its settings in A1111's text
         form in ``image.info["parameters"]`` (``latentgen.metadata.save_png`` writes it to the PNG).
 
@@ -266,10 +263,13 @@ class Pipeline:
             switch_at=0.8)`` (A1111's refiner_checkpoint and refiner_switch_at; ``latentgen.models.refiner``).
         size_cond: SDXL's size conditioning, ``latentgen.SizeCond(original=, crop=, target=, negative=)``.
         tiling: A1111's Tiling, pictures that tile seamlessly (``latentgen.canvas.seamless``).
+        guidance_rescale: CFG rescale, phi from 0 (off) to 1, e.g. 0.7: diffusers' ``guidance_rescale``, for
+            zero-terminal-SNR models (``latentgen.load(..., zero_terminal_snr=True)``), against overexposure.
         """
         s = self.settings(steps=steps, guidance=guidance, width=width, height=height, scheduler=scheduler, seed=seed,
                           batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                          variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling)
+                          variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling,
+                          guidance_rescale=guidance_rescale)
         draws = request.draws(prompt, negative_prompt, num_images, seed, s)
         c, f = self.vae.config.latent_channels, self.vae_scale_factor
         request.plain_unet("generate", self.name, self.unet.config.in_channels, c)

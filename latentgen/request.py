@@ -9,7 +9,6 @@ an error that names the parameter and the fix.
 from __future__ import annotations
 
 import inspect
-
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -116,6 +115,7 @@ class Settings:
     variation: Variation | None = None  # A1111's variation seed and seed resize (``latentgen.starts``)
     size_cond: object = None  # SDXL's size conditioning (``latentgen.text.xl.SizeCond``); None: the defaults
     tiling: bool = False  # A1111's "Tiling": pictures that tile seamlessly (``latentgen.canvas.seamless``)
+    guidance_rescale: float = 0.0  # CFG rescale phi (Lin et al. 2024, eq. 16; ``Pipeline.denoise``): 0 is off
 
     @property
     def cfg(self) -> bool:  # classifier-free guidance on: decided here only
@@ -173,7 +173,7 @@ def _size(name: str, value, f: int) -> int:
 
 def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerMixin, *, steps=None, guidance=None, width=None, height=None,
             scheduler=None, batch_size=None, num_images=1, seed=0, clip_skip=1, prompt_syntax="a1111",
-            variation=None, size_cond=None, tiling=False) -> Settings:
+            variation=None, size_cond=None, tiling=False, guidance_rescale=0.0) -> Settings:
     """Fill in the model's defaults and check every setting; ``num_images`` and ``seed`` are checked too.
     ``clip_skip`` is checked against the text encoder's depth when the first prompt is encoded.
 
@@ -183,6 +183,7 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
     guidance = checks.number("guidance", defaults.guidance if guidance is None else guidance, minimum=0,
                              maximum=MAX_GUIDANCE, fix=f"use a finite number from 0 to {MAX_GUIDANCE:g}, such as 7.5 (<= 1 "
                                                        f"turns classifier-free guidance off)")
+    rescale = checks.number("guidance_rescale", guidance_rescale, minimum=0, maximum=1, fix="use 0 to 1, such as 0.7")
     width = _size("width", defaults.width if width is None else width, vae_scale_factor)
     height = _size("height", defaults.height if height is None else height, vae_scale_factor)
     checks.whole("num_images", num_images, 1, "ask for at least one image, such as num_images=1")
@@ -208,7 +209,7 @@ def resolve(defaults: Defaults, vae_scale_factor: int, own_scheduler: SchedulerM
         raise TypeError(f"tiling must be True or False, got {tiling!r}; tiling=True draws pictures that tile "
                         f"seamlessly (A1111's Tiling).")
     return Settings(steps, guidance, width, height, scheduler, batch_size, int(clip_skip), prompt_syntax,
-                    check_variation(variation, num_images), xl.check_size_cond(size_cond), tiling)
+                    check_variation(variation, num_images), xl.check_size_cond(size_cond), tiling, rescale)
 
 
 def check_variation(v, num_images: int) -> Variation | None:

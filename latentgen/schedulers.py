@@ -176,3 +176,12 @@ def denoised(sched: SchedulerMixin, out, model_output: torch.Tensor, t, x: torch
     if kind == "v_prediction":
         return (a.sqrt() * x.float() - (1 - a).sqrt() * model_output.float()).to(x.dtype)
     return model_output
+
+
+def rescaled(guided: torch.Tensor, text: torch.Tensor, phi: float) -> torch.Tensor:
+    """CFG rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", sec. 3.4,
+    https://arxiv.org/abs/2305.08891): the guided output (B, C, h, w) brought toward the text prediction's std per
+    image, phi * guided * std(text) / std(guided) + (1 - phi) * guided, as diffusers' ``rescale_noise_cfg``. Strong
+    guidance on a zero-terminal-SNR model otherwise overexposes."""
+    dims = list(range(1, guided.dim()))
+    return phi * guided * (text.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)) + (1 - phi) * guided

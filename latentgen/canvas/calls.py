@@ -27,7 +27,7 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
             width: int | None = None, height: int | None = None, resize_mode: str | int = "just resize",
             callback: Callback | None = None, batch_size: int | None = None, max_pixels: int | None = None,
             clip_skip: int = 1, prompt_syntax: str = "a1111", variation=None, control=None,
-            refiner=None, size_cond=None, tiling: bool = False) -> list[Image.Image]:
+            refiner=None, size_cond=None, tiling: bool = False, guidance_rescale: float = 0.0) -> list[Image.Image]:
     """Redraw ``image`` under ``prompt``; returns images of the input's size, or of ``width`` x ``height``.
 
     image: PIL image (any mode), numpy array or path (``latentgen.images``); sizes not multiples of the
@@ -49,7 +49,8 @@ def img2img(self, prompt, image, *, strength: float = 0.75, seed: int = 0, steps
     strength = request.strength(strength)
     s = self.settings(steps=steps, guidance=guidance, width=w, height=h, scheduler=scheduler, seed=seed,
                       batch_size=batch_size, num_images=num_images, clip_skip=clip_skip, prompt_syntax=prompt_syntax,
-                      variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling)
+                      variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling,
+                      guidance_rescale=guidance_rescale)
     draws = request.draws(prompt, negative_prompt, num_images, seed, s)
     src = resize.resize(src, size, how)  # "latent upscale": as it is, encoded at its own size
     own = (w, h) if how != "latent upscale" else im.work_size(src.size, f, max_pixels)
@@ -69,7 +70,7 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
             batch_size: int | None = None, max_pixels: int | None = None,
             latent_mask: str = "coverage", clip_skip: int = 1, prompt_syntax: str = "a1111",
             variant: str = "auto", fill: str | int = "original", variation=None, control=None,
-            refiner=None, size_cond=None, tiling: bool = False) -> list[Image.Image]:
+            refiner=None, size_cond=None, tiling: bool = False, guidance_rescale: float = 0.0) -> list[Image.Image]:
     """Repaint the white part of ``mask`` under ``prompt``; keep the rest, pixel for pixel.
 
     image: PIL image (any mode), numpy array or path. mask: the same kinds, same size; white
@@ -88,9 +89,8 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     fill: the masked content where the start keeps the image (strength < 1): "original", "fill", "latent
         noise", "latent nothing", or A1111's 0-3 (``latentgen.canvas.fill``). control: ControlNet units, their
         images fitted to the input image (and cropped with it for ``only_masked``). refiner: a ``latentgen.Refiner``
-        for the end of the noise schedule (with a 4-channel U-Net; the known part put back at its steps too).
-        size_cond, tiling: SDXL's size conditioning (``latentgen.SizeCond``) and A1111's Tiling, as in ``generate``.
-    """
+        for the end of the noise schedule (with a 4-channel U-Net; the known part put back at its steps too);
+        size_cond (SDXL's size conditioning), tiling (A1111's Tiling), guidance_rescale: as in ``generate``."""
     mask_blur, fill = _inpaint_options(self.defaults, mask_blur, latent_mask, variant), masked.mode(fill)
     tiny.check_encoder(self.vae, "inpaint")
     f = self.vae_scale_factor
@@ -100,7 +100,8 @@ def inpaint(self, prompt, image, mask=None, *, strength: float = 1.0, seed: int 
     strength = request.strength(strength)
     s = self.settings(steps=steps, guidance=guidance, width=inp.size[0], height=inp.size[1], scheduler=scheduler,
                       batch_size=batch_size, num_images=num_images, seed=seed, clip_skip=clip_skip,
-                      prompt_syntax=prompt_syntax, variation=variation, prompt=prompt, size_cond=size_cond, tiling=tiling)
+                      prompt_syntax=prompt_syntax, variation=variation, prompt=prompt, size_cond=size_cond,
+                      tiling=tiling, guidance_rescale=guidance_rescale)
     draws = request.draws(prompt, negative_prompt, num_images, seed, s)
     if inp.empty:
         warnings.warn("mask is empty (no pixel >= 0.5): nothing to repaint, returning the input.")

@@ -29,6 +29,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     p.add_argument("--steps", type=positive_int, default=None, help="denoising steps (model default)")
     p.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (model default)")
+    p.add_argument("--guidance-rescale", type=finite_float, default=0.0,
+                   help="CFG rescale phi from 0 (off) to 1, e.g. 0.7 for zero-terminal-SNR models")
     p.add_argument("--scheduler", type=scheduler_name, default=None, help="sampler name (model default)")
     p.add_argument("-n", "--num-images", type=positive_int, default=1)
     p.add_argument("-o", "--output", required=True, help="out.png; several images: out-0.png, out-1.png, ...")
@@ -96,6 +98,7 @@ def _render(args: argparse.Namespace, call) -> int:
         images = call(pipe, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       negative_prompt=args.negative, num_images=args.num_images, scheduler=args.scheduler,
                       clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax, callback=progress,
+                      guidance_rescale=args.guidance_rescale,
                       variation=variation, tiling=args.tiling, **({"control": control} if control else {}),
                       **({"refiner": refiner} if refiner else {}), **({"hires_model": second} if second else {}))
     for image, path in zip(images, paths):

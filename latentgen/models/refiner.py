@@ -105,12 +105,14 @@ class Handover:
         self.text = CallText(draws, s, self.model.tokenizer, self.model.text_encoder, self.model.embeddings,
                              xl=self.model.xl)
 
-    def run(self, pipe, chunk, start: Start, cond, guidance: float, sched, generators, callback=None, unet=None):
+    def run(self, pipe, chunk, start: Start, cond, guidance: float, sched, generators, callback=None, unet=None,
+            rescale: float = 0.0):
         """``pipe.denoise`` over the base model's timesteps of ``start``, then the refiner's denoise over the rest,
         from the same latents and sampler: (B, C, h, w) -> (B, C, h, w), in the base model's dtype."""
         k = split(start.timesteps, self.r.switch_at, pipe.scheduler.config.num_train_timesteps)
         first = Start(start.latents, start.timesteps[:k], start.c_concat, start.hooks)
-        latents = pipe.denoise(first, cond, guidance, sched, generators, callback, unet) if k else start.latents
+        latents = pipe.denoise(first, cond, guidance, sched, generators, callback, unet, rescale) if k else \
+            start.latents
         if k == len(start.timesteps):
             return latents
         text = self.text.embed(chunk, self.s.cfg)
@@ -119,7 +121,7 @@ class Handover:
         later = None if callback is None else (
             (lambda i, n, x, x0: callback(k + i, n, x, x0)) if request.takes_denoised(callback) else
             (lambda i, n, x: callback(k + i, n, x)))
-        return self.model.denoise(rest, text, guidance, sched, generators, later).to(latents.dtype)
+        return self.model.denoise(rest, text, guidance, sched, generators, later, rescale=rescale).to(latents.dtype)
 
 
 def _shifted(hook, k: int):

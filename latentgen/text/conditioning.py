@@ -198,3 +198,17 @@ def _entries(plan: Schedules) -> list:
     """Every (last_step, text) of a plan's schedules, the negative's included."""
     schedules = [s for s, _ in plan.parts] + ([plan.negative] if plan.negative else [])
     return [e for s in schedules for e in s]
+
+
+@torch.no_grad()
+def encode_prompt(pipe, text: str, *, clip_skip: int = 1, syntax: str = "a1111") -> torch.Tensor:
+    """``Pipeline.encode_prompt``: CLIP text embeddings of one prompt, (1, 77 * k, D), D = 768 for SD 1.x, 2048 for
+    SDXL (its pooled embedding: ``latentgen.text.xl.encode``), k chunks of 75 tokens (k = 1 with syntax "plain");
+    A1111's syntax and "Clip skip": ``latentgen.text.prompts``. A prompt that changes by step or has AND parts:
+    ``latentgen.text.schedule``."""
+    one = text if syntax != "a1111" else schedule.fixed(text)
+    if one is None:
+        raise ValueError(f"prompt {text!r} changes by step or has AND parts (A1111's prompt editing, alternation,"
+                         f" AND): encode its texts one by one (latentgen.text.schedule.steps), or pass it to generate.")
+    return sdxl.encode(one, pipe.tokenizer, pipe.text_encoder, pipe.xl, clip_skip=clip_skip, syntax=syntax,
+                       expand=pipe.embeddings.expansions())[0]  # expand: textual-inversion words

@@ -182,5 +182,6 @@ class SecondPass:
             first = replace(first, hooks=replace(first.hooks, context=cond.context))
         first = residuals.hooked(first, self.control, b=len(chunk), cfg=self.s.cfg, pipe=m)
         run = m.denoise if self.handover is None else partial(self.handover.run, m, [self.draws[d] for d in chunk])
+        run = partial(run, rescale=self.s.guidance_rescale)
         return run(first, cond, self.s.guidance, sched, seeds.generators, progress.chunk(len(first.timesteps)),
                    None if self.other else unet)

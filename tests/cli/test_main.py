@@ -543,11 +543,12 @@ def test_the_parser_is_built_without_torch_so_help_and_errors_are_instant():
     assert out.strip() == "[]"
 
 
-def test_zero_terminal_snr_flag_draws_the_models_zero_snr_schedule(tiny_folder, tmp_path):
+def test_zero_terminal_snr_and_cfg_rescale_flags(tiny_folder, tmp_path):
     import latentgen
 
     out = tmp_path / "z.png"
     assert run("generate", "a red circle", "--model", tiny_folder, "--prediction-type", "v", "--zero-terminal-snr",
-               "--steps", 3, "--seed", 2, "--scheduler", "euler", "-o", out) == 0
+               "--guidance-rescale", 0.7, "--steps", 3, "--seed", 2, "--scheduler", "euler", "-o", out) == 0
     pipe = latentgen.load(tiny_folder, prediction_type="v_prediction", zero_terminal_snr=True)
-    assert Image.open(out).tobytes() == pipe.generate("a red circle", steps=3, seed=2, scheduler="euler")[0].tobytes()
+    expect = pipe.generate("a red circle", steps=3, seed=2, scheduler="euler", guidance_rescale=0.7)[0]
+    assert Image.open(out).tobytes() == expect.tobytes()

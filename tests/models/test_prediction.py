@@ -40,7 +40,7 @@ def test_zero_snr_ends_the_schedule_at_pure_noise_and_starts_sampling_there():
     assert not off.config.rescale_betas_zero_snr and float(off.alphas_cumprod[-1]) > 1e-3
 
 
-def _vpred_ztsnr_reference(tiny_folder, name):
+def _vpred_ztsnr_reference(tiny_folder, name, rescale=0.0, guidance=5.0):
     from conftest import diffusers_pipeline
 
     from latentgen import schedulers
@@ -49,8 +49,8 @@ def _vpred_ztsnr_reference(tiny_folder, name):
     config = {**ref.scheduler.config, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
               "timestep_spacing": "trailing"}
     ref.scheduler = schedulers.make(name, config)
-    return ref("a red circle", num_inference_steps=4, guidance_scale=5.0, height=64, width=64,
-               generator=torch.Generator().manual_seed(3)).images
+    return ref("a red circle", num_inference_steps=4, guidance_scale=guidance, height=64, width=64,
+               generator=torch.Generator().manual_seed(3), guidance_rescale=rescale).images
 
 
 def test_a_zero_terminal_snr_v_model_draws_as_diffusers_draws_it(tiny_folder):
@@ -99,3 +99,25 @@ def test_a_single_files_v_pred_and_ztsnr_tensors_say_what_it_is(tiny_folder, tmp
     assert {"v_pred", "ztsnr"} <= set(load_file(str(out)))  # export writes the markers back
     again = latentgen.load(out).generate("a red circle", seed=1, steps=3)[0]
     assert again.tobytes() == b.tobytes()
+
+
+def test_cfg_rescale_draws_as_diffusers_guidance_rescale(tiny_folder):
+    import pytest
+    from conftest import max_diff
+
+    import latentgen
+
+    pipe = latentgen.load(tiny_folder, prediction_type="v_prediction", zero_terminal_snr=True)
+    # strong guidance, where the tiny random model's guided output strays from its text prediction's std
+    ours = pipe.generate("a red circle", seed=3, steps=4, guidance=30.0, scheduler="euler", guidance_rescale=0.7)
+    assert max_diff(ours, _vpred_ztsnr_reference(tiny_folder, "euler", rescale=0.7, guidance=30.0)) <= 1
+    plain = pipe.generate("a red circle", seed=3, steps=4, guidance=30.0, scheduler="euler")
+    assert max_diff(ours, plain) > 10  # it does something
+    assert "CFG Rescale φ: 0.7" in ours[0].info["parameters"] and "CFG Rescale" not in plain[0].info["parameters"]
+    both = pipe.generate("a red circle AND a blue square", seed=3, steps=4, guidance=30.0, guidance_rescale=0.7)
+    assert max_diff(both, pipe.generate("a red circle AND a blue square", seed=3, steps=4, guidance=30.0)) > 5
+    moved = pipe.img2img("a red circle", plain[0], strength=0.6, seed=1, steps=4, guidance_rescale=0.5)
+    assert "CFG Rescale φ: 0.5" in moved[0].info["parameters"]
+    for bad in (-0.1, 1.5, float("nan"), "0.7"):
+        with pytest.raises(ValueError, match=r"guidance_rescale=.* is invalid: use 0 to 1, such as 0.7"):
+            pipe.generate("a red circle", steps=2, guidance_rescale=bad)
