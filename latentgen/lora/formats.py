@@ -130,7 +130,8 @@ def save(lora: Lora, path: str | Path, layout: str = "diffusers", unet_config=No
             for m, (down, up, _) in mods.items():
                 tensors[f"{part}.{m}.lora_A.weight"], tensors[f"{part}.{m}.lora_B.weight"] = down, up
                 if m in mags:  # DoRA's m as peft holds it: (out,), a convolution's (1, out, 1, 1)
-                    tensors[f"{part}.{m}.lora_magnitude_vector"] = mags[m].reshape((-1,) if down.dim() == 2 else (1, -1, 1, 1))
+                    shape = (-1,) if down.dim() == 2 else (1, -1, 1, 1)
+                    tensors[f"{part}.{m}.lora_magnitude_vector"] = mags[m].reshape(shape)
         meta["lora_adapter_metadata"] = json.dumps(adapter_meta, sort_keys=True)
     elif layout == "kohya":
         sgm = unet_config is not None and unet_config.get("addition_embed_type") == "text_time"

@@ -82,10 +82,11 @@ def run(cfg: LoraTrainConfig) -> Path:
     acc, c, res = load_base(cfg)
     check_clip_skip(cfg, c)
     check_samples(cfg, c)
-    sizes = buckets.resolutions(res, *cfg.bucket_sides(res, c.vae_scale_factor)) if cfg.enable_bucket else None
+    sides = cfg.bucket_sides(res, c.vae_scale_factor) if cfg.enable_bucket else None  # (low, high, step)
+    sizes = buckets.resolutions(res, *sides) if sides else None
     prior = prior_pairs(cfg, c, acc)
     if sizes:  # each image at its bucket (and mirrored, with flip_aug)
-        own = (res * res, cfg.bucket_sides(res, c.vae_scale_factor)[2]) if cfg.bucket_no_upscale else None
+        own = (res * res, sides[2]) if cfg.bucket_no_upscale else None  # (area, step): each image its own size
         bucketed, mean, std = cache_bucketed(c.vae, pairs, sizes, no_upscale=own), None, None
         flipped = cache_bucketed(c.vae, pairs, sizes, flip=True, no_upscale=own) if cfg.flip_aug else None
     else:
@@ -152,7 +153,7 @@ def check_samples(cfg: LoraOptions, c, sample: dict | None = None) -> None:
 
 def sample_defaults(cfg: LoraOptions, sample: dict | None) -> dict:
     """How the sample prompts draw what they do not say: the trainer's ``sample`` under ``sample_sampler``."""
-    skip = getattr(cfg, "clip_skip", 1)  # the text encoder's layer the LoRA trains on, drawn with
+    skip = getattr(cfg, "clip_skip", 1)  # drawn from the text encoder's layer the LoRA trains on
     return {**(sample or {}), **({"scheduler": samples.sampler_name(cfg.sample_sampler)} if cfg.sample_sampler else {}),
             **({"clip_skip": skip} if skip > 1 else {})}
 

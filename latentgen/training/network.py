@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..lora import formats as lora_io, names as lora_names
+from ..lora import formats as lora_io, lycoris, names as lora_names
 from .configs import LoraOptions
 
 
@@ -23,12 +23,13 @@ def trained_lora(c, meta: dict) -> lora_io.Lora:
     LoKr as LyCORIS's tensors, peft's scale folded into the first factor, so alpha / dim is 1)."""
     out = lora_io.Lora(metadata={k: str(v) for k, v in meta.items()})
     for part, model in (("unet", c.unet), ("text_encoder", c.text_encoder), *text_2(c)):
+        prefix = lora_names.file_prefix(part, model)
         for name, mod in model.named_modules():
+            key = prefix + name
             if any("default" in getattr(mod, n, {}) for n in ("hada_w1_a", "lokr_w1", "lokr_w1_a")):  # LoHa, LoKr
-                out.raw.setdefault(part, {})[lora_names.file_prefix(part, model) + name] = lycoris_tensors(mod)
+                out.raw.setdefault(part, {})[key] = lycoris_tensors(mod)
             elif hasattr(mod, "lora_A") and "default" in mod.lora_A:
                 down, up = (w["default"].weight.detach().float().cpu() for w in (mod.lora_A, mod.lora_B))
-                key = lora_names.file_prefix(part, model) + name
                 out.modules.setdefault(part, {})[key] = (down, up, float(mod.lora_alpha["default"]))
                 if "default" in getattr(mod, "lora_magnitude_vector", {}):  # DoRA's m
                     m = mod.lora_magnitude_vector["default"].weight.detach().float().cpu().flatten()
@@ -39,8 +40,7 @@ def trained_lora(c, meta: dict) -> lora_io.Lora:
 def lycoris_tensors(mod) -> dict[str, torch.Tensor]:
     """A peft LoHa or LoKr layer's adapter 'default' as LyCORIS names its tensors (``hada_w1_a``, ``lokr_w1``,
     ...), peft's scale alpha / r folded into the first factor and ``alpha`` the low-rank dim (A1111's scale 1)."""
-    names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1", "lokr_w1_a",
-             "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+    names = (*lycoris.LOHA, "hada_t1", "hada_t2", *lycoris.LOKR)  # the suffixes latentgen's reader takes
     g = {n: getattr(mod, n)["default"].detach().float().cpu() for n in names if "default" in getattr(mod, n, {})}
     first = "hada_w1_a" if "hada_w1_a" in g else "lokr_w1" if "lokr_w1" in g else "lokr_w1_a"
     g[first] = g[first] * float(mod.scaling["default"])
